@@ -1,0 +1,183 @@
+"""The run archive: one SQLite file per run directory, the single source of truth of a run.
+
+Schema (a contract other tools read; see DESIGN.md): table ``candidates`` with
+``id, generation, parent_ids (JSON), proposer, name, thought, code, code_hash, status, error,
+fitness, metrics (JSON), created_at, finished_at``. A row is inserted as ``proposed`` before any
+work on it and updated once when its fate is known, each in its own transaction, so a crash loses
+at most the candidate in flight (which ``--resume`` finds still ``proposed`` and runs again).
+A ``run_state`` key/value table holds loop progress (generation counters, RNG state).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from discopop.losses import code_hash
+from discopop.proposers.base import Candidate, HistoryEntry
+
+STATUSES = ("proposed", "invalid", "duplicate", "train_failed", "eval_failed", "scored")
+ARCHIVE_NAME = "archive.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    parent_ids TEXT NOT NULL DEFAULT '[]',
+    proposer TEXT NOT NULL,
+    name TEXT NOT NULL,
+    thought TEXT NOT NULL DEFAULT '',
+    code TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('proposed','invalid','duplicate','train_failed','eval_failed','scored')),
+    error TEXT,
+    fitness REAL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (code_hash);
+CREATE TABLE IF NOT EXISTS run_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class ArchiveError(RuntimeError):
+    """The archive cannot be opened or written; the message is one line for the user."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Row:
+    """One ``candidates`` row with JSON columns decoded."""
+
+    id: int
+    generation: int
+    parent_ids: list[int]
+    proposer: str
+    name: str
+    thought: str
+    code: str
+    code_hash: str
+    status: str
+    error: str | None
+    fitness: float | None
+    metrics: dict[str, Any]
+    created_at: str
+    finished_at: str | None
+
+    def history_entry(self) -> HistoryEntry:
+        return HistoryEntry(
+            id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
+            fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
+            thought=self.thought,
+        )
+
+
+class Archive:
+    """Transactional access to ``RUN_DIR/archive.sqlite``."""
+
+    def __init__(self, path: Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise ArchiveError(f"no archive at {self.path}")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self.conn.executescript(_SCHEMA)
+            else:
+                self.conn.execute("SELECT 1 FROM candidates LIMIT 1")
+        except sqlite3.DatabaseError as err:
+            raise ArchiveError(f"cannot open archive {self.path}: {err}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            raise ArchiveError(f"cannot write archive {self.path}: {err}") from None
+
+    def add(self, candidate: Candidate, generation: int, status: str = "proposed",
+            error: str | None = None) -> int:
+        """Insert a candidate (as ``proposed`` unless already decided) and return its id."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; allowed: {', '.join(STATUSES)}")
+        finished = None if status == "proposed" else _now()
+        metrics = {"proposer_info": candidate.info} if candidate.info else {}
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO candidates (generation, parent_ids, proposer, name, thought, code, code_hash, status,"
+                " error, metrics, created_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (generation, json.dumps(candidate.parent_ids), candidate.proposer, candidate.name, candidate.thought,
+                 candidate.code, code_hash(candidate.code), status, error, json.dumps(metrics), _now(), finished),
+            )
+            return int(cur.lastrowid)
+
+    def finish(self, row_id: int, status: str, fitness: float | None = None, error: str | None = None,
+               metrics: dict[str, Any] | None = None) -> None:
+        """Record a candidate's fate (merging ``metrics`` into what is stored)."""
+        if status not in STATUSES or status == "proposed":
+            raise ValueError(f"cannot finish with status {status!r}")
+        with self._tx() as conn:
+            old = conn.execute("SELECT metrics FROM candidates WHERE id=?", (row_id,)).fetchone()
+            merged = {**json.loads(old["metrics"] if old else "{}"), **(metrics or {})}
+            conn.execute(
+                "UPDATE candidates SET status=?, fitness=?, error=?, metrics=?, finished_at=? WHERE id=?",
+                (status, fitness, error, json.dumps(merged), _now(), row_id),
+            )
+
+    def update_metrics(self, row_id: int, metrics: dict[str, Any]) -> None:
+        """Merge extra metrics (e.g. fresh-seed confirmation) into a finished row."""
+        with self._tx() as conn:
+            old = conn.execute("SELECT metrics FROM candidates WHERE id=?", (row_id,)).fetchone()
+            merged = {**json.loads(old["metrics"]), **metrics}
+            conn.execute("UPDATE candidates SET metrics=? WHERE id=?", (json.dumps(merged), row_id))
+
+    def rows(self, where: str = "", params: tuple = ()) -> list[Row]:
+        sql = "SELECT * FROM candidates" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+        out = []
+        for r in self.conn.execute(sql, params):
+            data = dict(r)
+            data["parent_ids"] = json.loads(data["parent_ids"] or "[]")
+            data["metrics"] = json.loads(data["metrics"] or "{}")
+            out.append(Row(**{k: data[k] for k in Row.__dataclass_fields__}))
+        return out
+
+    def get(self, row_id: int) -> Row | None:
+        found = self.rows("id=?", (row_id,))
+        return found[0] if found else None
+
+    def history(self) -> list[HistoryEntry]:
+        return [r.history_entry() for r in self.rows()]
+
+    def find_hash(self, digest: str) -> Row | None:
+        found = self.rows("code_hash=? AND status NOT IN ('proposed','invalid')", (digest,))
+        return found[0] if found else None
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM run_state WHERE key=?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO run_state (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def close(self) -> None:
+        self.conn.close()

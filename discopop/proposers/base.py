@@ -1,0 +1,65 @@
+"""The proposer seam: whatever writes new loss code (an LLM, an evolutionary program, a file list).
+
+The loop hands a proposer the run's history (every archived candidate so far, as plain records)
+and asks for ``k`` new candidates. Lineage is data: each candidate names the archive ids of its
+parents. A proposer never runs candidate code; checking and training happen elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    """A proposed loss, before it is checked or trained."""
+
+    name: str
+    code: str
+    thought: str = ""
+    parent_ids: list[int] = field(default_factory=list)
+    proposer: str = ""
+    # Proposer-specific facts worth archiving (model used, tokens, the mutation applied, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+    # A proposal that could not even be turned into code (e.g. unparseable LLM answer): the loop
+    # records it as ``invalid`` with this reason instead of checking it.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One archived candidate as a proposer sees it."""
+
+    id: int
+    generation: int
+    name: str
+    code: str
+    status: str
+    fitness: float | None
+    error: str | None
+    parent_ids: tuple[int, ...]
+    proposer: str
+    thought: str = ""
+
+
+class Proposer(ABC):
+    """Writes new candidate losses from the history of a run."""
+
+    name: str = "proposer"
+
+    @abstractmethod
+    def propose(self, history: list[HistoryEntry], k: int, generation: int) -> list[Candidate]:
+        """Return up to ``k`` new candidates for ``generation``."""
+
+    def repair(self, failed: Candidate, failed_id: int, error: str, attempt: int) -> Candidate | None:
+        """Offer a fixed version of a candidate that failed parsing or checks (``None``: no repair)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (HTTP clients, ...)."""
+
+
+class ProposerStop(RuntimeError):
+    """The proposer cannot go on (bad credentials, budget spent): the run stops cleanly with this line."""

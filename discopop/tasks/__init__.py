@@ -1,0 +1,77 @@
+"""Tasks: a reference policy, preference pairs, held-out prompts and a reward.
+
+``load_task(cfg)`` returns a :class:`Task` whose artifacts live on disk (built once, cached by
+config hash). Workers call it too: on a cache hit it only reads files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from discopop.tasks import synthetic
+
+
+@dataclass
+class Task:
+    """Everything a fine-tune and its scoring need, as paths plus a reward function."""
+
+    name: str
+    model_path: Path
+    tokenizer_path: Path
+    pairs_path: Path
+    heldout_prompts: list[str]
+    reward: Callable[[str, str], float]
+    max_new_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_root(cfg: dict[str, Any]) -> Path:
+    root = cfg.get("cache_dir") or os.environ.get("DISCOPOP_CACHE_DIR") or "~/.cache/discopop"
+    return Path(root).expanduser()
+
+
+def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that determine a task's artifacts (and nothing else: not the cache path)."""
+    return {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
+
+
+def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
+    """Load a synthetic task from its cache, building it first on a miss."""
+    if cfg.get("kind", "synthetic") != "synthetic":
+        from discopop.tasks.hub import load_hub_task
+
+        return load_hub_task(cfg)
+    key = build_key(cfg)
+    out_dir = cache_root(cfg) / f"{cfg['language']}-{synthetic.config_hash(key)}"
+    done = out_dir / "meta.json"
+    if not done.exists():
+        if log:
+            log(f"building task '{cfg['name']}' into {out_dir} (first run only)")
+        started = time.perf_counter()
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        synthetic.build(key, tmp)
+        # Rename last so a crash mid-build never leaves a half-built cache that looks complete.
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not done.exists():
+                raise
+        if log:
+            log(f"task built in {time.perf_counter() - started:.0f} s")
+    language = synthetic.LANGUAGES[cfg["language"]]()
+    return Task(
+        name=cfg["name"],
+        model_path=out_dir / "sft_model",
+        tokenizer_path=out_dir / "tokenizer",
+        pairs_path=out_dir / "pairs",
+        heldout_prompts=json.loads((out_dir / "heldout.json").read_text()),
+        reward=language.reward,
+        max_new_tokens=language.max_answer_len + 1,
+        meta=json.loads(done.read_text()),
+    )

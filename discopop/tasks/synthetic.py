@@ -1,0 +1,309 @@
+"""Embedded tasks built entirely on this machine: no download, no GPU.
+
+A synthetic task is a small formal language with a *verifiable* reward (the answer is right or
+it is not; anything outside the language scores zero, so degenerate text cannot buy reward).
+Building one mirrors the DPO paper's IMDb recipe at toy scale:
+
+1. a character tokenizer and a tiny GPT-2 are made from a config;
+2. the model is SFT-trained on task text in which a share of answers is deliberately wrong, so the
+   reference policy is imperfect and there is something for preference optimisation to fix;
+3. preference pairs are *sampled from that SFT model* and labelled by the reward
+   (chosen = correct, rejected = wrong);
+4. held-out prompts are split off first and never appear in SFT or preference data.
+
+Everything is cached under ``cache_dir/<name>-<config hash>`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EOS = "<eos>"
+PAD = "<pad>"
+
+
+class SyntheticLanguage(ABC):
+    """A task language: how to enumerate problems, answer them, corrupt answers and score."""
+
+    name: str
+    alphabet: str
+    max_answer_len: int
+
+    @abstractmethod
+    def problems(self, rng: random.Random) -> list[tuple[str, str]]:
+        """All (prompt, correct answer) pairs of the task, in a seeded order."""
+
+    @abstractmethod
+    def corrupt(self, prompt: str, answer: str, rng: random.Random) -> str:
+        """A plausible wrong answer (the SFT data's deliberate noise)."""
+
+    @abstractmethod
+    def reward(self, prompt: str, completion: str) -> float:
+        """1.0 for a correct, well-formed completion, 0.0 otherwise."""
+
+    @abstractmethod
+    def systematic_error(self, prompt: str, answer: str) -> str | None:
+        """The reference's *habitual* mistake on this prompt, or None where it has none.
+
+        The SFT data gives this wrong answer more often than the right one, so the SFT model's
+        greedy answer is wrong on these prompts while correct answers still appear in its samples:
+        a bias that preference data can fix, as in real preference tuning.
+        """
+
+    def sft_answer(self, prompt: str, answer: str, rng: random.Random, cfg: dict[str, Any]) -> str:
+        """The answer written into the SFT data for ``prompt`` (deliberately noisy)."""
+        habitual = self.systematic_error(prompt, answer)
+        if habitual is not None and rng.random() < cfg["systematic_error"]:
+            return habitual
+        if rng.random() < cfg["noise"]:
+            return self.corrupt(prompt, answer, rng)
+        return answer
+
+
+class Addition(SyntheticLanguage):
+    """Two-digit addition: ``07+35=`` -> ``42``. Prompts are fixed-width so batches need no padding."""
+
+    name = "addition"
+    alphabet = "0123456789+="
+    max_answer_len = 3
+
+    def problems(self, rng: random.Random) -> list[tuple[str, str]]:
+        items = [(f"{a:02d}+{b:02d}=", str(a + b)) for a in range(100) for b in range(100)]
+        rng.shuffle(items)
+        return items
+
+    def corrupt(self, prompt: str, answer: str, rng: random.Random) -> str:
+        value = int(answer)
+        wrong = value + rng.choice([-11, -10, -9, -2, -1, 1, 2, 9, 10, 11])
+        return str(wrong if wrong >= 0 and wrong != value else value + 1)
+
+    def reward(self, prompt: str, completion: str) -> float:
+        a, b = int(prompt[0:2]), int(prompt[3:5])
+        return 1.0 if completion == str(a + b) else 0.0
+
+    def systematic_error(self, prompt: str, answer: str) -> str | None:
+        """Forgetting the carry out of the ones digit (45% of prompts have one)."""
+        a, b = int(prompt[0:2]), int(prompt[3:5])
+        return str(a + b - 10) if a % 10 + b % 10 >= 10 else None
+
+
+class Sorting(SyntheticLanguage):
+    """Sort five digits: ``s31402>`` -> ``01234``. Kept out of discovery; used to test transfer."""
+
+    name = "sorting"
+    alphabet = "0123456789s>"
+    max_answer_len = 5
+
+    def problems(self, rng: random.Random) -> list[tuple[str, str]]:
+        seen: dict[str, str] = {}
+        while len(seen) < 20000:
+            digits = "".join(rng.choice("0123456789") for _ in range(5))
+            seen.setdefault(f"s{digits}>", "".join(sorted(digits)))
+        return list(seen.items())
+
+    def corrupt(self, prompt: str, answer: str, rng: random.Random) -> str:
+        chars = list(answer)
+        for _ in range(10):
+            i, j = rng.sample(range(len(chars)), 2)
+            if chars[i] != chars[j]:
+                chars[i], chars[j] = chars[j], chars[i]
+                return "".join(chars)
+        return answer[:-1] + str((int(answer[-1]) + 1) % 10)
+
+    def reward(self, prompt: str, completion: str) -> float:
+        return 1.0 if completion == "".join(sorted(prompt[1:6])) else 0.0
+
+    def systematic_error(self, prompt: str, answer: str) -> str | None:
+        """Leaving the last input digit in place when it is smaller than the first one."""
+        digits = prompt[1:6]
+        if digits[4] >= digits[0]:
+            return None
+        rest = "".join(sorted(digits[:4]))
+        return rest + digits[4] if rest + digits[4] != answer else None
+
+
+LANGUAGES: dict[str, type[SyntheticLanguage]] = {"addition": Addition, "sorting": Sorting}
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Stable hash of the task's build settings (cache key)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tokenizer(alphabet: str):
+    """A character-level fast tokenizer, so TRL and ``generate`` treat it like any hub tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
+    core = Tokenizer(WordLevel(vocab, unk_token=PAD))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("<eos>|<pad>|."), behavior="isolated")
+    core.decoder = decoders.Fuse()  # characters join without spaces
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=PAD)
+
+
+def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """Encode equal-length texts into a [n, len] tensor (task prompts are fixed-width)."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def decode_completions(tokenizer, completion_ids: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """Decode generated ids up to the first EOS; a completion with no EOS is malformed (``None``-like "")."""
+    eos_id = tokenizer.eos_token_id
+    texts: list[str] = []
+    lengths = []
+    for row in completion_ids.tolist():
+        if eos_id in row:
+            cut = row.index(eos_id)
+            texts.append(tokenizer.decode(row[:cut]))
+            lengths.append(cut + 1)
+        else:
+            texts.append("\x00")  # never a correct answer: it did not finish
+            lengths.append(len(row))
+    return texts, torch.tensor(lengths)
+
+
+def _sft_batches(language: SyntheticLanguage, train: list[tuple[str, str]], tokenizer, cfg, rng):
+    """Yield (input_ids, labels) for SFT: fixed width, answers padded after EOS, prompt not trained."""
+    width = len(train[0][0]) + language.max_answer_len + 1
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    while True:
+        ids, labels = [], []
+        for _ in range(cfg["batch_size"]):
+            prompt, answer = rng.choice(train)
+            answer = language.sft_answer(prompt, answer, rng, cfg)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos_id]
+            row = p + a + [pad_id] * (width - len(p) - len(a))
+            ids.append(row)
+            labels.append([-100] * len(p) + a + [-100] * (width - len(p) - len(a)))
+        yield torch.tensor(ids), torch.tensor(labels)
+
+
+def train_sft(language, train, tokenizer, cfg: dict[str, Any], seed: int):
+    """Plain-torch SFT of a tiny GPT-2 (task construction, not a candidate: no TRL overhead needed)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=32, n_embd=cfg["n_embd"], n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"], bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    steps, warmup = cfg["steps"], max(1, cfg["steps"] // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    batches = _sft_batches(language, train, tokenizer, cfg, random.Random(seed))
+    model.train()
+    for _ in range(steps):
+        ids, labels = next(batches)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, sample: bool,
+             seed: int = 0, batch_size: int = 512) -> list[str]:
+    """Greedy or sampled completions for fixed-width prompts, decoded up to EOS."""
+    out: list[str] = []
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, len(prompts), batch_size):
+        ids = encode(tokenizer, prompts[start:start + batch_size])
+        completion = _decode_loop(model, ids, max_new_tokens, tokenizer.eos_token_id, sample, gen)
+        texts, _ = decode_completions(tokenizer, completion)
+        out.extend(texts)
+    return out
+
+
+def _decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, sample: bool,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Token-by-token decoding with the KV cache; faster than ``generate`` for 3-5 token answers."""
+    past = None
+    inputs = ids
+    steps = []
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=inputs, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        if sample:
+            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        else:
+            nxt = logits.argmax(dim=-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        steps.append(nxt)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        inputs = nxt.unsqueeze(1)
+    return torch.stack(steps, dim=1)
+
+
+def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: int) -> list[dict[str, str]]:
+    """Sample completions from the SFT model and pair a correct with a wrong one per prompt."""
+    rng = random.Random(seed)
+    prompts = [p for p, _ in rng.sample(train, min(len(train), cfg["prompts"]))]
+    k = cfg["samples_per_prompt"]
+    repeated = [p for p in prompts for _ in range(k)]
+    texts = generate(model, tokenizer, repeated, language.max_answer_len + 1, sample=True, seed=seed)
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        group = texts[i * k:(i + 1) * k]
+        good = [t for t in group if language.reward(prompt, t) == 1.0]
+        bad = [t for t in group if language.reward(prompt, t) == 0.0 and t != "\x00" and t]
+        if good and bad:
+            pairs.append({"prompt": prompt, "chosen": good[0], "rejected": bad[0]})
+        if len(pairs) >= cfg["max_pairs"]:
+            break
+    return pairs
+
+
+def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Build every artifact of a synthetic task into ``out_dir``; return the build metadata."""
+    from datasets import Dataset
+
+    started = time.perf_counter()
+    language = LANGUAGES[cfg["language"]]()
+    seed = int(cfg["seed"])
+    problems = language.problems(random.Random(seed))
+    heldout, train = problems[: cfg["heldout_prompts"]], problems[cfg["heldout_prompts"]:]
+    tokenizer = build_tokenizer(language.alphabet)
+    model = train_sft(language, train, tokenizer, cfg["sft"], seed)
+    sft_seconds = time.perf_counter() - started
+    pairs = sample_pairs(model, tokenizer, language, train, cfg["pairs"], seed)
+    heldout_prompts = [p for p, _ in heldout]
+    greedy = generate(model, tokenizer, heldout_prompts, language.max_answer_len + 1, sample=False)
+    sft_reward = sum(language.reward(p, t) for p, t in zip(heldout_prompts, greedy, strict=True)) / len(greedy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    model.save_pretrained(out_dir / "sft_model")
+    Dataset.from_list(pairs).save_to_disk(str(out_dir / "pairs"))
+    (out_dir / "heldout.json").write_text(json.dumps(heldout_prompts))
+    meta = {
+        "language": language.name, "pairs": len(pairs), "heldout": len(heldout_prompts),
+        "sft_heldout_reward": sft_reward, "sft_seconds": round(sft_seconds, 1),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta

@@ -1,0 +1,126 @@
+"""The short DPO fine-tune of one candidate, through TRL (``DiscoveredLossDPOTrainer``).
+
+A :class:`FineTuner` lives in a worker process for the whole run and trains many candidates.
+Building a TRL trainer costs seconds (more than a whole candidate's training on the embedded
+task), and tokenising the pairs and computing reference log-probs is the same for every
+candidate, so all of that happens once in ``__init__``. Per candidate, ``run`` only restores the
+initial weights, swaps the loss, drops the optimiser/scheduler so ``train()`` makes fresh ones,
+reseeds, and trains. Every candidate of a run thus sees the same initial weights, data order
+and seed (common random numbers), which makes fitness differences mean something.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback, set_seed
+from transformers.trainer_callback import TrainerState
+from trl import DPOConfig
+
+from discopop.scoring import Score, score_policy
+from discopop.tasks import Task
+from discopop.trl import DiscoveredLossDPOTrainer, LossFn
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time spent inside optimisation steps (forward, backward, optimiser), for overhead accounting."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._start
+
+
+@dataclass
+class TrainResult:
+    score: Score
+    steps: int
+    final_loss: float
+    train_seconds: float
+    step_seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _placeholder_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                      reference_rejected_logps, beta):
+    """Stands in until the first candidate arrives; never trained with."""
+    raise RuntimeError("FineTuner.run was not given a loss")
+
+
+class FineTuner:
+    """One warm TRL trainer over a task's pairs, reused for every candidate."""
+
+    def __init__(self, task: Task, training: dict[str, Any], workdir: Path, kl_coef: float = 0.0):
+        torch.set_num_threads(int(training.get("threads", 1)))
+        from datasets import load_from_disk
+
+        self.task = task
+        self.training = training
+        self.kl_coef = kl_coef
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(task.tokenizer_path)
+        self.model = AutoModelForCausalLM.from_pretrained(task.model_path)
+        self.reference = AutoModelForCausalLM.from_pretrained(task.model_path).eval()
+        self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        pairs = load_from_disk(str(task.pairs_path))
+        if training.get("max_pairs"):
+            pairs = pairs.select(range(min(len(pairs), int(training["max_pairs"]))))
+        self.args = DPOConfig(
+            output_dir=str(workdir / "trainer"),
+            beta=float(training["beta"]),
+            learning_rate=float(training["learning_rate"]),
+            num_train_epochs=float(training["epochs"]),
+            per_device_train_batch_size=int(training["batch_size"]),
+            lr_scheduler_type=training.get("lr_scheduler", "constant"),
+            warmup_steps=int(training.get("warmup_steps", 0)),
+            max_grad_norm=float(training.get("max_grad_norm", 1.0)),
+            precompute_ref_log_probs=True,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=int(training.get("seed", 0)),
+            dataloader_num_workers=0,
+            gradient_checkpointing=False,
+            bf16=False,
+        )
+        self.timer = _StepTimer()
+        self.trainer = DiscoveredLossDPOTrainer(
+            model=self.model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
+            loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
+        )
+
+    def run(self, loss_fn: LossFn, seed: int) -> TrainResult:
+        """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out prompts."""
+        started = time.perf_counter()
+        self.model.load_state_dict(self.initial_state)
+        self.model.train()
+        trainer = self.trainer
+        trainer.loss_fn = loss_fn
+        trainer.optimizer = None
+        trainer.lr_scheduler = None
+        trainer.state = TrainerState()
+        for mode in trainer._metrics.values():
+            mode.clear()
+        trainer.args.seed = seed
+        set_seed(seed)
+        self.timer.seconds = 0.0
+        output = trainer.train()
+        train_seconds = time.perf_counter() - started
+        metrics = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
+        score_started = time.perf_counter()
+        score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed, kl_coef=self.kl_coef)
+        score.seconds = time.perf_counter() - score_started
+        return TrainResult(
+            score=score, steps=output.global_step, final_loss=float(output.training_loss),
+            train_seconds=train_seconds, step_seconds=self.timer.seconds, metrics=metrics,
+        )

@@ -1,0 +1,121 @@
+"""TRL integration: a ``DPOTrainer`` that trains with any loss in the discopop contract form.
+
+TRL keeps its losses in a long ``if/elif`` chain inside the private ``DPOTrainer._compute_loss``
+and offers no public hook for a custom loss. This module is the *only* place that knows TRL's
+internals: it overrides ``_compute_loss`` with the same forward pass (TRL's fused LM head, summed
+completion log-probs, precomputed or live reference log-probs) and hands the four log-prob
+tensors to ``loss_fn``. ``tests/test_trl_adapter.py`` pins what is relied on here and fails with
+a message naming the change if a TRL release moves it; the supported range is pinned in
+``pyproject.toml``.
+
+Example::
+
+    from discopop.trl import DiscoveredLossDPOTrainer
+    trainer = DiscoveredLossDPOTrainer(model=model, args=DPOConfig(...), train_dataset=ds,
+                                       processing_class=tok, loss_fn="proposals/lrml.py")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from discopop.losses import load_loss
+
+# Batch keys TRL's collator adds that are not model inputs (mirrors DPOTrainer._compute_loss).
+_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+# DPOConfig options whose effect lives inside TRL's own loss code and so cannot apply to a
+# user-supplied loss; refusing them is better than silently ignoring them.
+_UNSUPPORTED = {
+    "ld_alpha": None,
+    "f_divergence_type": "reverse_kl",
+    "use_weighting": False,
+}
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; raised only when ``fail_on_nonfinite_loss`` is set."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"non-finite loss at step {step}")
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def resolve_loss(loss_fn: LossFn | str | Path) -> LossFn:
+    """Accept a callable, a loss file path, or loss source text."""
+    if callable(loss_fn):
+        return loss_fn
+    return load_loss(loss_fn)
+
+
+class DiscoveredLossDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` whose per-example loss is ``loss_fn(policy_chosen_logps, policy_rejected_logps,
+    reference_chosen_logps, reference_rejected_logps, beta)``; all other arguments are DPOTrainer's.
+
+    ``args.loss_type`` is ignored (the loss is ``loss_fn``); TRL's usual metrics
+    (``rewards/*``, ``logps/*``) are logged as usual.
+    """
+
+    def __init__(self, *args: Any, loss_fn: LossFn | str | Path, fail_on_nonfinite_loss: bool = False,
+                 **kwargs: Any):
+        config: DPOConfig | None = kwargs.get("args") or (args[2] if len(args) > 2 else None)
+        if config is not None:
+            for name, neutral in _UNSUPPORTED.items():
+                if getattr(config, name, neutral) != neutral:
+                    raise ValueError(
+                        f"DPOConfig.{name}={getattr(config, name)!r} is not supported with a discovered loss "
+                        f"(allowed: {neutral!r}); express it inside loss_fn instead"
+                    )
+        self.loss_fn = resolve_loss(loss_fn)
+        self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
+        super().__init__(*args, **kwargs)
+
+    def _sequence_logps(self, model, inputs: dict[str, torch.Tensor]):
+        """Summed completion log-probs of the [chosen; rejected] batch, as TRL computes them."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        seq_len = completion_mask.size(1) - 1
+        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        logps = self._sequence_logps(model, inputs)
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or model, inputs)
+        per_example = self.loss_fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, self.beta)
+        if not isinstance(per_example, torch.Tensor) or per_example.shape != chosen_logps.shape:
+            shape = list(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
+            raise ValueError(f"loss_fn returned {shape}, expected a tensor of shape {list(chosen_logps.shape)}")
+        loss = per_example.mean()
+        if self.fail_on_nonfinite_loss and not torch.isfinite(loss):
+            raise NonFiniteLoss(self.state.global_step + 1)
+        self._log_reward_metrics(mode, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        if return_outputs:
+            raise ValueError("DiscoveredLossDPOTrainer does not return model outputs from compute_loss")
+        return loss
+
+    def _log_reward_metrics(self, mode, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
+        """TRL's implicit-reward metrics, with TRL's names, so dashboards read the same."""
+        gather = self.accelerator.gather
+        chosen_rewards = self.beta * (chosen_logps - ref_chosen_logps).detach()
+        rejected_rewards = self.beta * (rejected_logps - ref_rejected_logps).detach()
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
