@@ -29,6 +29,21 @@ class CheckReport:
 
     uses_beta: bool = True
     probe: list[float] = field(default_factory=list)
+    # loss(x) and d loss/dx on CURVE_X (x = beta * rho), drawn by the report without running the code again
+    curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+CURVE_POINTS = 401  # x = beta * rho on an even grid over [-10, 10], the DiscoPOP paper's plotting range
+
+
+def loss_curve(fn: Callable) -> dict[str, list[float]]:
+    """loss(x) and its derivative at x = beta * rho in [-10, 10] (policy_chosen = x, rest 0, beta = 1)."""
+    x = torch.linspace(-10.0, 10.0, CURVE_POINTS, requires_grad=True)
+    zeros = torch.zeros_like(x)
+    loss = _call(fn, (x, zeros, zeros, zeros), 1.0)
+    (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+    grad = torch.zeros_like(x) if grad is None else grad
+    return {"loss": [round(float(v), 6) for v in loss.detach()], "grad": [round(float(v), 6) for v in grad]}
 
 
 def make_inputs(batch: int, scale: str, seed: int) -> tuple[torch.Tensor, ...]:
@@ -94,6 +109,7 @@ def check_loss(fn: Callable, seed: int = 0) -> CheckReport:
     report.uses_beta = _uses_beta(fn)
     with torch.no_grad():
         report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), 0.1)]
+    report.curve = loss_curve(fn)
     return report
 
 

@@ -42,11 +42,11 @@ def _sequence_logps(model, prompt_ids: torch.Tensor, completion: torch.Tensor, e
 
 @torch.no_grad()
 def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: float,
-                 batch_size: int = 512) -> Score:
+                 split: str = "search", batch_size: int = 512) -> Score:
     """Score ``policy`` on the task's held-out prompts (both models in eval mode, no grad)."""
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
-    prompts = task.heldout_prompts
+    prompts = task.prompts(split)
     eos_id = tokenizer.eos_token_id
     rewards, kls = [], []
     for start in range(0, len(prompts), batch_size):

@@ -99,8 +99,8 @@ class FineTuner:
             loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
         )
 
-    def run(self, loss_fn: LossFn, seed: int) -> TrainResult:
-        """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out prompts."""
+    def run(self, loss_fn: LossFn, seed: int, split: str = "search") -> TrainResult:
+        """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``."""
         started = time.perf_counter()
         self.model.load_state_dict(self.initial_state)
         self.model.train()
@@ -118,7 +118,8 @@ class FineTuner:
         train_seconds = time.perf_counter() - started
         metrics = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
         score_started = time.perf_counter()
-        score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed, kl_coef=self.kl_coef)
+        score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
+                             kl_coef=self.kl_coef, split=split)
         score.seconds = time.perf_counter() - score_started
         return TrainResult(
             score=score, steps=output.global_step, final_loss=float(output.training_loss),

@@ -25,10 +25,17 @@ class Task:
     model_path: Path
     tokenizer_path: Path
     pairs_path: Path
-    heldout_prompts: list[str]
+    heldout_prompts: list[str]  # scored during the search
+    confirm_prompts: list[str]  # kept back for the fresh-seed confirmation of the winners
     reward: Callable[[str, str], float]
     max_new_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def prompts(self, split: str) -> list[str]:
+        """Held-out prompts of ``split``: "search" (fitness) or "confirm" (winners' re-scoring)."""
+        if split not in ("search", "confirm"):
+            raise ValueError(f"unknown split {split!r} (allowed: search, confirm)")
+        return self.heldout_prompts if split == "search" else self.confirm_prompts
 
 
 def cache_root(cfg: dict[str, Any]) -> Path:
@@ -65,12 +72,14 @@ def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> 
         if log:
             log(f"task built in {time.perf_counter() - started:.0f} s")
     language = synthetic.LANGUAGES[cfg["language"]]()
+    heldout = json.loads((out_dir / "heldout.json").read_text())
     return Task(
         name=cfg["name"],
         model_path=out_dir / "sft_model",
         tokenizer_path=out_dir / "tokenizer",
         pairs_path=out_dir / "pairs",
-        heldout_prompts=json.loads((out_dir / "heldout.json").read_text()),
+        heldout_prompts=heldout[: len(heldout) // 2],
+        confirm_prompts=heldout[len(heldout) // 2:],
         reward=language.reward,
         max_new_tokens=language.max_answer_len + 1,
         meta=json.loads(done.read_text()),

@@ -1,0 +1,156 @@
+"""Thin command-line entry points: ``discover`` and ``discopop check|leaderboard|export|report``.
+
+Bad input (unknown config group/key/value, a missing run directory, an unwritable output
+directory, a loss file that does not parse) ends with one line on stderr naming what was wrong
+and what is allowed, and exit status 2 (``check`` exits 1 for a rejected loss). No traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from discopop.config import ConfigError, prepare_run
+
+EXIT_USAGE = 2
+
+
+def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def discover(argv: list[str] | None = None) -> int:
+    """``discover --generations N [--resume RUN_DIR] [key=value ...]``: run (or continue) a discovery."""
+    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.")
+    parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
+    args = parser.parse_args(argv)
+    try:
+        cfg, run_dir = prepare_run(args.generations, args.resume, args.overrides)
+    except ConfigError as err:
+        return _fail("discover", str(err))
+    from rich.console import Console
+
+    from discopop.archive import Archive, ArchiveError
+    from discopop.display import Display
+    from discopop.leaderboard import print_leaderboard
+    from discopop.loop import Loop, RunLocked, lock_run_dir
+
+    console = Console(highlight=False)
+    try:
+        lock = lock_run_dir(run_dir)
+    except (RunLocked, OSError) as err:
+        return _fail("discover", str(err))
+    total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
+    console.print(f"run directory: {run_dir}")
+    try:
+        with Display(total, console=console, quiet=args.quiet) as display:
+            summary = Loop(cfg, run_dir, display).run(int(cfg["generations"]))
+    except KeyboardInterrupt:
+        console.print(f"interrupted; continue with: discover --resume {run_dir}")
+        return 130
+    except (ArchiveError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return _fail("discover", f"{first} (finished candidates are kept; continue with --resume {run_dir})")
+    finally:
+        lock.close()
+    archive = Archive(run_dir / "archive.sqlite", create=False)
+    print_leaderboard(archive, console)
+    archive.close()
+    console.print(f"done in {summary.seconds / 60:.1f} min; run directory: {run_dir}")
+    return 0 if summary.stopped is None else 3
+
+
+def _open_archive(run_dir: str):
+    from discopop.archive import Archive, ArchiveError
+
+    path = Path(run_dir) / "archive.sqlite"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    try:
+        return Archive(path, create=False)
+    except ArchiveError as err:
+        raise ConfigError(f"{run_dir} is not a discopop run directory ({err})") from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from discopop.checking import check_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        return _fail("discopop check", f"no such file: {path}")
+    verdict: dict[str, Any] = check_file(path)
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+    elif verdict["valid"]:
+        print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
+    if not verdict["valid"]:
+        print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from discopop.leaderboard import print_leaderboard
+
+    archive = _open_archive(args.run_dir)
+    print_leaderboard(archive, limit=args.limit)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from discopop.export import export_candidate
+
+    archive = _open_archive(args.run_dir)
+    out = export_candidate(archive, args.id, Path(args.output))
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from discopop.report import write_report
+
+    _open_archive(args.run_dir).close()
+    out = write_report(Path(args.run_dir), Path(args.output) if args.output else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``discopop check|leaderboard|export|report``."""
+    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("leaderboard", help="best candidates of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--limit", type=int, default=15)
+    p.set_defaults(func=_leaderboard)
+    p = sub.add_parser("export", help="write a candidate as a standalone loss file")
+    p.add_argument("run_dir")
+    p.add_argument("id", type=int)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_export)
+    p = sub.add_parser("report", help="self-contained HTML report of a run")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=_report)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(f"discopop {args.command}", str(err))
+    except (OSError, ValueError) as err:
+        return _fail(f"discopop {args.command}", str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Composing and validating a run's configuration (hydra compose API), and creating its run directory.
+
+The compose API (rather than ``@hydra.main``) keeps ``discover`` thin and testable and lets every
+configuration mistake become one clear line instead of a traceback. The configs ship inside the
+package (``discopop/conf``), so they are found after a non-editable install too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+SAVED_CONFIG = Path(".hydra") / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (one line)."""
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Check values whose mistakes would otherwise surface late, deep inside a worker."""
+    from discopop.proposers.reference import available
+    from discopop.tasks.synthetic import LANGUAGES
+
+    _require(int(cfg["generations"]) >= 0, f"generations must be >= 0, got {cfg['generations']}")
+    _require(int(cfg["candidates_per_generation"]) >= 1,
+             f"candidates_per_generation must be >= 1, got {cfg['candidates_per_generation']}")
+    unknown = [n for n in cfg["baselines"] if n not in available()]
+    _require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(available())})")
+    _require("dpo" in cfg["baselines"], "baselines must include dpo (the fresh-seed confirmation compares to it)")
+    t = cfg["training"]
+    for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout"):
+        _require(float(t[key]) > 0, f"training.{key} must be > 0, got {t[key]}")
+    task = cfg["task"]
+    if task.get("kind", "synthetic") == "synthetic":
+        _require(task["language"] in LANGUAGES,
+                 f"task.language must be one of {', '.join(LANGUAGES)}, got {task['language']!r}")
+    _require(int(cfg["executor"].get("workers", 1)) >= 1, f"executor.workers must be >= 1, got {cfg['executor']}")
+    _require(int(cfg["confirm"]["seeds"]) >= 0 and int(cfg["confirm"]["top_k"]) >= 0,
+             "confirm.seeds and confirm.top_k must be >= 0")
+    _require(cfg["wandb"]["mode"] in ("offline", "online", "disabled"),
+             f"wandb.mode must be offline, online or disabled, got {cfg['wandb']['mode']!r}")
+
+
+def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
+    """Compose ``config.yaml`` with overrides; return (config as a plain dict, run directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        run_dir = str(cfg.hydra.run.dir)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(_config_hint(_first_line(err))) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return plain, run_dir
+
+
+def _config_hint(message: str) -> str:
+    groups = ", ".join(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+    if "Could not find" in message or "In 'config'" in message:
+        options = {g: sorted(f.stem for f in (CONF_DIR / g).glob("*.yaml")) for g in groups.split(", ")}
+        listing = "; ".join(f"{g}: {', '.join(v)}" for g, v in options.items())
+        return f"{message} (config groups and options: {listing})"
+    return message
+
+
+def _load_saved(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    saved = run_dir / SAVED_CONFIG
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume: run directory not found: {run_dir}")
+    if not (run_dir / "archive.sqlite").is_file() or not saved.is_file():
+        raise ConfigError(f"--resume: {run_dir} is not a discopop run directory (no archive.sqlite and "
+                          f"{SAVED_CONFIG})")
+    try:
+        cfg = OmegaConf.load(saved)
+        OmegaConf.set_struct(cfg, True)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"--resume: {_first_line(err)}") from None
+
+
+def prepare_run(generations: int | None, resume: str | None, overrides: list[str]) -> tuple[dict[str, Any], Path]:
+    """Resolve the config of a new or resumed run, validate it, create and record the run directory."""
+    from omegaconf import OmegaConf
+
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = _load_saved(run_dir, overrides)
+        if generations is not None:
+            cfg["generations"] = generations
+    else:
+        if generations is not None:
+            overrides = [*overrides, f"generations={generations}"]
+        cfg, run_text = compose(overrides)
+        run_dir = Path(run_text)
+    try:
+        validate(cfg)
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"invalid configuration: missing or malformed {err}") from None
+    try:
+        (run_dir / SAVED_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / SAVED_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        if resume is None:
+            (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    except OSError as err:
+        raise ConfigError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
+    _link_latest(run_dir)
+    return cfg, run_dir
+
+
+def _link_latest(run_dir: Path) -> None:
+    """Point ``runs/latest`` at the newest run under ``runs/`` (the notebook's default RUN_DIR)."""
+    if run_dir.parent.name != "runs":
+        return
+    link = run_dir.parent / "latest"
+    try:
+        if link.is_symlink() or not link.exists():
+            link.unlink(missing_ok=True)
+            link.symlink_to(run_dir.name)
+    except OSError:
+        pass

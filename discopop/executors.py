@@ -1,0 +1,165 @@
+"""Where candidate work runs: a pool of warm sandboxed workers behind a small interface.
+
+The loop only sees :class:`Executor.run` (jobs in, results out as they finish), so a distributed
+backend can replace the local pool without touching the loop. Each local worker is a
+:class:`~discopop.sandbox.SandboxedProcess` that paid the torch/transformers/TRL import and the
+trainer construction once; a worker that times out or dies is killed as a group and replaced,
+and its job is reported as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+
+
+@dataclass
+class Job:
+    row_id: int
+    code: str
+    stage: str  # "check" or "train"
+    seed: int = 0
+    split: str = "search"  # held-out prompts to score on: "search" or "confirm"
+
+
+@dataclass
+class JobResult:
+    job: Job
+    ok: bool
+    stage: str
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Executor(ABC):
+    """Runs check/train jobs on candidate code, never in the calling process."""
+
+    @abstractmethod
+    def run(self, jobs: list[Job]) -> Iterator[JobResult]:
+        """Run ``jobs`` and yield each result as it finishes (order not guaranteed)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to warm up: the task and training config (plain dicts)."""
+
+    task: dict[str, Any] | None
+    training: dict[str, Any] | None
+    kl_coef: float = 0.0
+    threads: int = 1
+    limits: Limits = field(default_factory=Limits)
+    init_timeout: float = 600.0
+    check_timeout: float = 30.0
+    train_timeout: float = 600.0
+
+
+class WarmWorker:
+    """One sandboxed worker process, restarted after a timeout or a crash."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.proc: SandboxedProcess | None = None
+        self.starts = 0
+        self.init_seconds = 0.0
+
+    def _ensure(self) -> SandboxedProcess:
+        if self.proc is not None and self.proc.alive():
+            return self.proc
+        if self.proc is not None:
+            self.proc.close()
+        started = time.perf_counter()
+        self.proc = SandboxedProcess("discopop.worker", self.spec.limits)
+        self.starts += 1
+        try:
+            reply = self.proc.request({"op": "init", "task": self.spec.task, "training": self.spec.training,
+                                       "kl_coef": self.spec.kl_coef, "threads": self.spec.threads},
+                                      timeout=self.spec.init_timeout)
+        except (SandboxTimeout, SandboxDied) as err:
+            tail = self.proc.output_tail(800)
+            raise RuntimeError(f"worker failed to start: {err}\n{tail}") from None
+        if not reply.get("ok"):
+            raise RuntimeError(f"worker failed to start: {reply.get('error')}\n{reply.get('traceback', '')}")
+        self.init_seconds += time.perf_counter() - started
+        return self.proc
+
+    def run(self, job: Job) -> JobResult:
+        proc = self._ensure()
+        timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
+        started = time.perf_counter()
+        try:
+            reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split},
+                                 timeout=timeout)
+        except SandboxTimeout as err:
+            return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
+        except SandboxDied as err:
+            return JobResult(job, False, job.stage, str(err), seconds=time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if not reply.get("ok"):
+            return JobResult(job, False, reply.get("stage", job.stage), reply.get("error"), seconds=elapsed)
+        return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+
+
+class LocalExecutor(Executor):
+    """``workers`` warm sandboxed processes on this machine."""
+
+    def __init__(self, spec: WorkerSpec, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"executor.workers must be >= 1, got {workers}")
+        self.workers = [WarmWorker(spec) for _ in range(workers)]
+        self._idle: queue.Queue[WarmWorker] = queue.Queue()
+        for w in self.workers:
+            self._idle.put(w)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discopop-worker")
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Start every worker now (in parallel) so the first candidate does not pay for it."""
+        list(self._pool.map(lambda w: w._ensure(), self.workers))
+
+    def _run_one(self, job: Job) -> JobResult:
+        worker = self._idle.get()
+        try:
+            return worker.run(job)
+        finally:
+            self._idle.put(worker)
+
+    def run(self, jobs: list[Job]) -> Iterator[JobResult]:
+        pending = {self._pool.submit(self._run_one, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+
+    @property
+    def restarts(self) -> int:
+        return sum(max(0, w.starts - 1) for w in self.workers)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
+    """Build the executor named by ``cfg['name']`` (hydra group ``executor``)."""
+    name = cfg.get("name", "local")
+    if name == "local":
+        return LocalExecutor(spec, workers=int(cfg.get("workers", 1)))
+    raise ValueError(f"unknown executor '{name}' (allowed: local)")

@@ -1,0 +1,60 @@
+"""``discopop export``: a discovered loss as a standalone file, with its provenance in the docstring."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from discopop.archive import Archive
+
+
+def lineage(archive: Archive, row_id: int) -> list[str]:
+    """Ancestor names, nearest first (breadth-first over parent ids)."""
+    names, seen, frontier = [], {row_id}, list(archive.get(row_id).parent_ids)
+    while frontier:
+        pid = frontier.pop(0)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        parent = archive.get(pid)
+        if parent is not None:
+            names.append(f"{parent.name} (#{parent.id})")
+            frontier.extend(parent.parent_ids)
+    return names
+
+
+def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
+    """Write candidate ``row_id`` as a loss file loadable with ``discopop.load_loss``."""
+    row = archive.get(row_id)
+    if row is None:
+        raise ValueError(f"no candidate #{row_id} in {archive.path.parent}")
+    if row.status != "scored":
+        raise ValueError(f"candidate #{row_id} has status {row.status}; only scored candidates are exported")
+    conf = row.metrics.get("confirmation")
+    conf_text = "not confirmed on fresh seeds"
+    if conf:
+        conf_text = f"fresh seeds {conf['seeds']}: {conf['mean']:.4f} ± {conf['std']:.4f}"
+        if "delta" in conf:
+            conf_text += f"; vs DPO {conf['delta']:+.4f} ({'beyond' if conf['significant'] else 'within'} noise)"
+    tree = ast.parse(row.code)
+    body_start = 0
+    old_doc = ast.get_docstring(tree)
+    if old_doc is not None:
+        body_start = tree.body[0].end_lineno
+    header = [
+        f"{row.name}: discovered by discopop.", "",
+        f"run: {archive.path.parent.resolve()}", f"candidate: #{row.id}, generation {row.generation}, "
+        f"proposer {row.proposer}", f"fitness: {row.fitness:.4f} (reward {row.metrics.get('reward', float('nan')):.4f},"
+        f" KL {row.metrics.get('kl', float('nan')):.3f})", f"confirmation: {conf_text}",
+        f"lineage: {' <- '.join(lineage(archive, row_id)) or 'none (first generation)'}",
+        f"parent ids: {json.dumps(row.parent_ids)}",
+    ]
+    if row.thought:
+        header += ["", f"idea: {row.thought}"]
+    if old_doc:
+        header += ["", old_doc]
+    doc = "\n".join(header).replace('"""', "'''").replace("\\", "\\\\")
+    rest = "\n".join(row.code.splitlines()[body_start:]).lstrip("\n")
+    out.write_text(f'"""{doc}\n"""\n\n{rest}\n', encoding="utf-8")
+    return out

@@ -1,0 +1,165 @@
+"""The outer discovery loop: baselines, then propose -> evaluate -> archive, then confirm winners.
+
+It only orchestrates: proposing is the proposer's job, the evaluation cascade is
+``evaluate.Evaluator``'s, running candidate code is the executor's (sandboxed workers), and the
+archive is the single record of progress, which is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from discopop.archive import ARCHIVE_NAME, Archive
+from discopop.display import Display
+from discopop.evaluate import Evaluator, Outcome
+from discopop.executors import WorkerSpec, make_executor
+from discopop.leaderboard import confirm
+from discopop.proposers import Proposer, ProposerStop, build_proposer
+from discopop.proposers.reference import reference_candidate
+from discopop.sandbox import Limits
+from discopop.tasks import load_task
+from discopop.tracking import Tracker
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    seconds: float
+    stopped: str | None = None
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run directory for the life of the process."""
+    handle = open(run_dir / ".discopop.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLocked(f"another discover process is already running on {run_dir}") from None
+    return handle
+
+
+def worker_spec(cfg: dict[str, Any]) -> WorkerSpec:
+    training, executor = cfg["training"], cfg["executor"]
+    return WorkerSpec(
+        task=cfg["task"], training=training, kl_coef=float(cfg["task"].get("kl_coef", 0.0)),
+        threads=int(training.get("threads", 1)),
+        limits=Limits(memory_mb=int(executor.get("memory_mb", 6144)), file_size_mb=int(executor.get("file_mb", 256))),
+        check_timeout=float(training.get("check_timeout", 30)), train_timeout=float(training.get("train_timeout", 600)),
+    )
+
+
+class Loop:
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, display: Display):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.display = display
+        self.archive = Archive(run_dir / ARCHIVE_NAME)
+        self.seed = int(cfg["seed"])
+        self.proposer: Proposer = build_proposer(cfg["proposer"], seed=self.seed)
+        state = self.archive.get_state("proposer_state")
+        if state is not None and hasattr(self.proposer, "load_state"):
+            self.proposer.load_state(state)
+        self.tracker = Tracker(cfg.get("wandb", {}), run_dir, cfg)
+        self.best: float | None = None
+
+    def _record(self, outcomes) -> list[Outcome]:
+        recorded = []
+        for out in outcomes:
+            recorded.append(out)
+            row = self.archive.get(out.row_id)
+            if out.fitness is not None:
+                self.best = out.fitness if self.best is None else max(self.best, out.fitness)
+            self.display.finished(row, out.status, out.fitness, out.error)
+            self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
+                                       self.best)
+            observe = getattr(self.proposer, "observe", None)
+            if observe is not None and row.proposer == self.proposer.name:
+                observe(self.archive.get(out.row_id).history_entry())
+        return recorded
+
+    def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
+        rows = [self.archive.get(i) for i in ids]
+        return self._record(evaluator.evaluate([r for r in rows if r.status == "proposed"]))
+
+    def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int):
+        """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each."""
+        max_repairs = int(getattr(self.proposer, "max_repairs", 0))
+        queue = [(o, 1) for o in outcomes if o.status in ("invalid", "train_failed")]
+        while queue:
+            failed, attempt = queue.pop(0)
+            if attempt > max_repairs or failed.row_id not in candidates:
+                continue
+            fixed = self.proposer.repair(candidates[failed.row_id], failed.row_id, failed.error or "", attempt)
+            if fixed is None:
+                continue
+            fixed.parent_ids = [failed.row_id]
+            row_id = self._add(fixed, generation)
+            candidates[row_id] = fixed
+            for out in self._process(evaluator, [row_id]):
+                if out.status in ("invalid", "train_failed"):
+                    queue.append((out, attempt + 1))
+
+    def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
+        """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported."""
+        rows = [self.archive.get(i) for i in ids]
+        decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != "proposed"]
+        return self._record(decided) + self._evaluate_ids(evaluator, ids)
+
+    def _add(self, candidate, generation: int) -> int:
+        if candidate.error:
+            return self.archive.add(candidate, generation, status="invalid", error=candidate.error)
+        return self.archive.add(candidate, generation)
+
+    def run(self, generations: int) -> RunSummary:
+        started = time.perf_counter()
+        task = load_task(self.cfg["task"], log=self.display.log)
+        self.display.log(f"task '{task.name}': reference held-out reward {task.meta.get('sft_heldout_reward'):.3f}, "
+                         f"{task.meta.get('pairs')} preference pairs")
+        executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
+        evaluator = Evaluator(self.archive, executor, self.seed, on_stage=self.display.stage)
+        stopped = None
+        try:
+            self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
+            if hasattr(executor, "warm_up"):
+                executor.warm_up()
+            in_flight = [r.id for r in self.archive.rows("status = 'proposed'")]
+            if in_flight:
+                self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
+                self._evaluate_ids(evaluator, in_flight)
+            done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
+            self.display.set_generation("baselines")
+            ids = [self._add(reference_candidate(n), 0) for n in self.cfg["baselines"] if n not in done_refs]
+            self._evaluate_ids(evaluator, ids)
+            k = int(self.cfg["candidates_per_generation"])
+            for generation in range(int(self.archive.get_state("generations_done", 0)) + 1, generations + 1):
+                self.display.set_generation(f"gen {generation}/{generations}")
+                candidates = self.proposer.propose(self.archive.history(), k, generation)
+                ids = [self._add(c, generation) for c in candidates]
+                outcomes = self._process(evaluator, ids)
+                self._repair(evaluator, outcomes, dict(zip(ids, candidates, strict=True)), generation)
+                if hasattr(self.proposer, "state"):
+                    self.archive.set_state("proposer_state", self.proposer.state())
+                self.archive.set_state("generations_done", generation)
+            conf = self.cfg["confirm"]
+            if int(conf["seeds"]) > 0:
+                self.display.set_generation("confirming winners on fresh seeds")
+                self.display.log(f"re-scoring the top {conf['top_k']} and DPO on {conf['seeds']} fresh seeds "
+                                 "and the held-back prompts")
+                confirm(self.archive, executor, self.seed, int(conf["seeds"]), int(conf["top_k"]))
+        except ProposerStop as stop:
+            stopped = str(stop)
+            self.display.log(f"[yellow]run stopped: {stopped}[/]")
+        finally:
+            executor.close()
+            self.tracker.finish()
+            self.proposer.close()
+        return RunSummary(self.run_dir, time.perf_counter() - started, stopped)

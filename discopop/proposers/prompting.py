@@ -1,0 +1,181 @@
+"""Prompts for the LLM proposer, built from the archive and trimmed to a token budget.
+
+Kept apart from the HTTP code so prompt content can be read, tested and measured on its own
+(``benchmarks/prompt_size.py``). Templates are plain text files in ``discopop/prompts/`` filled
+with :class:`string.Template` (``$name`` placeholders), so the JSON braces in them need no escaping.
+
+Budgeting: the history part of a request (the archive prompt, or the conversation after the
+system message) never exceeds ``budget`` estimated tokens. When it would, the lowest-priority
+items are dropped first: the k-th best, k-th failure and k-th recent entry rank by k, and
+within one k in that order, so the best candidate is the last thing ever dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from string import Template
+
+from discopop.proposers.base import HistoryEntry
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+FAILED_STATUSES = ("invalid", "duplicate", "train_failed", "eval_failed")
+MAX_THOUGHT_IN_PROMPT = 300  # chars: the idea in a sentence or two; the code says the rest
+MAX_ERROR_IN_PROMPT = 300
+EMPTY_SECTION = "(none)"
+Message = dict[str, str]
+
+
+@functools.cache
+def template(name: str) -> Template:
+    """The prompt template ``discopop/prompts/<name>.txt``."""
+    return Template((PROMPTS_DIR / f"{name}.txt").read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def _counter() -> Callable[[str], int]:
+    """tiktoken's count when it is installed and its vocabulary loads offline, else chars // 4."""
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding("o200k_base")
+        return lambda text: len(encoding.encode(text, disallowed_special=()))
+    except Exception:  # noqa: BLE001 - not installed, or the vocabulary needs a download
+        return lambda text: len(text) // 4
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated token count of ``text`` (about 4 characters a token for English and code)."""
+    return _counter()(text)
+
+
+def messages_tokens(messages: Sequence[Message]) -> int:
+    """Estimated tokens of the message contents (the few tokens of per-message framing ignored)."""
+    return sum(estimate_tokens(m["content"]) for m in messages)
+
+
+def system_prompt() -> str:
+    return template("system").substitute()
+
+
+def _fitness(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_scored(entry: HistoryEntry) -> str:
+    """A scored entry with its code: what the model should learn from and improve on."""
+    idea = f"Idea: {_short(entry.thought, MAX_THOUGHT_IN_PROMPT)}\n" if entry.thought.strip() else ""
+    return (f"### id {entry.id}: {entry.name}, fitness {_fitness(entry.fitness)} (generation {entry.generation})\n"
+            f"{idea}```python\n{entry.code.strip()}\n```\n")
+
+
+def render_failure(entry: HistoryEntry) -> str:
+    """A failure in one line: the name and why it failed (its code would cost too much)."""
+    error = _short(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
+    return f"- id {entry.id} `{entry.name}` ({entry.status}): {error}\n"
+
+
+def _is_scored(entry: HistoryEntry) -> bool:
+    return entry.status == "scored" and entry.fitness is not None and math.isfinite(entry.fitness)
+
+
+def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budget: int, top_k: int = 5,
+                         recent_k: int = 5, failures_k: int = 5,
+                         batch_names: Sequence[str] = ()) -> tuple[str, list[int]]:
+    """The fresh user prompt for one proposal and the ids of the best entries it shows.
+
+    Never exceeds ``budget`` estimated tokens unless the bare template already does (the caller
+    validates budgets against :func:`archive_overhead`).
+    """
+    scored = [e for e in history if _is_scored(e)]
+    best = sorted(scored, key=lambda e: (-e.fitness, e.id))[:top_k]
+    best_ids = {e.id for e in best}
+    recent = sorted((e for e in scored if e.id not in best_ids), key=lambda e: -e.id)[:recent_k]
+    failures = sorted((e for e in history if e.status in FAILED_STATUSES), key=lambda e: -e.id)[:failures_k]
+    # (priority, section, entry): see the module docstring for why this order.
+    items = [((k, 0), "best", e) for k, e in enumerate(best)]
+    items += [((k, 1), "failures", e) for k, e in enumerate(failures)]
+    items += [((k, 2), "recent", e) for k, e in enumerate(recent)]
+    items.sort(key=lambda item: item[0])
+    texts = {(s, e.id): (render_failure(e) if s == "failures" else render_scored(e)) for _, s, e in items}
+    note = ""
+    if batch_names:
+        note = ("\nAlready proposed in this generation, still being evaluated (propose something different): "
+                + ", ".join(batch_names) + "\n")
+    counts = {"generation": generation, "n_total": len(history), "n_scored": len(scored),
+              "n_failed": sum(e.status in FAILED_STATUSES for e in history), "batch_note": note}
+
+    def render(kept: list) -> str:
+        sections = {name: [e for _, s, e in kept if s == name] for name in ("best", "recent", "failures")}
+        sections["best"].sort(key=lambda e: (-e.fitness, e.id))
+        sections["recent"].sort(key=lambda e: -e.id)
+        sections["failures"].sort(key=lambda e: -e.id)
+        filled = {name: "\n".join(texts[name, e.id] for e in entries).rstrip() or EMPTY_SECTION
+                  for name, entries in sections.items()}
+        return template("archive_user").substitute(counts, **filled)
+
+    left = budget - estimate_tokens(render([]))
+    kept = []
+    for item in items:  # greedy in priority order; a too-large item is skipped, smaller ones may fit
+        cost = estimate_tokens(texts[item[1], item[2].id]) + 1
+        if cost <= left:
+            kept.append(item)
+            left -= cost
+    text = render(kept)
+    while kept and estimate_tokens(text) > budget:  # token estimates are not exactly additive
+        kept.pop()
+        text = render(kept)
+    return text, [e.id for _, s, e in kept if s == "best"]
+
+
+def archive_overhead() -> int:
+    """Tokens of the archive prompt with every section empty: the smallest budget that works."""
+    return estimate_tokens(build_archive_prompt([], 0, 10**9, batch_names=("x" * 40,) * 4)[0])
+
+
+def feedback_line(entry: HistoryEntry) -> str:
+    """One result for the conversation: the fitness, or why the candidate failed."""
+    if _is_scored(entry):
+        return f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}"
+    reason = _short(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
+    return f"- `{entry.name}` (id {entry.id}): {entry.status}: {reason}"
+
+
+def build_feedback(lines: Sequence[str]) -> str:
+    """The next user turn of a conversation: results since the last turn, then the next request."""
+    return template("feedback").substitute(results="\n".join(lines) or "(none finished yet)")
+
+
+def build_repair(name: str, code: str, error: str, max_code_chars: int = 8000) -> str:
+    """The request to fix a proposal that failed parsing or checks, with what failed and why."""
+    code = code.strip() or "(no code)"
+    if len(code) > max_code_chars:
+        code = code[:max_code_chars] + "\n… (truncated)"
+    return template("repair").substitute(name=name, error=error.strip() or "unknown error", code=code)
+
+
+def trim_conversation(messages: Sequence[Message], budget: int) -> list[Message]:
+    """The system message plus the newest messages that fit ``budget`` (the newest is always kept).
+
+    A kept history must start with a user turn, so a leading assistant message is dropped too.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = list(messages[len(system):])
+    kept: list[Message] = []
+    used = 0
+    for message in reversed(rest):
+        cost = estimate_tokens(message["content"])
+        if kept and used + cost > budget:
+            break
+        kept.insert(0, message)
+        used += cost
+    while len(kept) > 1 and kept[0]["role"] != "user":
+        kept.pop(0)
+    return system + kept
