@@ -82,6 +82,16 @@ def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.
 
 def check_loss(fn: Callable, seed: int = 0) -> CheckReport:
     """Run every numeric check on ``fn``; raise :class:`CheckFailed` at the first failure."""
+    try:
+        return _check_loss(fn, seed)
+    except CheckFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 - any error of the candidate is a rejection with its reason
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckFailed(f"raised {type(err).__name__}: {first}") from None
+
+
+def _check_loss(fn: Callable, seed: int) -> CheckReport:
     report = CheckReport()
     for scale in ("small", "large"):
         for beta in BETAS:

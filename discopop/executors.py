@@ -148,6 +148,10 @@ class LocalExecutor(Executor):
                 yield fut.result()
 
     @property
+    def parallelism(self) -> int:
+        return len(self.workers)
+
+    @property
     def restarts(self) -> int:
         return sum(max(0, w.starts - 1) for w in self.workers)
 

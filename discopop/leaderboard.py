@@ -95,6 +95,8 @@ def _confirm_text(row: Row) -> tuple[str, str]:
 def print_leaderboard(archive: Archive, console: Console | None = None, limit: int = 15) -> None:
     """A rich table of the best scored candidates, with the fresh-seed verdicts."""
     console = console or Console()
+    if not console.is_terminal and console.width < 150:
+        console = Console(width=150, highlight=False)  # logs and CI: keep the table on one line per row
     rows = leaderboard_rows(archive, limit)
     counts: dict[str, int] = {}
     for r in archive.rows():

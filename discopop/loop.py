@@ -87,8 +87,13 @@ class Loop:
         return recorded
 
     def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
-        rows = [self.archive.get(i) for i in ids]
-        return self._record(evaluator.evaluate([r for r in rows if r.status == "proposed"]))
+        """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
+        rows = [r for r in (self.archive.get(i) for i in ids) if r.status == "proposed"]
+        width = max(1, int(getattr(evaluator.executor, "parallelism", 1)))
+        out: list[Outcome] = []
+        for start in range(0, len(rows), width):
+            out += self._record(evaluator.evaluate(rows[start:start + width]))
+        return out
 
     def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int):
         """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each."""

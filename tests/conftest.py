@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny embedded task built locally (cached per session) and a small run config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A deliberately tiny task: builds in a few seconds, enough pairs for a handful of DPO steps.
+TINY_TASK = [
+    "task.sft.steps=60", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
+    "task.pairs.prompts=200", "task.pairs.max_pairs=64", "task.heldout_prompts=64",
+]
+SMALL_RUN = [
+    *TINY_TASK, "training.batch_size=16", "training.threads=1", "baselines=[dpo,lrml]",
+    "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("discopop-cache")
+    os.environ["DISCOPOP_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_task(cache_dir):
+    """The tiny task, built once per test session into a temporary cache."""
+    from discopop.config import compose
+    from discopop.tasks import load_task
+
+    cfg, _ = compose(TINY_TASK)
+    return load_task(cfg["task"]), cfg

@@ -1,0 +1,54 @@
+"""Archive: the contract schema, transactional updates, state, and clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from discopop.archive import Archive, ArchiveError
+from discopop.proposers.base import Candidate
+
+CONTRACT_COLUMNS = {
+    "id": "INTEGER", "generation": "INTEGER", "parent_ids": "TEXT", "proposer": "TEXT", "name": "TEXT",
+    "thought": "TEXT", "code": "TEXT", "code_hash": "TEXT", "status": "TEXT", "error": "TEXT", "fitness": "REAL",
+    "metrics": "TEXT", "created_at": "TEXT", "finished_at": "TEXT",
+}
+
+
+def test_schema_matches_the_contract(tmp_path: Path) -> None:
+    Archive(tmp_path / "archive.sqlite").close()
+    cols = {r[1]: r[2] for r in sqlite3.connect(tmp_path / "archive.sqlite").execute("PRAGMA table_info(candidates)")}
+    assert {k: cols.get(k) for k in CONTRACT_COLUMNS} == CONTRACT_COLUMNS
+
+
+def test_add_finish_and_read_back(tmp_path: Path) -> None:
+    arch = Archive(tmp_path / "archive.sqlite")
+    parent = arch.add(Candidate("dpo", "x = 1\n", proposer="reference"), 0)
+    child = arch.add(Candidate("kid", "y = 2\n", thought="t", parent_ids=[parent], proposer="evolution"), 1)
+    arch.finish(child, "scored", fitness=0.5, metrics={"reward": 0.5})
+    arch.update_metrics(child, {"confirmation": {"mean": 0.4}})
+    row = arch.get(child)
+    assert row.status == "scored" and row.fitness == 0.5 and row.parent_ids == [parent]
+    assert row.metrics == {"reward": 0.5, "confirmation": {"mean": 0.4}}
+    assert row.finished_at is not None and arch.get(parent).status == "proposed"
+    with pytest.raises(ValueError, match="unknown status"):
+        arch.add(Candidate("z", "z"), 1, status="great")
+
+
+def test_run_state_round_trip(tmp_path: Path) -> None:
+    arch = Archive(tmp_path / "archive.sqlite")
+    arch.set_state("generations_done", 3)
+    arch.set_state("proposer_state", {"rng": [1, [2, 3]]})
+    again = Archive(tmp_path / "archive.sqlite")
+    assert again.get_state("generations_done") == 3 and again.get_state("proposer_state") == {"rng": [1, [2, 3]]}
+
+
+def test_missing_or_corrupt_archive_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="no archive"):
+        Archive(tmp_path / "nope.sqlite", create=False)
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("not a database")
+    with pytest.raises(ArchiveError, match="cannot open archive"):
+        Archive(bad, create=False)

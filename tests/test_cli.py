@@ -1,0 +1,114 @@
+"""End to end through the real console scripts: discover, resume, check, leaderboard, export, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RUN
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(env_cache), "WANDB_MODE": "disabled"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def rows(run_dir: Path) -> list[tuple]:
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        return conn.execute("SELECT id, generation, name, status, fitness, parent_ids, proposer FROM candidates "
+                            "ORDER BY id").fetchall()
+
+
+def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    out = run(["discover", "--generations", "2", "--quiet", *SMALL_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = rows(run_dir)
+    assert [r[2] for r in found[:2]] == ["dpo", "lrml"] and all(r[6] == "reference" for r in found[:2])
+    evolved = [r for r in found if r[6] == "evolution"]
+    assert {r[1] for r in evolved} == {1, 2}
+    assert all(r[3] in ("scored", "invalid", "duplicate", "train_failed", "eval_failed") for r in found)
+    scored = [r for r in found if r[3] == "scored"]
+    assert scored and all(0.0 <= r[4] <= 1.0 for r in scored)
+    assert all(json.loads(r[5]) for r in evolved), "evolved candidates must record their parents"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "Leaderboard" in out.stdout
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        metrics = json.loads(conn.execute("SELECT metrics FROM candidates WHERE name='dpo'").fetchone()[0])
+    assert len(metrics["confirmation"]["fitness"]) == 2
+
+    board = run(["discopop", "leaderboard", str(run_dir)], cache_dir)
+    assert board.returncode == 0 and "dpo" in board.stdout
+    best = max(scored, key=lambda r: r[4])
+    target = tmp_path / "best.py"
+    exported = run(["discopop", "export", str(run_dir), str(best[0]), "-o", str(target)], cache_dir)
+    assert exported.returncode == 0, exported.stderr
+    checked = run(["discopop", "check", str(target), "--json"], cache_dir)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["valid"] is True
+    assert f"candidate: #{best[0]}" in target.read_text()
+
+
+def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    args = ["discover", "--generations", "3", "--quiet", *SMALL_RUN, "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill -9 once some, but not all, candidates are finished
+        if (run_dir / "archive.sqlite").exists() and any(r[3] == "scored" for r in rows(run_dir)):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r[0]: r for r in rows(run_dir) if r[3] != "proposed"}
+    assert before, "the run was killed before any candidate finished"
+    out = run(["discover", "--resume", str(run_dir), "--generations", "3", "--quiet"], cache_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = rows(run_dir)
+    assert all(after_row == before[after_row[0]] for after_row in after if after_row[0] in before)
+    assert not [r for r in after if r[3] == "proposed"], "an interrupted candidate was left unfinished"
+    names = [r[2] for r in after if r[6] == "reference"]
+    assert sorted(names) == ["dpo", "lrml"], "a baseline was repeated or lost"
+    assert {r[1] for r in after if r[6] == "evolution"} == {1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--generations", "1", "task=nope"], "Could not find 'task/nope'"),
+        (["--generations", "1", "training.no_such_key=1"], "no_such_key"),
+        (["--generations", "1", "training.learning_rate=-1"], "training.learning_rate must be > 0"),
+        (["--resume", "/nonexistent/run"], "run directory not found"),
+        (["--generations", "1", "hydra.run.dir=/dev/null/run"], "cannot write the run directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], message: str, cache_dir: Path) -> None:
+    out = run(["discover", *args], cache_dir, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path, cache_dir: Path) -> None:
+    out = run(["discover", "--resume", str(tmp_path)], cache_dir, timeout=60)
+    assert out.returncode == 2 and "is not a discopop run directory" in out.stderr
+
+
+def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n")
+    out = run(["discopop", "check", str(bad)], cache_dir, timeout=60)
+    assert out.returncode == 1 and "rejected by the static layer" in out.stderr and "syntax error" in out.stderr
+    assert run(["discopop", "check", str(tmp_path / "missing.py")], cache_dir, timeout=60).returncode == 2
+    good = run(["discopop", "check", "proposals/lrml.py"], cache_dir, timeout=120)
+    assert good.returncode == 0, good.stderr

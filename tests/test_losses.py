@@ -1,0 +1,87 @@
+"""Static check and load_loss: known-bad code is rejected with the right reason, nothing executed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from discopop.losses import LossRejected, code_hash, load_loss, normalize_code, static_check
+
+SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
+GOOD = f"""
+import torch.nn.functional as F
+
+def good({SIG}):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho)
+"""
+
+
+def body(line: str, header: str = "import torch") -> str:
+    return f"{header}\n\ndef f({SIG}):\n    {line}\n    return policy_chosen_logps * beta\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("def f(:\n", "syntax error"),
+        (body("x = 1", "import os"), "import of 'os' is not allowed"),
+        (body("x = 1", "from torch import hub"), "'from torch import hub' is not allowed"),
+        (body("open('/tmp/x', 'w')"), "use of 'open' is not allowed"),
+        (body("eval('1')"), "use of 'eval' is not allowed"),
+        (body("x = beta.__class__"), "dunder attribute '__class__'"),
+        (body("torch.save(beta, 'x')"), "attribute 'save' is not allowed"),
+        (body("torch.set_num_threads(1)"), "attribute 'set_num_threads' is not allowed"),
+        (body("policy_chosen_logps.add_(1)"), "in-place method 'add_'"),
+        (body("x = '{0.__class__}'"), "string constants may not contain"),
+        (body("while True: pass"), "statement 'While' is not allowed"),
+        (body("import math"), "imports are only allowed at the top"),
+        ("import torch\nprint('side effect')\n" + body("x=1"), "top-level 'Expr' is not allowed"),
+        (GOOD + GOOD.replace("def good", "def other").split("\n", 2)[2], "expected exactly one public function"),
+        ("import torch\n\ndef f(a, b):\n    return a\n", "signature of 'f' must be"),
+        ("import torch\nX = torch.zeros(3)\n" + body("x=1").split("\n", 1)[1], "numeric constants"),
+    ],
+)
+def test_static_check_rejects_with_reason(source: str, reason: str) -> None:
+    with pytest.raises(LossRejected, match=None) as err:
+        static_check(source)
+    assert reason in str(err.value)
+
+
+def test_rejection_names_the_line() -> None:
+    with pytest.raises(LossRejected) as err:
+        static_check(body("open('x')"))
+    assert err.value.line == 4 and str(err.value).startswith("line 4:")
+
+
+def test_load_loss_from_source_and_path(tmp_path: Path) -> None:
+    fn = load_loss(GOOD)
+    out = fn(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), 0.1)
+    assert torch.allclose(out, -torch.nn.functional.logsigmoid(torch.tensor([0.1])))
+    path = tmp_path / "good.py"
+    path.write_text(GOOD)
+    assert load_loss(path).__name__ == "good"
+    assert load_loss(str(path)).discopop_uses_beta
+
+
+def test_load_loss_executes_nothing_before_the_check(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    bad = f"import os\nos.mkdir({str(marker)!r})\n" + body("x=1").split("\n", 1)[1]
+    with pytest.raises(ValueError, match="import of 'os'"):
+        load_loss(bad)
+    assert not marker.exists()
+
+
+def test_every_reference_loss_passes_the_static_check() -> None:
+    for path in sorted(Path("discopop/proposals").glob("*.py")):
+        assert static_check(path.read_text()).uses_beta, path
+
+
+def test_normalisation_ignores_names_comments_and_docstrings() -> None:
+    other = GOOD.replace("def good", "def renamed").replace("rho =", "# a comment\n    rho =")
+    other = '"""Doc."""\n' + other
+    assert normalize_code(GOOD) == normalize_code(other)
+    assert code_hash(GOOD) == code_hash(other)
+    assert code_hash(GOOD) != code_hash(GOOD.replace("beta * rho", "2 * beta * rho"))

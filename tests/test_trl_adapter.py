@@ -1,0 +1,79 @@
+"""DiscoveredLossDPOTrainer: parity with TRL's own losses, and a loud guard on the TRL internals it uses."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import trl
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+from trl import DPOConfig, DPOTrainer
+
+from discopop.tasks.synthetic import build_tokenizer
+from discopop.trl import DiscoveredLossDPOTrainer
+
+PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
+
+
+def tiny_setup(tmp_path: Path):
+    tok = build_tokenizer("0123456789+=")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
+            for a, b in [(1, 2), (13, 7), (40, 41), (9, 9), (25, 30), (77, 11), (5, 60), (33, 33)]]
+    return tok, Dataset.from_list(rows)
+
+
+def train(tmp_path: Path, loss_type: str | None, loss_file: str | None):
+    tok, data = tiny_setup(tmp_path)
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "model")
+    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
+                     logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, beta=0.1,
+                     loss_type=loss_type or "sigmoid", disable_tqdm=True)
+    if loss_file is None:
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    else:
+        trainer = DiscoveredLossDPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                                           loss_fn=str(PROPOSALS / loss_file))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, trainer.state.log_history
+
+
+@pytest.mark.parametrize(("loss_type", "loss_file"), [("sigmoid", "dpo.py"), ("hinge", "hinge.py"),
+                                                      ("discopop", "lrml.py")])
+def test_parity_with_trl_builtin_losses(tmp_path: Path, loss_type: str, loss_file: str) -> None:
+    ref_losses, ref_params, _ = train(tmp_path / "trl", loss_type, None)
+    our_losses, our_params, history = train(tmp_path / "ours", None, loss_file)
+    assert len(ref_losses) == len(our_losses) == 4
+    assert our_losses == pytest.approx(ref_losses, abs=1e-5)
+    max_diff = max(float((ref_params[k] - our_params[k]).abs().max()) for k in ref_params)
+    assert max_diff < 1e-5, f"{loss_type}: parameters differ by {max_diff}"
+    logged = {k for h in history for k in h}
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"} <= logged
+
+
+def test_trl_internals_still_where_discopop_expects_them() -> None:
+    """If this fails, a TRL release moved what discopop/trl.py overrides: update that module (only it)."""
+    where = f"trl {trl.__version__}"
+    assert hasattr(DPOTrainer, "_compute_loss"), f"{where}: DPOTrainer._compute_loss is gone"
+    params = list(inspect.signature(DPOTrainer._compute_loss).parameters)
+    assert params == ["self", "model", "inputs", "return_outputs"], f"{where}: _compute_loss signature is {params}"
+    assert hasattr(DPOTrainer, "compute_ref_log_probs"), f"{where}: DPOTrainer.compute_ref_log_probs is gone"
+    source = inspect.getsource(DPOTrainer._compute_loss)
+    for needle in ("fused_lm_head=True", "completion_mask", "ref_chosen_logps", "self._metrics[mode]"):
+        assert needle in source, f"{where}: DPOTrainer._compute_loss no longer uses {needle!r}"
+
+
+def test_unsupported_config_is_refused(tmp_path: Path) -> None:
+    tok, data = tiny_setup(tmp_path)
+    args = DPOConfig(output_dir=str(tmp_path / "o"), ld_alpha=0.5, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="ld_alpha"):
+        DiscoveredLossDPOTrainer(model=GPT2LMHeadModel.from_pretrained(tmp_path / "model"), args=args,
+                                 train_dataset=data, processing_class=tok, loss_fn=str(PROPOSALS / "dpo.py"))
