@@ -51,9 +51,7 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
 def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
     """Load a synthetic task from its cache, building it first on a miss."""
     if cfg.get("kind", "synthetic") != "synthetic":
-        from discopop.tasks.hub import load_hub_task
-
-        return load_hub_task(cfg)
+        raise ValueError(f"task.kind must be 'synthetic' (got {cfg.get('kind')!r}); hub tasks are not built yet")
     key = build_key(cfg)
     out_dir = cache_root(cfg) / f"{cfg['language']}-{synthetic.config_hash(key)}"
     done = out_dir / "meta.json"
