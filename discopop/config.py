@@ -43,8 +43,11 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout"):
         _require(float(t[key]) > 0, f"training.{key} must be > 0, got {t[key]}")
     task = cfg["task"]
-    _require(task.get("kind", "synthetic") == "synthetic",
-             f"task.kind must be 'synthetic' (hub tasks are not built yet), got {task.get('kind')!r}")
+    _require(task.get("kind", "synthetic") in ("synthetic", "hub"),
+             f"task.kind must be 'synthetic' or 'hub', got {task.get('kind')!r}")
+    if task.get("kind") == "hub":
+        missing = [k for k in ("model", "dataset", "reward_model") if not task.get(k)]
+        _require(not missing, f"task=hub needs {', '.join('task.' + k for k in missing)} (hub ids or local paths)")
     if task.get("kind", "synthetic") == "synthetic":
         _require(task["language"] in LANGUAGES,
                  f"task.language must be one of {', '.join(LANGUAGES)}, got {task['language']!r}")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from discopop.tasks import Task
-from discopop.tasks.synthetic import _decode_loop, encode
+from discopop.tasks.synthetic import _decode_loop
 
 
 @dataclass
@@ -40,21 +40,36 @@ def _sequence_logps(model, prompt_ids: torch.Tensor, completion: torch.Tensor, e
     return (logps * before_first_eos).sum(dim=1)
 
 
+def _length_buckets(tokenizer, prompts: list[str], batch_size: int) -> list[tuple[list[str], torch.Tensor]]:
+    """Batches of prompts with equal token length: no padding, so no attention-mask bookkeeping."""
+    by_length: dict[int, list[tuple[str, list[int]]]] = {}
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        by_length.setdefault(len(ids), []).append((prompt, ids))
+    batches = []
+    for length in sorted(by_length):
+        items = by_length[length]
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batches.append(([p for p, _ in chunk], torch.tensor([ids for _, ids in chunk], dtype=torch.long)))
+    return batches
+
+
 @torch.no_grad()
 def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: float,
                  split: str = "search", batch_size: int = 512) -> Score:
     """Score ``policy`` on the task's held-out prompts (both models in eval mode, no grad)."""
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
-    prompts = task.prompts(split)
     eos_id = tokenizer.eos_token_id
     rewards, kls = [], []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        ids = encode(tokenizer, chunk)
+    for chunk, ids in _length_buckets(tokenizer, task.prompts(split), batch_size):
         greedy = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=False, gen=gen)
         for prompt, row in zip(chunk, greedy.tolist(), strict=True):
-            text = tokenizer.decode(row[: row.index(eos_id)]) if eos_id in row else None
+            if eos_id in row:
+                text = tokenizer.decode(row[: row.index(eos_id)])
+            else:  # unfinished: malformed for an exact-answer task, scored as is otherwise
+                text = None if task.require_eos else tokenizer.decode(row)
             rewards.append(task.reward(prompt, text) if text is not None else 0.0)
         sampled = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=True, gen=gen)
         diff = _sequence_logps(policy, ids, sampled, eos_id) - _sequence_logps(reference, ids, sampled, eos_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from transformers.trainer_callback import TrainerState
 from trl import DPOConfig
 
@@ -38,6 +38,31 @@ class _StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds += time.perf_counter() - self._start
+
+
+class _ReplayLoader:
+    """Collated batches of one seed's epoch, replayed for every candidate trained with that seed.
+
+    With common random numbers every candidate sees the same batches in the same order, so
+    collating (padding, tensor building) them again per candidate is pure overhead.
+    """
+
+    def __init__(self, batches: list, dataset) -> None:
+        self.batches = batches
+        self.dataset = dataset
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to reshuffle: the order is the seed's, fixed when the batches were collated."""
+
+
+# Seeds whose collated epochs are kept (search seed + fresh confirmation seeds); each is a few MB at most.
+MAX_CACHED_SEEDS = 8
 
 
 @dataclass
@@ -66,7 +91,9 @@ class FineTuner:
         self.task = task
         self.training = training
         self.kl_coef = kl_coef
-        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(task.tokenizer_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(task.model_path)
         self.reference = AutoModelForCausalLM.from_pretrained(task.model_path).eval()
         self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -98,6 +125,19 @@ class FineTuner:
             model=self.model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
             loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
         )
+        self._epochs: dict[int, _ReplayLoader] = {}
+        self._build_loader = self.trainer.get_train_dataloader
+        if training.get("replay_batches", True):
+            self.trainer.get_train_dataloader = self._replayed_loader
+
+    def _replayed_loader(self) -> _ReplayLoader:
+        seed = self.trainer.args.seed
+        if seed not in self._epochs:
+            if len(self._epochs) >= MAX_CACHED_SEEDS:
+                self._epochs.pop(next(iter(self._epochs)))
+            loader = self._build_loader()  # seeded by set_seed(seed) in run(), as without replay
+            self._epochs[seed] = _ReplayLoader(list(loader), self.trainer.train_dataset)
+        return self._epochs[seed]
 
     def run(self, loss_fn: LossFn, seed: int, split: str = "search") -> TrainResult:
         """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``."""

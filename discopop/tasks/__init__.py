@@ -22,14 +22,15 @@ class Task:
     """Everything a fine-tune and its scoring need, as paths plus a reward function."""
 
     name: str
-    model_path: Path
-    tokenizer_path: Path
+    model_path: Path | str  # a local directory or a hub id
+    tokenizer_path: Path | str
     pairs_path: Path
     heldout_prompts: list[str]  # scored during the search
     confirm_prompts: list[str]  # kept back for the fresh-seed confirmation of the winners
     reward: Callable[[str, str], float]
     max_new_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
+    require_eos: bool = True  # exact-answer tasks: a completion that never ends is malformed
 
     def prompts(self, split: str) -> list[str]:
         """Held-out prompts of ``split``: "search" (fitness) or "confirm" (winners' re-scoring)."""
@@ -50,8 +51,13 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
     """Load a synthetic task from its cache, building it first on a miss."""
-    if cfg.get("kind", "synthetic") != "synthetic":
-        raise ValueError(f"task.kind must be 'synthetic' (got {cfg.get('kind')!r}); hub tasks are not built yet")
+    kind = cfg.get("kind", "synthetic")
+    if kind == "hub":
+        from discopop.tasks.hub import load_hub_task
+
+        return load_hub_task(cfg)
+    if kind != "synthetic":
+        raise ValueError(f"task.kind must be 'synthetic' or 'hub', got {kind!r}")
     key = build_key(cfg)
     out_dir = cache_root(cfg) / f"{cfg['language']}-{synthetic.config_hash(key)}"
     done = out_dir / "meta.json"

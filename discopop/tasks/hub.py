@@ -1,0 +1,113 @@
+"""Tasks from the Hugging Face Hub (or local copies): a policy, a preference dataset and a reward model.
+
+``task=hub task.model=... task.dataset=... task.reward_model=...`` names each by hub id or local
+path (``save_pretrained`` / ``save_to_disk`` directories work the same, so the code is tested
+offline on tiny local models). Held-out prompts are split off the dataset first, with the run's
+seed, and never trained on; the split pairs are written to the cache so TRL's reference
+log-prob cache keys stay stable across runs.
+
+The held-out reward comes from a sequence-classification reward model, which *can* be bought by
+drifting far from the reference, so hub tasks penalise KL by default (``kl_coef``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+REQUIRED = ("model", "dataset", "reward_model")
+
+
+class RewardModelScorer:
+    """reward(prompt, completion) = the reward model's scalar output on prompt + completion."""
+
+    def __init__(self, path: str, max_length: int = 512):
+        self.path = path
+        self.max_length = max_length
+
+    @cached_property
+    def _model(self):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return tokenizer, model
+
+    def __call__(self, prompt: str, completion: str | None) -> float:
+        import torch
+
+        if completion is None:
+            return 0.0
+        tokenizer, model = self._model
+        enc = tokenizer(prompt + completion, return_tensors="pt", truncation=True, max_length=self.max_length)
+        with torch.no_grad():
+            return float(model(**enc).logits[0, 0])
+
+
+def _load_dataset(name_or_path: str, split: str):
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                          or (path / "state.json").exists()):
+        data = load_from_disk(str(path))
+        return data[split] if isinstance(data, DatasetDict) else data
+    return load_dataset(name_or_path, split=split)
+
+
+def load_hub_task(cfg: dict[str, Any]):
+    """Load (and cache the split of) a hub task; see the module docstring."""
+    from discopop.tasks import Task, cache_root
+
+    missing = [k for k in REQUIRED if not cfg.get(k)]
+    if missing:
+        raise ValueError(f"task=hub needs {', '.join('task.' + k for k in missing)} (hub ids or local paths)")
+    key = {k: cfg.get(k) for k in ("model", "dataset", "split", "prompt_column", "chosen_column", "rejected_column",
+                                   "heldout_prompts", "seed", "max_pairs")}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    out_dir = cache_root(cfg) / f"hub-{digest}"
+    meta_path = out_dir / "meta.json"
+    if not meta_path.exists():
+        data = _load_dataset(cfg["dataset"], cfg.get("split", "train"))
+        columns = [cfg.get("prompt_column", "prompt"), cfg.get("chosen_column", "chosen"),
+                   cfg.get("rejected_column", "rejected")]
+        absent = [c for c in columns if c not in data.column_names]
+        if absent:
+            raise ValueError(f"dataset {cfg['dataset']} lacks column(s) {', '.join(absent)} "
+                             f"(has: {', '.join(data.column_names)})")
+        data = data.select_columns(columns).rename_columns(dict(zip(columns, ("prompt", "chosen", "rejected"),
+                                                                    strict=True)))
+        data = data.shuffle(seed=int(cfg.get("seed", 0)))
+        prompts = list(dict.fromkeys(data["prompt"]))
+        heldout = prompts[: int(cfg["heldout_prompts"])]
+        held = set(heldout)
+        train = data.filter(lambda row: row["prompt"] not in held)
+        if cfg.get("max_pairs"):
+            train = train.select(range(min(len(train), int(cfg["max_pairs"]))))
+        if len(train) == 0 or len(heldout) < 2:
+            raise ValueError(f"dataset {cfg['dataset']} is too small: {len(train)} training pairs, "
+                             f"{len(heldout)} held-out prompts")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train.save_to_disk(str(out_dir / "pairs"))
+        (out_dir / "heldout.json").write_text(json.dumps(heldout))
+        meta_path.write_text(json.dumps({"pairs": len(train), "heldout": len(heldout), "source": key}, indent=2))
+    heldout = json.loads((out_dir / "heldout.json").read_text())
+    meta = json.loads(meta_path.read_text())
+    return Task(
+        name=cfg.get("name", "hub"),
+        model_path=Path(cfg["model"]) if Path(cfg["model"]).expanduser().exists() else cfg["model"],
+        tokenizer_path=cfg.get("tokenizer") or cfg["model"],
+        pairs_path=out_dir / "pairs",
+        heldout_prompts=heldout[: len(heldout) // 2],
+        confirm_prompts=heldout[len(heldout) // 2:],
+        reward=RewardModelScorer(cfg["reward_model"]),
+        max_new_tokens=int(cfg.get("max_new_tokens", 32)),
+        meta=meta,
+        require_eos=False,
+    )
