@@ -166,4 +166,8 @@ def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
     name = cfg.get("name", "local")
     if name == "local":
         return LocalExecutor(spec, workers=int(cfg.get("workers", 1)))
-    raise ValueError(f"unknown executor '{name}' (allowed: local)")
+    if name == "ray":
+        from discopop.ray_executor import RayExecutor
+
+        return RayExecutor(spec, workers=int(cfg.get("workers", 1)), address=cfg.get("address"))
+    raise ValueError(f"unknown executor '{name}' (allowed: local, ray)")
