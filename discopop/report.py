@@ -410,21 +410,30 @@ def fitness_view(rows: list[Row]) -> View:
 
 
 def _layered_positions(rows: list[Row], graph: nx.DiGraph) -> dict[int, tuple[float, float]]:
-    """x = generation; within a generation, children sit near their parents (one barycentre pass)."""
+    """x = generation; y = the lane of the candidate's first parent, so each family reads as one row.
+
+    With one candidate per generation a per-generation layout would put every child on the same
+    line; inheriting the parent's lane instead shows which baseline each idea descends from.
+    Roots (no archived parent) get lanes of their own; collisions in a generation are nudged apart.
+    """
     pos: dict[int, tuple[float, float]] = {}
     by_gen: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
         by_gen[r.generation].append(r)
+    roots = [r for r in sorted(rows, key=lambda r: (r.generation, r.id))
+             if not any(p in graph for p in graph.predecessors(r.id))]
+    lane = {r.id: (len(roots) - 1) / 2 - i for i, r in enumerate(roots)}
     for gen in sorted(by_gen):
-        members = by_gen[gen]
-        # Rows without parents keep their id order around the middle; others follow their parents.
-        keys = {r.id: len(members) / 2 - i for i, r in enumerate(members)}
-        for r in members:
-            parents = [pos[p][1] for p in graph.predecessors(r.id) if p in pos]
-            if parents:
-                keys[r.id] = float(np.mean(parents))
-        for i, r in enumerate(sorted(members, key=lambda r: (-keys[r.id], r.id))):
-            pos[r.id] = (float(gen), (len(members) - 1) / 2 - i)  # first at the top
+        taken: set[float] = set()
+        for r in sorted(by_gen[gen], key=lambda r: r.id):
+            parents = [p for p in sorted(graph.predecessors(r.id)) if p in pos]
+            y = pos[parents[0]][1] if parents else lane.get(r.id, 0.0)
+            step = 0
+            while round(y, 3) in taken:
+                step += 1
+                y += 0.3 * step * (1 if step % 2 else -1)
+            taken.add(round(y, 3))
+            pos[r.id] = (float(gen), y)
     return pos
 
 
