@@ -7,6 +7,7 @@ package (``discopop/conf``), so they are found after a non-editable install too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def validate(cfg: dict[str, Any]) -> None:
     _require(int(cfg["executor"].get("workers", 1)) >= 1, f"executor.workers must be >= 1, got {cfg['executor']}")
     _require(int(cfg["confirm"]["seeds"]) >= 0 and int(cfg["confirm"]["top_k"]) >= 0,
              "confirm.seeds and confirm.top_k must be >= 0")
+    proposer = cfg["proposer"]
+    if proposer.get("name") == "openai":
+        # Checked before anything is written: a key pasted here by mistake must not reach the run directory.
+        _require("api_key" not in proposer, "proposer.api_key is not a setting: put the key in an environment "
+                 "variable and name it with proposer.api_key_env (the value given was not saved)")
+        env_name = str(proposer.get("api_key_env") or "")
+        _require(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name) is not None,
+                 "proposer.api_key_env must be the NAME of an environment variable holding the key "
+                 "(the value given is not a variable name and was not saved)")
     _require(cfg["wandb"]["mode"] in ("offline", "online", "disabled"),
              f"wandb.mode must be offline, online or disabled, got {cfg['wandb']['mode']!r}")
 

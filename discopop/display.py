@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from discopop.archive import Row
@@ -41,13 +42,14 @@ class Display:
 
     def stage(self, row: Row, stage: str) -> None:
         self._started.setdefault(row.id, time.perf_counter())
-        self.progress.update(self.task_id, description=f"{self.generation} · #{row.id} {row.name[:28]} · {stage}")
+        label = f"{self.generation} · #{row.id} {escape(row.name[:28])} · {stage}"
+        self.progress.update(self.task_id, description=label)
 
     def finished(self, row: Row, status: str, fitness: float | None, error: str | None) -> None:
         seconds = time.perf_counter() - self._started.pop(row.id, time.perf_counter())
         self.progress.advance(self.task_id)
         style = _STYLE.get(status, "white")
         score = f"{fitness:.3f}" if fitness is not None else "  -  "
-        detail = f"  {error}" if error else ""
-        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row.id} {row.name}{detail}",
+        detail = f"  {escape(error)}" if error else ""  # model-written text: never read as markup
+        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row.id} {escape(row.name)}{detail}",
                            soft_wrap=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discopop.archive import ARCHIVE_NAME, Archive
+from rich.markup import escape
+
+from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
 from discopop.display import Display
 from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import WorkerSpec, make_executor
@@ -83,8 +86,15 @@ class Loop:
                                        self.best)
             observe = getattr(self.proposer, "observe", None)
             if observe is not None and row.proposer == self.proposer.name:
-                observe(self.archive.get(out.row_id).history_entry())
+                observe(row.history_entry())  # read after the outcome was archived
         return recorded
+
+    def _checkpoint(self, generation: int | None = None) -> None:
+        """Save the proposer's state (spending, bandit, conversation) and, if given, the generation done."""
+        if hasattr(self.proposer, "state"):
+            self.archive.set_state("proposer_state", self.proposer.state())
+        if generation is not None:
+            self.archive.set_state("generations_done", generation)
 
     def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
@@ -127,8 +137,9 @@ class Loop:
     def run(self, generations: int) -> RunSummary:
         started = time.perf_counter()
         task = load_task(self.cfg["task"], log=self.display.log)
-        self.display.log(f"task '{task.name}': reference held-out reward {task.meta.get('sft_heldout_reward'):.3f}, "
-                         f"{task.meta.get('pairs')} preference pairs")
+        ref_reward = task.meta.get("sft_heldout_reward")
+        ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
+        self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
         evaluator = Evaluator(self.archive, executor, self.seed, on_stage=self.display.stage)
         stopped = None
@@ -149,11 +160,13 @@ class Loop:
                 self.display.set_generation(f"gen {generation}/{generations}")
                 candidates = self.proposer.propose(self.archive.history(), k, generation)
                 ids = [self._add(c, generation) for c in candidates]
-                outcomes = self._process(evaluator, ids)
-                self._repair(evaluator, outcomes, dict(zip(ids, candidates, strict=True)), generation)
-                if hasattr(self.proposer, "state"):
-                    self.archive.set_state("proposer_state", self.proposer.state())
-                self.archive.set_state("generations_done", generation)
+                try:
+                    outcomes = self._process(evaluator, ids)
+                    self._repair(evaluator, outcomes, dict(zip(ids, candidates, strict=True)), generation)
+                finally:
+                    # Its proposals are archived, so even a stop (budget, key) or Ctrl-C here counts the
+                    # generation as done: --resume re-runs the rows in flight but never proposes it again.
+                    self._checkpoint(generation)
             conf = self.cfg["confirm"]
             if int(conf["seeds"]) > 0:
                 self.display.set_generation("confirming winners on fresh seeds")
@@ -162,9 +175,13 @@ class Loop:
                 confirm(self.archive, executor, self.seed, int(conf["seeds"]), int(conf["top_k"]))
         except ProposerStop as stop:
             stopped = str(stop)
-            self.display.log(f"[yellow]run stopped: {stopped}[/]")
+            # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
+            self.display.console.print(f"[yellow]run stopped: {escape(stopped)}[/]; fix the cause, then continue "
+                                       f"with: discover --resume {self.run_dir}", soft_wrap=True)
         finally:
             executor.close()
             self.tracker.finish()
+            with suppress(ArchiveError):  # a stop inside propose() may have spent money: keep it counted
+                self._checkpoint()
             self.proposer.close()
         return RunSummary(self.run_dir, time.perf_counter() - started, stopped)

@@ -112,3 +112,13 @@ def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path
     assert run(["discopop", "check", str(tmp_path / "missing.py")], cache_dir, timeout=60).returncode == 2
     good = run(["discopop", "check", "proposals/lrml.py"], cache_dir, timeout=120)
     assert good.returncode == 0, good.stderr
+
+
+def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    secret = "sk-THIS-IS-A-PASTED-KEY-1234"
+    out = run(["discover", "--generations", "1", "proposer=openai", f"proposer.api_key_env={secret}",
+               f"hydra.run.dir={run_dir}"], cache_dir, timeout=60)
+    assert out.returncode == 2 and "api_key_env must be the NAME" in out.stderr
+    assert secret not in out.stderr + out.stdout
+    assert not run_dir.exists()

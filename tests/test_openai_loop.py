@@ -1,0 +1,223 @@
+"""``discover proposer=openai`` end to end: the real CLI, the real loop, a real loopback HTTP server.
+
+``tests/test_openai_proposer.py`` covers the proposer alone; this file checks what only the whole
+run can show: every answer (good, malformed, broken, rate-limited) becomes an archive row with its
+reason, repairs are asked for with the error and archived as children of the failure, tokens and
+model are recorded per row, stops (bad key, budget) exit 3 with one line and leave a resumable
+archive, and the API key (given only through an environment variable) is never written anywhere.
+
+Each test runs ``discover`` as a subprocess on the tiny task (~15 s a run, mostly imports and
+worker start-up) and scripts the server's replies in the order the loop will ask for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RUN
+from openai_server import FakeOpenAIServer, completion, error
+
+REPO = Path(__file__).resolve().parent.parent
+KEY_ENV = "DISCOPOP_LOOP_TEST_KEY"
+KEY = "sk-loop-Xy7DISTINCTIVE-fake-key-2025"
+MODEL = "test-model"
+SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
+RHO = "(policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)"
+# Fast retries so a test never waits; confirmation off (it re-trains winners: slow and not under test here).
+FAST = ["proposer.backoff_base=0.01", "proposer.backoff_max=0.05", "proposer.max_retries=2", "confirm.seeds=0"]
+
+
+def variant(i: int) -> tuple[str, str]:
+    """(name, code) of a valid DPO variant; the margin scale differs per ``i`` so none is a duplicate."""
+    name = f"scaled_dpo_{i}"
+    code = (f"import torch.nn.functional as F\n\nSCALE = {1 + i / 4}\n\n\ndef {name}({SIG}):\n"
+            f"    rho = {RHO}\n    return -F.logsigmoid(beta * SCALE * rho)\n")
+    return name, code
+
+
+def answer(i: int, code: str | None = None, thought: str = "scale the margin") -> str:
+    name, good = variant(i)
+    return json.dumps({"thought": thought, "name": name, "code": code or good})
+
+
+def broken(i: int) -> str:
+    """Variant ``i`` with a forbidden import: parses, then fails the static check."""
+    forbidden = "import numpy as np\nimport torch.nn.functional as F"
+    return variant(i)[1].replace("import torch.nn.functional as F", forbidden)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    srv = FakeOpenAIServer().start()
+    yield srv
+    srv.stop()
+
+
+def discover(args: list[str], cache_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the real console script with the key in the environment only (and no proxy in the way)."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")}
+    env.update({KEY_ENV: KEY, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "NO_PROXY": "*"})
+    return subprocess.run(["discover", "--quiet", *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO)
+
+
+def new_run(run_dir: Path, server: FakeOpenAIServer, generations: int, *extra: str) -> list[str]:
+    return ["--generations", str(generations), *SMALL_RUN, *FAST, "proposer=openai", f"proposer.model={MODEL}",
+            f"proposer.base_url={server.url}", f"proposer.api_key_env={KEY_ENV}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        found = [dict(r) for r in conn.execute("SELECT * FROM candidates ORDER BY id")]
+    for r in found:
+        r["parent_ids"], r["metrics"] = json.loads(r["parent_ids"]), json.loads(r["metrics"])
+    return found
+
+
+def run_state(run_dir: Path, key: str):
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        value = conn.execute("SELECT value FROM run_state WHERE key=?", (key,)).fetchone()
+    return json.loads(value[0]) if value else None
+
+
+def user_turn(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def assert_key_never_written(run_dir: Path, *outputs: subprocess.CompletedProcess) -> None:
+    for out in outputs:
+        assert KEY not in out.stdout and KEY not in out.stderr
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), f"the API key was written to {path}"
+    saved = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"api_key_env: {KEY_ENV}" in saved  # only the variable's name is kept
+
+
+def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path, cache_dir, server):
+    malformed = "I would make the loss smoother, maybe with a softplus on the margin."
+    server.push(
+        completion(answer(1), prompt_tokens=1200, completion_tokens=300),   # gen 1: a good proposal
+        completion(malformed),                                              # gen 2: prose, no code
+        completion(answer(2)),                                              #   repair of the prose
+        completion(answer(3, broken(3))),                                   # gen 3: parses, fails checks
+        completion(answer(4, thought="dropped numpy")),                     #   repair of the import
+        error(429, "Rate limit reached", code="rate_limit_exceeded", headers={"Retry-After": "0"}),  # gen 4
+        completion(answer(5)),                                              #   the retry
+    )
+    run_dir = tmp_path / "run"
+    out = discover(new_run(run_dir, server, 4, "+proposer.prices.test-model={prompt:0.01,completion:0.03}"),
+                   cache_dir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    found = rows(run_dir)
+    assert [(r["generation"], r["proposer"], r["status"]) for r in found] == [
+        (0, "reference", "scored"), (0, "reference", "scored"),
+        (1, "openai", "scored"), (2, "openai", "invalid"), (2, "openai", "scored"),
+        (3, "openai", "invalid"), (3, "openai", "scored"), (4, "openai", "scored")]
+    first, prose, fixed_prose, bad, fixed_bad, retried = found[2:]
+    assert prose["name"] == "unparseable" and prose["code"] == malformed
+    assert prose["error"].startswith("unparseable answer: no JSON object and no fenced Python code")
+    assert bad["name"] == "scaled_dpo_3" and bad["error"].startswith("static check:") and "numpy" in bad["error"]
+    assert fixed_prose["parent_ids"] == [prose["id"]] and fixed_bad["parent_ids"] == [bad["id"]]
+    assert fixed_bad["thought"] == "dropped numpy" and "numpy" not in fixed_bad["code"]
+    info = {r["id"]: r["metrics"]["proposer_info"] for r in found[2:]}
+    assert all(i["model"] == MODEL for i in info.values())
+    assert (info[first["id"]]["prompt_tokens"], info[first["id"]]["completion_tokens"]) == (1200, 300)
+    assert info[first["id"]]["cost_usd"] == pytest.approx(1.2 * 0.01 + 0.3 * 0.03)
+    assert info[prose["id"]]["prompt_tokens"] == 100  # a malformed answer still cost its tokens
+    assert [info[r["id"]]["attempt"] for r in (fixed_prose, fixed_bad)] == [1, 1]
+    assert info[retried["id"]]["retries"] == 1 and info[first["id"]]["retries"] == 0
+    totals = run_state(run_dir, "proposer_state")["totals"]
+    assert totals["requests"] == 6 and totals["failed_requests"] == 1
+    assert totals["prompt_tokens"] == 1200 + 5 * 100 and totals["completion_tokens"] == 300 + 5 * 50
+
+    bodies = server.bodies()
+    assert len(bodies) == 7, "the loop asked for more (or fewer) answers than the script holds"
+    assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests)
+    assert all(b["model"] == MODEL for b in bodies)
+    assert prose["error"] in user_turn(bodies[2]) and malformed in user_turn(bodies[2])  # repair: error + answer
+    assert bad["error"] in user_turn(bodies[4]) and "import numpy as np" in user_turn(bodies[4])
+    assert bodies[5] == bodies[6]  # the 429 was retried with the same request
+    gen4 = user_turn(bodies[5])  # archive mode: a fresh prompt showing the best code and the failures
+    assert "Generation 4" in gen4 and len(bodies[5]["messages"]) == 2
+    best = sorted((r for r in found if r["status"] == "scored"), key=lambda r: (-r["fitness"], r["id"]))[:5]
+    for r in best:
+        assert f"### id {r['id']}: {r['name']}" in gen4 and r["code"].strip() in gen4
+    assert f"id {prose['id']} `unparseable` (invalid)" in gen4 and f"id {bad['id']} `scaled_dpo_3`" in gen4
+    assert "Leaderboard" in out.stdout
+    assert_key_never_written(run_dir, out)
+
+
+def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache_dir, server):
+    server.push(completion(answer(1)),
+                error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ...",
+                      code="invalid_api_key", type_="authentication_error"))
+    run_dir = tmp_path / "run"
+    stopped = discover(new_run(run_dir, server, 3), cache_dir)
+    assert stopped.returncode == 3, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    lines = [line for line in stopped.stdout.splitlines() if "run stopped" in line]
+    assert len(lines) == 1, stopped.stdout
+    assert "HTTP 401" in lines[0] and f"${KEY_ENV}" in lines[0] and f"discover --resume {run_dir}" in lines[0]
+    assert "Traceback" not in stopped.stdout + stopped.stderr
+    assert len(server.requests) == 2  # no retry on bad credentials, no further generation
+    before = rows(run_dir)
+    assert [(r["generation"], r["status"]) for r in before] == [(0, "scored"), (0, "scored"), (1, "scored")]
+    assert run_state(run_dir, "generations_done") == 1
+    assert_key_never_written(run_dir, stopped)
+
+    server.push(completion(answer(2)), completion(answer(3)))  # the key works again
+    resumed = discover(["--resume", str(run_dir)], cache_dir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = rows(run_dir)
+    assert after[:3] == before  # nothing finished is repeated or changed
+    assert [(r["generation"], r["name"], r["status"]) for r in after[3:]] == [
+        (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]
+    assert len(server.requests) == 4
+    assert_key_never_written(run_dir, stopped, resumed)
+
+
+def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, cache_dir, server):
+    # $0.02 a request against a $0.05 budget: the third request (gen 3) crosses it, and the stop comes
+    # when gen 3's broken answer would be sent back for repair. Conversation mode, so the feedback the
+    # loop hands the proposer through observe() is visible in what the server receives.
+    server.push(*[completion(answer(i), prompt_tokens=10, completion_tokens=10) for i in (1, 2)],
+                completion(answer(3, broken(3)), prompt_tokens=10, completion_tokens=10))
+    run_dir = tmp_path / "run"
+    budget = ["proposer.history_mode=conversation", "proposer.max_cost_usd=0.05",
+              "+proposer.prices.test-model={prompt:1.0,completion:1.0}"]
+    stopped = discover(new_run(run_dir, server, 5, *budget), cache_dir)
+    assert stopped.returncode == 3, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    [line] = [line for line in stopped.stdout.splitlines() if "run stopped" in line]
+    assert "budget of $0.05 reached after 3 requests ($0.0600 spent)" in line
+    assert len(server.requests) == 3  # the repair request was never sent
+    before = rows(run_dir)
+    assert [(r["generation"], r["status"]) for r in before[2:]] == [(1, "scored"), (2, "scored"), (3, "invalid")]
+    assert run_state(run_dir, "generations_done") == 3  # its proposal is archived: never proposed again
+    roles = [[m["role"] for m in b["messages"]] for b in server.bodies()]
+    assert roles[1] == ["system", "user", "assistant", "user"]
+    assert f"`scaled_dpo_1` (id {before[2]['id']}): fitness" in user_turn(server.bodies()[1])
+
+    server.push(completion(answer(4), prompt_tokens=10, completion_tokens=10),
+                completion(answer(5), prompt_tokens=10, completion_tokens=10))
+    resumed = discover(["--resume", str(run_dir), "proposer.max_cost_usd=1.0"], cache_dir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = rows(run_dir)
+    assert after[:5] == before
+    assert [(r["generation"], r["name"], r["status"]) for r in after[5:]] == [
+        (4, "scaled_dpo_4", "scored"), (5, "scaled_dpo_5", "scored")]
+    first_after = server.bodies()[3]  # the conversation, and the failure's feedback, survived the stop
+    assert [m["role"] for m in first_after["messages"]][:2] == ["system", "user"]
+    assert len(first_after["messages"]) == 8
+    assert f"`scaled_dpo_3` (id {before[4]['id']}): invalid: static check:" in user_turn(first_after)
+    totals = run_state(run_dir, "proposer_state")["totals"]
+    assert totals["requests"] == 5 and totals["cost_usd"] == pytest.approx(0.10)
+    assert "max_cost_usd: 1.0" in (run_dir / ".hydra" / "config.yaml").read_text()  # the raised budget is kept
+    assert_key_never_written(run_dir, stopped, resumed)
