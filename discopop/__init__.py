@@ -1,0 +1,10 @@
+"""discopop: LLM-driven discovery of preference-optimization losses (DiscoPOP), trained with TRL.
+
+``discopop.load_loss(path_or_source)`` loads a loss in the contract form (static-checked first);
+``discopop.trl.DiscoveredLossDPOTrainer`` trains with one.
+"""
+
+from discopop.losses import load_loss
+
+__all__ = ["load_loss"]
+__version__ = "0.1.0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from typing import Any
 
 from discopop.archive import Archive
 
@@ -24,6 +25,27 @@ def lineage(archive: Archive, row_id: int) -> list[str]:
     return names
 
 
+def _num(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def confirmation_text(conf: dict[str, Any] | None) -> str:
+    """The fresh-seed confirmation in one line: per-seed fitness, mean ± std, and the verdict against DPO
+    with the noise it was judged against, so a reader of the file can weigh the claim."""
+    if not conf:
+        return "not confirmed on fresh seeds"
+    values = ", ".join(f"{v:.4f}" for v in conf.get("fitness", []))
+    text = f"fresh seeds {conf['seeds']}: fitness [{values}], mean {conf['mean']:.4f} ± {conf['std']:.4f}"
+    if "delta" in conf:
+        if conf.get("significant"):
+            verdict = "beats DPO beyond noise" if conf["delta"] > 0 else "below DPO beyond noise"
+        else:
+            verdict = "within noise of DPO"
+        noise = f", 2SE={conf['noise']:.4f}" if "noise" in conf else ""
+        text += f"; vs DPO {conf['delta']:+.4f} ({verdict}{noise})"
+    return text
+
+
 def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
     """Write candidate ``row_id`` as a loss file loadable with ``discopop.load_loss``."""
     row = archive.get(row_id)
@@ -31,12 +53,7 @@ def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
         raise ValueError(f"no candidate #{row_id} in {archive.path.parent}")
     if row.status != "scored":
         raise ValueError(f"candidate #{row_id} has status {row.status}; only scored candidates are exported")
-    conf = row.metrics.get("confirmation")
-    conf_text = "not confirmed on fresh seeds"
-    if conf:
-        conf_text = f"fresh seeds {conf['seeds']}: {conf['mean']:.4f} ± {conf['std']:.4f}"
-        if "delta" in conf:
-            conf_text += f"; vs DPO {conf['delta']:+.4f} ({'beyond' if conf['significant'] else 'within'} noise)"
+    conf_text = confirmation_text(row.metrics.get("confirmation"))
     tree = ast.parse(row.code)
     body_start = 0
     old_doc = ast.get_docstring(tree)
@@ -45,8 +62,8 @@ def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
     header = [
         f"{row.name}: discovered by discopop.", "",
         f"run: {archive.path.parent.resolve()}", f"candidate: #{row.id}, generation {row.generation}, "
-        f"proposer {row.proposer}", f"fitness: {row.fitness:.4f} (reward {row.metrics.get('reward', float('nan')):.4f},"
-        f" KL {row.metrics.get('kl', float('nan')):.3f})", f"confirmation: {conf_text}",
+        f"proposer {row.proposer}", f"fitness: {_num(row.fitness)} (reward {_num(row.metrics.get('reward'))},"
+        f" KL {_num(row.metrics.get('kl'), 3)})", f"confirmation: {conf_text}",
         f"lineage: {' <- '.join(lineage(archive, row_id)) or 'none (first generation)'}",
         f"parent ids: {json.dumps(row.parent_ids)}",
     ]

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
-from transformers.trainer_callback import TrainerState
 from trl import DPOConfig
 
 from discopop.scoring import Score, score_policy
@@ -145,18 +144,12 @@ class FineTuner:
         self.model.load_state_dict(self.initial_state)
         self.model.train()
         trainer = self.trainer
-        trainer.loss_fn = loss_fn
-        trainer.optimizer = None
-        trainer.lr_scheduler = None
-        trainer.state = TrainerState()
-        for mode in trainer._metrics.values():
-            mode.clear()
-        trainer.args.seed = seed
+        trainer.reset_for_new_loss(loss_fn, seed)
         set_seed(seed)
         self.timer.seconds = 0.0
         output = trainer.train()
         train_seconds = time.perf_counter() - started
-        metrics = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
+        metrics = trainer.mean_train_metrics()
         score_started = time.perf_counter()
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
                              kl_coef=self.kl_coef, split=split)

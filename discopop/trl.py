@@ -4,9 +4,12 @@ TRL keeps its losses in a long ``if/elif`` chain inside the private ``DPOTrainer
 and offers no public hook for a custom loss. This module is the *only* place that knows TRL's
 internals: it overrides ``_compute_loss`` with the same forward pass (TRL's fused LM head, summed
 completion log-probs, precomputed or live reference log-probs) and hands the four log-prob
-tensors to ``loss_fn``. ``tests/test_trl_adapter.py`` pins what is relied on here and fails with
-a message naming the change if a TRL release moves it; the supported range is pinned in
-``pyproject.toml``.
+tensors to ``loss_fn`` (adding the MoE router auxiliary loss as TRL does). The rest is TRL's own and
+works unchanged: PEFT (``peft_config=LoraConfig(...)`` or a ``PeftModel``; the reference is the model
+with adapters disabled, or TRL's frozen ``"ref"`` copy of a pretrained adapter),
+``precompute_ref_log_probs`` and an explicit ``ref_model``. ``tests/test_trl_adapter.py`` pins what is relied on
+here and fails with a message naming the change if a TRL release moves it; the supported range is
+pinned in ``pyproject.toml``.
 
 Example::
 
@@ -60,7 +63,8 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
     reference_chosen_logps, reference_rejected_logps, beta)``; all other arguments are DPOTrainer's.
 
     ``args.loss_type`` is ignored (the loss is ``loss_fn``); TRL's usual metrics
-    (``rewards/*``, ``logps/*``) are logged as usual.
+    (``rewards/*``, ``logps/*``, and ``aux_loss`` for MoE models) are logged as usual. ``peft_config``,
+    ``ref_model`` and ``precompute_ref_log_probs`` behave as in ``DPOTrainer``.
     """
 
     def __init__(self, *args: Any, loss_fn: LossFn | str | Path, fail_on_nonfinite_loss: bool = False,
@@ -77,29 +81,59 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         super().__init__(*args, **kwargs)
 
-    def _sequence_logps(self, model, inputs: dict[str, torch.Tensor]):
-        """Summed completion log-probs of the [chosen; rejected] batch, as TRL computes them."""
+    def reset_for_new_loss(self, loss_fn: LossFn | str | Path, seed: int) -> None:
+        """Make the next ``train()`` a fresh run with ``loss_fn``: new optimiser, scheduler, state and metrics.
+
+        The model's weights are the caller's to restore. Reusing one trainer this way skips the
+        seconds TRL spends constructing a trainer, which on small models exceed the training itself.
+        """
+        from transformers.trainer_callback import TrainerState
+
+        self.loss_fn = resolve_loss(loss_fn)
+        self.optimizer = None
+        self.lr_scheduler = None
+        self.state = TrainerState()
+        for mode in self._metrics.values():
+            mode.clear()
+        self.args.seed = seed
+
+    def mean_train_metrics(self) -> dict[str, float]:
+        """TRL's logged metrics of the last ``train()``, averaged over its steps."""
+        return {k: sum(v) / len(v) for k, v in self._metrics["train"].items() if v}
+
+    def _policy_forward(self, model, inputs: dict[str, torch.Tensor]):
+        """Summed completion log-probs of the [chosen; rejected] batch as TRL computes them, plus the MoE
+        router loss TRL would add (``None`` for dense models), so MoE runs optimise the same objective."""
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = completion_mask.size(1) - 1
-        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+        aux_loss = outputs.aux_loss if self.aux_loss_enabled else None
+        return outputs.log_probs[:, -seq_len:].sum(dim=1), aux_loss
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        logps = self._sequence_logps(model, inputs)
+        logps, aux_loss = self._policy_forward(model, inputs)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or model, inputs)
+            # With PEFT and no ref_model, TRL's compute_ref_log_probs runs `model` with adapters disabled
+            # (or with its frozen "ref" adapter), so the policy doubles as the reference.
+            ref_model = self.ref_model if self.ref_model is not None else model
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(ref_model, inputs)
         per_example = self.loss_fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, self.beta)
         if not isinstance(per_example, torch.Tensor) or per_example.shape != chosen_logps.shape:
             shape = list(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
             raise ValueError(f"loss_fn returned {shape}, expected a tensor of shape {list(chosen_logps.shape)}")
         loss = per_example.mean()
+        if aux_loss is not None:
+            loss = loss + self.router_aux_loss_coef * aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss):
             raise NonFiniteLoss(self.state.global_step + 1)
         self._log_reward_metrics(mode, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)

@@ -122,3 +122,16 @@ def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path
     assert out.returncode == 2 and "api_key_env must be the NAME" in out.stderr
     assert secret not in out.stderr + out.stdout
     assert not run_dir.exists()
+
+
+def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: Path) -> None:
+    archives = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        out = run(["discover", "--generations", "3", "--quiet", *SMALL_RUN, "confirm.seeds=0",
+                   f"hydra.run.dir={run_dir}"], cache_dir)
+        assert out.returncode == 0, out.stderr[-2000:]
+        with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+            archives.append(conn.execute("SELECT id, generation, parent_ids, name, code, status, fitness, error "
+                                         "FROM candidates ORDER BY id").fetchall())
+    assert archives[0] == archives[1]

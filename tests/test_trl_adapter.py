@@ -67,7 +67,8 @@ def test_trl_internals_still_where_discopop_expects_them() -> None:
     assert params == ["self", "model", "inputs", "return_outputs"], f"{where}: _compute_loss signature is {params}"
     assert hasattr(DPOTrainer, "compute_ref_log_probs"), f"{where}: DPOTrainer.compute_ref_log_probs is gone"
     source = inspect.getsource(DPOTrainer._compute_loss)
-    for needle in ("fused_lm_head=True", "completion_mask", "ref_chosen_logps", "self._metrics[mode]"):
+    for needle in ("fused_lm_head=True", "completion_mask", "ref_chosen_logps", "self._metrics[mode]",
+                   "self.aux_loss_enabled"):
         assert needle in source, f"{where}: DPOTrainer._compute_loss no longer uses {needle!r}"
 
 

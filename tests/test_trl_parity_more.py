@@ -1,0 +1,114 @@
+"""Parity of proposals/ losses with more of TRL's built-in losses, where the two definitions agree.
+
+Beyond sigmoid/hinge/discopop (tests/test_trl_adapter.py):
+
+- ``robust`` with ``label_smoothing=0`` is DPO, so it must match ``dpo.py`` exactly.
+- ``sigmoid_norm`` and ``ipo`` divide each log-ratio by the completion's token count L; TRL does
+  this on purpose and our contract losses see summed log-probs only (see ``ipo.py``'s docstring).
+  On data where every completion has the same L, the difference must be *exactly* that
+  normalisation: ``dpo.py`` at beta/L equals TRL's ``sigmoid_norm`` at beta, and ``ipo.py`` at beta/L
+  equals L**2 times TRL's ``ipo`` at beta (so with plain SGD at lr/L**2 and no clipping, the same
+  parameters).
+- A Mixture-of-Experts model: TRL adds the router load-balancing loss; so must we.
+
+TRL losses with no counterpart in proposals/ (bco_pair, nca_pair, exo_pair, apo_*, sppo_hard, aot*)
+are not compared. TRL's ``bco_pair`` (1.16) has no running-mean reward shift, but it is still not
+``kto_pair.py`` (a different formula), so there is nothing to match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM
+from trl import DPOConfig, DPOTrainer
+
+from discopop.tasks.synthetic import build_tokenizer
+from discopop.trl import DiscoveredLossDPOTrainer
+
+PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
+STEPS = 4
+# Two-digit sums whose "wrong" answer (sum + 1) is also two digits: every completion is 2 digits + EOS.
+PAIRS = [(13, 7), (40, 41), (9, 9), (25, 30), (70, 11), (5, 60), (33, 33), (12, 20)]
+L = 3
+
+
+def build(tmp_path: Path, moe: bool = False):
+    """A tiny model saved locally (GPT-2, or a 4-expert Mixtral), its tokenizer and equal-length pairs."""
+    tok = build_tokenizer("0123456789+=")
+    torch.manual_seed(0)
+    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.eos_token_id}
+    if moe:
+        # router_aux_loss_coef raised from Mixtral's 0.001 so a dropped aux loss could not hide under 1e-5.
+        model = MixtralForCausalLM(MixtralConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=16,
+            output_router_logits=True, router_aux_loss_coef=0.1, **ids))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2, **ids))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in PAIRS]
+    assert all(len(r["chosen"]) == len(r["rejected"]) == L - 1 for r in rows)
+    return tok, Dataset.from_list(rows)
+
+
+def train(tmp_path: Path, loss_file: str | None, moe: bool = False, **config: Any):
+    """Train STEPS steps with TRL's loss (``loss_file=None``) or a proposals/ file; return losses, params, logs."""
+    tok, data = build(tmp_path, moe)
+    model_cls = MixtralForCausalLM if moe else GPT2LMHeadModel
+    model = model_cls.from_pretrained(tmp_path / "model")
+    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=STEPS,
+                     logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+                     bf16=False, **config)
+    kwargs = {"model": model, "args": args, "train_dataset": data, "processing_class": tok}
+    if loss_file is None:
+        trainer = DPOTrainer(**kwargs)
+    else:
+        trainer = DiscoveredLossDPOTrainer(loss_fn=str(PROPOSALS / loss_file), **kwargs)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return [h["loss"] for h in logs], {k: v.detach().clone() for k, v in model.state_dict().items()}, logs
+
+
+def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_robust_without_smoothing_is_dpo(tmp_path: Path) -> None:
+    common = {"beta": 0.1, "learning_rate": 1e-3}
+    trl_losses, trl_params, _ = train(tmp_path / "trl", None, loss_type="robust", label_smoothing=0.0, **common)
+    our_losses, our_params, _ = train(tmp_path / "ours", "dpo.py", **common)
+    assert our_losses == pytest.approx(trl_losses, abs=1e-5)
+    assert max_param_diff(trl_params, our_params) < 1e-5
+
+
+def test_sigmoid_norm_is_dpo_at_beta_over_length(tmp_path: Path) -> None:
+    trl_losses, trl_params, _ = train(tmp_path / "trl", None, loss_type="sigmoid_norm", beta=0.3, learning_rate=1e-3)
+    our_losses, our_params, _ = train(tmp_path / "ours", "dpo.py", beta=0.3 / L, learning_rate=1e-3)
+    assert our_losses == pytest.approx(trl_losses, abs=1e-5)
+    assert max_param_diff(trl_params, our_params) < 1e-5
+
+
+def test_ipo_differs_from_trl_exactly_by_length_normalisation(tmp_path: Path) -> None:
+    # SGD and no clipping: the L**2 loss factor then cancels exactly against lr / L**2 (Adam would hide it).
+    common = {"optim": "sgd", "max_grad_norm": 0.0}
+    trl_losses, trl_params, _ = train(tmp_path / "trl", None, loss_type="ipo", beta=0.5, learning_rate=1e-2, **common)
+    our_losses, our_params, _ = train(tmp_path / "ours", "ipo.py", beta=0.5 / L, learning_rate=1e-2 / L**2, **common)
+    assert [x / L**2 for x in our_losses] == pytest.approx(trl_losses, abs=1e-5)
+    assert max_param_diff(trl_params, our_params) < 1e-5
+    initial = GPT2LMHeadModel.from_pretrained(tmp_path / "trl" / "model").state_dict()
+    assert max_param_diff(trl_params, initial) > 1e-4, "SGD did not move the parameters; the check proved nothing"
+
+
+def test_moe_router_aux_loss_is_added_as_trl_adds_it(tmp_path: Path) -> None:
+    common = {"beta": 0.1, "learning_rate": 1e-3}
+    trl_losses, trl_params, _ = train(tmp_path / "trl", None, moe=True, loss_type="sigmoid", **common)
+    our_losses, our_params, logs = train(tmp_path / "ours", "dpo.py", moe=True, **common)
+    assert our_losses == pytest.approx(trl_losses, abs=1e-5)
+    assert max_param_diff(trl_params, our_params) < 1e-5
+    assert all(h["aux_loss"] > 0 for h in logs)
