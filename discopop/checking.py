@@ -9,15 +9,25 @@ from discopop.losses import LossRejected, static_check
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 
 
-def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None) -> dict[str, Any]:
-    """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker."""
+def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
+
+    ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
+    ``numeric`` (a check failed or the loss raised), ``guard`` (the worker's runtime guard refused
+    an action, or the loss changed global/shared state) or ``sandbox`` (the worker was killed:
+    timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
+    start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
+    """
     try:
         info = static_check(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    proc = SandboxedProcess("discopop.worker", limits or Limits())
+    proc = SandboxedProcess("discopop.worker", limits or Limits(), env=env)
     try:
-        proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        if not started.get("ok"):
+            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
         reply = proc.request({"op": "check", "code": source}, timeout=timeout)
     except SandboxTimeout as err:
         return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}

@@ -1,16 +1,46 @@
 """Child-process isolation for untrusted candidate code: the one seam where it can run.
 
-Layers, outermost first (the static AST check in ``losses.py`` comes before all of them):
+Layers, outermost first (the static AST check in ``losses.py`` comes before all of them). Each OS
+layer is used where the machine allows it and skipped silently where it does not;
+``SandboxedProcess.layers`` names the ones that are active for a given child, e.g. on a root Linux
+box with cgroup v1 and Landlock (Debian 12, kernel 6.x) all of them are::
 
-* a separate process in its own session/process group, killed as a group (SIGKILL) by the parent
-  on a wall-clock timeout: the only timeout that reliably stops a runaway C call or a deadlock;
-* resource limits set before ``exec``: address space (catches memory bombs on CPU), file size
-  (caps runaway output), core dumps off;
-* no network: the child runs under ``unshare --net`` when the OS allows it (root, or user
-  namespaces), and the runtime guard below blocks sockets either way;
-* a private temporary working directory, removed afterwards;
-* a runtime guard (``sys.addaudithook``) installed in the child once its own set-up is done:
-  it refuses process creation, socket connections, and file writes outside the work directory.
+    process-group rlimit-core rlimit-as rlimit-fsize netns cgroup-pids cgroup-memory output-cap
+    parent-death-signal no-new-privs landlock-fs landlock-net landlock-signals no-capabilities
+    audit-guard state-watch
+
+Parent side (set up here before/at ``exec``):
+
+* ``process-group``: a separate process in its own session, killed with SIGKILL by the parent on a
+  wall-clock timeout: the only timeout that reliably stops a runaway C call or a deadlock;
+* ``rlimit-*``: address space (a memory bomb on CPU becomes a ``MemoryError``), file size, no
+  core dumps;
+* ``netns``: the child runs under ``unshare --net`` (an empty network namespace) when allowed;
+* ``cgroup-pids`` / ``cgroup-memory``: a private cgroup (v1, or v2 with the controller delegated)
+  caps the number of tasks of the whole tree (``Limits.max_processes``: a fork bomb stops there,
+  unlike ``RLIMIT_NPROC``, which does not bind root) and its total memory; ``kill()`` kills every
+  member, so a process that left the process group (``setsid``) dies too;
+* ``output-cap``: stdout/stderr go through a pipe into a bounded in-memory tail; a child writing
+  more than ``Limits.output_mb`` during one request is killed (nothing floods the disk or memory).
+
+Child side (``lock_down``, called by the worker first thing, while it still has a single thread,
+and ``install_guard``, once its own set-up is done):
+
+* ``parent-death-signal``: the child gets SIGKILL if its parent dies, even while busy;
+* ``landlock-*``: Landlock (Linux >= 5.13; root-proof, irreversible, inherited by children)
+  forbids writing, creating or deleting files anywhere but the work directory (and a few device
+  files), TCP bind/connect (kernel ABI >= 4) and signals to processes outside the sandbox
+  (ABI >= 6). This holds even against code that slips past the Python-level guard, e.g. torch's
+  C++ file writer behind ``torch.save``;
+* ``no-capabilities``: a root child drops every capability (it cannot raise its own rlimits);
+* ``audit-guard``: a ``sys.addaudithook`` hook refuses process creation, sockets, signals,
+  ctypes, rlimit changes and Python-level writes outside the work directory, and records each
+  refusal so the worker can name it;
+* ``state-watch`` (in ``worker.py``): global torch state and the namespaces the checks rely on
+  are compared with a snapshot after every job.
+
+Python-level guards alone are bypassable; that is why the OS layers sit around them. Where an OS
+layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply.
 
 The same ``SandboxedProcess`` runs the warm training workers (``executors.py``) and the one-shot
 ``discopop check`` (``checking.py``).
@@ -18,6 +48,7 @@ The same ``SandboxedProcess`` runs the warm training workers (``executors.py``) 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -26,6 +57,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
@@ -37,9 +70,14 @@ from typing import Any
 class Limits:
     """Per-process limits; 0 disables a limit (e.g. memory on GPU, where CUDA reserves address space)."""
 
-    memory_mb: int = 6144
-    file_size_mb: int = 256
-    network: bool = False
+    memory_mb: int = 6144  # address space per process (RLIMIT_AS) and memory of the whole tree (cgroup)
+    file_size_mb: int = 256  # largest file the child may write (RLIMIT_FSIZE)
+    network: bool = False  # True: no network namespace, no Landlock TCP rule
+    # Tasks (processes + threads) of the whole tree, via a pids cgroup. A training worker runs ~20
+    # threads (torch, tokenizers, CUDA on GPU); 256 leaves room and still stops a fork bomb early.
+    max_processes: int = 256
+    # stdout+stderr bytes per request before the child is killed; a fine-tune logs a few KB.
+    output_mb: int = 8
 
 
 class SandboxTimeout(RuntimeError):
@@ -52,7 +90,7 @@ class SandboxDied(RuntimeError):
 
 @cache
 def _unshare_prefix() -> tuple[str, ...]:
-    """``unshare --net`` if this machine allows it, else nothing (the audit hook still blocks sockets)."""
+    """``unshare --net`` if this machine allows it, else nothing (Landlock and the guard still block TCP)."""
     exe = shutil.which("unshare")
     if not exe:
         return ()
@@ -63,9 +101,191 @@ def _unshare_prefix() -> tuple[str, ...]:
     return (exe, "--net") if ok else ()
 
 
-def _apply_limits(limits: Limits) -> None:
-    """Runs in the child between fork and exec."""
-    os.environ["MALLOC_ARENA_MAX"] = "2"
+# ---- cgroups -----------------------------------------------------------------------------------
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_cgroup_names = itertools.count()
+
+
+def _own_cgroup_dir(controller: str) -> tuple[Path, int] | None:
+    """This process's cgroup directory holding ``controller`` and the cgroup version, if mounted."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controller in controllers.split(","):  # v1 hierarchy with this controller
+            base = _CGROUP_ROOT / controller / rel.lstrip("/")
+            if (base / "cgroup.procs").is_file():
+                return base, 1
+    if (_CGROUP_ROOT / "cgroup.controllers").is_file():  # pure v2
+        rel = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
+        if rel is not None:
+            return _CGROUP_ROOT / rel.lstrip("/"), 2
+    return None
+
+
+class _Cgroup:
+    """A private cgroup for one child tree (one controller); ``create`` returns None where not allowed."""
+
+    def __init__(self, path: Path, controller: str, version: int):
+        self.path = path
+        self.controller = controller
+        self.version = version
+
+    @classmethod
+    def create(cls, controller: str, settings: dict[str, int]) -> _Cgroup | None:
+        found = _own_cgroup_dir(controller)
+        if found is None:
+            return None
+        base, version = found
+        _reap_stale(base)
+        path = base / f"discopop-{os.getpid()}-{next(_cgroup_names)}"
+        try:
+            path.mkdir()
+        except OSError:
+            return None
+        group = cls(path, controller, version)
+        try:
+            for name, value in settings.items():
+                (path / name).write_text(str(value))
+        except OSError:
+            group.remove()
+            return None
+        return group
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def counter(self, file: str, key: str) -> int:
+        """A ``key value`` line of a cgroup stats file (``pids.events``, ``memory.events``, ...)."""
+        try:
+            for line in (self.path / file).read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == key:
+                    return int(parts[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def kill_all(self) -> None:
+        """SIGKILL every member until none is left (forks racing the kill are caught next round)."""
+        for _ in range(200):
+            members = self.pids()
+            if not members:
+                return
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # EBUSY while the last members are being torn down
+                self.kill_all()
+                time.sleep(0.01)
+
+
+_reaped: set[Path] = set()
+
+
+def _reap_stale(base: Path) -> None:
+    """Kill and remove cgroups left behind by discopop processes that died without cleaning up."""
+    if base in _reaped:
+        return
+    _reaped.add(base)
+    try:
+        entries = list(base.glob("discopop-*-*"))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            owner = int(entry.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            stale = _Cgroup(entry, "", 0)
+            stale.kill_all()
+            stale.remove()
+
+
+# ---- output capture ----------------------------------------------------------------------------
+
+
+class _OutputTail:
+    """Reads the child's stdout/stderr pipe in a thread; keeps the last bytes, counts the rest."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, fd: int, limit: int, on_overflow):
+        self._fd = fd
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self.since_reset = 0
+        self.overflowed = False
+        self._thread = threading.Thread(target=self._pump, name="discopop-sandbox-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            with self._lock:
+                self._tail += chunk
+                if len(self._tail) > self.KEEP:
+                    del self._tail[: len(self._tail) - self.KEEP]
+                self.since_reset += len(chunk)
+                overflow = self._limit and self.since_reset > self._limit and not self.overflowed
+                if overflow:
+                    self.overflowed = True
+            if overflow:
+                self._on_overflow()
+        os.close(self._fd)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.since_reset = 0
+
+    def tail(self, limit: int) -> str:
+        with self._lock:
+            return bytes(self._tail[-limit:]).decode(errors="replace")
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+# ---- the parent side ---------------------------------------------------------------------------
+
+
+def _apply_limits(limits: Limits, cgroup_procs: tuple[str, ...]) -> None:
+    """Runs in the child between fork and exec: only syscalls, no imports (the parent has threads)."""
+    pid = str(os.getpid()).encode()
+    for procs in cgroup_procs:
+        try:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the parent notices the child is not a member and drops that layer
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if limits.memory_mb:
         size = limits.memory_mb * 1024 * 1024
@@ -76,46 +296,93 @@ def _apply_limits(limits: Limits) -> None:
 
 
 class SandboxedProcess:
-    """A Python child (``python -m MODULE``) talking length-prefixed JSON over two private pipes."""
+    """A Python child (``python -m MODULE``) talking length-prefixed JSON over two private pipes.
+
+    ``layers`` lists the isolation layers active for this child: the parent-side ones at start,
+    plus any a reply reports under ``"sandbox_layers"`` (the worker's ``init`` reply does).
+    """
 
     def __init__(self, module: str, limits: Limits, env: dict[str, str] | None = None):
         self.limits = limits
         self.workdir = Path(tempfile.mkdtemp(prefix="discopop-sandbox-"))
+        self._busy = False
+        self._cgroups: list[_Cgroup] = []
+        if limits.max_processes:
+            group = _Cgroup.create("pids", {"pids.max": limits.max_processes})
+            if group:
+                self._cgroups.append(group)
+        if limits.memory_mb:
+            size = limits.memory_mb * 1024 * 1024
+            group = _Cgroup.create("memory", {"memory.limit_in_bytes": size})
+            group = group or _Cgroup.create("memory", {"memory.max": size})
+            if group:
+                self._cgroups.append(group)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        out_r, out_w = os.pipe()
         child_env = {**os.environ, **(env or {}), "DISCOPOP_SANDBOX_DIR": str(self.workdir),
                      "DISCOPOP_FDS": f"{to_child_r},{from_child_w}", "TOKENIZERS_PARALLELISM": "false",
                      "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                     "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+                     "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.workdir),
+                     "MALLOC_ARENA_MAX": "2",  # fewer malloc arenas: less address space under RLIMIT_AS
+                     "DISCOPOP_SANDBOX_NETWORK": "1" if limits.network else "0",
+                     "DISCOPOP_SANDBOX_PARENT": str(os.getpid())}
         prefix = () if limits.network else _unshare_prefix()
-        self.log_path = self.workdir / "output.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        procs = tuple(str(g.path / "cgroup.procs") for g in self._cgroups)
         try:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", module],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env,
+                stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env,
                 pass_fds=(to_child_r, from_child_w), start_new_session=True,
-                preexec_fn=lambda: _apply_limits(limits),  # noqa: PLW1509 - limits must precede exec
+                preexec_fn=lambda: _apply_limits(limits, procs),  # noqa: PLW1509 - limits must precede exec
             )
+        except BaseException:
+            for fd in (to_child_w, from_child_r, out_r):
+                os.close(fd)
+            self._remove_cgroups()
+            raise
         finally:
-            log.close()
-            os.close(to_child_r)
-            os.close(from_child_w)
+            for fd in (to_child_r, from_child_w, out_w):
+                os.close(fd)
+        self._output = _OutputTail(out_r, limits.output_mb * 1024 * 1024, self._kill_group)
         self._send = Connection(to_child_w, readable=False, writable=True)
         self._recv = Connection(from_child_r, readable=True, writable=False)
+        joined = [g for g in self._cgroups if self.proc.pid in g.pids()]
+        for group in set(self._cgroups) - set(joined):
+            group.remove()
+        self._cgroups = joined
+        self.layers = ["process-group", "rlimit-core"]
+        self.layers += ["rlimit-as"] if limits.memory_mb else []
+        self.layers += ["rlimit-fsize"] if limits.file_size_mb else []
+        self.layers += ["netns"] if prefix else []
+        self.layers += [f"cgroup-{g.controller}" for g in self._cgroups]
+        self.layers += ["output-cap"] if limits.output_mb else []
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one message and wait for the reply; kill the whole group on timeout or death."""
+        """Send one message and wait for the reply; kill the whole tree on timeout or death."""
+        self._output.reset()
+        self._busy = True
         try:
             self._send.send_bytes(json.dumps(message).encode())
             if not self._recv.poll(timeout):
                 self.kill()
                 raise SandboxTimeout(f"timed out after {timeout:.0f} s")
-            return json.loads(self._recv.recv_bytes())
+            reply = json.loads(self._recv.recv_bytes())
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as err:
             if isinstance(err, SandboxTimeout):
                 raise
             raise SandboxDied(self._death_reason()) from None
+        finally:
+            self._busy = False
+        for layer in reply.pop("sandbox_layers", None) or ():
+            if layer not in self.layers:
+                self.layers.append(layer)
+        if reply.pop("sandbox_exit", False):  # the child stops after this reply: let alive() say so at once
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return reply
 
     def _death_reason(self) -> str:
         try:
@@ -123,49 +390,67 @@ class SandboxedProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.wait()
+        self._output.join(1.0)
+        if self._output.overflowed:
+            return f"output limit: wrote more than {self.limits.output_mb} MB to stdout/stderr in one request"
+        group = {g.controller: g for g in self._cgroups}
+        extra = ""
+        if "pids" in group and group["pids"].counter("pids.events", "max"):
+            extra = f" (hit the limit of {self.limits.max_processes} processes)"
         if code < 0:
             name = signal.Signals(-code).name
             hint = {"SIGKILL": " (killed: memory limit or external kill)", "SIGXFSZ": " (output size limit)",
                     "SIGSEGV": " (crashed)"}.get(name, "")
-            return f"worker died with {name}{hint}"
+            memory = group.get("memory")
+            if name == "SIGKILL" and memory and (memory.counter("memory.oom_control", "oom_kill")
+                                                 or memory.counter("memory.events", "oom_kill")):
+                hint = f" (killed by the memory limit of {self.limits.memory_mb} MB)"
+            return f"worker died with {name}{hint}{extra}"
         tail = self.output_tail(300).strip().splitlines()
         last = tail[-1] if tail else ""
-        return f"worker exited with status {code}" + (f": {last}" if last else "")
+        return f"worker exited with status {code}" + (f": {last}" if last else "") + extra
 
     def output_tail(self, limit: int = 2000) -> str:
-        """The last ``limit`` bytes of the child's stdout/stderr (captured to a size-capped file)."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - limit))
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
+        """The last ``limit`` bytes the child wrote to stdout/stderr (at most 64 KB are kept)."""
+        return self._output.tail(limit)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def kill(self) -> None:
-        """SIGKILL the child's whole process group (it started its own session)."""
+    def _kill_group(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        for group in self._cgroups:
+            group.kill_all()
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group and every member of its cgroups, then reap the child."""
+        self._kill_group()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
 
+    def _remove_cgroups(self) -> None:
+        for group in self._cgroups:
+            group.remove()
+        self._cgroups = []
+
     def close(self) -> None:
-        if self.alive():
+        """Ask an idle child to exit (a busy one is killed at once), kill what is left, clean up."""
+        if self.alive() and not self._busy:
             try:
                 self._send.send_bytes(json.dumps({"op": "exit"}).encode())
                 self.proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
+        self._remove_cgroups()
         for conn in (self._send, self._recv):
             conn.close()
+        self._output.join(1.0)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -178,21 +463,140 @@ def child_connections() -> tuple[Connection, Connection]:
     return Connection(recv_fd, readable=True, writable=False), Connection(send_fd, readable=False, writable=True)
 
 
+# Landlock (include/uapi/linux/landlock.h). Only write-type rights are handled: reading stays free.
+_LL_WRITE_FILE, _LL_TRUNCATE, _LL_REFER = 1 << 1, 1 << 14, 1 << 13
+_LL_DIR_WRITES = sum(1 << b for b in range(4, 13))  # remove dir/file, make char/dir/reg/sock/fifo/block/sym
+_LL_NET_BIND, _LL_NET_CONNECT = 1 << 0, 1 << 1
+_LL_SCOPE_ABSTRACT_UNIX, _LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
+_SYS_LANDLOCK_CREATE, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT = 444, 445, 446  # same on x86-64/arm64
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
+# Device files a worker may open for writing (GPU drivers open theirs read-write).
+_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random", "/dev/shm",
+                     "/dev/dri", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+def lock_down(workdir: str, network: bool = False) -> list[str]:
+    """Put the child-side OS layers on this process (and its future children); return the active ones.
+
+    Call it while the process still has one thread: Landlock restricts the calling thread and the
+    threads it creates afterwards, not threads that already exist. Every layer is optional: a
+    kernel or libc without it is skipped silently (the other layers still hold).
+    """
+    if sys.platform != "linux":
+        return []
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return []
+    libc.syscall.restype = ctypes.c_long
+    layers: list[str] = []
+    parent = int(os.environ.get("DISCOPOP_SANDBOX_PARENT", "0"))
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        layers.append("parent-death-signal")
+        if parent and os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+        layers.append("no-new-privs")
+    layers += _landlock(libc, workdir, network)
+    if _drop_capabilities(libc):
+        layers.append("no-capabilities")
+    return layers
+
+
+def _landlock(libc, workdir: str, network: bool) -> list[str]:
+    import ctypes
+
+    abi = libc.syscall(_SYS_LANDLOCK_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    if abi < 1:
+        return []
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                    ("scoped", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    fs = _LL_WRITE_FILE | _LL_DIR_WRITES | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+    net = (_LL_NET_BIND | _LL_NET_CONNECT) if abi >= 4 and not network else 0
+    scoped = (_LL_SCOPE_ABSTRACT_UNIX | _LL_SCOPE_SIGNAL) if abi >= 6 else 0
+    attr = RulesetAttr(fs, net, scoped)
+    size = ctypes.sizeof(RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = libc.syscall(_SYS_LANDLOCK_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return []
+    try:
+        paths = [workdir, *_WRITABLE_DEVICES]
+        paths += [f"/dev/{n}" for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()]
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                is_dir = os.path.isdir(path)
+                rule = PathBeneath(fs if is_dir else fs & (_LL_WRITE_FILE | _LL_TRUNCATE), fd)
+                libc.syscall(_SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule),
+                             ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        if libc.syscall(_SYS_LANDLOCK_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            return []
+    finally:
+        os.close(ruleset)
+    return ["landlock-fs"] + (["landlock-net"] if net else []) + (["landlock-signals"] if scoped else [])
+
+
+def _drop_capabilities(libc) -> bool:
+    """Empty the bounding, effective, permitted and inheritable capability sets (a root child stays uid 0)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, current = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), current) != 0 or not any(d.permitted for d in current):
+        return False
+    for cap in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
+    return libc.capset(ctypes.byref(header), (Data * 2)()) == 0
+
+
 _BLOCKED_EVENTS = {
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-    "os.kill", "os.killpg", "socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo",
-    "ctypes.dlopen", "ctypes.call_function", "os.chown", "os.link", "os.symlink",
+    "os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind", "socket.sendto",
+    "socket.sendmsg", "socket.getaddrinfo", "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function",
+    "ctypes.cdata", "os.chown", "os.link", "os.symlink", "resource.setrlimit", "resource.prlimit",
+    "sys.addaudithook", "sys.settrace", "sys.setprofile", "sqlite3.connect", "sqlite3.enable_load_extension",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
 }  # fmt: skip
 # File-system events allowed only on paths inside the work directory.
 _PATH_EVENTS = {"os.remove", "os.rmdir", "os.rename", "os.replace", "shutil.rmtree", "os.chmod", "os.truncate",
-                "os.mkdir", "shutil.move", "shutil.copyfile"}
+                "os.mkdir", "shutil.move", "shutil.copyfile", "shutil.copytree", "os.utime", "os.setxattr",
+                "os.removexattr"}
+_violations: list[str] = []
+
+
+def guard_violations(clear: bool = True) -> list[str]:
+    """What the runtime guard refused since the last call (the worker names it in its reply)."""
+    found = list(_violations)
+    if clear:
+        _violations.clear()
+    return found
 
 
 def install_guard(workdir: str) -> None:
-    """Refuse process creation, networking and writes outside ``workdir`` for the rest of the process.
+    """Refuse process creation, networking, signals and writes outside ``workdir`` for the rest of the process.
 
     Audit hooks cannot be removed once added. Python-level guards alone are bypassable, which is
-    why the OS layers (process group kill, rlimits, network namespace) sit around this one.
+    why the OS layers (process group kill, rlimits, network namespace, cgroups, Landlock) sit
+    around this one.
     """
     root = os.path.realpath(workdir)
 
@@ -200,13 +604,18 @@ def install_guard(workdir: str) -> None:
         real = os.path.realpath(os.fsdecode(path))
         return real == root or real.startswith(root + os.sep) or real == os.devnull
 
+    def refuse(message: str) -> None:
+        if len(_violations) < 100:
+            _violations.append(message)
+        raise PermissionError(f"sandbox: {message}")
+
     def hook(event: str, args: tuple) -> None:
         if event in _BLOCKED_EVENTS:
-            raise PermissionError(f"sandbox: '{event}' is not allowed")
+            refuse(f"'{event}' is not allowed")
         if event in _PATH_EVENTS:
             for arg in args:
                 if isinstance(arg, (str, bytes, os.PathLike)) and not inside(arg):
-                    raise PermissionError(f"sandbox: '{event}' on {os.fsdecode(arg)} is not allowed")
+                    refuse(f"'{event}' on {os.fsdecode(arg)} is not allowed")
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
             mode = args[1] if len(args) > 1 else "r"
             flags = args[2] if len(args) > 2 else 0
@@ -214,6 +623,6 @@ def install_guard(workdir: str) -> None:
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
             )
             if writing and not inside(args[0]):
-                raise PermissionError(f"sandbox: writing to {os.fsdecode(args[0])} is not allowed")
+                refuse(f"writing to {os.fsdecode(args[0])} is not allowed")
 
     sys.addaudithook(hook)

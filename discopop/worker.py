@@ -7,16 +7,24 @@ expensive part), installs the runtime guard, and then serves requests until told
 * ``{"op": "check", "code": src}`` -> ``{"ok": true, "checks": {...}}`` or ``{"ok": false, "stage", "error"}``
 * ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
 
-Candidate code is loaded here, after the static check, with restricted builtins.
+Candidate code is loaded here, after the static check, with restricted builtins. The worker puts
+the child-side OS layers on itself before anything else (``sandbox.lock_down``), installs the
+runtime guard after its own set-up, and after every job checks that the candidate left no trace:
+a refusal by the guard, changed global torch state, or a monkeypatched namespace that the checks
+and the trainer rely on (``torch.isfinite = ...`` would otherwise let a NaN loss pass the checks)
+turns the job into a failure at stage ``guard``. Global state is reset; a patched namespace cannot
+be trusted to be restored, so the worker exits after replying and the parent starts a fresh one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -26,9 +34,11 @@ def _one_line(err: BaseException) -> str:
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, layers: list[str] | None = None) -> None:
         self.fine_tuner = None
         self.threads = 1
+        self.layers = list(layers or [])
+        self.watch: StateWatch | None = None
         self._loaded: tuple[str, Any] | None = None
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -38,9 +48,14 @@ class Worker:
         self.threads = int(msg.get("threads", 1))
         torch.set_num_threads(self.threads)
         if msg.get("task") is not None:
+            import datasets
+
             from discopop.tasks import load_task
             from discopop.training import FineTuner
 
+            # Tokenised copies go to a temporary dir (TMPDIR = the work dir), not next to the cached
+            # task: Landlock lets a worker write only inside its work directory.
+            datasets.disable_caching()
             task = load_task(msg["task"])
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
@@ -48,7 +63,9 @@ class Worker:
         from discopop.sandbox import install_guard
 
         install_guard(os.environ["DISCOPOP_SANDBOX_DIR"])
-        return {"ok": True, "seconds": time.perf_counter() - started}
+        self.watch = StateWatch(self.threads)
+        return {"ok": True, "seconds": time.perf_counter() - started,
+                "sandbox_layers": [*self.layers, "audit-guard", "state-watch"]}
 
     def _load(self, code: str):
         from discopop.losses import LossRejected, load_loss
@@ -99,11 +116,126 @@ class Worker:
 
     def reset_globals(self) -> None:
         """Undo global torch state a candidate might have changed (defence in depth)."""
+        if self.watch is not None:
+            self.watch.reset()
+            return
         import torch
 
         torch.set_grad_enabled(True)
         torch.set_default_dtype(torch.float32)
         torch.set_num_threads(self.threads)
+
+    def audit(self, reply: dict[str, Any]) -> bool:
+        """After a check/train job: turn any trace the candidate left into a ``guard`` failure.
+
+        Returns True when the process must exit (a patched namespace cannot be trusted to be undone).
+        """
+        from discopop.sandbox import guard_violations
+
+        refused = guard_violations()
+        if self.watch is None:
+            return False
+        state = self.watch.changed_state()
+        self.watch.reset()  # first: some global setters rebind attributes (set_default_dtype: torch.Storage)
+        patched = self.watch.patched()
+        problem = None
+        if patched:
+            problem = f"changed shared state: {', '.join(patched[:5])} (worker restarted)"
+        elif refused:
+            problem = f"refused by the runtime guard: {refused[0]}" + (
+                f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+        elif state:
+            problem = f"changed torch global state: {'; '.join(state)}"
+        if problem:
+            earlier = reply.get("error") if not reply.get("ok") else None
+            earlier = None if earlier and "sandbox: " in earlier else earlier  # the refusal itself
+            reply.clear()
+            reply.update(ok=False, stage="guard", error=problem + (f"; then {earlier}" if earlier else ""))
+        return bool(patched)
+
+
+_MISSING = object()
+# Attributes that change during normal operation (interpreter bookkeeping), never compared.
+_VOLATILE = {"sys": {"last_type", "last_value", "last_traceback", "last_exc"}, "builtins": {"_"}}
+_VOLATILE_EVERYWHERE = {"__warningregistry__"}  # the warnings module's per-module "already shown" record
+
+
+class StateWatch:
+    """Snapshot of global torch state and of the namespaces the checks and the trainer rely on.
+
+    Taken once the worker is set up; compared after every job (identity of every attribute, so
+    ~4k dict lookups: well under a millisecond). New attributes are allowed only if they are
+    modules (lazy sub-module imports add those to their parent).
+    """
+
+    def __init__(self, threads: int):
+        import builtins
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        self.threads = threads
+        self.spaces: dict[str, Any] = {"builtins": builtins, "math": math, "sys": sys, "torch": torch,
+                                       "torch.nn.functional": F, "torch.Tensor": torch.Tensor,
+                                       "torch.TensorBase": torch.Tensor.__mro__[1]}
+        for name, module in list(sys.modules.items()):
+            if name == "__main__" or name.startswith("discopop."):
+                self.spaces[name] = module
+        trl = sys.modules.get("discopop.trl")
+        if trl is not None:
+            self.spaces["DiscoveredLossDPOTrainer"] = trl.DiscoveredLossDPOTrainer
+        self.snapshot = {name: dict(vars(obj)) for name, obj in self.spaces.items()}
+        self.state = self._read_state()
+
+    @staticmethod
+    def _read_state() -> dict[str, Any]:
+        import torch
+
+        return {
+            "num_threads": torch.get_num_threads(), "default_dtype": torch.get_default_dtype(),
+            "grad_enabled": torch.is_grad_enabled(), "default_device": torch.get_default_device(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "anomaly_detection": torch.is_anomaly_enabled(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "recursion_limit": sys.getrecursionlimit(),
+        }
+
+    def changed_state(self) -> list[str]:
+        now = self._read_state()
+        return [f"{key} {self.state[key]} -> {now[key]}" for key in self.state if now[key] != self.state[key]]
+
+    def patched(self) -> list[str]:
+        found = []
+        for name, obj in self.spaces.items():
+            current = vars(obj)
+            skip = _VOLATILE.get(name, set()) | _VOLATILE_EVERYWHERE
+            for key, value in self.snapshot[name].items():
+                if key not in skip and current.get(key, _MISSING) is not value:
+                    found.append(f"{name}.{key}")
+            for key in current.keys() - self.snapshot[name].keys():
+                if key not in skip and not isinstance(current[key], ModuleType):
+                    found.append(f"{name}.{key}")
+        return found
+
+    def reset(self) -> None:
+        """Put global torch state back as it was after set-up; only what changed is set (some setters
+        are not free: ``use_deterministic_algorithms`` imports torch._dynamo)."""
+        import torch
+
+        setters = {
+            "num_threads": torch.set_num_threads, "default_dtype": torch.set_default_dtype,
+            "grad_enabled": torch.set_grad_enabled,
+            "default_device": lambda d: torch.set_default_device(None if d == torch.device("cpu") else d),
+            "deterministic_algorithms": torch.use_deterministic_algorithms,
+            "anomaly_detection": torch.autograd.set_detect_anomaly,
+            "float32_matmul_precision": torch.set_float32_matmul_precision,
+            "recursion_limit": sys.setrecursionlimit,
+        }
+        now = self._read_state()
+        for key, value in self.state.items():
+            if now[key] != value:
+                setters[key](value)
 
 
 class _Failure(Exception):
@@ -117,10 +249,12 @@ def _finite(x: float) -> bool:
 
 
 def main() -> None:
-    from discopop.sandbox import child_connections
+    from discopop.sandbox import child_connections, lock_down
 
+    # First thing, while this process has a single thread (see lock_down).
+    layers = lock_down(os.environ["DISCOPOP_SANDBOX_DIR"], network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
     recv, send = child_connections()
-    worker = Worker()
+    worker = Worker(layers)
     handlers = {"init": worker.init, "check": worker.check, "train": worker.train}
     while True:
         try:
@@ -137,13 +271,23 @@ def main() -> None:
         except BaseException as err:  # noqa: BLE001 - report, never die silently
             reply = {"ok": False, "stage": msg.get("op", "?"), "error": _one_line(err),
                      "traceback": traceback.format_exc(limit=3)[-1500:]}
-        finally:
+        must_exit = False
+        if msg.get("op") in ("check", "train"):
             try:
-                worker.reset_globals()
-            except BaseException:  # noqa: BLE001
-                pass
+                must_exit = worker.audit(reply)
+            except BaseException as err:  # noqa: BLE001 - a broken audit is itself a reason to stop
+                reply = {"ok": False, "stage": "guard", "error": f"state check failed: {_one_line(err)}"}
+                must_exit = True
+        try:
+            worker.reset_globals()
+        except BaseException:  # noqa: BLE001
+            must_exit = True
         reply["seconds"] = time.perf_counter() - started
+        if must_exit:
+            reply["sandbox_exit"] = True
         send.send_bytes(json.dumps(reply).encode())
+        if must_exit:
+            return
 
 
 if __name__ == "__main__":
