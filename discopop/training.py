@@ -126,7 +126,8 @@ class FineTuner:
         )
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
-        if training.get("replay_batches", True):
+        if training.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
+            self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
 
     def _replayed_loader(self) -> _ReplayLoader:
