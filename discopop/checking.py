@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from discopop.losses import LossRejected, static_check
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+
+# ast.parse is not thread-safe on CPython 3.11 (gh-106905: "AST constructor recursion depth
+# mismatch" when two threads parse at once); check_source may be called from several threads.
+_PARSE_LOCK = threading.Lock()
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
@@ -20,7 +25,8 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
     """
     try:
-        info = static_check(source)
+        with _PARSE_LOCK:
+            info = static_check(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
     proc = SandboxedProcess("discopop.worker", limits or Limits(), env=env)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from discopop.config import ConfigError, prepare_run
+from discopop.config import ConfigError, create_run_dir, record_run, resolve_run
 
 EXIT_USAGE = 2
 
@@ -32,7 +32,8 @@ def discover(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
     try:
-        cfg, run_dir = prepare_run(args.generations, args.resume, args.overrides)
+        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides)
+        create_run_dir(run_dir)
     except ConfigError as err:
         return _fail("discover", str(err))
     from rich.console import Console
@@ -46,6 +47,11 @@ def discover(argv: list[str] | None = None) -> int:
     try:
         lock = lock_run_dir(run_dir)
     except (RunLocked, OSError) as err:
+        return _fail("discover", str(err))
+    try:
+        record_run(cfg, run_dir, args.overrides, resumed=args.resume is not None)
+    except ConfigError as err:
+        lock.close()
         return _fail("discover", str(err))
     total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
     console.print(f"run directory: {run_dir}")
@@ -85,7 +91,7 @@ def _check(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         return _fail("discopop check", f"no such file: {path}")
-    verdict: dict[str, Any] = check_file(path)
+    verdict: dict[str, Any] = check_file(path, timeout=args.timeout)
     if args.json:
         print(json.dumps(verdict, indent=2))
     elif verdict["valid"]:
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")

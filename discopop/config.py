@@ -121,10 +121,8 @@ def _load_saved(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--resume: {_first_line(err)}") from None
 
 
-def prepare_run(generations: int | None, resume: str | None, overrides: list[str]) -> tuple[dict[str, Any], Path]:
-    """Resolve the config of a new or resumed run, validate it, create and record the run directory."""
-    from omegaconf import OmegaConf
-
+def resolve_run(generations: int | None, resume: str | None, overrides: list[str]) -> tuple[dict[str, Any], Path]:
+    """The validated config and run directory of a new or resumed run; nothing is written yet."""
     if resume is not None:
         run_dir = Path(resume)
         cfg = _load_saved(run_dir, overrides)
@@ -139,15 +137,31 @@ def prepare_run(generations: int | None, resume: str | None, overrides: list[str
         validate(cfg)
     except (KeyError, TypeError) as err:
         raise ConfigError(f"invalid configuration: missing or malformed {err}") from None
+    return cfg, run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
     try:
         (run_dir / SAVED_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
+
+
+def record_run(cfg: dict[str, Any], run_dir: Path, overrides: list[str], resumed: bool) -> None:
+    """Save the resolved config (and, for a new run, its overrides) in the run directory.
+
+    Call it only while holding the run directory's lock, so a refused second process cannot
+    overwrite the running one's record.
+    """
+    from omegaconf import OmegaConf
+
+    try:
         (run_dir / SAVED_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-        if resume is None:
+        if not resumed:
             (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     except OSError as err:
         raise ConfigError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
     _link_latest(run_dir)
-    return cfg, run_dir
 
 
 def _link_latest(run_dir: Path) -> None:

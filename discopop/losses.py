@@ -59,6 +59,15 @@ FORBIDDEN_ATTRS = {
     "pin_memory", "Generator", "get_rng_state", "set_rng_state", "sparse", "quantization",
     "futures", "monitor", "signal", "Module", "Parameter", "modules", "parameters",
 }  # fmt: skip
+# Modules that torch, F and math expose as attributes (``torch.os``, ``torch.sys``, ``F.np``, ...):
+# reaching any of them is a way around the import allow-list.
+MODULE_ATTRS = {
+    "os", "sys", "builtins", "ctypes", "importlib", "inspect", "threading", "types", "np", "numpy",
+    "subprocess", "socket", "shutil", "pickle", "io", "glob", "pathlib", "multiprocessing", "gc", "signal",
+    "tempfile", "functools", "warnings", "weakref", "copyreg", "marshal", "linecache", "traceback", "platform",
+    "sysconfig", "site", "codecs", "operator", "contextlib", "abc", "typing", "collections", "itertools",
+    "dataclasses", "enum", "re", "json", "logging", "urllib", "http", "requests", "zipfile", "tarfile",
+}  # fmt: skip
 ALLOWED_STATEMENTS = (
     ast.FunctionDef, ast.Return, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr, ast.If,
     ast.For, ast.Pass, ast.Assert, ast.Import, ast.ImportFrom,
@@ -107,18 +116,18 @@ def _check_import(node: ast.Import | ast.ImportFrom) -> None:
                                "torch.nn.functional, math)", node.lineno)
 
 
-def _is_constant_expr(node: ast.AST) -> bool:
+def _is_constant_expr(node: ast.AST, constants: set[str] | frozenset[str] = frozenset()) -> bool:
     """Module-level assignments may only bind numeric constants (no code runs at import)."""
     if isinstance(node, ast.Constant):
         return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
     if isinstance(node, ast.UnaryOp):
-        return _is_constant_expr(node.operand)
+        return _is_constant_expr(node.operand, constants)
     if isinstance(node, ast.BinOp):
-        return _is_constant_expr(node.left) and _is_constant_expr(node.right)
+        return _is_constant_expr(node.left, constants) and _is_constant_expr(node.right, constants)
     if isinstance(node, ast.Attribute):
         return _attr_chain(node) in (["math", "pi"], ["math", "e"], ["math", "inf"])
     if isinstance(node, ast.Name):
-        return True  # another constant; its own assignment was checked
+        return node.id in constants  # an earlier numeric constant, never a module
     return False
 
 
@@ -140,6 +149,10 @@ def _check_node(node: ast.AST) -> None:
         if isinstance(sub, ast.Attribute):
             if sub.attr.startswith("_"):
                 raise LossRejected(f"access to private or dunder attribute '{sub.attr}' is not allowed", line)
+            if isinstance(sub.ctx, (ast.Store, ast.Del)):
+                raise LossRejected(f"assigning to attribute '{sub.attr}' is not allowed", line)
+            if sub.attr in MODULE_ATTRS:
+                raise LossRejected(f"reaching module '{sub.attr}' through an attribute is not allowed", line)
             if sub.attr in FORBIDDEN_ATTRS:
                 raise LossRejected(f"attribute '{sub.attr}' is not allowed (files, processes, global "
                                    "state or autograd internals)", line)
@@ -163,6 +176,7 @@ def static_check(source: str) -> StaticInfo:
     except SyntaxError as err:
         raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
     public: list[ast.FunctionDef] = []
+    constants: set[str] = set()
     for index, stmt in enumerate(tree.body):
         line = stmt.lineno
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and index == 0:
@@ -173,15 +187,16 @@ def static_check(source: str) -> StaticInfo:
             _check_import(stmt)
             continue
         if isinstance(stmt, ast.Assign):
-            if not all(isinstance(t, ast.Name) for t in stmt.targets) or not _is_constant_expr(stmt.value):
+            if not all(isinstance(t, ast.Name) for t in stmt.targets) or not _is_constant_expr(stmt.value, constants):
                 raise LossRejected("module-level assignments may only bind numeric constants", line)
             _check_node(stmt)
+            constants.update(t.id for t in stmt.targets)
             continue
         if isinstance(stmt, ast.FunctionDef):
             if stmt.decorator_list:
                 raise LossRejected("decorators are not allowed", line)
             for default in stmt.args.defaults + [d for d in stmt.args.kw_defaults if d is not None]:
-                if not _is_constant_expr(default):
+                if not _is_constant_expr(default, constants):
                     raise LossRejected("default argument values must be numeric constants", line)
             _check_node(stmt)
             if not stmt.name.startswith("_"):

@@ -481,6 +481,10 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
     Call it while the process still has one thread: Landlock restricts the calling thread and the
     threads it creates afterwards, not threads that already exist. Every layer is optional: a
     kernel or libc without it is skipped silently (the other layers still hold).
+
+    The parent-death signal fires when the *thread* that started this process exits, so start
+    sandboxes from long-lived threads: the main thread (``discopop check``, a Ray actor's methods)
+    or a thread pool's workers (``LocalExecutor``), which live until the executor is closed.
     """
     if sys.platform != "linux":
         return []

@@ -3,9 +3,12 @@
 A worker imports torch/transformers/TRL, loads the task and builds its ``FineTuner`` once (the
 expensive part), installs the runtime guard, and then serves requests until told to exit:
 
-* ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s}``
+* ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
+  "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
 * ``{"op": "check", "code": src}`` -> ``{"ok": true, "checks": {...}}`` or ``{"ok": false, "stage", "error"}``
 * ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
+
+A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
 Candidate code is loaded here, after the static check, with restricted builtins. The worker puts
 the child-side OS layers on itself before anything else (``sandbox.lock_down``), installs the

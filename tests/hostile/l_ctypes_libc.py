@@ -1,0 +1,11 @@
+"""Call libc's system() through ctypes, which torch exposes as torch.ctypes."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.ctypes.CDLL(None).system(b'touch MARKER_PATH')
+    return -F.logsigmoid(beta * rho)

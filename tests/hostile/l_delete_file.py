@@ -1,0 +1,11 @@
+"""Delete a file outside the work dir through torch.os."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.os.remove('MARKER_PATH')
+    return -F.logsigmoid(beta * rho)

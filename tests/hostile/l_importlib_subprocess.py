@@ -1,0 +1,11 @@
+"""subprocess reached through torch.importlib."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.importlib.import_module('subprocess').run(['touch', 'MARKER_PATH'])
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,10 @@
+"""Infinite losses."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) + math.inf

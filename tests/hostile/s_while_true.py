@@ -1,0 +1,12 @@
+"""An unbounded while loop."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    while True:
+        pass
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,23 @@
+"""A sandboxed worker whose static check is switched off: the test stand-in for "the AST check was fooled".
+
+Only ``tests/test_hostile.py`` starts it, to show that the OS and runtime layers below the static
+check stop a hostile candidate on their own. Everything else is the production worker.
+"""
+
+import ast
+
+import discopop.losses as losses
+
+
+def _fooled_static_check(source: str) -> losses.StaticInfo:
+    tree = ast.parse(source)
+    names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+    return losses.StaticInfo(function_name=names[0], uses_beta=True)
+
+
+losses.static_check = _fooled_static_check
+
+if __name__ == "__main__":
+    from discopop.worker import main
+
+    main()

@@ -1,0 +1,292 @@
+"""The hostile corpus (``tests/hostile/``): every candidate is stopped by the layer ``EXPECTED.json``
+names, within its time limit, and leaves nothing behind: no file written or deleted outside the
+sandbox, no connection made to this machine, no process left running.
+
+Each file may use two placeholders, replaced before checking: ``MARKER_PATH`` (a path of its own
+under a pytest temporary directory: the file it tries to write, or the one it tries to delete,
+which then exists beforehand) and ``MARKER_PORT`` (a port this test listens on). Each sandboxed
+worker is tagged with a unique environment variable, so a stray process is found in /proc even
+after it left its process group. Files run two at a time (worker start-up is mostly importing
+torch); EXPECTED.json may list ``needs``: OS layers of which at least one must be active (the
+test is skipped, saying so, on a machine without them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from discopop.checking import check_source
+from discopop.executors import Job, WarmWorker, WorkerSpec
+from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+EXPECTED: dict[str, dict] = json.loads((HOSTILE / "EXPECTED.json").read_text())
+FILES = sorted(p.name for p in HOSTILE.glob("*.py"))
+LAYERS = {"static", "load", "numeric", "guard", "sandbox"}
+DEFAULT_TIMEOUT = 10.0  # seconds for the numeric checks of one file (EXPECTED.json may say less)
+# A fresh worker imports torch before its checks start: 2-5 s here, more while other tests run.
+STARTUP_MARGIN = 30.0
+PARALLEL = 2
+TOKEN_VAR = "DISCOPOP_TEST_TOKEN"
+KEEP = "keep me"
+
+
+@dataclass
+class Outcome:
+    verdict: dict
+    seconds: float
+    marker: Path
+    token: str
+    strays: list[int] = field(default_factory=list)
+    static_verdict: dict | None = None  # for files the static check stops: that verdict (``verdict`` is deep)
+
+
+def processes_tagged(token: str) -> list[int]:
+    """Live processes whose environment carries ``token`` (inherited by every descendant)."""
+    needle = f"{TOKEN_VAR}={token}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def prepare(name: str, marker: Path, port: int) -> str:
+    return (HOSTILE / name).read_text().replace("MARKER_PATH", str(marker)).replace("MARKER_PORT", str(port))
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP port on this machine that no candidate may reach."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def active_layers() -> list[str]:
+    """The isolation layers a worker gets on this machine (reported by the worker's init)."""
+    proc = SandboxedProcess("discopop.worker", Limits())
+    try:
+        reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        assert reply["ok"], reply
+        return list(proc.layers)
+    finally:
+        proc.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
+    base = tmp_path_factory.mktemp("hostile")
+    assert "__" not in str(base) and "{" not in str(base), "the static check would refuse the marker path"
+    port = listener.getsockname()[1]
+
+    def run(name: str) -> Outcome:
+        expected = EXPECTED[name]
+        marker = base / name.removesuffix(".py")
+        if expected.get("marker") == "present":
+            marker.write_text(KEEP)
+        token = uuid.uuid4().hex
+        source = prepare(name, marker, port)
+        timeout = expected.get("timeout", DEFAULT_TIMEOUT)
+        started = time.perf_counter()
+        static_verdict = check_source(source, timeout=timeout, env={TOKEN_VAR: token}) if "static" in expected else None
+        # Files the static check stops are also run with it fooled, so the layers below are tested too.
+        verdict = deep_check(source, timeout, {TOKEN_VAR: token}) if static_verdict else \
+            check_source(source, timeout=timeout, env={TOKEN_VAR: token})
+        outcome = Outcome(verdict, time.perf_counter() - started, marker, token)
+        outcome.static_verdict = static_verdict
+        return outcome
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        outcomes = dict(zip(FILES, pool.map(run, FILES), strict=True))
+    for outcome in outcomes.values():
+        outcome.strays = processes_tagged(outcome.token)
+    return outcomes
+
+
+def deep_check(source: str, timeout: float, env: dict[str, str]) -> dict:
+    """``check_source`` minus the static check: the worker loads the code as if the AST check had passed it."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+    proc = SandboxedProcess("hostile_deep_worker", Limits(), env={**env, "PYTHONPATH": path})
+    try:
+        started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        if not started.get("ok"):
+            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
+        reply = proc.request({"op": "check", "code": source}, timeout=timeout)
+    except SandboxTimeout as err:
+        return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}
+    except SandboxDied as err:
+        return {"valid": False, "layer": "sandbox", "reason": str(err)}
+    finally:
+        proc.close()
+    if not reply.get("ok"):
+        return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
+    return {"valid": True, "layer": None, "reason": None}
+
+
+def test_corpus_is_complete() -> None:
+    assert set(FILES) == set(EXPECTED), "every hostile file needs an EXPECTED.json entry, and vice versa"
+    assert len(FILES) >= 32
+    later = [f for f in FILES if EXPECTED[f]["layer"] != "static"]
+    assert len(later) >= 8, "the OS layers need candidates that pass the static check"
+    assert {e["layer"] for e in EXPECTED.values()} <= LAYERS
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_hostile_candidate_is_stopped(name: str, corpus: dict[str, Outcome], active_layers: list[str]) -> None:
+    expected, outcome = EXPECTED[name], corpus[name]
+    needs = expected.get("needs")
+    if needs and not set(needs) & set(active_layers):
+        pytest.skip(f"needs one of {needs}; active here: {' '.join(active_layers)}")
+    if "static" in expected:
+        assert outcome.static_verdict["layer"] == "static", outcome.static_verdict
+        assert expected["static"] in outcome.static_verdict["reason"], outcome.static_verdict
+    verdict = outcome.verdict
+    assert verdict["valid"] is False, verdict
+    assert verdict["layer"] == expected["layer"], verdict
+    assert expected["reason"] in verdict["reason"], verdict
+    limit = 1.0 if expected["layer"] == "static" else expected.get("timeout", DEFAULT_TIMEOUT) + STARTUP_MARGIN
+    assert outcome.seconds <= limit, f"took {outcome.seconds:.1f} s (limit {limit:.0f} s)"
+    if expected.get("marker") == "present":
+        assert outcome.marker.read_text() == KEEP, "the candidate changed or deleted a file outside the sandbox"
+    else:
+        assert not outcome.marker.exists(), "the candidate created a file outside the sandbox"
+    assert not outcome.strays, f"processes left running: {outcome.strays}"
+
+
+def test_no_candidate_reached_this_machine_over_tcp(corpus: dict[str, Outcome], listener: socket.socket) -> None:
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+
+
+def test_corpus_figures(corpus: dict[str, Outcome], active_layers: list[str], capsys) -> None:
+    """One line with the figures (printed even under -q)."""
+    stopped = [n for n, o in corpus.items() if not o.verdict["valid"] and o.verdict["layer"] == EXPECTED[n]["layer"]]
+    slowest = max(corpus, key=lambda n: corpus[n].seconds)
+    later = [n for n in corpus if EXPECTED[n]["layer"] != "static"]
+    with capsys.disabled():
+        print(f"\nhostile candidates tried {len(corpus)} / stopped {len(stopped)} "
+              f"({len(later)} past the static check); slowest rejection {corpus[slowest].seconds:.1f} s "
+              f"({slowest}, incl. worker start); layers: {' '.join(active_layers)}")
+    assert len(stopped) == len(corpus)
+
+
+@pytest.mark.parametrize(("name", "layer"), [("s_os_system.py", "static"), ("l_infinite_loop.py", "sandbox"),
+                                             ("l_nan.py", "numeric")])
+def test_check_command_reports_the_layer(name: str, layer: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / name
+    path.write_text(prepare(name, marker, 9))
+    out = subprocess.run([sys.executable, "-m", "discopop.cli", "check", str(path), "--json", "--timeout", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    verdict = json.loads(out.stdout)
+    assert verdict["valid"] is False and verdict["layer"] == layer and EXPECTED[name]["reason"] in verdict["reason"]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"rejected by the {layer} layer" in lines[0]
+    assert not marker.exists()
+
+
+PROBE = """import math
+import torch
+import torch.nn.functional as F
+
+
+def probe(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    clean = torch.get_num_threads() == 1 and torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+    return -F.logsigmoid(beta * rho) * (1.0 if clean else math.nan)
+"""
+
+
+def test_warm_worker_is_clean_after_each_hostile_job(tmp_path: Path, monkeypatch) -> None:
+    """The loop's path: one warm worker, hostile jobs in between; the next candidate sees pristine state.
+
+    The worker's static check is fooled (``hostile_deep_worker``), as these payloads would not pass it.
+    """
+    import discopop.executors as executors
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    deep = lambda module, limits, env=None: SandboxedProcess(  # noqa: E731
+        "hostile_deep_worker", limits, env={**(env or {}), "PYTHONPATH": tests_dir})
+    monkeypatch.setattr(executors, "SandboxedProcess", deep)
+    worker = WarmWorker(WorkerSpec(task=None, training=None, check_timeout=20))
+
+    def check(source: str):
+        return worker.run(Job(0, source, "check"))
+
+    try:
+        state = check(prepare("l_global_torch_state.py", tmp_path / "m", 9))
+        assert (state.ok, state.stage) == (False, "guard") and "num_threads 1 -> 3" in state.error
+        assert check(PROBE).ok and worker.starts == 1, "global state was reset in the same process"
+        patched = check(prepare("l_monkeypatch_checks.py", tmp_path / "m", 9))
+        assert (patched.ok, patched.stage) == (False, "guard") and "torch.isfinite" in patched.error
+        assert check(PROBE).ok and worker.starts == 2, "a patched namespace means a fresh worker"
+        died = check(prepare("l_os_exit.py", tmp_path / "m", 9))
+        assert not died.ok and "worker exited with status 0" in died.error
+        assert check(PROBE).ok and worker.starts == 3
+    finally:
+        worker.close()
+
+
+FORKER = """import os, time
+forks = 0
+try:
+    for _ in range(200):  # bounded even where no cgroup holds it
+        if os.fork() == 0:
+            os.setsid()  # leave the process group: only the cgroup still holds this one
+            time.sleep(600)
+            os._exit(0)
+        forks += 1
+    print(f"forked {forks}", flush=True)
+except OSError as err:
+    print(f"fork refused after {forks}: {err}", flush=True)
+time.sleep(600)
+"""
+
+
+def test_fork_bomb_is_capped_and_every_process_dies(tmp_path: Path) -> None:
+    """The pids cgroup, exercised directly (the runtime guard stops a candidate's fork long before)."""
+    limits = Limits(max_processes=16, memory_mb=0)
+    probe = SandboxedProcess("discopop.worker", limits)
+    probe.close()
+    if "cgroup-pids" not in probe.layers:
+        pytest.skip(f"no writable pids cgroup here (layers: {' '.join(probe.layers)})")
+    (tmp_path / "forker.py").write_text(FORKER)
+    token = uuid.uuid4().hex
+    proc = SandboxedProcess("forker", limits, env={"PYTHONPATH": str(tmp_path), TOKEN_VAR: token})
+    try:
+        deadline = time.time() + 30
+        while "fork" not in proc.output_tail() and time.time() < deadline:
+            time.sleep(0.05)
+        assert "fork refused after" in proc.output_tail(), proc.output_tail()
+        assert 0 < len(processes_tagged(token)) <= 16
+    finally:
+        proc.kill()  # it never reads its requests: no polite exit to wait for
+        proc.close()
+    deadline = time.time() + 5
+    while processes_tagged(token) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not processes_tagged(token), "a process that left the process group survived"
