@@ -44,6 +44,12 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         metrics = json.loads(conn.execute("SELECT metrics FROM candidates WHERE name='dpo'").fetchone()[0])
     assert len(metrics["confirmation"]["fitness"]) == 2
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        confirmed = [json.loads(m)["confirmation"] for (m,) in conn.execute(
+            "SELECT metrics FROM candidates WHERE proposer='evolution' AND metrics LIKE '%confirmation%'")]
+    for c in confirmed:  # each confirmed winner is compared with DPO and with the run's strongest baseline
+        assert {"delta", "significant", "delta_best", "significant_best"} <= set(c)
+        assert c["best_baseline"] in ("dpo", "lrml")
 
     board = run(["discopop", "leaderboard", str(run_dir)], cache_dir)
     assert board.returncode == 0 and "dpo" in board.stdout
