@@ -29,7 +29,16 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
             info = static_check(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    proc = SandboxedProcess("discopop.worker", limits or Limits(), env=env)
+    verdict = check_in_worker(source, timeout, limits, env)
+    if verdict["valid"]:
+        verdict["function"] = info.function_name
+    return verdict
+
+
+def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
+                    env: dict[str, str] | None = None, module: str = "discopop.worker") -> dict[str, Any]:
+    """Load + numeric checks in a one-shot sandboxed worker (``module`` lets tests swap in a variant)."""
+    proc = SandboxedProcess(module, limits or Limits(), env=env)
     try:
         started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
         if not started.get("ok"):
@@ -43,8 +52,7 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
         proc.close()
     if not reply.get("ok"):
         return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
-    return {"valid": True, "layer": None, "reason": None, "function": info.function_name,
-            "uses_beta": reply["checks"]["uses_beta"]}
+    return {"valid": True, "layer": None, "reason": None, "uses_beta": reply["checks"]["uses_beta"]}
 
 
 def check_file(path: Path, timeout: float = 30.0) -> dict[str, Any]:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from discopop.checking import check_source
+from discopop.checking import check_in_worker, check_source
 from discopop.executors import Job, WarmWorker, WorkerSpec
-from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox import Limits, SandboxedProcess
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 EXPECTED: dict[str, dict] = json.loads((HOSTILE / "EXPECTED.json").read_text())
@@ -128,21 +128,7 @@ def deep_check(source: str, timeout: float, env: dict[str, str]) -> dict:
     """``check_source`` minus the static check: the worker loads the code as if the AST check had passed it."""
     tests_dir = str(Path(__file__).resolve().parent)
     path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    proc = SandboxedProcess("hostile_deep_worker", Limits(), env={**env, "PYTHONPATH": path})
-    try:
-        started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
-        if not started.get("ok"):
-            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
-        reply = proc.request({"op": "check", "code": source}, timeout=timeout)
-    except SandboxTimeout as err:
-        return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}
-    except SandboxDied as err:
-        return {"valid": False, "layer": "sandbox", "reason": str(err)}
-    finally:
-        proc.close()
-    if not reply.get("ok"):
-        return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
-    return {"valid": True, "layer": None, "reason": None}
+    return check_in_worker(source, timeout, env={**env, "PYTHONPATH": path}, module="hostile_deep_worker")
 
 
 def test_corpus_is_complete() -> None:
