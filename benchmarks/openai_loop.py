@@ -42,7 +42,7 @@ PROPOSALS = sorted((ROOT / "discopop" / "proposals").glob("*.py"))
 # The tiny task of tests/conftest.py: seconds per candidate, so the run measures the loop, not training.
 TINY_RUN = [
     "task.sft.steps=60", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
-    "task.pairs.prompts=200", "task.pairs.max_pairs=64", "task.heldout_prompts=64",
+    "task.pairs.prompts=200", "task.pairs.max_pairs=64", "task.heldout_prompts=64", "task.search_prompts=32",
     "training.batch_size=16", "training.threads=1", "baselines=[dpo,lrml]", "confirm.seeds=0",
     "wandb.mode=disabled",
 ]

@@ -49,6 +49,17 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
 
 
+def search_count(cfg: dict[str, Any], heldout: int) -> int:
+    """How many held-out prompts score the search; the rest confirm the winners (``task.search_prompts``,
+    default half). The search needs enough to rank; the confirmation needs as many as the task allows."""
+    wanted = cfg.get("search_prompts")
+    count = int(wanted) if wanted else heldout // 2
+    if not 1 <= count < heldout:
+        raise ValueError(f"task.search_prompts must be in [1, {heldout - 1}] for {heldout} held-out prompts, "
+                         f"got {wanted}")
+    return count
+
+
 def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
     """Load a synthetic task from its cache, building it first on a miss."""
     kind = cfg.get("kind", "synthetic")
@@ -82,8 +93,8 @@ def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> 
         model_path=out_dir / "sft_model",
         tokenizer_path=out_dir / "tokenizer",
         pairs_path=out_dir / "pairs",
-        heldout_prompts=heldout[: len(heldout) // 2],
-        confirm_prompts=heldout[len(heldout) // 2:],
+        heldout_prompts=heldout[: search_count(cfg, len(heldout))],
+        confirm_prompts=heldout[search_count(cfg, len(heldout)):],
         reward=language.reward,
         max_new_tokens=language.max_answer_len + 1,
         meta=json.loads(done.read_text()),

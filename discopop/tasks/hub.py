@@ -97,6 +97,8 @@ def load_hub_task(cfg: dict[str, Any]):
         train.save_to_disk(str(out_dir / "pairs"))
         (out_dir / "heldout.json").write_text(json.dumps(heldout))
         meta_path.write_text(json.dumps({"pairs": len(train), "heldout": len(heldout), "source": key}, indent=2))
+    from discopop.tasks import search_count
+
     heldout = json.loads((out_dir / "heldout.json").read_text())
     meta = json.loads(meta_path.read_text())
     return Task(
@@ -104,8 +106,8 @@ def load_hub_task(cfg: dict[str, Any]):
         model_path=Path(cfg["model"]) if Path(cfg["model"]).expanduser().exists() else cfg["model"],
         tokenizer_path=cfg.get("tokenizer") or cfg["model"],
         pairs_path=out_dir / "pairs",
-        heldout_prompts=heldout[: len(heldout) // 2],
-        confirm_prompts=heldout[len(heldout) // 2:],
+        heldout_prompts=heldout[: search_count(cfg, len(heldout))],
+        confirm_prompts=heldout[search_count(cfg, len(heldout)):],
         reward=RewardModelScorer(cfg["reward_model"]),
         max_new_tokens=int(cfg.get("max_new_tokens", 32)),
         meta=meta,

@@ -47,6 +47,10 @@ class SyntheticLanguage(ABC):
     def corrupt(self, prompt: str, answer: str, rng: random.Random) -> str:
         """A plausible wrong answer (the SFT data's deliberate noise)."""
 
+    def problem_key(self, prompt: str) -> str:
+        """Prompts with the same key are one problem for the held-out split (kept on one side of it)."""
+        return prompt
+
     @abstractmethod
     def reward(self, prompt: str, completion: str) -> float:
         """1.0 for a correct, well-formed completion, 0.0 otherwise."""
@@ -90,6 +94,10 @@ class Addition(SyntheticLanguage):
     def reward(self, prompt: str, completion: str) -> float:
         a, b = int(prompt[0:2]), int(prompt[3:5])
         return 1.0 if completion == str(a + b) else 0.0
+
+    def problem_key(self, prompt: str) -> str:
+        """``a+b`` and ``b+a`` are one problem: a held-out prompt's swapped twin must not be trained on."""
+        return "+".join(sorted((prompt[0:2], prompt[3:5])))
 
     def systematic_error(self, prompt: str, answer: str) -> str | None:
         """Forgetting the carry out of the ones digit (45% of prompts have one)."""
@@ -279,6 +287,24 @@ def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: i
     return pairs
 
 
+def split_heldout(language: SyntheticLanguage, problems: list[tuple[str, str]],
+                  n_heldout: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split off about ``n_heldout`` prompts by whole problems (``problem_key``), in the seeded order.
+
+    Every prompt of a problem lands on the same side, so no held-out prompt has a twin (``b+a``
+    for ``a+b``) among the SFT data or the preference pairs. The held-out list keeps twins
+    adjacent, so cutting it into search/confirm halves at an even index rarely splits a problem.
+    """
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for item in problems:
+        groups.setdefault(language.problem_key(item[0]), []).append(item)
+    heldout: list[tuple[str, str]] = []
+    train: list[tuple[str, str]] = []
+    for members in groups.values():  # dicts keep first-seen order: the seeded shuffle decides
+        (heldout if len(heldout) < n_heldout else train).extend(members)
+    return heldout, train
+
+
 def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Build every artifact of a synthetic task into ``out_dir``; return the build metadata."""
     from datasets import Dataset
@@ -287,7 +313,7 @@ def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     language = LANGUAGES[cfg["language"]]()
     seed = int(cfg["seed"])
     problems = language.problems(random.Random(seed))
-    heldout, train = problems[: cfg["heldout_prompts"]], problems[cfg["heldout_prompts"]:]
+    heldout, train = split_heldout(language, problems, int(cfg["heldout_prompts"]))
     tokenizer = build_tokenizer(language.alphabet)
     model = train_sft(language, train, tokenizer, cfg["sft"], seed)
     sft_seconds = time.perf_counter() - started
