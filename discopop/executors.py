@@ -28,6 +28,7 @@ class Job:
     stage: str  # "check" or "train"
     seed: int = 0
     split: str = "search"  # held-out prompts to score on: "search" or "confirm"
+    learning_rate: float | None = None  # None: training.learning_rate; the fair protocol sets each loss's own
 
 
 @dataclass
@@ -99,7 +100,8 @@ class WarmWorker:
         timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
         started = time.perf_counter()
         try:
-            reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split},
+            reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
+                                  "learning_rate": job.learning_rate},
                                  timeout=timeout)
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)

@@ -139,13 +139,18 @@ class FineTuner:
             self._epochs[seed] = _ReplayLoader(list(loader), self.trainer.train_dataset)
         return self._epochs[seed]
 
-    def run(self, loss_fn: LossFn, seed: int, split: str = "search") -> TrainResult:
-        """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``."""
+    def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None) -> TrainResult:
+        """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``.
+
+        ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own).
+        """
         started = time.perf_counter()
         self.model.load_state_dict(self.initial_state)
         self.model.train()
         trainer = self.trainer
         trainer.reset_for_new_loss(loss_fn, seed)
+        default_lr = self.training["learning_rate"]
+        trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
         set_seed(seed)
         self.timer.seconds = 0.0
         output = trainer.train()

@@ -103,7 +103,8 @@ class Worker:
             raise _Failure("train", "worker was started without a task")
         fn = self._load(msg["code"])
         try:
-            result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"))
+            result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
+                                         learning_rate=msg.get("learning_rate"))
         except NonFiniteLoss as err:
             raise _Failure("train", str(err)) from None
         except BaseException as err:  # noqa: BLE001
