@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.losses import LossRejected, static_check
+from discopop.oracle_supply import ORACLE_MODULE, OracleProcess, OracleStartFailed, explain_oracle_death, worker_control
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 
 # ast.parse is not thread-safe on CPython 3.11 (gh-106905: "AST constructor recursion depth
@@ -19,9 +20,10 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
-    ``numeric`` (a check failed or the loss raised), ``guard`` (the worker's runtime guard refused
-    an action, or the loss changed global/shared state) or ``sandbox`` (the worker was killed:
-    timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
+    ``numeric`` (a check failed or the loss raised), ``guard`` (the oracle's runtime guard refused
+    an action, or the loss changed global/shared state there), ``oracle`` (the loss oracle broke the
+    channel: malformed, oversized, late or unexpected replies) or ``sandbox`` (the worker or the
+    oracle was killed: timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
     """
     try:
@@ -36,20 +38,42 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
 
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                    env: dict[str, str] | None = None, module: str = "discopop.worker") -> dict[str, Any]:
-    """Load + numeric checks in a one-shot sandboxed worker (``module`` lets tests swap in a variant)."""
-    proc = SandboxedProcess(module, limits or Limits(), env=env)
+                    env: dict[str, str] | None = None, module: str = "discopop.worker",
+                    oracle_module: str = ORACLE_MODULE) -> dict[str, Any]:
+    """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
+
+    ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled).
+    """
+    limits = limits or Limits()
+    control, theirs, control_env = worker_control()
+    oracle = OracleProcess(limits, oracle_module, env)
+    reply: dict[str, Any] | None = None
+    try:
+        proc = SandboxedProcess(module, limits, env={**(env or {}), **control_env}, pass_fds=(theirs.fileno(),))
+    except BaseException:
+        oracle.close()
+        control.close()
+        raise
+    finally:
+        theirs.close()
     try:
         started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
         if not started.get("ok"):
             return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
+        oracle.wait_ready(120)
+        oracle.hand_to(control)
         reply = proc.request({"op": "check", "code": source}, timeout=timeout)
+    except OracleStartFailed as err:
+        return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except SandboxTimeout as err:
         return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}
     except SandboxDied as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     finally:
+        died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
         proc.close()
+        control.close()
+    reply = explain_oracle_death(reply, died)
     if not reply.get("ok"):
         return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
     return {"valid": True, "layer": None, "reason": None, "uses_beta": reply["checks"]["uses_beta"]}

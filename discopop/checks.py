@@ -69,14 +69,22 @@ def probe_inputs() -> tuple[torch.Tensor, ...]:
     return pol_c, pol_r, ref_c, ref_r
 
 
+def contract_problem(out: object, batch: int) -> str | None:
+    """Why ``out`` is not a loss's return value for ``batch`` examples, or None (the loss oracle uses it too)."""
+    if not isinstance(out, torch.Tensor):
+        return f"returned {type(out).__name__}, expected a torch.Tensor of shape [batch]"
+    if not out.dtype.is_floating_point:
+        return f"returned dtype {out.dtype}, expected a floating-point tensor"
+    if tuple(out.shape) != (batch,):
+        return f"returned shape {list(out.shape)}, expected [{batch}] (one loss per example)"
+    return None
+
+
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.Tensor:
     out = fn(*inputs, beta)
-    if not isinstance(out, torch.Tensor):
-        raise CheckFailed(f"returned {type(out).__name__}, expected a torch.Tensor of shape [batch]")
-    if not out.dtype.is_floating_point:
-        raise CheckFailed(f"returned dtype {out.dtype}, expected a floating-point tensor")
-    if tuple(out.shape) != (inputs[0].shape[0],):
-        raise CheckFailed(f"returned shape {list(out.shape)}, expected [{inputs[0].shape[0]}] (one loss per example)")
+    problem = contract_problem(out, inputs[0].shape[0])
+    if problem:
+        raise CheckFailed(problem)
     return out
 
 

@@ -4,12 +4,15 @@ The loop only sees :class:`Executor.run` (jobs in, results out as they finish), 
 backend can replace the local pool without touching the loop. Each local worker is a
 :class:`~discopop.sandbox.SandboxedProcess` that paid the torch/transformers/TRL import and the
 trainer construction once; a worker that times out or dies is killed as a group and replaced,
-and its job is reported as failed with the reason.
+and its job is reported as failed with the reason. Candidate code runs in neither: each job gets a
+fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
+verdict, the fitness) is computed by trusted code only.
 """
 
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -18,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 
 
@@ -64,28 +68,37 @@ class WorkerSpec:
     init_timeout: float = 600.0
     check_timeout: float = 30.0
     train_timeout: float = 600.0
+    oracle_timeout: float = 10.0  # seconds the worker waits for one loss-oracle reply (a call takes ms)
+    oracle_module: str = "discopop.oracle"  # tests swap in a variant whose static check is fooled
 
 
 class WarmWorker:
-    """One sandboxed worker process, restarted after a timeout or a crash."""
+    """One sandboxed worker process, restarted after a timeout or a crash, fed a fresh loss oracle per job."""
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.proc: SandboxedProcess | None = None
+        self.control: socket.socket | None = None  # hands each job's oracle to the worker
+        self.oracles = OracleSupply(spec.limits, spec.oracle_module)
         self.starts = 0
         self.init_seconds = 0.0
 
     def _ensure(self) -> SandboxedProcess:
         if self.proc is not None and self.proc.alive():
             return self.proc
-        if self.proc is not None:
-            self.proc.close()
+        self._close_worker()
         started = time.perf_counter()
-        self.proc = SandboxedProcess("discopop.worker", self.spec.limits)
+        self.oracles.prespawn()  # imports torch while the worker does
+        self.control, theirs, env = worker_control()
+        try:
+            self.proc = SandboxedProcess("discopop.worker", self.spec.limits, env=env, pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
         self.starts += 1
         try:
             reply = self.proc.request({"op": "init", "task": self.spec.task, "training": self.spec.training,
-                                       "kl_coef": self.spec.kl_coef, "threads": self.spec.threads},
+                                       "kl_coef": self.spec.kl_coef, "threads": self.spec.threads,
+                                       "oracle_timeout": self.spec.oracle_timeout},
                                       timeout=self.spec.init_timeout)
         except (SandboxTimeout, SandboxDied) as err:
             tail = self.proc.output_tail(800)
@@ -98,24 +111,41 @@ class WarmWorker:
     def run(self, job: Job) -> JobResult:
         proc = self._ensure()
         timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
-        started = time.perf_counter()
         try:
+            oracle = self.oracles.take()
+        except OracleStartFailed as err:
+            return JobResult(job, False, "sandbox", str(err))
+        started = time.perf_counter()
+        reply: dict[str, Any] | None = None
+        try:
+            oracle.hand_to(self.control)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
                                   "learning_rate": job.learning_rate},
                                  timeout=timeout)
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
-        except SandboxDied as err:
+        except (SandboxDied, OSError) as err:
             return JobResult(job, False, job.stage, str(err), seconds=time.perf_counter() - started)
+        finally:
+            # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
+            died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
+        reply = explain_oracle_death(reply, died)
         elapsed = time.perf_counter() - started
         if not reply.get("ok"):
             return JobResult(job, False, reply.get("stage", job.stage), reply.get("error"), seconds=elapsed)
         return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
 
-    def close(self) -> None:
+    def _close_worker(self) -> None:
         if self.proc is not None:
             self.proc.close()
             self.proc = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def close(self) -> None:
+        self._close_worker()
+        self.oracles.close()
 
 
 class LocalExecutor(Executor):

@@ -302,7 +302,9 @@ class SandboxedProcess:
     plus any a reply reports under ``"sandbox_layers"`` (the worker's ``init`` reply does).
     """
 
-    def __init__(self, module: str, limits: Limits, env: dict[str, str] | None = None):
+    def __init__(self, module: str, limits: Limits, env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()):
+        """``pass_fds``: extra descriptors the child inherits (an oracle socket); the caller closes its copies."""
         self.limits = limits
         self.workdir = Path(tempfile.mkdtemp(prefix="discopop-sandbox-"))
         self._busy = False
@@ -333,7 +335,7 @@ class SandboxedProcess:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", module],
                 stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env,
-                pass_fds=(to_child_r, from_child_w), start_new_session=True,
+                pass_fds=(to_child_r, from_child_w, *pass_fds), start_new_session=True,
                 preexec_fn=lambda: _apply_limits(limits, procs),  # noqa: PLW1509 - limits must precede exec
             )
         except BaseException:
@@ -383,6 +385,10 @@ class SandboxedProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return reply
+
+    def exit_reason(self) -> str:
+        """Why the child is gone (waits briefly for it): a timeout kill, a limit, a signal or its exit status."""
+        return self._death_reason()
 
     def _death_reason(self) -> str:
         try:

@@ -10,22 +10,29 @@ expensive part), installs the runtime guard, and then serves requests until told
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
-Candidate code is loaded here, after the static check, with restricted builtins. The worker puts
-the child-side OS layers on itself before anything else (``sandbox.lock_down``), installs the
-runtime guard after its own set-up, and after every job checks that the candidate left no trace:
-a refusal by the guard, changed global torch state, or a monkeypatched namespace that the checks
-and the trainer rely on (``torch.isfinite = ...`` would otherwise let a NaN loss pass the checks)
-turns the job into a failure at stage ``guard``. Global state is reset; a patched namespace cannot
-be trusted to be restored, so the worker exits after replying and the parent starts a fresh one.
+Candidate code never runs here. The parent hands each check/train job a fresh loss oracle
+(``discopop.oracle``, a separate sandboxed process that loads the candidate) over the control socket
+in ``DISCOPOP_ORACLE_CONTROL_FD``; the job's loss is a :class:`~discopop.remote_loss.RemoteLoss` on
+it, so the checks, the fine-tune and the score below are computed by trusted code and the reply is
+this process's own. A broken oracle channel fails the job at stage ``oracle``; what the oracle says
+stopped its candidate (static check, load error, its runtime guard or state watch) keeps its stage
+(``static``, ``load``, ``guard``). ``init`` may carry ``oracle_timeout``: seconds per oracle call.
+
+The worker still puts the child-side OS layers on itself first (``sandbox.lock_down``), installs
+the runtime guard after set-up and audits global state after every job (defence in depth: with the
+oracle in place nothing here should trip them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,18 +44,20 @@ def _one_line(err: BaseException) -> str:
 
 
 class Worker:
-    def __init__(self, layers: list[str] | None = None) -> None:
+    def __init__(self, layers: list[str] | None = None, control: socket.socket | None = None) -> None:
         self.fine_tuner = None
         self.threads = 1
         self.layers = list(layers or [])
         self.watch: StateWatch | None = None
-        self._loaded: tuple[str, Any] | None = None
+        self.control = control  # where the parent hands over each job's loss oracle (SCM_RIGHTS)
+        self.oracle_timeout = 10.0
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         import torch
 
         self.threads = int(msg.get("threads", 1))
+        self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
         torch.set_num_threads(self.threads)
         if msg.get("task") is not None:
             import datasets
@@ -62,7 +71,7 @@ class Worker:
             task = load_task(msg["task"])
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
-        from discopop import checks  # noqa: F401 - imported before the guard closes the door
+        from discopop import checks, remote_loss  # noqa: F401 - imported before the guard closes the door
         from discopop.sandbox import install_guard
 
         install_guard(os.environ["DISCOPOP_SANDBOX_DIR"])
@@ -70,45 +79,69 @@ class Worker:
         return {"ok": True, "seconds": time.perf_counter() - started,
                 "sandbox_layers": [*self.layers, "audit-guard", "state-watch"]}
 
-    def _load(self, code: str):
-        from discopop.losses import LossRejected, load_loss
+    @contextmanager
+    def _remote_loss(self, code: str) -> Iterator[Any]:
+        """The job's loss: a :class:`RemoteLoss` on the oracle the parent just handed over, loaded with ``code``.
 
-        if self._loaded and self._loaded[0] == code:
-            return self._loaded[1]
+        Whatever the checks or the trainer made of an exception, a link the oracle broke (or whose
+        guard it tripped) turns the job into that failure; the link is closed after the job.
+        """
+        from discopop.remote_loss import OracleBroken, OracleLink, OracleRefused, RemoteLoss
+
+        if self.control is None:
+            raise _Failure("oracle", "this worker has no oracle channel (start it through the executor)")
+        self.control.settimeout(10.0)
         try:
-            fn = load_loss(code)
-        except LossRejected as err:
-            raise _Failure("static", str(err)) from None
-        except BaseException as err:  # noqa: BLE001 - module top level of untrusted code
-            raise _Failure("load", f"error while loading the module: {_one_line(err)}") from None
-        self._loaded = (code, fn)
-        return fn
+            _, fds, _, _ = socket.recv_fds(self.control, 16, 1)
+        except (OSError, TimeoutError) as err:
+            raise _Failure("oracle", f"no loss oracle was handed over: {_one_line(err)}") from None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise _Failure("oracle", "no loss oracle was handed over")
+        link = OracleLink(socket.socket(fileno=fds[0]), self.oracle_timeout)
+        try:
+            try:
+                link.load(code)
+                yield RemoteLoss(link)
+            except OracleRefused as err:
+                raise _Failure(err.stage, str(err)) from None
+            except OracleBroken:
+                pass
+            except _Failure:
+                if link.failure is None:
+                    raise
+            if link.failure is not None:
+                raise _Failure(*link.failure)
+        finally:
+            link.close()
 
     def check(self, msg: dict[str, Any]) -> dict[str, Any]:
         from discopop.checks import CheckFailed, check_loss
 
-        fn = self._load(msg["code"])
-        try:
-            report = check_loss(fn, seed=int(msg.get("seed", 0)))
-        except CheckFailed as err:
-            raise _Failure("numeric", str(err)) from None
-        except BaseException as err:  # noqa: BLE001
-            raise _Failure("numeric", f"raised {_one_line(err)}") from None
+        with self._remote_loss(msg["code"]) as fn:
+            try:
+                report = check_loss(fn, seed=int(msg.get("seed", 0)))
+            except CheckFailed as err:
+                raise _Failure("numeric", str(err)) from None
+            except BaseException as err:  # noqa: BLE001
+                raise _Failure("numeric", f"raised {_one_line(err)}") from None
         return {"ok": True, "checks": {"uses_beta": report.uses_beta, "probe": report.probe, "curve": report.curve}}
 
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from discopop.remote_loss import CandidateError
         from discopop.trl import NonFiniteLoss
 
         if self.fine_tuner is None:
             raise _Failure("train", "worker was started without a task")
-        fn = self._load(msg["code"])
-        try:
-            result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                         learning_rate=msg.get("learning_rate"))
-        except NonFiniteLoss as err:
-            raise _Failure("train", str(err)) from None
-        except BaseException as err:  # noqa: BLE001
-            raise _Failure("train", _one_line(err)) from None
+        with self._remote_loss(msg["code"]) as fn:
+            try:
+                result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
+                                             learning_rate=msg.get("learning_rate"))
+            except (NonFiniteLoss, CandidateError) as err:
+                raise _Failure("train", str(err)) from None
+            except BaseException as err:  # noqa: BLE001
+                raise _Failure("train", _one_line(err)) from None
         score = result.score
         if not all(map(_finite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
@@ -258,7 +291,8 @@ def main() -> None:
     # First thing, while this process has a single thread (see lock_down).
     layers = lock_down(os.environ["DISCOPOP_SANDBOX_DIR"], network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
     recv, send = child_connections()
-    worker = Worker(layers)
+    control_fd = os.environ.get("DISCOPOP_ORACLE_CONTROL_FD")
+    worker = Worker(layers, socket.socket(fileno=int(control_fd)) if control_fd else None)
     handlers = {"init": worker.init, "check": worker.check, "train": worker.train}
     while True:
         try:
