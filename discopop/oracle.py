@@ -128,13 +128,14 @@ class Oracle:
         from discopop.sandbox import guard_violations
 
         refused = guard_violations()
+        state = self.watch.changed_state()
+        self.watch.reset()  # first: some global setters rebind attributes (set_default_dtype: torch.Storage)
         patched = self.watch.patched()
         if patched:
             return f"changed shared state: {', '.join(patched[:5])}"
         if refused:
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
             return f"refused by the runtime guard: {refused[0]}{more}"
-        state = self.watch.changed_state()
         if state:
             return f"changed torch global state: {'; '.join(state)}"
         return None

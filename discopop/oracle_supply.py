@@ -126,7 +126,11 @@ def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:
 
 
 def explain_oracle_death(reply: dict[str, Any], died: str | None) -> dict[str, Any]:
-    """A job the worker failed because the oracle hung up: say why the oracle died (stage ``sandbox``)."""
-    if died and not reply.get("ok") and reply.get("stage") == "oracle":
+    """A job the worker failed because the oracle hung up: say why the oracle died (stage ``sandbox``).
+
+    Other channel failures keep their own reason (a refused reply is the cause, the oracle's death
+    from a broken pipe afterwards is not).
+    """
+    if died and not reply.get("ok") and reply.get("stage") == "oracle" and wire.HUNG_UP in (reply.get("error") or ""):
         return {**reply, "stage": "sandbox", "error": f"loss oracle died: {died.removeprefix('worker ')}"}
     return reply

@@ -43,6 +43,8 @@ ERRORS = {ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD}
 GRAD_ENABLED = 1 << 4  # FORWARD ``a`` bit: the caller runs with grad mode on
 OUT_REQUIRES_GRAD, OUT_MUTATED_INPUTS = 1 << 0, 1 << 1  # forward reply ``b`` flags
 
+HUNG_UP = "the oracle closed the channel"  # the parent then asks the oracle's sandbox why it died
+
 MAX_MESSAGE = 512  # bytes of an error message
 MAX_BATCH = 1 << 20  # examples per call: bounds every payload (4 x 8 MB at most)
 MAX_SOURCE = 1 << 20  # bytes of loss source in a LOAD request
@@ -78,7 +80,7 @@ def read_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes:
         except OSError as err:
             raise ChannelError(f"channel error: {err}") from None
         if n == 0:
-            raise ChannelError("the oracle closed the channel")
+            raise ChannelError(HUNG_UP)
         got += n
     return bytes(buf)
 

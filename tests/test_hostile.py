@@ -33,7 +33,7 @@ from discopop.sandbox import Limits, SandboxedProcess
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 EXPECTED: dict[str, dict] = json.loads((HOSTILE / "EXPECTED.json").read_text())
 FILES = sorted(p.name for p in HOSTILE.glob("*.py"))
-LAYERS = {"static", "load", "numeric", "guard", "sandbox"}
+LAYERS = {"static", "load", "numeric", "guard", "oracle", "sandbox"}
 DEFAULT_TIMEOUT = 10.0  # seconds for the numeric checks of one file (EXPECTED.json may say less)
 # A fresh worker imports torch before its checks start: 2-5 s here, more while other tests run.
 STARTUP_MARGIN = 30.0
@@ -125,10 +125,10 @@ def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
 
 
 def deep_check(source: str, timeout: float, env: dict[str, str]) -> dict:
-    """``check_source`` minus the static check: the worker loads the code as if the AST check had passed it."""
+    """``check_source`` minus the static check: the oracle loads the code as if the AST check had passed it."""
     tests_dir = str(Path(__file__).resolve().parent)
     path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    return check_in_worker(source, timeout, env={**env, "PYTHONPATH": path}, module="hostile_deep_worker")
+    return check_in_worker(source, timeout, env={**env, "PYTHONPATH": path}, oracle_module="hostile_deep_oracle")
 
 
 def test_corpus_is_complete() -> None:
@@ -210,15 +210,12 @@ def probe(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, re
 def test_warm_worker_is_clean_after_each_hostile_job(tmp_path: Path, monkeypatch) -> None:
     """The loop's path: one warm worker, hostile jobs in between; the next candidate sees pristine state.
 
-    The worker's static check is fooled (``hostile_deep_worker``), as these payloads would not pass it.
+    The oracle's static check is fooled (``hostile_deep_oracle``), as these payloads would not pass it.
+    The candidate code runs in a fresh oracle per job, so the warm worker itself is never restarted.
     """
-    import discopop.executors as executors
-
     tests_dir = str(Path(__file__).resolve().parent)
-    deep = lambda module, limits, env=None: SandboxedProcess(  # noqa: E731
-        "hostile_deep_worker", limits, env={**(env or {}), "PYTHONPATH": tests_dir})
-    monkeypatch.setattr(executors, "SandboxedProcess", deep)
-    worker = WarmWorker(WorkerSpec(task=None, training=None, check_timeout=20))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p))
+    worker = WarmWorker(WorkerSpec(task=None, training=None, check_timeout=20, oracle_module="hostile_deep_oracle"))
 
     def check(source: str):
         return worker.run(Job(0, source, "check"))
@@ -226,13 +223,13 @@ def test_warm_worker_is_clean_after_each_hostile_job(tmp_path: Path, monkeypatch
     try:
         state = check(prepare("l_global_torch_state.py", tmp_path / "m", 9))
         assert (state.ok, state.stage) == (False, "guard") and "num_threads 1 -> 3" in state.error
-        assert check(PROBE).ok and worker.starts == 1, "global state was reset in the same process"
+        assert check(PROBE).ok
         patched = check(prepare("l_monkeypatch_checks.py", tmp_path / "m", 9))
         assert (patched.ok, patched.stage) == (False, "guard") and "torch.isfinite" in patched.error
-        assert check(PROBE).ok and worker.starts == 2, "a patched namespace means a fresh worker"
+        assert check(PROBE).ok
         died = check(prepare("l_os_exit.py", tmp_path / "m", 9))
-        assert not died.ok and "worker exited with status 0" in died.error
-        assert check(PROBE).ok and worker.starts == 3
+        assert not died.ok and "loss oracle died: exited with status 0" in died.error
+        assert check(PROBE).ok and worker.starts == 1, "candidate code never reaches the worker"
     finally:
         worker.close()
 

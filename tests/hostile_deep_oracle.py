@@ -1,7 +1,8 @@
-"""A sandboxed worker whose static check is switched off: the test stand-in for "the AST check was fooled".
+"""A loss oracle whose static check is switched off: the test stand-in for "the AST check was fooled".
 
-Only ``tests/test_hostile.py`` starts it, to show that the OS and runtime layers below the static
-check stop a hostile candidate on their own. Everything else is the production worker.
+Only the hostile tests start it, to show that the layers below the static check stop a hostile
+candidate on their own and that, whatever its code does in the oracle, it cannot change another
+verdict. Everything else is the production oracle.
 """
 
 import ast
@@ -18,6 +19,6 @@ def _fooled_static_check(source: str) -> losses.StaticInfo:
 losses.static_check = _fooled_static_check
 
 if __name__ == "__main__":
-    from discopop.worker import main
+    from discopop.oracle import main
 
     main()

@@ -1,0 +1,140 @@
+"""Candidate code that reaches arbitrary Python *in the loss oracle* cannot change any verdict or fitness
+but its own honest one (``tests/hostile/oracle/``, each file with its ``EXPECTED.json`` entry).
+
+The oracle's static check is fooled (``hostile_deep_oracle``), so every file's code really runs
+there: it forges verdicts on the reply channel, floods it, half-replies and hangs, replies without
+a body, leaves a thread answering later requests, patches torch (and restores it), changes global
+torch state. Each must end with the candidate failed at the layer named (``layer: null``: judged
+valid on its own values), in bounded time and memory, with no process left behind; and on one warm
+executor an honest DPO candidate trained right after each hostile one gets exactly the fitness it
+gets with no hostile candidate before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_hostile import TOKEN_VAR, processes_tagged
+
+from discopop.checking import check_in_worker
+from discopop.executors import Job, LocalExecutor, WorkerSpec
+
+TESTS = Path(__file__).resolve().parent
+CORPUS = TESTS / "hostile" / "oracle"
+EXPECTED: dict[str, dict] = json.loads((CORPUS / "EXPECTED.json").read_text())
+FILES = sorted(p.name for p in CORPUS.glob("*.py"))
+CHECK_TIMEOUT = 20.0  # > the worker's 10 s per oracle call, so a hanging oracle is the worker's verdict
+STARTUP_MARGIN = 30.0  # worker + oracle import torch before the checks start
+DPO = (TESTS.parent / "discopop" / "proposals" / "dpo.py").read_text()
+MB = 1024 * 1024
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """Peak resident memory of a process, bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def deep_path() -> str:
+    return os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+
+
+@pytest.fixture(scope="module")
+def checked(deep_path) -> dict[str, tuple[dict, float, list[int]]]:
+    """Each file through the one-shot ``discopop check`` path: (verdict, seconds, stray pids)."""
+
+    def run(name: str):
+        token = uuid.uuid4().hex
+        started = time.perf_counter()
+        verdict = check_in_worker((CORPUS / name).read_text(), CHECK_TIMEOUT,
+                                  env={TOKEN_VAR: token, "PYTHONPATH": deep_path}, oracle_module="hostile_deep_oracle")
+        return verdict, time.perf_counter() - started, token
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = dict(zip(FILES, pool.map(run, FILES), strict=True))
+    return {name: (verdict, seconds, processes_tagged(token)) for name, (verdict, seconds, token) in outcomes.items()}
+
+
+def test_corpus_is_complete() -> None:
+    assert set(FILES) == set(EXPECTED) and len(FILES) >= 8
+    assert {e["layer"] for e in EXPECTED.values()} <= {None, "numeric", "guard", "oracle", "sandbox"}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_hostile_oracle_candidate_gets_only_its_own_verdict(name: str, checked) -> None:
+    expected = EXPECTED[name]
+    verdict, seconds, strays = checked[name]
+    if expected["layer"] is None:
+        assert verdict["valid"] is True, verdict
+    else:
+        assert verdict["valid"] is False, verdict
+        assert verdict["layer"] == expected["layer"], verdict
+        assert expected["reason"] in verdict["reason"], verdict
+    assert seconds <= CHECK_TIMEOUT + STARTUP_MARGIN, f"took {seconds:.1f} s"
+    assert not strays, f"processes left running: {strays}"
+
+
+def test_this_process_never_read_a_flood(checked) -> None:
+    assert peak_rss() < 1500 * MB, f"the test process peaked at {peak_rss() // MB} MB"
+
+
+@pytest.fixture(scope="module")
+def executor(tiny_task, deep_path):
+    """One warm worker (this run's tiny task), fed fooled-static oracles; tagged so strays can be found."""
+    _, cfg = tiny_task
+    token = uuid.uuid4().hex
+    os.environ[TOKEN_VAR] = token
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = deep_path
+    training = {**cfg["training"], "batch_size": 16, "threads": 1}
+    spec = WorkerSpec(task=cfg["task"], training=training, check_timeout=CHECK_TIMEOUT, train_timeout=300,
+                      oracle_timeout=5.0, oracle_module="hostile_deep_oracle")
+    pool = LocalExecutor(spec, workers=1)
+    try:
+        yield pool, token
+    finally:
+        pool.close()
+        del os.environ[TOKEN_VAR]
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
+
+
+def train(pool: LocalExecutor, code: str):
+    (result,) = pool.run([Job(0, code, "train", seed=0)])
+    return result
+
+
+def test_honest_fitness_is_unchanged_after_each_hostile_candidate(executor, tiny_task) -> None:
+    pool, token = executor
+    baseline = train(pool, DPO)
+    assert baseline.ok, baseline.error
+    for name in FILES:
+        started = time.perf_counter()
+        hostile = train(pool, (CORPUS / name).read_text())
+        layer = EXPECTED[name]["layer"]
+        if layer in ("oracle", "guard"):
+            assert (hostile.ok, hostile.stage) == (False, layer), (name, hostile.stage, hostile.error)
+        elif layer is not None:
+            assert not hostile.ok, (name, hostile.data)
+        assert time.perf_counter() - started < 300, name
+        honest = train(pool, DPO)
+        assert honest.ok, (name, honest.error)
+        assert honest.data["fitness"] == baseline.data["fitness"], name
+        assert honest.data["final_loss"] == baseline.data["final_loss"], name
+    worker = pool.workers[0]
+    assert worker.starts == 1, "candidate code never reaches the worker: it is never restarted"
+    assert peak_rss(worker.proc.proc.pid) < 1500 * MB, "the worker read a flood"
+    pool.close()
+    strays = [pid for pid in processes_tagged(token) if pid != os.getpid()]
+    assert not strays, f"processes left running: {strays}"
