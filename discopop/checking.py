@@ -61,8 +61,8 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
         if not started.get("ok"):
             return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
         oracle.wait_ready(120)
-        oracle.hand_to(control)
-        reply = proc.request({"op": "check", "code": source}, timeout=timeout)
+        tag = oracle.hand_to(control)
+        reply = proc.request({"op": "check", "code": source, "oracle": tag}, timeout=timeout)
     except OracleStartFailed as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except SandboxTimeout as err:

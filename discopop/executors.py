@@ -118,9 +118,9 @@ class WarmWorker:
         started = time.perf_counter()
         reply: dict[str, Any] | None = None
         try:
-            oracle.hand_to(self.control)
+            tag = oracle.hand_to(self.control)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
-                                  "learning_rate": job.learning_rate},
+                                  "learning_rate": job.learning_rate, "oracle": tag},
                                  timeout=timeout)
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)

@@ -18,6 +18,7 @@ current job runs. After the job the parent kills the oracle's whole tree, whatev
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -63,11 +64,16 @@ class OracleProcess:
             raise OracleStartFailed("loss oracle failed to start: unexpected first frame")
         self.ready = True
 
-    def hand_to(self, control: socket.socket) -> None:
-        """Pass our end of the socket to the worker behind ``control``; we keep no copy."""
-        socket.send_fds(control, [b"o"], [self.sock.fileno()])
+    def hand_to(self, control: socket.socket) -> str:
+        """Pass our end of the socket to the worker behind ``control`` (we keep no copy); return its tag.
+
+        The job message carries the tag (``"oracle"``), so the worker takes this socket and no stale one.
+        """
+        tag = os.urandom(16).hex()
+        socket.send_fds(control, [tag.encode()], [self.sock.fileno()])
         self.sock.close()
         self.sock = None
+        return tag
 
     def close(self, grace: float = 0.0) -> str | None:
         """Kill the oracle's tree; return why it had died on its own (waiting up to ``grace`` s for that), if it had."""

@@ -16,7 +16,8 @@ in ``DISCOPOP_ORACLE_CONTROL_FD``; the job's loss is a :class:`~discopop.remote_
 it, so the checks, the fine-tune and the score below are computed by trusted code and the reply is
 this process's own. A broken oracle channel fails the job at stage ``oracle``; what the oracle says
 stopped its candidate (static check, load error, its runtime guard or state watch) keeps its stage
-(``static``, ``load``, ``guard``). ``init`` may carry ``oracle_timeout``: seconds per oracle call.
+(``static``, ``load``, ``guard``). ``init`` may carry ``oracle_timeout`` (seconds per oracle call);
+``check``/``train`` carry ``oracle``: the tag the parent sent that job's oracle socket with.
 
 The worker still puts the child-side OS layers on itself first (``sandbox.lock_down``), installs
 the runtime guard after set-up and audits global state after every job (defence in depth: with the
@@ -80,7 +81,7 @@ class Worker:
                 "sandbox_layers": [*self.layers, "audit-guard", "state-watch"]}
 
     @contextmanager
-    def _remote_loss(self, code: str) -> Iterator[Any]:
+    def _remote_loss(self, code: str, nonce: str) -> Iterator[Any]:
         """The job's loss: a :class:`RemoteLoss` on the oracle the parent just handed over, loaded with ``code``.
 
         Whatever the checks or the trainer made of an exception, a link the oracle broke (or whose
@@ -90,16 +91,8 @@ class Worker:
 
         if self.control is None:
             raise _Failure("oracle", "this worker has no oracle channel (start it through the executor)")
-        self.control.settimeout(10.0)
-        try:
-            _, fds, _, _ = socket.recv_fds(self.control, 16, 1)
-        except (OSError, TimeoutError) as err:
-            raise _Failure("oracle", f"no loss oracle was handed over: {_one_line(err)}") from None
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise _Failure("oracle", "no loss oracle was handed over")
-        link = OracleLink(socket.socket(fileno=fds[0]), self.oracle_timeout)
+        fd = self._receive_oracle(nonce)
+        link = OracleLink(socket.socket(fileno=fd), self.oracle_timeout)
         try:
             try:
                 link.load(code)
@@ -116,10 +109,29 @@ class Worker:
         finally:
             link.close()
 
+    def _receive_oracle(self, nonce: str) -> int:
+        """The oracle socket the parent sent for this job (tagged ``nonce``); stale ones are closed.
+
+        A job that failed before taking its oracle leaves that oracle's socket queued; without the
+        tag the next job would take it and every later job would be one oracle behind.
+        """
+        self.control.settimeout(10.0)
+        while True:
+            try:
+                tag, fds, _, _ = socket.recv_fds(self.control, 64, 4)
+            except (OSError, TimeoutError) as err:
+                raise _Failure("oracle", f"no loss oracle was handed over: {_one_line(err)}") from None
+            if not tag:
+                raise _Failure("oracle", "the control channel closed")
+            if tag.decode(errors="replace") == nonce and len(fds) == 1:
+                return fds[0]
+            for fd in fds:
+                os.close(fd)
+
     def check(self, msg: dict[str, Any]) -> dict[str, Any]:
         from discopop.checks import CheckFailed, check_loss
 
-        with self._remote_loss(msg["code"]) as fn:
+        with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
                 report = check_loss(fn, seed=int(msg.get("seed", 0)))
             except CheckFailed as err:
@@ -129,12 +141,12 @@ class Worker:
         return {"ok": True, "checks": {"uses_beta": report.uses_beta, "probe": report.probe, "curve": report.curve}}
 
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.fine_tuner is None:
+            raise _Failure("train", "worker was started without a task")
         from discopop.remote_loss import CandidateError
         from discopop.trl import NonFiniteLoss
 
-        if self.fine_tuner is None:
-            raise _Failure("train", "worker was started without a task")
-        with self._remote_loss(msg["code"]) as fn:
+        with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
                                              learning_rate=msg.get("learning_rate"))

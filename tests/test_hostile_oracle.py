@@ -20,10 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TASK
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.checking import check_in_worker
+from discopop.config import compose
 from discopop.executors import Job, LocalExecutor, WorkerSpec
+from discopop.tasks import load_task
 
 TESTS = Path(__file__).resolve().parent
 CORPUS = TESTS / "hostile" / "oracle"
@@ -87,10 +90,16 @@ def test_this_process_never_read_a_flood(checked) -> None:
     assert peak_rss() < 1500 * MB, f"the test process peaked at {peak_rss() // MB} MB"
 
 
+# The shared tiny task's 60-step SFT model answers too few sums right to sample preference pairs
+# from; these few more steps and prompts give ~20 pairs (one training step of 16) in ~5-40 s.
+TRAINABLE_TASK = [*TINY_TASK, "task.sft.steps=200", "task.pairs.prompts=600"]
+
+
 @pytest.fixture(scope="module")
-def executor(tiny_task, deep_path):
-    """One warm worker (this run's tiny task), fed fooled-static oracles; tagged so strays can be found."""
-    _, cfg = tiny_task
+def executor(cache_dir, deep_path):
+    """One warm worker (a tiny trainable task), fed fooled-static oracles; tagged so strays can be found."""
+    cfg, _ = compose(TRAINABLE_TASK)
+    load_task(cfg["task"])
     token = uuid.uuid4().hex
     os.environ[TOKEN_VAR] = token
     old_path = os.environ.get("PYTHONPATH")
@@ -115,7 +124,7 @@ def train(pool: LocalExecutor, code: str):
     return result
 
 
-def test_honest_fitness_is_unchanged_after_each_hostile_candidate(executor, tiny_task) -> None:
+def test_honest_fitness_is_unchanged_after_each_hostile_candidate(executor) -> None:
     pool, token = executor
     baseline = train(pool, DPO)
     assert baseline.ok, baseline.error

@@ -12,6 +12,7 @@ import torch
 from test_checks import BAD_LOSSES, loss
 
 from discopop.checks import CheckFailed, check_loss
+from discopop.executors import Job, WarmWorker, WorkerSpec
 from discopop.losses import load_loss
 from discopop.oracle_supply import OracleSupply
 from discopop.remote_loss import OracleLink, OracleRefused, RemoteLoss
@@ -90,3 +91,16 @@ def test_bad_input_is_one_clear_error(supply) -> None:
             fn(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(4), 0.1)
         with pytest.raises(ValueError, match="unsupported dtype"):
             fn(*(torch.zeros(3, dtype=torch.long),) * 4, 0.1)
+
+
+def test_a_job_that_fails_before_taking_its_oracle_does_not_shift_later_jobs() -> None:
+    """Its oracle socket stays queued on the control channel; the next job must not take it."""
+    worker = WarmWorker(WorkerSpec(task=None, training=None, check_timeout=60))
+    try:
+        no_task = worker.run(Job(0, loss("-F.logsigmoid(beta * rho)"), "train"))
+        assert (no_task.ok, no_task.error) == (False, "worker was started without a task")
+        for _ in range(2):
+            result = worker.run(Job(0, loss("-F.logsigmoid(beta * rho)"), "check"))
+            assert result.ok, result.error
+    finally:
+        worker.close()
