@@ -4,7 +4,8 @@
 2. duplicate by normalised code hash;
 3. numeric checks in a sandboxed worker (returns a probe fingerprint);
 4. duplicate by values on the fixed probe inputs;
-5. short DPO fine-tune + held-out scoring in a sandboxed worker.
+5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
+   of ``tuning`` (a screen at one rate, the rest of the grid only for candidates near the best).
 
 Each outcome is written to the archive as soon as it is known.
 """
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from discopop.archive import Archive, Row
-from discopop.executors import Executor, Job, JobResult
+from discopop.executors import Executor, Job
 from discopop.losses import LossRejected, code_hash, static_check
+from discopop.tuning import LrProtocol, Sweep
 
 # Two losses whose outputs on the probe inputs agree this closely are the same function for
 # training purposes (float32 round-off on values of order 1 is ~1e-7).
@@ -42,11 +44,12 @@ def _same_probe(a: list[float], b: list[float]) -> bool:
 class Evaluator:
     """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
 
-    def __init__(self, archive: Archive, executor: Executor, seed: int,
+    def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
                  on_stage: Callable[[Row, str], None] | None = None):
         self.archive = archive
         self.executor = executor
         self.seed = seed
+        self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
 
     def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
@@ -91,7 +94,7 @@ class Evaluator:
         by_id = {row.id: row for row in rows}
         for row in to_check:
             self.on_stage(row, "check")
-        train_jobs: list[Job] = []
+        to_train: list[Row] = []
         for result in self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check]):
             row = by_id[result.job.row_id]
             seconds[row.id]["check"] = result.seconds
@@ -109,10 +112,60 @@ class Evaluator:
                                              extra={"checks": checks_of[row.id]}))
                 continue
             self.on_stage(row, "train")
-            train_jobs.append(Job(row.id, row.code, "train", self.seed))
-        for result in self.executor.run(train_jobs):
-            row = by_id[result.job.row_id]
-            yield self._record_training(row, result, seconds, started, checks_of[row.id])
+            to_train.append(row)
+        yield from self._train(to_train, seconds, started, checks_of)
+
+    def _train_jobs(self, row: Row, rates) -> list[Job]:
+        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
+
+    def _screen_rates(self, row: Row) -> tuple[float, ...]:
+        """The first learning rates a row is trained at: the whole grid for references, else one screen."""
+        protocol = self.protocol
+        if row.proposer == "reference" or protocol.screen_margin is None or len(protocol.grid) == 1:
+            return protocol.grid
+        parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
+        parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
+        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = 'scored'")
+                     if r.metrics.get("learning_rate")]
+        return (protocol.screen_rate(parent_rates, run_rates),)
+
+    def _best_fitness(self) -> float | None:
+        values = [r.fitness for r in self.archive.rows("status = 'scored'") if r.fitness is not None]
+        return max(values) if values else None
+
+    def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
+        """Fine-tune each row over the learning-rate protocol (``tuning``); yield each outcome when decided.
+
+        Rounds: every row's first rates (a screen, or the whole grid for references), then the climb
+        for rows near the best; each round is one ``executor.run`` so parallel workers share it.
+        """
+        sweeps = {row.id: Sweep() for row in rows}
+        pending = {row.id: self._screen_rates(row) for row in rows}
+        full_grid = {row_id for row_id, rates in pending.items() if len(rates) == len(self.protocol.grid)}
+        screened: set[int] = set()
+        by_id = {row.id: row for row in rows}
+        while pending:
+            jobs = [j for row_id, rates in pending.items() for j in self._train_jobs(by_id[row_id], rates)]
+            for result in self.executor.run(jobs):
+                row_id = result.job.row_id
+                sweeps[row_id].add(result.job.learning_rate, result.ok, result.data, result.stage, result.error)
+                seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
+            best = self._best_fitness()
+            decided, pending = list(pending), {}
+            for row_id in decided:
+                sweep = sweeps[row_id]
+                if row_id in full_grid:
+                    sweep.tuned = True
+                elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
+                    screened.add(row_id)
+                    if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                        sweep.tuned = True
+                        pending[row_id] = self.protocol.next_rates(sweep)
+                else:
+                    pending[row_id] = self.protocol.next_rates(sweep)
+                if not pending.get(row_id):
+                    pending.pop(row_id, None)
+                    yield self._record_training(by_id[row_id], sweep, seconds, started, checks_of[row_id])
 
     @staticmethod
     def _total(seconds, started, row_id) -> dict[str, float]:
@@ -120,18 +173,22 @@ class Evaluator:
         out["total"] = time.perf_counter() - started[row_id]
         return out
 
-    def _record_training(self, row: Row, result: JobResult, seconds, started, checks: dict) -> Outcome:
-        data = result.data
-        if not result.ok:
-            status = "eval_failed" if result.stage == "score" else "train_failed"
-            return self._finish(row, status, error=result.error, stage=result.stage,
-                                seconds={**self._total(seconds, started, row.id), "train": result.seconds},
-                                extra={"checks": checks})
+    def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict) -> Outcome:
         secs = self._total(seconds, started, row.id)
-        secs.update(train=data["train_seconds"], score=data["score_seconds"], steps=data["step_seconds"])
-        secs["overhead"] = secs["total"] - data["step_seconds"] - data["score_seconds"]
+        summary = sweep.summary(self.protocol.grid)
+        best = sweep.best()
+        if best is None:
+            stage, error = next(iter(sweep.errors.values()))
+            status = "eval_failed" if stage == "score" else "train_failed"
+            return self._finish(row, status, error=error, stage=stage, seconds=secs,
+                                extra={"checks": checks, **summary})
+        runs = list(sweep.results.values())
+        secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
+                    runs=len(runs) + len(sweep.errors))
+        secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
+        _, data = best
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
-                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks}
+                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary}
         if not math.isfinite(data["fitness"]):
             return self._finish(row, "eval_failed", error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics)

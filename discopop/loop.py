@@ -26,6 +26,7 @@ from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
 from discopop.tasks import load_task
 from discopop.tracking import Tracker
+from discopop.tuning import LrProtocol
 
 
 class RunLocked(RuntimeError):
@@ -141,7 +142,8 @@ class Loop:
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
-        evaluator = Evaluator(self.archive, executor, self.seed, on_stage=self.display.stage)
+        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
+                              on_stage=self.display.stage)
         stopped = None
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")

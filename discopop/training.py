@@ -80,6 +80,21 @@ def _placeholder_loss(policy_chosen_logps, policy_rejected_logps, reference_chos
     raise RuntimeError("FineTuner.run was not given a loss")
 
 
+MARGIN_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def final_margin_quantiles(step_margins: list[torch.Tensor], epoch_size: int) -> dict[str, float]:
+    """Quantiles of |beta*rho| over the last epoch's examples: the part of its curve a loss ended up using.
+
+    Losses differ in shape away from rho = 0; if training never leaves |beta*rho| << 1, only their
+    slopes at zero are compared. Measured on the training batches as they were seen (no extra pass).
+    """
+    if not step_margins:
+        return {}
+    last = torch.cat(step_margins)[-max(1, epoch_size):].abs()
+    return {f"margin_abs_q{int(q * 100)}": round(float(torch.quantile(last, q)), 4) for q in MARGIN_QUANTILES}
+
+
 class FineTuner:
     """One warm TRL trainer over a task's pairs, reused for every candidate."""
 
@@ -156,6 +171,7 @@ class FineTuner:
         output = trainer.train()
         train_seconds = time.perf_counter() - started
         metrics = trainer.mean_train_metrics()
+        metrics.update(final_margin_quantiles(trainer.step_margins, len(trainer.train_dataset)))
         score_started = time.perf_counter()
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
                              kl_coef=self.kl_coef, split=split)

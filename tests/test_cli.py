@@ -93,6 +93,8 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: 
         (["--generations", "1", "task=nope"], "Could not find 'task/nope'"),
         (["--generations", "1", "training.no_such_key=1"], "no_such_key"),
         (["--generations", "1", "training.learning_rate=-1"], "training.learning_rate must be > 0"),
+        (["--generations", "1", "training.lr_grid=[1e-5,-2]"], "training.lr_grid must be a non-empty list"),
+        (["--generations", "1", "training.lr_screen_margin=-0.1"], "training.lr_screen_margin must be"),
         (["--resume", "/nonexistent/run"], "run directory not found"),
         (["--generations", "1", "hydra.run.dir=/dev/null/run"], "cannot write the run directory"),
     ],
