@@ -5,9 +5,9 @@ expensive part), installs the runtime guard, and then serves requests until told
 
 * ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
   "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
-* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or ``{"ok": false, "stage", "error"}``
-  (``beta``, optional: the training beta the fingerprint and diagnostics are measured at; default
-  the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
+* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
+  ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
+  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
 * ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
