@@ -48,3 +48,16 @@ def summarize(diag: dict[str, Any] | None) -> str:
     pushes = wrong_way(diag)
     parts.append("; ".join(pushes) if pushes else "never pushes the wrong way for |x| <= 3")
     return "; ".join(parts)
+
+
+def compact(diag: dict[str, Any] | None) -> str:
+    """The diagnostics in a few words for the LLM prompt: slope along rho at x = -3, 0, +3, wrong-way pushes."""
+    if not diag:
+        return ""
+    ends = diag.get("slope_at_ends") or {}
+    slopes = [ends.get("-3"), (diag.get("slope_at_0") or {}).get("rho"), ends.get("+3")]
+    parts = [] if diag.get("uses_beta", True) else ["ignores beta"]
+    parts.append("d loss/d rho at x=-3,0,+3: " + " / ".join(_num(v) for v in slopes))
+    pushes = wrong_way(diag)
+    parts.append("; ".join(pushes) if pushes else "never pushes the wrong way")
+    return "; ".join(parts)

@@ -102,4 +102,7 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     assert outcomes["hinge_x2"].status == "duplicate"
     assert outcomes["hinge_x2"].error == f"same training behaviour as #{hinge_id} (hinge)"
     assert archive.get(extra).metrics["checks"]["diagnostics"]["beta"] == 0.1
+    # What the proposers see of an archived loss: its measured behaviour, in a few words.
+    assert archive.get(dpo).history_entry().diagnostics == (
+        "d loss/d rho at x=-3,0,+3: -0.0953 / -0.05 / -0.00474; never pushes the wrong way")
     archive.close()
