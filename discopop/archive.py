@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from discopop.diagnostics import compact
 from discopop.losses import code_hash
 from discopop.proposers.base import Candidate, HistoryEntry
 
@@ -78,7 +79,7 @@ class Row:
         return HistoryEntry(
             id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
             fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
-            thought=self.thought,
+            thought=self.thought, diagnostics=compact((self.metrics.get("checks") or {}).get("diagnostics")),
         )
 
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from discopop.diagnostics import summarize
 from discopop.losses import LossRejected, static_check
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 
@@ -15,7 +16,7 @@ _PARSE_LOCK = threading.Lock()
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, beta: float | None = None) -> dict[str, Any]:
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
@@ -23,27 +24,31 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     an action, or the loss changed global/shared state) or ``sandbox`` (the worker was killed:
     timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
+    ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``).
+    A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
+    rejection) and ``summary`` (the diagnostics in one line).
     """
     try:
         with _PARSE_LOCK:
             info = static_check(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    verdict = check_in_worker(source, timeout, limits, env)
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta)
     if verdict["valid"]:
         verdict["function"] = info.function_name
     return verdict
 
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                    env: dict[str, str] | None = None, module: str = "discopop.worker") -> dict[str, Any]:
+                    env: dict[str, str] | None = None, module: str = "discopop.worker",
+                    beta: float | None = None) -> dict[str, Any]:
     """Load + numeric checks in a one-shot sandboxed worker (``module`` lets tests swap in a variant)."""
     proc = SandboxedProcess(module, limits or Limits(), env=env)
     try:
         started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
         if not started.get("ok"):
             return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
-        reply = proc.request({"op": "check", "code": source}, timeout=timeout)
+        reply = proc.request({"op": "check", "code": source, "beta": beta}, timeout=timeout)
     except SandboxTimeout as err:
         return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}
     except SandboxDied as err:
@@ -52,12 +57,15 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
         proc.close()
     if not reply.get("ok"):
         return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
-    return {"valid": True, "layer": None, "reason": None, "uses_beta": reply["checks"]["uses_beta"]}
+    checks = reply["checks"]
+    diagnostics = checks.get("diagnostics") or {}
+    return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],
+            "diagnostics": diagnostics, "summary": summarize(diagnostics)}
 
 
-def check_file(path: Path, timeout: float = 30.0) -> dict[str, Any]:
+def check_file(path: Path, timeout: float = 30.0, beta: float | None = None) -> dict[str, Any]:
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         return {"valid": False, "layer": "static", "reason": f"cannot read {path}: {err}"}
-    return check_source(source, timeout=timeout)
+    return check_source(source, timeout=timeout, beta=beta)

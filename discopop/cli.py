@@ -91,11 +91,14 @@ def _check(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         return _fail("discopop check", f"no such file: {path}")
-    verdict: dict[str, Any] = check_file(path, timeout=args.timeout)
+    if args.beta is not None and not args.beta > 0:
+        return _fail("discopop check", f"--beta must be a positive number, got {args.beta}")
+    verdict: dict[str, Any] = check_file(path, timeout=args.timeout, beta=args.beta)
     if args.json:
         print(json.dumps(verdict, indent=2))
     elif verdict["valid"]:
         print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
+        print(f"  diagnostics: {verdict['summary']}")
     if not verdict["valid"]:
         print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
         return 1
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
+    p.add_argument("--beta", type=float, default=None,
+                   help="training beta the diagnostics are measured at (default 0.1, training.beta's default)")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")

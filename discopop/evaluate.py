@@ -2,10 +2,11 @@
 
 1. static check (AST only, in this process: nothing is executed);
 2. duplicate by normalised code hash;
-3. numeric checks in a sandboxed worker (returns a probe fingerprint);
-4. duplicate by values on the fixed probe inputs;
+3. numeric checks in a sandboxed worker (returns the behaviour fingerprint and diagnostics);
+4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
+   factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
-   of ``tuning`` (a screen at one rate, the rest of the grid only for candidates near the best).
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best).
 
 Each outcome is written to the archive as soon as it is known.
 """
@@ -18,14 +19,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from discopop.archive import Archive, Row
 from discopop.executors import Executor, Job
 from discopop.losses import LossRejected, code_hash, static_check
 from discopop.tuning import LrProtocol, Sweep
 
-# Two losses whose outputs on the probe inputs agree this closely are the same function for
-# training purposes (float32 round-off on values of order 1 is ~1e-7).
-PROBE_TOL = 1e-5
+# Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
+# >= 1 - FINGERPRINT_TOL are the same training behaviour. For unit vectors 1 - cos ~ |a - b|^2 / 2.
+# The same loss written another way (softplus for -logsigmoid, rho summed in another order, times
+# 100, plus 3) differs only by float32 round-off: ~1e-6 relative per entry (eps 1.2e-7, a few ops)
+# plus the stored rounding (5e-8 an entry), so |a - b| <~ 1e-5 and 1 - cos <~ 1e-10 (measured:
+# under 1e-13). A genuinely different loss is far above: DPO with beta 1% larger gives 3e-6,
+# with beta doubled 1e-2, IPO 0.26. 1e-7 sits three orders above the round-off, 30x below a 1% beta.
+FINGERPRINT_TOL = 1e-7
 
 
 @dataclass
@@ -37,8 +45,18 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _same_probe(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= PROBE_TOL * (1.0 + abs(y)) for x, y in zip(a, b, strict=True))
+def _unit(fingerprint: list[float] | None) -> np.ndarray | None:
+    """The fingerprint renormalised (rounding left it a hair off unit length); None if there is none."""
+    if not fingerprint:
+        return None
+    vec = np.asarray(fingerprint, dtype=np.float64)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def same_behaviour(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to a positive factor (cosine within FINGERPRINT_TOL of 1); a negative factor is not."""
+    return a.shape == b.shape and float(a @ b) >= 1.0 - FINGERPRINT_TOL
 
 
 class Evaluator:
@@ -62,13 +80,28 @@ class Evaluator:
         self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics)
         return Outcome(row.id, status, fitness, error, metrics)
 
-    def _known_probes(self, exclude: int) -> list[tuple[int, str, list[float]]]:
-        found = []
-        for r in self.archive.rows("status = 'scored' AND id != ?", (exclude,)):
-            probe = r.metrics.get("checks", {}).get("probe")
-            if probe:
-                found.append((r.id, r.name, probe))
+    def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
+        """Fingerprints of every archived row that has one: id -> (name, beta, unit vector)."""
+        found = {}
+        for r in self.archive.rows("status != 'proposed'"):
+            checks = r.metrics.get("checks") or {}
+            vec = _unit(checks.get("fingerprint"))
+            if vec is not None:
+                found[r.id] = (r.name, float(checks.get("beta", 0.0)), vec)
         return found
+
+    @staticmethod
+    def _twin(checks: dict[str, Any], known: dict[int, tuple[str, float, np.ndarray]]) -> tuple[int, str] | None:
+        """The earliest known row with the same training behaviour (measured at the same beta)."""
+        vec = _unit(checks.get("fingerprint"))
+        if vec is None:
+            return None
+        beta = float(checks.get("beta", 0.0))
+        for row_id in sorted(known):
+            name, other_beta, other = known[row_id]
+            if other_beta == beta and same_behaviour(vec, other):
+                return row_id, name
+        return None
 
     def evaluate(self, rows: list[Row]) -> Iterator[Outcome]:
         """Evaluate rows (each ``proposed``); yield each outcome as soon as it is archived."""
@@ -95,6 +128,7 @@ class Evaluator:
         for row in to_check:
             self.on_stage(row, "check")
         to_train: list[Row] = []
+        known = self._known_behaviours()  # plus this batch's rows as they pass: a twin waiting to train counts
         for result in self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check]):
             row = by_id[result.job.row_id]
             seconds[row.id]["check"] = result.seconds
@@ -104,12 +138,14 @@ class Evaluator:
                                              stage=result.stage, seconds=self._total(seconds, started, row.id)))
                 continue
             checks_of[row.id] = result.data["checks"]
-            twin = next((k for k in self._known_probes(row.id) if _same_probe(result.data["checks"]["probe"], k[2])),
-                        None)
+            twin = self._twin(checks_of[row.id], known)
+            vec = _unit(checks_of[row.id].get("fingerprint"))
+            if vec is not None:
+                known[row.id] = (row.name, float(checks_of[row.id].get("beta", 0.0)), vec)
             if twin is not None:
-                yield (self._finish(row, "duplicate", error=f"same values as #{twin[0]} ({twin[1]}) on probe "
-                                             "inputs", stage="numeric", seconds=self._total(seconds, started, row.id),
-                                             extra={"checks": checks_of[row.id]}))
+                yield (self._finish(row, "duplicate", error=f"same training behaviour as #{twin[0]} ({twin[1]})",
+                                    stage="numeric", seconds=self._total(seconds, started, row.id),
+                                    extra={"checks": checks_of[row.id]}))
                 continue
             self.on_stage(row, "train")
             to_train.append(row)

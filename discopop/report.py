@@ -35,6 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from discopop.archive import ARCHIVE_NAME, ArchiveError, Row
+from discopop.diagnostics import summarize, wrong_way
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = {
@@ -241,6 +242,20 @@ def verdict(conf: dict[str, Any]) -> str:
     return "no, within noise"
 
 
+def _diagnostics(row: Row) -> dict[str, Any] | None:
+    return (row.metrics.get("checks") or {}).get("diagnostics")
+
+
+def behaviour(row: Row) -> str:
+    """How the loss pushes, for a table cell: where it pushes the wrong way (a fact, never a failure)."""
+    diag = _diagnostics(row)
+    if not diag:
+        return "—"
+    pushes = wrong_way(diag)
+    text = "; ".join(pushes) if pushes else "never the wrong way (|β·ρ| ≤ 3)"
+    return text if diag.get("uses_beta", True) else f"ignores beta; {text}"
+
+
 def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
     """Table records for the best ``top`` scored rows (reference baselines included, marked)."""
     records = []
@@ -255,7 +270,7 @@ def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
             "rank": str(rank), "id": str(r.id), "name": r.name, "gen": str(r.generation), "proposer": r.proposer,
             "fitness": _fmt(r.fitness), "reward": _fmt(r.metrics.get("reward")), "KL (nats)": _fmt(r.metrics.get("kl")),
             "fresh seeds": mean, "Δ vs DPO": _signed(conf.get("delta")),
-            "beats DPO": "baseline" if is_dpo else verdict(conf),
+            "beats DPO": "baseline" if is_dpo else verdict(conf), "behaviour (checks)": behaviour(r),
         })  # fmt: skip
     return records
 
@@ -697,6 +712,8 @@ def loss_shapes_view(rows: list[Row], top: int = TOP_SHAPES) -> View:
         curve = _sandboxed_curve(r, x, view.captions)
         if curve:
             series.append((f"{_label(r)} (fitness {r.fitness:.3f})", colour, "-", False, *curve))
+        if _diagnostics(r):
+            view.captions.append(f"{_label(r)}, measured by its checks: {summarize(_diagnostics(r))}.")
     for name, (colour, style) in BASELINE_STYLE.items():
         code = _reference_code(name)
         curve = _try_curve(code, x, name.upper(), view.captions) if code else None
@@ -798,6 +815,7 @@ def failure_reason(row: Row) -> str:
     lines = (row.error or "").strip().splitlines()
     text = lines[0] if lines else "(no error recorded)"
     text = re.sub(r"'[^']*'", "'…'", text)
+    text = re.sub(r"(#\d+) \([^)]*\)", r"\1 (…)", text)  # a duplicate's twin: "same ... as #12 (name)"
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
 
 

@@ -5,7 +5,9 @@ expensive part), installs the runtime guard, and then serves requests until told
 
 * ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
   "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
-* ``{"op": "check", "code": src}`` -> ``{"ok": true, "checks": {...}}`` or ``{"ok": false, "stage", "error"}``
+* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
+  ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
+  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
 * ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
@@ -43,12 +45,15 @@ class Worker:
         self.layers = list(layers or [])
         self.watch: StateWatch | None = None
         self._loaded: tuple[str, Any] | None = None
+        self.beta: float | None = None  # the training beta, from the init message's training config
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         import torch
 
         self.threads = int(msg.get("threads", 1))
+        if (msg.get("training") or {}).get("beta") is not None:
+            self.beta = float(msg["training"]["beta"])
         torch.set_num_threads(self.threads)
         if msg.get("task") is not None:
             import datasets
@@ -85,16 +90,18 @@ class Worker:
         return fn
 
     def check(self, msg: dict[str, Any]) -> dict[str, Any]:
-        from discopop.checks import CheckFailed, check_loss
+        from discopop.checks import DEFAULT_BETA, CheckFailed, check_loss
 
         fn = self._load(msg["code"])
+        beta = msg.get("beta")
+        beta = float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
         try:
-            report = check_loss(fn, seed=int(msg.get("seed", 0)))
+            report = check_loss(fn, seed=int(msg.get("seed", 0)), beta=beta)
         except CheckFailed as err:
             raise _Failure("numeric", str(err)) from None
         except BaseException as err:  # noqa: BLE001
             raise _Failure("numeric", f"raised {_one_line(err)}") from None
-        return {"ok": True, "checks": {"uses_beta": report.uses_beta, "probe": report.probe, "curve": report.curve}}
+        return {"ok": True, "checks": report.as_dict()}
 
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
         from discopop.trl import NonFiniteLoss

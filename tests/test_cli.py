@@ -122,6 +122,24 @@ def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path
     assert good.returncode == 0, good.stderr
 
 
+def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir: Path) -> None:
+    """A loss pushing the wrong way at rho = 0 is valid (exit 0); its diagnostics say so, in text and JSON."""
+    flipped = tmp_path / "flipped.py"
+    flipped.write_text("import torch.nn.functional as F\n\n\ndef flipped(policy_chosen_logps, policy_rejected_logps, "
+                       "reference_chosen_logps, reference_rejected_logps, beta):\n    rho = (policy_chosen_logps - "
+                       "policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
+                       "    return F.logsigmoid(beta * rho)\n")
+    text = run(["discopop", "check", str(flipped), "--beta", "0.2"], cache_dir, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert "diagnostics: uses beta; at beta=0.2: slope at rho=0 d/d chosen +0.1, d/d rejected -0.1" in text.stdout
+    assert "wrong way at rho = 0 on 16/16 examples" in text.stdout
+    verdict = json.loads(run(["discopop", "check", str(flipped), "--json"], cache_dir, timeout=120).stdout)
+    assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == 0.1
+    assert verdict["diagnostics"]["slope_at_0"]["wrong_way"] == 16 and "wrong way" in verdict["summary"]
+    bad_beta = run(["discopop", "check", str(flipped), "--beta", "-1"], cache_dir, timeout=60)
+    assert bad_beta.returncode == 2 and bad_beta.stderr.strip().endswith("--beta must be a positive number, got -1.0")
+
+
 def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path) -> None:
     run_dir = tmp_path / "run"
     secret = "sk-THIS-IS-A-PASTED-KEY-1234"

@@ -231,3 +231,27 @@ def test_notebook_runs_headless(run_dir: Path) -> None:
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 6
     assert not (run_dir / "report.html").exists()  # the notebook only reads
+
+
+def test_measured_behaviour_shows_in_the_candidate_views(tmp_path: Path) -> None:
+    from discopop.checks import check_loss
+    from discopop.losses import load_loss
+
+    overshoot = _loss("overshoot", "    return (rho - 1 / (2 * beta)) ** 2\n")  # IPO: pulls rho back to 1/(2 beta)
+    arch = Archive(tmp_path / ARCHIVE_NAME)
+    row = arch.add(Candidate(name="overshoot", code=overshoot, proposer="evolution"), 1)
+    arch.finish(row, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 0.1,
+                                                     "checks": check_loss(load_loss(overshoot)).as_dict()})
+    twin = arch.add(Candidate(name="overshoot_x2", code=overshoot.replace("** 2", "** 2 * 2.0"),
+                              proposer="evolution"), 1)
+    arch.finish(twin, "duplicate", error=f"same training behaviour as #{row} (overshoot)")
+    arch.close()
+    rows = report.load_rows(tmp_path)
+    pushes = ("raising the chosen log-prob raises the loss at x = 1, 1.5, 2, 2.5, 3; "
+              "raising the rejected log-prob lowers the loss at x = 1, 1.5, 2, 2.5, 3")
+    assert report.leaderboard(rows)[0]["behaviour (checks)"] == pushes
+    captions = report.loss_shapes_view(rows).captions
+    assert any(c.startswith(f"#{row} overshoot, measured by its checks: uses beta; at beta=0.1:") and pushes in c
+               for c in captions), captions
+    assert pushes in _sections(report.write_report(tmp_path).read_text(encoding="utf-8"))["leaderboard"]
+    assert report.failure_reason(rows[1]) == "same training behaviour as #N (…)"
