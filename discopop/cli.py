@@ -29,6 +29,8 @@ def discover(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own warnings and progress bars (default: RUN_DIR/libraries.log)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
     try:
@@ -54,6 +56,10 @@ def discover(argv: list[str] | None = None) -> int:
         lock.close()
         return _fail("discover", str(err))
     total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
+    if not args.verbose:
+        from discopop.quiet import quiet_libraries
+
+        quiet_libraries(run_dir)
     console.print(f"run directory: {run_dir}")
     try:
         with Display(total, console=console, quiet=args.quiet) as display:

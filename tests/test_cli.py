@@ -161,3 +161,19 @@ def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: P
             archives.append(conn.execute("SELECT id, generation, parent_ids, name, code, status, fitness, error "
                                          "FROM candidates ORDER BY id").fetchall())
     assert archives[0] == archives[1]
+
+
+def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path) -> None:
+    """A first run builds the task in this process (transformers warnings, dataset/shard progress bars):
+    by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it."""
+    args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
+            "training.lr_grid=[1e-5]"]
+    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], tmp_path / "cache-quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    console = quiet.stdout + quiet.stderr
+    for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
+        assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
+    assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
+    loud = run(["discover", "--verbose", *args, f"hydra.run.dir={tmp_path / 'loud'}"], tmp_path / "cache-loud")
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "it/s]" in loud.stdout + loud.stderr  # the same first run, with the libraries' own output
