@@ -80,13 +80,14 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     archive = Archive(tmp_path / "archive.sqlite")
     dpo = archive.add(Candidate("dpo", SAME_AS_DPO["dpo"], proposer="reference"), 0)
     archive.finish(dpo, "scored", fitness=0.86,
-                   metrics={"checks": check_loss(load_loss(SAME_AS_DPO["dpo"]), beta=0.1).as_dict()})
+                   metrics={"checks": check_loss(load_loss(SAME_AS_DPO["dpo"]), beta=0.2).as_dict()})
     names = ["dpo_x100", "ipo", "dpo_plus_3", "hinge", "dpo_double_beta"]
     rows = [archive.get(archive.add(Candidate(n, (SAME_AS_DPO | NOT_DPO)[n], proposer="evolution"), 1))
             for n in names]
     extra = archive.add(Candidate("hinge_x2", loss("2.0 * torch.relu(1 - beta * rho)"), proposer="evolution"), 1)
     rows.append(archive.get(extra))
-    executor = LocalExecutor(WorkerSpec(task=None, training={"beta": 0.1}, check_timeout=60), workers=1)
+    # The run's training beta (0.2, not the default) reaches the worker's checks through its init message.
+    executor = LocalExecutor(WorkerSpec(task=None, training={"beta": 0.2}, check_timeout=60), workers=1)
     try:
         outcomes = {archive.get(o.row_id).name: o for o in Evaluator(archive, executor, seed=0).evaluate(rows)}
     finally:
@@ -101,8 +102,8 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     hinge_id = next(r.id for r in rows if r.name == "hinge")
     assert outcomes["hinge_x2"].status == "duplicate"
     assert outcomes["hinge_x2"].error == f"same training behaviour as #{hinge_id} (hinge)"
-    assert archive.get(extra).metrics["checks"]["diagnostics"]["beta"] == 0.1
+    assert archive.get(extra).metrics["checks"]["diagnostics"]["beta"] == 0.2
     # What the proposers see of an archived loss: its measured behaviour, in a few words.
     assert archive.get(dpo).history_entry().diagnostics == (
-        "d loss/d rho at x=-3,0,+3: -0.0953 / -0.05 / -0.00474; never pushes the wrong way")
+        "d loss/d rho at x=-3,0,+3: -0.191 / -0.1 / -0.00949; never pushes the wrong way")
     archive.close()

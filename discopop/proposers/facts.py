@@ -34,7 +34,8 @@ class FitnessFacts:
         """From the resolved config, ``task.meta`` and archived rows (anything with a ``metrics`` dict)."""
         training = cfg["training"]
         grid = training.get("lr_grid")
-        rates = tuple(float(v) for v in grid) if grid else (float(training["learning_rate"]),)
+        single = training.get("learning_rate")
+        rates = tuple(float(v) for v in grid) if grid else (float(single),) if single is not None else ()
         epochs = training.get("epochs")
         variances = []
         for row in rows:
@@ -53,7 +54,9 @@ class FitnessFacts:
     def render(self) -> str:
         rates = ", ".join(f"{v:g}" for v in self.learning_rates)
         epochs = f" for {self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs else ""
-        if len(self.learning_rates) > 1:
+        if not self.learning_rates:
+            protocol = "not given"
+        elif len(self.learning_rates) > 1:
             protocol = (f"each loss is trained{epochs} at each learning rate of [{rates}] and judged at its best, "
                         "chosen on the search prompts (so the overall scale of a loss does not matter: Adam "
                         "ignores it; only the shape of its gradient does)")
