@@ -426,8 +426,8 @@ def test_the_system_prompt_states_the_runs_fitness_facts(server, make):
     system = server.bodies()[0]["messages"][0]["content"]
     assert "minus kl_coef x KL(policy || reference) in nats, with kl_coef = 0.05" in system
     assert "beta = 0.2: the value passed to your loss as `beta`" in system
-    assert ("each loss is trained for 3 epochs at each learning rate of [2.5e-06, 5e-06, 1e-05] and judged at its "
-            "best, chosen on the search prompts") in system
+    assert ("each loss is trained for 3 epochs with Adam and judged at its best learning rate on the grid "
+            "[2.5e-06, 5e-06, 1e-05], chosen on the search prompts") in system
     assert "noise level: not yet measured." in system
     assert "scores 0.587" in system
 

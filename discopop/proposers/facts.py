@@ -57,9 +57,10 @@ class FitnessFacts:
         if not self.learning_rates:
             protocol = "not given"
         elif len(self.learning_rates) > 1:
-            protocol = (f"each loss is trained{epochs} at each learning rate of [{rates}] and judged at its best, "
-                        "chosen on the search prompts (so the overall scale of a loss does not matter: Adam "
-                        "ignores it; only the shape of its gradient does)")
+            protocol = (f"each loss is trained{epochs} with Adam and judged at its best learning rate on the grid "
+                        f"[{rates}], chosen on the search prompts (a new loss is first tried at its parent's best "
+                        "rate and climbs the grid only if it comes near the run's best). A loss's overall scale "
+                        "and any added constant do not matter; only the shape of its gradient does")
         else:
             protocol = (f"each loss is trained{epochs} at learning rate {rates} with Adam (a loss's overall scale "
                         "and any added constant do not matter; only the shape of its gradient does)")
