@@ -13,6 +13,9 @@ from discopop.evaluate import Evaluator, _unit, same_behaviour
 from discopop.executors import LocalExecutor, WorkerSpec
 from discopop.losses import load_loss
 from discopop.proposers.base import Candidate
+from discopop.tuning import LrProtocol
+
+ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5})
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
@@ -89,7 +92,8 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     # The run's training beta (0.2, not the default) reaches the worker's checks through its init message.
     executor = LocalExecutor(WorkerSpec(task=None, training={"beta": 0.2}, check_timeout=60), workers=1)
     try:
-        outcomes = {archive.get(o.row_id).name: o for o in Evaluator(archive, executor, seed=0).evaluate(rows)}
+        evaluator = Evaluator(archive, executor, seed=0, protocol=ONE_RATE)
+        outcomes = {archive.get(o.row_id).name: o for o in evaluator.evaluate(rows)}
     finally:
         executor.close()
     for name in ("dpo_x100", "dpo_plus_3"):
