@@ -43,6 +43,8 @@ def validate(cfg: dict[str, Any]) -> None:
     t = cfg["training"]
     for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout"):
         _require(float(t[key]) > 0, f"training.{key} must be > 0, got {t[key]}")
+    fraction = float(t.get("pair_fraction", 1.0))
+    _require(0.0 < fraction <= 1.0, f"training.pair_fraction must be in (0, 1], got {t.get('pair_fraction')}")
     task = cfg["task"]
     _require(task.get("kind", "synthetic") in ("synthetic", "hub"),
              f"task.kind must be 'synthetic' or 'hub', got {task.get('kind')!r}")

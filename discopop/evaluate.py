@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from discopop.archive import Archive, Row
+from discopop.archive import Archive, Evaluation, Row
 from discopop.executors import Executor, Job, JobResult
 from discopop.losses import LossRejected, code_hash, static_check
 
@@ -50,13 +50,15 @@ class Evaluator:
         self.on_stage = on_stage or (lambda row, stage: None)
 
     def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
-                extra=None) -> Outcome:
+                extra=None, evaluation: Evaluation | None = None) -> Outcome:
+        """Archive the row's fate, with its training evaluation (if any) in the same transaction."""
         metrics: dict[str, Any] = dict(extra or {})
         if stage:
             metrics["stage"] = stage
         if seconds:
             metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
-        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics)
+        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics,
+                            evaluations=[evaluation] if evaluation else [])
         return Outcome(row.id, status, fitness, error, metrics)
 
     def _known_probes(self, exclude: int) -> list[tuple[int, str, list[float]]]:
@@ -122,17 +124,22 @@ class Evaluator:
 
     def _record_training(self, row: Row, result: JobResult, seconds, started, checks: dict) -> Outcome:
         data = result.data
+        job = result.job
         if not result.ok:
             status = "eval_failed" if result.stage == "score" else "train_failed"
+            failed = Evaluation(row.id, job.seed, job.split, job.learning_rate, error=result.error or status)
             return self._finish(row, status, error=result.error, stage=result.stage,
                                 seconds={**self._total(seconds, started, row.id), "train": result.seconds},
-                                extra={"checks": checks})
+                                extra={"checks": checks}, evaluation=failed)
         secs = self._total(seconds, started, row.id)
         secs.update(train=data["train_seconds"], score=data["score_seconds"], steps=data["step_seconds"])
         secs["overhead"] = secs["total"] - data["step_seconds"] - data["score_seconds"]
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
                    "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks}
+        evaluation = Evaluation.from_reply(row.id, job.seed, job.split, data)
         if not math.isfinite(data["fitness"]):
+            evaluation.error = "non-finite fitness"
             return self._finish(row, "eval_failed", error="non-finite fitness", stage="score", seconds=secs,
-                                extra=metrics)
-        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics)
+                                extra=metrics, evaluation=evaluation)
+        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics,
+                            evaluation=evaluation)
