@@ -200,3 +200,15 @@ def mean_pm(estimate: dict[str, Any] | None) -> str:
     n = len(estimate.get("seeds") or [])
     spread = f" ± {se:.3f}" if se is not None and math.isfinite(se) else ""
     return f"{estimate['mean']:.3f}{spread} (n={n})"
+
+
+def confirmation_cells(conf: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(fresh-seed mean ± SE, verdict vs DPO, verdict vs the strongest baseline) of a row's stored
+    ``metrics["confirmation"]``, in words; empty strings where there is nothing to say."""
+    if not isinstance(conf, dict):
+        return "", "", ""
+    if "vs_dpo" not in conf:  # a baseline row, or a confirmation written before paired statistics
+        return mean_pm(conf), "", ""
+    vs_best = conf.get("vs_best")
+    best_text = describe(vs_best) if vs_best else "DPO is the strongest baseline"
+    return mean_pm(conf), describe(conf["vs_dpo"], "DPO"), best_text
