@@ -53,7 +53,7 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     for c in confirmed:  # each confirmed winner is compared in pairs with DPO and with the run's strongest baseline
         assert c["vs_dpo"]["baseline"] == "dpo" and c["vs_dpo"]["verdict"] in ("beats", "below", "within noise of")
         assert c["vs_best"] is None or c["vs_best"]["baseline"] == "lrml"
-        assert c["vs_dpo"]["prompts"] == 32 and c["vs_dpo"]["seeds"] == 2
+        assert c["vs_dpo"]["prompts"] == 33 and c["vs_dpo"]["seeds"] == 2
     assert {split for _, _, split, _ in runs} == {"search", "confirm"}
     assert all(len(json.loads(p)) == (32 if split == "search" else 33) for _, _, split, p in runs)
 
