@@ -50,6 +50,8 @@ def validate(cfg: dict[str, Any]) -> None:
     margin = t.get("lr_screen_margin")
     _require(margin is None or (isinstance(margin, int | float) and not isinstance(margin, bool) and margin >= 0),
              f"training.lr_screen_margin must be a fitness margin >= 0 (or null: tune every candidate), got {margin!r}")
+    fraction = float(t.get("pair_fraction", 1.0))
+    _require(0.0 < fraction <= 1.0, f"training.pair_fraction must be in (0, 1], got {t.get('pair_fraction')}")
     task = cfg["task"]
     _require(task.get("kind", "synthetic") in ("synthetic", "hub"),
              f"task.kind must be 'synthetic' or 'hub', got {task.get('kind')!r}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from discopop.archive import Archive, Row
+from discopop.archive import Archive, Evaluation, Row
 from discopop.executors import Executor, Job
 from discopop.losses import LossRejected, code_hash, static_check
 from discopop.tuning import LrProtocol, Sweep
@@ -71,13 +71,15 @@ class Evaluator:
         self.on_stage = on_stage or (lambda row, stage: None)
 
     def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
-                extra=None) -> Outcome:
+                extra=None, evaluations: list[Evaluation] | None = None) -> Outcome:
+        """Archive the row's fate, with its training evaluations (one per fine-tune) in the same transaction."""
         metrics: dict[str, Any] = dict(extra or {})
         if stage:
             metrics["stage"] = stage
         if seconds:
             metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
-        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics)
+        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics,
+                            evaluations=evaluations or [])
         return Outcome(row.id, status, fitness, error, metrics)
 
     def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
@@ -183,8 +185,11 @@ class Evaluator:
         while pending:
             jobs = [j for row_id, rates in pending.items() for j in self._train_jobs(by_id[row_id], rates)]
             for result in self.executor.run(jobs):
-                row_id = result.job.row_id
-                sweeps[row_id].add(result.job.learning_rate, result.ok, result.data, result.stage, result.error)
+                row_id, job = result.job.row_id, result.job
+                sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
+                sweeps[row_id].evaluations.append(
+                    Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
+                    Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
                 seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
             best = self._best_fitness()
             decided, pending = list(pending), {}
@@ -217,7 +222,7 @@ class Evaluator:
             stage, error = next(iter(sweep.errors.values()))
             status = "eval_failed" if stage == "score" else "train_failed"
             return self._finish(row, status, error=error, stage=stage, seconds=secs,
-                                extra={"checks": checks, **summary})
+                                extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
         runs = list(sweep.results.values())
         secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
                     runs=len(runs) + len(sweep.errors))
@@ -227,5 +232,6 @@ class Evaluator:
                    "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary}
         if not math.isfinite(data["fitness"]):
             return self._finish(row, "eval_failed", error="non-finite fitness", stage="score", seconds=secs,
-                                extra=metrics)
-        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics)
+                                extra=metrics, evaluations=sweep.evaluations)
+        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics,
+                            evaluations=sweep.evaluations)

@@ -7,6 +7,12 @@ candidate, so all of that happens once in ``__init__``. Per candidate, ``run`` o
 initial weights, swaps the loss, drops the optimiser/scheduler so ``train()`` makes fresh ones,
 reseeds, and trains. Every candidate of a run thus sees the same initial weights, data order
 and seed (common random numbers), which makes fitness differences mean something.
+
+A run trains on a seeded subsample of the preference pairs (``training.pair_fraction``), drawn from
+the run's seed like the data order. Otherwise a fresh seed would only reshuffle the same pairs, and
+seed-to-seed spread would understate how much a result depends on the data it happened to see;
+with it, the search seed is as much a sample as a confirmation seed. The subsample has a fixed
+size, so every run takes the same number of steps.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ class _ReplayLoader:
         """Nothing to reshuffle: the order is the seed's, fixed when the batches were collated."""
 
 
+# Keeps the search seed's subsample a sample (see the module docstring) while losing few pairs.
+DEFAULT_PAIR_FRACTION = 0.85
+
 # Seeds whose collated epochs are kept (search seed + fresh confirmation seeds); each is a few MB at most.
 MAX_CACHED_SEEDS = 8
 
@@ -72,6 +81,13 @@ class TrainResult:
     train_seconds: float
     step_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _pair_fraction(value: Any) -> float:
+    fraction = float(value)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"training.pair_fraction must be in (0, 1], got {value!r}")
+    return fraction
 
 
 def _placeholder_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
@@ -139,11 +155,22 @@ class FineTuner:
             model=self.model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
             loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
         )
+        self.all_pairs = self.trainer.train_dataset  # tokenised, reference log-probs precomputed: subsampled per run
+        self.pair_fraction = _pair_fraction(training.get("pair_fraction", DEFAULT_PAIR_FRACTION))
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
         if training.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
             self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
+
+    def pair_subsample(self, seed: int) -> list[int]:
+        """Indices of the pairs a run with ``seed`` trains on: a fixed-size sample drawn from the seed."""
+        total = len(self.all_pairs)
+        keep = max(1, round(self.pair_fraction * total))
+        if keep >= total:
+            return list(range(total))
+        gen = torch.Generator().manual_seed(int(seed))
+        return sorted(torch.randperm(total, generator=gen)[:keep].tolist())
 
     def _replayed_loader(self) -> _ReplayLoader:
         seed = self.trainer.args.seed
@@ -164,6 +191,7 @@ class FineTuner:
         self.model.train()
         trainer = self.trainer
         trainer.reset_for_new_loss(loss_fn, seed)
+        trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
         default_lr = self.training["learning_rate"]
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
         set_seed(seed)

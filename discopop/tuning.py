@@ -76,6 +76,7 @@ class Sweep:
     results: dict[float, dict[str, Any]] = field(default_factory=dict)  # lr -> the worker's train reply
     errors: dict[float, tuple[str, str]] = field(default_factory=dict)  # lr -> (stage, why that fine-tune failed)
     tuned: bool = False  # the whole grid, or a climb to a local maximum, was run (False: screened out or failed)
+    evaluations: list[Any] = field(default_factory=list)  # archive.Evaluation per fine-tune, archived with the fate
 
     def add(self, lr: float, ok: bool, data: dict[str, Any], stage: str, error: str | None) -> None:
         if ok:

@@ -8,7 +8,8 @@ expensive part), installs the runtime guard, and then serves requests until told
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
-* ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
+  "reward", "kl", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
@@ -123,6 +124,9 @@ class Worker:
             "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "steps": result.steps,
             "final_loss": result.final_loss, "train_seconds": result.train_seconds,
             "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
+            # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (discopop.stats)
+            "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
+            "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
         }
 
     def reset_globals(self) -> None:

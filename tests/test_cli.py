@@ -47,9 +47,15 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         confirmed = [json.loads(m)["confirmation"] for (m,) in conn.execute(
             "SELECT metrics FROM candidates WHERE proposer='evolution' AND metrics LIKE '%confirmation%'")]
-    for c in confirmed:  # each confirmed winner is compared with DPO and with the run's strongest baseline
-        assert {"delta", "significant", "delta_best", "significant_best"} <= set(c)
-        assert c["best_baseline"] in ("dpo", "lrml")
+        runs = conn.execute("SELECT candidate_id, seed, split, per_prompt FROM evaluations"
+                            " WHERE error IS NULL").fetchall()
+    assert confirmed, "the top candidate must be confirmed"
+    for c in confirmed:  # each confirmed winner is compared in pairs with DPO and with the run's strongest baseline
+        assert c["vs_dpo"]["baseline"] == "dpo" and c["vs_dpo"]["verdict"] in ("beats", "below", "within noise of")
+        assert c["vs_best"] is None or c["vs_best"]["baseline"] == "lrml"
+        assert c["vs_dpo"]["prompts"] == 33 and c["vs_dpo"]["seeds"] == 2
+    assert {split for _, _, split, _ in runs} == {"search", "confirm"}
+    assert all(len(json.loads(p)) == (32 if split == "search" else 33) for _, _, split, p in runs)
 
     board = run(["discopop", "leaderboard", str(run_dir)], cache_dir)
     assert board.returncode == 0 and "dpo" in board.stdout
