@@ -5,14 +5,16 @@ layer is used where the machine allows it and skipped silently where it does not
 ``SandboxedProcess.layers`` names the ones that are active for a given child, e.g. on a root Linux
 box with cgroup v1 and Landlock (Debian 12, kernel 6.x) all of them are::
 
-    process-group rlimit-core rlimit-as rlimit-fsize netns cgroup-pids cgroup-memory output-cap
-    parent-death-signal no-new-privs landlock-fs landlock-net landlock-signals no-capabilities
-    audit-guard state-watch
+    process-group env-allowlist rlimit-core rlimit-as rlimit-fsize netns cgroup-pids cgroup-memory
+    output-cap parent-death-signal no-new-privs private-tmp landlock-fs landlock-read landlock-net
+    landlock-signals no-capabilities seccomp audit-guard state-watch
 
 Parent side (set up here before/at ``exec``):
 
 * ``process-group``: a separate process in its own session, killed with SIGKILL by the parent on a
   wall-clock timeout: the only timeout that reliably stops a runaway C call or a deadlock;
+* ``env-allowlist``: the child's environment is built from named settings only (``sandbox_env``):
+  no API key, token or password of the parent reaches it; ``HOME`` and ``TMPDIR`` are its work dir;
 * ``rlimit-*``: address space (a memory bomb on CPU becomes a ``MemoryError``), file size, no
   core dumps;
 * ``netns``: the child runs under ``unshare --net`` (an empty network namespace) when allowed;
@@ -23,16 +25,33 @@ Parent side (set up here before/at ``exec``):
 * ``output-cap``: stdout/stderr go through a pipe into a bounded in-memory tail; a child writing
   more than ``Limits.output_mb`` during one request is killed (nothing floods the disk or memory).
 
-Child side (``lock_down``, called by the worker first thing, while it still has a single thread,
-and ``install_guard``, once its own set-up is done):
+Everything the child sends back is untrusted text: every string of a reply, and the output tail
+quoted in error messages, is stripped of control characters and escape sequences and capped
+(``clean_text``); a reply over ``REPLY_LIMIT`` or not a JSON object kills the child. ``close``
+removes the work dir with ``remove_tree`` (no recursion, never follows a symlink, any depth).
+
+Child side (``lock_down``, called by the worker first thing, while it still has a single thread):
 
 * ``parent-death-signal``: the child gets SIGKILL if its parent dies, even while busy;
+* ``private-tmp``: a private mount namespace with fresh size-capped tmpfs on /tmp and /dev/shm
+  (``Limits.tmpfs_mb``): nothing written there is seen by the host or outlives the child; the
+  work dir and any readable path below them are bind-mounted back (needs root);
 * ``landlock-*``: Landlock (Linux >= 5.13; root-proof, irreversible, inherited by children)
   forbids writing, creating or deleting files anywhere but the work directory (and a few device
-  files), TCP bind/connect (kernel ABI >= 4) and signals to processes outside the sandbox
+  files), reading anything but the child's Python, import path, task cache, work dir and a short
+  list of system files (``landlock-read``: not /etc/shadow, not the user's home), TCP
+  bind/connect (kernel ABI >= 4) and signals and abstract unix sockets outside the sandbox
   (ABI >= 6). This holds even against code that slips past the Python-level guard, e.g. torch's
   C++ file writer behind ``torch.save``;
 * ``no-capabilities``: a root child drops every capability (it cannot raise its own rlimits);
+
+and ``seal``, once the worker's own set-up is done (it may still start threads afterwards):
+
+* ``seccomp``: a BPF filter on every thread (x86-64) refuses with EPERM ``execve``, ``fork``,
+  ``vfork``, ``clone`` without ``CLONE_THREAD``, AF_UNIX sockets, ``connect``, ``ptrace``,
+  mounts, namespaces, BPF, io_uring, kernel modules and keys (``clone3`` gets ENOSYS so glibc
+  falls back to ``clone``): ``_posixsubprocess.fork_exec``, ``os.execv`` and a host unix socket
+  are out of reach even for C code. Pipes and connected sockets inherited from the parent work;
 * ``audit-guard``: a ``sys.addaudithook`` hook refuses process creation, sockets, signals,
   ctypes, rlimit changes and Python-level writes outside the work directory, and records each
   refusal so the worker can name it;
@@ -41,6 +60,8 @@ and ``install_guard``, once its own set-up is done):
 
 Python-level guards alone are bypassable; that is why the OS layers sit around them. Where an OS
 layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply.
+``Limits.os_hardening=False`` turns off private-tmp, landlock-read and seccomp for one benchmark
+(``benchmarks/sandbox_startup.py``) and nothing else.
 
 The same ``SandboxedProcess`` runs the warm training workers (``executors.py``) and the one-shot
 ``discopop check`` (``checking.py``).
@@ -62,6 +83,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -634,7 +656,10 @@ class SandboxedProcess:
         for conn in (self._send, self._recv):
             conn.close()
         self._output.join(1.0)
-        remove_tree(self.workdir)
+        try:
+            remove_tree(self.workdir)
+        except OSError as err:  # never expected (the tree is dead); say so rather than fail the caller
+            warnings.warn(f"sandbox: could not remove {self.workdir}: {err}", RuntimeWarning, stacklevel=2)
 
 
 # ---- child side -------------------------------------------------------------------------------
@@ -710,7 +735,7 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
     readable = _readable_paths(workdir) if _harden() else []
     if _harden():
         layers += _private_tmp(libc, [workdir, *readable], int(os.environ.get("DISCOPOP_SANDBOX_TMPFS_MB", "64")))
-    layers += _landlock(libc, workdir, network, readable)
+    layers += _landlock(libc, workdir, network, readable, private_shm="private-tmp" in layers)
     if _drop_capabilities(libc):
         layers.append("no-capabilities")
     return layers
@@ -781,9 +806,10 @@ def _mount_fresh_tmpfs(libc, target: str, keep: list[str], size_mb: int) -> bool
     return ok
 
 
-def _landlock(libc, workdir: str, network: bool, readable: list[str]) -> list[str]:
-    """Writes only in the work dir (and device files); reads only in ``readable`` and the work dir
-    (all reads stay free when ``readable`` is empty); no TCP; no signals or abstract sockets outside."""
+def _landlock(libc, workdir: str, network: bool, readable: list[str], private_shm: bool) -> list[str]:
+    """Writes only in the work dir and device files (/dev/shm only when it is the child's own);
+    reads only in ``readable`` and the work dir (all reads stay free when ``readable`` is empty);
+    no TCP; no signals or abstract sockets outside."""
     import ctypes
 
     abi = libc.syscall(_SYS_LANDLOCK_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -824,6 +850,7 @@ def _landlock(libc, workdir: str, network: bool, readable: list[str]) -> list[st
     try:
         allow(workdir, fs)
         devices = [*_WRITABLE_DEVICES, *(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith("nvidia"))]
+        devices = [d for d in devices if private_shm or d != "/dev/shm"]  # the host's: files there outlive us
         for path in devices:
             allow(path, fs if os.path.isdir(path) else _LL_FILE_RIGHTS & ~_LL_EXECUTE)
         for path in readable:
