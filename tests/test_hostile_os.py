@@ -222,3 +222,35 @@ def test_remove_tree_survives_depth_unreadable_dirs_and_symlinks(tmp_path: Path)
     assert (outside / "keep").read_text() == KEEP, "the removal followed a symlink"
     remove_tree(root)  # already gone: nothing to do
 
+
+
+FORGER = """import json, os, struct
+import torch.nn.functional as F
+
+_error = "\\x1b]0;owned\\x07forged " + "Z" * 2**20
+_body = json.dumps({"ok": False, "stage": "\\x1b[31mscored", "error": _error}).encode()
+os.write(int(os.environ["DISCOPOP_FDS"].split(",")[1]), struct.pack("!i", len(_body)) + _body)
+os._exit(0)
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
+"""
+
+
+def test_warm_worker_archives_only_clean_capped_text_and_known_stages(monkeypatch) -> None:
+    """The loop's reply path (``WarmWorker.run``): a forged failure reply becomes a clean, capped error
+    at the job's own stage, and the next job gets a fresh worker."""
+    import discopop.executors as executors
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    bare = lambda module, limits, env=None: SandboxedProcess(  # noqa: E731
+        "hostile_bare_worker", limits, env={**(env or {}), "PYTHONPATH": tests_dir})
+    monkeypatch.setattr(executors, "SandboxedProcess", bare)
+    worker = executors.WarmWorker(executors.WorkerSpec(task=None, training=None, check_timeout=20))
+    try:
+        result = worker.run(executors.Job(0, FORGER, "check"))
+        assert (result.ok, result.stage) == (False, "check"), result
+        assert result.error.startswith("forged ZZZ") and len(result.error) <= TEXT_LIMIT + 50, result.error[:80]
+    finally:
+        worker.close()
