@@ -147,11 +147,12 @@ def clean_text(text: object, limit: int = TEXT_LIMIT) -> str:
     Everything a sandboxed process says is untrusted: a raw escape sequence rewrites a terminal, a
     NUL or bidi override hides text in a report, a megabyte message fills the archive.
     """
-    text = _ANSI.sub("", str(text))
+    text = str(text)
+    total = len(text)
+    text = _ANSI.sub("", text[: limit * 8])  # bounded work on a megabyte message; the rest is cut anyway
     kept = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co"))
-    if len(kept) > limit:
-        cut = len(kept) - limit
-        kept = kept[:limit] + f" [... {cut} more characters cut]"
+    if len(kept) > limit or total > limit * 8:
+        kept = kept[:limit] + f" [... cut, {total:,} characters in all]"
     return kept
 
 
