@@ -192,13 +192,19 @@ def _looks_secret(name: str) -> bool:
 
 def _child_import_path(extra: str | None) -> str:
     """PYTHONPATH for the child: ``extra`` first, then where this ``discopop`` and the parent's own
-    additions to ``sys.path`` live (the child's interpreter finds its stdlib and site-packages itself)."""
+    additions to ``sys.path`` live. The interpreter's own directories (stdlib, site-packages) are
+    left out: the child finds them itself, and listed here they would come before the stdlib."""
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    entries = [*(extra or "").split(os.pathsep), str(Path(__file__).resolve().parent.parent),
+
+    def own(path: str) -> bool:
+        return not any(path == p or path.startswith(p + os.sep) for p in prefixes)
+
+    package_root = str(Path(__file__).resolve().parent.parent)
+    entries = [*(extra or "").split(os.pathsep), *([package_root] if own(package_root) else []),
                *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     for entry in sys.path:
         real = os.path.realpath(entry) if entry else ""
-        if real and os.path.isdir(real) and not any(real == p or real.startswith(p + os.sep) for p in prefixes):
+        if real and os.path.isdir(real) and own(real):
             entries.append(real)
     return os.pathsep.join(dict.fromkeys(e for e in entries if e))
 
