@@ -190,21 +190,22 @@ def _looks_secret(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) and name != "DISCOPOP_TEST_TOKEN"
 
 
+def _outside_interpreter(path: str) -> bool:
+    """Whether a real path lies outside this interpreter's own directories (stdlib, site-packages)."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    return not any(path == p or path.startswith(p + os.sep) for p in prefixes)
+
+
 def _child_import_path(extra: str | None) -> str:
     """PYTHONPATH for the child: ``extra`` first, then where this ``discopop`` and the parent's own
     additions to ``sys.path`` live. The interpreter's own directories (stdlib, site-packages) are
     left out: the child finds them itself, and listed here they would come before the stdlib."""
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-
-    def own(path: str) -> bool:
-        return not any(path == p or path.startswith(p + os.sep) for p in prefixes)
-
     package_root = str(Path(__file__).resolve().parent.parent)
-    entries = [*(extra or "").split(os.pathsep), *([package_root] if own(package_root) else []),
+    entries = [*(extra or "").split(os.pathsep), *([package_root] if _outside_interpreter(package_root) else []),
                *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     for entry in sys.path:
         real = os.path.realpath(entry) if entry else ""
-        if real and os.path.isdir(real) and own(real):
+        if real and os.path.isdir(real) and _outside_interpreter(real):
             entries.append(real)
     return os.pathsep.join(dict.fromkeys(e for e in entries if e))
 
@@ -739,7 +740,7 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
             os._exit(1)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
         layers.append("no-new-privs")
-    readable = _readable_paths(workdir) if _harden() else []
+    readable = _readable_paths(workdir) if _harden() else {}
     if _harden():
         layers += _private_tmp(libc, [workdir, *readable], int(os.environ.get("DISCOPOP_SANDBOX_TMPFS_MB", "64")))
     layers += _landlock(libc, workdir, network, readable, private_shm="private-tmp" in layers)
@@ -748,15 +749,38 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
     return layers
 
 
-def _readable_paths(workdir: str) -> list[str]:
-    """Every path this process needs to read: its Python, its import path, the task cache, the
-    paths its parent named (``READ_PATHS_VAR``), the hub caches, its own /proc entry, system files."""
-    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path,
+def _readable_paths(workdir: str) -> dict[str, int]:
+    """What this process may read, as {path: Landlock rights}: its Python, its import path, the task
+    cache, the paths its parent named (``READ_PATHS_VAR``), the hub caches, its /proc entry, system files.
+
+    A project directory on the import path (a repository root, say) is listable, but only its
+    packages and modules are readable: a ``.env`` or key file next to them stays closed.
+    """
+    whole = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.environ.get("DISCOPOP_CACHE_DIR", ""), os.environ.get("HF_HUB_CACHE", ""),
              os.environ.get("HF_DATASETS_CACHE", ""), *os.environ.get(READ_PATHS_VAR, "").split(os.pathsep),
              f"/proc/{os.getpid()}", *_READABLE_SYSTEM]
-    real = [os.path.realpath(p) for p in paths if p and os.path.isabs(p)]
-    return [p for p in dict.fromkeys(real) if os.path.exists(p) and p != os.path.realpath(workdir)]
+    work = os.path.realpath(workdir)
+    rules: dict[str, int] = {}
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry and os.path.isabs(entry) else ""
+        if not real or real == work or not os.path.exists(real):
+            continue
+        if not _outside_interpreter(real) or not os.path.isdir(real):
+            whole.append(real)
+            continue
+        rules[real] = _LL_READ_DIR
+        for child in os.scandir(real):
+            path = os.path.realpath(child.path)
+            if child.is_dir() and (child.name == "__pycache__" or os.path.exists(os.path.join(path, "__init__.py"))):
+                rules[path] = _LL_READS
+            elif child.is_file() and child.name.endswith((".py", ".pyc", ".so", ".pth")):
+                rules[path] = _LL_READ_FILE | _LL_EXECUTE
+    for path in whole:
+        real = os.path.realpath(path) if path and os.path.isabs(path) else ""
+        if real and real != work and os.path.exists(real):
+            rules[real] = _LL_READS
+    return rules
 
 
 def _private_tmp(libc, keep: list[str], size_mb: int) -> list[str]:
@@ -813,7 +837,7 @@ def _mount_fresh_tmpfs(libc, target: str, keep: list[str], size_mb: int) -> bool
     return ok
 
 
-def _landlock(libc, workdir: str, network: bool, readable: list[str], private_shm: bool) -> list[str]:
+def _landlock(libc, workdir: str, network: bool, readable: dict[str, int], private_shm: bool) -> list[str]:
     """Writes only in the work dir and device files (/dev/shm only when it is the child's own);
     reads only in ``readable`` and the work dir (all reads stay free when ``readable`` is empty);
     no TCP; no signals or abstract sockets outside."""
@@ -860,8 +884,8 @@ def _landlock(libc, workdir: str, network: bool, readable: list[str], private_sh
         devices = [d for d in devices if private_shm or d != "/dev/shm"]  # the host's: files there outlive us
         for path in devices:
             allow(path, fs if os.path.isdir(path) else _LL_FILE_RIGHTS & ~_LL_EXECUTE)
-        for path in readable:
-            allow(path, _LL_READS)
+        for path, rights in readable.items():
+            allow(path, rights)
         if libc.syscall(_SYS_LANDLOCK_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             return []
     finally:

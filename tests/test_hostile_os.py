@@ -7,7 +7,8 @@ pathname, one abstract) that a candidate could reach, and checks afterwards: no 
 verdict, every string cleaned and capped, no file written outside, nothing received on a socket,
 no process left, the work dir gone. Placeholders in the files: ``MARKER_PATH`` (a path under this
 test's temporary dir, which is under /tmp), ``MARKER_DIR`` (a directory outside /tmp holding
-``keep``), ``MARKER_SOCKET`` (a pathname socket in it), ``MARKER_NAME`` (a unique name).
+``keep``), ``MARKER_SOCKET`` (a pathname socket in it), ``MARKER_NAME`` (a unique name),
+``MARKER_PROJECT`` (a directory on the worker's import path with a module and a ``.env``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def corpus(tmp_path_factory, secrets, active_layers) -> dict[str, Outcome]:
     tests_dir = str(Path(__file__).resolve().parent)
     # Outside /tmp, so the private /tmp does not hide it: only Landlock and seccomp stand in the way.
     outside_root = Path(tempfile.mkdtemp(prefix="discopop-os-", dir="/var/tmp"))
+    # A project directory on every worker's import path: a module to import, a secret beside it.
+    project = outside_root / "project"
+    project.mkdir()
+    (project / "discopop_os_project.py").write_text('VALUE = "imported"\n')
+    (project / ".env").write_text(f"OPENAI_API_KEY={secrets['OPENAI_API_KEY']}\n")
+    import_path = os.pathsep.join((tests_dir, str(project)))
 
     def run(file: str) -> Outcome:
         stem = file.removesuffix(".py")
@@ -113,13 +120,14 @@ def corpus(tmp_path_factory, secrets, active_layers) -> dict[str, Outcome]:
         sockets = [listen_unix(str(outside / "host.sock")), listen_unix("\0" + name)]
         source = (CORPUS / file).read_text()
         for key, value in (("MARKER_PATH", str(marker)), ("MARKER_DIR", str(outside)),
-                           ("MARKER_SOCKET", str(outside / "host.sock")), ("MARKER_NAME", name)):
+                           ("MARKER_SOCKET", str(outside / "host.sock")), ("MARKER_NAME", name),
+                           ("MARKER_PROJECT", str(project))):
             source = source.replace(key, value)
         token = uuid.uuid4().hex
         started = time.perf_counter()
         try:
             verdict = check_in_worker(source, EXPECTED[file].get("timeout", DEFAULT_TIMEOUT),
-                                      env={TOKEN_VAR: token, "PYTHONPATH": tests_dir}, module="hostile_bare_worker")
+                                      env={TOKEN_VAR: token, "PYTHONPATH": import_path}, module="hostile_bare_worker")
             seconds = time.perf_counter() - started
             received = [data for sock in sockets for data in drain(sock)]
         finally:
