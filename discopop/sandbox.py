@@ -770,7 +770,11 @@ def _readable_paths(workdir: str) -> dict[str, int]:
             whole.append(real)
             continue
         rules[real] = _LL_READ_DIR
-        for child in os.scandir(real):
+        try:
+            children = list(os.scandir(real))
+        except OSError:
+            children = []
+        for child in children:
             path = os.path.realpath(child.path)
             if child.is_dir() and (child.name == "__pycache__" or os.path.exists(os.path.join(path, "__init__.py"))):
                 rules[path] = _LL_READS
