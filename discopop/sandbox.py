@@ -581,7 +581,7 @@ class SandboxedProcess:
             self._busy = False
         try:
             reply = clean_reply(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than any reply of ours
             reply = None
         if not isinstance(reply, dict):
             self.kill()
