@@ -9,6 +9,7 @@ and its job is reported as failed with the reason.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -16,9 +17,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 
 
 @dataclass
@@ -66,6 +68,30 @@ class WorkerSpec:
     train_timeout: float = 600.0
 
 
+# The stages a worker may name in a failed reply; anything else (a forged reply) becomes the job's stage.
+WORKER_STAGES = ("check", "train", "static", "load", "numeric", "guard", "score", "sandbox")
+
+
+def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The task config as a sandboxed worker must receive it, and the paths it must be allowed to read.
+
+    A worker may read only what it is granted, and its HOME is its work dir: the task cache is
+    resolved here (``~`` means this process's home) and named, with every local model, tokenizer,
+    dataset or reward-model path of a hub task.
+    """
+    if task is None:
+        return None, []
+    from discopop.tasks import cache_root
+
+    cache = cache_root(task).resolve()
+    paths = [str(cache)]
+    for key in ("model", "tokenizer", "dataset", "reward_model"):
+        value = task.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            paths.append(str(Path(value).expanduser().resolve()))
+    return {**task, "cache_dir": str(cache)}, paths
+
+
 class WarmWorker:
     """One sandboxed worker process, restarted after a timeout or a crash."""
 
@@ -81,10 +107,12 @@ class WarmWorker:
         if self.proc is not None:
             self.proc.close()
         started = time.perf_counter()
-        self.proc = SandboxedProcess("discopop.worker", self.spec.limits)
+        task, readable = task_for_worker(self.spec.task)
+        self.proc = SandboxedProcess("discopop.worker", self.spec.limits,
+                                     env={READ_PATHS_VAR: os.pathsep.join(readable)})
         self.starts += 1
         try:
-            reply = self.proc.request({"op": "init", "task": self.spec.task, "training": self.spec.training,
+            reply = self.proc.request({"op": "init", "task": task, "training": self.spec.training,
                                        "kl_coef": self.spec.kl_coef, "threads": self.spec.threads},
                                       timeout=self.spec.init_timeout)
         except (SandboxTimeout, SandboxDied) as err:
@@ -106,10 +134,13 @@ class WarmWorker:
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
         except SandboxDied as err:
-            return JobResult(job, False, job.stage, str(err), seconds=time.perf_counter() - started)
+            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started)
         elapsed = time.perf_counter() - started
-        if not reply.get("ok"):
-            return JobResult(job, False, reply.get("stage", job.stage), reply.get("error"), seconds=elapsed)
+        if not reply.get("ok"):  # the reply is cleaned already (SandboxedProcess.request); the stage is a name
+            stage = reply.get("stage")
+            stage = stage if stage in WORKER_STAGES else job.stage
+            return JobResult(job, False, stage, clean_text(reply.get("error") or "failed without a reason"),
+                             seconds=elapsed)
         return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
 
     def close(self) -> None:

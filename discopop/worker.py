@@ -1,7 +1,8 @@
 """Entry point of a sandboxed worker process (``python -m discopop.worker``); never imported by the loop.
 
 A worker imports torch/transformers/TRL, loads the task and builds its ``FineTuner`` once (the
-expensive part), installs the runtime guard, and then serves requests until told to exit:
+expensive part), seals itself (``sandbox.seal``: seccomp and the runtime guard), and then serves
+requests until told to exit:
 
 * ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
   "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
@@ -69,12 +70,12 @@ class Worker:
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
         from discopop import checks  # noqa: F401 - imported before the guard closes the door
-        from discopop.sandbox import install_guard
+        from discopop.sandbox import seal
 
-        install_guard(os.environ["DISCOPOP_SANDBOX_DIR"])
+        sealed = seal(os.environ["DISCOPOP_SANDBOX_DIR"])  # seccomp + the audit guard
         self.watch = StateWatch(self.threads)
         return {"ok": True, "seconds": time.perf_counter() - started,
-                "sandbox_layers": [*self.layers, "audit-guard", "state-watch"]}
+                "sandbox_layers": [*self.layers, *sealed, "state-watch"]}
 
     def _load(self, code: str):
         from discopop.losses import LossRejected, load_loss
