@@ -14,6 +14,7 @@ from discopop.confirmation import fresh_seeds, judge, missing_jobs
 from discopop.proposers.base import Candidate
 
 SEEDS = fresh_seeds(0, 3)
+DPO_FILE = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
 PROMPTS = 300
 
 
@@ -92,3 +93,39 @@ def test_one_fresh_seed_is_never_significant(archive: Archive) -> None:
     _runs(archive, dpo, 0.05, rng, seeds=SEEDS[:1])
     (comp,) = judge(archive, [archive.get(good)], archive.get(dpo), None, SEEDS[:1])
     assert comp.verdict == stats.FAILED and "at least 2" in comp.reason
+
+
+NAN_LOSS = """import math
+
+import torch.nn.functional as F
+
+
+def nan_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) + math.nan
+"""
+
+
+def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate(tiny_task, archive) -> None:
+    from discopop.confirmation import confirm
+    from discopop.executors import make_executor
+    from discopop.loop import worker_spec
+
+    task, cfg = tiny_task
+    cfg = {**cfg, "training": {**cfg["training"], "batch_size": 16, "threads": 1}}
+    dpo = archive.add(Candidate("dpo", DPO_FILE.read_text(), proposer="reference"), 0)
+    archive.finish(dpo, "scored", fitness=0.1)
+    bad = archive.add(Candidate("nan_loss", NAN_LOSS, proposer="evolution"), 1)
+    archive.finish(bad, "scored", fitness=0.2, metrics={"learning_rate": 2e-5})
+    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    try:
+        (comp,) = confirm(archive, executor, base_seed=0, n_seeds=2, top_k=1)
+    finally:
+        executor.close()
+    runs = archive.evaluations(split="confirm")
+    assert sorted((e.candidate_id, e.seed, e.ok) for e in runs) == [
+        (dpo, 1000, True), (dpo, 1001, True), (bad, 1000, False), (bad, 1001, False)]
+    assert all(len(e.per_prompt) == len(task.prompts("confirm")) for e in runs if e.ok)
+    assert {e.learning_rate for e in runs if e.candidate_id == bad} == {2e-5}
+    assert comp.verdict == stats.FAILED and "nan_loss: seed 1000 failed" in comp.reason
+    assert archive.get(bad).metrics["confirmation"]["fitness"] == [None, None]
