@@ -35,7 +35,7 @@ def body(line: str, header: str = "import torch") -> str:
         (body("torch.save(beta, 'x')"), "attribute 'save' is not allowed"),
         (body("torch.set_num_threads(1)"), "attribute 'set_num_threads' is not allowed"),
         (body("policy_chosen_logps.add_(1)"), "in-place method 'add_'"),
-        (body("x = '{0.__class__}'"), "string constants may not contain"),
+        (body("x = '{0.__class__}'"), "string literals are only allowed as docstrings"),
         (body("while True: pass"), "statement 'While' is not allowed"),
         (body("import math"), "imports are only allowed at the top"),
         ("import torch\nprint('side effect')\n" + body("x=1"), "top-level 'Expr' is not allowed"),
