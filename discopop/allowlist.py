@@ -38,14 +38,16 @@ _REDUCTIONS = {
     "argmin", "argmax", "cumsum", "norm", "all", "any", "count_nonzero", "sort", "argsort", "topk",
 }  # fmt: skip
 _SHAPES = {
-    # combining and reshaping the per-example tensors
-    "stack", "cat", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "t",
+    # reshaping the per-example tensors
+    "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "t",
     "matmul", "mm", "dot", "outer", "detach",
 }  # fmt: skip
 
 # torch.X. Plus the elementwise maps, reductions and shape functions above.
 TORCH = {
     *_ELEMENTWISE, *_REDUCTIONS, *_SHAPES,
+    # combining per-example terms
+    "stack", "cat",
     # new tensors from numbers or from an input's shape
     "tensor", "as_tensor", "zeros", "ones", "full", "empty", "arange", "linspace",
     "zeros_like", "ones_like", "full_like", "empty_like",

@@ -127,7 +127,7 @@ def _constant_value(node: ast.AST, constants: dict[str, float]) -> float:
         try:
             value = _apply(node.op, left, right)
         except (OverflowError, ZeroDivisionError, ValueError) as err:
-            raise LossRejected(f"module-level constant cannot be evaluated: {err}", line) from None
+            raise LossRejected(f"module-level constant cannot be evaluated ({err})", line) from None
         if not math.isfinite(left) or not math.isfinite(right):
             return value
     else:
@@ -310,6 +310,11 @@ def static_check(source: str) -> StaticInfo:
         tree = ast.parse(source)
     except SyntaxError as err:
         raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
+    for node in ast.walk(tree):  # literals no loss needs, refused wherever they stand
+        if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+            raise LossRejected("bytes literals are not allowed", node.lineno)
+        if isinstance(node, ast.JoinedStr):
+            raise LossRejected("f-strings are not allowed", node.lineno)
     modules: dict[str, str] = {}
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
