@@ -47,6 +47,8 @@ _EXPRESSIONS = (
 )  # fmt: skip
 _GRAMMAR = (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context, ast.comprehension, ast.keyword)
 _ANNOTATION_NAMES = {"float", "int", "bool"}
+# ``import math as torch`` would make every check of ``torch.<name>`` read the wrong table.
+_CANONICAL = {"torch": "torch", "F": _F, "math": "math"}
 
 
 class LossRejected(ValueError):
@@ -105,7 +107,7 @@ def _import_aliases(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
     return bound
 
 
-def _constant_value(node: ast.AST, constants: dict[str, float]) -> float:
+def _constant_value(node: ast.AST, constants: dict[str, float], modules: dict[str, str]) -> float:
     """Evaluate a module-level numeric constant without running it; refuse anything else.
 
     Python evaluates these when the module loads, so they must stay cheap: the value is computed here
@@ -117,13 +119,13 @@ def _constant_value(node: ast.AST, constants: dict[str, float]) -> float:
     elif isinstance(node, ast.Name) and node.id in constants:
         return constants[node.id]  # an earlier numeric constant, never a module
     elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "math" \
-            and node.attr in allowlist.MATH_CONSTANTS:
+            and modules.get("math") == "math" and node.attr in allowlist.MATH_CONSTANTS:
         return float(getattr(math, node.attr))
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _constant_value(node.operand, constants)
+        value = _constant_value(node.operand, constants, modules)
         value = -value if isinstance(node.op, ast.USub) else value
     elif isinstance(node, ast.BinOp) and isinstance(node.op, _CONSTANT_OPS):
-        left, right = _constant_value(node.left, constants), _constant_value(node.right, constants)
+        left, right = _constant_value(node.left, constants, modules), _constant_value(node.right, constants, modules)
         try:
             value = _apply(node.op, left, right)
         except (OverflowError, ZeroDivisionError, ValueError) as err:
@@ -291,7 +293,7 @@ def _check_function(fn: ast.FunctionDef, checker: _LossChecker, constants: dict[
     _check_annotation(fn.returns, checker)
     for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
         try:
-            _constant_value(default, constants)
+            _constant_value(default, constants, checker.modules)
         except LossRejected:
             raise LossRejected("default argument values must be numeric constants", line) from None
     for stmt in fn.body:
@@ -307,6 +309,13 @@ def static_check(source: str) -> StaticInfo:
     Raises :class:`LossRejected` (a ``ValueError``) naming the first problem and its line.
     """
     try:
+        return _static_check(source)
+    except (RecursionError, MemoryError):
+        raise LossRejected("code is nested too deeply to check") from None
+
+
+def _static_check(source: str) -> StaticInfo:
+    try:
         tree = ast.parse(source)
     except SyntaxError as err:
         raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
@@ -319,9 +328,9 @@ def static_check(source: str) -> StaticInfo:
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             modules.update(_import_aliases(stmt))
-    for alias in modules:
-        if alias.startswith("__") or alias in _BUILTIN_NAMES:
-            raise LossRejected(f"import alias '{alias}' is not allowed", None)
+    for alias, module in modules.items():
+        if alias.startswith("__") or alias in _BUILTIN_NAMES or _CANONICAL.get(alias, module) != module:
+            raise LossRejected(f"import alias '{alias}' is not allowed for module '{module}'", None)
     checker = _LossChecker(modules, _bound_names(tree))
     public: list[ast.FunctionDef] = []
     constants: dict[str, float] = {}
@@ -336,7 +345,7 @@ def static_check(source: str) -> StaticInfo:
         if isinstance(stmt, ast.Assign):
             if not all(isinstance(t, ast.Name) for t in stmt.targets):
                 raise LossRejected("module-level assignments may only bind numeric constants", line)
-            value = _constant_value(stmt.value, constants)
+            value = _constant_value(stmt.value, constants, modules)
             for target in stmt.targets:
                 checker.visit(target)
                 constants[target.id] = value

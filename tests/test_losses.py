@@ -59,6 +59,9 @@ def body(line: str, header: str = "import torch") -> str:
         ("import torch\nX = 10 ** 10 ** 10\n" + body("x=1").split("\n", 1)[1], "cannot be evaluated"),
         ("import torch\nX = 2.0 ** 1020\n" + body("x=1").split("\n", 1)[1], "module-level constant is too large"),
         ("import torch\n" + body("x=1").split("\n", 1)[1].replace("beta)", "beta: open('x'))"), "annotations may"),
+        (body("x = 1", "import math as torch"), "import alias 'torch' is not allowed for module 'math'"),
+        ("X = math.pi\n" + body("x=1"), "module-level assignments may only bind numeric constants"),
+        (body("x = " + "-" * 5000 + "beta"), "nested too deeply"),
     ],
 )
 def test_static_check_rejects_with_reason(source: str, reason: str) -> None:
