@@ -18,6 +18,7 @@ import builtins
 import hashlib
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,11 +306,13 @@ def static_check(source: str) -> StaticInfo:
 
     A module that passes can only import torch, torch.nn.functional and math, bind numeric constants
     and define functions: loading it runs nothing else, in any process. Inside the functions, every
-    name, attribute and node kind must be on the allow-list (``discopop.allowlist``).
-    Raises :class:`LossRejected` (a ``ValueError``) naming the first problem and its line.
+    name, attribute and node kind must be on the allow-list (``discopop.allowlist``). The original
+    DiscoPOP method form is accepted: it is checked as ``normalise_loss`` rewrites it (line numbers
+    then refer to that text). Raises :class:`LossRejected` (a ``ValueError``) naming the first
+    problem and its line.
     """
     try:
-        return _static_check(source)
+        return _static_check(normalise_loss(source))
     except (RecursionError, MemoryError):
         raise LossRejected("code is nested too deeply to check") from None
 
@@ -371,6 +374,68 @@ def _static_check(source: str) -> StaticInfo:
     return StaticInfo(function_name=fn.name, uses_beta=uses_beta)
 
 
+class _MethodToFunction(ast.NodeTransformer):
+    """``self.beta`` -> ``beta``; any other use of ``self`` is refused (a loss has no trainer state)."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == "self":
+            if node.attr != "beta" or not isinstance(node.ctx, ast.Load):
+                raise LossRejected(f"'self.{node.attr}' is not available to a loss (only self.beta)", node.lineno)
+            return ast.copy_location(ast.Name(id="beta", ctx=ast.Load()), node)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == "self":
+            raise LossRejected("'self' may only be used as self.beta", node.lineno)
+        return node
+
+
+def _method_to_function(fn: ast.FunctionDef) -> list[ast.stmt]:
+    """Drop ``self``, add ``beta`` last, rewrite ``self.beta``; return the imports taken out of the body."""
+    args = fn.args
+    params = args.posonlyargs if args.posonlyargs else args.args
+    params.pop(0)
+    if "beta" not in {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}:
+        args.args.append(ast.arg(arg="beta"))
+    _MethodToFunction().visit(fn)
+    imports = [s for s in fn.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    fn.body = [s for s in fn.body if not isinstance(s, (ast.Import, ast.ImportFrom))] or [ast.Pass()]
+    return imports
+
+
+def normalise_loss(source: str) -> str:
+    """Rewrite the original DiscoPOP method form into the contract form; return any other text as is.
+
+    The DiscoPOP paper's code (and prompts that follow it) write a loss as a trainer method:
+    ``def name(self, policy_chosen_logps, ..., reference_rejected_logps)`` reading ``self.beta``
+    and importing ``torch.nn.functional as F`` inside the body, often still indented. Each top-level
+    function whose first parameter is ``self`` loses it, gains ``beta`` as its last parameter, has
+    ``self.beta`` replaced by ``beta`` and its imports moved to the top of the file. Any other use of
+    ``self`` is refused (:class:`LossRejected`). Nothing is executed; the result still has to pass
+    ``static_check``.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source  # the static check reports it
+    methods = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+               and [a.arg for a in (f.args.posonlyargs + f.args.args)][:1] == ["self"]]
+    if not methods:
+        return source
+    seen = {ast.dump(s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))}
+    hoisted: list[ast.stmt] = []
+    for fn in methods:
+        for stmt in _method_to_function(fn):
+            if ast.dump(stmt) not in seen:
+                seen.add(ast.dump(stmt))
+                hoisted.append(stmt)
+    top = 1 if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant) else 0
+    while top < len(tree.body) and isinstance(tree.body[top], (ast.Import, ast.ImportFrom)):
+        top += 1
+    tree.body[top:top] = hoisted
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
 def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
     if level or (name not in ALLOWED_IMPORTS and name != "torch.nn"):
         raise ImportError(f"import of '{name}' is not allowed in a loss")
@@ -398,6 +463,7 @@ def load_loss(path_or_source: str | Path) -> Callable:
     """
     source, origin = read_source(path_or_source)
     try:
+        source = normalise_loss(source)  # the text checked below is the text executed
         info = static_check(source)
     except LossRejected as err:
         raise LossRejected(f"{origin}: {err}", None) from None
@@ -438,9 +504,10 @@ def normalize_code(source: str) -> str:
 
 
 def code_hash(source: str) -> str:
-    """Hash of the normalised code; falls back to the raw text for code that does not parse."""
+    """Hash of the normalised code (a method-form loss hashes as its contract form); falls back to
+    the raw text for code that does not parse."""
     try:
-        text = normalize_code(source)
-    except SyntaxError:
+        text = normalize_code(normalise_loss(source))
+    except (SyntaxError, LossRejected):
         text = source
     return hashlib.sha256(text.encode()).hexdigest()[:16]
