@@ -46,3 +46,21 @@ def test_load_loss_refuses_before_running_anything(name: str, tmp_path: Path) ->
             load_loss(given)
         assert EXPECTED[name] in str(err.value)
     assert not marker.exists(), "the file ran"
+
+
+OS_CORPUS = CORPUS.parent
+OS_EXPECTED: dict[str, dict] = json.loads((OS_CORPUS / "EXPECTED.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(OS_EXPECTED))
+def test_static_reasons_of_the_os_corpus(name: str) -> None:
+    """``tests/hostile/``'s static verdicts, without starting its workers (``test_hostile.py`` runs those)."""
+    expected = OS_EXPECTED[name]
+    reason = expected.get("static") or (expected["reason"] if expected["layer"] == "static" else None)
+    source = (OS_CORPUS / name).read_text().replace("MARKER_PATH", "/nonexistent/marker").replace("MARKER_PORT", "9")
+    if reason is None:
+        static_check(source)  # the layers below need candidates that pass
+        return
+    with pytest.raises(LossRejected) as err:
+        static_check(source)
+    assert reason in str(err.value)
