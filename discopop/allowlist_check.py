@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import math
+import operator
 import re
 
 from discopop import allowlist
@@ -23,7 +24,6 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # Strings may only be plain words passed to a call (``reduction='none'``, ``float('-inf')``).
 _PLAIN_STRING = re.compile(r"[A-Za-z0-9_ ,.+<>-]*")
 _MAX_CONSTANT = 1e300  # module-level constants are evaluated at load: keep that cheap and finite
-_CONSTANT_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 _FUNCTION_STATEMENTS = (ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For, ast.Pass, ast.Assert, ast.Expr)
 # Expression nodes a loss may use; anything else (lambda, dict, set, walrus, await, ...) is refused.
 _EXPRESSIONS = (
@@ -54,8 +54,6 @@ def _split_chain(node: ast.Attribute) -> tuple[ast.expr, list[str]]:
     return node, attrs[::-1]
 
 
-
-
 def _import_aliases(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
     """Local name -> module for one allowed import statement; anything else is refused."""
     only = "(only torch, torch.nn.functional, math)"
@@ -84,7 +82,7 @@ def _constant_value(node: ast.AST, constants: dict[str, float], modules: dict[st
     """
     line = getattr(node, "lineno", None)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        value = float(node.value)
+        value = float(node.value) if abs(node.value) <= _MAX_CONSTANT else math.inf
     elif isinstance(node, ast.Name) and node.id in constants:
         return constants[node.id]  # an earlier numeric constant, never a module
     elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "math" \
@@ -93,7 +91,7 @@ def _constant_value(node: ast.AST, constants: dict[str, float], modules: dict[st
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _constant_value(node.operand, constants, modules)
         value = -value if isinstance(node.op, ast.USub) else value
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, _CONSTANT_OPS):
+    elif isinstance(node, ast.BinOp) and type(node.op) in _OPERATIONS:
         left, right = _constant_value(node.left, constants, modules), _constant_value(node.right, constants, modules)
         try:
             value = _apply(node.op, left, right)
@@ -108,12 +106,12 @@ def _constant_value(node: ast.AST, constants: dict[str, float], modules: dict[st
     raise LossRejected(f"module-level constant is too large (|value| > {_MAX_CONSTANT:g})", line)
 
 
+_OPERATIONS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: math.pow}
+
+
 def _apply(op: ast.operator, left: float, right: float) -> float:
-    if isinstance(op, ast.Pow):
-        return math.pow(left, right)
-    return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
-            ast.Div: lambda: left / right, ast.FloorDiv: lambda: left // right,
-            ast.Mod: lambda: left % right}[type(op)]()
+    return _OPERATIONS[type(op)](left, right)
 
 
 class _LossChecker(ast.NodeVisitor):

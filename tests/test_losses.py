@@ -57,6 +57,7 @@ def body(line: str, header: str = "import torch") -> str:
         (body("x = torch.tensor(1.0, dtype='{0}')"), "plain words only"),
         (body("x = (beta, beta)[0].hex()"), "attribute 'hex' is not allowed"),
         ("import torch\nX = 10 ** 10 ** 10\n" + body("x=1").split("\n", 1)[1], "cannot be evaluated"),
+        ("import torch\nX = 1" + "0" * 400 + "\n" + body("x=1").split("\n", 1)[1], "module-level constant is too large"),
         ("import torch\nX = 2.0 ** 1020\n" + body("x=1").split("\n", 1)[1], "module-level constant is too large"),
         ("import torch\n" + body("x=1").split("\n", 1)[1].replace("beta)", "beta: open('x'))"), "annotations may"),
         (body("x = 1", "import math as torch"), "import alias 'torch' is not allowed for module 'math'"),
