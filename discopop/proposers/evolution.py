@@ -221,7 +221,7 @@ def op_margin(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, 
     if not sites:
         raise _Skip("no margin to shift")
     site = rng.choice(sites)
-    site.value = _expr("E - M", E=site.value, M=_add_constant(tree, "MARGIN", _lognormal(rng, 1.0, 0.7)))
+    site.value = _expr("E - M", E=site.value, M=_add_constant(tree, "MARGIN", _lognormal(rng, 2.0, 0.5)))
     return tree, "margin", f"shifted '{site.targets[0].id}'"
 
 
@@ -318,7 +318,7 @@ def op_sides(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, s
     chosen, kind = rng.random() < 0.5, rng.choice(sorted(SIDE_MAPS))
     drift = "-beta * chosen_drift" if chosen else "beta * rejected_drift"
     lam = _add_constant(tree, "SIDE_WEIGHT", _lognormal(rng, 0.5, 0.7))
-    term = SIDE_MAPS[kind].format(u=f"{drift} - {_add_constant(tree, 'SIDE_MARGIN', _sig(rng.uniform(0.0, 2.0))).id}")
+    term = SIDE_MAPS[kind].format(u=f"{drift} - {_add_constant(tree, 'SIDE_MARGIN', _sig(rng.uniform(-0.5, 0.5))).id}")
     _with_public(tree, "return {call} + {lam} * {term}", helper=helper, lam=lam.id, term=term)
     side = "chosen" if chosen else "rejected"
     return tree, f"{side}_{kind}", f"added a {kind} term on the {side} side's drift alone"
@@ -332,7 +332,7 @@ def op_reweight(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module
     pc, pr = losses.LOSS_ARGS[:2]
     if rng.random() < 0.5:
         detach = rng.random() < 0.5
-        temp = _add_constant(tree, "FOCUS_TEMP", _lognormal(rng, 1.0, 0.5))
+        temp = _add_constant(tree, "FOCUS_TEMP", _lognormal(rng, 0.3, 0.5))  # |beta * rho| is often below 1
         amp = _add_constant(tree, "FOCUS", _lognormal(rng, 3.0, 0.5))
         weight = f"torch.sigmoid(-x / {temp.id})" + (".detach()" if detach else "")
         _with_public(tree, "weight = 1.0 + {amp} * {w}\nreturn weight * {call}", helper=helper, amp=amp.id,
@@ -353,19 +353,19 @@ def op_piecewise(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Modul
     helper_a = _as_helper(first, set())
     if len(trees) > 1:
         second = trees[1]
-        taken = _all_names(first)
+        first_names = _all_names(first)
+        taken = first_names | _all_names(second)  # one set, so no two new names coincide
         top = {t.id for s in second.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
         top |= {f.name for f in _functions(second) if f.name.startswith("_")}
-        mapping = {n: _fresh(n, taken | _all_names(second)) for n in sorted(top) if n in taken}
-        helper_b = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part",
-                                                          taken | _all_names(second))
+        mapping = {n: _fresh(n, taken) for n in sorted(top) if n in first_names}
+        helper_b = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part", taken)
         _rename(second, mapping)
         tree = ast.Module(body=[s for s in first.body + second.body if not isinstance(s, ast.Expr)], type_ignores=[])
         other, b_kind = f"{helper_b}({', '.join(losses.LOSS_ARGS)})", "the second parent"
     else:
         tree, b_kind = first, rng.choice(sorted(BASE_TERMS))
         other = BASE_TERMS[b_kind].replace("X", "x")
-    value = _sig(rng.uniform(-1.0, 1.5))
+    value = _sig(rng.uniform(-0.3, 0.5))  # where |beta * rho| lives early in training, so both shapes act
     threshold, parent_below = _add_constant(tree, "THRESHOLD", value), rng.random() < 0.5
     below, above = ("{call}", other) if parent_below else (other, "{call}")
     _with_public(tree, f"return torch.where(x > {{t}}, {above}, {below})", helper=helper_a, t=threshold.id)
@@ -390,8 +390,10 @@ def op_schedule(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module
 OPERATORS = {"mutate": op_mutate, "mixture": op_mixture, "margin": op_margin, "crossover": op_crossover,
              "tune": op_tune, "sides": op_sides, "reweight": op_reweight, "piecewise": op_piecewise,
              "schedule": op_schedule}
-# Drawn uniformly when a child neither crosses two parents nor retunes constants.
-SINGLE_OPERATORS = ("sides", "reweight", "piecewise", "schedule", "mixture", "mutate", "margin")
+# Relative odds when a child neither crosses two parents nor retunes constants: the operators that change the
+# gradient's shape (benchmarks/evolution_near_copies.py) are drawn three times as often as map swaps and fixed margins,
+# which often leave the shape unchanged where |beta * rho| is small.
+SINGLE_OPERATORS = {"sides": 3, "reweight": 3, "piecewise": 3, "schedule": 3, "mixture": 3, "mutate": 1, "margin": 1}
 TWO_PARENTS = ("crossover", "piecewise")
 
 
@@ -554,7 +556,7 @@ class EvolutionProposer(Proposer):
         tournament_size: a parent is the best of this many pool members drawn at random (1: uniform choice).
         crossover_rate: probability that a child crosses two parents.
         constant_rate: probability that a child only retunes constants; the remaining probability is split
-            evenly between the single-parent operators (``SINGLE_OPERATORS``; piecewise takes a second parent).
+            between the other operators by the odds in ``SINGLE_OPERATORS`` (piecewise takes a second parent).
         novelty_weight: diversity pressure. In a tournament a parent's fitness counts as
             ``fitness - novelty_weight * spread * log1p(children it already has)`` (spread: the pool's
             fitness range), so a lineage that has been tried often yields to a less-used one of similar fitness.
@@ -564,8 +566,8 @@ class EvolutionProposer(Proposer):
 
     name = "evolution"
 
-    def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.15,
-                 constant_rate: float = 0.1, novelty_weight: float = 0.1, max_attempts: int = 20):
+    def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.1,
+                 constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20):
         if tournament_size < 1 or max_attempts < 1:
             raise ValueError(f"tournament_size and max_attempts must be >= 1, got {tournament_size}, {max_attempts}")
         if not (0 <= crossover_rate <= 1 and 0 <= constant_rate <= 1 and crossover_rate + constant_rate <= 1):
@@ -627,7 +629,7 @@ class EvolutionProposer(Proposer):
         elif r < self.crossover_rate + self.constant_rate:
             op = "tune"
         else:
-            op = self._rng.choice(SINGLE_OPERATORS)
+            op = self._rng.choices(list(SINGLE_OPERATORS), weights=list(SINGLE_OPERATORS.values()))[0]
         parents = [self._select(pool, uses)]
         if op in TWO_PARENTS and len({p.hash for p in pool}) > 1:
             parents.append(self._select([p for p in pool if p.hash != parents[0].hash], uses))
