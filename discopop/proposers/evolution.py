@@ -1,9 +1,16 @@
 """Offline evolutionary proposer: new losses are AST transformations of archived parents.
 
 No LLM, no network. Parents come from the history by tournament selection; children are written by small
-program transformations (swap a monotone map, gate two terms, shift or scale the margin, cross two parents,
-retune constants), each built to keep a loss decreasing in the margin and finite on large inputs, so most
-children pass the numeric checks. Child code is only static-checked here, never executed.
+program transformations, each built to keep a loss finite on large inputs, so most children pass the numeric
+checks. Most of them change the *shape* of the gradient, since Adam ignores a positive scale of the loss:
+separate terms or weights for the chosen and rejected sides (``sides``), PFL-style reweighting of examples by
+correctness or by how wrong the policy is (``reweight``), one shape below a threshold on beta*rho and another
+above (``piecewise``), a target margin that depends on |rho| (``schedule``), a sigmoid-gated base term
+(``mixture``); fewer swap a monotone map, shift the margin by a constant, cross two parents or retune constants.
+
+A child that is statically its parent up to a positive scale, an added constant or a rescaled beta
+(``same_behaviour``) trains exactly like it and is redrawn, never proposed. Child code is only static-checked
+here, never executed.
 """
 
 from __future__ import annotations
