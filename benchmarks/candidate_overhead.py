@@ -25,6 +25,7 @@ from discopop.executors import make_executor
 from discopop.loop import worker_spec
 from discopop.proposers.reference import available, reference_candidate
 from discopop.tasks import load_task
+from discopop.tuning import LrProtocol
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     executor.warm_up()
     warm = time.perf_counter() - started
     archive = Archive(Path(tempfile.mkdtemp()) / "archive.sqlite")
-    evaluator = Evaluator(archive, executor, seed=0)
+    evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol.from_config(cfg["training"]))
     names = available()
     split = {"wall": [], "check": [], "steps": [], "score": [], "overhead": []}
     for i in range(args.n):

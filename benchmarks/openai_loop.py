@@ -41,7 +41,8 @@ MODEL = "scripted-llm"
 PROPOSALS = sorted((ROOT / "discopop" / "proposals").glob("*.py"))
 # The tiny task of tests/conftest.py: seconds per candidate, so the run measures the loop, not training.
 TINY_RUN = [
-    "task.sft.steps=60", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
+    "task.sft.steps=150", "task.pairs.samples_per_prompt=16", "task.sft.n_layer=1", "task.sft.n_embd=32",
+    "task.sft.n_head=2",
     "task.pairs.prompts=200", "task.pairs.max_pairs=64", "task.heldout_prompts=64", "task.search_prompts=32",
     "training.batch_size=16", "training.threads=1", "baselines=[dpo,lrml]", "confirm.seeds=0",
     "wandb.mode=disabled",

@@ -1,9 +1,15 @@
-"""Is the embedded task useful? Reference vs DPO vs a deliberately bad loss, over seeds.
+"""Does the embedded task rank losses fairly? Every reference loss at every grid point, over seeds.
 
-Prints the SFT reference's held-out reward, then mean ± std of fitness over seeds for DPO,
-negated DPO, LRML and IPO, and the DPO-vs-bad gap in units of DPO's seed std (must be >= 5).
+For each loss in ``proposals/`` (plus a deliberately bad one, negated DPO): search fitness at each
+learning rate of ``training.lr_grid`` as mean ± std over seeds, the rate the discovery protocol
+would choose (best on seed 0, as ``discover`` does), the mean over seeds at that rate, and the
+quantiles of |beta*rho| over the last epoch at that rate (is training in the regime where loss
+shapes differ, or only at their slope at zero?). Ends with DPO's chosen-rate score next to its
+best grid mean (the protocol must not handicap DPO) and the spread between losses in units of
+the seed std.
 
-    python benchmarks/task_calibration.py --seeds 5
+    python benchmarks/task_calibration.py --seeds 3
+    python benchmarks/task_calibration.py --seeds 3 --losses dpo,ipo,pfl task=sorting
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from discopop.config import compose
 from discopop.losses import load_loss
+from discopop.proposers.reference import available
 from discopop.tasks import load_task
 from discopop.training import FineTuner
+from discopop.tuning import LrProtocol
 
 NEGATED_DPO = """
 import torch.nn.functional as F
@@ -27,25 +36,55 @@ def negated_dpo(policy_chosen_logps, policy_rejected_logps, reference_chosen_log
 """
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--losses", default=",".join(available()) + ",negated_dpo")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
     task = load_task(cfg["task"])
-    print(f"task {task.name}: SFT reference held-out reward {task.meta['sft_heldout_reward']:.3f}, "
-          f"build {task.meta['build_seconds']} s")
+    protocol = LrProtocol.from_config(cfg["training"])
+    print(f"task {task.name}: SFT reference held-out reward {task.meta['sft_heldout_reward']:.3f}; "
+          f"beta {cfg['training']['beta']}, {cfg['training']['epochs']} epochs, lr grid "
+          f"{', '.join(f'{lr:g}' for lr in protocol.grid)}; {args.seeds} seeds", flush=True)
     tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()))
-    losses = {"dpo": load_loss("proposals/dpo.py"), "negated_dpo": load_loss(NEGATED_DPO),
-              "lrml": load_loss("proposals/lrml.py"), "ipo": load_loss("proposals/ipo.py")}
-    stats = {}
-    for name, fn in losses.items():
-        values = [tuner.run(fn, seed).score.fitness for seed in range(args.seeds)]
-        stats[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-        print(f"{name:12s} fitness {stats[name][0]:.3f} ± {stats[name][1]:.3f}  ({args.seeds} seeds)")
-    gap = stats["dpo"][0] - stats["negated_dpo"][0]
-    print(f"DPO - negated DPO = {gap:.3f} = {gap / max(stats['dpo'][1], 1e-9):.0f}x DPO's seed std")
+    header = " ".join(f"{f'lr {lr:g}':>15s}" for lr in protocol.grid)
+    print(f"{'loss':12s} {header} {'chosen':>8s} {'at chosen':>15s} {'|b*rho| q10/50/90':>20s}", flush=True)
+    chosen_scores: dict[str, tuple[float, float]] = {}
+    best_means: dict[str, float] = {}
+    started = time.perf_counter()
+    for name in args.losses.split(","):
+        fn = load_loss(NEGATED_DPO if name == "negated_dpo" else Path("proposals") / f"{name}.py")
+        runs = {lr: [tuner.run(fn, seed, learning_rate=lr) for seed in range(args.seeds)] for lr in protocol.grid}
+        fitness = {lr: [r.score.fitness for r in rs] for lr, rs in runs.items()}
+        chosen = max(protocol.grid, key=lambda lr: (fitness[lr][0], -lr))  # seed 0 decides, as in discover
+        chosen_scores[name] = _mean_std(fitness[chosen])
+        best_means[name] = max(statistics.fmean(v) for v in fitness.values())
+        margins = [runs[chosen][0].metrics.get(f"margin_abs_q{q}", float("nan")) for q in (10, 50, 90)]
+        cells = " ".join(f"{_cell(fitness[lr]):>15s}" for lr in protocol.grid)
+        print(f"{name:12s} {cells} {chosen:>8g} {_cell(fitness[chosen]):>15s} "
+              f"{'/'.join(f'{m:.2f}' for m in margins):>20s}", flush=True)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if "dpo" in chosen_scores:
+        mean, std = chosen_scores["dpo"]
+        print(f"DPO at its chosen rate {mean:.3f} ± {std:.3f}; its best grid mean {best_means['dpo']:.3f} "
+              f"(gap {best_means['dpo'] - mean:+.3f})")
+    real = {k: v for k, v in chosen_scores.items() if k != "negated_dpo"}
+    if len(real) > 1:
+        pooled = statistics.fmean(s for _, s in real.values()) or 1e-9
+        top, bottom = max(m for m, _ in real.values()), min(m for m, _ in real.values())
+        print(f"spread of reference losses at their chosen rates: {top - bottom:.3f} = "
+              f"{(top - bottom) / pooled:.0f}x the mean seed std ({pooled:.4f})")
 
 
 if __name__ == "__main__":

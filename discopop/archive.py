@@ -6,6 +6,10 @@ fitness, metrics (JSON), created_at, finished_at``. A row is inserted as ``propo
 work on it and updated once when its fate is known, each in its own transaction, so a crash loses
 at most the candidate in flight (which ``--resume`` finds still ``proposed`` and runs again).
 A ``run_state`` key/value table holds loop progress (generation counters, RNG state).
+An ``evaluations`` table (added here, not part of the contract) keeps every training evaluation of a
+candidate: seed, split, learning rate, fitness/reward/KL and the per-prompt scores, written in the
+same transaction as the candidate's fate; a failed one keeps its error. Paired statistics
+(``discopop.stats``) are computed from it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from discopop.diagnostics import compact
 from discopop.losses import code_hash
 from discopop.proposers.base import Candidate, HistoryEntry
 
@@ -44,6 +49,22 @@ CREATE TABLE IF NOT EXISTS candidates (
 );
 CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (code_hash);
 CREATE TABLE IF NOT EXISTS run_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    candidate_id INTEGER NOT NULL REFERENCES candidates (id),
+    seed INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    learning_rate REAL,
+    fitness REAL,
+    reward REAL,
+    kl REAL,
+    kl_coef REAL,
+    per_prompt TEXT NOT NULL DEFAULT '[]',
+    per_prompt_kl TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_candidate ON evaluations (candidate_id, split, seed);
 """
 
 
@@ -78,8 +99,42 @@ class Row:
         return HistoryEntry(
             id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
             fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
-            thought=self.thought,
+            thought=self.thought, diagnostics=compact((self.metrics.get("checks") or {}).get("diagnostics")),
         )
+
+
+@dataclass
+class Evaluation:
+    """One training evaluation of a candidate (a row of ``evaluations``); ``error`` set when it failed."""
+
+    candidate_id: int
+    seed: int
+    split: str
+    learning_rate: float | None = None
+    fitness: float | None = None
+    reward: float | None = None
+    kl: float | None = None
+    kl_coef: float = 0.0
+    per_prompt: list[float] = field(default_factory=list)  # reward per prompt, in task.prompts(split) order
+    per_prompt_kl: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.fitness is not None
+
+    def per_prompt_fitness(self) -> list[float]:
+        """Each prompt's share of the fitness: reward - kl_coef * KL (their mean is ``fitness``)."""
+        if not self.kl_coef:
+            return list(self.per_prompt)
+        return [r - self.kl_coef * k for r, k in zip(self.per_prompt, self.per_prompt_kl, strict=True)]
+
+    @classmethod
+    def from_reply(cls, candidate_id: int, seed: int, split: str, data: dict[str, Any]) -> Evaluation:
+        """From a worker's successful train reply."""
+        return cls(candidate_id, seed, split, learning_rate=data.get("learning_rate"), fitness=data["fitness"],
+                   reward=data["reward"], kl=data["kl"], kl_coef=float(data.get("kl_coef") or 0.0),
+                   per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])))
 
 
 class Archive:
@@ -131,8 +186,9 @@ class Archive:
             return int(cur.lastrowid)
 
     def finish(self, row_id: int, status: str, fitness: float | None = None, error: str | None = None,
-               metrics: dict[str, Any] | None = None) -> None:
-        """Record a candidate's fate (merging ``metrics`` into what is stored)."""
+               metrics: dict[str, Any] | None = None, evaluations: tuple[Evaluation, ...] | list[Evaluation] = (),
+               ) -> None:
+        """Record a candidate's fate (merging ``metrics`` into what is stored) with its training evaluations."""
         if status not in STATUSES or status == "proposed":
             raise ValueError(f"cannot finish with status {status!r}")
         with self._tx() as conn:
@@ -142,6 +198,40 @@ class Archive:
                 "UPDATE candidates SET status=?, fitness=?, error=?, metrics=?, finished_at=? WHERE id=?",
                 (status, fitness, error, json.dumps(merged), _now(), row_id),
             )
+            for evaluation in evaluations:
+                self._insert_evaluation(conn, evaluation)
+
+    def add_evaluation(self, evaluation: Evaluation) -> None:
+        """Store one training evaluation (e.g. a fresh-seed confirmation run) on its own."""
+        with self._tx() as conn:
+            self._insert_evaluation(conn, evaluation)
+
+    @staticmethod
+    def _insert_evaluation(conn: sqlite3.Connection, e: Evaluation) -> None:
+        conn.execute(
+            "INSERT INTO evaluations (candidate_id, seed, split, learning_rate, fitness, reward, kl, kl_coef,"
+            " per_prompt, per_prompt_kl, error, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (e.candidate_id, e.seed, e.split, e.learning_rate, e.fitness, e.reward, e.kl, e.kl_coef,
+             json.dumps(e.per_prompt), json.dumps(e.per_prompt_kl), e.error, _now()),
+        )
+
+    def evaluations(self, candidate_id: int | None = None, split: str | None = None) -> list[Evaluation]:
+        """Stored training evaluations, oldest first (none for an archive written before the table existed)."""
+        where, params = [], []
+        if candidate_id is not None:
+            where.append("candidate_id = ?")
+            params.append(candidate_id)
+        if split is not None:
+            where.append("split = ?")
+            params.append(split)
+        sql = "SELECT * FROM evaluations" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        try:
+            found = self.conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:  # an archive from before the evaluations table, opened read-only
+            return []
+        return [Evaluation(r["candidate_id"], r["seed"], r["split"], r["learning_rate"], r["fitness"], r["reward"],
+                           r["kl"], r["kl_coef"] or 0.0, json.loads(r["per_prompt"]), json.loads(r["per_prompt_kl"]),
+                           r["error"]) for r in found]
 
     def update_metrics(self, row_id: int, metrics: dict[str, Any]) -> None:
         """Merge extra metrics (e.g. fresh-seed confirmation) into a finished row."""

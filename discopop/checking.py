@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from discopop.diagnostics import summarize
 from discopop.losses import LossRejected, static_check
 from discopop.oracle_supply import ORACLE_MODULE, OracleProcess, OracleStartFailed, explain_oracle_death, worker_control
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
@@ -16,7 +17,7 @@ _PARSE_LOCK = threading.Lock()
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, beta: float | None = None) -> dict[str, Any]:
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
@@ -25,13 +26,16 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     channel: malformed, oversized, late or unexpected replies) or ``sandbox`` (the worker or the
     oracle was killed: timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
+    ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``).
+    A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
+    rejection) and ``summary`` (the diagnostics in one line).
     """
     try:
         with _PARSE_LOCK:
             info = static_check(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    verdict = check_in_worker(source, timeout, limits, env)
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta)
     if verdict["valid"]:
         verdict["function"] = info.function_name
     return verdict
@@ -39,7 +43,7 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
                     env: dict[str, str] | None = None, module: str = "discopop.worker",
-                    oracle_module: str = ORACLE_MODULE) -> dict[str, Any]:
+                    oracle_module: str = ORACLE_MODULE, beta: float | None = None) -> dict[str, Any]:
     """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
 
     ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled).
@@ -62,7 +66,7 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
             return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
         oracle.wait_ready(120)
         tag = oracle.hand_to(control)
-        reply = proc.request({"op": "check", "code": source, "oracle": tag}, timeout=timeout)
+        reply = proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta}, timeout=timeout)
     except OracleStartFailed as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except SandboxTimeout as err:
@@ -76,12 +80,15 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     reply = explain_oracle_death(reply, died)
     if not reply.get("ok"):
         return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
-    return {"valid": True, "layer": None, "reason": None, "uses_beta": reply["checks"]["uses_beta"]}
+    checks = reply["checks"]
+    diagnostics = checks.get("diagnostics") or {}
+    return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],
+            "diagnostics": diagnostics, "summary": summarize(diagnostics)}
 
 
-def check_file(path: Path, timeout: float = 30.0) -> dict[str, Any]:
+def check_file(path: Path, timeout: float = 30.0, beta: float | None = None) -> dict[str, Any]:
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         return {"valid": False, "layer": "static", "reason": f"cannot read {path}: {err}"}
-    return check_source(source, timeout=timeout)
+    return check_source(source, timeout=timeout, beta=beta)

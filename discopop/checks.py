@@ -5,17 +5,32 @@ ordered cheap to costly and stop at the first failure, returning a one-line reas
 what DPO training feeds a loss: summed sequence log-probabilities (tens of nats, negative) with
 policy/reference log-ratios of a few nats, plus a "large" set (hundreds of nats, ratios of tens)
 that catches losses which are fine on small inputs and overflow on large ones.
+
+Checks judge, they do not guess: a loss is rejected only for what makes training impossible or
+unsafe (wrong type or shape, non-finite values or gradients, no gradient, nondeterminism, mutated
+inputs). How the loss pushes (its slope at rho = 0, at the ends of the range training reaches,
+whether it ever pushes the wrong way) is *measured* at the training beta and recorded as
+``diagnostics``: regularised variants of DPO legitimately push back where the policy drifted far.
+
+``fingerprint`` is the loss's training behaviour: the L2-normalised gradient of the batch-mean loss
+with respect to the policy log-probs on a fixed probe batch. Adam ignores a positive scale and
+an added constant, so two losses with the same fingerprint train the same (see ``evaluate.py``).
+
+``fn`` is only ever called with the four tensors and a float beta, and differentiated to first
+order (``torch.autograd.grad`` without ``create_graph``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 BATCH = 16
 BETAS = (0.1, 0.5)
+DEFAULT_BETA = 0.1  # training.beta's default; the worker passes the run's own
 TOL = 1e-5
 
 
@@ -31,9 +46,25 @@ class CheckReport:
     probe: list[float] = field(default_factory=list)
     # loss(x) and d loss/dx on CURVE_X (x = beta * rho), drawn by the report without running the code again
     curve: dict[str, list[float]] = field(default_factory=dict)
+    beta: float = DEFAULT_BETA  # the training beta the fingerprint and diagnostics were measured at
+    fingerprint: list[float] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uses_beta": self.uses_beta, "probe": self.probe, "curve": self.curve, "beta": self.beta,
+                "fingerprint": self.fingerprint, "diagnostics": self.diagnostics}
 
 
 CURVE_POINTS = 401  # x = beta * rho on an even grid over [-10, 10], the DiscoPOP paper's plotting range
+# The behaviour probe: x = beta * rho over the range a short DPO fine-tune reaches (|x| <= 3, i.e.
+# sigmoid(x) from 0.05 to 0.95), and several ways of splitting rho between the chosen and the
+# rejected side: (share of rho carried by the chosen log-prob, drift of both sides in units of 1/beta).
+# x = 0 itself is left out: several losses switch branch there (PADLL, PFL), and float32 round-off
+# in computing rho would then decide the branch differently for the same loss written two ways.
+PROBE_X = torch.tensor([-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+DRIFT_PATTERNS = ((1.0, 0.0), (0.0, 0.0), (0.5, 0.0), (0.5, -1.0), (0.2, -0.5))
+FINGERPRINT_DECIMALS = 7  # of a unit vector with 140 entries of ~0.08: ~1e-6 relative per entry
+ROUND_OFF = 1e-6  # relative float32 error of a gradient (eps 1.2e-7, a few ops): below it, a slope is 0
 
 
 def loss_curve(fn: Callable) -> dict[str, list[float]]:
@@ -60,7 +91,7 @@ def make_inputs(batch: int, scale: str, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def probe_inputs() -> tuple[torch.Tensor, ...]:
-    """Fixed inputs whose outputs fingerprint a loss (two losses equal here are duplicates)."""
+    """Fixed inputs whose loss values are archived as ``probe`` (a quick look at the loss's values)."""
     rho = torch.linspace(-6.0, 6.0, 25)
     ref_c = torch.full_like(rho, -20.0)
     ref_r = torch.full_like(rho, -22.0)
@@ -80,6 +111,26 @@ def contract_problem(out: object, batch: int) -> str | None:
     return None
 
 
+def behaviour_inputs(beta: float) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The fixed behaviour probe at ``beta``: the four log-prob tensors and x = beta * rho of each example.
+
+    Reference log-probs vary (fixed draw) and sit far enough below 0 that no policy log-prob of
+    the probe is positive: log-probs of real sequences never are.
+    """
+    n_x, n_p = len(PROBE_X), len(DRIFT_PATTERNS)
+    x = PROBE_X.repeat(n_p)
+    share = torch.tensor([p[0] for p in DRIFT_PATTERNS]).repeat_interleave(n_x)
+    shift = torch.tensor([p[1] for p in DRIFT_PATTERNS]).repeat_interleave(n_x) / beta
+    rho = x / beta
+    gen = torch.Generator().manual_seed(20240607)
+    floor = float(PROBE_X.abs().max()) / beta + 5.0
+    ref_c = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+    ref_r = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+    pol_c = ref_c + shift + share * rho
+    pol_r = ref_r + shift - (1.0 - share) * rho
+    return (pol_c, pol_r, ref_c, ref_r), x
+
+
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.Tensor:
     out = fn(*inputs, beta)
     problem = contract_problem(out, inputs[0].shape[0])
@@ -88,10 +139,13 @@ def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.
     return out
 
 
-def check_loss(fn: Callable, seed: int = 0) -> CheckReport:
-    """Run every numeric check on ``fn``; raise :class:`CheckFailed` at the first failure."""
+def check_loss(fn: Callable, seed: int = 0, beta: float = DEFAULT_BETA) -> CheckReport:
+    """Run every numeric check on ``fn``; raise :class:`CheckFailed` at the first failure.
+
+    ``beta`` is the training beta: the fingerprint and the diagnostics are measured at it.
+    """
     try:
-        return _check_loss(fn, seed)
+        return _check_loss(fn, seed, float(beta))
     except CheckFailed:
         raise
     except Exception as err:  # noqa: BLE001 - any error of the candidate is a rejection with its reason
@@ -99,60 +153,116 @@ def check_loss(fn: Callable, seed: int = 0) -> CheckReport:
         raise CheckFailed(f"raised {type(err).__name__}: {first}") from None
 
 
-def _check_loss(fn: Callable, seed: int) -> CheckReport:
-    report = CheckReport()
+def _check_loss(fn: Callable, seed: int, beta: float) -> CheckReport:
+    report = CheckReport(beta=beta)
     for scale in ("small", "large"):
-        for beta in BETAS:
+        for check_beta in sorted({*BETAS, beta}):
             inputs = make_inputs(BATCH, scale, seed)
             originals = [t.clone() for t in inputs]
             leaves = [t.clone().requires_grad_(i < 2) for i, t in enumerate(inputs)]
-            out = _call(fn, tuple(leaves), beta)
+            out = _call(fn, tuple(leaves), check_beta)
             if any(not torch.equal(a.detach(), b) for a, b in zip(leaves, originals, strict=True)):
                 raise CheckFailed("mutated its input tensors in place")
             if not torch.isfinite(out).all():
-                raise CheckFailed(f"non-finite loss values on {scale} inputs (beta={beta})")
+                raise CheckFailed(f"non-finite loss values on {scale} inputs (beta={check_beta})")
             if not out.requires_grad:
                 raise CheckFailed("loss does not depend on the policy log-probs (no gradient)")
             grads = torch.autograd.grad(out.mean(), leaves[:2], allow_unused=True)
             if any(g is None for g in grads):
                 raise CheckFailed("loss has no gradient with respect to the policy log-probs")
             if not all(torch.isfinite(g).all() for g in grads):
-                raise CheckFailed(f"non-finite gradients on {scale} inputs (beta={beta})")
+                raise CheckFailed(f"non-finite gradients on {scale} inputs (beta={check_beta})")
             if scale == "small" and all(float(g.abs().max()) == 0.0 for g in grads):
-                raise CheckFailed(f"gradient is zero everywhere on small inputs (beta={beta})")
-            again = _call(fn, tuple(t.detach().clone() for t in inputs), beta)
+                raise CheckFailed(f"gradient is zero everywhere on small inputs (beta={check_beta})")
+            again = _call(fn, tuple(t.detach().clone() for t in inputs), check_beta)
             if not torch.equal(again, out.detach()):
                 raise CheckFailed("not deterministic: two calls on the same inputs differ")
-    _check_direction(fn)
     report.uses_beta = _uses_beta(fn)
+    grad_c, grad_r, x = _behaviour_gradients(fn, beta)
+    report.fingerprint = fingerprint(grad_c, grad_r)
+    report.diagnostics = diagnose(fn, beta, grad_c, grad_r, x, report.uses_beta)
     with torch.no_grad():
         report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), 0.1)]
     report.curve = loss_curve(fn)
     return report
 
 
-def _check_direction(fn: Callable) -> None:
-    """Raising the chosen log-prob must not raise the mean loss; raising the rejected must not lower it.
+def _policy_gradients(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float,
+                      where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """d mean loss / d policy_chosen and / d policy_rejected (finite, else a rejection naming ``where``)."""
+    pc, pr = (t.clone().requires_grad_(True) for t in inputs[:2])
+    out = _call(fn, (pc, pr, inputs[2].clone(), inputs[3].clone()), beta)
+    if not torch.isfinite(out).all():
+        raise CheckFailed(f"non-finite loss values {where} (beta={beta})")
+    grad_c, grad_r = torch.autograd.grad(out.mean(), (pc, pr), allow_unused=True)
+    grad_c = torch.zeros_like(pc) if grad_c is None else grad_c
+    grad_r = torch.zeros_like(pr) if grad_r is None else grad_r
+    if not (torch.isfinite(grad_c).all() and torch.isfinite(grad_r).all()):
+        raise CheckFailed(f"non-finite gradients {where} (beta={beta})")
+    return grad_c.detach(), grad_r.detach()
 
-    Measured as the directional derivative of the mean loss along a uniform raise of every
-    chosen (rejected) log-prob. A derivative, not a finite step: several published losses (PADLL,
-    PFL) switch weights at rho = 0, and a finite step across that jump would wrongly fail them.
+
+def _behaviour_gradients(fn: Callable, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    inputs, x = behaviour_inputs(beta)
+    grad_c, grad_r = _policy_gradients(fn, inputs, beta, "over the range training reaches (|beta*rho| <= 3)")
+    return grad_c, grad_r, x
+
+
+def fingerprint(grad_c: torch.Tensor, grad_r: torch.Tensor) -> list[float]:
+    """The behaviour fingerprint: policy gradients on the probe, flattened, L2-normalised, rounded.
+
+    Only the policy log-probs: the reference log-probs are constants in training, so a term of
+    them alone is an added constant (per example) and must not tell two losses apart.
     """
-    for beta in BETAS:
-        pc, pr, rc, rr = make_inputs(BATCH * 4, "small", 1)
-        pc.requires_grad_(True)
-        pr.requires_grad_(True)
-        mean = _call(fn, (pc, pr, rc, rr), beta).mean()
-        grad_c, grad_r = torch.autograd.grad(mean, (pc, pr), allow_unused=True)
-        d_chosen = float(grad_c.sum()) if grad_c is not None else 0.0
-        d_rejected = float(grad_r.sum()) if grad_r is not None else 0.0
-        tol = TOL * max(1.0, abs(float(mean.detach())))
-        if d_chosen > tol:
-            raise CheckFailed(f"raising the chosen log-prob raises the mean loss (slope {d_chosen:.3g}, beta={beta})")
-        if d_rejected < -tol:
-            raise CheckFailed(
-                f"raising the rejected log-prob lowers the mean loss (slope {d_rejected:.3g}, beta={beta})"
-            )
+    flat = torch.cat([grad_c, grad_r]).double()
+    norm = float(flat.norm())
+    if norm == 0.0:
+        return []
+    return [round(float(v), FINGERPRINT_DECIMALS) for v in flat / norm]
+
+
+def diagnose(fn: Callable, beta: float, grad_c: torch.Tensor, grad_r: torch.Tensor, x: torch.Tensor,
+             uses_beta: bool) -> dict[str, Any]:
+    """How the loss pushes at the training beta; recorded, never a rejection (see the module docstring).
+
+    Slopes are per example (the batch-mean gradient times the batch size), in loss per nat:
+    ``chosen`` = d loss / d policy_chosen (negative: raising the chosen log-prob lowers the loss),
+    ``rejected`` = d loss / d policy_rejected (positive is the usual way), ``rho`` = (chosen -
+    rejected) / 2, the slope along rho when both sides move (for a loss of rho alone, f'(rho)).
+    """
+    n = len(x)
+    per_c, per_r = grad_c * n, grad_r * n
+    scale = float(torch.cat([per_c, per_r]).abs().max())
+    tol = ROUND_OFF * scale
+    (at_zero_c, at_zero_r) = _slope_at_zero(fn, beta)
+    wrong0 = int(((at_zero_c > tol) | (at_zero_r < -tol)).sum())
+    lo, hi = float(x.min()), float(x.max())
+    ends = {f"{v:+g}": round(float(((per_c - per_r) / 2)[x == v].mean()), 6) for v in (lo, hi)}
+    return {
+        "beta": beta,
+        "uses_beta": uses_beta,
+        "slope_at_0": {"chosen": round(float(at_zero_c.mean()), 6), "rejected": round(float(at_zero_r.mean()), 6),
+                       "rho": round(float(((at_zero_c - at_zero_r) / 2).mean()), 6),
+                       "wrong_way": wrong0, "examples": len(at_zero_c)},
+        "slope_at_ends": ends,
+        "wrong_way": {"chosen_up_raises_loss": _where(x[per_c > tol]),
+                      "rejected_up_lowers_loss": _where(x[per_r < -tol])},
+        "range": [lo, hi],
+    }
+
+
+def _slope_at_zero(fn: Callable, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example slopes where training starts: policy = reference (rho = 0), varied log-probs."""
+    gen = torch.Generator().manual_seed(7)
+    ref = -torch.rand(2, BATCH, generator=gen) * 60.0 - 2.0
+    inputs = (ref[0].clone(), ref[1].clone(), ref[0].clone(), ref[1].clone())
+    grad_c, grad_r = _policy_gradients(fn, inputs, beta, "at rho = 0")
+    return grad_c * BATCH, grad_r * BATCH
+
+
+def _where(xs: torch.Tensor) -> list[float]:
+    """The distinct x = beta * rho values (of the probe grid) where a condition held, ascending."""
+    return sorted({round(float(v), 2) for v in xs})
 
 
 def _uses_beta(fn: Callable) -> bool:

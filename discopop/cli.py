@@ -29,6 +29,8 @@ def discover(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own warnings and progress bars (default: RUN_DIR/libraries.log)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
     try:
@@ -54,6 +56,10 @@ def discover(argv: list[str] | None = None) -> int:
         lock.close()
         return _fail("discover", str(err))
     total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
+    if not args.verbose:
+        from discopop.quiet import quiet_libraries
+
+        quiet_libraries(run_dir)
     console.print(f"run directory: {run_dir}")
     try:
         with Display(total, console=console, quiet=args.quiet) as display:
@@ -91,11 +97,14 @@ def _check(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         return _fail("discopop check", f"no such file: {path}")
-    verdict: dict[str, Any] = check_file(path, timeout=args.timeout)
+    if args.beta is not None and not args.beta > 0:
+        return _fail("discopop check", f"--beta must be a positive number, got {args.beta}")
+    verdict: dict[str, Any] = check_file(path, timeout=args.timeout, beta=args.beta)
     if args.json:
         print(json.dumps(verdict, indent=2))
     elif verdict["valid"]:
         print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
+        print(f"  diagnostics: {verdict['summary']}")
     if not verdict["valid"]:
         print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
         return 1
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
+    p.add_argument("--beta", type=float, default=None,
+                   help="training beta the diagnostics are measured at (default 0.1, training.beta's default)")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")

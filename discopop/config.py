@@ -43,6 +43,15 @@ def validate(cfg: dict[str, Any]) -> None:
     t = cfg["training"]
     for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout"):
         _require(float(t[key]) > 0, f"training.{key} must be > 0, got {t[key]}")
+    grid = t.get("lr_grid")
+    _require(grid is None or (isinstance(grid, list) and len(grid) > 0 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in grid)),
+        f"training.lr_grid must be a non-empty list of learning rates > 0 (or null), got {grid!r}")
+    margin = t.get("lr_screen_margin")
+    _require(margin is None or (isinstance(margin, int | float) and not isinstance(margin, bool) and margin >= 0),
+             f"training.lr_screen_margin must be a fitness margin >= 0 (or null: tune every candidate), got {margin!r}")
+    fraction = float(t.get("pair_fraction", 1.0))
+    _require(0.0 < fraction <= 1.0, f"training.pair_fraction must be in (0, 1], got {t.get('pair_fraction')}")
     task = cfg["task"]
     _require(task.get("kind", "synthetic") in ("synthetic", "hub"),
              f"task.kind must be 'synthetic' or 'hub', got {task.get('kind')!r}")

@@ -2,9 +2,11 @@
 
 1. static check (AST only, in this process: nothing is executed);
 2. duplicate by normalised code hash;
-3. numeric checks in a sandboxed worker (returns a probe fingerprint);
-4. duplicate by values on the fixed probe inputs;
-5. short DPO fine-tune + held-out scoring in a sandboxed worker.
+3. numeric checks in a sandboxed worker (returns the behaviour fingerprint and diagnostics);
+4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
+   factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
+5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best).
 
 Each outcome is written to the archive as soon as it is known.
 """
@@ -17,13 +19,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from discopop.archive import Archive, Row
-from discopop.executors import Executor, Job, JobResult
-from discopop.losses import LossRejected, code_hash, static_check
+import numpy as np
 
-# Two losses whose outputs on the probe inputs agree this closely are the same function for
-# training purposes (float32 round-off on values of order 1 is ~1e-7).
-PROBE_TOL = 1e-5
+from discopop.archive import Archive, Evaluation, Row
+from discopop.executors import Executor, Job
+from discopop.losses import LossRejected, code_hash, static_check
+from discopop.tuning import LrProtocol, Sweep
+
+# Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
+# >= 1 - FINGERPRINT_TOL are the same training behaviour. For unit vectors 1 - cos ~ |a - b|^2 / 2.
+# The same loss written another way (softplus for -logsigmoid, rho summed in another order, times
+# 100, plus 3) differs only by float32 round-off: ~1e-6 relative per entry (eps 1.2e-7, a few ops)
+# plus the stored rounding (5e-8 an entry), so |a - b| <~ 1e-5 and 1 - cos <~ 1e-10 (measured:
+# under 1e-13). A genuinely different loss is far above: DPO with beta 1% larger gives 3e-6,
+# with beta doubled 1e-2, IPO 0.26. 1e-7 sits three orders above the round-off, 30x below a 1% beta.
+FINGERPRINT_TOL = 1e-7
 
 
 @dataclass
@@ -35,37 +45,65 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _same_probe(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= PROBE_TOL * (1.0 + abs(y)) for x, y in zip(a, b, strict=True))
+def _unit(fingerprint: list[float] | None) -> np.ndarray | None:
+    """The fingerprint renormalised (rounding left it a hair off unit length); None if there is none."""
+    if not fingerprint:
+        return None
+    vec = np.asarray(fingerprint, dtype=np.float64)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def same_behaviour(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to a positive factor (cosine within FINGERPRINT_TOL of 1); a negative factor is not."""
+    return a.shape == b.shape and float(a @ b) >= 1.0 - FINGERPRINT_TOL
 
 
 class Evaluator:
     """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
 
-    def __init__(self, archive: Archive, executor: Executor, seed: int,
+    def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
                  on_stage: Callable[[Row, str], None] | None = None):
         self.archive = archive
         self.executor = executor
         self.seed = seed
+        self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
 
     def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
-                extra=None) -> Outcome:
+                extra=None, evaluations: list[Evaluation] | None = None) -> Outcome:
+        """Archive the row's fate, with its training evaluations (one per fine-tune) in the same transaction."""
         metrics: dict[str, Any] = dict(extra or {})
         if stage:
             metrics["stage"] = stage
         if seconds:
             metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
-        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics)
+        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics,
+                            evaluations=evaluations or [])
         return Outcome(row.id, status, fitness, error, metrics)
 
-    def _known_probes(self, exclude: int) -> list[tuple[int, str, list[float]]]:
-        found = []
-        for r in self.archive.rows("status = 'scored' AND id != ?", (exclude,)):
-            probe = r.metrics.get("checks", {}).get("probe")
-            if probe:
-                found.append((r.id, r.name, probe))
+    def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
+        """Fingerprints of every archived row that has one: id -> (name, beta, unit vector)."""
+        found = {}
+        for r in self.archive.rows("status != 'proposed'"):
+            checks = r.metrics.get("checks") or {}
+            vec = _unit(checks.get("fingerprint"))
+            if vec is not None:
+                found[r.id] = (r.name, float(checks.get("beta", 0.0)), vec)
         return found
+
+    @staticmethod
+    def _twin(checks: dict[str, Any], known: dict[int, tuple[str, float, np.ndarray]]) -> tuple[int, str] | None:
+        """The earliest known row with the same training behaviour (measured at the same beta)."""
+        vec = _unit(checks.get("fingerprint"))
+        if vec is None:
+            return None
+        beta = float(checks.get("beta", 0.0))
+        for row_id in sorted(known):
+            name, other_beta, other = known[row_id]
+            if other_beta == beta and same_behaviour(vec, other):
+                return row_id, name
+        return None
 
     def evaluate(self, rows: list[Row]) -> Iterator[Outcome]:
         """Evaluate rows (each ``proposed``); yield each outcome as soon as it is archived."""
@@ -91,7 +129,8 @@ class Evaluator:
         by_id = {row.id: row for row in rows}
         for row in to_check:
             self.on_stage(row, "check")
-        train_jobs: list[Job] = []
+        to_train: list[Row] = []
+        known = self._known_behaviours()  # plus this batch's rows as they pass: a twin waiting to train counts
         for result in self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check]):
             row = by_id[result.job.row_id]
             seconds[row.id]["check"] = result.seconds
@@ -101,18 +140,73 @@ class Evaluator:
                                              stage=result.stage, seconds=self._total(seconds, started, row.id)))
                 continue
             checks_of[row.id] = result.data["checks"]
-            twin = next((k for k in self._known_probes(row.id) if _same_probe(result.data["checks"]["probe"], k[2])),
-                        None)
+            twin = self._twin(checks_of[row.id], known)
+            vec = _unit(checks_of[row.id].get("fingerprint"))
+            if vec is not None:
+                known[row.id] = (row.name, float(checks_of[row.id].get("beta", 0.0)), vec)
             if twin is not None:
-                yield (self._finish(row, "duplicate", error=f"same values as #{twin[0]} ({twin[1]}) on probe "
-                                             "inputs", stage="numeric", seconds=self._total(seconds, started, row.id),
-                                             extra={"checks": checks_of[row.id]}))
+                yield (self._finish(row, "duplicate", error=f"same training behaviour as #{twin[0]} ({twin[1]})",
+                                    stage="numeric", seconds=self._total(seconds, started, row.id),
+                                    extra={"checks": checks_of[row.id]}))
                 continue
             self.on_stage(row, "train")
-            train_jobs.append(Job(row.id, row.code, "train", self.seed))
-        for result in self.executor.run(train_jobs):
-            row = by_id[result.job.row_id]
-            yield self._record_training(row, result, seconds, started, checks_of[row.id])
+            to_train.append(row)
+        yield from self._train(to_train, seconds, started, checks_of)
+
+    def _train_jobs(self, row: Row, rates) -> list[Job]:
+        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
+
+    def _screen_rates(self, row: Row) -> tuple[float, ...]:
+        """The first learning rates a row is trained at: the whole grid for references, else one screen."""
+        protocol = self.protocol
+        if row.proposer == "reference" or protocol.screen_margin is None or len(protocol.grid) == 1:
+            return protocol.grid
+        parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
+        parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
+        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = 'scored'")
+                     if r.metrics.get("learning_rate")]
+        return (protocol.screen_rate(parent_rates, run_rates),)
+
+    def _best_fitness(self) -> float | None:
+        values = [r.fitness for r in self.archive.rows("status = 'scored'") if r.fitness is not None]
+        return max(values) if values else None
+
+    def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
+        """Fine-tune each row over the learning-rate protocol (``tuning``); yield each outcome when decided.
+
+        Rounds: every row's first rates (a screen, or the whole grid for references), then the climb
+        for rows near the best; each round is one ``executor.run`` so parallel workers share it.
+        """
+        sweeps = {row.id: Sweep() for row in rows}
+        pending = {row.id: self._screen_rates(row) for row in rows}
+        full_grid = {row_id for row_id, rates in pending.items() if len(rates) == len(self.protocol.grid)}
+        screened: set[int] = set()
+        by_id = {row.id: row for row in rows}
+        while pending:
+            jobs = [j for row_id, rates in pending.items() for j in self._train_jobs(by_id[row_id], rates)]
+            for result in self.executor.run(jobs):
+                row_id, job = result.job.row_id, result.job
+                sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
+                sweeps[row_id].evaluations.append(
+                    Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
+                    Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
+                seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
+            best = self._best_fitness()
+            decided, pending = list(pending), {}
+            for row_id in decided:
+                sweep = sweeps[row_id]
+                if row_id in full_grid:
+                    sweep.tuned = True
+                elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
+                    screened.add(row_id)
+                    if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                        sweep.tuned = True
+                        pending[row_id] = self.protocol.next_rates(sweep)
+                else:
+                    pending[row_id] = self.protocol.next_rates(sweep)
+                if not pending.get(row_id):
+                    pending.pop(row_id, None)
+                    yield self._record_training(by_id[row_id], sweep, seconds, started, checks_of[row_id])
 
     @staticmethod
     def _total(seconds, started, row_id) -> dict[str, float]:
@@ -120,19 +214,24 @@ class Evaluator:
         out["total"] = time.perf_counter() - started[row_id]
         return out
 
-    def _record_training(self, row: Row, result: JobResult, seconds, started, checks: dict) -> Outcome:
-        data = result.data
-        if not result.ok:
-            status = "eval_failed" if result.stage == "score" else "train_failed"
-            return self._finish(row, status, error=result.error, stage=result.stage,
-                                seconds={**self._total(seconds, started, row.id), "train": result.seconds},
-                                extra={"checks": checks})
+    def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict) -> Outcome:
         secs = self._total(seconds, started, row.id)
-        secs.update(train=data["train_seconds"], score=data["score_seconds"], steps=data["step_seconds"])
-        secs["overhead"] = secs["total"] - data["step_seconds"] - data["score_seconds"]
+        summary = sweep.summary(self.protocol.grid)
+        best = sweep.best()
+        if best is None:
+            stage, error = next(iter(sweep.errors.values()))
+            status = "eval_failed" if stage == "score" else "train_failed"
+            return self._finish(row, status, error=error, stage=stage, seconds=secs,
+                                extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
+        runs = list(sweep.results.values())
+        secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
+                    runs=len(runs) + len(sweep.errors))
+        secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
+        _, data = best
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
-                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks}
+                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary}
         if not math.isfinite(data["fitness"]):
             return self._finish(row, "eval_failed", error="non-finite fitness", stage="score", seconds=secs,
-                                extra=metrics)
-        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics)
+                                extra=metrics, evaluations=sweep.evaluations)
+        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics,
+                            evaluations=sweep.evaluations)

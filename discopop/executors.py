@@ -11,6 +11,7 @@ verdict, the fitness) is computed by trusted code only.
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import threading
@@ -19,10 +20,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
-from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 
 
 @dataclass
@@ -72,6 +74,30 @@ class WorkerSpec:
     oracle_module: str = "discopop.oracle"  # tests swap in a variant whose static check is fooled
 
 
+# The stages a worker may name in a failed reply; anything else (a forged reply) becomes the job's stage.
+WORKER_STAGES = ("check", "train", "static", "load", "numeric", "guard", "score", "sandbox", "oracle")
+
+
+def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The task config as a sandboxed worker must receive it, and the paths it must be allowed to read.
+
+    A worker may read only what it is granted, and its HOME is its work dir: the task cache is
+    resolved here (``~`` means this process's home) and named, with every local model, tokenizer,
+    dataset or reward-model path of a hub task.
+    """
+    if task is None:
+        return None, []
+    from discopop.tasks import cache_root
+
+    cache = cache_root(task).resolve()
+    paths = [str(cache)]
+    for key in ("model", "tokenizer", "dataset", "reward_model"):
+        value = task.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            paths.append(str(Path(value).expanduser().resolve()))
+    return {**task, "cache_dir": str(cache)}, paths
+
+
 class WarmWorker:
     """One sandboxed worker process, restarted after a timeout or a crash, fed a fresh loss oracle per job."""
 
@@ -89,14 +115,17 @@ class WarmWorker:
         self._close_worker()
         started = time.perf_counter()
         self.oracles.prespawn()  # imports torch while the worker does
+        task, readable = task_for_worker(self.spec.task)
         self.control, theirs, env = worker_control()
         try:
-            self.proc = SandboxedProcess("discopop.worker", self.spec.limits, env=env, pass_fds=(theirs.fileno(),))
+            self.proc = SandboxedProcess("discopop.worker", self.spec.limits,
+                                         env={**env, READ_PATHS_VAR: os.pathsep.join(readable)},
+                                         pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
         self.starts += 1
         try:
-            reply = self.proc.request({"op": "init", "task": self.spec.task, "training": self.spec.training,
+            reply = self.proc.request({"op": "init", "task": task, "training": self.spec.training,
                                        "kl_coef": self.spec.kl_coef, "threads": self.spec.threads,
                                        "oracle_timeout": self.spec.oracle_timeout},
                                       timeout=self.spec.init_timeout)
@@ -125,14 +154,17 @@ class WarmWorker:
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
         except (SandboxDied, OSError) as err:
-            return JobResult(job, False, job.stage, str(err), seconds=time.perf_counter() - started)
+            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started)
         finally:
             # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
             died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
         reply = explain_oracle_death(reply, died)
         elapsed = time.perf_counter() - started
-        if not reply.get("ok"):
-            return JobResult(job, False, reply.get("stage", job.stage), reply.get("error"), seconds=elapsed)
+        if not reply.get("ok"):  # the reply is cleaned already (SandboxedProcess.request); the stage is a name
+            stage = reply.get("stage")
+            stage = stage if stage in WORKER_STAGES else job.stage
+            return JobResult(job, False, stage, clean_text(reply.get("error") or "failed without a reason"),
+                             seconds=elapsed)
         return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
 
     def _close_worker(self) -> None:

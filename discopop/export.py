@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from discopop import stats
 from discopop.archive import Archive
 
 
@@ -30,19 +31,15 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def confirmation_text(conf: dict[str, Any] | None) -> str:
-    """The fresh-seed confirmation in one line: per-seed fitness, mean ± std, and the verdict against DPO
-    with the noise it was judged against, so a reader of the file can weigh the claim."""
+    """The fresh-seed confirmation in one line: per-seed fitness, mean ± SE, and the paired verdicts against
+    DPO and the strongest baseline (``stats.describe``), so a reader of the file can weigh the claim."""
     if not conf:
         return "not confirmed on fresh seeds"
-    values = ", ".join(f"{v:.4f}" for v in conf.get("fitness", []))
-    text = f"fresh seeds {conf['seeds']}: fitness [{values}], mean {conf['mean']:.4f} ± {conf['std']:.4f}"
-    if "delta" in conf:
-        if conf.get("significant"):
-            verdict = "beats DPO beyond noise" if conf["delta"] > 0 else "below DPO beyond noise"
-        else:
-            verdict = "within noise of DPO"
-        noise = f", 2SE={conf['noise']:.4f}" if "noise" in conf else ""
-        text += f"; vs DPO {conf['delta']:+.4f} ({verdict}{noise})"
+    values = ", ".join("failed" if v is None else f"{v:.4f}" for v in conf.get("fitness", []))
+    text = f"fresh seeds {conf.get('seeds')}: fitness [{values}], mean ± SE {stats.mean_pm(conf)}"
+    _, vs_dpo, vs_best = stats.confirmation_cells(conf)
+    if vs_dpo:
+        text += f"; vs DPO {vs_dpo}; vs best baseline {vs_best}"
     return text
 
 

@@ -22,10 +22,12 @@ from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import WorkerSpec, make_executor
 from discopop.leaderboard import confirm
 from discopop.proposers import Proposer, ProposerStop, build_proposer
+from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
 from discopop.tasks import load_task
 from discopop.tracking import Tracker
+from discopop.tuning import LrProtocol
 
 
 class RunLocked(RuntimeError):
@@ -140,8 +142,11 @@ class Loop:
         ref_reward = task.meta.get("sft_heldout_reward")
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
+        if hasattr(self.proposer, "set_facts"):  # the LLM is told what fitness is in this run
+            self.proposer.set_facts(FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
-        evaluator = Evaluator(self.archive, executor, self.seed, on_stage=self.display.stage)
+        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
+                              on_stage=self.display.stage)
         stopped = None
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")

@@ -5,10 +5,12 @@ A loss is Python source defining exactly one public function
     def name(policy_chosen_logps, policy_rejected_logps,
              reference_chosen_logps, reference_rejected_logps, beta) -> per-example losses [batch]
 
-that may import only ``torch``, ``torch.nn.functional`` and ``math``. The static check here is
-the cheap first layer of defence: it runs on the AST, executes nothing, and names the line of
-the first problem it finds. It is not the only layer: candidate code from the discovery loop is
-only ever executed inside sandboxed worker processes (see ``sandbox.py``).
+that may import only ``torch``, ``torch.nn.functional`` and ``math``. The static check is an
+allow-list (tables in ``allowlist.py``, the AST walk in ``allowlist_check.py``): it executes
+nothing, names the line of the first problem it finds, and a module that passes it only imports
+and defines things when loaded, so ``load_loss`` (which runs exactly this check first) is harmless
+in any process. It is not the only layer: candidate code from the discovery loop is only ever
+executed inside sandboxed worker processes (see ``sandbox.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
-import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from discopop import allowlist
+from discopop.allowlist_check import ALLOWED_IMPORTS, LossRejected, check_module
 
 LOSS_ARGS = (
     "policy_chosen_logps",
@@ -28,59 +33,6 @@ LOSS_ARGS = (
     "reference_rejected_logps",
     "beta",
 )
-ALLOWED_IMPORTS = {"torch", "torch.nn.functional", "math"}
-
-# Builtins a numeric loss can reasonably need. Everything that reaches the file system, the
-# interpreter or object internals is absent.
-SAFE_BUILTINS = (
-    "abs", "all", "any", "bool", "dict", "enumerate", "float", "int", "isinstance", "len",
-    "list", "max", "min", "pow", "range", "reversed", "round", "sorted", "sum", "tuple",
-    "zip", "ValueError", "ArithmeticError", "ZeroDivisionError", "True", "False", "None",
-)  # fmt: skip
-FORBIDDEN_NAMES = {
-    "exec", "eval", "compile", "open", "__import__", "globals", "locals", "vars", "getattr",
-    "setattr", "delattr", "hasattr", "input", "breakpoint", "exit", "quit", "help", "type",
-    "object", "super", "memoryview", "bytearray", "classmethod", "staticmethod", "property",
-    "print", "dir", "id", "callable", "iter", "next", "format", "chr", "ord", "os", "sys",
-    "subprocess", "socket", "importlib", "builtins", "posix", "shutil", "pathlib", "ctypes",
-}  # fmt: skip
-# torch / F / math attributes that touch files, the network, processes, global state or
-# compilation. Matched against every segment of an attribute chain (``torch.hub.load`` hits ``hub``).
-FORBIDDEN_ATTRS = {
-    "save", "load", "hub", "ops", "utils", "classes", "library", "cuda", "mps", "backends",
-    "distributed", "multiprocessing", "jit", "compile", "package", "from_file", "storage",
-    "untyped_storage", "serialization", "fx", "export", "onnx", "testing", "overrides",
-    "profiler", "autograd", "manual_seed", "seed", "random", "set_num_threads",
-    "set_num_interop_threads", "set_default_dtype", "set_default_tensor_type",
-    "set_default_device", "set_grad_enabled", "no_grad", "enable_grad", "inference_mode",
-    "use_deterministic_algorithms", "set_printoptions", "set_flush_denormal", "tofile",
-    "numpy", "data", "data_ptr", "backward", "register_hook", "grad",
-    "share_memory_", "set_", "resize_", "requires_grad_", "detach_", "format", "func",
-    "pin_memory", "Generator", "get_rng_state", "set_rng_state", "sparse", "quantization",
-    "futures", "monitor", "signal", "Module", "Parameter", "modules", "parameters",
-}  # fmt: skip
-# Modules that torch, F and math expose as attributes (``torch.os``, ``torch.sys``, ``F.np``, ...):
-# reaching any of them is a way around the import allow-list.
-MODULE_ATTRS = {
-    "os", "sys", "builtins", "ctypes", "importlib", "inspect", "threading", "types", "np", "numpy",
-    "subprocess", "socket", "shutil", "pickle", "io", "glob", "pathlib", "multiprocessing", "gc", "signal",
-    "tempfile", "functools", "warnings", "weakref", "copyreg", "marshal", "linecache", "traceback", "platform",
-    "sysconfig", "site", "codecs", "operator", "contextlib", "abc", "typing", "collections", "itertools",
-    "dataclasses", "enum", "re", "json", "logging", "urllib", "http", "requests", "zipfile", "tarfile",
-}  # fmt: skip
-ALLOWED_STATEMENTS = (
-    ast.FunctionDef, ast.Return, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr, ast.If,
-    ast.For, ast.Pass, ast.Assert, ast.Import, ast.ImportFrom,
-)  # fmt: skip
-
-
-class LossRejected(ValueError):
-    """Static check failed. ``str(err)`` is one line naming the problem and its line."""
-
-    def __init__(self, reason: str, line: int | None = None):
-        self.reason = reason
-        self.line = line
-        super().__init__(f"line {line}: {reason}" if line else reason)
 
 
 @dataclass(frozen=True)
@@ -91,119 +43,28 @@ class StaticInfo:
     uses_beta: bool
 
 
-def _attr_chain(node: ast.AST) -> list[str]:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return list(reversed(parts))
-
-
-def _check_import(node: ast.Import | ast.ImportFrom) -> None:
-    if isinstance(node, ast.Import):
-        for alias in node.names:
-            if alias.name not in ALLOWED_IMPORTS:
-                raise LossRejected(f"import of '{alias.name}' is not allowed (only torch, "
-                                   "torch.nn.functional, math)", node.lineno)
-        return
-    module = node.module or ""
-    for alias in node.names:
-        full = f"{module}.{alias.name}"
-        if full not in ALLOWED_IMPORTS or node.level:
-            raise LossRejected(f"'from {module} import {alias.name}' is not allowed (only torch, "
-                               "torch.nn.functional, math)", node.lineno)
-
-
-def _is_constant_expr(node: ast.AST, constants: set[str] | frozenset[str] = frozenset()) -> bool:
-    """Module-level assignments may only bind numeric constants (no code runs at import)."""
-    if isinstance(node, ast.Constant):
-        return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
-    if isinstance(node, ast.UnaryOp):
-        return _is_constant_expr(node.operand, constants)
-    if isinstance(node, ast.BinOp):
-        return _is_constant_expr(node.left, constants) and _is_constant_expr(node.right, constants)
-    if isinstance(node, ast.Attribute):
-        return _attr_chain(node) in (["math", "pi"], ["math", "e"], ["math", "inf"])
-    if isinstance(node, ast.Name):
-        return node.id in constants  # an earlier numeric constant, never a module
-    return False
-
-
-def _check_node(node: ast.AST) -> None:
-    """Walk every node once; first forbidden construct raises."""
-    for sub in ast.walk(node):
-        line = getattr(sub, "lineno", None)
-        if isinstance(sub, ast.stmt) and not isinstance(sub, ALLOWED_STATEMENTS):
-            raise LossRejected(f"statement '{type(sub).__name__}' is not allowed in a loss", line)
-        if isinstance(sub, (ast.Import, ast.ImportFrom)):
-            raise LossRejected("imports are only allowed at the top of the file", line)
-        if isinstance(sub, ast.FunctionDef) and sub is not node and sub.decorator_list:
-            raise LossRejected("decorators are not allowed", line)
-        if isinstance(sub, (ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)):
-            raise LossRejected(f"'{type(sub).__name__}' is not allowed in a loss", line)
-        if isinstance(sub, ast.Name):
-            if sub.id in FORBIDDEN_NAMES or sub.id.startswith("__"):
-                raise LossRejected(f"use of '{sub.id}' is not allowed", line)
-        if isinstance(sub, ast.Attribute):
-            if sub.attr.startswith("_"):
-                raise LossRejected(f"access to private or dunder attribute '{sub.attr}' is not allowed", line)
-            if isinstance(sub.ctx, (ast.Store, ast.Del)):
-                raise LossRejected(f"assigning to attribute '{sub.attr}' is not allowed", line)
-            if sub.attr in MODULE_ATTRS:
-                raise LossRejected(f"reaching module '{sub.attr}' through an attribute is not allowed", line)
-            if sub.attr in FORBIDDEN_ATTRS:
-                raise LossRejected(f"attribute '{sub.attr}' is not allowed (files, processes, global "
-                                   "state or autograd internals)", line)
-            if sub.attr.endswith("_") and isinstance(sub.ctx, ast.Load):
-                raise LossRejected(f"in-place method '{sub.attr}' is not allowed", line)
-        if isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)):
-            text = sub.value if isinstance(sub.value, str) else sub.value.decode("latin-1")
-            if "__" in text or "{" in text:
-                raise LossRejected("string constants may not contain '__' or format fields", line)
-        if isinstance(sub, ast.arg) and sub.arg.startswith("__"):
-            raise LossRejected(f"argument name '{sub.arg}' is not allowed", line)
-
-
 def static_check(source: str) -> StaticInfo:
-    """Check ``source`` against the loss contract without executing it.
+    """Check ``source`` against the loss contract and the allow-list without executing it.
 
-    Raises :class:`LossRejected` (a ``ValueError``) naming the first problem and its line.
+    A module that passes can only import torch, torch.nn.functional and math, bind numeric constants
+    and define functions: loading it runs nothing else, in any process. Inside the functions, every
+    name, attribute and node kind must be on the allow-list (``discopop.allowlist``). The original
+    DiscoPOP method form is accepted: it is checked as ``normalise_loss`` rewrites it (line numbers
+    then refer to that text). Raises :class:`LossRejected` (a ``ValueError``) naming the first
+    problem and its line.
     """
+    try:
+        return _static_check(normalise_loss(source))
+    except (RecursionError, MemoryError):
+        raise LossRejected("code is nested too deeply to check") from None
+
+
+def _static_check(source: str) -> StaticInfo:
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
         raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
-    public: list[ast.FunctionDef] = []
-    constants: set[str] = set()
-    for index, stmt in enumerate(tree.body):
-        line = stmt.lineno
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and index == 0:
-            if not isinstance(stmt.value.value, str):
-                raise LossRejected("only a docstring may stand as a bare expression", line)
-            continue
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            _check_import(stmt)
-            continue
-        if isinstance(stmt, ast.Assign):
-            if not all(isinstance(t, ast.Name) for t in stmt.targets) or not _is_constant_expr(stmt.value, constants):
-                raise LossRejected("module-level assignments may only bind numeric constants", line)
-            _check_node(stmt)
-            constants.update(t.id for t in stmt.targets)
-            continue
-        if isinstance(stmt, ast.FunctionDef):
-            if stmt.decorator_list:
-                raise LossRejected("decorators are not allowed", line)
-            for default in stmt.args.defaults + [d for d in stmt.args.kw_defaults if d is not None]:
-                if not _is_constant_expr(default, constants):
-                    raise LossRejected("default argument values must be numeric constants", line)
-            _check_node(stmt)
-            if not stmt.name.startswith("_"):
-                public.append(stmt)
-            continue
-        raise LossRejected(f"top-level '{type(stmt).__name__}' is not allowed (only imports, numeric "
-                           "constants and function definitions)", line)
+    public = check_module(tree)
     if len(public) != 1:
         names = ", ".join(f.name for f in public) or "none"
         line = public[1].lineno if len(public) > 1 else None
@@ -216,6 +77,68 @@ def static_check(source: str) -> StaticInfo:
                            fn.lineno)
     uses_beta = any(isinstance(n, ast.Name) and n.id == "beta" for n in ast.walk(fn))
     return StaticInfo(function_name=fn.name, uses_beta=uses_beta)
+
+
+class _MethodToFunction(ast.NodeTransformer):
+    """``self.beta`` -> ``beta``; any other use of ``self`` is refused (a loss has no trainer state)."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == "self":
+            if node.attr != "beta" or not isinstance(node.ctx, ast.Load):
+                raise LossRejected(f"'self.{node.attr}' is not available to a loss (only self.beta)", node.lineno)
+            return ast.copy_location(ast.Name(id="beta", ctx=ast.Load()), node)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == "self":
+            raise LossRejected("'self' may only be used as self.beta", node.lineno)
+        return node
+
+
+def _method_to_function(fn: ast.FunctionDef) -> list[ast.stmt]:
+    """Drop ``self``, add ``beta`` last, rewrite ``self.beta``; return the imports taken out of the body."""
+    args = fn.args
+    params = args.posonlyargs if args.posonlyargs else args.args
+    params.pop(0)
+    if "beta" not in {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}:
+        args.args.append(ast.arg(arg="beta"))
+    _MethodToFunction().visit(fn)
+    imports = [s for s in fn.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    fn.body = [s for s in fn.body if not isinstance(s, (ast.Import, ast.ImportFrom))] or [ast.Pass()]
+    return imports
+
+
+def normalise_loss(source: str) -> str:
+    """Rewrite the original DiscoPOP method form into the contract form; return any other text as is.
+
+    The DiscoPOP paper's code (and prompts that follow it) write a loss as a trainer method:
+    ``def name(self, policy_chosen_logps, ..., reference_rejected_logps)`` reading ``self.beta``
+    and importing ``torch.nn.functional as F`` inside the body, often still indented. Each top-level
+    function whose first parameter is ``self`` loses it, gains ``beta`` as its last parameter, has
+    ``self.beta`` replaced by ``beta`` and its imports moved to the top of the file. Any other use of
+    ``self`` is refused (:class:`LossRejected`). Nothing is executed; the result still has to pass
+    ``static_check``.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source  # the static check reports it
+    methods = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+               and [a.arg for a in (f.args.posonlyargs + f.args.args)][:1] == ["self"]]
+    if not methods:
+        return source
+    seen = {ast.dump(s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))}
+    hoisted: list[ast.stmt] = []
+    for fn in methods:
+        for stmt in _method_to_function(fn):
+            if ast.dump(stmt) not in seen:
+                seen.add(ast.dump(stmt))
+                hoisted.append(stmt)
+    top = 1 if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant) else 0
+    while top < len(tree.body) and isinstance(tree.body[top], (ast.Import, ast.ImportFrom)):
+        top += 1
+    tree.body[top:top] = hoisted
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
 def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
@@ -245,12 +168,13 @@ def load_loss(path_or_source: str | Path) -> Callable:
     """
     source, origin = read_source(path_or_source)
     try:
+        source = normalise_loss(source)  # the text checked below is the text executed
         info = static_check(source)
     except LossRejected as err:
         raise LossRejected(f"{origin}: {err}", None) from None
-    safe = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
+    safe = {name: getattr(builtins, name) for name in allowlist.BUILTINS}
     safe["__import__"] = _restricted_import
-    namespace: dict = {"__builtins__": safe, "__name__": "discopop_loss", "math": math}
+    namespace: dict = {"__builtins__": safe, "__name__": "discopop_loss"}
     exec(compile(source, origin, "exec"), namespace)  # noqa: S102 - checked above, restricted builtins
     fn = namespace[info.function_name]
     fn.discopop_source = source
@@ -285,9 +209,10 @@ def normalize_code(source: str) -> str:
 
 
 def code_hash(source: str) -> str:
-    """Hash of the normalised code; falls back to the raw text for code that does not parse."""
+    """Hash of the normalised code (a method-form loss hashes as its contract form); falls back to
+    the raw text for code that does not parse."""
     try:
-        text = normalize_code(source)
-    except SyntaxError:
+        text = normalize_code(normalise_loss(source))
+    except (SyntaxError, LossRejected):
         text = source
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,7 +9,7 @@ the scoring run in the trusted worker through :class:`discopop.remote_loss.Remot
 this process says can change any verdict or fitness but its own loss's behaviour.
 
 It imports torch and the loss contract only, puts the child-side OS layers on itself first
-(``sandbox.lock_down``) and the runtime guard before the candidate is loaded; a fresh one serves
+(``sandbox.lock_down``) and seals itself (``sandbox.seal``: seccomp and the runtime guard) before the candidate is loaded; a fresh one serves
 each job and is killed afterwards, so no thread, patched module or global setting survives into
 another candidate. Reported problems (a guard refusal, changed global torch state, a patched
 namespace) are informational: the OS layers enforce, and whatever this process answers, the
@@ -168,14 +168,14 @@ def serve(sock: socket.socket, oracle: Oracle) -> None:
 
 
 def main() -> None:
-    from discopop.sandbox import install_guard, lock_down
+    from discopop.sandbox import lock_down, seal
 
     workdir = os.environ["DISCOPOP_SANDBOX_DIR"]
     # First thing, while this process has a single thread (see lock_down).
     lock_down(workdir, network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
     sock = socket.socket(fileno=int(os.environ["DISCOPOP_ORACLE_FD"]))
     oracle = Oracle()
-    install_guard(workdir)
+    seal(workdir)  # seccomp + the runtime guard, before any candidate code
     serve(sock, oracle)
 
 

@@ -34,7 +34,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from discopop import stats
 from discopop.archive import ARCHIVE_NAME, ArchiveError, Row
+from discopop.diagnostics import summarize, wrong_way
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = {
@@ -231,31 +233,34 @@ def _label(row: Row, width: int = 28) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def verdict(conf: dict[str, Any]) -> str:
-    """Whether fresh-seed confirmation beats DPO beyond noise, in words."""
-    delta, significant = _num(conf.get("delta")), conf.get("significant")
-    if delta is None or not isinstance(significant, bool):
+def _diagnostics(row: Row) -> dict[str, Any] | None:
+    return (row.metrics.get("checks") or {}).get("diagnostics")
+
+
+def behaviour(row: Row) -> str:
+    """How the loss pushes, for a table cell: where it pushes the wrong way (a fact, never a failure)."""
+    diag = _diagnostics(row)
+    if not diag:
         return "—"
-    if significant:
-        return "yes, beyond noise" if delta > 0 else "no, worse than DPO"
-    return "no, within noise"
+    pushes = wrong_way(diag)
+    text = "; ".join(pushes) if pushes else "never the wrong way (|β·ρ| ≤ 3)"
+    return text if diag.get("uses_beta", True) else f"ignores beta; {text}"
 
 
 def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
-    """Table records for the best ``top`` scored rows (reference baselines included, marked)."""
+    """Table records for the best ``top`` scored rows (reference baselines included, marked).
+
+    The confirmation columns are ``stats.confirmation_cells``: the same words as ``discopop leaderboard``.
+    """
     records = []
     for rank, r in enumerate(scored(rows)[:top], start=1):
-        conf = _confirmation(r)
-        fits = [f for f in (_num(x) for x in conf.get("fitness", []) or []) if f is not None]
-        mean = _fmt(conf.get("mean")) if conf else "—"
-        if mean != "—" and _num(conf.get("std")) is not None:
-            mean = f"{mean} ± {_fmt(conf.get('std'))} (n={len(fits) or len(conf.get('seeds', []) or [])})"
+        fresh, vs_dpo, vs_best = stats.confirmation_cells(_confirmation(r) or None)
         is_dpo = r.proposer == "reference" and r.name.lower() == "dpo"
         records.append({
             "rank": str(rank), "id": str(r.id), "name": r.name, "gen": str(r.generation), "proposer": r.proposer,
             "fitness": _fmt(r.fitness), "reward": _fmt(r.metrics.get("reward")), "KL (nats)": _fmt(r.metrics.get("kl")),
-            "fresh seeds": mean, "Δ vs DPO": _signed(conf.get("delta")),
-            "beats DPO": "baseline" if is_dpo else verdict(conf),
+            "fresh seeds (mean ± SE)": fresh or "—", "vs DPO": "baseline" if is_dpo else (vs_dpo or "—"),
+            "vs best baseline": vs_best or "—", "behaviour (checks)": behaviour(r),
         })  # fmt: skip
     return records
 
@@ -287,26 +292,27 @@ def _confirmation_figure(rows: list[Row]) -> Figure | None:
     fig = _figure(9, max(3.0, 1.2 + 0.45 * len(confirmed)))
     ax = fig.add_subplot()
     dpo_conf = next((_confirmation(r) for r in confirmed if r.proposer == "reference" and r.name == "dpo"), {})
-    dpo_mean = _num(dpo_conf.get("mean")) or next((_num(_confirmation(r).get("dpo_mean")) for r in confirmed), None)
-    dpo_std = _num(dpo_conf.get("std")) or next((_num(_confirmation(r).get("dpo_std")) for r in confirmed), None)
+    dpo_mean, dpo_se = _num(dpo_conf.get("mean")), _num(dpo_conf.get("se"))
     if dpo_mean is not None:
         ax.axvline(dpo_mean, color=OKABE_ITO["black"], ls="--", lw=1.2, label=f"DPO mean ({dpo_mean:.3f})")
-        if dpo_std:
-            ax.axvspan(dpo_mean - dpo_std, dpo_mean + dpo_std, color=GREY, alpha=0.2, label="DPO ± 1 std")
+        if dpo_se:
+            ax.axvspan(dpo_mean - dpo_se, dpo_mean + dpo_se, color=GREY, alpha=0.2, label="DPO ± 1 SE")
     for y, r in enumerate(reversed(confirmed)):
         conf = _confirmation(r)
-        beats = conf.get("significant") is True and (_num(conf.get("delta")) or 0) > 0
-        colour = OKABE_ITO["green"] if beats else OKABE_ITO["blue"]
+        verdict = (conf.get("vs_dpo") or {}).get("verdict")
+        colour = {stats.BEATS: OKABE_ITO["green"], stats.FAILED: OKABE_ITO["vermillion"]}.get(verdict,
+                                                                                            OKABE_ITO["blue"])
         seeds = [f for f in (_num(x) for x in conf.get("fitness", []) or []) if f is not None]
         ax.scatter(seeds, [y - 0.2] * len(seeds), s=14, color=GREY, zorder=2)
-        ax.errorbar(conf["mean"], y, xerr=_num(conf.get("std")) or 0, fmt="o", color=colour, capsize=4, zorder=3)
+        ax.errorbar(conf["mean"], y, xerr=_num(conf.get("se")) or 0, fmt="o", color=colour, capsize=4, zorder=3)
     ax.set_yticks(range(len(confirmed)), [_label(r) for r in reversed(confirmed)])
     ax.set_ylim(-0.7, len(confirmed) - 0.3)
-    ax.set_xlabel(f"{FITNESS_LABEL} on fresh seeds: mean ± std")
+    ax.set_xlabel(f"{FITNESS_LABEL} on fresh seeds: mean ± SE (seeds and prompts)")
     ax.set_title("Fresh-seed confirmation of the top candidates")
     ax.legend(handles=ax.get_legend_handles_labels()[0] + [
-        Line2D([], [], marker="o", ls="", color=OKABE_ITO["green"], label="beats DPO beyond noise"),
-        Line2D([], [], marker="o", ls="", color=OKABE_ITO["blue"], label="not beyond noise / baseline"),
+        Line2D([], [], marker="o", ls="", color=OKABE_ITO["green"], label="beats DPO (paired, Holm-corrected)"),
+        Line2D([], [], marker="o", ls="", color=OKABE_ITO["blue"], label="within noise / below / baseline"),
+        Line2D([], [], marker="o", ls="", color=OKABE_ITO["vermillion"], label="confirmation failed"),
         Line2D([], [], marker="o", ls="", color=GREY, markersize=4, label="fitness on one fresh seed"),
     ], loc="best", fontsize=8)
     return fig
@@ -314,8 +320,9 @@ def _confirmation_figure(rows: list[Row]) -> Figure | None:
 
 def leaderboard_view(rows: list[Row]) -> View:
     about = ("Scored candidates ranked by search fitness (baselines are rows with proposer 'reference'). "
-             "Where the loop re-scored a candidate on fresh seeds, its mean ± std is shown and whether the "
-             "gain over DPO exceeds the seed noise.")
+             "Where the loop re-scored a candidate on fresh seeds, its mean ± SE is shown with its paired "
+             "comparison to DPO and to the strongest baseline: the gain, its 95% CI over seeds and prompts, and "
+             "the verdict after a Holm correction over all of the confirmation's comparisons.")
     view = View("leaderboard", "Leaderboard", about)
     if not rows:
         view.note = EMPTY_NOTE
@@ -697,6 +704,8 @@ def loss_shapes_view(rows: list[Row], top: int = TOP_SHAPES) -> View:
         curve = _sandboxed_curve(r, x, view.captions)
         if curve:
             series.append((f"{_label(r)} (fitness {r.fitness:.3f})", colour, "-", False, *curve))
+        if _diagnostics(r):
+            view.captions.append(f"{_label(r)}, measured by its checks: {summarize(_diagnostics(r))}.")
     for name, (colour, style) in BASELINE_STYLE.items():
         code = _reference_code(name)
         curve = _try_curve(code, x, name.upper(), view.captions) if code else None
@@ -798,6 +807,7 @@ def failure_reason(row: Row) -> str:
     lines = (row.error or "").strip().splitlines()
     text = lines[0] if lines else "(no error recorded)"
     text = re.sub(r"'[^']*'", "'…'", text)
+    text = re.sub(r"(#\d+) \([^)]*\)", r"\1 (…)", text)  # a duplicate's twin: "same ... as #12 (name)"
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
 
 

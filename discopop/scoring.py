@@ -6,11 +6,15 @@
   the mean of log pi(y|x) - log pi_ref(y|x) over sequences (an unbiased estimator);
 * fitness = reward - kl_coef * KL. ``kl_coef`` is per task: a reward that can be bought by
   drifting far from the reference needs it; an exactly verifiable reward does not.
+
+A :class:`Score` also keeps the per-prompt reward and KL terms (in ``task.prompts(split)`` order):
+two losses scored on the same prompts are compared prompt by prompt (``discopop.stats``), which
+is far more precise than comparing two means, and tells prompt noise apart from seed noise.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -24,9 +28,18 @@ class Score:
     reward: float
     kl: float
     seconds: float = 0.0
+    per_prompt: list[float] = field(default_factory=list)  # reward of each prompt, in task.prompts(split) order
+    per_prompt_kl: list[float] = field(default_factory=list)  # KL estimate of each prompt, same order
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def per_prompt_fitness(rewards: list[float], kls: list[float], kl_coef: float) -> list[float]:
+    """Each prompt's share of the fitness (their mean is the fitness): reward - kl_coef * KL."""
+    if kl_coef == 0.0:
+        return [float(r) for r in rewards]
+    return [r - kl_coef * k for r, k in zip(rewards, kls, strict=True)]
 
 
 @torch.no_grad()
@@ -40,18 +53,23 @@ def _sequence_logps(model, prompt_ids: torch.Tensor, completion: torch.Tensor, e
     return (logps * before_first_eos).sum(dim=1)
 
 
-def _length_buckets(tokenizer, prompts: list[str], batch_size: int) -> list[tuple[list[str], torch.Tensor]]:
-    """Batches of prompts with equal token length: no padding, so no attention-mask bookkeeping."""
-    by_length: dict[int, list[tuple[str, list[int]]]] = {}
-    for prompt in prompts:
+def _length_buckets(tokenizer, prompts: list[str],
+                    batch_size: int) -> list[tuple[list[int], list[str], torch.Tensor]]:
+    """Batches of prompts with equal token length: no padding, so no attention-mask bookkeeping.
+
+    Each batch carries the prompts' positions in ``prompts`` so per-prompt results keep that order.
+    """
+    by_length: dict[int, list[tuple[int, str, list[int]]]] = {}
+    for index, prompt in enumerate(prompts):
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        by_length.setdefault(len(ids), []).append((prompt, ids))
+        by_length.setdefault(len(ids), []).append((index, prompt, ids))
     batches = []
     for length in sorted(by_length):
         items = by_length[length]
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            batches.append(([p for p, _ in chunk], torch.tensor([ids for _, ids in chunk], dtype=torch.long)))
+            batches.append(([i for i, _, _ in chunk], [p for _, p, _ in chunk],
+                            torch.tensor([ids for _, _, ids in chunk], dtype=torch.long)))
     return batches
 
 
@@ -62,18 +80,20 @@ def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: f
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
     eos_id = tokenizer.eos_token_id
-    rewards, kls = [], []
-    for chunk, ids in _length_buckets(tokenizer, task.prompts(split), batch_size):
+    prompts = task.prompts(split)
+    rewards, kls = [0.0] * len(prompts), [0.0] * len(prompts)
+    for positions, chunk, ids in _length_buckets(tokenizer, prompts, batch_size):
         greedy = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=False, gen=gen)
-        for prompt, row in zip(chunk, greedy.tolist(), strict=True):
+        for position, prompt, row in zip(positions, chunk, greedy.tolist(), strict=True):
             if eos_id in row:
                 text = tokenizer.decode(row[: row.index(eos_id)])
             else:  # unfinished: malformed for an exact-answer task, scored as is otherwise
                 text = None if task.require_eos else tokenizer.decode(row)
-            rewards.append(task.reward(prompt, text) if text is not None else 0.0)
+            rewards[position] = task.reward(prompt, text) if text is not None else 0.0
         sampled = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=True, gen=gen)
         diff = _sequence_logps(policy, ids, sampled, eos_id) - _sequence_logps(reference, ids, sampled, eos_id)
-        kls.extend(diff.tolist())
+        for position, value in zip(positions, diff.tolist(), strict=True):
+            kls[position] = value
     reward = sum(rewards) / len(rewards)
     kl = sum(kls) / len(kls)
-    return Score(fitness=reward - kl_coef * kl, reward=reward, kl=kl)
+    return Score(fitness=reward - kl_coef * kl, reward=reward, kl=kl, per_prompt=rewards, per_prompt_kl=kls)

@@ -7,6 +7,12 @@ candidate, so all of that happens once in ``__init__``. Per candidate, ``run`` o
 initial weights, swaps the loss, drops the optimiser/scheduler so ``train()`` makes fresh ones,
 reseeds, and trains. Every candidate of a run thus sees the same initial weights, data order
 and seed (common random numbers), which makes fitness differences mean something.
+
+A run trains on a seeded subsample of the preference pairs (``training.pair_fraction``), drawn from
+the run's seed like the data order. Otherwise a fresh seed would only reshuffle the same pairs, and
+seed-to-seed spread would understate how much a result depends on the data it happened to see;
+with it, the search seed is as much a sample as a confirmation seed. The subsample has a fixed
+size, so every run takes the same number of steps.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ class _ReplayLoader:
         """Nothing to reshuffle: the order is the seed's, fixed when the batches were collated."""
 
 
+# Keeps the search seed's subsample a sample (see the module docstring) while losing few pairs.
+DEFAULT_PAIR_FRACTION = 0.85
+
 # Seeds whose collated epochs are kept (search seed + fresh confirmation seeds); each is a few MB at most.
 MAX_CACHED_SEEDS = 8
 
@@ -74,10 +83,32 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _pair_fraction(value: Any) -> float:
+    fraction = float(value)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"training.pair_fraction must be in (0, 1], got {value!r}")
+    return fraction
+
+
 def _placeholder_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                       reference_rejected_logps, beta):
     """Stands in until the first candidate arrives; never trained with."""
     raise RuntimeError("FineTuner.run was not given a loss")
+
+
+MARGIN_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def final_margin_quantiles(step_margins: list[torch.Tensor], epoch_size: int) -> dict[str, float]:
+    """Quantiles of |beta*rho| over the last epoch's examples: the part of its curve a loss ended up using.
+
+    Losses differ in shape away from rho = 0; if training never leaves |beta*rho| << 1, only their
+    slopes at zero are compared. Measured on the training batches as they were seen (no extra pass).
+    """
+    if not step_margins:
+        return {}
+    last = torch.cat(step_margins)[-max(1, epoch_size):].abs()
+    return {f"margin_abs_q{int(q * 100)}": round(float(torch.quantile(last, q)), 4) for q in MARGIN_QUANTILES}
 
 
 class FineTuner:
@@ -124,11 +155,22 @@ class FineTuner:
             model=self.model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
             loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
         )
+        self.all_pairs = self.trainer.train_dataset  # tokenised, reference log-probs precomputed: subsampled per run
+        self.pair_fraction = _pair_fraction(training.get("pair_fraction", DEFAULT_PAIR_FRACTION))
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
         if training.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
             self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
+
+    def pair_subsample(self, seed: int) -> list[int]:
+        """Indices of the pairs a run with ``seed`` trains on: a fixed-size sample drawn from the seed."""
+        total = len(self.all_pairs)
+        keep = max(1, round(self.pair_fraction * total))
+        if keep >= total:
+            return list(range(total))
+        gen = torch.Generator().manual_seed(int(seed))
+        return sorted(torch.randperm(total, generator=gen)[:keep].tolist())
 
     def _replayed_loader(self) -> _ReplayLoader:
         seed = self.trainer.args.seed
@@ -149,6 +191,7 @@ class FineTuner:
         self.model.train()
         trainer = self.trainer
         trainer.reset_for_new_loss(loss_fn, seed)
+        trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
         default_lr = self.training["learning_rate"]
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
         set_seed(seed)
@@ -156,6 +199,7 @@ class FineTuner:
         output = trainer.train()
         train_seconds = time.perf_counter() - started
         metrics = trainer.mean_train_metrics()
+        metrics.update(final_margin_quantiles(trainer.step_margins, len(trainer.train_dataset)))
         score_started = time.perf_counter()
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
                              kl_coef=self.kl_coef, split=split)

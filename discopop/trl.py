@@ -79,6 +79,9 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
                     )
         self.loss_fn = resolve_loss(loss_fn)
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
+        # Per-example scaled margins beta*rho of every training step of the last train(): where on its
+        # curve a loss is actually exercised (the loss-shape regime), not just their mean as TRL logs.
+        self.step_margins: list[torch.Tensor] = []
         super().__init__(*args, **kwargs)
 
     def reset_for_new_loss(self, loss_fn: LossFn | str | Path, seed: int) -> None:
@@ -95,6 +98,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         self.state = TrainerState()
         for mode in self._metrics.values():
             mode.clear()
+        self.step_margins.clear()
         self.args.seed = seed
 
     def skip_full_gc_between_runs(self) -> None:
@@ -170,5 +174,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
         metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        if mode == "train":
+            self.step_margins.append(gather(chosen_rewards - rejected_rewards).float().cpu())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())

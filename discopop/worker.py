@@ -1,12 +1,16 @@
 """Entry point of a sandboxed worker process (``python -m discopop.worker``); never imported by the loop.
 
 A worker imports torch/transformers/TRL, loads the task and builds its ``FineTuner`` once (the
-expensive part), installs the runtime guard, and then serves requests until told to exit:
+expensive part), seals itself (``sandbox.seal``: seccomp and the runtime guard), and then serves
+requests until told to exit:
 
 * ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
   "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
-* ``{"op": "check", "code": src}`` -> ``{"ok": true, "checks": {...}}`` or ``{"ok": false, "stage", "error"}``
-* ``{"op": "train", "code": src, "seed": n}`` -> ``{"ok": true, "score": {...}, ...}`` or a failure
+* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
+  ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
+  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
+  "reward", "kl", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
@@ -52,6 +56,7 @@ class Worker:
         self.watch: StateWatch | None = None
         self.control = control  # where the parent hands over each job's loss oracle (SCM_RIGHTS)
         self.oracle_timeout = 10.0
+        self.beta: float | None = None  # the training beta, from the init message's training config
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -59,6 +64,8 @@ class Worker:
 
         self.threads = int(msg.get("threads", 1))
         self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
+        if (msg.get("training") or {}).get("beta") is not None:
+            self.beta = float(msg["training"]["beta"])
         torch.set_num_threads(self.threads)
         if msg.get("task") is not None:
             import datasets
@@ -73,12 +80,12 @@ class Worker:
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
         from discopop import checks, remote_loss  # noqa: F401 - imported before the guard closes the door
-        from discopop.sandbox import install_guard
+        from discopop.sandbox import seal
 
-        install_guard(os.environ["DISCOPOP_SANDBOX_DIR"])
+        sealed = seal(os.environ["DISCOPOP_SANDBOX_DIR"])  # seccomp + the audit guard
         self.watch = StateWatch(self.threads)
         return {"ok": True, "seconds": time.perf_counter() - started,
-                "sandbox_layers": [*self.layers, "audit-guard", "state-watch"]}
+                "sandbox_layers": [*self.layers, *sealed, "state-watch"]}
 
     @contextmanager
     def _remote_loss(self, code: str, nonce: str) -> Iterator[Any]:
@@ -129,16 +136,18 @@ class Worker:
                 os.close(fd)
 
     def check(self, msg: dict[str, Any]) -> dict[str, Any]:
-        from discopop.checks import CheckFailed, check_loss
+        from discopop.checks import DEFAULT_BETA, CheckFailed, check_loss
 
+        beta = msg.get("beta")
+        beta = float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
-                report = check_loss(fn, seed=int(msg.get("seed", 0)))
+                report = check_loss(fn, seed=int(msg.get("seed", 0)), beta=beta)
             except CheckFailed as err:
                 raise _Failure("numeric", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("numeric", f"raised {_one_line(err)}") from None
-        return {"ok": True, "checks": {"uses_beta": report.uses_beta, "probe": report.probe, "curve": report.curve}}
+        return {"ok": True, "checks": report.as_dict()}
 
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
         if self.fine_tuner is None:
@@ -161,6 +170,9 @@ class Worker:
             "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "steps": result.steps,
             "final_loss": result.final_loss, "train_seconds": result.train_seconds,
             "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
+            # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (discopop.stats)
+            "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
+            "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
         }
 
     def reset_globals(self) -> None:

@@ -51,8 +51,10 @@ else:
 # (markdown explanation, view function) in reading order.
 VIEWS = [
     ("## Leaderboard\nScored candidates by search fitness; baselines are the `reference` rows. The top "
-     "candidates are re-scored on fresh seeds at the end of a run: their mean ± std and whether the gain "
-     "over DPO is larger than the seed noise tell you whether a win is real.", "leaderboard_view"),
+     "candidates, DPO and the strongest baseline are re-trained on the same fresh seeds at the end of a run "
+     "and compared per (seed, prompt): the gain, its 95% CI over seeds and prompts, and the verdict after a "
+     "Holm correction over all comparisons (the same words as `discopop leaderboard`) tell you whether a "
+     "win is real.", "leaderboard_view"),
     ("## Fitness over generations\nOne dot per scored candidate, the best-so-far step line, and the DPO "
      "and LRML baselines as horizontal lines. A best-so-far line that stays flat for many generations "
      "means the search has stalled.", "fitness_view"),

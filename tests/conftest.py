@@ -15,11 +15,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A deliberately tiny task: builds in a few seconds, enough pairs for a handful of DPO steps.
 TINY_TASK = [
-    "task.sft.steps=60", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
-    "task.pairs.prompts=200", "task.pairs.max_pairs=64", "task.heldout_prompts=64", "task.search_prompts=32",
+    "task.sft.steps=150", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
+    "task.pairs.prompts=200", "task.pairs.samples_per_prompt=16", "task.pairs.max_pairs=64",
+    "task.heldout_prompts=64", "task.search_prompts=32",
 ]
 SMALL_RUN = [
-    *TINY_TASK, "training.batch_size=16", "training.threads=1", "baselines=[dpo,lrml]",
+    *TINY_TASK, "training.batch_size=16", "training.threads=1", "training.epochs=1", "baselines=[dpo,lrml]",
+    "training.lr_grid=[5e-6,2e-5]",
     "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
 ]
 

@@ -52,3 +52,22 @@ def test_missing_or_corrupt_archive_is_one_clear_error(tmp_path: Path) -> None:
     bad.write_text("not a database")
     with pytest.raises(ArchiveError, match="cannot open archive"):
         Archive(bad, create=False)
+
+
+def test_evaluations_are_stored_with_the_fate_and_read_back(tmp_path: Path) -> None:
+    from discopop.archive import Evaluation
+
+    arch = Archive(tmp_path / "archive.sqlite")
+    row = arch.add(Candidate("dpo", "x = 1\n", proposer="reference"), 0)
+    reply = {"fitness": 0.5, "reward": 0.5, "kl": 0.2, "kl_coef": 0.5, "learning_rate": 1e-5,
+             "per_prompt": [1.0, 0.0, 1.0, 0.0], "per_prompt_kl": [0.2, 0.2, 0.4, 0.0]}
+    arch.finish(row, "scored", fitness=0.4, evaluations=[Evaluation.from_reply(row, 7, "search", reply)])
+    arch.add_evaluation(Evaluation(row, 1000, "confirm", 1e-5, error="train: loss is nan at step 3"))
+    stored = arch.evaluations(row)
+    assert [(e.seed, e.split, e.ok) for e in stored] == [(7, "search", True), (1000, "confirm", False)]
+    assert stored[0].per_prompt_fitness() == [0.9, -0.1, 0.8, 0.0] and stored[0].learning_rate == 1e-5
+    assert [e.seed for e in arch.evaluations(row, split="confirm")] == [1000]
+    other = arch.add(Candidate("kid", "y = 2\n", proposer="evolution"), 1)
+    with pytest.raises(sqlite3.IntegrityError):  # one transaction: a bad evaluation leaves the fate unwritten too
+        arch.finish(other, "scored", fitness=0.3, evaluations=[Evaluation(other, None, "search")])
+    assert arch.get(other).status == "proposed" and len(arch.evaluations()) == 2

@@ -47,9 +47,15 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         confirmed = [json.loads(m)["confirmation"] for (m,) in conn.execute(
             "SELECT metrics FROM candidates WHERE proposer='evolution' AND metrics LIKE '%confirmation%'")]
-    for c in confirmed:  # each confirmed winner is compared with DPO and with the run's strongest baseline
-        assert {"delta", "significant", "delta_best", "significant_best"} <= set(c)
-        assert c["best_baseline"] in ("dpo", "lrml")
+        runs = conn.execute("SELECT candidate_id, seed, split, per_prompt FROM evaluations"
+                            " WHERE error IS NULL").fetchall()
+    assert confirmed, "the top candidate must be confirmed"
+    for c in confirmed:  # each confirmed winner is compared in pairs with DPO and with the run's strongest baseline
+        assert c["vs_dpo"]["baseline"] == "dpo" and c["vs_dpo"]["verdict"] in ("beats", "below", "within noise of")
+        assert c["vs_best"] is None or c["vs_best"]["baseline"] == "lrml"
+        assert c["vs_dpo"]["prompts"] == 33 and c["vs_dpo"]["seeds"] == 2
+    assert {split for _, _, split, _ in runs} == {"search", "confirm"}
+    assert all(len(json.loads(p)) == (32 if split == "search" else 33) for _, _, split, p in runs)
 
     board = run(["discopop", "leaderboard", str(run_dir)], cache_dir)
     assert board.returncode == 0 and "dpo" in board.stdout
@@ -93,6 +99,8 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: 
         (["--generations", "1", "task=nope"], "Could not find 'task/nope'"),
         (["--generations", "1", "training.no_such_key=1"], "no_such_key"),
         (["--generations", "1", "training.learning_rate=-1"], "training.learning_rate must be > 0"),
+        (["--generations", "1", "training.lr_grid=[1e-5,-2]"], "training.lr_grid must be a non-empty list"),
+        (["--generations", "1", "training.lr_screen_margin=-0.1"], "training.lr_screen_margin must be"),
         (["--resume", "/nonexistent/run"], "run directory not found"),
         (["--generations", "1", "hydra.run.dir=/dev/null/run"], "cannot write the run directory"),
     ],
@@ -120,6 +128,24 @@ def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path
     assert good.returncode == 0, good.stderr
 
 
+def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir: Path) -> None:
+    """A loss pushing the wrong way at rho = 0 is valid (exit 0); its diagnostics say so, in text and JSON."""
+    flipped = tmp_path / "flipped.py"
+    flipped.write_text("import torch.nn.functional as F\n\n\ndef flipped(policy_chosen_logps, policy_rejected_logps, "
+                       "reference_chosen_logps, reference_rejected_logps, beta):\n    rho = (policy_chosen_logps - "
+                       "policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
+                       "    return F.logsigmoid(beta * rho)\n")
+    text = run(["discopop", "check", str(flipped), "--beta", "0.2"], cache_dir, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert "diagnostics: uses beta; at beta=0.2: slope at rho=0 d/d chosen +0.1, d/d rejected -0.1" in text.stdout
+    assert "wrong way at rho = 0 on 16/16 examples" in text.stdout
+    verdict = json.loads(run(["discopop", "check", str(flipped), "--json"], cache_dir, timeout=120).stdout)
+    assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == 0.1
+    assert verdict["diagnostics"]["slope_at_0"]["wrong_way"] == 16 and "wrong way" in verdict["summary"]
+    bad_beta = run(["discopop", "check", str(flipped), "--beta", "-1"], cache_dir, timeout=60)
+    assert bad_beta.returncode == 2 and bad_beta.stderr.strip().endswith("--beta must be a positive number, got -1.0")
+
+
 def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path) -> None:
     run_dir = tmp_path / "run"
     secret = "sk-THIS-IS-A-PASTED-KEY-1234"
@@ -141,3 +167,19 @@ def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: P
             archives.append(conn.execute("SELECT id, generation, parent_ids, name, code, status, fitness, error "
                                          "FROM candidates ORDER BY id").fetchall())
     assert archives[0] == archives[1]
+
+
+def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path) -> None:
+    """A first run builds the task in this process (transformers warnings, dataset/shard progress bars):
+    by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it."""
+    args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
+            "training.lr_grid=[1e-5]"]
+    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], tmp_path / "cache-quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    console = quiet.stdout + quiet.stderr
+    for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
+        assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
+    assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
+    loud = run(["discover", "--verbose", *args, f"hydra.run.dir={tmp_path / 'loud'}"], tmp_path / "cache-loud")
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "it/s]" in loud.stdout + loud.stderr  # the same first run, with the libraries' own output

@@ -107,7 +107,7 @@ def test_parent_ids_refer_to_scored_history():
     ids = {e.id for e in history if e.status == "scored"}
     cands = EvolutionProposer(seed=3).propose(history, 15, 1)
     assert cands and all(c.parent_ids and set(c.parent_ids) <= ids for c in cands)
-    assert all(len(c.parent_ids) == (2 if c.info["operator"] == "crossover" else 1) for c in cands)
+    assert all(len(c.parent_ids) == (2 if c.info["operator"] in evolution.TWO_PARENTS else 1) for c in cands)
 
 
 def test_empty_history_evolves_the_reference_losses():
@@ -199,8 +199,9 @@ def test_novelty_pressure_prefers_less_used_parents():
         proposer = EvolutionProposer(seed=0, tournament_size=2, crossover_rate=0.0, novelty_weight=weight)
         return Counter(c.parent_ids[0] for c in proposer.propose([best, other, *children], 30, 1))
 
-    assert first_parents(0.0)[1] > first_parents(1.0)[1]
-    assert first_parents(1.0)[2] > first_parents(1.0)[1]
+    # piecewise children count a use of their second parent too, so weight 1.0 only evens the two lineages out
+    assert first_parents(0.0)[1] > first_parents(1.0)[1] > first_parents(2.0)[1]
+    assert first_parents(2.0)[2] > first_parents(2.0)[1]
 
 
 def test_proposer_never_executes_candidate_code(monkeypatch):
@@ -218,3 +219,69 @@ def test_proposer_never_executes_candidate_code(monkeypatch):
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         EvolutionProposer(seed=0, **kwargs)
+
+
+def _direction(code: str, beta: float) -> torch.Tensor:
+    """Unit policy gradient of the batch-mean loss on pairs with rho over [-3, 3] and uneven side drifts."""
+    gen = torch.Generator().manual_seed(0)
+    rho = torch.linspace(-3.0, 3.0, 41, dtype=torch.float64)
+    ref_c, ref_r = (-20.0 - 40.0 * torch.rand(41, generator=gen, dtype=torch.float64) for _ in range(2))
+    split = 0.2 + 0.6 * torch.rand(41, generator=gen, dtype=torch.float64)
+    pc, pr = (ref_c + split * rho).requires_grad_(), (ref_r - (1.0 - split) * rho).requires_grad_()
+    grads = torch.autograd.grad(losses.load_loss(code)(pc, pr, ref_c, ref_r, beta).mean(), (pc, pr))
+    flat = torch.cat(grads)
+    return flat / flat.norm()
+
+
+SHAPE_CASES = [("sides", ("dpo",)), ("sides", ("ipo",)), ("reweight", ("dpo",)), ("reweight", ("hinge",)),
+               ("piecewise", ("dpo", "ipo")), ("piecewise", ("hinge",)), ("schedule", ("dpo",)),
+               ("schedule", ("ipo",))]
+
+
+@pytest.mark.parametrize("op,names", SHAPE_CASES)
+def test_shape_operators_write_valid_losses_with_a_new_gradient_shape(op, names):
+    codes = {p.name: p.code for p in reference_parents()}
+    new_shapes = 0
+    for seed in range(10):
+        tree, tag, what = OPERATORS[op](_parents(*names), random.Random(seed))
+        code = evolution._finish(tree, f"child_{tag}_{seed}", "A child.")
+        losses.static_check(code)
+        assert _passes(code), code
+        child = _direction(code, 0.5)
+        closest = max(float(child @ _direction(codes[n], 0.5)) for n in names)
+        new_shapes += closest < 0.999
+        assert not evolution.same_behaviour(codes[names[0]], code), code
+    # a majority: e.g. hinge cut at a threshold and continued by a hinge-like base term keeps hinge's slope
+    assert new_shapes > 5, f"only {new_shapes}/10 {op} children of {names} change the gradient's shape"
+
+
+def _wrap_returns(code: str, template: str) -> str:
+    """The same loss with every return value of its public function E replaced by ``template`` of E."""
+    tree = ast.parse(code)
+    public = evolution._public(tree)
+    for node in ast.walk(public):
+        if isinstance(node, ast.Return):
+            node.value = evolution._expr(template, E=node.value)
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "pfl", "lrml"])
+def test_behaviour_filter_refuses_rescaled_shifted_and_rebeta_copies(name):
+    code = {p.name: p.code for p in reference_parents()}[name]
+    for template in ("2.0 * E", "E + 1.0", "E / 3.0 - 0.5", "0.5 * (E + 2.0)"):
+        assert evolution.same_behaviour(code, _wrap_returns(code, template)), template
+    rebeta = code.replace("beta", "(3.0 * beta)").replace("(3.0 * beta),", "beta,").replace("(3.0 * beta))", "beta)")
+    assert rebeta != code and evolution.same_behaviour(code, rebeta)
+    tree = ast.parse(code)
+    assert evolution._margin_site(evolution._public(tree)) is not None
+    evolution._margin_site(evolution._public(tree)).value = evolution._expr(
+        "2.5 * E", E=evolution._margin_site(evolution._public(tree)).value)
+    assert evolution.same_behaviour(code, ast.unparse(tree))  # rho rescaled: only beta changes
+    for template in ("E * E", "E + torch.relu(E)", "-1.0 * E"):
+        assert not evolution.same_behaviour(code, _wrap_returns(code, template)), template
+
+
+def test_proposals_are_never_static_copies_of_a_parent(sixty):
+    codes = {p.name: p.code for p in reference_parents()} | {c.name: c.code for c in sixty}
+    for cand in sixty:
+        assert not any(evolution.same_behaviour(codes[p], cand.code) for p in cand.info["parents"]), cand.code

@@ -15,8 +15,10 @@ from discopop.losses import load_loss
 from discopop.proposers.base import Candidate
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
-CONFIRMATION = {"seeds": [1000, 1001, 1002], "fitness": [0.8312, 0.8451, 0.8390], "mean": 0.8384, "std": 0.0070,
-                "delta": 0.0164, "noise": 0.0093, "significant": True}
+VS_DPO = {"candidate": "lrml_mutant", "baseline": "dpo", "delta": 0.0164, "se": 0.0021, "df": 2.0,
+          "ci": [0.0074, 0.0254], "p": 0.008, "p_adjusted": 0.016, "verdict": "beats", "reason": None}
+CONFIRMATION = {"seeds": [1000, 1001, 1002], "fitness": [0.8312, 0.8451, 0.8390], "mean": 0.8384, "se": 0.0070,
+                "failed": None, "vs_dpo": VS_DPO, "vs_best": None}
 
 
 @pytest.fixture()
@@ -46,8 +48,9 @@ def test_export_round_trip(archive, tmp_path: Path) -> None:
     assert f"run: {(tmp_path / 'run').resolve()}" in doc
     assert f"candidate: #{row.id}, generation 2" in doc
     assert "fitness: 0.8200" in doc
-    assert "fresh seeds [1000, 1001, 1002]" in doc and "mean 0.8384 ± 0.0070" in doc
-    assert "vs DPO +0.0164 (beats DPO beyond noise, 2SE=0.0093)" in doc
+    assert "fresh seeds [1000, 1001, 1002]: fitness [0.8312, 0.8451, 0.8390]" in doc and "0.838 ± 0.007 (n=3)" in doc
+    assert "vs DPO +0.016 [+0.007, +0.025] beats DPO, Holm p=0.016" in doc
+    assert "vs best baseline DPO is the strongest baseline" in doc
     assert f"lineage: cell (#{ids['cell']}) <- dpo (#{ids['dpo']})" in doc
     assert "idea: blend logistic and exponential by the margin \\ '''quoted'''" in doc, "quotes/backslashes survive"
     assert "LRML, the log-ratio modulated loss" in doc, "the archived code's own docstring is kept"

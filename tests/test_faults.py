@@ -66,7 +66,7 @@ GOOD = f"""import torch.nn.functional as F
 
 def good({SIG}):
     {RHO}
-    return -F.logsigmoid(beta * rho) + 0.01 * F.softplus(-beta * rho)
+    return -F.logsigmoid(beta * rho) + 0.1 * (beta * rho) ** 2  # not a rescaled DPO: that is a duplicate
 """
 RUN1_TRAIN_TIMEOUT = 60  # seconds: run 1 kills / interrupts its stalls long before this
 TRAIN_TIMEOUT = 6  # seconds, for the resumed runs: bounds the re-run of the interrupted stall

@@ -35,19 +35,64 @@ def body(line: str, header: str = "import torch") -> str:
         (body("torch.save(beta, 'x')"), "attribute 'save' is not allowed"),
         (body("torch.set_num_threads(1)"), "attribute 'set_num_threads' is not allowed"),
         (body("policy_chosen_logps.add_(1)"), "in-place method 'add_'"),
-        (body("x = '{0.__class__}'"), "string constants may not contain"),
+        (body("x = '{0.__class__}'"), "string literals are only allowed as docstrings"),
         (body("while True: pass"), "statement 'While' is not allowed"),
         (body("import math"), "imports are only allowed at the top"),
         ("import torch\nprint('side effect')\n" + body("x=1"), "top-level 'Expr' is not allowed"),
         (GOOD + GOOD.replace("def good", "def other").split("\n", 2)[2], "expected exactly one public function"),
         ("import torch\n\ndef f(a, b):\n    return a\n", "signature of 'f' must be"),
         ("import torch\nX = torch.zeros(3)\n" + body("x=1").split("\n", 1)[1], "numeric constants"),
+        # allow-list: only listed names, attributes and node kinds
+        (body("x = torch.special.expit(beta)"), "'torch.special' is not on the allow-list"),
+        (body("x = policy_chosen_logps.storage()"), "attribute 'storage' is not allowed"),
+        (body("x = torch"), "module 'torch' may only be used as torch.<listed name>"),
+        (body("x = math.pi"), "use of 'math' is not allowed (import it first)"),
+        (body("abs = 1"), "name 'abs' may not be rebound"),
+        (body("x = lambda y: y"), "'Lambda' is not allowed"),
+        (body("x = {'a': 1}"), "'Dict' is not allowed"),
+        (body("x = b'1'"), "bytes literals are not allowed"),
+        (body("x = f'{beta}'"), "f-strings are not allowed"),
+        (body("x = '%d' % 1"), "'%' formatting of a string is not allowed"),
+        (body("x = torch.stack(*[beta])"), "star arguments are not allowed"),
+        (body("x = torch.tensor(1.0, dtype='{0}')"), "plain words only"),
+        (body("x = (beta, beta)[0].hex()"), "attribute 'hex' is not allowed"),
+        ("import torch\nX = 10 ** 10 ** 10\n" + body("x=1").split("\n", 1)[1], "cannot be evaluated"),
+        ("import torch\nX = 1" + "0" * 400 + "\n" + body("x=1").split("\n", 1)[1],
+         "module-level constant is too large"),
+        ("import torch\nX = 2.0 ** 1020\n" + body("x=1").split("\n", 1)[1], "module-level constant is too large"),
+        ("import torch\n" + body("x=1").split("\n", 1)[1].replace("beta)", "beta: open('x'))"), "annotations may"),
+        (body("x = 1", "import math as torch"), "import alias 'torch' is not allowed for module 'math'"),
+        ("X = math.pi\n" + body("x=1"), "module-level assignments may only bind numeric constants"),
+        (body("x = " + "-" * 5000 + "beta"), "nested too deeply"),
     ],
 )
 def test_static_check_rejects_with_reason(source: str, reason: str) -> None:
     with pytest.raises(LossRejected, match=None) as err:
         static_check(source)
     assert reason in str(err.value)
+
+
+WITH_TORCH = GOOD.replace("import torch.nn", "import torch\nimport torch.nn")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        GOOD.replace("import torch.nn.functional as F", "from torch.nn import functional as F"),
+        GOOD.replace("import torch.nn.functional as F", "import torch.nn.functional")
+        .replace("F.", "torch.nn.functional."),
+        WITH_TORCH.replace("-F.logsigmoid(beta * rho)",
+                           "F.binary_cross_entropy_with_logits(beta * rho, torch.ones_like(rho), reduction='none')"),
+        WITH_TORCH.replace("return", "eps = torch.finfo(rho.dtype).eps\n    return eps +"),
+        GOOD.replace("rho =", "top = float('inf')\n    rho =").replace("beta * rho", "(beta * rho).clamp(max=top)"),
+        WITH_TORCH.replace("beta):", "beta: float) -> torch.Tensor:"),
+        "import math\nTAU = 2 * math.pi / 3\nSCALE = TAU ** 2\n" + GOOD,
+    ],
+)
+def test_static_check_accepts_common_idioms(source: str) -> None:
+    fn = load_loss(source)
+    out = fn(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), 0.1)
+    assert out.shape == (1,) and torch.isfinite(out).all()
 
 
 def test_rejection_names_the_line() -> None:

@@ -405,3 +405,57 @@ def test_config_file_builds_and_validation_names_the_value(monkeypatch):
     with pytest.raises(ValueError) as err:
         OpenAIProposer(api_key_env=KEY)  # a key pasted where the variable name belongs is not echoed
     assert KEY not in str(err.value) and "api_key_env" in str(err.value)
+
+
+# -- what fitness is: the run's actual settings reach the model -----------------------------------
+
+def run_facts(overrides: list[str], rows=(), sft: float | None = 0.587):
+    from discopop.config import compose
+    from discopop.proposers.facts import FitnessFacts
+
+    cfg, _ = compose(overrides)
+    return FitnessFacts.from_run(cfg, {"sft_heldout_reward": sft} if sft is not None else {}, rows)
+
+
+def test_the_system_prompt_states_the_runs_fitness_facts(server, make):
+    server.push(completion(answer()))
+    proposer = make()
+    proposer.set_facts(run_facts(["task.kl_coef=0.05", "training.beta=0.2",
+                                  "++training.lr_grid=[2.5e-6,5e-6,1e-5]", "training.epochs=3"]))
+    proposer.propose([entry(1, 0.61, name="dpo")], k=1, generation=1)
+    system = server.bodies()[0]["messages"][0]["content"]
+    assert "minus kl_coef x KL(policy || reference) in nats, with kl_coef = 0.05" in system
+    assert "beta = 0.2: the value passed to your loss as `beta`" in system
+    assert ("each loss is trained for 3 epochs with Adam and judged at its best learning rate on the grid "
+            "[2.5e-06, 5e-06, 1e-05], chosen on the search prompts") in system
+    assert "noise level: not yet measured." in system
+    assert "scores 0.587" in system
+
+
+def test_other_settings_give_other_facts():
+    # ``++training.lr_grid=null``: one learning rate, whether or not the config has a grid.
+    text = P.system_prompt(run_facts(["task.kl_coef=0.3", "training.beta=0.05", "training.learning_rate=2e-5",
+                                      "++training.lr_grid=null", "training.epochs=1"], sft=None))
+    assert "kl_coef = 0.3" in text and "beta = 0.05:" in text and "kl_coef = 0.05" not in text
+    assert "each loss is trained for 1 epoch at learning rate 2e-05 with Adam" in text
+    assert "scores not recorded" in text
+
+
+def test_noise_is_the_measured_fresh_seed_spread():
+    class Confirmed:
+        def __init__(self, std: float, n: int) -> None:
+            self.metrics = {"confirmation": {"std": std, "fitness": [0.8] * n}}
+
+    facts = run_facts([], rows=[Confirmed(0.006, 3), Confirmed(0.008, 3), Confirmed(0.5, 1)])
+    assert facts.noise_std == pytest.approx(((0.006**2 + 0.008**2) / 2) ** 0.5) and facts.noise_candidates == 2
+    assert "about 0.007 (std of fitness over fresh seeds, pooled over 2 confirmed losses)" in facts.render()
+
+
+def test_archived_losses_carry_their_measured_behaviour():
+    diag = ("d loss/d rho at x=-3,0,+3: -0.0953 / -0.05 / -0.00474; "
+            "raising the chosen log-prob raises the loss at x = 1, 3")
+    scored = HistoryEntry(id=4, generation=1, name="pushy", code=GOOD_CODE, status="scored", fitness=0.7, error=None,
+                          parent_ids=(), proposer="openai", diagnostics=diag)
+    text, _ = P.build_archive_prompt([scored], generation=2, budget=4000)
+    assert f"Measured behaviour (x = beta*rho): {diag}" in text
+    assert f"measured behaviour: {diag}" in P.feedback_line(scored)

@@ -7,18 +7,44 @@ import random
 from datasets import load_from_disk
 
 from discopop.tasks import build_key, load_task
-from discopop.tasks.synthetic import LANGUAGES, Addition, Sorting, config_hash
+from discopop.tasks.synthetic import LANGUAGES, Addition, Sorting, config_hash, flip_labels, split_heldout
 
 
 def test_heldout_prompts_never_appear_in_training_pairs(tiny_task) -> None:
-    task, _ = tiny_task
+    task, cfg = tiny_task
     pairs = load_from_disk(str(task.pairs_path))
     held = set(task.heldout_prompts) | set(task.confirm_prompts)
     assert held and not held & set(pairs["prompt"])
     assert not set(task.heldout_prompts) & set(task.confirm_prompts)
+    # Nor their swapped twins: a+b is held out together with b+a.
+    language = LANGUAGES[cfg["task"]["language"]]()
+    held_keys = {language.problem_key(p) for p in held}
+    assert not held_keys & {language.problem_key(p) for p in pairs["prompt"]}
+    flipped = 0
     for row in pairs:
-        assert task.reward(row["prompt"], row["chosen"]) == 1.0
-        assert task.reward(row["prompt"], row["rejected"]) == 0.0
+        chosen, rejected = task.reward(row["prompt"], row["chosen"]), task.reward(row["prompt"], row["rejected"])
+        assert {chosen, rejected} == {0.0, 1.0}
+        flipped += chosen == 0.0
+    assert flipped <= len(pairs)  # how many is label_noise's business: see test_label_noise_flips_a_seeded_share
+
+
+def test_the_heldout_split_keeps_each_unordered_problem_on_one_side() -> None:
+    language = Addition()
+    problems = language.problems(random.Random(0))
+    heldout, train = split_heldout(language, problems, 3000)
+    assert 3000 <= len(heldout) <= 3001 and len(heldout) + len(train) == len(problems)
+    twins_held = {language.problem_key(p) for p, _ in heldout}
+    assert not twins_held & {language.problem_key(p) for p, _ in train}
+    assert language.problem_key("07+35=") == language.problem_key("35+07=")
+
+
+def test_label_noise_flips_a_seeded_share() -> None:
+    pairs = [{"prompt": f"{i:02d}+00=", "chosen": str(i), "rejected": str(i + 1)} for i in range(100)] * 20
+    noisy = flip_labels(pairs, 0.25, random.Random(3))
+    share = sum(n["chosen"] != p["chosen"] for n, p in zip(noisy, pairs, strict=True)) / len(pairs)
+    assert 0.2 < share < 0.3
+    assert noisy == flip_labels(pairs, 0.25, random.Random(3))
+    assert flip_labels(pairs, 0.0, random.Random(3)) == pairs
 
 
 def test_cache_hit_reuses_the_build(tiny_task) -> None:

@@ -42,6 +42,8 @@ class HistoryEntry:
     parent_ids: tuple[int, ...]
     proposer: str
     thought: str = ""
+    # How the loss pushes, in a few words (``diagnostics.compact`` of its checks); "" if not measured.
+    diagnostics: str = ""
 
 
 class Proposer(ABC):

@@ -1,9 +1,16 @@
 """Offline evolutionary proposer: new losses are AST transformations of archived parents.
 
 No LLM, no network. Parents come from the history by tournament selection; children are written by small
-program transformations (swap a monotone map, gate two terms, shift or scale the margin, cross two parents,
-retune constants), each built to keep a loss decreasing in the margin and finite on large inputs, so most
-children pass the numeric checks. Child code is only static-checked here, never executed.
+program transformations, each built to keep a loss finite on large inputs, so most children pass the numeric
+checks. Most of them change the *shape* of the gradient, since Adam ignores a positive scale of the loss:
+separate terms or weights for the chosen and rejected sides (``sides``), PFL-style reweighting of examples by
+correctness or by how wrong the policy is (``reweight``), one shape below a threshold on beta*rho and another
+above (``piecewise``), a target margin that depends on |rho| (``schedule``), a sigmoid-gated base term
+(``mixture``); fewer swap a monotone map, shift the margin by a constant, cross two parents or retune constants.
+
+A child that is statically its parent up to a positive scale, an added constant or a rescaled beta
+(``same_behaviour``) trains exactly like it and is redrawn, never proposed. Child code is only static-checked
+here, never executed.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ BASE_TERMS = {"logistic": "-F.logsigmoid(X)", "exp": "torch.exp(-torch.clamp(X, 
               "sigmoid": "1.0 - torch.sigmoid(X)", "tanh": "1.0 - torch.tanh(X)"}
 # Crossover children hold both parents whole; this stops nested crossovers growing without bound.
 MAX_CODE_CHARS = 8000
-TAGS = {*INCREASING, *UNIT, *WRAPS, *BASE_TERMS, "sigmoid", "mix", "margin", "scale", "x", "tune"}
+TAGS = {*INCREASING, *UNIT, *WRAPS, *BASE_TERMS, "sigmoid", "mix", "margin", "scale", "x", "tune",
+        "chosen", "rejected", "weighted", "focus", "correct", "piecewise", "schedule"}
 POLICY = {"policy_chosen_logps", "policy_rejected_logps"}
 
 
@@ -215,16 +223,13 @@ def op_mixture(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module,
 
 
 def op_margin(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
-    """Demand a margin (rho - m) or rescale the log-ratio (c * rho); m, c > 0 keep the loss's direction."""
+    """Demand a margin: rho - m, m > 0 (rescaling rho is only a change of beta, so this operator never does it)."""
     tree, sites = trees[0], _margin_sites(trees[0])
     if not sites:
         raise _Skip("no margin to shift")
-    site, shift = rng.choice(sites), rng.random() < 0.5
-    if shift:
-        site.value = _expr("E - M", E=site.value, M=_add_constant(tree, "MARGIN", _lognormal(rng, 1.0, 0.7)))
-    else:
-        site.value = _expr("S * E", E=site.value, S=_add_constant(tree, "SCALE", _lognormal(rng, 1.0, 0.4)))
-    return tree, "margin" if shift else "scale", f"{'shifted' if shift else 'rescaled'} '{site.targets[0].id}'"
+    site = rng.choice(sites)
+    site.value = _expr("E - M", E=site.value, M=_add_constant(tree, "MARGIN", _lognormal(rng, 2.0, 0.5)))
+    return tree, "margin", f"shifted '{site.targets[0].id}'"
 
 
 def op_crossover(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
@@ -273,8 +278,130 @@ def op_tune(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, st
     return tree, "tune", "retuned its constants"
 
 
+# --- shape-changing operators: each writes a new public function around the parent kept whole as a helper ---
+
+
+def _as_helper(tree: ast.Module, taken: set[str]) -> str:
+    """Rename the parent's public function to a private helper (so a new public function can call it)."""
+    helper = _fresh(f"_{_root(_public(tree).name)}_part", taken | _all_names(tree))
+    _rename(tree, {_public(tree).name: helper})
+    return helper
+
+
+def _with_public(tree: ast.Module, body: str, **names: str) -> ast.Module:
+    """Append ``def child(<loss args>)`` whose body is ``body`` (``{rho}``, ``{x}``, ... filled from ``names``).
+
+    Every body may use ``rho`` (the log-ratio margin), ``x`` (beta * rho) and ``chosen_drift`` /
+    ``rejected_drift`` (the policy-minus-reference log-prob of each side), bound at the top.
+    """
+    pc, pr, rc, rr, _ = losses.LOSS_ARGS
+    head = (f"chosen_drift = {pc} - {rc}\nrejected_drift = {pr} - {rr}\n"
+            "rho = chosen_drift - rejected_drift\nx = beta * rho\n")
+    call = f"{names.pop('helper')}({', '.join(losses.LOSS_ARGS)})" if "helper" in names else ""
+    text = head + body.format(call=call, **names)
+    src = f"def child({', '.join(losses.LOSS_ARGS)}):\n" + "".join(f"    {line}\n" for line in text.splitlines())
+    tree.body.append(ast.parse(src).body[0])
+    return tree
+
+
+SIDE_MAPS = {"softplus": "F.softplus({u})", "relu": "torch.relu({u})", "exp": "torch.exp(torch.clamp({u}, max=30.0))"}
+
+
+def op_sides(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """Treat the chosen and rejected sides apart: weight their log-ratio drifts unequally inside the margin, or
+    add a term on one side alone (keep the chosen response likely, or push the rejected one down)."""
+    tree = trees[0]
+    sites = _margin_sites(tree)
+    pc, pr, rc, rr, _ = losses.LOSS_ARGS
+    if sites and rng.random() < 0.5:
+        site, chosen = rng.choice(sites), rng.random() < 0.5
+        weight = _add_constant(tree, "CHOSEN_WEIGHT" if chosen else "REJECTED_WEIGHT",
+                               _sig(rng.choice((rng.uniform(0.2, 0.6), rng.uniform(1.6, 3.0)))))
+        template = "W * (P - R) - (Q - S)" if chosen else "P - R - W * (Q - S)"
+        site.value = _expr(template, W=weight, P=_name(pc), R=_name(rc), Q=_name(pr), S=_name(rr))
+        side = "chosen" if chosen else "rejected"
+        return tree, f"{side}_weighted", f"weighted the {side} side's drift in '{site.targets[0].id}' apart"
+    helper = _as_helper(tree, set())
+    chosen, kind = rng.random() < 0.5, rng.choice(sorted(SIDE_MAPS))
+    drift = "-beta * chosen_drift" if chosen else "beta * rejected_drift"
+    lam = _add_constant(tree, "SIDE_WEIGHT", _lognormal(rng, 0.5, 0.7))
+    term = SIDE_MAPS[kind].format(u=f"{drift} - {_add_constant(tree, 'SIDE_MARGIN', _sig(rng.uniform(-0.5, 0.5))).id}")
+    _with_public(tree, "return {call} + {lam} * {term}", helper=helper, lam=lam.id, term=term)
+    side = "chosen" if chosen else "rejected"
+    return tree, f"{side}_{kind}", f"added a {kind} term on the {side} side's drift alone"
+
+
+def op_reweight(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """Reweight examples PFL-style: by how wrong the policy is (sigmoid of -beta*rho, detached or not) or by
+    correctness (the sign of rho, or of the raw policy preference)."""
+    tree = trees[0]
+    helper = _as_helper(tree, set())
+    pc, pr = losses.LOSS_ARGS[:2]
+    if rng.random() < 0.5:
+        detach = rng.random() < 0.5
+        temp = _add_constant(tree, "FOCUS_TEMP", _lognormal(rng, 0.3, 0.5))  # |beta * rho| is often below 1
+        amp = _add_constant(tree, "FOCUS", _lognormal(rng, 3.0, 0.5))
+        weight = f"torch.sigmoid(-x / {temp.id})" + (".detach()" if detach else "")
+        _with_public(tree, "weight = 1.0 + {amp} * {w}\nreturn weight * {call}", helper=helper, amp=amp.id,
+                     w=weight)
+        return tree, "focus", f"weighted pairs by how wrong the policy is ({'detached' if detach else 'attached'})"
+    raw = rng.random() < 0.5
+    right = f"{pc} > {pr}" if raw else "rho > 0"
+    low = _add_constant(tree, "RIGHT_WEIGHT", _sig(rng.uniform(0.1, 0.7)))
+    high = _add_constant(tree, "WRONG_WEIGHT", _lognormal(rng, 2.0, 0.4))
+    _with_public(tree, "return torch.where({right}, {low}, {high}) * {call}", helper=helper, right=right,
+                 low=low.id, high=high.id)
+    return tree, "correct", f"weighted pairs by correctness ({'policy preference' if raw else 'sign of rho'})"
+
+
+def op_piecewise(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """One shape below a threshold on beta*rho, another above: two parents (or the parent and a base term)."""
+    first = trees[0]
+    helper_a = _as_helper(first, set())
+    if len(trees) > 1:
+        second = trees[1]
+        first_names = _all_names(first)
+        taken = first_names | _all_names(second)  # one set, so no two new names coincide
+        top = {t.id for s in second.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+        top |= {f.name for f in _functions(second) if f.name.startswith("_")}
+        mapping = {n: _fresh(n, taken) for n in sorted(top) if n in first_names}
+        helper_b = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part", taken)
+        _rename(second, mapping)
+        tree = ast.Module(body=[s for s in first.body + second.body if not isinstance(s, ast.Expr)], type_ignores=[])
+        other, b_kind = f"{helper_b}({', '.join(losses.LOSS_ARGS)})", "the second parent"
+    else:
+        tree, b_kind = first, rng.choice(sorted(BASE_TERMS))
+        other = BASE_TERMS[b_kind].replace("X", "x")
+    value = _sig(rng.uniform(-0.3, 0.5))  # where |beta * rho| lives early in training, so both shapes act
+    threshold, parent_below = _add_constant(tree, "THRESHOLD", value), rng.random() < 0.5
+    below, above = ("{call}", other) if parent_below else (other, "{call}")
+    _with_public(tree, f"return torch.where(x > {{t}}, {above}, {below})", helper=helper_a, t=threshold.id)
+    where = "above" if parent_below else "below"
+    return tree, "piecewise", f"kept the parent's shape on one side of beta*rho = {value} and {b_kind} {where}"
+
+
+def op_schedule(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """A margin that depends on rho's magnitude: a target that grows with |rho|, or one that only acts near 0."""
+    tree, sites = trees[0], _margin_sites(trees[0])
+    if not sites:
+        raise _Skip("no margin to schedule")
+    site, grow = rng.choice(sites), rng.random() < 0.5
+    m = _add_constant(tree, "TARGET", _lognormal(rng, 1.0, 0.5))
+    s = _add_constant(tree, "REACH", _lognormal(rng, 2.0, 0.5))
+    template = "E - M * torch.tanh(torch.abs(E) / S)" if grow else "E - M * torch.exp(-torch.abs(E) / S)"
+    site.value = _expr(template, E=site.value, M=m, S=s)
+    how = "grows with" if grow else "fades with"
+    return tree, "schedule", f"gave '{site.targets[0].id}' a target margin that {how} |rho|"
+
+
 OPERATORS = {"mutate": op_mutate, "mixture": op_mixture, "margin": op_margin, "crossover": op_crossover,
-             "tune": op_tune}
+             "tune": op_tune, "sides": op_sides, "reweight": op_reweight, "piecewise": op_piecewise,
+             "schedule": op_schedule}
+# Relative odds when a child neither crosses two parents nor retunes constants: the operators that change the
+# gradient's shape (benchmarks/evolution_near_copies.py) are drawn three times as often as map swaps and fixed margins,
+# which often leave the shape unchanged where |beta * rho| is small.
+SINGLE_OPERATORS = {"sides": 3, "reweight": 3, "piecewise": 3, "schedule": 3, "mixture": 3, "mutate": 1, "margin": 1}
+TWO_PARENTS = ("crossover", "piecewise")
 
 
 # --- clean-up applied to every child ---
@@ -356,6 +483,77 @@ def _valid(code: str) -> bool:
     return True
 
 
+# --- static behaviour filter: children that only rescale, shift or re-beta their parent are redrawn ---
+
+
+def _positive(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value > 0
+
+
+def _peel_scale(node: ast.expr, shifts: bool) -> ast.expr:
+    """Strip positive constant factors (and, with ``shifts``, added constants) off the top of an expression."""
+    while isinstance(node, ast.BinOp):
+        op, left, right = node.op, node.left, node.right
+        if isinstance(op, ast.Mult) and _positive(left):
+            node = right
+        elif isinstance(op, (ast.Mult, ast.Div)) and _positive(right):
+            node = left
+        elif shifts and isinstance(op, ast.Add) and isinstance(left, ast.Constant):
+            node = right
+        elif shifts and isinstance(op, (ast.Add, ast.Sub)) and isinstance(right, ast.Constant):
+            node = left
+        else:
+            break
+    return node
+
+
+class _BetaScale(ast.NodeTransformer):
+    """``c * beta``, ``beta * c``, ``beta / c`` (c > 0) -> ``beta``: a constant inside beta's scale."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        beta = lambda n: isinstance(n, ast.Name) and n.id == "beta"  # noqa: E731
+        if isinstance(node.op, ast.Mult) and (beta(node.left) and _positive(node.right)):
+            return node.left
+        if isinstance(node.op, ast.Mult) and (beta(node.right) and _positive(node.left)):
+            return node.right
+        if isinstance(node.op, ast.Div) and beta(node.left) and _positive(node.right):
+            return node.left
+        return node
+
+
+@functools.lru_cache(maxsize=16384)
+def behaviour_form(code: str) -> str:
+    """A static normal form under which a positive scale of the loss, an added constant, a positive scale of
+    the margin and a constant inside beta's scale all vanish (Adam ignores the first two; the others only
+    change beta). Module-level numbers are inlined first, so a retuned constant shows where it acts."""
+    tree = ast.parse(code)
+    numbers = {t.id: s.value for s in tree.body if isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)
+               for t in s.targets if isinstance(t, ast.Name)}
+    inline = lambda n: ast.Constant(numbers[n.id]) if isinstance(n, ast.Name) and n.id in numbers else None  # noqa: E731
+    tree = _Sub(inline).visit(tree)
+    tree.body = [s for s in tree.body if not isinstance(s, (ast.Expr, ast.Assign, ast.Import, ast.ImportFrom))]
+    public = _public(tree)
+    public.name = "loss"
+    for fn in _functions(tree):
+        site = _margin_site(fn)
+        if site is not None:
+            site.value = _peel_scale(site.value, shifts=False)
+    for node in ast.walk(public):
+        if isinstance(node, ast.Return) and node.value is not None:
+            node.value = _peel_scale(node.value, shifts=True)
+    return ast.dump(_BetaScale().visit(tree))
+
+
+def same_behaviour(parent_code: str, child_code: str) -> bool:
+    """True if the child is, statically, its parent up to a positive scale, an added constant or a
+    rescaled beta: it would train exactly like the parent, so it is not worth proposing."""
+    try:
+        return behaviour_form(parent_code) == behaviour_form(child_code)
+    except (SyntaxError, StopIteration):
+        return False
+
+
 class EvolutionProposer(Proposer):
     """Offline evolution over loss programs.
 
@@ -365,7 +563,7 @@ class EvolutionProposer(Proposer):
         tournament_size: a parent is the best of this many pool members drawn at random (1: uniform choice).
         crossover_rate: probability that a child crosses two parents.
         constant_rate: probability that a child only retunes constants; the remaining probability is split
-            evenly between mutate, mixture and margin.
+            between the other operators by the odds in ``SINGLE_OPERATORS`` (piecewise takes a second parent).
         novelty_weight: diversity pressure. In a tournament a parent's fitness counts as
             ``fitness - novelty_weight * spread * log1p(children it already has)`` (spread: the pool's
             fitness range), so a lineage that has been tried often yields to a less-used one of similar fitness.
@@ -375,8 +573,8 @@ class EvolutionProposer(Proposer):
 
     name = "evolution"
 
-    def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.3,
-                 constant_rate: float = 0.3, novelty_weight: float = 0.1, max_attempts: int = 20):
+    def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.1,
+                 constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20):
         if tournament_size < 1 or max_attempts < 1:
             raise ValueError(f"tournament_size and max_attempts must be >= 1, got {tournament_size}, {max_attempts}")
         if not (0 <= crossover_rate <= 1 and 0 <= constant_rate <= 1 and crossover_rate + constant_rate <= 1):
@@ -438,9 +636,9 @@ class EvolutionProposer(Proposer):
         elif r < self.crossover_rate + self.constant_rate:
             op = "tune"
         else:
-            op = self._rng.choice(("mutate", "mixture", "margin"))
+            op = self._rng.choices(list(SINGLE_OPERATORS), weights=list(SINGLE_OPERATORS.values()))[0]
         parents = [self._select(pool, uses)]
-        if op == "crossover":
+        if op in TWO_PARENTS and len({p.hash for p in pool}) > 1:
             parents.append(self._select([p for p in pool if p.hash != parents[0].hash], uses))
         try:
             tree, tag, what = OPERATORS[op]([ast.parse(p.code) for p in parents], self._rng)
@@ -453,5 +651,7 @@ class EvolutionProposer(Proposer):
         code = _finish(tree, name, f"{name}: evolved offline.\n\n{thought}".replace("__", "_").replace("{", "("))
         if len(code) > MAX_CODE_CHARS or not _valid(code):
             return None
+        if any(same_behaviour(p.code, code) for p in parents):
+            return None  # a rescaled, shifted or beta-rescaled parent trains exactly like it: redraw
         return Candidate(name=name, code=code, thought=thought, parent_ids=[p.id for p in parents if p.id is not None],
                          proposer=self.name, info={"operator": op, "detail": tag, "parents": [p.name for p in parents]})

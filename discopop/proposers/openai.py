@@ -26,6 +26,7 @@ import openai
 
 from discopop.proposers import prompting as P
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
+from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
 
@@ -82,6 +83,7 @@ class OpenAIProposer(Proposer):
         self._budget = cfg["history_token_budget"]
         self._clients: dict[int, openai.OpenAI] = {}
         self._warned: set[str] = set()
+        self.facts: FitnessFacts | None = None  # set by the loop (set_facts) once the task is loaded
         self._conversation: list[P.Message] = [{"role": "system", "content": P.system_prompt()}]
         self._last_sent: list[P.Message] = []
         self._feedback: list[str] = []
@@ -152,6 +154,11 @@ class OpenAIProposer(Proposer):
             return self._ask(arm, lambda b: [self._conversation[0], {"role": "user", "content": text}], attempt,
                              [failed_id])
         return self._ask(arm, self._conversation_build(lambda b: text), attempt, [failed_id], 0)
+
+    def set_facts(self, facts: FitnessFacts) -> None:
+        """Tell the model what fitness is in this run (kl_coef, beta, learning rates, noise, SFT score)."""
+        self.facts = facts
+        self._conversation[0] = {"role": "system", "content": P.system_prompt(facts)}
 
     def observe(self, entry: HistoryEntry) -> None:
         """A finished candidate: feedback for the conversation, reward for the bandit."""

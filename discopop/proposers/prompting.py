@@ -19,6 +19,7 @@ from pathlib import Path
 from string import Template
 
 from discopop.proposers.base import HistoryEntry
+from discopop.proposers.facts import FitnessFacts
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 FAILED_STATUSES = ("invalid", "duplicate", "train_failed", "eval_failed")
@@ -56,8 +57,12 @@ def messages_tokens(messages: Sequence[Message]) -> int:
     return sum(estimate_tokens(m["content"]) for m in messages)
 
 
-def system_prompt() -> str:
-    return template("system").substitute()
+UNKNOWN_FACTS = "- (not given: the proposer was not told this run's settings)"
+
+
+def system_prompt(facts: FitnessFacts | None = None) -> str:
+    """The contract and rules, with what fitness is in this run (``facts``; the loop supplies them)."""
+    return template("system").substitute(fitness_facts=facts.render() if facts is not None else UNKNOWN_FACTS)
 
 
 def _fitness(value: float | None) -> str:
@@ -72,8 +77,9 @@ def _short(text: str, limit: int) -> str:
 def render_scored(entry: HistoryEntry) -> str:
     """A scored entry with its code: what the model should learn from and improve on."""
     idea = f"Idea: {_short(entry.thought, MAX_THOUGHT_IN_PROMPT)}\n" if entry.thought.strip() else ""
+    behaviour = f"Measured behaviour (x = beta*rho): {entry.diagnostics}\n" if entry.diagnostics else ""
     return (f"### id {entry.id}: {entry.name}, fitness {_fitness(entry.fitness)} (generation {entry.generation})\n"
-            f"{idea}```python\n{entry.code.strip()}\n```\n")
+            f"{idea}{behaviour}```python\n{entry.code.strip()}\n```\n")
 
 
 def render_failure(entry: HistoryEntry) -> str:
@@ -143,7 +149,8 @@ def archive_overhead() -> int:
 def feedback_line(entry: HistoryEntry) -> str:
     """One result for the conversation: the fitness, or why the candidate failed."""
     if _is_scored(entry):
-        return f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}"
+        behaviour = f"; measured behaviour: {entry.diagnostics}" if entry.diagnostics else ""
+        return f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}{behaviour}"
     reason = _short(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
     return f"- `{entry.name}` (id {entry.id}): {entry.status}: {reason}"
 

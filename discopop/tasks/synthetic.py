@@ -284,7 +284,18 @@ def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: i
             pairs.append({"prompt": prompt, "chosen": good[0], "rejected": bad[0]})
         if len(pairs) >= cfg["max_pairs"]:
             break
-    return pairs
+    return flip_labels(pairs, float(cfg.get("label_noise", 0.0)), random.Random(seed + 1))
+
+
+def flip_labels(pairs: list[dict[str, str]], rate: float, rng: random.Random) -> list[dict[str, str]]:
+    """Swap chosen and rejected in a seeded ``rate`` of the pairs, as disagreeing annotators do.
+
+    Real preference data is noisy (human agreement is often 60-75%); how a loss treats pairs it
+    cannot fit is one of the things that separates loss shapes, and a task with clean labels hides it.
+    """
+    if rate <= 0:
+        return pairs
+    return [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} if rng.random() < rate else p for p in pairs]
 
 
 def split_heldout(language: SyntheticLanguage, problems: list[tuple[str, str]],

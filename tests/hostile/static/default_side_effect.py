@@ -1,0 +1,14 @@
+"""A default argument value is evaluated at load time."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def _helper(x, y=torch.save(torch.zeros(1), 'MARKER_PATH')):
+    return x
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho)

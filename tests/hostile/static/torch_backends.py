@@ -1,0 +1,11 @@
+"""Change global backend flags through torch.backends."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    torch.backends.cudnn.enabled = False
+    return -F.logsigmoid(beta * rho)

@@ -1,0 +1,11 @@
+"""Define a new operator with torch.library."""
+
+import math
+import torch
+import torch.nn.functional as F
+
+
+def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    _lib = torch.library.Library('hostile', 'DEF')
+    return -F.logsigmoid(beta * rho)

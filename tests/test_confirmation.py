@@ -1,0 +1,131 @@
+"""The fresh-seed confirmation on a real archive with stored per-prompt runs (no training): which jobs it
+asks for, and the verdicts it stores for failed, missing, single and clear-cut comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from discopop import stats
+from discopop.archive import Archive, Evaluation
+from discopop.confirmation import fresh_seeds, judge, missing_jobs
+from discopop.proposers.base import Candidate
+
+SEEDS = fresh_seeds(0, 3)
+DPO_FILE = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
+PROMPTS = 300
+
+
+@pytest.fixture()
+def archive(tmp_path: Path):
+    arch = Archive(tmp_path / "archive.sqlite")
+    yield arch
+    arch.close()
+
+
+def _row(arch: Archive, name: str, fitness: float, proposer: str = "evolution", lr: float | None = None) -> int:
+    row = arch.add(Candidate(name, f"# {name}\n", proposer=proposer), 0 if proposer == "reference" else 1)
+    arch.finish(row, "scored", fitness=fitness, metrics={"learning_rate": lr} if lr else {})
+    return row
+
+
+def _runs(arch: Archive, row: int, accuracy: float, rng: np.random.Generator, seeds=SEEDS) -> None:
+    """Exact-match rewards on shared prompts: one uniform draw per (seed, prompt) shared by every arm."""
+    for seed in seeds:
+        u = np.random.default_rng(seed).random(PROMPTS)
+        rewards = (u < accuracy + rng.normal(0, 0.01)).astype(float).tolist()
+        reply = {"fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.0,
+                 "per_prompt": rewards, "per_prompt_kl": [0.0] * PROMPTS, "learning_rate": 1e-5}
+        arch.add_evaluation(Evaluation.from_reply(row, seed, "confirm", reply))
+
+
+def test_jobs_use_each_rows_learning_rate_and_skip_stored_runs_even_failed_ones(archive: Archive) -> None:
+    cand = _row(archive, "cand", 0.9, lr=4e-5)
+    dpo = _row(archive, "dpo", 0.8, proposer="reference")
+    archive.add_evaluation(Evaluation(cand, SEEDS[0], "confirm", 4e-5, error="train: loss is nan at step 2"))
+    archive.add_evaluation(Evaluation(cand, 7, "search", 4e-5, fitness=0.9))  # a search run is not a confirmation
+    jobs = missing_jobs(archive, [archive.get(cand), archive.get(dpo)], SEEDS)
+    assert [(j.row_id, j.seed, j.learning_rate, j.split) for j in jobs] == [
+        (cand, SEEDS[1], 4e-5, "confirm"), (cand, SEEDS[2], 4e-5, "confirm"),
+        *[(dpo, s, None, "confirm") for s in SEEDS]]
+
+
+def test_a_clear_gain_beats_both_baselines_and_everything_is_stored(archive: Archive) -> None:
+    rng = np.random.default_rng(0)
+    good, flat = _row(archive, "good", 0.9), _row(archive, "flat", 0.85)
+    dpo, lrml = _row(archive, "dpo", 0.80, "reference"), _row(archive, "lrml", 0.82, "reference")
+    for row, acc in ((good, 0.70), (flat, 0.52), (dpo, 0.50), (lrml, 0.52)):
+        _runs(archive, row, acc, rng)
+    comps = judge(archive, [archive.get(good), archive.get(flat)], archive.get(dpo), archive.get(lrml), SEEDS)
+    assert len(comps) == 4 and all(c.p_adjusted >= c.p for c in comps)
+    conf = archive.get(good).metrics["confirmation"]
+    assert conf["vs_dpo"]["verdict"] == stats.BEATS and conf["vs_best"]["verdict"] == stats.BEATS
+    assert conf["vs_best"]["baseline"] == "lrml" and conf["vs_dpo"]["text"].startswith("+0.2")
+    assert len(conf["fitness"]) == 3 and conf["se"] > 0 and conf["vs_dpo"]["ci"][0] > 0
+    assert archive.get(flat).metrics["confirmation"]["vs_best"]["verdict"] == stats.WITHIN
+    dpo_conf = archive.get(dpo).metrics["confirmation"]
+    assert "vs_dpo" not in dpo_conf and dpo_conf["mean"] == pytest.approx(np.mean(dpo_conf["fitness"]))
+
+
+def test_a_failed_or_missing_seed_fails_the_comparison(archive: Archive) -> None:
+    rng = np.random.default_rng(1)
+    good, dpo = _row(archive, "good", 0.9), _row(archive, "dpo", 0.8, "reference")
+    _runs(archive, good, 0.9, rng)
+    _runs(archive, dpo, 0.3, rng, seeds=SEEDS[:2])
+    archive.add_evaluation(Evaluation(dpo, SEEDS[2], "confirm", None, error="train: timed out after 600 s"))
+    judge(archive, [archive.get(good)], archive.get(dpo), archive.get(dpo), SEEDS)
+    conf = archive.get(good).metrics["confirmation"]
+    assert conf["vs_dpo"]["verdict"] == stats.FAILED and "timed out" in conf["vs_dpo"]["reason"]
+    assert conf["vs_best"] is None  # DPO is the strongest baseline: one comparison, not two
+    assert archive.get(dpo).metrics["confirmation"]["fitness"][2] is None
+    other = _row(archive, "other", 0.85)
+    _runs(archive, other, 0.9, rng, seeds=SEEDS[:2])  # never ran its third seed
+    judge(archive, [archive.get(other)], archive.get(good), None, SEEDS)
+    assert "no result" in archive.get(other).metrics["confirmation"]["vs_dpo"]["reason"]
+
+
+def test_one_fresh_seed_is_never_significant(archive: Archive) -> None:
+    rng = np.random.default_rng(2)
+    good, dpo = _row(archive, "good", 0.9), _row(archive, "dpo", 0.8, "reference")
+    _runs(archive, good, 0.95, rng, seeds=SEEDS[:1])
+    _runs(archive, dpo, 0.05, rng, seeds=SEEDS[:1])
+    (comp,) = judge(archive, [archive.get(good)], archive.get(dpo), None, SEEDS[:1])
+    assert comp.verdict == stats.FAILED and "at least 2" in comp.reason
+
+
+NAN_LOSS = """import math
+
+import torch.nn.functional as F
+
+
+def nan_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) + math.nan
+"""
+
+
+def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate(tiny_task, archive) -> None:
+    from discopop.confirmation import confirm
+    from discopop.executors import make_executor
+    from discopop.loop import worker_spec
+
+    task, cfg = tiny_task
+    cfg = {**cfg, "training": {**cfg["training"], "batch_size": 16, "threads": 1}}
+    dpo = archive.add(Candidate("dpo", DPO_FILE.read_text(), proposer="reference"), 0)
+    archive.finish(dpo, "scored", fitness=0.1)
+    bad = archive.add(Candidate("nan_loss", NAN_LOSS, proposer="evolution"), 1)
+    archive.finish(bad, "scored", fitness=0.2, metrics={"learning_rate": 2e-5})
+    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    try:
+        (comp,) = confirm(archive, executor, base_seed=0, n_seeds=2, top_k=1)
+    finally:
+        executor.close()
+    runs = archive.evaluations(split="confirm")
+    assert sorted((e.candidate_id, e.seed, e.ok) for e in runs) == [
+        (dpo, 1000, True), (dpo, 1001, True), (bad, 1000, False), (bad, 1001, False)]
+    assert all(len(e.per_prompt) == len(task.prompts("confirm")) for e in runs if e.ok)
+    assert {e.learning_rate for e in runs if e.candidate_id == bad} == {2e-5}
+    assert comp.verdict == stats.FAILED and "nan_loss: seed 1000 failed" in comp.reason
+    assert archive.get(bad).metrics["confirmation"]["fitness"] == [None, None]
