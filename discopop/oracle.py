@@ -9,11 +9,12 @@ the scoring run in the trusted worker through :class:`discopop.remote_loss.Remot
 this process says can change any verdict or fitness but its own loss's behaviour.
 
 It imports torch and the loss contract only, puts the child-side OS layers on itself first
-(``sandbox.lock_down``) and seals itself (``sandbox.seal``: seccomp and the runtime guard) before the candidate is loaded; a fresh one serves
-each job and is killed afterwards, so no thread, patched module or global setting survives into
-another candidate. Reported problems (a guard refusal, changed global torch state, a patched
-namespace) are informational: the OS layers enforce, and whatever this process answers, the
-trusted side checks the framing, sizes and deadlines itself (``oracle_wire``).
+(``sandbox.lock_down``) and seals itself (``sandbox.seal``: seccomp and the runtime guard) before
+the candidate is loaded; a fresh one serves each job and is killed afterwards, so no thread, patched
+module or global setting survives into another candidate. Reported problems (a guard refusal,
+changed global torch state, a patched namespace) are informational: the OS layers enforce, and
+whatever this process answers, the trusted side checks the framing, sizes and deadlines itself
+(``oracle_wire``).
 
 Its one channel is a connected unix socket (fd in ``DISCOPOP_ORACLE_FD``) whose other end the
 parent hands to the worker; it sends ``READY`` before reading anything, i.e. before any candidate
