@@ -42,14 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)"
 # Each loss scales beta differently: equal values on the probe inputs would make it a duplicate of DPO.
-# In the numeric checks every input is a leaf tensor; in training the policy log-probs come out of
-# the model (a graph), so ``is_leaf`` tells the two apart without touching anything global.
+# Training batches hold at most TRAIN_BATCH pairs, fewer than any numeric check uses (16, 25, 70, 401),
+# so the batch size tells checks and training apart with nothing but allow-listed arithmetic.
+TRAIN_BATCH = 12
 STALL = f"""import torch.nn.functional as F
 
 
 def {{name}}({SIG}):
     {RHO}
-    for _ in range(0 if policy_chosen_logps.is_leaf else 10 ** 12):
+    for _ in range(10 ** 12 if policy_chosen_logps.shape[0] <= {TRAIN_BATCH} else 0):
         pass
     return -F.logsigmoid({{scale}} * beta * rho)
 """
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 
 def nan_late({SIG}):
     {RHO}
-    return -F.logsigmoid(1.2 * beta * rho) + (0.0 if policy_chosen_logps.is_leaf else math.nan)
+    return -F.logsigmoid(1.2 * beta * rho) + (math.nan if policy_chosen_logps.shape[0] <= {TRAIN_BATCH} else 0.0)
 """
 GOOD = f"""import torch.nn.functional as F
 
@@ -208,7 +209,8 @@ def scenario(tmp_path_factory, cache_dir) -> Iterator[Scenario]:
     keep = [o for o in SMALL_RUN if not o.startswith(("baselines=", "confirm."))]
     overrides = [*keep, "baselines=[dpo]", "confirm.seeds=0", "proposer=openai", f"proposer.base_url={server.url}",
                  "proposer.model=test-model", "proposer.api_key_env=DISCOPOP_FAULT_TEST_NO_KEY",
-                 "proposer.max_repairs=0", "proposer.max_retries=0", f"training.train_timeout={RUN1_TRAIN_TIMEOUT}",
+                 "proposer.max_repairs=0", "proposer.max_retries=0", f"training.batch_size={TRAIN_BATCH}",
+                 f"training.train_timeout={RUN1_TRAIN_TIMEOUT}",
                  f"hydra.run.dir={run_dir}"]
     resumed = [f"training.train_timeout={TRAIN_TIMEOUT}"]
     sc = Scenario(run_dir, tmpfs)
