@@ -41,7 +41,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(available())})")
     _require("dpo" in cfg["baselines"], "baselines must include dpo (the fresh-seed confirmation compares to it)")
     t = cfg["training"]
-    for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout"):
+    for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout", "oracle_timeout"):
         _require(float(t[key]) > 0, f"training.{key} must be > 0, got {t[key]}")
     grid = t.get("lr_grid")
     _require(grid is None or (isinstance(grid, list) and len(grid) > 0 and all(

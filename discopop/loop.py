@@ -59,6 +59,7 @@ def worker_spec(cfg: dict[str, Any]) -> WorkerSpec:
         threads=int(training.get("threads", 1)),
         limits=Limits(memory_mb=int(executor.get("memory_mb", 6144)), file_size_mb=int(executor.get("file_mb", 256))),
         check_timeout=float(training.get("check_timeout", 30)), train_timeout=float(training.get("train_timeout", 600)),
+        oracle_timeout=float(training.get("oracle_timeout", 10)),
     )
 
 

@@ -71,6 +71,7 @@ def good({SIG}):
 """
 RUN1_TRAIN_TIMEOUT = 60  # seconds: run 1 kills / interrupts its stalls long before this
 TRAIN_TIMEOUT = 6  # seconds, for the resumed runs: bounds the re-run of the interrupted stall
+ORACLE_START_CPU = 2.0  # CPU seconds an oracle spends importing torch and checking, with room to spare
 STOP_WITHIN = 10.0  # seconds from SIGINT to exit
 
 
@@ -99,8 +100,8 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
 
 
-def worker_pids(root: int) -> list[int]:
-    """``discopop.worker`` processes descended from ``root`` (found through /proc, no psutil)."""
+def worker_pids(root: int, module: bytes = b"discopop.worker") -> list[int]:
+    """``module`` processes (the worker, or loss oracles) descended from ``root`` (found through /proc, no psutil)."""
     parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and (fields := _stat(int(name))):
@@ -113,7 +114,7 @@ def worker_pids(root: int) -> list[int]:
             p = parents[p]
         if root in chain[1:] or p == root:
             try:
-                if b"discopop.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if module in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(pid)
             except OSError:
                 pass
@@ -136,16 +137,19 @@ def wait_until(condition, timeout: float, what: str):
 
 
 def busy_worker(proc: subprocess.Popen, ready, what: str, busy: float = 2.0) -> int:
-    """The worker of ``proc``, once ``ready()`` holds and the worker has burned ``busy`` s of CPU since.
+    """The worker of ``proc``, once ``ready()`` holds and the stalling loss has spun for about ``busy`` s.
 
-    ``ready`` must mean "the worker is warm and the stalling candidate is next": its checks take
-    well under a second, so that much CPU afterwards means it is training.
+    ``ready`` must mean "the worker is warm and the stalling candidate is next". The stall spins in
+    its loss oracle (candidate code runs nowhere else) while the worker waits: an oracle costs
+    about 1 s of CPU to start and its checks well under one more, so ``ORACLE_START_CPU + busy``
+    s of CPU in one oracle means the stall is training.
     """
     wait_until(lambda: ready() or proc.poll() is not None, 180, what)
     assert proc.poll() is None, f"discover ended early ({what})"
     pid = wait_until(lambda: (worker_pids(proc.pid) or [None])[0], 60, "the worker process")
-    start = cpu_seconds(pid)
-    wait_until(lambda: cpu_seconds(pid) - start >= busy or proc.poll() is not None, 120, f"{what}: training")
+    spinning = lambda: any(cpu_seconds(o) >= ORACLE_START_CPU + busy  # noqa: E731
+                           for o in worker_pids(proc.pid, b"discopop.oracle"))
+    wait_until(lambda: spinning() or proc.poll() is not None, 120, f"{what}: training")
     assert proc.poll() is None, f"discover ended early ({what})"
     return pid
 
@@ -210,7 +214,7 @@ def scenario(tmp_path_factory, cache_dir) -> Iterator[Scenario]:
     overrides = [*keep, "baselines=[dpo]", "confirm.seeds=0", "proposer=openai", f"proposer.base_url={server.url}",
                  "proposer.model=test-model", "proposer.api_key_env=DISCOPOP_FAULT_TEST_NO_KEY",
                  "proposer.max_repairs=0", "proposer.max_retries=0", f"training.batch_size={TRAIN_BATCH}",
-                 f"training.train_timeout={RUN1_TRAIN_TIMEOUT}",
+                 f"training.train_timeout={RUN1_TRAIN_TIMEOUT}", f"training.oracle_timeout={RUN1_TRAIN_TIMEOUT}",
                  f"hydra.run.dir={run_dir}"]
     resumed = [f"training.train_timeout={TRAIN_TIMEOUT}"]
     sc = Scenario(run_dir, tmpfs)
