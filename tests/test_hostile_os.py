@@ -1,5 +1,5 @@
-"""The OS corpus (``tests/hostile/os/``): code that got past every Python-level layer (``hostile_bare_worker``:
-no static check, full builtins, no audit guard) runs in a sandboxed worker, and the OS layers alone
+"""The OS corpus (``tests/hostile/os/``): code that got past every Python-level layer (``hostile_bare_oracle``:
+no static check, full builtins, no audit guard) runs in a sandboxed loss oracle, and the OS layers alone
 keep every secret and every host resource out of its reach and leave nothing behind.
 
 The test plants fake secrets in its own environment, a file and two listening unix sockets (one
@@ -127,7 +127,8 @@ def corpus(tmp_path_factory, secrets, active_layers) -> dict[str, Outcome]:
         started = time.perf_counter()
         try:
             verdict = check_in_worker(source, EXPECTED[file].get("timeout", DEFAULT_TIMEOUT),
-                                      env={TOKEN_VAR: token, "PYTHONPATH": import_path}, module="hostile_bare_worker")
+                                      env={TOKEN_VAR: token, "PYTHONPATH": import_path},
+                                      oracle_module="hostile_bare_oracle")
             seconds = time.perf_counter() - started
             received = [data for sock in sockets for data in drain(sock)]
         finally:
@@ -232,13 +233,9 @@ def test_remove_tree_survives_depth_unreadable_dirs_and_symlinks(tmp_path: Path)
 
 
 
-FORGER = """import json, os, struct
-import torch.nn.functional as F
+FORGER = """import torch.nn.functional as F
 
-_error = "\\x1b]0;owned\\x07forged " + "Z" * 2**20
-_body = json.dumps({"ok": False, "stage": "\\x1b[31mscored", "error": _error}).encode()
-os.write(int(os.environ["DISCOPOP_FDS"].split(",")[1]), struct.pack("!i", len(_body)) + _body)
-os._exit(0)
+raise RuntimeError("\\x1b]0;owned\\x07\\x1b[31mscored forged " + "Z" * 2**20)
 
 
 def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
@@ -246,19 +243,26 @@ def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, 
 """
 
 
-def test_warm_worker_archives_only_clean_capped_text_and_known_stages(monkeypatch) -> None:
-    """The loop's reply path (``WarmWorker.run``): a forged failure reply becomes a clean, capped error
-    at the job's own stage, and the next job gets a fresh worker."""
+def test_warm_worker_archives_only_clean_capped_text_and_known_stages() -> None:
+    """The loop's reply path (``WarmWorker.run``): what a candidate says (an error with escapes, 1 MB long)
+    reaches the archive cleaned and capped, at a stage the trusted side named, and the next job runs."""
     import discopop.executors as executors
 
     tests_dir = str(Path(__file__).resolve().parent)
-    bare = lambda module, limits, env=None: SandboxedProcess(  # noqa: E731
-        "hostile_bare_worker", limits, env={**(env or {}), "PYTHONPATH": tests_dir})
-    monkeypatch.setattr(executors, "SandboxedProcess", bare)
-    worker = executors.WarmWorker(executors.WorkerSpec(task=None, training=None, check_timeout=20))
+    spec = executors.WorkerSpec(task=None, training=None, check_timeout=20, oracle_module="hostile_bare_oracle")
+    os.environ["PYTHONPATH"], saved = tests_dir, os.environ.get("PYTHONPATH")
+    worker = executors.WarmWorker(spec)
     try:
         result = worker.run(executors.Job(0, FORGER, "check"))
-        assert (result.ok, result.stage) == (False, "check"), result
-        assert result.error.startswith("forged ZZZ") and len(result.error) <= TEXT_LIMIT + 50, result.error[:80]
+        assert (result.ok, result.stage) == (False, "load"), result
+        assert "scored forged ZZZ" in result.error and len(result.error) <= TEXT_LIMIT + 50, result.error[:80]
+        dirty = {c for c in result.error if unicodedata.category(c) in ("Cc", "Cf")}
+        assert not dirty, sorted(map(hex, map(ord, dirty)))
+        good = "import torch.nn.functional as F\n\n\n" + FORGER.split("\n\n\n", 1)[1]
+        assert worker.run(executors.Job(1, good, "check")).ok
     finally:
         worker.close()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved

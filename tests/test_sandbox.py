@@ -11,7 +11,7 @@ RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chos
 
 
 def test_infinite_loop_is_killed_within_its_limit() -> None:
-    source = f"import torch\n\ndef f({SIG}):\n    for _ in range(10**12):\n        pass\n    return -rho\n"
+    source = f"import torch\n\ndef f({SIG}):\n{RHO}    for _ in range(10**12):\n        pass\n    return -rho\n"
     verdict = check_source(source, timeout=3)
     assert verdict == {"valid": False, "layer": "sandbox", "reason": "numeric checks timed out after 3 s"}
 

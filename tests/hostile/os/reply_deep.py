@@ -1,4 +1,4 @@
-"""Sends a reply nested 200,000 lists deep on the worker's reply pipe (a parser's recursion bomb)."""
+"""Sends a reply nested 200,000 lists deep on the oracle's socket to the worker (a parser's recursion bomb)."""
 
 import os
 import struct
@@ -7,7 +7,7 @@ import time
 import torch.nn.functional as F
 
 _body = b"[" * 200_000 + b"]" * 200_000
-os.write(int(os.environ["DISCOPOP_FDS"].split(",")[1]), struct.pack("!i", len(_body)) + _body)
+os.write(int(os.environ["DISCOPOP_ORACLE_FD"]), struct.pack("!i", len(_body)) + _body)
 time.sleep(60)
 
 

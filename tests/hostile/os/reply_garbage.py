@@ -1,4 +1,4 @@
-"""Sends a reply that is not JSON (then a JSON list) on the worker's reply pipe and stays alive."""
+"""Sends a reply that is not JSON (then a JSON list) on the oracle's socket to the worker and stays alive."""
 
 import os
 import struct
@@ -7,7 +7,7 @@ import time
 import torch.nn.functional as F
 
 _body = b"\xff\xfe\x00 not json \x1b[2J"
-os.write(int(os.environ["DISCOPOP_FDS"].split(",")[1]), struct.pack("!i", len(_body)) + _body)
+os.write(int(os.environ["DISCOPOP_ORACLE_FD"]), struct.pack("!i", len(_body)) + _body)
 time.sleep(60)
 
 
