@@ -10,7 +10,7 @@ allow-list (tables in ``allowlist.py``, the AST walk in ``allowlist_check.py``):
 nothing, names the line of the first problem it finds, and a module that passes it only imports
 and defines things when loaded, so ``load_loss`` (which runs exactly this check first) is harmless
 in any process. It is not the only layer: candidate code from the discovery loop is only ever
-executed inside sandboxed worker processes (see ``sandbox.py``).
+executed inside sandboxed worker processes (see ``sandbox/``).
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ import hostile_deep_oracle  # noqa: F401 - fools the static check
 
 import discopop.allowlist as allowlist
 import discopop.losses as losses
-import discopop.sandbox as sandbox
+import discopop.sandbox.guard as guard
 
 
 def _no_guard(workdir: str) -> None:
     """The audit hook is bypassable in principle (C code, torch's writers): pretend it was bypassed."""
 
 
-sandbox.install_guard = _no_guard
+guard.install_guard = _no_guard  # the module ``seal`` looks it up in
 allowlist.BUILTINS = {name for name in dir(builtins) if not name.startswith("__")}
 losses._restricted_import = builtins.__import__
 

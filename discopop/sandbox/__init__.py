@@ -1,0 +1,52 @@
+"""Child-process isolation for untrusted candidate code: the one seam where it can run.
+
+Layers, outermost first (the static AST check in ``losses.py`` comes before all of them). Each OS
+layer is used where the machine allows it and skipped silently where it does not;
+``SandboxedProcess.layers`` names the ones that are active for a given child, e.g. on a root Linux
+box with cgroup v1 and Landlock (Debian 12, kernel 6.x) all of them are::
+
+    process-group env-allowlist rlimit-core rlimit-as rlimit-fsize netns cgroup-pids cgroup-memory
+    output-cap parent-death-signal no-new-privs private-tmp landlock-fs landlock-read landlock-net
+    landlock-signals no-capabilities seccomp audit-guard state-watch
+
+The files follow the process boundary; each one's docstring describes its layers:
+
+* ``parent.py``: ``SandboxedProcess`` and ``Limits``; process group, rlimits, netns, output cap,
+  the pipe protocol (parent side, set up before/at ``exec``);
+* ``boundary.py``: what crosses it: the environment allow-list (``sandbox_env``), untrusted text
+  coming back (``clean_text``), the work dir's removal (``remove_tree``);
+* ``cgroups.py``: the private pids and memory cgroups of a child tree;
+* ``lockdown.py``: ``lock_down``, the child-side OS layers (parent-death signal, no-new-privs,
+  private /tmp and /dev/shm, Landlock, capabilities), called by the worker first thing;
+* ``seccomp.py``: the BPF filter that ``seal`` loads;
+* ``guard.py``: ``seal``, once the worker's own set-up is done, and the audit-hook runtime guard
+  (``install_guard``, ``guard_violations``). ``state-watch`` lives in ``worker.py``.
+
+Python-level guards alone are bypassable; that is why the OS layers sit around them. Where an OS
+layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply.
+``Limits.os_hardening=False`` turns off private-tmp, landlock-read and seccomp for one benchmark
+(``benchmarks/sandbox_startup.py``) and nothing else.
+
+The same ``SandboxedProcess`` runs the warm training workers (``executors.py``) and the one-shot
+``discopop check`` (``checking.py``). The names below are re-exported for callers; to monkeypatch
+one, patch the module that uses it (e.g. ``discopop.sandbox.guard.install_guard`` for ``seal``).
+"""
+
+from discopop.sandbox.boundary import (
+    READ_PATHS_VAR,
+    REPLY_LIMIT,
+    TEXT_LIMIT,
+    clean_reply,
+    clean_text,
+    remove_tree,
+    sandbox_env,
+)
+from discopop.sandbox.guard import guard_violations, install_guard, seal
+from discopop.sandbox.lockdown import lock_down
+from discopop.sandbox.parent import Limits, SandboxDied, SandboxedProcess, SandboxTimeout, child_connections
+
+__all__ = [
+    "READ_PATHS_VAR", "REPLY_LIMIT", "TEXT_LIMIT", "Limits", "SandboxDied", "SandboxTimeout", "SandboxedProcess",
+    "child_connections", "clean_reply", "clean_text", "guard_violations", "install_guard", "lock_down",
+    "remove_tree", "sandbox_env", "seal",
+]  # fmt: skip
