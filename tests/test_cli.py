@@ -68,6 +68,8 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     assert f"candidate: #{best[0]}" in target.read_text()
 
 
+# slow: tests/test_faults.py kills, interrupts and resumes a run in the default suite too
+@pytest.mark.slow
 def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}

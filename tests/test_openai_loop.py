@@ -184,6 +184,8 @@ def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache
     assert_key_never_written(run_dir, stopped, resumed)
 
 
+# slow: the bad-key test covers stop-and-resume in the default suite; this adds the budget path
+@pytest.mark.slow
 def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, cache_dir, server):
     # $0.02 a request against a $0.05 budget: the third request (gen 3) crosses it, and the stop comes
     # when gen 3's broken answer would be sent back for repair. Conversation mode, so the feedback the
