@@ -168,6 +168,24 @@ def test_429_with_retry_after_then_success(server, make):
     assert len(server.requests) == 2 and server.bodies()[0] == server.bodies()[1]
 
 
+def test_retry_after_as_an_http_date_is_honoured(server, make):
+    """RFC 9110 lets Retry-After be an HTTP date; a past one means "now", an unparseable one is ignored."""
+    from datetime import datetime, timezone
+
+    from discopop.proposers.openai import _retry_after
+
+    now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+    assert _retry_after({"retry-after": "Fri, 27 Nov 2026 12:00:42 GMT"}, now) == 42.0
+    assert _retry_after({"retry-after": "Fri, 27 Nov 2026 11:59:00 GMT"}, now) == 0.0
+    assert _retry_after({"retry-after": "next tuesday"}, now) is None
+    assert _retry_after({"retry-after-ms": "1500", "retry-after": "Fri, 27 Nov 2026 12:00:42 GMT"}, now) == 1.5
+    server.push(error(429, "Rate limit reached", code="rate_limit_exceeded",
+                      headers={"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}), completion(answer()))
+    [cand] = make().propose([], k=1, generation=0)
+    assert cand.error is None and cand.info["retries"] == 1
+    assert make.sleeps == [0.0]  # a date in the past: retry at once, not after the exponential backoff
+
+
 def test_repeated_500s_exhaust_retries_and_the_run_goes_on(server, make):
     server.push(*[error(500, "upstream exploded", type_="server_error")] * 4, completion(answer()))
     proposer = make(max_retries=3)

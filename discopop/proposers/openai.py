@@ -12,6 +12,7 @@ or an exception message (server error text is redacted before it is recorded).
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
@@ -368,16 +370,29 @@ class OpenAIProposer(Proposer):
             self._best = fitness if self._best is None else max(self._best, fitness)
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from Retry-After (or retry-after-ms); an HTTP date is not worth parsing here."""
+def _retry_after(headers: Any, now: datetime | None = None) -> float | None:
+    """Seconds from retry-after-ms or Retry-After, which RFC 9110 allows as seconds or an HTTP date."""
     if headers is None:
         return None
     for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(header)
-        try:
-            seconds = float(value) / divisor if value is not None else None
-        except ValueError:
+        if value is None:
             continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            seconds = _seconds_until(value, now) if header == "retry-after" else None
         if seconds is not None and math.isfinite(seconds) and seconds >= 0:
             return seconds
     return None
+
+
+def _seconds_until(http_date: str, now: datetime | None) -> float | None:
+    """Seconds from ``now`` (default: the clock) to an HTTP date, 0 if it is past; None if unparseable."""
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may parse naive
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
