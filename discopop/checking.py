@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.diagnostics import summarize
-from discopop.losses import LossRejected, static_check
+from discopop.losses import LossRejected, normalise_loss, static_check
 from discopop.oracle_supply import ORACLE_MODULE, OracleProcess, OracleStartFailed, explain_oracle_death, worker_control
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 
@@ -28,16 +28,20 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
     ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``).
     A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
-    rejection) and ``summary`` (the diagnostics in one line).
+    rejection) and ``summary`` (the diagnostics in one line). A loss in the original DiscoPOP method
+    form is checked as rewritten to the contract form, and ``normalised`` shows that text.
     """
     try:
         with _PARSE_LOCK:
             info = static_check(source)
+            normalised = normalise_loss(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
     verdict = check_in_worker(source, timeout, limits, env, beta=beta)
     if verdict["valid"]:
         verdict["function"] = info.function_name
+    if normalised != source:
+        verdict["normalised"] = normalised
     return verdict
 
 

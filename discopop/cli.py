@@ -105,6 +105,9 @@ def _check(args: argparse.Namespace) -> int:
     elif verdict["valid"]:
         print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
         print(f"  diagnostics: {verdict['summary']}")
+    if verdict.get("normalised") and not args.json:
+        print("  checked as rewritten from the DiscoPOP method form to the contract form:")
+        print("\n".join("    " + line for line in verdict["normalised"].splitlines()))
     if not verdict["valid"]:
         print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
         return 1

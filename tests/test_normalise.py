@@ -3,11 +3,14 @@ and rewritten into the contract form before the static check; any other use of `
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import torch
 
+from discopop.checking import check_source
+from discopop.checks import CheckFailed, check_loss
 from discopop.losses import LossRejected, code_hash, load_loss, normalise_loss, static_check
 
 PAPER = Path(__file__).resolve().parent / "paper_losses"
@@ -78,3 +81,58 @@ def test_other_uses_of_self_and_forbidden_imports_are_refused(change: tuple[str,
         with pytest.raises(LossRejected, match=None) as err:
             check(source)
         assert reason in str(err.value) and "\n" not in str(err.value)
+
+
+class _ToMethodForm(ast.NodeTransformer):
+    """``beta`` -> ``self.beta`` (how the DiscoPOP trainer's methods read it)."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == "beta":
+            return ast.copy_location(ast.Attribute(ast.Name("self", ast.Load()), "beta", ast.Load()), node)
+        return node
+
+
+def method_form(contract_source: str) -> str:
+    """A contract-form loss written the way the DiscoPOP code base has it: the loss a method (``self``
+    first, no ``beta`` parameter, ``self.beta``) with its imports in its body; module constants and
+    helper functions stay where they are. A file that is only the loss is indented as in the class body."""
+    tree = ast.parse(contract_source)
+    name = static_check(contract_source).function_name
+    imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    [fn] = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == name]
+    fn.args.args = [ast.arg("self"), *fn.args.args[:4]]
+    fn.body = [*imports, *(_ToMethodForm().visit(s) for s in fn.body)]
+    rest = [s for s in tree.body if s not in imports and not (isinstance(s, ast.Expr) and s is tree.body[0])]
+    text = ast.unparse(ast.fix_missing_locations(ast.Module(body=rest, type_ignores=[])))
+    if rest == [fn]:
+        text = "\n".join("    " + line if line else line for line in text.splitlines())
+    return text + "\n"
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("*.py")), ids=lambda p: p.stem)
+def test_paper_losses_in_method_form_are_accepted_and_compute_the_same(path: Path) -> None:
+    source = method_form(path.read_text())
+    assert "(self, " in source and "import" not in source.split("def ", 1)[0]
+    method, contract = load_loss(source), load_loss(path)
+    for beta in (0.05, 0.5):
+        assert torch.allclose(method(*inputs(), beta), contract(*inputs(), beta), equal_nan=True)
+
+
+def test_stateful_and_wrong_shape_method_losses_are_refused_with_one_line() -> None:
+    stateful = METHOD.replace("tau = 0.05", "self.calls = 1\n        tau = 0.05")
+    with pytest.raises(LossRejected) as err:
+        load_loss(stateful)
+    assert "self.calls" in str(err.value) and "\n" not in str(err.value)
+    last = "return logistic_component * (1 - log_ratio_modulation) + exp_component * log_ratio_modulation"
+    wrong_shape = METHOD.replace(last, f"return ({last.removeprefix('return ')}).mean()")
+    assert wrong_shape != METHOD
+    with pytest.raises(CheckFailed, match=r"one loss per example") as err:
+        check_loss(load_loss(wrong_shape))
+    assert "\n" not in str(err.value)
+
+
+def test_check_shows_the_normalised_code(tmp_path: Path) -> None:
+    verdict = check_source(METHOD, timeout=30)
+    assert verdict["valid"], verdict
+    assert verdict["normalised"] == normalise_loss(METHOD) and "self" not in verdict["normalised"]
+    assert "normalised" not in check_source((PAPER / "cell.py").read_text(), timeout=30)
