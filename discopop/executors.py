@@ -57,6 +57,14 @@ class Executor(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Start the workers now, so the first candidate does not pay for it."""
+
+    @property
+    def parallelism(self) -> int:
+        """Jobs that run at once: the loop evaluates batches this wide."""
+        return 1
+
 
 @dataclass
 class WorkerSpec:

@@ -72,7 +72,7 @@ class Loop:
         self.seed = int(cfg["seed"])
         self.proposer: Proposer = build_proposer(cfg["proposer"], seed=self.seed)
         state = self.archive.get_state("proposer_state")
-        if state is not None and hasattr(self.proposer, "load_state"):
+        if state is not None:
             self.proposer.load_state(state)
         self.tracker = Tracker(cfg.get("wandb", {}), run_dir, cfg)
         self.best: float | None = None
@@ -87,22 +87,22 @@ class Loop:
             self.display.finished(row, out.status, out.fitness, out.error)
             self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
                                        self.best)
-            observe = getattr(self.proposer, "observe", None)
-            if observe is not None and row.proposer == self.proposer.name:
-                observe(row.history_entry())  # read after the outcome was archived
+            if row.proposer == self.proposer.name:
+                self.proposer.observe(row.history_entry())  # read after the outcome was archived
         return recorded
 
     def _checkpoint(self, generation: int | None = None) -> None:
         """Save the proposer's state (spending, bandit, conversation) and, if given, the generation done."""
-        if hasattr(self.proposer, "state"):
-            self.archive.set_state("proposer_state", self.proposer.state())
+        state = self.proposer.state()
+        if state is not None:
+            self.archive.set_state("proposer_state", state)
         if generation is not None:
             self.archive.set_state("generations_done", generation)
 
     def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
         rows = [r for r in (self.archive.get(i) for i in ids) if r.status == "proposed"]
-        width = max(1, int(getattr(evaluator.executor, "parallelism", 1)))
+        width = max(1, evaluator.executor.parallelism)
         out: list[Outcome] = []
         for start in range(0, len(rows), width):
             out += self._record(evaluator.evaluate(rows[start:start + width]))
@@ -110,7 +110,7 @@ class Loop:
 
     def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int):
         """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each."""
-        max_repairs = int(getattr(self.proposer, "max_repairs", 0))
+        max_repairs = self.proposer.max_repairs
         queue = [(o, 1) for o in outcomes if o.status in ("invalid", "train_failed")]
         while queue:
             failed, attempt = queue.pop(0)
@@ -143,16 +143,15 @@ class Loop:
         ref_reward = task.meta.get("sft_heldout_reward")
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
-        if hasattr(self.proposer, "set_facts"):  # the LLM is told what fitness is in this run
-            self.proposer.set_facts(FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
+        self.proposer.set_facts(  # the LLM is told what fitness is in this run
+            FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
                               on_stage=self.display.stage)
         stopped = None
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
-            if hasattr(executor, "warm_up"):
-                executor.warm_up()
+            executor.warm_up()
             in_flight = [r.id for r in self.archive.rows("status = 'proposed'")]
             if in_flight:
                 self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")

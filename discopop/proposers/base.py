@@ -2,14 +2,20 @@
 
 The loop hands a proposer the run's history (every archived candidate so far, as plain records)
 and asks for ``k`` new candidates. Lineage is data: each candidate names the archive ids of its
-parents. A proposer never runs candidate code; checking and training happen elsewhere.
+parents. A proposer never runs candidate code; checking and training happen elsewhere. The optional
+hooks (``observe``, ``set_facts``, ``state``/``load_state``, ``max_repairs``) have no-op defaults
+here, so the loop calls them plainly and a new proposer overrides only what it uses.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from discopop.proposers.facts import FitnessFacts
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Proposer(ABC):
     """Writes new candidate losses from the history of a run."""
 
     name: str = "proposer"
+    max_repairs: int = 0  # repair attempts the loop may ask for per failed candidate
 
     @abstractmethod
     def propose(self, history: list[HistoryEntry], k: int, generation: int) -> list[Candidate]:
@@ -61,6 +68,19 @@ class Proposer(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP clients, ...)."""
+
+    def observe(self, entry: HistoryEntry) -> None:  # noqa: B027 - optional hook
+        """Learn from one of this proposer's candidates once its outcome is archived."""
+
+    def set_facts(self, facts: FitnessFacts) -> None:  # noqa: B027 - optional hook
+        """Be told, before the first proposal, what the run's fitness is (task, protocol, noise)."""
+
+    def state(self) -> dict[str, Any] | None:
+        """What ``load_state`` needs to continue after ``--resume`` (None: nothing to save)."""
+        return None
+
+    def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Continue from a saved ``state()``."""
 
 
 class ProposerStop(RuntimeError):
