@@ -1,6 +1,6 @@
 """The run archive: one SQLite file per run directory, the single source of truth of a run.
 
-Schema (a contract other tools read; see DESIGN.md): table ``candidates`` with
+Schema (a contract other tools read; see docs/DESIGN.md): table ``candidates`` with
 ``id, generation, parent_ids (JSON), proposer, name, thought, code, code_hash, status, error,
 fitness, metrics (JSON), created_at, finished_at``. A row is inserted as ``proposed`` before any
 work on it and updated once when its fate is known, each in its own transaction, so a crash loses

@@ -1,7 +1,7 @@
 """Review a run: the views behind ``discopop report RUN_DIR`` and ``notebooks/lineage.ipynb``.
 
 Everything here reads ``RUN_DIR/archive.sqlite`` *read-only* through the archive contract
-(DESIGN.md), so a report can be drawn while the loop is still writing, from a copied run
+(docs/DESIGN.md), so a report can be drawn while the loop is still writing, from a copied run
 directory, or by a tool that knows nothing else about discopop. Each view is a small function
 ``rows -> View``; a view that has nothing to draw carries a note instead of an empty plot.
 
