@@ -16,12 +16,13 @@ from typing import Any
 
 from rich.markup import escape
 
-from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
+from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.display import Display
 from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import WorkerSpec, make_executor
 from discopop.leaderboard import confirm
 from discopop.proposers import Proposer, ProposerStop, build_proposer
+from discopop.proposers.base import Candidate
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
@@ -61,6 +62,35 @@ def worker_spec(cfg: dict[str, Any]) -> WorkerSpec:
         check_timeout=float(training.get("check_timeout", 30)), train_timeout=float(training.get("train_timeout", 600)),
         oracle_timeout=float(training.get("oracle_timeout", 10)),
     )
+
+
+REPAIRABLE = ("invalid", "train_failed")
+
+
+def candidate_of(row: Row) -> Candidate:
+    """The proposal behind an archived row, as its proposer made it (``proposer_info`` is its ``info``)."""
+    return Candidate(name=row.name, code=row.code, thought=row.thought, parent_ids=list(row.parent_ids),
+                     proposer=row.proposer, info=dict(row.metrics.get("proposer_info") or {}))
+
+
+def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: int) -> list[tuple[Row, int]]:
+    """Failed rows of ``proposer`` in ``generation`` whose repair was never asked (a stop came first), with
+    the attempt that repair would be: 1 for a proposal, n + 1 for the n-th repair of one."""
+    if max_repairs <= 0 or generation <= 0:
+        return []
+    rows = {r.id: r for r in archive.rows("generation = ?", (generation,))}
+    repaired = {r.parent_ids[0] for r in rows.values() if len(r.parent_ids) == 1 and r.parent_ids[0] in rows
+                and rows[r.parent_ids[0]].status in REPAIRABLE}
+    owed = []
+    for row in rows.values():
+        if row.proposer != proposer or row.status not in REPAIRABLE or row.id in repaired:
+            continue
+        attempt, parent = 1, row.parent_ids
+        while len(parent) == 1 and parent[0] in rows and rows[parent[0]].status in REPAIRABLE:
+            attempt, parent = attempt + 1, rows[parent[0]].parent_ids
+        if attempt <= max_repairs:
+            owed.append((row, attempt))
+    return owed
 
 
 class Loop:
@@ -108,10 +138,14 @@ class Loop:
             out += self._record(evaluator.evaluate(rows[start:start + width]))
         return out
 
-    def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int):
-        """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each."""
+    def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int,
+                attempts: dict[int, int] | None = None):
+        """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each.
+
+        ``attempts`` gives, per failed row, the attempt its repair would be (default 1: a fresh proposal).
+        """
         max_repairs = self.proposer.max_repairs
-        queue = [(o, 1) for o in outcomes if o.status in ("invalid", "train_failed")]
+        queue = [(o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE]
         while queue:
             failed, attempt = queue.pop(0)
             if attempt > max_repairs or failed.row_id not in candidates:
@@ -123,7 +157,7 @@ class Loop:
             row_id = self._add(fixed, generation)
             candidates[row_id] = fixed
             for out in self._process(evaluator, [row_id]):
-                if out.status in ("invalid", "train_failed"):
+                if out.status in REPAIRABLE:
                     queue.append((out, attempt + 1))
 
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
@@ -156,6 +190,13 @@ class Loop:
             if in_flight:
                 self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
                 self._evaluate_ids(evaluator, in_flight)
+            owed = owed_repairs(self.archive, self.proposer.name, int(self.archive.get_state("generations_done", 0)),
+                                self.proposer.max_repairs)
+            if owed:
+                self.display.log(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
+                self._repair(evaluator, [Outcome(r.id, r.status, r.fitness, r.error) for r, _ in owed],
+                             {r.id: candidate_of(r) for r, _ in owed}, owed[0][0].generation,
+                             attempts={r.id: attempt for r, attempt in owed})
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
             ids = [self._add(reference_candidate(n), 0) for n in self.cfg["baselines"] if n not in done_refs]

@@ -157,7 +157,9 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
 
 
 def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache_dir, server):
-    server.push(completion(answer(1)),
+    """The key is revoked while the repair of generation 1's unparseable answer is being asked: the run
+    stops with one line, and ``--resume`` asks that owed repair before going on to generation 2."""
+    server.push(completion("I would rather not write code today."),
                 error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ...",
                       code="invalid_api_key", type_="authentication_error"))
     run_dir = tmp_path / "run"
@@ -169,18 +171,19 @@ def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert len(server.requests) == 2  # no retry on bad credentials, no further generation
     before = rows(run_dir)
-    assert [(r["generation"], r["status"]) for r in before] == [(0, "scored"), (0, "scored"), (1, "scored")]
+    assert [(r["generation"], r["status"]) for r in before] == [(0, "scored"), (0, "scored"), (1, "invalid")]
     assert run_state(run_dir, "generations_done") == 1
     assert_key_never_written(run_dir, stopped)
 
-    server.push(completion(answer(2)), completion(answer(3)))  # the key works again
+    server.push(completion(answer(1)), completion(answer(2)), completion(answer(3)))  # the key works again
     resumed = discover(["--resume", str(run_dir)], cache_dir)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = rows(run_dir)
     assert after[:3] == before  # nothing finished is repeated or changed
     assert [(r["generation"], r["name"], r["status"]) for r in after[3:]] == [
-        (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]
-    assert len(server.requests) == 4
+        (1, "scaled_dpo_1", "scored"), (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]
+    assert after[3]["parent_ids"] == [before[2]["id"]]  # the repair owed since the stop
+    assert len(server.requests) == 5
     assert_key_never_written(run_dir, stopped, resumed)
 
 
