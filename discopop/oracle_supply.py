@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import deque
 from typing import Any
 
 from discopop import oracle_wire as wire
@@ -92,22 +93,27 @@ class OracleProcess:
 
 
 class OracleSupply:
-    """Fresh oracles on demand, one kept spawned in advance so its start-up overlaps the current job."""
+    """Fresh oracles on demand, ``standby`` of them spawned in advance so their start-up overlaps the jobs.
+
+    One standby is not enough: a candidate's numeric checks take a fraction of a second, less than an
+    oracle's start (importing torch), so the fine-tune right after them would wait for the next one.
+    """
 
     def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None,
-                 start_timeout: float = 120.0):
+                 start_timeout: float = 120.0, standby: int = 2):
         self.limits, self.module, self.env = limits, module, env
         self.start_timeout = start_timeout
-        self._standby: OracleProcess | None = None
+        self.standby = max(1, standby)
+        self._standby: deque[OracleProcess] = deque()
 
     def prespawn(self) -> None:
-        if self._standby is None:
-            self._standby = OracleProcess(self.limits, self.module, self.env)
+        while len(self._standby) < self.standby:
+            self._standby.append(OracleProcess(self.limits, self.module, self.env))
 
     def take(self) -> OracleProcess:
-        """A ready oracle (the standby if there is one); the next standby is spawned before returning."""
+        """A ready oracle (the oldest standby); the standbys are topped up before returning."""
         self.prespawn()
-        oracle, self._standby = self._standby, None
+        oracle = self._standby.popleft()
         try:
             oracle.wait_ready(self.start_timeout)
         except BaseException:
@@ -117,9 +123,8 @@ class OracleSupply:
         return oracle
 
     def close(self) -> None:
-        if self._standby is not None:
-            self._standby.close()
-            self._standby = None
+        while self._standby:
+            self._standby.popleft().close()
 
 
 def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:
