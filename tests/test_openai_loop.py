@@ -210,19 +210,21 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, c
     assert roles[1] == ["system", "user", "assistant", "user"]
     assert f"`scaled_dpo_1` (id {before[2]['id']}): fitness" in user_turn(server.bodies()[1])
 
-    server.push(completion(answer(4), prompt_tokens=10, completion_tokens=10),
-                completion(answer(5), prompt_tokens=10, completion_tokens=10))
+    server.push(*[completion(answer(i), prompt_tokens=10, completion_tokens=10) for i in (4, 5, 6)])
     resumed = discover(["--resume", str(run_dir), "proposer.max_cost_usd=1.0"], cache_dir)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = rows(run_dir)
     assert after[:5] == before
+    # The repair the budget stop left owed is asked first (attempt 1 of gen 3's broken answer), then gens 4-5.
     assert [(r["generation"], r["name"], r["status"]) for r in after[5:]] == [
-        (4, "scaled_dpo_4", "scored"), (5, "scaled_dpo_5", "scored")]
-    first_after = server.bodies()[3]  # the conversation, and the failure's feedback, survived the stop
-    assert [m["role"] for m in first_after["messages"]][:2] == ["system", "user"]
-    assert len(first_after["messages"]) == 8
-    assert f"`scaled_dpo_3` (id {before[4]['id']}): invalid: static check:" in user_turn(first_after)
+        (3, "scaled_dpo_4", "scored"), (4, "scaled_dpo_5", "scored"), (5, "scaled_dpo_6", "scored")]
+    assert after[5]["parent_ids"] == [before[4]["id"]]
+    repair = server.bodies()[3]  # the conversation survived the stop; the repair quotes the failed answer
+    assert [m["role"] for m in repair["messages"]][:2] == ["system", "user"] and len(repair["messages"]) > 6
+    assert "scaled_dpo_3" in repair["messages"][-1]["content"]
+    feedback = f"`scaled_dpo_3` (id {before[4]['id']}): invalid: static check:"
+    assert any(feedback in m["content"] for b in server.bodies()[3:] for m in b["messages"] if m["role"] == "user")
     totals = run_state(run_dir, "proposer_state")["totals"]
-    assert totals["requests"] == 5 and totals["cost_usd"] == pytest.approx(0.10)
+    assert totals["requests"] == 6 and totals["cost_usd"] == pytest.approx(0.12)
     assert "max_cost_usd: 1.0" in (run_dir / ".hydra" / "config.yaml").read_text()  # the raised budget is kept
     assert_key_never_written(run_dir, stopped, resumed)
