@@ -232,18 +232,29 @@ def op_margin(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, 
     return tree, "margin", f"shifted '{site.targets[0].id}'"
 
 
+def _merge_second(first: ast.Module, second: ast.Module) -> tuple[ast.Module, str]:
+    """One module holding ``first`` and ``second`` (docstrings dropped), and the name ``second``'s loss now has.
+
+    ``second``'s loss becomes a private helper and its top-level names that clash with ``first``'s are
+    renamed; fresh names are drawn from one set, so no two coincide.
+    """
+    first_names = _all_names(first)
+    taken = first_names | _all_names(second)
+    top = {t.id for s in second.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+    top |= {f.name for f in _functions(second) if f.name.startswith("_")}
+    mapping = {n: _fresh(n, taken) for n in sorted(top) if n in first_names}
+    helper = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part", taken)
+    _rename(second, mapping)
+    body = [s for s in first.body + second.body if not isinstance(s, ast.Expr)]
+    return ast.Module(body=body, type_ignores=[]), helper
+
+
 def op_crossover(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
     """a * L1 + (1 - a) * L2, each parent kept whole as a private helper; names of L2 that clash are renamed."""
     first, second = trees
     part_a = _fresh(f"_{_root(_public(first).name)}_part", _all_names(first))
     _rename(first, {_public(first).name: part_a})
-    first_names, taken = _all_names(first), _all_names(first) | _all_names(second)
-    top = {t.id for s in second.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
-    top |= {f.name for f in _functions(second) if f.name.startswith("_")}
-    mapping = {n: _fresh(n, taken) for n in sorted(top) if n in first_names}
-    part_b = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part", taken)
-    _rename(second, mapping)
-    tree = ast.Module(body=[s for s in first.body + second.body if not isinstance(s, ast.Expr)], type_ignores=[])
+    tree, part_b = _merge_second(first, second)
     weight = _add_constant(tree, "MIX", _sig(rng.uniform(0.2, 0.8)))
     fn = ast.parse(f"def child({', '.join(losses.LOSS_ARGS)}):\n    pass\n").body[0]
     args = list(map(_name, losses.LOSS_ARGS))
@@ -359,15 +370,7 @@ def op_piecewise(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Modul
     first = trees[0]
     helper_a = _as_helper(first, set())
     if len(trees) > 1:
-        second = trees[1]
-        first_names = _all_names(first)
-        taken = first_names | _all_names(second)  # one set, so no two new names coincide
-        top = {t.id for s in second.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
-        top |= {f.name for f in _functions(second) if f.name.startswith("_")}
-        mapping = {n: _fresh(n, taken) for n in sorted(top) if n in first_names}
-        helper_b = mapping[_public(second).name] = _fresh(f"_{_root(_public(second).name)}_part", taken)
-        _rename(second, mapping)
-        tree = ast.Module(body=[s for s in first.body + second.body if not isinstance(s, ast.Expr)], type_ignores=[])
+        tree, helper_b = _merge_second(first, trees[1])
         other, b_kind = f"{helper_b}({', '.join(losses.LOSS_ARGS)})", "the second parent"
     else:
         tree, b_kind = first, rng.choice(sorted(BASE_TERMS))
