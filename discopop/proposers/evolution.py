@@ -28,6 +28,7 @@ from pathlib import Path
 
 from discopop import losses
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
+from discopop.status import Status
 
 PROPOSALS_DIR = Path(__file__).resolve().parent.parent / "proposals"
 # e**30 ~ 1e13: finite in float32 after weighting and batch means; larger arguments are clipped.
@@ -617,7 +618,7 @@ class EvolutionProposer(Proposer):
 
     def _pool(self, history: list[HistoryEntry]) -> list[_Parent]:
         """Scored entries; else any entry whose code passes the static check; else the reference losses."""
-        scored = [e for e in history if e.status == "scored" and e.fitness is not None]
+        scored = [e for e in history if e.status == Status.SCORED and e.fitness is not None]
         entries = [e for e in (scored or history) if _valid(e.code)]
         return [_Parent(e.id, e.name, e.code, e.fitness, _hash(e.code)) for e in entries] or \
             reference_parents()

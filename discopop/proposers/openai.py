@@ -31,6 +31,7 @@ from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerS
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
+from discopop.status import Status
 
 logger = logging.getLogger(__name__)
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -351,10 +352,10 @@ class OpenAIProposer(Proposer):
 
     def _absorb(self, entry: HistoryEntry) -> None:
         """Learn from a finished entry once: best fitness so far, conversation feedback, bandit reward."""
-        if entry.id in self._seen or entry.status == "proposed":
+        if entry.id in self._seen or entry.status == Status.PROPOSED:
             return
         self._seen.add(entry.id)
-        fitness = entry.fitness if entry.status == "scored" and entry.fitness is not None else None
+        fitness = entry.fitness if entry.status == Status.SCORED and entry.fitness is not None else None
         mine = self._pending.pop(entry.code, None)
         if mine is None and entry.proposer == self.name:  # the loop may have reformatted the code
             code = next((c for c, p in self._pending.items() if p[2] == entry.name), None)

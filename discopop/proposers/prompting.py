@@ -20,9 +20,9 @@ from string import Template
 
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.facts import FitnessFacts
+from discopop.status import FAILED_STATUSES, Status
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-FAILED_STATUSES = ("invalid", "duplicate", "train_failed", "eval_failed")
 MAX_THOUGHT_IN_PROMPT = 300  # chars: the idea in a sentence or two; the code says the rest
 MAX_ERROR_IN_PROMPT = 300
 EMPTY_SECTION = "(none)"
@@ -89,7 +89,7 @@ def render_failure(entry: HistoryEntry) -> str:
 
 
 def _is_scored(entry: HistoryEntry) -> bool:
-    return entry.status == "scored" and entry.fitness is not None and math.isfinite(entry.fitness)
+    return entry.status == Status.SCORED and entry.fitness is not None and math.isfinite(entry.fitness)
 
 
 def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budget: int, top_k: int = 5,
