@@ -24,13 +24,12 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from discopop import losses
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
+from discopop.proposers.reference import PROPOSALS_DIR
 from discopop.status import Status
 
-PROPOSALS_DIR = Path(__file__).resolve().parent.parent / "proposals"
 # e**30 ~ 1e13: finite in float32 after weighting and batch means; larger arguments are clipped.
 EXP = "torch.exp(torch.clamp(U, max=30.0))"
 # Increasing maps: swapping one for another keeps -h(margin) decreasing in the margin.

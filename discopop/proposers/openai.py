@@ -32,6 +32,7 @@ from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
 from discopop.status import Status
+from discopop.text import one_line
 
 logger = logging.getLogger(__name__)
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -339,7 +340,7 @@ class OpenAIProposer(Proposer):
     def _detail(self, err: openai.APIStatusError) -> str:
         body = err.body
         message = body.get("message") if isinstance(body, dict) else None
-        return P._short(self._redact(str(message or body or err.message)), 300)
+        return one_line(self._redact(str(message or body or err.message)), 300)
 
     def _redact(self, text: str) -> str:
         for arm in self._arms:
