@@ -30,7 +30,6 @@ STATUS_COLOURS = {
 }  # fmt: skip
 BASELINE_STYLE = {"dpo": (OKABE_ITO["black"], "--"), "lrml": (OKABE_ITO["purple"], "-.")}
 SERIES_COLOURS = [OKABE_ITO[k] for k in ("blue", "orange", "green", "vermillion", "sky", "yellow")]
-FAILED_STATUSES = ("invalid", "duplicate", "train_failed", "eval_failed")
 FITNESS_LABEL = "fitness (held-out reward)"
 CMAP = "viridis"  # perceptually uniform and colour-blind safe
 DPI = 100
