@@ -77,6 +77,7 @@ def new_figure(width: float = 9.0, height: float = 5.0) -> Figure:
     FigureCanvasAgg(fig)
     return fig
 
+
 def generation_ticks(ax, gens: list[int]) -> None:
     """Integer generation ticks (every one while they fit)."""
     lo, hi = min(gens), max(gens)

@@ -91,9 +91,9 @@ def winner(rows: list[Row]) -> Row | None:
 
     Baselines are drawn as reference lines everywhere; the winner is what the search found.
     """
-    ranked = scored(rows)
-    evolved = [r for r in ranked if r.proposer != "reference"]
-    return (evolved or ranked or [None])[0]
+    best_first = scored(rows)
+    evolved = [r for r in best_first if r.proposer != "reference"]
+    return (evolved or best_first or [None])[0]
 
 
 def lineage_graph(rows: list[Row]) -> nx.DiGraph:
