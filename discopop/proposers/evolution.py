@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from discopop import losses
+from discopop.allowlist_check import dotted_parts as _chain
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 from discopop.proposers.reference import PROPOSALS_DIR
 from discopop.status import Status
@@ -86,14 +87,6 @@ def _name(ident: str) -> ast.Name:
 
 def _assign(ident: str, value: ast.expr) -> ast.Assign:
     return ast.Assign(targets=[ast.Name(id=ident, ctx=ast.Store())], value=value)
-
-
-def _chain(node: ast.AST) -> list[str]:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return [node.id, *parts[::-1]] if isinstance(node, ast.Name) else parts[::-1]
 
 
 def _kind(node: ast.AST) -> str | None:
