@@ -45,13 +45,20 @@ class LossRejected(ValueError):
         super().__init__(f"line {line}: {reason}" if line else reason)
 
 
-def _split_chain(node: ast.Attribute) -> tuple[ast.expr, list[str]]:
+def split_chain(node: ast.expr) -> tuple[ast.expr, list[str]]:
     """``a.b(x).c.d`` -> (the call ``a.b(x)``, ["c", "d"]): the innermost non-attribute and the names after it."""
     attrs: list[str] = []
     while isinstance(node, ast.Attribute):
         attrs.append(node.attr)
         node = node.value
     return node, attrs[::-1]
+
+
+def dotted_parts(node: ast.expr) -> list[str]:
+    """``torch.nn.functional.relu`` -> ["torch", "nn", "functional", "relu"]; a chain on anything but a plain
+    name keeps only the attribute names (``f(x).clamp`` -> ["clamp"])."""
+    root, attrs = split_chain(node)
+    return [root.id, *attrs] if isinstance(root, ast.Name) else attrs
 
 
 def _import_aliases(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
@@ -159,7 +166,7 @@ class _LossChecker(ast.NodeVisitor):
             self.refuse(f"assigning to attribute '{attr}' is not allowed", node)
         if attr in ("format", "format_map"):
             self.refuse(f"attribute '{attr}' is not allowed (string formatting)", node)
-        root, attrs = _split_chain(node)
+        root, attrs = split_chain(node)
         for part in reversed(attrs):
             if part.startswith("_"):
                 self.refuse(f"access to private or dunder attribute '{part}' is not allowed", node)
@@ -230,7 +237,7 @@ def _check_annotation(annotation: ast.expr | None, checker: _LossChecker) -> Non
     if isinstance(annotation, ast.Name) and annotation.id in _ANNOTATION_NAMES:
         return
     if isinstance(annotation, ast.Attribute):
-        root, attrs = _split_chain(annotation)
+        root, attrs = split_chain(annotation)
         if isinstance(root, ast.Name) and root.id in checker.modules and len(attrs) == 1:
             checker.visit(annotation)
             return

@@ -15,8 +15,9 @@ same transaction as the candidate's fate; a failed one keeps its error. Paired s
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,8 +27,9 @@ from typing import Any
 from discopop.diagnostics import compact
 from discopop.losses import code_hash
 from discopop.proposers.base import Candidate, HistoryEntry
+from discopop.status import STATUSES, Status
 
-STATUSES = ("proposed", "invalid", "duplicate", "train_failed", "eval_failed", "scored")
+__all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "Row", "ranked"]
 ARCHIVE_NAME = "archive.sqlite"
 
 _SCHEMA = """
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     thought TEXT NOT NULL DEFAULT '',
     code TEXT NOT NULL,
     code_hash TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('proposed','invalid','duplicate','train_failed','eval_failed','scored')),
+    status TEXT NOT NULL CHECK (status IN (STATUS_LIST)),
     error TEXT,
     fitness REAL,
     metrics TEXT NOT NULL DEFAULT '{}',
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS evaluations_candidate ON evaluations (candidate_id, split, seed);
-"""
+""".replace("STATUS_LIST", ",".join(f"'{s}'" for s in STATUSES))
 
 
 class ArchiveError(RuntimeError):
@@ -137,6 +139,17 @@ class Evaluation:
                    per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])))
 
 
+def ranked(rows: Iterable[Row]) -> list[Row]:
+    """Scored rows with a finite fitness, best first (ties: the older row first).
+
+    The one ranking behind every table: ``discopop leaderboard``, the report, the notebook and the
+    choice of rows to confirm.
+    """
+    good = [r for r in rows if r.status == Status.SCORED and isinstance(r.fitness, (int, float))
+            and not isinstance(r.fitness, bool) and math.isfinite(r.fitness)]
+    return sorted(good, key=lambda r: (-r.fitness, r.id))
+
+
 class Archive:
     """Transactional access to ``RUN_DIR/archive.sqlite``."""
 
@@ -169,12 +182,12 @@ class Archive:
         except sqlite3.OperationalError as err:
             raise ArchiveError(f"cannot write archive {self.path}: {err}") from None
 
-    def add(self, candidate: Candidate, generation: int, status: str = "proposed",
+    def add(self, candidate: Candidate, generation: int, status: str = Status.PROPOSED,
             error: str | None = None) -> int:
         """Insert a candidate (as ``proposed`` unless already decided) and return its id."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; allowed: {', '.join(STATUSES)}")
-        finished = None if status == "proposed" else _now()
+        finished = None if status == Status.PROPOSED else _now()
         metrics = {"proposer_info": candidate.info} if candidate.info else {}
         with self._tx() as conn:
             cur = conn.execute(
@@ -189,7 +202,7 @@ class Archive:
                metrics: dict[str, Any] | None = None, evaluations: tuple[Evaluation, ...] | list[Evaluation] = (),
                ) -> None:
         """Record a candidate's fate (merging ``metrics`` into what is stored) with its training evaluations."""
-        if status not in STATUSES or status == "proposed":
+        if status not in STATUSES or status == Status.PROPOSED:
             raise ValueError(f"cannot finish with status {status!r}")
         with self._tx() as conn:
             old = conn.execute("SELECT metrics FROM candidates WHERE id=?", (row_id,)).fetchone()
@@ -258,7 +271,7 @@ class Archive:
         return [r.history_entry() for r in self.rows()]
 
     def find_hash(self, digest: str) -> Row | None:
-        found = self.rows("code_hash=? AND status NOT IN ('proposed','invalid')", (digest,))
+        found = self.rows("code_hash=? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))
         return found[0] if found else None
 
     def get_state(self, key: str, default: Any = None) -> Any:

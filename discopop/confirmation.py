@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from discopop import stats
-from discopop.archive import Archive, Evaluation, Row
+from discopop.archive import Archive, Evaluation, Row, ranked
 from discopop.executors import Executor, Job
+from discopop.status import Status
 
 SPLIT = "confirm"
 SEED_OFFSET = 1000  # fresh seeds are base_seed + 1000 + i: never the search seed
@@ -38,20 +39,18 @@ def fresh_seeds(base_seed: int, n_seeds: int) -> list[int]:
 
 
 def reference_row(archive: Archive, name: str) -> Row | None:
-    rows = archive.rows("proposer = 'reference' AND name = ? AND status = 'scored'", (name,))
+    rows = archive.rows("proposer = 'reference' AND name = ? AND status = ?", (name, Status.SCORED))
     return rows[0] if rows else None
 
 
 def best_reference(archive: Archive) -> Row | None:
     """The reference loss with the best search fitness in this run."""
-    rows = archive.rows("proposer = 'reference' AND status = 'scored'")
-    return max(rows, key=lambda r: r.fitness if r.fitness is not None else -math.inf) if rows else None
+    return next(iter(ranked(archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))), None)
 
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:
     """Best scored non-reference candidates by search fitness."""
-    rows = archive.rows("status = 'scored' AND proposer != 'reference'")
-    return sorted(rows, key=lambda r: r.fitness if r.fitness is not None else -math.inf, reverse=True)[:k]
+    return ranked(archive.rows("status = ? AND proposer != 'reference'", (Status.SCORED,)))[:k]
 
 
 def learning_rate(row: Row) -> float | None:

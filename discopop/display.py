@@ -9,8 +9,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from discopop.archive import Row
+from discopop.status import Status
 
-_STYLE = {"scored": "green", "invalid": "yellow", "duplicate": "cyan", "train_failed": "red", "eval_failed": "red"}
+_STYLE = {Status.SCORED: "green", Status.INVALID: "yellow", Status.DUPLICATE: "cyan", Status.TRAIN_FAILED: "red",
+          Status.EVAL_FAILED: "red"}
 
 
 class Display:

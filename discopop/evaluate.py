@@ -24,6 +24,7 @@ import numpy as np
 from discopop.archive import Archive, Evaluation, Row
 from discopop.executors import Executor, Job
 from discopop.losses import LossRejected, code_hash, static_check
+from discopop.status import Status
 from discopop.tuning import LrProtocol, Sweep
 
 # Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
@@ -85,7 +86,7 @@ class Evaluator:
     def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
         """Fingerprints of every archived row that has one: id -> (name, beta, unit vector)."""
         found = {}
-        for r in self.archive.rows("status != 'proposed'"):
+        for r in self.archive.rows("status != ?", (Status.PROPOSED,)):
             checks = r.metrics.get("checks") or {}
             vec = _unit(checks.get("fingerprint"))
             if vec is not None:
@@ -118,11 +119,11 @@ class Evaluator:
             try:
                 static_check(row.code)
             except LossRejected as err:
-                yield (self._finish(row, "invalid", error=f"static check: {err}", stage="static"))
+                yield (self._finish(row, Status.INVALID, error=f"static check: {err}", stage="static"))
                 continue
             twin = self.archive.find_hash(code_hash(row.code))
             if twin is not None and twin.id != row.id:
-                yield (self._finish(row, "duplicate", error=f"same code as #{twin.id} ({twin.name})",
+                yield (self._finish(row, Status.DUPLICATE, error=f"same code as #{twin.id} ({twin.name})",
                                              stage="static"))
                 continue
             to_check.append(row)
@@ -135,7 +136,7 @@ class Evaluator:
             row = by_id[result.job.row_id]
             seconds[row.id]["check"] = result.seconds
             if not result.ok:
-                status = "invalid"
+                status = Status.INVALID
                 yield (self._finish(row, status, error=f"{result.stage} check: {result.error}",
                                              stage=result.stage, seconds=self._total(seconds, started, row.id)))
                 continue
@@ -145,7 +146,7 @@ class Evaluator:
             if vec is not None:
                 known[row.id] = (row.name, float(checks_of[row.id].get("beta", 0.0)), vec)
             if twin is not None:
-                yield (self._finish(row, "duplicate", error=f"same training behaviour as #{twin[0]} ({twin[1]})",
+                yield (self._finish(row, Status.DUPLICATE, error=f"same training behaviour as #{twin[0]} ({twin[1]})",
                                     stage="numeric", seconds=self._total(seconds, started, row.id),
                                     extra={"checks": checks_of[row.id]}))
                 continue
@@ -163,12 +164,12 @@ class Evaluator:
             return protocol.grid
         parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
         parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
-        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = 'scored'")
+        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
                      if r.metrics.get("learning_rate")]
         return (protocol.screen_rate(parent_rates, run_rates),)
 
     def _best_fitness(self) -> float | None:
-        values = [r.fitness for r in self.archive.rows("status = 'scored'") if r.fitness is not None]
+        values = [r.fitness for r in self.archive.rows("status = ?", (Status.SCORED,)) if r.fitness is not None]
         return max(values) if values else None
 
     def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
@@ -220,7 +221,7 @@ class Evaluator:
         best = sweep.best()
         if best is None:
             stage, error = next(iter(sweep.errors.values()))
-            status = "eval_failed" if stage == "score" else "train_failed"
+            status = Status.EVAL_FAILED if stage == "score" else Status.TRAIN_FAILED
             return self._finish(row, status, error=error, stage=stage, seconds=secs,
                                 extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
         runs = list(sweep.results.values())
@@ -231,7 +232,7 @@ class Evaluator:
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
                    "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary}
         if not math.isfinite(data["fitness"]):
-            return self._finish(row, "eval_failed", error="non-finite fitness", stage="score", seconds=secs,
+            return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)
-        return self._finish(row, "scored", fitness=data["fitness"], seconds=secs, extra=metrics,
+        return self._finish(row, Status.SCORED, fitness=data["fitness"], seconds=secs, extra=metrics,
                             evaluations=sweep.evaluations)

@@ -117,7 +117,8 @@ class WarmWorker:
         self.starts = 0
         self.init_seconds = 0.0
 
-    def _ensure(self) -> SandboxedProcess:
+    def ensure_started(self) -> SandboxedProcess:
+        """The live worker process, started (or restarted after a crash or timeout) if needed."""
         if self.proc is not None and self.proc.alive():
             return self.proc
         self._close_worker()
@@ -146,7 +147,7 @@ class WarmWorker:
         return self.proc
 
     def run(self, job: Job) -> JobResult:
-        proc = self._ensure()
+        proc = self.ensure_started()
         timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
         try:
             oracle = self.oracles.take()
@@ -203,7 +204,7 @@ class LocalExecutor(Executor):
 
     def warm_up(self) -> None:
         """Start every worker now (in parallel) so the first candidate does not pay for it."""
-        list(self._pool.map(lambda w: w._ensure(), self.workers))
+        list(self._pool.map(lambda w: w.ensure_started(), self.workers))
 
     def _run_one(self, job: Job) -> JobResult:
         worker = self._idle.get()

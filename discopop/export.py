@@ -9,6 +9,7 @@ from typing import Any
 
 from discopop import stats
 from discopop.archive import Archive
+from discopop.status import Status
 
 
 def lineage(archive: Archive, row_id: int) -> list[str]:
@@ -48,7 +49,7 @@ def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
     row = archive.get(row_id)
     if row is None:
         raise ValueError(f"no candidate #{row_id} in {archive.path.parent}")
-    if row.status != "scored":
+    if row.status != Status.SCORED:
         raise ValueError(f"candidate #{row_id} has status {row.status}; only scored candidates are exported")
     conf_text = confirmation_text(row.metrics.get("confirmation"))
     tree = ast.parse(row.code)

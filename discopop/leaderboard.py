@@ -7,21 +7,19 @@ same words (``stats.describe``) the report, the notebook and exported files use.
 
 from __future__ import annotations
 
-import math
-
 from rich.console import Console
 from rich.table import Table
 
 from discopop import stats
-from discopop.archive import Archive, Row
-from discopop.confirmation import best_reference, confirm, reference_row, top_candidates
+from discopop.archive import Archive, Row, ranked
+from discopop.status import Status
 
-__all__ = ["best_reference", "confirm", "leaderboard_rows", "print_leaderboard", "reference_row", "top_candidates"]
+__all__ = ["leaderboard_rows", "print_leaderboard"]
 
 
 def leaderboard_rows(archive: Archive, limit: int = 15) -> list[Row]:
-    rows = archive.rows("status = 'scored'")
-    return sorted(rows, key=lambda r: r.fitness if r.fitness is not None else -math.inf, reverse=True)[:limit]
+    """The best ``limit`` scored rows (``archive.ranked``: the report ranks the same way)."""
+    return ranked(archive.rows("status = ?", (Status.SCORED,)))[:limit]
 
 
 def print_leaderboard(archive: Archive, console: Console | None = None, limit: int = 15) -> None:

@@ -17,15 +17,16 @@ from typing import Any
 from rich.markup import escape
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
+from discopop.confirmation import confirm
 from discopop.display import Display
 from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import WorkerSpec, make_executor
-from discopop.leaderboard import confirm
 from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
+from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import load_task
 from discopop.tracking import Tracker
 from discopop.tuning import LrProtocol
@@ -64,9 +65,6 @@ def worker_spec(cfg: dict[str, Any]) -> WorkerSpec:
     )
 
 
-REPAIRABLE = ("invalid", "train_failed")
-
-
 def candidate_of(row: Row) -> Candidate:
     """The proposal behind an archived row, as its proposer made it (``proposer_info`` is its ``info``)."""
     return Candidate(name=row.name, code=row.code, thought=row.thought, parent_ids=list(row.parent_ids),
@@ -80,13 +78,13 @@ def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: 
         return []
     rows = {r.id: r for r in archive.rows("generation = ?", (generation,))}
     repaired = {r.parent_ids[0] for r in rows.values() if len(r.parent_ids) == 1 and r.parent_ids[0] in rows
-                and rows[r.parent_ids[0]].status in REPAIRABLE}
+                and rows[r.parent_ids[0]].status in REPAIRABLE_STATUSES}
     owed = []
     for row in rows.values():
-        if row.proposer != proposer or row.status not in REPAIRABLE or row.id in repaired:
+        if row.proposer != proposer or row.status not in REPAIRABLE_STATUSES or row.id in repaired:
             continue
         attempt, parent = 1, row.parent_ids
-        while len(parent) == 1 and parent[0] in rows and rows[parent[0]].status in REPAIRABLE:
+        while len(parent) == 1 and parent[0] in rows and rows[parent[0]].status in REPAIRABLE_STATUSES:
             attempt, parent = attempt + 1, rows[parent[0]].parent_ids
         if attempt <= max_repairs:
             owed.append((row, attempt))
@@ -131,7 +129,7 @@ class Loop:
 
     def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
-        rows = [r for r in (self.archive.get(i) for i in ids) if r.status == "proposed"]
+        rows = [r for r in (self.archive.get(i) for i in ids) if r.status == Status.PROPOSED]
         width = max(1, evaluator.executor.parallelism)
         out: list[Outcome] = []
         for start in range(0, len(rows), width):
@@ -145,7 +143,7 @@ class Loop:
         ``attempts`` gives, per failed row, the attempt its repair would be (default 1: a fresh proposal).
         """
         max_repairs = self.proposer.max_repairs
-        queue = [(o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE]
+        queue = [(o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE_STATUSES]
         while queue:
             failed, attempt = queue.pop(0)
             if attempt > max_repairs or failed.row_id not in candidates:
@@ -157,18 +155,18 @@ class Loop:
             row_id = self._add(fixed, generation)
             candidates[row_id] = fixed
             for out in self._process(evaluator, [row_id]):
-                if out.status in REPAIRABLE:
+                if out.status in REPAIRABLE_STATUSES:
                     queue.append((out, attempt + 1))
 
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported."""
         rows = [self.archive.get(i) for i in ids]
-        decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != "proposed"]
+        decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != Status.PROPOSED]
         return self._record(decided) + self._evaluate_ids(evaluator, ids)
 
     def _add(self, candidate, generation: int) -> int:
         if candidate.error:
-            return self.archive.add(candidate, generation, status="invalid", error=candidate.error)
+            return self.archive.add(candidate, generation, status=Status.INVALID, error=candidate.error)
         return self.archive.add(candidate, generation)
 
     def run(self, generations: int) -> RunSummary:
@@ -186,7 +184,7 @@ class Loop:
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
             executor.warm_up()
-            in_flight = [r.id for r in self.archive.rows("status = 'proposed'")]
+            in_flight = [r.id for r in self.archive.rows("status = ?", (Status.PROPOSED,))]
             if in_flight:
                 self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
                 self._evaluate_ids(evaluator, in_flight)

@@ -29,11 +29,7 @@ import struct
 from typing import Any
 
 from discopop import oracle_wire as wire
-
-
-def _one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+from discopop.text import error_line
 
 
 class _Stop(Exception):
@@ -51,13 +47,13 @@ class Oracle:
         import torch
 
         from discopop import checks  # noqa: F401 - contract_problem; imported before the watch snapshot
-        from discopop.worker import StateWatch
+        from discopop.state_watch import StateWatch
 
         self.fn: Any = None
         self.last: tuple[bytes, list[Any], Any] | None = None  # (forward id, leaves, output)
         self.watch = StateWatch(threads)
         torch.set_num_threads(threads)
-        self.watch.state = self.watch._read_state()
+        self.watch.remember_state()
 
     def load(self, payload: bytes) -> tuple[bytes, int, int]:
         from discopop.losses import LossRejected, load_loss
@@ -67,7 +63,7 @@ class Oracle:
         except LossRejected as err:
             raise _Stop(wire.ERR_STATIC, str(err)) from None
         except BaseException as err:  # noqa: BLE001 - module top level of untrusted code
-            raise _Stop(wire.ERR_LOAD, f"error while loading the module: {_one_line(err)}") from None
+            raise _Stop(wire.ERR_LOAD, f"error while loading the module: {error_line(err)}") from None
         return b"", 0, 0
 
     def forward(self, request_id: bytes, mask: int, payload: bytes) -> tuple[bytes, int, int]:
@@ -89,7 +85,7 @@ class Oracle:
             with torch.set_grad_enabled(bool(mask & wire.GRAD_ENABLED)):
                 out = self.fn(*leaves, beta)
         except BaseException as err:  # noqa: BLE001 - the candidate's own error is its verdict
-            raise _Stop(wire.ERR_RAISED, _one_line(err)) from None
+            raise _Stop(wire.ERR_RAISED, error_line(err)) from None
         problem = contract_problem(out, batch)
         if problem:
             raise _Stop(wire.ERR_CONTRACT, problem)
@@ -114,7 +110,7 @@ class Oracle:
             grads = torch.autograd.grad(out, wanted, wire.tensor_from(data, wire.DTYPES[code]).to(out.dtype),
                                         allow_unused=True)
         except BaseException as err:  # noqa: BLE001
-            raise _Stop(wire.ERR_RAISED, _one_line(err)) from None
+            raise _Stop(wire.ERR_RAISED, error_line(err)) from None
         by_leaf = dict(zip(map(id, wanted), grads, strict=True))
         present, chunks = 0, []
         for i, leaf in enumerate(leaves):

@@ -21,7 +21,7 @@ class _WorkerActor:
         self.worker = WarmWorker(spec)
 
     def warm_up(self) -> float:
-        self.worker._ensure()
+        self.worker.ensure_started()
         return self.worker.init_seconds
 
     def run(self, job: Job) -> JobResult:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from discopop.tasks import Task
-from discopop.tasks.synthetic import _decode_loop
+from discopop.tasks.synthetic import decode_loop
 
 
 @dataclass
@@ -83,14 +83,14 @@ def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: f
     prompts = task.prompts(split)
     rewards, kls = [0.0] * len(prompts), [0.0] * len(prompts)
     for positions, chunk, ids in _length_buckets(tokenizer, prompts, batch_size):
-        greedy = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=False, gen=gen)
+        greedy = decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=False, gen=gen)
         for position, prompt, row in zip(positions, chunk, greedy.tolist(), strict=True):
             if eos_id in row:
                 text = tokenizer.decode(row[: row.index(eos_id)])
             else:  # unfinished: malformed for an exact-answer task, scored as is otherwise
                 text = None if task.require_eos else tokenizer.decode(row)
             rewards[position] = task.reward(prompt, text) if text is not None else 0.0
-        sampled = _decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=True, gen=gen)
+        sampled = decode_loop(policy, ids, task.max_new_tokens, eos_id, sample=True, gen=gen)
         diff = _sequence_logps(policy, ids, sampled, eos_id) - _sequence_logps(reference, ids, sampled, eos_id)
         for position, value in zip(positions, diff.tolist(), strict=True):
             kls[position] = value

@@ -31,21 +31,18 @@ oracle in place nothing here should trip them).
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-
-def _one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+from discopop.state_watch import StateWatch
+from discopop.text import error_line
 
 
 class Worker:
@@ -127,7 +124,7 @@ class Worker:
             try:
                 tag, fds, _, _ = socket.recv_fds(self.control, 64, 4)
             except (OSError, TimeoutError) as err:
-                raise _Failure("oracle", f"no loss oracle was handed over: {_one_line(err)}") from None
+                raise _Failure("oracle", f"no loss oracle was handed over: {error_line(err)}") from None
             if not tag:
                 raise _Failure("oracle", "the control channel closed")
             if tag.decode(errors="replace") == nonce and len(fds) == 1:
@@ -146,7 +143,7 @@ class Worker:
             except CheckFailed as err:
                 raise _Failure("numeric", str(err)) from None
             except BaseException as err:  # noqa: BLE001
-                raise _Failure("numeric", f"raised {_one_line(err)}") from None
+                raise _Failure("numeric", f"raised {error_line(err)}") from None
         return {"ok": True, "checks": report.as_dict()}
 
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -162,9 +159,9 @@ class Worker:
             except (NonFiniteLoss, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
-                raise _Failure("train", _one_line(err)) from None
+                raise _Failure("train", error_line(err)) from None
         score = result.score
-        if not all(map(_finite, (score.fitness, score.reward, score.kl))):
+        if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
         return {
             "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "steps": result.steps,
@@ -215,98 +212,10 @@ class Worker:
         return bool(patched)
 
 
-_MISSING = object()
-# Attributes that change during normal operation (interpreter bookkeeping), never compared.
-_VOLATILE = {"sys": {"last_type", "last_value", "last_traceback", "last_exc"}, "builtins": {"_"}}
-_VOLATILE_EVERYWHERE = {"__warningregistry__"}  # the warnings module's per-module "already shown" record
-
-
-class StateWatch:
-    """Snapshot of global torch state and of the namespaces the checks and the trainer rely on.
-
-    Taken once the worker is set up; compared after every job (identity of every attribute, so
-    ~4k dict lookups: well under a millisecond). New attributes are allowed only if they are
-    modules (lazy sub-module imports add those to their parent).
-    """
-
-    def __init__(self, threads: int):
-        import builtins
-        import math
-
-        import torch
-        import torch.nn.functional as F
-
-        self.threads = threads
-        self.spaces: dict[str, Any] = {"builtins": builtins, "math": math, "sys": sys, "torch": torch,
-                                       "torch.nn.functional": F, "torch.Tensor": torch.Tensor,
-                                       "torch.TensorBase": torch.Tensor.__mro__[1]}
-        for name, module in list(sys.modules.items()):
-            if name == "__main__" or name.startswith("discopop."):
-                self.spaces[name] = module
-        trl = sys.modules.get("discopop.trl")
-        if trl is not None:
-            self.spaces["DiscoveredLossDPOTrainer"] = trl.DiscoveredLossDPOTrainer
-        self.snapshot = {name: dict(vars(obj)) for name, obj in self.spaces.items()}
-        self.state = self._read_state()
-
-    @staticmethod
-    def _read_state() -> dict[str, Any]:
-        import torch
-
-        return {
-            "num_threads": torch.get_num_threads(), "default_dtype": torch.get_default_dtype(),
-            "grad_enabled": torch.is_grad_enabled(), "default_device": torch.get_default_device(),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "anomaly_detection": torch.is_anomaly_enabled(),
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "recursion_limit": sys.getrecursionlimit(),
-        }
-
-    def changed_state(self) -> list[str]:
-        now = self._read_state()
-        return [f"{key} {self.state[key]} -> {now[key]}" for key in self.state if now[key] != self.state[key]]
-
-    def patched(self) -> list[str]:
-        found = []
-        for name, obj in self.spaces.items():
-            current = vars(obj)
-            skip = _VOLATILE.get(name, set()) | _VOLATILE_EVERYWHERE
-            for key, value in self.snapshot[name].items():
-                if key not in skip and current.get(key, _MISSING) is not value:
-                    found.append(f"{name}.{key}")
-            for key in current.keys() - self.snapshot[name].keys():
-                if key not in skip and not isinstance(current[key], ModuleType):
-                    found.append(f"{name}.{key}")
-        return found
-
-    def reset(self) -> None:
-        """Put global torch state back as it was after set-up; only what changed is set (some setters
-        are not free: ``use_deterministic_algorithms`` imports torch._dynamo)."""
-        import torch
-
-        setters = {
-            "num_threads": torch.set_num_threads, "default_dtype": torch.set_default_dtype,
-            "grad_enabled": torch.set_grad_enabled,
-            "default_device": lambda d: torch.set_default_device(None if d == torch.device("cpu") else d),
-            "deterministic_algorithms": torch.use_deterministic_algorithms,
-            "anomaly_detection": torch.autograd.set_detect_anomaly,
-            "float32_matmul_precision": torch.set_float32_matmul_precision,
-            "recursion_limit": sys.setrecursionlimit,
-        }
-        now = self._read_state()
-        for key, value in self.state.items():
-            if now[key] != value:
-                setters[key](value)
-
-
 class _Failure(Exception):
     def __init__(self, stage: str, error: str):
         self.stage = stage
         self.error = error
-
-
-def _finite(x: float) -> bool:
-    return x == x and x not in (float("inf"), float("-inf"))
 
 
 def main() -> None:
@@ -331,14 +240,14 @@ def main() -> None:
         except _Failure as fail:
             reply = {"ok": False, "stage": fail.stage, "error": fail.error}
         except BaseException as err:  # noqa: BLE001 - report, never die silently
-            reply = {"ok": False, "stage": msg.get("op", "?"), "error": _one_line(err),
+            reply = {"ok": False, "stage": msg.get("op", "?"), "error": error_line(err),
                      "traceback": traceback.format_exc(limit=3)[-1500:]}
         must_exit = False
         if msg.get("op") in ("check", "train"):
             try:
                 must_exit = worker.audit(reply)
             except BaseException as err:  # noqa: BLE001 - a broken audit is itself a reason to stop
-                reply = {"ok": False, "stage": "guard", "error": f"state check failed: {_one_line(err)}"}
+                reply = {"ok": False, "stage": "guard", "error": f"state check failed: {error_line(err)}"}
                 must_exit = True
         try:
             worker.reset_globals()

@@ -25,7 +25,7 @@ def test_wheel_carries_its_data_files(tmp_path: Path) -> None:
         "cfg, run_dir = c.compose(['task=sorting'])\n"
         "print(discopop.__file__)\n"
         "print(cfg['task']['name'], len(r.available()), run_dir.startswith('runs/'))\n"
-        "print((resources.files('discopop') / 'templates' / 'report.html.j2').is_file(),"
+        "print((resources.files('discopop.report') / 'templates' / 'report.html.j2').is_file(),"
         " (resources.files('discopop') / 'prompts' / 'system.txt').is_file())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

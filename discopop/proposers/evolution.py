@@ -24,12 +24,13 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from discopop import losses
+from discopop.allowlist_check import dotted_parts as _chain
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
+from discopop.proposers.reference import PROPOSALS_DIR
+from discopop.status import Status
 
-PROPOSALS_DIR = Path(__file__).resolve().parent.parent / "proposals"
 # e**30 ~ 1e13: finite in float32 after weighting and batch means; larger arguments are clipped.
 EXP = "torch.exp(torch.clamp(U, max=30.0))"
 # Increasing maps: swapping one for another keeps -h(margin) decreasing in the margin.
@@ -86,14 +87,6 @@ def _name(ident: str) -> ast.Name:
 
 def _assign(ident: str, value: ast.expr) -> ast.Assign:
     return ast.Assign(targets=[ast.Name(id=ident, ctx=ast.Store())], value=value)
-
-
-def _chain(node: ast.AST) -> list[str]:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return [node.id, *parts[::-1]] if isinstance(node, ast.Name) else parts[::-1]
 
 
 def _kind(node: ast.AST) -> str | None:
@@ -617,7 +610,7 @@ class EvolutionProposer(Proposer):
 
     def _pool(self, history: list[HistoryEntry]) -> list[_Parent]:
         """Scored entries; else any entry whose code passes the static check; else the reference losses."""
-        scored = [e for e in history if e.status == "scored" and e.fitness is not None]
+        scored = [e for e in history if e.status == Status.SCORED and e.fitness is not None]
         entries = [e for e in (scored or history) if _valid(e.code)]
         return [_Parent(e.id, e.name, e.code, e.fitness, _hash(e.code)) for e in entries] or \
             reference_parents()

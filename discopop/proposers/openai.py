@@ -31,6 +31,8 @@ from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerS
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
+from discopop.status import Status
+from discopop.text import one_line
 
 logger = logging.getLogger(__name__)
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -338,7 +340,7 @@ class OpenAIProposer(Proposer):
     def _detail(self, err: openai.APIStatusError) -> str:
         body = err.body
         message = body.get("message") if isinstance(body, dict) else None
-        return P._short(self._redact(str(message or body or err.message)), 300)
+        return one_line(self._redact(str(message or body or err.message)), 300)
 
     def _redact(self, text: str) -> str:
         for arm in self._arms:
@@ -351,10 +353,10 @@ class OpenAIProposer(Proposer):
 
     def _absorb(self, entry: HistoryEntry) -> None:
         """Learn from a finished entry once: best fitness so far, conversation feedback, bandit reward."""
-        if entry.id in self._seen or entry.status == "proposed":
+        if entry.id in self._seen or entry.status == Status.PROPOSED:
             return
         self._seen.add(entry.id)
-        fitness = entry.fitness if entry.status == "scored" and entry.fitness is not None else None
+        fitness = entry.fitness if entry.status == Status.SCORED and entry.fitness is not None else None
         mine = self._pending.pop(entry.code, None)
         if mine is None and entry.proposer == self.name:  # the loop may have reformatted the code
             code = next((c for c, p in self._pending.items() if p[2] == entry.name), None)

@@ -20,9 +20,10 @@ from string import Template
 
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.facts import FitnessFacts
+from discopop.status import FAILED_STATUSES, Status
+from discopop.text import one_line
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-FAILED_STATUSES = ("invalid", "duplicate", "train_failed", "eval_failed")
 MAX_THOUGHT_IN_PROMPT = 300  # chars: the idea in a sentence or two; the code says the rest
 MAX_ERROR_IN_PROMPT = 300
 EMPTY_SECTION = "(none)"
@@ -69,14 +70,9 @@ def _fitness(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def render_scored(entry: HistoryEntry) -> str:
     """A scored entry with its code: what the model should learn from and improve on."""
-    idea = f"Idea: {_short(entry.thought, MAX_THOUGHT_IN_PROMPT)}\n" if entry.thought.strip() else ""
+    idea = f"Idea: {one_line(entry.thought, MAX_THOUGHT_IN_PROMPT)}\n" if entry.thought.strip() else ""
     behaviour = f"Measured behaviour (x = beta*rho): {entry.diagnostics}\n" if entry.diagnostics else ""
     return (f"### id {entry.id}: {entry.name}, fitness {_fitness(entry.fitness)} (generation {entry.generation})\n"
             f"{idea}{behaviour}```python\n{entry.code.strip()}\n```\n")
@@ -84,12 +80,12 @@ def render_scored(entry: HistoryEntry) -> str:
 
 def render_failure(entry: HistoryEntry) -> str:
     """A failure in one line: the name and why it failed (its code would cost too much)."""
-    error = _short(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
+    error = one_line(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
     return f"- id {entry.id} `{entry.name}` ({entry.status}): {error}\n"
 
 
 def _is_scored(entry: HistoryEntry) -> bool:
-    return entry.status == "scored" and entry.fitness is not None and math.isfinite(entry.fitness)
+    return entry.status == Status.SCORED and entry.fitness is not None and math.isfinite(entry.fitness)
 
 
 def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budget: int, top_k: int = 5,
@@ -151,7 +147,7 @@ def feedback_line(entry: HistoryEntry) -> str:
     if _is_scored(entry):
         behaviour = f"; measured behaviour: {entry.diagnostics}" if entry.diagnostics else ""
         return f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}{behaviour}"
-    reason = _short(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
+    reason = one_line(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
     return f"- `{entry.name}` (id {entry.id}): {entry.status}: {reason}"
 
 

@@ -81,7 +81,7 @@ def _looks_secret(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) and name != "DISCOPOP_TEST_TOKEN"
 
 
-def _outside_interpreter(path: str) -> bool:
+def outside_interpreter(path: str) -> bool:
     """Whether a real path lies outside this interpreter's own directories (stdlib, site-packages)."""
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     return not any(path == p or path.startswith(p + os.sep) for p in prefixes)
@@ -92,11 +92,11 @@ def _child_import_path(extra: str | None) -> str:
     additions to ``sys.path`` live. The interpreter's own directories (stdlib, site-packages) are
     left out: the child finds them itself, and listed here they would come before the stdlib."""
     package_root = str(Path(__file__).resolve().parents[2])  # discopop/sandbox/boundary.py
-    entries = [*(extra or "").split(os.pathsep), *([package_root] if _outside_interpreter(package_root) else []),
+    entries = [*(extra or "").split(os.pathsep), *([package_root] if outside_interpreter(package_root) else []),
                *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     for entry in sys.path:
         real = os.path.realpath(entry) if entry else ""
-        if real and os.path.isdir(real) and _outside_interpreter(real):
+        if real and os.path.isdir(real) and outside_interpreter(real):
             entries.append(real)
     return os.pathsep.join(dict.fromkeys(e for e in entries if e))
 

@@ -37,7 +37,7 @@ def _own_cgroup_dir(controller: str) -> tuple[Path, int] | None:
     return None
 
 
-class _Cgroup:
+class Cgroup:
     """A private cgroup for one child tree (one controller); ``create`` returns None where not allowed."""
 
     def __init__(self, path: Path, controller: str, version: int):
@@ -46,7 +46,7 @@ class _Cgroup:
         self.version = version
 
     @classmethod
-    def create(cls, controller: str, settings: dict[str, int]) -> _Cgroup | None:
+    def create(cls, controller: str, settings: dict[str, int]) -> Cgroup | None:
         found = _own_cgroup_dir(controller)
         if found is None:
             return None
@@ -126,6 +126,6 @@ def _reap_stale(base: Path) -> None:
         except (IndexError, ValueError):
             continue
         if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
-            stale = _Cgroup(entry, "", 0)
+            stale = Cgroup(entry, "", 0)
             stale.kill_all()
             stale.remove()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-from discopop.sandbox.lockdown import _harden
-from discopop.sandbox.seccomp import _install_seccomp
+from discopop.sandbox.lockdown import hardening_on
+from discopop.sandbox.seccomp import install_seccomp
 
 _BLOCKED_EVENTS = {
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
@@ -82,6 +82,6 @@ def seal(workdir: str) -> list[str]:
     AF_UNIX sockets, connect, ptrace, mounts, namespaces, ...; denied with EPERM, so the candidate's
     error is reported) and the ``audit-guard`` (``install_guard``). Both are irreversible.
     """
-    layers = ["seccomp"] if _harden() and _install_seccomp() else []
+    layers = ["seccomp"] if hardening_on() and install_seccomp() else []
     install_guard(workdir)
     return [*layers, "audit-guard"]

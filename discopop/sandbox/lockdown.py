@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 
-from discopop.sandbox.boundary import READ_PATHS_VAR, _outside_interpreter
+from discopop.sandbox.boundary import READ_PATHS_VAR, outside_interpreter
 
 # Landlock (include/uapi/linux/landlock.h).
 _LL_EXECUTE, _LL_WRITE_FILE, _LL_READ_FILE, _LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -32,7 +32,7 @@ _LL_FILE_RIGHTS = _LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | _LL_TRUNCATE  #
 _LL_NET_BIND, _LL_NET_CONNECT = 1 << 0, 1 << 1
 _LL_SCOPE_ABSTRACT_UNIX, _LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
 _SYS_LANDLOCK_CREATE, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT = 444, 445, 446  # same on x86-64/arm64
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
+_PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
 # Device files a worker may open for writing (GPU drivers open theirs read-write).
 _WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random", "/dev/shm",
                      "/dev/dri", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
@@ -51,7 +51,7 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x1
 _MNT_DETACH = 2
 
 
-def _harden() -> bool:
+def hardening_on() -> bool:
     """False only under the benchmark switch ``Limits.os_hardening``."""
     return os.environ.get("DISCOPOP_SANDBOX_HARDEN", "1") != "0"
 
@@ -82,10 +82,10 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
         layers.append("parent-death-signal")
         if parent and os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(1)
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
         layers.append("no-new-privs")
-    readable = _readable_paths(workdir) if _harden() else {}
-    if _harden():
+    readable = _readable_paths(workdir) if hardening_on() else {}
+    if hardening_on():
         layers += _private_tmp(libc, [workdir, *readable], int(os.environ.get("DISCOPOP_SANDBOX_TMPFS_MB", "64")))
     layers += _landlock(libc, workdir, network, readable, private_shm="private-tmp" in layers)
     if _drop_capabilities(libc):
@@ -110,7 +110,7 @@ def _readable_paths(workdir: str) -> dict[str, int]:
         real = os.path.realpath(entry) if entry and os.path.isabs(entry) else ""
         if not real or real == work or not os.path.exists(real):
             continue
-        if not _outside_interpreter(real) or not os.path.isdir(real):
+        if not outside_interpreter(real) or not os.path.isdir(real):
             whole.append(real)
             continue
         rules[real] = _LL_READ_DIR

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.sandbox.boundary import REPLY_LIMIT, clean_reply, clean_text, remove_tree, sandbox_env
-from discopop.sandbox.cgroups import _Cgroup
+from discopop.sandbox.cgroups import Cgroup
 
 
 @dataclass
@@ -164,15 +164,15 @@ class SandboxedProcess:
         self.limits = limits
         self.workdir = Path(tempfile.mkdtemp(prefix="discopop-sandbox-"))
         self._busy = False
-        self._cgroups: list[_Cgroup] = []
+        self._cgroups: list[Cgroup] = []
         if limits.max_processes:
-            group = _Cgroup.create("pids", {"pids.max": limits.max_processes})
+            group = Cgroup.create("pids", {"pids.max": limits.max_processes})
             if group:
                 self._cgroups.append(group)
         if limits.memory_mb:
             size = limits.memory_mb * 1024 * 1024
-            group = _Cgroup.create("memory", {"memory.limit_in_bytes": size})
-            group = group or _Cgroup.create("memory", {"memory.max": size})
+            group = Cgroup.create("memory", {"memory.limit_in_bytes": size})
+            group = group or Cgroup.create("memory", {"memory.max": size})
             if group:
                 self._cgroups.append(group)
         to_child_r, to_child_w = os.pipe()

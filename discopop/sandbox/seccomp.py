@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import sys
 
-from discopop.sandbox.lockdown import _PR_SET_NO_NEW_PRIVS
+from discopop.sandbox.lockdown import PR_SET_NO_NEW_PRIVS
 
 # x86-64 numbers (arch/x86/entry/syscalls/syscall_64.tbl). Other architectures: the layer is absent.
 _AUDIT_ARCH_X86_64 = 0xC000003E
@@ -61,7 +61,7 @@ def _seccomp_program() -> list[tuple[int, int, int, int]]:
     return [*rows, (ret, 0, 0, _RET_ALLOW)]
 
 
-def _install_seccomp() -> bool:
+def install_seccomp() -> bool:
     """Load the filter on every thread of this process (TSYNC); False where it cannot be done."""
     import ctypes
     import platform
@@ -84,7 +84,7 @@ def _install_seccomp() -> bool:
     except OSError:
         return False
     libc.syscall.restype = ctypes.c_long
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required for an unprivileged filter
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required for an unprivileged filter
         return False
     return libc.syscall(_SYS_SECCOMP, ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
                         ctypes.c_uint(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog)) == 0

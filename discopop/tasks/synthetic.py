@@ -238,13 +238,13 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, samp
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(prompts), batch_size):
         ids = encode(tokenizer, prompts[start:start + batch_size])
-        completion = _decode_loop(model, ids, max_new_tokens, tokenizer.eos_token_id, sample, gen)
+        completion = decode_loop(model, ids, max_new_tokens, tokenizer.eos_token_id, sample, gen)
         texts, _ = decode_completions(tokenizer, completion)
         out.extend(texts)
     return out
 
 
-def _decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, sample: bool,
+def decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, sample: bool,
                  gen: torch.Generator) -> torch.Tensor:
     """Token-by-token decoding with the KV cache; faster than ``generate`` for 3-5 token answers."""
     past = None

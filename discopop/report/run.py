@@ -1,0 +1,154 @@
+"""Run facts: the archive's rows read read-only, and what every view asks of them (ranking, winner, lineage).
+
+Only the archive contract (docs/DESIGN.md §4) is used, so a report can be drawn while the loop is
+still writing, from a copied run directory, or by a tool that knows nothing else about discopop.
+Archived JSON is untrusted: every value is checked before use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from discopop.archive import ARCHIVE_NAME, ArchiveError, Row, ranked
+from discopop.text import one_line
+
+EMPTY_NOTE = "The archive has no candidates yet."
+
+
+def _json(text: Any, default: Any) -> Any:
+    try:
+        value = json.loads(text) if text else default
+    except (TypeError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def _ids(values: Iterable[Any]) -> list[int]:
+    out = []
+    for v in values:
+        try:
+            out.append(int(v))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def load_rows(run_dir: Path | str) -> list[Row]:
+    """All candidate rows of a run, read through a read-only SQLite connection.
+
+    Read-only so that a report never takes a write lock on (or migrates) the archive of a live run.
+    """
+    path = Path(run_dir) / ARCHIVE_NAME
+    if not path.is_file():
+        raise ArchiveError(f"no archive at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            records = [dict(r) for r in conn.execute("SELECT * FROM candidates ORDER BY id")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise ArchiveError(f"cannot read archive {path}: {err}") from None
+    rows = []
+    for d in records:
+        d["parent_ids"] = _ids(_json(d.get("parent_ids"), []))
+        d["metrics"] = _json(d.get("metrics"), {})
+        rows.append(Row(**{k: d.get(k) for k in Row.__dataclass_fields__}))
+    return rows
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or None (metrics are JSON written by other code: trust nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def scored(rows: list[Row]) -> list[Row]:
+    """Rows with a usable fitness, best first (``archive.ranked``: the same order as ``discopop leaderboard``)."""
+    return ranked(rows)
+
+
+def baseline(rows: list[Row], name: str) -> Row | None:
+    """The scored reference row called ``name`` (``dpo``, ``lrml``...), if the run has one."""
+    for r in scored(rows):
+        if r.proposer == "reference" and r.name.lower() == name:
+            return r
+    return None
+
+
+def winner(rows: list[Row]) -> Row | None:
+    """The best discovered candidate (a baseline only when nothing evolved was scored).
+
+    Baselines are drawn as reference lines everywhere; the winner is what the search found.
+    """
+    best_first = scored(rows)
+    evolved = [r for r in best_first if r.proposer != "reference"]
+    return (evolved or best_first or [None])[0]
+
+
+def lineage_graph(rows: list[Row]) -> nx.DiGraph:
+    """Parent -> child graph over all rows (edges to ids not in the archive are dropped)."""
+    graph = nx.DiGraph()
+    for r in rows:
+        graph.add_node(r.id, row=r)
+    for r in rows:
+        graph.add_edges_from((p, r.id) for p in r.parent_ids if p in graph and p != r.id)
+    return graph
+
+
+def ancestry(rows: list[Row], row_id: int) -> set[int]:
+    """``row_id`` and every candidate it descends from."""
+    graph = lineage_graph(rows)
+    return nx.ancestors(graph, row_id) | {row_id} if row_id in graph else set()
+
+
+def confirmation_of(row: Row) -> dict[str, Any]:
+    """The row's fresh-seed confirmation (``metrics.confirmation``), or {}."""
+    conf = row.metrics.get("confirmation")
+    return conf if isinstance(conf, dict) else {}
+
+
+def seconds_of(row: Row) -> dict[str, float]:
+    """The row's finite, non-negative stage timings (``metrics.seconds``)."""
+    raw = row.metrics.get("seconds")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in ((k, number(v)) for k, v in raw.items()) if v is not None and v >= 0}
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell, or a dash."""
+    v = number(value)
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def row_label(row: Row, width: int = 28) -> str:
+    """``#id name`` with the name cut to ``width`` characters."""
+    return f"#{row.id} {one_line(row.name, width)}"
+
+
+def summary(rows: list[Row]) -> str:
+    """One line: how many candidates, their fates, the generations, the winner."""
+    if not rows:
+        return EMPTY_NOTE
+    counts = Counter(r.status for r in rows)
+    fates = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    gens = sorted({r.generation for r in rows})
+    best = winner(rows)
+    best_text = f"best discovered: {row_label(best, 40)} (fitness {fmt(best.fitness)})" if best else "nothing scored"
+    return f"{len(rows)} candidates ({fates}) over generations {gens[0]}–{gens[-1]}; {best_text}."
+
+
+def diagnostics_of(row: Row) -> dict[str, Any] | None:
+    """What the sandboxed checks measured of the loss (``metrics.checks.diagnostics``), if anything."""
+    return (row.metrics.get("checks") or {}).get("diagnostics")

@@ -1,0 +1,21 @@
+"""Short text for people: one line of an error, a name or an idea cut to fit a cell, a prompt or a label."""
+
+from __future__ import annotations
+
+ERROR_LIMIT = 300  # characters of an error message kept in a reply or a row
+
+
+def error_line(err: BaseException, limit: int = ERROR_LIMIT) -> str:
+    """``Type: message`` on one line (the first), at most ``limit`` characters."""
+    text = f"{type(err).__name__}: {err}".strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:limit]
+
+
+def one_line(text: str, width: int) -> str:
+    """Whitespace collapsed, cut to ``width`` characters with an ellipsis.
+
+    Cut by characters rather than words (``textwrap.shorten``): names are often one long identifier,
+    which word-wise shortening would drop whole.
+    """
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,68 @@
+"""Code-health rules the project keeps: one status vocabulary, one ranking, no borrowed private names."""
+
+from __future__ import annotations
+
+import ast
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from discopop.archive import Archive, Row, ranked
+from discopop.proposers.base import Candidate
+from discopop.status import FAILED_STATUSES, REPAIRABLE_STATUSES, STATUSES, Status
+
+PACKAGE = Path(__file__).resolve().parent.parent / "discopop"
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from discopop.x import _name`` and ``module._name`` on an imported discopop module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discopop"):
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            modules |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("discopop")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    offences = {str(p.relative_to(PACKAGE)): bad for p in sorted(PACKAGE.rglob("*.py")) if (bad := _private_imports(p))}
+    assert offences == {}
+
+
+def test_the_checker_sees_a_private_import(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("from discopop.worker import _secret\nfrom discopop import stats\nstats._hidden()\n")
+    assert _private_imports(probe) == ["discopop.worker._secret", "stats._hidden"]
+
+
+def test_status_strings_are_the_ones_archives_store(tmp_path: Path) -> None:
+    # The strings are the archive contract: an archive from any earlier version must still read.
+    assert STATUSES == ("proposed", "invalid", "duplicate", "train_failed", "eval_failed", "scored")
+    assert set(FAILED_STATUSES) == set(STATUSES) - {Status.PROPOSED, Status.SCORED}
+    assert set(REPAIRABLE_STATUSES) < set(FAILED_STATUSES)
+    arch = Archive(tmp_path / "archive.sqlite")
+    row_id = arch.add(Candidate("a", "x = 1\n"), 1)
+    arch.finish(row_id, Status.TRAIN_FAILED, error="train: boom")
+    arch.close()
+    conn = sqlite3.connect(tmp_path / "archive.sqlite")
+    assert conn.execute("SELECT status FROM candidates").fetchone() == ("train_failed",)
+    with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint lists exactly these strings
+        conn.execute("UPDATE candidates SET status = 'lost'")
+
+
+def _row(row_id: int, status: str, fitness: float | None) -> Row:
+    return Row(row_id, 1, [], "evolution", f"c{row_id}", "", "", "", status, None, fitness, {}, "", None)
+
+
+def test_one_ranking_keeps_finite_scored_rows_best_first_older_first_on_ties() -> None:
+    rows = [_row(1, Status.SCORED, 0.2), _row(2, Status.SCORED, float("nan")), _row(3, Status.INVALID, 9.0),
+            _row(4, Status.SCORED, 0.5), _row(5, Status.SCORED, 0.2), _row(6, Status.SCORED, None)]
+    assert [r.id for r in ranked(rows)] == [4, 1, 5]
