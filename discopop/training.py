@@ -115,12 +115,15 @@ def loss_curve(step_losses: list[torch.Tensor]) -> dict[str, float]:
     """Mean training loss over the first, middle and last third of the steps: how training went, in 3 numbers.
 
     Kept compact for the LLM proposer's reflection (a loss's scale is arbitrary; its trend is not).
+    Runs of fewer than 3 steps use single steps (one step: the same number three times).
     """
-    if len(step_losses) < 3:
+    if not step_losses:
         return {}
-    thirds = torch.stack(step_losses).cpu().double().tensor_split(3)
-    return {key: round(float(part.mean()), 5) for key, part in zip(("loss_start", "loss_mid", "loss_end"), thirds,
-                                                                   strict=True)}
+    values = torch.stack(step_losses).detach().cpu().double().flatten()
+    n, k = len(values), max(1, len(values) // 3)
+    middle = (n - k) // 2
+    parts = {"loss_start": values[:k], "loss_mid": values[middle:middle + k], "loss_end": values[n - k:]}
+    return {key: round(float(part.mean()), 5) for key, part in parts.items()}
 
 
 class FineTuner:

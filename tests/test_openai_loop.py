@@ -152,6 +152,12 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
     for r in best:
         assert f"### id {r['id']}: {r['name']}" in gen4 and r["code"].strip() in gen4
     assert f"id {prose['id']} `unparseable` (invalid)" in gen4 and f"id {bad['id']} `scaled_dpo_3`" in gen4
+    # Reflection: what training measured reaches the model, and the failure's stage with its reason.
+    shown = first if first["fitness"] >= retried["fitness"] else retried
+    curve = [shown["metrics"]["train"][k] for k in ("loss_start", "loss_mid", "loss_end")]
+    assert f"held-out reward {shown['metrics']['reward']:.4f}" in gen4
+    assert " → ".join(f"{v:.4g}" for v in curve) in gen4 and "Measured behaviour (x = beta*rho)" in gen4
+    assert f"id {bad['id']} `scaled_dpo_3` (invalid) at stage static: static check:" in gen4
     assert "Leaderboard" in out.stdout
     assert_key_never_written(run_dir, out)
 
