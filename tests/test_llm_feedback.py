@@ -133,6 +133,21 @@ def test_rich_history_stays_within_the_token_budget():
     assert P.estimate_tokens(big) > 4500  # the budget, not the k's, is what binds here
 
 
+def test_noise_from_re_scored_candidates_reaches_the_system_prompt(server, make):
+    from discopop.proposers.facts import FitnessFacts
+
+    server.push(completion(answer("a")), completion(answer("b")))
+    proposer = make()
+    proposer.set_facts(FitnessFacts(kl_coef=0.0, beta=0.5, learning_rates=(1e-5,)))
+    proposer.propose([scored(1, 0.8)], k=1, generation=1)  # one seed each: nothing to measure yet
+    history = [scored(1, 0.8, fitness_seeds=(0.80, 0.82)), scored(2, 0.7, fitness_seeds=(0.70, 0.70, 0.73))]
+    proposer.propose(history, k=1, generation=2)
+    before, after = (b["messages"][0]["content"] for b in server.bodies())
+    assert "noise level: not yet measured." in before
+    expected = ((0.02**2 / 2 + 0.0003) / 2) ** 0.5  # sample variances 0.0002 and 0.0003, pooled
+    assert f"noise level: about {expected:.3f} (std of fitness over search seeds, pooled over 2 re-scored" in after
+
+
 def test_conversation_feedback_carries_the_results(server, make):
     server.push(completion(answer("first")), completion(answer("second")))
     proposer = make(history_mode="conversation")

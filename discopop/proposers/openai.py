@@ -23,13 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from discopop.proposers import prompting as P
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
 from discopop.proposers.chat_client import ChatClient, ChatError, ChatReply, ChatStop, ContextLengthError
-from discopop.proposers.facts import FitnessFacts
+from discopop.proposers.facts import FitnessFacts, seed_noise
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
 
@@ -143,6 +143,7 @@ class OpenAIProposer(Proposer):
         self._meter.check()
         for entry in history:
             self._absorb(entry)
+        self._update_noise(history)
         if self.history_mode == "conversation":  # one thread of turns: each request waits for the last answer
             out: list[Candidate] = []
             for _ in range(k):
@@ -212,6 +213,16 @@ class OpenAIProposer(Proposer):
         """Tell the model what fitness is in this run (kl_coef, beta, learning rates, noise, SFT score)."""
         self.facts = facts
         self._conversation[0] = {"role": "system", "content": self._system_prompt()}
+
+    def _update_noise(self, history: list[HistoryEntry]) -> None:
+        """Until confirmation measures it on fresh seeds, state the noise seen among re-scored search candidates."""
+        facts = self.facts
+        confirmed = facts is not None and facts.noise_from == "fresh seeds" and facts.noise_std is not None
+        if facts is None or confirmed or self.history_mode == "none":
+            return
+        found = seed_noise(history)
+        if found is not None and found != (facts.noise_std, facts.noise_candidates):
+            self.set_facts(replace(facts, noise_std=found[0], noise_candidates=found[1], noise_from="search seeds"))
 
     def observe(self, entry: HistoryEntry) -> None:
         """A finished candidate: feedback for the conversation, reward for the bandit."""
