@@ -4,6 +4,12 @@ Kept apart from the HTTP code so prompt content can be read, tested and measured
 (``benchmarks/prompt_size.py``). Templates are plain text files in ``discopop/prompts/`` filled
 with :class:`string.Template` (``$name`` placeholders), so the JSON braces in them need no escaping.
 
+Three prompt families: the default (a system prompt with the run's facts, then an archive prompt
+whose every loss carries its measured results: :func:`reflection`), the control arm's blind prompt
+(:func:`build_blind_prompt`: task and contract only) and the paper protocol's (``paper_*``: a
+``{code, fitness}`` list, then fitness-only feedback turns). The contract text is shared
+(``prompts/contract.txt``).
+
 Budgeting: the history part of a request (the archive prompt, or the conversation after the
 system message) never exceeds ``budget`` estimated tokens. When it would, the lowest-priority
 items are dropped first: the k-th best, k-th failure and k-th recent entry rank by k, and
