@@ -228,7 +228,7 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, c
     repair = server.bodies()[3]  # the conversation survived the stop; the repair quotes the failed answer
     assert [m["role"] for m in repair["messages"]][:2] == ["system", "user"] and len(repair["messages"]) > 6
     assert "scaled_dpo_3" in repair["messages"][-1]["content"]
-    feedback = f"`scaled_dpo_3` (id {before[4]['id']}): invalid: static check:"
+    feedback = f"`scaled_dpo_3` (id {before[4]['id']}): invalid at stage static: static check:"
     assert any(feedback in m["content"] for b in server.bodies()[3:] for m in b["messages"] if m["role"] == "user")
     totals = run_state(run_dir, "proposer_state")["totals"]
     assert totals["requests"] == 6 and totals["cost_usd"] == pytest.approx(0.12)
