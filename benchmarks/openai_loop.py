@@ -1,6 +1,6 @@
 """The LLM proposer in a real run: ``discover --generations 10 proposer=openai`` against a scripted "LLM".
 
-    python benchmarks/openai_loop.py [--modes archive,conversation] [--generations 10] [hydra overrides ...]
+    python benchmarks/openai_loop.py [--modes archive,conversation,none,paper] [--generations 10] [overrides ...]
 
 Starts the loopback OpenAI-compatible server of ``tests/openai_server.py`` with a deterministic
 script instead of a model: request n gets a 429 (Retry-After: 0) if n % 11 == 0, else a
@@ -10,8 +10,8 @@ scaled by a per-request factor, so few are duplicates). Token usage is reported 
 tokens of what was sent and answered, so the totals track prompt growth. Then it runs ``discover``
 on the tiny task once per history mode (overrides are passed through) and prints candidates by
 status, repairs, retries and tokens, the prompt sent at the last generation, and, from
-``benchmarks/prompt_size.py``, the prompt at 200 history entries in each mode (200 generations of
-real training would take too long to run here).
+``benchmarks/prompt_size.py``, the prompt at generation 50 and 200 in each mode (200 generations
+of real training would take too long to run here).
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ class ScriptedLLM:
 
 def discover(run_dir: Path, server: FakeOpenAIServer, mode: str, generations: int, extra: list[str]) -> float:
     """Run the real ``discover`` entry point in a subprocess; return its wall time."""
-    args = ["--generations", str(generations), "--quiet", *TINY_RUN, "proposer=openai", f"proposer.model={MODEL}",
-            f"proposer.base_url={server.url}", f"proposer.api_key_env={KEY_ENV}",
-            f"proposer.history_mode={mode}", f"hydra.run.dir={run_dir}", *extra]
+    preset = ["proposer=openai_paper"] if mode == "paper" else ["proposer=openai", f"proposer.history_mode={mode}"]
+    args = ["--generations", str(generations), "--quiet", *TINY_RUN, *preset, f"proposer.model={MODEL}",
+            f"proposer.base_url={server.url}", f"proposer.api_key_env={KEY_ENV}", f"hydra.run.dir={run_dir}", *extra]
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update({KEY_ENV: "sk-bench-not-a-real-key", "WANDB_MODE": "disabled", "NO_PROXY": "*"})
     started = time.perf_counter()
@@ -131,7 +131,8 @@ def report(run_dir: Path, server: FakeOpenAIServer, llm: ScriptedLLM, mode: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", default="archive,conversation", help="history modes to run, comma-separated")
+    parser.add_argument("--modes", default="archive,conversation",
+                        help="history modes to run, comma-separated: archive, conversation, none, paper (the preset)")
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("overrides", nargs="*", help="hydra overrides passed to discover")
     args = parser.parse_args()
@@ -147,13 +148,13 @@ def main() -> None:
                 report(Path(tmp) / "run", server, llm, mode, args.generations, seconds)
         finally:
             server.stop()
-    print("\nprompt size by history entries (benchmarks/prompt_size.py: reference-loss histories, "
-          "history_token_budget=6000)")
-    print(f"{'mode':<13}{'entries':>8}{'messages':>10}{'chars':>9}{'tokens':>8}")
+    print("\nprompt size at generation 50 and 200 (benchmarks/prompt_size.py: reference-loss histories, "
+          "history_token_budget=6000; the paper preset has its own)")
+    print(f"{'mode':<13}{'gen':>5}{'entries':>8}{'messages':>10}{'chars':>9}{'tokens':>8}")
     for mode in modes:
-        for n in (10, 200):
-            r = measure(mode, n, 6000)
-            print(f"{r['mode']:<13}{r['entries']:>8}{r['messages']:>10}{r['chars']:>9}{r['tokens']:>8}")
+        for g in (50, 200):
+            r = measure(mode, g, 6000)
+            print(f"{r['mode']:<13}{g:>5}{r['entries']:>8}{r['messages']:>10}{r['chars']:>9}{r['tokens']:>8}")
 
 
 if __name__ == "__main__":

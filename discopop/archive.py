@@ -78,6 +78,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def feedback_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The measured results a proposer may reflect on (``HistoryEntry``'s reward ... stage), from ``metrics``."""
+    train = metrics.get("train") or {}
+    curve = tuple(train[k] for k in ("loss_start", "loss_mid", "loss_end") if _number(train.get(k)) is not None)
+    margin = tuple(train[k] for k in ("margin_abs_q50", "margin_abs_q90") if _number(train.get(k)) is not None)
+    return {"reward": _number(metrics.get("reward")), "kl": _number(metrics.get("kl")),
+            "learning_rate": _number(metrics.get("learning_rate")), "loss_curve": curve if len(curve) == 3 else (),
+            "margin_used": margin if len(margin) == 2 else (), "stage": str(metrics.get("stage") or "")}
+
+
 @dataclass
 class Row:
     """One ``candidates`` row with JSON columns decoded."""
@@ -102,6 +116,7 @@ class Row:
             id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
             fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
             thought=self.thought, diagnostics=compact((self.metrics.get("checks") or {}).get("diagnostics")),
+            **feedback_fields(self.metrics),
         )
 
 

@@ -111,6 +111,21 @@ def final_margin_quantiles(step_margins: list[torch.Tensor], epoch_size: int) ->
     return {f"margin_abs_q{int(q * 100)}": round(float(torch.quantile(last, q)), 4) for q in MARGIN_QUANTILES}
 
 
+def loss_curve(step_losses: list[torch.Tensor]) -> dict[str, float]:
+    """Mean training loss over the first, middle and last third of the steps: how training went, in 3 numbers.
+
+    Kept compact for the LLM proposer's reflection (a loss's scale is arbitrary; its trend is not).
+    Runs of fewer than 3 steps use single steps (one step: the same number three times).
+    """
+    if not step_losses:
+        return {}
+    values = torch.stack(step_losses).detach().cpu().double().flatten()
+    n, k = len(values), max(1, len(values) // 3)
+    middle = (n - k) // 2
+    parts = {"loss_start": values[:k], "loss_mid": values[middle:middle + k], "loss_end": values[n - k:]}
+    return {key: round(float(part.mean()), 5) for key, part in parts.items()}
+
+
 class FineTuner:
     """One warm TRL trainer over a task's pairs, reused for every candidate."""
 
@@ -200,6 +215,7 @@ class FineTuner:
         train_seconds = time.perf_counter() - started
         metrics = trainer.mean_train_metrics()
         metrics.update(final_margin_quantiles(trainer.step_margins, len(trainer.train_dataset)))
+        metrics.update(loss_curve(trainer.step_losses))
         score_started = time.perf_counter()
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
                              kl_coef=self.kl_coef, split=split)

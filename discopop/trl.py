@@ -82,6 +82,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         # Per-example scaled margins beta*rho of every training step of the last train(): where on its
         # curve a loss is actually exercised (the loss-shape regime), not just their mean as TRL logs.
         self.step_margins: list[torch.Tensor] = []
+        self.step_losses: list[torch.Tensor] = []  # the mean loss of each training step, for its curve
         super().__init__(*args, **kwargs)
 
     def reset_for_new_loss(self, loss_fn: LossFn | str | Path, seed: int) -> None:
@@ -99,6 +100,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         for mode in self._metrics.values():
             mode.clear()
         self.step_margins.clear()
+        self.step_losses.clear()
         self.args.seed = seed
 
     def skip_full_gc_between_runs(self) -> None:
@@ -160,6 +162,8 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss):
             raise NonFiniteLoss(self.state.global_step + 1)
         self._log_reward_metrics(mode, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        if mode == "train":
+            self.step_losses.append(loss.detach().float())
         if return_outputs:
             raise ValueError("DiscoveredLossDPOTrainer does not return model outputs from compute_loss")
         return loss

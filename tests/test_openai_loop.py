@@ -152,6 +152,12 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
     for r in best:
         assert f"### id {r['id']}: {r['name']}" in gen4 and r["code"].strip() in gen4
     assert f"id {prose['id']} `unparseable` (invalid)" in gen4 and f"id {bad['id']} `scaled_dpo_3`" in gen4
+    # Reflection: what training measured reaches the model, and the failure's stage with its reason.
+    shown = first if first["fitness"] >= retried["fitness"] else retried
+    curve = [shown["metrics"]["train"][k] for k in ("loss_start", "loss_mid", "loss_end")]
+    assert f"held-out reward {shown['metrics']['reward']:.4f}" in gen4
+    assert " → ".join(f"{v:.4g}" for v in curve) in gen4 and "Measured behaviour (x = beta*rho)" in gen4
+    assert f"id {bad['id']} `scaled_dpo_3` (invalid) at stage static: static check:" in gen4
     assert "Leaderboard" in out.stdout
     assert_key_never_written(run_dir, out)
 
@@ -222,7 +228,7 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, c
     repair = server.bodies()[3]  # the conversation survived the stop; the repair quotes the failed answer
     assert [m["role"] for m in repair["messages"]][:2] == ["system", "user"] and len(repair["messages"]) > 6
     assert "scaled_dpo_3" in repair["messages"][-1]["content"]
-    feedback = f"`scaled_dpo_3` (id {before[4]['id']}): invalid: static check:"
+    feedback = f"`scaled_dpo_3` (id {before[4]['id']}): invalid at stage static: static check:"
     assert any(feedback in m["content"] for b in server.bodies()[3:] for m in b["messages"] if m["role"] == "user")
     totals = run_state(run_dir, "proposer_state")["totals"]
     assert totals["requests"] == 6 and totals["cost_usd"] == pytest.approx(0.12)

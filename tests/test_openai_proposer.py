@@ -172,7 +172,7 @@ def test_retry_after_as_an_http_date_is_honoured(server, make):
     """RFC 9110 lets Retry-After be an HTTP date; a past one means "now", an unparseable one is ignored."""
     from datetime import datetime, timezone
 
-    from discopop.proposers.openai import _retry_after
+    from discopop.proposers.chat_client import retry_after_seconds as _retry_after
 
     now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
     assert _retry_after({"retry-after": "Fri, 27 Nov 2026 12:00:42 GMT"}, now) == 42.0
@@ -275,11 +275,13 @@ def test_repair_sends_error_back_and_returns_fixed_candidate(server, make):
     assert proposer.repair(cand, 7, reason, attempt=3) is None and len(server.requests) == 2
 
 
-def test_budget_stop(server, make):
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_budget_stop(server, make, concurrency):
     server.push(*[completion(answer(), prompt_tokens=1000, completion_tokens=1000)] * 3)
-    proposer = make(max_cost_usd=3.0, prices={"test-model": {"prompt": 1.0, "completion": 1.0}})  # $2 a request
+    proposer = make(max_cost_usd=3.0, prices={"test-model": {"prompt": 1.0, "completion": 1.0}},  # $2 a request
+                    max_concurrency=concurrency)
     batch = proposer.propose([], k=3, generation=0)
-    assert len(batch) == 2 and len(server.requests) == 2  # the batch stops once $4 >= $3
+    assert len(batch) == 2 and len(server.requests) == 2  # the batch stops once $4 >= $3 (2 at once: after them)
     with pytest.raises(ProposerStop) as err:
         proposer.propose([], k=1, generation=1)
     assert str(err.value) == "budget of $3 reached after 2 requests ($4.0000 spent)"

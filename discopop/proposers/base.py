@@ -50,6 +50,13 @@ class HistoryEntry:
     thought: str = ""
     # How the loss pushes, in a few words (``diagnostics.compact`` of its checks); "" if not measured.
     diagnostics: str = ""
+    # What training measured, for the LLM's reflection (None / empty where not recorded).
+    reward: float | None = None
+    kl: float | None = None
+    learning_rate: float | None = None  # the rate its fitness was reached at
+    loss_curve: tuple[float, ...] = ()  # mean training loss over the first, middle and last third of the steps
+    margin_used: tuple[float, ...] = ()  # |beta*rho| median and 90% quantile over the last epoch's examples
+    stage: str = ""  # failures: the stage that failed (static, numeric, train, score, ...)
 
 
 class Proposer(ABC):

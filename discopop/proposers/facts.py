@@ -27,6 +27,7 @@ class FitnessFacts:
     noise_std: float | None = None  # pooled std of fitness over fresh seeds; None until measured
     noise_candidates: int = 0  # how many confirmed candidates the noise was pooled over
     sft_reward: float | None = None  # held-out reward of the reference (SFT) model before any tuning
+    noise_from: str = "fresh seeds"  # "fresh seeds" (confirmation) or "search seeds" (candidates re-scored in search)
 
     @classmethod
     def from_run(cls, cfg: Mapping[str, Any], task_meta: Mapping[str, Any],
@@ -68,8 +69,9 @@ class FitnessFacts:
         if not self.kl_coef:
             kl += " (no KL penalty: only the reward counts)"
         noise = NOT_MEASURED if self.noise_std is None else (
-            f"about {self.noise_std:.3f} (std of fitness over fresh seeds, pooled over {self.noise_candidates} "
-            "confirmed losses): differences smaller than that are noise")
+            f"about {self.noise_std:.3f} (std of fitness over {self.noise_from}, pooled over {self.noise_candidates} "
+            f"{'confirmed' if self.noise_from == 'fresh seeds' else 're-scored'} losses): differences smaller than "
+            "that are noise")
         sft = "not recorded" if self.sft_reward is None else f"{self.sft_reward:.3f}"
         return "\n".join([
             "- fitness = held-out reward of the tuned policy (mean task reward of its greedy answers on held-out "
@@ -79,3 +81,17 @@ class FitnessFacts:
             f"- noise level: {noise}.",
             f"- the reference (SFT) model, before any preference training, scores {sft}: a useful loss beats it.",
         ])
+
+
+def seed_noise(entries: Iterable[Any]) -> tuple[float, int] | None:
+    """Pooled std of fitness over seeds, and how many entries it pools, from history entries that carry
+    ``fitness_seeds`` (two or more finite scores); None when none does."""
+    variances = []
+    for entry in entries:
+        seeds = [float(v) for v in (getattr(entry, "fitness_seeds", None) or ())
+                 if isinstance(v, int | float) and math.isfinite(v)]
+        if len(seeds) > 1:
+            mean = sum(seeds) / len(seeds)
+            variances.append(sum((v - mean) ** 2 for v in seeds) / (len(seeds) - 1))
+    return (math.sqrt(sum(variances) / len(variances)), len(variances)) if variances else None
+

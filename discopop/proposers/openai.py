@@ -1,46 +1,64 @@
 """LLM proposer for any OpenAI-compatible chat-completions endpoint (the DiscoPOP protocol).
 
-One request per candidate: a system prompt with the loss contract, then either a fresh prompt
-built from the archive (``history_mode="archive"``) or the running conversation with fitness
-feedback after each proposal (``"conversation"``, the paper's protocol). Failures are data, not
-crashes: a rate limit, 5xx or timeout is retried with backoff and then archived as the
-candidate's error; only bad credentials, an unknown model or a spent budget stop the run
-(:class:`ProposerStop`). The API key is read from an environment variable when the client is
-made; only that client holds it, never this object's own fields, ``Candidate.info``, a log line
-or an exception message (server error text is redacted before it is recorded).
+The strategy lives here: what each request asks (see ``history_mode`` and ``protocol`` below),
+which model to ask, and what a failure means for the run. The network lives in
+:mod:`discopop.proposers.chat_client` (retries, backoff, JSON fallback, typed errors, redaction).
+Failures are data, not crashes: a request that outlived its retries, or an unparseable answer,
+is archived as the candidate's error; only bad credentials, an unknown model, no quota or a spent
+budget stop the run (:class:`ProposerStop`). The API key is read from an environment variable
+when the first request is made; only the HTTP client holds it, never this object's fields,
+``Candidate.info``, a log line or an exception message.
+
+Several proposals asked in one ``propose`` call (``k > 1``) go out concurrently, at most
+``max_concurrency`` at a time; everything that changes state (spending, the bandit, parsing) is
+then done in request order, so the archive depends only on the server's answers, not on timing.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
-import os
 import random
-import re
+import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlparse
-
-import openai
 
 from discopop.proposers import prompting as P
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
-from discopop.proposers.facts import FitnessFacts
+from discopop.proposers.chat_client import ChatClient, ChatError, ChatReply, ChatStop, ContextLengthError
+from discopop.proposers.facts import FitnessFacts, seed_noise
 from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
 from discopop.status import Status
-from discopop.text import one_line
 
 logger = logging.getLogger(__name__)
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-RETRY_AFTER_CAP = 300.0  # s: honour a server's Retry-After, but not one that would stall a run for hours
 MAX_RAW_CHARS = 4000  # an unparseable answer is archived this far, enough to see what went wrong
-_CONTEXT_ERROR = re.compile(r"context[ _-]?length|maximum context|context window|prompt is too long", re.I)
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")
 Build = Callable[[int], list[P.Message]]
+
+
+@dataclass
+class Fetched:
+    """What one request brought back, before any accounting: an answer or the reason there is none."""
+
+    reply: ChatReply | None
+    error: ChatError | None
+    info: dict[str, Any]
+    sent: list[P.Message] = field(default_factory=list)
+    failed_requests: int = 0
+
+
+@dataclass
+class Job:
+    """One request to make: the model to ask, how to build the prompt for a budget, what to record."""
+
+    arm: int
+    build: Build
+    attempt: int = 0
+    parents: list[int] = field(default_factory=list)
+    shown: list[int] | None = None  # archive mode: filled with the ids of the best entries the prompt showed
 
 
 class OpenAIProposer(Proposer):
@@ -53,14 +71,21 @@ class OpenAIProposer(Proposer):
     - temperature (0..2), max_tokens (answer length cap), timeout (seconds per request).
     - json_mode: ask for response_format={"type": "json_object"}; a server that rejects it with
       HTTP 400 is asked again in plain text, and remembered.
-    - history_mode: "archive" (fresh prompt from the archive each time) or "conversation".
+    - history_mode: "archive" (a fresh prompt from the archive each time, with each shown loss's
+      results: fitness and its uncertainty, reward, KL, training-loss curve, shape; failures with
+      stage and reason), "conversation" (one running chat, results fed back after each proposal),
+      or "none" (the control arm: every request sees only the task and the contract).
+    - protocol: "default" or "paper" (the paper's protocol: one growing conversation, each answer
+      gets only its fitness or its error back; needs history_mode="conversation").
     - history_token_budget: estimated tokens the history may take in one request (default 6000);
       halved whenever the server reports the context length exceeded.
     - top_k, recent_k, failures_k: how many best, most recent and failed candidates a prompt shows.
     - max_repairs: repair attempts the loop may ask for per failed candidate (default 2).
+    - max_concurrency: requests in flight at once when one call asks for several proposals.
     - max_retries, backoff_base, backoff_max: retries of 429/5xx/timeouts, exponential backoff
       with jitter in seconds; a Retry-After header wins.
-    - max_cost_usd: stop the run once this much is spent (None = unlimited).
+    - max_cost_usd: stop the run once this much is spent (None = unlimited); concurrent requests
+      may overshoot it by up to max_concurrency - 1 requests.
     - prices: {model: {"prompt": usd_per_1k_tokens, "completion": usd_per_1k_tokens}}; a model
       without a price is counted in tokens only (warned once).
     - models: optional list of {model, base_url, api_key_env, weight} to choose among; base_url
@@ -83,13 +108,15 @@ class OpenAIProposer(Proposer):
         self._arms = [Arm(a["model"], a.get("base_url", cfg["base_url"]), a.get("api_key_env", cfg["api_key_env"]),
                            float(a.get("weight", 1.0))) for a in arms]
         self._rng = random.Random(cfg["seed"])
-        self._sleep = sleep or time.sleep
         self._budget = cfg["history_token_budget"]
-        self._clients: dict[int, openai.OpenAI] = {}
+        self._clients = [ChatClient(model=a.model, base_url=a.base_url, api_key_env=a.api_key_env,
+                                    timeout=cfg["timeout"], max_retries=cfg["max_retries"],
+                                    backoff_base=cfg["backoff_base"], backoff_max=cfg["backoff_max"],
+                                    seed=cfg["seed"] * 1000 + i, sleep=sleep) for i, a in enumerate(self._arms)]
+        self._lock = threading.Lock()  # the history budget, shared by concurrent requests
         self._warned: set[str] = set()
         self.facts: FitnessFacts | None = None  # set by the loop (set_facts) once the task is loaded
-        self._conversation: list[P.Message] = [{"role": "system", "content": P.system_prompt()}]
-        self._last_sent: list[P.Message] = []
+        self._conversation: list[P.Message] = [{"role": "system", "content": self._system_prompt()}]
         self._feedback: list[str] = []
         self._pending: dict[str, tuple[int, float, str]] = {}  # code -> (arm, cost, name) until its result is seen
         self._seen: set[int] = set()
@@ -117,33 +144,54 @@ class OpenAIProposer(Proposer):
         self._meter.check()
         for entry in history:
             self._absorb(entry)
-        out: list[Candidate] = []
-        for _ in range(k):
+        self._update_noise(history)
+        if self.history_mode == "conversation":  # one thread of turns: each request waits for the last answer
+            out: list[Candidate] = []
+            for _ in range(k):
+                if out and self._meter.spent():
+                    break  # the next propose() raises ProposerStop; keep what this batch already has
+                out.append(self._conversation_turn(history, generation))
+            return out
+        out = []
+        while len(out) < k:
             if out and self._meter.spent():
-                break  # the next propose() raises ProposerStop; keep what this batch already has
-            arm = select_arm(self._arms, self.selection, self._rng)
-            if self.history_mode == "archive":
-                shown: list[int] = []
-                names = [c.name for c in out if c.error is None]
-
-                def build(budget: int, names=names, shown=shown) -> list[P.Message]:
-                    text, shown[:] = P.build_archive_prompt(history, generation, budget, self.top_k, self.recent_k,
-                                                            self.failures_k, names)
-                    return [self._conversation[0], {"role": "user", "content": text}]
-
-                candidate = self._ask(arm, build, attempt=0, parents=[])
-                candidate.info["context_ids"] = list(shown)
-                candidate.parent_ids = shown[:1]  # lineage: the best candidate the model was shown
-            elif len(self._conversation) == 1:  # first turn: the archive so far, then feedback turns
-                candidate = self._ask(arm, self._conversation_build(
-                    lambda b: P.build_archive_prompt(history, generation, b, self.top_k, self.recent_k,
-                                                     self.failures_k)[0]), 0, [], len(self._feedback))
-            else:
-                lines = list(self._feedback)
-                candidate = self._ask(arm, self._conversation_build(lambda b, lines=lines: P.build_feedback(lines)),
-                                      0, [], len(lines))
-            out.append(candidate)
+                break
+            names = [c.name for c in out if c.error is None]
+            jobs = [self._fresh_job(history, generation, names) for _ in range(min(self.max_concurrency, k - len(out)))]
+            out += self._run(jobs)
         return out
+
+    def _fresh_job(self, history: list[HistoryEntry], generation: int, names: list[str]) -> Job:
+        """A one-turn request: the archive prompt (``archive``) or the task alone (``none``)."""
+        arm = select_arm(self._arms, self.selection, self._rng)
+        if self.history_mode == "none":
+            return Job(arm, lambda budget: [self._conversation[0], {"role": "user", "content": P.build_blind_prompt()}],
+                       shown=[])
+        shown: list[int] = []
+
+        def build(budget: int) -> list[P.Message]:
+            text, shown[:] = P.build_archive_prompt(history, generation, budget, self.top_k, self.recent_k,
+                                                    self.failures_k, names)
+            return [self._conversation[0], {"role": "user", "content": text}]
+
+        return Job(arm, build, shown=shown)
+
+    def _conversation_turn(self, history: list[HistoryEntry], generation: int) -> Candidate:
+        arm = select_arm(self._arms, self.selection, self._rng)
+        lines = list(self._feedback)
+        if len(self._conversation) == 1:  # first turn: the archive so far
+            if self.protocol == "paper":
+                first = P.paper_first_turn(history)
+                turn: Callable[[int], str] = lambda b: first  # noqa: E731
+            else:
+                turn = lambda b: P.build_archive_prompt(history, generation, b, self.top_k,  # noqa: E731
+                                                        self.recent_k, self.failures_k)[0]
+        elif self.protocol == "paper":
+            turn = lambda b: P.paper_feedback(lines)  # noqa: E731
+        else:
+            turn = lambda b: P.build_feedback(lines)  # noqa: E731
+        [candidate] = self._run([Job(arm, self._conversation_build(turn))], feedback_used=len(lines))
+        return candidate
 
     def repair(self, failed: Candidate, failed_id: int, error: str, attempt: int) -> Candidate | None:
         """Send the error back with the failed answer; ``None`` when there was no answer to fix."""
@@ -154,15 +202,28 @@ class OpenAIProposer(Proposer):
         if not (isinstance(arm, int) and 0 <= arm < len(self._arms)):
             arm = select_arm(self._arms, self.selection, self._rng)
         text = P.build_repair(failed.name, failed.code, self._redact(error))
-        if self.history_mode == "archive":
-            return self._ask(arm, lambda b: [self._conversation[0], {"role": "user", "content": text}], attempt,
-                             [failed_id])
-        return self._ask(arm, self._conversation_build(lambda b: text), attempt, [failed_id], 0)
+        if self.history_mode == "conversation":
+            [fixed] = self._run([Job(arm, self._conversation_build(lambda b: text), attempt, [failed_id])],
+                                feedback_used=0)
+        else:
+            [fixed] = self._run([Job(arm, lambda b: [self._conversation[0], {"role": "user", "content": text}],
+                                     attempt, [failed_id])])
+        return fixed
 
     def set_facts(self, facts: FitnessFacts) -> None:
         """Tell the model what fitness is in this run (kl_coef, beta, learning rates, noise, SFT score)."""
         self.facts = facts
-        self._conversation[0] = {"role": "system", "content": P.system_prompt(facts)}
+        self._conversation[0] = {"role": "system", "content": self._system_prompt()}
+
+    def _update_noise(self, history: list[HistoryEntry]) -> None:
+        """Until confirmation measures it on fresh seeds, state the noise seen among re-scored search candidates."""
+        facts = self.facts
+        confirmed = facts is not None and facts.noise_from == "fresh seeds" and facts.noise_std is not None
+        if facts is None or confirmed or self.history_mode == "none":
+            return
+        found = seed_noise(history)
+        if found is not None and found != (facts.noise_std, facts.noise_candidates):
+            self.set_facts(replace(facts, noise_std=found[0], noise_candidates=found[1], noise_from="search seeds"))
 
     def observe(self, entry: HistoryEntry) -> None:
         """A finished candidate: feedback for the conversation, reward for the bandit."""
@@ -190,28 +251,106 @@ class OpenAIProposer(Proposer):
         self._conversation = self._conversation[:1] + [dict(m) for m in state["conversation"]]
 
     def close(self) -> None:
-        for client in self._clients.values():
+        for client in self._clients:
             client.close()
-        self._clients.clear()
 
     # -- requests -----------------------------------------------------------------------------
+
+    def _system_prompt(self) -> str:
+        return P.paper_system_prompt() if self.protocol == "paper" else P.system_prompt(self.facts)
 
     def _conversation_build(self, turn: Callable[[int], str]) -> Build:
         """The conversation plus the next user turn (made for the budget), trimmed to the budget."""
         return lambda b: P.trim_conversation([*self._conversation, {"role": "user", "content": turn(b)}], b)
 
-    def _ask(self, arm: int, build: Build, attempt: int, parents: list[int],
-             feedback_used: int | None = None) -> Candidate:
-        """One request turned into a candidate; every failure becomes ``Candidate.error``.
+    def _run(self, jobs: list[Job], feedback_used: int | None = None) -> list[Candidate]:
+        """Send ``jobs`` (concurrently if several), then turn the answers into candidates in job order.
 
-        ``feedback_used`` (conversation mode only): how many pending feedback lines the turn carried.
+        ``feedback_used`` (conversation mode, one job): how many pending feedback lines the turn carried.
         """
         started = time.monotonic()
-        text, info, error = self._request(arm, build)
-        info.update(attempt=attempt, history_mode=self.history_mode, history_budget=self._budget,
-                    selection=self.selection, latency_s=round(time.monotonic() - started, 3))
+        if len(jobs) == 1:
+            fetched = [self._fetch(jobs[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="llm-request") as pool:
+                fetched = list(pool.map(self._fetch, jobs))
+        latency = round(time.monotonic() - started, 3)
+        out, stop = [], None
+        for job, got in zip(jobs, fetched, strict=True):
+            if isinstance(got.error, ChatStop):
+                self.totals["failed_requests"] += got.failed_requests
+                stop = stop or f"proposer: {got.error}"
+                continue
+            out.append(self._candidate(job, got, latency, feedback_used))
+        if stop is not None:
+            raise ProposerStop(stop)
+        return out
+
+    def _fetch(self, job: Job) -> Fetched:
+        """POST until an answer or a final failure; the budget halves on a context-length error.
+
+        Runs on request threads: touches nothing but the shared budget (under the lock) and ``job.shown``.
+        """
+        arm = self._arms[job.arm]
+        info: dict[str, Any] = {"model": arm.model, "arm": job.arm, "prompt_tokens": 0, "completion_tokens": 0,
+                                "cost_usd": None, "retries": 0, "context_shrinks": 0}
+        failed = 0
+        while True:
+            with self._lock:
+                budget = self._budget
+            messages = job.build(budget)
+            info["prompt_chars"] = sum(len(m["content"]) for m in messages)
+            info["json_mode"] = self.json_mode and arm.json_ok
+            info["history_budget"] = budget
+            try:
+                reply = self._clients[job.arm].complete(messages, temperature=self.temperature,
+                                                        max_tokens=self.max_tokens, json_mode=info["json_mode"])
+            except ContextLengthError as err:
+                info["retries"] += err.retries
+                failed += err.failed_requests
+                with self._lock:
+                    if self._budget == budget:  # a concurrent request may have shrunk it already
+                        if budget // 2 < MIN_HISTORY_BUDGET:
+                            err.args = (f"prompt exceeds the model's context even at {budget} tokens",)
+                            return Fetched(None, err, info, messages, failed)
+                        self._budget //= 2  # kept for later requests too: the model will not grow
+                        info["context_shrinks"] += 1
+                        logger.warning("context length exceeded for %s: history budget now %d tokens", arm.model,
+                                       self._budget)
+                continue
+            except ChatError as err:
+                info["retries"] += err.retries
+                return Fetched(None, err, info, messages, failed + err.failed_requests)
+            info["retries"] += reply.retries
+            info["json_mode"] = reply.json_mode
+            return Fetched(reply, None, info, messages, failed + reply.failed_requests)
+
+    def _candidate(self, job: Job, got: Fetched, latency: float, feedback_used: int | None) -> Candidate:
+        """Account for one fetched answer and turn it into a candidate; every failure becomes ``error``."""
+        arm, info, reply = self._arms[job.arm], got.info, got.reply
+        self.totals["failed_requests"] += got.failed_requests
+        info.update(attempt=job.attempt, history_mode=self.history_mode, selection=self.selection, latency_s=latency)
+        if job.shown is not None:
+            info["context_ids"] = list(job.shown)
+        parents = list(job.parents) if job.parents else list(job.shown or [])[:1]  # lineage: best one shown
+        text: str | None = None
+        error: str | None = f"proposer: {got.error}" if got.error is not None else None
+        if reply is not None:
+            self._meter.add(arm.model, reply.prompt_tokens, reply.completion_tokens, info)
+            if reply.json_rejected:
+                arm.json_ok = False
+                if arm.model not in self._warned:
+                    self._warned.add(arm.model)
+                    logger.warning("%s rejected response_format=json_object; asking it for plain text from now on",
+                                   arm.model)
+            text = reply.text
+            info["finish_reason"] = reply.finish_reason
+            if text is None:
+                error = "proposer: the server returned no choices"
+            elif reply.finish_reason == "length":
+                error = f"proposer: answer cut off at max_tokens={self.max_tokens} (finish_reason=length)"
         if feedback_used is not None and text is not None:  # the conversation only grows by answered turns
-            self._conversation += [self._last_sent[-1], {"role": "assistant", "content": text}]
+            self._conversation += [got.sent[-1], {"role": "assistant", "content": text}]
             del self._feedback[:feedback_used]
         if error is None:
             try:
@@ -219,135 +358,21 @@ class OpenAIProposer(Proposer):
             except ProposalParseError as err:
                 error = f"unparseable answer: {err}"
             else:
-                self._pending[code] = (arm, self._bandit_cost(info), name)
-                return Candidate(name=name, code=code, thought=thought, parent_ids=list(parents),
-                                 proposer=self.name, info=info)
+                self._pending[code] = (job.arm, self._bandit_cost(info), name)
+                return Candidate(name=name, code=code, thought=thought, parent_ids=parents, proposer=self.name,
+                                 info=info)
         info["transport_error"] = text is None
-        self._arms[arm].reward(0.0, self._bandit_cost(info))  # a failed proposal earns nothing and may cost
+        arm.reward(0.0, self._bandit_cost(info))  # a failed proposal earns nothing and may cost
         return Candidate(name="unparseable" if text is not None else "no_answer", code=(text or "")[:MAX_RAW_CHARS],
-                         parent_ids=list(parents), proposer=self.name, info=info, error=self._redact(error))
+                         parent_ids=parents, proposer=self.name, info=info, error=self._redact(error))
 
     def _bandit_cost(self, info: dict[str, Any]) -> float:
         return self._meter.bandit_cost([a.model for a in self._arms], info)
 
-    def _request(self, arm_index: int, build: Build) -> tuple[str | None, dict[str, Any], str | None]:
-        """POST until an answer, a final failure or a stop: ``(text, info, error)``."""
-        arm = self._arms[arm_index]
-        client = self._client(arm_index)
-        where = arm.base_url or "api.openai.com"
-        info: dict[str, Any] = {"model": arm.model, "arm": arm_index, "prompt_tokens": 0, "completion_tokens": 0,
-                                "cost_usd": None, "retries": 0, "context_shrinks": 0}
-        plain_retry = False
-        while True:
-            messages = self._last_sent = build(self._budget)
-            use_json = self.json_mode and arm.json_ok
-            kwargs: dict[str, Any] = {"model": arm.model, "messages": messages, "temperature": self.temperature,
-                                      "max_tokens": self.max_tokens}
-            if use_json:
-                kwargs["response_format"] = {"type": "json_object"}
-            info["prompt_chars"] = sum(len(m["content"]) for m in messages)
-            info["json_mode"] = use_json
-            stop: str | None = None  # raised after the except block, so no server text rides along as context
-            try:
-                response = client.chat.completions.create(**kwargs)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-                stop = (f"proposer: {where} refused the API key from ${arm.api_key_env} (HTTP {err.status_code}); "
-                        "check the key and its permissions")
-            except openai.NotFoundError:
-                stop = f"proposer: model {arm.model!r} or the chat-completions route not found at {where} (HTTP 404)"
-            except openai.BadRequestError as err:
-                detail = self._detail(err)
-                if _CONTEXT_ERROR.search(detail) or err.code == "context_length_exceeded":
-                    if self._budget // 2 < MIN_HISTORY_BUDGET:
-                        return None, info, f"proposer: prompt exceeds the model's context even at {self._budget} tokens"
-                    self._budget //= 2  # kept for later requests too: the model will not grow
-                    info["context_shrinks"] += 1
-                    logger.warning("context length exceeded for %s: history budget now %d tokens", arm.model,
-                                   self._budget)
-                    continue
-                if use_json and not plain_retry:  # most likely response_format itself; try once without
-                    arm.json_ok, plain_retry = False, True
-                    continue
-                if plain_retry:
-                    arm.json_ok = True  # plain text failed as well, so response_format was not the problem
-                self.totals["failed_requests"] += 1
-                return None, info, f"proposer: HTTP 400 from {where}: {detail}"
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
-                    openai.APIStatusError) as err:
-                status = getattr(err, "status_code", None)
-                self.totals["failed_requests"] += 1
-                if status == 429 and getattr(err, "code", None) == "insufficient_quota":
-                    stop = f"proposer: the account behind ${arm.api_key_env} has no quota left at {where} (HTTP 429)"
-                    break
-                if isinstance(err, openai.APITimeoutError):
-                    what = f"request timed out (limit {self.timeout:g} s)"
-                elif status is None:
-                    what = f"connection error ({type(err).__name__})"
-                elif status in (408, 409, 429) or status >= 500:
-                    what = f"HTTP {status}"
-                else:
-                    return None, info, f"proposer: HTTP {status} from {where}: {self._detail(err)}"
-                if info["retries"] >= self.max_retries:
-                    return None, info, f"proposer: {what} after {info['retries']} retries"
-                response_obj = getattr(err, "response", None)
-                self._sleep(self._delay(info["retries"], getattr(response_obj, "headers", None)))
-                info["retries"] += 1
-                continue
-            if stop is not None:
-                break
-            return self._answer(arm, response, info, plain_retry)
-        raise ProposerStop(stop)
-
-    def _answer(self, arm: Arm, response: Any, info: dict[str, Any], plain_retry: bool):
-        """Account for a response and pull out its text; an empty or cut-off answer is an error."""
-        usage = getattr(response, "usage", None)
-        self._meter.add(arm.model, int(getattr(usage, "prompt_tokens", 0) or 0),
-                        int(getattr(usage, "completion_tokens", 0) or 0), info)
-        if plain_retry and arm.model not in self._warned:
-            self._warned.add(arm.model)
-            logger.warning("%s rejected response_format=json_object; asking it for plain text from now on", arm.model)
-        choices = getattr(response, "choices", None) or []
-        if not choices:
-            return None, info, "proposer: the server returned no choices"
-        choice = choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
-        info["finish_reason"] = choice.finish_reason
-        if choice.finish_reason == "length":
-            return text, info, f"proposer: answer cut off at max_tokens={self.max_tokens} (finish_reason=length)"
-        return text, info, None
-
-    def _client(self, index: int) -> openai.OpenAI:
-        """The client of one arm, made on first use so composing a config never needs the key."""
-        if index not in self._clients:
-            arm = self._arms[index]
-            key = os.environ.get(arm.api_key_env)
-            if not key:
-                if urlparse(arm.base_url or "").hostname not in LOCAL_HOSTS:
-                    raise ProposerStop(f"proposer: environment variable {arm.api_key_env} is not set; it must hold "
-                                       f"the API key for {arm.base_url or 'api.openai.com'}")
-                key = "EMPTY"  # local servers (vLLM, llama.cpp, ...) accept any key
-            self._clients[index] = openai.OpenAI(base_url=arm.base_url, api_key=key, timeout=self.timeout,
-                                                 max_retries=0)
-        return self._clients[index]
-
-    def _delay(self, retry: int, headers: Any) -> float:
-        after = _retry_after(headers)
-        if after is not None:
-            return min(after, RETRY_AFTER_CAP)
-        # Jitter in [0.5, 1) of the exponential step, so clients that failed together do not retry together.
-        return min(self.backoff_max, self.backoff_base * 2**retry) * (0.5 + 0.5 * self._rng.random())
-
-    def _detail(self, err: openai.APIStatusError) -> str:
-        body = err.body
-        message = body.get("message") if isinstance(body, dict) else None
-        return one_line(self._redact(str(message or body or err.message)), 300)
-
     def _redact(self, text: str) -> str:
-        for arm in self._arms:
-            key = os.environ.get(arm.api_key_env)
-            if key and len(key) >= 4:
-                text = text.replace(key, "***")
-        return _KEY_LIKE.sub("sk-***", text)
+        for client in self._clients:
+            text = client.redact(text)
+        return text
 
     # -- feedback and model selection ---------------------------------------------------------
 
@@ -367,34 +392,7 @@ class OpenAIProposer(Proposer):
                 gain = max(0.0, fitness - self._best)
             self._arms[mine[0]].reward(gain, mine[1])
             if self.history_mode == "conversation":
-                self._feedback.append(P.feedback_line(entry))
+                self._feedback.append(P.paper_feedback_line(entry) if self.protocol == "paper"
+                                      else P.feedback_line(entry))
         if fitness is not None and math.isfinite(fitness):
             self._best = fitness if self._best is None else max(self._best, fitness)
-
-
-def _retry_after(headers: Any, now: datetime | None = None) -> float | None:
-    """Seconds from retry-after-ms or Retry-After, which RFC 9110 allows as seconds or an HTTP date."""
-    if headers is None:
-        return None
-    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(header)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            seconds = _seconds_until(value, now) if header == "retry-after" else None
-        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    return None
-
-
-def _seconds_until(http_date: str, now: datetime | None) -> float | None:
-    """Seconds from ``now`` (default: the clock) to an HTTP date, 0 if it is past; None if unparseable."""
-    try:
-        when = email.utils.parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may parse naive
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())

@@ -27,9 +27,13 @@ DEFAULTS: dict[str, Any] = {
     "model": "gpt-4o", "base_url": None, "api_key_env": "OPENAI_API_KEY", "temperature": 1.0, "max_tokens": 2048,
     "timeout": 120.0, "json_mode": True, "history_mode": "archive", "history_token_budget": 6000, "top_k": 5,
     "recent_k": 5, "failures_k": 5, "max_repairs": 2, "max_retries": 5, "backoff_base": 1.0, "backoff_max": 60.0,
-    "max_cost_usd": None, "prices": {}, "models": None, "selection": "ucb", "seed": 0,
+    "max_cost_usd": None, "prices": {}, "models": None, "selection": "ucb", "seed": 0, "protocol": "default",
+    "max_concurrency": 4,
 }  # fmt: skip
 ARM_KEYS = {"model", "base_url", "api_key_env", "weight"}
+# archive: a fresh prompt from the archive; conversation: one running chat; none: no feedback (the control arm)
+HISTORY_MODES = ("archive", "conversation", "none")
+PROTOCOLS = ("default", "paper")  # paper: the DiscoPOP paper's conversation, fitness-only feedback
 
 
 @dataclass
@@ -83,7 +87,11 @@ def validate(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     need(integer(cfg["max_tokens"]) and cfg["max_tokens"] > 0, "max_tokens", "a positive integer")
     need(num(cfg["timeout"]) and cfg["timeout"] > 0, "timeout", "a positive number of seconds")
     need(isinstance(cfg["json_mode"], bool), "json_mode", "true or false")
-    need(cfg["history_mode"] in ("archive", "conversation"), "history_mode", "'archive' or 'conversation'")
+    need(cfg["history_mode"] in HISTORY_MODES, "history_mode", " or ".join(map(repr, HISTORY_MODES)))
+    need(cfg["protocol"] in PROTOCOLS, "protocol", " or ".join(map(repr, PROTOCOLS)))
+    need(cfg["protocol"] != "paper" or cfg["history_mode"] == "conversation", "history_mode",
+         "'conversation' with protocol='paper' (the paper's protocol is one growing conversation)")
+    need(integer(cfg["max_concurrency"]) and cfg["max_concurrency"] >= 1, "max_concurrency", "an integer >= 1")
     need(integer(cfg["history_token_budget"]) and cfg["history_token_budget"] >= MIN_HISTORY_BUDGET,
          "history_token_budget", f"an integer >= {MIN_HISTORY_BUDGET}")
     for key in ("top_k", "recent_k", "failures_k", "max_repairs", "max_retries", "seed"):

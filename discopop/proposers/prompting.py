@@ -4,6 +4,12 @@ Kept apart from the HTTP code so prompt content can be read, tested and measured
 (``benchmarks/prompt_size.py``). Templates are plain text files in ``discopop/prompts/`` filled
 with :class:`string.Template` (``$name`` placeholders), so the JSON braces in them need no escaping.
 
+Three prompt families: the default (a system prompt with the run's facts, then an archive prompt
+whose every loss carries its measured results: :func:`reflection`), the control arm's blind prompt
+(:func:`build_blind_prompt`: task and contract only) and the paper protocol's (``paper_*``: a
+``{code, fitness}`` list, then fitness-only feedback turns). The contract text is shared
+(``prompts/contract.txt``).
+
 Budgeting: the history part of a request (the archive prompt, or the conversation after the
 system message) never exceeds ``budget`` estimated tokens. When it would, the lowest-priority
 items are dropped first: the k-th best, k-th failure and k-th recent entry rank by k, and
@@ -13,6 +19,7 @@ within one k in that order, so the best candidate is the last thing ever dropped
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +33,7 @@ from discopop.text import one_line
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 MAX_THOUGHT_IN_PROMPT = 300  # chars: the idea in a sentence or two; the code says the rest
 MAX_ERROR_IN_PROMPT = 300
+MAX_SEEDS_SHOWN = 8
 EMPTY_SECTION = "(none)"
 Message = dict[str, str]
 
@@ -63,25 +71,76 @@ UNKNOWN_FACTS = "- (not given: the proposer was not told this run's settings)"
 
 def system_prompt(facts: FitnessFacts | None = None) -> str:
     """The contract and rules, with what fitness is in this run (``facts``; the loop supplies them)."""
-    return template("system").substitute(fitness_facts=facts.render() if facts is not None else UNKNOWN_FACTS)
+    return template("system").substitute(fitness_facts=facts.render() if facts is not None else UNKNOWN_FACTS,
+                                         contract=template("contract").template.rstrip())
 
 
 def _fitness(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fitness_uncertainty(entry: HistoryEntry) -> str:
+    """How sure the fitness is: every seed's score with their spread and lower bound, when the archive has them.
+
+    ``fitness_seeds`` / ``fitness_lcb`` are optional on a history entry (the archive adds them once
+    candidates are re-scored on extra seeds); without them the fitness is one seed's.
+    """
+    seeds = [float(v) for v in (getattr(entry, "fitness_seeds", None) or ()) if _finite(v)]
+    lcb = getattr(entry, "fitness_lcb", None)
+    bound = f", lower confidence bound {lcb:.4f}" if _finite(lcb) else ""
+    if len(seeds) < 2:
+        return f"1 seed{bound} (compare differences with the noise level in the system message)"
+    mean = sum(seeds) / len(seeds)
+    std = math.sqrt(sum((v - mean) ** 2 for v in seeds) / (len(seeds) - 1))
+    shown = ", ".join(f"{v:.4f}" for v in seeds[:MAX_SEEDS_SHOWN]) + (", …" if len(seeds) > MAX_SEEDS_SHOWN else "")
+    return f"mean {mean:.4f} ± {std:.4f} (std) over {len(seeds)} seeds: {shown}{bound}"
+
+
+def reflection(entry: HistoryEntry) -> str:
+    """What training measured for a scored loss, in a few lines (only what was recorded)."""
+    lines = [f"Fitness: {_fitness(entry.fitness)}, {fitness_uncertainty(entry)}."]
+    parts = []
+    if _finite(entry.reward):
+        parts.append(f"held-out reward {entry.reward:.4f}")
+    if _finite(entry.kl):
+        parts.append(f"KL to the reference {entry.kl:.4f} nats")
+    if _finite(entry.learning_rate):
+        parts.append(f"at learning rate {entry.learning_rate:g}")
+    if parts:
+        lines.append("Outcome: " + ", ".join(parts) + ".")
+    if len(entry.loss_curve) == 3 and all(map(_finite, entry.loss_curve)):
+        start, mid, end = entry.loss_curve
+        change = f" ({(end - start) / abs(start):+.0%})" if start else ""
+        trend = f"Training loss (mean over first / middle / last third of steps): {start:.4g} → {mid:.4g} → {end:.4g}"
+        lines.append(trend + change + ".")
+    if len(entry.margin_used) == 2 and all(map(_finite, entry.margin_used)):
+        lines.append(f"|beta*rho| reached in the last epoch: median {entry.margin_used[0]:.3g}, "
+                     f"90% below {entry.margin_used[1]:.3g} (the part of the curve training used).")
+    if entry.diagnostics:
+        lines.append(f"Measured behaviour (x = beta*rho): {entry.diagnostics}")
+    return "\n".join(lines) + "\n"
+
+
 def render_scored(entry: HistoryEntry) -> str:
-    """A scored entry with its code: what the model should learn from and improve on."""
+    """A scored entry with its code and its results: what the model should learn from and improve on."""
     idea = f"Idea: {one_line(entry.thought, MAX_THOUGHT_IN_PROMPT)}\n" if entry.thought.strip() else ""
-    behaviour = f"Measured behaviour (x = beta*rho): {entry.diagnostics}\n" if entry.diagnostics else ""
     return (f"### id {entry.id}: {entry.name}, fitness {_fitness(entry.fitness)} (generation {entry.generation})\n"
-            f"{idea}{behaviour}```python\n{entry.code.strip()}\n```\n")
+            f"{reflection(entry)}{idea}```python\n{entry.code.strip()}\n```\n")
+
+
+def failure_reason(entry: HistoryEntry) -> str:
+    """``at stage <stage>: <reason>`` on one line (the stage only where it was recorded)."""
+    error = one_line(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
+    return f"at stage {entry.stage}: {error}" if entry.stage else error
 
 
 def render_failure(entry: HistoryEntry) -> str:
-    """A failure in one line: the name and why it failed (its code would cost too much)."""
-    error = one_line(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
-    return f"- id {entry.id} `{entry.name}` ({entry.status}): {error}\n"
+    """A failure in one line: the name, the stage that failed and why (its code would cost too much)."""
+    return f"- id {entry.id} `{entry.name}` ({entry.status}) {failure_reason(entry)}\n"
 
 
 def _is_scored(entry: HistoryEntry) -> bool:
@@ -143,17 +202,46 @@ def archive_overhead() -> int:
 
 
 def feedback_line(entry: HistoryEntry) -> str:
-    """One result for the conversation: the fitness, or why the candidate failed."""
+    """One result for the conversation: the fitness with what training measured, or why the candidate failed."""
     if _is_scored(entry):
-        behaviour = f"; measured behaviour: {entry.diagnostics}" if entry.diagnostics else ""
-        return f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}{behaviour}"
-    reason = one_line(entry.error or "no reason recorded", MAX_ERROR_IN_PROMPT)
-    return f"- `{entry.name}` (id {entry.id}): {entry.status}: {reason}"
+        details = " ".join(reflection(entry).split("\n")[1:]).strip()
+        details = details.replace("Measured behaviour (x = beta*rho):", "measured behaviour:")
+        return (f"- `{entry.name}` (id {entry.id}): fitness {_fitness(entry.fitness)}, {fitness_uncertainty(entry)}"
+                + (f". {details}" if details else ""))
+    return f"- `{entry.name}` (id {entry.id}): {entry.status} {failure_reason(entry)}"
 
 
 def build_feedback(lines: Sequence[str]) -> str:
     """The next user turn of a conversation: results since the last turn, then the next request."""
     return template("feedback").substitute(results="\n".join(lines) or "(none finished yet)")
+
+
+def build_blind_prompt() -> str:
+    """The user turn of ``history_mode=none``: the task alone, no archive and no results (the control arm)."""
+    return template("blind_user").template.strip()
+
+
+def paper_system_prompt() -> str:
+    """The paper protocol's system message: the task, the contract and the JSON answer format; no run facts."""
+    return template("paper_system").substitute(contract=template("contract").template.rstrip())
+
+
+def paper_first_turn(history: Sequence[HistoryEntry]) -> str:
+    """The paper protocol's first user turn: every scored loss so far as a JSON list of {code, fitness}."""
+    scored = [{"code": e.code.strip(), "fitness": round(e.fitness, 6)} for e in history if _is_scored(e)]
+    return template("paper_first").substitute(archive=json.dumps(scored, indent=1))
+
+
+def paper_feedback_line(entry: HistoryEntry) -> str:
+    """The paper protocol's feedback on one answer: its fitness only, or the reason its code was not used."""
+    if _is_scored(entry):
+        return f"Fitness: {entry.fitness:.4f}."
+    return f"The code could not be used. Error: {one_line(entry.error or 'no reason recorded', MAX_ERROR_IN_PROMPT)}"
+
+
+def paper_feedback(lines: Sequence[str]) -> str:
+    """The next user turn of the paper protocol: the results since the last answer, then the request."""
+    return template("paper_feedback").substitute(results="\n".join(lines)).strip()
 
 
 def build_repair(name: str, code: str, error: str, max_code_chars: int = 8000) -> str:
