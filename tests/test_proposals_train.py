@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from discopop.losses import load_loss
-from discopop.tasks.synthetic import _decode_loop
+from discopop.tasks.synthetic import decode_loop
 from discopop.training import FineTuner
 
 PROPOSALS = sorted((Path(__file__).resolve().parent.parent / "discopop" / "proposals").glob("*.py"))
@@ -49,8 +49,8 @@ def test_per_prompt_scores_follow_the_prompt_order(fine_tuner, tiny_task) -> Non
     tok, eos = fine_tuner.tokenizer, fine_tuner.tokenizer.eos_token_id
     for i in range(0, len(prompts), 4):  # greedy-decode single prompts: each score sits at its prompt's index
         ids = torch.tensor([tok(prompts[i], add_special_tokens=False)["input_ids"]])
-        row = _decode_loop(fine_tuner.model, ids, task.max_new_tokens, eos, sample=False,
-                           gen=torch.Generator()).tolist()[0]
+        row = decode_loop(fine_tuner.model, ids, task.max_new_tokens, eos, sample=False,
+                          gen=torch.Generator()).tolist()[0]
         expected = task.reward(prompts[i], tok.decode(row[: row.index(eos)])) if eos in row else 0.0
         assert score.per_prompt[i] == expected, i
     assert abs(sum(score.per_prompt) / len(prompts) - score.reward) < 1e-12
