@@ -223,7 +223,10 @@ class Judge:
         grades = Grades(ratings=[], cached=len(keys) - len(todo))
         failures: list[str] = []
         if todo:
-            self.meter.check()  # a spent budget stops the run before any new request
+            try:
+                self.meter.check()  # a spent budget stops the run before any new request
+            except ProposerStop as err:
+                raise JudgeStop(f"judge: {err}") from None
             client = self._make_client()
             with ThreadPoolExecutor(max_workers=min(self.cfg["concurrency"], len(todo))) as pool:
                 answers = pool.map(lambda item: self._ask(client, *item[1]), todo.items())

@@ -11,6 +11,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,8 +52,9 @@ def error(status: int, message: str, *, code: str | None = None, type_: str = "i
 class FakeOpenAIServer:
     """ThreadingHTTPServer on a free port; ``url`` is the ``base_url`` to give the client."""
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Callable[[Any], Scripted] | None = None) -> None:
         self.script: queue.Queue[Scripted] = queue.Queue()
+        self.responder = responder  # answers from the request body once the script is empty (a judge's rating)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -103,7 +105,8 @@ class FakeOpenAIServer:
                     try:
                         reply = server.script.get_nowait()
                     except queue.Empty:
-                        reply = error(500, "the test script has no reply left", type_="server_error")
+                        reply = (server.responder(body) if server.responder is not None else
+                                 error(500, "the test script has no reply left", type_="server_error"))
                 time.sleep(reply.delay)
                 payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
                 data = payload.encode()
