@@ -157,7 +157,8 @@ def test_discover_with_the_llm_judge(hub_dir: Path, tmp_path: Path) -> None:
     server = FakeOpenAIServer(responder=rate).start()
     run_dir = tmp_path / "run"
     cfg = judged_cfg(hub_dir, tmp_path / "cache", server.url)
-    overrides = [f"task.{k}={v}" for k, v in cfg.items() if k not in ("name", "kind", "tokenizer", "judge")]
+    overrides = [f"task.{k}={'null' if v is None else v}" for k, v in cfg.items()
+                 if k not in ("name", "kind", "tokenizer", "judge")]
     overrides += [f"task.judge.{k}={v}" for k, v in cfg["judge"].items()]
     args = ["discover", "--generations", "2", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
             "candidates_per_generation=2", "training.batch_size=8", "training.threads=1", "training.lr_grid=[1e-3]",
@@ -188,3 +189,52 @@ def test_discover_with_the_llm_judge(hub_dir: Path, tmp_path: Path) -> None:
     for path in run_dir.rglob("*"):  # the key is in no file of the run
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """task=imdb and task=tldr compose and validate as shipped (their hub ids cannot be fetched here), and
+    the same code paths run when local stand-ins replace the hub ids: a 2-label sentiment classifier's
+    POSITIVE logit as the reward, and a judge on a loopback server."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from discopop.config import resolve_run
+    from discopop.judge import Judge
+    from discopop.tasks.hub import RewardModelScorer
+    from tests.openai_server import FakeOpenAIServer, completion
+
+    imdb, _ = resolve_run(1, None, ["task=imdb"])
+    tldr, _ = resolve_run(1, None, ["task=tldr"])
+    assert imdb["task"]["reward_model"] == "lvwerra/distilbert-imdb" and imdb["task"]["reward_index"] == 1
+    assert tldr["task"]["reward_model"] is None and tldr["task"]["judge"]["model"] == "gpt-4o-mini"
+    tok = build_tokenizer(ALPHABET)
+    small = dict(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2, pad_token_id=tok.pad_token_id)
+    GPT2ForSequenceClassification(GPT2Config(**small, num_labels=2)).save_pretrained(tmp_path / "sentiment")
+    tok.save_pretrained(tmp_path / "sentiment")
+    local = [f"task.model={hub_dir / 'policy'}", f"task.dataset={hub_dir / 'prefs'}", "task.prompt_column=question",
+             "task.chosen_column=better", "task.rejected_column=worse", "task.heldout_prompts=8",
+             f"task.cache_dir={tmp_path / 'cache'}"]
+    imdb, _ = resolve_run(1, None, ["task=imdb", *local, f"task.reward_model={tmp_path / 'sentiment'}"])
+    task = load_task(imdb["task"])
+    assert isinstance(task.reward, RewardModelScorer) and not task.judged and task.score_batch_size == 64
+    prompts, texts = task.prompts("search"), [" good!", " bad.", " fine", " ok ok"]
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sentiment").eval()
+    enc = AutoTokenizer.from_pretrained(tmp_path / "sentiment")([p + t for p, t in zip(prompts, texts, strict=True)],
+                                                                return_tensors="pt", padding=True)
+    with torch.no_grad():
+        positive = classifier(**enc).logits[:, 1].tolist()
+    assert task.rewards(prompts, texts) == pytest.approx(positive, abs=1e-5)
+    server = FakeOpenAIServer().start()
+    try:
+        tldr, _ = resolve_run(1, None, ["task=tldr", *local, f"task.judge.base_url={server.url}",
+                                        "task.judge.api_key_env=DISCOPOP_TEST_JUDGE_KEY"])
+        task = load_task(tldr["task"])
+        assert task.judged and task.reward is None
+        monkeypatch.setenv("DISCOPOP_TEST_JUDGE_KEY", "sk-local-stand-in-key")
+        judge = Judge(tldr["task"]["judge"], tmp_path / "judge.sqlite")
+        server.push(completion("Faithful and short. [[8]]", prompt_tokens=1000, completion_tokens=100))
+        grades = judge.grade(prompts[:1], [" a short summary"])
+        assert grades.ratings == [8.0] and grades.usage["cost_usd"] == pytest.approx(0.00015 + 0.00006)
+        assert server.bodies()[0]["model"] == "gpt-4o-mini"
+        judge.close()
+    finally:
+        server.stop()
