@@ -86,6 +86,10 @@ def test_tokens_and_cost_count_into_the_shared_budget(server, tmp_path: Path) ->
     assert len(server.requests) == 3  # the stop came before any new request
     assert judge.grade(PROMPTS[:2], ANSWERS[:2]).ratings == [6.0, 8.0]  # cached ratings still cost nothing
     judge.close()
+    from discopop.proposers.openai import OpenAIProposer
+
+    proposer = OpenAIProposer(model="m", base_url=server.url, api_key_env="DISCOPOP_TEST_JUDGE_KEY")
+    assert isinstance(proposer.meter, Meter) and proposer.meter.totals is proposer.totals  # what the loop shares
     own = Judge(judge_cfg(server, prices={"judge-model": {"prompt": 1.0, "completion": 2.0}}, max_cost_usd=10.0),
                 tmp_path / "judge.sqlite")
     assert own.meter.totals["cost_usd"] == pytest.approx(0.52)  # the judge's own budget spans resumes
