@@ -56,8 +56,15 @@ def validate(cfg: dict[str, Any]) -> None:
     _require(task.get("kind", "synthetic") in ("synthetic", "hub"),
              f"task.kind must be 'synthetic' or 'hub', got {task.get('kind')!r}")
     if task.get("kind") == "hub":
-        missing = [k for k in ("model", "dataset", "reward_model") if not task.get(k)]
-        _require(not missing, f"task=hub needs {', '.join('task.' + k for k in missing)} (hub ids or local paths)")
+        from discopop.tasks.hub import hub_config_problem
+
+        problem = hub_config_problem(task)
+        _require(problem is None, problem or "")
+    if task.get("judge"):
+        from discopop.judge import judge_config_problem
+
+        problem = judge_config_problem(task["judge"])  # before anything is written: a pasted key is refused
+        _require(problem is None, problem or "")
     if task.get("kind", "synthetic") == "synthetic":
         _require(task["language"] in LANGUAGES,
                  f"task.language must be one of {', '.join(LANGUAGES)}, got {task['language']!r}")

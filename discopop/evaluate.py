@@ -230,7 +230,8 @@ class Evaluator:
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
-                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary}
+                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary,
+                   **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
         if not math.isfinite(data["fitness"]):
             return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)

@@ -21,6 +21,7 @@ from discopop.confirmation import confirm
 from discopop.display import Display
 from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import WorkerSpec, make_executor
+from discopop.judge import with_judge
 from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate
 from discopop.proposers.facts import FitnessFacts
@@ -178,6 +179,8 @@ class Loop:
         self.proposer.set_facts(  # the LLM is told what fitness is in this run
             FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
+        # A judged task's completions are graded here, where the API key may be (never in a worker).
+        executor = with_judge(executor, self.cfg["task"], task, self.run_dir, getattr(self.proposer, "meter", None))
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
                               on_stage=self.display.stage)
         stopped = None

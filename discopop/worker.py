@@ -11,6 +11,7 @@ requests until told to exit:
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
 * ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
   "reward", "kl", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
+  (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
@@ -170,6 +171,8 @@ class Worker:
             # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (discopop.stats)
             "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
             "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
+            # a judged task: the greedy completions, graded by the main process (discopop.judge) where the key is
+            **({"completions": score.completions} if score.completions is not None else {}),
         }
 
     def reset_globals(self) -> None:

@@ -50,7 +50,7 @@ def test_per_prompt_scores_follow_the_prompt_order(fine_tuner, tiny_task) -> Non
     for i in range(0, len(prompts), 4):  # greedy-decode single prompts: each score sits at its prompt's index
         ids = torch.tensor([tok(prompts[i], add_special_tokens=False)["input_ids"]])
         row = decode_loop(fine_tuner.model, ids, task.max_new_tokens, eos, sample=False,
-                           gen=torch.Generator()).tolist()[0]
+                          gen=torch.Generator()).tolist()[0]
         expected = task.reward(prompts[i], tok.decode(row[: row.index(eos)])) if eos in row else 0.0
         assert score.per_prompt[i] == expected, i
     assert abs(sum(score.per_prompt) / len(prompts) - score.reward) < 1e-12

@@ -124,6 +124,11 @@ class OpenAIProposer(Proposer):
         self._meter = Meter(cfg["prices"], cfg["max_cost_usd"])
         self.totals = self._meter.totals  # requests, failed_requests, prompt/completion tokens, cost_usd
 
+    @property
+    def meter(self) -> Meter:
+        """The run's spending: the LLM judge counts into it too, so ``max_cost_usd`` caps both."""
+        return self._meter
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], seed: int) -> OpenAIProposer:
         """Build from the hydra group as a plain mapping (its "name" key is ignored)."""

@@ -27,10 +27,21 @@ class Task:
     pairs_path: Path
     heldout_prompts: list[str]  # scored during the search
     confirm_prompts: list[str]  # kept back for the fresh-seed confirmation of the winners
-    reward: Callable[[str, str], float]
+    reward: Callable[[str, str], float] | None  # None for a judged task: the main process grades completions
     max_new_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
     require_eos: bool = True  # exact-answer tasks: a completion that never ends is malformed
+    judged: bool = False  # fitness from the LLM judge (task.judge), graded in the main process (discopop.judge)
+    score_batch_size: int = 512  # held-out prompts decoded (and reward-scored) together
+
+    def rewards(self, prompts: list[str], completions: list[str | None], device: Any = "cpu") -> list[float]:
+        """The reward of each completion (0 for a malformed one, None); batched on ``device`` when the reward can."""
+        if self.reward is None:
+            raise ValueError(f"task {self.name!r} is judged: its rewards come from the judge, not from the worker")
+        batch = getattr(self.reward, "batch", None)
+        if batch is not None:
+            return batch(prompts, completions, device=device, batch_size=self.score_batch_size)
+        return [self.reward(p, c) if c is not None else 0.0 for p, c in zip(prompts, completions, strict=True)]
 
     def prompts(self, split: str) -> list[str]:
         """Held-out prompts of ``split``: "search" (fitness) or "confirm" (winners' re-scoring)."""

@@ -6,8 +6,10 @@ offline on tiny local models). Held-out prompts are split off the dataset first,
 seed, and never trained on; the split pairs are written to the cache so TRL's reference
 log-prob cache keys stay stable across runs.
 
-The held-out reward comes from a sequence-classification reward model, which *can* be bought by
-drifting far from the reference, so hub tasks penalise KL by default (``kl_coef``).
+The held-out reward comes from a sequence-classification reward model (``task.reward_model``, the
+logit ``task.reward_index``) or from an LLM judge (``task.judge``, graded in the main process by
+``discopop.judge``). Either *can* be bought by drifting far from the reference, so hub tasks
+penalise KL by default (``kl_coef``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-REQUIRED = ("model", "dataset", "reward_model")
+REQUIRED = ("model", "dataset")
 
 
 class RewardModelScorer:
-    """reward(prompt, completion) = the reward model's scalar output on prompt + completion."""
+    """reward(prompt, completion) = one logit of a sequence-classification model on prompt + completion.
 
-    def __init__(self, path: str, max_length: int = 512):
+    ``index`` picks the logit: 0 for a scalar reward model, the positive class of a classifier
+    (``lvwerra/distilbert-imdb``: 1 = POSITIVE). The model loads on first use and moves to the
+    device it is asked to score on; ``batch`` scores many completions at once, sorted by length.
+    """
+
+    def __init__(self, path: str, max_length: int = 512, index: int = 0):
         self.path = path
         self.max_length = max_length
+        self.index = index
 
     @cached_property
     def _model(self):
@@ -37,17 +45,47 @@ class RewardModelScorer:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
         model.config.pad_token_id = tokenizer.pad_token_id
+        if not 0 <= self.index < model.config.num_labels:
+            raise ValueError(f"task.reward_index={self.index} is not a logit of {self.path} "
+                             f"({model.config.num_labels} labels)")
         return tokenizer, model
 
     def __call__(self, prompt: str, completion: str | None) -> float:
+        return self.batch([prompt], [completion])[0]
+
+    def batch(self, prompts: list[str], completions: list[str | None], device: Any = "cpu",
+              batch_size: int = 32) -> list[float]:
+        """Rewards of many completions (0 for None), in order; texts of similar length share a padded batch."""
         import torch
 
-        if completion is None:
-            return 0.0
         tokenizer, model = self._model
-        enc = tokenizer(prompt + completion, return_tensors="pt", truncation=True, max_length=self.max_length)
-        with torch.no_grad():
-            return float(model(**enc).logits[0, 0])
+        model.to(device)
+        out = [0.0] * len(prompts)
+        todo = [(i, p + c) for i, (p, c) in enumerate(zip(prompts, completions, strict=True)) if c is not None]
+        todo.sort(key=lambda item: len(item[1]))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            enc = tokenizer([text for _, text in chunk], return_tensors="pt", padding=True, truncation=True,
+                            max_length=self.max_length).to(device)
+            with torch.no_grad():
+                logits = model(**enc).logits[:, self.index].float().tolist()
+            for (i, _), value in zip(chunk, logits, strict=True):
+                out[i] = float(value)
+        return out
+
+
+def hub_config_problem(cfg: dict[str, Any]) -> str | None:
+    """What a hub task config lacks (one line), or None: a policy, pairs, and one source of reward."""
+    missing = [f"task.{k}" for k in REQUIRED if not cfg.get(k)]
+    judged = bool((cfg.get("judge") or {}).get("model"))
+    if not cfg.get("reward_model") and not judged:
+        missing.append("task.reward_model")
+    if missing:
+        return (f"task=hub needs {', '.join(missing)} (hub ids or local paths; task.judge.model may replace "
+                "the reward model)")
+    if cfg.get("reward_model") and judged:
+        return "task=hub: set task.reward_model or task.judge.model, not both (one of them gives the reward)"
+    return None
 
 
 def _load_dataset(name_or_path: str, split: str):
@@ -65,9 +103,9 @@ def load_hub_task(cfg: dict[str, Any]):
     """Load (and cache the split of) a hub task; see the module docstring."""
     from discopop.tasks import Task, cache_root
 
-    missing = [k for k in REQUIRED if not cfg.get(k)]
-    if missing:
-        raise ValueError(f"task=hub needs {', '.join('task.' + k for k in missing)} (hub ids or local paths)")
+    problem = hub_config_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     key = {k: cfg.get(k) for k in ("model", "dataset", "split", "prompt_column", "chosen_column", "rejected_column",
                                    "heldout_prompts", "seed", "max_pairs")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -101,6 +139,7 @@ def load_hub_task(cfg: dict[str, Any]):
 
     heldout = json.loads((out_dir / "heldout.json").read_text())
     meta = json.loads(meta_path.read_text())
+    judged = bool((cfg.get("judge") or {}).get("model"))
     return Task(
         name=cfg.get("name", "hub"),
         model_path=Path(cfg["model"]) if Path(cfg["model"]).expanduser().exists() else cfg["model"],
@@ -108,8 +147,10 @@ def load_hub_task(cfg: dict[str, Any]):
         pairs_path=out_dir / "pairs",
         heldout_prompts=heldout[: search_count(cfg, len(heldout))],
         confirm_prompts=heldout[search_count(cfg, len(heldout)):],
-        reward=RewardModelScorer(cfg["reward_model"]),
+        reward=None if judged else RewardModelScorer(cfg["reward_model"], index=int(cfg.get("reward_index") or 0)),
         max_new_tokens=int(cfg.get("max_new_tokens", 32)),
         meta=meta,
         require_eos=False,
+        judged=judged,
+        score_batch_size=int(cfg.get("score_batch_size") or 32),
     )

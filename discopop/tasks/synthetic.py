@@ -245,14 +245,25 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, samp
 
 
 def decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, sample: bool,
-                 gen: torch.Generator) -> torch.Tensor:
-    """Token-by-token decoding with the KV cache; faster than ``generate`` for 3-5 token answers."""
+                gen: torch.Generator, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-by-token decoding with the KV cache; faster than ``generate`` for short answers.
+
+    ``attention_mask`` (1 = token, 0 = padding) is for left-padded batches of prompts of different
+    lengths: padding is masked and positions count real tokens only, so a padded row decodes as it
+    would alone. Without it the batch is taken as unpadded and the model is called exactly as before.
+    """
     past = None
     inputs = ids
     steps = []
-    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    mask = attention_mask
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0) if mask is not None else None
     for _ in range(max_new_tokens):
-        out = model(input_ids=inputs, past_key_values=past, use_cache=True)
+        if mask is None:
+            out = model(input_ids=inputs, past_key_values=past, use_cache=True)
+        else:
+            out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=past,
+                        use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
         if sample:
@@ -265,6 +276,9 @@ def decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, samp
         if bool(done.all()):
             break
         inputs = nxt.unsqueeze(1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
     return torch.stack(steps, dim=1)
 
 
