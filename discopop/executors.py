@@ -142,8 +142,8 @@ class WarmWorker:
         task, readable = task_for_worker(self.spec.task)
         self.control, theirs, env = worker_control()
         try:
-            self.proc = SandboxedProcess("discopop.worker", self.spec.worker_limits(),
-                                         env={**env, **self.spec.worker_env(), READ_PATHS_VAR: os.pathsep.join(readable)},
+            env = {**env, **self.spec.worker_env(), READ_PATHS_VAR: os.pathsep.join(readable)}
+            self.proc = SandboxedProcess("discopop.worker", self.spec.worker_limits(), env=env,
                                          pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()

@@ -147,7 +147,8 @@ _WHY_MISSING = {
     "landlock-net": "the kernel's Landlock ABI has no network rules (ABI >= 4, Linux >= 6.7)",
     "landlock-signals": "the kernel's Landlock ABI has no scopes (ABI >= 6, Linux >= 6.12)",
     "no-capabilities": "the process holds no capabilities to drop",
-    "seccomp": "the filter is written for x86-64 Linux",
+    "seccomp": "put on by seal() once set-up is done (not yet sealed), and only on x86-64 Linux",
+    "audit-guard": "put on by seal() once set-up is done (not yet sealed)",
 }
 
 
