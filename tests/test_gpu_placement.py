@@ -163,3 +163,24 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path) -> None:
     if "cgroup-memory" in gpu_missing:  # no memory cgroup here: the CUDA worker is said to have no memory cap
         assert "NO memory cap" in gpu_missing["cgroup-memory"]
     print(json.dumps({"layers": gpu_layers, "missing": gpu_missing}, indent=1), os.uname().release)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("training.precision=fp16", "training.precision=fp16 needs a CUDA device"),  # with training.device=cpu
+    ("training.lora={r: 4, rank: 2}", "training.lora: unknown key(s) rank"),
+    ("executor.workers_per_gpu=0", "executor.workers_per_gpu must be an integer >= 1"),
+])
+def test_config_mistakes_stop_the_run_in_one_line(override: str, message: str) -> None:
+    from discopop.config import ConfigError, resolve_run
+
+    with pytest.raises(ConfigError) as err:
+        resolve_run(1, None, ["training.device=cpu", override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_lora_override_composes() -> None:
+    from discopop.config import resolve_run
+
+    cfg, _ = resolve_run(1, None, ["training.lora={r: 4, alpha: 8, target_modules: [c_attn]}"])
+    assert lora_settings(cfg["training"]["lora"]).target_modules == ("c_attn",)
+    assert (cfg["training"]["device"], cfg["training"]["precision"]) == ("auto", "fp32")
