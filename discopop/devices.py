@@ -131,9 +131,9 @@ def check_training(training: dict[str, Any]) -> None:
 
 def check_executor(executor: dict[str, Any]) -> None:
     """Validate ``executor.gpus`` and ``executor.workers_per_gpu`` (their shape; counts are checked at start)."""
-    per_gpu = executor.get("workers_per_gpu", 1)
-    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
-        raise ValueError(f"executor.workers_per_gpu must be an integer >= 1, got {per_gpu!r}")
+    per_gpu = executor.get("workers_per_gpu")
+    if per_gpu is not None and (isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1):
+        raise ValueError(f"executor.workers_per_gpu must be an integer >= 1 (or null), got {per_gpu!r}")
     gpus = executor.get("gpus", "auto")
     if gpus == "auto":
         return
@@ -150,13 +150,14 @@ def visible_devices(env: dict[str, str] | None = None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def gpu_slots(gpus: Any, workers: int, workers_per_gpu: int, device_count: int,
+def gpu_slots(gpus: Any, workers: int, workers_per_gpu: int | None, device_count: int,
               outer_visible: list[str] | None = None) -> list[str]:
     """The ``CUDA_VISIBLE_DEVICES`` value of each of ``workers`` CUDA workers (one GPU each).
 
     ``gpus``: "auto" (every GPU this process sees) or indices among them; ``device_count``: how many
     it sees; ``outer_visible``: this process's own ``CUDA_VISIBLE_DEVICES`` list, which the indices
-    map through. Raises when the GPUs cannot hold the workers at ``workers_per_gpu`` each.
+    map through. Raises when the GPUs cannot hold the workers at ``workers_per_gpu`` each (None: no cap,
+    the workers spread as evenly as they can).
     """
     if device_count < 1:
         raise ValueError("training.device resolves to cuda but this process sees no GPU")
@@ -165,7 +166,7 @@ def gpu_slots(gpus: Any, workers: int, workers_per_gpu: int, device_count: int,
     if missing:
         raise ValueError(f"executor.gpus: {missing} not among the {device_count} GPU(s) visible here "
                          f"(indices 0..{device_count - 1})")
-    if workers > len(chosen) * workers_per_gpu:
+    if workers_per_gpu is not None and workers > len(chosen) * workers_per_gpu:
         raise ValueError(f"executor.workers={workers} does not fit on {len(chosen)} GPU(s) at "
                          f"executor.workers_per_gpu={workers_per_gpu}; lower the workers or raise workers_per_gpu")
     names = [outer_visible[g] if outer_visible is not None and g < len(outer_visible) else str(g) for g in chosen]
@@ -196,6 +197,6 @@ def plan_local_workers(training: dict[str, Any], executor: dict[str, Any], worke
     if device == "cpu":
         return [WorkerPlacement("cpu", NO_GPU)] * workers
     check_executor(executor)
-    slots = gpu_slots(executor.get("gpus", "auto"), workers, int(executor.get("workers_per_gpu", 1)), count,
+    slots = gpu_slots(executor.get("gpus", "auto"), workers, executor.get("workers_per_gpu"), count,
                       visible_devices())
     return [WorkerPlacement("cuda", slot) for slot in slots]

@@ -288,5 +288,5 @@ def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
         from discopop.ray_executor import RayExecutor
 
         return RayExecutor(spec, workers=workers, address=cfg.get("address"),
-                           workers_per_gpu=int(cfg.get("workers_per_gpu", 1)))
+                           workers_per_gpu=cfg.get("workers_per_gpu"))
     raise ValueError(f"unknown executor '{name}' (allowed: local, ray)")

@@ -22,9 +22,11 @@ from discopop.devices import check_executor, check_precision, resolve_device
 from discopop.executors import Executor, Job, JobResult, WarmWorker, WorkerSpec
 
 
-def actor_gpus(training: dict[str, Any], workers_per_gpu: int, cluster_gpus: float) -> tuple[str, float]:
-    """(device, num_gpus per actor) for ``training.device`` on a cluster with ``cluster_gpus`` GPUs in all."""
+def actor_gpus(training: dict[str, Any], workers_per_gpu: int | None, cluster_gpus: float) -> tuple[str, float]:
+    """(device, num_gpus per actor) for ``training.device`` on a cluster with ``cluster_gpus`` GPUs in all
+    (``workers_per_gpu`` None: a whole GPU per actor)."""
     check_executor({"workers_per_gpu": workers_per_gpu})
+    workers_per_gpu = workers_per_gpu or 1
     setting = training.get("device", "auto")
     device = "cpu" if setting == "cpu" else resolve_device(setting, cluster_gpus > 0)
     check_precision(training.get("precision", "fp32"), device)
@@ -51,7 +53,8 @@ class _WorkerActor:
 class RayExecutor(Executor):
     """``workers`` Ray actors, each with ``spec.threads`` CPUs (and its share of a GPU) for its sandboxed worker."""
 
-    def __init__(self, spec: WorkerSpec, workers: int = 1, address: str | None = None, workers_per_gpu: int = 1):
+    def __init__(self, spec: WorkerSpec, workers: int = 1, address: str | None = None,
+                 workers_per_gpu: int | None = None):
         try:
             import ray
             from ray.util import ActorPool

@@ -72,6 +72,7 @@ def test_workers_spread_over_gpus_before_sharing_one() -> None:
     assert gpu_slots("auto", 4, 2, 2) == ["0", "1", "0", "1"]
     assert gpu_slots([1], 2, 2, 4) == ["1", "1"]
     assert gpu_slots("auto", 3, 1, 4) == ["0", "1", "2"]
+    assert gpu_slots("auto", 2, None, 1) == ["0", "0"]  # no cap: the default 2 workers share a single GPU
 
 
 def test_gpu_indices_map_through_an_outer_cuda_visible_devices() -> None:
@@ -97,6 +98,7 @@ def test_local_plan_pins_cuda_workers_and_hides_gpus_from_cpu_workers() -> None:
 def test_ray_actors_ask_for_a_gpu_share() -> None:
     assert actor_gpus(TRAINING, 2, cluster_gpus=4) == ("cuda", 0.5)
     assert actor_gpus(TRAINING, 1, cluster_gpus=1) == ("cuda", 1.0)
+    assert actor_gpus(TRAINING, None, cluster_gpus=1) == ("cuda", 1.0)
     assert actor_gpus(TRAINING, 2, cluster_gpus=0) == ("cpu", 0.0)
     assert actor_gpus({**TRAINING, "device": "cpu"}, 1, cluster_gpus=8) == ("cpu", 0.0)
     with pytest.raises(ValueError, match="training.device=cuda but no CUDA GPU"):
