@@ -255,7 +255,8 @@ def main() -> None:
     full, lora = by.get(f"full{per_gpu_workers}"), by.get(f"lora{per_gpu_workers}")
     if full and lora and full.total and lora.total:
         ratio = statistics.fmean(lora.total) / statistics.fmean(full.total)
-        text = f"LoRA vs full fine-tune at 1 per GPU: {ratio:.2f}x time per candidate"
+        unit = "GPU" if device == "cuda" else "CPU"
+        text = f"LoRA vs full fine-tune at 1 per {unit}: {ratio:.2f}x time per candidate"
         if full.peak_gpu_mb and lora.peak_gpu_mb:
             text += f", {max(lora.peak_gpu_mb) / max(full.peak_gpu_mb):.2f}x peak GPU memory"
         print(text)
