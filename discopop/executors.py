@@ -7,6 +7,10 @@ trainer construction once; a worker that times out or dies is killed as a group 
 and its job is reported as failed with the reason. Candidate code runs in neither: each job gets a
 fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
 verdict, the fitness) is computed by trusted code only.
+
+``make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
+is pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` (``discopop.devices``) and runs under
+``Limits.uses_cuda`` (no address-space rlimit; the memory cgroup caps it). Its oracles stay CPU-only.
 """
 
 from __future__ import annotations
