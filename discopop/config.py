@@ -69,6 +69,13 @@ def validate(cfg: dict[str, Any]) -> None:
         _require(task["language"] in LANGUAGES,
                  f"task.language must be one of {', '.join(LANGUAGES)}, got {task['language']!r}")
     _require(int(cfg["executor"].get("workers", 1)) >= 1, f"executor.workers must be >= 1, got {cfg['executor']}")
+    from discopop.devices import check_executor, check_training
+
+    try:
+        check_training(t)
+        check_executor(cfg["executor"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _require(int(cfg["confirm"]["seeds"]) >= 0 and int(cfg["confirm"]["top_k"]) >= 0,
              "confirm.seeds and confirm.top_k must be >= 0")
     proposer = cfg["proposer"]

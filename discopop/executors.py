@@ -7,6 +7,10 @@ trainer construction once; a worker that times out or dies is killed as a group 
 and its job is reported as failed with the reason. Candidate code runs in neither: each job gets a
 fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
 verdict, the fitness) is computed by trusted code only.
+
+``make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
+is pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` (``discopop.devices``) and runs under
+``Limits.uses_cuda`` (no address-space rlimit; the memory cgroup caps it). Its oracles stay CPU-only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,18 @@ class WorkerSpec:
     train_timeout: float = 600.0
     oracle_timeout: float = 10.0  # seconds the worker waits for one loss-oracle reply (a call takes ms)
     oracle_module: str = "discopop.oracle"  # tests swap in a variant whose static check is fooled
+    device: str = "cpu"  # where this worker trains ("cpu" | "cuda"); see discopop.devices
+    # CUDA_VISIBLE_DEVICES of a CUDA worker (its one GPU); None: keep this process's (a Ray actor's GPU)
+    visible_devices: str | None = None
+
+    def worker_limits(self) -> Limits:
+        """The worker's limits: a CUDA worker drops only the address-space rlimit (see ``Limits.uses_cuda``)."""
+        return replace(self.limits, uses_cuda=self.device == "cuda")
+
+    def worker_env(self) -> dict[str, str]:
+        if self.device == "cuda" and self.visible_devices is not None:
+            return {"CUDA_VISIBLE_DEVICES": self.visible_devices}
+        return {}
 
 
 # The stages a worker may name in a failed reply; anything else (a forged reply) becomes the job's stage.
@@ -113,9 +129,13 @@ class WarmWorker:
         self.spec = spec
         self.proc: SandboxedProcess | None = None
         self.control: socket.socket | None = None  # hands each job's oracle to the worker
-        self.oracles = OracleSupply(spec.limits, spec.oracle_module)
+        # Oracles always get the base limits: CPU-only (no GPU visible), every layer including rlimit-as.
+        self.oracles = OracleSupply(replace(spec.limits, uses_cuda=False), spec.oracle_module)
         self.starts = 0
         self.init_seconds = 0.0
+        self.info: dict[str, Any] = {}  # the last init reply: device, precision, lora, seconds
+        self.layers: list[str] = []  # sandbox layers of the current worker process, once started
+        self.missing_layers: dict[str, str] = {}  # layer -> why it could not be applied
 
     def ensure_started(self) -> SandboxedProcess:
         """The live worker process, started (or restarted after a crash or timeout) if needed."""
@@ -127,8 +147,8 @@ class WarmWorker:
         task, readable = task_for_worker(self.spec.task)
         self.control, theirs, env = worker_control()
         try:
-            self.proc = SandboxedProcess("discopop.worker", self.spec.limits,
-                                         env={**env, READ_PATHS_VAR: os.pathsep.join(readable)},
+            env = {**env, **self.spec.worker_env(), READ_PATHS_VAR: os.pathsep.join(readable)}
+            self.proc = SandboxedProcess("discopop.worker", self.spec.worker_limits(), env=env,
                                          pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
@@ -144,6 +164,8 @@ class WarmWorker:
         if not reply.get("ok"):
             raise RuntimeError(f"worker failed to start: {reply.get('error')}\n{reply.get('traceback', '')}")
         self.init_seconds += time.perf_counter() - started
+        self.info = {k: reply.get(k) for k in ("device", "precision", "lora", "seconds")}
+        self.layers, self.missing_layers = list(self.proc.layers), self.proc.missing_layers()
         return self.proc
 
     def run(self, job: Job) -> JobResult:
@@ -190,12 +212,17 @@ class WarmWorker:
 
 
 class LocalExecutor(Executor):
-    """``workers`` warm sandboxed processes on this machine."""
+    """``workers`` warm sandboxed processes on this machine.
 
-    def __init__(self, spec: WorkerSpec, workers: int = 1):
+    ``specs`` (one per worker) place each on its own device (``make_executor`` pins CUDA workers to
+    GPUs); otherwise all ``workers`` share ``spec``.
+    """
+
+    def __init__(self, spec: WorkerSpec, workers: int = 1, specs: list[WorkerSpec] | None = None):
         if workers < 1:
             raise ValueError(f"executor.workers must be >= 1, got {workers}")
-        self.workers = [WarmWorker(spec) for _ in range(workers)]
+        specs = specs or [spec] * workers
+        self.workers = [WarmWorker(s) for s in specs]
         self._idle: queue.Queue[WarmWorker] = queue.Queue()
         for w in self.workers:
             self._idle.put(w)
@@ -228,19 +255,43 @@ class LocalExecutor(Executor):
     def restarts(self) -> int:
         return sum(max(0, w.starts - 1) for w in self.workers)
 
+    def sandbox_report(self) -> list[dict[str, Any]]:
+        """Per started worker: its device, GPU, active sandbox layers and the layers it lacks (with reasons)."""
+        return [{"device": w.spec.device, "visible_devices": w.spec.visible_devices, **w.info, "layers": w.layers,
+                 "missing_layers": w.missing_layers} for w in self.workers if w.starts]
+
     def close(self) -> None:
         for w in self.workers:
             w.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def placed_specs(spec: WorkerSpec, executor: dict[str, Any], workers: int,
+                 device_count: int | None = None) -> list[WorkerSpec]:
+    """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``).
+
+    The resolved device also goes into the worker's training config, so ``device=auto`` means the same
+    in the worker as in the plan.
+    """
+    from discopop.devices import plan_local_workers
+
+    placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
+    return [replace(spec, device=p.device, visible_devices=p.visible_devices,
+                    training={**spec.training, "device": p.device} if spec.training is not None else None)
+            for p in placements]
+
+
 def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
     """Build the executor named by ``cfg['name']`` (hydra group ``executor``)."""
     name = cfg.get("name", "local")
+    workers = int(cfg.get("workers", 1))
     if name == "local":
-        return LocalExecutor(spec, workers=int(cfg.get("workers", 1)))
+        if workers < 1:
+            raise ValueError(f"executor.workers must be >= 1, got {workers}")
+        return LocalExecutor(spec, workers=workers, specs=placed_specs(spec, cfg, workers))
     if name == "ray":
         from discopop.ray_executor import RayExecutor
 
-        return RayExecutor(spec, workers=int(cfg.get("workers", 1)), address=cfg.get("address"))
+        return RayExecutor(spec, workers=workers, address=cfg.get("address"),
+                           workers_per_gpu=cfg.get("workers_per_gpu"))
     raise ValueError(f"unknown executor '{name}' (allowed: local, ray)")

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import DPOConfig
 
+from discopop.devices import accumulation_steps, check_precision, lora_settings, resolve_device
 from discopop.scoring import Score, score_policy
 from discopop.tasks import Task
 from discopop.trl import DiscoveredLossDPOTrainer, LossFn
@@ -69,6 +70,9 @@ class _ReplayLoader:
 # Keeps the search seed's subsample a sample (see the module docstring) while losing few pairs.
 DEFAULT_PAIR_FRACTION = 0.85
 
+# Weight dtypes of the frozen base model of a LoRA fine-tune, by training.precision (fp32: float32).
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Seeds whose collated epochs are kept (search seed + fresh confirmation seeds); each is a few MB at most.
 MAX_CACHED_SEEDS = 8
 
@@ -81,6 +85,7 @@ class TrainResult:
     train_seconds: float
     step_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    peak_gpu_mb: float | None = None  # peak CUDA memory allocated during the run (None on CPU)
 
 
 def _pair_fraction(value: Any) -> float:
@@ -126,8 +131,40 @@ def loss_curve(step_losses: list[torch.Tensor]) -> dict[str, float]:
     return {key: round(float(part.mean()), 5) for key, part in parts.items()}
 
 
+class AdapterDisabled:
+    """The reference of a LoRA fine-tune: the policy's own base model with its adapters switched off.
+
+    No second copy of the weights exists; each call runs the peft model under ``disable_adapter()``.
+    Scoring calls it like a model (``reference(input_ids=...)``) for the KL estimate.
+    """
+
+    def __init__(self, peft_model) -> None:
+        self.peft_model = peft_model
+
+    def __call__(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+    def eval(self) -> AdapterDisabled:
+        """Mode follows the policy's (scoring puts it in eval mode)."""
+        return self
+
+    def parameters(self):
+        return self.peft_model.parameters()
+
+
 class FineTuner:
-    """One warm TRL trainer over a task's pairs, reused for every candidate."""
+    """One warm TRL trainer over a task's pairs, reused for every candidate.
+
+    Device and precision come from ``training.device`` (auto: CUDA when the worker sees a GPU) and
+    ``training.precision`` (mixed precision through the trainer; fp32 master weights for whatever is
+    trained). ``training.batch_size`` is the pairs per optimiser step, split into
+    ``training.gradient_accumulation_steps`` micro-batches. With ``training.lora`` only a LoRA adapter
+    is trained: the frozen base weights load in the training precision, the reference is the base model
+    with adapters disabled (:class:`AdapterDisabled`, no second copy), and a candidate's starting point
+    is restored by copying back the adapter's initial weights (kilobytes to megabytes, not the model).
+    Without LoRA the reference model's weights are the initial weights, and ``run`` copies them back.
+    """
 
     def __init__(self, task: Task, training: dict[str, Any], workdir: Path, kl_coef: float = 0.0):
         torch.set_num_threads(int(training.get("threads", 1)))
@@ -136,12 +173,18 @@ class FineTuner:
         self.task = task
         self.training = training
         self.kl_coef = kl_coef
+        self.device = resolve_device(training.get("device", "auto"), torch.cuda.is_available())
+        bf16_ok = torch.cuda.is_bf16_supported() if self.device == "cuda" else True
+        self.precision = check_precision(training.get("precision", "fp32"), self.device, bf16_ok)
+        self.lora = lora_settings(training.get("lora"))
+        accumulation = accumulation_steps(training)
         self.tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(task.model_path)
-        self.reference = AutoModelForCausalLM.from_pretrained(task.model_path).eval()
-        self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # Trained weights stay fp32 (the trainer's autocast does the mixed precision); a LoRA run's frozen
+        # base weights load in the training precision: half the memory, and nothing updates them.
+        base_dtype = HALF_DTYPES.get(self.precision, torch.float32) if self.lora else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(task.model_path, dtype=base_dtype)
         pairs = load_from_disk(str(task.pairs_path))
         if training.get("max_pairs"):
             pairs = pairs.select(range(min(len(pairs), int(training["max_pairs"]))))
@@ -150,7 +193,8 @@ class FineTuner:
             beta=float(training["beta"]),
             learning_rate=float(training["learning_rate"]),
             num_train_epochs=float(training["epochs"]),
-            per_device_train_batch_size=int(training["batch_size"]),
+            per_device_train_batch_size=int(training["batch_size"]) // accumulation,
+            gradient_accumulation_steps=accumulation,
             lr_scheduler_type=training.get("lr_scheduler", "constant"),
             warmup_steps=int(training.get("warmup_steps", 0)),
             max_grad_norm=float(training.get("max_grad_norm", 1.0)),
@@ -159,17 +203,29 @@ class FineTuner:
             save_strategy="no",
             logging_strategy="no",
             disable_tqdm=True,
-            use_cpu=True,
+            use_cpu=self.device == "cpu",
             seed=int(training.get("seed", 0)),
             dataloader_num_workers=0,
-            gradient_checkpointing=False,
-            bf16=False,
+            gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
         )
         self.timer = _StepTimer()
+        set_seed(self.args.seed)  # the adapter's random initialisation: the same in every worker of a run
         self.trainer = DiscoveredLossDPOTrainer(
-            model=self.model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
+            model=model, args=self.args, train_dataset=pairs, processing_class=self.tokenizer,
             loss_fn=_placeholder_loss, callbacks=[self.timer], fail_on_nonfinite_loss=True,
+            peft_config=self.lora.peft_config() if self.lora else None,
         )
+        self.model = self.trainer.model  # the PeftModel when training an adapter
+        if self.lora:
+            self.reference = AdapterDisabled(self.model)
+            self._trained = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+            self.initial_state = {name: p.detach().clone() for name, p in self._trained}
+        else:
+            self.reference = AutoModelForCausalLM.from_pretrained(task.model_path, dtype=torch.float32)
+            self.reference = self.reference.to(self.model.device).eval().requires_grad_(False)
+            self.initial_state = self.reference.state_dict()  # never trained: it doubles as the starting point
         self.all_pairs = self.trainer.train_dataset  # tokenised, reference log-probs precomputed: subsampled per run
         self.pair_fraction = _pair_fraction(training.get("pair_fraction", DEFAULT_PAIR_FRACTION))
         self._epochs: dict[int, _ReplayLoader] = {}
@@ -177,6 +233,15 @@ class FineTuner:
         if training.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
             self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
+
+    def restore_initial_weights(self) -> None:
+        """Put the trained weights back where every candidate starts: the adapter's, or the whole model's."""
+        if self.lora:
+            with torch.no_grad():
+                for name, param in self._trained:
+                    param.copy_(self.initial_state[name])
+        else:
+            self.model.load_state_dict(self.initial_state)
 
     def pair_subsample(self, seed: int) -> list[int]:
         """Indices of the pairs a run with ``seed`` trains on: a fixed-size sample drawn from the seed."""
@@ -202,8 +267,10 @@ class FineTuner:
         ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own).
         """
         started = time.perf_counter()
-        self.model.load_state_dict(self.initial_state)
+        self.restore_initial_weights()
         self.model.train()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         trainer = self.trainer
         trainer.reset_for_new_loss(loss_fn, seed)
         trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
@@ -220,7 +287,8 @@ class FineTuner:
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
                              kl_coef=self.kl_coef, split=split)
         score.seconds = time.perf_counter() - score_started
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.device == "cuda" else None
         return TrainResult(
             score=score, steps=output.global_step, final_loss=float(output.training_loss),
-            train_seconds=train_seconds, step_seconds=self.timer.seconds, metrics=metrics,
+            train_seconds=train_seconds, step_seconds=self.timer.seconds, metrics=metrics, peak_gpu_mb=peak,
         )

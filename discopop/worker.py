@@ -5,7 +5,8 @@ expensive part), seals itself (``sandbox.seal``: seccomp and the runtime guard),
 requests until told to exit:
 
 * ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
-  "sandbox_layers": [...]}`` (the child-side isolation layers that are active)
+  "sandbox_layers": [...], "device": "cpu"|"cuda", "precision", "lora": bool}`` (the child-side isolation
+  layers that are active, and where the fine-tune runs: CUDA initialises here, before ``seal``)
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
@@ -82,8 +83,11 @@ class Worker:
 
         sealed = seal(os.environ["DISCOPOP_SANDBOX_DIR"])  # seccomp + the audit guard
         self.watch = StateWatch(self.threads)
+        tuner = self.fine_tuner
         return {"ok": True, "seconds": time.perf_counter() - started,
-                "sandbox_layers": [*self.layers, *sealed, "state-watch"]}
+                "sandbox_layers": [*self.layers, *sealed, "state-watch"],
+                "device": tuner.device if tuner else "cpu", "precision": tuner.precision if tuner else None,
+                "lora": bool(tuner and tuner.lora)}
 
     @contextmanager
     def _remote_loss(self, code: str, nonce: str) -> Iterator[Any]:
@@ -173,6 +177,7 @@ class Worker:
             "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
             # a judged task: the greedy completions, graded by the main process (discopop.judge) where the key is
             **({"completions": score.completions} if score.completions is not None else {}),
+            "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
         }
 
     def reset_globals(self) -> None:

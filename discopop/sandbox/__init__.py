@@ -23,7 +23,15 @@ The files follow the process boundary; each one's docstring describes its layers
   (``install_guard``, ``guard_violations``). ``state-watch`` lives in ``worker.py``.
 
 Python-level guards alone are bypassable; that is why the OS layers sit around them. Where an OS
-layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply.
+layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply, and
+``SandboxedProcess.missing_layers()`` names each absent layer with the reason.
+
+A CUDA worker (``Limits.uses_cuda``) keeps every layer but one: ``rlimit-as`` is dropped (CUDA
+reserves far more address space than it uses) and its memory cap is ``cgroup-memory`` alone.
+Landlock lets it open the GPU device files; seccomp never blocked what CUDA needs (``ioctl``,
+``mmap``, threads). CUDA MPS is not available inside (its client connects over a unix socket in
+/tmp: seccomp refuses AF_UNIX sockets and /tmp is private), so workers sharing a GPU time-slice it.
+Loss oracles and CPU workers get ``CUDA_VISIBLE_DEVICES=""`` and no GPU device file.
 ``Limits.os_hardening=False`` turns off private-tmp, landlock-read and seccomp for one benchmark
 (``benchmarks/sandbox_startup.py``) and nothing else.
 
@@ -43,10 +51,18 @@ from discopop.sandbox.boundary import (
 )
 from discopop.sandbox.guard import guard_violations, install_guard, seal
 from discopop.sandbox.lockdown import lock_down
-from discopop.sandbox.parent import Limits, SandboxDied, SandboxedProcess, SandboxTimeout, child_connections
+from discopop.sandbox.parent import (
+    Limits,
+    SandboxDied,
+    SandboxedProcess,
+    SandboxTimeout,
+    child_connections,
+    expected_layers,
+    missing_layer_reasons,
+)
 
 __all__ = [
     "READ_PATHS_VAR", "REPLY_LIMIT", "TEXT_LIMIT", "Limits", "SandboxDied", "SandboxTimeout", "SandboxedProcess",
-    "child_connections", "clean_reply", "clean_text", "guard_violations", "install_guard", "lock_down",
-    "remove_tree", "sandbox_env", "seal",
+    "child_connections", "clean_reply", "clean_text", "expected_layers", "guard_violations", "install_guard",
+    "lock_down", "missing_layer_reasons", "remove_tree", "sandbox_env", "seal",
 ]  # fmt: skip

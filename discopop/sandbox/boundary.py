@@ -129,7 +129,10 @@ def sandbox_env(workdir: Path, limits: Limits, extra: Mapping[str, str] | None =
         "DISCOPOP_SANDBOX_NETWORK": "1" if limits.network else "0", "DISCOPOP_SANDBOX_PARENT": str(os.getpid()),
         "DISCOPOP_SANDBOX_TMPFS_MB": str(limits.tmpfs_mb),
         "DISCOPOP_SANDBOX_HARDEN": "1" if limits.os_hardening else "0",
+        "DISCOPOP_SANDBOX_CUDA": "1" if limits.uses_cuda else "0",
     })
+    if not limits.uses_cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU child (every loss oracle) sees no GPU at all
     return env
 
 

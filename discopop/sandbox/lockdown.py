@@ -13,6 +13,10 @@ single thread, puts on the OS layers that a process can only put on itself:
   (ABI >= 6). This holds even against code that slips past the Python-level guard, e.g. torch's
   C++ file writer behind ``torch.save``;
 * ``no-capabilities``: a root child drops every capability (it cannot raise its own rlimits).
+
+A CUDA worker (``Limits.uses_cuda``) keeps all of these; Landlock additionally lets it open the GPU
+device files read-write (``gpu_device_files``) and read the driver's /proc and /sys entries. CPU
+workers and loss oracles cannot open them.
 """
 
 from __future__ import annotations
@@ -33,9 +37,15 @@ _LL_NET_BIND, _LL_NET_CONNECT = 1 << 0, 1 << 1
 _LL_SCOPE_ABSTRACT_UNIX, _LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
 _SYS_LANDLOCK_CREATE, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT = 444, 445, 446  # same on x86-64/arm64
 _PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
-# Device files a worker may open for writing (GPU drivers open theirs read-write).
-_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random", "/dev/shm",
-                     "/dev/dri", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# Device files a sandboxed process may open for writing.
+_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random", "/dev/shm")
+# Only for a CUDA worker (``Limits.uses_cuda``): the driver opens its device files read-write and drives
+# the GPU with ioctl and mmap on them. Every /dev/nvidia* entry is added at start (nvidia0.., nvidia-caps).
+# Landlock's ioctl right (ABI 5) is not handled by our ruleset, so ioctls on these files are not restricted;
+# seccomp allows ioctl/mmap. A CPU worker and every loss oracle get none of these (they cannot reach a GPU).
+_CUDA_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
+# What a CUDA worker reads besides the system files: the driver's parameters and the device list.
+_CUDA_READABLE = ("/proc/driver/nvidia", "/proc/devices", "/sys/module/nvidia")
 # What a worker reads besides its Python (``sys.prefix``, ``sys.path``), its work dir and task cache:
 # shared libraries, the loader's cache, time zone, user names (``getpass``), CPU topology (OpenMP,
 # torch), GPU discovery (CUDA, NVML). Not /etc as a whole (/etc/shadow), not /home or /root.
@@ -43,8 +53,7 @@ _READABLE_SYSTEM = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cach
                     "/etc/ld.so.conf.d", "/etc/localtime", "/etc/timezone", "/etc/passwd", "/etc/group",
                     "/etc/nsswitch.conf", "/etc/os-release", "/etc/mime.types", "/etc/ssl/certs",
                     "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/vm/overcommit_memory",
-                    "/proc/driver/nvidia", "/sys/devices", "/sys/bus", "/sys/class", "/sys/module/nvidia",
-                    "/sys/fs/cgroup")
+                    "/sys/devices", "/sys/bus", "/sys/class", "/sys/fs/cgroup")
 # Mount namespace (sched.h, sys/mount.h).
 _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
@@ -54,6 +63,22 @@ _MNT_DETACH = 2
 def hardening_on() -> bool:
     """False only under the benchmark switch ``Limits.os_hardening``."""
     return os.environ.get("DISCOPOP_SANDBOX_HARDEN", "1") != "0"
+
+
+def _uses_cuda() -> bool:
+    """True in a CUDA worker (``Limits.uses_cuda``): its GPU device files stay open to it."""
+    return os.environ.get("DISCOPOP_SANDBOX_CUDA", "0") == "1"
+
+
+def gpu_device_files(uses_cuda: bool, dev: str = "/dev") -> list[str]:
+    """The GPU device files Landlock leaves writable: all of /dev/nvidia* for a CUDA worker, none otherwise."""
+    if not uses_cuda:
+        return []
+    try:
+        found = [os.path.join(dev, n) for n in sorted(os.listdir(dev)) if n.startswith("nvidia")]
+    except OSError:
+        found = []
+    return list(dict.fromkeys([*_CUDA_DEVICES, *found]))
 
 
 def lock_down(workdir: str, network: bool = False) -> list[str]:
@@ -103,7 +128,7 @@ def _readable_paths(workdir: str) -> dict[str, int]:
     whole = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.environ.get("DISCOPOP_CACHE_DIR", ""), os.environ.get("HF_HUB_CACHE", ""),
              os.environ.get("HF_DATASETS_CACHE", ""), *os.environ.get(READ_PATHS_VAR, "").split(os.pathsep),
-             f"/proc/{os.getpid()}", *_READABLE_SYSTEM]
+             f"/proc/{os.getpid()}", *_READABLE_SYSTEM, *(_CUDA_READABLE if _uses_cuda() else ())]
     work = os.path.realpath(workdir)
     rules: dict[str, int] = {}
     for entry in sys.path:
@@ -228,7 +253,7 @@ def _landlock(libc, workdir: str, network: bool, readable: dict[str, int], priva
 
     try:
         allow(workdir, fs)
-        devices = [*_WRITABLE_DEVICES, *(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith("nvidia"))]
+        devices = [*_WRITABLE_DEVICES, *gpu_device_files(_uses_cuda())]
         devices = [d for d in devices if private_shm or d != "/dev/shm"]  # the host's: files there outlive us
         for path in devices:
             allow(path, fs if os.path.isdir(path) else _LL_FILE_RIGHTS & ~_LL_EXECUTE)

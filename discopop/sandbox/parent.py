@@ -39,7 +39,7 @@ from discopop.sandbox.cgroups import Cgroup
 class Limits:
     """Per-process limits; 0 disables a limit (e.g. memory on GPU, where CUDA reserves address space)."""
 
-    memory_mb: int = 6144  # address space per process (RLIMIT_AS) and memory of the whole tree (cgroup)
+    memory_mb: int = 6144  # address space per process (RLIMIT_AS, not with uses_cuda) and memory of the tree (cgroup)
     file_size_mb: int = 256  # largest file the child may write (RLIMIT_FSIZE)
     network: bool = False  # True: no network namespace, no Landlock TCP rule
     # Tasks (processes + threads) of the whole tree, via a pids cgroup. A training worker runs ~20
@@ -50,6 +50,11 @@ class Limits:
     # Size of the child's private /tmp and /dev/shm (each a fresh tmpfs, gone when the child is).
     # Nothing in a worker writes there (TMPDIR is the work dir); 64 MB is room for a stray library.
     tmpfs_mb: int = 64
+    # The child initialises CUDA. CUDA maps far more virtual address space than it ever uses (tens to
+    # hundreds of GB for its unified address space), so RLIMIT_AS would stop it at start-up: the
+    # address-space limit is then not applied and the memory cap is the memory cgroup's alone (if
+    # that cgroup cannot be made, there is no memory cap and ``missing_layers`` says so).
+    uses_cuda: bool = False
     # BENCHMARK SWITCH: False turns off the private mounts, the Landlock read rules and seccomp,
     # only so that benchmarks/sandbox_startup.py can measure what they cost. Never off in a run.
     os_hardening: bool = True
@@ -127,6 +132,50 @@ class _OutputTail:
         self._thread.join(timeout)
 
 
+# ---- which layers a child should have ------------------------------------------------------------
+
+# Child-side layers every sandboxed worker or oracle puts on itself (lockdown.py, guard.py, worker.py).
+CHILD_LAYERS = ("parent-death-signal", "no-new-privs", "private-tmp", "landlock-fs", "landlock-read", "landlock-net",
+                "landlock-signals", "no-capabilities", "seccomp", "audit-guard")
+_WHY_MISSING = {
+    "netns": "unshare --net is not permitted here (Landlock and the guard still block TCP)",
+    "cgroup-pids": "no writable pids cgroup (needs root or a delegated cgroup v2 subtree)",
+    "cgroup-memory": "no writable memory cgroup (needs root or a delegated cgroup v2 subtree)",
+    "private-tmp": "needs root for a private mount namespace",
+    "landlock-fs": "the kernel has no Landlock (Linux >= 5.13)",
+    "landlock-read": "the kernel has no Landlock (Linux >= 5.13)",
+    "landlock-net": "the kernel's Landlock ABI has no network rules (ABI >= 4, Linux >= 6.7)",
+    "landlock-signals": "the kernel's Landlock ABI has no scopes (ABI >= 6, Linux >= 6.12)",
+    "no-capabilities": "the process holds no capabilities to drop",
+    "seccomp": "put on by seal() once set-up is done (not yet sealed), and only on x86-64 Linux",
+    "audit-guard": "put on by seal() once set-up is done (not yet sealed)",
+}
+
+
+def expected_layers(limits: Limits) -> list[str]:
+    """Every layer a child with ``limits`` would have on a machine that allows them all."""
+    hardened = ("private-tmp", "landlock-read", "seccomp")
+    layers = ["process-group", "env-allowlist", "rlimit-core"]
+    layers += ["rlimit-as"] if limits.memory_mb else []
+    layers += ["rlimit-fsize"] if limits.file_size_mb else []
+    layers += [] if limits.network else ["netns"]
+    layers += ["cgroup-pids"] if limits.max_processes else []
+    layers += ["cgroup-memory"] if limits.memory_mb else []
+    layers += ["output-cap"] if limits.output_mb else []
+    child = [c for c in CHILD_LAYERS if limits.os_hardening or c not in hardened]
+    return layers + [c for c in child if not (limits.network and c == "landlock-net")]
+
+
+def missing_layer_reasons(limits: Limits) -> dict[str, str]:
+    """Why a layer may be absent; for a CUDA child the address-space limit is dropped on purpose."""
+    reasons = dict(_WHY_MISSING)
+    if limits.uses_cuda:
+        reasons["rlimit-as"] = ("dropped for CUDA (it reserves far more address space than it uses); "
+                                "memory is capped by cgroup-memory")
+        reasons["cgroup-memory"] += ": this CUDA worker has NO memory cap (rlimit-as is dropped for CUDA)"
+    return reasons
+
+
 # ---- the parent side ---------------------------------------------------------------------------
 
 
@@ -143,7 +192,7 @@ def _apply_limits(limits: Limits, cgroup_procs: tuple[str, ...]) -> None:
         except OSError:
             pass  # the parent notices the child is not a member and drops that layer
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if limits.memory_mb:
+    if limits.memory_mb and not limits.uses_cuda:
         size = limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
     if limits.file_size_mb:
@@ -211,11 +260,22 @@ class SandboxedProcess:
             group.remove()
         self._cgroups = joined
         self.layers = ["process-group", "env-allowlist", "rlimit-core"]
-        self.layers += ["rlimit-as"] if limits.memory_mb else []
+        self.layers += ["rlimit-as"] if limits.memory_mb and not limits.uses_cuda else []
         self.layers += ["rlimit-fsize"] if limits.file_size_mb else []
         self.layers += ["netns"] if prefix else []
         self.layers += [f"cgroup-{g.controller}" for g in self._cgroups]
         self.layers += ["output-cap"] if limits.output_mb else []
+
+    def missing_layers(self) -> dict[str, str]:
+        """The layers this child was meant to have but does not, each with the reason (empty: all applied).
+
+        Parent-side layers are known at start; the child-side ones once the child has reported its own
+        (the worker's ``init`` reply): ask after that. A limit set to 0 in ``Limits`` is a choice, not a gap.
+        """
+        expected = expected_layers(self.limits)
+        reasons = missing_layer_reasons(self.limits)
+        return {layer: reasons.get(layer, "not available on this machine")
+                for layer in expected if layer not in self.layers}
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one message and wait for the reply; kill the whole tree on timeout or death."""

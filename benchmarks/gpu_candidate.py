@@ -1,0 +1,272 @@
+"""Per-candidate cost of the inner loop on a GPT-2-small-sized model, full fine-tune against LoRA, at 1 and
+2 workers per GPU, side by side in one invocation.
+
+Everything is built locally: a GPT-2 model from a config with random weights (``--size small``: 12
+layers, 768 wide, GPT-2's vocabulary of 50,257, ~124M parameters; ``--size tiny`` for a CPU check),
+a character tokenizer padded to that vocabulary, a tiny reward model, and 2,000 synthetic preference
+pairs, saved as a ``task=hub`` task. Each configuration starts its own executor (``make_executor``,
+the sandboxed workers ``discover`` uses, each fed a fresh loss oracle per job) and runs N reference
+losses through the evaluation cascade (``Evaluator``: numeric checks, one fine-tune at one learning
+rate, held-out scoring, archive writes), in batches as wide as the executor, as the loop does.
+
+Printed per configuration: the per-candidate split of wall time (optimiser steps / scoring / overhead
+= everything else: checks, trainer reset, IPC, oracle hand-over, archive), overhead as a share of
+compute, peak GPU memory per worker (CUDA only), worker start-up, candidates per hour, and ratios to
+the full fine-tune at 1 worker per GPU. On a CPU-only machine "per GPU" means "workers" (1 or 2),
+and the figures say nothing about GPUs.
+
+    python benchmarks/gpu_candidate.py --quick              # one H100: ~5 minutes
+    python benchmarks/gpu_candidate.py --n 16               # the full comparison
+    nice -n 10 python benchmarks/gpu_candidate.py --size tiny --n 4   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import string
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SIZES = {  # GPT-2 small is n_embd 768, 12 layers, 12 heads, vocabulary 50,257
+    "small": {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab": 50257, "prompt": 96, "completion": 32},
+    "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab": 512, "prompt": 24, "completion": 8},
+}
+ALPHABET = string.ascii_lowercase + " .,!?"
+LORA = "{r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}"
+
+
+def build_tokenizer(vocab: int):
+    """Character-level fast tokenizer whose vocabulary is padded with never-produced tokens up to ``vocab``,
+    so the model's output layer has the real size and any generated id decodes."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    table = {"<pad>": 0, "<eos>": 1, **{ch: i + 2 for i, ch in enumerate(ALPHABET)}}
+    table.update({f"<t{i}>": i for i in range(len(table), vocab)})
+    core = Tokenizer(WordLevel(table, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("<eos>|<pad>|."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
+
+
+def build_hub(root: Path, size: dict, pairs: int, heldout: int, seed: int) -> None:
+    """Policy (random weights), reward model and preference pairs, saved where ``task=hub`` reads them."""
+    import torch
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    tok = build_tokenizer(size["vocab"])
+    length = size["prompt"] + 2 * size["completion"] + 8
+    ids = dict(eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    policy = GPT2LMHeadModel(GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, length), n_embd=size["n_embd"],
+                                        n_layer=size["n_layer"], n_head=size["n_head"], **ids))
+    policy.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    reward = GPT2ForSequenceClassification(GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, length),
+                                                      n_embd=64, n_layer=2, n_head=2, num_labels=1, **ids))
+    reward.save_pretrained(root / "reward")
+    tok.save_pretrained(root / "reward")
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(ALPHABET) for _ in range(n))
+
+    rows = [{"prompt": text(size["prompt"]), "chosen": text(size["completion"]), "rejected": text(size["completion"])}
+            for _ in range(pairs + heldout)]
+    Dataset.from_list(rows).save_to_disk(str(root / "prefs"))
+    n_params = sum(p.numel() for p in policy.parameters())
+    print(f"model: GPT-2 {size['n_layer']} layers x {size['n_embd']}, vocabulary {size['vocab']}: "
+          f"{n_params / 1e6:.1f}M parameters; {pairs} pairs of {size['prompt']}+{size['completion']} characters")
+
+
+@dataclass
+class Measured:
+    name: str
+    workers: int
+    warm_up: float = 0.0
+    wall: float = 0.0
+    steps: list[float] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    peak_gpu_mb: list[float] = field(default_factory=list)
+    device: str = "?"
+    missing_layers: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def per_hour(self) -> float:
+        return 3600 * len(self.total) / self.wall if self.wall else 0.0
+
+
+class PeakRecorder:
+    """Passes every call to the real executor; keeps each train job's ``peak_gpu_mb`` (the archive does not)."""
+
+    def __init__(self, executor, measured: Measured):
+        self.executor, self.measured = executor, measured
+
+    def run(self, jobs):
+        for result in self.executor.run(jobs):
+            if result.ok and result.job.stage == "train" and result.data.get("peak_gpu_mb") is not None:
+                self.measured.peak_gpu_mb.append(float(result.data["peak_gpu_mb"]))
+            yield result
+
+    def warm_up(self) -> None:
+        self.executor.warm_up()
+
+    @property
+    def parallelism(self) -> int:
+        return self.executor.parallelism
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def measure(name: str, overrides: list[str], n: int) -> Measured:
+    from discopop.archive import Archive
+    from discopop.config import compose
+    from discopop.evaluate import Evaluator
+    from discopop.executors import make_executor
+    from discopop.loop import worker_spec
+    from discopop.proposers.reference import available, reference_candidate
+    from discopop.tasks import load_task
+    from discopop.tuning import LrProtocol
+
+    cfg, _ = compose(overrides)
+    load_task(cfg["task"])
+    measured = Measured(name, int(cfg["executor"]["workers"]))
+    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    recorder = PeakRecorder(executor, measured)
+    try:
+        started = time.perf_counter()
+        recorder.warm_up()
+        measured.warm_up = time.perf_counter() - started
+        report = getattr(executor, "sandbox_report", lambda: [])()
+        if report:
+            measured.device = f"{report[0].get('device')} ({report[0].get('precision')})"
+            measured.missing_layers = report[0].get("missing_layers") or {}
+        archive = Archive(Path(tempfile.mkdtemp()) / "archive.sqlite")
+        evaluator = Evaluator(archive, recorder, seed=0, protocol=LrProtocol.from_config(cfg["training"]))
+        names = [x for x in available() if x != "negated_dpo"]
+        width = recorder.parallelism
+        for start in range(0, n, width):
+            archive.conn.execute("DELETE FROM candidates")  # only behaviour duplicates within a batch remain
+            rows = []
+            for i in range(start, min(n, start + width)):
+                cand = reference_candidate(names[i % len(names)])
+                cand.name, cand.code = f"{cand.name}_{i}", cand.code + f"\n_RUN = {i}\n"  # distinct code hash
+                rows.append(archive.get(archive.add(cand, 1)))
+            started = time.perf_counter()
+            outcomes = list(evaluator.evaluate(rows))
+            measured.wall += time.perf_counter() - started
+            for outcome in outcomes:
+                secs = outcome.metrics.get("seconds", {})
+                if outcome.status != "scored":
+                    measured.failed.append(f"{outcome.status}: {outcome.error}")
+                    continue
+                measured.steps.append(secs.get("steps", 0.0))
+                measured.score.append(secs.get("score", 0.0))
+                measured.total.append(secs.get("total", 0.0))
+    finally:
+        recorder.close()
+    return measured
+
+
+def summary(m: Measured, base: Measured | None) -> str:
+    if not m.total:
+        return f"{m.name:<22} every candidate failed: {m.failed[:1]}"
+    steps, score, total = (statistics.fmean(v) for v in (m.steps, m.score, m.total))
+    overhead = total - steps - score
+    peak = f"{max(m.peak_gpu_mb):8.0f}" if m.peak_gpu_mb else f"{'-':>8}"
+    ratio = f"{m.per_hour / base.per_hour:5.2f}x" if base and base.per_hour else "  -  "
+    return (f"{m.name:<22} {m.workers:>2} {steps:8.2f} {score:8.2f} {overhead:9.2f} {overhead / (steps + score):8.1%} "
+            f"{total:8.2f} {peak} {m.warm_up:8.1f} {m.per_hour:9.0f} {ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--n", type=int, default=16, help="candidates per configuration")
+    parser.add_argument("--quick", action="store_true", help="4 candidates per configuration (~5 min on one H100)")
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--heldout", type=int, default=64, help="held-out prompts (half score the search)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--only", choices=("full", "lora"), default=None, help="one fine-tune kind only")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every configuration")
+    args = parser.parse_args()
+    n = 4 if args.quick else args.n
+
+    from discopop.devices import cuda_device_count, resolve_device
+
+    gpus = cuda_device_count()
+    device = resolve_device(args.device, gpus > 0)
+    precision = args.precision or ("bf16" if device == "cuda" else "fp32")
+    card = "CPU only: no GPU figures"
+    if device == "cuda":
+        import torch
+
+        card = f"{gpus} x {torch.cuda.get_device_name(0)}"
+    root = Path(tempfile.mkdtemp(prefix="discopop-gpu-bench-"))
+    build_hub(root, SIZES[args.size], args.pairs, args.heldout, seed=0)
+    size = SIZES[args.size]
+    common = [
+        "task=hub", f"task.model={root / 'policy'}", f"task.dataset={root / 'prefs'}",
+        f"task.reward_model={root / 'reward'}", f"task.heldout_prompts={args.heldout}",
+        f"task.max_new_tokens={size['completion']}", f"task.cache_dir={root / 'cache'}",
+        "training.epochs=1", f"training.lr_grid=[{args.lr}]", f"training.batch_size={args.batch_size}",
+        f"training.threads={args.threads}", f"training.device={device}", f"training.precision={precision}",
+        "training.train_timeout=1800", "training.check_timeout=120", "confirm.seeds=0", "wandb.mode=disabled",
+        *args.overrides,
+    ]
+    per_gpu_workers = max(1, gpus) if device == "cuda" else 1
+    kinds = [k for k in ("full", "lora") if args.only in (None, k)]
+    print(f"device: {device} ({card}), precision {precision}, {n} candidates per configuration, "
+          f"batch {args.batch_size}, 1 epoch over {round(0.85 * args.pairs)} pairs")
+    results: list[Measured] = []
+    for kind in kinds:
+        for per_gpu in (1, 2):
+            lora = [f"training.lora={LORA}"] if kind == "lora" else []
+            workers = per_gpu * per_gpu_workers
+            name = f"{kind}, {per_gpu}/{'GPU' if device == 'cuda' else 'CPU'}"
+            print(f"running {name} ({workers} worker(s)) ...", flush=True)
+            results.append(measure(name, [*common, *lora, f"executor.workers={workers}",
+                                          f"executor.workers_per_gpu={per_gpu}"], n))
+    print()
+    print(f"{'configuration':<22} {'w':>2} {'steps s':>8} {'score s':>8} {'overhead':>9} {'ovh/cmp':>8} "
+          f"{'total s':>8} {'peak MB':>8} {'start s':>8} {'cand/h':>9} ratio")
+    base = results[0]
+    for m in results:
+        print(summary(m, base))
+    by = {m.name.split(",")[0] + str(m.workers): m for m in results}
+    for kind in kinds:
+        one, two = by.get(f"{kind}{per_gpu_workers}"), by.get(f"{kind}{2 * per_gpu_workers}")
+        if one and two and one.per_hour:
+            print(f"{kind}: 2 vs 1 worker(s) per {'GPU' if device == 'cuda' else 'CPU'}: "
+                  f"{two.per_hour / one.per_hour:.2f}x candidates per hour")
+    full, lora = by.get(f"full{per_gpu_workers}"), by.get(f"lora{per_gpu_workers}")
+    if full and lora and full.total and lora.total:
+        ratio = statistics.fmean(lora.total) / statistics.fmean(full.total)
+        unit = "GPU" if device == "cuda" else "CPU"
+        text = f"LoRA vs full fine-tune at 1 per {unit}: {ratio:.2f}x time per candidate"
+        if full.peak_gpu_mb and lora.peak_gpu_mb:
+            text += f", {max(lora.peak_gpu_mb) / max(full.peak_gpu_mb):.2f}x peak GPU memory"
+        print(text)
+    for m in results:
+        if m.failed:
+            print(f"{m.name}: {len(m.failed)} failed, first: {m.failed[0]}")
+    if results and results[0].missing_layers:
+        lacking = results[0].missing_layers.items()
+        print("sandbox layers the workers lack: " + "; ".join(f"{k}: {v}" for k, v in lacking))
+
+
+if __name__ == "__main__":
+    main()
