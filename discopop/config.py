@@ -107,7 +107,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 
 def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
-    """Compose ``config.yaml`` with overrides; return (config as a plain dict, run directory)."""
+    """Compose ``config.yaml`` with overrides; return (config as a plain dict, ``auto`` resolved, run directory)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -127,6 +127,7 @@ def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
         raise ConfigError(_config_hint(_first_line(err))) from None
     finally:
         GlobalHydra.instance().clear()
+    resolve_auto(plain)
     return plain, run_dir
 
 
