@@ -11,11 +11,13 @@ baselines, so only the search is timed:
   evaluated together (the default).
 
 Workers are started before the clock starts (``warm_up``). Each arm's figure is candidates
-finished per hour of loop time; the ratios are against ``1 worker``. The arms' candidates are
+finished per hour of loop time; the ratios are against ``1 worker``. ``--passes 2`` runs the arms
+in the order A B C, then C B A (half the candidates each pass), so a machine whose load drifts
+(other jobs sharing the cores) favours no arm. The arms' candidates are
 not the same losses (the thread count changes round-off, k changes what is proposed when), so
 the fine-tunes per candidate are printed too: a ratio is only fair if those are close.
 
-    nice -n 10 python benchmarks/loop_workers.py --candidates 8
+    nice -n 10 python benchmarks/loop_workers.py --candidates 8 --passes 2
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ BASELINES = "[dpo,hinge,pfl,aqfl]"
 
 
 def run_arm(overrides: list[str], run_dir: Path, candidates: int) -> dict[str, float]:
+    """Warm the arm's workers, then time ``Loop.run`` over enough generations for ``candidates`` proposals."""
     cfg, _ = resolve_run(None, None, overrides)
     k = int(cfg["candidates_per_generation"])
     generations = -(-candidates // k)
@@ -63,6 +66,7 @@ def run_arm(overrides: list[str], run_dir: Path, candidates: int) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=8, help="new candidates per arm")
+    parser.add_argument("--passes", type=int, default=2, help="passes over the arms, alternating their order")
     parser.add_argument("--cores", type=int, default=min(2, usable_cores()), help="cores the arms may use")
     parser.add_argument("overrides", nargs="*", help="config overrides for every arm (e.g. task=sorting)")
     args = parser.parse_args()
@@ -80,15 +84,26 @@ def main() -> None:
         shared.mkdir()
         cfg, _ = resolve_run(0, None, [*common, "executor.workers=2", f"training.threads={half}"])
         Loop(cfg, shared, Display(0, console=Console(file=io.StringIO()), quiet=True)).run(0)
+        totals = {name: {"candidates": 0, "seconds": 0.0, "fine_tunes": 0.0} for name in arms}
+        per_pass = max(1, args.candidates // args.passes)
+        for number in range(args.passes):
+            order = list(arms) if number % 2 == 0 else list(reversed(arms))
+            for name in order:
+                run_dir = root / f"pass{number}-{name.replace(' ', '_').replace(',', '').replace('=', '_')}"
+                run_dir.mkdir()
+                shutil.copy(shared / ARCHIVE_NAME, run_dir / ARCHIVE_NAME)
+                r = run_arm([*common, *arms[name]], run_dir, per_pass)
+                totals[name]["candidates"] += r["candidates"]
+                totals[name]["seconds"] += r["seconds"]
+                totals[name]["fine_tunes"] += r["fine_tunes"] * r["candidates"]
+                print(f"pass {number + 1} {name:18}: {r['candidates']} candidates (k={r['k']}) in "
+                      f"{r['seconds']:.1f} s, {r['fine_tunes']:.2f} fine-tunes each", flush=True)
         results = {}
-        for name, arm in arms.items():
-            run_dir = root / name.replace(" ", "_").replace(",", "").replace("=", "_")
-            run_dir.mkdir()
-            shutil.copy(shared / ARCHIVE_NAME, run_dir / ARCHIVE_NAME)
-            results[name] = run_arm([*common, *arm], run_dir, args.candidates)
-            r = results[name]
-            print(f"{name:18}: {r['candidates']} candidates (k={r['k']}) in {r['seconds']:.1f} s = "
-                  f"{r['per_hour']:.0f}/hour, {r['fine_tunes']:.2f} fine-tunes per candidate", flush=True)
+        for name, t in totals.items():
+            results[name] = {"per_hour": t["candidates"] / t["seconds"] * 3600}
+            print(f"{name:18}: {t['candidates']} candidates in {t['seconds']:.1f} s = "
+                  f"{results[name]['per_hour']:.0f}/hour, {t['fine_tunes'] / t['candidates']:.2f} fine-tunes "
+                  "per candidate", flush=True)
         base = results["1 worker"]["per_hour"]
         for name in list(arms)[1:]:
             print(f"{name} / 1 worker = {results[name]['per_hour'] / base:.2f}x candidates per hour")
