@@ -24,11 +24,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback  # noqa: E402
+from transformers import GPT2LMHeadModel, PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-from discopop.tasks.synthetic import build_tokenizer  # noqa: E402
+from discopop.tiny import save_tiny, tiny_causal_lm  # noqa: E402
 from discopop.trl import DiscoveredLossDPOTrainer  # noqa: E402
 
 LRML = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "lrml.py"
@@ -36,13 +36,8 @@ LRML = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "lrml
 
 def setup(root: Path, pairs: int):
     """The embedded addition task's model shape (3 layers, 128 wide), random weights, saved locally."""
-    tok = build_tokenizer("0123456789+=")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=128, n_layer=3, n_head=4,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                       bos_token_id=tok.eos_token_id))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = tiny_causal_lm(width=128, layers=3, heads=4)
+    save_tiny(root / "model", model, tok)
     rows = [{"prompt": f"{i % 100:02d}+{(7 * i) % 100:02d}=", "chosen": str(i % 100 + (7 * i) % 100),
              "rejected": str(i % 100 + (7 * i) % 100 + 10)} for i in range(pairs)]
     return tok, Dataset.from_list(rows)

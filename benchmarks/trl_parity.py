@@ -26,11 +26,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM, PrinterCallback  # noqa: E402
+from transformers import GPT2LMHeadModel, MixtralForCausalLM, PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-from discopop.tasks.synthetic import build_tokenizer  # noqa: E402
+from discopop.tiny import save_tiny, tiny_causal_lm  # noqa: E402
 from discopop.trl import DiscoveredLossDPOTrainer  # noqa: E402
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
@@ -73,18 +73,8 @@ CASES = [
 
 
 def build(root: Path, moe: bool) -> tuple[Any, Dataset]:
-    tok = build_tokenizer("0123456789+=")
-    torch.manual_seed(0)
-    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.eos_token_id}
-    if moe:
-        model = MixtralForCausalLM(MixtralConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=16,
-            output_router_logits=True, router_aux_loss_coef=0.1, **ids))
-    else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2, **ids))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = tiny_causal_lm(experts=4, router_aux_loss_coef=0.1) if moe else tiny_causal_lm()
+    save_tiny(root / "model", model, tok)
     rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in PAIRS]
     return tok, Dataset.from_list(rows)
 

@@ -7,6 +7,7 @@ package (``discopop/conf``), so they are found after a non-editable install too.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,59 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container or ``taskset`` narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gpus_for_workers(training: dict[str, Any], executor: dict[str, Any]) -> int:
+    """GPUs the local workers would train on (0: they train on CPU); torch is imported only on a GPU host."""
+    if training.get("device", "auto") == "cpu" or executor.get("name", "local") != "local":
+        return 0
+    if not Path("/dev/nvidiactl").exists():  # no NVIDIA driver: skip importing torch just to learn that
+        return 0
+    from discopop.devices import cuda_device_count
+
+    gpus = executor.get("gpus", "auto")
+    return len(gpus) if isinstance(gpus, list) else cuda_device_count()
+
+
+def resolve_auto(cfg: dict[str, Any]) -> None:
+    """Replace ``auto`` settings by this machine's numbers, in place, before the config is recorded.
+
+    ``executor.workers: auto`` is one worker per ``training.threads`` cores, or, where workers train on
+    GPUs, one per GPU (``executor.workers_per_gpu`` each); ``candidates_per_generation: auto`` is one
+    proposal per worker. The run directory keeps the numbers, so ``--resume`` repeats them
+    on any machine; to reproduce a run elsewhere, copy its config (or set both explicitly).
+    """
+    executor = cfg.get("executor") or {}
+    if executor.get("workers") == "auto":
+        threads = cfg.get("training", {}).get("threads", 1)
+        threads = threads if isinstance(threads, int) and threads >= 1 else 1
+        gpus = gpus_for_workers(cfg.get("training", {}), executor)
+        per_gpu = executor.get("workers_per_gpu")
+        per_gpu = per_gpu if isinstance(per_gpu, int) and per_gpu >= 1 else 1
+        executor["workers"] = gpus * per_gpu if gpus else max(1, usable_cores() // threads)
+    if cfg.get("candidates_per_generation") == "auto" and isinstance(executor.get("workers"), int):
+        cfg["candidates_per_generation"] = executor["workers"]
+
+
+def _count(value: Any, key: str, minimum: int) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"{key} must be an integer >= {minimum} or auto, got {value!r}")
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Check values whose mistakes would otherwise surface late, deep inside a worker."""
     from discopop.proposers.reference import available
     from discopop.tasks.synthetic import LANGUAGES
 
     _require(int(cfg["generations"]) >= 0, f"generations must be >= 0, got {cfg['generations']}")
-    _require(int(cfg["candidates_per_generation"]) >= 1,
-             f"candidates_per_generation must be >= 1, got {cfg['candidates_per_generation']}")
+    _count(cfg["executor"].get("workers", 1), "executor.workers", 1)
+    _count(cfg["candidates_per_generation"], "candidates_per_generation", 1)
     unknown = [n for n in cfg["baselines"] if n not in available()]
     _require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(available())})")
     _require("dpo" in cfg["baselines"], "baselines must include dpo (the fresh-seed confirmation compares to it)")
@@ -68,7 +114,6 @@ def validate(cfg: dict[str, Any]) -> None:
     if task.get("kind", "synthetic") == "synthetic":
         _require(task["language"] in LANGUAGES,
                  f"task.language must be one of {', '.join(LANGUAGES)}, got {task['language']!r}")
-    _require(int(cfg["executor"].get("workers", 1)) >= 1, f"executor.workers must be >= 1, got {cfg['executor']}")
     from discopop.devices import check_executor, check_training
 
     try:
@@ -92,7 +137,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 
 def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
-    """Compose ``config.yaml`` with overrides; return (config as a plain dict, run directory)."""
+    """Compose ``config.yaml`` with overrides; return (config as a plain dict, ``auto`` resolved, run directory)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -112,6 +157,7 @@ def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
         raise ConfigError(_config_hint(_first_line(err))) from None
     finally:
         GlobalHydra.instance().clear()
+    resolve_auto(plain)
     return plain, run_dir
 
 
@@ -157,6 +203,7 @@ def resolve_run(generations: int | None, resume: str | None, overrides: list[str
         cfg, run_text = compose(overrides)
         run_dir = Path(run_text)
     try:
+        resolve_auto(cfg)
         validate(cfg)
     except (KeyError, TypeError) as err:
         raise ConfigError(f"invalid configuration: missing or malformed {err}") from None

@@ -112,6 +112,7 @@ class Evaluator:
         seconds: dict[int, dict[str, float]] = {}
         checks_of: dict[int, dict[str, Any]] = {}
         to_check: list[Row] = []
+        in_batch: dict[str, Row] = {}  # code hash -> the batch's first row with it
         for row in rows:
             started[row.id] = time.perf_counter()
             seconds[row.id] = {}
@@ -121,8 +122,11 @@ class Evaluator:
             except LossRejected as err:
                 yield (self._finish(row, Status.INVALID, error=f"static check: {err}", stage="static"))
                 continue
-            twin = self.archive.find_hash(code_hash(row.code))
-            if twin is not None and twin.id != row.id:
+            digest = code_hash(row.code)
+            # An earlier row of this batch counts too (it is still ``proposed``, so the archive skips it):
+            # identical code checks and trains identically, so only the first is run.
+            twin = self.archive.find_hash(digest) or in_batch.setdefault(digest, row)
+            if twin.id != row.id:
                 yield (self._finish(row, Status.DUPLICATE, error=f"same code as #{twin.id} ({twin.name})",
                                              stage="static"))
                 continue
@@ -132,7 +136,9 @@ class Evaluator:
             self.on_stage(row, "check")
         to_train: list[Row] = []
         known = self._known_behaviours()  # plus this batch's rows as they pass: a twin waiting to train counts
-        for result in self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check]):
+        # Results in row order, not finishing order: of two behaviour twins in one batch, the earlier row is kept.
+        checked = self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check])
+        for result in sorted(checked, key=lambda r: r.job.row_id):
             row = by_id[result.job.row_id]
             seconds[row.id]["check"] = result.seconds
             if not result.ok:
@@ -185,7 +191,8 @@ class Evaluator:
         by_id = {row.id: row for row in rows}
         while pending:
             jobs = [j for row_id, rates in pending.items() for j in self._train_jobs(by_id[row_id], rates)]
-            for result in self.executor.run(jobs):
+            done = sorted(self.executor.run(jobs), key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0))
+            for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
                 sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
                 sweeps[row_id].evaluations.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.confirmation import confirm
 from discopop.display import Display
 from discopop.evaluate import Evaluator, Outcome
-from discopop.executors import WorkerSpec, make_executor
+from discopop.executors import Executor, WorkerSpec, make_executor
 from discopop.judge import with_judge
 from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate
@@ -28,7 +29,7 @@ from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
 from discopop.status import REPAIRABLE_STATUSES, Status
-from discopop.tasks import load_task
+from discopop.tasks import Task, load_task
 from discopop.tracking import Tracker
 from discopop.tuning import LrProtocol
 
@@ -92,14 +93,31 @@ def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: 
     return owed
 
 
+def proposals_per_generation(setting: int | str, parallelism: int) -> int:
+    """``candidates_per_generation``: a number, or ``auto`` = one per worker, so a generation fills them all."""
+    if setting == "auto":
+        return max(1, int(parallelism))
+    return int(setting)
+
+
 class Loop:
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, display: Display):
+    """One discovery run on ``run_dir``'s archive.
+
+    ``proposer``, ``executor`` and ``task_meta`` default to what the config builds (the proposer,
+    the sandboxed worker pool, the task's facts); tests pass in-process stand-ins instead. The loop
+    closes the executor and the proposer when ``run`` ends.
+    """
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, display: Display, *, proposer: Proposer | None = None,
+                 executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.display = display
         self.archive = Archive(run_dir / ARCHIVE_NAME)
         self.seed = int(cfg["seed"])
-        self.proposer: Proposer = build_proposer(cfg["proposer"], seed=self.seed)
+        self.proposer: Proposer = proposer or build_proposer(cfg["proposer"], seed=self.seed)
+        self.executor = executor
+        self.task_meta = task_meta
         state = self.archive.get_state("proposer_state")
         if state is not None:
             self.proposer.load_state(state)
@@ -107,6 +125,11 @@ class Loop:
         self.best: float | None = None
 
     def _record(self, outcomes) -> list[Outcome]:
+        """Show and log each outcome as it comes; then tell the proposer, in row order.
+
+        Outcomes arrive in the order workers finish, which timing decides; the proposer learns of
+        them in archive order, so what it sees (and so the run) does not depend on timing.
+        """
         recorded = []
         for out in outcomes:
             recorded.append(out)
@@ -116,6 +139,9 @@ class Loop:
             self.display.finished(row, out.status, out.fitness, out.error)
             self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
                                        self.best)
+        recorded.sort(key=lambda o: o.row_id)
+        for out in recorded:
+            row = self.archive.get(out.row_id)
             if row.proposer == self.proposer.name:
                 self.proposer.observe(row.history_entry())  # read after the outcome was archived
         return recorded
@@ -142,45 +168,58 @@ class Loop:
         """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each.
 
         ``attempts`` gives, per failed row, the attempt its repair would be (default 1: a fresh proposal).
+        Repairs go in waves: every failure of a wave is sent back (in row order), and the fixes are
+        evaluated together, so they share the workers; their failures make the next wave.
         """
         max_repairs = self.proposer.max_repairs
-        queue = [(o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE_STATUSES]
-        while queue:
-            failed, attempt = queue.pop(0)
-            if attempt > max_repairs or failed.row_id not in candidates:
-                continue
-            fixed = self.proposer.repair(candidates[failed.row_id], failed.row_id, failed.error or "", attempt)
-            if fixed is None:
-                continue
-            fixed.parent_ids = [failed.row_id]
-            row_id = self._add(fixed, generation)
-            candidates[row_id] = fixed
-            for out in self._process(evaluator, [row_id]):
-                if out.status in REPAIRABLE_STATUSES:
-                    queue.append((out, attempt + 1))
+        wave = sorted(((o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE_STATUSES),
+                      key=lambda item: item[0].row_id)
+        while wave:
+            fixes: dict[int, int] = {}  # new row id -> its attempt
+            for failed, attempt in wave:
+                if attempt > max_repairs or failed.row_id not in candidates:
+                    continue
+                fixed = self.proposer.repair(candidates[failed.row_id], failed.row_id, failed.error or "", attempt)
+                if fixed is None:
+                    continue
+                fixed.parent_ids = [failed.row_id]
+                row_id = self._add(fixed, generation)
+                candidates[row_id] = fixed
+                fixes[row_id] = attempt
+            wave = [(out, fixes[out.row_id] + 1) for out in self._process(evaluator, list(fixes))
+                    if out.status in REPAIRABLE_STATUSES]
 
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
-        """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported."""
+        """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported.
+
+        Returns the outcomes in row order."""
         rows = [self.archive.get(i) for i in ids]
         decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != Status.PROPOSED]
-        return self._record(decided) + self._evaluate_ids(evaluator, ids)
+        return sorted(self._record(decided) + self._evaluate_ids(evaluator, ids), key=lambda o: o.row_id)
 
     def _add(self, candidate, generation: int) -> int:
         if candidate.error:
             return self.archive.add(candidate, generation, status=Status.INVALID, error=candidate.error)
         return self.archive.add(candidate, generation)
 
-    def run(self, generations: int) -> RunSummary:
-        started = time.perf_counter()
+    def _load_task(self) -> Task:
+        """Build (or read from the cache) the task, and say what it is."""
         task = load_task(self.cfg["task"], log=self.display.log)
         ref_reward = task.meta.get("sft_heldout_reward")
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
+        return task
+
+    def run(self, generations: int) -> RunSummary:
+        started = time.perf_counter()
+        # Injected task facts (tests) mean no task object: nothing to judge, the executor scores alone.
+        task = None if self.task_meta is not None else self._load_task()
+        meta = dict(task.meta) if task is not None else self.task_meta
         self.proposer.set_facts(  # the LLM is told what fitness is in this run
-            FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
-        executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
+            FitnessFacts.from_run(self.cfg, meta, self.archive.rows()))
+        executor = self.executor or make_executor(self.cfg["executor"], worker_spec(self.cfg))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
-        executor = with_judge(executor, self.cfg["task"], task, self.run_dir, getattr(self.proposer, "meter", None))
+        executor = with_judge(executor, self.cfg["task"], task, self.run_dir, self.proposer.meter)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
                               on_stage=self.display.stage)
         stopped = None
@@ -202,7 +241,10 @@ class Loop:
             self.display.set_generation("baselines")
             ids = [self._add(reference_candidate(n), 0) for n in self.cfg["baselines"] if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
-            k = int(self.cfg["candidates_per_generation"])
+            # With W workers, W proposals per generation (auto), all from the same history: the
+            # cascade runs them together, so every worker is busy and timing never decides what
+            # the proposer saw (docs/DESIGN.md, "No idle workers").
+            k = proposals_per_generation(self.cfg["candidates_per_generation"], executor.parallelism)
             for generation in range(int(self.archive.get_state("generations_done", 0)) + 1, generations + 1):
                 self.display.set_generation(f"gen {generation}/{generations}")
                 candidates = self.proposer.propose(self.archive.history(), k, generation)

@@ -20,7 +20,9 @@ TINY_TASK = [
     "task.heldout_prompts=64", "task.search_prompts=32",
 ]
 SMALL_RUN = [
-    *TINY_TASK, "training.batch_size=16", "training.threads=1", "training.epochs=1", "baselines=[dpo,lrml]",
+    # Two workers whatever the machine (the default, auto, would start one per core): so two proposals a generation.
+    *TINY_TASK, "training.batch_size=16", "training.threads=1", "executor.workers=2", "training.epochs=1",
+    "baselines=[dpo,lrml]",
     "training.lr_grid=[5e-6,2e-5]",
     "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
 ]

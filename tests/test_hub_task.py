@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from discopop.losses import load_loss
 from discopop.tasks import load_task
-from discopop.tasks.synthetic import build_tokenizer
+from discopop.tiny import save_tiny, tiny_causal_lm, tiny_reward_model
 from discopop.training import FineTuner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,14 +26,8 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz .!?"
 def hub_dir(tmp_path_factory) -> Path:
     """A 'hub' on disk: policy, reward model and a preference dataset, all save_pretrained / save_to_disk."""
     root = tmp_path_factory.mktemp("hub")
-    tok = build_tokenizer(ALPHABET)
-    torch.manual_seed(0)
-    small = dict(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                 eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    GPT2LMHeadModel(GPT2Config(**small)).save_pretrained(root / "policy")
-    tok.save_pretrained(root / "policy")
-    GPT2ForSequenceClassification(GPT2Config(**small, num_labels=1)).save_pretrained(root / "reward")
-    tok.save_pretrained(root / "reward")
+    save_tiny(root / "policy", *tiny_causal_lm(ALPHABET, positions=64))
+    save_tiny(root / "reward", *tiny_reward_model(ALPHABET, positions=64, seed=1))
     words = ["good", "great", "bad", "fine", "nice", "poor", "ok", "fun"]
     rows = [{"question": f"say {a} {b}", "better": f" {a}!", "worse": f" {b}."} for a in words for b in words if a != b]
     Dataset.from_list(rows).save_to_disk(str(root / "prefs"))
@@ -79,8 +72,8 @@ def test_discover_runs_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None:
     overrides = [f"task.{k}={v}" for k, v in hub_cfg(hub_dir, tmp_path / "cache").items()
                  if k not in ("name", "kind", "tokenizer")]
     args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
-            "training.batch_size=8", "training.threads=1", "confirm.seeds=0", "wandb.mode=disabled",
-            f"hydra.run.dir={run_dir}"]
+            "training.batch_size=8", "training.threads=1", "executor.workers=1", "confirm.seeds=0",
+            "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "WANDB_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -206,10 +199,7 @@ def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, 
     tldr, _ = resolve_run(1, None, ["task=tldr"])
     assert imdb["task"]["reward_model"] == "lvwerra/distilbert-imdb" and imdb["task"]["reward_index"] == 1
     assert tldr["task"]["reward_model"] is None and tldr["task"]["judge"]["model"] == "gpt-4o-mini"
-    tok = build_tokenizer(ALPHABET)
-    small = dict(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2, pad_token_id=tok.pad_token_id)
-    GPT2ForSequenceClassification(GPT2Config(**small, num_labels=2)).save_pretrained(tmp_path / "sentiment")
-    tok.save_pretrained(tmp_path / "sentiment")
+    save_tiny(tmp_path / "sentiment", *tiny_reward_model(ALPHABET, positions=64, num_labels=2))
     local = [f"task.model={hub_dir / 'policy'}", f"task.dataset={hub_dir / 'prefs'}", "task.prompt_column=question",
              "task.chosen_column=better", "task.rejected_column=worse", "task.heldout_prompts=8",
              f"task.cache_dir={tmp_path / 'cache'}"]

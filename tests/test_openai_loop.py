@@ -1,17 +1,23 @@
-"""``discover proposer=openai`` end to end: the real CLI, the real loop, a real loopback HTTP server.
+"""``proposer=openai`` in whole runs: the real loop and proposer against a real loopback HTTP server.
 
 ``tests/test_openai_proposer.py`` covers the proposer alone; this file checks what only the whole
 run can show: every answer (good, malformed, broken, rate-limited) becomes an archive row with its
 reason, repairs are asked for with the error and archived as children of the failure, tokens and
-model are recorded per row, stops (bad key, budget) exit 3 with one line and leave a resumable
-archive, and the API key (given only through an environment variable) is never written anywhere.
+model are recorded per row, stops (bad key, budget) end the run with one line and leave a
+resumable archive, and the API key (given only through an environment variable) is never written
+anywhere.
 
-Each test runs ``discover`` as a subprocess on the tiny task (~15 s a run, mostly imports and
-worker start-up) and scripts the server's replies in the order the loop will ask for them.
+The bad-key test runs the real ``discover`` console script (a subprocess, sandboxed workers, the
+tiny task: ~15 s a run, mostly imports and worker start-up), so exit codes and resuming through
+the CLI are covered end to end. The others run ``Loop`` in this process with the scripted
+executor (``scripted_executor.py``: no worker, milliseconds), as the subject is the proposer and
+the loop, not training. Every test scripts the server's replies in the order the loop asks for
+them: one worker, so one proposal a generation.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -21,6 +27,12 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_RUN
 from openai_server import FakeOpenAIServer, completion, error
+from rich.console import Console
+from scripted_executor import Script, ScriptedExecutor
+
+from discopop.config import create_run_dir, record_run, resolve_run
+from discopop.display import Display
+from discopop.loop import Loop, RunSummary
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_ENV = "DISCOPOP_LOOP_TEST_KEY"
@@ -29,7 +41,9 @@ MODEL = "test-model"
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "(policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)"
 # Fast retries so a test never waits; confirmation off (it re-trains winners: slow and not under test here).
-FAST = ["proposer.backoff_base=0.01", "proposer.backoff_max=0.05", "proposer.max_retries=2", "confirm.seeds=0"]
+FAST = ["proposer.backoff_base=0.01", "proposer.backoff_max=0.05", "proposer.max_retries=2", "confirm.seeds=0",
+        "executor.workers=1"]
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")
 
 
 def variant(i: int) -> tuple[str, str]:
@@ -60,8 +74,7 @@ def server(monkeypatch):
 
 def discover(args: list[str], cache_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the real console script with the key in the environment only (and no proxy in the way)."""
-    env = {k: v for k, v in os.environ.items()
-           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
     env.update({KEY_ENV: KEY, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "NO_PROXY": "*"})
     return subprocess.run(["discover", "--quiet", *args], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=REPO)
@@ -70,6 +83,32 @@ def discover(args: list[str], cache_dir: Path, timeout: int = 240) -> subprocess
 def new_run(run_dir: Path, server: FakeOpenAIServer, generations: int, *extra: str) -> list[str]:
     return ["--generations", str(generations), *SMALL_RUN, *FAST, "proposer=openai", f"proposer.model={MODEL}",
             f"proposer.base_url={server.url}", f"proposer.api_key_env={KEY_ENV}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def run_in_process(args: list[str], monkeypatch, resume: Path | None = None) -> tuple[RunSummary, str]:
+    """What ``discover`` does (config resolved and recorded in the run directory, then ``Loop.run``), in this
+    process, with the scripted executor in place of the workers; returns the summary and the console text."""
+    for name in list(os.environ):
+        if name.lower() in PROXY_VARS:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("NO_PROXY", "*")
+    generations = int(args[args.index("--generations") + 1]) if "--generations" in args else None
+    overrides = [a for a in args if "=" in a]
+    cfg, run_dir = resolve_run(generations, str(resume) if resume else None, overrides)
+    create_run_dir(run_dir)
+    record_run(cfg, run_dir, overrides, resumed=resume is not None)
+    console = Console(file=io.StringIO(), width=300)
+    scripts = {"dpo": Script(fitness=0.80), "lrml": Script(fitness=0.82)}
+    executor = ScriptedExecutor(scripts, default=lambda name: Script(fitness=0.5 + len(name) / 100),
+                                workers=int(cfg["executor"]["workers"]))
+    loop = Loop(cfg, run_dir, Display(0, console=console, quiet=True), executor=executor,
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+    try:
+        summary = loop.run(int(cfg["generations"]))
+    finally:
+        loop.archive.close()
+    return summary, console.file.getvalue()
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -91,9 +130,10 @@ def user_turn(body: dict) -> str:
     return body["messages"][-1]["content"]
 
 
-def assert_key_never_written(run_dir: Path, *outputs: subprocess.CompletedProcess) -> None:
+def assert_key_never_written(run_dir: Path, *outputs: subprocess.CompletedProcess | str) -> None:
     for out in outputs:
-        assert KEY not in out.stdout and KEY not in out.stderr
+        text = out if isinstance(out, str) else out.stdout + out.stderr
+        assert KEY not in text
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), f"the API key was written to {path}"
@@ -101,7 +141,7 @@ def assert_key_never_written(run_dir: Path, *outputs: subprocess.CompletedProces
     assert f"api_key_env: {KEY_ENV}" in saved  # only the variable's name is kept
 
 
-def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path, cache_dir, server):
+def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path, server, monkeypatch):
     malformed = "I would make the loss smoother, maybe with a softplus on the margin."
     server.push(
         completion(answer(1), prompt_tokens=1200, completion_tokens=300),   # gen 1: a good proposal
@@ -113,9 +153,9 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
         completion(answer(5)),                                              #   the retry
     )
     run_dir = tmp_path / "run"
-    out = discover(new_run(run_dir, server, 4, "+proposer.prices.test-model={prompt:0.01,completion:0.03}"),
-                   cache_dir)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    prices = "+proposer.prices.test-model={prompt:0.01,completion:0.03}"
+    summary, out = run_in_process(new_run(run_dir, server, 4, prices), monkeypatch)
+    assert summary.stopped is None, out[-3000:]
 
     found = rows(run_dir)
     assert [(r["generation"], r["proposer"], r["status"]) for r in found] == [
@@ -156,9 +196,8 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
     shown = first if first["fitness"] >= retried["fitness"] else retried
     curve = [shown["metrics"]["train"][k] for k in ("loss_start", "loss_mid", "loss_end")]
     assert f"held-out reward {shown['metrics']['reward']:.4f}" in gen4
-    assert " → ".join(f"{v:.4g}" for v in curve) in gen4 and "Measured behaviour (x = beta*rho)" in gen4
+    assert " → ".join(f"{v:.4g}" for v in curve) in gen4
     assert f"id {bad['id']} `scaled_dpo_3` (invalid) at stage static: static check:" in gen4
-    assert "Leaderboard" in out.stdout
     assert_key_never_written(run_dir, out)
 
 
@@ -193,9 +232,7 @@ def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache
     assert_key_never_written(run_dir, stopped, resumed)
 
 
-# slow: the bad-key test covers stop-and-resume in the default suite; this adds the budget path
-@pytest.mark.slow
-def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, cache_dir, server):
+def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, server, monkeypatch):
     # $0.02 a request against a $0.05 budget: the third request (gen 3) crosses it, and the stop comes
     # when gen 3's broken answer would be sent back for repair. Conversation mode, so the feedback the
     # loop hands the proposer through observe() is visible in what the server receives.
@@ -204,9 +241,9 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, c
     run_dir = tmp_path / "run"
     budget = ["proposer.history_mode=conversation", "proposer.max_cost_usd=0.05",
               "+proposer.prices.test-model={prompt:1.0,completion:1.0}"]
-    stopped = discover(new_run(run_dir, server, 5, *budget), cache_dir)
-    assert stopped.returncode == 3, stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    [line] = [line for line in stopped.stdout.splitlines() if "run stopped" in line]
+    summary, stopped = run_in_process(new_run(run_dir, server, 5, *budget), monkeypatch)
+    assert summary.stopped is not None, stopped[-3000:]
+    [line] = [line for line in stopped.splitlines() if "run stopped" in line]
     assert "budget of $0.05 reached after 3 requests ($0.0600 spent)" in line
     assert len(server.requests) == 3  # the repair request was never sent
     before = rows(run_dir)
@@ -217,8 +254,8 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, c
     assert f"`scaled_dpo_1` (id {before[2]['id']}): fitness" in user_turn(server.bodies()[1])
 
     server.push(*[completion(answer(i), prompt_tokens=10, completion_tokens=10) for i in (4, 5, 6)])
-    resumed = discover(["--resume", str(run_dir), "proposer.max_cost_usd=1.0"], cache_dir)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary, resumed = run_in_process(["proposer.max_cost_usd=1.0"], monkeypatch, resume=run_dir)
+    assert summary.stopped is None, resumed[-3000:]
     after = rows(run_dir)
     assert after[:5] == before
     # The repair the budget stop left owed is asked first (attempt 1 of gen 3's broken answer), then gens 4-5.

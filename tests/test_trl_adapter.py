@@ -6,25 +6,20 @@ import inspect
 from pathlib import Path
 
 import pytest
-import torch
 import trl
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
-from discopop.tasks.synthetic import build_tokenizer
+from discopop.tiny import save_tiny, tiny_causal_lm
 from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 
 
 def tiny_setup(tmp_path: Path):
-    tok = build_tokenizer("0123456789+=")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    model, tok = tiny_causal_lm()
+    save_tiny(tmp_path / "model", model, tok)
     rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
             for a, b in [(1, 2), (13, 7), (40, 41), (9, 9), (25, 30), (77, 11), (5, 60), (33, 33)]]
     return tok, Dataset.from_list(rows)

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM
+from transformers import GPT2LMHeadModel, MixtralForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from discopop.tasks.synthetic import build_tokenizer
+from discopop.tiny import save_tiny, tiny_causal_lm
 from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
@@ -39,19 +39,9 @@ L = 3
 
 def build(tmp_path: Path, moe: bool = False):
     """A tiny model saved locally (GPT-2, or a 4-expert Mixtral), its tokenizer and equal-length pairs."""
-    tok = build_tokenizer("0123456789+=")
-    torch.manual_seed(0)
-    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.eos_token_id}
-    if moe:
-        # router_aux_loss_coef raised from Mixtral's 0.001 so a dropped aux loss could not hide under 1e-5.
-        model = MixtralForCausalLM(MixtralConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=16,
-            output_router_logits=True, router_aux_loss_coef=0.1, **ids))
-    else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2, **ids))
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    # router_aux_loss_coef raised from Mixtral's 0.001 so a dropped aux loss could not hide under 1e-5.
+    model, tok = tiny_causal_lm(experts=4, router_aux_loss_coef=0.1) if moe else tiny_causal_lm()
+    save_tiny(tmp_path / "model", model, tok)
     rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in PAIRS]
     assert all(len(r["chosen"]) == len(r["rejected"]) == L - 1 for r in rows)
     return tok, Dataset.from_list(rows)

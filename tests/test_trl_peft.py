@@ -11,11 +11,11 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
 from discopop.losses import load_loss
-from discopop.tasks.synthetic import build_tokenizer
+from discopop.tiny import save_tiny, tiny_causal_lm
 from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
@@ -33,12 +33,8 @@ def lora_config() -> LoraConfig:
 def base(tmp_path_factory) -> tuple[Path, object, Dataset]:
     """A tiny GPT-2 saved locally, its character tokenizer, and eight preference pairs."""
     path = tmp_path_factory.mktemp("peft") / "model"
-    tok = build_tokenizer("0123456789+=")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=32, n_layer=1, n_head=2,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    model, tok = tiny_causal_lm()
+    save_tiny(path, model, tok)
     rows = [{"prompt": f"{a:02d}+{b:02d}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in PAIRS]
     return path, tok, Dataset.from_list(rows)
 

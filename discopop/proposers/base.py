@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from discopop.metering import Meter
     from discopop.proposers.facts import FitnessFacts
 
 
@@ -64,6 +65,11 @@ class Proposer(ABC):
 
     name: str = "proposer"
     max_repairs: int = 0  # repair attempts the loop may ask for per failed candidate
+
+    @property
+    def meter(self) -> Meter | None:
+        """The run's token and dollar meter if this proposer spends money (an LLM judge counts into it too)."""
+        return None
 
     @abstractmethod
     def propose(self, history: list[HistoryEntry], k: int, generation: int) -> list[Candidate]:
