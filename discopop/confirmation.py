@@ -42,16 +42,22 @@ def reference_row(archive: Archive, name: str) -> Row | None:
     return rows[0] if rows else None
 
 
+def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
+    """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness)."""
+    standing = archive.standings()
+    key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
+    return sorted(rows, key=lambda r: (-key[r.id], r.id))
+
+
 def best_reference(archive: Archive) -> Row | None:
-    """The reference loss with the best search fitness in this run."""
-    rows = archive.rows("proposer = 'reference' AND status = 'scored'")
-    return max(rows, key=lambda r: r.fitness if r.fitness is not None else -math.inf) if rows else None
+    """The reference loss with the best search fitness in this run (lower confidence bound over its seeds)."""
+    rows = _by_selection(archive, archive.rows("proposer = 'reference' AND status = 'scored'"))
+    return rows[0] if rows else None
 
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:
-    """Best scored non-reference candidates by search fitness."""
-    rows = archive.rows("status = 'scored' AND proposer != 'reference'")
-    return sorted(rows, key=lambda r: r.fitness if r.fitness is not None else -math.inf, reverse=True)[:k]
+    """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
+    return _by_selection(archive, archive.rows("status = 'scored' AND proposer != 'reference'"))[:k]
 
 
 def learning_rate(row: Row) -> float | None:

@@ -26,6 +26,7 @@ from discopop.proposers.base import Candidate
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
+from discopop.seed_race import RacePolicy
 from discopop.tasks import load_task
 from discopop.tracking import Tracker
 from discopop.tuning import LrProtocol
@@ -181,7 +182,7 @@ class Loop:
             FitnessFacts.from_run(self.cfg, task.meta, self.archive.rows()))
         executor = make_executor(self.cfg["executor"], worker_spec(self.cfg))
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
-                              on_stage=self.display.stage)
+                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
         stopped = None
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")

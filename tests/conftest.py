@@ -23,6 +23,7 @@ SMALL_RUN = [
     *TINY_TASK, "training.batch_size=16", "training.threads=1", "training.epochs=1", "baselines=[dpo,lrml]",
     "training.lr_grid=[5e-6,2e-5]",
     "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
+    "selection.max_seeds=1",  # no seed race here (its cost): tests/test_seed_race.py runs it
 ]
 
 

@@ -50,6 +50,18 @@ class HistoryEntry:
     thought: str = ""
     # How the loss pushes, in a few words (``diagnostics.compact`` of its checks); "" if not measured.
     diagnostics: str = ""
+    # Noise-aware selection (``seed_race``): mean search fitness over its seeds at the chosen learning rate,
+    # its lower confidence bound, and the number of seeds (0 for a row that is not scored).
+    fitness_mean: float | None = None
+    fitness_lcb: float | None = None
+    fitness_seeds: int = 0
+    # The behaviour cell of its gradient profile (``behaviour_map.cell``); None if not measured.
+    behaviour_cell: tuple[int, ...] | None = None
+
+    @property
+    def selection_fitness(self) -> float | None:
+        """What selection ranks by: the lower confidence bound when known, else the one search fitness."""
+        return self.fitness_lcb if self.fitness_lcb is not None else self.fitness
 
 
 class Proposer(ABC):
