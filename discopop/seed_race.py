@@ -159,7 +159,9 @@ def seeds_wanted(mine: SeedScores, tried: int, reference: bool, bar: float, poli
 
 def summary(seeds: list[int], values: list[float | None], learning_rate: float | None,
             failed: str | None) -> dict[str, Any]:
-    """What ``metrics.race`` keeps: per-seed fitness (None where a seed failed), their mean, std and count."""
+    """What ``metrics.race`` keeps: per-seed fitness (None where a seed failed) in seed order, mean, std, count."""
+    pairs = sorted(zip(seeds, values, strict=True), key=lambda pair: pair[0])  # not the order runs finished in
+    seeds, values = [s for s, _ in pairs], [v for _, v in pairs]
     ok = [v for v in values if v is not None]
     scores = SeedScores(tuple(ok)) if ok else None
     return {"seeds": seeds, "fitness": values, "learning_rate": learning_rate, "failed": failed,
