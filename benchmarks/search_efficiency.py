@@ -19,7 +19,7 @@ fitness among evolved rows after each generation) of both arms. Everything is re
 (read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
 
 A full 5 x 50 run takes hours on 2 CPU cores. An interrupted benchmark continues where it stopped when run
-again with the same ``--out`` (each run is resumed).
+again with the same ``--out`` (each run is resumed); ``--no-run`` only analyses the runs already there.
 """
 
 from __future__ import annotations
@@ -197,12 +197,17 @@ def main() -> None:
     parser.add_argument("--confirm-seeds", type=int, default=5, help="fresh seeds of each run's confirmation")
     parser.add_argument("--arms", nargs="+", default=["feedback", "none"], choices=["feedback", "none"])
     parser.add_argument("--out", type=Path, default=Path("runs/search_efficiency"))
+    parser.add_argument("--no-run", action="store_true", help="only analyse the runs already in --out")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every run (after --)")
     args = parser.parse_args()
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
     for seed in range(args.seeds):
         print(f"run seed {seed}", flush=True)
-        dirs = run_arms(args.out, seed, args.generations, args.confirm_seeds, args.arms, args.overrides)
+        if args.no_run:
+            dirs = {arm: args.out / f"seed{seed}" / arm for arm in args.arms
+                    if (args.out / f"seed{seed}" / arm / ARCHIVE_NAME).is_file()}
+        else:
+            dirs = run_arms(args.out, seed, args.generations, args.confirm_seeds, args.arms, args.overrides)
         for arm, run in dirs.items():
             results[arm][seed] = analyse(run, args.generations)
     report(results, args.generations)
