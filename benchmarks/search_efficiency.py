@@ -54,7 +54,9 @@ def run_arms(out: Path, seed: int, generations: int, confirm_seeds: int, arms: l
              overrides: list[str]) -> dict[str, Path]:
     """The baselines once, then one resumed run per arm (each resumed again if the benchmark is re-run)."""
     base = out / f"seed{seed}" / "baselines"
-    if not (base / ARCHIVE_NAME).is_file():
+    if (base / ARCHIVE_NAME).is_file():  # finish what an interrupted benchmark left (a no-op when complete)
+        discover(["--resume", str(base), "--generations", "0"])
+    else:
         discover(["--generations", "0", f"seed={seed}", "confirm.seeds=0", f"hydra.run.dir={base}", *overrides])
     dirs = {}
     for arm in arms:
@@ -192,7 +194,8 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="independent run seeds (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=5, help="independent run seeds (first-seed .. first-seed+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--generations", type=int, default=50)
     parser.add_argument("--confirm-seeds", type=int, default=5, help="fresh seeds of each run's confirmation")
     parser.add_argument("--arms", nargs="+", default=["feedback", "none"], choices=["feedback", "none"])
@@ -201,7 +204,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every run (after --)")
     args = parser.parse_args()
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         print(f"run seed {seed}", flush=True)
         if args.no_run:
             dirs = {arm: args.out / f"seed{seed}" / arm for arm in args.arms
