@@ -54,6 +54,23 @@ def test_race_seeds_are_neither_the_search_seed_nor_confirmation_seeds() -> None
     assert len(seeds) == 99 and 7 not in seeds and not set(seeds) & set(fresh_seeds(7, 100))
 
 
+def test_a_failed_seed_stops_the_race_and_the_summary_keeps_seed_order() -> None:
+    from discopop.evaluate import Race
+
+    race = Race(2e-5, [0], [0.9])
+    race.add(501, 0.92, None)  # runs finish in any order
+    race.add(500, None, "train: worker died")
+    race.add(502, float("nan"), None)
+    assert race.failed == "seed 500: train: worker died"
+    summary = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
+    assert summary["seeds"] == [0, 500, 501, 502] and summary["fitness"] == [0.9, None, 0.92, None]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx(0.91)
+    assert summary["std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
+    scores = seed_race.scores_of("scored", 0.9, {"race": summary})
+    assert scores == SeedScores((0.9, 0.92))
+    assert seed_race.scores_of("train_failed", None, {"race": summary}) is None
+
+
 @pytest.mark.parametrize("override, words", [
     ("selection.max_seeds=0", "selection.max_seeds must be in 1..100"),
     ("selection.top_k=0", "selection.top_k must be >= 1"),
