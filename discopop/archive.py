@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from discopop import seed_race
+from discopop.behaviour_map import cell as behaviour_cell
 from discopop.diagnostics import compact
 from discopop.losses import code_hash
 from discopop.proposers.base import Candidate, HistoryEntry
@@ -111,11 +113,19 @@ class Row:
     created_at: str
     finished_at: str | None
 
-    def history_entry(self) -> HistoryEntry:
+    def seed_scores(self) -> seed_race.SeedScores | None:
+        """Its search fitness per seed at the chosen learning rate (None unless scored)."""
+        return seed_race.scores_of(self.status, self.fitness, self.metrics)
+
+    def history_entry(self, standing: seed_race.Standing | None = None) -> HistoryEntry:
+        """The row as a proposer sees it; ``standing`` (from ``Archive.standings``) adds its selection figures."""
+        diagnostics = (self.metrics.get("checks") or {}).get("diagnostics")
         return HistoryEntry(
             id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
             fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
-            thought=self.thought, diagnostics=compact((self.metrics.get("checks") or {}).get("diagnostics")),
+            thought=self.thought, diagnostics=compact(diagnostics),
+            fitness_mean=standing.mean if standing else None, fitness_lcb=standing.lcb if standing else None,
+            fitness_seeds=scores.values if (scores := self.seed_scores()) else (), behaviour_cell=behaviour_cell(diagnostics),
             **feedback_fields(self.metrics),
         )
 
@@ -282,8 +292,19 @@ class Archive:
         found = self.rows("id=?", (row_id,))
         return found[0] if found else None
 
+    def selection_policy(self) -> seed_race.RacePolicy:
+        """The run's selection policy, as the evaluator recorded it (defaults for an older archive)."""
+        return seed_race.RacePolicy.from_state(self.get_state(seed_race.STATE_KEY))
+
+    def standings(self, rows: list[Row] | None = None) -> dict[int, seed_race.Standing]:
+        """Every scored row's mean, lower confidence bound and seed count (noise pooled over the run)."""
+        rows = self.rows() if rows is None else rows
+        return seed_race.standings(((r.id, r.seed_scores()) for r in rows), self.selection_policy())
+
     def history(self) -> list[HistoryEntry]:
-        return [r.history_entry() for r in self.rows()]
+        rows = self.rows()
+        standing = self.standings(rows)
+        return [r.history_entry(standing.get(r.id)) for r in rows]
 
     def find_hash(self, digest: str) -> Row | None:
         found = self.rows("code_hash=? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))

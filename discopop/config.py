@@ -78,6 +78,7 @@ def _count(value: Any, key: str, minimum: int) -> None:
 def validate(cfg: dict[str, Any]) -> None:
     """Check values whose mistakes would otherwise surface late, deep inside a worker."""
     from discopop.proposers.reference import available
+    from discopop.seed_race import RacePolicy
     from discopop.tasks.synthetic import LANGUAGES
 
     _require(int(cfg["generations"]) >= 0, f"generations must be >= 0, got {cfg['generations']}")
@@ -123,7 +124,16 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(str(err)) from None
     _require(int(cfg["confirm"]["seeds"]) >= 0 and int(cfg["confirm"]["top_k"]) >= 0,
              "confirm.seeds and confirm.top_k must be >= 0")
+    try:
+        RacePolicy.from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     proposer = cfg["proposer"]
+    if proposer.get("name") == "evolution":
+        _require(proposer.get("history_mode", "feedback") in ("feedback", "none"),
+                 f"proposer.history_mode must be feedback or none, got {proposer.get('history_mode')!r}")
+        _require(proposer.get("population", "cells") in ("cells", "flat"),
+                 f"proposer.population must be cells or flat, got {proposer.get('population')!r}")
     if proposer.get("name") == "openai":
         # Checked before anything is written: a key pasted here by mistake must not reach the run directory.
         _require("api_key" not in proposer, "proposer.api_key is not a setting: put the key in an environment "

@@ -43,14 +43,22 @@ def reference_row(archive: Archive, name: str) -> Row | None:
     return rows[0] if rows else None
 
 
+def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
+    """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness)."""
+    standing = archive.standings()
+    key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
+    return sorted(rows, key=lambda r: (-key[r.id], r.id))
+
+
 def best_reference(archive: Archive) -> Row | None:
-    """The reference loss with the best search fitness in this run."""
-    return next(iter(ranked(archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))), None)
+    """The reference loss with the best search fitness in this run (lower confidence bound over its seeds)."""
+    rows = _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))
+    return rows[0] if rows else None
 
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:
-    """Best scored non-reference candidates by search fitness."""
-    return ranked(archive.rows("status = ? AND proposer != 'reference'", (Status.SCORED,)))[:k]
+    """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
+    return _by_selection(archive, archive.rows("status = ? AND proposer != 'reference'", (Status.SCORED,)))[:k]
 
 
 def learning_rate(row: Row) -> float | None:

@@ -6,7 +6,10 @@
 4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
    factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
-   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best).
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best);
+6. the seed race of ``seed_race``: extra search seeds at the chosen rate while a row is in
+   contention for the top k (references: all of them), archived per seed and summarised in
+   ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
 
 Each outcome is written to the archive as soon as it is known.
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from discopop import seed_race
 from discopop.archive import Archive, Evaluation, Row
 from discopop.executors import Executor, Job
 from discopop.losses import LossRejected, code_hash, static_check
@@ -35,6 +39,23 @@ from discopop.tuning import LrProtocol, Sweep
 # under 1e-13). A genuinely different loss is far above: DPO with beta 1% larger gives 3e-6,
 # with beta doubled 1e-2, IPO 0.26. 1e-7 sits three orders above the round-off, 30x below a 1% beta.
 FINGERPRINT_TOL = 1e-7
+
+
+@dataclass
+class Race:
+    """A row's extra search seeds at its chosen learning rate (``seed_race``); the search seed comes first."""
+
+    learning_rate: float
+    seeds: list[int]
+    values: list[float | None]  # fitness per seed, None where that fine-tune failed
+    failed: str | None = None  # the first failed seed's reason: the race stops there (no retries)
+
+    def add(self, seed: int, fitness: float | None, error: str | None) -> None:
+        self.seeds.append(seed)
+        ok = error is None and fitness is not None and math.isfinite(fitness)
+        self.values.append(float(fitness) if ok else None)
+        if not ok and self.failed is None:
+            self.failed = f"seed {seed}: {error or 'non-finite fitness'}"
 
 
 @dataclass
@@ -64,12 +85,15 @@ class Evaluator:
     """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
 
     def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
-                 on_stage: Callable[[Row, str], None] | None = None):
+                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None):
         self.archive = archive
         self.executor = executor
         self.seed = seed
         self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
+        self.race = race or seed_race.RacePolicy()
+        if race is not None:  # readers of the archive (history, confirmation) rank with the same policy
+            archive.set_state(seed_race.STATE_KEY, self.race.as_dict())
 
     def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
                 extra=None, evaluations: list[Evaluation] | None = None) -> Outcome:
@@ -179,42 +203,83 @@ class Evaluator:
         return max(values) if values else None
 
     def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
-        """Fine-tune each row over the learning-rate protocol (``tuning``); yield each outcome when decided.
+        """Fine-tune each row over the learning-rate protocol (``tuning``), then race it over extra seeds
+        (``seed_race``); yield each outcome when decided.
 
         Rounds: every row's first rates (a screen, or the whole grid for references), then the climb
-        for rows near the best; each round is one ``executor.run`` so parallel workers share it.
+        for rows near the best, then extra seeds at the chosen rate while a row is in contention; each
+        round is one ``executor.run`` so parallel workers share it, whatever phase each row is in.
         """
         sweeps = {row.id: Sweep() for row in rows}
-        pending = {row.id: self._screen_rates(row) for row in rows}
-        full_grid = {row_id for row_id, rates in pending.items() if len(rates) == len(self.protocol.grid)}
+        races: dict[int, Race] = {}
+        pending = {row.id: self._train_jobs(row, self._screen_rates(row)) for row in rows}
+        full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.grid)}
         screened: set[int] = set()
         by_id = {row.id: row for row in rows}
         while pending:
-            jobs = [j for row_id, rates in pending.items() for j in self._train_jobs(by_id[row_id], rates)]
-            done = sorted(self.executor.run(jobs), key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0))
+            jobs = [j for row_jobs in pending.values() for j in row_jobs]
+            done = sorted(self.executor.run(jobs),
+                          key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.seed))
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
-                sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
+                if row_id in races:
+                    races[row_id].add(job.seed, result.data.get("fitness") if result.ok else None,
+                                      None if result.ok else f"{result.stage}: {result.error}")
+                else:
+                    sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
                 sweeps[row_id].evaluations.append(
                     Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
                     Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
                 seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
             best = self._best_fitness()
+            contest = self._race_contest() if self.race.enabled else None
             decided, pending = list(pending), {}
             for row_id in decided:
-                sweep = sweeps[row_id]
-                if row_id in full_grid:
-                    sweep.tuned = True
-                elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
-                    screened.add(row_id)
-                    if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
-                        sweep.tuned = True
-                        pending[row_id] = self.protocol.next_rates(sweep)
+                sweep, row = sweeps[row_id], by_id[row_id]
+                rates: list[float] = []
+                if row_id in races:
+                    pending[row_id] = self._race_jobs(row, races[row_id], contest)
                 else:
-                    pending[row_id] = self.protocol.next_rates(sweep)
+                    if row_id in full_grid:
+                        sweep.tuned = True
+                    elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
+                        screened.add(row_id)
+                        if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                            sweep.tuned = True
+                            rates = self.protocol.next_rates(sweep)
+                    else:
+                        rates = self.protocol.next_rates(sweep)
+                    if rates:
+                        pending[row_id] = self._train_jobs(row, rates)
+                    elif contest is not None and (start := self._race_start(sweep)) is not None:
+                        races[row_id] = start
+                        pending[row_id] = self._race_jobs(row, start, contest)
                 if not pending.get(row_id):
                     pending.pop(row_id, None)
-                    yield self._record_training(by_id[row_id], sweep, seconds, started, checks_of[row_id])
+                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id))
+
+    def _race_start(self, sweep: Sweep) -> Race | None:
+        """A row whose protocol found a finite best enters the race with that run as its first seed."""
+        best = sweep.best()
+        if best is None or not math.isfinite(best[1]["fitness"]):
+            return None
+        return Race(best[0], [self.seed], [float(best[1]["fitness"])])
+
+    def _race_contest(self) -> tuple[float, float]:
+        """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
+        scores = [s for r in self.archive.rows("status = 'scored'") if (s := r.seed_scores()) is not None]
+        noise = seed_race.pooled_noise(scores, self.race.noise_prior)
+        return seed_race.kth_lower(scores, self.race, noise), noise
+
+    def _race_jobs(self, row: Row, race: Race, contest: tuple[float, float] | None) -> list[Job]:
+        """The extra seeds this row runs next (none once out of contention, at the cap, or after a failure)."""
+        if contest is None or race.failed:
+            return []
+        bar, noise = contest
+        scores = seed_race.SeedScores(tuple(v for v in race.values if v is not None))
+        count = seed_race.seeds_wanted(scores, len(race.seeds), row.proposer == "reference", bar, self.race, noise)
+        todo = self.race.extra_seeds(self.seed)[len(race.seeds) - 1:][:count]
+        return [Job(row.id, row.code, "train", seed, learning_rate=race.learning_rate) for seed in todo]
 
     @staticmethod
     def _total(seconds, started, row_id) -> dict[str, float]:
@@ -222,7 +287,8 @@ class Evaluator:
         out["total"] = time.perf_counter() - started[row_id]
         return out
 
-    def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict) -> Outcome:
+    def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict,
+                         race: Race | None = None) -> Outcome:
         secs = self._total(seconds, started, row.id)
         summary = sweep.summary(self.protocol.grid)
         best = sweep.best()
@@ -239,6 +305,8 @@ class Evaluator:
         metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
                    "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary,
                    **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
+        if race is not None:
+            metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
         if not math.isfinite(data["fitness"]):
             return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)

@@ -28,6 +28,7 @@ from discopop.proposers.base import Candidate
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
+from discopop.seed_race import RacePolicy
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 from discopop.tracking import Tracker
@@ -221,7 +222,7 @@ class Loop:
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg["task"], task, self.run_dir, self.proposer.meter)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
-                              on_stage=self.display.stage)
+                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
         stopped = None
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")

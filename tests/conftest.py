@@ -25,6 +25,7 @@ SMALL_RUN = [
     "baselines=[dpo,lrml]",
     "training.lr_grid=[5e-6,2e-5]",
     "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
+    "selection.max_seeds=1",  # no seed race here (its cost): tests/test_seed_race.py runs it
 ]
 
 

@@ -58,6 +58,18 @@ class HistoryEntry:
     loss_curve: tuple[float, ...] = ()  # mean training loss over the first, middle and last third of the steps
     margin_used: tuple[float, ...] = ()  # |beta*rho| median and 90% quantile over the last epoch's examples
     stage: str = ""  # failures: the stage that failed (static, numeric, train, score, ...)
+    # Noise-aware selection (``seed_race``): mean search fitness over its seeds at the chosen learning rate,
+    # its lower confidence bound, and its score on each seed (empty for a row that is not scored).
+    fitness_mean: float | None = None
+    fitness_lcb: float | None = None
+    fitness_seeds: tuple[float, ...] = ()
+    # The behaviour cell of its gradient profile (``behaviour_map.cell``); None if not measured.
+    behaviour_cell: tuple[int, ...] | None = None
+
+    @property
+    def selection_fitness(self) -> float | None:
+        """What selection ranks by: the lower confidence bound when known, else the one search fitness."""
+        return self.fitness_lcb if self.fitness_lcb is not None else self.fitness
 
 
 class Proposer(ABC):

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from discopop import losses
+from discopop import behaviour_map, losses
 from discopop.allowlist_check import dotted_parts as _chain
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 from discopop.proposers.reference import PROPOSALS_DIR
@@ -550,6 +550,10 @@ def same_behaviour(parent_code: str, child_code: str) -> bool:
         return False
 
 
+HISTORY_MODES = ("feedback", "none")
+POPULATIONS = ("cells", "flat")
+
+
 class EvolutionProposer(Proposer):
     """Offline evolution over loss programs.
 
@@ -565,21 +569,35 @@ class EvolutionProposer(Proposer):
             fitness range), so a lineage that has been tried often yields to a less-used one of similar fitness.
         max_attempts: tries per requested candidate before giving up on it (an operator may not apply to the
             chosen parent, or may write a child that is already in the history).
+        population: ``cells`` (MAP-Elites): the parent pool is the best loss of each behaviour cell
+            (``behaviour_map``), so distinct gradient shapes survive beside the fittest; ``flat``: every
+            scored loss. Either way a loss's fitness here is its lower confidence bound (``seed_race``).
+        history_mode: ``feedback`` (selection on the archive) or ``none``, the control arm: no feedback at all;
+            each child is a random chain of 1..``chain_length`` operators on a uniformly drawn reference loss,
+            so a run is best-of-N sampling of the operators, against which the loop's selection can be shown.
+        chain_length: the longest operator chain of a ``none`` child (feedback children get one operator per
+            generation, so their chains grow with the lineage instead).
     """
 
     name = "evolution"
 
     def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.1,
-                 constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20):
-        if tournament_size < 1 or max_attempts < 1:
-            raise ValueError(f"tournament_size and max_attempts must be >= 1, got {tournament_size}, {max_attempts}")
+                 constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20,
+                 population: str = "cells", history_mode: str = "feedback", chain_length: int = 3):
+        if tournament_size < 1 or max_attempts < 1 or chain_length < 1:
+            raise ValueError(f"tournament_size, max_attempts and chain_length must be >= 1, got {tournament_size}, "
+                             f"{max_attempts}, {chain_length}")
         if not (0 <= crossover_rate <= 1 and 0 <= constant_rate <= 1 and crossover_rate + constant_rate <= 1):
             raise ValueError(f"crossover_rate ({crossover_rate}) and constant_rate ({constant_rate}) must lie in "
                              "[0, 1] and sum to at most 1")
         if novelty_weight < 0:
             raise ValueError(f"novelty_weight must be >= 0, got {novelty_weight}")
+        if population not in POPULATIONS or history_mode not in HISTORY_MODES:
+            raise ValueError(f"population must be one of {', '.join(POPULATIONS)} and history_mode one of "
+                             f"{', '.join(HISTORY_MODES)}, got {population!r}, {history_mode!r}")
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
+        self.population, self.history_mode, self.chain_length = population, history_mode, chain_length
         self._rng = random.Random(seed)
 
     def state(self) -> dict:
@@ -593,13 +611,15 @@ class EvolutionProposer(Proposer):
 
     def propose(self, history: list[HistoryEntry], k: int, generation: int) -> list[Candidate]:
         history = sorted(history, key=lambda e: e.id)  # the archive's order must not change the proposals
-        pool = self._pool(history)
+        blind = self.history_mode == "none"
+        pool = self._reference_pool(history) if blind else self._pool(history)
+        # Seen code and names only keep proposals new; a blind child never reads a fitness or an outcome.
         seen, names = {_hash(e.code) for e in history}, {e.name for e in history}
         uses = Counter(pid for e in history for pid in e.parent_ids)
         out: list[Candidate] = []
         for _ in range(k):
             for _attempt in range(self.max_attempts):
-                cand = self._child(pool, uses, names)
+                cand = self._blind_child(pool, names) if blind else self._child(pool, uses, names)
                 if cand is not None and _hash(cand.code) not in seen:
                     seen.add(_hash(cand.code))
                     names.add(cand.name)
@@ -609,11 +629,20 @@ class EvolutionProposer(Proposer):
         return out
 
     def _pool(self, history: list[HistoryEntry]) -> list[_Parent]:
-        """Scored entries; else any entry whose code passes the static check; else the reference losses."""
-        scored = [e for e in history if e.status == Status.SCORED and e.fitness is not None]
-        entries = [e for e in (scored or history) if _valid(e.code)]
-        return [_Parent(e.id, e.name, e.code, e.fitness, _hash(e.code)) for e in entries] or \
+        """Scored entries (the elite of each behaviour cell with ``population=cells``); else any entry whose
+        code passes the static check; else the reference losses. Fitness is the lower confidence bound."""
+        scored = [e for e in history if e.status == Status.SCORED and e.fitness is not None and _valid(e.code)]
+        if scored and self.population == "cells":
+            scored = behaviour_map.elites(scored)
+        entries = scored or [e for e in history if _valid(e.code)]
+        return [_Parent(e.id, e.name, e.code, e.selection_fitness, _hash(e.code)) for e in entries] or \
             reference_parents()
+
+    @staticmethod
+    def _reference_pool(history: list[HistoryEntry]) -> list[_Parent]:
+        """The references, without their fitness: the archived rows (for lineage), else the shipped files."""
+        refs = [e for e in history if e.proposer == "reference" and _valid(e.code)]
+        return [_Parent(e.id, e.name, e.code, None, _hash(e.code)) for e in refs] or reference_parents()
 
     def _select(self, pool: list[_Parent], uses: Counter) -> _Parent:
         fits = [p.fitness for p in pool if p.fitness is not None]
@@ -625,29 +654,54 @@ class EvolutionProposer(Proposer):
 
         return max(self._rng.sample(pool, min(self.tournament_size, len(pool))), key=score)
 
-    def _child(self, pool: list[_Parent], uses: Counter, names: set[str]) -> Candidate | None:
+    def _operator(self, pool: list[_Parent]) -> str:
         r = self._rng.random()
         if r < self.crossover_rate and len({p.hash for p in pool}) > 1:
-            op = "crossover"
-        elif r < self.crossover_rate + self.constant_rate:
-            op = "tune"
-        else:
-            op = self._rng.choices(list(SINGLE_OPERATORS), weights=list(SINGLE_OPERATORS.values()))[0]
+            return "crossover"
+        if r < self.crossover_rate + self.constant_rate:
+            return "tune"
+        return self._rng.choices(list(SINGLE_OPERATORS), weights=list(SINGLE_OPERATORS.values()))[0]
+
+    def _child(self, pool: list[_Parent], uses: Counter, names: set[str]) -> Candidate | None:
+        op = self._operator(pool)
         parents = [self._select(pool, uses)]
         if op in TWO_PARENTS and len({p.hash for p in pool}) > 1:
             parents.append(self._select([p for p in pool if p.hash != parents[0].hash], uses))
-        try:
-            tree, tag, what = OPERATORS[op]([ast.parse(p.code) for p in parents], self._rng)
-        except (_Skip, SyntaxError, StopIteration):
-            return None
-        tag = f"x_{_root(parents[1].name).split('_')[0]}" if op == "crossover" else tag
-        name = next(n for i in range(1, len(names) + 2) if (n := f"{_root(parents[0].name)}_{tag}_{i}") not in names)
-        refs = " and ".join(f"'{p.name}'" + (f" (#{p.id})" if p.id is not None else "") for p in parents)
-        thought = f"Applied {op} to {refs}: {what}."
+        return self._write(parents[0], [(op, parents[1:])], names)
+
+    def _blind_child(self, pool: list[_Parent], names: set[str]) -> Candidate | None:
+        """A chain of random operators on a uniformly drawn reference; second parents are references too."""
+        steps = []
+        for _ in range(self._rng.randint(1, self.chain_length)):
+            op = self._operator(pool)
+            steps.append((op, [self._rng.choice(pool)] if op in TWO_PARENTS and len({p.hash for p in pool}) > 1
+                          else []))
+        return self._write(self._rng.choice(pool), steps, names)
+
+    def _write(self, first: _Parent, steps: list[tuple[str, list[_Parent]]], names: set[str]) -> Candidate | None:
+        """Apply each step's operator to the code so far (``first``'s code to begin with) and the step's further
+        parents; None if an operator does not apply or the child is not worth training."""
+        parents = [first, *(p for _, extra in steps for p in extra)]
+        code, tags, whats = first.code, [], []
+        for i, (op, extra) in enumerate(steps):
+            try:
+                tree, tag, what = OPERATORS[op]([ast.parse(c) for c in [code, *(p.code for p in extra)]], self._rng)
+            except (_Skip, SyntaxError, StopIteration):
+                return None
+            tags.append(f"x_{_root(extra[0].name).split('_')[0]}" if op == "crossover" and extra else tag)
+            whats.append(what)
+            if i < len(steps) - 1:  # the next operator reads the code so far
+                code = _finish(tree, "child", "")
+        ops = [op for op, _ in steps]
+        name = next(n for i in range(1, len(names) + 2) if (n := f"{_root(first.name)}_{tags[-1]}_{i}") not in names)
+        refs = " and ".join(dict.fromkeys(f"'{p.name}'" + (f" (#{p.id})" if p.id is not None else "")
+                                          for p in parents))
+        thought = f"Applied {' then '.join(ops)} to {refs}: {'; then '.join(whats)}."
         code = _finish(tree, name, f"{name}: evolved offline.\n\n{thought}".replace("__", "_").replace("{", "("))
         if len(code) > MAX_CODE_CHARS or not _valid(code):
             return None
         if any(same_behaviour(p.code, code) for p in parents):
             return None  # a rescaled, shifted or beta-rescaled parent trains exactly like it: redraw
-        return Candidate(name=name, code=code, thought=thought, parent_ids=[p.id for p in parents if p.id is not None],
-                         proposer=self.name, info={"operator": op, "detail": tag, "parents": [p.name for p in parents]})
+        parent_ids = list(dict.fromkeys(p.id for p in parents if p.id is not None))
+        info = {"operator": "+".join(ops), "detail": tags[-1], "parents": [p.name for p in parents]}
+        return Candidate(name=name, code=code, thought=thought, parent_ids=parent_ids, proposer=self.name, info=info)

@@ -156,7 +156,7 @@ def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budge
     validates budgets against :func:`archive_overhead`).
     """
     scored = [e for e in history if _is_scored(e)]
-    best = sorted(scored, key=lambda e: (-e.fitness, e.id))[:top_k]
+    best = sorted(scored, key=lambda e: (-e.selection_fitness, e.id))[:top_k]  # lower bound over seeds
     best_ids = {e.id for e in best}
     recent = sorted((e for e in scored if e.id not in best_ids), key=lambda e: -e.id)[:recent_k]
     failures = sorted((e for e in history if e.status in FAILED_STATUSES), key=lambda e: -e.id)[:failures_k]
@@ -175,7 +175,7 @@ def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budge
 
     def render(kept: list) -> str:
         sections = {name: [e for _, s, e in kept if s == name] for name in ("best", "recent", "failures")}
-        sections["best"].sort(key=lambda e: (-e.fitness, e.id))
+        sections["best"].sort(key=lambda e: (-e.selection_fitness, e.id))
         sections["recent"].sort(key=lambda e: -e.id)
         sections["failures"].sort(key=lambda e: -e.id)
         filled = {name: "\n".join(texts[name, e.id] for e in entries).rstrip() or EMPTY_SECTION

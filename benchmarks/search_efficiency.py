@@ -1,0 +1,227 @@
+"""Does the search find losses the baselines do not have? Independent runs of the default protocol, two arms.
+
+    python benchmarks/search_efficiency.py [--seeds 5] [--generations 50] [--confirm-seeds 5] [--out DIR]
+                                           [--arms feedback none] [-- extra hydra overrides]
+
+Per run seed, the references are scored once (``discover --generations 0``) and that run directory is copied
+into one run per arm, which then goes on with ``discover --resume``: the arms share the baselines exactly.
+
+- ``feedback``: the default evolution proposer (selection on lower confidence bounds, behaviour cells).
+- ``none``: the control arm, ``proposer.history_mode=none``: random operator chains on the references, no
+  feedback (best-of-N sampling of the same operators).
+
+Per run it prints the confirmed winner (the confirmed candidate with the best fresh-seed mean) against the
+strongest baseline (``vs_best``, or ``vs_dpo`` when DPO is the strongest) with the shared confirmation
+statistics (``stats.describe``: delta, CI, verdict, Holm p); the share of trained children that are behaviour
+near-copies of their parent (cosine > 0.999 between the archived gradient fingerprints, measured by the sandboxed
+checks at the run's beta; crossovers count their closer parent); and the best-so-far curve (best seed-mean search
+fitness among evolved rows after each generation) of both arms. Everything is read from the archives
+(read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
+
+A full 5 x 50 run takes hours on 2 CPU cores. An interrupted benchmark continues where it stopped when run
+again with the same ``--out`` (each run is resumed); ``--no-run`` only analyses the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from discopop import stats
+from discopop.archive import ARCHIVE_NAME, Archive
+
+NEAR = 0.999
+TRAINED = ("scored", "train_failed", "eval_failed")
+DISCOVER = "import sys; from discopop.cli import discover; sys.exit(discover())"
+
+
+def discover(args: list[str]) -> None:
+    print("  discover " + " ".join(args), flush=True)
+    done = subprocess.run([sys.executable, "-c", DISCOVER, "--quiet", *args], check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"discover failed (exit {done.returncode}): {' '.join(args)}")
+
+
+def run_arms(out: Path, seed: int, generations: int, confirm_seeds: int, arms: list[str],
+             overrides: list[str]) -> dict[str, Path]:
+    """The baselines once, then one resumed run per arm (each resumed again if the benchmark is re-run)."""
+    base = out / f"seed{seed}" / "baselines"
+    if (base / ARCHIVE_NAME).is_file():  # finish what an interrupted benchmark left (a no-op when complete)
+        discover(["--resume", str(base), "--generations", "0"])
+    else:
+        discover(["--generations", "0", f"seed={seed}", "confirm.seeds=0", f"hydra.run.dir={base}", *overrides])
+    dirs = {}
+    for arm in arms:
+        run = out / f"seed{seed}" / arm
+        if not (run / ARCHIVE_NAME).is_file():
+            shutil.copytree(base, run, ignore=shutil.ignore_patterns(".discopop.lock", "wandb", "*.log"))
+        discover(["--resume", str(run), "--generations", str(generations), f"proposer.history_mode={arm}",
+                  f"confirm.seeds={confirm_seeds}"])
+        dirs[arm] = run
+    return dirs
+
+
+def _unit(vec: Any) -> np.ndarray | None:
+    if not isinstance(vec, list) or not vec:
+        return None
+    arr = np.asarray(vec, dtype=float)
+    norm = float(np.linalg.norm(arr))
+    return arr / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def near_copies(archive: Archive) -> tuple[int, int]:
+    """(near-copies of a parent, trained children with a fingerprint and a fingerprinted parent)."""
+    rows = archive.rows()
+    prints = {r.id: _unit((r.metrics.get("checks") or {}).get("fingerprint")) for r in rows}
+    near = total = 0
+    for r in rows:
+        if r.proposer == "reference" or r.status not in TRAINED or prints[r.id] is None:
+            continue
+        parents = [prints.get(p) for p in r.parent_ids if prints.get(p) is not None]
+        if not parents:
+            continue
+        total += 1
+        near += max(float(prints[r.id] @ p) for p in parents if p.shape == prints[r.id].shape) > NEAR
+    return near, total
+
+
+def best_so_far(archive: Archive, generations: int) -> tuple[list[float | None], float | None]:
+    """Best seed-mean search fitness among evolved rows after each generation 1..G; the strongest reference's."""
+    rows = archive.rows("status = 'scored'")
+    standing = archive.standings(rows)
+    curve, best = [], None
+    for g in range(1, generations + 1):
+        for r in rows:
+            if r.generation == g and r.proposer != "reference" and r.id in standing:
+                best = standing[r.id].mean if best is None else max(best, standing[r.id].mean)
+        curve.append(best)
+    refs = [standing[r.id].mean for r in rows if r.proposer == "reference" and r.id in standing]
+    return curve, max(refs) if refs else None
+
+
+def winner(archive: Archive) -> dict[str, Any] | None:
+    """The confirmed candidate with the best fresh-seed mean, and its comparison with the strongest baseline."""
+    confirmed = [r for r in archive.rows("status = 'scored' AND proposer != 'reference'")
+                 if (r.metrics.get("confirmation") or {}).get("vs_dpo") is not None]
+    if not confirmed:
+        return None
+    top = max(confirmed, key=lambda r: (r.metrics["confirmation"].get("mean") or -math.inf, -r.id))
+    conf = top.metrics["confirmation"]
+    comp = conf.get("vs_best") or conf["vs_dpo"]
+    return {"id": top.id, "name": top.name, "mean": conf.get("mean"), "se": conf.get("se"),
+            "baseline": comp.get("baseline"), "delta": comp.get("delta"), "verdict": comp.get("verdict"),
+            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp)}
+
+
+def analyse(run: Path, generations: int) -> dict[str, Any]:
+    archive = Archive(run / ARCHIVE_NAME, create=False)
+    try:
+        near, total = near_copies(archive)
+        curve, strongest = best_so_far(archive, generations)
+        evolved = archive.rows("proposer != 'reference'")
+        return {"run": str(run), "winner": winner(archive), "near_copies": near, "trained_children": total,
+                "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
+                "scored": sum(r.status == "scored" for r in evolved)}
+    finally:
+        archive.close()
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> None:
+    arms = list(results)
+    print("\nper run: confirmed winner vs the strongest baseline (fresh seeds, confirm prompts)")
+    for arm in arms:
+        for seed, res in results[arm].items():
+            w = res["winner"]
+            share = res["near_copies"] / max(res["trained_children"], 1)
+            text = f"{w['name']} {_fmt(w['mean'])}: {w['text']}" if w else "no confirmed winner"
+            print(f"  {arm:<8} seed {seed}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
+                  f"= {share:.0%}; {res['scored']}/{res['candidates']} evolved rows scored")
+    print("\nsummary per arm")
+    for arm in arms:
+        runs = list(results[arm].values())
+        beats = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS)
+        near = sum(r["near_copies"] for r in runs)
+        total = sum(r["trained_children"] for r in runs)
+        print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs; near-copies of the "
+              f"parent {near}/{total} = {near / max(total, 1):.0%}")
+    marks = sorted({1, *range(5, generations + 1, 5), generations})
+    print("\nbest-so-far seed-mean search fitness of evolved rows (mean over run seeds); strongest reference last")
+    print("  arm      " + " ".join(f"g{g:<5}" for g in marks) + " ref")
+    for arm in arms:
+        runs = list(results[arm].values())
+        cells = []
+        for g in marks:
+            values = [r["best_so_far"][g - 1] for r in runs if r["best_so_far"][g - 1] is not None]
+            cells.append(f"{np.mean(values):.3f}" if values else "  —  ")
+        refs = [r["strongest_reference"] for r in runs if r["strongest_reference"] is not None]
+        ref_text = f"{np.mean(refs):.3f}" if refs else "—"
+        print(f"  {arm:<8} " + " ".join(f"{c:<6}" for c in cells) + f" {ref_text}")
+
+
+def plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for colour, arm in zip(("tab:blue", "tab:orange", "tab:green"), results, strict=False):
+        for i, res in enumerate(results[arm].values()):
+            xs = [g + 1 for g, v in enumerate(res["best_so_far"]) if v is not None]
+            ys = [v for v in res["best_so_far"] if v is not None]
+            ax.step(xs, ys, where="post", color=colour, alpha=0.8, label=arm if i == 0 else None)
+            if res["strongest_reference"] is not None:
+                ax.axhline(res["strongest_reference"], color="grey", lw=0.6, ls=":",
+                           label="strongest reference" if arm == next(iter(results)) and i == 0 else None)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("best seed-mean search fitness so far")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="independent run seeds (first-seed .. first-seed+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--generations", type=int, default=50)
+    parser.add_argument("--confirm-seeds", type=int, default=5, help="fresh seeds of each run's confirmation")
+    parser.add_argument("--arms", nargs="+", default=["feedback", "none"], choices=["feedback", "none"])
+    parser.add_argument("--out", type=Path, default=Path("runs/search_efficiency"))
+    parser.add_argument("--no-run", action="store_true", help="only analyse the runs already in --out")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for every run (after --)")
+    args = parser.parse_args()
+    results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        print(f"run seed {seed}", flush=True)
+        if args.no_run:
+            dirs = {arm: args.out / f"seed{seed}" / arm for arm in args.arms
+                    if (args.out / f"seed{seed}" / arm / ARCHIVE_NAME).is_file()}
+        else:
+            dirs = run_arms(args.out, seed, args.generations, args.confirm_seeds, args.arms, args.overrides)
+        for arm, run in dirs.items():
+            results[arm][seed] = analyse(run, args.generations)
+    report(results, args.generations)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(results, indent=1))
+    try:
+        plot(results, args.out / "best_so_far.png")
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+    print(f"\nwrote {args.out / 'summary.json'} and {args.out / 'best_so_far.png'}")
+
+
+if __name__ == "__main__":
+    main()
