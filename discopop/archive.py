@@ -120,12 +120,13 @@ class Row:
     def history_entry(self, standing: seed_race.Standing | None = None) -> HistoryEntry:
         """The row as a proposer sees it; ``standing`` (from ``Archive.standings``) adds its selection figures."""
         diagnostics = (self.metrics.get("checks") or {}).get("diagnostics")
+        scores = self.seed_scores()
         return HistoryEntry(
             id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
             fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
             thought=self.thought, diagnostics=compact(diagnostics),
             fitness_mean=standing.mean if standing else None, fitness_lcb=standing.lcb if standing else None,
-            fitness_seeds=scores.values if (scores := self.seed_scores()) else (), behaviour_cell=behaviour_cell(diagnostics),
+            fitness_seeds=scores.values if scores else (), behaviour_cell=behaviour_cell(diagnostics),
             **feedback_fields(self.metrics),
         )
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from discopop import stats
-from discopop.archive import Archive, Evaluation, Row, ranked
+from discopop.archive import Archive, Evaluation, Row
 from discopop.executors import Executor, Job
 from discopop.status import Status
 

@@ -123,7 +123,8 @@ def test_rich_history_stays_within_the_token_budget():
         if i % 5 == 0:
             history.append(failed(i, "train_failed", "train", f"loss became NaN at step {i}"))
         else:
-            history.append(scored(i, 0.5 + (i % 37) / 100, fitness_seeds=(0.5, 0.51, 0.52), fitness_lcb=0.49, **RICH))
+            fitness = 0.5 + (i % 37) / 100  # selection ranks by the lower bound: keep it in the fitness's order
+            history.append(scored(i, fitness, fitness_seeds=(0.5, 0.51, 0.52), fitness_lcb=fitness - 0.01, **RICH))
     best = max((e for e in history if e.fitness is not None), key=lambda e: (e.fitness, -e.id))
     for budget in (1500, 6000):
         text, shown = P.build_archive_prompt(history, 200, budget, top_k=20, recent_k=20, failures_k=20)

@@ -34,7 +34,8 @@ META = {"sft_heldout_reward": 0.8, "pairs": 64}
 @pytest.fixture(scope="module")
 def base_cfg() -> dict[str, Any]:
     cfg, _ = compose(["baselines=[dpo,lrml]", f"training.lr_grid=[{','.join(map(str, GRID))}]",
-                      "training.lr_screen_margin=0.05", "confirm.seeds=0", "wandb.mode=disabled"])
+                      "training.lr_screen_margin=0.05", "confirm.seeds=0", "wandb.mode=disabled",
+                      "selection.max_seeds=1"])  # the seed race has its own tests (test_seed_race.py)
     return cfg
 
 

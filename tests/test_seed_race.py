@@ -101,7 +101,7 @@ def test_history_and_confirmation_rank_by_the_lower_bound_not_one_lucky_seed(tmp
     noisy = _scored(archive, "noisy", 0.96, [0.96, 0.90, 0.91])
     entries = {e.name: e for e in archive.history()}
     noise = seed_race.pooled_noise([SeedScores((0.94, 0.945, 0.95)), SeedScores((0.96, 0.90, 0.91))], 0.01)
-    assert entries["steady"].fitness_seeds == 3 and entries["lucky"].fitness_seeds == 1
+    assert entries["steady"].fitness_seeds == (0.94, 0.945, 0.95) and entries["lucky"].fitness_seeds == (0.95,)
     assert entries["steady"].fitness_mean == pytest.approx(0.945)
     assert entries["steady"].fitness_lcb == pytest.approx(0.945 - noise / math.sqrt(3))
     assert entries["lucky"].fitness_lcb == pytest.approx(0.95 - noise)
