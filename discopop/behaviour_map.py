@@ -28,6 +28,8 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from discopop.status import Status
+
 FEATURES = ("left", "zero", "right", "side")
 # Bin edges per feature. Slopes are ratios in [-1, 1] (negative: the right way). On the references at
 # beta 0.5 the 11 references fall in 9 cells: DPO and AQFL (hard, moderate, fading), PFL (hard, moderate,
@@ -107,7 +109,7 @@ def elites(history: Iterable[Entry]) -> list[Entry]:
     """
     best: dict[Any, Entry] = {}
     for entry in history:
-        if entry.status != "scored" or entry.fitness is None:
+        if entry.status != Status.SCORED or entry.fitness is None:
             continue
         key = entry.behaviour_cell if entry.behaviour_cell is not None else ("row", entry.id)
         if key not in best or _rank(entry) > _rank(best[key]):

@@ -347,3 +347,15 @@ def test_chat_client_needs_a_key_only_for_remote_endpoints(monkeypatch, server):
     server.push(completion("local"))
     assert client(server).complete([{"role": "user", "content": "hi"}]).text == "local"
     assert server.requests[0]["headers"]["authorization"] == "Bearer EMPTY"
+
+
+def test_best_section_shows_other_behaviour_cells_not_only_the_leaders_variations():
+    """Four near-equal variants of one shape lead; a weaker loss of another shape still gets shown."""
+    leaders = [scored(i, 0.95 - i / 1000, behaviour_cell=(1, 1, 1, 1)) for i in range(1, 5)]
+    other = scored(5, 0.80, behaviour_cell=(0, 2, 1, 0))
+    best = P.best_and_diverse([*leaders, other], 3)
+    assert [e.id for e in best] == [1, 2, 5]  # the top half by rank, then the other cell's elite
+    text, shown = P.build_archive_prompt([*leaders, other], 6, 6000, top_k=3)
+    assert shown[:3] == [1, 2, 5] and "### id 5: loss_5" in text
+    same_shape = P.best_and_diverse(leaders, 3)  # one cell only: filled from the ranking
+    assert [e.id for e in same_shape] == [1, 2, 3]

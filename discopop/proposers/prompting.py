@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from string import Template
 
+from discopop.behaviour_map import diverse_top_k
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.facts import FitnessFacts
 from discopop.status import FAILED_STATUSES, Status
@@ -147,6 +148,22 @@ def _is_scored(entry: HistoryEntry) -> bool:
     return entry.status == Status.SCORED and entry.fitness is not None and math.isfinite(entry.fitness)
 
 
+def best_and_diverse(scored: Sequence[HistoryEntry], k: int) -> list[HistoryEntry]:
+    """The k losses the prompt shows as "best": the top half by selection fitness (the lower bound over
+    seeds), then the elites of other behaviour cells (``behaviour_map``), so distinct shapes are seen and
+    not only variations of the leader; filled from the ranking if there are too few cells."""
+    ranking = sorted(scored, key=lambda e: (-e.selection_fitness, e.id))
+    best = ranking[:(k + 1) // 2]
+    taken = {e.id for e in best}
+    for entry in [*diverse_top_k(scored, k), *ranking]:
+        if len(best) >= k:
+            break
+        if entry.id not in taken:
+            best.append(entry)
+            taken.add(entry.id)
+    return best
+
+
 def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budget: int, top_k: int = 5,
                          recent_k: int = 5, failures_k: int = 5,
                          batch_names: Sequence[str] = ()) -> tuple[str, list[int]]:
@@ -156,7 +173,7 @@ def build_archive_prompt(history: Sequence[HistoryEntry], generation: int, budge
     validates budgets against :func:`archive_overhead`).
     """
     scored = [e for e in history if _is_scored(e)]
-    best = sorted(scored, key=lambda e: (-e.selection_fitness, e.id))[:top_k]  # lower bound over seeds
+    best = best_and_diverse(scored, top_k)
     best_ids = {e.id for e in best}
     recent = sorted((e for e in scored if e.id not in best_ids), key=lambda e: -e.id)[:recent_k]
     failures = sorted((e for e in history if e.status in FAILED_STATUSES), key=lambda e: -e.id)[:failures_k]
