@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default="runs/evaluate",
                    help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the CSV and HTML from the fine-tunes already cached in the output")
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("import-run", help="archive rows from an original DiscoPOP run's output, to evaluate or resume")
     p.add_argument("source", help="the DiscoPOP output: a tests.json / conversation JSON file, or a folder of them")

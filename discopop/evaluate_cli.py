@@ -89,7 +89,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _Display(console, quiet=args.quiet) as display:
         evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory,
-                                        Callbacks(planned=display.planned, done=display.done))
+                                        Callbacks(planned=display.planned, done=display.done),
+                                        train=not args.report_only)
         try:
             cells = evaluation.run()
         except KeyboardInterrupt:

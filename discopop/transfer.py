@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from discopop.losses import LossRejected, code_hash, read_source, static_check
 from discopop.tuning import LrProtocol, Sweep
 
 SEARCH_SPLIT = "search"
+NOT_RUN = "not run yet"
 CACHE_NAME = "results.sqlite"
 BASELINE = "dpo"
 # Training settings that change what a fine-tune computes; a cached result is only re-used when they match.
@@ -251,7 +251,8 @@ class TransferEvaluation:
     """Runs the protocol of the module docstring for ``losses`` on each task config and beta."""
 
     def __init__(self, losses: list[LossSpec], task_cfgs: list[dict[str, Any]], betas: list[float], n_seeds: int,
-                 cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None):
+                 cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
+                 train: bool = True):
         if n_seeds < 1:
             raise EvaluateError(f"--seeds must be >= 1, got {n_seeds}")
         if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
@@ -263,6 +264,7 @@ class TransferEvaluation:
         self.cache = cache
         self.make_executor = make_executor
         self.progress = progress or Progress()
+        self.train = train  # False: report what the cache holds, run nothing (a cell not yet run says so)
 
     def total_runs(self) -> int:
         """Fine-tunes the whole evaluation needs at most (grid + fresh seeds per loss, task and beta)."""
@@ -290,7 +292,9 @@ class TransferEvaluation:
             found = self._run_keys(cfg, cells, search, executor)
             for cell in cells:
                 for key in search[cell.loss.hash]:
-                    ev = found[key]
+                    ev = found.get(key)
+                    if ev is None:  # not run yet (report-only)
+                        continue
                     ok = ev.ok and math.isfinite(ev.fitness)
                     cell.sweep.add(key.learning_rate, ok, {"fitness": ev.fitness}, "train", ev.error or "non-finite")
                 best = cell.sweep.best()
@@ -301,7 +305,7 @@ class TransferEvaluation:
                                      for s in seeds] for c in cells if c.learning_rate is not None}
             found = self._run_keys(cfg, cells, confirm, executor)
             for cell in cells:
-                cell.runs = {k.seed: found[k] for k in confirm.get(cell.loss.hash, [])}
+                cell.runs = {k.seed: found[k] for k in confirm.get(cell.loss.hash, []) if k in found}
         finally:
             for ex in executor:
                 ex.close()
@@ -326,7 +330,7 @@ class TransferEvaluation:
                 todo[len(jobs)] = key
                 jobs.append(Job(len(jobs), by_hash[loss_hash].loss.code, "train", key.seed, split=key.split,
                                 learning_rate=key.learning_rate))
-        if jobs:
+        if jobs and self.train:
             if not executor:
                 executor.append(self.make_executor(cfg))
             for result in executor[0].run(jobs):
@@ -342,8 +346,8 @@ def arm_matrix(runs: dict[int, Evaluation], seeds: list[int]) -> tuple[np.ndarra
     rows = []
     for seed in seeds:
         run = runs.get(seed)
-        if run is None:
-            return None, f"seed {seed}: no result"
+        if run is None:  # every key is run or cached as a failure, so a missing seed was not run yet
+            return None, NOT_RUN
         per_prompt = run.per_prompt_fitness() if run.ok else []
         if not run.ok or not per_prompt or not all(map(math.isfinite, per_prompt)):
             return None, f"seed {seed} failed: {run.error or 'no finite per-prompt scores'}"
@@ -357,8 +361,13 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
     """Estimates per loss and verdicts against DPO and the strongest baseline, Holm over this (task, beta)."""
     matrices: dict[str, np.ndarray | None] = {}
     for cell in cells:
-        matrix, failed = arm_matrix(cell.runs, seeds) if cell.learning_rate is not None else (
-            None, "no learning rate trained: " + "; ".join(f"{lr:g}: {e}" for lr, (_, e) in cell.sweep.errors.items()))
+        if cell.learning_rate is not None:
+            matrix, failed = arm_matrix(cell.runs, seeds)
+        elif cell.sweep.errors:
+            matrix, failed = None, "no learning rate trained: " + "; ".join(
+                f"{lr:g}: {e}" for lr, (_, e) in cell.sweep.errors.items())
+        else:
+            matrix, failed = None, NOT_RUN
         matrices[cell.loss.hash] = matrix
         done = [r for r in cell.runs.values() if r.ok]
         cell.estimate = {
@@ -396,7 +405,3 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
         entry["text"] = stats.describe(entry)
         setattr(cell, role, entry)
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    return fn(), time.perf_counter() - started

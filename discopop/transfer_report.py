@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from discopop.transfer import Cell
+from discopop.transfer import NOT_RUN, Cell
 
 CSV_NAME = "results.csv"
 HTML_NAME = "report.html"
@@ -96,7 +96,7 @@ def score_vs_beta(task: str, cells: Sequence[Cell]) -> Figure:
         ys = [c.estimate["mean"] for c in series if c.estimate.get("mean") is not None]
         es = [c.estimate.get("se") or 0.0 for c in series if c.estimate.get("mean") is not None]
         line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, label=name, lw=2 if name == "dpo" else 1)
-        failed = [c.beta for c in series if c.estimate.get("failed")]
+        failed = [c.beta for c in series if c.estimate.get("failed") not in (None, NOT_RUN)]
         if failed:
             ax.plot(failed, [floor] * len(failed), "x", color=line[0].get_color(), ms=8)
     ax.set_xscale("log")
@@ -132,6 +132,8 @@ def frontier(task: str, cells: Sequence[Cell]) -> Figure:
 
 def _cell_html(c: Cell) -> str:
     est = c.estimate
+    if est.get("failed") == NOT_RUN:
+        return '<span class="why">not run yet</span>'
     if est.get("failed"):
         head = f'<span class="fail">failed</span><div class="why">{html.escape(est["failed"][:160])}</div>'
     else:
