@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -85,17 +86,23 @@ def _by_loss(cells: Sequence[Cell]) -> dict[str, list[Cell]]:
     return out
 
 
+def _style(i: int, name: str) -> dict[str, Any]:
+    """Distinct colour and marker per loss (11 references outrun the default 10-colour cycle); DPO drawn thicker."""
+    return {"color": colormaps["tab20"](i % 20), "marker": "osD^v<>px*h"[i % 11], "ms": 4,
+            "lw": 2.2 if name == "dpo" else 1.0}
+
+
 def score_vs_beta(task: str, cells: Sequence[Cell]) -> Figure:
     """Mean fresh-seed fitness per loss against beta (log axis); a failed beta is a gap, marked x at the bottom."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     lows = [c.estimate["mean"] for c in cells if c.estimate.get("mean") is not None]
     floor = min(lows) if lows else 0.0
-    for name, series in _by_loss(cells).items():
+    for i, (name, series) in enumerate(_by_loss(cells).items()):
         xs = [c.beta for c in series if c.estimate.get("mean") is not None]
         ys = [c.estimate["mean"] for c in series if c.estimate.get("mean") is not None]
         es = [c.estimate.get("se") or 0.0 for c in series if c.estimate.get("mean") is not None]
-        line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, label=name, lw=2 if name == "dpo" else 1)
+        line = ax.errorbar(xs, ys, yerr=es, capsize=2, label=name, **_style(i, name))
         failed = [c.beta for c in series if c.estimate.get("failed") not in (None, NOT_RUN)]
         if failed:
             ax.plot(failed, [floor] * len(failed), "x", color=line[0].get_color(), ms=8)
@@ -112,13 +119,12 @@ def frontier(task: str, cells: Sequence[Cell]) -> Figure:
     """Reward against KL(policy || reference): each loss's betas joined, in the style of the paper's IMDb figure."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    for name, series in _by_loss(cells).items():
+    for i, (name, series) in enumerate(_by_loss(cells).items()):
         pts = [(c.estimate["kl"], c.estimate["reward"], c.beta) for c in series
                if c.estimate.get("kl") is not None and c.estimate.get("reward") is not None]
         if not pts:
             continue
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=name,
-                          lw=2 if name == "dpo" else 1)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **_style(i, name))
         for kl, reward, beta in pts:
             ax.annotate(f"{beta:g}", (kl, reward), fontsize=6, color=line.get_color(), xytext=(2, 2),
                         textcoords="offset points")
