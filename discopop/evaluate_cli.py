@@ -97,7 +97,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             console.print(f"interrupted; finished fine-tunes are cached in {out / CACHE_NAME}: run the same "
                           "command again to continue")
             return 130
-    from discopop.transfer_report import CSV_NAME, HTML_NAME, write_csv, write_html
+    from discopop.transfer_report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
 
     seconds = time.perf_counter() - started
     facts = {"losses": ", ".join(s.name for s in losses), "tasks": ", ".join(tasks),
@@ -108,6 +108,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
              "command": "discopop evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
     write_csv(cells, out / CSV_NAME)
     write_html(cells, out / HTML_NAME, facts)
+    write_markdown(cells, out / MARKDOWN_NAME)
     cache.close()
     console.print(f"{display.ran} fine-tunes run, {display.cached} cached, {seconds / 60:.1f} min; "
                   f"wrote {out / CSV_NAME} and {out / HTML_NAME}")

@@ -27,6 +27,8 @@ from discopop.transfer import NOT_RUN, Cell
 
 CSV_NAME = "results.csv"
 HTML_NAME = "report.html"
+MARKDOWN_NAME = "results.md"
+_MARK = {"beats": " ▲", "below": " ▼", "within noise of": "", "failed": ""}
 CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "search_fitness", "lr_sweep",
               "lr_errors", "seeds", "fitness_per_seed", "mean", "se", "reward", "kl", "failed",
               "vs_dpo_verdict", "vs_dpo_delta", "vs_dpo_ci_low", "vs_dpo_ci_high", "vs_dpo_p_holm",
@@ -187,5 +189,32 @@ def write_html(cells: Sequence[Cell], path: Path, facts: dict[str, Any]) -> Path
         for fig in (score_vs_beta(task, mine), frontier(task, mine)):
             parts.append(f'<img src="data:image/png;base64,{_png(fig)}" alt="{html.escape(task)} figure">')
         parts.append(table(task, mine))
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _md_cell(c: Cell) -> str:
+    est = c.estimate
+    if est.get("failed") == NOT_RUN:
+        return "not run"
+    if est.get("failed"):
+        return "failed"
+    se = est.get("se")
+    text = f"{est['mean']:.3f}" + (f" ± {se:.3f}" if se is not None and math.isfinite(se) else "")
+    return text + _MARK.get((c.vs_dpo or {}).get("verdict", ""), "")
+
+
+def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
+    """Per task, losses x betas: fresh-seed mean ± SE, ▲/▼ where Holm-significantly above/below DPO."""
+    parts = []
+    for task in dict.fromkeys(c.task for c in cells):
+        mine = [c for c in cells if c.task == task]
+        betas = sorted({c.beta for c in mine})
+        parts += [f"**{task}**", "", "| loss | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
+                  "| --- |" + " --- |" * len(betas)]
+        for name, series in _by_loss(mine).items():
+            at = {c.beta: c for c in series}
+            parts.append(f"| {name} | " + " | ".join(_md_cell(at[b]) if b in at else "" for b in betas) + " |")
+        parts.append("")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -31,7 +31,7 @@ from discopop.transfer import (
     resolve_losses,
     task_key,
 )
-from discopop.transfer_report import write_csv, write_html
+from discopop.transfer_report import write_csv, write_html, write_markdown
 
 PROMPTS = 200
 METHOD_FORM = '''
@@ -135,6 +135,8 @@ def test_report_only_marks_missing_work_and_writes_csv_and_html(tmp_path: Path) 
     assert page.count("data:image/png;base64,") == 2  # score vs beta and the reward-KL frontier, embedded
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # self-contained
     assert "not run yet" in page
+    table = write_markdown(cells, tmp_path / "results.md").read_text()
+    assert "| lrml |" in table and "not run" in table and "β = 0.5" in table
     cache.close()
 
 
@@ -168,6 +170,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, expected) -> N
     assert expected in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # two sandboxed workers and six tiny fine-tunes: ~1 min on an idle 2-core machine
 def test_real_fine_tunes_through_the_sandbox_then_resume_runs_nothing(tiny_task, tmp_path, capsys) -> None:
     """2 losses x 1 rate x (1 search + 2 fresh seeds) = 6 real fine-tunes; the re-run takes them all from the cache."""
     from conftest import TINY_TASK
