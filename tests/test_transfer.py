@@ -190,3 +190,20 @@ def test_real_fine_tunes_through_the_sandbox_then_resume_runs_nothing(tiny_task,
     assert main(args) == 0
     assert "0 fine-tunes run, 6 cached" in " ".join(capsys.readouterr().out.split())
     assert list(csv.DictReader(open(tmp_path / "out" / "results.csv"))) == rows
+
+
+def test_a_runs_top_k_are_its_best_scored_non_reference_rows(tmp_path: Path) -> None:
+    from discopop.archive import Archive
+    from discopop.proposers.base import Candidate
+
+    archive = Archive(tmp_path / "archive.sqlite")
+    body = ("import torch.nn.functional as F\n\ndef {n}(policy_chosen_logps, policy_rejected_logps, "
+            "reference_chosen_logps, reference_rejected_logps, beta):\n    return -F.logsigmoid({k} * beta * "
+            "(policy_chosen_logps - policy_rejected_logps - reference_chosen_logps + reference_rejected_logps))\n")
+    for name, fitness, proposer in (("low", 0.5, "evolution"), ("high", 0.9, "evolution"), ("mid", 0.7, "openai"),
+                                    ("ref", 0.99, "reference")):
+        row = archive.add(Candidate(name, body.format(n=name, k=len(name)), proposer=proposer), 1)
+        archive.finish(row, "scored", fitness=fitness)
+    archive.close()
+    losses = resolve_losses([], tmp_path, top_k=2)
+    assert [s.name for s in losses] == ["dpo", "high", "mid"] and losses[1].origin.endswith("#2")
