@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*", metavar="LOSS|key=value",
                    help="reference names or loss files, and hydra overrides (e.g. training.lr_grid=[1e-5,4e-5])")
     p.add_argument("--run", metavar="RUN_DIR", help="also evaluate this discovery run's best candidates")
-    p.add_argument("--top-k", type=int, default=3, help="how many of --run's best candidates (default 3)")
+    p.add_argument("--top-k", type=int, default=None, help="how many of --run's best candidates (default 3)")
     p.add_argument("--tasks", help="comma-separated tasks (default: sorting with --run, else addition)")
     p.add_argument("--betas", default="0.01,0.05,0.1,0.5,1,2.5", help="comma-separated betas")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")

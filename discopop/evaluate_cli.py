@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -65,15 +65,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     betas = parse_betas(args.betas)
     if args.seeds < 1:
         raise EvaluateError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.run is None and args.top_k != 3 and args.top_k:
+    if args.top_k is not None and args.run is None:
         raise EvaluateError("--top-k needs --run RUN_DIR")
-    if args.top_k < 0:
-        raise EvaluateError(f"--top-k must be >= 0, got {args.top_k}")
+    top_k = 3 if args.top_k is None else args.top_k
+    if top_k < 1:
+        raise EvaluateError(f"--top-k must be >= 1, got {top_k}")
     tasks = [t.strip() for t in (args.tasks or ("sorting" if args.run else "addition")).split(",") if t.strip()]
     if not tasks:
         raise EvaluateError("--tasks names no task")
     cfgs = task_configs(tasks, overrides)
-    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, args.top_k if args.run else 0)
+    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0)
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
              "learning-rate grid": ", ".join(f"{lr:g}" for lr in _grid(cfgs[0])),
              "fine-tunes run now / cached": f"{display.ran} / {display.cached}",
              "wall time of this invocation": f"{seconds / 60:.1f} min",
-             "command": "discopop evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
+             "command": command_line(args)}
     write_csv(cells, out / CSV_NAME)
     write_html(cells, out / HTML_NAME, facts)
     write_markdown(cells, out / MARKDOWN_NAME)
@@ -113,6 +114,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     console.print(f"{display.ran} fine-tunes run, {display.cached} cached, {seconds / 60:.1f} min; "
                   f"wrote {out / CSV_NAME} and {out / HTML_NAME}")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The invocation, to re-run or resume it (the same command skips what the cache holds)."""
+    parts = ["discopop evaluate", *map(shlex.quote, args.items)]
+    if args.run:
+        parts += ["--run", shlex.quote(args.run), "--top-k", str(args.top_k or 3)]
+    if args.tasks:
+        parts += ["--tasks", shlex.quote(args.tasks)]
+    parts += ["--betas", shlex.quote(args.betas), "--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
+    return " ".join(parts)
 
 
 def _grid(cfg: dict[str, Any]) -> tuple[float, ...]:
