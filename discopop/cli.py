@@ -197,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="run directory to create (or add to); then: discover --resume RUN_DIR")
     p.add_argument("overrides", nargs="*", help="hydra overrides for a new run directory")
     p.set_defaults(func=_import_run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "evaluate" and not any(e.startswith("-") for e in extra):
+        args.items += extra  # losses and overrides given after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ConfigError as err:

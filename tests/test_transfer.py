@@ -163,6 +163,8 @@ def test_losses_resolve_from_names_files_and_method_form(tmp_path: Path) -> None
     (["dpo", "--top-k", "2"], "--top-k needs --run"),
     (["dpo", "--run", "/nonexistent/run"], "not a discopop run directory"),
     (["dpo", "training.nosuchkey=1"], "nosuchkey"),
+    (["--betas", "0.1", "no_such_loss"], "neither a loss file nor a reference"),  # items may follow options
+    (["--betas", "0.1", "dpo", "training.nosuchkey=1"], "nosuchkey"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, expected) -> None:
     assert main(["evaluate", *args, "-o", str(tmp_path / "out")]) == 2
