@@ -1,4 +1,4 @@
-"""Thin command-line entry points: ``discover`` and ``discopop check|leaderboard|export|report``.
+"""Thin command-line entry points: ``discover`` and ``discopop check|leaderboard|export|report|evaluate|import-run``.
 
 Bad input (unknown config group/key/value, a missing run directory, an unwritable output
 directory, a loss file that does not parse) ends with one line on stderr naming what was wrong
@@ -140,8 +140,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from discopop.evaluate_cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _import_run(args: argparse.Namespace) -> int:
+    from discopop.importing import import_run
+
+    summary = import_run(Path(args.source), Path(args.run_dir), list(args.overrides))
+    print(summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``discopop check|leaderboard|export|report``."""
+    """``discopop check|leaderboard|export|report|evaluate|import-run``."""
     parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
@@ -164,7 +178,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("-o", "--output")
     p.set_defaults(func=_report)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("evaluate", help="losses across tasks, betas and fresh seeds (fair lr protocol, paired stats)")
+    p.add_argument("items", nargs="*", metavar="LOSS|key=value",
+                   help="reference names or loss files, and hydra overrides (e.g. training.lr_grid=[1e-5,4e-5])")
+    p.add_argument("--run", metavar="RUN_DIR", help="also evaluate this discovery run's best candidates")
+    p.add_argument("--top-k", type=int, default=None, help="how many of --run's best candidates (default 3)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: sorting with --run, else addition)")
+    p.add_argument("--betas", default="0.01,0.05,0.1,0.5,1,2.5", help="comma-separated betas")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")
+    p.add_argument("-o", "--output", default="runs/evaluate",
+                   help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the CSV and HTML from the fine-tunes already cached in the output")
+    p.set_defaults(func=_evaluate)
+    p = sub.add_parser("import-run", help="archive rows from an original DiscoPOP run's output, to evaluate or resume")
+    p.add_argument("source", help="the DiscoPOP output: a tests.json / conversation JSON file, or a folder of them")
+    p.add_argument("run_dir", help="run directory to create (or add to); then: discover --resume RUN_DIR")
+    p.add_argument("overrides", nargs="*", help="hydra overrides for a new run directory")
+    p.set_defaults(func=_import_run)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "evaluate" and not any(e.startswith("-") for e in extra):
+        args.items += extra  # losses and overrides given after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ConfigError as err:

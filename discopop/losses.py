@@ -108,6 +108,17 @@ def _method_to_function(fn: ast.FunctionDef) -> list[ast.stmt]:
     return imports
 
 
+_IMPLIED = {"torch": "import torch", "F": "import torch.nn.functional as F"}
+
+
+def _implied_imports(tree: ast.Module, hoisted: list[ast.stmt]) -> list[ast.stmt]:
+    """``torch`` and ``F`` for a method that uses them unimported: the DiscoPOP trainer had both in scope."""
+    bound = {(a.asname or a.name).split(".")[0] for s in [*tree.body, *hoisted]
+             if isinstance(s, (ast.Import, ast.ImportFrom)) for a in s.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return [ast.parse(_IMPLIED[name]).body[0] for name in _IMPLIED if name in used and name not in bound]
+
+
 def normalise_loss(source: str) -> str:
     """Rewrite the original DiscoPOP method form into the contract form; return any other text as is.
 
@@ -134,6 +145,7 @@ def normalise_loss(source: str) -> str:
             if ast.dump(stmt) not in seen:
                 seen.add(ast.dump(stmt))
                 hoisted.append(stmt)
+    hoisted.extend(_implied_imports(tree, hoisted))
     top = 1 if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant) else 0
     while top < len(tree.body) and isinstance(tree.body[top], (ast.Import, ast.ImportFrom)):
         top += 1

@@ -136,3 +136,13 @@ def test_check_shows_the_normalised_code(tmp_path: Path) -> None:
     assert verdict["valid"], verdict
     assert verdict["normalised"] == normalise_loss(METHOD) and "self" not in verdict["normalised"]
     assert "normalised" not in check_source((PAPER / "cell.py").read_text(), timeout=30)
+
+
+def test_method_form_without_imports_gets_torch_and_f_as_the_trainer_had_them() -> None:
+    bare = METHOD.replace("        import torch\n        import torch.nn.functional as F\n", "")
+    assert "import" not in bare
+    text = normalise_loss(bare)
+    assert "import torch\n" in text and "import torch.nn.functional as F" in text
+    assert torch.allclose(load_loss(bare)(*inputs(), 0.1), load_loss(PAPER / "lrml.py")(*inputs(), 0.1))
+    contract_without_imports = "def f(a, b, c, d, beta):\n    return -F.logsigmoid(beta * (a - b - c + d))\n"
+    assert normalise_loss(contract_without_imports) == contract_without_imports  # only the method form is completed

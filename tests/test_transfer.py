@@ -1,0 +1,211 @@
+"""``discopop evaluate``: losses across tasks, betas and fresh seeds, under the fair protocol and paired statistics.
+
+Cheap tests work on stored results (the result cache filled with per-prompt scores, no training);
+one test trains for real through the sandboxed workers on the tiny task.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from discopop import stats
+from discopop.cli import main
+from discopop.confirmation import fresh_seeds
+from discopop.executors import JobResult
+from discopop.transfer import (
+    CONFIRM_SPLIT,
+    NOT_RUN,
+    SEARCH_SPLIT,
+    EvaluateError,
+    LossSpec,
+    ResultCache,
+    RunKey,
+    TransferEvaluation,
+    arm_matrix,
+    beta_config,
+    resolve_losses,
+    task_key,
+)
+from discopop.transfer_report import write_csv, write_html, write_markdown
+
+PROMPTS = 200
+METHOD_FORM = '''
+def doubled_sigmoid_loss(
+    self,
+    policy_chosen_logps: torch.FloatTensor,
+    policy_rejected_logps: torch.FloatTensor,
+    reference_chosen_logps: torch.FloatTensor,
+    reference_rejected_logps: torch.FloatTensor,
+) -> torch.FloatTensor:
+    logits = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(2.0 * self.beta * logits)
+'''
+
+
+def _cfg(name: str = "addition") -> dict:
+    from discopop.config import compose
+
+    cfg, _ = compose([f"task={name}", "training.lr_grid=[1e-5,4e-5]"])
+    return cfg
+
+
+def _reply(accuracy: float, seed: int, lr: float) -> JobResult:
+    """A train reply with exact-match rewards on shared prompts: one uniform draw per (seed, prompt) for all arms."""
+    u = np.random.default_rng(seed).random(PROMPTS)
+    rewards = (u < accuracy).astype(float).tolist()
+    data = {"fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.1 + accuracy,
+            "per_prompt": rewards, "per_prompt_kl": [0.1] * PROMPTS, "learning_rate": lr, "kl_coef": 0.0}
+    return JobResult(job=None, ok=True, stage="train", data=data, seconds=1.0)  # type: ignore[arg-type]
+
+
+def _fill(cache: ResultCache, cfg: dict, losses: list[LossSpec], beta: float, accuracy: dict[str, float],
+          seeds: list[int], failed: dict[str, str] | None = None) -> None:
+    """Store every fine-tune the protocol asks for: search runs peak at 4e-5, fresh-seed runs at that rate."""
+    key_task, failed = task_key(beta_config(cfg, beta)), failed or {}
+    for loss in losses:
+        for lr, shift in ((1e-5, -0.1), (4e-5, 0.0)):
+            key = RunKey(loss.hash, key_task, beta, 0, SEARCH_SPLIT, lr)
+            cache.put(key, _reply(accuracy[loss.name] + shift, 0, lr))
+        for seed in seeds:
+            key = RunKey(loss.hash, key_task, beta, seed, CONFIRM_SPLIT, 4e-5)
+            if loss.name in failed:
+                cache.put(key, JobResult(job=None, ok=False, stage="train", error=failed[loss.name]))  # type: ignore
+            else:
+                cache.put(key, _reply(accuracy[loss.name], seed, 4e-5))
+
+
+def _no_executor(cfg):
+    raise AssertionError("everything was cached: no executor may be started")
+
+
+def test_cached_results_are_reused_and_judged_with_the_shared_statistics(tmp_path: Path) -> None:
+    cfg = _cfg()
+    losses = resolve_losses(["dpo", "hinge", "lrml"])
+    seeds = fresh_seeds(0, 3)
+    cache = ResultCache(tmp_path / "results.sqlite")
+    accuracy = {"dpo": 0.5, "hinge": 0.62, "lrml": 0.8}
+    _fill(cache, cfg, losses, 0.1, accuracy, seeds, failed={"hinge": "loss is nan at step 3"})
+    _fill(cache, cfg, losses, 2.5, accuracy, seeds)
+    done: list[bool] = []
+    from discopop.transfer import Progress
+
+    cells = TransferEvaluation(losses, [cfg], [0.1, 2.5], 3, cache, _no_executor,
+                               Progress(done=lambda *a: done.append(a[-1]))).run()
+    assert done and all(done)  # every fine-tune came from the cache
+    by = {(c.beta, c.loss.name): c for c in cells}
+    lrml = by[(2.5, "lrml")]
+    assert lrml.learning_rate == 4e-5 and lrml.search_fitness == pytest.approx(0.8, abs=0.1)
+    # The same numbers through stats directly: each loss against DPO and the strongest other reference by search
+    # fitness (lrml's is hinge; hinge's and DPO's is lrml), Holm over all five comparisons at this beta.
+    mats = {n: arm_matrix(by[(2.5, n)].runs, seeds)[0] for n in accuracy}
+    pairs = [("lrml", "dpo"), ("lrml", "hinge"), ("hinge", "dpo"), ("hinge", "lrml"), ("dpo", "lrml")]
+    comps = [stats.compare(a, b, mats[a], mats[b]) for a, b in pairs]
+    stats.decide(comps)
+    assert lrml.vs_dpo["p_adjusted"] == pytest.approx(comps[0].p_adjusted)
+    assert lrml.vs_dpo["verdict"] == stats.BEATS and lrml.vs_best["baseline"] == "hinge"
+    assert lrml.vs_best["p_adjusted"] == pytest.approx(comps[1].p_adjusted)
+    assert by[(2.5, "dpo")].vs_best["verdict"] == stats.BELOW  # DPO against the strongest other (lrml)
+    # At 0.1 hinge's fresh seeds failed: its comparisons fail, never a smaller sample.
+    hinge = by[(0.1, "hinge")]
+    assert hinge.vs_dpo["verdict"] == stats.FAILED and "loss is nan" in hinge.vs_dpo["reason"]
+    assert by[(0.1, "lrml")].vs_best["verdict"] == stats.FAILED  # hinge is the strongest by search fitness
+    assert hinge.estimate["mean"] is None and by[(0.1, "dpo")].estimate["se"] > 0
+    cache.close()
+
+
+def test_report_only_marks_missing_work_and_writes_csv_and_html(tmp_path: Path) -> None:
+    cfg = _cfg()
+    losses = resolve_losses(["dpo", "lrml"])
+    cache = ResultCache(tmp_path / "results.sqlite")
+    _fill(cache, cfg, losses, 0.5, {"dpo": 0.5, "lrml": 0.7}, fresh_seeds(0, 2))
+    cells = TransferEvaluation(losses, [cfg], [0.5, 1.0], 2, cache, _no_executor, train=False).run()
+    missing = [c for c in cells if c.beta == 1.0]
+    assert all(c.estimate["failed"] == NOT_RUN and c.learning_rate is None for c in missing)
+    write_csv(cells, tmp_path / "results.csv")
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 4 and {r["loss"] for r in rows} == {"dpo", "lrml"}
+    done = next(r for r in rows if r["loss"] == "lrml" and r["beta"] == "0.5")
+    assert done["vs_dpo_verdict"] in (stats.BEATS, stats.WITHIN) and float(done["mean"]) > 0.6
+    page = write_html(cells, tmp_path / "report.html", {"grid": "1e-05, 4e-05"}).read_text()
+    assert page.count("data:image/png;base64,") == 2  # score vs beta and the reward-KL frontier, embedded
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # self-contained
+    assert "not run yet" in page
+    table = write_markdown(cells, tmp_path / "results.md").read_text()
+    assert "| lrml |" in table and "not run" in table and "β = 0.5" in table
+    cache.close()
+
+
+def test_losses_resolve_from_names_files_and_method_form(tmp_path: Path) -> None:
+    path = tmp_path / "doubled.py"
+    path.write_text(METHOD_FORM)
+    losses = resolve_losses(["lrml", str(path), "lrml"])
+    assert [s.name for s in losses] == ["dpo", "lrml", "doubled"]  # DPO added, the repeat evaluated once
+    assert losses[0].reference and not losses[2].reference
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\ndef f(a, b, c, d, beta):\n    return a\n")
+    with pytest.raises(EvaluateError, match="static check"):
+        resolve_losses([str(bad)])
+    with pytest.raises(EvaluateError, match="neither a loss file nor a reference"):
+        resolve_losses(["no_such_loss"])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["no_such_loss"], "neither a loss file nor a reference"),
+    (["dpo", "--betas", "0.1,-1"], "--betas must be"),
+    (["dpo", "--betas", "abc"], "--betas must be"),
+    (["dpo", "--seeds", "0"], "--seeds must be >= 1"),
+    (["dpo", "--tasks", "nosuchtask"], "nosuchtask"),
+    (["dpo", "--top-k", "2"], "--top-k needs --run"),
+    (["dpo", "--run", "/nonexistent/run"], "not a discopop run directory"),
+    (["dpo", "training.nosuchkey=1"], "nosuchkey"),
+    (["--betas", "0.1", "no_such_loss"], "neither a loss file nor a reference"),  # items may follow options
+    (["--betas", "0.1", "dpo", "training.nosuchkey=1"], "nosuchkey"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, expected) -> None:
+    assert main(["evaluate", *args, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # two sandboxed workers and six tiny fine-tunes: ~1 min on an idle 2-core machine
+def test_real_fine_tunes_through_the_sandbox_then_resume_runs_nothing(tiny_task, tmp_path, capsys) -> None:
+    """2 losses x 1 rate x (1 search + 2 fresh seeds) = 6 real fine-tunes; the re-run takes them all from the cache."""
+    from conftest import TINY_TASK
+
+    loss = tmp_path / "doubled.py"
+    loss.write_text(METHOD_FORM)
+    args = ["evaluate", str(loss), *TINY_TASK, "training.batch_size=16", "training.epochs=1", "training.threads=1",
+            "training.lr_grid=[2e-5]", "--betas", "0.5", "--seeds", "2", "--quiet", "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "6 fine-tunes run, 0 cached" in " ".join(first.split())
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert {r["loss"] for r in rows} == {"dpo", "doubled"}
+    assert all(r["learning_rate"] == "2e-05" and len(r["fitness_per_seed"].split()) == 2 for r in rows)
+    assert next(r for r in rows if r["loss"] == "doubled")["vs_dpo_verdict"] in (
+        stats.BEATS, stats.BELOW, stats.WITHIN)
+    assert main(args) == 0
+    assert "0 fine-tunes run, 6 cached" in " ".join(capsys.readouterr().out.split())
+    assert list(csv.DictReader(open(tmp_path / "out" / "results.csv"))) == rows
+
+
+def test_a_runs_top_k_are_its_best_scored_non_reference_rows(tmp_path: Path) -> None:
+    from discopop.archive import Archive
+    from discopop.proposers.base import Candidate
+
+    archive = Archive(tmp_path / "archive.sqlite")
+    body = ("import torch.nn.functional as F\n\ndef {n}(policy_chosen_logps, policy_rejected_logps, "
+            "reference_chosen_logps, reference_rejected_logps, beta):\n    return -F.logsigmoid({k} * beta * "
+            "(policy_chosen_logps - policy_rejected_logps - reference_chosen_logps + reference_rejected_logps))\n")
+    for name, fitness, proposer in (("low", 0.5, "evolution"), ("high", 0.9, "evolution"), ("mid", 0.7, "openai"),
+                                    ("ref", 0.99, "reference")):
+        row = archive.add(Candidate(name, body.format(n=name, k=len(name)), proposer=proposer), 1)
+        archive.finish(row, "scored", fitness=fitness)
+    archive.close()
+    losses = resolve_losses([], tmp_path, top_k=2)
+    assert [s.name for s in losses] == ["dpo", "high", "mid"] and losses[1].origin.endswith("#2")
