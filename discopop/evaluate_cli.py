@@ -47,16 +47,20 @@ def task_configs(tasks: list[str], overrides: list[str]) -> list[dict[str, Any]]
     return cfgs
 
 
-def executor_factory(cfg: dict[str, Any]):
-    """The sandboxed executor discovery uses, for one (task, beta); the task is built here first (a sandboxed
-    worker may only read the task cache, not write it)."""
+def executor_factory(out: Path):
+    """Makes the sandboxed executor discovery uses, for one (task, beta). The task is built here first (a
+    sandboxed worker may only read the task cache, not write it); a judged task's completions are graded in
+    this process, with the ratings cached in ``out`` (``judge.with_judge``), as in ``discover``."""
     from discopop.executors import make_executor
+    from discopop.judge import with_judge
     from discopop.loop import worker_spec
     from discopop.tasks import load_task
 
-    load_task(cfg["task"])
+    def make(cfg: dict[str, Any]):
+        task = load_task(cfg["task"])
+        return with_judge(make_executor(cfg["executor"], worker_spec(cfg)), cfg["task"], task, out)
 
-    return make_executor(cfg["executor"], worker_spec(cfg))
+    return make
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -89,7 +93,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   f"at beta {', '.join(f'{b:g}' for b in betas)}, {args.seeds} fresh seeds; output: {out}")
     started = time.perf_counter()
     with _Display(console, quiet=args.quiet) as display:
-        evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory,
+        evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory(out),
                                         Callbacks(planned=display.planned, done=display.done),
                                         train=not args.report_only)
         try:

@@ -31,6 +31,7 @@ from typing import Any
 from discopop.losses import LossRejected, code_hash, normalise_loss
 from discopop.proposers.base import Candidate
 from discopop.proposers.parsing import ProposalParseError, parse_proposal
+from discopop.status import Status
 
 PROPOSER = "imported"
 _FITNESS = re.compile(r"fitness\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)", re.IGNORECASE)
@@ -224,7 +225,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
                 continue
             known.add(code_hash(cand.code))
             if cand.error:
-                archive.add(cand, 0, status="invalid", error=cand.error)
+                archive.add(cand, 0, status=Status.INVALID, error=cand.error)
                 invalid += 1
             else:
                 archive.add(cand, 0)
