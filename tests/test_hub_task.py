@@ -138,7 +138,7 @@ def test_a_judged_fine_tune_returns_its_completions(hub_dir: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_discover_with_the_llm_judge(hub_dir: Path, tmp_path: Path) -> None:
     """Two generations on the tiny hub task, graded by a judge on a loopback OpenAI-protocol server."""
-    from tests.openai_server import FakeOpenAIServer, completion
+    from openai_server import FakeOpenAIServer, completion
 
     key = "sk-e2e-judge-Wd5DISTINCTIVE-0099"
 
@@ -188,12 +188,12 @@ def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, 
     """task=imdb and task=tldr compose and validate as shipped (their hub ids cannot be fetched here), and
     the same code paths run when local stand-ins replace the hub ids: a 2-label sentiment classifier's
     POSITIVE logit as the reward, and a judge on a loopback server."""
+    from openai_server import FakeOpenAIServer, completion
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from discopop.config import resolve_run
     from discopop.judge import Judge
     from discopop.tasks.hub import RewardModelScorer
-    from tests.openai_server import FakeOpenAIServer, completion
 
     imdb, _ = resolve_run(1, None, ["task=imdb"])
     tldr, _ = resolve_run(1, None, ["task=tldr"])

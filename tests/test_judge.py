@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai_server import FakeOpenAIServer, completion, error
 
 from discopop.archive import Archive
 from discopop.config import ConfigError, resolve_run
@@ -16,7 +17,6 @@ from discopop.judge import Judge, JudgedExecutor, JudgeFailed, JudgeStop, normal
 from discopop.metering import Meter
 from discopop.proposers.base import Candidate
 from discopop.tuning import LrProtocol
-from tests.openai_server import FakeOpenAIServer, completion, error
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-judge-Qw3DISTINCTIVE-fake-key-0042"

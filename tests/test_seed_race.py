@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_RUN
 
 from discopop import seed_race
 from discopop.archive import Archive
@@ -14,7 +15,6 @@ from discopop.config import ConfigError, compose, validate
 from discopop.confirmation import top_candidates
 from discopop.proposers.base import Candidate
 from discopop.seed_race import RacePolicy, SeedScores
-from tests.conftest import SMALL_RUN
 
 POLICY = RacePolicy(max_seeds=3, top_k=2, z=1.0, noise_prior=0.01)
 
