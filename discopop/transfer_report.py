@@ -138,6 +138,12 @@ def frontier(task: str, cells: Sequence[Cell]) -> Figure:
     return fig
 
 
+def _mean_se(est: dict[str, Any]) -> str:
+    """A cell's mean, with its crossed SE when it has one (the same text in the HTML and markdown tables)."""
+    se = est.get("se")
+    return f"{est['mean']:.3f}" + (f" ± {se:.3f}" if se is not None and math.isfinite(se) else "")
+
+
 def _cell_html(c: Cell) -> str:
     est = c.estimate
     if est.get("failed") == NOT_RUN:
@@ -145,8 +151,7 @@ def _cell_html(c: Cell) -> str:
     if est.get("failed"):
         head = f'<span class="fail">failed</span><div class="why">{html.escape(est["failed"][:160])}</div>'
     else:
-        se = est.get("se")
-        head = f"{est['mean']:.3f}" + (f" ± {se:.3f}" if se is not None and math.isfinite(se) else "")
+        head = _mean_se(est)
     lines = [head, f'<div class="why">lr {c.learning_rate:g}</div>' if c.learning_rate else ""]
     for label, comp in (("DPO", c.vs_dpo), (c.best_baseline or "best", c.vs_best)):
         if comp:
@@ -199,8 +204,7 @@ def _md_cell(c: Cell) -> str:
         return "not run"
     if est.get("failed"):
         return "failed"
-    se = est.get("se")
-    text = f"{est['mean']:.3f}" + (f" ± {se:.3f}" if se is not None and math.isfinite(se) else "")
+    text = _mean_se(est)
     return text + _MARK.get((c.vs_dpo or {}).get("verdict", ""), "")
 
 

@@ -11,7 +11,8 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -122,3 +123,21 @@ class FakeOpenAIServer:
                     pass  # the client gave up (timeout test): nothing to answer
 
         return Handler
+
+
+PROXY_AND_BASE_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                       "OPENAI_BASE_URL")
+
+
+@contextmanager
+def loopback_server(monkeypatch, key_env: str, key: str) -> Iterator[FakeOpenAIServer]:
+    """A started server with the key in ``key_env`` and no proxy or base URL in the way (the body of the
+    ``server`` fixtures of the proposer tests)."""
+    for var in PROXY_AND_BASE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(key_env, key)
+    srv = FakeOpenAIServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from openai_server import FakeOpenAIServer, Scripted, completion, error
+from openai_server import FakeOpenAIServer, Scripted, completion, error, loopback_server
 
 from discopop.archive import feedback_fields
 from discopop.proposers import prompting as P
@@ -69,12 +69,8 @@ RICH = {"reward": 0.9123, "kl": 0.0456, "learning_rate": 4e-5, "loss_curve": (0.
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(KEY_ENV, KEY)
-    srv = FakeOpenAIServer().start()
-    yield srv
-    srv.stop()
+    with loopback_server(monkeypatch, KEY_ENV, KEY) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from openai_server import FakeOpenAIServer, Scripted, completion, error
+from openai_server import Scripted, completion, error, loopback_server
 
 from discopop.losses import static_check
 from discopop.proposers import prompting as P
@@ -63,12 +63,8 @@ def big_history(n: int) -> list[HistoryEntry]:
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(KEY_ENV, KEY)
-    srv = FakeOpenAIServer().start()
-    yield srv
-    srv.stop()
+    with loopback_server(monkeypatch, KEY_ENV, KEY) as srv:
+        yield srv
 
 
 @pytest.fixture
