@@ -577,13 +577,16 @@ class EvolutionProposer(Proposer):
             so a run is best-of-N sampling of the operators, against which the loop's selection can be shown.
         chain_length: the longest operator chain of a ``none`` child (feedback children get one operator per
             generation, so their chains grow with the lineage instead).
+        lookahead: 1 asks the loop to propose the next generation while this one trains (``Proposer.lookahead``);
+            0 (default): proposing takes milliseconds here, so lock step costs nothing and sees one generation more.
     """
 
     name = "evolution"
 
     def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.1,
                  constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20,
-                 population: str = "cells", history_mode: str = "feedback", chain_length: int = 3):
+                 population: str = "cells", history_mode: str = "feedback", chain_length: int = 3,
+                 lookahead: int = 0):
         if tournament_size < 1 or max_attempts < 1 or chain_length < 1:
             raise ValueError(f"tournament_size, max_attempts and chain_length must be >= 1, got {tournament_size}, "
                              f"{max_attempts}, {chain_length}")
@@ -595,6 +598,9 @@ class EvolutionProposer(Proposer):
         if population not in POPULATIONS or history_mode not in HISTORY_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATIONS)} and history_mode one of "
                              f"{', '.join(HISTORY_MODES)}, got {population!r}, {history_mode!r}")
+        if lookahead not in (0, 1) or isinstance(lookahead, bool):
+            raise ValueError(f"lookahead must be 0 or 1, got {lookahead!r}")
+        self.lookahead = lookahead
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
         self.population, self.history_mode, self.chain_length = population, history_mode, chain_length

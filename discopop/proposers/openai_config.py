@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": 120.0, "json_mode": True, "history_mode": "archive", "history_token_budget": 6000, "top_k": 5,
     "recent_k": 5, "failures_k": 5, "max_repairs": 2, "max_retries": 5, "backoff_base": 1.0, "backoff_max": 60.0,
     "max_cost_usd": None, "prices": {}, "models": None, "selection": "ucb", "seed": 0, "protocol": "default",
-    "max_concurrency": 4,
+    "max_concurrency": 4, "lookahead": 1,
 }  # fmt: skip
 ARM_KEYS = {"model", "base_url", "api_key_env", "weight"}
 # archive: a fresh prompt from the archive; conversation: one running chat; none: no feedback (the control arm)
@@ -92,6 +92,7 @@ def validate(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     need(cfg["protocol"] != "paper" or cfg["history_mode"] == "conversation", "history_mode",
          "'conversation' with protocol='paper' (the paper's protocol is one growing conversation)")
     need(integer(cfg["max_concurrency"]) and cfg["max_concurrency"] >= 1, "max_concurrency", "an integer >= 1")
+    need(integer(cfg["lookahead"]) and cfg["lookahead"] in (0, 1), "lookahead", "0 or 1")
     need(integer(cfg["history_token_budget"]) and cfg["history_token_budget"] >= MIN_HISTORY_BUDGET,
          "history_token_budget", f"an integer >= {MIN_HISTORY_BUDGET}")
     for key in ("top_k", "recent_k", "failures_k", "max_repairs", "max_retries", "seed"):
