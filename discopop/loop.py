@@ -291,11 +291,14 @@ class Loop:
                 self._repair(evaluator, outcomes, candidates, generation)
         finally:
             self._unobserved = None
-            if ahead is not None and ahead.running:
-                self._abandoned = True  # decided once: the thread may finish any moment, its state is not saved
-            elif ahead is not None and ahead.unclaimed:  # it finished before a stop came: keep its proposals
-                self._archive_proposals(ahead.result(), ahead.generation)
-            self._checkpoint(generation)
+            busy = ahead is not None and ahead.running  # decided once: the thread may finish any moment
+            if busy:
+                self._abandoned = True  # neither its proposals nor the proposer's state after them are saved
+            try:
+                if ahead is not None and not busy and ahead.unclaimed:  # it finished before the stop: keep them
+                    self._archive_proposals(ahead.result(), ahead.generation)
+            finally:
+                self._checkpoint(generation)
 
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported.
