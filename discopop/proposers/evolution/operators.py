@@ -47,6 +47,7 @@ WRAPS = {"softclip": ("C * torch.tanh(E / C)", 10.0), "floor": ("F.softplus(E + 
 BASE_TERMS = {"logistic": "-F.logsigmoid(X)", "exp": "torch.exp(-torch.clamp(X, min=-30.0))",
               "hinge": "torch.relu(1.0 - X)", "smoothhinge": "F.softplus(1.0 - X)", "square": "(X - 1.0) ** 2 / 4.0",
               "sigmoid": "1.0 - torch.sigmoid(X)", "tanh": "1.0 - torch.tanh(X)"}
+# Words operators add to child names; root_name strips them so names do not grow with the lineage.
 TAGS = {*INCREASING, *UNIT, *WRAPS, *BASE_TERMS, "sigmoid", "mix", "margin", "scale", "x", "tune",
         "chosen", "rejected", "weighted", "focus", "correct", "piecewise", "schedule"}
 
