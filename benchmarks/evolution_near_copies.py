@@ -32,10 +32,13 @@ import torch
 from discopop import checks, losses
 from discopop.proposers import evolution
 from discopop.proposers.base import HistoryEntry
+from discopop.proposers.reference import PROPOSALS_DIR
 
 NEAR = 0.999
 BETAS = (0.1, 0.5)
 PROBE_POINTS = 61
+SINGLE_MODULE = "discopop/proposers/evolution.py"  # the proposer before it became a package
+PACKAGE = "discopop/proposers/evolution"
 
 
 def probe(seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -70,17 +73,35 @@ def passes(code: str) -> bool:
     return True
 
 
+def git_show(ref: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{ref}:{path}"], check=True, capture_output=True, text=True).stdout
+
+
 def load_baseline(ref: str) -> ModuleType:
-    """The proposer module as it was at ``ref``, imported from a temporary file."""
-    source = subprocess.run(["git", "show", f"{ref}:discopop/proposers/evolution.py"], check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "evolution_baseline.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("evolution_baseline", path)
+    """The proposer as it was at ``ref``, imported from a temporary folder as the package ``evolution_baseline``.
+
+    Before the split the proposer was the single module ``evolution.py``; after it, a package whose modules
+    import each other by absolute name, so those names are pointed at the temporary copy.
+    """
+    single = subprocess.run(["git", "cat-file", "-e", f"{ref}:{SINGLE_MODULE}"], capture_output=True).returncode == 0
+    if single:
+        files = {"__init__.py": git_show(ref, SINGLE_MODULE)}
+    else:
+        listing = subprocess.run(["git", "ls-tree", "--name-only", f"{ref}:{PACKAGE}"], check=True,
+                                 capture_output=True, text=True).stdout.split()
+        files = {name: git_show(ref, f"{PACKAGE}/{name}").replace(PACKAGE.replace("/", "."), "evolution_baseline")
+                 for name in listing if name.endswith(".py")}
+    folder = Path(tempfile.mkdtemp()) / "evolution_baseline"
+    folder.mkdir()
+    for name, source in files.items():
+        (folder / name).write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("evolution_baseline", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    module.PROPOSALS_DIR = evolution.PROPOSALS_DIR  # its own path points into the temporary folder
+    if single:
+        module.PROPOSALS_DIR = PROPOSALS_DIR  # its own path points into the temporary folder
     return module
 
 

@@ -28,9 +28,10 @@ from discopop.transfer import NOT_RUN, Cell
 CSV_NAME = "results.csv"
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "results.md"
+EDGE_MARK = "†"
 _MARK = {"beats": " ▲", "below": " ▼", "within noise of": "", "failed": ""}
-CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "search_fitness", "lr_sweep",
-              "lr_errors", "seeds", "fitness_per_seed", "mean", "se", "reward", "kl", "failed",
+CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "lr_at_edge", "search_fitness",
+              "lr_sweep", "lr_errors", "seeds", "fitness_per_seed", "mean", "se", "reward", "kl", "failed",
               "vs_dpo_verdict", "vs_dpo_delta", "vs_dpo_ci_low", "vs_dpo_ci_high", "vs_dpo_p_holm",
               "best_baseline", "vs_best_verdict", "vs_best_delta", "vs_best_ci_low", "vs_best_ci_high",
               "vs_best_p_holm")
@@ -38,6 +39,17 @@ CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "s
 
 def _num(x: float | None, digits: int = 6) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def rate_at_edge(c: Cell) -> bool:
+    """Whether the chosen rate is the lowest or highest of the grid tried: the optimum may lie beyond it.
+
+    A loss compared at an edge rate is not known to be at its own best setting, so the tables mark it
+    (a user would widen ``training.lr_grid`` there before trusting the comparison).
+    """
+    tried = sorted({*c.sweep.results, *c.sweep.errors})
+    return c.learning_rate is not None and len(tried) > 1 and (
+        math.isclose(c.learning_rate, tried[0]) or math.isclose(c.learning_rate, tried[-1]))
 
 
 def _verdict_fields(prefix: str, comp: dict[str, Any] | None) -> dict[str, str]:
@@ -55,7 +67,8 @@ def csv_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
         est = c.estimate
         rows.append({
             "task": c.task, "beta": f"{c.beta:g}", "loss": c.loss.name, "origin": c.loss.origin,
-            "code_hash": c.loss.hash[:16], "learning_rate": _num(c.learning_rate), "search_fitness":
+            "code_hash": c.loss.hash[:16], "learning_rate": _num(c.learning_rate),
+            "lr_at_edge": "yes" if rate_at_edge(c) else "", "search_fitness":
             _num(c.search_fitness), "lr_sweep": json.dumps(summary["lr_sweep"]), "lr_errors":
             json.dumps(summary["lr_errors"]), "seeds": " ".join(map(str, est.get("seeds", []))),
             "fitness_per_seed": " ".join("" if f is None else f"{f:.6g}" for f in est.get("fitness", [])),
@@ -152,7 +165,8 @@ def _cell_html(c: Cell) -> str:
         head = f'<span class="fail">failed</span><div class="why">{html.escape(est["failed"][:160])}</div>'
     else:
         head = _mean_se(est)
-    lines = [head, f'<div class="why">lr {c.learning_rate:g}</div>' if c.learning_rate else ""]
+    edge = " (grid edge)" if rate_at_edge(c) else ""
+    lines = [head, f'<div class="why">lr {c.learning_rate:g}{edge}</div>' if c.learning_rate else ""]
     for label, comp in (("DPO", c.vs_dpo), (c.best_baseline or "best", c.vs_best)):
         if comp:
             cls = {"beats": "beats", "below": "below"}.get(comp.get("verdict", ""), "within")
@@ -204,12 +218,12 @@ def _md_cell(c: Cell) -> str:
         return "not run"
     if est.get("failed"):
         return "failed"
-    text = _mean_se(est)
-    return text + _MARK.get((c.vs_dpo or {}).get("verdict", ""), "")
+    rate = f" ({c.learning_rate:g}{EDGE_MARK if rate_at_edge(c) else ''})" if c.learning_rate else ""
+    return _mean_se(est) + _MARK.get((c.vs_dpo or {}).get("verdict", ""), "") + rate
 
 
 def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
-    """Per task, losses x betas: fresh-seed mean ± SE, ▲/▼ where Holm-significantly above/below DPO."""
+    """Per task, losses x betas: fresh-seed mean ± SE, ▲/▼ where Holm-significantly above/below DPO, (rate)."""
     parts = []
     for task in dict.fromkeys(c.task for c in cells):
         mine = [c for c in cells if c.task == task]
@@ -220,5 +234,8 @@ def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
             at = {c.beta: c for c in series}
             parts.append(f"| {name} | " + " | ".join(_md_cell(at[b]) if b in at else "" for b in betas) + " |")
         parts.append("")
-    path.write_text("\n".join(parts), encoding="utf-8")
+    parts.append(f"▲/▼: Holm-significantly above/below DPO at that β. (rate): the learning rate chosen on the search "
+                 f"prompts; {EDGE_MARK}: it is the grid's lowest or highest point, so the loss's best rate may lie "
+                 "beyond the grid.")
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path

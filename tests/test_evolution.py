@@ -14,7 +14,7 @@ import torch
 from discopop import checks, losses
 from discopop.proposers import evolution
 from discopop.proposers.base import Candidate, HistoryEntry
-from discopop.proposers.evolution import OPERATORS, EvolutionProposer, reference_parents
+from discopop.proposers.evolution import OPERATORS, EvolutionProposer, cleanup, program, reference_parents
 
 
 def _entry(id_: int, name: str, code: str, status: str = "scored", fitness: float | None = 0.0,
@@ -186,7 +186,7 @@ def test_crossover_renames_clashing_constants():
     tree, _, _ = OPERATORS["crossover"](_parents("aql", "aqfl"), random.Random(0))
     code = ast.unparse(ast.fix_missing_locations(tree))
     assert "SCALE_2" in code and "QUANTILE_RATE_2" in code
-    assert _passes(evolution._finish(tree, "aql_x_aqfl_1", "A crossover."))
+    assert _passes(cleanup.finish(tree, "aql_x_aqfl_1", "A crossover."))
 
 
 def test_novelty_pressure_prefers_less_used_parents():
@@ -244,7 +244,7 @@ def test_shape_operators_write_valid_losses_with_a_new_gradient_shape(op, names)
     new_shapes = 0
     for seed in range(10):
         tree, tag, what = OPERATORS[op](_parents(*names), random.Random(seed))
-        code = evolution._finish(tree, f"child_{tag}_{seed}", "A child.")
+        code = cleanup.finish(tree, f"child_{tag}_{seed}", "A child.")
         losses.static_check(code)
         assert _passes(code), code
         child = _direction(code, 0.5)
@@ -258,10 +258,10 @@ def test_shape_operators_write_valid_losses_with_a_new_gradient_shape(op, names)
 def _wrap_returns(code: str, template: str) -> str:
     """The same loss with every return value of its public function E replaced by ``template`` of E."""
     tree = ast.parse(code)
-    public = evolution._public(tree)
+    public = program.public_function(tree)
     for node in ast.walk(public):
         if isinstance(node, ast.Return):
-            node.value = evolution._expr(template, E=node.value)
+            node.value = program.expr(template, E=node.value)
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
@@ -273,9 +273,9 @@ def test_behaviour_filter_refuses_rescaled_shifted_and_rebeta_copies(name):
     rebeta = code.replace("beta", "(3.0 * beta)").replace("(3.0 * beta),", "beta,").replace("(3.0 * beta))", "beta)")
     assert rebeta != code and evolution.same_behaviour(code, rebeta)
     tree = ast.parse(code)
-    assert evolution._margin_site(evolution._public(tree)) is not None
-    evolution._margin_site(evolution._public(tree)).value = evolution._expr(
-        "2.5 * E", E=evolution._margin_site(evolution._public(tree)).value)
+    assert program.margin_site(program.public_function(tree)) is not None
+    program.margin_site(program.public_function(tree)).value = program.expr(
+        "2.5 * E", E=program.margin_site(program.public_function(tree)).value)
     assert evolution.same_behaviour(code, ast.unparse(tree))  # rho rescaled: only beta changes
     for template in ("E * E", "E + torch.relu(E)", "-1.0 * E"):
         assert not evolution.same_behaviour(code, _wrap_returns(code, template)), template

@@ -21,6 +21,7 @@ from discopop.transfer import (
     CONFIRM_SPLIT,
     NOT_RUN,
     SEARCH_SPLIT,
+    Cell,
     EvaluateError,
     LossSpec,
     ResultCache,
@@ -31,7 +32,7 @@ from discopop.transfer import (
     resolve_losses,
     task_key,
 )
-from discopop.transfer_report import write_csv, write_html, write_markdown
+from discopop.transfer_report import EDGE_MARK, rate_at_edge, write_csv, write_html, write_markdown
 
 PROMPTS = 200
 METHOD_FORM = '''
@@ -137,6 +138,7 @@ def test_report_only_marks_missing_work_and_writes_csv_and_html(tmp_path: Path) 
     assert "not run yet" in page
     table = write_markdown(cells, tmp_path / "results.md").read_text()
     assert "| lrml |" in table and "not run" in table and "β = 0.5" in table
+    assert done["lr_at_edge"] == "yes" and f"(4e-05{EDGE_MARK})" in table  # 4e-5 tops the 2-point grid
     cache.close()
 
 
@@ -209,3 +211,15 @@ def test_a_runs_top_k_are_its_best_scored_non_reference_rows(tmp_path: Path) -> 
     archive.close()
     losses = resolve_losses([], tmp_path, top_k=2)
     assert [s.name for s in losses] == ["dpo", "high", "mid"] and losses[1].origin.endswith("#2")
+
+
+def test_a_rate_inside_the_grid_is_not_marked_as_an_edge() -> None:
+    cell = Cell("addition", 0.5, resolve_losses(["dpo"])[0])
+    for lr, fitness in ((1e-5, 0.7), (2e-5, 0.9), (4e-5, 0.8)):
+        cell.sweep.add(lr, True, {"fitness": fitness}, "train", None)
+    cell.learning_rate = 2e-5
+    assert not rate_at_edge(cell)
+    cell.learning_rate = 1e-5
+    assert rate_at_edge(cell)
+    cell.sweep.add(5e-6, False, {}, "train", "nan loss")  # a failed lower rate still widens the grid tried
+    assert not rate_at_edge(cell)
