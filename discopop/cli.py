@@ -55,7 +55,7 @@ def discover(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         lock.close()
         return _fail("discover", str(err))
-    total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
+    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
     if not args.verbose:
         from discopop.quiet import quiet_libraries
 
@@ -63,7 +63,7 @@ def discover(argv: list[str] | None = None) -> int:
     console.print(f"run directory: {run_dir}")
     try:
         with Display(total, console=console, quiet=args.quiet) as display:
-            summary = Loop(cfg, run_dir, display).run(int(cfg["generations"]))
+            summary = Loop(cfg, run_dir, display).run(cfg.generations)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: discover --resume {run_dir}")
         return 130

@@ -29,6 +29,7 @@ from typing import Any
 
 from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
+from discopop.settings import ExecutorSettings, RayExecutorSettings, plain
 
 
 @dataclass
@@ -266,7 +267,7 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def placed_specs(spec: WorkerSpec, executor: dict[str, Any], workers: int,
+def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], workers: int,
                  device_count: int | None = None) -> list[WorkerSpec]:
     """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``).
 
@@ -275,23 +276,21 @@ def placed_specs(spec: WorkerSpec, executor: dict[str, Any], workers: int,
     """
     from discopop.devices import plan_local_workers
 
-    placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
+    placements = plan_local_workers(spec.training or {}, plain(executor), workers, device_count)
     return [replace(spec, device=p.device, visible_devices=p.visible_devices,
                     training={**spec.training, "device": p.device} if spec.training is not None else None)
             for p in placements]
 
 
-def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
-    """Build the executor named by ``cfg['name']`` (hydra group ``executor``)."""
-    name = cfg.get("name", "local")
-    workers = int(cfg.get("workers", 1))
-    if name == "local":
-        if workers < 1:
-            raise ValueError(f"executor.workers must be >= 1, got {workers}")
-        return LocalExecutor(spec, workers=workers, specs=placed_specs(spec, cfg, workers))
-    if name == "ray":
+def make_executor(cfg: ExecutorSettings | dict[str, Any], spec: WorkerSpec) -> Executor:
+    """Build the executor the ``executor`` settings name (a plain mapping is read as those settings)."""
+    from discopop.settings import executor_settings
+
+    cfg = executor_settings(cfg)
+    if cfg.workers == "auto" or int(cfg.workers) < 1:
+        raise ValueError(f"executor.workers must be >= 1 (auto is resolved before the run), got {cfg.workers}")
+    if isinstance(cfg, RayExecutorSettings):
         from discopop.ray_executor import RayExecutor
 
-        return RayExecutor(spec, workers=workers, address=cfg.get("address"),
-                           workers_per_gpu=cfg.get("workers_per_gpu"))
-    raise ValueError(f"unknown executor '{name}' (allowed: local, ray)")
+        return RayExecutor(spec, workers=cfg.workers, address=cfg.address, workers_per_gpu=cfg.workers_per_gpu)
+    return LocalExecutor(spec, workers=cfg.workers, specs=placed_specs(spec, cfg, cfg.workers))

@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from discopop.settings import RunSettings, SelectionSettings
 
 # Extra search seeds are base_seed + 500 + i: never the search seed itself, nor a confirmation seed
 # (base_seed + 1000 + i, ``confirmation.SEED_OFFSET``), so confirmation stays fresh.
@@ -52,8 +55,16 @@ class RacePolicy:
             raise ValueError(f"selection.noise_prior must be a finite number >= 0, got {self.noise_prior}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> RacePolicy:
-        """From the run config's ``selection`` section (absent: no race)."""
+    def from_settings(cls, selection: SelectionSettings) -> RacePolicy:
+        """From the run's typed ``selection`` settings."""
+        return cls(max_seeds=selection.max_seeds, top_k=selection.top_k, z=selection.z,
+                   noise_prior=selection.noise_prior)
+
+    @classmethod
+    def from_config(cls, cfg: RunSettings | Mapping[str, Any]) -> RacePolicy:
+        """From the run settings, or a plain run config's ``selection`` section (absent: no race)."""
+        if not isinstance(cfg, Mapping):
+            return cls.from_settings(cfg.selection)
         section = cfg.get("selection") or {}
         try:
             return cls(max_seeds=int(section.get("max_seeds", 1)), top_k=int(section.get("top_k", 5)),

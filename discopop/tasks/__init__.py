@@ -57,7 +57,10 @@ def cache_root(cfg: dict[str, Any]) -> Path:
 
 def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that determine a task's artifacts (and nothing else: not the cache path)."""
-    return {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
+    key = {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
+    if not key["pairs"].get("label_noise"):  # clean labels hash as before the setting existed: caches stay valid
+        key["pairs"] = {k: v for k, v in key["pairs"].items() if k != "label_noise"}
+    return key
 
 
 def search_count(cfg: dict[str, Any], heldout: int) -> int:
@@ -71,8 +74,11 @@ def search_count(cfg: dict[str, Any], heldout: int) -> int:
     return count
 
 
-def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
-    """Load a synthetic task from its cache, building it first on a miss."""
+def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
+    """Load a task (its settings, or their plain form as a worker gets them), building it first on a miss."""
+    from discopop.settings import plain
+
+    cfg = plain(cfg)
     kind = cfg.get("kind", "synthetic")
     if kind == "hub":
         from discopop.tasks.hub import load_hub_task
