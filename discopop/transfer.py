@@ -41,6 +41,7 @@ from discopop.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.confirmation import fresh_seeds
 from discopop.executors import Executor, Job, JobResult
 from discopop.losses import LossRejected, code_hash, read_source, static_check
+from discopop.tasks import stable_key
 from discopop.tuning import LrProtocol, Sweep
 
 SEARCH_SPLIT = "search"
@@ -140,7 +141,8 @@ def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
 def task_key(cfg: dict[str, Any]) -> str:
     """The task's name plus a hash of everything (task and training settings) a cached result depends on."""
     training = {k: cfg["training"].get(k) for k in _TRAINING_KEYS}
-    blob = json.dumps({"task": {k: v for k, v in cfg["task"].items() if k != "cache_dir"}, "training": training,
+    task = stable_key({k: v for k, v in cfg["task"].items() if k != "cache_dir"})
+    blob = json.dumps({"task": task, "training": training,
                        "kl_coef": cfg["task"].get("kl_coef", 0.0)}, sort_keys=True, default=str)
     return f"{cfg['task'].get('name', 'task')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

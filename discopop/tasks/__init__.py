@@ -57,10 +57,16 @@ def cache_root(cfg: dict[str, Any]) -> Path:
 
 def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that determine a task's artifacts (and nothing else: not the cache path)."""
-    key = {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
-    if not key["pairs"].get("label_noise"):  # clean labels hash as before the setting existed: caches stay valid
-        key["pairs"] = {k: v for k, v in key["pairs"].items() if k != "label_noise"}
-    return key
+    return stable_key({k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")})
+
+
+def stable_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without ``pairs.label_noise`` when it is 0: clean labels hash as before the setting existed
+    (it was absent from the sorting task), so task and result caches built then stay valid."""
+    pairs = cfg.get("pairs")
+    if isinstance(pairs, dict) and not pairs.get("label_noise"):
+        return {**cfg, "pairs": {k: v for k, v in pairs.items() if k != "label_noise"}}
+    return cfg
 
 
 def search_count(cfg: dict[str, Any], heldout: int) -> int:
