@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
     p.add_argument("--beta", type=float, default=None,
-                   help="training beta the diagnostics are measured at (default 0.1, training.beta's default)")
+                   help="training beta the diagnostics are measured at (default 0.1)")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")

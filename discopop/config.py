@@ -16,10 +16,12 @@ from typing import Any
 
 from discopop.settings import (
     API_KEY_REFUSED,
+    GROUP_KEYS,
     ConfigError,
     ExecutorSettings,
     RunSettings,
     TrainingSettings,
+    check_group,
     describe,
     register_schemas,
 )
@@ -109,6 +111,8 @@ def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
         run_dir = str(cfg.hydra.run.dir)
         with open_dict(cfg):
             del cfg["hydra"]
+        for group, key, _ in GROUP_KEYS:
+            check_group(group, cfg[group][key], OmegaConf.get_type(cfg[group]))
         plain = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_config_hint(_explain(err))) from None

@@ -122,6 +122,12 @@ def test_a_type_mistake_or_an_unknown_key_is_one_line(overrides: list[str], word
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_group_is_chosen_by_its_name_not_by_overriding_the_name_key() -> None:
+    for override in ("proposer.name=openai", "task.kind=hub", "executor.name=ray"):
+        with pytest.raises(ConfigError, match=f"{override.split('=')[0]}='.*' does not match the chosen group"):
+            resolve_run(1, None, [override])
+
+
 def test_a_key_like_value_in_a_type_error_is_not_echoed() -> None:
     key = "sk-PASTEDBYMISTAKE123456"
     with pytest.raises(ConfigError) as err:

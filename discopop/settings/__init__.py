@@ -29,11 +29,11 @@ from discopop.settings.training import (
 )
 
 __all__ = [
-    "ConfigError", "ConfirmSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings",
-    "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
-    "RunSettings", "SCHEMAS", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TrainingSettings",
-    "API_KEY_REFUSED", "WANDB_MODES", "WandbSettings", "describe", "executor_settings", "help_of", "plain",
-    "proposer_settings", "register_schemas", "task_settings", "typed",
+    "API_KEY_REFUSED", "GROUP_KEYS", "SCHEMAS", "WANDB_MODES", "ConfigError", "ConfirmSettings", "EvolutionSettings",
+    "ExecutorSettings", "HubTaskSettings", "JudgeSettings", "LocalExecutorSettings", "OpenAISettings", "PairsSettings",
+    "RayExecutorSettings", "ReferenceSettings", "RunSettings", "SelectionSettings", "SftSettings",
+    "SyntheticTaskSettings", "TrainingSettings", "WandbSettings", "check_group", "describe", "executor_settings",
+    "help_of", "plain", "proposer_settings", "register_schemas", "task_settings", "typed",
 ]  # fmt: skip
 
 MISSING = "???"  # omegaconf.MISSING: a group hydra fills in (kept literal: importing settings stays light)
@@ -117,6 +117,8 @@ class RunSettings:
         unknown = [n for n in self.baselines if n not in available()]
         require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(available())})")
         require("dpo" in self.baselines, "baselines must include dpo (the fresh-seed confirmation compares to it)")
+        for group, key, _ in GROUP_KEYS:
+            check_group(group, getattr(getattr(self, group), key), type(getattr(self, group)))
         for part in (self.training, self.task, self.executor, self.confirm, self.selection, self.proposer, self.wandb):
             part.check()
 
@@ -151,6 +153,17 @@ SCHEMAS: list[tuple[str | None, str, type]] = [
     *(("proposer", f"{name}_schema", cls) for name, cls in PROPOSERS.items()),
     *(("executor", f"{name}_schema", cls) for name, cls in EXECUTORS.items()),
 ]
+
+
+# The key that says which schema a group's settings follow; it is chosen with the group (proposer=openai).
+GROUP_KEYS = (("task", "kind", TASKS), ("proposer", "name", PROPOSERS), ("executor", "name", EXECUTORS))
+
+
+def check_group(group: str, value: Any, schema: type | None) -> None:
+    """A group's ``name``/``kind`` must be its schema's: changing it by an override would mix two schemas."""
+    key, choices = next((k, c) for g, k, c in GROUP_KEYS if g == group)
+    require(choices.get(value) is schema, f"{group}.{key}={value!r} does not match the chosen group: pick the group "
+                                          f"with {group}=NAME instead (options: conf/{group}/*.yaml)")
 
 
 def register_schemas() -> None:
