@@ -29,7 +29,7 @@ from trl import DPOConfig
 
 from discopop.devices import accumulation_steps, check_precision, lora_settings, resolve_device
 from discopop.scoring import Score, score_policy
-from discopop.settings import TrainingSettings
+from discopop.settings import TrainingSettings, from_plain
 from discopop.tasks import Task
 from discopop.trl import DiscoveredLossDPOTrainer, LossFn
 
@@ -169,7 +169,7 @@ class FineTuner:
                  kl_coef: float = 0.0):
         # Per-job knobs that are not settings: the adapter's init seed and the replay switch of a benchmark.
         knobs = training if isinstance(training, Mapping) else {}
-        training = self.training = TrainingSettings.of(training)
+        training = self.training = from_plain(TrainingSettings, training)
         torch.set_num_threads(training.threads)
         from datasets import load_from_disk
 

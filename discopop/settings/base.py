@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import MISSING, field, fields, is_dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+T = TypeVar("T")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -27,6 +29,24 @@ def setting(default: Any = MISSING, help: str = "") -> Any:  # noqa: A002 - the 
     if isinstance(default, list | dict) or is_dataclass(default):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def from_plain(cls: type[T], value: T | Mapping[str, Any]) -> T:
+    """``cls`` from a plain mapping without OmegaConf, as a sandboxed worker receives its settings (JSON).
+
+    Nested settings are built the same way; missing keys take their defaults; keys that are not fields
+    are left to the caller (per-job knobs). The values were checked in the main process; tests pass
+    partial mappings.
+    """
+    if isinstance(value, cls):
+        return value
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in value:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            item = value[f.name]
+            kwargs[f.name] = from_plain(type(default), item) if is_dataclass(default) and item is not None else item
+    return cls(**kwargs)
 
 
 def help_of(cls: type, name: str) -> str:

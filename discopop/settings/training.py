@@ -6,8 +6,7 @@ The training numbers were measured on the embedded task with ``python benchmarks
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from discopop.settings.base import ConfigError, check_count, is_number, require, setting
@@ -56,16 +55,6 @@ class TrainingSettings:
     train_timeout: float = setting(600.0, "Seconds for one fine-tune + scoring.")
     oracle_timeout: float = setting(10.0, "Seconds the worker waits for one answer of the loss oracle (a call takes "
                                           "ms).")
-
-    @classmethod
-    def of(cls, value: TrainingSettings | Mapping[str, Any]) -> TrainingSettings:
-        """The settings of a plain mapping as a worker receives them (JSON), without OmegaConf: missing keys take
-        their defaults; other keys (per-job knobs such as ``fast_reuse``) are left to the caller. The values were
-        checked in the main process; tests pass partial mappings."""
-        if isinstance(value, cls):
-            return value
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in value.items() if k in names})
 
     def check(self) -> None:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "check_timeout", "train_timeout",
