@@ -29,7 +29,9 @@ from typing import Any
 
 from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
-from discopop.settings import ExecutorSettings, RayExecutorSettings, plain
+from discopop.settings import ExecutorSettings, RayExecutorSettings, TrainingSettings, plain
+
+_TRAINING = TrainingSettings()
 
 
 @dataclass
@@ -78,12 +80,13 @@ class WorkerSpec:
     task: dict[str, Any] | None
     training: dict[str, Any] | None
     kl_coef: float = 0.0
-    threads: int = 1
+    # The training settings' defaults (declared, with their help, on TrainingSettings); worker_spec sets the run's.
+    threads: int = _TRAINING.threads
     limits: Limits = field(default_factory=Limits)
     init_timeout: float = 600.0
-    check_timeout: float = 30.0
-    train_timeout: float = 600.0
-    oracle_timeout: float = 10.0  # seconds the worker waits for one loss-oracle reply (a call takes ms)
+    check_timeout: float = _TRAINING.check_timeout
+    train_timeout: float = _TRAINING.train_timeout
+    oracle_timeout: float = _TRAINING.oracle_timeout
     oracle_module: str = "discopop.oracle"  # tests swap in a variant whose static check is fooled
     device: str = "cpu"  # where this worker trains ("cpu" | "cuda"); see discopop.devices
     # CUDA_VISIBLE_DEVICES of a CUDA worker (its one GPU); None: keep this process's (a Ray actor's GPU)

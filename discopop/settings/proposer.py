@@ -38,10 +38,29 @@ class EvolutionSettings:
     chain_length: int = setting(3, "history_mode=none: each child is a chain of 1..chain_length random operators.")
 
     def check(self) -> None:
-        require(self.history_mode in ("feedback", "none"),
-                f"proposer.history_mode must be feedback or none, got {self.history_mode!r}")
-        require(self.population in ("cells", "flat"),
-                f"proposer.population must be cells or flat, got {self.population!r}")
+        from discopop.proposers.evolution import HISTORY_MODES, POPULATIONS
+        from discopop.settings.base import ConfigError
+
+        require(self.history_mode in HISTORY_MODES,
+                f"proposer.history_mode must be {' or '.join(HISTORY_MODES)}, got {self.history_mode!r}")
+        require(self.population in POPULATIONS,
+                f"proposer.population must be {' or '.join(POPULATIONS)}, got {self.population!r}")
+        try:
+            self.check_ranges()
+        except ValueError as err:
+            raise ConfigError(f"proposer: {err}") from None
+
+    def check_ranges(self) -> None:
+        """The numeric ranges (``EvolutionProposer`` checks them too when it is built directly)."""
+        if self.tournament_size < 1 or self.max_attempts < 1 or self.chain_length < 1:
+            raise ValueError(f"tournament_size, max_attempts and chain_length must be >= 1, got "
+                             f"{self.tournament_size}, {self.max_attempts}, {self.chain_length}")
+        crossover, constant = self.crossover_rate, self.constant_rate
+        if not (0 <= crossover <= 1 and 0 <= constant <= 1 and crossover + constant <= 1):
+            raise ValueError(f"crossover_rate ({crossover}) and constant_rate ({constant}) must lie in [0, 1] and "
+                             "sum to at most 1")
+        if self.novelty_weight < 0:
+            raise ValueError(f"novelty_weight must be >= 0, got {self.novelty_weight}")
 
     def kwargs(self) -> dict[str, Any]:
         """The proposer's constructor arguments (everything but ``name``)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from discopop.sandbox import Limits
 from discopop.settings.base import ConfigError, check_count, is_number, require, setting
 
+_LIMITS = Limits()  # the sandbox's own defaults (6144 MB, 256 MB) are the executor's: declared once, there
 LR_GRID = [5.0e-6, 1.0e-5, 2.0e-5, 4.0e-5, 8.0e-5, 1.6e-4]
 
 
@@ -87,10 +89,10 @@ class ExecutorSettings:
                                    "(x workers_per_gpu). The run records the number.")
     workers_per_gpu: int | None = setting(None, "At most this many workers share one GPU (each pinned with "
                                                 "CUDA_VISIBLE_DEVICES); null: no cap, as evenly as possible.")
-    memory_mb: int = setting(6144, "Memory cap per worker: cgroup memory, plus an address-space rlimit on CPU workers "
-                                   "(dropped for CUDA workers, whose driver reserves far more address space than it "
-                                   "uses).")
-    file_mb: int = setting(256, "Largest file a worker may write (caps runaway output).")
+    memory_mb: int = setting(_LIMITS.memory_mb, "Memory cap per worker: cgroup memory, plus an address-space rlimit "
+                                                "on CPU workers (dropped for CUDA workers, whose driver reserves far "
+                                                "more address space than it uses).")
+    file_mb: int = setting(_LIMITS.file_size_mb, "Largest file a worker may write (caps runaway output).")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)
