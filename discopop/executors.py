@@ -29,7 +29,7 @@ from typing import Any
 
 from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
-from discopop.settings import ExecutorSettings, RayExecutorSettings, TrainingSettings, plain
+from discopop.settings import ExecutorSettings, RayExecutorSettings, TrainingSettings
 
 _TRAINING = TrainingSettings()
 
@@ -279,7 +279,7 @@ def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], 
     """
     from discopop.devices import plan_local_workers
 
-    placements = plan_local_workers(spec.training or {}, plain(executor), workers, device_count)
+    placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
     return [replace(spec, device=p.device, visible_devices=p.visible_devices,
                     training={**spec.training, "device": p.device} if spec.training is not None else None)
             for p in placements]

@@ -179,7 +179,7 @@ class FineTuner:
         bf16_ok = torch.cuda.is_bf16_supported() if self.device == "cuda" else True
         self.precision = check_precision(training.precision, self.device, bf16_ok)
         self.lora = lora_settings(training.lora)
-        accumulation = accumulation_steps(vars(training))
+        accumulation = accumulation_steps(training)
         self.tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -6,7 +6,7 @@ The training numbers were measured on the embedded task with ``python benchmarks
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from discopop.sandbox import Limits
@@ -74,7 +74,7 @@ class TrainingSettings:
         from discopop.devices import check_training
 
         try:
-            check_training(asdict(self))
+            check_training(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -101,7 +101,7 @@ class ExecutorSettings:
         from discopop.devices import check_executor
 
         try:
-            check_executor(asdict(self))
+            check_executor(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
