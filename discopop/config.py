@@ -10,13 +10,13 @@ mistake become one clear line instead of a traceback. The configs ship inside th
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from discopop.settings import (
     API_KEY_REFUSED,
     GROUP_KEYS,
+    KEY_LIKE,
     ConfigError,
     ExecutorSettings,
     RunSettings,
@@ -31,7 +31,6 @@ __all__ = ["ConfigError", "RunSettings", "compose", "compose_settings", "create_
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")
 
 
 def _first_line(err: Exception) -> str:
@@ -144,7 +143,7 @@ def _explain(err: Exception) -> str:
 
 def _redact(message: str) -> str:
     """A value that looks like an API key never reaches the terminal (or a log) from a config error."""
-    return _KEY_LIKE.sub("***", message)
+    return KEY_LIKE.sub("***", message)
 
 
 def _config_hint(message: str) -> str:

@@ -42,14 +42,13 @@ from urllib.parse import urlparse
 from discopop.executors import Executor, Job, JobResult
 from discopop.metering import Meter
 from discopop.proposers.base import ProposerStop
-from discopop.settings import HubTaskSettings, JudgeSettings, plain
+from discopop.settings import KEY_LIKE, HubTaskSettings, JudgeSettings, plain
 
 TEMPLATE = Path(__file__).resolve().parent / "prompts" / "judge_single.txt"
 CACHE_NAME = "judge.sqlite"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 DEFAULTS: dict[str, Any] = asdict(JudgeSettings())  # declared once, with each option's help, on JudgeSettings
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # Most explicit first: the requested [[x]], then [x], then "Rating: x" or "x/10" in prose.
 _RATING_PATTERNS = [re.compile(r"\[\[\s*" + _NUMBER + r"\s*\]\]"), re.compile(r"\[\s*" + _NUMBER + r"\s*\]"),
@@ -315,7 +314,7 @@ class Judge:
         key = os.environ.get(self.cfg["api_key_env"])
         if key and len(key) >= 4:
             text = text.replace(key, "***")
-        return _KEY_LIKE.sub("sk-***", text)
+        return KEY_LIKE.sub("sk-***", text)
 
     def close(self) -> None:
         if self._client is not None:

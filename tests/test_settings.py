@@ -177,3 +177,26 @@ def test_a_config_recorded_before_the_schemas_still_resumes(tmp_path: Path) -> N
     (run_dir / SAVED_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
     resumed, _ = resolve_run(None, str(run_dir), [])
     assert resumed == settings and resumed.training.check_timeout == 30.0
+
+
+def test_code_that_keeps_defaults_takes_them_from_the_settings() -> None:
+    """Direct construction (tests, scripts) gets the same defaults as a composed run: declared once."""
+    import inspect
+    from dataclasses import asdict
+
+    from discopop.executors import WorkerSpec
+    from discopop.judge import DEFAULTS as JUDGE_DEFAULTS
+    from discopop.proposers.evolution import EvolutionProposer
+    from discopop.proposers.openai_config import DEFAULTS as OPENAI_DEFAULTS
+    from discopop.sandbox import Limits
+    from discopop.settings import EvolutionSettings, JudgeSettings, LocalExecutorSettings, RayExecutorSettings
+
+    signature = inspect.signature(EvolutionProposer.__init__).parameters
+    assert {k: p.default for k, p in signature.items() if k not in ("self", "seed")} == EvolutionSettings().kwargs()
+    assert {k: v for k, v in OPENAI_DEFAULTS.items() if k != "seed"} == OpenAISettings().kwargs()
+    assert JUDGE_DEFAULTS == asdict(JudgeSettings())
+    spec, training = WorkerSpec(None, None), TrainingSettings()
+    assert (spec.threads, spec.check_timeout, spec.train_timeout, spec.oracle_timeout) == (
+        training.threads, training.check_timeout, training.train_timeout, training.oracle_timeout)
+    for executor in (LocalExecutorSettings(), RayExecutorSettings()):
+        assert (executor.memory_mb, executor.file_mb) == (Limits().memory_mb, Limits().file_size_mb)

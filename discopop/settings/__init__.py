@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
-from discopop.settings.base import ConfigError, check_count, from_plain, help_of, require, setting
+from discopop.settings.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
 from discopop.settings.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
 from discopop.settings.task import HubTaskSettings, JudgeSettings, PairsSettings, SftSettings, SyntheticTaskSettings
 from discopop.settings.training import (
@@ -29,11 +29,12 @@ from discopop.settings.training import (
 )
 
 __all__ = [
-    "API_KEY_REFUSED", "GROUP_KEYS", "SCHEMAS", "WANDB_MODES", "ConfigError", "ConfirmSettings", "EvolutionSettings",
-    "ExecutorSettings", "HubTaskSettings", "JudgeSettings", "LocalExecutorSettings", "OpenAISettings", "PairsSettings",
-    "RayExecutorSettings", "ReferenceSettings", "RunSettings", "SelectionSettings", "SftSettings",
-    "SyntheticTaskSettings", "TrainingSettings", "WandbSettings", "check_group", "describe", "executor_settings",
-    "from_plain", "help_of", "plain", "proposer_settings", "register_schemas", "task_settings", "typed",
+    "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "SCHEMAS", "WANDB_MODES", "ConfigError", "ConfirmSettings",
+    "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings", "LocalExecutorSettings",
+    "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings", "RunSettings", "SelectionSettings",
+    "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings", "check_group", "describe",
+    "executor_settings", "from_plain", "help_of", "plain", "proposer_settings", "register_schemas", "task_settings",
+    "typed",
 ]  # fmt: skip
 
 MISSING = "???"  # omegaconf.MISSING: a group hydra fills in (kept literal: importing settings stays light)

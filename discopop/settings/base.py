@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 T = TypeVar("T")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")  # what an API key looks like: never echoed or saved
 
 
 class ConfigError(ValueError):
