@@ -127,7 +127,9 @@ class RunSettings:
     def coerce(cls, value: RunSettings | Mapping[str, Any]) -> RunSettings:
         """The settings of ``value``: itself, or a plain config (as saved, or as tests build it) made typed.
 
-        Missing keys take their defaults; an unknown key or a wrong type is a ``ConfigError``.
+        Missing keys take their dataclass defaults (a missing group: the synthetic task, the evolution
+        proposer, the local executor, as declared, not as a preset such as task=addition changes them);
+        an unknown key or a wrong type is a ``ConfigError``.
         """
         if isinstance(value, RunSettings):
             return value
