@@ -19,7 +19,7 @@ import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,20 @@ class Archive:
         rows = self.rows()
         standing = self.standings(rows)
         return [r.history_entry(standing.get(r.id)) for r in rows]
+
+    def history_as_of(self, generation: int) -> list[HistoryEntry]:
+        """The history as it stood when ``generation``'s evaluation began: earlier generations with their
+        results, ``generation``'s own rows still in flight (``proposed``, no results), nothing later.
+
+        What the loop's lookahead shows a proposer asked for ``generation + 1`` meanwhile. It reads the
+        same after a resume, whatever has finished since, which keeps ``--resume`` exact (the rows of
+        ``generation`` are then its proposals only: its repairs are asked after the lookahead).
+        """
+        rows = self.rows("generation <= ?", (generation,))
+        standing = self.standings([r for r in rows if r.generation < generation])
+        return [r.history_entry(standing.get(r.id)) if r.generation < generation
+                else replace(r, status=Status.PROPOSED, error=None, fitness=None, metrics={}).history_entry()
+                for r in rows]
 
     def find_hash(self, digest: str) -> Row | None:
         found = self.rows("code_hash=? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))

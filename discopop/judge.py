@@ -228,13 +228,12 @@ class Judge:
                 answers = pool.map(lambda item: self._ask(client, *item[1]), todo.items())
                 for (key, (prompt, completion)), answer in zip(todo.items(), answers, strict=True):
                     grades.requests += answer.requests
-                    before = self.meter.totals["cost_usd"]
-                    self.meter.add(self.model, answer.prompt_tokens, answer.completion_tokens, grades.usage)
+                    # its own cost: the proposer may be counting into the same meter meanwhile (lookahead)
+                    cost = self.meter.add(self.model, answer.prompt_tokens, answer.completion_tokens, grades.usage)
                     if answer.rating is None:
                         failures.append(answer.error or "no rating")
                         continue
                     known[key] = answer.rating
-                    cost = self.meter.totals["cost_usd"] - before if self.meter.price(self.model) else None
                     self.cache.put(key, self.model, prompt, completion, answer, cost)
         grades.seconds = time.perf_counter() - started
         if failures:

@@ -8,6 +8,7 @@ archive is the single record of progress, which is what makes ``--resume`` exact
 from __future__ import annotations
 
 import fcntl
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -24,7 +25,7 @@ from discopop.evaluate import Evaluator, Outcome
 from discopop.executors import Executor, WorkerSpec, make_executor
 from discopop.judge import with_judge
 from discopop.proposers import Proposer, ProposerStop, build_proposer
-from discopop.proposers.base import Candidate
+from discopop.proposers.base import Candidate, HistoryEntry
 from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
@@ -103,6 +104,48 @@ def proposals_per_generation(setting: int | str, parallelism: int) -> int:
     return int(setting)
 
 
+class Lookahead:
+    """The proposals of the next generation, asked on a background thread while this one is evaluated.
+
+    The proposer gets a history fixed before the evaluation starts (``Archive.history_as_of``), so
+    what it sees never depends on timing. Whatever it raises (a ``ProposerStop``: budget, key) is
+    raised again by ``result`` in the loop's thread. The thread is a daemon: Ctrl-C does not wait
+    for an LLM request; an unfinished lookahead is dropped and asked again by ``--resume``.
+    """
+
+    def __init__(self, proposer: Proposer, history: list[HistoryEntry], k: int, generation: int):
+        self.generation = generation
+        self.claimed = False  # its proposals were handed to the loop (to be archived)
+        self._candidates: list[Candidate] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._ask, args=(proposer, history, k), daemon=True,
+                                        name=f"propose-generation-{generation}")
+        self._thread.start()
+
+    def _ask(self, proposer: Proposer, history: list[HistoryEntry], k: int) -> None:
+        try:
+            self._candidates = proposer.propose(history, k, self.generation)
+        except BaseException as err:  # noqa: BLE001 - handed to the loop's thread by result()
+            self._error = err
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def unclaimed(self) -> bool:
+        """Finished with proposals the loop has not taken yet."""
+        return not self.running and self._error is None and not self.claimed
+
+    def result(self) -> list[Candidate]:
+        """Wait for the proposals and claim them; what the proposer raised is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self.claimed = True
+        return self._candidates
+
+
 class Loop:
     """One discovery run on ``run_dir``'s archive.
 
@@ -112,8 +155,8 @@ class Loop:
     """
 
     def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
-                 proposer: Proposer | None = None, executor: Executor | None = None,
-                 task_meta: Mapping[str, Any] | None = None):
+                 proposer: Proposer | None = None,
+                 executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None):
         self.cfg = RunSettings.coerce(cfg)
         self.run_dir = run_dir
         self.display = display
@@ -127,6 +170,13 @@ class Loop:
             self.proposer.load_state(state)
         self.tracker = Tracker(self.cfg.wandb, run_dir, self.cfg.to_dict())
         self.best: float | None = None
+        # Generations whose proposals are archived (one ahead of generations_done while a lookahead's are).
+        self.proposed = 0
+        # Row ids whose outcome the proposer hears of once the lookahead in flight has returned (None: at once).
+        self._unobserved: list[int] | None = None
+        # A lookahead still running when a stop came: the proposer is busy on its thread, so it is left alone
+        # (no state saved, not closed); --resume asks that generation again from the last saved state.
+        self._abandoned = False
 
     def _record(self, outcomes) -> list[Outcome]:
         """Show and log each outcome as it comes; then tell the proposer, in row order.
@@ -144,19 +194,34 @@ class Loop:
             self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
                                        self.best)
         recorded.sort(key=lambda o: o.row_id)
-        for out in recorded:
-            row = self.archive.get(out.row_id)
+        if self._unobserved is not None:  # the proposer is busy with a lookahead: it hears of these after it
+            self._unobserved += [out.row_id for out in recorded]
+        else:
+            self._observe([out.row_id for out in recorded])
+        return recorded
+
+    def _observe(self, ids: list[int]) -> None:
+        for row_id in ids:
+            row = self.archive.get(row_id)
             if row.proposer == self.proposer.name:
                 self.proposer.observe(row.history_entry())  # read after the outcome was archived
-        return recorded
 
     def _checkpoint(self, generation: int | None = None) -> None:
         """Save the proposer's state (spending, bandit, conversation) and, if given, the generation done."""
-        state = self.proposer.state()
+        state = None if self._abandoned else self.proposer.state()
         if state is not None:
             self.archive.set_state("proposer_state", state)
         if generation is not None:
             self.archive.set_state("generations_done", generation)
+
+    def _archive_proposals(self, candidates: list[Candidate], generation: int) -> list[int]:
+        """Archive a generation's proposals; from now on it is never proposed again (``generations_proposed``,
+        saved with the proposer's state that made them)."""
+        ids = [self._add(c, generation) for c in candidates]
+        self.proposed = generation
+        self.archive.set_state("generations_proposed", generation)
+        self._checkpoint()
+        return ids
 
     def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
@@ -193,6 +258,51 @@ class Loop:
             wave = [(out, fixes[out.row_id] + 1) for out in self._process(evaluator, list(fixes))
                     if out.status in REPAIRABLE_STATUSES]
 
+    def _repair_owed(self, evaluator: Evaluator, generation: int) -> None:
+        """Ask the repairs a stop left owed in ``generation`` (failures whose repair was never asked)."""
+        owed = owed_repairs(self.archive, self.proposer.name, generation, self.proposer.max_repairs)
+        if owed:
+            self.display.log(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
+            self._repair(evaluator, [Outcome(r.id, r.status, r.fitness, r.error) for r, _ in owed],
+                         {r.id: candidate_of(r) for r, _ in owed}, generation,
+                         attempts={r.id: attempt for r, attempt in owed})
+
+    def _generation(self, evaluator: Evaluator, generation: int, ids: list[int],
+                    candidates: dict[int, Candidate] | None, last: int, k: int) -> None:
+        """Evaluate rows ``ids`` of ``generation``, then ask its repairs; with lookahead, the proposals of
+        ``generation + 1`` are asked meanwhile (docs/DESIGN.md, "Keeping the workers busy").
+
+        ``candidates`` (row id -> proposal) for the repairs; None for a generation a stop interrupted, whose
+        owed repairs the archive tells. The proposer's calls come in one fixed order, one at a time:
+        propose(g+1) [while g is evaluated], then observe(g's outcomes, in row order), then g's repairs.
+        Whatever happens, the generation then counts as done: its proposals are archived, so --resume re-runs
+        its rows in flight and asks its owed repairs, but never proposes it again.
+        """
+        ahead = None
+        if self.proposer.lookahead and 1 <= generation < last and self.proposed == generation:
+            ahead = Lookahead(self.proposer, self.archive.history_as_of(generation), k, generation + 1)
+            self._unobserved = []
+        try:
+            outcomes = self._process(evaluator, ids)
+            if ahead is not None:
+                self._archive_proposals(ahead.result(), ahead.generation)
+                unobserved, self._unobserved = sorted(self._unobserved or []), None
+                self._observe(unobserved)
+            if candidates is None:
+                self._repair_owed(evaluator, generation)
+            else:
+                self._repair(evaluator, outcomes, candidates, generation)
+        finally:
+            self._unobserved = None
+            busy = ahead is not None and ahead.running  # decided once: the thread may finish any moment
+            if busy:
+                self._abandoned = True  # neither its proposals nor the proposer's state after them are saved
+            try:
+                if ahead is not None and not busy and ahead.unclaimed:  # it finished before the stop: keep them
+                    self._archive_proposals(ahead.result(), ahead.generation)
+            finally:
+                self._checkpoint(generation)
+
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported.
 
@@ -227,39 +337,37 @@ class Loop:
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
                               on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
         stopped = None
+        # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
+        # them together, so every worker is busy and timing never decides what the proposer saw; with
+        # lookahead the next generation is proposed while this one trains (docs/DESIGN.md, "Keeping the
+        # workers busy").
+        k = proposals_per_generation(self.cfg.candidates_per_generation, executor.parallelism)
+        done = int(self.archive.get_state("generations_done", 0))
+        self.proposed = max(done, int(self.archive.get_state("generations_proposed", done)))
         try:
             self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
             executor.warm_up()
-            in_flight = [r.id for r in self.archive.rows("status = ?", (Status.PROPOSED,))]
+            # The generation the last stop interrupted: its rows in flight re-run, its owed repairs asked
+            # (and, with lookahead, the next generation proposed meanwhile if the stop came before that).
+            in_flight = [r.id for r in self.archive.rows("status = ? AND generation <= ?", (Status.PROPOSED, done))]
             if in_flight:
                 self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
-                self._evaluate_ids(evaluator, in_flight)
-            owed = owed_repairs(self.archive, self.proposer.name, int(self.archive.get_state("generations_done", 0)),
-                                self.proposer.max_repairs)
-            if owed:
-                self.display.log(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
-                self._repair(evaluator, [Outcome(r.id, r.status, r.fitness, r.error) for r, _ in owed],
-                             {r.id: candidate_of(r) for r, _ in owed}, owed[0][0].generation,
-                             attempts={r.id: attempt for r, attempt in owed})
+            if in_flight or done > 0:
+                self._generation(evaluator, done, in_flight, None, generations, k)
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
             ids = [self._add(reference_candidate(n), 0) for n in self.cfg.baselines if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
-            # With W workers, W proposals per generation (auto), all from the same history: the
-            # cascade runs them together, so every worker is busy and timing never decides what
-            # the proposer saw (docs/DESIGN.md, "No idle workers").
-            k = proposals_per_generation(self.cfg.candidates_per_generation, executor.parallelism)
-            for generation in range(int(self.archive.get_state("generations_done", 0)) + 1, generations + 1):
+            for generation in range(done + 1, generations + 1):
                 self.display.set_generation(f"gen {generation}/{generations}")
-                candidates = self.proposer.propose(self.archive.history(), k, generation)
-                ids = [self._add(c, generation) for c in candidates]
-                try:
-                    outcomes = self._process(evaluator, ids)
-                    self._repair(evaluator, outcomes, dict(zip(ids, candidates, strict=True)), generation)
-                finally:
-                    # Its proposals are archived, so even a stop (budget, key) or Ctrl-C here counts the
-                    # generation as done: --resume re-runs the rows in flight but never proposes it again.
-                    self._checkpoint(generation)
+                if self.proposed < generation:
+                    proposals = self.proposer.propose(self.archive.history(), k, generation)
+                    ids = self._archive_proposals(proposals, generation)
+                    candidates = dict(zip(ids, proposals, strict=True))
+                else:  # proposed ahead, while the previous generation trained
+                    rows = self.archive.rows("generation = ?", (generation,))
+                    ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}
+                self._generation(evaluator, generation, ids, candidates, generations, k)
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self.display.set_generation("confirming winners on fresh seeds")
@@ -276,5 +384,6 @@ class Loop:
             self.tracker.finish()
             with suppress(ArchiveError):  # a stop inside propose() may have spent money: keep it counted
                 self._checkpoint()
-            self.proposer.close()
+            if not self._abandoned:  # else its thread may still be using the proposer; it dies with the process
+                self.proposer.close()
         return RunSummary(self.run_dir, time.perf_counter() - started, stopped)

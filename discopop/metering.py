@@ -7,6 +7,7 @@ into the same :class:`Meter`, so ``proposer.max_cost_usd`` caps what the whole r
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,8 @@ class Meter:
     """Tokens and dollars, per request and in total, against an optional budget.
 
     Prices are per 1,000 tokens. A model with no price is counted in tokens only, with one
-    warning, since its spending is invisible to ``max_cost_usd``.
+    warning, since its spending is invisible to ``max_cost_usd``. Thread-safe: with lookahead
+    (``loop``), the proposer asks on a background thread while the judge grades on the main one.
     """
 
     def __init__(self, prices: Mapping[str, Mapping[str, float]], max_cost_usd: float | None):
@@ -28,6 +30,7 @@ class Meter:
         self.totals: dict[str, float] = {"requests": 0, "failed_requests": 0, "prompt_tokens": 0,
                                          "completion_tokens": 0, "cost_usd": 0.0}
         self._warned: set[str] = set()
+        self._lock = threading.Lock()
 
     def price(self, model: str) -> Mapping[str, float] | None:
         if model in self.prices:
@@ -35,8 +38,13 @@ class Meter:
         prefixes = [m for m in self.prices if model.startswith(m + "-")]  # dated snapshots: gpt-4o-2024-08-06
         return self.prices[max(prefixes, key=len)] if prefixes else None
 
-    def add(self, model: str, prompt_tokens: int, completion_tokens: int, info: dict[str, Any]) -> None:
-        """Count one answered request into ``info`` (this candidate) and the totals."""
+    def add(self, model: str, prompt_tokens: int, completion_tokens: int, info: dict[str, Any]) -> float | None:
+        """Count one answered request into ``info`` (this candidate) and the totals; return its cost in dollars
+        (None for a model without a price)."""
+        with self._lock:
+            return self._add(model, prompt_tokens, completion_tokens, info)
+
+    def _add(self, model: str, prompt_tokens: int, completion_tokens: int, info: dict[str, Any]) -> float | None:
         info["prompt_tokens"] += prompt_tokens
         info["completion_tokens"] += completion_tokens
         self.totals["requests"] += 1
@@ -48,10 +56,11 @@ class Meter:
                 self._warned.add(model)
                 logger.warning("no price for model %s: counting its tokens only%s", model,
                                " (max_cost_usd cannot see its spending)" if self.max_cost_usd is not None else "")
-            return
+            return None
         cost = prompt_tokens / 1000 * price["prompt"] + completion_tokens / 1000 * price["completion"]
         info["cost_usd"] = (info.get("cost_usd") or 0.0) + cost
         self.totals["cost_usd"] += cost
+        return cost
 
     def spent(self) -> bool:
         return self.max_cost_usd is not None and self.totals["cost_usd"] >= self.max_cost_usd

@@ -15,7 +15,9 @@ as the n-th job would finish (Ctrl-C mid-run). Every round (one ``run`` call) is
 ``rounds``, so a test can see which jobs shared the workers.
 
 ``ScriptedProposer`` hands out, per generation, the candidates a test lists (first ``k``), and a
-repair per failed candidate's name; it can stop the run (``ProposerStop``) at a given call.
+repair per failed candidate's name; it can stop the run (``ProposerStop``) at a given call. It logs
+every call in order (``calls``), with the history each proposal saw, and counts calls that ran
+while another was still running (``overlapping_calls``: the loop must never do that).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -176,28 +179,53 @@ class ScriptedProposer(Proposer):
     """Hands out the candidates listed per generation and the repairs listed per failed name.
 
     ``stop_at`` names calls that raise ``ProposerStop`` instead: ``("propose", generation)`` or
-    ``("repair", failed_name)``. ``asked`` records every call, for tests to read.
+    ``("repair", failed_name)``. ``asked`` records every propose and repair call, ``calls`` those and
+    every observe, in order; ``seen[generation]`` is the history its proposal saw, as (id, status).
     """
 
     name = "scripted"
 
     def __init__(self, generations: Mapping[int, list[Candidate]] | None = None,
                  repairs: Mapping[str, Candidate] | None = None, *, max_repairs: int = 0,
-                 stop_at: set[tuple[str, Any]] | None = None):
+                 stop_at: set[tuple[str, Any]] | None = None, lookahead: int = 0):
         self.generations = dict(generations or {})
         self.repairs = dict(repairs or {})
         self.max_repairs = max_repairs
+        self.lookahead = lookahead
         self.stop_at = set(stop_at or ())
         self.asked: list[tuple[Any, ...]] = []
         self.observed: list[int] = []
+        self.calls: list[tuple[Any, ...]] = []
+        self.seen: dict[int, list[tuple[int, str]]] = {}
+        self.overlapping_calls = 0
+        self._busy = threading.Lock()
+
+    def _check_idle(self) -> None:
+        """Count a call made while a proposal is still running (on another thread)."""
+        if self._busy.acquire(blocking=False):
+            self._busy.release()
+        else:
+            self.overlapping_calls += 1
+
+    def _call(self, *call: Any) -> None:
+        self._check_idle()
+        self.calls.append(call)
 
     def propose(self, history: list[HistoryEntry], k: int, generation: int) -> list[Candidate]:
-        self.asked.append(("propose", generation, k, len(history)))
-        if ("propose", generation) in self.stop_at:
-            raise ProposerStop(f"scripted stop at generation {generation}")
-        return [self._own(c) for c in self.generations.get(generation, [])[:k]]
+        self._call("propose", generation)
+        with self._busy:
+            self.asked.append(("propose", generation, k, len(history)))
+            self.seen[generation] = [(e.id, e.status) for e in history]
+            self.proposing(generation)
+            if ("propose", generation) in self.stop_at:
+                raise ProposerStop(f"scripted stop at generation {generation}")
+            return [self._own(c) for c in self.generations.get(generation, [])[:k]]
+
+    def proposing(self, generation: int) -> None:
+        """A hook for tests: runs inside propose(), e.g. to wait for an event."""
 
     def repair(self, failed: Candidate, failed_id: int, error: str, attempt: int) -> Candidate | None:
+        self._call("repair", failed.name)
         self.asked.append(("repair", failed.name, attempt, error))
         if ("repair", failed.name) in self.stop_at:
             raise ProposerStop(f"scripted stop at the repair of {failed.name}")
@@ -205,7 +233,17 @@ class ScriptedProposer(Proposer):
         return self._own(fixed) if fixed is not None else None
 
     def observe(self, entry: HistoryEntry) -> None:
+        self._call("observe", entry.id)
         self.observed.append(entry.id)
+
+    def close(self) -> None:
+        """Closing it while a proposal is running would be a race too: count it."""
+        self._check_idle()
+
+    def state(self) -> None:
+        """Nothing to save; but saving it while a proposal is running would be a race: count it."""
+        self._check_idle()
+        return None
 
     def _own(self, cand: Candidate) -> Candidate:
         return Candidate(cand.name, cand.code, cand.thought, list(cand.parent_ids), self.name, dict(cand.info),

@@ -214,7 +214,7 @@ def scenario(tmp_path_factory, cache_dir) -> Iterator[Scenario]:
     overrides = [*keep, "baselines=[dpo]", "confirm.seeds=0", "proposer=openai", f"proposer.base_url={server.url}",
                  "proposer.model=test-model", "proposer.api_key_env=DISCOPOP_FAULT_TEST_NO_KEY",
                  "proposer.max_repairs=0", "proposer.max_retries=0", f"training.batch_size={TRAIN_BATCH}",
-                 "executor.workers=1",
+                 "executor.workers=1", "proposer.lookahead=0",  # lock step: the stalls are hit in order
                  f"training.train_timeout={RUN1_TRAIN_TIMEOUT}", f"training.oracle_timeout={RUN1_TRAIN_TIMEOUT}",
                  f"hydra.run.dir={run_dir}"]
     resumed = [f"training.train_timeout={TRAIN_TIMEOUT}"]

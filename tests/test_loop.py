@@ -11,14 +11,16 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sqlite3
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate
+from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
 
 from discopop.archive import Archive
 from discopop.config import RunSettings, compose, resolve_auto, resolve_run
@@ -227,8 +229,8 @@ def evolved_fitness(name: str) -> Script:
     return Script(fitness=0.5 + (zlib.crc32(name.encode()) % 400) / 1000)
 
 
-def evolution_run(base_cfg, run_dir: Path, generations: int, **executor_args: Any):
-    cfg = config(base_cfg, candidates_per_generation="auto")
+def evolution_run(base_cfg, run_dir: Path, generations: int, lookahead: int = 0, **executor_args: Any):
+    cfg = config(base_cfg, candidates_per_generation="auto", proposer__lookahead=lookahead)
     executor = ScriptedExecutor(REFS, default=evolved_fitness, **executor_args)
     return run_loop(cfg, run_dir, executor, build_proposer(cfg["proposer"], seed=cfg["seed"]), generations), executor
 
@@ -350,3 +352,207 @@ def test_archive_rows_are_never_left_proposed_after_a_clean_run(base_cfg, tmp_pa
         assert len(archive.rows("proposer = 'evolution'")) == 9  # 3 workers: 3 per generation
     finally:
         archive.close()
+
+
+# -- lookahead: generation g+1 proposed while g is evaluated -------------------------------------------------------
+
+
+class SignallingExecutor(ScriptedExecutor):
+    """Sets ``started[g]`` when a job of a loss named ``g<g>_...`` reaches the workers; raises ``KeyboardInterrupt``
+    instead when its generation is ``interrupt_in`` (Ctrl-C during that generation's evaluation)."""
+
+    def __init__(self, *args: Any, interrupt_in: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.started = {g: threading.Event() for g in range(1, 10)}
+        self.interrupt_in = interrupt_in
+
+    def run(self, jobs):
+        for job in jobs:
+            found = re.match(r"g(\d+)_", loss_name(job.code))
+            if found and int(found.group(1)) == self.interrupt_in:
+                raise KeyboardInterrupt
+            if found:
+                self.started[int(found.group(1))].set()
+        yield from super().run(jobs)
+
+
+class WaitingProposer(ScriptedProposer):
+    """propose(g) for g >= 2 waits until generation g-1's jobs have reached the workers, so ``overlapped[g]``
+    is True only if it ran during that evaluation (the timeout only stops a hang). It then lingers (half a
+    second at most) in case an outcome is observed meanwhile, which ``overlapping_calls`` would count."""
+
+    def __init__(self, executor: SignallingExecutor, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.executor = executor
+        self.overlapped: dict[int, bool] = {}
+        self.on_main_thread: dict[int, bool] = {}
+        self.observing = threading.Event()
+
+    def proposing(self, generation: int) -> None:
+        self.on_main_thread[generation] = threading.current_thread() is threading.main_thread()
+        if generation > 1:
+            self.observing.clear()
+            self.overlapped[generation] = self.executor.started[generation - 1].wait(timeout=30)
+            self.observing.wait(timeout=0.5)
+
+    def observe(self, entry) -> None:
+        super().observe(entry)
+        self.observing.set()
+
+
+LOOKAHEAD_GENS = {1: [candidate("g1_ok"), candidate("g1_broken")], 2: [candidate("g2_a"), candidate("g2_b")],
+                  3: [candidate("g3_a"), candidate("g3_b")]}
+LOOKAHEAD_SCRIPTS = {**REFS, "g1_broken": Script(check_error="nan")}
+LOOKAHEAD_REPAIRS = {"g1_broken": candidate("g1_fix")}
+
+
+def test_lookahead_proposes_the_next_generation_while_this_one_is_evaluated(base_cfg, tmp_path: Path) -> None:
+    """propose(g+1) runs on another thread during g's evaluation, from the history as it stood before it
+    (g's rows still proposed); then, in this order: observe(g's outcomes, row order), g's repairs."""
+    executor = SignallingExecutor(LOOKAHEAD_SCRIPTS, workers=2, order="reversed")
+    proposer = WaitingProposer(executor, LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1)
+    summary = run_loop(config(base_cfg, candidates_per_generation=2), tmp_path, executor, proposer, 3)
+    assert summary.stopped is None
+    assert proposer.overlapped == {2: True, 3: True}
+    assert proposer.on_main_thread == {1: True, 2: False, 3: False}
+    assert proposer.overlapping_calls == 0  # never two calls at once, never state() or close() during a proposal
+    ids = {r[4]: r[0] for r in candidates(tmp_path)}
+    assert list(ids) == ["dpo", "lrml", "g1_ok", "g1_broken", "g2_a", "g2_b", "g1_fix", "g3_a", "g3_b"]
+    assert proposer.calls == [
+        ("propose", 1), ("propose", 2), ("observe", ids["g1_ok"]), ("observe", ids["g1_broken"]),
+        ("repair", "g1_broken"), ("observe", ids["g1_fix"]),
+        ("propose", 3), ("observe", ids["g2_a"]), ("observe", ids["g2_b"]),
+        ("observe", ids["g3_a"]), ("observe", ids["g3_b"])]
+    refs = [(ids["dpo"], "scored"), (ids["lrml"], "scored")]
+    assert proposer.seen[2] == [*refs, (ids["g1_ok"], "proposed"), (ids["g1_broken"], "proposed")]
+    assert proposer.seen[3] == [*refs, (ids["g1_ok"], "scored"), (ids["g1_broken"], "invalid"),
+                                (ids["g2_a"], "proposed"), (ids["g2_b"], "proposed"), (ids["g1_fix"], "scored")]
+    assert {r[6] for r in candidates(tmp_path)[2:]} == {"scored", "invalid"}
+    assert (state(tmp_path, "generations_done"), state(tmp_path, "generations_proposed")) == (3, 3)
+
+
+def test_lookahead_archive_is_the_same_whatever_the_finishing_order(base_cfg, tmp_path: Path) -> None:
+    """Same config and seed, workers finishing in any order: the same archive; and no child of generation g
+    descends from generation g-1, which was not scored yet when g was proposed."""
+    archives = []
+    for tag, order in (("submitted", "submitted"), ("reversed", "reversed"), ("shuffled", 7)):
+        evolution_run(base_cfg, tmp_path / tag, 4, lookahead=1, workers=2, order=order)
+        archives.append((candidates(tmp_path / tag), evaluations(tmp_path / tag)))
+    assert len(archives[0][0]) == 2 + 4 * 2
+    assert archives[0] == archives[1] == archives[2]
+    generation_of = {r[0]: r[1] for r in archives[0][0]}
+    for row in archives[0][0]:
+        assert all(generation_of[p] < max(1, row[1] - 1) for p in json.loads(row[2])), row[:5]
+
+
+@pytest.mark.parametrize("interrupt_after", [9, 11, 13, 15, 17, 19, 21])
+def test_lookahead_interrupted_run_resumes_exactly(base_cfg, tmp_path: Path, interrupt_after: int) -> None:
+    """Ctrl-C at any point, then ``--resume``: the archive equals an uninterrupted run's, and no generation
+    whose proposals were archived is proposed again (one still being proposed at the stop is asked again)."""
+    evolution_run(base_cfg, tmp_path / "straight", 4, lookahead=1, workers=2)
+    straight = candidates(tmp_path / "straight")
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        evolution_run(base_cfg, run_dir, 4, lookahead=1, workers=2, interrupt_after=interrupt_after)
+    proposed = state(run_dir, "generations_proposed")
+    assert {r[1] for r in candidates(run_dir)} == set(range(proposed + 1))
+    assert any(r[6] == "proposed" for r in candidates(run_dir))
+    cfg = config(base_cfg, candidates_per_generation="auto", proposer__lookahead=1)
+    proposer = build_proposer(cfg["proposer"], seed=cfg["seed"])
+    asked: list[int] = []
+    original = proposer.propose
+    proposer.propose = lambda history, k, generation: asked.append(generation) or original(history, k, generation)
+    run_loop(cfg, run_dir, ScriptedExecutor(REFS, default=evolved_fitness, workers=2), proposer, 4)
+    assert asked == list(range(proposed + 1, 5))
+    assert candidates(run_dir) == straight
+
+
+def test_a_lookahead_still_running_at_ctrl_c_is_dropped_and_asked_again(base_cfg, tmp_path: Path) -> None:
+    """Ctrl-C while propose(2) is still running: the loop does not wait for it, saves no proposer state and
+    does not close the proposer under it; --resume asks generation 2 from the same history."""
+    cfg = config(base_cfg, candidates_per_generation=2)
+    release = threading.Event()
+
+    class Held(ScriptedProposer):
+        def proposing(self, generation: int) -> None:
+            if generation == 2:
+                release.wait(timeout=30)
+
+    held = Held(LOOKAHEAD_GENS, lookahead=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(cfg, tmp_path, SignallingExecutor(LOOKAHEAD_SCRIPTS, workers=2, interrupt_in=1), held, 3)
+    release.set()
+    assert held.overlapping_calls == 0
+    assert (state(tmp_path, "generations_done"), state(tmp_path, "generations_proposed")) == (1, 1)
+    assert [(r[4], r[6]) for r in candidates(tmp_path)][2:] == [("g1_ok", "proposed"), ("g1_broken", "proposed")]
+    resumed = ScriptedProposer(LOOKAHEAD_GENS, lookahead=1)
+    run_loop(cfg, tmp_path, ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), resumed, 3)
+    assert [a[:2] for a in resumed.asked] == [("propose", 2), ("propose", 3)]
+    assert resumed.seen[2] == held.seen[2]
+    assert [r[4] for r in candidates(tmp_path)][2:] == ["g1_ok", "g1_broken", "g2_a", "g2_b", "g3_a", "g3_b"]
+    assert not [r for r in candidates(tmp_path) if r[6] == "proposed"]
+
+
+def straight_lookahead_run(base_cfg, run_dir: Path) -> list[tuple]:
+    proposer = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1)
+    run_loop(config(base_cfg, candidates_per_generation=2), run_dir, ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2),
+             proposer, 3)
+    return candidates(run_dir)
+
+
+def test_a_stop_raised_in_the_lookahead_surfaces_once_and_the_run_resumes(base_cfg, tmp_path: Path) -> None:
+    """A ProposerStop in propose(2), on the lookahead thread: generation 1 finishes its evaluation, the run
+    ends with one yellow line, and --resume proposes 2 (from the same history) before generation 1's owed repair."""
+    cfg = config(base_cfg, candidates_per_generation=2)
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    stopping = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1,
+                                stop_at={("propose", 2)})
+    console = Console(file=io.StringIO(), width=80)
+    loop = Loop(cfg, run_dir, Display(0, console=console, quiet=True), proposer=stopping,
+                executor=ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), task_meta=META)
+    try:
+        summary = loop.run(3)
+    finally:
+        loop.archive.close()
+    assert summary.stopped == "scripted stop at generation 2"
+    lines = [line for line in console.file.getvalue().splitlines() if "run stopped" in line]
+    assert len(lines) == 1 and f"discover --resume {run_dir}" in lines[0]
+    assert [(r[4], r[6]) for r in candidates(run_dir)][2:] == [("g1_ok", "scored"), ("g1_broken", "invalid")]
+    assert (state(run_dir, "generations_done"), state(run_dir, "generations_proposed")) == (1, 1)
+    assert not [a for a in stopping.asked if a[0] == "repair"]  # the stop came first: the repair is owed
+    resumed = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1)
+    run_loop(cfg, run_dir, ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), resumed, 3)
+    assert [a[:2] for a in resumed.asked] == [("propose", 2), ("repair", "g1_broken"), ("propose", 3)]
+    assert resumed.seen[2] == stopping.seen[2]
+    assert candidates(run_dir) == straight_lookahead_run(base_cfg, tmp_path / "straight")
+
+
+def test_a_stop_while_repairing_after_the_lookahead_resumes_with_the_owed_repair(base_cfg, tmp_path: Path) -> None:
+    """Generation 2 was proposed ahead and archived before generation 1's repair stopped the run: --resume asks
+    only that repair, evaluates generation 2 as proposed, and ends with an uninterrupted run's archive."""
+    cfg = config(base_cfg, candidates_per_generation=2)
+    run_dir = tmp_path / "stopped"
+    stopping = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1,
+                                stop_at={("repair", "g1_broken")})
+    summary = run_loop(cfg, run_dir, ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), stopping, 3)
+    assert summary.stopped == "scripted stop at the repair of g1_broken"
+    assert (state(run_dir, "generations_done"), state(run_dir, "generations_proposed")) == (1, 2)
+    assert [(r[4], r[6]) for r in candidates(run_dir)][4:] == [("g2_a", "proposed"), ("g2_b", "proposed")]
+    resumed = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1)
+    run_loop(cfg, run_dir, ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), resumed, 3)
+    assert [a[:2] for a in resumed.asked] == [("repair", "g1_broken"), ("propose", 3)]
+    assert candidates(run_dir) == straight_lookahead_run(base_cfg, tmp_path / "straight")
+
+
+def test_lookahead_defaults_and_validation() -> None:
+    """On where proposing is slow (an LLM request), off where it is instant or the protocol needs lock step."""
+    defaults = {}
+    for preset in ("evolution", "openai", "openai_paper", "reference"):
+        cfg, _ = compose([f"proposer={preset}"])
+        defaults[preset] = build_proposer(cfg["proposer"], seed=0).lookahead
+    assert defaults == {"evolution": 0, "openai": 1, "openai_paper": 0, "reference": 0}
+    with pytest.raises(ValueError, match="lookahead must be 0 or 1"):
+        build_proposer({"name": "evolution", "lookahead": 2}, seed=0)
+    with pytest.raises(ValueError, match="lookahead=2 is not allowed"):
+        build_proposer({"name": "openai", "lookahead": 2}, seed=0)

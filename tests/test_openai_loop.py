@@ -12,7 +12,8 @@ tiny task: ~15 s a run, mostly imports and worker start-up), so exit codes and r
 the CLI are covered end to end. The others run ``Loop`` in this process with the scripted
 executor (``scripted_executor.py``: no worker, milliseconds), as the subject is the proposer and
 the loop, not training. Every test scripts the server's replies in the order the loop asks for
-them: one worker, so one proposal a generation.
+them: one worker, so one proposal a generation, and lock step (``proposer.lookahead=0``), so each
+generation is asked after the last one's repairs (the lookahead's order is in ``test_loop.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, refer
 RHO = "(policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)"
 # Fast retries so a test never waits; confirmation off (it re-trains winners: slow and not under test here).
 FAST = ["proposer.backoff_base=0.01", "proposer.backoff_max=0.05", "proposer.max_retries=2", "confirm.seeds=0",
-        "executor.workers=1"]
+        "executor.workers=1", "proposer.lookahead=0"]
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")
 
 
@@ -271,3 +272,22 @@ def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, s
     assert totals["requests"] == 6 and totals["cost_usd"] == pytest.approx(0.12)
     assert "max_cost_usd: 1.0" in (run_dir / ".hydra" / "config.yaml").read_text()  # the raised budget is kept
     assert_key_never_written(run_dir, stopped, resumed)
+
+
+def test_lookahead_asks_the_next_generation_before_this_ones_results_are_in(tmp_path, server, monkeypatch):
+    """The default (``proposer.lookahead=1``): generation g+1's request goes out while g trains, so its prompt
+    shows the archive as it stood before g's evaluation: g-1's results, never g's."""
+    server.push(*[completion(answer(i)) for i in (1, 2, 3)])
+    run_dir = tmp_path / "run"
+    args = [a for a in new_run(run_dir, server, 3) if a != "proposer.lookahead=0"]
+    summary, out = run_in_process(args, monkeypatch)
+    assert summary.stopped is None, out[-3000:]
+    found = rows(run_dir)
+    assert [(r["generation"], r["name"], r["status"]) for r in found[2:]] == [
+        (1, "scaled_dpo_1", "scored"), (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]
+    bodies = server.bodies()
+    assert len(bodies) == 3
+    gen2, gen3 = user_turn(bodies[1]), user_turn(bodies[2])
+    assert "Generation 2" in gen2 and f"### id {found[2]['id']}:" not in gen2  # generation 1 was still training
+    assert f"### id {found[2]['id']}: scaled_dpo_1" in gen3 and f"### id {found[3]['id']}:" not in gen3
+    assert run_state(run_dir, "generations_proposed") == 3

@@ -77,6 +77,9 @@ class Proposer(ABC):
 
     name: str = "proposer"
     max_repairs: int = 0  # repair attempts the loop may ask for per failed candidate
+    # 1: the loop asks for generation g+1 on a background thread while g is evaluated, from the history as it
+    # stood before g's evaluation (worth it where proposing is slow, e.g. an LLM request); 0: in lock step.
+    lookahead: int = 0
 
     @property
     def meter(self) -> Meter | None:

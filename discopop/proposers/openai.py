@@ -82,6 +82,9 @@ class OpenAIProposer(Proposer):
     - top_k, recent_k, failures_k: how many best, most recent and failed candidates a prompt shows.
     - max_repairs: repair attempts the loop may ask for per failed candidate (default 2).
     - max_concurrency: requests in flight at once when one call asks for several proposals.
+    - lookahead: 1 (default) = the loop asks for the next generation while this one trains, from the
+      history as it stood before this generation's evaluation (feedback one generation late; workers
+      are not idle during requests); 0 = lock step.
     - max_retries, backoff_base, backoff_max: retries of 429/5xx/timeouts, exponential backoff
       with jitter in seconds; a Retry-After header wins.
     - max_cost_usd: stop the run once this much is spent (None = unlimited); concurrent requests

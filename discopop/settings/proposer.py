@@ -36,6 +36,8 @@ class EvolutionSettings:
                                             "random operator chains on the references: best-of-N sampling, to show "
                                             "what selection adds).")
     chain_length: int = setting(3, "history_mode=none: each child is a chain of 1..chain_length random operators.")
+    lookahead: int = setting(0, "1: propose generation g+1 while g trains; 0: lock step (proposing takes "
+                                "milliseconds here, so lock step costs nothing and sees one generation more).")
 
     def check(self) -> None:
         from discopop.proposers.evolution import HISTORY_MODES, POPULATIONS
@@ -61,6 +63,8 @@ class EvolutionSettings:
                              "sum to at most 1")
         if self.novelty_weight < 0:
             raise ValueError(f"novelty_weight must be >= 0, got {self.novelty_weight}")
+        if self.lookahead not in (0, 1) or isinstance(self.lookahead, bool):
+            raise ValueError(f"lookahead must be 0 or 1, got {self.lookahead!r}")
 
     def kwargs(self) -> dict[str, Any]:
         """The proposer's constructor arguments (everything but ``name``)."""
@@ -97,6 +101,8 @@ class OpenAISettings:
     max_repairs: int = setting(2, "Attempts to fix a candidate that failed parsing or checks, error sent back each "
                                   "time.")
     max_concurrency: int = setting(4, "Requests in flight at once when a generation asks for several proposals.")
+    lookahead: int = setting(1, "1: ask for generation g+1 while g trains (from the archive as it stood before g's "
+                                "evaluation), so workers never wait on a request; 0: lock step (feedback is fresher).")
     max_retries: int = setting(5, "Retries of a request after 429 / 5xx / timeout / connection error.")
     backoff_base: float = setting(1.0, "Seconds before the first retry; doubles each retry (with jitter), "
                                        "Retry-After wins.")
@@ -155,6 +161,7 @@ def check_openai(cfg: Mapping[str, Any]) -> dict[str, Any]:
     need(cfg["protocol"] != "paper" or cfg["history_mode"] == "conversation", "history_mode",
          "'conversation' with protocol='paper' (the paper's protocol is one growing conversation)")
     need(is_int(cfg["max_concurrency"]) and cfg["max_concurrency"] >= 1, "max_concurrency", "an integer >= 1")
+    need(is_int(cfg["lookahead"]) and cfg["lookahead"] in (0, 1), "lookahead", "0 or 1")
     need(is_int(cfg["history_token_budget"]) and cfg["history_token_budget"] >= MIN_HISTORY_BUDGET,
          "history_token_budget", f"an integer >= {MIN_HISTORY_BUDGET}")
     for key in ("top_k", "recent_k", "failures_k", "max_repairs", "max_retries", "seed"):

@@ -45,6 +45,8 @@ class EvolutionProposer(Proposer):
             so a run is best-of-N sampling of the operators, against which the loop's selection can be shown.
         chain_length: the longest operator chain of a ``none`` child (feedback children get one operator per
             generation, so their chains grow with the lineage instead).
+        lookahead: 1 asks the loop to propose the next generation while this one trains (``Proposer.lookahead``);
+            0 (default): proposing takes milliseconds here, so lock step costs nothing and sees one generation more.
     """
 
     name = "evolution"
@@ -53,13 +55,14 @@ class EvolutionProposer(Proposer):
                  crossover_rate: float = _DEFAULTS.crossover_rate, constant_rate: float = _DEFAULTS.constant_rate,
                  novelty_weight: float = _DEFAULTS.novelty_weight, max_attempts: int = _DEFAULTS.max_attempts,
                  population: str = _DEFAULTS.population, history_mode: str = _DEFAULTS.history_mode,
-                 chain_length: int = _DEFAULTS.chain_length):
+                 chain_length: int = _DEFAULTS.chain_length, lookahead: int = _DEFAULTS.lookahead):
         EvolutionSettings(tournament_size=tournament_size, crossover_rate=crossover_rate, constant_rate=constant_rate,
                           novelty_weight=novelty_weight, max_attempts=max_attempts,
-                          chain_length=chain_length).check_ranges()
+                          chain_length=chain_length, lookahead=lookahead).check_ranges()
         if population not in POPULATIONS or history_mode not in HISTORY_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATIONS)} and history_mode one of "
                              f"{', '.join(HISTORY_MODES)}, got {population!r}, {history_mode!r}")
+        self.lookahead = lookahead
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
         self.population, self.history_mode, self.chain_length = population, history_mode, chain_length
