@@ -43,9 +43,9 @@ BASELINES = "[dpo,hinge,pfl,aqfl]"
 def run_arm(overrides: list[str], run_dir: Path, candidates: int) -> dict[str, float]:
     """Warm the arm's workers, then time ``Loop.run`` over enough generations for ``candidates`` proposals."""
     cfg, _ = resolve_run(None, None, overrides)
-    k = int(cfg["candidates_per_generation"])
+    k = cfg.candidates_per_generation
     generations = -(-candidates // k)
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    executor = make_executor(cfg.executor, worker_spec(cfg))
     executor.warm_up()
     display = Display(0, console=Console(file=io.StringIO()), quiet=True)
     loop = Loop(cfg, run_dir, display, executor=executor)

@@ -81,7 +81,7 @@ def run_arm(overrides: list[str], run_dir: Path, generations: int, llm: SlowLLM)
     """Warm the arm's workers, run ``generations``, and time it from the first request to the last candidate
     finished (the workers' shutdown after it is not search time)."""
     cfg, _ = resolve_run(None, None, overrides)
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    executor = make_executor(cfg.executor, worker_spec(cfg))
     executor.warm_up()
     loop = Loop(cfg, run_dir, quiet(), executor=executor)
     llm.first = None

@@ -55,7 +55,7 @@ def discover(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         lock.close()
         return _fail("discover", str(err))
-    total = len(cfg["baselines"]) + int(cfg["generations"]) * int(cfg["candidates_per_generation"])
+    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
     if not args.verbose:
         from discopop.quiet import quiet_libraries
 
@@ -63,7 +63,7 @@ def discover(argv: list[str] | None = None) -> int:
     console.print(f"run directory: {run_dir}")
     try:
         with Display(total, console=console, quiet=args.quiet) as display:
-            summary = Loop(cfg, run_dir, display).run(int(cfg["generations"]))
+            summary = Loop(cfg, run_dir, display).run(cfg.generations)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: discover --resume {run_dir}")
         return 130
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
     p.add_argument("--beta", type=float, default=None,
-                   help="training beta the diagnostics are measured at (default 0.1, training.beta's default)")
+                   help="training beta the diagnostics are measured at (default 0.1)")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")

@@ -15,8 +15,11 @@ share a GPU. A worker is pinned with ``CUDA_VISIBLE_DEVICES`` (it then sees exac
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from discopop.settings import ExecutorSettings, LocalExecutorSettings, TrainingSettings, from_plain
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -101,40 +104,50 @@ def lora_settings(value: Any) -> LoraSettings | None:
     return LoraSettings(r=r, alpha=float(alpha), dropout=float(dropout), target_modules=targets)
 
 
-def accumulation_steps(training: dict[str, Any]) -> int:
+def training_settings(training: TrainingSettings | Mapping[str, Any]) -> TrainingSettings:
+    """The training settings, or a plain mapping of them (a worker's JSON, a test's few keys) read as those."""
+    return from_plain(TrainingSettings, training)
+
+
+def executor_settings(executor: ExecutorSettings | Mapping[str, Any]) -> ExecutorSettings:
+    """The executor settings, or a plain mapping read as the local executor's."""
+    return executor if isinstance(executor, ExecutorSettings) else from_plain(LocalExecutorSettings, executor)
+
+
+def accumulation_steps(training: TrainingSettings | Mapping[str, Any]) -> int:
     """``training.gradient_accumulation_steps``, which must divide ``training.batch_size`` (pairs per step)."""
-    steps = training.get("gradient_accumulation_steps", 1)
+    training = training_settings(training)
+    steps = training.gradient_accumulation_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"training.gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
-    batch = int(training["batch_size"])
+    batch = int(training.batch_size)
     if batch % steps:
         raise ValueError(f"training.gradient_accumulation_steps={steps} must divide training.batch_size={batch} "
                          "(the batch is the pairs per optimiser step, split into equal micro-batches)")
     return steps
 
 
-def check_training(training: dict[str, Any]) -> None:
+def check_training(training: TrainingSettings | Mapping[str, Any]) -> None:
     """Validate the device-related training keys that need no GPU to judge (one line per mistake)."""
-    if training.get("device", "auto") not in DEVICES:
-        resolve_device(training.get("device"), False)
-    precision = training.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        check_precision(precision, "cpu")
-    if training.get("device", "auto") == "cpu":
-        check_precision(precision, "cpu")
+    training = training_settings(training)
+    if training.device not in DEVICES:
+        resolve_device(training.device, False)
+    if training.precision not in PRECISIONS or training.device == "cpu":
+        check_precision(training.precision, "cpu")
     accumulation_steps(training)
-    if not isinstance(training.get("gradient_checkpointing", False), bool):
+    if not isinstance(training.gradient_checkpointing, bool):
         raise ValueError("training.gradient_checkpointing must be true or false, "
-                         f"got {training.get('gradient_checkpointing')!r}")
-    lora_settings(training.get("lora"))
+                         f"got {training.gradient_checkpointing!r}")
+    lora_settings(training.lora)
 
 
-def check_executor(executor: dict[str, Any]) -> None:
+def check_executor(executor: ExecutorSettings | Mapping[str, Any]) -> None:
     """Validate ``executor.gpus`` and ``executor.workers_per_gpu`` (their shape; counts are checked at start)."""
-    per_gpu = executor.get("workers_per_gpu")
+    executor = executor_settings(executor)
+    per_gpu = executor.workers_per_gpu
     if per_gpu is not None and (isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1):
         raise ValueError(f"executor.workers_per_gpu must be an integer >= 1 (or null), got {per_gpu!r}")
-    gpus = executor.get("gpus", "auto")
+    gpus = getattr(executor, "gpus", "auto")  # Ray places its actors itself: no gpus setting
     if gpus == "auto":
         return
     if not isinstance(gpus, list | tuple) or not gpus or any(
@@ -181,22 +194,23 @@ class WorkerPlacement:
     visible_devices: str | None  # None: keep what this process has (a Ray actor's own GPU assignment)
 
 
-def plan_local_workers(training: dict[str, Any], executor: dict[str, Any], workers: int,
+def plan_local_workers(training: TrainingSettings | Mapping[str, Any],
+                       executor: ExecutorSettings | Mapping[str, Any], workers: int,
                        device_count: int | None = None) -> list[WorkerPlacement]:
     """One placement per local worker: CPU workers see no GPU; CUDA workers are pinned by ``gpu_slots``.
 
     ``device_count`` defaults to what torch sees here, asked only when the setting needs it.
     """
-    setting = training.get("device", "auto")
-    if setting == "cpu":
-        check_precision(training.get("precision", "fp32"), "cpu")
+    training, executor = training_settings(training), executor_settings(executor)
+    if training.device == "cpu":
+        check_precision(training.precision, "cpu")
         return [WorkerPlacement("cpu", NO_GPU)] * workers
     count = cuda_device_count() if device_count is None else device_count
-    device = resolve_device(setting, count > 0)
-    check_precision(training.get("precision", "fp32"), device)
+    device = resolve_device(training.device, count > 0)
+    check_precision(training.precision, device)
     if device == "cpu":
         return [WorkerPlacement("cpu", NO_GPU)] * workers
     check_executor(executor)
-    slots = gpu_slots(executor.get("gpus", "auto"), workers, executor.get("workers_per_gpu"), count,
+    slots = gpu_slots(getattr(executor, "gpus", "auto"), workers, executor.workers_per_gpu, count,
                       visible_devices())
     return [WorkerPlacement("cuda", slot) for slot in slots]

@@ -13,13 +13,12 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from discopop.archive import Evaluation
-from discopop.config import ConfigError, compose, validate
+from discopop.config import RunSettings, compose_settings, validate
 from discopop.transfer import CACHE_NAME, EvaluateError, ResultCache, RunKey, TransferEvaluation, resolve_losses
 from discopop.transfer import Progress as Callbacks
 
@@ -34,17 +33,9 @@ def parse_betas(text: str) -> list[float]:
     return list(dict.fromkeys(betas))
 
 
-def task_configs(tasks: list[str], overrides: list[str]) -> list[dict[str, Any]]:
+def task_configs(tasks: list[str], overrides: list[str]) -> list[RunSettings]:
     """One validated config per task (``task=NAME`` plus the user's overrides)."""
-    cfgs = []
-    for name in tasks:
-        cfg, _ = compose([*overrides, f"task={name}"])
-        try:
-            validate(cfg)
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"invalid configuration: missing or malformed {err}") from None
-        cfgs.append(cfg)
-    return cfgs
+    return [validate(compose_settings([*overrides, f"task={name}"])[0]) for name in tasks]
 
 
 def executor_factory(out: Path):
@@ -56,9 +47,9 @@ def executor_factory(out: Path):
     from discopop.loop import worker_spec
     from discopop.tasks import load_task
 
-    def make(cfg: dict[str, Any]):
-        task = load_task(cfg["task"])
-        return with_judge(make_executor(cfg["executor"], worker_spec(cfg)), cfg["task"], task, out)
+    def make(cfg: RunSettings):
+        task = load_task(cfg.task)
+        return with_judge(make_executor(cfg.executor, worker_spec(cfg)), cfg.task, task, out)
 
     return make
 
@@ -131,10 +122,10 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _grid(cfg: dict[str, Any]) -> tuple[float, ...]:
+def _grid(cfg: RunSettings) -> tuple[float, ...]:
     from discopop.tuning import LrProtocol
 
-    return LrProtocol.from_config(cfg["training"]).grid
+    return LrProtocol.from_config(cfg.training).grid
 
 
 class _Display:

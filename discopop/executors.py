@@ -29,6 +29,9 @@ from typing import Any
 
 from discopop.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
+from discopop.settings import ExecutorSettings, RayExecutorSettings, TrainingSettings
+
+_TRAINING = TrainingSettings()
 
 
 @dataclass
@@ -77,12 +80,13 @@ class WorkerSpec:
     task: dict[str, Any] | None
     training: dict[str, Any] | None
     kl_coef: float = 0.0
-    threads: int = 1
+    # The training settings' defaults (declared, with their help, on TrainingSettings); worker_spec sets the run's.
+    threads: int = _TRAINING.threads
     limits: Limits = field(default_factory=Limits)
     init_timeout: float = 600.0
-    check_timeout: float = 30.0
-    train_timeout: float = 600.0
-    oracle_timeout: float = 10.0  # seconds the worker waits for one loss-oracle reply (a call takes ms)
+    check_timeout: float = _TRAINING.check_timeout
+    train_timeout: float = _TRAINING.train_timeout
+    oracle_timeout: float = _TRAINING.oracle_timeout
     oracle_module: str = "discopop.oracle"  # tests swap in a variant whose static check is fooled
     device: str = "cpu"  # where this worker trains ("cpu" | "cuda"); see discopop.devices
     # CUDA_VISIBLE_DEVICES of a CUDA worker (its one GPU); None: keep this process's (a Ray actor's GPU)
@@ -266,7 +270,7 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def placed_specs(spec: WorkerSpec, executor: dict[str, Any], workers: int,
+def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], workers: int,
                  device_count: int | None = None) -> list[WorkerSpec]:
     """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``).
 
@@ -281,17 +285,15 @@ def placed_specs(spec: WorkerSpec, executor: dict[str, Any], workers: int,
             for p in placements]
 
 
-def make_executor(cfg: dict[str, Any], spec: WorkerSpec) -> Executor:
-    """Build the executor named by ``cfg['name']`` (hydra group ``executor``)."""
-    name = cfg.get("name", "local")
-    workers = int(cfg.get("workers", 1))
-    if name == "local":
-        if workers < 1:
-            raise ValueError(f"executor.workers must be >= 1, got {workers}")
-        return LocalExecutor(spec, workers=workers, specs=placed_specs(spec, cfg, workers))
-    if name == "ray":
+def make_executor(cfg: ExecutorSettings | dict[str, Any], spec: WorkerSpec) -> Executor:
+    """Build the executor the ``executor`` settings name (a plain mapping is read as those settings)."""
+    from discopop.settings import executor_settings
+
+    cfg = executor_settings(cfg)
+    if cfg.workers == "auto" or int(cfg.workers) < 1:
+        raise ValueError(f"executor.workers must be >= 1 (auto is resolved before the run), got {cfg.workers}")
+    if isinstance(cfg, RayExecutorSettings):
         from discopop.ray_executor import RayExecutor
 
-        return RayExecutor(spec, workers=workers, address=cfg.get("address"),
-                           workers_per_gpu=cfg.get("workers_per_gpu"))
-    raise ValueError(f"unknown executor '{name}' (allowed: local, ray)")
+        return RayExecutor(spec, workers=cfg.workers, address=cfg.address, workers_per_gpu=cfg.workers_per_gpu)
+    return LocalExecutor(spec, workers=cfg.workers, specs=placed_specs(spec, cfg, cfg.workers))

@@ -188,7 +188,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
     Rows whose code is already archived as imported are skipped, so importing twice adds nothing.
     """
     from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
-    from discopop.config import SAVED_CONFIG, ConfigError, compose, create_run_dir, record_run, validate
+    from discopop.config import SAVED_CONFIG, compose_settings, create_run_dir, record_run, validate
     from discopop.loop import RunLocked, lock_run_dir
 
     items = read_source(source)
@@ -198,11 +198,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
     if new:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RecordError(f"{run_dir} exists and is not a discopop run directory")
-        cfg, _ = compose([*overrides, f"hydra.run.dir={run_dir}"])
-        try:
-            validate(cfg)
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"invalid configuration: missing or malformed {err}") from None
+        cfg = validate(compose_settings([*overrides, f"hydra.run.dir={run_dir}"])[0])
         create_run_dir(run_dir)
     elif overrides:
         raise RecordError(f"{run_dir} is an existing run: overrides apply only to a new one "

@@ -33,7 +33,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -42,17 +42,13 @@ from urllib.parse import urlparse
 from discopop.executors import Executor, Job, JobResult
 from discopop.metering import Meter
 from discopop.proposers.base import ProposerStop
+from discopop.settings import KEY_LIKE, HubTaskSettings, JudgeSettings, plain
 
 TEMPLATE = Path(__file__).resolve().parent / "prompts" / "judge_single.txt"
 CACHE_NAME = "judge.sqlite"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-DEFAULTS: dict[str, Any] = {
-    "model": None, "base_url": None, "api_key_env": "OPENAI_API_KEY", "template": None, "temperature": 0.0,
-    "max_tokens": 512, "timeout": 60.0, "max_retries": 3, "backoff_base": 1.0, "backoff_max": 30.0,
-    "concurrency": 4, "max_cost_usd": None, "prices": {},
-}  # fmt: skip
+DEFAULTS: dict[str, Any] = asdict(JudgeSettings())  # declared once, with each option's help, on JudgeSettings
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # Most explicit first: the requested [[x]], then [x], then "Rating: x" or "x/10" in prose.
 _RATING_PATTERNS = [re.compile(r"\[\[\s*" + _NUMBER + r"\s*\]\]"), re.compile(r"\[\s*" + _NUMBER + r"\s*\]"),
@@ -317,7 +313,7 @@ class Judge:
         key = os.environ.get(self.cfg["api_key_env"])
         if key and len(key) >= 4:
             text = text.replace(key, "***")
-        return _KEY_LIKE.sub("sk-***", text)
+        return KEY_LIKE.sub("sk-***", text)
 
     def close(self) -> None:
         if self._client is not None:
@@ -375,9 +371,10 @@ class JudgedExecutor(Executor):
             self.judge.close()
 
 
-def with_judge(executor: Executor, task_cfg: Mapping[str, Any], task: Any, run_dir: Path,
+def with_judge(executor: Executor, task_cfg: HubTaskSettings | Mapping[str, Any], task: Any, run_dir: Path,
                meter: Meter | None = None) -> Executor:
     """``executor`` wrapped in a :class:`JudgedExecutor` when the task is judged, else unchanged."""
     if not getattr(task, "judged", False):
         return executor
-    return JudgedExecutor(executor, Judge(task_cfg["judge"], Path(run_dir) / CACHE_NAME, meter), task.prompts)
+    judge = plain(task_cfg)["judge"]
+    return JudgedExecutor(executor, Judge(judge, Path(run_dir) / CACHE_NAME, meter), task.prompts)

@@ -30,6 +30,7 @@ from discopop.proposers.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
 from discopop.seed_race import RacePolicy
+from discopop.settings import RunSettings, plain
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 from discopop.tracking import Tracker
@@ -58,14 +59,15 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def worker_spec(cfg: dict[str, Any]) -> WorkerSpec:
-    training, executor = cfg["training"], cfg["executor"]
+def worker_spec(cfg: RunSettings | Mapping[str, Any]) -> WorkerSpec:
+    """What each worker is started with; the task and training settings cross to it as plain dicts (JSON)."""
+    cfg = RunSettings.coerce(cfg)
+    training, executor = cfg.training, cfg.executor
     return WorkerSpec(
-        task=cfg["task"], training=training, kl_coef=float(cfg["task"].get("kl_coef", 0.0)),
-        threads=int(training.get("threads", 1)),
-        limits=Limits(memory_mb=int(executor.get("memory_mb", 6144)), file_size_mb=int(executor.get("file_mb", 256))),
-        check_timeout=float(training.get("check_timeout", 30)), train_timeout=float(training.get("train_timeout", 600)),
-        oracle_timeout=float(training.get("oracle_timeout", 10)),
+        task=plain(cfg.task), training=plain(training), kl_coef=cfg.task.kl_coef, threads=training.threads,
+        limits=Limits(memory_mb=executor.memory_mb, file_size_mb=executor.file_mb),
+        check_timeout=training.check_timeout, train_timeout=training.train_timeout,
+        oracle_timeout=training.oracle_timeout,
     )
 
 
@@ -152,20 +154,21 @@ class Loop:
     closes the executor and the proposer when ``run`` ends.
     """
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, display: Display, *, proposer: Proposer | None = None,
+    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
+                 proposer: Proposer | None = None,
                  executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None):
-        self.cfg = cfg
+        self.cfg = RunSettings.coerce(cfg)
         self.run_dir = run_dir
         self.display = display
         self.archive = Archive(run_dir / ARCHIVE_NAME)
-        self.seed = int(cfg["seed"])
-        self.proposer: Proposer = proposer or build_proposer(cfg["proposer"], seed=self.seed)
+        self.seed = self.cfg.seed
+        self.proposer: Proposer = proposer or build_proposer(self.cfg.proposer, seed=self.seed)
         self.executor = executor
         self.task_meta = task_meta
         state = self.archive.get_state("proposer_state")
         if state is not None:
             self.proposer.load_state(state)
-        self.tracker = Tracker(cfg.get("wandb", {}), run_dir, cfg)
+        self.tracker = Tracker(self.cfg.wandb, run_dir, self.cfg.to_dict())
         self.best: float | None = None
         # Generations whose proposals are archived (one ahead of generations_done while a lookahead's are).
         self.proposed = 0
@@ -315,7 +318,7 @@ class Loop:
 
     def _load_task(self) -> Task:
         """Build (or read from the cache) the task, and say what it is."""
-        task = load_task(self.cfg["task"], log=self.display.log)
+        task = load_task(self.cfg.task, log=self.display.log)
         ref_reward = task.meta.get("sft_heldout_reward")
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
@@ -328,17 +331,17 @@ class Loop:
         meta = dict(task.meta) if task is not None else self.task_meta
         self.proposer.set_facts(  # the LLM is told what fitness is in this run
             FitnessFacts.from_run(self.cfg, meta, self.archive.rows()))
-        executor = self.executor or make_executor(self.cfg["executor"], worker_spec(self.cfg))
+        executor = self.executor or make_executor(self.cfg.executor, worker_spec(self.cfg))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
-        executor = with_judge(executor, self.cfg["task"], task, self.run_dir, self.proposer.meter)
-        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg["training"]),
+        executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
+        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
                               on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
         # them together, so every worker is busy and timing never decides what the proposer saw; with
         # lookahead the next generation is proposed while this one trains (docs/DESIGN.md, "Keeping the
         # workers busy").
-        k = proposals_per_generation(self.cfg["candidates_per_generation"], executor.parallelism)
+        k = proposals_per_generation(self.cfg.candidates_per_generation, executor.parallelism)
         done = int(self.archive.get_state("generations_done", 0))
         self.proposed = max(done, int(self.archive.get_state("generations_proposed", done)))
         try:
@@ -353,7 +356,7 @@ class Loop:
                 self._generation(evaluator, done, in_flight, None, generations, k)
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
-            ids = [self._add(reference_candidate(n), 0) for n in self.cfg["baselines"] if n not in done_refs]
+            ids = [self._add(reference_candidate(n), 0) for n in self.cfg.baselines if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
             for generation in range(done + 1, generations + 1):
                 self.display.set_generation(f"gen {generation}/{generations}")
@@ -365,12 +368,12 @@ class Loop:
                     rows = self.archive.rows("generation = ?", (generation,))
                     ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}
                 self._generation(evaluator, generation, ids, candidates, generations, k)
-            conf = self.cfg["confirm"]
-            if int(conf["seeds"]) > 0:
+            conf = self.cfg.confirm
+            if conf.seeds > 0:
                 self.display.set_generation("confirming winners on fresh seeds")
-                self.display.log(f"re-scoring the top {conf['top_k']} and DPO on {conf['seeds']} fresh seeds "
+                self.display.log(f"re-scoring the top {conf.top_k} and DPO on {conf.seeds} fresh seeds "
                                  "and the held-back prompts")
-                confirm(self.archive, executor, self.seed, int(conf["seeds"]), int(conf["top_k"]))
+                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k)
         except ProposerStop as stop:
             stopped = str(stop)
             # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.

@@ -14,22 +14,24 @@ task's files (cache, local model paths) at the same paths as the driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from discopop.devices import check_executor, check_precision, resolve_device
+from discopop.devices import check_executor, check_precision, resolve_device, training_settings
 from discopop.executors import Executor, Job, JobResult, WarmWorker, WorkerSpec
+from discopop.settings import RayExecutorSettings, TrainingSettings
 
 
-def actor_gpus(training: dict[str, Any], workers_per_gpu: int | None, cluster_gpus: float) -> tuple[str, float]:
+def actor_gpus(training: TrainingSettings | Mapping[str, Any], workers_per_gpu: int | None,
+               cluster_gpus: float) -> tuple[str, float]:
     """(device, num_gpus per actor) for ``training.device`` on a cluster with ``cluster_gpus`` GPUs in all
     (``workers_per_gpu`` None: a whole GPU per actor)."""
-    check_executor({"workers_per_gpu": workers_per_gpu})
+    check_executor(RayExecutorSettings(workers_per_gpu=workers_per_gpu))
     workers_per_gpu = workers_per_gpu or 1
-    setting = training.get("device", "auto")
-    device = "cpu" if setting == "cpu" else resolve_device(setting, cluster_gpus > 0)
-    check_precision(training.get("precision", "fp32"), device)
+    training = training_settings(training)
+    device = "cpu" if training.device == "cpu" else resolve_device(training.device, cluster_gpus > 0)
+    check_precision(training.precision, device)
     return device, (1.0 / workers_per_gpu if device == "cuda" else 0.0)
 
 

@@ -22,24 +22,34 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from discopop.settings import SelectionSettings
+
+if TYPE_CHECKING:
+    from discopop.settings import RunSettings
 
 # Extra search seeds are base_seed + 500 + i: never the search seed itself, nor a confirmation seed
 # (base_seed + 1000 + i, ``confirmation.SEED_OFFSET``), so confirmation stays fresh.
 RACE_SEED_OFFSET = 500
 MAX_SEEDS_LIMIT = 100  # keeps race seeds below the confirmation seeds
 PRIOR_DF = 2.0  # the prior noise counts as this many degrees of freedom in the pooled estimate
+_SELECTION = SelectionSettings()
 STATE_KEY = "selection"  # run_state key under which the evaluator records the policy for readers
 
 
 @dataclass(frozen=True)
 class RacePolicy:
-    """``cfg["selection"]``: how many seeds a candidate may get and how its lower bound is drawn."""
+    """``selection``: how many seeds a candidate may get and how its lower bound is drawn.
 
-    max_seeds: int = 1  # 1: no race (one seed per row, as before)
-    top_k: int = 5  # contention: could the row enter the best top_k by lower bound?
-    z: float = 1.0  # width of the confidence bounds, in standard errors
-    noise_prior: float = 0.01  # one seed's fitness std assumed before any row has two seeds
+    The fields are ``SelectionSettings``' (documented there); the class defaults are no race (one seed
+    per row, what an archive without a recorded policy ran) and otherwise the settings' defaults.
+    """
+
+    max_seeds: int = 1
+    top_k: int = _SELECTION.top_k
+    z: float = _SELECTION.z
+    noise_prior: float = _SELECTION.noise_prior
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_seeds <= MAX_SEEDS_LIMIT:
@@ -52,14 +62,17 @@ class RacePolicy:
             raise ValueError(f"selection.noise_prior must be a finite number >= 0, got {self.noise_prior}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> RacePolicy:
-        """From the run config's ``selection`` section (absent: no race)."""
-        section = cfg.get("selection") or {}
-        try:
-            return cls(max_seeds=int(section.get("max_seeds", 1)), top_k=int(section.get("top_k", 5)),
-                       z=float(section.get("z", 1.0)), noise_prior=float(section.get("noise_prior", 0.01)))
-        except (TypeError, ValueError) as err:
-            raise ValueError(str(err) if "selection." in str(err) else f"selection: {err}") from None
+    def from_settings(cls, selection: SelectionSettings) -> RacePolicy:
+        """From the run's typed ``selection`` settings (``__post_init__`` checks them: one ``ValueError`` line)."""
+        return cls(max_seeds=selection.max_seeds, top_k=selection.top_k, z=selection.z,
+                   noise_prior=selection.noise_prior)
+
+    @classmethod
+    def from_config(cls, cfg: RunSettings | Mapping[str, Any]) -> RacePolicy:
+        """From the run settings (or a plain run config, read as those settings)."""
+        from discopop.settings import RunSettings
+
+        return cls.from_settings(RunSettings.coerce(cfg).selection)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any] | None) -> RacePolicy:

@@ -6,23 +6,27 @@ Offline runs are written under RUN_DIR/wandb and can be uploaded later with ``wa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_MODES = ("offline", "online", "disabled")
+from discopop.settings import WANDB_MODES, WandbSettings, typed
 
 
 class Tracker:
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, config: dict[str, Any]):
-        mode = cfg.get("mode", "offline")
-        if mode not in _MODES:
-            raise ValueError(f"wandb.mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    def __init__(self, settings: WandbSettings | Mapping[str, Any], run_dir: Path, config: dict[str, Any]):
+        """``settings``: the run's ``wandb`` group; ``config``: the whole run config (plain), logged with the run."""
+        if isinstance(settings, Mapping):
+            settings = typed(WandbSettings, settings, where="wandb")
+        mode = settings.mode
+        if mode not in WANDB_MODES:
+            raise ValueError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
         self.run = None
         if mode == "disabled":
             return
         import wandb
 
-        self.run = wandb.init(project=cfg.get("project", "discopop"), mode=mode, dir=str(run_dir),
+        self.run = wandb.init(project=settings.project, mode=mode, dir=str(run_dir),
                               config=config, name=run_dir.name, resume="allow", id=f"discopop-{run_dir.name}",
                               settings=wandb.Settings(silent=True, console="off"))
 

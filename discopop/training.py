@@ -18,6 +18,7 @@ size, so every run takes the same number of steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from trl import DPOConfig
 
 from discopop.devices import accumulation_steps, check_precision, lora_settings, resolve_device
 from discopop.scoring import Score, score_policy
+from discopop.settings import TrainingSettings, from_plain
 from discopop.tasks import Task
 from discopop.trl import DiscoveredLossDPOTrainer, LossFn
 
@@ -66,9 +68,6 @@ class _ReplayLoader:
     def set_epoch(self, epoch: int) -> None:
         """Nothing to reshuffle: the order is the seed's, fixed when the batches were collated."""
 
-
-# Keeps the search seed's subsample a sample (see the module docstring) while losing few pairs.
-DEFAULT_PAIR_FRACTION = 0.85
 
 # Weight dtypes of the frozen base model of a LoRA fine-tune, by training.precision (fp32: float32).
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -166,17 +165,20 @@ class FineTuner:
     Without LoRA the reference model's weights are the initial weights, and ``run`` copies them back.
     """
 
-    def __init__(self, task: Task, training: dict[str, Any], workdir: Path, kl_coef: float = 0.0):
-        torch.set_num_threads(int(training.get("threads", 1)))
+    def __init__(self, task: Task, training: TrainingSettings | Mapping[str, Any], workdir: Path,
+                 kl_coef: float = 0.0):
+        # Per-job knobs that are not settings: the adapter's init seed and the replay switch of a benchmark.
+        knobs = training if isinstance(training, Mapping) else {}
+        training = self.training = from_plain(TrainingSettings, training)
+        torch.set_num_threads(training.threads)
         from datasets import load_from_disk
 
         self.task = task
-        self.training = training
         self.kl_coef = kl_coef
-        self.device = resolve_device(training.get("device", "auto"), torch.cuda.is_available())
+        self.device = resolve_device(training.device, torch.cuda.is_available())
         bf16_ok = torch.cuda.is_bf16_supported() if self.device == "cuda" else True
-        self.precision = check_precision(training.get("precision", "fp32"), self.device, bf16_ok)
-        self.lora = lora_settings(training.get("lora"))
+        self.precision = check_precision(training.precision, self.device, bf16_ok)
+        self.lora = lora_settings(training.lora)
         accumulation = accumulation_steps(training)
         self.tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_path)
         if self.tokenizer.pad_token is None:
@@ -186,27 +188,27 @@ class FineTuner:
         base_dtype = HALF_DTYPES.get(self.precision, torch.float32) if self.lora else torch.float32
         model = AutoModelForCausalLM.from_pretrained(task.model_path, dtype=base_dtype)
         pairs = load_from_disk(str(task.pairs_path))
-        if training.get("max_pairs"):
-            pairs = pairs.select(range(min(len(pairs), int(training["max_pairs"]))))
+        if training.max_pairs:
+            pairs = pairs.select(range(min(len(pairs), int(training.max_pairs))))
         self.args = DPOConfig(
             output_dir=str(workdir / "trainer"),
-            beta=float(training["beta"]),
-            learning_rate=float(training["learning_rate"]),
-            num_train_epochs=float(training["epochs"]),
-            per_device_train_batch_size=int(training["batch_size"]) // accumulation,
+            beta=float(training.beta),
+            learning_rate=float(training.learning_rate),
+            num_train_epochs=float(training.epochs),
+            per_device_train_batch_size=int(training.batch_size) // accumulation,
             gradient_accumulation_steps=accumulation,
-            lr_scheduler_type=training.get("lr_scheduler", "constant"),
-            warmup_steps=int(training.get("warmup_steps", 0)),
-            max_grad_norm=float(training.get("max_grad_norm", 1.0)),
+            lr_scheduler_type=training.lr_scheduler,
+            warmup_steps=int(training.warmup_steps),
+            max_grad_norm=float(training.max_grad_norm),
             precompute_ref_log_probs=True,
             report_to=[],
             save_strategy="no",
             logging_strategy="no",
             disable_tqdm=True,
             use_cpu=self.device == "cpu",
-            seed=int(training.get("seed", 0)),
+            seed=int(knobs.get("seed", 0)),
             dataloader_num_workers=0,
-            gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
+            gradient_checkpointing=bool(training.gradient_checkpointing),
             bf16=self.precision == "bf16",
             fp16=self.precision == "fp16",
         )
@@ -227,10 +229,10 @@ class FineTuner:
             self.reference = self.reference.to(self.model.device).eval().requires_grad_(False)
             self.initial_state = self.reference.state_dict()  # never trained: it doubles as the starting point
         self.all_pairs = self.trainer.train_dataset  # tokenised, reference log-probs precomputed: subsampled per run
-        self.pair_fraction = _pair_fraction(training.get("pair_fraction", DEFAULT_PAIR_FRACTION))
+        self.pair_fraction = _pair_fraction(training.pair_fraction)
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
-        if training.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
+        if knobs.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
             self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
 
@@ -274,7 +276,7 @@ class FineTuner:
         trainer = self.trainer
         trainer.reset_for_new_loss(loss_fn, seed)
         trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
-        default_lr = self.training["learning_rate"]
+        default_lr = self.training.learning_rate
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
         set_seed(seed)
         self.timer.seconds = 0.0

@@ -27,8 +27,8 @@ import hashlib
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ from discopop.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.confirmation import fresh_seeds
 from discopop.executors import Executor, Job, JobResult
 from discopop.losses import LossRejected, code_hash, read_source, static_check
+from discopop.settings import RunSettings, plain
+from discopop.tasks import stable_key
 from discopop.tuning import LrProtocol, Sweep
 
 SEARCH_SPLIT = "search"
@@ -137,12 +139,13 @@ def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
     return [LossSpec(r.name, r.code, f"{run_dir}#{r.id}") for r in rows]
 
 
-def task_key(cfg: dict[str, Any]) -> str:
+def task_key(cfg: RunSettings | Mapping[str, Any]) -> str:
     """The task's name plus a hash of everything (task and training settings) a cached result depends on."""
-    training = {k: cfg["training"].get(k) for k in _TRAINING_KEYS}
-    blob = json.dumps({"task": {k: v for k, v in cfg["task"].items() if k != "cache_dir"}, "training": training,
-                       "kl_coef": cfg["task"].get("kl_coef", 0.0)}, sort_keys=True, default=str)
-    return f"{cfg['task'].get('name', 'task')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    cfg = RunSettings.coerce(cfg)
+    training = {k: getattr(cfg.training, k) for k in _TRAINING_KEYS}
+    task = stable_key({k: v for k, v in plain(cfg.task).items() if k != "cache_dir"})
+    blob = json.dumps({"task": task, "training": training, "kl_coef": cfg.task.kl_coef}, sort_keys=True, default=str)
+    return f"{cfg.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 _SCHEMA = """
@@ -240,17 +243,20 @@ class Progress:
     done: Callable[[str, float, str, RunKey, Evaluation, bool], None] = lambda *a: None
 
 
-ExecutorFactory = Callable[[dict[str, Any]], Executor]
+ExecutorFactory = Callable[[RunSettings], Executor]
 
 
-def beta_config(cfg: dict[str, Any], beta: float) -> dict[str, Any]:
-    return {**cfg, "training": {**cfg["training"], "beta": float(beta)}}
+def beta_config(cfg: RunSettings | Mapping[str, Any], beta: float) -> RunSettings:
+    """The run settings with ``training.beta`` set to ``beta`` (a copy)."""
+    cfg = RunSettings.coerce(cfg)
+    return replace(cfg, training=replace(cfg.training, beta=float(beta)))
 
 
 class TransferEvaluation:
     """Runs the protocol of the module docstring for ``losses`` on each task config and beta."""
 
-    def __init__(self, losses: list[LossSpec], task_cfgs: list[dict[str, Any]], betas: list[float], n_seeds: int,
+    def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings | Mapping[str, Any]], betas: list[float],
+                 n_seeds: int,
                  cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
                  train: bool = True):
         if n_seeds < 1:
@@ -258,7 +264,7 @@ class TransferEvaluation:
         if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
             raise EvaluateError(f"betas must be positive numbers, got {betas}")
         self.losses = losses
-        self.task_cfgs = task_cfgs
+        self.task_cfgs = [RunSettings.coerce(c) for c in task_cfgs]
         self.betas = [float(b) for b in betas]
         self.n_seeds = n_seeds
         self.cache = cache
@@ -268,7 +274,7 @@ class TransferEvaluation:
 
     def total_runs(self) -> int:
         """Fine-tunes the whole evaluation needs at most (grid + fresh seeds per loss, task and beta)."""
-        grid = len(LrProtocol.from_config(self.task_cfgs[0]["training"]).grid) if self.task_cfgs else 0
+        grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid) if self.task_cfgs else 0
         return len(self.task_cfgs) * len(self.betas) * len(self.losses) * (grid + self.n_seeds)
 
     def run(self) -> list[Cell]:
@@ -279,11 +285,11 @@ class TransferEvaluation:
                 cells.extend(self._one(beta_config(cfg, beta)))
         return cells
 
-    def _one(self, cfg: dict[str, Any]) -> list[Cell]:
+    def _one(self, cfg: RunSettings) -> list[Cell]:
         """All losses at one (task, beta): sweep, fresh seeds, verdicts."""
-        protocol = LrProtocol.from_config(cfg["training"])
-        key_task, beta, seed = task_key(cfg), float(cfg["training"]["beta"]), int(cfg["seed"])
-        task_name = str(cfg["task"].get("name", key_task))
+        protocol = LrProtocol.from_config(cfg.training)
+        key_task, beta, seed = task_key(cfg), cfg.training.beta, cfg.seed
+        task_name = cfg.task.name
         cells = [Cell(task_name, beta, loss) for loss in self.losses]
         executor: list[Executor] = []  # started only if something is not cached
         try:
@@ -312,7 +318,7 @@ class TransferEvaluation:
         judge(cells, seeds)
         return cells
 
-    def _run_keys(self, cfg: dict[str, Any], cells: list[Cell], keys: dict[str, list[RunKey]],
+    def _run_keys(self, cfg: RunSettings, cells: list[Cell], keys: dict[str, list[RunKey]],
                   executor: list[Executor]) -> dict[RunKey, Evaluation]:
         """Each key's cached run, running (and caching) those not yet done through the executor."""
         by_hash = {c.loss.hash: c for c in cells}

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from discopop.settings import TrainingSettings, typed
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,12 @@ class LrProtocol:
     screen_margin: float | None  # None: every candidate gets the whole grid
 
     @classmethod
-    def from_config(cls, training: dict[str, Any]) -> LrProtocol:
-        grid = training.get("lr_grid") or [training["learning_rate"]]
-        margin = training.get("lr_screen_margin")
+    def from_config(cls, training: TrainingSettings | Mapping[str, Any]) -> LrProtocol:
+        """From the run's ``training`` settings (a plain mapping is read as those settings)."""
+        if isinstance(training, Mapping):
+            training = typed(TrainingSettings, training, where="training")
+        grid = training.lr_grid or [training.learning_rate]
+        margin = training.lr_screen_margin
         return cls(grid=tuple(sorted(float(lr) for lr in grid)),
                    screen_margin=None if margin is None else float(margin))
 

@@ -99,7 +99,8 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: 
     ("args", "message"),
     [
         (["--generations", "1", "task=nope"], "Could not find 'task/nope'"),
-        (["--generations", "1", "training.no_such_key=1"], "no_such_key"),
+        (["--generations", "1", "training.no_such_key=1"], "training: unknown option 'no_such_key'"),
+        (["--generations", "1", "training.epochs=abc"], "training.epochs: Value 'abc' of type 'str' could not be"),
         (["--generations", "1", "training.learning_rate=-1"], "training.learning_rate must be > 0"),
         (["--generations", "1", "training.lr_grid=[1e-5,-2]"], "training.lr_grid must be a non-empty list"),
         (["--generations", "1", "training.lr_screen_margin=-0.1"], "training.lr_screen_margin must be"),

@@ -15,7 +15,7 @@ from discopop.losses import load_loss
 from discopop.proposers.base import Candidate
 from discopop.tuning import LrProtocol
 
-ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5})
+ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5, "lr_grid": None})
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"

@@ -184,5 +184,5 @@ def test_a_lora_override_composes() -> None:
     from discopop.config import resolve_run
 
     cfg, _ = resolve_run(1, None, ["training.lora={r: 4, alpha: 8, target_modules: [c_attn]}"])
-    assert lora_settings(cfg["training"]["lora"]).target_modules == ("c_attn",)
-    assert (cfg["training"]["device"], cfg["training"]["precision"]) == ("auto", "fp32")
+    assert lora_settings(cfg.training.lora).target_modules == ("c_attn",)
+    assert (cfg.training.device, cfg.training.precision) == ("auto", "fp32")

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -197,14 +198,14 @@ def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, 
 
     imdb, _ = resolve_run(1, None, ["task=imdb"])
     tldr, _ = resolve_run(1, None, ["task=tldr"])
-    assert imdb["task"]["reward_model"] == "lvwerra/distilbert-imdb" and imdb["task"]["reward_index"] == 1
-    assert tldr["task"]["reward_model"] is None and tldr["task"]["judge"]["model"] == "gpt-4o-mini"
+    assert imdb.task.reward_model == "lvwerra/distilbert-imdb" and imdb.task.reward_index == 1
+    assert tldr.task.reward_model is None and tldr.task.judge.model == "gpt-4o-mini"
     save_tiny(tmp_path / "sentiment", *tiny_reward_model(ALPHABET, positions=64, num_labels=2))
     local = [f"task.model={hub_dir / 'policy'}", f"task.dataset={hub_dir / 'prefs'}", "task.prompt_column=question",
              "task.chosen_column=better", "task.rejected_column=worse", "task.heldout_prompts=8",
              f"task.cache_dir={tmp_path / 'cache'}"]
     imdb, _ = resolve_run(1, None, ["task=imdb", *local, f"task.reward_model={tmp_path / 'sentiment'}"])
-    task = load_task(imdb["task"])
+    task = load_task(imdb.task)
     assert isinstance(task.reward, RewardModelScorer) and not task.judged and task.score_batch_size == 64
     prompts, texts = task.prompts("search"), [" good!", " bad.", " fine", " ok ok"]
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sentiment").eval()
@@ -217,10 +218,10 @@ def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, 
     try:
         tldr, _ = resolve_run(1, None, ["task=tldr", *local, f"task.judge.base_url={server.url}",
                                         "task.judge.api_key_env=DISCOPOP_TEST_JUDGE_KEY"])
-        task = load_task(tldr["task"])
+        task = load_task(tldr.task)
         assert task.judged and task.reward is None
         monkeypatch.setenv("DISCOPOP_TEST_JUDGE_KEY", "sk-local-stand-in-key")
-        judge = Judge(tldr["task"]["judge"], tmp_path / "judge.sqlite")
+        judge = Judge(asdict(tldr.task.judge), tmp_path / "judge.sqlite")
         server.push(completion("Faithful and short. [[8]]", prompt_tokens=1000, completion_tokens=100))
         grades = judge.grade(prompts[:1], [" a short summary"])
         assert grades.ratings == [8.0] and grades.usage["cost_usd"] == pytest.approx(0.00015 + 0.00006)

@@ -63,7 +63,7 @@ def test_import_run_creates_a_resumable_run_and_is_idempotent(tmp_path, capsys) 
     from discopop.config import resolve_run
 
     cfg, resumed = resolve_run(3, str(run_dir), [])  # what `discover --resume RUN_DIR --generations 3` loads
-    assert resumed == run_dir and cfg["wandb"]["mode"] == "disabled"
+    assert resumed == run_dir and cfg.wandb.mode == "disabled"
     archive = Archive(run_dir / "archive.sqlite", create=False)
     rows = archive.rows()
     assert {r.proposer for r in rows} == {PROPOSER} and {r.generation for r in rows} == {0}

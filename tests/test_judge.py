@@ -133,7 +133,7 @@ def test_a_pasted_key_is_refused_before_anything_is_written(tmp_path: Path) -> N
             resolve_run(1, None, [*base, pasted])
         assert KEY not in str(caught.value) and "not saved" in str(caught.value)
     cfg, _ = resolve_run(1, None, base)  # a variable name is fine, and composing needs no key
-    assert cfg["task"]["judge"]["api_key_env"] == "OPENAI_API_KEY"
+    assert cfg.task.judge.api_key_env == "OPENAI_API_KEY"
     with pytest.raises(ConfigError, match="reward_model or task.judge.model, not both"):
         resolve_run(1, None, [*base, "task.reward_model=r"])
     with pytest.raises(ConfigError, match="unknown option"):

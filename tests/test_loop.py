@@ -23,7 +23,7 @@ from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
 
 from discopop.archive import Archive
-from discopop.config import compose, resolve_auto, resolve_run
+from discopop.config import RunSettings, compose, resolve_auto, resolve_run
 from discopop.display import Display
 from discopop.loop import Loop, proposals_per_generation
 from discopop.proposers import build_proposer
@@ -333,13 +333,14 @@ def test_the_loop_confirms_the_winner_on_fresh_seeds(base_cfg, tmp_path: Path) -
 
 def test_auto_resolves_to_this_machines_cores_and_is_recorded(base_cfg, monkeypatch) -> None:
     monkeypatch.setattr("discopop.config.usable_cores", lambda: 8)
-    cfg = config(base_cfg, executor__workers="auto", candidates_per_generation="auto", training__threads=2)
+    cfg = RunSettings.coerce(config(base_cfg, executor__workers="auto", candidates_per_generation="auto",
+                                    training__threads=2))
     resolve_auto(cfg)
-    assert (cfg["executor"]["workers"], cfg["candidates_per_generation"]) == (4, 4)
+    assert (cfg.executor.workers, cfg.candidates_per_generation) == (4, 4)
     cfg, _ = resolve_run(1, None, ["executor.workers=3"])
-    assert (cfg["executor"]["workers"], cfg["candidates_per_generation"]) == (3, 3)
+    assert (cfg.executor.workers, cfg.candidates_per_generation) == (3, 3)
     cfg, _ = resolve_run(1, None, ["candidates_per_generation=5"])
-    assert cfg["candidates_per_generation"] == 5 and cfg["executor"]["workers"] == 8 // cfg["training"]["threads"]
+    assert cfg.candidates_per_generation == 5 and cfg.executor.workers == 8 // cfg.training.threads
 
 
 def test_archive_rows_are_never_left_proposed_after_a_clean_run(base_cfg, tmp_path: Path) -> None:

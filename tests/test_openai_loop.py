@@ -102,11 +102,11 @@ def run_in_process(args: list[str], monkeypatch, resume: Path | None = None) -> 
     console = Console(file=io.StringIO(), width=300)
     scripts = {"dpo": Script(fitness=0.80), "lrml": Script(fitness=0.82)}
     executor = ScriptedExecutor(scripts, default=lambda name: Script(fitness=0.5 + len(name) / 100),
-                                workers=int(cfg["executor"]["workers"]))
+                                workers=cfg.executor.workers)
     loop = Loop(cfg, run_dir, Display(0, console=console, quiet=True), executor=executor,
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
     try:
-        summary = loop.run(int(cfg["generations"]))
+        summary = loop.run(cfg.generations)
     finally:
         loop.archive.close()
     return summary, console.file.getvalue()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from openai_server import Scripted, completion, error, loopback_server
 
 from discopop.losses import static_check
@@ -408,12 +406,13 @@ def test_selection_is_seeded(selection):
 # -- configuration --------------------------------------------------------------------------------
 
 def test_config_file_builds_and_validation_names_the_value(monkeypatch):
-    path = Path(__file__).resolve().parent.parent / "discopop" / "conf" / "proposer" / "openai.yaml"
-    cfg = OmegaConf.load(path)
+    from discopop.config import compose
+
+    cfg = compose(["proposer=openai"])[0]["proposer"]  # conf/proposer/openai.yaml on its schema
     proposer = OpenAIProposer.from_config(cfg, seed=3)
     assert proposer.model == "gpt-4o" and proposer.history_token_budget == 6000 and "gpt-4o" in proposer.prices
     with pytest.raises(ValueError, match=r"temperature=5 is not allowed; expected a number in \[0, 2\]"):
-        OpenAIProposer.from_config({**OmegaConf.to_container(cfg), "temperature": 5}, seed=0)
+        OpenAIProposer.from_config({**cfg, "temperature": 5}, seed=0)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['temprature'\]"):
         OpenAIProposer.from_config({"name": "openai", "temprature": 1.0}, seed=0)
     with pytest.raises(ValueError, match="history_mode='chat'"):

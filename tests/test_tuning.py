@@ -16,7 +16,7 @@ def test_grid_is_sorted_and_default_is_its_middle() -> None:
 
 
 def test_without_a_grid_the_single_learning_rate_is_the_grid() -> None:
-    protocol = LrProtocol.from_config({"learning_rate": 3e-6})
+    protocol = LrProtocol.from_config({"learning_rate": 3e-6, "lr_grid": None})
     assert protocol.grid == (3e-6,)
 
 

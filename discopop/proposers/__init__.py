@@ -9,20 +9,19 @@ from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerS
 __all__ = ["Candidate", "HistoryEntry", "Proposer", "ProposerStop", "build_proposer"]
 
 
-def build_proposer(cfg: dict[str, Any], seed: int) -> Proposer:
-    """Instantiate the proposer named by ``cfg['name']`` with the rest of ``cfg`` as settings."""
-    name = cfg.get("name")
-    settings = {k: v for k, v in cfg.items() if k != "name"}
-    if name == "evolution":
+def build_proposer(cfg: Any, seed: int) -> Proposer:
+    """Instantiate the proposer its ``proposer`` settings name (a plain mapping is read as those settings)."""
+    from discopop.settings import EvolutionSettings, OpenAISettings, proposer_settings
+
+    settings = proposer_settings(cfg)  # a mistake is a ConfigError, a ValueError of one line
+    if isinstance(settings, EvolutionSettings):
         from discopop.proposers.evolution import EvolutionProposer
 
-        return EvolutionProposer(seed=seed, **settings)
-    if name == "openai":
+        return EvolutionProposer(seed=seed, **settings.kwargs())
+    if isinstance(settings, OpenAISettings):
         from discopop.proposers.openai import OpenAIProposer
 
-        return OpenAIProposer.from_config(cfg, seed=seed)
-    if name == "reference":
-        from discopop.proposers.reference import ReferenceProposer
+        return OpenAIProposer(seed=seed, **settings.kwargs())
+    from discopop.proposers.reference import ReferenceProposer
 
-        return ReferenceProposer(**settings)
-    raise ValueError(f"unknown proposer '{name}' (allowed: evolution, openai, reference)")
+    return ReferenceProposer(**settings.kwargs())

@@ -36,12 +36,13 @@ from urllib.parse import urlparse
 
 import openai
 
+from discopop.settings import KEY_LIKE  # one pattern for what an API key looks like (re-exported here)
+
 logger = logging.getLogger(__name__)
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 RETRY_AFTER_CAP = 300.0  # s: honour a server's Retry-After, but not one that would stall a run for hours
 MAX_DETAIL_CHARS = 300
 CONTEXT_ERROR = re.compile(r"context[ _-]?length|maximum context|context window|prompt is too long", re.I)
-KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_*\-]{6,}")
 RETRYABLE_STATUS = (408, 409, 429)
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from discopop.settings import RunSettings
 
 NOT_MEASURED = "not yet measured"
 
@@ -30,14 +33,16 @@ class FitnessFacts:
     noise_from: str = "fresh seeds"  # "fresh seeds" (confirmation) or "search seeds" (candidates re-scored in search)
 
     @classmethod
-    def from_run(cls, cfg: Mapping[str, Any], task_meta: Mapping[str, Any],
+    def from_run(cls, cfg: RunSettings | Mapping[str, Any], task_meta: Mapping[str, Any],
                  rows: Iterable[Any] = ()) -> FitnessFacts:
-        """From the resolved config, ``task.meta`` and archived rows (anything with a ``metrics`` dict)."""
-        training = cfg["training"]
-        grid = training.get("lr_grid")
-        single = training.get("learning_rate")
-        rates = tuple(float(v) for v in grid) if grid else (float(single),) if single is not None else ()
-        epochs = training.get("epochs")
+        """From the run's settings, ``task.meta`` and archived rows (anything with a ``metrics`` dict)."""
+        from discopop.settings import RunSettings
+
+        cfg = RunSettings.coerce(cfg)
+        training = cfg.training
+        grid = training.lr_grid
+        rates = tuple(float(v) for v in grid) if grid else (float(training.learning_rate),)
+        epochs = training.epochs
         variances = []
         for row in rows:
             conf = (getattr(row, "metrics", None) or {}).get("confirmation") or {}
@@ -46,8 +51,7 @@ class FitnessFacts:
                 variances.append(float(std) ** 2)
         sft = task_meta.get("sft_heldout_reward")
         return cls(
-            kl_coef=float(cfg["task"].get("kl_coef", 0.0)), beta=float(training["beta"]), learning_rates=rates,
-            epochs=int(epochs) if epochs is not None else None,
+            kl_coef=float(cfg.task.kl_coef), beta=float(training.beta), learning_rates=rates, epochs=epochs,
             noise_std=math.sqrt(sum(variances) / len(variances)) if variances else None,
             noise_candidates=len(variances), sft_reward=float(sft) if sft is not None else None,
         )

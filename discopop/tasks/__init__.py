@@ -57,7 +57,16 @@ def cache_root(cfg: dict[str, Any]) -> Path:
 
 def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that determine a task's artifacts (and nothing else: not the cache path)."""
-    return {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")}
+    return stable_key({k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")})
+
+
+def stable_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without ``pairs.label_noise`` when it is 0: clean labels hash as before the setting existed
+    (it was absent from the sorting task), so task and result caches built then stay valid."""
+    pairs = cfg.get("pairs")
+    if isinstance(pairs, dict) and not pairs.get("label_noise"):
+        return {**cfg, "pairs": {k: v for k, v in pairs.items() if k != "label_noise"}}
+    return cfg
 
 
 def search_count(cfg: dict[str, Any], heldout: int) -> int:
@@ -71,8 +80,11 @@ def search_count(cfg: dict[str, Any], heldout: int) -> int:
     return count
 
 
-def load_task(cfg: dict[str, Any], log: Callable[[str], None] | None = None) -> Task:
-    """Load a synthetic task from its cache, building it first on a miss."""
+def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
+    """Load a task (its settings, or their plain form as a worker gets them), building it first on a miss."""
+    from discopop.settings import plain
+
+    cfg = plain(cfg)
     kind = cfg.get("kind", "synthetic")
     if kind == "hub":
         from discopop.tasks.hub import load_hub_task

@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from discopop.settings import HubTaskSettings, from_plain, plain
+
 REQUIRED = ("model", "dataset")
 
 
@@ -99,35 +101,36 @@ def _load_dataset(name_or_path: str, split: str):
     return load_dataset(name_or_path, split=split)
 
 
-def load_hub_task(cfg: dict[str, Any]):
+def load_hub_task(cfg: HubTaskSettings | dict[str, Any]):
     """Load (and cache the split of) a hub task; see the module docstring."""
-    from discopop.tasks import Task, cache_root
+    from discopop.tasks import Task, cache_root, search_count
 
+    settings = from_plain(HubTaskSettings, cfg)
+    cfg = plain(settings)
     problem = hub_config_problem(cfg)
     if problem:
         raise ValueError(problem)
-    key = {k: cfg.get(k) for k in ("model", "dataset", "split", "prompt_column", "chosen_column", "rejected_column",
-                                   "heldout_prompts", "seed", "max_pairs")}
+    key = {k: cfg[k] for k in ("model", "dataset", "split", "prompt_column", "chosen_column", "rejected_column",
+                               "heldout_prompts", "seed", "max_pairs")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     out_dir = cache_root(cfg) / f"hub-{digest}"
     meta_path = out_dir / "meta.json"
     if not meta_path.exists():
-        data = _load_dataset(cfg["dataset"], cfg.get("split", "train"))
-        columns = [cfg.get("prompt_column", "prompt"), cfg.get("chosen_column", "chosen"),
-                   cfg.get("rejected_column", "rejected")]
+        data = _load_dataset(settings.dataset, settings.split)
+        columns = [settings.prompt_column, settings.chosen_column, settings.rejected_column]
         absent = [c for c in columns if c not in data.column_names]
         if absent:
             raise ValueError(f"dataset {cfg['dataset']} lacks column(s) {', '.join(absent)} "
                              f"(has: {', '.join(data.column_names)})")
         data = data.select_columns(columns).rename_columns(dict(zip(columns, ("prompt", "chosen", "rejected"),
                                                                     strict=True)))
-        data = data.shuffle(seed=int(cfg.get("seed", 0)))
+        data = data.shuffle(seed=settings.seed)
         prompts = list(dict.fromkeys(data["prompt"]))
-        heldout = prompts[: int(cfg["heldout_prompts"])]
+        heldout = prompts[: settings.heldout_prompts]
         held = set(heldout)
         train = data.filter(lambda row: row["prompt"] not in held)
-        if cfg.get("max_pairs"):
-            train = train.select(range(min(len(train), int(cfg["max_pairs"]))))
+        if settings.max_pairs:
+            train = train.select(range(min(len(train), settings.max_pairs)))
         if len(train) == 0 or len(heldout) < 2:
             raise ValueError(f"dataset {cfg['dataset']} is too small: {len(train)} training pairs, "
                              f"{len(heldout)} held-out prompts")
@@ -135,22 +138,21 @@ def load_hub_task(cfg: dict[str, Any]):
         train.save_to_disk(str(out_dir / "pairs"))
         (out_dir / "heldout.json").write_text(json.dumps(heldout))
         meta_path.write_text(json.dumps({"pairs": len(train), "heldout": len(heldout), "source": key}, indent=2))
-    from discopop.tasks import search_count
-
     heldout = json.loads((out_dir / "heldout.json").read_text())
     meta = json.loads(meta_path.read_text())
-    judged = bool((cfg.get("judge") or {}).get("model"))
+    judged = bool(settings.judge.model)
+    model = settings.model
     return Task(
-        name=cfg.get("name", "hub"),
-        model_path=Path(cfg["model"]) if Path(cfg["model"]).expanduser().exists() else cfg["model"],
-        tokenizer_path=cfg.get("tokenizer") or cfg["model"],
+        name=settings.name,
+        model_path=Path(model) if Path(model).expanduser().exists() else model,
+        tokenizer_path=settings.tokenizer or model,
         pairs_path=out_dir / "pairs",
         heldout_prompts=heldout[: search_count(cfg, len(heldout))],
         confirm_prompts=heldout[search_count(cfg, len(heldout)):],
-        reward=None if judged else RewardModelScorer(cfg["reward_model"], index=int(cfg.get("reward_index") or 0)),
-        max_new_tokens=int(cfg.get("max_new_tokens", 32)),
+        reward=None if judged else RewardModelScorer(settings.reward_model, index=settings.reward_index),
+        max_new_tokens=settings.max_new_tokens,
         meta=meta,
         require_eos=False,
         judged=judged,
-        score_batch_size=int(cfg.get("score_batch_size") or 32),
+        score_batch_size=settings.score_batch_size,
     )

@@ -16,8 +16,10 @@ from discopop.proposers.evolution.control import random_chain, reference_pool
 from discopop.proposers.evolution.operators import TWO_PARENTS, draw_operator
 from discopop.proposers.evolution.program import code_hash
 from discopop.proposers.evolution.selection import POPULATIONS, Parent, can_cross, parent_pool, tournament
+from discopop.settings import EvolutionSettings
 
 HISTORY_MODES = ("feedback", "none")
+_DEFAULTS = EvolutionSettings()  # the defaults are declared once, with their help, on the settings
 
 
 class EvolutionProposer(Proposer):
@@ -49,23 +51,17 @@ class EvolutionProposer(Proposer):
 
     name = "evolution"
 
-    def __init__(self, seed: int, tournament_size: int = 3, crossover_rate: float = 0.1,
-                 constant_rate: float = 0.05, novelty_weight: float = 0.1, max_attempts: int = 20,
-                 population: str = "cells", history_mode: str = "feedback", chain_length: int = 3,
-                 lookahead: int = 0):
-        if tournament_size < 1 or max_attempts < 1 or chain_length < 1:
-            raise ValueError(f"tournament_size, max_attempts and chain_length must be >= 1, got {tournament_size}, "
-                             f"{max_attempts}, {chain_length}")
-        if not (0 <= crossover_rate <= 1 and 0 <= constant_rate <= 1 and crossover_rate + constant_rate <= 1):
-            raise ValueError(f"crossover_rate ({crossover_rate}) and constant_rate ({constant_rate}) must lie in "
-                             "[0, 1] and sum to at most 1")
-        if novelty_weight < 0:
-            raise ValueError(f"novelty_weight must be >= 0, got {novelty_weight}")
+    def __init__(self, seed: int, tournament_size: int = _DEFAULTS.tournament_size,
+                 crossover_rate: float = _DEFAULTS.crossover_rate, constant_rate: float = _DEFAULTS.constant_rate,
+                 novelty_weight: float = _DEFAULTS.novelty_weight, max_attempts: int = _DEFAULTS.max_attempts,
+                 population: str = _DEFAULTS.population, history_mode: str = _DEFAULTS.history_mode,
+                 chain_length: int = _DEFAULTS.chain_length, lookahead: int = _DEFAULTS.lookahead):
+        EvolutionSettings(tournament_size=tournament_size, crossover_rate=crossover_rate, constant_rate=constant_rate,
+                          novelty_weight=novelty_weight, max_attempts=max_attempts,
+                          chain_length=chain_length, lookahead=lookahead).check_ranges()
         if population not in POPULATIONS or history_mode not in HISTORY_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATIONS)} and history_mode one of "
                              f"{', '.join(HISTORY_MODES)}, got {population!r}, {history_mode!r}")
-        if lookahead not in (0, 1) or isinstance(lookahead, bool):
-            raise ValueError(f"lookahead must be 0 or 1, got {lookahead!r}")
         self.lookahead = lookahead
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
