@@ -55,9 +55,7 @@ def run_arm(overrides: list[str], run_dir: Path, candidates: int) -> dict[str, f
     loop.archive.close()
     archive = Archive(run_dir / ARCHIVE_NAME, create=False)
     rows = archive.rows("generation > 0")
-    fine_tunes = archive.conn.execute(
-        "SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id WHERE c.generation > 0"
-    ).fetchone()[0]
+    fine_tunes = archive.evolved_fine_tunes()
     archive.close()
     return {"candidates": len(rows), "seconds": seconds, "per_hour": len(rows) / seconds * 3600,
             "fine_tunes": fine_tunes / max(1, len(rows)), "k": k}

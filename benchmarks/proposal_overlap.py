@@ -91,9 +91,7 @@ def run_arm(overrides: list[str], run_dir: Path, generations: int, llm: SlowLLM)
         sys.exit(f"the run stopped: {summary.stopped}")
     archive = Archive(run_dir / ARCHIVE_NAME, create=False)
     rows = archive.rows("generation > 0")
-    fine_tunes = archive.conn.execute(
-        "SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id WHERE c.generation > 0"
-    ).fetchone()[0]
+    fine_tunes = archive.evolved_fine_tunes()
     archive.close()
     last = max(datetime.fromisoformat(r.finished_at).timestamp() for r in rows)
     return {"candidates": len(rows), "seconds": last - (llm.first or last), "fine_tunes": fine_tunes,

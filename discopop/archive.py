@@ -307,6 +307,11 @@ class Archive:
         standing = self.standings(rows)
         return [r.history_entry(standing.get(r.id)) for r in rows]
 
+    def evolved_fine_tunes(self) -> int:
+        """Fine-tunes (evaluation rows) spent on proposals after the baselines: the cost side of a search."""
+        return self.conn.execute("SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id "
+                                 "WHERE c.generation > 0").fetchone()[0]
+
     def history_as_of(self, generation: int) -> list[HistoryEntry]:
         """The history as it stood when ``generation``'s evaluation began: earlier generations with their
         results, ``generation``'s own rows still in flight (``proposed``, no results), nothing later.

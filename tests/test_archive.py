@@ -71,3 +71,16 @@ def test_evaluations_are_stored_with_the_fate_and_read_back(tmp_path: Path) -> N
     with pytest.raises(sqlite3.IntegrityError):  # one transaction: a bad evaluation leaves the fate unwritten too
         arch.finish(other, "scored", fitness=0.3, evaluations=[Evaluation(other, None, "search")])
     assert arch.get(other).status == "proposed" and len(arch.evaluations()) == 2
+
+
+def test_evolved_fine_tunes_count_only_rows_after_the_baselines(tmp_path: Path) -> None:
+    from discopop.archive import Evaluation
+
+    arch = Archive(tmp_path / "archive.sqlite")
+    baseline = arch.add(Candidate("dpo", "x = 1\n", proposer="reference"), 0)
+    child = arch.add(Candidate("kid", "y = 2\n", proposer="evolution"), 1)
+    for row, seeds in ((baseline, (0, 1, 2)), (child, (0, 1))):
+        for seed in seeds:
+            arch.add_evaluation(Evaluation(row, seed, "search", 1e-5, error="train: loss is nan at step 1"))
+    assert arch.evolved_fine_tunes() == 2
+    arch.close()
