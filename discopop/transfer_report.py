@@ -41,13 +41,18 @@ def _num(x: float | None, digits: int = 6) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def tried_rates(c: Cell) -> tuple[float, ...]:
+    """The learning rates a cell's search ran, scored or failed, in order: the grid it was tuned on."""
+    return tuple(sorted({*c.sweep.results, *c.sweep.errors}))
+
+
 def rate_at_edge(c: Cell) -> bool:
     """Whether the chosen rate is the lowest or highest of the grid tried: the optimum may lie beyond it.
 
     A loss compared at an edge rate is not known to be at its own best setting, so the tables mark it
     (a user would widen ``training.lr_grid`` there before trusting the comparison).
     """
-    tried = sorted({*c.sweep.results, *c.sweep.errors})
+    tried = tried_rates(c)
     return c.learning_rate is not None and len(tried) > 1 and (
         math.isclose(c.learning_rate, tried[0]) or math.isclose(c.learning_rate, tried[-1]))
 
@@ -63,7 +68,7 @@ def _verdict_fields(prefix: str, comp: dict[str, Any] | None) -> dict[str, str]:
 def csv_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
     rows = []
     for c in cells:
-        summary = c.sweep.summary(tuple(sorted([*c.sweep.results, *c.sweep.errors])))
+        summary = c.sweep.summary(tried_rates(c))
         est = c.estimate
         rows.append({
             "task": c.task, "beta": f"{c.beta:g}", "loss": c.loss.name, "origin": c.loss.origin,
@@ -122,9 +127,15 @@ def score_vs_beta(task: str, cells: Sequence[Cell]) -> Figure:
         if failed:
             ax.plot(failed, [floor] * len(failed), "x", color=line[0].get_color(), ms=8)
     ax.set_xscale("log")
-    ax.set_xlabel("beta")
-    ax.set_ylabel("fitness (confirm prompts, fresh seeds)")
-    ax.set_title(f"{task}: score vs beta (x: failed at that beta)")
+    return _labelled(fig, ax, "beta", "fitness (confirm prompts, fresh seeds)",
+                     f"{task}: score vs beta (x: failed at that beta)")
+
+
+def _labelled(fig: Figure, ax, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Axis labels, title, grid and legend, the same way on both figures."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return fig
@@ -143,12 +154,8 @@ def frontier(task: str, cells: Sequence[Cell]) -> Figure:
         for kl, reward, beta in pts:
             ax.annotate(f"{beta:g}", (kl, reward), fontsize=6, color=line.get_color(), xytext=(2, 2),
                         textcoords="offset points")
-    ax.set_xlabel("KL(policy || reference), sampled, mean over fresh seeds")
-    ax.set_ylabel("reward (confirm prompts)")
-    ax.set_title(f"{task}: reward vs KL frontier (labels: beta)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    return fig
+    return _labelled(fig, ax, "KL(policy || reference), sampled, mean over fresh seeds", "reward (confirm prompts)",
+                     f"{task}: reward vs KL frontier (labels: beta)")
 
 
 def _mean_se(est: dict[str, Any]) -> str:
