@@ -231,6 +231,8 @@ def main() -> None:
     kinds = [k for k in ("full", "lora") if args.only in (None, k)]
     print(f"device: {device} ({card}), precision {precision}, {n} candidates per configuration, "
           f"batch {args.batch_size}, 1 epoch over {round(0.85 * args.pairs)} pairs")
+    header = (f"{'configuration':<22} {'w':>2} {'steps s':>8} {'score s':>8} {'overhead':>9} {'ovh/cmp':>8} "
+              f"{'total s':>8} {'peak MB':>8} {'start s':>8} {'cand/h':>9} ratio")
     results: list[Measured] = []
     for kind in kinds:
         for per_gpu in (1, 2):
@@ -238,11 +240,15 @@ def main() -> None:
             workers = per_gpu * per_gpu_workers
             name = f"{kind}, {per_gpu}/{'GPU' if device == 'cuda' else 'CPU'}"
             print(f"running {name} ({workers} worker(s)) ...", flush=True)
-            results.append(measure(name, [*common, *lora, f"executor.workers={workers}",
-                                          f"executor.workers_per_gpu={per_gpu}"], n))
+            m = measure(name, [*common, *lora, f"executor.workers={workers}", f"executor.workers_per_gpu={per_gpu}"], n)
+            results.append(m)
+            # Each row as soon as it is measured: a run cut short by a time limit still reports what it did.
+            print(header + "\n" + summary(m, results[0]), flush=True)
+            if m.failed and not m.total:
+                print(f"stopping: every candidate of {name} failed; first: {m.failed[0]}")
+                return
     print()
-    print(f"{'configuration':<22} {'w':>2} {'steps s':>8} {'score s':>8} {'overhead':>9} {'ovh/cmp':>8} "
-          f"{'total s':>8} {'peak MB':>8} {'start s':>8} {'cand/h':>9} ratio")
+    print(header)
     base = results[0]
     for m in results:
         print(summary(m, base))
