@@ -51,6 +51,21 @@ class NonFiniteLoss(RuntimeError):
 LossFn = Callable[..., torch.Tensor]
 
 
+def use_torch_log_softmax_kernels() -> None:
+    """Make TRL compute per-token log-probs with PyTorch, never with its Triton kernels (process-wide).
+
+    For CUDA logits TRL 1.16 calls Triton kernels that are compiled on first use, and Triton compiles
+    by running ``ptxas`` in a subprocess. A sandboxed worker may start no process (seccomp and the
+    audit guard refuse it), so on a GPU every fine-tune failed at its first step; TRL's own fallback
+    (the same log-softmax in PyTorch) needs no compiler. Called by the worker before it trains.
+    """
+    import trl.kernels.chunked_logprob as chunked
+    import trl.trainer.utils as trl_utils
+
+    trl_utils.is_triton_available = lambda *args, **kwargs: False  # selective_log_softmax & co. check it per call
+    chunked._TRITON_AVAILABLE = False  # read per call by chunked_logprob._use_triton
+
+
 def resolve_loss(loss_fn: LossFn | str | Path) -> LossFn:
     """Accept a callable, a loss file path, or loss source text."""
     if callable(loss_fn):

@@ -71,6 +71,9 @@ class Worker:
 
             from discopop.tasks import load_task
             from discopop.training import FineTuner
+            from discopop.trl import use_torch_log_softmax_kernels
+
+            use_torch_log_softmax_kernels()  # Triton would compile with a subprocess, which the sandbox refuses
 
             # Tokenised copies go to a temporary dir (TMPDIR = the work dir), not next to the cached
             # task: Landlock lets a worker write only inside its work directory.

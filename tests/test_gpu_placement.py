@@ -136,8 +136,15 @@ from discopop.sandbox import child_connections, lock_down
 layers = lock_down(os.environ["DISCOPOP_SANDBOX_DIR"])
 recv, send = child_connections()
 recv.recv_bytes()
-send.send_bytes(json.dumps({"ok": True, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
-                            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "sandbox_layers": layers}).encode())
+try:  # the CUDA driver writes into its own /proc entry; Landlock must allow that to a CUDA worker only
+    with open(f"/proc/{os.getpid()}/comm", "w") as own:
+        own.write("probe")
+    own_proc = "written"
+except OSError as err:
+    own_proc = type(err).__name__
+send.send_bytes(json.dumps({"ok": True, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0], "own_proc": own_proc,
+                            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "sandbox_layers": layers,
+                            "ld_library_path": os.environ.get("LD_LIBRARY_PATH")}).encode())
 """
 
 
@@ -151,11 +158,19 @@ def probe(tmp_path: Path, limits: Limits, env: dict[str, str]) -> tuple[dict, li
         proc.close()
 
 
-def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path) -> None:
-    """A real sandboxed child started as a CUDA worker: no RLIMIT_AS, its GPU pinned, every other layer kept."""
+def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real sandboxed child started as a CUDA worker: no RLIMIT_AS, its GPU pinned, every other layer kept.
+
+    Measured on an H200: without a writable own /proc entry every CUDA call in the worker failed (error 304).
+    """
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path))  # where some images keep libcuda
     cpu_reply, cpu_layers, cpu_missing = probe(tmp_path, Limits(memory_mb=4096), {"CUDA_VISIBLE_DEVICES": "1"})
     gpu_reply, gpu_layers, gpu_missing = probe(tmp_path, Limits(memory_mb=4096, uses_cuda=True),
                                                {"CUDA_VISIBLE_DEVICES": "1"})
+    assert gpu_reply["ld_library_path"] == str(tmp_path) and cpu_reply["ld_library_path"] is None
+    assert gpu_reply["own_proc"] == "written"
+    if "landlock-fs" in cpu_layers:  # where Landlock exists, a CPU child's /proc stays read-only
+        assert cpu_reply["own_proc"] == "PermissionError"
     assert cpu_reply["rlimit_as"] == 4096 * 2**20 and cpu_reply["visible"] == ""
     assert gpu_reply["rlimit_as"] == resource.RLIM_INFINITY and gpu_reply["visible"] == "1"
     assert "rlimit-as" in cpu_layers and "rlimit-as" not in gpu_layers

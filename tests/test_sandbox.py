@@ -42,7 +42,7 @@ work = tempfile.mkdtemp()
 install_guard(work)
 open(os.path.join(work, "ok.txt"), "w").write("fine")
 attempts = (lambda: open({str(target)!r}, "w"), lambda: os.system("true"),
-            lambda: socket.socket().connect(("127.0.0.1", 9)))
+            lambda: socket.socket().connect(("127.0.0.1", 9)), lambda: __import__("subprocess").Popen(["true"]))
 for attempt in attempts:
     try:
         attempt()
@@ -51,7 +51,8 @@ for attempt in attempts:
         print("BLOCKED", err)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.count("BLOCKED") == 3, out.stdout + out.stderr
+    assert out.stdout.count("BLOCKED") == 4, out.stdout + out.stderr
+    assert "'subprocess.Popen' (true) is not allowed" in out.stdout  # the one line names what was started
     assert not target.exists()
 
 

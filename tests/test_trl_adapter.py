@@ -67,6 +67,33 @@ def test_trl_internals_still_where_discopop_expects_them() -> None:
         assert needle in source, f"{where}: DPOTrainer._compute_loss no longer uses {needle!r}"
 
 
+def test_trl_triton_switches_are_where_the_worker_turns_them_off() -> None:
+    """A sandboxed worker may start no process, so TRL's Triton kernels (compiled by a ptxas subprocess on
+    first use) must be off there; if this fails, a TRL release moved the switches use_torch_log_softmax_kernels sets."""
+    import torch
+    import trl.kernels.chunked_logprob as chunked
+    import trl.trainer.utils as trl_utils
+
+    from discopop.trl import use_torch_log_softmax_kernels
+
+    where = f"trl {trl.__version__}"
+    source = inspect.getsource(trl_utils.selective_log_softmax)
+    assert "is_triton_available()" in source, f"{where}: selective_log_softmax no longer asks is_triton_available()"
+    assert "_TRITON_AVAILABLE" in inspect.getsource(chunked._use_triton), f"{where}: _use_triton moved"
+    saved = trl_utils.is_triton_available, chunked._TRITON_AVAILABLE
+    try:
+        # As on a CUDA machine with Triton installed:
+        trl_utils.is_triton_available, chunked._TRITON_AVAILABLE = (lambda *a, **k: True), True
+        assert chunked._use_triton(torch.device("cuda"))
+        use_torch_log_softmax_kernels()
+        assert not trl_utils.is_triton_available() and not chunked._use_triton(torch.device("cuda"))
+        logits, index = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
+        expected = torch.log_softmax(logits, -1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(trl_utils.selective_log_softmax(logits, index), expected, atol=1e-6)
+    finally:
+        trl_utils.is_triton_available, chunked._TRITON_AVAILABLE = saved
+
+
 def test_unsupported_config_is_refused(tmp_path: Path) -> None:
     tok, data = tiny_setup(tmp_path)
     args = DPOConfig(output_dir=str(tmp_path / "o"), ld_alpha=0.5, report_to=[], use_cpu=True)

@@ -133,6 +133,10 @@ def sandbox_env(workdir: Path, limits: Limits, extra: Mapping[str, str] | None =
     })
     if not limits.uses_cuda:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU child (every loss oracle) sees no GPU at all
+    elif os.environ.get("LD_LIBRARY_PATH"):
+        # Some images find the driver's libcuda only through LD_LIBRARY_PATH (not the loader's cache);
+        # there a worker without it sees no GPU. A search path, not a secret; Landlock lets it be read.
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
     return env
 
 

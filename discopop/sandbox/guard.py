@@ -58,7 +58,9 @@ def install_guard(workdir: str) -> None:
 
     def hook(event: str, args: tuple) -> None:
         if event in _BLOCKED_EVENTS:
-            refuse(f"'{event}' is not allowed")
+            # Name the program for a process start: the one line then says which library tried it.
+            what = f" ({os.fsdecode(args[0])[:120]!s})" if event == "subprocess.Popen" and args and args[0] else ""
+            refuse(f"'{event}'{what} is not allowed")
         if event in _PATH_EVENTS:
             for arg in args:
                 if isinstance(arg, (str, bytes, os.PathLike)) and not inside(arg):

@@ -42,7 +42,8 @@ _WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/de
 # Only for a CUDA worker (``Limits.uses_cuda``): the driver opens its device files read-write and drives
 # the GPU with ioctl and mmap on them. Every /dev/nvidia* entry is added at start (nvidia0.., nvidia-caps).
 # Landlock's ioctl right (ABI 5) is not handled by our ruleset, so ioctls on these files are not restricted;
-# seccomp allows ioctl/mmap. A CPU worker and every loss oracle get none of these (they cannot reach a GPU).
+# seccomp allows ioctl/mmap. The driver also writes into the process's own /proc entry (see _landlock).
+# A CPU worker and every loss oracle get none of these (they cannot reach a GPU).
 _CUDA_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 # What a CUDA worker reads besides the system files: the driver's parameters and the device list.
 _CUDA_READABLE = ("/proc/driver/nvidia", "/proc/devices", "/sys/module/nvidia")
@@ -128,7 +129,8 @@ def _readable_paths(workdir: str) -> dict[str, int]:
     whole = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.environ.get("DISCOPOP_CACHE_DIR", ""), os.environ.get("HF_HUB_CACHE", ""),
              os.environ.get("HF_DATASETS_CACHE", ""), *os.environ.get(READ_PATHS_VAR, "").split(os.pathsep),
-             f"/proc/{os.getpid()}", *_READABLE_SYSTEM, *(_CUDA_READABLE if _uses_cuda() else ())]
+             f"/proc/{os.getpid()}", *_READABLE_SYSTEM, *(_CUDA_READABLE if _uses_cuda() else ()),
+             *(os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if _uses_cuda() else ())]
     work = os.path.realpath(workdir)
     rules: dict[str, int] = {}
     for entry in sys.path:
@@ -253,7 +255,10 @@ def _landlock(libc, workdir: str, network: bool, readable: dict[str, int], priva
 
     try:
         allow(workdir, fs)
-        devices = [*_WRITABLE_DEVICES, *gpu_device_files(_uses_cuda())]
+        # The CUDA driver writes into its own process's /proc entry at initialisation (without it every
+        # CUDA call fails with error 304); the entry is this process's alone.
+        own_proc = [f"/proc/{os.getpid()}"] if _uses_cuda() else []
+        devices = [*_WRITABLE_DEVICES, *gpu_device_files(_uses_cuda()), *own_proc]
         devices = [d for d in devices if private_shm or d != "/dev/shm"]  # the host's: files there outlive us
         for path in devices:
             allow(path, fs if os.path.isdir(path) else _LL_FILE_RIGHTS & ~_LL_EXECUTE)
