@@ -34,16 +34,37 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(setting: Any, cuda_available: bool) -> str:
-    """``training.device`` as the fine-tune uses it: "cpu" or "cuda" (auto: CUDA when there is one)."""
+def resolve_device(setting: Any, cuda_available: bool, why_not: str = "") -> str:
+    """``training.device`` as the fine-tune uses it: "cpu" or "cuda" (auto: CUDA when there is one).
+
+    ``why_not``: torch's own reason CUDA is unusable, when known (a worker whose parent saw a GPU).
+    """
     if setting not in DEVICES:
         raise ValueError(f"training.device must be one of {', '.join(DEVICES)}, got {setting!r}")
     if setting == "auto":
         return "cuda" if cuda_available else "cpu"
     if setting == "cuda" and not cuda_available:
-        raise ValueError("training.device=cuda but no CUDA GPU is usable here (torch built without CUDA, "
-                         "or no GPU visible); use training.device=auto or cpu")
+        reason = f": {why_not}" if why_not else " (torch built without CUDA, or no GPU visible)"
+        raise ValueError(f"training.device=cuda but no CUDA GPU is usable here{reason}; "
+                         "use training.device=auto or cpu")
     return setting
+
+
+def cuda_failure_reason() -> str:
+    """Why torch cannot use CUDA in this process, in one line ("" when it can, or torch has no CUDA at all).
+
+    A worker whose parent saw a GPU but which sees none was stopped by something in between (its
+    sandbox, its environment); torch's own error says what, where a bare "not available" would not.
+    """
+    import torch
+
+    if torch.cuda.is_available() or not torch.backends.cuda.is_built():
+        return ""
+    try:
+        torch.cuda.init()
+    except Exception as err:  # noqa: BLE001 - the message is the point
+        return " ".join(str(err).split())[:300]
+    return ""
 
 
 def check_precision(setting: Any, device: str, bf16_supported: bool = True) -> str:

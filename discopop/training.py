@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import DPOConfig
 
-from discopop.devices import accumulation_steps, check_precision, lora_settings, resolve_device
+from discopop.devices import accumulation_steps, check_precision, cuda_failure_reason, lora_settings, resolve_device
 from discopop.scoring import Score, score_policy
 from discopop.settings import TrainingSettings, from_plain
 from discopop.tasks import Task
@@ -175,7 +175,9 @@ class FineTuner:
 
         self.task = task
         self.kl_coef = kl_coef
-        self.device = resolve_device(training.device, torch.cuda.is_available())
+        cuda_ok = torch.cuda.is_available()
+        why_not = cuda_failure_reason() if training.device == "cuda" and not cuda_ok else ""
+        self.device = resolve_device(training.device, cuda_ok, why_not)
         bf16_ok = torch.cuda.is_bf16_supported() if self.device == "cuda" else True
         self.precision = check_precision(training.precision, self.device, bf16_ok)
         self.lora = lora_settings(training.lora)

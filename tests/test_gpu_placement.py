@@ -40,6 +40,8 @@ def test_device_auto_resolves_to_cpu_here() -> None:
 
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: resolve_device("cuda", False), "training.device=cuda but no CUDA GPU is usable here"),
+    # A worker whose parent saw a GPU says torch's own reason (as an H200 worker did when its sandbox stopped CUDA).
+    (lambda: resolve_device("cuda", False, "Error 304: OS call failed"), "usable here: Error 304: OS call failed;"),
     (lambda: resolve_device("gpu", True), "training.device must be one of auto, cpu, cuda, got 'gpu'"),
     (lambda: check_precision("fp16", "cpu"), "training.precision=fp16 needs a CUDA device"),
     (lambda: check_precision("bf16", "cuda", bf16_supported=False), "not supported by this GPU"),
