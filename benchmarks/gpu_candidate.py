@@ -215,6 +215,12 @@ def main() -> None:
         import torch
 
         card = f"{gpus} x {torch.cuda.get_device_name(0)}"
+        from discopop.gpu_check import check_gpu
+
+        found = check_gpu()  # seconds; a worker that cannot use the GPU would fail every configuration below
+        print("\n".join(found.lines), flush=True)
+        if not found.ok:
+            raise SystemExit("a sandboxed worker cannot use this GPU (see above): nothing to measure")
     root = Path(tempfile.mkdtemp(prefix="discopop-gpu-bench-"))
     build_hub(root, SIZES[args.size], args.pairs, args.heldout, seed=0)
     size = SIZES[args.size]

@@ -154,8 +154,16 @@ def _import_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_gpu(args: argparse.Namespace) -> int:
+    from discopop.gpu_check import check_gpu
+
+    found = check_gpu(args.gpu)
+    print("\n".join(found.lines))
+    return 0 if found.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``discopop check|leaderboard|export|report|evaluate|import-run``."""
+    """``discopop check|leaderboard|export|report|evaluate|import-run|check-gpu``."""
     parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
@@ -197,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="run directory to create (or add to); then: discover --resume RUN_DIR")
     p.add_argument("overrides", nargs="*", help="hydra overrides for a new run directory")
     p.set_defaults(func=_import_run)
+    p = sub.add_parser("check-gpu", help="can a sandboxed training worker use this machine's GPU? (seconds)")
+    p.add_argument("--gpu", default="0", help="which GPU, as CUDA_VISIBLE_DEVICES names it (default 0)")
+    p.set_defaults(func=_check_gpu)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "evaluate" and not any(e.startswith("-") for e in extra):
         args.items += extra  # losses and overrides given after the options
