@@ -144,9 +144,15 @@ try:  # the CUDA driver writes into its own /proc entry; Landlock must allow tha
     own_proc = "written"
 except OSError as err:
     own_proc = type(err).__name__
+try:  # ... but not past it: the magic link /proc/<pid>/root leads to / and its rules
+    with open(f"/proc/{os.getpid()}/root/var/tmp/discopop-escape-probe", "w") as escaped:
+        escaped.write("x")
+    via_root = "written"
+except OSError as err:
+    via_root = type(err).__name__
 send.send_bytes(json.dumps({"ok": True, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0], "own_proc": own_proc,
-                            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "sandbox_layers": layers,
-                            "ld_library_path": os.environ.get("LD_LIBRARY_PATH")}).encode())
+                            "via_root": via_root, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                            "sandbox_layers": layers, "ld_library_path": os.environ.get("LD_LIBRARY_PATH")}).encode())
 """
 
 
@@ -171,6 +177,8 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypa
                                                {"CUDA_VISIBLE_DEVICES": "1"})
     assert gpu_reply["ld_library_path"] == str(tmp_path) and cpu_reply["ld_library_path"] is None
     assert gpu_reply["own_proc"] == "written"
+    if "landlock-fs" in gpu_layers:
+        assert gpu_reply["via_root"] == "PermissionError" and not Path("/var/tmp/discopop-escape-probe").exists()
     if "landlock-fs" in cpu_layers:  # where Landlock exists, a CPU child's /proc stays read-only
         assert cpu_reply["own_proc"] == "PermissionError"
     assert cpu_reply["rlimit_as"] == 4096 * 2**20 and cpu_reply["visible"] == ""
