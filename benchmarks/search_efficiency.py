@@ -156,6 +156,16 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         total = sum(r["trained_children"] for r in runs)
         print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs; near-copies of the "
               f"parent {near}/{total} = {near / max(total, 1):.0%}")
+        pooled = stats.pooled_over_runs([r["winner"]["delta"] for r in runs if r["winner"]])
+        if pooled:
+            print(f"  {'':<8} winner vs the strongest baseline, pooled over runs: {pooled.text()}")
+    if {"feedback", "none"} <= set(arms):
+        both = sorted(set(results["feedback"]) & set(results["none"]))
+        gaps = [results["feedback"][s]["winner"]["mean"] - results["none"][s]["winner"]["mean"] for s in both
+                if results["feedback"][s]["winner"] and results["none"][s]["winner"]]
+        pooled = stats.pooled_over_runs(gaps)
+        if pooled:
+            print(f"  feedback winner - control winner, paired by run seed: {pooled.text()}")
     marks = sorted({1, *range(5, generations + 1, 5), generations})
     print("\nbest-so-far seed-mean search fitness of evolved rows (mean over run seeds); strongest reference last")
     print("  arm      " + " ".join(f"g{g:<5}" for g in marks) + " ref")

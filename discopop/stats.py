@@ -117,6 +117,38 @@ def t_critical(alpha: float, df: float) -> float:
     return (lo + hi) / 2.0
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """The mean of independent runs' deltas with a Student t interval (df = runs - 1) and two-sided p."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    runs: int
+
+    def text(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] over {self.runs} runs, p={self.p:.3g}"
+
+
+def pooled_over_runs(deltas: Sequence[float], alpha: float = ALPHA) -> Pooled | None:
+    """Whether a search's output beats a baseline *on average over independent runs* (None below 2 runs).
+
+    Each run's delta is its confirmed winner's fresh-seed gain, unbiased for that winner (the seeds
+    that picked it are not reused), and runs are independent, so the run is the unit: a one-sample t
+    test over runs. It answers a different question from each run's own verdict: several small gains
+    that no single confirmation can separate from noise can still be consistent across runs.
+    """
+    x = np.asarray([d for d in deltas if d is not None and math.isfinite(d)], dtype=float)
+    if len(x) < 2:
+        return None
+    mean, se, df = float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))), float(len(x) - 1)
+    if se == 0.0:
+        return Pooled(mean, mean, mean, 0.0 if mean else 1.0, len(x))
+    half = t_critical(alpha, df) * se
+    return Pooled(mean, mean - half, mean + half, t_two_sided_p(mean / se, df), len(x))
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm step-down adjusted p-values (same order as given; monotone in the raw p-values)."""
     m = len(pvalues)
