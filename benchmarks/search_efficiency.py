@@ -107,10 +107,15 @@ def best_so_far(archive: Archive, generations: int) -> tuple[list[float | None],
     return curve, max(refs) if refs else None
 
 
+def confirmed_evolved(archive: Archive) -> list:
+    """Evolved rows that went through the fresh-seed confirmation."""
+    return [r for r in archive.rows("status = 'scored' AND proposer != 'reference'")
+            if (r.metrics.get("confirmation") or {}).get("vs_dpo") is not None]
+
+
 def winner(archive: Archive) -> dict[str, Any] | None:
     """The confirmed candidate with the best fresh-seed mean, and its comparison with the strongest baseline."""
-    confirmed = [r for r in archive.rows("status = 'scored' AND proposer != 'reference'")
-                 if (r.metrics.get("confirmation") or {}).get("vs_dpo") is not None]
+    confirmed = confirmed_evolved(archive)
     if not confirmed:
         return None
     top = max(confirmed, key=lambda r: (r.metrics["confirmation"].get("mean") or -math.inf, -r.id))
@@ -128,10 +133,8 @@ def search_pick(archive: Archive) -> dict[str, Any] | None:
     Unlike ``winner`` it is chosen without looking at the fresh seeds, so its delta is unbiased: it is the one
     to average over runs (the best of k fresh-seed means is biased upwards: by 0.85 SE for k = 3 under the null).
     """
-    rows = [r for r in archive.rows("status = 'scored' AND proposer != 'reference'")
-            if (r.metrics.get("confirmation") or {}).get("vs_dpo") is not None]
     standing = archive.standings(archive.rows("status = 'scored'"))
-    rows = [r for r in rows if r.id in standing]
+    rows = [r for r in confirmed_evolved(archive) if r.id in standing]
     if not rows:
         return None
     pick = max(rows, key=lambda r: (standing[r.id].lcb, -r.id))

@@ -90,7 +90,7 @@ def _probe(workdir: str, layers: list[str], device: str) -> dict:
     from trl.trainer.utils import selective_log_softmax
 
     sealed = seal(workdir)  # seccomp + audit guard: from here on as during a fine-tune
-    layers += sealed
+    out["sandbox_layers"] = [*layers, *sealed]
 
     def matmul_backward() -> None:
         w = torch.randn(256, 256, device=device, dtype=torch.bfloat16, requires_grad=True)

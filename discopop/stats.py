@@ -134,10 +134,11 @@ class Pooled:
 def pooled_over_runs(deltas: Sequence[float], alpha: float = ALPHA) -> Pooled | None:
     """Whether a search's output beats a baseline *on average over independent runs* (None below 2 runs).
 
-    Each run's delta is its confirmed winner's fresh-seed gain, unbiased for that winner (the seeds
-    that picked it are not reused), and runs are independent, so the run is the unit: a one-sample t
-    test over runs. It answers a different question from each run's own verdict: several small gains
-    that no single confirmation can separate from noise can still be consistent across runs.
+    Each run's delta must be the fresh-seed gain of a candidate chosen *without* those fresh seeds (the
+    search's own pick), so it is unbiased; the best of several fresh-seed means is not. Runs are
+    independent, so the run is the unit: a one-sample t test over runs. It answers a different question
+    from each run's own verdict: several small gains that no single confirmation can separate from noise
+    can still be consistent across runs.
     """
     x = np.asarray([d for d in deltas if d is not None and math.isfinite(d)], dtype=float)
     if len(x) < 2:
