@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from discopop import stats
 from discopop.archive import ARCHIVE_NAME, Archive
+from discopop.confirmation import top_candidates
 
 NEAR = 0.999
 TRAINED = ("scored", "train_failed", "eval_failed")
@@ -107,15 +109,25 @@ def best_so_far(archive: Archive, generations: int) -> tuple[list[float | None],
     return curve, max(refs) if refs else None
 
 
-def confirmed_evolved(archive: Archive) -> list:
-    """Evolved rows that went through the fresh-seed confirmation."""
-    return [r for r in archive.rows("status = 'scored' AND proposer != 'reference'")
+def confirmed_evolved(archive: Archive, top_k: int) -> list:
+    """Evolved rows of the run's last confirmation: its ``top_k`` by the search's ranking.
+
+    A run extended after an earlier confirmation keeps that round's verdicts on rows that have since dropped out
+    of the top; they belong to another Holm family and must not compete with the last round's.
+    """
+    return [r for r in top_candidates(archive, top_k)
             if (r.metrics.get("confirmation") or {}).get("vs_dpo") is not None]
 
 
-def winner(archive: Archive) -> dict[str, Any] | None:
+def confirm_top_k(run: Path) -> int:
+    """``confirm.top_k`` from the run's saved config."""
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    return int(saved["confirm"]["top_k"])
+
+
+def winner(archive: Archive, top_k: int) -> dict[str, Any] | None:
     """The confirmed candidate with the best fresh-seed mean, and its comparison with the strongest baseline."""
-    confirmed = confirmed_evolved(archive)
+    confirmed = confirmed_evolved(archive, top_k)
     if not confirmed:
         return None
     top = max(confirmed, key=lambda r: (r.metrics["confirmation"].get("mean") or -math.inf, -r.id))
@@ -126,7 +138,7 @@ def winner(archive: Archive) -> dict[str, Any] | None:
             "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp)}
 
 
-def search_pick(archive: Archive) -> dict[str, Any] | None:
+def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
     """The confirmed evolved candidate the search itself ranks first (highest lower confidence bound on its
     search seeds), with its fresh-seed delta against the strongest baseline.
 
@@ -134,7 +146,7 @@ def search_pick(archive: Archive) -> dict[str, Any] | None:
     to average over runs (the best of k fresh-seed means is biased upwards: by 0.85 SE for k = 3 under the null).
     """
     standing = archive.standings(archive.rows("status = 'scored'"))
-    rows = [r for r in confirmed_evolved(archive) if r.id in standing]
+    rows = [r for r in confirmed_evolved(archive, top_k) if r.id in standing]
     if not rows:
         return None
     pick = max(rows, key=lambda r: (standing[r.id].lcb, -r.id))
@@ -149,7 +161,8 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
         near, total = near_copies(archive)
         curve, strongest = best_so_far(archive, generations)
         evolved = archive.rows("proposer != 'reference'")
-        return {"run": str(run), "winner": winner(archive), "pick": search_pick(archive),
+        top_k = confirm_top_k(run)
+        return {"run": str(run), "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
                 "near_copies": near, "trained_children": total,
                 "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
                 "scored": sum(r.status == "scored" for r in evolved)}
