@@ -165,15 +165,20 @@ class Evaluation:
                    per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])))
 
 
-def ranked(rows: Iterable[Row]) -> list[Row]:
-    """Scored rows with a finite fitness, best first (ties: the older row first).
+def ranked(rows: Iterable[Row], policy: seed_race.RacePolicy | None = None) -> list[Row]:
+    """Scored rows with a finite fitness, best first by the search's lower confidence bound over their seeds
+    (``seed_race``: the bound parents, the LLM's top-k and confirmation use), then by mean; ties: the older row.
 
-    The one ranking behind every table: ``discopop leaderboard``, the report, the notebook and the
-    choice of rows to confirm.
+    A row's ``fitness`` is its best grid point on the search seed, biased upwards by that choice; a row
+    that raced has more seeds, so its bound is the fairer rank. The one ranking behind every table:
+    ``discopop leaderboard`` (with the run's recorded ``policy``), the report and the notebook (with the
+    default ``selection.z`` and noise prior, which decide the order only when they were overridden).
     """
     good = [r for r in rows if r.status == Status.SCORED and isinstance(r.fitness, (int, float))
             and not isinstance(r.fitness, bool) and math.isfinite(r.fitness)]
-    return sorted(good, key=lambda r: (-r.fitness, r.id))
+    standing = seed_race.standings(((r.id, r.seed_scores()) for r in good), policy or seed_race.RacePolicy())
+    return sorted(good, key=lambda r: (-standing[r.id].lcb, -standing[r.id].mean, r.id) if r.id in standing
+                  else (math.inf, math.inf, r.id))
 
 
 class Archive:

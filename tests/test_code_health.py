@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from discopop.archive import Archive, Row, ranked
 from discopop.proposers.base import Candidate
+from discopop.seed_race import RacePolicy
 from discopop.status import FAILED_STATUSES, REPAIRABLE_STATUSES, STATUSES, Status
 
 PACKAGE = Path(__file__).resolve().parent.parent / "discopop"
@@ -66,3 +68,12 @@ def test_one_ranking_keeps_finite_scored_rows_best_first_older_first_on_ties() -
     rows = [_row(1, Status.SCORED, 0.2), _row(2, Status.SCORED, float("nan")), _row(3, Status.INVALID, 9.0),
             _row(4, Status.SCORED, 0.5), _row(5, Status.SCORED, 0.2), _row(6, Status.SCORED, None)]
     assert [r.id for r in ranked(rows)] == [4, 1, 5]
+
+
+def test_ranking_uses_the_lower_bound_over_search_seeds_not_the_lucky_first_seed() -> None:
+    """A row whose first seed was lucky but whose race pulled its mean down ranks below a steadier row."""
+    lucky = replace(_row(1, Status.SCORED, 0.98), metrics={"race": {"fitness": [0.98, 0.90, 0.91]}})
+    steady = replace(_row(2, Status.SCORED, 0.95), metrics={"race": {"fitness": [0.95, 0.95, 0.95]}})
+    once = _row(3, Status.SCORED, 0.951)  # one seed at the same mean: the wider bound ranks it below
+    assert [r.id for r in ranked([lucky, steady, once])] == [2, 3, 1]
+    assert [r.id for r in ranked([lucky, steady, once], RacePolicy(z=0.0))] == [3, 2, 1]  # z 0: by mean

@@ -29,6 +29,12 @@ def behaviour(row: Row) -> str:
     return text if diag.get("uses_beta", True) else f"ignores beta; {text}"
 
 
+def _search_cell(row: Row) -> str:
+    """Mean search fitness over the row's search seeds, with their count (the rank's basis)."""
+    scores = row.seed_scores()
+    return "—" if scores is None else f"{fmt(scores.mean)} ({scores.n})"
+
+
 def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
     """Table records for the best ``top`` scored rows (reference baselines included, marked).
 
@@ -40,7 +46,8 @@ def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
         is_dpo = r.proposer == "reference" and r.name.lower() == "dpo"
         records.append({
             "rank": str(rank), "id": str(r.id), "name": r.name, "gen": str(r.generation), "proposer": r.proposer,
-            "fitness": fmt(r.fitness), "reward": fmt(r.metrics.get("reward")), "KL (nats)": fmt(r.metrics.get("kl")),
+            "search (seeds)": _search_cell(r), "reward": fmt(r.metrics.get("reward")),
+            "KL (nats)": fmt(r.metrics.get("kl")),
             "fresh seeds (mean ± SE)": fresh or "—", "vs DPO": "baseline" if is_dpo else (vs_dpo or "—"),
             "vs best baseline": vs_best or "—", "behaviour (checks)": behaviour(r),
         })  # fmt: skip
