@@ -2,7 +2,8 @@
 
 Beyond sigmoid/hinge/discopop (tests/test_trl_adapter.py):
 
-- ``robust`` with ``label_smoothing=0`` is DPO, so it must match ``dpo.py`` exactly.
+- ``robust`` with ``label_smoothing=0`` is DPO, so it must match ``dpo.py`` exactly; with ``label_smoothing=0.1``
+  it is ``rdpo.py``. ``cdpo.py`` (label-smoothed DPO) is a weighted sum of TRL's ``sigmoid`` and ``robust``.
 - ``sigmoid_norm`` and ``ipo`` divide each log-ratio by the completion's token count L; TRL does
   this on purpose and our contract losses see summed log-probs only (see ``ipo.py``'s docstring).
   On data where every completion has the same L, the difference must be *exactly* that
@@ -75,6 +76,28 @@ def test_robust_without_smoothing_is_dpo(tmp_path: Path) -> None:
     our_losses, our_params, _ = train(tmp_path / "ours", "dpo.py", **common)
     assert our_losses == pytest.approx(trl_losses, abs=1e-5)
     assert max_param_diff(trl_params, our_params) < 1e-5
+
+
+# TRL 1.16's ``sigmoid`` ignores ``label_smoothing``, so cDPO = (1-e)*A + e*B (A = -log sigmoid(b*d),
+# B = -log sigmoid(-b*d)) is built from what TRL does compute: robust = ((1-e)*A - e*B)/(1-2e), hence
+# cDPO = 2(1-e)*sigmoid - (1-2e)*robust, as TRL's weighted sum of loss types.
+EPS = 0.1
+SMOOTHED = {
+    "rdpo.py": {"loss_type": "robust"},
+    "cdpo.py": {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - EPS), -(1 - 2 * EPS)]},
+}
+
+
+@pytest.mark.parametrize("loss_file", sorted(SMOOTHED))
+def test_label_smoothed_losses_match_trl_at_the_files_epsilon(tmp_path: Path, loss_file: str) -> None:
+    """rDPO and cDPO as TRL computes them with ``label_smoothing`` 0.1, the constant the files fix."""
+    common = {"beta": 0.1, "learning_rate": 1e-3}
+    trl_losses, trl_params, _ = train(tmp_path / "trl", None, label_smoothing=EPS, **SMOOTHED[loss_file], **common)
+    our_losses, our_params, _ = train(tmp_path / "ours", loss_file, **common)
+    assert our_losses == pytest.approx(trl_losses, abs=1e-5)
+    assert max_param_diff(trl_params, our_params) < 1e-5
+    plain, _, _ = train(tmp_path / "plain", "dpo.py", **common)
+    assert plain != pytest.approx(trl_losses, abs=1e-4), "smoothing changed nothing here; the check proved nothing"
 
 
 def test_sigmoid_norm_is_dpo_at_beta_over_length(tmp_path: Path) -> None:
