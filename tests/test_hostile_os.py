@@ -28,7 +28,8 @@ import pytest
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.checking import check_in_worker
-from discopop.sandbox import TEXT_LIMIT, Limits, SandboxedProcess, clean_text, remove_tree, sandbox_env
+from discopop.sandbox import TEXT_LIMIT, Limits, SandboxedProcess, clean_reply, clean_text, remove_tree, sandbox_env
+from discopop.sandbox.boundary import LONG_TEXT_LIMITS
 
 CORPUS = Path(__file__).resolve().parent / "hostile" / "os"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "EXPECTED.json").read_text())
@@ -191,6 +192,19 @@ def test_clean_text_strips_escapes_and_control_characters_and_caps_length() -> N
     cleaned = clean_text(raw, limit=100)
     assert cleaned.startswith("ared bevil\tc\nd")
     assert len(cleaned) < 150 and cleaned.endswith("characters in all]")
+
+
+def test_reply_keeps_completions_whole_for_the_judge_but_still_cleans_and_caps_them() -> None:
+    """A judged task's completions are graded as the worker decoded them: a cut answer would be graded as a
+    truncated one. Every other string keeps the short cap; completions are still cleaned and capped, longer."""
+    answer = "step " * 1000  # 5,000 characters: over the ordinary cap
+    reply = clean_reply({"completions": [answer, "\x1b[31mred\x1b[0m", "y" * 100_000], "error": answer,
+                         "nested": {"completions": [answer]}})
+    assert reply["completions"][0] == answer and reply["nested"]["completions"][0] == answer
+    assert reply["completions"][1] == "red"
+    assert len(reply["completions"][2]) < LONG_TEXT_LIMITS["completions"] + 50
+    assert reply["completions"][2].endswith("characters in all]")
+    assert len(reply["error"]) < TEXT_LIMIT + 50 and reply["error"].endswith("characters in all]")
 
 
 def test_child_environment_is_an_allow_list(tmp_path: Path, monkeypatch) -> None:

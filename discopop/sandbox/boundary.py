@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # ---- what crosses from the child to the parent --------------------------------------------------
 
 TEXT_LIMIT = 2000  # characters kept of any one string a sandboxed process sends back
+# Strings kept longer under these reply keys: a judged task's greedy completions are graded as sent, and a
+# completion cut at TEXT_LIMIT would be graded as a truncated answer (a loss whose policy answers at length
+# would lose fitness to the cut). 32,000 characters is several thousand tokens; REPLY_LIMIT still bounds it all.
+LONG_TEXT_LIMITS = {"completions": 32_000}
 REPLY_LIMIT = 16 * 1024 * 1024  # bytes of one reply; a bigger one means the child is misbehaving
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 
@@ -47,14 +51,17 @@ def clean_text(text: object, limit: int = TEXT_LIMIT) -> str:
     return kept
 
 
-def clean_reply(value: Any) -> Any:
-    """``clean_text`` on every string (keys included) of a decoded JSON reply; numbers pass unchanged."""
+def clean_reply(value: Any, limit: int = TEXT_LIMIT) -> Any:
+    """``clean_text`` on every string (keys included) of a decoded JSON reply; numbers pass unchanged.
+
+    Strings are cut at ``limit`` characters, or at ``LONG_TEXT_LIMITS[key]`` beneath those keys.
+    """
     if isinstance(value, str):
-        return clean_text(value)
+        return clean_text(value, limit)
     if isinstance(value, dict):
-        return {clean_text(k, 200): clean_reply(v) for k, v in value.items()}
+        return {clean_text(k, 200): clean_reply(v, LONG_TEXT_LIMITS.get(k, limit)) for k, v in value.items()}
     if isinstance(value, list):
-        return [clean_reply(v) for v in value]
+        return [clean_reply(v, limit) for v in value]
     return value
 
 
