@@ -95,12 +95,23 @@ def near_copies(archive: Archive) -> tuple[int, int]:
     return near, total
 
 
+def generations_run(archive: Archive) -> int:
+    """The last generation the run reached (a run stopped or not yet extended is shorter than asked)."""
+    row = archive.conn.execute("SELECT MAX(generation) FROM candidates").fetchone()
+    return int(row[0] or 0)
+
+
 def best_so_far(archive: Archive, generations: int) -> tuple[list[float | None], float | None]:
-    """Best seed-mean search fitness among evolved rows after each generation 1..G; the strongest reference's."""
+    """Best seed-mean search fitness among evolved rows after each generation 1..G (None past the run's last
+    generation, so a shorter run does not look flat); the strongest reference's."""
     rows = archive.rows("status = 'scored'")
     standing = archive.standings(rows)
     curve, best = [], None
+    reached = generations_run(archive)
     for g in range(1, generations + 1):
+        if g > reached:
+            curve.append(None)
+            continue
         for r in rows:
             if r.generation == g and r.proposer != "reference" and r.id in standing:
                 best = standing[r.id].mean if best is None else max(best, standing[r.id].mean)
@@ -162,7 +173,8 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
         curve, strongest = best_so_far(archive, generations)
         evolved = archive.rows("proposer != 'reference'")
         top_k = confirm_top_k(run)
-        return {"run": str(run), "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
+        return {"run": str(run), "generations": generations_run(archive),
+                "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
                 "near_copies": near, "trained_children": total,
                 "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
                 "scored": sum(r.status == "scored" for r in evolved)}
@@ -185,11 +197,19 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             pick = res.get("pick")
             if pick and w and pick["id"] != w["id"]:
                 text += f" (the search's pick: {pick['name']}, {pick['text']})"
-            print(f"  {arm:<8} seed {seed}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
+            reached = res.get("generations", generations)
+            short = f" (only {reached} generations)" if reached < generations else ""
+            print(f"  {arm:<8} seed {seed}{short}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
                   f"= {share:.0%}; {res['scored']}/{res['candidates']} evolved rows scored")
     print("\nsummary per arm")
+    def complete(arm: str) -> dict[int, dict[str, Any]]:
+        """Runs that reached the asked generations: only those are summed up and paired."""
+        return {s: r for s, r in results[arm].items() if r.get("generations", generations) >= generations}
+
     for arm in arms:
-        runs = list(results[arm].values())
+        runs = list(complete(arm).values())
+        if len(runs) < len(results[arm]):
+            print(f"  {arm:<8} ({len(results[arm]) - len(runs)} shorter run(s) left out of this summary)")
         beats = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS)
         near = sum(r["near_copies"] for r in runs)
         total = sum(r["trained_children"] for r in runs)
@@ -199,8 +219,8 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         if pooled:
             print(f"  {'':<8} the search's pick (top LCB) vs the strongest baseline, pooled over runs: {pooled.text()}")
     if {"feedback", "none"} <= set(arms):
-        both = sorted(set(results["feedback"]) & set(results["none"]))
-        picks = [(results["feedback"][s].get("pick"), results["none"][s].get("pick")) for s in both]
+        fed, blind = complete("feedback"), complete("none")
+        picks = [(fed[s].get("pick"), blind[s].get("pick")) for s in sorted(set(fed) & set(blind))]
         pooled = stats.pooled_over_runs([a["mean"] - b["mean"] for a, b in picks if a and b])
         if pooled:
             print(f"  feedback pick - control pick, paired by run seed: {pooled.text()}")
