@@ -225,10 +225,10 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         if pooled:
             print(f"  feedback pick - control pick, paired by run seed: {pooled.text()}")
     marks = sorted({1, *range(5, generations + 1, 5), generations})
-    print("\nbest-so-far seed-mean search fitness of evolved rows (mean over run seeds); strongest reference last")
+    print("\nbest-so-far seed-mean search fitness of evolved rows (mean over complete runs); strongest reference last")
     print("  arm      " + " ".join(f"g{g:<5}" for g in marks) + " ref")
     for arm in arms:
-        runs = list(results[arm].values())
+        runs = list(complete(arm).values())
         cells = []
         for g in marks:
             values = [r["best_so_far"][g - 1] for r in runs if r["best_so_far"][g - 1] is not None]
