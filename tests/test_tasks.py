@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+import torch
 from datasets import load_from_disk
+from safetensors.torch import load_file
 
 from discopop.tasks import build_key, load_task
 from discopop.tasks.synthetic import LANGUAGES, Addition, Sorting, config_hash, flip_labels, split_heldout
@@ -69,3 +72,24 @@ def test_systematic_errors_are_wrong_answers() -> None:
             habit = language.systematic_error(prompt, answer)
             if habit is not None:
                 assert habit != answer and language.reward(prompt, habit) == 0.0
+
+
+def test_a_pairs_only_change_samples_from_the_stored_sft_model(tiny_task, cache_dir, tmp_path, monkeypatch) -> None:
+    """Changing the label noise must not train the SFT model again, and must give the pairs a fresh build gives."""
+    from discopop.settings import plain
+    from discopop.tasks import synthetic
+
+    task, cfg = tiny_task  # built through load_task, which stored its SFT stage under cache_dir
+    clean = build_key(plain(cfg["task"]))
+    noisy = {**clean, "pairs": {**clean["pairs"], "label_noise": 0.3}}
+    scratch = synthetic.build(noisy, tmp_path / "scratch")  # no stage cache: what the reuse must equal
+    monkeypatch.setattr(synthetic, "train_sft", lambda *a, **k: pytest.fail("the SFT model was trained again"))
+    reused = synthetic.build(noisy, tmp_path / "noisy", stage_root=cache_dir)
+    assert reused["sft_reused"] and not scratch["sft_reused"]
+    assert reused["sft_heldout_reward"] == scratch["sft_heldout_reward"] == task.meta["sft_heldout_reward"]
+    pairs = load_from_disk(str(tmp_path / "noisy" / "pairs")).to_list()
+    assert pairs == load_from_disk(str(tmp_path / "scratch" / "pairs")).to_list()
+    assert pairs != load_from_disk(str(task.pairs_path)).to_list()  # the noise did change them
+    weights = [load_file(tmp_path / d / "sft_model" / "model.safetensors") for d in ("noisy", "scratch")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -100,7 +100,7 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
             log(f"building task '{cfg['name']}' into {out_dir} (first run only)")
         started = time.perf_counter()
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-        synthetic.build(key, tmp)
+        synthetic.build(key, tmp, stage_root=cache_root(cfg))
         # Rename last so a crash mid-build never leaves a half-built cache that looks complete.
         try:
             tmp.rename(out_dir)

@@ -11,7 +11,10 @@ Building one mirrors the DPO paper's IMDb recipe at toy scale:
    (chosen = correct, rejected = wrong);
 4. held-out prompts are split off first and never appear in SFT or preference data.
 
-Everything is cached under ``cache_dir/<name>-<config hash>`` and reused by later runs.
+Everything is cached under ``cache_dir/<name>-<config hash>`` and reused by later runs. The SFT
+stage (steps 1-2, the slow part) is cached on its own under ``cache_dir/<name>-sft-<hash>``, so a task
+that changes only its pairs (say ``task.pairs.label_noise``) samples them from the stored SFT model
+instead of training it again; the pairs are the same as a build from scratch would give.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -330,8 +335,43 @@ def split_heldout(language: SyntheticLanguage, problems: list[tuple[str, str]],
     return heldout, train
 
 
-def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Build every artifact of a synthetic task into ``out_dir``; return the build metadata."""
+def sft_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The build settings the SFT model depends on (not the pairs): the key of the SFT stage's cache."""
+    return {k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft")}
+
+
+def sft_stage(language: SyntheticLanguage, train: list[tuple[str, str]], tokenizer, cfg: dict[str, Any],
+              stage_root: Path | None) -> tuple[Any, float, bool]:
+    """The SFT model, its training seconds and whether it came from the stage cache under ``stage_root``.
+
+    The model is saved in fp32 and pair sampling draws from its own seeded generator, so a stored
+    model gives exactly the pairs the in-memory one would.
+    """
+    from transformers import GPT2LMHeadModel
+
+    stage = stage_root / f"{language.name}-sft-{config_hash(sft_key(cfg))}" if stage_root is not None else None
+    if stage is not None and (stage / "meta.json").exists():
+        model = GPT2LMHeadModel.from_pretrained(stage / "sft_model").eval()
+        return model, float(json.loads((stage / "meta.json").read_text())["sft_seconds"]), True
+    started = time.perf_counter()
+    model = train_sft(language, train, tokenizer, cfg["sft"], int(cfg["seed"]))
+    seconds = round(time.perf_counter() - started, 1)
+    if stage is not None:
+        tmp = stage.with_name(f"{stage.name}.tmp{os.getpid()}")
+        model.save_pretrained(tmp / "sft_model")
+        (tmp / "meta.json").write_text(json.dumps({"sft_seconds": seconds, **sft_key(cfg)}, indent=2))
+        try:  # renamed last, as the task's own cache: a crash never leaves a stage that looks complete
+            tmp.rename(stage)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same stage first
+    return model, seconds, False
+
+
+def build(cfg: dict[str, Any], out_dir: Path, stage_root: Path | None = None) -> dict[str, Any]:
+    """Build every artifact of a synthetic task into ``out_dir``; return the build metadata.
+
+    With ``stage_root`` the SFT model is taken from (or stored in) the SFT stage cache there.
+    """
     from datasets import Dataset
 
     started = time.perf_counter()
@@ -340,8 +380,7 @@ def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     problems = language.problems(random.Random(seed))
     heldout, train = split_heldout(language, problems, int(cfg["heldout_prompts"]))
     tokenizer = build_tokenizer(language.alphabet)
-    model = train_sft(language, train, tokenizer, cfg["sft"], seed)
-    sft_seconds = time.perf_counter() - started
+    model, sft_seconds, sft_reused = sft_stage(language, train, tokenizer, cfg, stage_root)
     pairs = sample_pairs(model, tokenizer, language, train, cfg["pairs"], seed)
     heldout_prompts = [p for p, _ in heldout]
     greedy = generate(model, tokenizer, heldout_prompts, language.max_answer_len + 1, sample=False)
@@ -353,7 +392,7 @@ def build(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     (out_dir / "heldout.json").write_text(json.dumps(heldout_prompts))
     meta = {
         "language": language.name, "pairs": len(pairs), "heldout": len(heldout_prompts),
-        "sft_heldout_reward": sft_reward, "sft_seconds": round(sft_seconds, 1),
+        "sft_heldout_reward": sft_reward, "sft_seconds": round(sft_seconds, 1), "sft_reused": sft_reused,
         "build_seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
