@@ -101,12 +101,7 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
         started = time.perf_counter()
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
         synthetic.build(key, tmp, stage_root=cache_root(cfg))
-        # Rename last so a crash mid-build never leaves a half-built cache that looks complete.
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not done.exists():
-                raise
+        synthetic.publish(tmp, out_dir)
         if log:
             log(f"task built in {time.perf_counter() - started:.0f} s")
     language = synthetic.LANGUAGES[cfg["language"]]()

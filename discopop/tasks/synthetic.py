@@ -360,11 +360,21 @@ def sft_stage(language: SyntheticLanguage, train: list[tuple[str, str]], tokeniz
         tmp = stage.with_name(f"{stage.name}.tmp{os.getpid()}")
         model.save_pretrained(tmp / "sft_model")
         (tmp / "meta.json").write_text(json.dumps({"sft_seconds": seconds, **sft_key(cfg)}, indent=2))
-        try:  # renamed last, as the task's own cache: a crash never leaves a stage that looks complete
-            tmp.rename(stage)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same stage first
+        publish(tmp, stage)
     return model, seconds, False
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move a finished cache entry into place, last, so a crash never leaves one that looks complete.
+
+    If another process published the same entry first, its copy is kept and ours is dropped.
+    """
+    try:
+        tmp.rename(final)
+    except OSError:
+        if not (final / "meta.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build(cfg: dict[str, Any], out_dir: Path, stage_root: Path | None = None) -> dict[str, Any]:
