@@ -157,7 +157,7 @@ def _import_run(args: argparse.Namespace) -> int:
 def _check_gpu(args: argparse.Namespace) -> int:
     from discopop.gpu_check import check_gpu
 
-    found = check_gpu(args.gpu)
+    found = check_gpu(args.gpu, memory_mb=args.memory_mb)
     print("\n".join(found.lines))
     return 0 if found.ok else 1
 
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_import_run)
     p = sub.add_parser("check-gpu", help="can a sandboxed training worker use this machine's GPU? (seconds)")
     p.add_argument("--gpu", default="0", help="which GPU, as CUDA_VISIBLE_DEVICES names it (default 0)")
+    p.add_argument("--memory-mb", type=int, default=None,
+                   help="the worker memory cap to check, as executor.memory_mb sets it (default: its default)")
     p.set_defaults(func=_check_gpu)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "evaluate" and not any(e.startswith("-") for e in extra):

@@ -5,8 +5,10 @@ differ from the ones it was tested on in ways only CUDA itself reveals (on one H
 driver from writing its own /proc entry, and Triton's compiler subprocess was refused). This starts one
 probe exactly as a CUDA worker starts (same limits, environment and layers), has it initialise CUDA
 before the sandbox is sealed, and after sealing run what a fine-tune runs: a bf16 matmul with its
-backward pass and TRL's per-token log-probs. It prints one line per step, torch's own error where one
-fails, and the layers the probe could not get. Far cheaper than learning the same from a failed run.
+backward pass and TRL's per-token log-probs; last it checks that host memory past ``executor.memory_mb``
+is refused (the CUDA worker's ``rlimit-data``; untouched pages, so a missing cap costs nothing). It
+prints one line per step, torch's own error where one fails, and the layers the probe could not get.
+Far cheaper than learning the same from a failed run.
 
 Run as ``python -m discopop.gpu_check`` it is the probe itself (the sandboxed child).
 """
@@ -29,11 +31,11 @@ class GpuCheck:
 
 
 def check_gpu(gpu: str = "0", timeout: float = 180.0, device_count: int | None = None,
-              device: str = "cuda") -> GpuCheck:
+              device: str = "cuda", memory_mb: int | None = None) -> GpuCheck:
     """Start one sandboxed CUDA probe pinned to ``gpu`` (an index as ``CUDA_VISIBLE_DEVICES`` takes it).
 
     ``device="cpu"`` runs the same steps on the CPU in the same CUDA-worker sandbox (how the tests cover
-    everything but CUDA itself).
+    everything but CUDA itself). ``memory_mb``: the worker's memory cap (default: ``Limits``'s).
     """
     from discopop.devices import cuda_device_count
     from discopop.sandbox import Limits, SandboxedProcess
@@ -42,9 +44,10 @@ def check_gpu(gpu: str = "0", timeout: float = 180.0, device_count: int | None =
     if count == 0:
         return GpuCheck(True, ["no CUDA GPU is visible to this process: nothing to check "
                                "(training.device=auto trains on the CPU here)"])
-    proc = SandboxedProcess(PROBE_MODULE, Limits(uses_cuda=True), env={"CUDA_VISIBLE_DEVICES": gpu})
+    limits = Limits(uses_cuda=True) if memory_mb is None else Limits(uses_cuda=True, memory_mb=memory_mb)
+    proc = SandboxedProcess(PROBE_MODULE, limits, env={"CUDA_VISIBLE_DEVICES": gpu})
     try:
-        reply = proc.request({"op": "probe", "device": device}, timeout=timeout)
+        reply = proc.request({"op": "probe", "device": device, "memory_mb": limits.memory_mb}, timeout=timeout)
         layers, missing = list(proc.layers), proc.missing_layers()
     except Exception as err:  # noqa: BLE001 - a probe that dies is itself the finding
         return GpuCheck(False, [f"the probe died: {' '.join(str(err).split())[:300]}"])
@@ -61,7 +64,7 @@ def check_gpu(gpu: str = "0", timeout: float = 180.0, device_count: int | None =
     return GpuCheck(ok, lines)
 
 
-def _probe(workdir: str, layers: list[str], device: str) -> dict:
+def _probe(workdir: str, layers: list[str], device: str, memory_mb: int) -> dict:
     """In the locked-down child: the worker's start-up order, one step at a time, stopping at the first failure."""
     from discopop.sandbox import seal
     from discopop.text import error_line
@@ -102,8 +105,20 @@ def _probe(workdir: str, layers: list[str], device: str) -> dict:
         logits = torch.randn(2, 8, 512, device=device, dtype=torch.bfloat16)
         selective_log_softmax(logits, torch.randint(0, 512, (2, 8), device=device)).sum().item()
 
+    def past_the_memory_cap() -> None:
+        size = (memory_mb + 512) * 2**20
+        try:
+            torch.empty(size, dtype=torch.uint8)  # never written: a missing cap reserves, but uses, nothing
+        except (MemoryError, RuntimeError) as err:
+            if isinstance(err, MemoryError) or "alloc" in str(err).lower():
+                return
+            raise
+        raise RuntimeError(f"{size >> 20} MB of host memory were granted past the {memory_mb} MB cap: "
+                           "this worker has no per-process memory cap")
+
     if step(f"bf16 matmul + backward after sealing ({', '.join(sealed)})", matmul_backward):
-        step("TRL per-token log-probs (PyTorch path)", log_probs)
+        if step("TRL per-token log-probs (PyTorch path)", log_probs):
+            step(f"host memory past the {memory_mb} MB cap is refused", past_the_memory_cap)
     return out
 
 
@@ -114,7 +129,8 @@ def main() -> None:
     layers = lock_down(workdir)  # first, while single-threaded, as the worker does
     recv, send = child_connections()
     request = json.loads(recv.recv_bytes())
-    send.send_bytes(json.dumps(_probe(workdir, layers, "cpu" if request.get("device") == "cpu" else "cuda")).encode())
+    device = "cpu" if request.get("device") == "cpu" else "cuda"
+    send.send_bytes(json.dumps(_probe(workdir, layers, device, int(request["memory_mb"]))).encode())
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ def test_a_worker_that_cannot_start_cuda_says_torchs_reason() -> None:
 
 
 def test_the_steps_after_sealing_run_in_the_cuda_worker_sandbox() -> None:
-    """The same steps on the CPU: sealing (seccomp + guard) leaves the matmul and TRL's log-probs working."""
+    """The same steps on the CPU: sealing (seccomp + guard) leaves the matmul and TRL's log-probs working, and
+    the CUDA worker's per-process memory cap (rlimit-data, not rlimit-as) refuses an allocation past it."""
     found = check_gpu(device_count=1, device="cpu")
     assert found.ok, found.lines
-    assert [line.split()[0] for line in found.lines[1:4]] == ["ok", "ok", "ok"]
+    assert [line.split()[0] for line in found.lines[1:5]] == ["ok", "ok", "ok", "ok"]
+    assert found.lines[4] == "  ok   host memory past the 6144 MB cap is refused"
+    assert "rlimit-data" in found.lines[5] and "rlimit-as" not in found.lines[5]
     layers = next(line for line in found.lines if line.startswith("  layers: "))
     assert "audit-guard" in layers and "env-allowlist" in layers
     assert not any("not applied: audit-guard" in line for line in found.lines)

@@ -107,11 +107,11 @@ def test_ray_actors_ask_for_a_gpu_share() -> None:
         actor_gpus({**TRAINING, "device": "cuda"}, 1, cluster_gpus=0)
 
 
-def test_a_cuda_worker_drops_only_the_address_space_limit_and_its_oracles_stay_cpu_only() -> None:
+def test_a_cuda_worker_swaps_only_the_address_space_limit_for_a_data_limit_and_its_oracles_stay_cpu_only() -> None:
     spec = WorkerSpec(task=None, training=None, limits=Limits(memory_mb=4096), device="cuda", visible_devices="1")
     worker_limits = spec.worker_limits()
     assert worker_limits.uses_cuda and worker_limits.memory_mb == 4096  # the cgroup cap stays
-    assert set(expected_layers(Limits())) - set(expected_layers(worker_limits)) == set()
+    assert set(expected_layers(Limits())) ^ set(expected_layers(worker_limits)) == {"rlimit-as", "rlimit-data"}
     worker = WarmWorker(spec)
     try:
         assert not worker.oracles.limits.uses_cuda and worker.oracles.limits.memory_mb == 4096
@@ -150,7 +150,8 @@ try:  # ... but not past it: the magic link /proc/<pid>/root leads to / and its 
     via_root = "written"
 except OSError as err:
     via_root = type(err).__name__
-send.send_bytes(json.dumps({"ok": True, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0], "own_proc": own_proc,
+send.send_bytes(json.dumps({"ok": True, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+                            "rlimit_data": resource.getrlimit(resource.RLIMIT_DATA)[0], "own_proc": own_proc,
                             "via_root": via_root, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                             "sandbox_layers": layers, "ld_library_path": os.environ.get("LD_LIBRARY_PATH")}).encode())
 """
@@ -167,7 +168,8 @@ def probe(tmp_path: Path, limits: Limits, env: dict[str, str]) -> tuple[dict, li
 
 
 def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real sandboxed child started as a CUDA worker: no RLIMIT_AS, its GPU pinned, every other layer kept.
+    """A real sandboxed child started as a CUDA worker: RLIMIT_DATA instead of RLIMIT_AS, its GPU pinned, every other
+    layer kept.
 
     Measured on an H200: without a writable own /proc entry every CUDA call in the worker failed (error 304).
     """
@@ -183,12 +185,13 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypa
         assert cpu_reply["own_proc"] == "PermissionError"
     assert cpu_reply["rlimit_as"] == 4096 * 2**20 and cpu_reply["visible"] == ""
     assert gpu_reply["rlimit_as"] == resource.RLIM_INFINITY and gpu_reply["visible"] == "1"
-    assert "rlimit-as" in cpu_layers and "rlimit-as" not in gpu_layers
-    assert set(cpu_layers) - set(gpu_layers) == {"rlimit-as"}
-    assert "dropped for CUDA" in gpu_missing["rlimit-as"] and "rlimit-as" not in cpu_missing
-    assert set(gpu_missing) - set(cpu_missing) == {"rlimit-as"}
-    if "cgroup-memory" in gpu_missing:  # no memory cgroup here: the CUDA worker is said to have no memory cap
-        assert "NO memory cap" in gpu_missing["cgroup-memory"]
+    assert gpu_reply["rlimit_data"] == 4096 * 2**20  # host memory stays capped per process without a cgroup
+    assert "rlimit-as" in cpu_layers and "rlimit-data" in gpu_layers
+    assert set(cpu_layers) ^ set(gpu_layers) == {"rlimit-as", "rlimit-data"}
+    assert "rlimit-as" not in gpu_missing and "rlimit-data" not in gpu_missing and "rlimit-as" not in cpu_missing
+    assert set(gpu_missing) == set(cpu_missing)
+    if "cgroup-memory" in gpu_missing:  # no memory cgroup here: the CUDA worker's cap is its rlimit-data
+        assert "still capped by rlimit-data" in gpu_missing["cgroup-memory"]
     print(json.dumps({"layers": gpu_layers, "missing": gpu_missing}, indent=1), os.uname().release)
 
 

@@ -5,7 +5,7 @@ layer is used where the machine allows it and skipped silently where it does not
 ``SandboxedProcess.layers`` names the ones that are active for a given child, e.g. on a root Linux
 box with cgroup v1 and Landlock (Debian 12, kernel 6.x) all of them are::
 
-    process-group env-allowlist rlimit-core rlimit-as rlimit-fsize netns cgroup-pids cgroup-memory
+    process-group env-allowlist rlimit-core rlimit-as (rlimit-data on CUDA) rlimit-fsize netns cgroup-pids cgroup-memory
     output-cap parent-death-signal no-new-privs private-tmp landlock-fs landlock-read landlock-net
     landlock-signals no-capabilities seccomp audit-guard state-watch
 
@@ -26,8 +26,9 @@ Python-level guards alone are bypassable; that is why the OS layers sit around t
 layer is missing (no root, no Landlock, no cgroups) the remaining ones still apply, and
 ``SandboxedProcess.missing_layers()`` names each absent layer with the reason.
 
-A CUDA worker (``Limits.uses_cuda``) keeps every layer but one: ``rlimit-as`` is dropped (CUDA
-reserves far more address space than it uses) and its memory cap is ``cgroup-memory`` alone.
+A CUDA worker (``Limits.uses_cuda``) keeps every layer but one: ``rlimit-as`` becomes ``rlimit-data``
+(CUDA reserves far more address space than it uses, but those reservations are not private writable
+memory), so its host memory stays capped per process even without ``cgroup-memory``.
 Landlock lets it open the GPU device files; seccomp never blocked what CUDA needs (``ioctl``,
 ``mmap``, threads). CUDA MPS is not available inside (its client connects over a unix socket in
 /tmp: seccomp refuses AF_UNIX sockets and /tmp is private), so workers sharing a GPU time-slice it.

@@ -3,8 +3,9 @@ two private pipes. The layers set up here, before or at ``exec``:
 
 * ``process-group``: a separate process in its own session, killed with SIGKILL by the parent on a
   wall-clock timeout: the only timeout that reliably stops a runaway C call or a deadlock;
-* ``rlimit-*``: address space (a memory bomb on CPU becomes a ``MemoryError``), file size, no
-  core dumps;
+* ``rlimit-*``: address space (a memory bomb on CPU becomes a ``MemoryError``); for a CUDA child the
+  data segment instead (``rlimit-data``: private writable memory, which CUDA's huge address-space
+  reservations are not), file size, no core dumps;
 * ``netns``: the child runs under ``unshare --net`` (an empty network namespace) when allowed;
 * ``output-cap``: stdout/stderr go through a pipe into a bounded in-memory tail; a child writing
   more than ``Limits.output_mb`` during one request is killed (nothing floods the disk or memory).
@@ -39,7 +40,9 @@ from discopop.sandbox.cgroups import Cgroup
 class Limits:
     """Per-process limits; 0 disables a limit (e.g. memory on GPU, where CUDA reserves address space)."""
 
-    memory_mb: int = 6144  # address space per process (RLIMIT_AS, not with uses_cuda) and memory of the tree (cgroup)
+    # Per process: address space (RLIMIT_AS), or for a CUDA child its data segment (RLIMIT_DATA); and the
+    # memory of the whole tree (cgroup), where one can be made.
+    memory_mb: int = 6144
     file_size_mb: int = 256  # largest file the child may write (RLIMIT_FSIZE)
     network: bool = False  # True: no network namespace, no Landlock TCP rule
     # Tasks (processes + threads) of the whole tree, via a pids cgroup. A training worker runs ~20
@@ -51,9 +54,11 @@ class Limits:
     # Nothing in a worker writes there (TMPDIR is the work dir); 64 MB is room for a stray library.
     tmpfs_mb: int = 64
     # The child initialises CUDA. CUDA maps far more virtual address space than it ever uses (tens to
-    # hundreds of GB for its unified address space), so RLIMIT_AS would stop it at start-up: the
-    # address-space limit is then not applied and the memory cap is the memory cgroup's alone (if
-    # that cgroup cannot be made, there is no memory cap and ``missing_layers`` says so).
+    # hundreds of GB for its unified address space), so RLIMIT_AS would stop it at start-up. Those
+    # reservations are inaccessible (PROT_NONE) or shared device mappings, which RLIMIT_DATA does not
+    # count (Linux >= 4.7 counts private writable mappings), so a CUDA child gets RLIMIT_DATA instead:
+    # host memory stays capped per process even where no memory cgroup can be made (measured on an
+    # H100 with ``discopop check-gpu``, whose probe also checks that an allocation over the cap fails).
     uses_cuda: bool = False
     # BENCHMARK SWITCH: False turns off the private mounts, the Landlock read rules and seccomp,
     # only so that benchmarks/sandbox_startup.py can measure what they cost. Never off in a run.
@@ -156,7 +161,7 @@ def expected_layers(limits: Limits) -> list[str]:
     """Every layer a child with ``limits`` would have on a machine that allows them all."""
     hardened = ("private-tmp", "landlock-read", "seccomp")
     layers = ["process-group", "env-allowlist", "rlimit-core"]
-    layers += ["rlimit-as"] if limits.memory_mb else []
+    layers += [_memory_rlimit(limits)] if limits.memory_mb else []
     layers += ["rlimit-fsize"] if limits.file_size_mb else []
     layers += [] if limits.network else ["netns"]
     layers += ["cgroup-pids"] if limits.max_processes else []
@@ -167,13 +172,16 @@ def expected_layers(limits: Limits) -> list[str]:
 
 
 def missing_layer_reasons(limits: Limits) -> dict[str, str]:
-    """Why a layer may be absent; for a CUDA child the address-space limit is dropped on purpose."""
+    """Why a layer may be absent (a CUDA child's per-process cap is ``rlimit-data``, not ``rlimit-as``)."""
     reasons = dict(_WHY_MISSING)
-    if limits.uses_cuda:
-        reasons["rlimit-as"] = ("dropped for CUDA (it reserves far more address space than it uses); "
-                                "memory is capped by cgroup-memory")
-        reasons["cgroup-memory"] += ": this CUDA worker has NO memory cap (rlimit-as is dropped for CUDA)"
+    if limits.uses_cuda and limits.memory_mb:
+        reasons["cgroup-memory"] += ": each process of this CUDA worker is still capped by rlimit-data"
     return reasons
+
+
+def _memory_rlimit(limits: Limits) -> str:
+    """The per-process memory layer: address space, or for CUDA (whose reservations dwarf its use) data."""
+    return "rlimit-data" if limits.uses_cuda else "rlimit-as"
 
 
 # ---- the parent side ---------------------------------------------------------------------------
@@ -192,9 +200,9 @@ def _apply_limits(limits: Limits, cgroup_procs: tuple[str, ...]) -> None:
         except OSError:
             pass  # the parent notices the child is not a member and drops that layer
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if limits.memory_mb and not limits.uses_cuda:
+    if limits.memory_mb:
         size = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+        resource.setrlimit(resource.RLIMIT_DATA if limits.uses_cuda else resource.RLIMIT_AS, (size, size))
     if limits.file_size_mb:
         size = limits.file_size_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
@@ -260,7 +268,7 @@ class SandboxedProcess:
             group.remove()
         self._cgroups = joined
         self.layers = ["process-group", "env-allowlist", "rlimit-core"]
-        self.layers += ["rlimit-as"] if limits.memory_mb and not limits.uses_cuda else []
+        self.layers += [_memory_rlimit(limits)] if limits.memory_mb else []
         self.layers += ["rlimit-fsize"] if limits.file_size_mb else []
         self.layers += ["netns"] if prefix else []
         self.layers += [f"cgroup-{g.controller}" for g in self._cgroups]

@@ -89,9 +89,10 @@ class ExecutorSettings:
                                    "(x workers_per_gpu). The run records the number.")
     workers_per_gpu: int | None = setting(None, "At most this many workers share one GPU (each pinned with "
                                                 "CUDA_VISIBLE_DEVICES); null: no cap, as evenly as possible.")
-    memory_mb: int = setting(_LIMITS.memory_mb, "Memory cap per worker: cgroup memory, plus an address-space rlimit "
-                                                "on CPU workers (dropped for CUDA workers, whose driver reserves far "
-                                                "more address space than it uses).")
+    memory_mb: int = setting(_LIMITS.memory_mb, "Memory cap per worker: cgroup memory, plus a per-process rlimit: "
+                                                "address space on CPU workers, data segment (private writable "
+                                                "memory) on CUDA workers, whose driver reserves far more address "
+                                                "space than it uses.")
     file_mb: int = setting(_LIMITS.file_size_mb, "Largest file a worker may write (caps runaway output).")
 
     def check(self) -> None:
