@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +66,14 @@ def _reply(accuracy: float, seed: int, lr: float) -> JobResult:
 
 
 def _fill(cache: ResultCache, cfg: dict, losses: list[LossSpec], beta: float, accuracy: dict[str, float],
-          seeds: list[int], failed: dict[str, str] | None = None) -> None:
-    """Store every fine-tune the protocol asks for: search runs peak at 4e-5, fresh-seed runs at that rate."""
-    key_task, failed = task_key(beta_config(cfg, beta)), failed or {}
+          seeds: list[int], failed: dict[str, str] | None = None, search: dict[str, float] | None = None) -> None:
+    """Store every fine-tune the protocol asks for: search runs peak at 4e-5 (at ``search`` accuracy where given),
+    fresh-seed runs at that rate."""
+    key_task, failed, search = task_key(beta_config(cfg, beta)), failed or {}, search or accuracy
     for loss in losses:
         for lr, shift in ((1e-5, -0.1), (4e-5, 0.0)):
             key = RunKey(loss.hash, key_task, beta, 0, SEARCH_SPLIT, lr)
-            cache.put(key, _reply(accuracy[loss.name] + shift, 0, lr))
+            cache.put(key, _reply(search[loss.name] + shift, 0, lr))
         for seed in seeds:
             key = RunKey(loss.hash, key_task, beta, seed, CONFIRM_SPLIT, 4e-5)
             if loss.name in failed:
@@ -101,8 +103,8 @@ def test_cached_results_are_reused_and_judged_with_the_shared_statistics(tmp_pat
     by = {(c.beta, c.loss.name): c for c in cells}
     lrml = by[(2.5, "lrml")]
     assert lrml.learning_rate == 4e-5 and lrml.search_fitness == pytest.approx(0.8, abs=0.1)
-    # The same numbers through stats directly: each loss against DPO and the strongest other reference by search
-    # fitness (lrml's is hinge; hinge's and DPO's is lrml), Holm over all five comparisons at this beta.
+    # The same numbers through stats directly: each loss against DPO and the strongest other reference by fresh-seed
+    # mean (lrml's is hinge; hinge's and DPO's is lrml), Holm over all five comparisons at this beta.
     mats = {n: arm_matrix(by[(2.5, n)].runs, seeds)[0] for n in accuracy}
     pairs = [("lrml", "dpo"), ("lrml", "hinge"), ("hinge", "dpo"), ("hinge", "lrml"), ("dpo", "lrml")]
     comps = [stats.compare(a, b, mats[a], mats[b]) for a, b in pairs]
@@ -114,8 +116,26 @@ def test_cached_results_are_reused_and_judged_with_the_shared_statistics(tmp_pat
     # At 0.1 hinge's fresh seeds failed: its comparisons fail, never a smaller sample.
     hinge = by[(0.1, "hinge")]
     assert hinge.vs_dpo["verdict"] == stats.FAILED and "loss is nan" in hinge.vs_dpo["reason"]
-    assert by[(0.1, "lrml")].vs_best["verdict"] == stats.FAILED  # hinge is the strongest by search fitness
+    # hinge leads on search fitness but failed its fresh seeds, so it is nobody's strongest baseline: lrml's is DPO
+    assert by[(0.1, "lrml")].best_baseline == "dpo" and by[(0.1, "lrml")].vs_best is None
     assert hinge.estimate["mean"] is None and by[(0.1, "dpo")].estimate["se"] > 0
+    cache.close()
+
+
+def test_the_strongest_baseline_is_the_reference_with_the_best_fresh_seed_mean(tmp_path: Path) -> None:
+    """hinge leads on the one search seed, lrml on the fresh seeds: a candidate is held to lrml, not hinge."""
+    cfg = _cfg()
+    losses = resolve_losses(["dpo", "hinge", "lrml", "ipo"])
+    losses = [replace(loss, reference=loss.name != "ipo") for loss in losses]  # ipo plays the discovered loss
+    seeds = fresh_seeds(0, 3)
+    cache = ResultCache(tmp_path / "results.sqlite")
+    _fill(cache, cfg, losses, 0.5, {"dpo": 0.5, "hinge": 0.6, "lrml": 0.8, "ipo": 0.7}, seeds,
+          search={"dpo": 0.5, "hinge": 0.9, "lrml": 0.8, "ipo": 0.7})
+    cells = {c.loss.name: c for c in TransferEvaluation(losses, [cfg], [0.5], 3, cache, _no_executor).run()}
+    assert cells["hinge"].search_fitness > cells["lrml"].search_fitness
+    assert cells["ipo"].best_baseline == "lrml" and cells["ipo"].vs_best["baseline"] == "lrml"
+    assert cells["ipo"].vs_best["delta"] < 0 < cells["ipo"].estimate["mean"] - cells["hinge"].estimate["mean"]
+    assert cells["lrml"].best_baseline == "hinge"  # a reference is held to the best of the others
     cache.close()
 
 
