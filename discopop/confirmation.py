@@ -2,10 +2,13 @@
 
 Search fitness is measured on one seed and the search prompts, and the best of many noisy
 measurements is biased upwards (winner's curse). So the top candidates, DPO and the run's
-strongest baseline (by search fitness) are re-trained on the same fresh seeds, each at its own
-learning rate (``metrics["learning_rate"]``, else the config default), and scored on the
-``confirm`` prompts, which the search never saw. A fresh seed draws a new pair subsample as well
-as a new data order (``discopop.training``), so seed noise is real training noise.
+``references`` strongest baselines by search fitness are re-trained on the same fresh seeds, each at
+its own learning rate (``metrics["learning_rate"]``, else the config default), and scored on the
+``confirm`` prompts, which the search never saw. The strongest baseline is the confirmed reference
+with the best fresh-seed mean (no failed seed), so a candidate is never held to a baseline that only
+led on the search seeds, where the best references are often within noise of each other. A fresh
+seed draws a new pair subsample as well as a new data order (``discopop.training``), so seed noise
+is real training noise.
 
 Each candidate is compared with DPO and with the strongest baseline per (seed, prompt)
 (``discopop.stats``); all comparisons of the confirmation are Holm-corrected together. Every
@@ -50,10 +53,21 @@ def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (-key[r.id], r.id))
 
 
-def best_reference(archive: Archive) -> Row | None:
-    """The reference loss with the best search fitness in this run (lower confidence bound over its seeds)."""
-    rows = _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))
-    return rows[0] if rows else None
+def best_references(archive: Archive, n: int) -> list[Row]:
+    """The ``n`` reference losses with the best search fitness in this run (lower confidence bound over seeds)."""
+    return _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))[:n]
+
+
+def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int]) -> Row | None:
+    """The reference with the best fresh-seed mean among those with every seed scored; else the search's first."""
+    means = {}
+    for row in references:
+        _, summary = arm_scores(archive, row, seeds)
+        if summary["failed"] is None and summary["mean"] is not None:
+            means[row.id] = summary["mean"]
+    if not means:
+        return references[0] if references else None
+    return max((r for r in references if r.id in means), key=lambda r: means[r.id])
 
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:
@@ -123,9 +137,10 @@ def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray
 
 
 def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, seeds: list[int],
-          alpha: float = stats.ALPHA) -> list[stats.Comparison]:
-    """Compare each candidate with DPO and the strongest baseline from the stored runs; store the verdicts."""
-    arms = {r.id: r for r in [*candidates, dpo, *([best] if best else [])]}
+          alpha: float = stats.ALPHA, also: list[Row] | None = None) -> list[stats.Comparison]:
+    """Compare each candidate with DPO and the strongest baseline from the stored runs; store the verdicts
+    (and the fresh-seed summaries of ``also``, the other confirmed references)."""
+    arms = {r.id: r for r in [*candidates, dpo, *([best] if best else []), *(also or [])]}
     scored = {row_id: arm_scores(archive, row, seeds) for row_id, row in arms.items()}
     baselines = [("vs_dpo", dpo)] + ([("vs_best", best)] if best is not None and best.id != dpo.id else [])
     comparisons: list[tuple[Row, str, Row, stats.Comparison]] = []
@@ -151,14 +166,16 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
 
 
 def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, top_k: int,
-            baseline: str = "dpo", alpha: float = stats.ALPHA) -> list[stats.Comparison]:
-    """Re-train the top candidates, ``baseline`` and the strongest baseline on fresh seeds; judge and store."""
+            baseline: str = "dpo", alpha: float = stats.ALPHA, references: int = 2) -> list[stats.Comparison]:
+    """Re-train the top candidates, ``baseline`` and the ``references`` best baselines on fresh seeds; hold the
+    candidates to DPO and to the best of those references on the fresh seeds; store everything."""
     dpo = reference_row(archive, baseline)
     if dpo is None or n_seeds < 1:
         return []
     seeds = fresh_seeds(base_seed, n_seeds)
-    best = best_reference(archive)
+    contenders = best_references(archive, max(1, references))
     candidates = top_candidates(archive, top_k)
-    arms = list({r.id: r for r in [*candidates, dpo, *([best] if best else [])]}.values())
+    arms = list({r.id: r for r in [*candidates, dpo, *contenders]}.values())
     run_missing(archive, executor, arms, seeds)
-    return judge(archive, candidates, dpo, best, seeds, alpha=alpha)
+    best = strongest_on_fresh_seeds(archive, contenders, seeds)
+    return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders)

@@ -371,9 +371,9 @@ class Loop:
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self.display.set_generation("confirming winners on fresh seeds")
-                self.display.log(f"re-scoring the top {conf.top_k} and DPO on {conf.seeds} fresh seeds "
-                                 "and the held-back prompts")
-                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k)
+                self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
+                                 f"on {conf.seeds} fresh seeds and the held-back prompts")
+                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references)
         except ProposerStop as stop:
             stopped = str(stop)
             # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.

@@ -10,7 +10,7 @@ import pytest
 
 from discopop import stats
 from discopop.archive import Archive, Evaluation
-from discopop.confirmation import fresh_seeds, judge, missing_jobs
+from discopop.confirmation import best_references, fresh_seeds, judge, missing_jobs, strongest_on_fresh_seeds
 from discopop.proposers.base import Candidate
 
 SEEDS = fresh_seeds(0, 3)
@@ -67,6 +67,26 @@ def test_a_clear_gain_beats_both_baselines_and_everything_is_stored(archive: Arc
     assert archive.get(flat).metrics["confirmation"]["vs_best"]["verdict"] == stats.WITHIN
     dpo_conf = archive.get(dpo).metrics["confirmation"]
     assert "vs_dpo" not in dpo_conf and dpo_conf["mean"] == pytest.approx(np.mean(dpo_conf["fitness"]))
+
+
+def test_the_candidates_are_held_to_the_reference_that_is_strongest_on_the_fresh_seeds(archive: Archive) -> None:
+    """hinge leads on the search seed, lrml on the fresh seeds; ipo leads on both but failed a fresh seed."""
+    rng = np.random.default_rng(3)
+    cand = _row(archive, "cand", 0.95)
+    dpo, hinge = _row(archive, "dpo", 0.80, "reference"), _row(archive, "hinge", 0.93, "reference")
+    lrml, ipo = _row(archive, "lrml", 0.90, "reference"), _row(archive, "ipo", 0.94, "reference")
+    for row, acc in ((cand, 0.66), (dpo, 0.50), (hinge, 0.55), (lrml, 0.70), (ipo, 0.90)):
+        _runs(archive, row, acc, rng)
+    archive.add_evaluation(Evaluation(ipo, SEEDS[1], "confirm", None, error="train: loss is nan at step 9"))
+    contenders = best_references(archive, 3)
+    assert [r.name for r in contenders] == ["ipo", "hinge", "lrml"]  # by search fitness
+    best = strongest_on_fresh_seeds(archive, contenders, SEEDS)
+    assert best is not None and best.name == "lrml"  # ipo's failed seed rules it out; lrml beats hinge fresh
+    judge(archive, [archive.get(cand)], archive.get(dpo), best, SEEDS, also=contenders)
+    conf = archive.get(cand).metrics["confirmation"]
+    assert conf["vs_best"]["baseline"] == "lrml" and conf["vs_best"]["delta"] < 0  # against hinge it would be > 0
+    assert archive.get(hinge).metrics["confirmation"]["mean"] < archive.get(lrml).metrics["confirmation"]["mean"]
+    assert strongest_on_fresh_seeds(archive, [archive.get(ipo)], SEEDS).name == "ipo"  # none complete: search's
 
 
 def test_a_failed_or_missing_seed_fails_the_comparison(archive: Archive) -> None:

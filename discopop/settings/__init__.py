@@ -49,9 +49,12 @@ class ConfirmSettings:
     top_k: int = setting(3, "Best candidates re-trained on fresh seeds at the end (DPO always is).")
     seeds: int = setting(5, "Fresh seeds per comparison: with 3, t has 2 d.o.f. and Holm over 6 tests needs "
                             "|t| ~ 10.")
+    references: int = setting(2, "Best baselines (by search fitness) re-trained on the fresh seeds too; the "
+                                 "candidates are held to the one with the best fresh-seed mean.")
 
     def check(self) -> None:
         require(self.seeds >= 0 and self.top_k >= 0, "confirm.seeds and confirm.top_k must be >= 0")
+        require(self.references >= 1, f"confirm.references must be >= 1, got {self.references}")
 
 
 @dataclass
