@@ -94,6 +94,8 @@ class Measured:
     steps: list[float] = field(default_factory=list)
     score: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    check: list[float] = field(default_factory=list)  # the numeric-checks job (worker round trip)
+    train_job: list[float] = field(default_factory=list)  # the training jobs' worker round trips
     peak_gpu_mb: list[float] = field(default_factory=list)
     device: str = "?"
     missing_layers: dict[str, str] = field(default_factory=dict)
@@ -172,6 +174,8 @@ def measure(name: str, overrides: list[str], n: int) -> Measured:
                 measured.steps.append(secs.get("steps", 0.0))
                 measured.score.append(secs.get("score", 0.0))
                 measured.total.append(secs.get("total", 0.0))
+                measured.check.append(secs.get("check", 0.0))
+                measured.train_job.append(secs.get("train", 0.0))
     finally:
         recorder.close()
     return measured
@@ -186,6 +190,16 @@ def summary(m: Measured, base: Measured | None) -> str:
     ratio = f"{m.per_hour / base.per_hour:5.2f}x" if base and base.per_hour else "  -  "
     return (f"{m.name:<22} {m.workers:>2} {steps:8.2f} {score:8.2f} {overhead:9.2f} {overhead / (steps + score):8.1%} "
             f"{total:8.2f} {peak} {m.warm_up:8.1f} {m.per_hour:9.0f} {ratio}")
+
+
+def overhead_split(m: Measured) -> str:
+    """Where a configuration's overhead goes: the checks job, the training job outside its optimiser steps and
+    scoring (trainer reset, oracle hand-over, state audit), and the parent (queueing, IPC, archive)."""
+    if not m.total:
+        return f"{m.name:<22} -"
+    check, job, steps, score, total = (statistics.fmean(v) for v in (m.check, m.train_job, m.steps, m.score, m.total))
+    return (f"{m.name:<22} checks {check:6.2f} s, training job outside steps and scoring {job - steps - score:6.2f} s, "
+            f"parent side {total - check - job:6.2f} s")
 
 
 def main() -> None:
@@ -272,6 +286,9 @@ def main() -> None:
         if full.peak_gpu_mb and lora.peak_gpu_mb:
             text += f", {max(lora.peak_gpu_mb) / max(full.peak_gpu_mb):.2f}x peak GPU memory"
         print(text)
+    print("overhead per candidate, split:")
+    for m in results:
+        print("  " + overhead_split(m))
     for m in results:
         if m.failed:
             print(f"{m.name}: {len(m.failed)} failed, first: {m.failed[0]}")
