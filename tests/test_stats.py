@@ -134,3 +134,29 @@ def test_pooling_runs_calls_a_null_search_rarely_and_a_consistent_gain_often(run
     real = sum(stats.pooled_over_runs(rng.normal(0.0075, 0.005, runs)).p < stats.ALPHA for _ in range(SIMS))
     assert real / SIMS >= (0.2 if runs == 3 else 0.6), f"only {real}/{SIMS} consistent gains found"
     assert stats.pooled_over_runs([0.01]) is None and stats.pooled_over_runs([0.01, None]) is None
+
+
+def _arms(rng: np.random.Generator, n_arms: int, seeds: int, prompts: int, sd: float = 0.35) -> list[np.ndarray]:
+    """Exact-match rewards of ``n_arms`` equally good losses on the same seeds and prompts (as ``_confirmation``)."""
+    difficulty = rng.normal(1.0, 1.5, prompts)
+    shared = rng.normal(0.0, sd, (seeds, 1))
+    u = rng.random((seeds, prompts))
+    return [(u < 1 / (1 + np.exp(-(difficulty + shared + rng.normal(0.0, sd, (seeds, 1)))))).astype(float)
+            for _ in range(n_arms)]
+
+
+def test_holding_a_null_candidate_to_the_best_of_two_baselines_on_fresh_seeds_rarely_calls_it_better() -> None:
+    """The strongest baseline is picked by its fresh-seed mean among the confirmed references (``confirmation``,
+    ``transfer``). That pick favours the baseline, so a candidate as good as both is called better no more often
+    than against one fixed baseline (at most alpha/2, one side of the two-sided test), and called worse more
+    often: a conservative bar for a claimed discovery."""
+    rng = np.random.default_rng(7)
+    beats = below = fixed_beats = 0
+    for _ in range(SIMS):
+        cand, ref1, ref2 = _arms(rng, 3, 5, 400)
+        best = max((ref1, ref2), key=lambda m: m.mean())
+        verdict = stats.decide([stats.compare("cand", "best", cand, best)])[0].verdict
+        beats, below = beats + (verdict == stats.BEATS), below + (verdict == stats.BELOW)
+        fixed_beats += stats.decide([stats.compare("cand", "ref1", cand, ref1)])[0].verdict == stats.BEATS
+    assert beats / SIMS <= 0.025 + TOLERANCE, f"{beats}/{SIMS} null candidates beat the best of two"
+    assert beats <= fixed_beats and below > beats, (beats, fixed_beats, below)
