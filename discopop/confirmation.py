@@ -60,14 +60,11 @@ def best_references(archive: Archive, n: int) -> list[Row]:
 
 def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int]) -> Row | None:
     """The reference with the best fresh-seed mean among those with every seed scored; else the search's first."""
-    means = {}
-    for row in references:
+    def fresh_mean(row: Row) -> float | None:
         _, summary = arm_scores(archive, row, seeds)
-        if summary["failed"] is None and summary["mean"] is not None:
-            means[row.id] = summary["mean"]
-    if not means:
-        return references[0] if references else None
-    return max((r for r in references if r.id in means), key=lambda r: means[r.id])
+        return summary["mean"] if summary["failed"] is None else None
+
+    return stats.strongest_baseline(references, fresh_mean) if references else None
 
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:

@@ -33,10 +33,10 @@ export turn a comparison into words.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import mpmath
 import numpy as np
@@ -129,6 +129,19 @@ class Pooled:
 
     def text(self) -> str:
         return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] over {self.runs} runs, p={self.p:.3g}"
+
+
+_Arm = TypeVar("_Arm")
+
+
+def strongest_baseline(references: Sequence[_Arm], fresh_mean: Callable[[_Arm], float | None]) -> _Arm:
+    """The reference with the best fresh-seed mean (``None``: a failed or missing seed rules it out); the first
+    (the search's best) when none has one. One rule for ``discover``'s confirmation and ``discopop evaluate``:
+    the pick favours the baseline (its winner's curse), so a candidate's "beats" stays conservative."""
+    means = [(m, r) for r in references if (m := fresh_mean(r)) is not None]
+    if not means:
+        return references[0]
+    return max(means, key=lambda pair: pair[0])[1]
 
 
 def pooled_over_runs(deltas: Sequence[float], alpha: float = ALPHA) -> Pooled | None:

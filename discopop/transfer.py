@@ -368,14 +368,6 @@ def arm_matrix(runs: dict[int, Evaluation], seeds: list[int]) -> tuple[np.ndarra
     return np.asarray(rows, dtype=float), None
 
 
-def strongest_reference(references: list[Cell]) -> Cell:
-    """The reference with the best fresh-seed mean among those with no failed seed; by search fitness if none."""
-    complete = [r for r in references if r.estimate and not r.estimate["failed"] and r.estimate["mean"] is not None]
-    if complete:
-        return max(complete, key=lambda r: r.estimate["mean"])
-    return max(references, key=lambda r: r.search_fitness)
-
-
 def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> None:
     """Estimates per loss and verdicts against DPO and the strongest baseline, Holm over this (task, beta)."""
     matrices: dict[str, np.ndarray | None] = {}
@@ -408,7 +400,9 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
             targets.append(("vs_dpo", dpo))
         others = [r for r in references if r is not cell]
         if others:
-            best = strongest_reference(others)
+            by_search = sorted(others, key=lambda r: -r.search_fitness)  # the fallback first
+            best = stats.strongest_baseline(
+                by_search, lambda r: None if r.estimate["failed"] else r.estimate["mean"])
             cell.best_baseline = best.loss.name
             if best is not dpo or cell is dpo:
                 targets.append(("vs_best", best))

@@ -38,7 +38,7 @@ from discopop.sandbox.cgroups import Cgroup
 
 @dataclass
 class Limits:
-    """Per-process limits; 0 disables a limit (e.g. memory on GPU, where CUDA reserves address space)."""
+    """Per-process limits; 0 disables a limit (a choice, not a gap: ``missing_layers`` does not report it)."""
 
     # Per process: address space (RLIMIT_AS), or for a CUDA child its data segment (RLIMIT_DATA); and the
     # memory of the whole tree (cgroup), where one can be made.
