@@ -185,13 +185,13 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypa
         assert cpu_reply["own_proc"] == "PermissionError"
     assert cpu_reply["rlimit_as"] == 4096 * 2**20 and cpu_reply["visible"] == ""
     assert gpu_reply["rlimit_as"] == resource.RLIM_INFINITY and gpu_reply["visible"] == "1"
-    assert gpu_reply["rlimit_data"] == 4096 * 2**20  # host memory stays capped per process without a cgroup
+    assert gpu_reply["rlimit_data"] == 4096 * 2**20  # private host memory stays capped without a cgroup
     assert "rlimit-as" in cpu_layers and "rlimit-data" in gpu_layers
     assert set(cpu_layers) ^ set(gpu_layers) == {"rlimit-as", "rlimit-data"}
     assert "rlimit-as" not in gpu_missing and "rlimit-data" not in gpu_missing and "rlimit-as" not in cpu_missing
     assert set(gpu_missing) == set(cpu_missing)
-    if "cgroup-memory" in gpu_missing:  # no memory cgroup here: the CUDA worker's cap is its rlimit-data
-        assert "still capped by rlimit-data" in gpu_missing["cgroup-memory"]
+    if "cgroup-memory" in gpu_missing:  # no memory cgroup here: rlimit-data is a partial cap, and says so
+        assert "caps this CUDA worker's private memory, but not shared" in gpu_missing["cgroup-memory"]
     print(json.dumps({"layers": gpu_layers, "missing": gpu_missing}, indent=1), os.uname().release)
 
 

@@ -28,7 +28,9 @@ layer is missing (no root, no Landlock, no cgroups) the remaining ones still app
 
 A CUDA worker (``Limits.uses_cuda``) keeps every layer but one: ``rlimit-as`` becomes ``rlimit-data``
 (CUDA reserves far more address space than it uses, but those reservations are not private writable
-memory), so its host memory stays capped per process even without ``cgroup-memory``.
+memory), so its ordinary (private) host memory stays capped even without ``cgroup-memory``; shared
+anonymous mappings and pinned host memory are not counted, so without that cgroup code already running
+in a CUDA worker is not held to a hard memory cap (candidate code never runs there).
 Landlock lets it open the GPU device files; seccomp never blocked what CUDA needs (``ioctl``,
 ``mmap``, threads). CUDA MPS is not available inside (its client connects over a unix socket in
 /tmp: seccomp refuses AF_UNIX sockets and /tmp is private), so workers sharing a GPU time-slice it.

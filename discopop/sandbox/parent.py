@@ -57,8 +57,11 @@ class Limits:
     # hundreds of GB for its unified address space), so RLIMIT_AS would stop it at start-up. Those
     # reservations are inaccessible (PROT_NONE) or shared device mappings, which RLIMIT_DATA does not
     # count (Linux >= 4.7 counts private writable mappings), so a CUDA child gets RLIMIT_DATA instead:
-    # host memory stays capped per process even where no memory cgroup can be made (measured on an
-    # H100 with ``discopop check-gpu``, whose probe also checks that an allocation over the cap fails).
+    # a runaway of ordinary (private) host memory stays capped even where no memory cgroup can be made
+    # (measured on an H100 with ``discopop check-gpu``, whose probe checks that an allocation over the cap
+    # fails). It is not a hard cap: shared anonymous mappings (tested: 8 GB granted under a 4 GB cap) and,
+    # likely, CUDA pinned host memory are not counted; only ``cgroup-memory`` bounds those. Candidate code
+    # never runs in the worker (it runs in the CPU-only oracle, under RLIMIT_AS).
     uses_cuda: bool = False
     # BENCHMARK SWITCH: False turns off the private mounts, the Landlock read rules and seccomp,
     # only so that benchmarks/sandbox_startup.py can measure what they cost. Never off in a run.
@@ -175,7 +178,8 @@ def missing_layer_reasons(limits: Limits) -> dict[str, str]:
     """Why a layer may be absent (a CUDA child's per-process cap is ``rlimit-data``, not ``rlimit-as``)."""
     reasons = dict(_WHY_MISSING)
     if limits.uses_cuda and limits.memory_mb:
-        reasons["cgroup-memory"] += ": each process of this CUDA worker is still capped by rlimit-data"
+        reasons["cgroup-memory"] += (": rlimit-data still caps this CUDA worker's private memory, but not shared "
+                                     "or pinned mappings")
     return reasons
 
 
