@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 from discopop.archive import Archive
-from discopop.config import compose
-from discopop.evaluate import Evaluator
-from discopop.executors import make_executor
-from discopop.loop import worker_spec
+from discopop.config.compose import compose
+from discopop.execution.executors import make_executor
+from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.reference import available, reference_candidate
+from discopop.search.cascade import Evaluator
+from discopop.search.loop import worker_spec
 from discopop.tasks import load_task
-from discopop.tuning import LrProtocol
 
 
 def main() -> None:

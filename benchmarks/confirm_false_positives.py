@@ -1,7 +1,7 @@
 """How often does the fresh-seed confirmation call a loss better or worse than *itself*?
 
 DPO is confirmed against a copy of DPO under another name, through the confirmation's own code
-(``discopop.confirmation.judge``: per-prompt runs stored in a real archive, paired statistics,
+(``discopop.search.confirmation.judge``: per-prompt runs stored in a real archive, paired statistics,
 Holm, verdicts), with real training on the task, ``--reps`` times, each repetition on new seeds.
 Two nulls:
 
@@ -31,14 +31,14 @@ from pathlib import Path
 
 from transformers import PrinterCallback
 
-from discopop import stats
 from discopop.archive import Archive, Evaluation
-from discopop.config import compose
-from discopop.confirmation import SEED_OFFSET, judge
-from discopop.losses import load_loss
+from discopop.config.compose import compose
+from discopop.contract.losses import load_loss
+from discopop.fitness import stats
+from discopop.fitness.training import FineTuner
 from discopop.proposers.base import Candidate
+from discopop.search.confirmation import SEED_OFFSET, judge
 from discopop.tasks import load_task
-from discopop.training import FineTuner
 
 DPO = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
 OTHER_SEEDS = 1_000_000  # arm B's seeds in the independent null: far from every seed arm A uses

@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-from discopop import checks, losses
+from discopop.contract import checks, losses
 from discopop.proposers import evolution
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.reference import PROPOSALS_DIR

@@ -16,7 +16,7 @@ from collections import Counter
 
 import torch
 
-from discopop import checks, losses
+from discopop.contract import checks, losses
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.evolution import EvolutionProposer, reference_parents
 

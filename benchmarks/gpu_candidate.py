@@ -131,13 +131,13 @@ class PeakRecorder:
 
 def measure(name: str, overrides: list[str], n: int) -> Measured:
     from discopop.archive import Archive
-    from discopop.config import compose
-    from discopop.evaluate import Evaluator
-    from discopop.executors import make_executor
-    from discopop.loop import worker_spec
+    from discopop.config.compose import compose
+    from discopop.execution.executors import make_executor
+    from discopop.fitness.tuning import LrProtocol
     from discopop.proposers.reference import available, reference_candidate
+    from discopop.search.cascade import Evaluator
+    from discopop.search.loop import worker_spec
     from discopop.tasks import load_task
-    from discopop.tuning import LrProtocol
 
     cfg, _ = compose(overrides)
     load_task(cfg["task"])
@@ -219,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 4 if args.quick else args.n
 
-    from discopop.devices import cuda_device_count, resolve_device
+    from discopop.execution.devices import cuda_device_count, resolve_device
 
     gpus = cuda_device_count()
     device = resolve_device(args.device, gpus > 0)
@@ -229,7 +229,7 @@ def main() -> None:
         import torch
 
         card = f"{gpus} x {torch.cuda.get_device_name(0)}"
-        from discopop.gpu_check import check_gpu
+        from discopop.execution.gpu_check import check_gpu
 
         found = check_gpu()  # seconds; a worker that cannot use the GPU would fail every configuration below
         print("\n".join(found.lines), flush=True)

@@ -5,9 +5,9 @@ interleaved candidate by candidate so machine load hits both alike:
 
 * ``in-process`` (BENCHMARK BASELINE ONLY: the old, unsafe path, kept nowhere in the product):
   ``load_loss(code)`` here, then ``check_loss(fn)`` and ``FineTuner.run(fn)``;
-* ``oracle`` (the product's path): for each of the two jobs, a fresh sandboxed ``discopop.oracle``
-  from an :class:`~discopop.oracle_supply.OracleSupply` (one standby pre-spawned, as the executor
-  does), a :class:`~discopop.remote_loss.RemoteLoss` on it, the same ``check_loss`` / ``FineTuner.run``,
+* ``oracle`` (the product's path): for each of the two jobs, a fresh sandboxed ``discopop.sandbox.oracle``
+  from an :class:`~discopop.sandbox.oracle_supply.OracleSupply` (one standby pre-spawned, as the executor
+  does), a :class:`~discopop.sandbox.remote_loss.RemoteLoss` on it, the same ``check_loss`` / ``FineTuner.run``,
   then the oracle is killed.
 
 It also checks the two arms agree (same check report, same fitness), since the oracle must change
@@ -25,15 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from discopop.checks import check_loss
-from discopop.config import compose
-from discopop.losses import load_loss
-from discopop.oracle_supply import OracleSupply
+from discopop.config.compose import compose
+from discopop.contract.checks import check_loss
+from discopop.contract.losses import load_loss
+from discopop.fitness.training import FineTuner
 from discopop.proposers.reference import available, reference_candidate
-from discopop.remote_loss import OracleLink, RemoteLoss
 from discopop.sandbox import Limits
+from discopop.sandbox.oracle_supply import OracleSupply
+from discopop.sandbox.remote_loss import OracleLink, RemoteLoss
 from discopop.tasks import load_task
-from discopop.training import FineTuner
 
 
 def in_process(fine_tuner: FineTuner, code: str) -> tuple[object, float]:

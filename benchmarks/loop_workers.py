@@ -32,10 +32,10 @@ from pathlib import Path
 from rich.console import Console
 
 from discopop.archive import ARCHIVE_NAME, Archive
-from discopop.config import resolve_run, usable_cores
-from discopop.display import Display
-from discopop.executors import make_executor
-from discopop.loop import Loop, worker_spec
+from discopop.config.compose import resolve_run, usable_cores
+from discopop.execution.executors import make_executor
+from discopop.report.display import Display
+from discopop.search.loop import Loop, worker_spec
 
 BASELINES = "[dpo,hinge,pfl,aqfl]"
 

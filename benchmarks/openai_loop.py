@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from openai_server import FakeOpenAIServer, Scripted, completion, error  # noqa: E402
 from prompt_size import measure  # noqa: E402
 
-from discopop.proposers import prompting as P  # noqa: E402
+from discopop.proposers.llm import prompting as P  # noqa: E402
 
 KEY_ENV = "DISCOPOP_BENCH_KEY"
 MODEL = "scripted-llm"
@@ -94,7 +94,8 @@ def discover(run_dir: Path, server: FakeOpenAIServer, mode: str, generations: in
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update({KEY_ENV: "sk-bench-not-a-real-key", "WANDB_MODE": "disabled", "NO_PROXY": "*"})
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", "import sys; from discopop.cli import discover; sys.exit(discover())",
+    entry = "import sys; from discopop.cli.main import discover; sys.exit(discover())"
+    out = subprocess.run([sys.executable, "-c", entry,
                           *args], capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         sys.exit(f"discover exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from openai_server import FakeOpenAIServer, completion  # noqa: E402
 
-from discopop.proposers import prompting as P  # noqa: E402
 from discopop.proposers.base import HistoryEntry  # noqa: E402
-from discopop.proposers.openai import OpenAIProposer  # noqa: E402
-from discopop.proposers.parsing import function_name  # noqa: E402
+from discopop.proposers.llm import prompting as P  # noqa: E402
+from discopop.proposers.llm.parsing import function_name  # noqa: E402
+from discopop.proposers.llm.proposer import OpenAIProposer  # noqa: E402
 
 PROPOSALS = sorted((ROOT / "discopop" / "proposals").glob("*.py"))
 KEY_ENV = "DISCOPOP_PROMPT_SIZE_KEY"

@@ -43,10 +43,10 @@ from openai_loop import TINY_RUN, variant  # noqa: E402
 from openai_server import FakeOpenAIServer, Scripted, completion  # noqa: E402
 
 from discopop.archive import ARCHIVE_NAME, Archive  # noqa: E402
-from discopop.config import resolve_run  # noqa: E402
-from discopop.display import Display  # noqa: E402
-from discopop.executors import make_executor  # noqa: E402
-from discopop.loop import Loop, worker_spec  # noqa: E402
+from discopop.config.compose import resolve_run  # noqa: E402
+from discopop.execution.executors import make_executor  # noqa: E402
+from discopop.report.display import Display  # noqa: E402
+from discopop.search.loop import Loop, worker_spec  # noqa: E402
 
 MODEL = "slow-llm"
 KEY_ENV = "DISCOPOP_OVERLAP_BENCH_KEY"  # left unset: a loopback endpoint needs no key

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from discopop.config import compose
-from discopop.losses import load_loss
+from discopop.config.compose import compose
+from discopop.contract.losses import load_loss
+from discopop.fitness.training import FineTuner
 from discopop.tasks import load_task
-from discopop.training import FineTuner
 
 
 def main() -> None:

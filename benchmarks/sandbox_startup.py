@@ -1,6 +1,6 @@
 """What the OS hardening layers cost: worker start-up and one check job, hardened vs not, side by side.
 
-Each round starts a sandboxed worker (``python -m discopop.worker``: imports torch, puts the
+Each round starts a sandboxed worker (``python -m discopop.execution.worker``: imports torch, puts the
 child-side layers on, answers ``init``), runs the numeric checks on the DPO reference loss once,
 and closes it (kill + work dir removal), once with ``Limits.os_hardening=True`` (the default:
 private /tmp and /dev/shm, Landlock read rules, seccomp) and once with the benchmark switch
@@ -25,7 +25,7 @@ DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.
 
 def one_round(hardened: bool) -> dict[str, float]:
     started = time.perf_counter()
-    proc = SandboxedProcess("discopop.worker", Limits(os_hardening=hardened))
+    proc = SandboxedProcess("discopop.execution.worker", Limits(os_hardening=hardened))
     try:
         reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
         assert reply["ok"], reply

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from discopop.scoring import score_policy
+from discopop.fitness.scoring import score_policy
 from discopop.tasks import Task
 from discopop.tasks.synthetic import build_tokenizer, decode_loop
 

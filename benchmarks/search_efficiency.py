@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from discopop import stats
 from discopop.archive import ARCHIVE_NAME, Archive
-from discopop.confirmation import top_candidates
+from discopop.fitness import stats
+from discopop.search.confirmation import top_candidates
 
 NEAR = 0.999
 TRAINED = ("scored", "train_failed", "eval_failed")
-DISCOVER = "import sys; from discopop.cli import discover; sys.exit(discover())"
+DISCOVER = "import sys; from discopop.cli.main import discover; sys.exit(discover())"
 
 
 def discover(args: list[str]) -> None:

@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from discopop.config import compose
-from discopop.losses import load_loss
+from discopop.config.compose import compose
+from discopop.contract.losses import load_loss
+from discopop.fitness.training import FineTuner
+from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.reference import available
 from discopop.tasks import load_task
-from discopop.training import FineTuner
-from discopop.tuning import LrProtocol
 
 NEGATED_DPO = """
 import torch.nn.functional as F

@@ -4,7 +4,7 @@
 ``discopop.trl.DiscoveredLossDPOTrainer`` trains with one.
 """
 
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
 
 __all__ = ["load_loss"]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ A ``run_state`` key/value table holds loop progress (generation counters, RNG st
 An ``evaluations`` table (added here, not part of the contract) keeps every training evaluation of a
 candidate: seed, split, learning rate, fitness/reward/KL and the per-prompt scores, written in the
 same transaction as the candidate's fate; a failed one keeps its error. Paired statistics
-(``discopop.stats``) are computed from it.
+(``discopop.fitness.stats``) are computed from it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from discopop import seed_race
-from discopop.behaviour_map import cell as behaviour_cell
-from discopop.diagnostics import compact
-from discopop.losses import code_hash
+from discopop.contract.diagnostics import compact
+from discopop.contract.losses import code_hash
 from discopop.proposers.base import Candidate, HistoryEntry
+from discopop.search import seed_race
+from discopop.search.behaviour_map import cell as behaviour_cell
 from discopop.status import STATUSES, Status
 
 __all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "Row", "ranked"]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
 
 # Batch keys TRL's collator adds that are not model inputs (mirrors DPOTrainer._compute_loss).
 _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})

@@ -39,7 +39,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_task(cache_dir):
     """The tiny task, built once per test session into a temporary cache."""
-    from discopop.config import compose
+    from discopop.config.compose import compose
     from discopop.tasks import load_task
 
     cfg, _ = compose(TINY_TASK)

@@ -10,8 +10,8 @@ import builtins
 
 import hostile_deep_oracle  # noqa: F401 - fools the static check
 
-import discopop.allowlist as allowlist
-import discopop.losses as losses
+import discopop.contract.allowlist as allowlist
+import discopop.contract.losses as losses
 import discopop.sandbox.guard as guard
 
 
@@ -24,6 +24,6 @@ allowlist.BUILTINS = {name for name in dir(builtins) if not name.startswith("__"
 losses._restricted_import = builtins.__import__
 
 if __name__ == "__main__":
-    from discopop.oracle import main
+    from discopop.sandbox.oracle import main
 
     main()

@@ -7,7 +7,7 @@ verdict. Everything else is the production oracle.
 
 import ast
 
-import discopop.losses as losses
+import discopop.contract.losses as losses
 
 
 def _fooled_static_check(source: str) -> losses.StaticInfo:
@@ -19,6 +19,6 @@ def _fooled_static_check(source: str) -> losses.StaticInfo:
 losses.static_check = _fooled_static_check
 
 if __name__ == "__main__":
-    from discopop.oracle import main
+    from discopop.sandbox.oracle import main
 
     main()

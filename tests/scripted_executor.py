@@ -1,6 +1,6 @@
 """Test stand-ins for the two seams of the loop: a scripted executor and a scripted proposer.
 
-``ScriptedExecutor`` is a real :class:`~discopop.executors.Executor`: the loop, the evaluation
+``ScriptedExecutor`` is a real :class:`~discopop.execution.executors.Executor`: the loop, the evaluation
 cascade, the repair queue, ``--resume`` and the confirmation drive it exactly as they drive the
 warm sandboxed pool, but it answers each check or train job from a script, in this process, in
 microseconds, and starts no worker. It never executes candidate code: it reads only the name of
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from discopop.executors import Executor, Job, JobResult
+from discopop.execution.executors import Executor, Job, JobResult
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
 
 LOSS_NAME = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discopop import allowlist
-from discopop.checks import check_loss
-from discopop.losses import LossRejected, load_loss, static_check
+from discopop.contract import allowlist
+from discopop.contract.checks import check_loss
+from discopop.contract.losses import LossRejected, load_loss, static_check
 
 TESTS = Path(__file__).resolve().parent
 CORPUS = sorted((TESTS.parent / "discopop" / "proposals").glob("*.py")) + sorted((TESTS / "paper_losses").glob("*.py"))

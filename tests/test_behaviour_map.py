@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from discopop import behaviour_map
-from discopop.checks import check_loss
-from discopop.losses import load_loss
+from discopop.contract.checks import check_loss
+from discopop.contract.losses import load_loss
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.evolution import EvolutionProposer
 from discopop.proposers.reference import reference_candidate
+from discopop.search import behaviour_map
 
 
 @pytest.fixture(scope="module")

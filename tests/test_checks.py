@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from discopop.checks import CheckFailed, check_loss
-from discopop.diagnostics import summarize, wrong_way
-from discopop.losses import load_loss
+from discopop.contract.checks import CheckFailed, check_loss
+from discopop.contract.diagnostics import summarize, wrong_way
+from discopop.contract.losses import load_loss
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"

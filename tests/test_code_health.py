@@ -11,7 +11,7 @@ import pytest
 
 from discopop.archive import Archive, Row, ranked
 from discopop.proposers.base import Candidate
-from discopop.seed_race import RacePolicy
+from discopop.search.seed_race import RacePolicy
 from discopop.status import FAILED_STATUSES, REPAIRABLE_STATUSES, STATUSES, Status
 
 PACKAGE = Path(__file__).resolve().parent.parent / "discopop"
@@ -41,8 +41,8 @@ def test_no_module_uses_another_modules_private_names() -> None:
 
 def test_the_checker_sees_a_private_import(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("from discopop.worker import _secret\nfrom discopop import stats\nstats._hidden()\n")
-    assert _private_imports(probe) == ["discopop.worker._secret", "stats._hidden"]
+    probe.write_text("from discopop.execution.worker import _secret\nfrom discopop import stats\nstats._hidden()\n")
+    assert _private_imports(probe) == ["discopop.execution.worker._secret", "stats._hidden"]
 
 
 def test_status_strings_are_the_ones_archives_store(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discopop import stats
 from discopop.archive import Archive, Evaluation
-from discopop.confirmation import best_references, fresh_seeds, judge, missing_jobs, strongest_on_fresh_seeds
+from discopop.fitness import stats
 from discopop.proposers.base import Candidate
+from discopop.search.confirmation import best_references, fresh_seeds, judge, missing_jobs, strongest_on_fresh_seeds
 
 SEEDS = fresh_seeds(0, 3)
 DPO_FILE = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
@@ -127,9 +127,9 @@ def nan_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 
 
 def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate(tiny_task, archive) -> None:
-    from discopop.confirmation import confirm
-    from discopop.executors import make_executor
-    from discopop.loop import worker_spec
+    from discopop.execution.executors import make_executor
+    from discopop.search.confirmation import confirm
+    from discopop.search.loop import worker_spec
 
     task, cfg = tiny_task
     cfg = {**cfg, "training": {**cfg["training"], "batch_size": 16, "threads": 1}}

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from discopop.archive import Archive
-from discopop.checks import check_loss
-from discopop.evaluate import Evaluator, _unit, same_behaviour
-from discopop.executors import LocalExecutor, WorkerSpec
-from discopop.losses import load_loss
+from discopop.contract.checks import check_loss
+from discopop.contract.losses import load_loss
+from discopop.execution.executors import LocalExecutor, WorkerSpec
+from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.base import Candidate
-from discopop.tuning import LrProtocol
+from discopop.search.cascade import Evaluator, _unit, same_behaviour
 
 ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5, "lr_grid": None})
 

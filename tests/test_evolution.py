@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from discopop import checks, losses
+from discopop.contract import checks, losses
 from discopop.proposers import evolution
 from discopop.proposers.base import Candidate, HistoryEntry
 from discopop.proposers.evolution import OPERATORS, EvolutionProposer, cleanup, program, reference_parents

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from discopop.archive import Archive
-from discopop.export import export_candidate
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
 from discopop.proposers.base import Candidate
+from discopop.report.export import export_candidate
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 VS_DPO = {"candidate": "lrml_mutant", "baseline": "dpo", "delta": 0.0164, "se": 0.0021, "df": 2.0,

@@ -103,7 +103,7 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
 
 
-def worker_pids(root: int, module: bytes = b"discopop.worker") -> list[int]:
+def worker_pids(root: int, module: bytes = b"discopop.execution.worker") -> list[int]:
     """``module`` processes (the worker, or loss oracles) descended from ``root`` (found through /proc, no psutil)."""
     parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
@@ -151,7 +151,7 @@ def busy_worker(proc: subprocess.Popen, ready, what: str, busy: float = 2.0) -> 
     assert proc.poll() is None, f"discover ended early ({what})"
     pid = wait_until(lambda: (worker_pids(proc.pid) or [None])[0], 60, "the worker process")
     spinning = lambda: any(cpu_seconds(o) >= ORACLE_START_CPU + busy  # noqa: E731
-                           for o in worker_pids(proc.pid, b"discopop.oracle"))
+                           for o in worker_pids(proc.pid, b"discopop.sandbox.oracle"))
     wait_until(lambda: spinning() or proc.poll() is not None, 120, f"{what}: training")
     assert proc.poll() is None, f"discover ended early ({what})"
     return pid

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from discopop.cli import main
-from discopop.gpu_check import check_gpu
+from discopop.cli.main import main
+from discopop.execution.gpu_check import check_gpu
 
 
 def test_no_gpu_here_means_nothing_to_check(capsys) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from discopop.devices import (
+from discopop.execution.devices import (
     NO_GPU,
     accumulation_steps,
     check_precision,
@@ -22,8 +22,8 @@ from discopop.devices import (
     resolve_device,
     visible_devices,
 )
-from discopop.executors import WarmWorker, WorkerSpec, placed_specs
-from discopop.ray_executor import actor_gpus
+from discopop.execution.executors import WarmWorker, WorkerSpec, placed_specs
+from discopop.execution.ray_executor import actor_gpus
 from discopop.sandbox import Limits, SandboxedProcess, expected_layers, sandbox_env
 from discopop.sandbox.lockdown import gpu_device_files
 
@@ -201,7 +201,7 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypa
     ("executor.workers_per_gpu=0", "executor.workers_per_gpu must be an integer >= 1"),
 ])
 def test_config_mistakes_stop_the_run_in_one_line(override: str, message: str) -> None:
-    from discopop.config import ConfigError, resolve_run
+    from discopop.config.compose import ConfigError, resolve_run
 
     with pytest.raises(ConfigError) as err:
         resolve_run(1, None, ["training.device=cpu", override])
@@ -209,7 +209,7 @@ def test_config_mistakes_stop_the_run_in_one_line(override: str, message: str) -
 
 
 def test_a_lora_override_composes() -> None:
-    from discopop.config import resolve_run
+    from discopop.config.compose import resolve_run
 
     cfg, _ = resolve_run(1, None, ["training.lora={r: 4, alpha: 8, target_modules: [c_attn]}"])
     assert lora_settings(cfg.training.lora).target_modules == ("c_attn",)

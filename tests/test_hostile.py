@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from discopop.checking import check_in_worker, check_source
-from discopop.executors import Job, WarmWorker, WorkerSpec
+from discopop.cli.check import check_in_worker, check_source
+from discopop.execution.executors import Job, WarmWorker, WorkerSpec
 from discopop.sandbox import Limits, SandboxedProcess
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -85,7 +85,7 @@ def listener():
 @pytest.fixture(scope="module")
 def active_layers() -> list[str]:
     """The isolation layers a worker gets on this machine (reported by the worker's init)."""
-    proc = SandboxedProcess("discopop.worker", Limits())
+    proc = SandboxedProcess("discopop.execution.worker", Limits())
     try:
         reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
         assert reply["ok"], reply
@@ -185,7 +185,7 @@ def test_check_command_reports_the_layer(name: str, layer: str, tmp_path: Path) 
     marker = tmp_path / "marker"
     path = tmp_path / name
     path.write_text(prepare(name, marker, 9))
-    out = subprocess.run([sys.executable, "-m", "discopop.cli", "check", str(path), "--json", "--timeout", "3"],
+    out = subprocess.run([sys.executable, "-m", "discopop.cli.main", "check", str(path), "--json", "--timeout", "3"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     verdict = json.loads(out.stdout)
@@ -253,7 +253,7 @@ time.sleep(600)
 def test_fork_bomb_is_capped_and_every_process_dies(tmp_path: Path) -> None:
     """The pids cgroup, exercised directly (the runtime guard stops a candidate's fork long before)."""
     limits = Limits(max_processes=16, memory_mb=0)
-    probe = SandboxedProcess("discopop.worker", limits)
+    probe = SandboxedProcess("discopop.execution.worker", limits)
     probe.close()
     if "cgroup-pids" not in probe.layers:
         pytest.skip(f"no writable pids cgroup here (layers: {' '.join(probe.layers)})")

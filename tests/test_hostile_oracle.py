@@ -23,9 +23,9 @@ import pytest
 from conftest import TINY_TASK
 from test_hostile import TOKEN_VAR, processes_tagged
 
-from discopop.checking import check_in_worker
-from discopop.config import compose
-from discopop.executors import Job, LocalExecutor, WorkerSpec
+from discopop.cli.check import check_in_worker
+from discopop.config.compose import compose
+from discopop.execution.executors import Job, LocalExecutor, WorkerSpec
 from discopop.tasks import load_task
 
 TESTS = Path(__file__).resolve().parent

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from test_hostile import TOKEN_VAR, processes_tagged
 
-from discopop.checking import check_in_worker
+from discopop.cli.check import check_in_worker
 from discopop.sandbox import TEXT_LIMIT, Limits, SandboxedProcess, clean_reply, clean_text, remove_tree, sandbox_env
 from discopop.sandbox.boundary import LONG_TEXT_LIMITS
 
@@ -68,7 +68,7 @@ def secrets() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def active_layers() -> list[str]:
-    proc = SandboxedProcess("discopop.worker", Limits())
+    proc = SandboxedProcess("discopop.execution.worker", Limits())
     try:
         assert proc.request({"op": "init", "task": None, "training": None}, timeout=120)["ok"]
         return list(proc.layers)
@@ -260,7 +260,7 @@ def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, 
 def test_warm_worker_archives_only_clean_capped_text_and_known_stages() -> None:
     """The loop's reply path (``WarmWorker.run``): what a candidate says (an error with escapes, 1 MB long)
     reaches the archive cleaned and capped, at a stage the trusted side named, and the next job runs."""
-    import discopop.executors as executors
+    import discopop.execution.executors as executors
 
     tests_dir = str(Path(__file__).resolve().parent)
     spec = executors.WorkerSpec(task=None, training=None, check_timeout=20, oracle_module="hostile_bare_oracle")

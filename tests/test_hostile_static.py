@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from discopop.losses import LossRejected, load_loss, static_check
+from discopop.contract.losses import LossRejected, load_loss, static_check
 
 CORPUS = Path(__file__).resolve().parent / "hostile" / "static"
 EXPECTED: dict[str, str] = json.loads((CORPUS / "EXPECTED.json").read_text())

@@ -14,10 +14,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
+from discopop.fitness.training import FineTuner
 from discopop.tasks import load_task
-from discopop.tiny import save_tiny, tiny_causal_lm, tiny_reward_model
-from discopop.training import FineTuner
+from discopop.tasks.tiny import save_tiny, tiny_causal_lm, tiny_reward_model
 
 REPO = Path(__file__).resolve().parent.parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .!?"
@@ -100,7 +100,7 @@ def test_padded_batches_decode_each_prompt_as_alone(hub_dir: Path, tmp_path: Pat
     """Prompts of different lengths share left-padded batches; each completion is the one it gets alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from discopop.scoring import length_batches, score_policy
+    from discopop.fitness.scoring import length_batches, score_policy
 
     task = load_task(judged_cfg(hub_dir, tmp_path))
     assert task.judged and task.reward is None
@@ -192,8 +192,8 @@ def test_ready_made_imdb_and_tldr_configs_run_on_local_stand_ins(hub_dir: Path, 
     from openai_server import FakeOpenAIServer, completion
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from discopop.config import resolve_run
-    from discopop.judge import Judge
+    from discopop.config.compose import resolve_run
+    from discopop.fitness.judge import Judge
     from discopop.tasks.hub import RewardModelScorer
 
     imdb, _ = resolve_run(1, None, ["task=imdb"])

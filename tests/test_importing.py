@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from discopop.archive import Archive
-from discopop.cli import main
-from discopop.importing import PROPOSER, candidates, read_record, read_source
-from discopop.losses import static_check
+from discopop.cli.import_run import PROPOSER, candidates, read_record, read_source
+from discopop.cli.main import main
+from discopop.contract.losses import static_check
 
 RECORDS = Path(__file__).resolve().parent / "discopop_records"
 
@@ -60,7 +60,7 @@ def test_import_run_creates_a_resumable_run_and_is_idempotent(tmp_path, capsys) 
     assert main(["import-run", str(RECORDS), str(run_dir), "wandb.mode=disabled"]) == 0
     assert "discover --resume" in capsys.readouterr().out
     assert (run_dir / ".hydra" / "config.yaml").is_file()
-    from discopop.config import resolve_run
+    from discopop.config.compose import resolve_run
 
     cfg, resumed = resolve_run(3, str(run_dir), [])  # what `discover --resume RUN_DIR --generations 3` loads
     assert resumed == run_dir and cfg.wandb.mode == "disabled"

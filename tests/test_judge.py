@@ -10,13 +10,13 @@ import pytest
 from openai_server import FakeOpenAIServer, completion, error
 
 from discopop.archive import Archive
-from discopop.config import ConfigError, resolve_run
-from discopop.evaluate import Evaluator
-from discopop.executors import Executor, Job, JobResult
-from discopop.judge import Judge, JudgedExecutor, JudgeFailed, JudgeStop, normalised, parse_rating
-from discopop.metering import Meter
+from discopop.config.compose import ConfigError, resolve_run
+from discopop.execution.executors import Executor, Job, JobResult
+from discopop.fitness.judge import Judge, JudgedExecutor, JudgeFailed, JudgeStop, normalised, parse_rating
+from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.base import Candidate
-from discopop.tuning import LrProtocol
+from discopop.proposers.llm.metering import Meter
+from discopop.search.cascade import Evaluator
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-judge-Qw3DISTINCTIVE-fake-key-0042"
@@ -86,7 +86,7 @@ def test_tokens_and_cost_count_into_the_shared_budget(server, tmp_path: Path) ->
     assert len(server.requests) == 3  # the stop came before any new request
     assert judge.grade(PROMPTS[:2], ANSWERS[:2]).ratings == [6.0, 8.0]  # cached ratings still cost nothing
     judge.close()
-    from discopop.proposers.openai import OpenAIProposer
+    from discopop.proposers.llm.proposer import OpenAIProposer
 
     proposer = OpenAIProposer(model="m", base_url=server.url, api_key_env="DISCOPOP_TEST_JUDGE_KEY")
     assert isinstance(proposer.meter, Meter) and proposer.meter.totals is proposer.totals  # what the loop shares

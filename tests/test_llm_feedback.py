@@ -15,9 +15,9 @@ import pytest
 from openai_server import FakeOpenAIServer, Scripted, completion, error, loopback_server
 
 from discopop.archive import feedback_fields
-from discopop.proposers import prompting as P
 from discopop.proposers.base import HistoryEntry
-from discopop.proposers.chat_client import (
+from discopop.proposers.llm import prompting as P
+from discopop.proposers.llm.chat_client import (
     AuthError,
     ChatClient,
     ContextLengthError,
@@ -27,7 +27,7 @@ from discopop.proposers.chat_client import (
     RequestRejected,
     TransientError,
 )
-from discopop.proposers.openai import OpenAIProposer
+from discopop.proposers.llm.proposer import OpenAIProposer
 
 KEY_ENV = "DISCOPOP_FEEDBACK_TEST_KEY"
 KEY = "sk-feedback-Qw3DISTINCTIVE-fake-key-9090"
@@ -131,7 +131,7 @@ def test_rich_history_stays_within_the_token_budget():
 
 
 def test_noise_from_re_scored_candidates_reaches_the_system_prompt(server, make):
-    from discopop.proposers.facts import FitnessFacts
+    from discopop.proposers.llm.facts import FitnessFacts
 
     server.push(completion(answer("a")), completion(answer("b")))
     proposer = make()
@@ -198,7 +198,7 @@ def test_paper_protocol_is_one_growing_conversation_with_fitness_only(server, ma
     server.push(*[completion(answer(n)) for n in ("p1", "p2", "p3")])
     proposer = make(history_mode="conversation", protocol="paper", max_repairs=0,
                     history_token_budget=100000)
-    from discopop.proposers.facts import FitnessFacts
+    from discopop.proposers.llm.facts import FitnessFacts
 
     proposer.set_facts(FitnessFacts(kl_coef=0.05, beta=0.5, learning_rates=(1e-5,), sft_reward=0.4))
     [first] = proposer.propose(history, k=1, generation=1)
@@ -236,7 +236,7 @@ def test_paper_protocol_needs_the_conversation():
 
 
 def test_paper_preset_composes():
-    from discopop.config import compose
+    from discopop.config.compose import compose
     from discopop.proposers import build_proposer
 
     cfg, _ = compose(["proposer=openai_paper"])

@@ -23,11 +23,11 @@ from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
 
 from discopop.archive import Archive
-from discopop.config import RunSettings, compose, resolve_auto, resolve_run
-from discopop.display import Display
-from discopop.loop import Loop, proposals_per_generation
+from discopop.config.compose import RunSettings, compose, resolve_auto, resolve_run
 from discopop.proposers import build_proposer
 from discopop.proposers.base import Candidate
+from discopop.report.display import Display
+from discopop.search.loop import Loop, proposals_per_generation
 
 GRID = (1e-5, 2e-5, 4e-5)
 META = {"sft_heldout_reward": 0.8, "pairs": 64}
@@ -332,7 +332,7 @@ def test_the_loop_confirms_the_winner_on_fresh_seeds(base_cfg, tmp_path: Path) -
 
 
 def test_auto_resolves_to_this_machines_cores_and_is_recorded(base_cfg, monkeypatch) -> None:
-    monkeypatch.setattr("discopop.config.usable_cores", lambda: 8)
+    monkeypatch.setattr("discopop.config.compose.usable_cores", lambda: 8)
     cfg = RunSettings.coerce(config(base_cfg, executor__workers="auto", candidates_per_generation="auto",
                                     training__threads=2))
     resolve_auto(cfg)

@@ -14,9 +14,9 @@ import torch
 from test_hub_task import hub_cfg, hub_dir  # noqa: F401 - the module-scoped fixture is used below
 from test_remote_loss import remote, supply  # noqa: F401 - the module-scoped fixture is used below
 
-from discopop.executors import Job, LocalExecutor, WorkerSpec
-from discopop.losses import load_loss
-from discopop.training import AdapterDisabled, FineTuner
+from discopop.contract.losses import load_loss
+from discopop.execution.executors import Job, LocalExecutor, WorkerSpec
+from discopop.fitness.training import AdapterDisabled, FineTuner
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = REPO / "discopop" / "proposals"

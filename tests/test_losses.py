@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from discopop.losses import LossRejected, code_hash, load_loss, normalize_code, static_check
+from discopop.contract.losses import LossRejected, code_hash, load_loss, normalize_code, static_check
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 GOOD = f"""

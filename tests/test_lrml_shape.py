@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
 from discopop.proposers.reference import PROPOSALS_DIR
 
 

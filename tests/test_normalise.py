@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from discopop.checking import check_source
-from discopop.checks import CheckFailed, check_loss
-from discopop.losses import LossRejected, code_hash, load_loss, normalise_loss, static_check
+from discopop.cli.check import check_source
+from discopop.contract.checks import CheckFailed, check_loss
+from discopop.contract.losses import LossRejected, code_hash, load_loss, normalise_loss, static_check
 
 PAPER = Path(__file__).resolve().parent / "paper_losses"
 # LRML as the DiscoPOP trainer writes it: a method, still indented as inside the class body.

@@ -31,9 +31,9 @@ from openai_server import FakeOpenAIServer, completion, error
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor
 
-from discopop.config import create_run_dir, record_run, resolve_run
-from discopop.display import Display
-from discopop.loop import Loop, RunSummary
+from discopop.config.compose import create_run_dir, record_run, resolve_run
+from discopop.report.display import Display
+from discopop.search.loop import Loop, RunSummary
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_ENV = "DISCOPOP_LOOP_TEST_KEY"

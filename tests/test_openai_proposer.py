@@ -13,12 +13,12 @@ import random
 import pytest
 from openai_server import Scripted, completion, error, loopback_server
 
-from discopop.losses import static_check
-from discopop.proposers import prompting as P
+from discopop.contract.losses import static_check
 from discopop.proposers.base import HistoryEntry, ProposerStop
-from discopop.proposers.openai import OpenAIProposer
-from discopop.proposers.openai_config import MIN_HISTORY_BUDGET, Arm, select_arm
-from discopop.proposers.parsing import ProposalParseError, parse_proposal
+from discopop.proposers.llm import prompting as P
+from discopop.proposers.llm.options import MIN_HISTORY_BUDGET, Arm, select_arm
+from discopop.proposers.llm.parsing import ProposalParseError, parse_proposal
+from discopop.proposers.llm.proposer import OpenAIProposer
 
 KEY_ENV = "DISCOPOP_TEST_OPENAI_KEY"
 KEY = "sk-test-Zq8DISTINCTIVE-fake-key-4711"
@@ -166,7 +166,7 @@ def test_retry_after_as_an_http_date_is_honoured(server, make):
     """RFC 9110 lets Retry-After be an HTTP date; a past one means "now", an unparseable one is ignored."""
     from datetime import datetime, timezone
 
-    from discopop.proposers.chat_client import retry_after_seconds as _retry_after
+    from discopop.proposers.llm.chat_client import retry_after_seconds as _retry_after
 
     now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
     assert _retry_after({"retry-after": "Fri, 27 Nov 2026 12:00:42 GMT"}, now) == 42.0
@@ -406,7 +406,7 @@ def test_selection_is_seeded(selection):
 # -- configuration --------------------------------------------------------------------------------
 
 def test_config_file_builds_and_validation_names_the_value(monkeypatch):
-    from discopop.config import compose
+    from discopop.config.compose import compose
 
     cfg = compose(["proposer=openai"])[0]["proposer"]  # conf/proposer/openai.yaml on its schema
     proposer = OpenAIProposer.from_config(cfg, seed=3)
@@ -425,8 +425,8 @@ def test_config_file_builds_and_validation_names_the_value(monkeypatch):
 # -- what fitness is: the run's actual settings reach the model -----------------------------------
 
 def run_facts(overrides: list[str], rows=(), sft: float | None = 0.587):
-    from discopop.config import compose
-    from discopop.proposers.facts import FitnessFacts
+    from discopop.config.compose import compose
+    from discopop.proposers.llm.facts import FitnessFacts
 
     cfg, _ = compose(overrides)
     return FitnessFacts.from_run(cfg, {"sft_heldout_reward": sft} if sft is not None else {}, rows)

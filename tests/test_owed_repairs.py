@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from discopop.archive import Archive
-from discopop.loop import candidate_of, owed_repairs
 from discopop.proposers.base import Candidate
+from discopop.search.loop import candidate_of, owed_repairs
 
 
 def add(archive: Archive, generation: int, name: str, status: str, parents: list[int] | None = None,

@@ -20,7 +20,7 @@ def test_wheel_carries_its_data_files(tmp_path: Path) -> None:
                               *map(str, wheels.glob("*.whl"))], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
-        "import discopop, discopop.config as c, discopop.proposers.reference as r, discopop.report as rep\n"
+        "import discopop, discopop.config.compose as c, discopop.proposers.reference as r, discopop.report as rep\n"
         "from importlib import resources\n"
         "cfg, run_dir = c.compose(['task=sorting'])\n"
         "print(discopop.__file__)\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
+from discopop.fitness.training import FineTuner
 from discopop.tasks.synthetic import decode_loop
-from discopop.training import FineTuner
 
 PROPOSALS = sorted((Path(__file__).resolve().parent.parent / "discopop" / "proposals").glob("*.py"))
 

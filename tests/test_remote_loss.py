@@ -11,12 +11,12 @@ import pytest
 import torch
 from test_checks import BAD_LOSSES, loss
 
-from discopop.checks import CheckFailed, check_loss
-from discopop.executors import Job, WarmWorker, WorkerSpec
-from discopop.losses import load_loss
-from discopop.oracle_supply import OracleSupply
-from discopop.remote_loss import OracleLink, OracleRefused, RemoteLoss
+from discopop.contract.checks import CheckFailed, check_loss
+from discopop.contract.losses import load_loss
+from discopop.execution.executors import Job, WarmWorker, WorkerSpec
 from discopop.sandbox import Limits
+from discopop.sandbox.oracle_supply import OracleSupply
+from discopop.sandbox.remote_loss import OracleLink, OracleRefused, RemoteLoss
 
 PROPOSALS = sorted((Path(__file__).resolve().parent.parent / "discopop" / "proposals").glob("*.py"))
 

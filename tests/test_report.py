@@ -10,8 +10,8 @@ import pytest
 
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Evaluation
-from discopop.confirmation import judge
 from discopop.proposers.base import Candidate
+from discopop.search.confirmation import judge
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_IDS = ("leaderboard", "fitness", "lineage", "diffs", "loss-shapes", "reward-kl", "failures", "timing")
@@ -54,8 +54,8 @@ def _scored(arch: Archive, name: str, code: str, gen: int, fitness: float, paren
 
 def _curve(code: str) -> dict:
     """What the sandboxed checks record (computed in-process here: the fixture's code is the test's own)."""
-    from discopop.checks import loss_curve
-    from discopop.losses import load_loss
+    from discopop.contract.checks import loss_curve
+    from discopop.contract.losses import load_loss
 
     try:
         return loss_curve(load_loss(code))
@@ -248,8 +248,8 @@ def test_notebook_runs_headless(run_dir: Path) -> None:
 
 
 def test_measured_behaviour_shows_in_the_candidate_views(tmp_path: Path) -> None:
-    from discopop.checks import check_loss
-    from discopop.losses import load_loss
+    from discopop.contract.checks import check_loss
+    from discopop.contract.losses import load_loss
 
     overshoot = _loss("overshoot", "    return (rho - 1 / (2 * beta)) ** 2\n")  # IPO: pulls rho back to 1/(2 beta)
     arch = Archive(tmp_path / ARCHIVE_NAME)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from discopop.checking import check_source
+from discopop.cli.check import check_source
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from discopop.scoring import length_batches, score_policy
+from discopop.fitness.scoring import length_batches, score_policy
 from discopop.tasks.synthetic import decode_loop
 
 

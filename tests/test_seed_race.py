@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_RUN
 
-from discopop import seed_race
 from discopop.archive import Archive
-from discopop.config import ConfigError, compose, validate
-from discopop.confirmation import top_candidates
+from discopop.config.compose import ConfigError, compose, validate
 from discopop.proposers.base import Candidate
-from discopop.seed_race import RacePolicy, SeedScores
+from discopop.search import seed_race
+from discopop.search.confirmation import top_candidates
+from discopop.search.seed_race import RacePolicy, SeedScores
 
 POLICY = RacePolicy(max_seeds=3, top_k=2, z=1.0, noise_prior=0.01)
 
@@ -48,14 +48,14 @@ def test_only_candidates_in_contention_get_another_seed_and_never_past_the_cap()
 
 
 def test_race_seeds_are_neither_the_search_seed_nor_confirmation_seeds() -> None:
-    from discopop.confirmation import fresh_seeds
+    from discopop.search.confirmation import fresh_seeds
 
     seeds = RacePolicy(max_seeds=RacePolicy.__dataclass_fields__["max_seeds"].default + 99).extra_seeds(7)
     assert len(seeds) == 99 and 7 not in seeds and not set(seeds) & set(fresh_seeds(7, 100))
 
 
 def test_a_failed_seed_stops_the_race_and_the_summary_keeps_seed_order() -> None:
-    from discopop.evaluate import Race
+    from discopop.search.cascade import Race
 
     race = Race(2e-5, [0], [0.9])
     race.add(501, 0.92, None)  # runs finish in any order
@@ -117,11 +117,11 @@ def test_a_real_race_archives_every_seed_and_races_only_contenders(tmp_path: Pat
     """A reference, then a contender, then a hopeless candidate, through sandboxed workers on the tiny task
     (7 fine-tunes; ~1 min on 2 idle cores). The tiny task barely separates losses, so contention is set by the
     archive: first too few rivals (everyone is in contention), then two rows no real loss can reach."""
-    from discopop.evaluate import Evaluator
-    from discopop.executors import LocalExecutor
-    from discopop.loop import worker_spec
+    from discopop.execution.executors import LocalExecutor
+    from discopop.fitness.tuning import LrProtocol
     from discopop.proposers.reference import reference_candidate
-    from discopop.tuning import LrProtocol
+    from discopop.search.cascade import Evaluator
+    from discopop.search.loop import worker_spec
 
     cfg, _ = compose([*SMALL_RUN, "selection.max_seeds=3", "selection.top_k=2", "training.lr_grid=[2e-5]"])
     archive = Archive(tmp_path / "archive.sqlite")

@@ -9,8 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from discopop.archive import Archive
-from discopop.config import CONF_DIR, SAVED_CONFIG, compose_settings, record_run, resolve_run
-from discopop.settings import (
+from discopop.config import (
     SCHEMAS,
     ConfigError,
     HubTaskSettings,
@@ -20,6 +19,7 @@ from discopop.settings import (
     TrainingSettings,
     register_schemas,
 )
+from discopop.config.compose import CONF_DIR, SAVED_CONFIG, compose_settings, record_run, resolve_run
 
 
 def settings_classes() -> set[type]:
@@ -184,12 +184,12 @@ def test_code_that_keeps_defaults_takes_them_from_the_settings() -> None:
     import inspect
     from dataclasses import asdict
 
-    from discopop.executors import WorkerSpec
-    from discopop.judge import DEFAULTS as JUDGE_DEFAULTS
+    from discopop.config import EvolutionSettings, JudgeSettings, LocalExecutorSettings, RayExecutorSettings
+    from discopop.execution.executors import WorkerSpec
+    from discopop.fitness.judge import DEFAULTS as JUDGE_DEFAULTS
     from discopop.proposers.evolution import EvolutionProposer
-    from discopop.proposers.openai_config import DEFAULTS as OPENAI_DEFAULTS
+    from discopop.proposers.llm.options import DEFAULTS as OPENAI_DEFAULTS
     from discopop.sandbox import Limits
-    from discopop.settings import EvolutionSettings, JudgeSettings, LocalExecutorSettings, RayExecutorSettings
 
     signature = inspect.signature(EvolutionProposer.__init__).parameters
     assert {k: p.default for k, p in signature.items() if k not in ("self", "seed")} == EvolutionSettings().kwargs()

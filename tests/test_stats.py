@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from discopop import stats
+from discopop.fitness import stats
 
 SIMS = 600
 # Three binomial standard errors of a 5% rate over SIMS simulations: the Monte-Carlo tolerance.

@@ -79,7 +79,7 @@ def test_a_pairs_only_change_samples_from_the_stored_sft_model(tiny_task, cache_
     """Changing the label noise must not train the SFT model again: the new pairs are the stored model's pairs,
     flipped as a fresh build flips them. (A fresh build is not compared weight for weight: SFT on CPU can differ
     in the last bits with the thread count, which is why the stage is stored.)"""
-    from discopop.settings import plain
+    from discopop.config import plain
     from discopop.tasks import synthetic
 
     task, cfg = tiny_task  # built through load_task (label noise 0.25), which stored its SFT stage under cache_dir

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discopop import stats
-from discopop.cli import main
-from discopop.confirmation import fresh_seeds
-from discopop.executors import JobResult
-from discopop.transfer import (
+from discopop.cli.main import main
+from discopop.execution.executors import JobResult
+from discopop.fitness import stats
+from discopop.search.confirmation import fresh_seeds
+from discopop.transfer.protocol import (
     CONFIRM_SPLIT,
     NOT_RUN,
     SEARCH_SPLIT,
@@ -33,7 +33,7 @@ from discopop.transfer import (
     resolve_losses,
     task_key,
 )
-from discopop.transfer_report import EDGE_MARK, rate_at_edge, write_csv, write_html, write_markdown
+from discopop.transfer.report import EDGE_MARK, rate_at_edge, write_csv, write_html, write_markdown
 
 PROMPTS = 200
 METHOD_FORM = '''
@@ -50,7 +50,7 @@ def doubled_sigmoid_loss(
 
 
 def _cfg(name: str = "addition") -> dict:
-    from discopop.config import compose
+    from discopop.config.compose import compose
 
     cfg, _ = compose([f"task={name}", "training.lr_grid=[1e-5,4e-5]"])
     return cfg
@@ -95,7 +95,7 @@ def test_cached_results_are_reused_and_judged_with_the_shared_statistics(tmp_pat
     _fill(cache, cfg, losses, 0.1, accuracy, seeds, failed={"hinge": "loss is nan at step 3"})
     _fill(cache, cfg, losses, 2.5, accuracy, seeds)
     done: list[bool] = []
-    from discopop.transfer import Progress
+    from discopop.transfer.protocol import Progress
 
     cells = TransferEvaluation(losses, [cfg], [0.1, 2.5], 3, cache, _no_executor,
                                Progress(done=lambda *a: done.append(a[-1]))).run()

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
-from discopop.tiny import save_tiny, tiny_causal_lm
+from discopop.tasks.tiny import save_tiny, tiny_causal_lm
 from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"

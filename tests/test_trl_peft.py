@@ -14,8 +14,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
-from discopop.losses import load_loss
-from discopop.tiny import save_tiny, tiny_causal_lm
+from discopop.contract.losses import load_loss
+from discopop.tasks.tiny import save_tiny, tiny_causal_lm
 from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"

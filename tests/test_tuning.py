@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discopop.tuning import LrProtocol, Sweep
+from discopop.fitness.tuning import LrProtocol, Sweep
 
 GRID = {"learning_rate": 1e-5, "lr_grid": [1e-5, 2.5e-6, 5e-6], "lr_screen_margin": 0.05}
 

@@ -11,7 +11,7 @@ __all__ = ["Candidate", "HistoryEntry", "Proposer", "ProposerStop", "build_propo
 
 def build_proposer(cfg: Any, seed: int) -> Proposer:
     """Instantiate the proposer its ``proposer`` settings name (a plain mapping is read as those settings)."""
-    from discopop.settings import EvolutionSettings, OpenAISettings, proposer_settings
+    from discopop.config import EvolutionSettings, OpenAISettings, proposer_settings
 
     settings = proposer_settings(cfg)  # a mistake is a ConfigError, a ValueError of one line
     if isinstance(settings, EvolutionSettings):
@@ -19,7 +19,7 @@ def build_proposer(cfg: Any, seed: int) -> Proposer:
 
         return EvolutionProposer(seed=seed, **settings.kwargs())
     if isinstance(settings, OpenAISettings):
-        from discopop.proposers.openai import OpenAIProposer
+        from discopop.proposers.llm.proposer import OpenAIProposer
 
         return OpenAIProposer(seed=seed, **settings.kwargs())
     from discopop.proposers.reference import ReferenceProposer

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from discopop.metering import Meter
-    from discopop.proposers.facts import FitnessFacts
+    from discopop.proposers.llm.facts import FitnessFacts
+    from discopop.proposers.llm.metering import Meter
 
 
 @dataclass

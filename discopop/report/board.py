@@ -10,9 +10,9 @@ import html
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from discopop import stats
 from discopop.archive import Row
-from discopop.diagnostics import wrong_way
+from discopop.contract.diagnostics import wrong_way
+from discopop.fitness import stats
 from discopop.report.figures import FITNESS_LABEL, GREY, OKABE_ITO, View, new_figure
 from discopop.report.run import EMPTY_NOTE, confirmation_of, diagnostics_of, fmt, number, row_label, scored
 

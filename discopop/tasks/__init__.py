@@ -31,7 +31,7 @@ class Task:
     max_new_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
     require_eos: bool = True  # exact-answer tasks: a completion that never ends is malformed
-    judged: bool = False  # fitness from the LLM judge (task.judge), graded in the main process (discopop.judge)
+    judged: bool = False  # fitness from the LLM judge (task.judge), graded in the main process (discopop.fitness.judge)
     score_batch_size: int = 512  # held-out prompts decoded (and reward-scored) together
 
     def rewards(self, prompts: list[str], completions: list[str | None], device: Any = "cpu") -> list[float]:
@@ -82,7 +82,7 @@ def search_count(cfg: dict[str, Any], heldout: int) -> int:
 
 def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
     """Load a task (its settings, or their plain form as a worker gets them), building it first on a miss."""
-    from discopop.settings import plain
+    from discopop.config import plain
 
     cfg = plain(cfg)
     kind = cfg.get("kind", "synthetic")

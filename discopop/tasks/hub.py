@@ -8,7 +8,7 @@ log-prob cache keys stay stable across runs.
 
 The held-out reward comes from a sequence-classification reward model (``task.reward_model``, the
 logit ``task.reward_index``) or from an LLM judge (``task.judge``, graded in the main process by
-``discopop.judge``). Either *can* be bought by drifting far from the reference, so hub tasks
+``discopop.fitness.judge``). Either *can* be bought by drifting far from the reference, so hub tasks
 penalise KL by default (``kl_coef``).
 """
 
@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from discopop.settings import HubTaskSettings, from_plain, plain
+from discopop.config import HubTaskSettings, from_plain, plain
 
 REQUIRED = ("model", "dataset")
 

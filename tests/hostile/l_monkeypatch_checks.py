@@ -1,4 +1,4 @@
-"""Monkeypatch torch.isfinite / torch.equal and loosen discopop.checks.TOL so a NaN loss passes."""
+"""Monkeypatch torch.isfinite / torch.equal and loosen discopop.contract.checks.TOL so a NaN loss passes."""
 
 import math
 import torch
@@ -18,5 +18,5 @@ def hostile(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, 
     _g = torch.builtins.getattr
     torch.isfinite = _all_true
     torch.equal = _same
-    _g(torch.sys, 'mod' + 'ules')['discopop.checks'].TOL = 1e30
+    _g(torch.sys, 'mod' + 'ules')['discopop.contract.checks'].TOL = 1e30
     return rho * math.nan

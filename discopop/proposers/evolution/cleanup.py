@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 
-from discopop.allowlist_check import dotted_parts
+from discopop.contract.allowlist_check import dotted_parts
 from discopop.proposers.evolution.program import EXP, expr, functions, loaded, public_function
 
 

@@ -17,8 +17,8 @@ import math
 import random
 import re
 
-from discopop import losses
-from discopop.allowlist_check import dotted_parts
+from discopop.contract import losses
+from discopop.contract.allowlist_check import dotted_parts
 from discopop.proposers.evolution.program import (
     EXP,
     Substitute,

@@ -14,7 +14,7 @@ import functools
 from collections import Counter
 from collections.abc import Callable
 
-from discopop import losses
+from discopop.contract import losses
 
 # e**30 ~ 1e13: finite in float32 after weighting and batch means; larger arguments are clipped.
 EXP = "torch.exp(torch.clamp(U, max=30.0))"

@@ -12,10 +12,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from discopop import behaviour_map
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.evolution.program import code_hash, passes_static_check
 from discopop.proposers.reference import PROPOSALS_DIR
+from discopop.search import behaviour_map
 from discopop.status import Status
 
 POPULATIONS = ("cells", "flat")

@@ -1,0 +1,104 @@
+"""``discopop check``: run a loss file through every layer a candidate meets, and say which one stopped it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from discopop.contract.diagnostics import summarize
+from discopop.contract.losses import LossRejected, normalise_loss, static_check
+from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox.oracle_supply import (
+    ORACLE_MODULE,
+    OracleProcess,
+    OracleStartFailed,
+    explain_oracle_death,
+    worker_control,
+)
+
+# ast.parse is not thread-safe on CPython 3.11 (gh-106905: "AST constructor recursion depth
+# mismatch" when two threads parse at once); check_source may be called from several threads.
+_PARSE_LOCK = threading.Lock()
+
+
+def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
+                 env: dict[str, str] | None = None, beta: float | None = None) -> dict[str, Any]:
+    """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
+
+    ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
+    ``numeric`` (a check failed or the loss raised), ``guard`` (the oracle's runtime guard refused
+    an action, or the loss changed global/shared state there), ``oracle`` (the loss oracle broke the
+    channel: malformed, oversized, late or unexpected replies) or ``sandbox`` (the worker or the
+    oracle was killed: timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
+    start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
+    ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``).
+    A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
+    rejection) and ``summary`` (the diagnostics in one line). A loss in the original DiscoPOP method
+    form is checked as rewritten to the contract form, and ``normalised`` shows that text.
+    """
+    try:
+        with _PARSE_LOCK:
+            info = static_check(source)
+            normalised = normalise_loss(source)
+    except LossRejected as err:
+        return {"valid": False, "layer": "static", "reason": str(err)}
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta)
+    if verdict["valid"]:
+        verdict["function"] = info.function_name
+    if normalised != source:
+        verdict["normalised"] = normalised
+    return verdict
+
+
+def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
+                    env: dict[str, str] | None = None, module: str = "discopop.execution.worker",
+                    oracle_module: str = ORACLE_MODULE, beta: float | None = None) -> dict[str, Any]:
+    """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
+
+    ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled).
+    """
+    limits = limits or Limits()
+    control, theirs, control_env = worker_control()
+    oracle = OracleProcess(limits, oracle_module, env)
+    reply: dict[str, Any] | None = None
+    try:
+        proc = SandboxedProcess(module, limits, env={**(env or {}), **control_env}, pass_fds=(theirs.fileno(),))
+    except BaseException:
+        oracle.close()
+        control.close()
+        raise
+    finally:
+        theirs.close()
+    try:
+        started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        if not started.get("ok"):
+            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
+        oracle.wait_ready(120)
+        tag = oracle.hand_to(control)
+        reply = proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta}, timeout=timeout)
+    except OracleStartFailed as err:
+        return {"valid": False, "layer": "sandbox", "reason": str(err)}
+    except SandboxTimeout as err:
+        return {"valid": False, "layer": "sandbox", "reason": f"numeric checks {err}"}
+    except SandboxDied as err:
+        return {"valid": False, "layer": "sandbox", "reason": str(err)}
+    finally:
+        died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
+        proc.close()
+        control.close()
+    reply = explain_oracle_death(reply, died)
+    if not reply.get("ok"):
+        return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
+    checks = reply["checks"]
+    diagnostics = checks.get("diagnostics") or {}
+    return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],
+            "diagnostics": diagnostics, "summary": summarize(diagnostics)}
+
+
+def check_file(path: Path, timeout: float = 30.0, beta: float | None = None) -> dict[str, Any]:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return {"valid": False, "layer": "static", "reason": f"cannot read {path}: {err}"}
+    return check_source(source, timeout=timeout, beta=beta)

@@ -1,0 +1,173 @@
+"""The ``discopop evaluate`` command: parse its arguments, show progress, write the CSV and HTML.
+
+The protocol itself is ``discopop.transfer.protocol``; the files are ``discopop.transfer.report``. Every
+mistake in the input (unknown loss or task, a beta that is not a positive number, a loss that fails
+the static check, an unwritable output directory) raises ``EvaluateError`` or ``ConfigError``
+before any training starts, which the command line turns into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from discopop.archive import Evaluation
+from discopop.config.compose import RunSettings, compose_settings, validate
+from discopop.transfer.protocol import (
+    CACHE_NAME,
+    EvaluateError,
+    ResultCache,
+    RunKey,
+    TransferEvaluation,
+    resolve_losses,
+)
+from discopop.transfer.protocol import Progress as Callbacks
+
+
+def parse_betas(text: str) -> list[float]:
+    try:
+        betas = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise EvaluateError(f"--betas must be comma-separated positive numbers, got {text!r}") from None
+    if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
+        raise EvaluateError(f"--betas must be comma-separated positive numbers, got {text!r}")
+    return list(dict.fromkeys(betas))
+
+
+def task_configs(tasks: list[str], overrides: list[str]) -> list[RunSettings]:
+    """One validated config per task (``task=NAME`` plus the user's overrides)."""
+    return [validate(compose_settings([*overrides, f"task={name}"])[0]) for name in tasks]
+
+
+def executor_factory(out: Path):
+    """Makes the sandboxed executor discovery uses, for one (task, beta). The task is built here first (a
+    sandboxed worker may only read the task cache, not write it); a judged task's completions are graded in
+    this process, with the ratings cached in ``out`` (``judge.with_judge``), as in ``discover``."""
+    from discopop.execution.executors import make_executor
+    from discopop.fitness.judge import with_judge
+    from discopop.search.loop import worker_spec
+    from discopop.tasks import load_task
+
+    def make(cfg: RunSettings):
+        task = load_task(cfg.task)
+        return with_judge(make_executor(cfg.executor, worker_spec(cfg)), cfg.task, task, out)
+
+    return make
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    overrides = [i for i in args.items if "=" in i]
+    loss_items = [i for i in args.items if "=" not in i]
+    betas = parse_betas(args.betas)
+    if args.seeds < 1:
+        raise EvaluateError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.top_k is not None and args.run is None:
+        raise EvaluateError("--top-k needs --run RUN_DIR")
+    top_k = 3 if args.top_k is None else args.top_k
+    if top_k < 1:
+        raise EvaluateError(f"--top-k must be >= 1, got {top_k}")
+    tasks = [t.strip() for t in (args.tasks or ("sorting" if args.run else "addition")).split(",") if t.strip()]
+    if not tasks:
+        raise EvaluateError("--tasks names no task")
+    cfgs = task_configs(tasks, overrides)
+    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0)
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EvaluateError(f"cannot write the output directory {out}: {err.strerror or err}") from None
+    cache = ResultCache(out / CACHE_NAME)
+    console = Console(highlight=False)
+    from discopop.report.quiet import quiet_libraries
+
+    quiet_libraries(out)
+    console.print(f"evaluating {len(losses)} losses ({', '.join(s.name for s in losses)}) on {', '.join(tasks)} "
+                  f"at beta {', '.join(f'{b:g}' for b in betas)}, {args.seeds} fresh seeds; output: {out}")
+    started = time.perf_counter()
+    with _Display(console, quiet=args.quiet) as display:
+        evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory(out),
+                                        Callbacks(planned=display.planned, done=display.done),
+                                        train=not args.report_only)
+        try:
+            cells = evaluation.run()
+        except KeyboardInterrupt:
+            console.print(f"interrupted; finished fine-tunes are cached in {out / CACHE_NAME}: run the same "
+                          "command again to continue")
+            return 130
+    from discopop.transfer.report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
+
+    seconds = time.perf_counter() - started
+    facts = {"losses": ", ".join(s.name for s in losses), "tasks": ", ".join(tasks),
+             "betas": ", ".join(f"{b:g}" for b in betas), "fresh seeds": args.seeds,
+             "learning-rate grid": ", ".join(f"{lr:g}" for lr in _grid(cfgs[0])),
+             "fine-tunes run now / cached": f"{display.ran} / {display.cached}",
+             "wall time of this invocation": f"{seconds / 60:.1f} min",
+             "command": command_line(args)}
+    write_csv(cells, out / CSV_NAME)
+    write_html(cells, out / HTML_NAME, facts)
+    write_markdown(cells, out / MARKDOWN_NAME)
+    cache.close()
+    console.print(f"{display.ran} fine-tunes run, {display.cached} cached, {seconds / 60:.1f} min; "
+                  f"wrote {out / CSV_NAME} and {out / HTML_NAME}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The invocation, to re-run or resume it (the same command skips what the cache holds)."""
+    parts = ["discopop evaluate", *map(shlex.quote, args.items)]
+    if args.run:
+        parts += ["--run", shlex.quote(args.run), "--top-k", str(args.top_k or 3)]
+    if args.tasks:
+        parts += ["--tasks", shlex.quote(args.tasks)]
+    parts += ["--betas", shlex.quote(args.betas), "--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
+    return " ".join(parts)
+
+
+def _grid(cfg: RunSettings) -> tuple[float, ...]:
+    from discopop.fitness.tuning import LrProtocol
+
+    return LrProtocol.from_config(cfg.training).grid
+
+
+class _Display:
+    """A rich progress bar; on a non-terminal (a log file) one line per finished fine-tune instead."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.console = console
+        self.lines = not console.is_terminal and not quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                 transient=True, disable=quiet or not console.is_terminal)
+        self.bar = self.progress.add_task("fine-tunes", total=None)
+        self.ran = 0
+        self.cached = 0
+        self.planned_total = 0
+
+    def __enter__(self) -> _Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def planned(self, total: int) -> None:
+        self.planned_total = total
+        self.progress.update(self.bar, total=total)
+
+    def done(self, loss: str, beta: float, task: str, key: RunKey, ev: Evaluation, cached: bool) -> None:
+        if cached:
+            self.cached += 1
+        else:
+            self.ran += 1
+        self.progress.update(self.bar, advance=1, description=f"{task} β={beta:g} {loss}")
+        if self.lines and not cached:
+            result = f"fitness {ev.fitness:.4f}" if ev.ok else f"FAILED {ev.error}"
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} [{self.ran + self.cached}/{self.planned_total}] {task} beta={beta:g} {loss} "
+                  f"{key.split} seed={key.seed} lr={key.learning_rate:g}: {result}", flush=True)

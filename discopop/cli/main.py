@@ -1,0 +1,227 @@
+"""Thin command-line entry points: ``discover`` and ``discopop check|leaderboard|export|report|evaluate|import-run``.
+
+Bad input (unknown config group/key/value, a missing run directory, an unwritable output
+directory, a loss file that does not parse) ends with one line on stderr naming what was wrong
+and what is allowed, and exit status 2 (``check`` exits 1 for a rejected loss). No traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
+
+EXIT_USAGE = 2
+
+
+def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def discover(argv: list[str] | None = None) -> int:
+    """``discover --generations N [--resume RUN_DIR] [key=value ...]``: run (or continue) a discovery."""
+    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.")
+    parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own warnings and progress bars (default: RUN_DIR/libraries.log)")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
+    args = parser.parse_args(argv)
+    try:
+        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides)
+        create_run_dir(run_dir)
+    except ConfigError as err:
+        return _fail("discover", str(err))
+    from rich.console import Console
+
+    from discopop.archive import Archive, ArchiveError
+    from discopop.report.display import Display
+    from discopop.report.leaderboard import print_leaderboard
+    from discopop.search.loop import Loop, RunLocked, lock_run_dir
+
+    console = Console(highlight=False)
+    try:
+        lock = lock_run_dir(run_dir)
+    except (RunLocked, OSError) as err:
+        return _fail("discover", str(err))
+    try:
+        record_run(cfg, run_dir, args.overrides, resumed=args.resume is not None)
+    except ConfigError as err:
+        lock.close()
+        return _fail("discover", str(err))
+    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
+    if not args.verbose:
+        from discopop.report.quiet import quiet_libraries
+
+        quiet_libraries(run_dir)
+    console.print(f"run directory: {run_dir}")
+    try:
+        with Display(total, console=console, quiet=args.quiet) as display:
+            summary = Loop(cfg, run_dir, display).run(cfg.generations)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; continue with: discover --resume {run_dir}")
+        return 130
+    except (ArchiveError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return _fail("discover", f"{first} (finished candidates are kept; continue with --resume {run_dir})")
+    finally:
+        lock.close()
+    archive = Archive(run_dir / "archive.sqlite", create=False)
+    print_leaderboard(archive, console)
+    archive.close()
+    console.print(f"done in {summary.seconds / 60:.1f} min; run directory: {run_dir}")
+    return 0 if summary.stopped is None else 3
+
+
+def _open_archive(run_dir: str):
+    from discopop.archive import Archive, ArchiveError
+
+    path = Path(run_dir) / "archive.sqlite"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    try:
+        return Archive(path, create=False)
+    except ArchiveError as err:
+        raise ConfigError(f"{run_dir} is not a discopop run directory ({err})") from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from discopop.cli.check import check_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        return _fail("discopop check", f"no such file: {path}")
+    if args.beta is not None and not args.beta > 0:
+        return _fail("discopop check", f"--beta must be a positive number, got {args.beta}")
+    verdict: dict[str, Any] = check_file(path, timeout=args.timeout, beta=args.beta)
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+    elif verdict["valid"]:
+        print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
+        print(f"  diagnostics: {verdict['summary']}")
+    if verdict.get("normalised") and not args.json:
+        print("  checked as rewritten from the DiscoPOP method form to the contract form:")
+        print("\n".join("    " + line for line in verdict["normalised"].splitlines()))
+    if not verdict["valid"]:
+        print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from discopop.report.leaderboard import print_leaderboard
+
+    archive = _open_archive(args.run_dir)
+    print_leaderboard(archive, limit=args.limit)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from discopop.report.export import export_candidate
+
+    archive = _open_archive(args.run_dir)
+    out = export_candidate(archive, args.id, Path(args.output))
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from discopop.report import write_report
+
+    _open_archive(args.run_dir).close()
+    out = write_report(Path(args.run_dir), Path(args.output) if args.output else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from discopop.cli.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _import_run(args: argparse.Namespace) -> int:
+    from discopop.cli.import_run import import_run
+
+    summary = import_run(Path(args.source), Path(args.run_dir), list(args.overrides))
+    print(summary)
+    return 0
+
+
+def _check_gpu(args: argparse.Namespace) -> int:
+    from discopop.execution.gpu_check import check_gpu
+
+    found = check_gpu(args.gpu, memory_mb=args.memory_mb)
+    print("\n".join(found.lines))
+    return 0 if found.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``discopop check|leaderboard|export|report|evaluate|import-run|check-gpu``."""
+    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
+    p.add_argument("--beta", type=float, default=None,
+                   help="training beta the diagnostics are measured at (default 0.1)")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("leaderboard", help="best candidates of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--limit", type=int, default=15)
+    p.set_defaults(func=_leaderboard)
+    p = sub.add_parser("export", help="write a candidate as a standalone loss file")
+    p.add_argument("run_dir")
+    p.add_argument("id", type=int)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_export)
+    p = sub.add_parser("report", help="self-contained HTML report of a run")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=_report)
+    p = sub.add_parser("evaluate", help="losses across tasks, betas and fresh seeds (fair lr protocol, paired stats)")
+    p.add_argument("items", nargs="*", metavar="LOSS|key=value",
+                   help="reference names or loss files, and hydra overrides (e.g. training.lr_grid=[1e-5,4e-5])")
+    p.add_argument("--run", metavar="RUN_DIR", help="also evaluate this discovery run's best candidates")
+    p.add_argument("--top-k", type=int, default=None, help="how many of --run's best candidates (default 3)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: sorting with --run, else addition)")
+    p.add_argument("--betas", default="0.01,0.05,0.1,0.5,1,2.5", help="comma-separated betas")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")
+    p.add_argument("-o", "--output", default="runs/evaluate",
+                   help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the CSV and HTML from the fine-tunes already cached in the output")
+    p.set_defaults(func=_evaluate)
+    p = sub.add_parser("import-run", help="archive rows from an original DiscoPOP run's output, to evaluate or resume")
+    p.add_argument("source", help="the DiscoPOP output: a tests.json / conversation JSON file, or a folder of them")
+    p.add_argument("run_dir", help="run directory to create (or add to); then: discover --resume RUN_DIR")
+    p.add_argument("overrides", nargs="*", help="hydra overrides for a new run directory")
+    p.set_defaults(func=_import_run)
+    p = sub.add_parser("check-gpu", help="can a sandboxed training worker use this machine's GPU? (seconds)")
+    p.add_argument("--gpu", default="0", help="which GPU, as CUDA_VISIBLE_DEVICES names it (default 0)")
+    p.add_argument("--memory-mb", type=int, default=None,
+                   help="the worker memory cap to check, as executor.memory_mb sets it (default: its default)")
+    p.set_defaults(func=_check_gpu)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "evaluate" and not any(e.startswith("-") for e in extra):
+        args.items += extra  # losses and overrides given after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(f"discopop {args.command}", str(err))
+    except (OSError, ValueError) as err:
+        return _fail(f"discopop {args.command}", str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

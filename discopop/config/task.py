@@ -1,0 +1,128 @@
+"""``task``: the preference task every candidate is fine-tuned and scored on.
+
+Two kinds: ``synthetic`` (built locally: addition, the default, and sorting, the transfer task)
+and ``hub`` (a Hugging Face model, dataset and reward model or LLM judge; presets imdb and tldr).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from discopop.config.base import ConfigError, require, setting
+
+
+@dataclass
+class SftSettings:
+    """The small GPT-2 trained as the SFT reference policy of a synthetic task."""
+
+    n_layer: int = setting(3, "Transformer layers.")
+    n_embd: int = setting(128, "Embedding width.")
+    n_head: int = setting(4, "Attention heads.")
+    steps: int = setting(1500, "Optimiser steps of the SFT.")
+    batch_size: int = setting(64, "Examples per SFT step.")
+    lr: float = setting(1.0e-3, "SFT learning rate.")
+    noise: float = setting(0.1, "Share of SFT answers replaced by a random wrong one.")
+    systematic_error: float = setting(0.6, "Share of SFT answers with the task's habitual mistake (addition: "
+                                           "forgetting the carry; sorting: leaving a smaller last digit last).")
+
+
+@dataclass
+class PairsSettings:
+    """Preference pairs sampled from the SFT model and labelled by exact correctness."""
+
+    prompts: int = setting(3000, "Training prompts sampled from the SFT model.")
+    samples_per_prompt: int = setting(4, "Completions sampled per prompt.")
+    max_pairs: int = setting(1536, "Preference pairs kept at most.")
+    label_noise: float = setting(0.0, "Share of pairs with chosen/rejected swapped, as disagreeing annotators do.")
+
+
+@dataclass
+class SyntheticTaskSettings:
+    """An embedded task built locally (``task=addition``, the default, or ``task=sorting``)."""
+
+    name: str = setting("addition", "The task's name (the preset).")
+    kind: str = setting("synthetic", "synthetic (built locally) or hub.")
+    language: str = setting("addition", "Which embedded task: addition or sorting.")
+    seed: int = setting(0, "Seeds the built task (SFT, pairs, label noise, held-out split).")
+    cache_dir: str | None = setting(None, "Where built tasks are cached; null: $DISCOPOP_CACHE_DIR or "
+                                          "~/.cache/discopop.")
+    heldout_prompts: int = setting(3000, "Split off first, by unordered problem: held-out prompts never trained on.")
+    search_prompts: int | None = setting(500, "Of the held-out prompts, those scored during the search; the rest "
+                                              "confirm the winners (null: half).")
+    kl_coef: float = setting(0.0, "KL penalty on the reward; exact-match reward cannot be bought by drifting.")
+    sft: SftSettings = setting(SftSettings(), "The SFT reference policy.")
+    pairs: PairsSettings = setting(PairsSettings(), "The preference pairs.")
+
+    def check(self) -> None:
+        from discopop.tasks.synthetic import LANGUAGES
+
+        require(self.language in LANGUAGES,
+                f"task.language must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
+
+
+@dataclass
+class JudgeSettings:
+    """An LLM judge grading each held-out completion 1-10 (MT-Bench single-answer grading).
+
+    It runs in the main process only; the key never reaches a sandboxed worker.
+    """
+
+    model: str | None = setting(None, "e.g. gpt-4o-mini; null = no judge (reward_model scores).")
+    base_url: str | None = setting(None, "null = api.openai.com; any OpenAI-compatible endpoint, e.g. "
+                                         "http://localhost:8000/v1.")
+    api_key_env: str = setting("OPENAI_API_KEY", "The NAME of the variable holding the key; unset is fine only for "
+                                                 "localhost.")
+    template: str | None = setting(None, "Prompt file with $question and $answer; null = "
+                                         "discopop/prompts/judge_single.txt.")
+    temperature: float = setting(0.0, "Sampling temperature of the judge.")
+    max_tokens: int = setting(512, "Room for a short justification before the [[rating]].")
+    timeout: float = setting(60.0, "Seconds per request.")
+    max_retries: int = setting(3, "Retries of a 429 / 5xx / timeout / unparseable rating, exponential backoff.")
+    backoff_base: float = setting(1.0, "Seconds before the first retry (doubles each time).")
+    backoff_max: float = setting(30.0, "Cap on one backoff sleep, seconds.")
+    concurrency: int = setting(4, "Requests in flight at once.")
+    max_cost_usd: float | None = setting(None, "Budget when the proposer has none of its own (with proposer=openai, "
+                                               "its max_cost_usd caps both).")
+    prices: dict[str, dict[str, float]] = setting({}, "{model: {prompt: usd_per_1k, completion: usd_per_1k}}; the "
+                                                      "proposer's prices also apply.")
+
+
+@dataclass
+class HubTaskSettings:
+    """A task from the Hugging Face Hub or local copies (save_pretrained / save_to_disk directories).
+
+    e.g. ``task=hub task.model=gpt2 task.dataset=trl-lib/ultrafeedback_binarized task.reward_model=...``;
+    ready-made: ``task=imdb`` (the paper's sentiment setup), ``task=tldr`` (summaries graded by an LLM judge).
+    """
+
+    name: str = setting("hub", "The task's name (the preset).")
+    kind: str = setting("hub", "synthetic (built locally) or hub.")
+    model: str | None = setting(None, "Causal LM: hub id or local path (the SFT reference policy).")
+    tokenizer: str | None = setting(None, "Default: the model's.")
+    dataset: str | None = setting(None, "Preference pairs: hub id or a save_to_disk directory.")
+    split: str = setting("train", "Dataset split holding the pairs.")
+    prompt_column: str = setting("prompt", "Column of the prompts.")
+    chosen_column: str = setting("chosen", "Column of the preferred completions.")
+    rejected_column: str = setting("rejected", "Column of the rejected completions.")
+    heldout_prompts: int = setting(64, "Distinct prompts split off first (never trained on); half search, half "
+                                       "confirm.")
+    max_pairs: int | None = setting(None, "Cap on training pairs (null: all).")
+    reward_model: str | None = setting(None, "Sequence-classification model scoring prompt + completion (hub id or "
+                                             "local path).")
+    reward_index: int = setting(0, "Which of its logits is the reward (a sentiment classifier: its positive class).")
+    max_new_tokens: int = setting(32, "Tokens generated per held-out prompt.")
+    score_batch_size: int = setting(32, "Held-out prompts decoded together (sorted by length, so padding stays "
+                                        "small).")
+    kl_coef: float = setting(0.05, "A reward model can be gamed by drifting far from the reference: penalise KL.")
+    seed: int = setting(0, "Seeds the held-out split.")
+    cache_dir: str | None = setting(None, "Where the split is cached; null: $DISCOPOP_CACHE_DIR or ~/.cache/discopop.")
+    judge: JudgeSettings = setting(JudgeSettings(), "Instead of reward_model: an LLM judge (see JudgeSettings).")
+
+    def check(self) -> None:
+        from discopop.fitness.judge import judge_config_problem
+        from discopop.tasks.hub import hub_config_problem
+
+        plain = asdict(self)
+        for problem in (hub_config_problem(plain), judge_config_problem(plain["judge"])):
+            if problem:
+                raise ConfigError(problem)

@@ -1,0 +1,230 @@
+"""The loss contract: static checks, loading, and normalisation of loss source code.
+
+A loss is Python source defining exactly one public function
+
+    def name(policy_chosen_logps, policy_rejected_logps,
+             reference_chosen_logps, reference_rejected_logps, beta) -> per-example losses [batch]
+
+that may import only ``torch``, ``torch.nn.functional`` and ``math``. The static check is an
+allow-list (tables in ``allowlist.py``, the AST walk in ``allowlist_check.py``): it executes
+nothing, names the line of the first problem it finds, and a module that passes it only imports
+and defines things when loaded, so ``load_loss`` (which runs exactly this check first) is harmless
+in any process. It is not the only layer: candidate code from the discovery loop is only ever
+executed inside sandboxed worker processes (see ``sandbox/``).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from discopop.contract import allowlist
+from discopop.contract.allowlist_check import ALLOWED_IMPORTS, LossRejected, check_module
+
+LOSS_ARGS = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+    "beta",
+)
+
+
+@dataclass(frozen=True)
+class StaticInfo:
+    """What the static check learnt about a valid loss."""
+
+    function_name: str
+    uses_beta: bool
+
+
+def static_check(source: str) -> StaticInfo:
+    """Check ``source`` against the loss contract and the allow-list without executing it.
+
+    A module that passes can only import torch, torch.nn.functional and math, bind numeric constants
+    and define functions: loading it runs nothing else, in any process. Inside the functions, every
+    name, attribute and node kind must be on the allow-list (``discopop.contract.allowlist``). The original
+    DiscoPOP method form is accepted: it is checked as ``normalise_loss`` rewrites it (line numbers
+    then refer to that text). Raises :class:`LossRejected` (a ``ValueError``) naming the first
+    problem and its line.
+    """
+    try:
+        return _static_check(normalise_loss(source))
+    except (RecursionError, MemoryError):
+        raise LossRejected("code is nested too deeply to check") from None
+
+
+def _static_check(source: str) -> StaticInfo:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
+    public = check_module(tree)
+    if len(public) != 1:
+        names = ", ".join(f.name for f in public) or "none"
+        line = public[1].lineno if len(public) > 1 else None
+        raise LossRejected(f"expected exactly one public function, found {len(public)} ({names})", line)
+    fn = public[0]
+    args = fn.args
+    got = tuple(a.arg for a in args.posonlyargs + args.args)
+    if got != LOSS_ARGS or args.vararg or args.kwarg or args.kwonlyargs:
+        raise LossRejected(f"signature of '{fn.name}' must be ({', '.join(LOSS_ARGS)}), got ({', '.join(got)})",
+                           fn.lineno)
+    uses_beta = any(isinstance(n, ast.Name) and n.id == "beta" for n in ast.walk(fn))
+    return StaticInfo(function_name=fn.name, uses_beta=uses_beta)
+
+
+class _MethodToFunction(ast.NodeTransformer):
+    """``self.beta`` -> ``beta``; any other use of ``self`` is refused (a loss has no trainer state)."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == "self":
+            if node.attr != "beta" or not isinstance(node.ctx, ast.Load):
+                raise LossRejected(f"'self.{node.attr}' is not available to a loss (only self.beta)", node.lineno)
+            return ast.copy_location(ast.Name(id="beta", ctx=ast.Load()), node)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == "self":
+            raise LossRejected("'self' may only be used as self.beta", node.lineno)
+        return node
+
+
+def _method_to_function(fn: ast.FunctionDef) -> list[ast.stmt]:
+    """Drop ``self``, add ``beta`` last, rewrite ``self.beta``; return the imports taken out of the body."""
+    args = fn.args
+    params = args.posonlyargs if args.posonlyargs else args.args
+    params.pop(0)
+    if "beta" not in {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}:
+        args.args.append(ast.arg(arg="beta"))
+    _MethodToFunction().visit(fn)
+    imports = [s for s in fn.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    fn.body = [s for s in fn.body if not isinstance(s, (ast.Import, ast.ImportFrom))] or [ast.Pass()]
+    return imports
+
+
+_IMPLIED = {"torch": "import torch", "F": "import torch.nn.functional as F"}
+
+
+def _implied_imports(tree: ast.Module, hoisted: list[ast.stmt]) -> list[ast.stmt]:
+    """``torch`` and ``F`` for a method that uses them unimported: the DiscoPOP trainer had both in scope."""
+    bound = {(a.asname or a.name).split(".")[0] for s in [*tree.body, *hoisted]
+             if isinstance(s, (ast.Import, ast.ImportFrom)) for a in s.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return [ast.parse(_IMPLIED[name]).body[0] for name in _IMPLIED if name in used and name not in bound]
+
+
+def normalise_loss(source: str) -> str:
+    """Rewrite the original DiscoPOP method form into the contract form; return any other text as is.
+
+    The DiscoPOP paper's code (and prompts that follow it) write a loss as a trainer method:
+    ``def name(self, policy_chosen_logps, ..., reference_rejected_logps)`` reading ``self.beta``
+    and importing ``torch.nn.functional as F`` inside the body, often still indented. Each top-level
+    function whose first parameter is ``self`` loses it, gains ``beta`` as its last parameter, has
+    ``self.beta`` replaced by ``beta`` and its imports moved to the top of the file. Any other use of
+    ``self`` is refused (:class:`LossRejected`). Nothing is executed; the result still has to pass
+    ``static_check``.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source  # the static check reports it
+    methods = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+               and [a.arg for a in (f.args.posonlyargs + f.args.args)][:1] == ["self"]]
+    if not methods:
+        return source
+    seen = {ast.dump(s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))}
+    hoisted: list[ast.stmt] = []
+    for fn in methods:
+        for stmt in _method_to_function(fn):
+            if ast.dump(stmt) not in seen:
+                seen.add(ast.dump(stmt))
+                hoisted.append(stmt)
+    hoisted.extend(_implied_imports(tree, hoisted))
+    top = 1 if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant) else 0
+    while top < len(tree.body) and isinstance(tree.body[top], (ast.Import, ast.ImportFrom)):
+        top += 1
+    tree.body[top:top] = hoisted
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+    if level or (name not in ALLOWED_IMPORTS and name != "torch.nn"):
+        raise ImportError(f"import of '{name}' is not allowed in a loss")
+    return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def read_source(path_or_source: str | Path) -> tuple[str, str]:
+    """Return ``(source, origin)``: a path is read, anything else is taken as source text."""
+    text = str(path_or_source)
+    if isinstance(path_or_source, Path) or (text.endswith(".py") and "\n" not in text):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"loss file not found: {path}")
+        return path.read_text(encoding="utf-8"), str(path)
+    return text, "<source>"
+
+
+def load_loss(path_or_source: str | Path) -> Callable:
+    """Static-check a loss (file path or source text) and return its function.
+
+    Nothing is executed before the static check passes. The module runs with a restricted
+    ``__builtins__``; use this for losses you have chosen to trust (a reference loss, an
+    exported winner). The discovery loop never calls it in the main process: candidates are
+    loaded only inside sandboxed workers.
+    """
+    source, origin = read_source(path_or_source)
+    try:
+        source = normalise_loss(source)  # the text checked below is the text executed
+        info = static_check(source)
+    except LossRejected as err:
+        raise LossRejected(f"{origin}: {err}", None) from None
+    safe = {name: getattr(builtins, name) for name in allowlist.BUILTINS}
+    safe["__import__"] = _restricted_import
+    namespace: dict = {"__builtins__": safe, "__name__": "discopop_loss"}
+    exec(compile(source, origin, "exec"), namespace)  # noqa: S102 - checked above, restricted builtins
+    fn = namespace[info.function_name]
+    fn.discopop_source = source
+    fn.discopop_uses_beta = info.uses_beta
+    return fn
+
+
+class _StripDocstrings(ast.NodeTransformer):
+    def _strip(self, node):
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_Module = _strip
+    visit_FunctionDef = _strip
+
+
+def normalize_code(source: str) -> str:
+    """Canonical text of a loss: no comments or docstrings, public function renamed to ``loss``.
+
+    Two proposals that differ only in naming of the public function, comments, docstrings or
+    formatting normalise to the same text (and so the same ``code_hash``).
+    """
+    tree = _StripDocstrings().visit(ast.parse(source))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            node.name = "loss"
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+def code_hash(source: str) -> str:
+    """Hash of the normalised code (a method-form loss hashes as its contract form); falls back to
+    the raw text for code that does not parse."""
+    try:
+        text = normalize_code(normalise_loss(source))
+    except (SyntaxError, LossRejected):
+        text = source
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,299 @@
+"""Where candidate work runs: a pool of warm sandboxed workers behind a small interface.
+
+The loop only sees :class:`Executor.run` (jobs in, results out as they finish), so a distributed
+backend can replace the local pool without touching the loop. Each local worker is a
+:class:`~discopop.sandbox.SandboxedProcess` that paid the torch/transformers/TRL import and the
+trainer construction once; a worker that times out or dies is killed as a group and replaced,
+and its job is reported as failed with the reason. Candidate code runs in neither: each job gets a
+fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
+verdict, the fitness) is computed by trusted code only.
+
+``make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
+is pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` (``discopop.execution.devices``) and runs under
+``Limits.uses_cuda`` (no address-space rlimit; the memory cgroup caps it). Its oracles stay CPU-only.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from discopop.config import ExecutorSettings, RayExecutorSettings, TrainingSettings
+from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
+from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
+
+_TRAINING = TrainingSettings()
+
+
+@dataclass
+class Job:
+    row_id: int
+    code: str
+    stage: str  # "check" or "train"
+    seed: int = 0
+    split: str = "search"  # held-out prompts to score on: "search" or "confirm"
+    learning_rate: float | None = None  # None: training.learning_rate; the fair protocol sets each loss's own
+
+
+@dataclass
+class JobResult:
+    job: Job
+    ok: bool
+    stage: str
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Executor(ABC):
+    """Runs check/train jobs on candidate code, never in the calling process."""
+
+    @abstractmethod
+    def run(self, jobs: list[Job]) -> Iterator[JobResult]:
+        """Run ``jobs`` and yield each result as it finishes (order not guaranteed)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Start the workers now, so the first candidate does not pay for it."""
+
+    @property
+    def parallelism(self) -> int:
+        """Jobs that run at once: the loop evaluates batches this wide."""
+        return 1
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to warm up: the task and training config (plain dicts)."""
+
+    task: dict[str, Any] | None
+    training: dict[str, Any] | None
+    kl_coef: float = 0.0
+    # The training settings' defaults (declared, with their help, on TrainingSettings); worker_spec sets the run's.
+    threads: int = _TRAINING.threads
+    limits: Limits = field(default_factory=Limits)
+    init_timeout: float = 600.0
+    check_timeout: float = _TRAINING.check_timeout
+    train_timeout: float = _TRAINING.train_timeout
+    oracle_timeout: float = _TRAINING.oracle_timeout
+    oracle_module: str = "discopop.sandbox.oracle"  # tests swap in a variant whose static check is fooled
+    device: str = "cpu"  # where this worker trains ("cpu" | "cuda"); see discopop.execution.devices
+    # CUDA_VISIBLE_DEVICES of a CUDA worker (its one GPU); None: keep this process's (a Ray actor's GPU)
+    visible_devices: str | None = None
+
+    def worker_limits(self) -> Limits:
+        """The worker's limits: a CUDA worker drops only the address-space rlimit (see ``Limits.uses_cuda``)."""
+        return replace(self.limits, uses_cuda=self.device == "cuda")
+
+    def worker_env(self) -> dict[str, str]:
+        if self.device == "cuda" and self.visible_devices is not None:
+            return {"CUDA_VISIBLE_DEVICES": self.visible_devices}
+        return {}
+
+
+# The stages a worker may name in a failed reply; anything else (a forged reply) becomes the job's stage.
+WORKER_STAGES = ("check", "train", "static", "load", "numeric", "guard", "score", "sandbox", "oracle")
+
+
+def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The task config as a sandboxed worker must receive it, and the paths it must be allowed to read.
+
+    A worker may read only what it is granted, and its HOME is its work dir: the task cache is
+    resolved here (``~`` means this process's home) and named, with every local model, tokenizer,
+    dataset or reward-model path of a hub task.
+    """
+    if task is None:
+        return None, []
+    from discopop.tasks import cache_root
+
+    cache = cache_root(task).resolve()
+    paths = [str(cache)]
+    for key in ("model", "tokenizer", "dataset", "reward_model"):
+        value = task.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            paths.append(str(Path(value).expanduser().resolve()))
+    return {**task, "cache_dir": str(cache)}, paths
+
+
+class WarmWorker:
+    """One sandboxed worker process, restarted after a timeout or a crash, fed a fresh loss oracle per job."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.proc: SandboxedProcess | None = None
+        self.control: socket.socket | None = None  # hands each job's oracle to the worker
+        # Oracles always get the base limits: CPU-only (no GPU visible), every layer including rlimit-as.
+        self.oracles = OracleSupply(replace(spec.limits, uses_cuda=False), spec.oracle_module)
+        self.starts = 0
+        self.init_seconds = 0.0
+        self.info: dict[str, Any] = {}  # the last init reply: device, precision, lora, seconds
+        self.layers: list[str] = []  # sandbox layers of the current worker process, once started
+        self.missing_layers: dict[str, str] = {}  # layer -> why it could not be applied
+
+    def ensure_started(self) -> SandboxedProcess:
+        """The live worker process, started (or restarted after a crash or timeout) if needed."""
+        if self.proc is not None and self.proc.alive():
+            return self.proc
+        self._close_worker()
+        started = time.perf_counter()
+        self.oracles.prespawn()  # imports torch while the worker does
+        task, readable = task_for_worker(self.spec.task)
+        self.control, theirs, env = worker_control()
+        try:
+            env = {**env, **self.spec.worker_env(), READ_PATHS_VAR: os.pathsep.join(readable)}
+            self.proc = SandboxedProcess("discopop.execution.worker", self.spec.worker_limits(), env=env,
+                                         pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self.starts += 1
+        try:
+            reply = self.proc.request({"op": "init", "task": task, "training": self.spec.training,
+                                       "kl_coef": self.spec.kl_coef, "threads": self.spec.threads,
+                                       "oracle_timeout": self.spec.oracle_timeout},
+                                      timeout=self.spec.init_timeout)
+        except (SandboxTimeout, SandboxDied) as err:
+            tail = self.proc.output_tail(800)
+            raise RuntimeError(f"worker failed to start: {err}\n{tail}") from None
+        if not reply.get("ok"):
+            raise RuntimeError(f"worker failed to start: {reply.get('error')}\n{reply.get('traceback', '')}")
+        self.init_seconds += time.perf_counter() - started
+        self.info = {k: reply.get(k) for k in ("device", "precision", "lora", "seconds")}
+        self.layers, self.missing_layers = list(self.proc.layers), self.proc.missing_layers()
+        return self.proc
+
+    def run(self, job: Job) -> JobResult:
+        proc = self.ensure_started()
+        timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
+        try:
+            oracle = self.oracles.take()
+        except OracleStartFailed as err:
+            return JobResult(job, False, "sandbox", str(err))
+        started = time.perf_counter()
+        reply: dict[str, Any] | None = None
+        try:
+            tag = oracle.hand_to(self.control)
+            reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
+                                  "learning_rate": job.learning_rate, "oracle": tag},
+                                 timeout=timeout)
+        except SandboxTimeout as err:
+            return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
+        except (SandboxDied, OSError) as err:
+            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started)
+        finally:
+            # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
+            died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
+        reply = explain_oracle_death(reply, died)
+        elapsed = time.perf_counter() - started
+        if not reply.get("ok"):  # the reply is cleaned already (SandboxedProcess.request); the stage is a name
+            stage = reply.get("stage")
+            stage = stage if stage in WORKER_STAGES else job.stage
+            return JobResult(job, False, stage, clean_text(reply.get("error") or "failed without a reason"),
+                             seconds=elapsed)
+        return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
+
+    def _close_worker(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def close(self) -> None:
+        self._close_worker()
+        self.oracles.close()
+
+
+class LocalExecutor(Executor):
+    """``workers`` warm sandboxed processes on this machine.
+
+    ``specs`` (one per worker) place each on its own device (``make_executor`` pins CUDA workers to
+    GPUs); otherwise all ``workers`` share ``spec``.
+    """
+
+    def __init__(self, spec: WorkerSpec, workers: int = 1, specs: list[WorkerSpec] | None = None):
+        if workers < 1:
+            raise ValueError(f"executor.workers must be >= 1, got {workers}")
+        specs = specs or [spec] * workers
+        self.workers = [WarmWorker(s) for s in specs]
+        self._idle: queue.Queue[WarmWorker] = queue.Queue()
+        for w in self.workers:
+            self._idle.put(w)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discopop-worker")
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Start every worker now (in parallel) so the first candidate does not pay for it."""
+        list(self._pool.map(lambda w: w.ensure_started(), self.workers))
+
+    def _run_one(self, job: Job) -> JobResult:
+        worker = self._idle.get()
+        try:
+            return worker.run(job)
+        finally:
+            self._idle.put(worker)
+
+    def run(self, jobs: list[Job]) -> Iterator[JobResult]:
+        pending = {self._pool.submit(self._run_one, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+
+    @property
+    def parallelism(self) -> int:
+        return len(self.workers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(max(0, w.starts - 1) for w in self.workers)
+
+    def sandbox_report(self) -> list[dict[str, Any]]:
+        """Per started worker: its device, GPU, active sandbox layers and the layers it lacks (with reasons)."""
+        return [{"device": w.spec.device, "visible_devices": w.spec.visible_devices, **w.info, "layers": w.layers,
+                 "missing_layers": w.missing_layers} for w in self.workers if w.starts]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], workers: int,
+                 device_count: int | None = None) -> list[WorkerSpec]:
+    """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``).
+
+    The resolved device also goes into the worker's training config, so ``device=auto`` means the same
+    in the worker as in the plan.
+    """
+    from discopop.execution.devices import plan_local_workers
+
+    placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
+    return [replace(spec, device=p.device, visible_devices=p.visible_devices,
+                    training={**spec.training, "device": p.device} if spec.training is not None else None)
+            for p in placements]
+
+
+def make_executor(cfg: ExecutorSettings | dict[str, Any], spec: WorkerSpec) -> Executor:
+    """Build the executor the ``executor`` settings name (a plain mapping is read as those settings)."""
+    from discopop.config import executor_settings
+
+    cfg = executor_settings(cfg)
+    if cfg.workers == "auto" or int(cfg.workers) < 1:
+        raise ValueError(f"executor.workers must be >= 1 (auto is resolved before the run), got {cfg.workers}")
+    if isinstance(cfg, RayExecutorSettings):
+        from discopop.execution.ray_executor import RayExecutor
+
+        return RayExecutor(spec, workers=cfg.workers, address=cfg.address, workers_per_gpu=cfg.workers_per_gpu)
+    return LocalExecutor(spec, workers=cfg.workers, specs=placed_specs(spec, cfg, cfg.workers))

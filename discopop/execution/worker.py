@@ -1,0 +1,279 @@
+"""Entry point of a sandboxed worker process (``python -m discopop.execution.worker``); never imported by the loop.
+
+A worker imports torch/transformers/TRL, loads the task and builds its ``FineTuner`` once (the
+expensive part), seals itself (``sandbox.seal``: seccomp and the runtime guard), and then serves
+requests until told to exit:
+
+* ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
+  "sandbox_layers": [...], "device": "cpu"|"cuda", "precision", "lora": bool}`` (the child-side isolation
+  layers that are active, and where the fine-tune runs: CUDA initialises here, before ``seal``)
+* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
+  ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
+  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
+  "reward", "kl", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
+  (a judged task adds ``"completions"``, its reward is left to the main process's judge)
+
+A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
+
+Candidate code never runs here. The parent hands each check/train job a fresh loss oracle
+(``discopop.sandbox.oracle``, a separate sandboxed process that loads the candidate) over the control socket
+in ``DISCOPOP_ORACLE_CONTROL_FD``; the job's loss is a :class:`~discopop.sandbox.remote_loss.RemoteLoss` on
+it, so the checks, the fine-tune and the score below are computed by trusted code and the reply is
+this process's own. A broken oracle channel fails the job at stage ``oracle``; what the oracle says
+stopped its candidate (static check, load error, its runtime guard or state watch) keeps its stage
+(``static``, ``load``, ``guard``). ``init`` may carry ``oracle_timeout`` (seconds per oracle call);
+``check``/``train`` carry ``oracle``: the tag the parent sent that job's oracle socket with.
+
+The worker still puts the child-side OS layers on itself first (``sandbox.lock_down``), installs
+the runtime guard after set-up and audits global state after every job (defence in depth: with the
+oracle in place nothing here should trip them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from discopop.sandbox.state_watch import StateWatch
+from discopop.text import error_line
+
+
+class Worker:
+    def __init__(self, layers: list[str] | None = None, control: socket.socket | None = None) -> None:
+        self.fine_tuner = None
+        self.threads = 1
+        self.layers = list(layers or [])
+        self.watch: StateWatch | None = None
+        self.control = control  # where the parent hands over each job's loss oracle (SCM_RIGHTS)
+        self.oracle_timeout = 10.0
+        self.beta: float | None = None  # the training beta, from the init message's training config
+
+    def init(self, msg: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        import torch
+
+        self.threads = int(msg.get("threads", 1))
+        self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
+        if (msg.get("training") or {}).get("beta") is not None:
+            self.beta = float(msg["training"]["beta"])
+        torch.set_num_threads(self.threads)
+        if msg.get("task") is not None:
+            import datasets
+
+            from discopop.fitness.training import FineTuner
+            from discopop.tasks import load_task
+            from discopop.trl import use_torch_log_softmax_kernels
+
+            use_torch_log_softmax_kernels()  # Triton would compile with a subprocess, which the sandbox refuses
+
+            # Tokenised copies go to a temporary dir (TMPDIR = the work dir), not next to the cached
+            # task: Landlock lets a worker write only inside its work directory.
+            datasets.disable_caching()
+            task = load_task(msg["task"])
+            self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
+                                        kl_coef=float(msg.get("kl_coef", 0.0)))
+        from discopop.contract import checks  # noqa: F401 - imported before the guard closes the door
+        from discopop.sandbox import (
+            remote_loss,  # noqa: F401 - imported before the guard closes the door
+            seal,
+        )
+
+        sealed = seal(os.environ["DISCOPOP_SANDBOX_DIR"])  # seccomp + the audit guard
+        self.watch = StateWatch(self.threads)
+        tuner = self.fine_tuner
+        return {"ok": True, "seconds": time.perf_counter() - started,
+                "sandbox_layers": [*self.layers, *sealed, "state-watch"],
+                "device": tuner.device if tuner else "cpu", "precision": tuner.precision if tuner else None,
+                "lora": bool(tuner and tuner.lora)}
+
+    @contextmanager
+    def _remote_loss(self, code: str, nonce: str) -> Iterator[Any]:
+        """The job's loss: a :class:`RemoteLoss` on the oracle the parent just handed over, loaded with ``code``.
+
+        Whatever the checks or the trainer made of an exception, a link the oracle broke (or whose
+        guard it tripped) turns the job into that failure; the link is closed after the job.
+        """
+        from discopop.sandbox.remote_loss import OracleBroken, OracleLink, OracleRefused, RemoteLoss
+
+        if self.control is None:
+            raise _Failure("oracle", "this worker has no oracle channel (start it through the executor)")
+        fd = self._receive_oracle(nonce)
+        link = OracleLink(socket.socket(fileno=fd), self.oracle_timeout)
+        try:
+            try:
+                link.load(code)
+                yield RemoteLoss(link)
+            except OracleRefused as err:
+                raise _Failure(err.stage, str(err)) from None
+            except OracleBroken:
+                pass
+            except _Failure:
+                if link.failure is None:
+                    raise
+            if link.failure is not None:
+                raise _Failure(*link.failure)
+        finally:
+            link.close()
+
+    def _receive_oracle(self, nonce: str) -> int:
+        """The oracle socket the parent sent for this job (tagged ``nonce``); stale ones are closed.
+
+        A job that failed before taking its oracle leaves that oracle's socket queued; without the
+        tag the next job would take it and every later job would be one oracle behind.
+        """
+        self.control.settimeout(10.0)
+        while True:
+            try:
+                tag, fds, _, _ = socket.recv_fds(self.control, 64, 4)
+            except (OSError, TimeoutError) as err:
+                raise _Failure("oracle", f"no loss oracle was handed over: {error_line(err)}") from None
+            if not tag:
+                raise _Failure("oracle", "the control channel closed")
+            if tag.decode(errors="replace") == nonce and len(fds) == 1:
+                return fds[0]
+            for fd in fds:
+                os.close(fd)
+
+    def check(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from discopop.contract.checks import DEFAULT_BETA, CheckFailed, check_loss
+
+        beta = msg.get("beta")
+        beta = float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
+        with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
+            try:
+                report = check_loss(fn, seed=int(msg.get("seed", 0)), beta=beta)
+            except CheckFailed as err:
+                raise _Failure("numeric", str(err)) from None
+            except BaseException as err:  # noqa: BLE001
+                raise _Failure("numeric", f"raised {error_line(err)}") from None
+        return {"ok": True, "checks": report.as_dict()}
+
+    def train(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.fine_tuner is None:
+            raise _Failure("train", "worker was started without a task")
+        from discopop.sandbox.remote_loss import CandidateError
+        from discopop.trl import NonFiniteLoss
+
+        with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
+            try:
+                result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
+                                             learning_rate=msg.get("learning_rate"))
+            except (NonFiniteLoss, CandidateError) as err:
+                raise _Failure("train", str(err)) from None
+            except BaseException as err:  # noqa: BLE001
+                raise _Failure("train", error_line(err)) from None
+        score = result.score
+        if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
+            raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
+        return {
+            "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "steps": result.steps,
+            "final_loss": result.final_loss, "train_seconds": result.train_seconds,
+            "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
+            # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (fitness.stats)
+            "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
+            "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
+            # a judged task: the greedy completions, graded by the main process (fitness.judge) where the key is
+            **({"completions": score.completions} if score.completions is not None else {}),
+            "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
+        }
+
+    def reset_globals(self) -> None:
+        """Undo global torch state a candidate might have changed (defence in depth)."""
+        if self.watch is not None:
+            self.watch.reset()
+            return
+        import torch
+
+        torch.set_grad_enabled(True)
+        torch.set_default_dtype(torch.float32)
+        torch.set_num_threads(self.threads)
+
+    def audit(self, reply: dict[str, Any]) -> bool:
+        """After a check/train job: turn any trace the candidate left into a ``guard`` failure.
+
+        Returns True when the process must exit (a patched namespace cannot be trusted to be undone).
+        """
+        from discopop.sandbox import guard_violations
+
+        refused = guard_violations()
+        if self.watch is None:
+            return False
+        state = self.watch.changed_state()
+        self.watch.reset()  # first: some global setters rebind attributes (set_default_dtype: torch.Storage)
+        patched = self.watch.patched()
+        problem = None
+        if patched:
+            problem = f"changed shared state: {', '.join(patched[:5])} (worker restarted)"
+        elif refused:
+            problem = f"refused by the runtime guard: {refused[0]}" + (
+                f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+        elif state:
+            problem = f"changed torch global state: {'; '.join(state)}"
+        if problem:
+            earlier = reply.get("error") if not reply.get("ok") else None
+            earlier = None if earlier and "sandbox: " in earlier else earlier  # the refusal itself
+            reply.clear()
+            reply.update(ok=False, stage="guard", error=problem + (f"; then {earlier}" if earlier else ""))
+        return bool(patched)
+
+
+class _Failure(Exception):
+    def __init__(self, stage: str, error: str):
+        self.stage = stage
+        self.error = error
+
+
+def main() -> None:
+    from discopop.sandbox import child_connections, lock_down
+
+    # First thing, while this process has a single thread (see lock_down).
+    layers = lock_down(os.environ["DISCOPOP_SANDBOX_DIR"], network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
+    recv, send = child_connections()
+    control_fd = os.environ.get("DISCOPOP_ORACLE_CONTROL_FD")
+    worker = Worker(layers, socket.socket(fileno=int(control_fd)) if control_fd else None)
+    handlers = {"init": worker.init, "check": worker.check, "train": worker.train}
+    while True:
+        try:
+            msg = json.loads(recv.recv_bytes())
+        except EOFError:
+            return
+        if msg.get("op") == "exit":
+            return
+        started = time.perf_counter()
+        try:
+            reply = handlers[msg["op"]](msg)
+        except _Failure as fail:
+            reply = {"ok": False, "stage": fail.stage, "error": fail.error}
+        except BaseException as err:  # noqa: BLE001 - report, never die silently
+            reply = {"ok": False, "stage": msg.get("op", "?"), "error": error_line(err),
+                     "traceback": traceback.format_exc(limit=3)[-1500:]}
+        must_exit = False
+        if msg.get("op") in ("check", "train"):
+            try:
+                must_exit = worker.audit(reply)
+            except BaseException as err:  # noqa: BLE001 - a broken audit is itself a reason to stop
+                reply = {"ok": False, "stage": "guard", "error": f"state check failed: {error_line(err)}"}
+                must_exit = True
+        try:
+            worker.reset_globals()
+        except BaseException:  # noqa: BLE001
+            must_exit = True
+        reply["seconds"] = time.perf_counter() - started
+        if must_exit:
+            reply["sandbox_exit"] = True
+        send.send_bytes(json.dumps(reply).encode())
+        if must_exit:
+            return
+
+
+if __name__ == "__main__":
+    main()

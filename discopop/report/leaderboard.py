@@ -1,0 +1,56 @@
+"""The leaderboard: the best scored candidates with their fresh-seed confirmation, in one table.
+
+The confirmation itself (re-training on fresh seeds, paired statistics, verdicts) lives in
+``discopop.search.confirmation`` and ``discopop.fitness.stats``; this module only shows what they stored, with the
+same words (``stats.describe``) the report, the notebook and exported files use.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from discopop.archive import Archive, Row, ranked
+from discopop.fitness import stats
+from discopop.status import Status
+
+__all__ = ["leaderboard_rows", "print_leaderboard"]
+
+
+def leaderboard_rows(archive: Archive, limit: int = 15) -> list[Row]:
+    """The best ``limit`` scored rows by the run's selection bound (``archive.ranked``, as the report ranks)."""
+    return ranked(archive.rows("status = ?", (Status.SCORED,)), archive.selection_policy())[:limit]
+
+
+def print_leaderboard(archive: Archive, console: Console | None = None, limit: int = 15) -> None:
+    """A rich table of the best scored candidates, with the fresh-seed verdicts."""
+    console = console or Console()
+    if not console.is_terminal and console.width < 200:
+        console = Console(width=200, highlight=False)  # logs and CI: keep the table on one line per row
+    rows = leaderboard_rows(archive, limit)
+    standing = archive.standings(archive.rows("status = ?", (Status.SCORED,)))
+    counts: dict[str, int] = {}
+    for r in archive.rows():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    table = Table(title=f"Leaderboard: {archive.path.parent}", title_justify="left")
+    numeric = ("#", "id", "gen", "search (seeds)", "bound", "reward", "KL")
+    for col in ("#", "id", "name", "proposer", "gen", "search (seeds)", "bound", "reward", "KL",
+                "fresh seeds (mean ± SE)", "vs DPO: Δ [95% CI] verdict", "vs best baseline"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for rank, r in enumerate(rows, 1):
+        confirm_cell, verdict_cell, best_cell = stats.confirmation_cells(r.metrics.get("confirmation"))
+        seat = standing[r.id]
+        table.add_row(str(rank), str(r.id), r.name, r.proposer, str(r.generation), f"{seat.mean:.3f} ({seat.seeds})",
+                      f"{seat.lcb:.3f}",
+                      f"{r.metrics.get('reward', float('nan')):.3f}", f"{r.metrics.get('kl', float('nan')):.2f}",
+                      confirm_cell, verdict_cell, best_cell)
+    console.print(table)
+    console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if rows:
+        console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank that "
+                      "selection and confirmation use")
+    if any(isinstance(r.metrics.get("confirmation"), dict) for r in rows):
+        console.print("fresh seeds: paired over seeds and confirm prompts; CI before, verdict after Holm correction "
+                      f"over all comparisons (alpha {stats.ALPHA}); a failed seed fails its comparisons")
+    if not rows:
+        console.print("no candidate was scored yet")

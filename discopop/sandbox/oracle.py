@@ -1,0 +1,180 @@
+"""The loss oracle (``python -m discopop.sandbox.oracle``): the only process that runs candidate code.
+
+A loss's whole effect on training is its value and its gradient with respect to the four log-prob
+inputs, so that is all this process computes: it loads one candidate (``discopop.contract.losses.load_loss``)
+and answers forward requests (four tensors + beta -> per-example losses, plus whether the output
+depends on the inputs and whether the loss mutated them) and backward requests (grad_output ->
+vector-Jacobian product for the inputs of the last forward). The numeric checks, the fine-tune and
+the scoring run in the trusted worker through :class:`discopop.sandbox.remote_loss.RemoteLoss`, so nothing
+this process says can change any verdict or fitness but its own loss's behaviour.
+
+It imports torch and the loss contract only, puts the child-side OS layers on itself first
+(``sandbox.lock_down``) and seals itself (``sandbox.seal``: seccomp and the runtime guard) before
+the candidate is loaded; a fresh one serves each job and is killed afterwards, so no thread, patched
+module or global setting survives into another candidate. Reported problems (a guard refusal,
+changed global torch state, a patched namespace) are informational: the OS layers enforce, and
+whatever this process answers, the trusted side checks the framing, sizes and deadlines itself
+(``oracle_wire``).
+
+Its one channel is a connected unix socket (fd in ``DISCOPOP_ORACLE_FD``) whose other end the
+parent hands to the worker; it sends ``READY`` before reading anything, i.e. before any candidate
+code has run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Any
+
+from discopop.sandbox import oracle_wire as wire
+from discopop.text import error_line
+
+
+class _Stop(Exception):
+    """Reply with this status and message instead of a result."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+
+
+class Oracle:
+    """Holds the loaded loss and the last forward's graph (no module globals: the state watch compares those)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        import torch
+
+        from discopop.contract import checks  # noqa: F401 - contract_problem; imported before the watch snapshot
+        from discopop.sandbox.state_watch import StateWatch
+
+        self.fn: Any = None
+        self.last: tuple[bytes, list[Any], Any] | None = None  # (forward id, leaves, output)
+        self.watch = StateWatch(threads)
+        torch.set_num_threads(threads)
+        self.watch.remember_state()
+
+    def load(self, payload: bytes) -> tuple[bytes, int, int]:
+        from discopop.contract.losses import LossRejected, load_loss
+
+        try:
+            self.fn = load_loss(payload.decode("utf-8"))
+        except LossRejected as err:
+            raise _Stop(wire.ERR_STATIC, str(err)) from None
+        except BaseException as err:  # noqa: BLE001 - module top level of untrusted code
+            raise _Stop(wire.ERR_LOAD, f"error while loading the module: {error_line(err)}") from None
+        return b"", 0, 0
+
+    def forward(self, request_id: bytes, mask: int, payload: bytes) -> tuple[bytes, int, int]:
+        import torch
+
+        from discopop.contract.checks import contract_problem
+
+        beta, batch, *codes = wire.FORWARD_HEAD.unpack_from(payload)
+        offset = wire.FORWARD_HEAD.size
+        inputs = []
+        for code in codes:
+            size = batch * wire.itemsize(code)
+            inputs.append(wire.tensor_from(payload[offset:offset + size], wire.DTYPES[code]))
+            offset += size
+        originals = [t.clone() for t in inputs]
+        leaves = [t.requires_grad_(bool(mask & (1 << i))) for i, t in enumerate(inputs)]
+        self.last = None
+        try:
+            with torch.set_grad_enabled(bool(mask & wire.GRAD_ENABLED)):
+                out = self.fn(*leaves, beta)
+        except BaseException as err:  # noqa: BLE001 - the candidate's own error is its verdict
+            raise _Stop(wire.ERR_RAISED, error_line(err)) from None
+        problem = contract_problem(out, batch)
+        if problem:
+            raise _Stop(wire.ERR_CONTRACT, problem)
+        if out.dtype not in wire.DTYPE_CODES:
+            raise _Stop(wire.ERR_CONTRACT, f"returned dtype {out.dtype}, which the trainer does not support")
+        mutated = any(not torch.equal(a.detach(), b) for a, b in zip(leaves, originals, strict=True))
+        flags = (wire.OUT_REQUIRES_GRAD if out.requires_grad else 0) | (wire.OUT_MUTATED_INPUTS if mutated else 0)
+        if out.requires_grad:
+            self.last = (request_id, leaves, out)
+        return wire.tensor_bytes(out), wire.DTYPE_CODES[out.dtype], flags
+
+    def backward(self, code: int, payload: bytes) -> tuple[bytes, int, int]:
+        import torch
+
+        forward_id, data = payload[:8], payload[8:]
+        if self.last is None or self.last[0] != forward_id:
+            raise _Stop(wire.ERR_RAISED, "RuntimeError: backward of a forward the oracle no longer holds")
+        _, leaves, out = self.last
+        self.last = None
+        wanted = [t for t in leaves if t.requires_grad]
+        try:
+            grads = torch.autograd.grad(out, wanted, wire.tensor_from(data, wire.DTYPES[code]).to(out.dtype),
+                                        allow_unused=True)
+        except BaseException as err:  # noqa: BLE001
+            raise _Stop(wire.ERR_RAISED, error_line(err)) from None
+        by_leaf = dict(zip(map(id, wanted), grads, strict=True))
+        present, chunks = 0, []
+        for i, leaf in enumerate(leaves):
+            grad = by_leaf.get(id(leaf))
+            if grad is not None:
+                present |= 1 << i
+                chunks.append(wire.tensor_bytes(grad.to(leaf.dtype).reshape(leaf.shape)))
+        return b"".join(chunks), present, 0
+
+    def trace_problem(self) -> str | None:
+        """What the candidate changed in this process, worded as the worker's audit words it."""
+        from discopop.sandbox import guard_violations
+
+        refused = guard_violations()
+        state = self.watch.changed_state()
+        self.watch.reset()  # first: some global setters rebind attributes (set_default_dtype: torch.Storage)
+        patched = self.watch.patched()
+        if patched:
+            return f"changed shared state: {', '.join(patched[:5])}"
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            return f"refused by the runtime guard: {refused[0]}{more}"
+        if state:
+            return f"changed torch global state: {'; '.join(state)}"
+        return None
+
+
+def serve(sock: socket.socket, oracle: Oracle) -> None:
+    sock.sendall(wire.pack(wire.READY_ID, wire.READY))
+    while True:
+        try:
+            request_id, kind, a, _, length = wire.read_header(sock, None)
+            payload = wire.read_exact(sock, length, None)
+        except (wire.ChannelError, struct.error):
+            return
+        try:
+            if kind == wire.LOAD:
+                body, ra, rb = oracle.load(payload)
+            elif kind == wire.FORWARD:
+                body, ra, rb = oracle.forward(request_id, a, payload)
+            elif kind == wire.BACKWARD:
+                body, ra, rb = oracle.backward(a, payload)
+            else:
+                return
+            status = wire.OK
+        except _Stop as stop:
+            status, body, ra, rb = stop.status, stop.message.encode()[: wire.MAX_MESSAGE], 0, 0
+        problem = oracle.trace_problem()
+        if problem:
+            status, body, ra, rb = wire.ERR_GUARD, problem.encode()[: wire.MAX_MESSAGE], 0, 0
+        sock.sendall(wire.pack(request_id, status, body, ra, rb))
+
+
+def main() -> None:
+    from discopop.sandbox import lock_down, seal
+
+    workdir = os.environ["DISCOPOP_SANDBOX_DIR"]
+    # First thing, while this process has a single thread (see lock_down).
+    lock_down(workdir, network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
+    sock = socket.socket(fileno=int(os.environ["DISCOPOP_ORACLE_FD"]))
+    oracle = Oracle()
+    seal(workdir)  # seccomp + the runtime guard, before any candidate code
+    serve(sock, oracle)
+
+
+if __name__ == "__main__":
+    main()

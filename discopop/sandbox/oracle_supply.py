@@ -1,0 +1,147 @@
+"""Parent side of the loss oracle: spawn one fresh oracle per job and hand its socket to the worker.
+
+Wiring, and why. The parent spawns every oracle (the worker is Landlocked, without capabilities,
+and its guard refuses process creation; it could not create a cgroup or start a sandbox). Each
+oracle is a :class:`~discopop.sandbox.SandboxedProcess` (every layer) that inherits one end of a
+unix ``socketpair``; the parent keeps the other end only until the oracle says ``READY`` (sent
+before any candidate code runs), then passes it to the worker with ``SCM_RIGHTS`` over a control
+socketpair the worker inherited at start, and closes its own copy. From then on the worker talks
+to the oracle directly: a training step costs two round trips on a local socket, with no hop
+through the parent (a parent-side relay would add a thread and two copies per call, and would
+make the parent parse untrusted bytes). Already-connected sockets keep working under a seccomp
+filter that denies ``connect`` on unix sockets.
+
+A fresh oracle per job means no state, thread or patched module reaches another candidate; its
+start-up (importing torch, 1-2 s) is hidden by keeping one standby oracle spawned while the
+current job runs. After the job the parent kills the oracle's whole tree, whatever it did.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections import deque
+from typing import Any
+
+from discopop.sandbox import Limits, SandboxedProcess
+from discopop.sandbox import oracle_wire as wire
+
+ORACLE_MODULE = "discopop.sandbox.oracle"
+CONTROL_FD_VAR = "DISCOPOP_ORACLE_CONTROL_FD"
+
+
+class OracleStartFailed(RuntimeError):
+    pass
+
+
+class OracleProcess:
+    """One sandboxed oracle plus the end of its socket that will go to the worker."""
+
+    def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            fd_env = {"DISCOPOP_ORACLE_FD": str(theirs.fileno())}
+            self.proc = SandboxedProcess(module, limits, env={**(env or {}), **fd_env}, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock: socket.socket | None = ours
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> None:
+        """Read the oracle's ``READY`` frame (exact size, with a deadline) or raise :class:`OracleStartFailed`."""
+        if self.ready:
+            return
+        try:
+            request_id, kind, _, _, length = wire.read_header(self.sock, time.monotonic() + timeout)
+        except wire.ChannelError as err:
+            detail = self.proc.exit_reason() if not self.proc.alive() else str(err)
+            raise OracleStartFailed(f"loss oracle failed to start: {detail}") from None
+        if (request_id, kind, length) != (wire.READY_ID, wire.READY, 0):
+            raise OracleStartFailed("loss oracle failed to start: unexpected first frame")
+        self.ready = True
+
+    def hand_to(self, control: socket.socket) -> str:
+        """Pass our end of the socket to the worker behind ``control`` (we keep no copy); return its tag.
+
+        The job message carries the tag (``"oracle"``), so the worker takes this socket and no stale one.
+        """
+        tag = os.urandom(16).hex()
+        socket.send_fds(control, [tag.encode()], [self.sock.fileno()])
+        self.sock.close()
+        self.sock = None
+        return tag
+
+    def close(self, grace: float = 0.0) -> str | None:
+        """Kill the oracle's tree; return why it had died on its own (waiting up to ``grace`` s for that), if it had."""
+        if grace and self.proc.alive():
+            try:
+                self.proc.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        died = None if self.proc.alive() else self.proc.exit_reason()
+        self.proc.kill()
+        self.proc.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        return died
+
+
+class OracleSupply:
+    """Fresh oracles on demand, ``standby`` of them spawned in advance so their start-up overlaps the jobs.
+
+    One standby is not enough: a candidate's numeric checks take a fraction of a second, less than an
+    oracle's start (importing torch), so the fine-tune right after them would wait for the next one.
+    """
+
+    def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None,
+                 start_timeout: float = 120.0, standby: int = 2):
+        self.limits, self.module, self.env = limits, module, env
+        self.start_timeout = start_timeout
+        self.standby = max(1, standby)
+        self._standby: deque[OracleProcess] = deque()
+
+    def prespawn(self) -> None:
+        while len(self._standby) < self.standby:
+            self._standby.append(OracleProcess(self.limits, self.module, self.env))
+
+    def take(self) -> OracleProcess:
+        """A ready oracle (the oldest standby); the standbys are topped up before returning."""
+        self.prespawn()
+        oracle = self._standby.popleft()
+        try:
+            oracle.wait_ready(self.start_timeout)
+        except BaseException:
+            oracle.close()
+            raise
+        self.prespawn()
+        return oracle
+
+    def close(self) -> None:
+        while self._standby:
+            self._standby.popleft().close()
+
+
+def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:
+    """(parent end, worker end, env) of the control socket a worker receives its oracles on.
+
+    Start the worker with ``pass_fds=(worker_end.fileno(),)`` and ``env``, then close ``worker_end``.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours, theirs, {CONTROL_FD_VAR: str(theirs.fileno())}
+
+
+def explain_oracle_death(reply: dict[str, Any], died: str | None) -> dict[str, Any]:
+    """A job the worker failed because the oracle hung up: say why the oracle died (stage ``sandbox``).
+
+    Other channel failures keep their own reason (a refused reply is the cause, the oracle's death
+    from a broken pipe afterwards is not).
+    """
+    if died and not reply.get("ok") and reply.get("stage") == "oracle" and wire.HUNG_UP in (reply.get("error") or ""):
+        return {**reply, "stage": "sandbox", "error": f"loss oracle died: {died.removeprefix('worker ')}"}
+    return reply

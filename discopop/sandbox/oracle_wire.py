@@ -1,0 +1,111 @@
+"""The binary framing between the trusted side and a loss oracle (``discopop.sandbox.oracle``).
+
+Every frame is a fixed 20-byte header followed by a payload whose length the *reader* can
+predict exactly before reading it::
+
+    magic (4) | request id (8) | kind or status (1) | a (1) | b (1) | pad (1) | payload length (4)
+
+Requests (trusted side -> oracle): ``LOAD`` (payload: the loss source), ``FORWARD`` (``a``: which
+inputs require grad, bit 4: grad mode on; payload: ``beta`` f64, batch u32, four dtype codes, then
+the four tensors' bytes) and ``BACKWARD`` (``a``: dtype of ``grad_output``; payload: the id of the
+forward it differentiates, then ``grad_output``'s bytes).
+
+Replies (oracle -> trusted side) echo the request id. ``OK`` to a forward carries the output's
+dtype in ``a`` and flags in ``b`` (requires grad, mutated its inputs), payload exactly
+``batch * itemsize``; ``OK`` to a backward carries in ``a`` which of the four inputs got a
+gradient, payload exactly the bytes of those gradients. An error status carries a UTF-8 message
+of at most ``MAX_MESSAGE`` bytes. Anything else is refused by the reader without being read whole.
+
+Reading is with an absolute deadline (``poll`` between chunks), so a partial frame cannot hang
+the reader, and never more than the announced length, which is checked first.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+
+import torch
+
+MAGIC = b"DLO1"
+HEADER = struct.Struct("<4s8sBBBxI")
+FORWARD_HEAD = struct.Struct("<dI4B")  # beta, batch, dtype code of each of the four inputs
+READY_ID = bytes(8)
+
+# Request kinds
+READY, LOAD, FORWARD, BACKWARD = 1, 2, 3, 4
+# Reply statuses (OK, or which stage the oracle says stopped the loss)
+OK, ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD = 0, 10, 11, 12, 13, 14
+ERRORS = {ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD}
+
+GRAD_ENABLED = 1 << 4  # FORWARD ``a`` bit: the caller runs with grad mode on
+OUT_REQUIRES_GRAD, OUT_MUTATED_INPUTS = 1 << 0, 1 << 1  # forward reply ``b`` flags
+
+HUNG_UP = "the oracle closed the channel"  # the parent then asks the oracle's sandbox why it died
+
+MAX_MESSAGE = 512  # bytes of an error message
+MAX_BATCH = 1 << 20  # examples per call: bounds every payload (4 x 8 MB at most)
+MAX_SOURCE = 1 << 20  # bytes of loss source in a LOAD request
+
+DTYPES = {0: torch.float32, 1: torch.float64, 2: torch.float16, 3: torch.bfloat16}
+DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+class ChannelError(Exception):
+    """The peer broke the framing: wrong magic, id or size, a late or partial frame, or it hung up."""
+
+
+def pack(request_id: bytes, kind: int, payload: bytes = b"", a: int = 0, b: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, request_id, kind, a, b, len(payload)) + payload
+
+
+def read_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+    """``size`` bytes from ``sock``, or :class:`ChannelError` once ``deadline`` (``time.monotonic``) passes."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise ChannelError(f"no complete reply within the deadline ({got} of {size} bytes came)")
+        try:
+            n = sock.recv_into(view[got:], size - got)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as err:
+            raise ChannelError(f"channel error: {err}") from None
+        if n == 0:
+            raise ChannelError(HUNG_UP)
+        got += n
+    return bytes(buf)
+
+
+def read_header(sock: socket.socket, deadline: float | None) -> tuple[bytes, int, int, int, int]:
+    """(request id, kind or status, a, b, payload length); the magic is checked here."""
+    magic, request_id, kind, a, b, length = HEADER.unpack(read_exact(sock, HEADER.size, deadline))
+    if magic != MAGIC:
+        raise ChannelError("malformed frame (bad magic)")
+    return request_id, kind, a, b, length
+
+
+def has_pending_data(sock: socket.socket) -> bool:
+    """True if the peer sent something nobody asked for yet (or hung up)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from(data: bytes, dtype: torch.dtype) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype)
+
+
+def itemsize(code: int) -> int:
+    return DTYPES[code].itemsize

@@ -1,0 +1,314 @@
+"""The evaluation cascade for archived candidates, cheap to costly, first failure stops:
+
+1. static check (AST only, in this process: nothing is executed);
+2. duplicate by normalised code hash;
+3. numeric checks in a sandboxed worker (returns the behaviour fingerprint and diagnostics);
+4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
+   factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
+5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best);
+6. the seed race of ``seed_race``: extra search seeds at the chosen rate while a row is in
+   contention for the top k (references: all of them), archived per seed and summarised in
+   ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
+
+Each outcome is written to the archive as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from discopop.archive import Archive, Evaluation, Row
+from discopop.contract.losses import LossRejected, code_hash, static_check
+from discopop.execution.executors import Executor, Job
+from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.search import seed_race
+from discopop.status import Status
+
+# Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
+# >= 1 - FINGERPRINT_TOL are the same training behaviour. For unit vectors 1 - cos ~ |a - b|^2 / 2.
+# The same loss written another way (softplus for -logsigmoid, rho summed in another order, times
+# 100, plus 3) differs only by float32 round-off: ~1e-6 relative per entry (eps 1.2e-7, a few ops)
+# plus the stored rounding (5e-8 an entry), so |a - b| <~ 1e-5 and 1 - cos <~ 1e-10 (measured:
+# under 1e-13). A genuinely different loss is far above: DPO with beta 1% larger gives 3e-6,
+# with beta doubled 1e-2, IPO 0.26. 1e-7 sits three orders above the round-off, 30x below a 1% beta.
+FINGERPRINT_TOL = 1e-7
+
+
+@dataclass
+class Race:
+    """A row's extra search seeds at its chosen learning rate (``seed_race``); the search seed comes first."""
+
+    learning_rate: float
+    seeds: list[int]
+    values: list[float | None]  # fitness per seed, None where that fine-tune failed
+    failed: str | None = None  # the first failed seed's reason: the race stops there (no retries)
+
+    def add(self, seed: int, fitness: float | None, error: str | None) -> None:
+        self.seeds.append(seed)
+        ok = error is None and fitness is not None and math.isfinite(fitness)
+        self.values.append(float(fitness) if ok else None)
+        if not ok and self.failed is None:
+            self.failed = f"seed {seed}: {error or 'non-finite fitness'}"
+
+
+@dataclass
+class Outcome:
+    row_id: int
+    status: str
+    fitness: float | None = None
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _unit(fingerprint: list[float] | None) -> np.ndarray | None:
+    """The fingerprint renormalised (rounding left it a hair off unit length); None if there is none."""
+    if not fingerprint:
+        return None
+    vec = np.asarray(fingerprint, dtype=np.float64)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def same_behaviour(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to a positive factor (cosine within FINGERPRINT_TOL of 1); a negative factor is not."""
+    return a.shape == b.shape and float(a @ b) >= 1.0 - FINGERPRINT_TOL
+
+
+class Evaluator:
+    """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
+
+    def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
+                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None):
+        self.archive = archive
+        self.executor = executor
+        self.seed = seed
+        self.protocol = protocol
+        self.on_stage = on_stage or (lambda row, stage: None)
+        self.race = race or seed_race.RacePolicy()
+        if race is not None:  # readers of the archive (history, confirmation) rank with the same policy
+            archive.set_state(seed_race.STATE_KEY, self.race.as_dict())
+
+    def _finish(self, row: Row, status: str, *, fitness=None, error=None, stage=None, seconds=None,
+                extra=None, evaluations: list[Evaluation] | None = None) -> Outcome:
+        """Archive the row's fate, with its training evaluations (one per fine-tune) in the same transaction."""
+        metrics: dict[str, Any] = dict(extra or {})
+        if stage:
+            metrics["stage"] = stage
+        if seconds:
+            metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
+        self.archive.finish(row.id, status, fitness=fitness, error=error, metrics=metrics,
+                            evaluations=evaluations or [])
+        return Outcome(row.id, status, fitness, error, metrics)
+
+    def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
+        """Fingerprints of every archived row that has one: id -> (name, beta, unit vector)."""
+        found = {}
+        for r in self.archive.rows("status != ?", (Status.PROPOSED,)):
+            checks = r.metrics.get("checks") or {}
+            vec = _unit(checks.get("fingerprint"))
+            if vec is not None:
+                found[r.id] = (r.name, float(checks.get("beta", 0.0)), vec)
+        return found
+
+    @staticmethod
+    def _twin(checks: dict[str, Any], known: dict[int, tuple[str, float, np.ndarray]]) -> tuple[int, str] | None:
+        """The earliest known row with the same training behaviour (measured at the same beta)."""
+        vec = _unit(checks.get("fingerprint"))
+        if vec is None:
+            return None
+        beta = float(checks.get("beta", 0.0))
+        for row_id in sorted(known):
+            name, other_beta, other = known[row_id]
+            if other_beta == beta and same_behaviour(vec, other):
+                return row_id, name
+        return None
+
+    def evaluate(self, rows: list[Row]) -> Iterator[Outcome]:
+        """Evaluate rows (each ``proposed``); yield each outcome as soon as it is archived."""
+        started: dict[int, float] = {}
+        seconds: dict[int, dict[str, float]] = {}
+        checks_of: dict[int, dict[str, Any]] = {}
+        to_check: list[Row] = []
+        in_batch: dict[str, Row] = {}  # code hash -> the batch's first row with it
+        for row in rows:
+            started[row.id] = time.perf_counter()
+            seconds[row.id] = {}
+            self.on_stage(row, "static")
+            try:
+                static_check(row.code)
+            except LossRejected as err:
+                yield (self._finish(row, Status.INVALID, error=f"static check: {err}", stage="static"))
+                continue
+            digest = code_hash(row.code)
+            # An earlier row of this batch counts too (it is still ``proposed``, so the archive skips it):
+            # identical code checks and trains identically, so only the first is run.
+            twin = self.archive.find_hash(digest) or in_batch.setdefault(digest, row)
+            if twin.id != row.id:
+                yield (self._finish(row, Status.DUPLICATE, error=f"same code as #{twin.id} ({twin.name})",
+                                             stage="static"))
+                continue
+            to_check.append(row)
+        by_id = {row.id: row for row in rows}
+        for row in to_check:
+            self.on_stage(row, "check")
+        to_train: list[Row] = []
+        known = self._known_behaviours()  # plus this batch's rows as they pass: a twin waiting to train counts
+        # Results in row order, not finishing order: of two behaviour twins in one batch, the earlier row is kept.
+        checked = self.executor.run([Job(r.id, r.code, "check", self.seed) for r in to_check])
+        for result in sorted(checked, key=lambda r: r.job.row_id):
+            row = by_id[result.job.row_id]
+            seconds[row.id]["check"] = result.seconds
+            if not result.ok:
+                status = Status.INVALID
+                yield (self._finish(row, status, error=f"{result.stage} check: {result.error}",
+                                             stage=result.stage, seconds=self._total(seconds, started, row.id)))
+                continue
+            checks_of[row.id] = result.data["checks"]
+            twin = self._twin(checks_of[row.id], known)
+            vec = _unit(checks_of[row.id].get("fingerprint"))
+            if vec is not None:
+                known[row.id] = (row.name, float(checks_of[row.id].get("beta", 0.0)), vec)
+            if twin is not None:
+                yield (self._finish(row, Status.DUPLICATE, error=f"same training behaviour as #{twin[0]} ({twin[1]})",
+                                    stage="numeric", seconds=self._total(seconds, started, row.id),
+                                    extra={"checks": checks_of[row.id]}))
+                continue
+            self.on_stage(row, "train")
+            to_train.append(row)
+        yield from self._train(to_train, seconds, started, checks_of)
+
+    def _train_jobs(self, row: Row, rates) -> list[Job]:
+        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
+
+    def _screen_rates(self, row: Row) -> tuple[float, ...]:
+        """The first learning rates a row is trained at: the whole grid for references, else one screen."""
+        protocol = self.protocol
+        if row.proposer == "reference" or protocol.screen_margin is None or len(protocol.grid) == 1:
+            return protocol.grid
+        parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
+        parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
+        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
+                     if r.metrics.get("learning_rate")]
+        return (protocol.screen_rate(parent_rates, run_rates),)
+
+    def _best_fitness(self) -> float | None:
+        values = [r.fitness for r in self.archive.rows("status = ?", (Status.SCORED,)) if r.fitness is not None]
+        return max(values) if values else None
+
+    def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
+        """Fine-tune each row over the learning-rate protocol (``tuning``), then race it over extra seeds
+        (``seed_race``); yield each outcome when decided.
+
+        Rounds: every row's first rates (a screen, or the whole grid for references), then the climb
+        for rows near the best, then extra seeds at the chosen rate while a row is in contention; each
+        round is one ``executor.run`` so parallel workers share it, whatever phase each row is in.
+        """
+        sweeps = {row.id: Sweep() for row in rows}
+        races: dict[int, Race] = {}
+        pending = {row.id: self._train_jobs(row, self._screen_rates(row)) for row in rows}
+        full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.grid)}
+        screened: set[int] = set()
+        by_id = {row.id: row for row in rows}
+        while pending:
+            jobs = [j for row_jobs in pending.values() for j in row_jobs]
+            done = sorted(self.executor.run(jobs),
+                          key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.seed))
+            for result in done:  # in job order, so each row's evaluations are archived in the same order every run
+                row_id, job = result.job.row_id, result.job
+                if row_id in races:
+                    races[row_id].add(job.seed, result.data.get("fitness") if result.ok else None,
+                                      None if result.ok else f"{result.stage}: {result.error}")
+                else:
+                    sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
+                sweeps[row_id].evaluations.append(
+                    Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
+                    Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
+                seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
+            best = self._best_fitness()
+            contest = self._race_contest() if self.race.enabled else None
+            decided, pending = list(pending), {}
+            for row_id in decided:
+                sweep, row = sweeps[row_id], by_id[row_id]
+                rates: list[float] = []
+                if row_id in races:
+                    pending[row_id] = self._race_jobs(row, races[row_id], contest)
+                else:
+                    if row_id in full_grid:
+                        sweep.tuned = True
+                    elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
+                        screened.add(row_id)
+                        if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                            sweep.tuned = True
+                            rates = self.protocol.next_rates(sweep)
+                    else:
+                        rates = self.protocol.next_rates(sweep)
+                    if rates:
+                        pending[row_id] = self._train_jobs(row, rates)
+                    elif contest is not None and (start := self._race_start(sweep)) is not None:
+                        races[row_id] = start
+                        pending[row_id] = self._race_jobs(row, start, contest)
+                if not pending.get(row_id):
+                    pending.pop(row_id, None)
+                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id))
+
+    def _race_start(self, sweep: Sweep) -> Race | None:
+        """A row whose protocol found a finite best enters the race with that run as its first seed."""
+        best = sweep.best()
+        if best is None or not math.isfinite(best[1]["fitness"]):
+            return None
+        return Race(best[0], [self.seed], [float(best[1]["fitness"])])
+
+    def _race_contest(self) -> tuple[float, float]:
+        """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
+        scores = [s for r in self.archive.rows("status = 'scored'") if (s := r.seed_scores()) is not None]
+        noise = seed_race.pooled_noise(scores, self.race.noise_prior)
+        return seed_race.kth_lower(scores, self.race, noise), noise
+
+    def _race_jobs(self, row: Row, race: Race, contest: tuple[float, float] | None) -> list[Job]:
+        """The extra seeds this row runs next (none once out of contention, at the cap, or after a failure)."""
+        if contest is None or race.failed:
+            return []
+        bar, noise = contest
+        scores = seed_race.SeedScores(tuple(v for v in race.values if v is not None))
+        count = seed_race.seeds_wanted(scores, len(race.seeds), row.proposer == "reference", bar, self.race, noise)
+        todo = self.race.extra_seeds(self.seed)[len(race.seeds) - 1:][:count]
+        return [Job(row.id, row.code, "train", seed, learning_rate=race.learning_rate) for seed in todo]
+
+    @staticmethod
+    def _total(seconds, started, row_id) -> dict[str, float]:
+        out = dict(seconds[row_id])
+        out["total"] = time.perf_counter() - started[row_id]
+        return out
+
+    def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict,
+                         race: Race | None = None) -> Outcome:
+        secs = self._total(seconds, started, row.id)
+        summary = sweep.summary(self.protocol.grid)
+        best = sweep.best()
+        if best is None:
+            stage, error = next(iter(sweep.errors.values()))
+            status = Status.EVAL_FAILED if stage == "score" else Status.TRAIN_FAILED
+            return self._finish(row, status, error=error, stage=stage, seconds=secs,
+                                extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
+        runs = list(sweep.results.values())
+        secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
+                    runs=len(runs) + len(sweep.errors))
+        secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
+        _, data = best
+        metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
+                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary,
+                   **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
+        if race is not None:
+            metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
+        if not math.isfinite(data["fitness"]):
+            return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
+                                extra=metrics, evaluations=sweep.evaluations)
+        return self._finish(row, Status.SCORED, fitness=data["fitness"], seconds=secs, extra=metrics,
+                            evaluations=sweep.evaluations)

@@ -1,0 +1,178 @@
+"""Fresh-seed confirmation of the winners: re-train, re-score on held-back prompts, compare in pairs.
+
+Search fitness is measured on one seed and the search prompts, and the best of many noisy
+measurements is biased upwards (winner's curse). So the top candidates, DPO and the run's
+``references`` strongest baselines by search fitness are re-trained on the same fresh seeds, each at
+its own learning rate (``metrics["learning_rate"]``, else the config default), and scored on the
+``confirm`` prompts, which the search never saw. The strongest baseline is the confirmed reference
+with the best fresh-seed mean (no failed seed), so a candidate is never held to a baseline that only
+led on the search seeds, where the best references are often within noise of each other. A fresh
+seed draws a new pair subsample as well as a new data order (``discopop.fitness.training``), so seed noise
+is real training noise.
+
+Each candidate is compared with DPO and with the strongest baseline per (seed, prompt)
+(``discopop.fitness.stats``); all comparisons of the confirmation are Holm-corrected together. Every
+training run is an ``evaluations`` row in the archive, so a resumed confirmation re-uses the runs
+already done, and a failed run stays failed: it makes its comparisons "failed", never a smaller
+sample. Results go to ``metrics["confirmation"]`` of each confirmed row:
+
+``{"seeds", "fitness" (per seed, None where it failed), "mean", "se", "learning_rate", "failed",
+"vs_dpo", "vs_best"}`` where ``vs_*`` are ``stats.Comparison.as_dict()`` plus ``"text"``
+(``vs_best`` is None when DPO is the strongest baseline; both are absent on baseline rows).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from discopop.archive import Archive, Evaluation, Row
+from discopop.execution.executors import Executor, Job
+from discopop.fitness import stats
+from discopop.status import Status
+
+SPLIT = "confirm"
+SEED_OFFSET = 1000  # fresh seeds are base_seed + 1000 + i: never the search seed
+
+
+def fresh_seeds(base_seed: int, n_seeds: int) -> list[int]:
+    return [base_seed + SEED_OFFSET + i for i in range(n_seeds)]
+
+
+def reference_row(archive: Archive, name: str) -> Row | None:
+    rows = archive.rows("proposer = 'reference' AND name = ? AND status = ?", (name, Status.SCORED))
+    return rows[0] if rows else None
+
+
+def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
+    """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness)."""
+    standing = archive.standings()
+    key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
+    return sorted(rows, key=lambda r: (-key[r.id], r.id))
+
+
+def best_references(archive: Archive, n: int) -> list[Row]:
+    """The ``n`` reference losses with the best search fitness in this run (lower confidence bound over seeds)."""
+    return _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))[:n]
+
+
+def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int]) -> Row | None:
+    """The reference with the best fresh-seed mean among those with every seed scored; else the search's first."""
+    def fresh_mean(row: Row) -> float | None:
+        _, summary = arm_scores(archive, row, seeds)
+        return summary["mean"] if summary["failed"] is None else None
+
+    return stats.strongest_baseline(references, fresh_mean) if references else None
+
+
+def top_candidates(archive: Archive, k: int) -> list[Row]:
+    """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
+    return _by_selection(archive, archive.rows("status = ? AND proposer != 'reference'", (Status.SCORED,)))[:k]
+
+
+def learning_rate(row: Row) -> float | None:
+    """The row's own learning rate from the search (None: the config default)."""
+    lr = row.metrics.get("learning_rate")
+    return float(lr) if lr is not None else None
+
+
+def _latest(archive: Archive, row_id: int) -> dict[int, Evaluation]:
+    """This row's confirmation runs by seed (the latest where a seed was run twice)."""
+    return {e.seed: e for e in archive.evaluations(row_id, split=SPLIT)}
+
+
+def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int]) -> list[Job]:
+    """A confirm-split training job, at the row's own learning rate, for every (row, seed) not yet run.
+
+    A stored failure is not retried: re-running until a seed succeeds would select the lucky ones.
+    """
+    return [Job(r.id, r.code, "train", seed, split=SPLIT, learning_rate=learning_rate(r))
+            for r in rows for seed in seeds if seed not in _latest(archive, r.id)]
+
+
+def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: list[int]) -> None:
+    """Run :func:`missing_jobs`; store each run (or its failure) as an evaluation as soon as it finishes."""
+    for result in executor.run(missing_jobs(archive, rows, seeds)):
+        job = result.job
+        if result.ok:
+            archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, SPLIT, result.data))
+        else:
+            archive.add_evaluation(Evaluation(job.row_id, job.seed, SPLIT, job.learning_rate,
+                                              error=f"{result.stage}: {result.error}"))
+
+
+def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The row's seeds x prompts fitness matrix (None if any seed failed or is missing) and its summary."""
+    runs = _latest(archive, row.id)
+    failed = None
+    fitness: list[float | None] = []
+    matrix = []
+    for seed in seeds:
+        run = runs.get(seed)
+        if run is None:
+            failed = failed or f"seed {seed}: no result"
+        elif not run.ok or not all(map(math.isfinite, run.per_prompt_fitness())) or not run.per_prompt:
+            failed = failed or f"seed {seed} failed: {run.error or 'no finite per-prompt scores'}"
+        fitness.append(run.fitness if run is not None and run.ok else None)
+        if run is not None and run.ok:
+            matrix.append(run.per_prompt_fitness())
+    summary: dict[str, Any] = {"seeds": seeds, "fitness": fitness, "learning_rate": learning_rate(row),
+                               "failed": failed, "mean": None, "se": None}
+    done = [f for f in fitness if f is not None]
+    if done:
+        summary["mean"] = float(np.mean(done))
+    if failed is not None or len({len(m) for m in matrix}) != 1:
+        if failed is None:
+            summary["failed"] = "per-prompt scores of different lengths"
+        return None, summary
+    scores = np.asarray(matrix, dtype=float)
+    if len(seeds) >= 2:
+        summary["se"] = stats.crossed_estimate(scores).se
+    return scores, summary
+
+
+def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, seeds: list[int],
+          alpha: float = stats.ALPHA, also: list[Row] | None = None) -> list[stats.Comparison]:
+    """Compare each candidate with DPO and the strongest baseline from the stored runs; store the verdicts
+    (and the fresh-seed summaries of ``also``, the other confirmed references)."""
+    arms = {r.id: r for r in [*candidates, dpo, *([best] if best else []), *(also or [])]}
+    scored = {row_id: arm_scores(archive, row, seeds) for row_id, row in arms.items()}
+    baselines = [("vs_dpo", dpo)] + ([("vs_best", best)] if best is not None and best.id != dpo.id else [])
+    comparisons: list[tuple[Row, str, Row, stats.Comparison]] = []
+    for cand in candidates:
+        a, a_info = scored[cand.id]
+        for key, base in baselines:
+            b, b_info = scored[base.id]
+            failure = a_info["failed"] and f"{cand.name}: {a_info['failed']}"
+            failure = failure or (b_info["failed"] and f"{base.name}: {b_info['failed']}")
+            comp = stats.compare(cand.name, base.name, a, b, alpha=alpha, failure=failure or None)
+            comp.extra.update(baseline_id=base.id, role=key)
+            comparisons.append((cand, key, base, comp))
+    stats.decide([c for *_, c in comparisons], alpha=alpha)
+    confirmation = {row_id: dict(info) for row_id, (_, info) in scored.items()}
+    for cand, key, _, comp in comparisons:
+        entry = comp.as_dict()
+        entry["text"] = stats.describe(entry)
+        confirmation[cand.id][key] = entry
+        confirmation[cand.id].setdefault("vs_best", None)
+    for row_id, conf in confirmation.items():
+        archive.update_metrics(row_id, {"confirmation": conf})
+    return [c for *_, c in comparisons]
+
+
+def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, top_k: int,
+            baseline: str = "dpo", alpha: float = stats.ALPHA, references: int = 2) -> list[stats.Comparison]:
+    """Re-train the top candidates, ``baseline`` and the ``references`` best baselines on fresh seeds; hold the
+    candidates to DPO and to the best of those references on the fresh seeds; store everything."""
+    dpo = reference_row(archive, baseline)
+    if dpo is None or n_seeds < 1:
+        return []
+    seeds = fresh_seeds(base_seed, n_seeds)
+    contenders = best_references(archive, max(1, references))
+    candidates = top_candidates(archive, top_k)
+    arms = list({r.id: r for r in [*candidates, dpo, *contenders]}.values())
+    run_missing(archive, executor, arms, seeds)
+    best = strongest_on_fresh_seeds(archive, contenders, seeds)
+    return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders)

@@ -1,0 +1,389 @@
+"""The outer discovery loop: baselines, then propose -> evaluate -> archive, then confirm winners.
+
+It only orchestrates: proposing is the proposer's job, the evaluation cascade is
+``evaluate.Evaluator``'s, running candidate code is the executor's (sandboxed workers), and the
+archive is the single record of progress, which is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
+from discopop.config import RunSettings, plain
+from discopop.execution.executors import Executor, WorkerSpec, make_executor
+from discopop.fitness.judge import with_judge
+from discopop.fitness.tuning import LrProtocol
+from discopop.proposers import Proposer, ProposerStop, build_proposer
+from discopop.proposers.base import Candidate, HistoryEntry
+from discopop.proposers.llm.facts import FitnessFacts
+from discopop.proposers.reference import reference_candidate
+from discopop.report.display import Display
+from discopop.report.tracking import Tracker
+from discopop.sandbox import Limits
+from discopop.search.cascade import Evaluator, Outcome
+from discopop.search.confirmation import confirm
+from discopop.search.seed_race import RacePolicy
+from discopop.status import REPAIRABLE_STATUSES, Status
+from discopop.tasks import Task, load_task
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    seconds: float
+    stopped: str | None = None
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run directory for the life of the process."""
+    handle = open(run_dir / ".discopop.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLocked(f"another discover process is already running on {run_dir}") from None
+    return handle
+
+
+def worker_spec(cfg: RunSettings | Mapping[str, Any]) -> WorkerSpec:
+    """What each worker is started with; the task and training settings cross to it as plain dicts (JSON)."""
+    cfg = RunSettings.coerce(cfg)
+    training, executor = cfg.training, cfg.executor
+    return WorkerSpec(
+        task=plain(cfg.task), training=plain(training), kl_coef=cfg.task.kl_coef, threads=training.threads,
+        limits=Limits(memory_mb=executor.memory_mb, file_size_mb=executor.file_mb),
+        check_timeout=training.check_timeout, train_timeout=training.train_timeout,
+        oracle_timeout=training.oracle_timeout,
+    )
+
+
+def candidate_of(row: Row) -> Candidate:
+    """The proposal behind an archived row, as its proposer made it (``proposer_info`` is its ``info``)."""
+    return Candidate(name=row.name, code=row.code, thought=row.thought, parent_ids=list(row.parent_ids),
+                     proposer=row.proposer, info=dict(row.metrics.get("proposer_info") or {}))
+
+
+def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: int) -> list[tuple[Row, int]]:
+    """Failed rows of ``proposer`` in ``generation`` whose repair was never asked (a stop came first), with
+    the attempt that repair would be: 1 for a proposal, n + 1 for the n-th repair of one."""
+    if max_repairs <= 0 or generation <= 0:
+        return []
+    rows = {r.id: r for r in archive.rows("generation = ?", (generation,))}
+    repaired = {r.parent_ids[0] for r in rows.values() if len(r.parent_ids) == 1 and r.parent_ids[0] in rows
+                and rows[r.parent_ids[0]].status in REPAIRABLE_STATUSES}
+    owed = []
+    for row in rows.values():
+        if row.proposer != proposer or row.status not in REPAIRABLE_STATUSES or row.id in repaired:
+            continue
+        attempt, parent = 1, row.parent_ids
+        while len(parent) == 1 and parent[0] in rows and rows[parent[0]].status in REPAIRABLE_STATUSES:
+            attempt, parent = attempt + 1, rows[parent[0]].parent_ids
+        if attempt <= max_repairs:
+            owed.append((row, attempt))
+    return owed
+
+
+def proposals_per_generation(setting: int | str, parallelism: int) -> int:
+    """``candidates_per_generation``: a number, or ``auto`` = one per worker, so a generation fills them all."""
+    if setting == "auto":
+        return max(1, int(parallelism))
+    return int(setting)
+
+
+class Lookahead:
+    """The proposals of the next generation, asked on a background thread while this one is evaluated.
+
+    The proposer gets a history fixed before the evaluation starts (``Archive.history_as_of``), so
+    what it sees never depends on timing. Whatever it raises (a ``ProposerStop``: budget, key) is
+    raised again by ``result`` in the loop's thread. The thread is a daemon: Ctrl-C does not wait
+    for an LLM request; an unfinished lookahead is dropped and asked again by ``--resume``.
+    """
+
+    def __init__(self, proposer: Proposer, history: list[HistoryEntry], k: int, generation: int):
+        self.generation = generation
+        self.claimed = False  # its proposals were handed to the loop (to be archived)
+        self._candidates: list[Candidate] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._ask, args=(proposer, history, k), daemon=True,
+                                        name=f"propose-generation-{generation}")
+        self._thread.start()
+
+    def _ask(self, proposer: Proposer, history: list[HistoryEntry], k: int) -> None:
+        try:
+            self._candidates = proposer.propose(history, k, self.generation)
+        except BaseException as err:  # noqa: BLE001 - handed to the loop's thread by result()
+            self._error = err
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def unclaimed(self) -> bool:
+        """Finished with proposals the loop has not taken yet."""
+        return not self.running and self._error is None and not self.claimed
+
+    def result(self) -> list[Candidate]:
+        """Wait for the proposals and claim them; what the proposer raised is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self.claimed = True
+        return self._candidates
+
+
+class Loop:
+    """One discovery run on ``run_dir``'s archive.
+
+    ``proposer``, ``executor`` and ``task_meta`` default to what the config builds (the proposer,
+    the sandboxed worker pool, the task's facts); tests pass in-process stand-ins instead. The loop
+    closes the executor and the proposer when ``run`` ends.
+    """
+
+    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
+                 proposer: Proposer | None = None,
+                 executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None):
+        self.cfg = RunSettings.coerce(cfg)
+        self.run_dir = run_dir
+        self.display = display
+        self.archive = Archive(run_dir / ARCHIVE_NAME)
+        self.seed = self.cfg.seed
+        self.proposer: Proposer = proposer or build_proposer(self.cfg.proposer, seed=self.seed)
+        self.executor = executor
+        self.task_meta = task_meta
+        state = self.archive.get_state("proposer_state")
+        if state is not None:
+            self.proposer.load_state(state)
+        self.tracker = Tracker(self.cfg.wandb, run_dir, self.cfg.to_dict())
+        self.best: float | None = None
+        # Generations whose proposals are archived (one ahead of generations_done while a lookahead's are).
+        self.proposed = 0
+        # Row ids whose outcome the proposer hears of once the lookahead in flight has returned (None: at once).
+        self._unobserved: list[int] | None = None
+        # A lookahead still running when a stop came: the proposer is busy on its thread, so it is left alone
+        # (no state saved, not closed); --resume asks that generation again from the last saved state.
+        self._abandoned = False
+
+    def _record(self, outcomes) -> list[Outcome]:
+        """Show and log each outcome as it comes; then tell the proposer, in row order.
+
+        Outcomes arrive in the order workers finish, which timing decides; the proposer learns of
+        them in archive order, so what it sees (and so the run) does not depend on timing.
+        """
+        recorded = []
+        for out in outcomes:
+            recorded.append(out)
+            row = self.archive.get(out.row_id)
+            if out.fitness is not None:
+                self.best = out.fitness if self.best is None else max(self.best, out.fitness)
+            self.display.finished(row, out.status, out.fitness, out.error)
+            self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
+                                       self.best)
+        recorded.sort(key=lambda o: o.row_id)
+        if self._unobserved is not None:  # the proposer is busy with a lookahead: it hears of these after it
+            self._unobserved += [out.row_id for out in recorded]
+        else:
+            self._observe([out.row_id for out in recorded])
+        return recorded
+
+    def _observe(self, ids: list[int]) -> None:
+        for row_id in ids:
+            row = self.archive.get(row_id)
+            if row.proposer == self.proposer.name:
+                self.proposer.observe(row.history_entry())  # read after the outcome was archived
+
+    def _checkpoint(self, generation: int | None = None) -> None:
+        """Save the proposer's state (spending, bandit, conversation) and, if given, the generation done."""
+        state = None if self._abandoned else self.proposer.state()
+        if state is not None:
+            self.archive.set_state("proposer_state", state)
+        if generation is not None:
+            self.archive.set_state("generations_done", generation)
+
+    def _archive_proposals(self, candidates: list[Candidate], generation: int) -> list[int]:
+        """Archive a generation's proposals; from now on it is never proposed again (``generations_proposed``,
+        saved with the proposer's state that made them)."""
+        ids = [self._add(c, generation) for c in candidates]
+        self.proposed = generation
+        self.archive.set_state("generations_proposed", generation)
+        self._checkpoint()
+        return ids
+
+    def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
+        """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
+        rows = [r for r in (self.archive.get(i) for i in ids) if r.status == Status.PROPOSED]
+        width = max(1, evaluator.executor.parallelism)
+        out: list[Outcome] = []
+        for start in range(0, len(rows), width):
+            out += self._record(evaluator.evaluate(rows[start:start + width]))
+        return out
+
+    def _repair(self, evaluator: Evaluator, outcomes: list[Outcome], candidates: dict[int, Any], generation: int,
+                attempts: dict[int, int] | None = None):
+        """Give failed proposals back to the proposer to fix, up to ``max_repairs`` times each.
+
+        ``attempts`` gives, per failed row, the attempt its repair would be (default 1: a fresh proposal).
+        Repairs go in waves: every failure of a wave is sent back (in row order), and the fixes are
+        evaluated together, so they share the workers; their failures make the next wave.
+        """
+        max_repairs = self.proposer.max_repairs
+        wave = sorted(((o, (attempts or {}).get(o.row_id, 1)) for o in outcomes if o.status in REPAIRABLE_STATUSES),
+                      key=lambda item: item[0].row_id)
+        while wave:
+            fixes: dict[int, int] = {}  # new row id -> its attempt
+            for failed, attempt in wave:
+                if attempt > max_repairs or failed.row_id not in candidates:
+                    continue
+                fixed = self.proposer.repair(candidates[failed.row_id], failed.row_id, failed.error or "", attempt)
+                if fixed is None:
+                    continue
+                fixed.parent_ids = [failed.row_id]
+                row_id = self._add(fixed, generation)
+                candidates[row_id] = fixed
+                fixes[row_id] = attempt
+            wave = [(out, fixes[out.row_id] + 1) for out in self._process(evaluator, list(fixes))
+                    if out.status in REPAIRABLE_STATUSES]
+
+    def _repair_owed(self, evaluator: Evaluator, generation: int) -> None:
+        """Ask the repairs a stop left owed in ``generation`` (failures whose repair was never asked)."""
+        owed = owed_repairs(self.archive, self.proposer.name, generation, self.proposer.max_repairs)
+        if owed:
+            self.display.log(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
+            self._repair(evaluator, [Outcome(r.id, r.status, r.fitness, r.error) for r, _ in owed],
+                         {r.id: candidate_of(r) for r, _ in owed}, generation,
+                         attempts={r.id: attempt for r, attempt in owed})
+
+    def _generation(self, evaluator: Evaluator, generation: int, ids: list[int],
+                    candidates: dict[int, Candidate] | None, last: int, k: int) -> None:
+        """Evaluate rows ``ids`` of ``generation``, then ask its repairs; with lookahead, the proposals of
+        ``generation + 1`` are asked meanwhile (docs/DESIGN.md, "Keeping the workers busy").
+
+        ``candidates`` (row id -> proposal) for the repairs; None for a generation a stop interrupted, whose
+        owed repairs the archive tells. The proposer's calls come in one fixed order, one at a time:
+        propose(g+1) [while g is evaluated], then observe(g's outcomes, in row order), then g's repairs.
+        Whatever happens, the generation then counts as done: its proposals are archived, so --resume re-runs
+        its rows in flight and asks its owed repairs, but never proposes it again.
+        """
+        ahead = None
+        if self.proposer.lookahead and 1 <= generation < last and self.proposed == generation:
+            ahead = Lookahead(self.proposer, self.archive.history_as_of(generation), k, generation + 1)
+            self._unobserved = []
+        try:
+            outcomes = self._process(evaluator, ids)
+            if ahead is not None:
+                self._archive_proposals(ahead.result(), ahead.generation)
+                unobserved, self._unobserved = sorted(self._unobserved or []), None
+                self._observe(unobserved)
+            if candidates is None:
+                self._repair_owed(evaluator, generation)
+            else:
+                self._repair(evaluator, outcomes, candidates, generation)
+        finally:
+            self._unobserved = None
+            busy = ahead is not None and ahead.running  # decided once: the thread may finish any moment
+            if busy:
+                self._abandoned = True  # neither its proposals nor the proposer's state after them are saved
+            try:
+                if ahead is not None and not busy and ahead.unclaimed:  # it finished before the stop: keep them
+                    self._archive_proposals(ahead.result(), ahead.generation)
+            finally:
+                self._checkpoint(generation)
+
+    def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
+        """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported.
+
+        Returns the outcomes in row order."""
+        rows = [self.archive.get(i) for i in ids]
+        decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != Status.PROPOSED]
+        return sorted(self._record(decided) + self._evaluate_ids(evaluator, ids), key=lambda o: o.row_id)
+
+    def _add(self, candidate, generation: int) -> int:
+        if candidate.error:
+            return self.archive.add(candidate, generation, status=Status.INVALID, error=candidate.error)
+        return self.archive.add(candidate, generation)
+
+    def _load_task(self) -> Task:
+        """Build (or read from the cache) the task, and say what it is."""
+        task = load_task(self.cfg.task, log=self.display.log)
+        ref_reward = task.meta.get("sft_heldout_reward")
+        ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
+        self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
+        return task
+
+    def run(self, generations: int) -> RunSummary:
+        started = time.perf_counter()
+        # Injected task facts (tests) mean no task object: nothing to judge, the executor scores alone.
+        task = None if self.task_meta is not None else self._load_task()
+        meta = dict(task.meta) if task is not None else self.task_meta
+        self.proposer.set_facts(  # the LLM is told what fitness is in this run
+            FitnessFacts.from_run(self.cfg, meta, self.archive.rows()))
+        executor = self.executor or make_executor(self.cfg.executor, worker_spec(self.cfg))
+        # A judged task's completions are graded here, where the API key may be (never in a worker).
+        executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
+        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
+                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
+        stopped = None
+        # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
+        # them together, so every worker is busy and timing never decides what the proposer saw; with
+        # lookahead the next generation is proposed while this one trains (docs/DESIGN.md, "Keeping the
+        # workers busy").
+        k = proposals_per_generation(self.cfg.candidates_per_generation, executor.parallelism)
+        done = int(self.archive.get_state("generations_done", 0))
+        self.proposed = max(done, int(self.archive.get_state("generations_proposed", done)))
+        try:
+            self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
+            executor.warm_up()
+            # The generation the last stop interrupted: its rows in flight re-run, its owed repairs asked
+            # (and, with lookahead, the next generation proposed meanwhile if the stop came before that).
+            in_flight = [r.id for r in self.archive.rows("status = ? AND generation <= ?", (Status.PROPOSED, done))]
+            if in_flight:
+                self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
+            if in_flight or done > 0:
+                self._generation(evaluator, done, in_flight, None, generations, k)
+            done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
+            self.display.set_generation("baselines")
+            ids = [self._add(reference_candidate(n), 0) for n in self.cfg.baselines if n not in done_refs]
+            self._evaluate_ids(evaluator, ids)
+            for generation in range(done + 1, generations + 1):
+                self.display.set_generation(f"gen {generation}/{generations}")
+                if self.proposed < generation:
+                    proposals = self.proposer.propose(self.archive.history(), k, generation)
+                    ids = self._archive_proposals(proposals, generation)
+                    candidates = dict(zip(ids, proposals, strict=True))
+                else:  # proposed ahead, while the previous generation trained
+                    rows = self.archive.rows("generation = ?", (generation,))
+                    ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}
+                self._generation(evaluator, generation, ids, candidates, generations, k)
+            conf = self.cfg.confirm
+            if conf.seeds > 0:
+                self.display.set_generation("confirming winners on fresh seeds")
+                self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
+                                 f"on {conf.seeds} fresh seeds and the held-back prompts")
+                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references)
+        except ProposerStop as stop:
+            stopped = str(stop)
+            # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
+            self.display.console.print(f"[yellow]run stopped: {escape(stopped)}[/]; fix the cause, then continue "
+                                       f"with: discover --resume {self.run_dir}", soft_wrap=True)
+        finally:
+            executor.close()
+            self.tracker.finish()
+            with suppress(ArchiveError):  # a stop inside propose() may have spent money: keep it counted
+                self._checkpoint()
+            if not self._abandoned:  # else its thread may still be using the proposer; it dies with the process
+                self.proposer.close()
+        return RunSummary(self.run_dir, time.perf_counter() - started, stopped)

@@ -1,0 +1,420 @@
+"""``discopop evaluate``: any set of losses, on any task, over a list of betas and fresh seeds.
+
+The paper's evidence for a discovered loss is not its discovery score but how it transfers: to
+held-out tasks and across the KL strength beta. This module runs that experiment with the same
+fair protocol and statistics as discovery's confirmation, so its verdicts mean the same thing:
+
+1. **Learning rate** (``tuning``): at each (task, beta) every loss is fine-tuned at every point of
+   ``training.lr_grid`` with the run seed and scored on the ``search`` prompts; its rate is the
+   best of those (``tuning.Sweep.best``: ties go to the smaller rate). A loss no rate could train is
+   failed at that beta (LRML's NaN at large beta shows up here).
+2. **Fresh seeds** (``confirmation.fresh_seeds``): each loss is re-trained at its own rate on the
+   same fresh seeds and scored on the ``confirm`` prompts, which chose nothing.
+3. **Verdicts** (``stats``): per (seed, prompt) paired differences against DPO and against the
+   strongest baseline at that beta, Holm-corrected over all comparisons at that (task, beta). A
+   failed seed fails the comparison. The strongest baseline is the other reference loss with the
+   best fresh-seed mean among those that trained on every fresh seed (by search fitness only when
+   none did): every reference runs on the same fresh seeds here, and a baseline picked on one search
+   seed can be beaten while another reference scores higher (measured: hinge led AQFL on the search
+   seed, AQFL led hinge by 0.014 on 10 fresh seeds). Picking the baseline by its fresh mean favours
+   the baseline (its winner's curse), so a "beats" stays conservative.
+
+All training runs through the sandboxed executor (candidate code only ever runs in the loss
+oracle); one executor per (task, beta), since beta is part of a worker's training config. Every
+fine-tune is cached in ``OUT/results.sqlite`` under (loss code hash, task key, beta, seed, split,
+learning rate), so an interrupted evaluation resumes where it stopped; as in the confirmation, a
+stored failure is never retried (retrying would select lucky seeds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from discopop.archive import Evaluation
+from discopop.config import RunSettings, plain
+from discopop.contract.losses import LossRejected, code_hash, read_source, static_check
+from discopop.execution.executors import Executor, Job, JobResult
+from discopop.fitness import stats
+from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
+from discopop.search.confirmation import fresh_seeds
+from discopop.tasks import stable_key
+
+SEARCH_SPLIT = "search"
+NOT_RUN = "not run yet"
+CACHE_NAME = "results.sqlite"
+BASELINE = "dpo"
+# Training settings that change what a fine-tune computes; a cached result is only re-used when they match.
+# beta and the learning rate are part of the cache key; timeouts and thread counts change nothing computed.
+_TRAINING_KEYS = ("epochs", "batch_size", "lr_scheduler", "warmup_steps", "max_grad_norm", "max_pairs",
+                  "pair_fraction")
+
+
+class EvaluateError(ValueError):
+    """Bad input to ``discopop evaluate``: one line for the user."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss to evaluate: its display name, its code (as given), where it came from, whether it is a reference."""
+
+    name: str
+    code: str
+    origin: str
+    reference: bool = False
+
+    @property
+    def hash(self) -> str:
+        return code_hash(self.code)
+
+
+def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int = 0,
+                   always: tuple[str, ...] = (BASELINE,)) -> list[LossSpec]:
+    """Reference names, loss files and a run's top ``top_k`` scored candidates, each static-checked here.
+
+    ``always`` names references added when missing (DPO: every verdict is relative to it). Names are made
+    unique; the same code given twice is evaluated once.
+    """
+    from discopop.proposers.reference import available, reference_candidate
+
+    specs: list[LossSpec] = []
+    for item in items:
+        path = Path(item)
+        if item in available():
+            cand = reference_candidate(item)
+            specs.append(LossSpec(item, cand.code, "reference", reference=True))
+        elif path.is_file():
+            try:
+                code, _ = read_source(path)
+            except (OSError, UnicodeDecodeError) as err:
+                raise EvaluateError(f"cannot read loss file {path}: {err}") from None
+            specs.append(LossSpec(path.stem, code, str(path)))
+        else:
+            raise EvaluateError(f"'{item}' is neither a loss file nor a reference loss "
+                                f"(references: {', '.join(available())})")
+    if run_dir is not None and top_k > 0:
+        specs.extend(run_winners(run_dir, top_k))
+    for name in always:
+        if not any(s.reference and s.name == name for s in specs):
+            specs.insert(0, LossSpec(name, reference_candidate(name).code, "reference", reference=True))
+    unique: dict[str, LossSpec] = {}
+    names: set[str] = set()
+    for spec in specs:
+        try:
+            static_check(spec.code)
+        except LossRejected as err:
+            raise EvaluateError(f"{spec.origin}: static check: {err}") from None
+        if spec.hash in unique:
+            continue
+        name, n = spec.name, 2
+        while name in names:
+            name, n = f"{spec.name}_{n}", n + 1
+        names.add(name)
+        unique[spec.hash] = LossSpec(name, spec.code, spec.origin, spec.reference)
+    if not unique:
+        raise EvaluateError("no losses to evaluate: name reference losses, loss files, or --run RUN_DIR --top-k K")
+    return list(unique.values())
+
+
+def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
+    """The ``top_k`` best scored non-reference candidates of a discovery run (by search fitness)."""
+    from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
+    from discopop.search.confirmation import top_candidates
+
+    if not (Path(run_dir) / ARCHIVE_NAME).is_file():
+        raise EvaluateError(f"{run_dir} is not a discopop run directory (no {ARCHIVE_NAME})")
+    try:
+        archive = Archive(Path(run_dir) / ARCHIVE_NAME, create=False)
+        rows = top_candidates(archive, top_k)
+        archive.close()
+    except (ArchiveError, sqlite3.DatabaseError) as err:
+        raise EvaluateError(f"cannot read the archive of {run_dir}: {err}") from None
+    if not rows:
+        raise EvaluateError(f"{run_dir} has no scored candidates to evaluate")
+    return [LossSpec(r.name, r.code, f"{run_dir}#{r.id}") for r in rows]
+
+
+def task_key(cfg: RunSettings | Mapping[str, Any]) -> str:
+    """The task's name plus a hash of everything (task and training settings) a cached result depends on."""
+    cfg = RunSettings.coerce(cfg)
+    training = {k: getattr(cfg.training, k) for k in _TRAINING_KEYS}
+    task = stable_key({k: v for k, v in plain(cfg.task).items() if k != "cache_dir"})
+    blob = json.dumps({"task": task, "training": training, "kl_coef": cfg.task.kl_coef}, sort_keys=True, default=str)
+    return f"{cfg.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    code_hash TEXT NOT NULL, task TEXT NOT NULL, beta REAL NOT NULL, seed INTEGER NOT NULL,
+    split TEXT NOT NULL, learning_rate REAL NOT NULL,
+    fitness REAL, reward REAL, kl REAL, kl_coef REAL, per_prompt TEXT, per_prompt_kl TEXT,
+    error TEXT, seconds REAL, created_at TEXT NOT NULL,
+    PRIMARY KEY (code_hash, task, beta, seed, split, learning_rate)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunKey:
+    code_hash: str
+    task: str
+    beta: float
+    seed: int
+    split: str
+    learning_rate: float
+
+
+class ResultCache:
+    """Every fine-tune of an evaluation, one SQLite row each, written as soon as it finishes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise EvaluateError(f"cannot open the result cache {self.path}: {err}") from None
+
+    @staticmethod
+    def _params(key: RunKey) -> tuple:
+        return (key.code_hash, key.task, float(key.beta), int(key.seed), key.split, float(key.learning_rate))
+
+    def get(self, key: RunKey) -> Evaluation | None:
+        row = self.conn.execute(
+            "SELECT * FROM runs WHERE code_hash=? AND task=? AND beta=? AND seed=? AND split=? AND learning_rate=?",
+            self._params(key)).fetchone()
+        if row is None:
+            return None
+        cols = [d[0] for d in self.conn.execute("SELECT * FROM runs LIMIT 0").description]
+        r = dict(zip(cols, row, strict=True))
+        return Evaluation(0, r["seed"], r["split"], r["learning_rate"], r["fitness"], r["reward"], r["kl"],
+                          r["kl_coef"] or 0.0, json.loads(r["per_prompt"] or "[]"),
+                          json.loads(r["per_prompt_kl"] or "[]"), r["error"])
+
+    def put(self, key: RunKey, result: JobResult) -> Evaluation:
+        """Store one finished fine-tune (or its failure) and return it as an ``Evaluation``."""
+        if result.ok:
+            ev = Evaluation.from_reply(0, key.seed, key.split, result.data)
+            ev.learning_rate = key.learning_rate
+        else:
+            ev = Evaluation(0, key.seed, key.split, key.learning_rate, error=f"{result.stage}: {result.error}")
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*self._params(key), ev.fitness, ev.reward, ev.kl, ev.kl_coef, json.dumps(ev.per_prompt),
+             json.dumps(ev.per_prompt_kl), ev.error, round(result.seconds, 3),
+             datetime.now(timezone.utc).isoformat(timespec="seconds")))
+        return ev
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Cell:
+    """One loss at one (task, beta): its learning-rate sweep, fresh-seed runs and verdicts."""
+
+    task: str
+    beta: float
+    loss: LossSpec
+    sweep: Sweep = field(default_factory=Sweep)
+    learning_rate: float | None = None
+    search_fitness: float | None = None
+    runs: dict[int, Evaluation] = field(default_factory=dict)  # fresh seed -> run
+    estimate: dict[str, Any] = field(default_factory=dict)  # mean, se, reward, kl, per-seed fitness, failed
+    vs_dpo: dict[str, Any] | None = None
+    vs_best: dict[str, Any] | None = None
+    best_baseline: str | None = None
+
+
+@dataclass
+class Progress:
+    """Callbacks a display implements: a fine-tune is about to run / has finished (cached ones count too)."""
+
+    planned: Callable[[int], None] = lambda n: None
+    done: Callable[[str, float, str, RunKey, Evaluation, bool], None] = lambda *a: None
+
+
+ExecutorFactory = Callable[[RunSettings], Executor]
+
+
+def beta_config(cfg: RunSettings | Mapping[str, Any], beta: float) -> RunSettings:
+    """The run settings with ``training.beta`` set to ``beta`` (a copy)."""
+    cfg = RunSettings.coerce(cfg)
+    return replace(cfg, training=replace(cfg.training, beta=float(beta)))
+
+
+class TransferEvaluation:
+    """Runs the protocol of the module docstring for ``losses`` on each task config and beta."""
+
+    def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings | Mapping[str, Any]], betas: list[float],
+                 n_seeds: int,
+                 cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
+                 train: bool = True):
+        if n_seeds < 1:
+            raise EvaluateError(f"--seeds must be >= 1, got {n_seeds}")
+        if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
+            raise EvaluateError(f"betas must be positive numbers, got {betas}")
+        self.losses = losses
+        self.task_cfgs = [RunSettings.coerce(c) for c in task_cfgs]
+        self.betas = [float(b) for b in betas]
+        self.n_seeds = n_seeds
+        self.cache = cache
+        self.make_executor = make_executor
+        self.progress = progress or Progress()
+        self.train = train  # False: report what the cache holds, run nothing (a cell not yet run says so)
+
+    def total_runs(self) -> int:
+        """Fine-tunes the whole evaluation needs at most (grid + fresh seeds per loss, task and beta)."""
+        grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid) if self.task_cfgs else 0
+        return len(self.task_cfgs) * len(self.betas) * len(self.losses) * (grid + self.n_seeds)
+
+    def run(self) -> list[Cell]:
+        self.progress.planned(self.total_runs())
+        cells: list[Cell] = []
+        for cfg in self.task_cfgs:
+            for beta in self.betas:
+                cells.extend(self._one(beta_config(cfg, beta)))
+        return cells
+
+    def _one(self, cfg: RunSettings) -> list[Cell]:
+        """All losses at one (task, beta): sweep, fresh seeds, verdicts."""
+        protocol = LrProtocol.from_config(cfg.training)
+        key_task, beta, seed = task_key(cfg), cfg.training.beta, cfg.seed
+        task_name = cfg.task.name
+        cells = [Cell(task_name, beta, loss) for loss in self.losses]
+        executor: list[Executor] = []  # started only if something is not cached
+        try:
+            search = {c.loss.hash: [RunKey(c.loss.hash, key_task, beta, seed, SEARCH_SPLIT, lr) for lr in protocol.grid]
+                      for c in cells}
+            found = self._run_keys(cfg, cells, search, executor)
+            for cell in cells:
+                for key in search[cell.loss.hash]:
+                    ev = found.get(key)
+                    if ev is None:  # not run yet (report-only)
+                        continue
+                    ok = ev.ok and math.isfinite(ev.fitness)
+                    cell.sweep.add(key.learning_rate, ok, {"fitness": ev.fitness}, "train", ev.error or "non-finite")
+                best = cell.sweep.best()
+                if best is not None:
+                    cell.learning_rate, cell.search_fitness = best[0], float(best[1]["fitness"])
+            seeds = fresh_seeds(seed, self.n_seeds)
+            confirm = {c.loss.hash: [RunKey(c.loss.hash, key_task, beta, s, CONFIRM_SPLIT, c.learning_rate)
+                                     for s in seeds] for c in cells if c.learning_rate is not None}
+            found = self._run_keys(cfg, cells, confirm, executor)
+            for cell in cells:
+                cell.runs = {k.seed: found[k] for k in confirm.get(cell.loss.hash, []) if k in found}
+        finally:
+            for ex in executor:
+                ex.close()
+        judge(cells, seeds)
+        return cells
+
+    def _run_keys(self, cfg: RunSettings, cells: list[Cell], keys: dict[str, list[RunKey]],
+                  executor: list[Executor]) -> dict[RunKey, Evaluation]:
+        """Each key's cached run, running (and caching) those not yet done through the executor."""
+        by_hash = {c.loss.hash: c for c in cells}
+        found: dict[RunKey, Evaluation] = {}
+        todo: dict[int, RunKey] = {}
+        jobs: list[Job] = []
+        for loss_hash, loss_keys in keys.items():
+            for key in loss_keys:
+                cached = self.cache.get(key)
+                if cached is not None:
+                    found[key] = cached
+                    self.progress.done(by_hash[loss_hash].loss.name, key.beta, by_hash[loss_hash].task, key, cached,
+                                       True)
+                    continue
+                todo[len(jobs)] = key
+                jobs.append(Job(len(jobs), by_hash[loss_hash].loss.code, "train", key.seed, split=key.split,
+                                learning_rate=key.learning_rate))
+        if jobs and self.train:
+            if not executor:
+                executor.append(self.make_executor(cfg))
+            for result in executor[0].run(jobs):
+                key = todo[result.job.row_id]
+                found[key] = self.cache.put(key, result)
+                cell = by_hash[key.code_hash]
+                self.progress.done(cell.loss.name, key.beta, cell.task, key, found[key], False)
+        return found
+
+
+def arm_matrix(runs: dict[int, Evaluation], seeds: list[int]) -> tuple[np.ndarray | None, str | None]:
+    """One loss's seeds x prompts fitness matrix, or None and why (a failed or missing seed fails the arm)."""
+    rows = []
+    for seed in seeds:
+        run = runs.get(seed)
+        if run is None:  # every key is run or cached as a failure, so a missing seed was not run yet
+            return None, NOT_RUN
+        per_prompt = run.per_prompt_fitness() if run.ok else []
+        if not run.ok or not per_prompt or not all(map(math.isfinite, per_prompt)):
+            return None, f"seed {seed} failed: {run.error or 'no finite per-prompt scores'}"
+        rows.append(per_prompt)
+    if len({len(r) for r in rows}) != 1:
+        return None, "per-prompt scores of different lengths"
+    return np.asarray(rows, dtype=float), None
+
+
+def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> None:
+    """Estimates per loss and verdicts against DPO and the strongest baseline, Holm over this (task, beta)."""
+    matrices: dict[str, np.ndarray | None] = {}
+    for cell in cells:
+        if cell.learning_rate is not None:
+            matrix, failed = arm_matrix(cell.runs, seeds)
+        elif cell.sweep.errors:
+            matrix, failed = None, "no learning rate trained: " + "; ".join(
+                f"{lr:g}: {e}" for lr, (_, e) in cell.sweep.errors.items())
+        else:
+            matrix, failed = None, NOT_RUN
+        matrices[cell.loss.hash] = matrix
+        done = [r for r in cell.runs.values() if r.ok]
+        cell.estimate = {
+            "seeds": seeds, "fitness": [cell.runs[s].fitness if s in cell.runs and cell.runs[s].ok else None
+                                        for s in seeds],
+            "mean": float(np.mean([r.fitness for r in done])) if done else None,
+            "reward": float(np.mean([r.reward for r in done])) if done else None,
+            "kl": float(np.mean([r.kl for r in done])) if done else None,
+            "se": stats.crossed_estimate(matrix).se if matrix is not None and len(seeds) >= 2 else None,
+            "failed": failed,
+        }
+    by_name = {c.loss.name: c for c in cells}
+    dpo = by_name.get(BASELINE) if by_name.get(BASELINE) and by_name[BASELINE].loss.reference else None
+    references = [c for c in cells if c.loss.reference and c.search_fitness is not None]
+    comparisons: list[tuple[Cell, str, stats.Comparison]] = []
+    for cell in cells:
+        targets: list[tuple[str, Cell]] = []
+        if dpo is not None and cell is not dpo:
+            targets.append(("vs_dpo", dpo))
+        others = [r for r in references if r is not cell]
+        if others:
+            by_search = sorted(others, key=lambda r: -r.search_fitness)  # the fallback first
+            best = stats.strongest_baseline(
+                by_search, lambda r: None if r.estimate["failed"] else r.estimate["mean"])
+            cell.best_baseline = best.loss.name
+            if best is not dpo or cell is dpo:
+                targets.append(("vs_best", best))
+        for role, base in targets:
+            failure = cell.estimate["failed"] and f"{cell.loss.name}: {cell.estimate['failed']}"
+            failure = failure or (base.estimate["failed"] and f"{base.loss.name}: {base.estimate['failed']}")
+            comp = stats.compare(cell.loss.name, base.loss.name, matrices[cell.loss.hash], matrices[base.loss.hash],
+                                 alpha=alpha, failure=failure or None)
+            comparisons.append((cell, role, comp))
+    stats.decide([c for *_, c in comparisons], alpha=alpha)
+    for cell, role, comp in comparisons:
+        entry = comp.as_dict()
+        entry["text"] = stats.describe(entry)
+        setattr(cell, role, entry)
+
