@@ -1,4 +1,4 @@
-"""The shape behind LRML's failure at small beta (README, "The paper's β sweep"): checked on the shipped loss.
+"""The shape behind LRML's failure at small beta (docs/results.md §3, the β sweep): checked on the shipped loss.
 
 In l = beta * rho, LRML has a well at l = -0.119 (the rejected answer preferred) and a barrier at l = +0.072,
 and its slope at rho = 0 is +0.784 * beta: from policy = reference it first trains toward the rejected
