@@ -339,7 +339,7 @@ def describe(comp: dict[str, Any] | None, baseline_label: str | None = None) -> 
     p_text = f", Holm p={p_adj:.3g}" if p_adj is not None else ""
     resolution = resolution_text(comp)
     resolution = f": {resolution}" if resolution else ""
-    return f"{comp['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] {comp['verdict']} {name}{resolution}{p_text}"
+    return f"{comp['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] {comp['verdict']} {name}{p_text}{resolution}"
 
 
 def mean_pm(estimate: dict[str, Any] | None) -> str:

@@ -311,11 +311,12 @@ def test_comparison_states_mde_and_tost_bound_in_its_dict_and_words() -> None:
     for key in ("delta", "se", "df", "ci", "p", "p_adjusted", "verdict", "mde", "mde_family", "equivalence"):
         assert key in stored
     text = stats.describe(stored, "DPO")
-    assert f"within noise of DPO: no gain (or loss) above {comp.equivalence:.3f}, MDE {comp.mde_family:.3f}" in text
+    assert text.endswith(f"within noise of DPO, Holm p={comp.p_adjusted:.3g}: no gain (or loss) above "
+                         f"{comp.equivalence:.3f}, MDE {comp.mde_family:.3f} (Holm, 2 tests)")
     old = {k: v for k, v in stored.items() if k not in ("mde", "mde_family", "equivalence", "family")}
     assert stats.describe(old, "DPO").endswith(f"within noise of DPO, Holm p={comp.p_adjusted:.3g}")
     beats = stats.decide([stats.compare("a", "b", a + 0.2, a)])[0]
-    assert "beats" in stats.describe(beats.as_dict()) and "MDE" in stats.describe(beats.as_dict())
+    assert stats.describe(beats.as_dict()).endswith(f"beats b, Holm p={beats.p_adjusted:.3g}: MDE {beats.mde:.3f}")
 
 
 def test_vectorised_student_t_matches_the_exact_scalar_route() -> None:
