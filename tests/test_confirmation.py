@@ -3,14 +3,17 @@ asks for, and the verdicts it stores for failed, missing, single and clear-cut c
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from discopop.archive import Archive, Evaluation
+from discopop.config.compose import compose
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
+from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
 from discopop.search.confirmation import best_references, fresh_seeds, judge, missing_jobs, strongest_on_fresh_seeds
 
 SEEDS = fresh_seeds(0, 3)
@@ -149,3 +152,24 @@ def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate
     assert {e.learning_rate for e in runs if e.candidate_id == bad} == {2e-5}
     assert comp.verdict == stats.FAILED and "nan_loss: seed 1000 failed" in comp.reason
     assert archive.get(bad).metrics["confirmation"]["fitness"] == [None, None]
+
+
+def test_the_fresh_seed_noise_the_confirmation_stores_reaches_the_llms_prompt(archive: Archive) -> None:
+    """Rows confirmed through ``judge`` (the real code path) give the LLM a measured noise level: the pooled std of
+    the stored per-seed fitness, never "not yet measured"."""
+    rng = np.random.default_rng(5)
+    cand, dpo = _row(archive, "cand", 0.9), _row(archive, "dpo", 0.8, "reference")
+    for row, acc in ((cand, 0.6), (dpo, 0.5)):
+        _runs(archive, row, acc, rng)
+    judge(archive, [archive.get(cand)], archive.get(dpo), None, SEEDS)
+    cfg, _ = compose([])
+    facts = FitnessFacts.from_run(cfg, {}, archive.rows())
+    per_seed = [archive.get(r).metrics["confirmation"]["fitness"] for r in (cand, dpo)]
+    expected = math.sqrt(np.mean([np.var(f, ddof=1) for f in per_seed]))
+    assert facts.noise_candidates == 2 and facts.noise_std == pytest.approx(expected)
+    noise_line = next(line for line in facts.render().splitlines() if "noise level" in line)
+    assert NOT_MEASURED not in noise_line and f"about {expected:.3f}" in noise_line
+    # a confirmation archived before ``std`` was stored: the per-seed fitness still gives it
+    old = {k: v for k, v in archive.get(cand).metrics["confirmation"].items() if k != "std"}
+    archive.update_metrics(cand, {"confirmation": old})
+    assert FitnessFacts.from_run(cfg, {}, archive.rows()).noise_std == pytest.approx(expected)

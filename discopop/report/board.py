@@ -99,7 +99,9 @@ def leaderboard_view(rows: list[Row]) -> View:
     about = ("Scored candidates ranked by search fitness (baselines are rows with proposer 'reference'). "
              "Where the loop re-scored a candidate on fresh seeds, its mean ± SE is shown with its paired "
              "comparison to DPO and to the strongest baseline: the gain, its 95% CI over seeds and prompts, and "
-             "the verdict after a Holm correction over all of the confirmation's comparisons.")
+             "the verdict after a Holm correction over all of the confirmation's comparisons, with what the "
+             "comparison could have seen: its minimum detectable effect at 80% power (MDE, at the Holm-corrected "
+             "alpha) and, within noise, the TOST bound X no real gain or loss exceeds.")
     view = View("leaderboard", "Leaderboard", about)
     if not rows:
         view.note = EMPTY_NOTE

@@ -51,6 +51,8 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
                       "selection and confirmation use")
     if any(isinstance(r.metrics.get("confirmation"), dict) for r in rows):
         console.print("fresh seeds: paired over seeds and confirm prompts; CI before, verdict after Holm correction "
-                      f"over all comparisons (alpha {stats.ALPHA}); a failed seed fails its comparisons")
+                      f"over all comparisons (alpha {stats.ALPHA}); a failed seed fails its comparisons. MDE: the "
+                      f"gain detected with {stats.POWER:.0%} power at the Holm-corrected alpha; 'no gain (or loss) "
+                      "above X': the TOST equivalence bound")
     if not rows:
         console.print("no candidate was scored yet")

@@ -16,9 +16,10 @@ training run is an ``evaluations`` row in the archive, so a resumed confirmation
 already done, and a failed run stays failed: it makes its comparisons "failed", never a smaller
 sample. Results go to ``metrics["confirmation"]`` of each confirmed row:
 
-``{"seeds", "fitness" (per seed, None where it failed), "mean", "se", "learning_rate", "failed",
-"vs_dpo", "vs_best"}`` where ``vs_*`` are ``stats.Comparison.as_dict()`` plus ``"text"``
-(``vs_best`` is None when DPO is the strongest baseline; both are absent on baseline rows).
+``{"seeds", "fitness" (per seed, None where it failed), "mean", "se", "std" (of the per-seed fitness:
+the fresh-seed noise the LLM is told, ``proposers.facts``), "learning_rate", "failed", "vs_dpo",
+"vs_best"}`` where ``vs_*`` are ``stats.Comparison.as_dict()`` plus ``"text"`` (``vs_best`` is None
+when DPO is the strongest baseline; both are absent on baseline rows).
 """
 
 from __future__ import annotations
@@ -119,10 +120,12 @@ def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray
         if run is not None and run.ok:
             matrix.append(run.per_prompt_fitness())
     summary: dict[str, Any] = {"seeds": seeds, "fitness": fitness, "learning_rate": learning_rate(row),
-                               "failed": failed, "mean": None, "se": None}
+                               "failed": failed, "mean": None, "se": None, "std": None}
     done = [f for f in fitness if f is not None]
     if done:
         summary["mean"] = float(np.mean(done))
+    if len(done) >= 2:
+        summary["std"] = float(np.std(done, ddof=1))
     if failed is not None or len({len(m) for m in matrix}) != 1:
         if failed is None:
             summary["failed"] = "per-prompt scores of different lengths"

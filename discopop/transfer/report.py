@@ -34,7 +34,7 @@ CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "l
               "lr_sweep", "lr_errors", "seeds", "fitness_per_seed", "mean", "se", "reward", "kl", "failed",
               "vs_dpo_verdict", "vs_dpo_delta", "vs_dpo_ci_low", "vs_dpo_ci_high", "vs_dpo_p_holm",
               "best_baseline", "vs_best_verdict", "vs_best_delta", "vs_best_ci_low", "vs_best_ci_high",
-              "vs_best_p_holm")
+              "vs_best_p_holm", "vs_dpo_mde", "vs_dpo_equivalence", "vs_best_mde", "vs_best_equivalence")
 
 
 def _num(x: float | None, digits: int = 6) -> str:
@@ -62,7 +62,9 @@ def _verdict_fields(prefix: str, comp: dict[str, Any] | None) -> dict[str, str]:
     ci = comp.get("ci") or (None, None)
     return {f"{prefix}_verdict": comp.get("verdict", ""), f"{prefix}_delta": _num(comp.get("delta")),
             f"{prefix}_ci_low": _num(ci[0]), f"{prefix}_ci_high": _num(ci[1]),
-            f"{prefix}_p_holm": _num(comp.get("p_adjusted"), 4)}
+            f"{prefix}_p_holm": _num(comp.get("p_adjusted"), 4),
+            f"{prefix}_mde": _num(comp.get("mde_family") if comp.get("mde_family") is not None else comp.get("mde")),
+            f"{prefix}_equivalence": _num(comp.get("equivalence"))}
 
 
 def csv_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:

@@ -46,9 +46,9 @@ class FitnessFacts:
         variances = []
         for row in rows:
             conf = (getattr(row, "metrics", None) or {}).get("confirmation") or {}
-            std, values = conf.get("std"), conf.get("fitness") or []
-            if isinstance(std, int | float) and math.isfinite(std) and len(values) > 1:
-                variances.append(float(std) ** 2)
+            variance = _fresh_seed_variance(conf)
+            if variance is not None:
+                variances.append(variance)
         sft = task_meta.get("sft_heldout_reward")
         return cls(
             kl_coef=float(cfg.task.kl_coef), beta=float(training.beta), learning_rates=rates, epochs=epochs,
@@ -85,6 +85,19 @@ class FitnessFacts:
             f"- noise level: {noise}.",
             f"- the reference (SFT) model, before any preference training, scores {sft}: a useful loss beats it.",
         ])
+
+
+def _fresh_seed_variance(conf: Mapping[str, Any]) -> float | None:
+    """One confirmed row's fitness variance over its fresh seeds: the stored ``std`` (``confirmation.arm_scores``),
+    else computed from the stored per-seed ``fitness`` (confirmations archived before ``std`` was written)."""
+    values = [float(v) for v in conf.get("fitness") or () if isinstance(v, int | float) and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    std = conf.get("std")
+    if isinstance(std, int | float) and math.isfinite(std):
+        return float(std) ** 2
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 def seed_noise(entries: Iterable[Any]) -> tuple[float, int] | None:
