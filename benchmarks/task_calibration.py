@@ -8,8 +8,15 @@ shapes differ, or only at their slope at zero?). Ends with DPO's chosen-rate sco
 best grid mean (the protocol must not handicap DPO) and the spread between losses in units of
 the seed std.
 
+Each loss's line also gives, at its chosen rate, the score the fitness uses (``task.score``), greedy accuracy
+and KL. The run ends with how much per-prompt signal each score carries: over every fine-tune it ran
+(losses x rates x seeds), the share of held-out prompts whose greedy 0/1 reward ever changes, against the
+share whose answer probability moves by more than 0.01 and 0.05 (a prompt that never changes cannot tell
+two losses apart in the paired statistics).
+
     python benchmarks/task_calibration.py --seeds 3
     python benchmarks/task_calibration.py --seeds 3 --losses dpo,ipo,pfl task=sorting
+    python benchmarks/task_calibration.py --seeds 2 --losses dpo,aqfl,hinge training.lr_grid=[4e-5]
 """
 
 from __future__ import annotations
@@ -57,9 +64,13 @@ def main() -> None:
     print(f"task {task.name}: SFT reference held-out reward {task.meta['sft_heldout_reward']:.3f}; "
           f"beta {cfg['training']['beta']}, {cfg['training']['epochs']} epochs, lr grid "
           f"{', '.join(f'{lr:g}' for lr in protocol.grid)}; {args.seeds} seeds", flush=True)
-    tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()))
+    tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()), kl_coef=float(cfg["task"]["kl_coef"]))
+    print(f"fitness = {task.score if task.answer else 'greedy'} score - {cfg['task']['kl_coef']} x KL", flush=True)
     header = " ".join(f"{f'lr {lr:g}':>15s}" for lr in protocol.grid)
-    print(f"{'loss':12s} {header} {'chosen':>8s} {'at chosen':>15s} {'|b*rho| q10/50/90':>20s}", flush=True)
+    print(f"{'loss':12s} {header} {'chosen':>8s} {'at chosen':>15s} {'|b*rho| q10/50/90':>20s} "
+          f"{'score/greedy/KL at chosen':>26s}", flush=True)
+    probability: list[list[float]] = []  # per fine-tune: each search prompt's answer probability
+    greedy: list[list[float]] = []  # ... and its greedy 0/1 reward
     chosen_scores: dict[str, tuple[float, float]] = {}
     best_means: dict[str, float] = {}
     started = time.perf_counter()
@@ -72,19 +83,46 @@ def main() -> None:
         best_means[name] = max(statistics.fmean(v) for v in fitness.values())
         margins = [runs[chosen][0].metrics.get(f"margin_abs_q{q}", float("nan")) for q in (10, 50, 90)]
         cells = " ".join(f"{_cell(fitness[lr]):>15s}" for lr in protocol.grid)
+        at = [r.score for r in runs[chosen]]
+        terms = (statistics.fmean(s.reward for s in at), statistics.fmean(s.greedy or 0.0 for s in at),
+                 statistics.fmean(s.kl for s in at))
         print(f"{name:12s} {cells} {chosen:>8g} {_cell(fitness[chosen]):>15s} "
-              f"{'/'.join(f'{m:.2f}' for m in margins):>20s}", flush=True)
+              f"{'/'.join(f'{m:.2f}' for m in margins):>20s} {'/'.join(f'{t:.3f}' for t in terms):>26s}", flush=True)
+        if name != "negated_dpo":
+            for r in (r for rs in runs.values() for r in rs):
+                greedy.append(r.score.per_prompt_greedy)
+                if task.answer is not None and task.score == "probability":
+                    probability.append(r.score.per_prompt)
     print(f"({time.perf_counter() - started:.0f} s)")
     if "dpo" in chosen_scores:
         mean, std = chosen_scores["dpo"]
         print(f"DPO at its chosen rate {mean:.3f} ± {std:.3f}; its best grid mean {best_means['dpo']:.3f} "
               f"(gap {best_means['dpo'] - mean:+.3f})")
+    _signal(greedy, probability)
     real = {k: v for k, v in chosen_scores.items() if k != "negated_dpo"}
     if len(real) > 1:
         pooled = statistics.fmean(s for _, s in real.values()) or 1e-9
         top, bottom = max(m for m, _ in real.values()), min(m for m, _ in real.values())
         print(f"spread of reference losses at their chosen rates: {top - bottom:.3f} = "
               f"{(top - bottom) / pooled:.0f}x the mean seed std ({pooled:.4f})")
+
+
+def _signal(greedy: list[list[float]], probability: list[list[float]]) -> None:
+    """Per held-out prompt, does its score move between fine-tunes? Constant prompts carry no paired signal."""
+    if len(greedy) < 2:
+        return
+    prompts = len(greedy[0])
+    columns = list(zip(*greedy, strict=True))
+    always = sum(all(v == 1.0 for v in c) for c in columns) / prompts
+    never = sum(all(v == 0.0 for v in c) for c in columns) / prompts
+    print(f"over {len(greedy)} fine-tunes, {prompts} search prompts: greedy 0/1 varies on "
+          f"{1 - always - never:.1%} (right every time {always:.1%}, never {never:.1%})")
+    if len(probability) >= 2:
+        ranges = [max(c) - min(c) for c in zip(*probability, strict=True)]
+        stds = [statistics.stdev(c) for c in zip(*probability, strict=True)]
+        print(f"answer probability moves by > 0.01 on {sum(r > 0.01 for r in ranges) / prompts:.1%}, by > 0.05 on "
+              f"{sum(r > 0.05 for r in ranges) / prompts:.1%} of prompts; median range "
+              f"{statistics.median(ranges):.3f}, median std across fine-tunes {statistics.median(stds):.3f}")
 
 
 if __name__ == "__main__":

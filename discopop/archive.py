@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     per_prompt TEXT NOT NULL DEFAULT '[]',
     per_prompt_kl TEXT NOT NULL DEFAULT '[]',
     error TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    greedy REAL
 );
 CREATE INDEX IF NOT EXISTS evaluations_candidate ON evaluations (candidate_id, split, seed);
 """.replace("STATUS_LIST", ",".join(f"'{s}'" for s in STATUSES))
@@ -146,6 +147,7 @@ class Evaluation:
     per_prompt: list[float] = field(default_factory=list)  # reward per prompt, in task.prompts(split) order
     per_prompt_kl: list[float] = field(default_factory=list)
     error: str | None = None
+    greedy: float | None = None  # greedy accuracy beside the reward (None: judged, or archived before it existed)
 
     @property
     def ok(self) -> bool:
@@ -162,7 +164,8 @@ class Evaluation:
         """From a worker's successful train reply."""
         return cls(candidate_id, seed, split, learning_rate=data.get("learning_rate"), fitness=data["fitness"],
                    reward=data["reward"], kl=data["kl"], kl_coef=float(data.get("kl_coef") or 0.0),
-                   per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])))
+                   per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])),
+                   greedy=_number(data.get("greedy")))
 
 
 def ranked(rows: Iterable[Row], policy: seed_race.RacePolicy | None = None) -> list[Row]:
@@ -195,10 +198,17 @@ class Archive:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self.conn.executescript(_SCHEMA)
+                self._add_missing_columns()
             else:
                 self.conn.execute("SELECT 1 FROM candidates LIMIT 1")
         except sqlite3.DatabaseError as err:
             raise ArchiveError(f"cannot open archive {self.path}: {err}") from None
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since an archive was made (``evaluations.greedy``), so a resumed run can write them."""
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(evaluations)")}
+        if "greedy" not in have:
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN greedy REAL")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -254,9 +264,9 @@ class Archive:
     def _insert_evaluation(conn: sqlite3.Connection, e: Evaluation) -> None:
         conn.execute(
             "INSERT INTO evaluations (candidate_id, seed, split, learning_rate, fitness, reward, kl, kl_coef,"
-            " per_prompt, per_prompt_kl, error, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " per_prompt, per_prompt_kl, error, created_at, greedy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (e.candidate_id, e.seed, e.split, e.learning_rate, e.fitness, e.reward, e.kl, e.kl_coef,
-             json.dumps(e.per_prompt), json.dumps(e.per_prompt_kl), e.error, _now()),
+             json.dumps(e.per_prompt), json.dumps(e.per_prompt_kl), e.error, _now(), e.greedy),
         )
 
     def evaluations(self, candidate_id: int | None = None, split: str | None = None) -> list[Evaluation]:
@@ -275,7 +285,7 @@ class Archive:
             return []
         return [Evaluation(r["candidate_id"], r["seed"], r["split"], r["learning_rate"], r["fitness"], r["reward"],
                            r["kl"], r["kl_coef"] or 0.0, json.loads(r["per_prompt"]), json.loads(r["per_prompt_kl"]),
-                           r["error"]) for r in found]
+                           r["error"], r["greedy"] if "greedy" in r.keys() else None) for r in found]
 
     def update_metrics(self, row_id: int, metrics: dict[str, Any]) -> None:
         """Merge extra metrics (e.g. fresh-seed confirmation) into a finished row."""

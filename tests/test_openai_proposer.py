@@ -444,16 +444,17 @@ def test_the_system_prompt_states_the_runs_fitness_facts(server, make):
     assert ("each loss is trained for 3 epochs with Adam and judged at its best learning rate on the grid "
             "[2.5e-06, 5e-06, 1e-05], chosen on the search prompts") in system
     assert "noise level: not yet measured." in system
-    assert "scores 0.587" in system
+    assert "mean probability the policy gives the exactly right answer" in system  # task.score=probability
+    assert "answers 0.587 of the held-out prompts right greedily" in system
 
 
 def test_other_settings_give_other_facts():
     # ``++training.lr_grid=null``: one learning rate, whether or not the config has a grid.
     text = P.system_prompt(run_facts(["task.kl_coef=0.3", "training.beta=0.05", "training.learning_rate=2e-5",
-                                      "++training.lr_grid=null", "training.epochs=1"], sft=None))
+                                      "++training.lr_grid=null", "training.epochs=1", "task.score=greedy"], sft=None))
     assert "kl_coef = 0.3" in text and "beta = 0.05:" in text and "kl_coef = 0.05" not in text
     assert "each loss is trained for 1 epoch at learning rate 2e-05 with Adam" in text
-    assert "scores not recorded" in text
+    assert "scores not recorded" in text and "mean task reward of its greedy answers" in text
 
 
 def test_noise_is_the_measured_fresh_seed_spread():

@@ -14,7 +14,8 @@ from discopop.proposers.base import Candidate
 from discopop.search.confirmation import judge
 
 REPO = Path(__file__).resolve().parents[1]
-SECTION_IDS = ("leaderboard", "fitness", "lineage", "diffs", "loss-shapes", "reward-kl", "failures", "timing")
+SECTION_IDS = ("leaderboard", "fitness", "lineage", "diffs", "loss-shapes", "reward-kl", "frontier", "failures",
+               "timing")
 IMG = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"')
 
 ARGS = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
@@ -47,7 +48,9 @@ def _scored(arch: Archive, name: str, code: str, gen: int, fitness: float, paren
             kl: float = 1.0, thought: str = "") -> int:
     row = arch.add(Candidate(name=name, code=code, thought=thought, parent_ids=list(parents), proposer=proposer), gen)
     arch.finish(row, "scored", fitness=fitness, metrics={
-        "reward": fitness + 0.1 * kl, "kl": kl, "fitness": fitness, "steps": 20,
+        "reward": fitness + 0.1 * kl, "kl": kl, "fitness": fitness, "steps": 20, "learning_rate": 2e-5,
+        "lr_points": {f"{lr:g}": {"reward": fitness + 0.1 * kl * f, "greedy": fitness, "kl": kl * f}
+                      for lr, f in ((1e-5, 0.5), (2e-5, 1.0), (4e-5, 2.0))},
         "checks": {"uses_beta": True, "curve": _curve(code)}, **_secs(0.4, 11.0 + gen, 2.5)})
     return row
 
@@ -125,7 +128,7 @@ def test_report_has_every_section_and_embedded_figures(run_dir: Path) -> None:
     sections = _sections(text)
     assert list(sections) == list(SECTION_IDS)
     assert len(IMG.findall(text)) >= 6
-    for sid in ("fitness", "lineage", "loss-shapes", "reward-kl", "failures", "timing"):
+    for sid in ("fitness", "lineage", "loss-shapes", "reward-kl", "frontier", "failures", "timing"):
         assert IMG.search(sections[sid]), sid
     assert "beats DPO" in sections["leaderboard"]
     assert "mixed_exp" in sections["diffs"] and 'class="add"' in sections["diffs"]
@@ -269,3 +272,24 @@ def test_measured_behaviour_shows_in_the_candidate_views(tmp_path: Path) -> None
                for c in captions), captions
     assert pushes in _sections(report.write_report(tmp_path).read_text(encoding="utf-8"))["leaderboard"]
     assert report.failure_reason(rows[1]) == "same training behaviour as #N (…)"
+
+
+def test_the_frontier_has_one_series_per_loss_with_escaped_labels(run_dir: Path) -> None:
+    from discopop.report.frontier import frontier_view, frontiers
+
+    arch = Archive(run_dir / ARCHIVE_NAME)
+    _scored(arch, "$x^2$ <b>", DPO.replace("dpo", "mathy"), 4, 0.9, [1])
+    arch.close()
+    rows = report.load_rows(run_dir)
+    expected = frontiers(rows)
+    # every baseline (3) and the top 5 evolved (of 5 scored), each with its three learning rates in rate order
+    assert len(expected) == 8 and all(len(f.points) == 3 for f in expected)
+    assert [p[1] for p in expected[0].points] == sorted(p[1] for p in expected[0].points)
+    view = frontier_view(rows)
+    ax = view.figure.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert len(labels) == len(expected) == len(set(labels))
+    assert sum("mathy" in label or "x^2" in label for label in labels) == 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert r"#13 \$x^2\$ <b>" in legend  # a literal dollar for matplotlib: never mathtext
+    view.png_base64()  # renders

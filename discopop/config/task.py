@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 from discopop.config.base import ConfigError, require, setting
 
+SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.fitness.scoring)
+
 
 @dataclass
 class SftSettings:
@@ -49,7 +51,12 @@ class SyntheticTaskSettings:
     heldout_prompts: int = setting(3000, "Split off first, by unordered problem: held-out prompts never trained on.")
     search_prompts: int | None = setting(500, "Of the held-out prompts, those scored during the search; the rest "
                                               "confirm the winners (null: half).")
-    kl_coef: float = setting(0.0, "KL penalty on the reward; exact-match reward cannot be bought by drifting.")
+    score: str = setting("probability", "Per-prompt score of the fitness: probability (the policy's teacher-forced "
+                                        "probability of the correct answer, the exact expected 0/1 reward) or greedy "
+                                        "(0/1 accuracy of the greedy answer, reported beside it either way).")
+    kl_coef: float = setting(0.5, "fitness = score - kl_coef * KL(policy || reference), the KL-regularised objective "
+                                  "DPO-family losses optimise, at the default training.beta (0.5); fixed, so runs at "
+                                  "other betas are scored on one objective (see discopop/fitness/scoring.py).")
     sft: SftSettings = setting(SftSettings(), "The SFT reference policy.")
     pairs: PairsSettings = setting(PairsSettings(), "The preference pairs.")
 
@@ -58,6 +65,8 @@ class SyntheticTaskSettings:
 
         require(self.language in LANGUAGES,
                 f"task.language must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
+        require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ requests until told to exit:
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
 * ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
-  "reward", "kl", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
+  "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
   (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
@@ -175,7 +175,8 @@ class Worker:
         if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
         return {
-            "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "steps": result.steps,
+            "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "greedy": score.greedy,
+            "steps": result.steps,
             "final_loss": result.final_loss, "train_seconds": result.train_seconds,
             "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
             # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (fitness.stats)

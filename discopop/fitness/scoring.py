@@ -1,11 +1,17 @@
 """Held-out scoring of a tuned policy: reward, KL to the reference, and fitness.
 
-* reward: mean task reward of *greedy* completions on the held-out prompts (greedy, because it
-  is what a deployed model does and it is far less noisy than one sample per prompt);
-* KL(policy || reference): Monte-Carlo estimate from one sampled completion per held-out prompt,
-  the mean of log pi(y|x) - log pi_ref(y|x) over sequences (an unbiased estimator);
-* fitness = reward - kl_coef * KL. ``kl_coef`` is per task: a reward that can be bought by
-  drifting far from the reference needs it; an exactly verifiable reward does not.
+* reward (the score the fitness uses), per held-out prompt:
+  - where the reward is exact match (the embedded tasks, ``task.answer`` known) and ``task.score`` is
+    ``probability`` (the default): the policy's teacher-forced probability of the correct answer, which
+    is exactly the expected 0/1 reward of a sampled completion (``discopop.fitness.likelihood``);
+  - otherwise (``task.score=greedy``, a reward model, a judge): the task reward of the *greedy*
+    completion (what a deployed model does, far less noisy than one sample per prompt).
+  Greedy accuracy is computed either way and reported beside it (``Score.greedy``).
+* KL(policy || reference) of each prompt: the exact next-token KL summed along one completion sampled
+  from the policy (Rao-Blackwellised, unbiased for the sequence KL; ``likelihood.token_kl_sums``);
+* fitness = reward - kl_coef * KL: the KL-regularised objective every DPO-family loss derives its
+  optimum from. ``kl_coef`` is per task (``task.kl_coef``): without it a loss "wins" by moving further
+  from the reference than its rivals (measured: +0.022 greedy accuracy bought with twice DPO's KL).
 
 A :class:`Score` also keeps the per-prompt reward and KL terms (in ``task.prompts(split)`` order):
 two losses scored on the same prompts are compared prompt by prompt (``discopop.fitness.stats``), which
@@ -18,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from discopop.fitness.likelihood import answer_probabilities, token_kl_sums
 from discopop.tasks import Task
 from discopop.tasks.synthetic import decode_loop
 
@@ -28,9 +35,11 @@ class Score:
     reward: float
     kl: float
     seconds: float = 0.0
-    per_prompt: list[float] = field(default_factory=list)  # reward of each prompt, in task.prompts(split) order
+    per_prompt: list[float] = field(default_factory=list)  # the fitness's score of each prompt, task.prompts order
     per_prompt_kl: list[float] = field(default_factory=list)  # KL estimate of each prompt, same order
     completions: list[str] | None = None  # greedy completions, same order: only for a judged task
+    greedy: float | None = None  # mean reward of the greedy completions (accuracy on an exact task); None: judged
+    per_prompt_greedy: list[float] = field(default_factory=list)  # greedy reward of each prompt, same order
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -41,23 +50,6 @@ def per_prompt_fitness(rewards: list[float], kls: list[float], kl_coef: float) -
     if kl_coef == 0.0:
         return [float(r) for r in rewards]
     return [r - kl_coef * k for r, k in zip(rewards, kls, strict=True)]
-
-
-@torch.no_grad()
-def _sequence_logps(model, prompt_ids: torch.Tensor, completion: torch.Tensor, eos_id: int,
-                    prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed log-probs of each completion (up to and including its first EOS); ``prompt_mask`` as in decoding."""
-    ids = torch.cat([prompt_ids, completion], dim=1)
-    if prompt_mask is None:
-        out = model(input_ids=ids)
-    else:
-        mask = torch.cat([prompt_mask, prompt_mask.new_ones(completion.shape)], dim=1)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.long().cumsum(1) - 1).clamp(min=0))
-    logits = out.logits[:, prompt_ids.shape[1] - 1:-1].float()
-    logps = torch.log_softmax(logits, dim=-1).gather(2, completion.unsqueeze(2)).squeeze(2)
-    is_eos = (completion == eos_id).int()
-    before_first_eos = (torch.cumsum(is_eos, dim=1) - is_eos) == 0  # tokens up to and incl. first EOS
-    return (logps * before_first_eos).sum(dim=1)
 
 
 @dataclass
@@ -103,14 +95,21 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def uses_probability(task: Task) -> bool:
+    """Whether the fitness scores ``task`` by the probability of its correct answer (else: greedy reward)."""
+    return task.answer is not None and task.score == "probability"
+
+
 @torch.no_grad()
 def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: float,
                  split: str = "search", batch_size: int | None = None) -> Score:
     """Score ``policy`` on the task's held-out prompts (both models in eval mode, no grad).
 
-    Decoding and the reward model run on the policy's device. For a judged task (``task.judged``)
-    the reward is left at 0 and the greedy completions are returned instead: the judge runs in the
-    trusted main process (``discopop.fitness.judge``), which holds the API key a sandboxed worker must not.
+    Per batch: greedy decoding (greedy reward), one sampled completion (KL), and, for an exact-answer
+    task, one teacher-forced pass over the correct answers (probability score). Decoding and the
+    reward model run on the policy's device. For a judged task (``task.judged``) the reward is left
+    at 0 and the greedy completions are returned instead: the judge runs in the trusted main process
+    (``discopop.fitness.judge``), which holds the API key a sandboxed worker must not.
     """
     policy.eval()
     device = _device(policy)
@@ -119,6 +118,7 @@ def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: f
     prompts = task.prompts(split)
     texts: list[str | None] = [None] * len(prompts)
     kls = [0.0] * len(prompts)
+    probabilities = [0.0] * len(prompts)
     for batch in length_batches(tokenizer, prompts, batch_size or task.score_batch_size, device):
         greedy = decode_loop(policy, batch.ids, task.max_new_tokens, eos_id, sample=False, gen=gen,
                              attention_mask=batch.mask)
@@ -129,14 +129,20 @@ def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: f
                 texts[position] = tokenizer.decode(row)
         sampled = decode_loop(policy, batch.ids, task.max_new_tokens, eos_id, sample=True, gen=gen,
                               attention_mask=batch.mask)
-        diff = (_sequence_logps(policy, batch.ids, sampled, eos_id, batch.mask)
-                - _sequence_logps(reference, batch.ids, sampled, eos_id, batch.mask))
-        for position, value in zip(batch.positions, diff.tolist(), strict=True):
+        kl = token_kl_sums(policy, reference, batch.ids, sampled, eos_id, batch.mask)
+        for position, value in zip(batch.positions, kl.tolist(), strict=True):
             kls[position] = value
+        if task.answer is not None:
+            answers = [tokenizer(task.answer(p), add_special_tokens=False)["input_ids"] for p in batch.prompts]
+            probability = answer_probabilities(policy, batch.ids, answers, eos_id, batch.mask)
+            for position, value in zip(batch.positions, probability.tolist(), strict=True):
+                probabilities[position] = value
     kl = sum(kls) / len(kls)
     if task.judged:
         return Score(fitness=-kl_coef * kl, reward=0.0, kl=kl, per_prompt=[0.0] * len(prompts), per_prompt_kl=kls,
                      completions=["" if t is None else t for t in texts])
-    rewards = task.rewards(prompts, texts, device=device)
+    greedy_rewards = task.rewards(prompts, texts, device=device)
+    rewards = probabilities if uses_probability(task) else greedy_rewards
     reward = sum(rewards) / len(rewards)
-    return Score(fitness=reward - kl_coef * kl, reward=reward, kl=kl, per_prompt=rewards, per_prompt_kl=kls)
+    return Score(fitness=reward - kl_coef * kl, reward=reward, kl=kl, per_prompt=rewards, per_prompt_kl=kls,
+                 greedy=sum(greedy_rewards) / len(greedy_rewards), per_prompt_greedy=greedy_rewards)

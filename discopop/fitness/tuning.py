@@ -104,8 +104,15 @@ class Sweep:
             "learning_rate": chosen,
             "lr_tuned": self.tuned,
             "lr_sweep": {f"{lr:g}": round(float(d["fitness"]), 6) for lr, d in sorted(self.results.items())},
+            # each rate's reward (the fitness's score), greedy accuracy and KL: the loss's reward-KL frontier
+            "lr_points": {f"{lr:g}": {k: _rounded(d.get(k)) for k in ("reward", "greedy", "kl")}
+                          for lr, d in sorted(self.results.items())},
             "lr_errors": {f"{lr:g}": f"{stage}: {err}" for lr, (stage, err) in sorted(self.errors.items())},
             # The optimum may lie beyond the grid: a user would widen it; the report says so.
             "lr_at_edge": bool(self.tuned and chosen is not None and len(grid) > 1
                                and (math.isclose(chosen, grid[0]) or math.isclose(chosen, grid[-1]))),
         }
+
+
+def _rounded(value: Any) -> float | None:
+    return round(float(value), 6) if isinstance(value, int | float) and not isinstance(value, bool) else None

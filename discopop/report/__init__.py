@@ -8,6 +8,7 @@ directory, or by a tool that knows nothing else about discopop. Each view is a s
 One module per view family: ``run`` (reading the archive, ranking, winner, lineage graph),
 ``figures`` (``View``, palette, canvas), ``board`` (leaderboard), ``progress`` (fitness over
 generations, reward against KL), ``lineage`` (graph and code diffs), ``shapes`` (loss curves),
+``frontier`` (each loss's reward–KL points over its learning rates),
 ``failures`` (failures and time per stage) and ``document`` (the HTML file and notebook display).
 Callers use the names re-exported here.
 """
@@ -28,6 +29,7 @@ from discopop.report.figures import (
     STATUS_COLOURS,
     View,
 )
+from discopop.report.frontier import frontier_view
 from discopop.report.lineage import MAX_DIFFS, ancestry_edges, code_diff_html, diffs_view, lineage_view
 from discopop.report.progress import fitness_view, reward_kl_view
 from discopop.report.run import EMPTY_NOTE, ancestry, baseline, lineage_graph, load_rows, scored, summary, winner
@@ -37,6 +39,7 @@ __all__ = [
     "BASELINE_STYLE", "CMAP", "DPI", "EMPTY_NOTE", "FITNESS_LABEL", "GREY", "MAX_DIFFS", "OKABE_ITO", "SERIES_COLOURS",
     "STATUS_COLOURS", "TOP_SHAPES", "TOP_TABLE", "VIEWS", "View", "ancestry", "ancestry_edges", "baseline",
     "behaviour", "build_views", "code_diff_html", "diffs_view", "failure_reason", "failure_stage", "failures_view",
-    "fitness_view", "leaderboard", "leaderboard_view", "lineage_graph", "lineage_view", "load_rows", "loss_curve",
-    "loss_shapes_view", "reward_kl_view", "scored", "show", "summary", "timing_view", "winner", "write_report",
+    "fitness_view", "frontier_view", "leaderboard", "leaderboard_view", "lineage_graph", "lineage_view", "load_rows",
+    "loss_curve", "loss_shapes_view", "reward_kl_view", "scored", "show", "summary", "timing_view", "winner",
+    "write_report",
 ]  # fmt: skip

@@ -10,13 +10,14 @@ from discopop.archive import Row
 from discopop.report.board import leaderboard_view
 from discopop.report.failures import failures_view, timing_view
 from discopop.report.figures import View, png_bytes
+from discopop.report.frontier import frontier_view
 from discopop.report.lineage import diffs_view, lineage_view
 from discopop.report.progress import fitness_view, reward_kl_view
 from discopop.report.run import load_rows, summary
 from discopop.report.shapes import loss_shapes_view
 
 VIEWS: list[Callable[[list[Row]], View]] = [
-    leaderboard_view, fitness_view, lineage_view, diffs_view, loss_shapes_view, reward_kl_view,
+    leaderboard_view, fitness_view, lineage_view, diffs_view, loss_shapes_view, reward_kl_view, frontier_view,
     failures_view, timing_view,
 ]  # fmt: skip
 

@@ -302,8 +302,9 @@ class Evaluator:
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
-        metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
-                   "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary,
+        metrics = {"reward": data["reward"], "greedy": data.get("greedy"), "kl": data["kl"], "fitness": data["fitness"],
+                   "steps": data["steps"], "final_loss": data["final_loss"], "train": data["train_metrics"],
+                   "checks": checks, **summary,
                    **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)

@@ -33,6 +33,8 @@ class Task:
     require_eos: bool = True  # exact-answer tasks: a completion that never ends is malformed
     judged: bool = False  # fitness from the LLM judge (task.judge), graded in the main process (discopop.fitness.judge)
     score_batch_size: int = 512  # held-out prompts decoded (and reward-scored) together
+    answer: Callable[[str], str] | None = None  # the correct completion of a prompt, where the reward is exact match
+    score: str = "probability"  # with ``answer``: probability (of the correct answer) or greedy (0/1 accuracy)
 
     def rewards(self, prompts: list[str], completions: list[str | None], device: Any = "cpu") -> list[float]:
         """The reward of each completion (0 for a malformed one, None); batched on ``device`` when the reward can."""
@@ -116,4 +118,6 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
         reward=language.reward,
         max_new_tokens=language.max_answer_len + 1,
         meta=json.loads(done.read_text()),
+        answer=language.answer,
+        score=str(cfg.get("score") or "probability"),  # not in build_key: scoring never rebuilds the task
     )

@@ -57,8 +57,12 @@ class SyntheticLanguage(ABC):
         return prompt
 
     @abstractmethod
+    def answer(self, prompt: str) -> str:
+        """The one correct completion of ``prompt`` (without EOS): what the probability score teacher-forces."""
+
     def reward(self, prompt: str, completion: str) -> float:
-        """1.0 for a correct, well-formed completion, 0.0 otherwise."""
+        """1.0 for a correct, well-formed completion, 0.0 otherwise (exact match with :meth:`answer`)."""
+        return 1.0 if completion == self.answer(prompt) else 0.0
 
     @abstractmethod
     def systematic_error(self, prompt: str, answer: str) -> str | None:
@@ -96,9 +100,8 @@ class Addition(SyntheticLanguage):
         wrong = value + rng.choice([-11, -10, -9, -2, -1, 1, 2, 9, 10, 11])
         return str(wrong if wrong >= 0 and wrong != value else value + 1)
 
-    def reward(self, prompt: str, completion: str) -> float:
-        a, b = int(prompt[0:2]), int(prompt[3:5])
-        return 1.0 if completion == str(a + b) else 0.0
+    def answer(self, prompt: str) -> str:
+        return str(int(prompt[0:2]) + int(prompt[3:5]))
 
     def problem_key(self, prompt: str) -> str:
         """``a+b`` and ``b+a`` are one problem: a held-out prompt's swapped twin must not be trained on."""
@@ -133,8 +136,8 @@ class Sorting(SyntheticLanguage):
                 return "".join(chars)
         return answer[:-1] + str((int(answer[-1]) + 1) % 10)
 
-    def reward(self, prompt: str, completion: str) -> float:
-        return 1.0 if completion == "".join(sorted(prompt[1:6])) else 0.0
+    def answer(self, prompt: str) -> str:
+        return "".join(sorted(prompt[1:6]))
 
     def systematic_error(self, prompt: str, answer: str) -> str | None:
         """Leaving the last input digit in place when it is smaller than the first one."""

@@ -31,6 +31,7 @@ class FitnessFacts:
     noise_candidates: int = 0  # how many confirmed candidates the noise was pooled over
     sft_reward: float | None = None  # held-out reward of the reference (SFT) model before any tuning
     noise_from: str = "fresh seeds"  # "fresh seeds" (confirmation) or "search seeds" (candidates re-scored in search)
+    score: str = "greedy"  # task.score: greedy (reward of greedy answers) or probability (of the right answer)
 
     @classmethod
     def from_run(cls, cfg: RunSettings | Mapping[str, Any], task_meta: Mapping[str, Any],
@@ -54,6 +55,7 @@ class FitnessFacts:
             kl_coef=float(cfg.task.kl_coef), beta=float(training.beta), learning_rates=rates, epochs=epochs,
             noise_std=math.sqrt(sum(variances) / len(variances)) if variances else None,
             noise_candidates=len(variances), sft_reward=float(sft) if sft is not None else None,
+            score=str(getattr(cfg.task, "score", None) or "greedy"),
         )
 
     def render(self) -> str:
@@ -77,13 +79,19 @@ class FitnessFacts:
             f"{'confirmed' if self.noise_from == 'fresh seeds' else 're-scored'} losses): differences smaller than "
             "that are noise")
         sft = "not recorded" if self.sft_reward is None else f"{self.sft_reward:.3f}"
+        reward = ("mean task reward of its greedy answers on held-out prompts; on the embedded tasks 1 for an exactly "
+                  "right answer, else 0")
+        if self.score == "probability":
+            reward = ("mean probability the policy gives the exactly right answer on held-out prompts, i.e. its "
+                      "expected 0/1 reward")
         return "\n".join([
-            "- fitness = held-out reward of the tuned policy (mean task reward of its greedy answers on held-out "
-            f"prompts; on the embedded tasks 1 for an exactly right answer, else 0) {kl}.",
+            f"- fitness = held-out reward of the tuned policy ({reward}) {kl}.",
             f"- beta = {self.beta:g}: the value passed to your loss as `beta` in training.",
             f"- learning rate: {protocol}.",
             f"- noise level: {noise}.",
-            f"- the reference (SFT) model, before any preference training, scores {sft}: a useful loss beats it.",
+            f"- the reference (SFT) model, before any preference training, scores {sft}: a useful loss beats it."
+            if self.score != "probability" else f"- the reference (SFT) model, before any preference training, "
+            f"answers {sft} of the held-out prompts right greedily (its accuracy, not its fitness).",
         ])
 
 
