@@ -6,7 +6,8 @@
 4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
    factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
-   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best);
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best;
+   references climb from the grid's middle, the same search a passing candidate gets);
 6. the seed race of ``seed_race``: extra search seeds at the chosen rate while a row is in
    contention for the top k (references: all of them), archived per seed and summarised in
    ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
@@ -27,7 +28,7 @@ import numpy as np
 from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import LossRejected, code_hash, static_check
 from discopop.execution.executors import Executor, Job
-from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 from discopop.search import seed_race
 from discopop.status import Status
 
@@ -188,10 +189,13 @@ class Evaluator:
         return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
 
     def _screen_rates(self, row: Row) -> tuple[float, ...]:
-        """The first learning rates a row is trained at: the whole grid for references, else one screen."""
+        """The first learning rates a row is trained at: one screen (references: the grid's middle), or the whole
+        grid for every row when there is no screening rule."""
         protocol = self.protocol
-        if row.proposer == "reference" or protocol.screen_margin is None or len(protocol.grid) == 1:
+        if protocol.screen_margin is None or len(protocol.grid) == 1:
             return protocol.grid
+        if row.proposer == "reference":
+            return (protocol.default(),)
         parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
         parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
         run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
@@ -223,7 +227,7 @@ class Evaluator:
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
                 if row_id in races:
-                    races[row_id].add(job.seed, result.data.get("fitness") if result.ok else None,
+                    races[row_id].add(job.seed, split_fitness(result.data)[1] if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
                 else:
                     sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
@@ -244,7 +248,8 @@ class Evaluator:
                         sweep.tuned = True
                     elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
                         screened.add(row_id)
-                        if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                        if sweep.results and (row.proposer == "reference" or self.protocol.worth_tuning(
+                                split_fitness(sweep.best()[1])[0], best)):
                             sweep.tuned = True
                             rates = self.protocol.next_rates(sweep)
                     else:
@@ -260,10 +265,10 @@ class Evaluator:
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
-        best = sweep.best()
-        if best is None or not math.isfinite(best[1]["fitness"]):
+        best, ranked = sweep.best(), sweep.ranked_fitness()
+        if best is None or ranked is None or not math.isfinite(ranked):
             return None
-        return Race(best[0], [self.seed], [float(best[1]["fitness"])])
+        return Race(best[0], [self.seed], [ranked])
 
     def _race_contest(self) -> tuple[float, float]:
         """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
@@ -302,13 +307,14 @@ class Evaluator:
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
-        metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": data["fitness"], "steps": data["steps"],
+        fitness = sweep.ranked_fitness()
+        metrics = {"reward": data["reward"], "kl": data["kl"], "fitness": fitness, "steps": data["steps"],
                    "final_loss": data["final_loss"], "train": data["train_metrics"], "checks": checks, **summary,
                    **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
-        if not math.isfinite(data["fitness"]):
+        if not math.isfinite(fitness):
             return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)
-        return self._finish(row, Status.SCORED, fitness=data["fitness"], seconds=secs, extra=metrics,
+        return self._finish(row, Status.SCORED, fitness=fitness, seconds=secs, extra=metrics,
                             evaluations=sweep.evaluations)

@@ -356,7 +356,8 @@ class Loop:
                 self._generation(evaluator, done, in_flight, None, generations, k)
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
-            ids = [self._add(reference_candidate(n), 0) for n in self.cfg.baselines if n not in done_refs]
+            flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
+            ids = [self._add(reference_candidate(n, flips), 0) for n in self.cfg.baselines if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
             for generation in range(done + 1, generations + 1):
                 self.display.set_generation(f"gen {generation}/{generations}")
