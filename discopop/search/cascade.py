@@ -12,6 +12,11 @@
    contention for the top k (references: all of them), archived per seed and summarised in
    ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
 
+A reference's fine-tunes (steps 5-6) come from the shared result store (``fitness.result_store``)
+when an earlier run with the same settings made them: the stored reply is used as if the job had
+run, and the row says so (``metrics.cached`` true, ``metrics.cached_runs``: how many came from the
+store; its ``seconds`` count only the fine-tunes run now). Each one the store lacks runs and is stored.
+
 Each outcome is written to the archive as soon as it is known.
 """
 
@@ -27,7 +32,8 @@ import numpy as np
 
 from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import LossRejected, code_hash, static_check
-from discopop.execution.executors import Executor, Job
+from discopop.execution.executors import Executor, Job, JobResult
+from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 from discopop.search import seed_race
 from discopop.status import Status
@@ -86,9 +92,11 @@ class Evaluator:
     """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
 
     def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
-                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None):
+                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None,
+                 store: StoredRuns | None = None):
         self.archive = archive
         self.executor = executor
+        self.store = store  # where references' fine-tunes are looked up first (None: always trained)
         self.seed = seed
         self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
@@ -202,6 +210,28 @@ class Evaluator:
                      if r.metrics.get("learning_rate")]
         return (protocol.screen_rate(parent_rates, run_rates),)
 
+    def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> list[JobResult]:
+        """One round's results: a reference's fine-tune from the store when it holds it (no executor call),
+        every other job through the executor, a reference's result stored as soon as it finishes."""
+        if self.store is None:
+            return list(self.executor.run(jobs))
+        results: list[JobResult] = []
+        todo: list[Job] = []
+        for job in jobs:
+            row = rows[job.row_id]
+            found = self.store.lookup(job, code_hash(row.code)) if row.proposer == "reference" else None
+            if found is not None:
+                results.append(found)
+            else:
+                todo.append(job)
+        if todo:
+            for result in self.executor.run(todo):
+                row = rows[result.job.row_id]
+                if row.proposer == "reference":
+                    self.store.save(result, code_hash(row.code))
+                results.append(result)
+        return results
+
     def _best_fitness(self) -> float | None:
         values = [r.fitness for r in self.archive.rows("status = ?", (Status.SCORED,)) if r.fitness is not None]
         return max(values) if values else None
@@ -216,16 +246,19 @@ class Evaluator:
         """
         sweeps = {row.id: Sweep() for row in rows}
         races: dict[int, Race] = {}
+        cached: dict[int, int] = {}  # row id -> its fine-tunes that came from the store
         pending = {row.id: self._train_jobs(row, self._screen_rates(row)) for row in rows}
         full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.grid)}
         screened: set[int] = set()
         by_id = {row.id: row for row in rows}
         while pending:
             jobs = [j for row_jobs in pending.values() for j in row_jobs]
-            done = sorted(self.executor.run(jobs),
+            done = sorted(self._run_round(jobs, by_id),
                           key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.seed))
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
+                if result.data.get("cached"):
+                    cached[row_id] = cached.get(row_id, 0) + 1
                 if row_id in races:
                     races[row_id].add(job.seed, split_fitness(result.data)[1] if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
@@ -261,7 +294,8 @@ class Evaluator:
                         pending[row_id] = self._race_jobs(row, start, contest)
                 if not pending.get(row_id):
                     pending.pop(row_id, None)
-                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id))
+                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id),
+                                                cached.get(row_id, 0))
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
@@ -293,16 +327,18 @@ class Evaluator:
         return out
 
     def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict,
-                         race: Race | None = None) -> Outcome:
+                         race: Race | None = None, cached: int = 0) -> Outcome:
         secs = self._total(seconds, started, row.id)
         summary = sweep.summary(self.protocol.grid)
+        if cached:  # fine-tunes from the result store: their timings are an earlier run's, not this one's
+            summary.update(cached=True, cached_runs=cached)
         best = sweep.best()
         if best is None:
             stage, error = next(iter(sweep.errors.values()))
             status = Status.EVAL_FAILED if stage == "score" else Status.TRAIN_FAILED
             return self._finish(row, status, error=error, stage=stage, seconds=secs,
                                 extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
-        runs = list(sweep.results.values())
+        runs = [d for d in sweep.results.values() if not d.get("cached")]  # those run now
         secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
