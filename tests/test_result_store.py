@@ -285,3 +285,16 @@ def test_a_writer_killed_mid_run_leaves_a_readable_store_with_every_committed_ro
     for i in committed:
         assert cache.get(RunKey("h", "t", 0.5, i, "search", 1e-5)).fitness == i / 1000
     assert cache.count() >= len(committed)
+
+
+class FullDiskCache(ResultCache):
+    def put(self, key, result):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_store_that_cannot_be_written_only_costs_the_saving(base_cfg, tmp_path: Path) -> None:
+    plain_executor, _ = run(base_cfg, tmp_path / "a", None)
+    executor, log = run(base_cfg, tmp_path / "b", FullDiskCache(tmp_path / "results.sqlite"))
+    assert reference_results(tmp_path / "a") == reference_results(tmp_path / "b")
+    assert len(reference_jobs(executor, tmp_path / "b")) == len(reference_jobs(plain_executor, tmp_path / "a"))
+    assert "store given up: cannot write" in log and "disk is full" in log

@@ -210,7 +210,9 @@ class ResultCache:
 class StoredRuns:
     """The shared store as one discovery run sees it: its settings key, beta and default learning rate.
 
-    ``hits`` and ``stored`` count what this run read and wrote (the progress line reports them).
+    ``hits`` and ``stored`` count what this run read and wrote (the progress line reports them). The store
+    only saves work: if it cannot be read or written (disk full, locked too long) the run goes on without it
+    and ``error`` says why.
     """
 
     cache: ResultCache
@@ -219,6 +221,7 @@ class StoredRuns:
     default_lr: float
     hits: int = 0
     stored: int = 0
+    error: str | None = None
 
     @classmethod
     def for_run(cls, cfg: RunSettings | dict[str, Any], cache: ResultCache, device: str | None = None) -> StoredRuns:
@@ -230,14 +233,25 @@ class StoredRuns:
         return RunKey(code_hash, self.task, self.beta, job.seed, job.split, float(lr))
 
     def lookup(self, job: Job, code_hash: str) -> JobResult | None:
-        found = self.cache.get_result(self.key(job, code_hash), job)
+        if self.error is not None:
+            return None
+        try:
+            found = self.cache.get_result(self.key(job, code_hash), job)
+        except (sqlite3.Error, ValueError) as err:
+            self.error = f"cannot read {self.cache.path}: {err}"
+            return None
         self.hits += found is not None
         return found
 
     def save(self, result: JobResult, code_hash: str) -> None:
-        if storable(result) and not result.data.get("cached"):
+        if self.error is not None or not storable(result) or result.data.get("cached"):
+            return
+        try:
             self.cache.put(self.key(result.job, code_hash), result)
-            self.stored += 1
+        except sqlite3.Error as err:
+            self.error = f"cannot write {self.cache.path}: {err}"
+            return
+        self.stored += 1
 
     def close(self) -> None:
         self.cache.close()

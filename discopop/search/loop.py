@@ -354,7 +354,8 @@ class Loop:
         whole = sum(1 for r in rows if r.metrics.get("cached") and not (r.metrics.get("seconds") or {}).get("runs"))
         trained = len(rows) - whole
         self.display.log(f"baselines: {whole} from the store" + (f", {trained} trained" if trained else "")
-                         + f" ({store.hits} fine-tunes read, {store.stored} stored in {store.cache.path})")
+                         + f" ({store.hits} fine-tunes read, {store.stored} stored in {store.cache.path})"
+                         + (f"; store given up: {store.error}" if store.error else ""))
 
     def run(self, generations: int) -> RunSummary:
         started = time.perf_counter()
