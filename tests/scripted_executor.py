@@ -162,9 +162,10 @@ class ScriptedExecutor(Executor):
         fitness = script.fitness_at(job.learning_rate, job.seed)
         count = self.prompts[job.split]
         rng = random.Random(f"{name}:{job.seed}:{job.split}:{job.learning_rate}")
-        spread = [rng.uniform(-0.02, 0.02) for _ in range(count)]
-        mean_spread = sum(spread) / count
-        per_prompt = [fitness + s - mean_spread for s in spread]  # mean exactly ``fitness``: kl_coef is 0
+        # Noise in +/- pairs on neighbouring even/odd prompts: the mean of all prompts, and of each half that
+        # tuning.split_fitness takes, is exactly ``fitness`` (kl_coef is 0); an odd count repeats ``fitness``.
+        spread = [rng.uniform(-0.02, 0.02) for _ in range(count // 4)]
+        per_prompt = [fitness + x for s in spread for x in (s, s, -s, -s)] + [fitness] * (count % 4)
         return JobResult(job, True, "train", data={
             "fitness": fitness, "reward": fitness, "kl": 0.0, "kl_coef": 0.0, "steps": 4, "final_loss": 0.6,
             "train_seconds": 0.002, "step_seconds": 0.0015, "score_seconds": 0.0005,

@@ -107,7 +107,8 @@ def test_auto_asks_one_proposal_per_worker() -> None:
 
 def test_baselines_first_then_each_generation_is_one_batch_sharing_the_workers(base_cfg, tmp_path: Path) -> None:
     """With 2 workers a generation holds 2 proposals from the same history; their checks share a round,
-    their screens another; references train at every grid rate, candidates screen at the run's most common rate."""
+    their screens another; references climb from the grid's middle (all 3 rates here), candidates screen at the
+    run's most common rate."""
     proposer = ScriptedProposer({1: [candidate("a"), candidate("b"), candidate("never_asked")],
                                  2: [candidate("c"), candidate("d")]})
     executor = ScriptedExecutor({**REFS, "a": Script(fitness=0.7), "b": Script(fitness={4e-5: 0.9, 2e-5: 0.88}),

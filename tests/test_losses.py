@@ -130,3 +130,20 @@ def test_normalisation_ignores_names_comments_and_docstrings() -> None:
     assert normalize_code(GOOD) == normalize_code(other)
     assert code_hash(GOOD) == code_hash(other)
     assert code_hash(GOOD) != code_hash(GOOD.replace("beta * rho", "2 * beta * rho"))
+
+
+@pytest.mark.parametrize("name", ["cdpo", "rdpo"])
+def test_noise_robust_references_run_at_the_tasks_flip_rate(name: str) -> None:
+    from discopop.proposers.reference import reference_candidate
+
+    rho = torch.linspace(-3.0, 3.0, 7)
+    zeros = torch.zeros(7)
+    dpo = load_loss(reference_candidate("dpo").code)(rho, zeros, zeros, zeros, 0.5)
+    at_zero = load_loss(reference_candidate(name, 0.0).code)(rho, zeros, zeros, zeros, 0.5)
+    assert torch.allclose(at_zero, dpo)  # a clean task: both are DPO exactly
+    textbook = load_loss(reference_candidate(name).code)(rho, zeros, zeros, zeros, 0.5)
+    at_task = load_loss(reference_candidate(name, 0.25).code)(rho, zeros, zeros, zeros, 0.5)
+    assert not torch.allclose(at_task, textbook)
+    assert "= 0.25  # the task's flip rate" in reference_candidate(name, 0.25).code
+    with pytest.raises(ValueError, match="flip rate"):
+        reference_candidate(name, 0.5)

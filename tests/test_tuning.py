@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 
 GRID = {"learning_rate": 1e-5, "lr_grid": [1e-5, 2.5e-6, 5e-6], "lr_screen_margin": 0.05}
 
@@ -86,3 +86,28 @@ def test_the_climb_stops_at_once_when_nothing_succeeded() -> None:
     sweep = Sweep()
     sweep.add(5e-6, False, {}, "train", "boom")
     assert protocol.next_rates(sweep) == []
+
+
+def _reply(per_prompt: list[float], kls: list[float] | None = None, kl_coef: float = 0.0) -> dict:
+    n = len(per_prompt)
+    kls = kls or [0.0] * n
+    return {"per_prompt": per_prompt, "per_prompt_kl": kls, "kl_coef": kl_coef,
+            "fitness": sum(r - kl_coef * k for r, k in zip(per_prompt, kls, strict=True)) / n}
+
+
+def test_split_fitness_interleaves_prompts_and_charges_kl_per_prompt() -> None:
+    tune, rank = split_fitness(_reply([1.0, 0.0, 1.0, 0.0], [0.0, 0.5, 1.0, 0.5], kl_coef=0.2))
+    assert tune == pytest.approx((1.0 + 0.8) / 2) and rank == pytest.approx((-0.1 - 0.1) / 2)
+    assert split_fitness({"fitness": 0.7}) == (0.7, 0.7)  # no per-prompt scores: both halves are the fitness
+
+
+def test_the_rate_is_chosen_on_one_half_and_the_row_ranked_on_the_other() -> None:
+    # 1e-5 looks best on the tuning half only: it is chosen, and its ranking-half fitness (not the best of
+    # the ranking halves, 0.9 at 5e-6) is the row's fitness, so trying more rates cannot inflate a row.
+    sweep = Sweep()
+    sweep.add(5e-6, True, _reply([0.5, 0.9, 0.5, 0.9]), "train", None)
+    sweep.add(1e-5, True, _reply([0.8, 0.6, 0.8, 0.6]), "train", None)
+    assert sweep.best()[0] == 1e-5
+    assert sweep.ranked_fitness() == pytest.approx(0.6)
+    summary = sweep.summary((5e-6, 1e-5))
+    assert summary["lr_sweep"] == {"5e-06": 0.5, "1e-05": 0.8} and summary["fitness_tune"] == 0.8

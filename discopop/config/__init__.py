@@ -70,6 +70,10 @@ class SelectionSettings:
     top_k: int = setting(5, "Contention: its upper bound reaches the k-th best lower bound of the scored rows.")
     z: float = setting(1.0, "Width of the confidence bounds, in standard errors.")
     noise_prior: float = setting(0.01, "One seed's fitness std assumed until rows with several seeds measure it.")
+    reference_store: bool = setting(True, "Keep the reference losses' fine-tunes in <cache_dir>/results.sqlite, "
+                                          "shared by every run: a run with the same task, training and scoring "
+                                          "settings takes them from there instead of training them again. false: "
+                                          "train every reference in this run.")
 
     def check(self) -> None:
         from discopop.search.seed_race import RacePolicy

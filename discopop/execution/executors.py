@@ -52,6 +52,9 @@ class JobResult:
     error: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # The machinery failed, not the loss (the worker died or timed out, the oracle could not start, the judge did
+    # not answer): says nothing about the loss, so a result store never keeps it (``fitness.result_store``).
+    machinery: bool = False
 
 
 class Executor(ABC):
@@ -178,7 +181,7 @@ class WarmWorker:
         try:
             oracle = self.oracles.take()
         except OracleStartFailed as err:
-            return JobResult(job, False, "sandbox", str(err))
+            return JobResult(job, False, "sandbox", str(err), machinery=True)
         started = time.perf_counter()
         reply: dict[str, Any] | None = None
         try:
@@ -187,9 +190,11 @@ class WarmWorker:
                                   "learning_rate": job.learning_rate, "oracle": tag},
                                  timeout=timeout)
         except SandboxTimeout as err:
-            return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started)
+            return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started,
+                             machinery=True)
         except (SandboxDied, OSError) as err:
-            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started)
+            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started,
+                             machinery=True)
         finally:
             # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
             died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
@@ -254,6 +259,12 @@ class LocalExecutor(Executor):
     @property
     def parallelism(self) -> int:
         return len(self.workers)
+
+    @property
+    def device(self) -> str | None:
+        """Where the workers train ("cpu" or "cuda", ``auto`` resolved); None if they differ."""
+        devices = {w.spec.device for w in self.workers}
+        return devices.pop() if len(devices) == 1 else None
 
     @property
     def restarts(self) -> int:

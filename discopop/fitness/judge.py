@@ -345,7 +345,8 @@ class JudgedExecutor(Executor):
         try:
             grades = self.judge.grade(prompts, completions)
         except JudgeFailed as err:
-            return JobResult(job, False, "score", self.judge.redact(f"judge: {err}"), seconds=result.seconds)
+            return JobResult(job, False, "score", self.judge.redact(f"judge: {err}"), seconds=result.seconds,
+                             machinery=True)
         per_prompt = [normalised(r) for r in grades.ratings]
         reward = sum(per_prompt) / len(per_prompt)
         fitness = reward - float(data.get("kl_coef") or 0.0) * float(data["kl"])

@@ -6,10 +6,16 @@
 4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
    factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
-   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best);
+   of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best;
+   references climb from the grid's middle, the same search a passing candidate gets);
 6. the seed race of ``seed_race``: extra search seeds at the chosen rate while a row is in
    contention for the top k (references: all of them), archived per seed and summarised in
    ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
+
+A reference's fine-tunes (steps 5-6) come from the shared result store (``fitness.result_store``)
+when an earlier run with the same settings made them: the stored reply is used as if the job had
+run, and the row says so (``metrics.cached`` true, ``metrics.cached_runs``: how many came from the
+store; its ``seconds`` count only the fine-tunes run now). Each one the store lacks runs and is stored.
 
 Each outcome is written to the archive as soon as it is known.
 """
@@ -26,8 +32,9 @@ import numpy as np
 
 from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import LossRejected, code_hash, static_check
-from discopop.execution.executors import Executor, Job
-from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.execution.executors import Executor, Job, JobResult
+from discopop.fitness.result_store import StoredRuns
+from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 from discopop.search import seed_race
 from discopop.status import Status
 
@@ -85,9 +92,11 @@ class Evaluator:
     """Runs the cascade for a batch of archived ``proposed`` rows through an executor."""
 
     def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
-                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None):
+                 on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None,
+                 store: StoredRuns | None = None):
         self.archive = archive
         self.executor = executor
+        self.store = store  # where references' fine-tunes are looked up first (None: always trained)
         self.seed = seed
         self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
@@ -188,15 +197,40 @@ class Evaluator:
         return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
 
     def _screen_rates(self, row: Row) -> tuple[float, ...]:
-        """The first learning rates a row is trained at: the whole grid for references, else one screen."""
+        """The first learning rates a row is trained at: one screen (references: the grid's middle), or the whole
+        grid for every row when there is no screening rule."""
         protocol = self.protocol
-        if row.proposer == "reference" or protocol.screen_margin is None or len(protocol.grid) == 1:
+        if protocol.screen_margin is None or len(protocol.grid) == 1:
             return protocol.grid
+        if row.proposer == "reference":
+            return (protocol.default(),)
         parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
         parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
         run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
                      if r.metrics.get("learning_rate")]
         return (protocol.screen_rate(parent_rates, run_rates),)
+
+    def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> list[JobResult]:
+        """One round's results: a reference's fine-tune from the store when it holds it (no executor call),
+        every other job through the executor, a reference's result stored as soon as it finishes."""
+        if self.store is None:
+            return list(self.executor.run(jobs))
+        results: list[JobResult] = []
+        todo: list[Job] = []
+        for job in jobs:
+            row = rows[job.row_id]
+            found = self.store.lookup(job, code_hash(row.code)) if row.proposer == "reference" else None
+            if found is not None:
+                results.append(found)
+            else:
+                todo.append(job)
+        if todo:
+            for result in self.executor.run(todo):
+                row = rows[result.job.row_id]
+                if row.proposer == "reference":
+                    self.store.save(result, code_hash(row.code))
+                results.append(result)
+        return results
 
     def _best_fitness(self) -> float | None:
         values = [r.fitness for r in self.archive.rows("status = ?", (Status.SCORED,)) if r.fitness is not None]
@@ -212,18 +246,21 @@ class Evaluator:
         """
         sweeps = {row.id: Sweep() for row in rows}
         races: dict[int, Race] = {}
+        cached: dict[int, int] = {}  # row id -> its fine-tunes that came from the store
         pending = {row.id: self._train_jobs(row, self._screen_rates(row)) for row in rows}
         full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.grid)}
         screened: set[int] = set()
         by_id = {row.id: row for row in rows}
         while pending:
             jobs = [j for row_jobs in pending.values() for j in row_jobs]
-            done = sorted(self.executor.run(jobs),
+            done = sorted(self._run_round(jobs, by_id),
                           key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.seed))
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
+                if result.data.get("cached"):
+                    cached[row_id] = cached.get(row_id, 0) + 1
                 if row_id in races:
-                    races[row_id].add(job.seed, result.data.get("fitness") if result.ok else None,
+                    races[row_id].add(job.seed, split_fitness(result.data)[1] if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
                 else:
                     sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
@@ -244,7 +281,8 @@ class Evaluator:
                         sweep.tuned = True
                     elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
                         screened.add(row_id)
-                        if sweep.results and self.protocol.worth_tuning(sweep.best()[1]["fitness"], best):
+                        if sweep.results and (row.proposer == "reference" or self.protocol.worth_tuning(
+                                split_fitness(sweep.best()[1])[0], best)):
                             sweep.tuned = True
                             rates = self.protocol.next_rates(sweep)
                     else:
@@ -256,14 +294,15 @@ class Evaluator:
                         pending[row_id] = self._race_jobs(row, start, contest)
                 if not pending.get(row_id):
                     pending.pop(row_id, None)
-                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id))
+                    yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id),
+                                                cached.get(row_id, 0))
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
-        best = sweep.best()
-        if best is None or not math.isfinite(best[1]["fitness"]):
+        best, ranked = sweep.best(), sweep.ranked_fitness()
+        if best is None or ranked is None or not math.isfinite(ranked):
             return None
-        return Race(best[0], [self.seed], [float(best[1]["fitness"])])
+        return Race(best[0], [self.seed], [ranked])
 
     def _race_contest(self) -> tuple[float, float]:
         """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
@@ -288,28 +327,31 @@ class Evaluator:
         return out
 
     def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict,
-                         race: Race | None = None) -> Outcome:
+                         race: Race | None = None, cached: int = 0) -> Outcome:
         secs = self._total(seconds, started, row.id)
         summary = sweep.summary(self.protocol.grid)
+        if cached:  # fine-tunes from the result store: their timings are an earlier run's, not this one's
+            summary.update(cached=True, cached_runs=cached)
         best = sweep.best()
         if best is None:
             stage, error = next(iter(sweep.errors.values()))
             status = Status.EVAL_FAILED if stage == "score" else Status.TRAIN_FAILED
             return self._finish(row, status, error=error, stage=stage, seconds=secs,
                                 extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
-        runs = list(sweep.results.values())
+        runs = [d for d in sweep.results.values() if not d.get("cached")]  # those run now
         secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
-        metrics = {"reward": data["reward"], "greedy": data.get("greedy"), "kl": data["kl"], "fitness": data["fitness"],
+        fitness = sweep.ranked_fitness()
+        metrics = {"reward": data["reward"], "greedy": data.get("greedy"), "kl": data["kl"], "fitness": fitness,
                    "steps": data["steps"], "final_loss": data["final_loss"], "train": data["train_metrics"],
                    "checks": checks, **summary,
                    **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
-        if not math.isfinite(data["fitness"]):
+        if not math.isfinite(fitness):
             return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)
-        return self._finish(row, Status.SCORED, fitness=data["fitness"], seconds=secs, extra=metrics,
+        return self._finish(row, Status.SCORED, fitness=fitness, seconds=secs, extra=metrics,
                             evaluations=sweep.evaluations)

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from discopop.archive import Archive, Evaluation, Row
-from discopop.execution.executors import Executor, Job
+from discopop.contract.losses import code_hash
+from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
+from discopop.fitness.result_store import StoredRuns
 from discopop.status import Status
 
 SPLIT = "confirm"
@@ -93,15 +95,35 @@ def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int]) -> list[Jo
             for r in rows for seed in seeds if seed not in _latest(archive, r.id)]
 
 
-def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: list[int]) -> None:
-    """Run :func:`missing_jobs`; store each run (or its failure) as an evaluation as soon as it finishes."""
-    for result in executor.run(missing_jobs(archive, rows, seeds)):
+def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: list[int],
+                store: StoredRuns | None = None) -> None:
+    """Run :func:`missing_jobs`; store each run (or its failure) as an evaluation as soon as it finishes.
+
+    With a ``store``, a reference's run comes from it when an earlier run with the same settings made it
+    (the same fresh seed, split and learning rate), and one it lacks is stored when it finishes.
+    """
+    def add(result: JobResult) -> None:
         job = result.job
         if result.ok:
             archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, SPLIT, result.data))
         else:
             archive.add_evaluation(Evaluation(job.row_id, job.seed, SPLIT, job.learning_rate,
                                               error=f"{result.stage}: {result.error}"))
+
+    by_id = {r.id: r for r in rows}
+    todo = []
+    for job in missing_jobs(archive, rows, seeds):
+        row = by_id[job.row_id]
+        found = store.lookup(job, code_hash(row.code)) if store is not None and row.proposer == "reference" else None
+        if found is not None:
+            add(found)
+        else:
+            todo.append(job)
+    for result in executor.run(todo):
+        row = by_id[result.job.row_id]
+        if store is not None and row.proposer == "reference":
+            store.save(result, code_hash(row.code))
+        add(result)
 
 
 def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray | None, dict[str, Any]]:
@@ -166,9 +188,12 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
 
 
 def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, top_k: int,
-            baseline: str = "dpo", alpha: float = stats.ALPHA, references: int = 2) -> list[stats.Comparison]:
+            baseline: str = "dpo", alpha: float = stats.ALPHA, references: int = 2,
+            store: StoredRuns | None = None) -> list[stats.Comparison]:
     """Re-train the top candidates, ``baseline`` and the ``references`` best baselines on fresh seeds; hold the
-    candidates to DPO and to the best of those references on the fresh seeds; store everything."""
+    candidates to DPO and to the best of those references on the fresh seeds; store everything.
+
+    ``store``: the shared result store the references' fresh-seed runs are looked up in first."""
     dpo = reference_row(archive, baseline)
     if dpo is None or n_seeds < 1:
         return []
@@ -176,6 +201,6 @@ def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, 
     contenders = best_references(archive, max(1, references))
     candidates = top_candidates(archive, top_k)
     arms = list({r.id: r for r in [*candidates, dpo, *contenders]}.values())
-    run_missing(archive, executor, arms, seeds)
+    run_missing(archive, executor, arms, seeds, store)
     best = strongest_on_fresh_seeds(archive, contenders, seeds)
     return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders)

@@ -22,6 +22,7 @@ from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.config import RunSettings, plain
 from discopop.execution.executors import Executor, WorkerSpec, make_executor
 from discopop.fitness.judge import with_judge
+from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, shared_path
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate, HistoryEntry
@@ -152,11 +153,16 @@ class Loop:
     ``proposer``, ``executor`` and ``task_meta`` default to what the config builds (the proposer,
     the sandboxed worker pool, the task's facts); tests pass in-process stand-ins instead. The loop
     closes the executor and the proposer when ``run`` ends.
+
+    ``store``: where references' fine-tunes are kept (``fitness.result_store``); by default the store
+    shared by every run, ``<cache_dir>/results.sqlite``, but only with the loop's own executor: an
+    injected stand-in's results must never reach a real run. ``selection.reference_store=false``: none.
     """
 
     def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
                  proposer: Proposer | None = None,
-                 executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None):
+                 executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None,
+                 store: ResultCache | None = None):
         self.cfg = RunSettings.coerce(cfg)
         self.run_dir = run_dir
         self.display = display
@@ -165,6 +171,7 @@ class Loop:
         self.proposer: Proposer = proposer or build_proposer(self.cfg.proposer, seed=self.seed)
         self.executor = executor
         self.task_meta = task_meta
+        self.store = store
         state = self.archive.get_state("proposer_state")
         if state is not None:
             self.proposer.load_state(state)
@@ -324,6 +331,32 @@ class Loop:
         self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
         return task
 
+    def _open_store(self, device: str | None) -> StoredRuns | None:
+        """The reference store this run reads and writes (``__init__``), keyed by this run's settings."""
+        if not self.cfg.selection.reference_store:
+            return None
+        cache = self.store
+        if cache is None:
+            if self.executor is not None:
+                return None
+            try:
+                cache = ResultCache(shared_path(self.cfg))
+            except StoreError as err:
+                self.display.log(f"no reference store ({err}): references are trained")
+                return None
+        return StoredRuns.for_run(self.cfg, cache, device)
+
+    def _say_baselines(self, store: StoredRuns | None, ids: list[int]) -> None:
+        """One progress line: how many baselines the store gave whole, how many were trained (in part)."""
+        if store is None or not ids:
+            return
+        rows = [self.archive.get(i) for i in ids]
+        whole = sum(1 for r in rows if r.metrics.get("cached") and not (r.metrics.get("seconds") or {}).get("runs"))
+        trained = len(rows) - whole
+        self.display.log(f"baselines: {whole} from the store" + (f", {trained} trained" if trained else "")
+                         + f" ({store.hits} fine-tunes read, {store.stored} stored in {store.cache.path})"
+                         + (f"; store given up: {store.error}" if store.error else ""))
+
     def run(self, generations: int) -> RunSummary:
         started = time.perf_counter()
         # Injected task facts (tests) mean no task object: nothing to judge, the executor scores alone.
@@ -332,10 +365,11 @@ class Loop:
         self.proposer.set_facts(  # the LLM is told what fitness is in this run
             FitnessFacts.from_run(self.cfg, meta, self.archive.rows()))
         executor = self.executor or make_executor(self.cfg.executor, worker_spec(self.cfg))
+        store = self._open_store(getattr(executor, "device", None))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
-                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg))
+                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg), store=store)
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
         # them together, so every worker is busy and timing never decides what the proposer saw; with
@@ -356,8 +390,10 @@ class Loop:
                 self._generation(evaluator, done, in_flight, None, generations, k)
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
-            ids = [self._add(reference_candidate(n), 0) for n in self.cfg.baselines if n not in done_refs]
+            flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
+            ids = [self._add(reference_candidate(n, flips), 0) for n in self.cfg.baselines if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
+            self._say_baselines(store, ids)
             for generation in range(done + 1, generations + 1):
                 self.display.set_generation(f"gen {generation}/{generations}")
                 if self.proposed < generation:
@@ -373,7 +409,8 @@ class Loop:
                 self.display.set_generation("confirming winners on fresh seeds")
                 self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
                                  f"on {conf.seeds} fresh seeds and the held-back prompts")
-                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references)
+                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references,
+                        store=store)
         except ProposerStop as stop:
             stopped = str(stop)
             # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
@@ -381,6 +418,8 @@ class Loop:
                                        f"with: discover --resume {self.run_dir}", soft_wrap=True)
         finally:
             executor.close()
+            if store is not None and self.store is None:  # opened here (a store passed in is the caller's)
+                store.close()
             self.tracker.finish()
             with suppress(ArchiveError):  # a stop inside propose() may have spent money: keep it counted
                 self._checkpoint()

@@ -21,9 +21,10 @@ fair protocol and statistics as discovery's confirmation, so its verdicts mean t
 
 All training runs through the sandboxed executor (candidate code only ever runs in the loss
 oracle); one executor per (task, beta), since beta is part of a worker's training config. Every
-fine-tune is cached in ``OUT/results.sqlite`` under (loss code hash, task key, beta, seed, split,
-learning rate), so an interrupted evaluation resumes where it stopped; as in the confirmation, a
-stored failure is never retried (retrying would select lucky seeds).
+fine-tune is cached in ``OUT/results.sqlite`` (``fitness.result_store``) under (loss code hash, task
+key, beta, seed, split, learning rate), so an interrupted evaluation resumes where it stopped; as in
+the confirmation, a stored failure of the loss is never retried (retrying would select lucky seeds),
+while a failure of the machinery (a worker died or timed out) is not stored and runs again.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ import numpy as np
 from discopop.archive import Evaluation
 from discopop.config import RunSettings, plain
 from discopop.contract.losses import LossRejected, code_hash, read_source, static_check
-from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.executors import Executor, Job
 from discopop.fitness import stats
+from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.search.confirmation import fresh_seeds
@@ -52,7 +53,6 @@ from discopop.tasks import stable_key
 
 SEARCH_SPLIT = "search"
 NOT_RUN = "not run yet"
-CACHE_NAME = "results.sqlite"
 BASELINE = "dpo"
 # Training settings that change what a fine-tune computes; a cached result is only re-used when they match.
 # beta and the learning rate are part of the cache key; timeouts and thread counts change nothing computed.
@@ -151,76 +151,6 @@ def task_key(cfg: RunSettings | Mapping[str, Any]) -> str:
     task = stable_key({k: v for k, v in plain(cfg.task).items() if k != "cache_dir"})
     blob = json.dumps({"task": task, "training": training, "kl_coef": cfg.task.kl_coef}, sort_keys=True, default=str)
     return f"{cfg.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    code_hash TEXT NOT NULL, task TEXT NOT NULL, beta REAL NOT NULL, seed INTEGER NOT NULL,
-    split TEXT NOT NULL, learning_rate REAL NOT NULL,
-    fitness REAL, reward REAL, kl REAL, kl_coef REAL, per_prompt TEXT, per_prompt_kl TEXT,
-    error TEXT, seconds REAL, created_at TEXT NOT NULL,
-    PRIMARY KEY (code_hash, task, beta, seed, split, learning_rate)
-);
-"""
-
-
-@dataclass(frozen=True)
-class RunKey:
-    code_hash: str
-    task: str
-    beta: float
-    seed: int
-    split: str
-    learning_rate: float
-
-
-class ResultCache:
-    """Every fine-tune of an evaluation, one SQLite row each, written as soon as it finishes."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        try:
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as err:
-            raise EvaluateError(f"cannot open the result cache {self.path}: {err}") from None
-
-    @staticmethod
-    def _params(key: RunKey) -> tuple:
-        return (key.code_hash, key.task, float(key.beta), int(key.seed), key.split, float(key.learning_rate))
-
-    def get(self, key: RunKey) -> Evaluation | None:
-        row = self.conn.execute(
-            "SELECT * FROM runs WHERE code_hash=? AND task=? AND beta=? AND seed=? AND split=? AND learning_rate=?",
-            self._params(key)).fetchone()
-        if row is None:
-            return None
-        cols = [d[0] for d in self.conn.execute("SELECT * FROM runs LIMIT 0").description]
-        r = dict(zip(cols, row, strict=True))
-        return Evaluation(0, r["seed"], r["split"], r["learning_rate"], r["fitness"], r["reward"], r["kl"],
-                          r["kl_coef"] or 0.0, json.loads(r["per_prompt"] or "[]"),
-                          json.loads(r["per_prompt_kl"] or "[]"), r["error"])
-
-    def put(self, key: RunKey, result: JobResult) -> Evaluation:
-        """Store one finished fine-tune (or its failure) and return it as an ``Evaluation``."""
-        if result.ok:
-            ev = Evaluation.from_reply(0, key.seed, key.split, result.data)
-            ev.learning_rate = key.learning_rate
-        else:
-            ev = Evaluation(0, key.seed, key.split, key.learning_rate, error=f"{result.stage}: {result.error}")
-        self.conn.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (*self._params(key), ev.fitness, ev.reward, ev.kl, ev.kl_coef, json.dumps(ev.per_prompt),
-             json.dumps(ev.per_prompt_kl), ev.error, round(result.seconds, 3),
-             datetime.now(timezone.utc).isoformat(timespec="seconds")))
-        return ev
-
-    def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 @dataclass
