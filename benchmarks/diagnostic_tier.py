@@ -129,12 +129,12 @@ def table(names: list[str], settings: list[str], grid: list[float], tune: list[i
               f"top-2 gap {means[0] - means[1]:.4f}")
 
 
-def nulls(count: int, per_arm: int, s: DiagnosticSetting, lr: float, loss: str = "dpo") -> None:
-    """``count`` comparisons of ``loss`` with itself, every arm on its own fresh seeds."""
+def nulls(count: int, per_arm: int, s: DiagnosticSetting, lr: float, loss: str = "dpo", start: int = 0) -> None:
+    """``count`` comparisons of ``loss`` with itself, every arm on its own fresh seeds (chunks: ``start``)."""
     fn = load_loss(loss_source(loss))
     started = time.perf_counter()
     rejected, below, beats = 0, 0, 0
-    for i in range(count):
+    for i in range(start, start + count):
         first = 1_000_000 + 2 * per_arm * i
         arms = [[fine_tune(fn, s, seed=first + a * per_arm + k, lr=lr).per_context for k in range(per_arm)]
                 for a in (0, 1)]
@@ -146,7 +146,8 @@ def nulls(count: int, per_arm: int, s: DiagnosticSetting, lr: float, loss: str =
     half = 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / count)
     print(f"\nnulls: {count} comparisons of {loss} with itself on '{s.name}' at lr {lr}, {per_arm} fresh seeds per "
           f"arm x {s.eval_contexts} contexts: rejected {rejected} ({rate:.1%} +- {half:.1%}; beats {beats}, "
-          f"below {below}) at alpha {stats.ALPHA} ({time.perf_counter() - started:.0f} s)")
+          f"below {below}) at alpha {stats.ALPHA}; comparisons {start}..{start + count - 1} "
+          f"({time.perf_counter() - started:.0f} s)")
 
 
 def main() -> None:
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--nulls", type=int, default=0)
     parser.add_argument("--null-seeds", type=int, default=3, help="fresh seeds per arm of a null comparison")
+    parser.add_argument("--null-start", type=int, default=0, help="index of the first null (to run them in chunks)")
     parser.add_argument("--losses", default=",".join(available()))
     parser.add_argument("--settings", default=",".join(PRESETS))
     parser.add_argument("--grid", default="0.003,0.01,0.03,0.1,0.3")
@@ -170,7 +172,7 @@ def main() -> None:
         table(names, args.settings.split(","), [float(x) for x in args.grid.split(",")],
               [int(x) for x in args.tune_seeds.split(",")], [int(x) for x in args.rank_seeds.split(",")])
     if args.nulls:
-        nulls(args.nulls, args.null_seeds, PRESETS["clean"], args.lr)
+        nulls(args.nulls, args.null_seeds, PRESETS["clean"], args.lr, start=args.null_start)
 
 
 if __name__ == "__main__":
