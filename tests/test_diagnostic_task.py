@@ -134,7 +134,7 @@ def test_remote_loss_gives_the_same_result(supply, dpo) -> None:  # noqa: F811
     assert through_oracle.losses == pytest.approx(local.losses, abs=1e-9)
 
 
-@pytest.mark.slow  # 360 short fine-tunes: ~10 s alone, ~30 s on a loaded machine; 500 nulls in the benchmark
+# 360 short fine-tunes: ~10 s on 2 cores at load ~4 (~28 s at load ~13); 500 nulls in the benchmark
 def test_null_comparisons_rarely_reject(dpo) -> None:
     """DPO against itself on independent fresh seeds: ``stats.compare`` must reject about alpha of the time.
 
