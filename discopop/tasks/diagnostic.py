@@ -1,0 +1,198 @@
+"""A diagnostic task family: a contextual bandit whose returns are computed exactly, not sampled.
+
+Why: an evaluation on the embedded GPT-2 task is a real fine-tune (seconds, noisy: it resolves nothing
+below ~0.02 fitness), too slow and too noisy to develop the search on. Here a "completion" is one
+action, so a sequence log-prob is ``log pi(a|x)`` and the four contract arguments are exactly the
+policy/reference log-probs of the chosen and rejected actions. Expected reward and KL to the reference
+are sums over the action table, so the only noise left is the one we put in: which pairs a seed draws
+and their order (in the spirit of Alfano et al. 2025's diagnostic suite; our own construction).
+
+The world (fixed by ``task_seed``, shared by every seed and loss):
+
+* contexts ``x`` with features ``f(x) = [1, g]``, ``g ~ N(0, I)``: ``contexts`` training contexts (the
+  pairs are drawn there) and ``eval_contexts`` held-out ones (scored: generalisation, as with held-out
+  prompts);
+* a true reward ``r(x, a)``: a linear part ``f(x) . M[:, a]`` plus a share ``reward_noise`` the features
+  cannot express, standardised per context (so uniform play scores 0 and the best action ~1.8);
+* a reference policy ``softmax(ref_skill * r + b_a + ref_noise * e)``: imperfect, with a per-action
+  habit ``b_a`` (like the SFT's habitual mistake), so its mode is often not the best action.
+
+The policy is ``log_softmax(ref_logits(x) + f(x) @ W)`` with ``W`` (features x actions) initialised at 0:
+it starts exactly at the reference, shares what it learns across contexts through ``f`` (so held-out
+contexts exist and a loss's updates generalise or not in a controlled way), and cannot overfit one
+context without moving the others, like a network. A tabular policy would make held-out contexts
+meaningless and let every context be fitted independently.
+
+Per seed, ``pairs_per_context`` pairs per training context: each of the two (distinct) actions is drawn
+from a policy picked from the mix ``sampler`` (reference, good = softmax(r/T), bad = softmax(-r/T)),
+restricted to a per-context subset of ``support`` of the actions, labelled by Bradley-Terry on ``r`` at
+``label_temperature`` (0: deterministic, ties at random), then flipped with probability ``label_noise``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
+
+DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class DiagnosticSetting:
+    """One diagnostic task: the world, how its preference data is made, and the fine-tune's defaults."""
+
+    name: str = "clean"
+    contexts: int = 256  # training contexts (pairs are drawn on them)
+    eval_contexts: int = 256  # held-out contexts, scored exactly
+    actions: int = 16
+    features: int = 8  # per context, including the constant 1
+    task_seed: int = 0  # the world: contexts, reward, reference, support
+    reward_noise: float = 0.5  # share of the reward's variance the features cannot express
+    reward_levels: int = 0  # > 0: reward quantised per context into this many levels (ties)
+    ref_skill: float = 1.0  # weight of the true reward in the reference's logits
+    ref_habit: float = 1.2  # SD of the per-action bias of the reference (its habitual mistake)
+    ref_noise: float = 1.0  # SD of the reference's per-(context, action) noise
+    pairs_per_context: int = 4
+    sampler: tuple[float, float, float] = (1.0, 0.0, 0.0)  # weights of (reference, good, bad) per drawn action
+    mix_temperature: float = 0.5  # good = softmax(r / T), bad = softmax(-r / T)
+    support: float = 1.0  # share of the actions the pairs of a context can contain
+    label_temperature: float = 0.5  # Bradley-Terry P(a > b) = sigmoid((r_a - r_b) / T); 0: deterministic
+    label_noise: float = 0.0  # probability a label is flipped
+    kl_coef: float = 0.0  # fitness = reward - kl_coef * KL(pi || pi_ref)
+    beta: float = 0.1  # fine-tune defaults
+    steps: int = 80  # few large steps: each step costs two oracle round trips, whatever its batch
+    batch: int = 256
+
+
+PRESETS: dict[str, DiagnosticSetting] = {
+    "clean": DiagnosticSetting(),
+    "label_noise": DiagnosticSetting(name="label_noise", label_noise=0.3),
+    "ties": DiagnosticSetting(name="ties", reward_levels=3, label_temperature=0.0),
+    "mixed_quality": DiagnosticSetting(name="mixed_quality", sampler=(0.2, 0.4, 0.4)),
+    # Few pairs, always labelled the same way: DPO can push their rejected probabilities to 0 (and drift).
+    "deterministic": DiagnosticSetting(name="deterministic", label_temperature=0.0, pairs_per_context=2),
+    "shifted_support": DiagnosticSetting(name="shifted_support", support=0.5),
+}
+
+
+def setting(name: str, **overrides) -> DiagnosticSetting:
+    """A preset by name, with field overrides (``setting("clean", steps=400)``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown diagnostic setting {name!r} (presets: {', '.join(PRESETS)})")
+    return replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class World:
+    """The fixed part of a setting: features, rewards and reference logits of both context sets."""
+
+    train_features: torch.Tensor  # [contexts, features]
+    train_reward: torch.Tensor  # [contexts, actions]
+    train_ref: torch.Tensor  # reference log-probs [contexts, actions]
+    eval_features: torch.Tensor
+    eval_reward: torch.Tensor
+    eval_ref: torch.Tensor
+    support: torch.Tensor  # bool [contexts, actions]: actions the pairs of a context may contain
+
+
+def _quantise(reward: torch.Tensor, levels: int) -> torch.Tensor:
+    """Per context, equal-count levels of the reward's ranks, re-standardised: actions within a level tie."""
+    actions = reward.shape[1]
+    ranks = reward.argsort(dim=1).argsort(dim=1).to(DTYPE)
+    level = torch.floor(ranks * levels / actions)
+    return _standardise(level)
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@lru_cache(maxsize=32)
+def world(s: DiagnosticSetting) -> World:
+    """Build the world of ``s`` (cached: every seed and loss shares it)."""
+    gen = torch.Generator().manual_seed(1_000_003 * s.task_seed + 17)
+    d, a = s.features, s.actions
+    mix = torch.randn(d, a, generator=gen, dtype=DTYPE) / math.sqrt(d)
+    habit = s.ref_habit * torch.randn(a, generator=gen, dtype=DTYPE)
+    n_all = s.contexts + s.eval_contexts
+    feats = torch.cat([torch.ones(n_all, 1, dtype=DTYPE),
+                       torch.randn(n_all, d - 1, generator=gen, dtype=DTYPE)], dim=1)
+    linear = _standardise(feats @ mix)
+    extra = torch.randn(n_all, a, generator=gen, dtype=DTYPE)
+    reward = _standardise(math.sqrt(1 - s.reward_noise) * linear + math.sqrt(s.reward_noise) * extra)
+    if s.reward_levels > 0:
+        reward = _quantise(reward, s.reward_levels)
+    noise = torch.randn(n_all, a, generator=gen, dtype=DTYPE)
+    ref = torch.log_softmax(s.ref_skill * reward + habit + s.ref_noise * noise, dim=1)
+    keep = max(2, math.ceil(s.support * a))
+    order = torch.rand(s.contexts, a, generator=gen).argsort(dim=1)
+    support = torch.zeros(s.contexts, a, dtype=torch.bool).scatter_(1, order[:, :keep], True)
+    n = s.contexts
+    return World(feats[:n], reward[:n], ref[:n], feats[n:], reward[n:], ref[n:], support)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One seed's preference data on the training contexts."""
+
+    context: torch.Tensor  # long [P]
+    chosen: torch.Tensor  # long [P]
+    rejected: torch.Tensor  # long [P]
+    label_correct: torch.Tensor  # bool [P]: chosen has the strictly higher true reward
+
+
+def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen).squeeze(1)
+
+
+@lru_cache(maxsize=64)
+def pairs(s: DiagnosticSetting, seed: int) -> Pairs:
+    """The pairs of ``seed`` (cached; the same for every loss: common random numbers)."""
+    w = world(s)
+    gen = torch.Generator().manual_seed(2 * int(seed) + 1)
+    ctx = torch.arange(s.contexts).repeat_interleave(s.pairs_per_context)
+    reward, mask = w.train_reward[ctx], w.support[ctx]
+    t = s.mix_temperature
+    samplers = torch.stack([w.train_ref[ctx], reward / t, -reward / t])  # [3, P, A] logits
+    weights = torch.tensor(s.sampler, dtype=DTYPE)
+    picks = torch.multinomial(weights / weights.sum(), 2 * len(ctx), replacement=True, generator=gen)
+    rows = torch.arange(len(ctx))
+    first = samplers[picks[: len(ctx)], rows].masked_fill(~mask, -math.inf)
+    a1 = _draw(first, gen)
+    second = samplers[picks[len(ctx):], rows].masked_fill(~mask, -math.inf)
+    second[rows, a1] = -math.inf  # two distinct actions
+    a2 = _draw(second, gen)
+    r1, r2 = reward[rows, a1], reward[rows, a2]
+    if s.label_temperature > 0:
+        first_wins = torch.rand(len(ctx), generator=gen, dtype=DTYPE) < torch.sigmoid((r1 - r2) / s.label_temperature)
+    else:
+        coin = torch.rand(len(ctx), generator=gen, dtype=DTYPE) < 0.5
+        first_wins = torch.where(r1 == r2, coin, r1 > r2)
+    flip = torch.rand(len(ctx), generator=gen, dtype=DTYPE) < s.label_noise
+    first_wins = first_wins ^ flip
+    chosen, rejected = torch.where(first_wins, a1, a2), torch.where(first_wins, a2, a1)
+    correct = reward[rows, chosen] > reward[rows, rejected]
+    return Pairs(ctx, chosen, rejected, correct)
+
+
+def exact_scores(features: torch.Tensor, ref: torch.Tensor, reward: torch.Tensor,
+                 weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per context: E_{a~pi}[r(x, a)] and KL(pi || pi_ref), summed over the action table (no sampling)."""
+    logp = torch.log_softmax(ref + features @ weights, dim=1)
+    p = logp.exp()
+    return (p * reward).sum(dim=1), (p * (logp - ref)).sum(dim=1)
+
+
+def describe(s: DiagnosticSetting) -> dict[str, float]:
+    """How hard the world is: the reference's return, the best return, how often its mode is the best action."""
+    w = world(s)
+    data = pairs(s, 0)
+    ref_reward = (w.eval_ref.exp() * w.eval_reward).sum(dim=1).mean()
+    best = w.eval_reward.max(dim=1)
+    mode_best = w.eval_reward.gather(1, w.eval_ref.argmax(dim=1, keepdim=True)).squeeze(1) == best.values
+    return {"reference_reward": float(ref_reward), "best_reward": float(best.values.mean()),
+            "mode_is_best": float(mode_best.double().mean()),
+            "labels_correct": float(data.label_correct.double().mean())}
