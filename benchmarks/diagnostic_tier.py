@@ -11,7 +11,7 @@ Three parts, each optional:
   paired difference to DPO (same seeds: common random numbers), and the spread of the references
   (best - worst mean) in units of both SDs.
 * ``--nulls N``: N comparisons of DPO with itself on independent fresh seeds (``--null-seeds`` per
-  arm), each through ``discopop.stats.compare`` on the contexts x seeds matrix and ``decide``; the
+  arm), each through ``discopop.fitness.stats.compare`` on the contexts x seeds matrix and ``decide``; the
   rejection rate should be at most alpha.
 
 The table and the nulls load the TRUSTED reference files of ``discopop/proposals`` in this process.
@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import torch
 
-from discopop import stats
-from discopop.diagnostic_tune import DiagnosticFailure, fine_tune
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
+from discopop.fitness import stats
+from discopop.fitness.diagnostic_tune import DiagnosticFailure, fine_tune
 from discopop.proposers.reference import PROPOSALS_DIR, available
 from discopop.tasks.diagnostic import PRESETS, DiagnosticSetting, describe, setting
 
@@ -43,9 +43,9 @@ def loss_source(name: str) -> str:
 
 
 def speed(names: list[str], runs: int, s: DiagnosticSetting, lr: float) -> None:
-    from discopop.oracle_supply import OracleSupply
-    from discopop.remote_loss import OracleLink, RemoteLoss
     from discopop.sandbox import Limits
+    from discopop.sandbox.oracle_supply import OracleSupply
+    from discopop.sandbox.remote_loss import OracleLink, RemoteLoss
 
     jobs = [(names[i % len(names)], i // len(names)) for i in range(runs)]
     local: dict[tuple[str, int], float] = {}

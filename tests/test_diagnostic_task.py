@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_remote_loss import remote, supply  # noqa: F401 - the module-scoped oracle supply fixture
 
-from discopop import stats
-from discopop.diagnostic_tune import DiagnosticFailure, batch_order, fine_tune
-from discopop.losses import load_loss
+from discopop.contract.losses import load_loss
+from discopop.fitness import stats
+from discopop.fitness.diagnostic_tune import DiagnosticFailure, batch_order, fine_tune
 from discopop.tasks.diagnostic import PRESETS, pairs, setting, world
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"

@@ -2,7 +2,7 @@
 
 The loss is called in the contract form ``loss_fn(pc, pr, rc, rr, beta)`` on 1-D float64 tensors and its
 per-example output is averaged, as ``DiscoveredLossDPOTrainer`` does; so a
-:class:`~discopop.remote_loss.RemoteLoss` (values and gradients from the sandboxed oracle) takes the same
+:class:`~discopop.sandbox.remote_loss.RemoteLoss` (values and gradients from the sandboxed oracle) takes the same
 autograd path here as in a real fine-tune. Only the policy log-probs carry gradients; the reference
 log-probs are constants, as TRL's precomputed ones are.
 
