@@ -52,10 +52,12 @@ def gpus_for_workers(training: TrainingSettings, executor: ExecutorSettings) -> 
         return 0
     if not Path("/dev/nvidiactl").exists():  # no NVIDIA driver: skip importing torch just to learn that
         return 0
-    from discopop.execution.devices import cuda_device_count
-
     gpus = getattr(executor, "gpus", "auto")
-    return len(gpus) if isinstance(gpus, list) else cuda_device_count()
+    if isinstance(gpus, list):
+        return len(gpus)
+    import torch  # lazy: torch takes seconds to import and is asked only on a host with an NVIDIA driver
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_auto(settings: RunSettings) -> None:

@@ -6,15 +6,10 @@ the ``reference`` proposer replays them, which is handy for smoke tests and benc
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from discopop.config.references import PROPOSALS_DIR, available
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 
-PROPOSALS_DIR = Path(__file__).resolve().parent.parent / "proposals"
-
-
-def available() -> list[str]:
-    return sorted(p.stem for p in PROPOSALS_DIR.glob("*.py") if not p.name.startswith("_"))
+__all__ = ["PROPOSALS_DIR", "ReferenceProposer", "available", "reference_candidate"]
 
 
 def reference_candidate(name: str) -> Candidate:

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from discopop.config.training import SANDBOX_FILE_MB, SANDBOX_MEMORY_MB
 from discopop.sandbox.boundary import REPLY_LIMIT, clean_reply, clean_text, remove_tree, sandbox_env
 from discopop.sandbox.cgroups import Cgroup
 
@@ -42,8 +43,8 @@ class Limits:
 
     # Per process: address space (RLIMIT_AS), or for a CUDA child its data segment (RLIMIT_DATA); and the
     # memory of the whole tree (cgroup), where one can be made.
-    memory_mb: int = 6144
-    file_size_mb: int = 256  # largest file the child may write (RLIMIT_FSIZE)
+    memory_mb: int = SANDBOX_MEMORY_MB  # 6144; declared with the executor's settings, which default to it
+    file_size_mb: int = SANDBOX_FILE_MB  # 256: largest file the child may write (RLIMIT_FSIZE)
     network: bool = False  # True: no network namespace, no Landlock TCP rule
     # Tasks (processes + threads) of the whole tree, via a pids cgroup. A training worker runs ~20
     # threads (torch, tokenizers, CUDA on GPU); 256 leaves room and still stops a fork bomb early.

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.config import HubTaskSettings, from_plain, plain
-
-REQUIRED = ("model", "dataset")
+from discopop.config.task import hub_config_problem
 
 
 class RewardModelScorer:
@@ -74,20 +73,6 @@ class RewardModelScorer:
             for (i, _), value in zip(chunk, logits, strict=True):
                 out[i] = float(value)
         return out
-
-
-def hub_config_problem(cfg: dict[str, Any]) -> str | None:
-    """What a hub task config lacks (one line), or None: a policy, pairs, and one source of reward."""
-    missing = [f"task.{k}" for k in REQUIRED if not cfg.get(k)]
-    judged = bool((cfg.get("judge") or {}).get("model"))
-    if not cfg.get("reward_model") and not judged:
-        missing.append("task.reward_model")
-    if missing:
-        return (f"task=hub needs {', '.join(missing)} (hub ids or local paths; task.judge.model may replace "
-                "the reward model)")
-    if cfg.get("reward_model") and judged:
-        return "task=hub: set task.reward_model or task.judge.model, not both (one of them gives the reward)"
-    return None
 
 
 def _load_dataset(name_or_path: str, split: str):
