@@ -49,7 +49,7 @@ def executor_factory(out: Path):
     """Makes the sandboxed executor discovery uses, for one (task, beta). The task is built here first (a
     sandboxed worker may only read the task cache, not write it); a judged task's completions are graded in
     this process, with the ratings cached in ``out`` (``judge.with_judge``), as in ``discover``."""
-    from discopop.execution.executors import make_executor
+    from discopop.execution.factory import make_executor
     from discopop.fitness.judge import with_judge
     from discopop.search.loop import worker_spec
     from discopop.tasks import load_task

@@ -22,6 +22,7 @@ from typing import Any
 
 from discopop.config import HubTaskSettings, from_plain, plain
 from discopop.config.task import hub_config_problem
+from discopop.tasks.base import Task, cache_root, search_count
 
 
 class RewardModelScorer:
@@ -88,8 +89,6 @@ def _load_dataset(name_or_path: str, split: str):
 
 def load_hub_task(cfg: HubTaskSettings | dict[str, Any]):
     """Load (and cache the split of) a hub task; see the module docstring."""
-    from discopop.tasks import Task, cache_root, search_count
-
     settings = from_plain(HubTaskSettings, cfg)
     cfg = plain(settings)
     problem = hub_config_problem(cfg)
