@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_callback import TrainerState
 from trl import DPOConfig, DPOTrainer
 
 from discopop.contract.losses import load_loss
@@ -106,8 +107,6 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         The model's weights are the caller's to restore. Reusing one trainer this way skips the
         seconds TRL spends constructing a trainer, which on small models exceed the training itself.
         """
-        from transformers.trainer_callback import TrainerState
-
         self.loss_fn = resolve_loss(loss_fn)
         self.optimizer = None
         self.lr_scheduler = None

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from discopop.archive import Archive, ArchiveError
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
+from discopop.execution.gpu_check import check_gpu
 
 EXIT_USAGE = 2
 
@@ -40,7 +42,6 @@ def discover(argv: list[str] | None = None) -> int:
         return _fail("discover", str(err))
     from rich.console import Console
 
-    from discopop.archive import Archive, ArchiveError
     from discopop.report.display import Display
     from discopop.report.leaderboard import print_leaderboard
     from discopop.search.loop import Loop, RunLocked, lock_run_dir
@@ -80,8 +81,6 @@ def discover(argv: list[str] | None = None) -> int:
 
 
 def _open_archive(run_dir: str):
-    from discopop.archive import Archive, ArchiveError
-
     path = Path(run_dir) / "archive.sqlite"
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run directory not found: {run_dir}")
@@ -155,8 +154,6 @@ def _import_run(args: argparse.Namespace) -> int:
 
 
 def _check_gpu(args: argparse.Namespace) -> int:
-    from discopop.execution.gpu_check import check_gpu
-
     found = check_gpu(args.gpu, memory_mb=args.memory_mb)
     print("\n".join(found.lines))
     return 0 if found.ok else 1

@@ -31,6 +31,7 @@ from discopop.config import ExecutorSettings, TrainingSettings
 from discopop.execution.devices import plan_local_workers
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
+from discopop.tasks import cache_root
 
 _TRAINING = TrainingSettings()
 
@@ -116,8 +117,6 @@ def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
     """
     if task is None:
         return None, []
-    from discopop.tasks import cache_root
-
     cache = cache_root(task).resolve()
     paths = [str(cache)]
     for key in ("model", "tokenizer", "dataset", "reward_model"):

@@ -12,6 +12,7 @@ import numpy as np
 
 from discopop.archive import Row
 from discopop.contract.diagnostics import summarize
+from discopop.contract.losses import load_loss
 from discopop.proposers.reference import reference_candidate
 from discopop.report.figures import BASELINE_STYLE, GREY, SERIES_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, diagnostics_of, row_label, scored
@@ -26,8 +27,6 @@ def loss_curve(code: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sandboxed checks (``metrics.checks.curve``), so no archived code runs in the report's process.
     """
     import torch
-
-    from discopop.contract.losses import load_loss
 
     fn = load_loss(code)
     t = torch.tensor(x, dtype=torch.float32, requires_grad=True)

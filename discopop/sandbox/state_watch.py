@@ -7,6 +7,8 @@ worker's globals (its code runs only in the oracle), so a change there points at
 
 from __future__ import annotations
 
+import builtins
+import math
 import sys
 from types import ModuleType
 from typing import Any
@@ -26,9 +28,6 @@ class StateWatch:
     """
 
     def __init__(self, threads: int):
-        import builtins
-        import math
-
         import torch
         import torch.nn.functional as F
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from discopop.config import SelectionSettings, check_race
-
-if TYPE_CHECKING:
-    from discopop.config import RunSettings
+from discopop.config import RunSettings, SelectionSettings, check_race
 
 # Extra search seeds are base_seed + 500 + i: never the search seed itself, nor a confirmation seed
 # (base_seed + 1000 + i, ``confirmation.SEED_OFFSET``), so confirmation stays fresh.
@@ -62,8 +59,6 @@ class RacePolicy:
     @classmethod
     def from_config(cls, cfg: RunSettings | Mapping[str, Any]) -> RacePolicy:
         """From the run settings (or a plain run config, read as those settings)."""
-        from discopop.config import RunSettings
-
         return cls.from_settings(RunSettings.coerce(cfg).selection)
 
     @classmethod

@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from discopop.config import HubTaskSettings, from_plain, plain
 from discopop.config.task import hub_config_problem
 from discopop.tasks.base import Task, cache_root, search_count
@@ -58,8 +60,6 @@ class RewardModelScorer:
     def batch(self, prompts: list[str], completions: list[str | None], device: Any = "cpu",
               batch_size: int = 32) -> list[float]:
         """Rewards of many completions (0 for None), in order; texts of similar length share a padded batch."""
-        import torch
-
         tokenizer, model = self._model
         model.to(device)
         out = [0.0] * len(prompts)
