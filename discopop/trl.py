@@ -60,6 +60,7 @@ def use_torch_log_softmax_kernels() -> None:
     audit guard refuse it), so on a GPU every fine-tune failed at its first step; TRL's own fallback
     (the same log-softmax in PyTorch) needs no compiler. Called by the worker before it trains.
     """
+    # lazy: TRL's kernel modules are patched only by the worker, before it trains
     import trl.kernels.chunked_logprob as chunked
     import trl.trainer.utils as trl_utils
 

@@ -189,6 +189,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
 
     Rows whose code is already archived as imported are skipped, so importing twice adds nothing.
     """
+    # lazy: the search loop imports torch; only this subcommand needs it
     from discopop.search.loop import RunLocked, lock_run_dir
 
     items = read_source(source)

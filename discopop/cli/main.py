@@ -40,6 +40,7 @@ def discover(argv: list[str] | None = None) -> int:
         create_run_dir(run_dir)
     except ConfigError as err:
         return _fail("discover", str(err))
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from rich.console import Console
 
     from discopop.report.display import Display
@@ -58,6 +59,7 @@ def discover(argv: list[str] | None = None) -> int:
         return _fail("discover", str(err))
     total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
     if not args.verbose:
+        # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
         from discopop.report.quiet import quiet_libraries
 
         quiet_libraries(run_dir)
@@ -91,6 +93,7 @@ def _open_archive(run_dir: str):
 
 
 def _check(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.check import check_file
 
     path = Path(args.file)
@@ -114,6 +117,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report.leaderboard import print_leaderboard
 
     archive = _open_archive(args.run_dir)
@@ -122,6 +126,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report.export import export_candidate
 
     archive = _open_archive(args.run_dir)
@@ -131,6 +136,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report import write_report
 
     _open_archive(args.run_dir).close()
@@ -140,12 +146,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.evaluate import run_evaluate
 
     return run_evaluate(args)
 
 
 def _import_run(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.import_run import import_run
 
     summary = import_run(Path(args.source), Path(args.run_dir), list(args.overrides))

@@ -185,6 +185,7 @@ def check_group(group: str, value: Any, schema: type | None) -> None:
 
 def register_schemas() -> None:
     """Store every schema in hydra's ConfigStore (idempotent), so the YAML files can extend them."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -225,6 +226,7 @@ API_KEY_REFUSED = ("{key} is not a setting: put the key in an environment variab
 def typed(cls: type[T], value: Mapping[str, Any], replace: Mapping[str, Any] | None = None, where: str = "") -> T:
     """``value`` merged onto the schema ``cls`` and converted to it; ``replace``: typed parts put in as they are;
     ``where``: the group's key, named in errors."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -240,6 +242,7 @@ def typed(cls: type[T], value: Mapping[str, Any], replace: Mapping[str, Any] | N
 
 def describe(err: Exception, where: str = "") -> str:
     """One line for an OmegaConf error: the key it concerns and what was wrong (unknown key, wrong type)."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -96,6 +96,7 @@ def refuse_pasted_keys(overrides: list[str]) -> None:
 def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
     """Compose ``config.yaml`` with overrides onto the schemas; return (typed settings, ``auto`` resolved,
     run directory). Nothing is checked beyond the types: ``validate`` does that."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -133,6 +134,7 @@ def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
 
 def _explain(err: Exception) -> str:
     """One line: hydra wraps the OmegaConf error that names the key and the problem; prefer that one."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf.errors import OmegaConfBaseException
 
     cause: BaseException | None = err
@@ -158,6 +160,7 @@ def _config_hint(message: str) -> str:
 
 
 def _load_saved(run_dir: Path, overrides: list[str]) -> RunSettings:
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -208,6 +211,7 @@ def record_run(settings: RunSettings, run_dir: Path, overrides: list[str], resum
     Call it only while holding the run directory's lock, so a refused second process cannot
     overwrite the running one's record.
     """
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
 
     try:

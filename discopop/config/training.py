@@ -170,7 +170,7 @@ class LoraSettings:
 
     def peft_config(self):
         """The peft ``LoraConfig`` (imported here: the main process never needs peft)."""
-        from peft import LoraConfig
+        from peft import LoraConfig  # lazy: peft is optional and only a LoRA worker needs it
 
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,

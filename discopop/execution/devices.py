@@ -45,7 +45,7 @@ NO_GPU = ""
 
 def cuda_device_count() -> int:
     """GPUs this process can use through torch (0 for a CPU build of torch or without a visible GPU)."""
-    import torch
+    import torch  # lazy: torch-free at import: the main process plans workers without torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -56,7 +56,7 @@ def cuda_failure_reason() -> str:
     A worker whose parent saw a GPU but which sees none was stopped by something in between (its
     sandbox, its environment); torch's own error says what, where a bare "not available" would not.
     """
-    import torch
+    import torch  # lazy: torch-free at import: the main process plans workers without torch
 
     if torch.cuda.is_available() or not torch.backends.cuda.is_built():
         return ""

@@ -209,7 +209,7 @@ class Judge:
     def _make_client(self) -> Any:
         """The client, made on first use so composing or validating a config never needs the key."""
         if self._client is None:
-            import openai
+            import openai  # lazy: openai/tenacity only when a judge is configured
 
             key = os.environ.get(self.cfg["api_key_env"])
             if not key:
@@ -223,7 +223,7 @@ class Judge:
 
     def _ask(self, client: Any, prompt: str, completion: str) -> _Answer:
         """One completion graded, with retries (runs in a pool thread; the meter is fed by the caller)."""
-        import openai
+        import openai  # lazy: openai/tenacity only when a judge is configured
         from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         answer = _Answer(None, "")

@@ -18,6 +18,7 @@ def build_proposer(cfg: Any, seed: int) -> Proposer:
     if isinstance(settings, EvolutionSettings):
         return EvolutionProposer(seed=seed, **settings.kwargs())
     if isinstance(settings, OpenAISettings):
+        # lazy: openai only when the openai proposer is chosen
         from discopop.proposers.llm.proposer import OpenAIProposer
 
         return OpenAIProposer(seed=seed, **settings.kwargs())

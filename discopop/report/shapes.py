@@ -26,7 +26,7 @@ def loss_curve(code: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Only for the packaged reference losses (trusted code): candidates' curves come from their
     sandboxed checks (``metrics.checks.curve``), so no archived code runs in the report's process.
     """
-    import torch
+    import torch  # lazy: the report stays torch-free until a reference curve is drawn
 
     fn = load_loss(code)
     t = torch.tensor(x, dtype=torch.float32, requires_grad=True)

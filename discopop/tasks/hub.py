@@ -42,6 +42,7 @@ class RewardModelScorer:
 
     @cached_property
     def _model(self):
+        # lazy: transformers/datasets only when a hub task is loaded
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -77,6 +78,7 @@ class RewardModelScorer:
 
 
 def _load_dataset(name_or_path: str, split: str):
+    # lazy: transformers/datasets only when a hub task is loaded
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(name_or_path).expanduser()
