@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_callback import TrainerState
 from trl import DPOConfig, DPOTrainer
 
 from discopop.contract.losses import load_loss
@@ -59,6 +60,7 @@ def use_torch_log_softmax_kernels() -> None:
     audit guard refuse it), so on a GPU every fine-tune failed at its first step; TRL's own fallback
     (the same log-softmax in PyTorch) needs no compiler. Called by the worker before it trains.
     """
+    # lazy: TRL's kernel modules are patched only by the worker, before it trains
     import trl.kernels.chunked_logprob as chunked
     import trl.trainer.utils as trl_utils
 
@@ -106,8 +108,6 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         The model's weights are the caller's to restore. Reusing one trainer this way skips the
         seconds TRL spends constructing a trainer, which on small models exceed the training itself.
         """
-        from transformers.trainer_callback import TrainerState
-
         self.loss_fn = resolve_loss(loss_fn)
         self.optimizer = None
         self.lr_scheduler = None

@@ -130,7 +130,7 @@ def nan_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 
 
 def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate(tiny_task, archive) -> None:
-    from discopop.execution.executors import make_executor
+    from discopop.execution.factory import make_executor
     from discopop.search.confirmation import confirm
     from discopop.search.loop import worker_spec
 

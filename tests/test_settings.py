@@ -200,3 +200,19 @@ def test_code_that_keeps_defaults_takes_them_from_the_settings() -> None:
         training.threads, training.check_timeout, training.train_timeout, training.oracle_timeout)
     for executor in (LocalExecutorSettings(), RayExecutorSettings()):
         assert (executor.memory_mb, executor.file_mb) == (Limits().memory_mb, Limits().file_size_mb)
+
+
+def test_the_allowed_values_kept_with_the_settings_match_the_components() -> None:
+    """The settings hold the allowed values (config imports nothing else); the components must agree with them."""
+    from discopop.config.proposer import HISTORY_MODES, POPULATIONS
+    from discopop.config.references import available
+    from discopop.config.task import LANGUAGE_NAMES
+    from discopop.proposers.evolution import EvolutionProposer
+    from discopop.tasks.synthetic import LANGUAGES
+
+    assert tuple(LANGUAGES) == LANGUAGE_NAMES
+    proposals = Path(__file__).resolve().parents[1] / "discopop" / "proposals"
+    assert "dpo" in available() and all((proposals / f"{n}.py").is_file() for n in available())
+    for population in POPULATIONS:
+        for mode in HISTORY_MODES:
+            EvolutionProposer(seed=0, population=population, history_mode=mode)

@@ -19,6 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from discopop.archive import Evaluation
 from discopop.config.compose import RunSettings, compose_settings, validate
+from discopop.execution.factory import make_executor
+from discopop.fitness.judge import with_judge
+from discopop.fitness.tuning import LrProtocol
+from discopop.report.quiet import quiet_libraries
+from discopop.search.loop import worker_spec
+from discopop.tasks import load_task
 from discopop.transfer.protocol import (
     CACHE_NAME,
     EvaluateError,
@@ -28,6 +34,7 @@ from discopop.transfer.protocol import (
     resolve_losses,
 )
 from discopop.transfer.protocol import Progress as Callbacks
+from discopop.transfer.report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
 
 
 def parse_betas(text: str) -> list[float]:
@@ -49,11 +56,6 @@ def executor_factory(out: Path):
     """Makes the sandboxed executor discovery uses, for one (task, beta). The task is built here first (a
     sandboxed worker may only read the task cache, not write it); a judged task's completions are graded in
     this process, with the ratings cached in ``out`` (``judge.with_judge``), as in ``discover``."""
-    from discopop.execution.executors import make_executor
-    from discopop.fitness.judge import with_judge
-    from discopop.search.loop import worker_spec
-    from discopop.tasks import load_task
-
     def make(cfg: RunSettings):
         task = load_task(cfg.task)
         return with_judge(make_executor(cfg.executor, worker_spec(cfg)), cfg.task, task, out)
@@ -84,8 +86,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise EvaluateError(f"cannot write the output directory {out}: {err.strerror or err}") from None
     cache = ResultCache(out / CACHE_NAME)
     console = Console(highlight=False)
-    from discopop.report.quiet import quiet_libraries
-
     quiet_libraries(out)
     console.print(f"evaluating {len(losses)} losses ({', '.join(s.name for s in losses)}) on {', '.join(tasks)} "
                   f"at beta {', '.join(f'{b:g}' for b in betas)}, {args.seeds} fresh seeds; output: {out}")
@@ -100,8 +100,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
             console.print(f"interrupted; finished fine-tunes are cached in {out / CACHE_NAME}: run the same "
                           "command again to continue")
             return 130
-    from discopop.transfer.report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
-
     seconds = time.perf_counter() - started
     facts = {"losses": ", ".join(s.name for s in losses), "tasks": ", ".join(tasks),
              "betas": ", ".join(f"{b:g}" for b in betas), "fresh seeds": args.seeds,
@@ -130,8 +128,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _grid(cfg: RunSettings) -> tuple[float, ...]:
-    from discopop.fitness.tuning import LrProtocol
-
     return LrProtocol.from_config(cfg.training).grid
 
 

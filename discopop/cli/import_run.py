@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
+from discopop.config.compose import SAVED_CONFIG, compose_settings, create_run_dir, record_run, validate
 from discopop.contract.losses import LossRejected, code_hash, normalise_loss
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.parsing import ProposalParseError, parse_proposal
@@ -187,8 +189,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
 
     Rows whose code is already archived as imported are skipped, so importing twice adds nothing.
     """
-    from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
-    from discopop.config.compose import SAVED_CONFIG, compose_settings, create_run_dir, record_run, validate
+    # lazy: the search loop imports torch; only this subcommand needs it
     from discopop.search.loop import RunLocked, lock_run_dir
 
     items = read_source(source)

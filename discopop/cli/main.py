@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from discopop.archive import Archive, ArchiveError
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
+from discopop.execution.gpu_check import check_gpu
 
 EXIT_USAGE = 2
 
@@ -38,9 +40,9 @@ def discover(argv: list[str] | None = None) -> int:
         create_run_dir(run_dir)
     except ConfigError as err:
         return _fail("discover", str(err))
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from rich.console import Console
 
-    from discopop.archive import Archive, ArchiveError
     from discopop.report.display import Display
     from discopop.report.leaderboard import print_leaderboard
     from discopop.search.loop import Loop, RunLocked, lock_run_dir
@@ -57,6 +59,7 @@ def discover(argv: list[str] | None = None) -> int:
         return _fail("discover", str(err))
     total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
     if not args.verbose:
+        # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
         from discopop.report.quiet import quiet_libraries
 
         quiet_libraries(run_dir)
@@ -80,8 +83,6 @@ def discover(argv: list[str] | None = None) -> int:
 
 
 def _open_archive(run_dir: str):
-    from discopop.archive import Archive, ArchiveError
-
     path = Path(run_dir) / "archive.sqlite"
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run directory not found: {run_dir}")
@@ -92,6 +93,7 @@ def _open_archive(run_dir: str):
 
 
 def _check(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.check import check_file
 
     path = Path(args.file)
@@ -115,6 +117,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report.leaderboard import print_leaderboard
 
     archive = _open_archive(args.run_dir)
@@ -123,6 +126,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report.export import export_candidate
 
     archive = _open_archive(args.run_dir)
@@ -132,6 +136,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.report import write_report
 
     _open_archive(args.run_dir).close()
@@ -141,12 +146,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.evaluate import run_evaluate
 
     return run_evaluate(args)
 
 
 def _import_run(args: argparse.Namespace) -> int:
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.cli.import_run import import_run
 
     summary = import_run(Path(args.source), Path(args.run_dir), list(args.overrides))
@@ -155,8 +162,6 @@ def _import_run(args: argparse.Namespace) -> int:
 
 
 def _check_gpu(args: argparse.Namespace) -> int:
-    from discopop.execution.gpu_check import check_gpu
-
     found = check_gpu(args.gpu, memory_mb=args.memory_mb)
     print("\n".join(found.lines))
     return 0 if found.ok else 1

@@ -14,12 +14,14 @@ Groups: ``task`` (:class:`SyntheticTaskSettings`, :class:`HubTaskSettings`), ``p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
 from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
+from discopop.config.references import available
 from discopop.config.task import HubTaskSettings, JudgeSettings, PairsSettings, SftSettings, SyntheticTaskSettings
 from discopop.config.training import (
     ExecutorSettings,
@@ -29,17 +31,18 @@ from discopop.config.training import (
 )
 
 __all__ = [
-    "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "SCHEMAS", "WANDB_MODES", "ConfigError", "ConfirmSettings",
-    "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings", "LocalExecutorSettings",
-    "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings", "RunSettings", "SelectionSettings",
-    "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings", "check_group", "describe",
-    "executor_settings", "from_plain", "help_of", "plain", "proposer_settings", "register_schemas", "task_settings",
-    "typed",
+    "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "ConfigError",
+    "ConfirmSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings",
+    "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
+    "RunSettings", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings",
+    "check_group", "check_race", "describe", "executor_settings", "from_plain", "help_of", "plain",
+    "proposer_settings", "register_schemas", "task_settings", "typed",
 ]  # fmt: skip
 
 MISSING = "???"  # omegaconf.MISSING: a group hydra fills in (kept literal: importing settings stays light)
 BASELINES = ["dpo", "hinge", "ipo", "kto_pair", "lrml", "padll", "cell", "pfl", "aql", "aqfl", "dbaql"]
 WANDB_MODES = ("offline", "online", "disabled")
+MAX_SEEDS_LIMIT = 100  # selection.max_seeds at most: keeps race seeds (base + 500 + i) below the confirmation seeds
 
 
 @dataclass
@@ -76,12 +79,22 @@ class SelectionSettings:
                                           "train every reference in this run.")
 
     def check(self) -> None:
-        from discopop.search.seed_race import RacePolicy
-
         try:
-            RacePolicy.from_settings(self)
+            check_race(self.max_seeds, self.top_k, self.z, self.noise_prior)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def check_race(max_seeds: int, top_k: int, z: float, noise_prior: float) -> None:
+    """The selection numbers' ranges, one ``ValueError`` line (``seed_race.RacePolicy`` checks them too)."""
+    if not 1 <= max_seeds <= MAX_SEEDS_LIMIT:
+        raise ValueError(f"selection.max_seeds must be in 1..{MAX_SEEDS_LIMIT}, got {max_seeds}")
+    if top_k < 1:
+        raise ValueError(f"selection.top_k must be >= 1, got {top_k}")
+    if not (z >= 0 and math.isfinite(z)):
+        raise ValueError(f"selection.z must be a finite number >= 0, got {z}")
+    if not (noise_prior >= 0 and math.isfinite(noise_prior)):
+        raise ValueError(f"selection.noise_prior must be a finite number >= 0, got {noise_prior}")
 
 
 @dataclass
@@ -118,8 +131,6 @@ class RunSettings:
 
     def check(self) -> None:
         """Every check of every group, once, before anything is written (``ConfigError``: one line)."""
-        from discopop.proposers.reference import available
-
         require(self.generations >= 0, f"generations must be >= 0, got {self.generations}")
         check_count(self.candidates_per_generation, "candidates_per_generation", 1)
         unknown = [n for n in self.baselines if n not in available()]
@@ -178,6 +189,7 @@ def check_group(group: str, value: Any, schema: type | None) -> None:
 
 def register_schemas() -> None:
     """Store every schema in hydra's ConfigStore (idempotent), so the YAML files can extend them."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -218,6 +230,7 @@ API_KEY_REFUSED = ("{key} is not a setting: put the key in an environment variab
 def typed(cls: type[T], value: Mapping[str, Any], replace: Mapping[str, Any] | None = None, where: str = "") -> T:
     """``value`` merged onto the schema ``cls`` and converted to it; ``replace``: typed parts put in as they are;
     ``where``: the group's key, named in errors."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -233,6 +246,7 @@ def typed(cls: type[T], value: Mapping[str, Any], replace: Mapping[str, Any] | N
 
 def describe(err: Exception, where: str = "") -> str:
     """One line for an OmegaConf error: the key it concerns and what was wrong (unknown key, wrong type)."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

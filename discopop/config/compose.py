@@ -52,10 +52,12 @@ def gpus_for_workers(training: TrainingSettings, executor: ExecutorSettings) -> 
         return 0
     if not Path("/dev/nvidiactl").exists():  # no NVIDIA driver: skip importing torch just to learn that
         return 0
-    from discopop.execution.devices import cuda_device_count
-
     gpus = getattr(executor, "gpus", "auto")
-    return len(gpus) if isinstance(gpus, list) else cuda_device_count()
+    if isinstance(gpus, list):
+        return len(gpus)
+    import torch  # lazy: torch takes seconds to import and is asked only on a host with an NVIDIA driver
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_auto(settings: RunSettings) -> None:
@@ -94,6 +96,7 @@ def refuse_pasted_keys(overrides: list[str]) -> None:
 def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
     """Compose ``config.yaml`` with overrides onto the schemas; return (typed settings, ``auto`` resolved,
     run directory). Nothing is checked beyond the types: ``validate`` does that."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -131,6 +134,7 @@ def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
 
 def _explain(err: Exception) -> str:
     """One line: hydra wraps the OmegaConf error that names the key and the problem; prefer that one."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf.errors import OmegaConfBaseException
 
     cause: BaseException | None = err
@@ -156,6 +160,7 @@ def _config_hint(message: str) -> str:
 
 
 def _load_saved(run_dir: Path, overrides: list[str]) -> RunSettings:
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -206,6 +211,7 @@ def record_run(settings: RunSettings, run_dir: Path, overrides: list[str], resum
     Call it only while holding the run directory's lock, so a refused second process cannot
     overwrite the running one's record.
     """
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from omegaconf import OmegaConf
 
     try:

@@ -6,12 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from discopop.config.base import is_env_name, is_int, is_number, is_url, require, setting
+from discopop.config.base import ConfigError, is_env_name, is_int, is_number, is_url, require, setting
+from discopop.config.references import available
 
 # archive: a fresh prompt from the archive; conversation: one running chat; none: no feedback (the control arm)
 OPENAI_HISTORY_MODES = ("archive", "conversation", "none")
 PROTOCOLS = ("default", "paper")  # paper: the DiscoPOP paper's conversation, fitness-only feedback
 SELECTIONS = ("ucb", "thompson", "fixed")
+# The evolution proposer's arms: feedback selects on the archive, none is the control arm (no feedback).
+HISTORY_MODES = ("feedback", "none")
+POPULATIONS = ("cells", "flat")  # cells: the best loss of each behaviour cell may breed; flat: any scored loss
 # OpenAI list prices in 2024, USD per 1,000 tokens: check them before trusting max_cost_usd.
 LIST_PRICES = {"gpt-4o": {"prompt": 0.0025, "completion": 0.01},
                "gpt-4o-mini": {"prompt": 0.00015, "completion": 0.0006}}
@@ -40,9 +44,6 @@ class EvolutionSettings:
                                 "milliseconds here, so lock step costs nothing and sees one generation more).")
 
     def check(self) -> None:
-        from discopop.config.base import ConfigError
-        from discopop.proposers.evolution import HISTORY_MODES, POPULATIONS
-
         require(self.history_mode in HISTORY_MODES,
                 f"proposer.history_mode must be {' or '.join(HISTORY_MODES)}, got {self.history_mode!r}")
         require(self.population in POPULATIONS,
@@ -118,8 +119,6 @@ class OpenAISettings:
 
     def check(self) -> None:
         """Every field checked, as one config line that never echoes a value that may be a key."""
-        from discopop.config.base import ConfigError
-
         require(is_env_name(self.api_key_env), "proposer.api_key_env must be the NAME of an environment variable "
                 "holding the key (the value given is not a variable name and was not saved)")
         try:
@@ -202,8 +201,6 @@ class ReferenceSettings:
     names: list[str] | None = setting(None, "Reference losses to replay, in order; null: every file in proposals/.")
 
     def check(self) -> None:
-        from discopop.proposers.reference import available
-
         unknown = [n for n in self.names or [] if n not in available()]
         require(not unknown, f"proposer.names: unknown reference loss(es) {', '.join(unknown)} "
                              f"(available: {', '.join(available())})")

@@ -6,9 +6,15 @@ and ``hub`` (a Hugging Face model, dataset and reward model or LLM judge; preset
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-from discopop.config.base import ConfigError, require, setting
+from discopop.config.base import ConfigError, is_env_name, is_url, require, setting
+
+LANGUAGE_NAMES = ("addition", "sorting")  # the embedded tasks (``tasks.synthetic.LANGUAGES`` builds them)
+HUB_REQUIRED = ("model", "dataset")  # a hub task's keys without a default
 
 SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.fitness.scoring)
 
@@ -61,10 +67,8 @@ class SyntheticTaskSettings:
     pairs: PairsSettings = setting(PairsSettings(), "The preference pairs.")
 
     def check(self) -> None:
-        from discopop.tasks.synthetic import LANGUAGES
-
-        require(self.language in LANGUAGES,
-                f"task.language must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
+        require(self.language in LANGUAGE_NAMES,
+                f"task.language must be one of {', '.join(LANGUAGE_NAMES)}, got {self.language!r}")
         require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
 
@@ -128,10 +132,58 @@ class HubTaskSettings:
     judge: JudgeSettings = setting(JudgeSettings(), "Instead of reward_model: an LLM judge (see JudgeSettings).")
 
     def check(self) -> None:
-        from discopop.fitness.judge import judge_config_problem
-        from discopop.tasks.hub import hub_config_problem
-
         plain = asdict(self)
         for problem in (hub_config_problem(plain), judge_config_problem(plain["judge"])):
             if problem:
                 raise ConfigError(problem)
+
+
+JUDGE_DEFAULTS: dict[str, Any] = asdict(JudgeSettings())  # declared once, with each option's help, on JudgeSettings
+
+
+def hub_config_problem(cfg: Mapping[str, Any]) -> str | None:
+    """What a hub task config lacks (one line), or None: a policy, pairs, and one source of reward."""
+    missing = [f"task.{k}" for k in HUB_REQUIRED if not cfg.get(k)]
+    judged = bool((cfg.get("judge") or {}).get("model"))
+    if not cfg.get("reward_model") and not judged:
+        missing.append("task.reward_model")
+    if missing:
+        return (f"task=hub needs {', '.join(missing)} (hub ids or local paths; task.judge.model may replace "
+                "the reward model)")
+    if cfg.get("reward_model") and judged:
+        return "task=hub: set task.reward_model or task.judge.model, not both (one of them gives the reward)"
+    return None
+
+
+def judge_config_problem(cfg: Any) -> str | None:
+    """What is wrong with ``task.judge`` (one line that never echoes a value that may be a key), or None."""
+    if not isinstance(cfg, Mapping):
+        return "task.judge must be a mapping with at least a model"
+    if "api_key" in cfg:
+        return ("task.judge.api_key is not a setting: put the key in an environment variable and name it with "
+                "task.judge.api_key_env (the value given was not saved)")
+    unknown = sorted(set(cfg) - set(JUDGE_DEFAULTS))
+    if unknown:
+        return f"task.judge: unknown option(s) {unknown}; allowed: {sorted(JUDGE_DEFAULTS)}"
+    full = {**JUDGE_DEFAULTS, **cfg}
+    if not full["model"]:
+        return None  # no judge: the task's reward model scores it
+    if not is_env_name(full["api_key_env"]):
+        return ("task.judge.api_key_env must be the NAME of an environment variable holding the key "
+                "(the value given is not a variable name and was not saved)")
+    url = full["base_url"]
+    if not is_url(url):
+        return f"task.judge.base_url={url!r} is not allowed; expected null (OpenAI) or an http(s) URL"
+    for key, low in (("max_tokens", 1), ("concurrency", 1), ("max_retries", 0)):
+        if not (isinstance(full[key], int) and not isinstance(full[key], bool) and full[key] >= low):
+            return f"task.judge.{key}={full[key]!r} is not allowed; expected an integer >= {low}"
+    for key in ("temperature", "timeout", "backoff_base", "backoff_max"):
+        if not (isinstance(full[key], int | float) and not isinstance(full[key], bool) and full[key] >= 0):
+            return f"task.judge.{key}={full[key]!r} is not allowed; expected a number >= 0"
+    if full["max_cost_usd"] is not None and not (isinstance(full["max_cost_usd"], int | float)
+                                                 and full["max_cost_usd"] > 0):
+        return f"task.judge.max_cost_usd={full['max_cost_usd']!r} is not allowed; expected null or dollars > 0"
+    template = full["template"]
+    if template is not None and not Path(str(template)).expanduser().is_file():
+        return f"task.judge.template: no such file {template}"
+    return None

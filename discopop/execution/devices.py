@@ -19,35 +19,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from discopop.config import ExecutorSettings, LocalExecutorSettings, TrainingSettings, from_plain
+from discopop.config import ExecutorSettings, TrainingSettings
+from discopop.config.training import (
+    DEVICES,
+    PRECISIONS,
+    LoraSettings,
+    accumulation_steps,
+    check_executor,
+    check_precision,
+    check_training,
+    executor_settings,
+    lora_settings,
+    resolve_device,
+    training_settings,
+)
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# The pure checks live with the settings (``config.training``); they are re-exported here, beside the placement.
+__all__ = ["DEVICES", "NO_GPU", "PRECISIONS", "LoraSettings", "WorkerPlacement", "accumulation_steps",
+           "check_executor", "check_precision", "check_training", "cuda_device_count", "cuda_failure_reason",
+           "executor_settings", "gpu_slots", "lora_settings", "plan_local_workers", "resolve_device",
+           "training_settings", "visible_devices"]
 # The CUDA_VISIBLE_DEVICES a CPU-only process gets: it sees no GPU, so nothing in it can start a CUDA context.
 NO_GPU = ""
 
 
 def cuda_device_count() -> int:
     """GPUs this process can use through torch (0 for a CPU build of torch or without a visible GPU)."""
-    import torch
+    import torch  # lazy: torch-free at import: the main process plans workers without torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def resolve_device(setting: Any, cuda_available: bool, why_not: str = "") -> str:
-    """``training.device`` as the fine-tune uses it: "cpu" or "cuda" (auto: CUDA when there is one).
-
-    ``why_not``: torch's own reason CUDA is unusable, when known (a worker whose parent saw a GPU).
-    """
-    if setting not in DEVICES:
-        raise ValueError(f"training.device must be one of {', '.join(DEVICES)}, got {setting!r}")
-    if setting == "auto":
-        return "cuda" if cuda_available else "cpu"
-    if setting == "cuda" and not cuda_available:
-        reason = f": {why_not}" if why_not else " (torch built without CUDA, or no GPU visible)"
-        raise ValueError(f"training.device=cuda but no CUDA GPU is usable here{reason}; "
-                         "use training.device=auto or cpu")
-    return setting
 
 
 def cuda_failure_reason() -> str:
@@ -56,7 +56,7 @@ def cuda_failure_reason() -> str:
     A worker whose parent saw a GPU but which sees none was stopped by something in between (its
     sandbox, its environment); torch's own error says what, where a bare "not available" would not.
     """
-    import torch
+    import torch  # lazy: torch-free at import: the main process plans workers without torch
 
     if torch.cuda.is_available() or not torch.backends.cuda.is_built():
         return ""
@@ -65,115 +65,6 @@ def cuda_failure_reason() -> str:
     except Exception as err:  # noqa: BLE001 - the message is the point
         return " ".join(str(err).split())[:300]
     return ""
-
-
-def check_precision(setting: Any, device: str, bf16_supported: bool = True) -> str:
-    """``training.precision`` if it can run on ``device``; fp16 needs CUDA, bf16 on CUDA needs a GPU that has it."""
-    if setting not in PRECISIONS:
-        raise ValueError(f"training.precision must be one of {', '.join(PRECISIONS)}, got {setting!r}")
-    if setting == "fp16" and device != "cuda":
-        raise ValueError("training.precision=fp16 needs a CUDA device (mixed fp16 is GPU-only); "
-                         "use bf16 or fp32 on CPU")
-    if setting == "bf16" and device == "cuda" and not bf16_supported:
-        raise ValueError("training.precision=bf16 is not supported by this GPU (needs compute capability >= 8.0); "
-                         "use fp16 or fp32")
-    return setting
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """``training.lora``: a LoRA adapter for the inner fine-tune (None in the config: full fine-tune)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | str = "all-linear"
-
-    def peft_config(self):
-        """The peft ``LoraConfig`` (imported here: the main process never needs peft)."""
-        from peft import LoraConfig
-
-        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          bias="none", task_type="CAUSAL_LM")
-
-
-def lora_settings(value: Any) -> LoraSettings | None:
-    """Parse ``training.lora`` (null, or a mapping with r, alpha, dropout, target_modules)."""
-    if value is None or value is False:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"training.lora must be null or a mapping (r, alpha, dropout, target_modules), got {value!r}")
-    unknown = sorted(set(value) - {"r", "alpha", "dropout", "target_modules"})
-    if unknown:
-        raise ValueError(f"training.lora: unknown key(s) {', '.join(unknown)} (allowed: r, alpha, dropout, "
-                         "target_modules)")
-    defaults = LoraSettings()
-    r, alpha = value.get("r", defaults.r), value.get("alpha", defaults.alpha)
-    dropout, targets = value.get("dropout", defaults.dropout), value.get("target_modules", defaults.target_modules)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"training.lora.r must be an integer >= 1, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
-        raise ValueError(f"training.lora.alpha must be > 0, got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-        raise ValueError(f"training.lora.dropout must be in [0, 1), got {dropout!r}")
-    if isinstance(targets, list | tuple) and targets and all(isinstance(t, str) and t for t in targets):
-        targets = tuple(targets)
-    elif not (isinstance(targets, str) and targets):
-        raise ValueError("training.lora.target_modules must be 'all-linear' or a non-empty list of module names, "
-                         f"got {targets!r}")
-    return LoraSettings(r=r, alpha=float(alpha), dropout=float(dropout), target_modules=targets)
-
-
-def training_settings(training: TrainingSettings | Mapping[str, Any]) -> TrainingSettings:
-    """The training settings, or a plain mapping of them (a worker's JSON, a test's few keys) read as those."""
-    return from_plain(TrainingSettings, training)
-
-
-def executor_settings(executor: ExecutorSettings | Mapping[str, Any]) -> ExecutorSettings:
-    """The executor settings, or a plain mapping read as the local executor's."""
-    return executor if isinstance(executor, ExecutorSettings) else from_plain(LocalExecutorSettings, executor)
-
-
-def accumulation_steps(training: TrainingSettings | Mapping[str, Any]) -> int:
-    """``training.gradient_accumulation_steps``, which must divide ``training.batch_size`` (pairs per step)."""
-    training = training_settings(training)
-    steps = training.gradient_accumulation_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"training.gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
-    batch = int(training.batch_size)
-    if batch % steps:
-        raise ValueError(f"training.gradient_accumulation_steps={steps} must divide training.batch_size={batch} "
-                         "(the batch is the pairs per optimiser step, split into equal micro-batches)")
-    return steps
-
-
-def check_training(training: TrainingSettings | Mapping[str, Any]) -> None:
-    """Validate the device-related training keys that need no GPU to judge (one line per mistake)."""
-    training = training_settings(training)
-    if training.device not in DEVICES:
-        resolve_device(training.device, False)
-    if training.precision not in PRECISIONS or training.device == "cpu":
-        check_precision(training.precision, "cpu")
-    accumulation_steps(training)
-    if not isinstance(training.gradient_checkpointing, bool):
-        raise ValueError("training.gradient_checkpointing must be true or false, "
-                         f"got {training.gradient_checkpointing!r}")
-    lora_settings(training.lora)
-
-
-def check_executor(executor: ExecutorSettings | Mapping[str, Any]) -> None:
-    """Validate ``executor.gpus`` and ``executor.workers_per_gpu`` (their shape; counts are checked at start)."""
-    executor = executor_settings(executor)
-    per_gpu = executor.workers_per_gpu
-    if per_gpu is not None and (isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1):
-        raise ValueError(f"executor.workers_per_gpu must be an integer >= 1 (or null), got {per_gpu!r}")
-    gpus = getattr(executor, "gpus", "auto")  # Ray places its actors itself: no gpus setting
-    if gpus == "auto":
-        return
-    if not isinstance(gpus, list | tuple) or not gpus or any(
-            isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise ValueError(f"executor.gpus must be 'auto' or a non-empty list of distinct GPU indices, got {gpus!r}")
 
 
 def visible_devices(env: dict[str, str] | None = None) -> list[str] | None:

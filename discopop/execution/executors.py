@@ -8,7 +8,7 @@ and its job is reported as failed with the reason. Candidate code runs in neithe
 fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
 verdict, the fitness) is computed by trusted code only.
 
-``make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
+``factory.make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
 is pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` (``discopop.execution.devices``) and runs under
 ``Limits.uses_cuda`` (no address-space rlimit; the memory cgroup caps it). Its oracles stay CPU-only.
 """
@@ -27,9 +27,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from discopop.config import ExecutorSettings, RayExecutorSettings, TrainingSettings
+from discopop.config import ExecutorSettings, TrainingSettings
+from discopop.execution.devices import plan_local_workers
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
+from discopop.tasks import cache_root
 
 _TRAINING = TrainingSettings()
 
@@ -118,8 +120,6 @@ def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
     """
     if task is None:
         return None, []
-    from discopop.tasks import cache_root
-
     cache = cache_root(task).resolve()
     paths = [str(cache)]
     for key in ("model", "tokenizer", "dataset", "reward_model"):
@@ -288,23 +288,7 @@ def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], 
     The resolved device also goes into the worker's training config, so ``device=auto`` means the same
     in the worker as in the plan.
     """
-    from discopop.execution.devices import plan_local_workers
-
     placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
     return [replace(spec, device=p.device, visible_devices=p.visible_devices,
                     training={**spec.training, "device": p.device} if spec.training is not None else None)
             for p in placements]
-
-
-def make_executor(cfg: ExecutorSettings | dict[str, Any], spec: WorkerSpec) -> Executor:
-    """Build the executor the ``executor`` settings name (a plain mapping is read as those settings)."""
-    from discopop.config import executor_settings
-
-    cfg = executor_settings(cfg)
-    if cfg.workers == "auto" or int(cfg.workers) < 1:
-        raise ValueError(f"executor.workers must be >= 1 (auto is resolved before the run), got {cfg.workers}")
-    if isinstance(cfg, RayExecutorSettings):
-        from discopop.execution.ray_executor import RayExecutor
-
-        return RayExecutor(spec, workers=cfg.workers, address=cfg.address, workers_per_gpu=cfg.workers_per_gpu)
-    return LocalExecutor(spec, workers=cfg.workers, specs=placed_specs(spec, cfg, cfg.workers))

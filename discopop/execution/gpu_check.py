@@ -37,6 +37,7 @@ def check_gpu(gpu: str = "0", timeout: float = 180.0, device_count: int | None =
     ``device="cpu"`` runs the same steps on the CPU in the same CUDA-worker sandbox (how the tests cover
     everything but CUDA itself). ``memory_mb``: the worker's memory cap (default: ``Limits``'s).
     """
+    # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
     from discopop.execution.devices import cuda_device_count
     from discopop.sandbox import Limits, SandboxedProcess
 
@@ -66,7 +67,7 @@ def check_gpu(gpu: str = "0", timeout: float = 180.0, device_count: int | None =
 
 def _probe(workdir: str, layers: list[str], device: str, memory_mb: int) -> dict:
     """In the locked-down child: the worker's start-up order, one step at a time, stopping at the first failure."""
-    from discopop.sandbox import seal
+    from discopop.sandbox import seal  # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
     from discopop.text import error_line
 
     steps: list[list[str]] = []
@@ -81,15 +82,17 @@ def _probe(workdir: str, layers: list[str], device: str, memory_mb: int) -> dict
         steps.append([name, "ok"])
         return True
 
-    import torch
+    import torch  # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
 
     if not step(f"{device.upper()} initialises in the locked-down worker",
                 lambda: torch.ones(1, device=device).sum().item()):
         return out
     out["name"] = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
     from discopop.trl import use_torch_log_softmax_kernels
 
     use_torch_log_softmax_kernels()
+    # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
     from trl.trainer.utils import selective_log_softmax
 
     sealed = seal(workdir)  # seccomp + audit guard: from here on as during a fine-tune
@@ -123,6 +126,7 @@ def _probe(workdir: str, layers: list[str], device: str, memory_mb: int) -> dict
 
 
 def main() -> None:
+    # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
     from discopop.sandbox import child_connections, lock_down
 
     workdir = os.environ["DISCOPOP_SANDBOX_DIR"]

@@ -58,7 +58,7 @@ class RayExecutor(Executor):
     def __init__(self, spec: WorkerSpec, workers: int = 1, address: str | None = None,
                  workers_per_gpu: int | None = None):
         try:
-            import ray
+            import ray  # lazy: ray is optional (discopop[ray])
             from ray.util import ActorPool
         except ImportError:
             raise ValueError("executor=ray needs Ray: pip install 'discopop[ray]'") from None

@@ -59,7 +59,7 @@ class Worker:
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        import torch
+        import torch  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
         self.threads = int(msg.get("threads", 1))
         self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
@@ -67,7 +67,7 @@ class Worker:
             self.beta = float(msg["training"]["beta"])
         torch.set_num_threads(self.threads)
         if msg.get("task") is not None:
-            import datasets
+            import datasets  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
             from discopop.fitness.training import FineTuner
             from discopop.tasks import load_task
@@ -81,6 +81,7 @@ class Worker:
             task = load_task(msg["task"])
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract import checks  # noqa: F401 - imported before the guard closes the door
         from discopop.sandbox import (
             remote_loss,  # noqa: F401 - imported before the guard closes the door
@@ -102,6 +103,7 @@ class Worker:
         Whatever the checks or the trainer made of an exception, a link the oracle broke (or whose
         guard it tripped) turns the job into that failure; the link is closed after the job.
         """
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.sandbox.remote_loss import OracleBroken, OracleLink, OracleRefused, RemoteLoss
 
         if self.control is None:
@@ -144,6 +146,7 @@ class Worker:
                 os.close(fd)
 
     def check(self, msg: dict[str, Any]) -> dict[str, Any]:
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import DEFAULT_BETA, CheckFailed, check_loss
 
         beta = msg.get("beta")
@@ -160,6 +163,7 @@ class Worker:
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
         if self.fine_tuner is None:
             raise _Failure("train", "worker was started without a task")
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.sandbox.remote_loss import CandidateError
         from discopop.trl import NonFiniteLoss
 
@@ -192,7 +196,7 @@ class Worker:
         if self.watch is not None:
             self.watch.reset()
             return
-        import torch
+        import torch  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
         torch.set_grad_enabled(True)
         torch.set_default_dtype(torch.float32)
@@ -203,6 +207,7 @@ class Worker:
 
         Returns True when the process must exit (a patched namespace cannot be trusted to be undone).
         """
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.sandbox import guard_violations
 
         refused = guard_violations()
@@ -234,6 +239,7 @@ class _Failure(Exception):
 
 
 def main() -> None:
+    # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
     from discopop.sandbox import child_connections, lock_down
 
     # First thing, while this process has a single thread (see lock_down).

@@ -33,13 +33,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import urlparse
 
-from discopop.config import KEY_LIKE, HubTaskSettings, JudgeSettings, plain
+from discopop.config import KEY_LIKE, HubTaskSettings, plain
+from discopop.config.task import JUDGE_DEFAULTS, judge_config_problem
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.proposers.base import ProposerStop
 from discopop.proposers.llm.metering import Meter
@@ -47,8 +48,7 @@ from discopop.proposers.llm.metering import Meter
 TEMPLATE = Path(__file__).resolve().parents[1] / "prompts" / "judge_single.txt"
 CACHE_NAME = "judge.sqlite"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-DEFAULTS: dict[str, Any] = asdict(JudgeSettings())  # declared once, with each option's help, on JudgeSettings
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEFAULTS = JUDGE_DEFAULTS  # declared once, with each option's help, on JudgeSettings
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # Most explicit first: the requested [[x]], then [x], then "Rating: x" or "x/10" in prose.
 _RATING_PATTERNS = [re.compile(r"\[\[\s*" + _NUMBER + r"\s*\]\]"), re.compile(r"\[\s*" + _NUMBER + r"\s*\]"),
@@ -62,41 +62,6 @@ class JudgeStop(ProposerStop):
 
 class JudgeFailed(RuntimeError):
     """Some completions stayed ungraded after the retries; the message says why (the key redacted)."""
-
-
-def judge_config_problem(cfg: Mapping[str, Any]) -> str | None:
-    """What is wrong with ``task.judge`` (one line that never echoes a value that may be a key), or None."""
-    if not isinstance(cfg, Mapping):
-        return "task.judge must be a mapping with at least a model"
-    if "api_key" in cfg:
-        return ("task.judge.api_key is not a setting: put the key in an environment variable and name it with "
-                "task.judge.api_key_env (the value given was not saved)")
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        return f"task.judge: unknown option(s) {unknown}; allowed: {sorted(DEFAULTS)}"
-    full = {**DEFAULTS, **cfg}
-    if not full["model"]:
-        return None  # no judge: the task's reward model scores it
-    if not (isinstance(full["api_key_env"], str) and _ENV_NAME.fullmatch(full["api_key_env"])):
-        return ("task.judge.api_key_env must be the NAME of an environment variable holding the key "
-                "(the value given is not a variable name and was not saved)")
-    url = full["base_url"]
-    if url is not None and not (isinstance(url, str) and urlparse(url).scheme in ("http", "https")
-                                and urlparse(url).netloc):
-        return f"task.judge.base_url={url!r} is not allowed; expected null (OpenAI) or an http(s) URL"
-    for key, low in (("max_tokens", 1), ("concurrency", 1), ("max_retries", 0)):
-        if not (isinstance(full[key], int) and not isinstance(full[key], bool) and full[key] >= low):
-            return f"task.judge.{key}={full[key]!r} is not allowed; expected an integer >= {low}"
-    for key in ("temperature", "timeout", "backoff_base", "backoff_max"):
-        if not (isinstance(full[key], int | float) and not isinstance(full[key], bool) and full[key] >= 0):
-            return f"task.judge.{key}={full[key]!r} is not allowed; expected a number >= 0"
-    if full["max_cost_usd"] is not None and not (isinstance(full["max_cost_usd"], int | float)
-                                                 and full["max_cost_usd"] > 0):
-        return f"task.judge.max_cost_usd={full['max_cost_usd']!r} is not allowed; expected null or dollars > 0"
-    template = full["template"]
-    if template is not None and not Path(str(template)).expanduser().is_file():
-        return f"task.judge.template: no such file {template}"
-    return None
 
 
 def parse_rating(text: str | None) -> float | None:
@@ -244,7 +209,7 @@ class Judge:
     def _make_client(self) -> Any:
         """The client, made on first use so composing or validating a config never needs the key."""
         if self._client is None:
-            import openai
+            import openai  # lazy: openai/tenacity only when a judge is configured
 
             key = os.environ.get(self.cfg["api_key_env"])
             if not key:
@@ -258,7 +223,7 @@ class Judge:
 
     def _ask(self, client: Any, prompt: str, completion: str) -> _Answer:
         """One completion graded, with retries (runs in a pool thread; the meter is fed by the caller)."""
-        import openai
+        import openai  # lazy: openai/tenacity only when a judge is configured
         from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         answer = _Answer(None, "")

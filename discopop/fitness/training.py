@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import DPOConfig
 
@@ -177,8 +178,6 @@ class FineTuner:
         knobs = training if isinstance(training, Mapping) else {}
         training = self.training = from_plain(TrainingSettings, training)
         torch.set_num_threads(training.threads)
-        from datasets import load_from_disk
-
         self.task = task
         self.kl_coef = kl_coef
         cuda_ok = torch.cuda.is_available()

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from discopop.proposers.stop import ProposerStop as ProposerStop  # re-exported: the seam's error
+
 if TYPE_CHECKING:
     from discopop.proposers.llm.facts import FitnessFacts
     from discopop.proposers.llm.metering import Meter
@@ -109,7 +111,3 @@ class Proposer(ABC):
 
     def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Continue from a saved ``state()``."""
-
-
-class ProposerStop(RuntimeError):
-    """The proposer cannot go on (bad credentials, budget spent): the run stops cleanly with this line."""

@@ -7,15 +7,11 @@ the ``reference`` proposer replays them, which is handy for smoke tests and benc
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from discopop.config.references import PROPOSALS_DIR, available
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 
-PROPOSALS_DIR = Path(__file__).resolve().parent.parent / "proposals"
-
-
-def available() -> list[str]:
-    return sorted(p.stem for p in PROPOSALS_DIR.glob("*.py") if not p.name.startswith("_"))
+__all__ = ["PROPOSALS_DIR", "ReferenceProposer", "available", "reference_candidate"]
 
 
 # The references whose one constant is the label-flip rate they assume (cDPO's smoothing, rDPO's flip rate).

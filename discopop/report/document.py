@@ -29,7 +29,7 @@ def build_views(rows: list[Row]) -> list[View]:
 
 def show(view: View) -> None:
     """Display a view in a notebook: note and HTML as rich text, the figure as a PNG image output."""
-    from IPython.display import HTML, Image, display
+    from IPython.display import HTML, Image, display  # lazy: IPython/jinja2 are optional, for notebooks and HTML only
 
     if view.note:
         display(HTML(f"<p><em>{html.escape(view.note)}</em></p>"))
@@ -48,7 +48,7 @@ def _diff_css() -> str:
 
 
 def _environment():
-    import jinja2
+    import jinja2  # lazy: IPython/jinja2 are optional, for notebooks and HTML only
 
     return jinja2.Environment(loader=jinja2.PackageLoader("discopop.report", "templates"),
                               autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True,

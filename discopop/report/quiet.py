@@ -28,7 +28,7 @@ def quiet_libraries(run_dir: Path | None) -> Path | None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import datasets
+    import datasets  # lazy: the report is torch/transformers-free; only quieted where already used
     import transformers
 
     datasets.disable_progress_bars()

@@ -12,6 +12,7 @@ import numpy as np
 
 from discopop.archive import Row
 from discopop.contract.diagnostics import summarize
+from discopop.contract.losses import load_loss
 from discopop.proposers.reference import reference_candidate
 from discopop.report.figures import BASELINE_STYLE, GREY, SERIES_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, diagnostics_of, row_label, scored
@@ -25,9 +26,7 @@ def loss_curve(code: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Only for the packaged reference losses (trusted code): candidates' curves come from their
     sandboxed checks (``metrics.checks.curve``), so no archived code runs in the report's process.
     """
-    import torch
-
-    from discopop.contract.losses import load_loss
+    import torch  # lazy: the report stays torch-free until a reference curve is drawn
 
     fn = load_loss(code)
     t = torch.tensor(x, dtype=torch.float32, requires_grad=True)

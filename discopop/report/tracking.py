@@ -24,7 +24,7 @@ class Tracker:
         self.run = None
         if mode == "disabled":
             return
-        import wandb
+        import wandb  # lazy: wandb is optional
 
         self.run = wandb.init(project=settings.project, mode=mode, dir=str(run_dir),
                               config=config, name=run_dir.name, resume="allow", id=f"discopop-{run_dir.name}",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from discopop.sandbox.parent import Limits
+    from discopop.sandbox.limits import Limits
 
 
 # ---- what crosses from the child to the parent --------------------------------------------------

@@ -95,7 +95,7 @@ def lock_down(workdir: str, network: bool = False) -> list[str]:
     """
     if sys.platform != "linux":
         return []
-    import ctypes
+    import ctypes  # lazy: ctypes only in the process that locks itself down
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -216,7 +216,7 @@ def _landlock(libc, workdir: str, network: bool, readable: dict[str, int], priva
     """Writes only in the work dir and device files (/dev/shm only when it is the child's own);
     reads only in ``readable`` and the work dir (all reads stay free when ``readable`` is empty);
     no TCP; no signals or abstract sockets outside."""
-    import ctypes
+    import ctypes  # lazy: ctypes only in the process that locks itself down
 
     abi = libc.syscall(_SYS_LANDLOCK_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
     if abi < 1:
@@ -274,7 +274,7 @@ def _landlock(libc, workdir: str, network: bool, readable: dict[str, int], priva
 
 def _drop_capabilities(libc) -> bool:
     """Empty the bounding, effective, permitted and inheritable capability sets (a root child stays uid 0)."""
-    import ctypes
+    import ctypes  # lazy: ctypes only in the process that locks itself down
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]

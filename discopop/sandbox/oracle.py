@@ -44,7 +44,7 @@ class Oracle:
     """Holds the loaded loss and the last forward's graph (no module globals: the state watch compares those)."""
 
     def __init__(self, threads: int = 1) -> None:
-        import torch
+        import torch  # lazy: the oracle imports torch and the checks only once locked down
 
         from discopop.contract import checks  # noqa: F401 - contract_problem; imported before the watch snapshot
         from discopop.sandbox.state_watch import StateWatch
@@ -56,6 +56,7 @@ class Oracle:
         self.watch.remember_state()
 
     def load(self, payload: bytes) -> tuple[bytes, int, int]:
+        # lazy: the oracle imports torch and the checks only once locked down
         from discopop.contract.losses import LossRejected, load_loss
 
         try:
@@ -67,7 +68,7 @@ class Oracle:
         return b"", 0, 0
 
     def forward(self, request_id: bytes, mask: int, payload: bytes) -> tuple[bytes, int, int]:
-        import torch
+        import torch  # lazy: the oracle imports torch and the checks only once locked down
 
         from discopop.contract.checks import contract_problem
 
@@ -98,7 +99,7 @@ class Oracle:
         return wire.tensor_bytes(out), wire.DTYPE_CODES[out.dtype], flags
 
     def backward(self, code: int, payload: bytes) -> tuple[bytes, int, int]:
-        import torch
+        import torch  # lazy: the oracle imports torch and the checks only once locked down
 
         forward_id, data = payload[:8], payload[8:]
         if self.last is None or self.last[0] != forward_id:
@@ -122,6 +123,7 @@ class Oracle:
 
     def trace_problem(self) -> str | None:
         """What the candidate changed in this process, worded as the worker's audit words it."""
+        # lazy: the oracle imports torch and the checks only once locked down
         from discopop.sandbox import guard_violations
 
         refused = guard_violations()
@@ -165,7 +167,7 @@ def serve(sock: socket.socket, oracle: Oracle) -> None:
 
 
 def main() -> None:
-    from discopop.sandbox import lock_down, seal
+    from discopop.sandbox import lock_down, seal  # lazy: the oracle imports torch and the checks only once locked down
 
     workdir = os.environ["DISCOPOP_SANDBOX_DIR"]
     # First thing, while this process has a single thread (see lock_down).

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -34,38 +33,7 @@ from typing import Any
 
 from discopop.sandbox.boundary import REPLY_LIMIT, clean_reply, clean_text, remove_tree, sandbox_env
 from discopop.sandbox.cgroups import Cgroup
-
-
-@dataclass
-class Limits:
-    """Per-process limits; 0 disables a limit (a choice, not a gap: ``missing_layers`` does not report it)."""
-
-    # Per process: address space (RLIMIT_AS), or for a CUDA child its data segment (RLIMIT_DATA); and the
-    # memory of the whole tree (cgroup), where one can be made.
-    memory_mb: int = 6144
-    file_size_mb: int = 256  # largest file the child may write (RLIMIT_FSIZE)
-    network: bool = False  # True: no network namespace, no Landlock TCP rule
-    # Tasks (processes + threads) of the whole tree, via a pids cgroup. A training worker runs ~20
-    # threads (torch, tokenizers, CUDA on GPU); 256 leaves room and still stops a fork bomb early.
-    max_processes: int = 256
-    # stdout+stderr bytes per request before the child is killed; a fine-tune logs a few KB.
-    output_mb: int = 8
-    # Size of the child's private /tmp and /dev/shm (each a fresh tmpfs, gone when the child is).
-    # Nothing in a worker writes there (TMPDIR is the work dir); 64 MB is room for a stray library.
-    tmpfs_mb: int = 64
-    # The child initialises CUDA. CUDA maps far more virtual address space than it ever uses (tens to
-    # hundreds of GB for its unified address space), so RLIMIT_AS would stop it at start-up. Those
-    # reservations are inaccessible (PROT_NONE) or shared device mappings, which RLIMIT_DATA does not
-    # count (Linux >= 4.7 counts private writable mappings), so a CUDA child gets RLIMIT_DATA instead:
-    # a runaway of ordinary (private) host memory stays capped even where no memory cgroup can be made
-    # (measured on an H100 with ``discopop check-gpu``, whose probe checks that an allocation over the cap
-    # fails). It is not a hard cap: shared anonymous mappings (tested: 8 GB granted under a 4 GB cap) and,
-    # likely, CUDA pinned host memory are not counted; only ``cgroup-memory`` bounds those. Candidate code
-    # never runs in the worker (it runs in the CPU-only oracle, under RLIMIT_AS).
-    uses_cuda: bool = False
-    # BENCHMARK SWITCH: False turns off the private mounts, the Landlock read rules and seccomp,
-    # only so that benchmarks/sandbox_startup.py can measure what they cost. Never off in a run.
-    os_hardening: bool = True
+from discopop.sandbox.limits import Limits
 
 
 class SandboxTimeout(RuntimeError):

@@ -63,7 +63,7 @@ def _seccomp_program() -> list[tuple[int, int, int, int]]:
 
 def install_seccomp() -> bool:
     """Load the filter on every thread of this process (TSYNC); False where it cannot be done."""
-    import ctypes
+    import ctypes  # lazy: ctypes only in the process that installs the filter
     import platform
 
     if sys.platform != "linux" or platform.machine() != "x86_64":

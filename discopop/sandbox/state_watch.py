@@ -7,6 +7,8 @@ worker's globals (its code runs only in the oracle), so a change there points at
 
 from __future__ import annotations
 
+import builtins
+import math
 import sys
 from types import ModuleType
 from typing import Any
@@ -26,10 +28,7 @@ class StateWatch:
     """
 
     def __init__(self, threads: int):
-        import builtins
-        import math
-
-        import torch
+        import torch  # lazy: the sandbox package stays torch-free at import (the parent imports it)
         import torch.nn.functional as F
 
         self.threads = threads
@@ -51,7 +50,7 @@ class StateWatch:
 
     @staticmethod
     def read_state() -> dict[str, Any]:
-        import torch
+        import torch  # lazy: the sandbox package stays torch-free at import (the parent imports it)
 
         return {
             "num_threads": torch.get_num_threads(), "default_dtype": torch.get_default_dtype(),
@@ -82,7 +81,7 @@ class StateWatch:
     def reset(self) -> None:
         """Put global torch state back as it was after set-up; only what changed is set (some setters
         are not free: ``use_deterministic_algorithms`` imports torch._dynamo)."""
-        import torch
+        import torch  # lazy: the sandbox package stays torch-free at import (the parent imports it)
 
         setters = {
             "num_threads": torch.set_num_threads, "default_dtype": torch.set_default_dtype,

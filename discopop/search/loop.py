@@ -20,7 +20,8 @@ from rich.markup import escape
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.config import RunSettings, plain
-from discopop.execution.executors import Executor, WorkerSpec, make_executor
+from discopop.execution.executors import Executor, WorkerSpec
+from discopop.execution.factory import make_executor
 from discopop.fitness.judge import with_judge
 from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, shared_path
 from discopop.fitness.tuning import LrProtocol

@@ -22,17 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from discopop.config import SelectionSettings
-
-if TYPE_CHECKING:
-    from discopop.config import RunSettings
+from discopop.config import RunSettings, SelectionSettings, check_race
 
 # Extra search seeds are base_seed + 500 + i: never the search seed itself, nor a confirmation seed
 # (base_seed + 1000 + i, ``confirmation.SEED_OFFSET``), so confirmation stays fresh.
 RACE_SEED_OFFSET = 500
-MAX_SEEDS_LIMIT = 100  # keeps race seeds below the confirmation seeds
 PRIOR_DF = 2.0  # the prior noise counts as this many degrees of freedom in the pooled estimate
 _SELECTION = SelectionSettings()
 STATE_KEY = "selection"  # run_state key under which the evaluator records the policy for readers
@@ -52,14 +48,7 @@ class RacePolicy:
     noise_prior: float = _SELECTION.noise_prior
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_seeds <= MAX_SEEDS_LIMIT:
-            raise ValueError(f"selection.max_seeds must be in 1..{MAX_SEEDS_LIMIT}, got {self.max_seeds}")
-        if self.top_k < 1:
-            raise ValueError(f"selection.top_k must be >= 1, got {self.top_k}")
-        if not (self.z >= 0 and math.isfinite(self.z)):
-            raise ValueError(f"selection.z must be a finite number >= 0, got {self.z}")
-        if not (self.noise_prior >= 0 and math.isfinite(self.noise_prior)):
-            raise ValueError(f"selection.noise_prior must be a finite number >= 0, got {self.noise_prior}")
+        check_race(self.max_seeds, self.top_k, self.z, self.noise_prior)
 
     @classmethod
     def from_settings(cls, selection: SelectionSettings) -> RacePolicy:
@@ -70,8 +59,6 @@ class RacePolicy:
     @classmethod
     def from_config(cls, cfg: RunSettings | Mapping[str, Any]) -> RacePolicy:
         """From the run settings (or a plain run config, read as those settings)."""
-        from discopop.config import RunSettings
-
         return cls.from_settings(RunSettings.coerce(cfg).selection)
 
     @classmethod

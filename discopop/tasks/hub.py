@@ -20,9 +20,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from discopop.config import HubTaskSettings, from_plain, plain
+import torch
 
-REQUIRED = ("model", "dataset")
+from discopop.config import HubTaskSettings, from_plain, plain
+from discopop.config.task import hub_config_problem
+from discopop.tasks.base import Task, cache_root, search_count
 
 
 class RewardModelScorer:
@@ -40,6 +42,7 @@ class RewardModelScorer:
 
     @cached_property
     def _model(self):
+        # lazy: transformers/datasets only when a hub task is loaded
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -58,8 +61,6 @@ class RewardModelScorer:
     def batch(self, prompts: list[str], completions: list[str | None], device: Any = "cpu",
               batch_size: int = 32) -> list[float]:
         """Rewards of many completions (0 for None), in order; texts of similar length share a padded batch."""
-        import torch
-
         tokenizer, model = self._model
         model.to(device)
         out = [0.0] * len(prompts)
@@ -76,21 +77,8 @@ class RewardModelScorer:
         return out
 
 
-def hub_config_problem(cfg: dict[str, Any]) -> str | None:
-    """What a hub task config lacks (one line), or None: a policy, pairs, and one source of reward."""
-    missing = [f"task.{k}" for k in REQUIRED if not cfg.get(k)]
-    judged = bool((cfg.get("judge") or {}).get("model"))
-    if not cfg.get("reward_model") and not judged:
-        missing.append("task.reward_model")
-    if missing:
-        return (f"task=hub needs {', '.join(missing)} (hub ids or local paths; task.judge.model may replace "
-                "the reward model)")
-    if cfg.get("reward_model") and judged:
-        return "task=hub: set task.reward_model or task.judge.model, not both (one of them gives the reward)"
-    return None
-
-
 def _load_dataset(name_or_path: str, split: str):
+    # lazy: transformers/datasets only when a hub task is loaded
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(name_or_path).expanduser()
@@ -103,8 +91,6 @@ def _load_dataset(name_or_path: str, split: str):
 
 def load_hub_task(cfg: HubTaskSettings | dict[str, Any]):
     """Load (and cache the split of) a hub task; see the module docstring."""
-    from discopop.tasks import Task, cache_root, search_count
-
     settings = from_plain(HubTaskSettings, cfg)
     cfg = plain(settings)
     problem = hub_config_problem(cfg)

@@ -158,6 +158,7 @@ def config_hash(cfg: dict[str, Any]) -> str:
 
 def build_tokenizer(alphabet: str):
     """A character-level fast tokenizer, so TRL and ``generate`` treat it like any hub tokenizer."""
+    # lazy: tokenizers/transformers/datasets only when a task is built or loaded
     from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
@@ -210,6 +211,7 @@ def _sft_batches(language: SyntheticLanguage, train: list[tuple[str, str]], toke
 
 def train_sft(language, train, tokenizer, cfg: dict[str, Any], seed: int):
     """Plain-torch SFT of a tiny GPT-2 (task construction, not a candidate: no TRL overhead needed)."""
+    # lazy: tokenizers/transformers/datasets only when a task is built or loaded
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -350,6 +352,7 @@ def sft_stage(language: SyntheticLanguage, train: list[tuple[str, str]], tokeniz
     The model is saved in fp32 and pair sampling draws from its own seeded generator, so a stored
     model gives exactly the pairs the in-memory one would.
     """
+    # lazy: tokenizers/transformers/datasets only when a task is built or loaded
     from transformers import GPT2LMHeadModel
 
     stage = stage_root / f"{language.name}-sft-{config_hash(sft_key(cfg))}" if stage_root is not None else None
@@ -385,7 +388,7 @@ def build(cfg: dict[str, Any], out_dir: Path, stage_root: Path | None = None) ->
 
     With ``stage_root`` the SFT model is taken from (or stored in) the SFT stage cache there.
     """
-    from datasets import Dataset
+    from datasets import Dataset  # lazy: tokenizers/transformers/datasets only when a task is built or loaded
 
     started = time.perf_counter()
     language = LANGUAGES[cfg["language"]]()

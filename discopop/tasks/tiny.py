@@ -12,13 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from discopop.tasks.synthetic import build_tokenizer
+
 DIGITS = "0123456789+="  # the addition task's alphabet
 
 
 def tiny_tokenizer(alphabet: str = DIGITS):
     """A character-level fast tokenizer with ``<pad>`` and ``<eos>``."""
-    from discopop.tasks.synthetic import build_tokenizer
-
     return build_tokenizer(alphabet)
 
 
@@ -32,7 +34,7 @@ def tiny_causal_lm(alphabet: str = DIGITS, *, width: int = 32, layers: int = 1, 
                    experts: int = 0, seed: int = 0, **config: Any):
     """(model, tokenizer): a GPT-2, or with ``experts`` > 0 a Mixtral mixture-of-experts (top-2 routing, router
     logits on, so a trainer must add the load-balancing loss). ``config`` overrides any field of the HF config."""
-    import torch
+    # lazy: transformers only when a tiny model is built (tests, benchmarks)
     from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM
 
     tokenizer = tiny_tokenizer(alphabet)
@@ -51,7 +53,7 @@ def tiny_causal_lm(alphabet: str = DIGITS, *, width: int = 32, layers: int = 1, 
 def tiny_reward_model(alphabet: str = DIGITS, *, width: int = 32, layers: int = 1, heads: int = 2,
                       positions: int = 16, seed: int = 0, **config: Any):
     """(model, tokenizer): a GPT-2 sequence classifier with one output, the shape of a reward model."""
-    import torch
+    # lazy: transformers only when a tiny model is built (tests, benchmarks)
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     tokenizer = tiny_tokenizer(alphabet)

@@ -40,15 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from discopop.archive import Evaluation
+from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Evaluation
 from discopop.config import RunSettings, plain
 from discopop.contract.losses import LossRejected, code_hash, read_source, static_check
 from discopop.execution.executors import Executor, Job
 from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.proposers.reference import available, reference_candidate
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
-from discopop.search.confirmation import fresh_seeds
+from discopop.search.confirmation import fresh_seeds, top_candidates
 from discopop.tasks import stable_key
 
 SEARCH_SPLIT = "search"
@@ -85,8 +86,6 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
     ``always`` names references added when missing (DPO: every verdict is relative to it). Names are made
     unique; the same code given twice is evaluated once.
     """
-    from discopop.proposers.reference import available, reference_candidate
-
     specs: list[LossSpec] = []
     for item in items:
         path = Path(item)
@@ -128,9 +127,6 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
 
 def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
     """The ``top_k`` best scored non-reference candidates of a discovery run (by search fitness)."""
-    from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
-    from discopop.search.confirmation import top_candidates
-
     if not (Path(run_dir) / ARCHIVE_NAME).is_file():
         raise EvaluateError(f"{run_dir} is not a discopop run directory (no {ARCHIVE_NAME})")
     try:

@@ -11,14 +11,14 @@ import random
 from collections import Counter
 
 from discopop.config import EvolutionSettings
+from discopop.config.proposer import HISTORY_MODES, POPULATIONS
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 from discopop.proposers.evolution.children import write_child
 from discopop.proposers.evolution.control import random_chain, reference_pool
 from discopop.proposers.evolution.operators import TWO_PARENTS, draw_operator
 from discopop.proposers.evolution.program import code_hash
-from discopop.proposers.evolution.selection import POPULATIONS, Parent, can_cross, parent_pool, tournament
+from discopop.proposers.evolution.selection import Parent, can_cross, parent_pool, tournament
 
-HISTORY_MODES = ("feedback", "none")
 _DEFAULTS = EvolutionSettings()  # the defaults are declared once, with their help, on the settings
 
 

@@ -18,8 +18,6 @@ from discopop.proposers.reference import PROPOSALS_DIR
 from discopop.search import behaviour_map
 from discopop.status import Status
 
-POPULATIONS = ("cells", "flat")
-
 
 @dataclass(frozen=True)
 class Parent:

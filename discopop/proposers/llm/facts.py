@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from discopop.config import RunSettings
+from discopop.config import RunSettings
 
 NOT_MEASURED = "not yet measured"
 
@@ -37,8 +36,6 @@ class FitnessFacts:
     def from_run(cls, cfg: RunSettings | Mapping[str, Any], task_meta: Mapping[str, Any],
                  rows: Iterable[Any] = ()) -> FitnessFacts:
         """From the run's settings, ``task.meta`` and archived rows (anything with a ``metrics`` dict)."""
-        from discopop.config import RunSettings
-
         cfg = RunSettings.coerce(cfg)
         training = cfg.training
         grid = training.lr_grid

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from discopop.proposers.base import ProposerStop
+from discopop.proposers.stop import ProposerStop
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def template(name: str) -> Template:
 def _counter() -> Callable[[str], int]:
     """tiktoken's count when it is installed and its vocabulary loads offline, else chars // 4."""
     try:
-        import tiktoken
+        import tiktoken  # lazy: tiktoken is optional (a chars/4 estimate without it)
 
         encoding = tiktoken.get_encoding("o200k_base")
         return lambda text: len(encoding.encode(text, disallowed_special=()))

@@ -1,0 +1,154 @@
+"""The package's import graph: no cycles, and the settings (``discopop.config``) a leaf.
+
+Every import statement counts, at module level or inside a function, under ``TYPE_CHECKING`` or not: a
+cycle hidden in a function still ties two modules together. ``from a.b import c`` is an edge to the
+module ``a.b.c`` when there is one, else to ``a.b``; an edge to a package means its ``__init__``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "discopop"
+
+
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Dotted name -> file, for every module and package ``__init__`` under ``package``."""
+    out = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imported_names(name: str, path: Path) -> list[str]:
+    """Every dotted name ``name``'s module imports, anywhere in its file (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return found
+
+
+def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
+    """Module -> the package modules it imports (the longest known prefix of each imported name)."""
+    known = modules(package)
+    graph = nx.DiGraph()
+    for name, path in known.items():
+        graph.add_node(name)
+        for target in imported_names(name, path):
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph.add_edge(name, target)
+    return graph
+
+
+def unexplained_lazy_imports(path: Path) -> list[int]:
+    """Lines of the in-function import blocks of ``path`` with no ``# lazy: <reason>`` on their first line or above.
+
+    A block is a run of consecutive import statements; one comment explains the block.
+    """
+    source = path.read_text()
+    lines = source.splitlines()
+    missing: list[int] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        bodies = [getattr(node, f) for f in ("body", "orelse", "finalbody") if isinstance(getattr(node, f, None), list)]
+        bodies += [handler.body for handler in getattr(node, "handlers", [])]
+        for statements in bodies:
+            previous_is_import = False
+            for statement in statements:
+                is_import = isinstance(statement, ast.Import | ast.ImportFrom)
+                if is_import and in_function and not previous_is_import:
+                    first = statement.lineno - 1
+                    if "# lazy:" not in lines[first] and not lines[first - 1].strip().startswith("# lazy:"):
+                        missing.append(statement.lineno)
+                previous_is_import = is_import
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+
+    visit(ast.parse(source), False)
+    return missing
+
+
+def test_every_import_inside_a_function_says_why() -> None:
+    """An import is lazy only for a reason (an optional or heavy dependency, a sandbox's import order)."""
+    missing = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in modules().values()
+               for line in unexplained_lazy_imports(path)]
+    assert not missing, "imports inside functions without a '# lazy: <reason>' comment: " + ", ".join(missing)
+
+
+def test_an_unexplained_lazy_import_is_reported(tmp_path: Path) -> None:
+    planted = tmp_path / "m.py"
+    planted.write_text("def f():\n    import json\n    import os\n\n\ndef g():\n"
+                       "    import re  # lazy: a reason\n    import sys\n")
+    assert unexplained_lazy_imports(planted) == [2]
+
+
+def test_the_graph_sees_imports_inside_functions_and_package_inits() -> None:
+    graph = import_graph()
+    assert graph.has_edge("discopop.config.compose", "discopop.config")  # package __init__ as a target
+    assert graph.has_edge("discopop.proposers", "discopop.proposers.llm.proposer")  # inside a function of an __init__
+    assert graph.number_of_nodes() == len(modules()) > 50
+
+
+def test_there_is_no_import_cycle() -> None:
+    graph = import_graph()
+    cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    shown = [" -> ".join(a for a, _ in nx.find_cycle(graph.subgraph(c))) for c in cycles]
+    assert not cycles, "import cycle(s): " + "; ".join(f"{s} -> (back to the start)" for s in shown)
+
+
+def in_config(name: str) -> bool:
+    return name == "discopop.config" or name.startswith("discopop.config.")
+
+
+def test_the_settings_import_nothing_else_of_the_package() -> None:
+    graph = import_graph()
+    outside = sorted((a, b) for a, b in graph.edges if in_config(a) and not in_config(b))
+    assert not outside, "discopop.config must be a leaf; it imports " + ", ".join(f"{b} (in {a})" for a, b in outside)
+
+
+def copy_package(tmp_path: Path) -> Path:
+    """The package's Python files copied under ``tmp_path`` (to plant an import in)."""
+    copy = tmp_path / "discopop"
+    for path in PACKAGE.rglob("*.py"):
+        target = copy / path.relative_to(PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    return copy
+
+
+@pytest.mark.parametrize("source, expected", [("from discopop.config import plain\n", "discopop.config"),
+                                              ("from . import base\n", "discopop.tasks.base"),
+                                              ("def f():\n    import discopop.tasks.hub\n", "discopop.tasks.hub")])
+def test_an_added_import_is_an_edge(tmp_path: Path, source: str, expected: str) -> None:
+    """What the checks above rely on: a planted import, at top level or in a function, shows as an edge."""
+    copy = copy_package(tmp_path)
+    planted = copy / "tasks" / "planted.py"
+    planted.write_text(source)
+    assert import_graph(copy).has_edge("discopop.tasks.planted", expected)
+
+
+def test_a_planted_cycle_is_found(tmp_path: Path) -> None:
+    """The cycle check fails on a cycle: config importing a component that imports config."""
+    copy = copy_package(tmp_path)
+    (copy / "config" / "task.py").write_text((PACKAGE / "config" / "task.py").read_text()
+                                             + "\n\ndef _late():\n    from discopop.tasks.hub import load_hub_task\n")
+    graph = import_graph(copy)
+    cycles = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    assert any({"discopop.config.task", "discopop.tasks.hub"} <= c for c in cycles)
+    assert graph.has_edge("discopop.config.task", "discopop.tasks.hub") and not in_config("discopop.tasks.hub")
