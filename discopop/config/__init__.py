@@ -7,8 +7,8 @@ while composing; ``RunSettings.check`` then checks the values once, before anyth
 The loop and its parts read attributes of these objects; where a config must cross a process
 boundary (a sandboxed worker gets its task and training config as JSON) it goes as ``asdict``.
 
-Groups: ``task`` (:class:`SyntheticTaskSettings`, :class:`HubTaskSettings`, :class:`DiagnosticTaskSettings`), ``proposer``
-(:class:`EvolutionSettings`, :class:`OpenAISettings`, :class:`ReferenceSettings`), ``training``
+Groups: ``task`` (:class:`SyntheticTaskSettings`, :class:`HubTaskSettings`, :class:`DiagnosticTaskSettings`),
+``proposer`` (:class:`EvolutionSettings`, :class:`OpenAISettings`, :class:`ReferenceSettings`), ``training``
 (:class:`TrainingSettings`) and ``executor`` (:class:`LocalExecutorSettings`, :class:`RayExecutorSettings`).
 """
 
@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
 from discopop.config.references import available
-from discopop.config.task import DiagnosticTaskSettings, HubTaskSettings, JudgeSettings, PairsSettings, SftSettings, SyntheticTaskSettings
+from discopop.config.task import (
+    DiagnosticTaskSettings,
+    HubTaskSettings,
+    JudgeSettings,
+    PairsSettings,
+    SftSettings,
+    SyntheticTaskSettings,
+)
 from discopop.config.training import (
     ExecutorSettings,
     LocalExecutorSettings,
@@ -32,7 +39,8 @@ from discopop.config.training import (
 
 __all__ = [
     "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "ConfigError",
-    "ConfirmSettings", "DiagnosticTaskSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings",
+    "ConfirmSettings", "DiagnosticTaskSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings",
+    "JudgeSettings",
     "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
     "RunSettings", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings",
     "check_group", "check_race", "describe", "executor_settings", "from_plain", "help_of", "plain",

@@ -150,7 +150,8 @@ class DiagnosticTuner:
             "fitness": mean[0] - self.kl_coef * mean[1], "reward": mean[0], "kl": mean[1],
             "greedy": float(greedy.mean()), "steps": result.steps, "final_loss": result.final_loss,
             "train_seconds": trained, "step_seconds": trained, "score_seconds": 0.0,
-            "train_metrics": self._metrics(result, seed), "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl],
+            "train_metrics": self._metrics(result, seed),
+            "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl],
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
         }
 
