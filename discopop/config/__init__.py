@@ -7,8 +7,8 @@ while composing; ``RunSettings.check`` then checks the values once, before anyth
 The loop and its parts read attributes of these objects; where a config must cross a process
 boundary (a sandboxed worker gets its task and training config as JSON) it goes as ``asdict``.
 
-Groups: ``task`` (:class:`SyntheticTaskSettings`, :class:`HubTaskSettings`), ``proposer``
-(:class:`EvolutionSettings`, :class:`OpenAISettings`, :class:`ReferenceSettings`), ``training``
+Groups: ``task`` (:class:`SyntheticTaskSettings`, :class:`HubTaskSettings`, :class:`DiagnosticTaskSettings`),
+``proposer`` (:class:`EvolutionSettings`, :class:`OpenAISettings`, :class:`ReferenceSettings`), ``training``
 (:class:`TrainingSettings`) and ``executor`` (:class:`LocalExecutorSettings`, :class:`RayExecutorSettings`).
 """
 
@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
 from discopop.config.references import available
-from discopop.config.task import HubTaskSettings, JudgeSettings, PairsSettings, SftSettings, SyntheticTaskSettings
+from discopop.config.task import (
+    DiagnosticTaskSettings,
+    HubTaskSettings,
+    JudgeSettings,
+    PairsSettings,
+    SftSettings,
+    SyntheticTaskSettings,
+)
 from discopop.config.training import (
     ExecutorSettings,
     LocalExecutorSettings,
@@ -32,7 +39,8 @@ from discopop.config.training import (
 
 __all__ = [
     "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "ConfigError",
-    "ConfirmSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings", "JudgeSettings",
+    "ConfirmSettings", "DiagnosticTaskSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings",
+    "JudgeSettings",
     "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
     "RunSettings", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings",
     "check_group", "check_race", "describe", "executor_settings", "from_plain", "help_of", "plain",
@@ -112,7 +120,7 @@ class WandbSettings:
 class RunSettings:
     """One discovery run. The groups come first, as in the saved ``.hydra/config.yaml``."""
 
-    task: Any = setting(MISSING, "The task (group task: addition, sorting, hub, imdb, tldr).")
+    task: Any = setting(MISSING, "The task (group task: addition, sorting, hub, imdb, tldr, diagnostic).")
     proposer: Any = setting(MISSING, "Who proposes losses (group proposer: evolution, openai, openai_paper, "
                                      "reference).")
     training: TrainingSettings = setting(TrainingSettings(), "The short fine-tune each candidate gets (group training: "
@@ -163,7 +171,8 @@ class RunSettings:
 
 
 T = TypeVar("T")
-TASKS: dict[str, type] = {"synthetic": SyntheticTaskSettings, "hub": HubTaskSettings}
+TASKS: dict[str, type] = {"synthetic": SyntheticTaskSettings, "hub": HubTaskSettings,
+                          "diagnostic": DiagnosticTaskSettings}
 PROPOSERS: dict[str, type] = {"evolution": EvolutionSettings, "openai": OpenAISettings,
                               "reference": ReferenceSettings}
 EXECUTORS: dict[str, type] = {"local": LocalExecutorSettings, "ray": RayExecutorSettings}
@@ -203,7 +212,7 @@ def _pick(kind: Any, choices: dict[str, type], key: str) -> type:
     return choices[kind]
 
 
-def task_settings(value: Any) -> SyntheticTaskSettings | HubTaskSettings:
+def task_settings(value: Any) -> SyntheticTaskSettings | HubTaskSettings | DiagnosticTaskSettings:
     if is_dataclass(value):
         return value
     return typed(_pick(value.get("kind", "synthetic"), TASKS, "task.kind"), value, where="task")

@@ -1,7 +1,8 @@
 """``task``: the preference task every candidate is fine-tuned and scored on.
 
-Two kinds: ``synthetic`` (built locally: addition, the default, and sorting, the transfer task)
-and ``hub`` (a Hugging Face model, dataset and reward model or LLM judge; presets imdb and tldr).
+Three kinds: ``synthetic`` (built locally: addition, the default, and sorting, the transfer task),
+``hub`` (a Hugging Face model, dataset and reward model or LLM judge; presets imdb and tldr) and
+``diagnostic`` (a contextual bandit with exact reward and KL, ``discopop.tasks.diagnostic``: the fast tier).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ LANGUAGE_NAMES = ("addition", "sorting")  # the embedded tasks (``tasks.syntheti
 HUB_REQUIRED = ("model", "dataset")  # a hub task's keys without a default
 
 SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.fitness.scoring)
+# The diagnostic presets (``tasks.diagnostic.PRESETS``; declared here too so config stays a leaf, a test
+# checks the two agree).
+DIAGNOSTIC_PRESETS = ("clean", "label_noise", "ties", "mixed_quality", "deterministic", "shifted_support")
 
 
 @dataclass
@@ -71,6 +75,50 @@ class SyntheticTaskSettings:
                 f"task.language must be one of {', '.join(LANGUAGE_NAMES)}, got {self.language!r}")
         require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
+
+
+@dataclass
+class DiagnosticTaskSettings:
+    """The diagnostic tier (``task=diagnostic``): a contextual bandit whose reward and KL are computed exactly.
+
+    A fine-tune takes ~0.1 s (plus the oracle's round trips) instead of seconds, and the only noise is the
+    seed's pairs and their order, so the search can be developed and checked in minutes
+    (``discopop/tasks/diagnostic.py`` describes the world; ``benchmarks/diagnostic_tier.py`` measures it).
+    Fields left null take the preset's value (``tasks.diagnostic.PRESETS``).
+    """
+
+    name: str = setting("diagnostic", "The task's name.")
+    kind: str = setting("diagnostic", "synthetic (built locally), hub or diagnostic.")
+    preset: str = setting("clean", f"Which world and data: {', '.join(DIAGNOSTIC_PRESETS)}.")
+    contexts: int | None = setting(None, "Training contexts the pairs are drawn on (preset: 256).")
+    eval_contexts: int | None = setting(None, "Held-out contexts scored exactly; the first half scores the search, "
+                                              "the second half confirms the winners (preset: 256).")
+    actions: int | None = setting(None, "Actions per context (preset: 16).")
+    task_seed: int | None = setting(None, "Seeds the world: contexts, reward, reference (preset: 0).")
+    pairs_per_context: int | None = setting(None, "Preference pairs drawn per training context and seed.")
+    label_noise: float | None = setting(None, "Probability a pair's label is flipped.")
+    label_temperature: float | None = setting(None, "Bradley-Terry temperature of the labels; 0: deterministic.")
+    steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
+    batch: int | None = setting(None, "Pairs per step (preset: 256).")
+    kl_coef: float = setting(0.0, "fitness = expected reward - kl_coef * KL(policy || reference), both exact; 0: "
+                                  "reward only (the reward is standardised per context: uniform play scores 0).")
+    cache_dir: str | None = setting(None, "Where the shared reference store lives; null: $DISCOPOP_CACHE_DIR or "
+                                          "~/.cache/discopop (nothing is built: the world is made in memory).")
+
+    def check(self) -> None:
+        require(self.preset in DIAGNOSTIC_PRESETS,
+                f"task.preset must be one of {', '.join(DIAGNOSTIC_PRESETS)}, got {self.preset!r}")
+        require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
+        for key in ("contexts", "actions", "pairs_per_context", "steps", "batch"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"task.{key} must be >= 1 (or null), got {value}")
+        require(self.eval_contexts is None or self.eval_contexts >= 4,
+                f"task.eval_contexts must be >= 4 (half search, half confirm), got {self.eval_contexts}")
+        require(self.actions is None or self.actions >= 2, f"task.actions must be >= 2, got {self.actions}")
+        require(self.label_noise is None or 0 <= self.label_noise <= 1,
+                f"task.label_noise must be in [0, 1], got {self.label_noise}")
+        require(self.label_temperature is None or self.label_temperature >= 0,
+                f"task.label_temperature must be >= 0, got {self.label_temperature}")
 
 
 @dataclass

@@ -66,7 +66,11 @@ class Worker:
         if (msg.get("training") or {}).get("beta") is not None:
             self.beta = float(msg["training"]["beta"])
         torch.set_num_threads(self.threads)
-        if msg.get("task") is not None:
+        if (msg.get("task") or {}).get("kind") == "diagnostic":  # the fast tier: no model, no TRL
+            from discopop.fitness.diagnostic_tune import DiagnosticTuner  # lazy: inside the sandbox, as FineTuner
+
+            self.fine_tuner = DiagnosticTuner(msg["task"], msg.get("training") or {}, float(msg.get("kl_coef", 0.0)))
+        elif msg.get("task") is not None:
             import datasets  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
             from discopop.fitness.training import FineTuner
@@ -163,6 +167,8 @@ class Worker:
     def train(self, msg: dict[str, Any]) -> dict[str, Any]:
         if self.fine_tuner is None:
             raise _Failure("train", "worker was started without a task")
+        if getattr(self.fine_tuner, "exact", False):
+            return self._train_exact(msg)
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.sandbox.remote_loss import CandidateError
         from discopop.trl import NonFiniteLoss
@@ -190,6 +196,24 @@ class Worker:
             **({"completions": score.completions} if score.completions is not None else {}),
             "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
         }
+
+    def _train_exact(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """``train`` on the diagnostic tier: its tuner scores exactly and replies in ``train``'s fields itself."""
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.fitness.diagnostic_tune import DiagnosticFailure
+        from discopop.sandbox.remote_loss import CandidateError
+
+        with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
+            try:
+                reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
+                                            learning_rate=msg.get("learning_rate"))
+            except (DiagnosticFailure, CandidateError) as err:
+                raise _Failure("train", str(err)) from None
+            except BaseException as err:  # noqa: BLE001
+                raise _Failure("train", error_line(err)) from None
+        if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
+            raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
+        return {"ok": True, **reply}
 
     def reset_globals(self) -> None:
         """Undo global torch state a candidate might have changed (defence in depth)."""

@@ -14,12 +14,14 @@ loss. A run is deterministic: the same loss, setting and seed give bit-identical
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, pairs, world
+from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, from_config, pairs, split_contexts, world
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -105,3 +107,76 @@ def fine_tune(loss_fn: LossFn, setting: DiagnosticSetting, *, seed: int, lr: flo
         train_reward=float(train_reward.mean()), train_kl=float(train_kl.mean()),
         final_loss=curve[-1] if curve else math.nan, steps=steps, losses=curve, weights=weights,
     )
+
+
+class DiagnosticTuner:
+    """A worker's fine-tuner for ``task=diagnostic``, in place of TRL's ``FineTuner`` (no model, no TRL).
+
+    :meth:`run` returns the fields of the worker's ``train`` reply, as ``Worker.train`` builds them from a
+    ``FineTuner`` run: the per-prompt lists are per held-out context of the job's split (reward and KL, which
+    ``fitness.tuning.split_fitness`` and ``archive.Evaluation.per_prompt_fitness`` combine with ``kl_coef``).
+    ``greedy`` is the exact reward of the trained policy's mode, the analogue of a greedy answer's.
+    """
+
+    exact = True  # the worker's cue: this tuner's ``run`` replies in ``train``'s fields (no TRL trainer)
+    device = "cpu"
+    precision = None
+    lora = None
+
+    def __init__(self, task: Mapping[str, Any], training: Mapping[str, Any], kl_coef: float) -> None:
+        self.setting = from_config({**task, "kl_coef": float(kl_coef)})
+        self.kl_coef = float(kl_coef)
+        self.beta = float(training.get("beta") or self.setting.beta)
+        self.learning_rate = float(training.get("learning_rate") or 0.03)
+        # One step with a built-in loss, before the worker seals itself and snapshots its state: it builds the world
+        # and makes the lazy imports a first fine-tune would (Adam's first step imports torch._dynamo, which rebinds
+        # torch.manual_seed: after the snapshot the state watch would call that a patched namespace).
+        fine_tune(_logistic, self.setting, seed=0, lr=self.learning_rate, beta=self.beta, steps=1)
+
+    def run(self, loss_fn: LossFn, *, seed: int, split: str = "search", learning_rate: float | None = None
+            ) -> dict[str, Any]:
+        """One fine-tune from the reference at ``learning_rate`` and its exact scores on ``split``'s contexts."""
+        lr = float(self.learning_rate if learning_rate is None else learning_rate)
+        started = time.perf_counter()
+        result = fine_tune(loss_fn, self.setting, seed=seed, lr=lr, beta=self.beta)
+        trained = time.perf_counter() - started
+        part = split_contexts(self.setting, split)
+        reward, kl = result.per_context_reward[part], result.per_context_kl[part]
+        w = world(self.setting)
+        mode = (w.eval_ref + w.eval_features @ result.weights).argmax(dim=1, keepdim=True)
+        greedy = w.eval_reward.gather(1, mode).squeeze(1)[part]
+        mean = sum(reward) / len(reward), sum(kl) / len(kl)
+        return {
+            "fitness": mean[0] - self.kl_coef * mean[1], "reward": mean[0], "kl": mean[1],
+            "greedy": float(greedy.mean()), "steps": result.steps, "final_loss": result.final_loss,
+            "train_seconds": trained, "step_seconds": trained, "score_seconds": 0.0,
+            "train_metrics": self._metrics(result, seed),
+            "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl],
+            "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
+        }
+
+    def _metrics(self, result: DiagnosticResult, seed: int) -> dict[str, float]:
+        """What a TRL run logs that a proposer reflects on: the loss curve in thirds and the margins |beta*rho| the
+        loss ended up using (on every pair of the seed, with the trained policy), plus the training-side scores."""
+        curve = result.losses
+        out: dict[str, float] = {"train_reward": round(result.train_reward, 5), "train_kl": round(result.train_kl, 5)}
+        if curve:
+            n, k = len(curve), max(1, len(curve) // 3)
+            mid = (n - k) // 2
+            for key, part in (("loss_start", curve[:k]), ("loss_mid", curve[mid:mid + k]), ("loss_end", curve[n - k:])):
+                out[key] = round(sum(part) / len(part), 5)
+        s, w = self.setting, world(self.setting)
+        data = pairs(s, seed)
+        logp = torch.log_softmax(w.train_ref[data.context] + w.train_features[data.context] @ result.weights, dim=1)
+        ref = w.train_ref[data.context]
+        rho = ((logp - ref).gather(1, data.chosen[:, None]) - (logp - ref).gather(1, data.rejected[:, None])).squeeze(1)
+        margin = (self.beta * rho).abs()
+        for q in (0.1, 0.5, 0.9):
+            out[f"margin_abs_q{int(q * 100)}"] = round(float(torch.quantile(margin, q)), 4)
+        out["rewards/accuracies"] = round(float((rho > 0).double().mean()), 4)
+        return out
+
+
+def _logistic(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's loss, trusted code: only the tuner's warm-up step uses it (candidates' losses run in the oracle)."""
+    return -torch.nn.functional.logsigmoid(beta * ((pc - pr) - (rc - rr)))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from discopop.config import plain
-from discopop.tasks import synthetic
+from discopop.tasks import diagnostic, synthetic
 from discopop.tasks.base import Task, cache_root, search_count
 from discopop.tasks.hub import load_hub_task
 
@@ -40,8 +40,10 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
     kind = cfg.get("kind", "synthetic")
     if kind == "hub":
         return load_hub_task(cfg)
+    if kind == "diagnostic":
+        return diagnostic.as_task(cfg)
     if kind != "synthetic":
-        raise ValueError(f"task.kind must be 'synthetic' or 'hub', got {kind!r}")
+        raise ValueError(f"task.kind must be 'synthetic', 'hub' or 'diagnostic', got {kind!r}")
     key = build_key(cfg)
     out_dir = cache_root(cfg) / f"{cfg['language']}-{synthetic.config_hash(key)}"
     done = out_dir / "meta.json"

@@ -32,10 +32,15 @@ restricted to a per-context subset of ``support`` of the actions, labelled by Br
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from discopop.tasks.base import Task
 
 DTYPE = torch.float64
 
@@ -196,3 +201,45 @@ def describe(s: DiagnosticSetting) -> dict[str, float]:
     return {"reference_reward": float(ref_reward), "best_reward": float(best.values.mean()),
             "mode_is_best": float(mode_best.double().mean()),
             "labels_correct": float(data.label_correct.double().mean())}
+
+
+# ---- as a run's task (``task=diagnostic``) -------------------------------------------------------------
+
+SPLITS = ("search", "confirm")
+
+
+def from_config(cfg: Mapping[str, Any]) -> DiagnosticSetting:
+    """The setting a ``task=diagnostic`` config describes: its preset, with each field the config sets (null: the
+    preset's). ``beta`` is not among them: the run's ``training.beta`` is, as for every task."""
+    names = {f.name for f in fields(DiagnosticSetting)} - {"name", "beta"}
+    return setting(str(cfg.get("preset") or "clean"), **{k: v for k, v in cfg.items() if k in names and v is not None})
+
+
+def split_contexts(s: DiagnosticSetting, split: str) -> slice:
+    """The held-out contexts of ``split``: the first half scores the search, the rest confirm the winners, so the
+    confirmation is scored on contexts that chose nothing (no rate, no winner)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
+    half = s.eval_contexts // 2
+    return slice(0, half) if split == "search" else slice(half, s.eval_contexts)
+
+
+def as_task(cfg: Mapping[str, Any]) -> Task:
+    """The run's :class:`Task` for ``task=diagnostic``: nothing on disk (the world is made in memory, ~ms); the
+    "prompts" are the held-out contexts' names, in the order ``per_prompt`` lists their scores."""
+    s = from_config(cfg)
+    w = world(s)
+    search = split_contexts(s, "search")
+    ref_reward = (w.eval_ref.exp() * w.eval_reward).sum(dim=1)[search].mean()
+    facts = describe(s)
+    return Task(
+        name=str(cfg.get("name") or "diagnostic"), model_path="", tokenizer_path="", pairs_path=Path(),
+        heldout_prompts=[f"context {i}" for i in range(s.eval_contexts)][search],
+        confirm_prompts=[f"context {i}" for i in range(s.eval_contexts)][split_contexts(s, "confirm")],
+        reward=None, max_new_tokens=1, score="expected",
+        meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
+              "eval_contexts": s.eval_contexts, "actions": s.actions,
+              # what the untuned reference (pi_ref) scores on the search contexts: "a useful loss beats it"
+              "sft_heldout_reward": float(ref_reward), "best_reward": facts["best_reward"],
+              "labels_correct": facts["labels_correct"], "mode_is_best": facts["mode_is_best"]},
+    )

@@ -30,7 +30,8 @@ class FitnessFacts:
     noise_candidates: int = 0  # how many confirmed candidates the noise was pooled over
     sft_reward: float | None = None  # held-out reward of the reference (SFT) model before any tuning
     noise_from: str = "fresh seeds"  # "fresh seeds" (confirmation) or "search seeds" (candidates re-scored in search)
-    score: str = "greedy"  # task.score: greedy (reward of greedy answers) or probability (of the right answer)
+    score: str = "greedy"  # task.score: greedy (reward of greedy answers), probability (of the right answer) or
+    # expected (task=diagnostic: the exact expected reward)
 
     @classmethod
     def from_run(cls, cfg: RunSettings | Mapping[str, Any], task_meta: Mapping[str, Any],
@@ -52,7 +53,8 @@ class FitnessFacts:
             kl_coef=float(cfg.task.kl_coef), beta=float(training.beta), learning_rates=rates, epochs=epochs,
             noise_std=math.sqrt(sum(variances) / len(variances)) if variances else None,
             noise_candidates=len(variances), sft_reward=float(sft) if sft is not None else None,
-            score=str(getattr(cfg.task, "score", None) or "greedy"),
+            score="expected" if getattr(cfg.task, "kind", None) == "diagnostic"
+            else str(getattr(cfg.task, "score", None) or "greedy"),
         )
 
     def render(self) -> str:
@@ -78,6 +80,9 @@ class FitnessFacts:
         sft = "not recorded" if self.sft_reward is None else f"{self.sft_reward:.3f}"
         reward = ("mean task reward of its greedy answers on held-out prompts; on the embedded tasks 1 for an exactly "
                   "right answer, else 0")
+        if self.score == "expected":  # task=diagnostic
+            reward = ("exact expected reward of the policy's action on held-out contexts of a contextual bandit, "
+                      "standardised per context: uniform play scores 0, the best action about 1.8")
         if self.score == "probability":
             reward = ("mean probability the policy gives the exactly right answer on held-out prompts, i.e. its "
                       "expected 0/1 reward")
