@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import discopop.report.escape as escape
 from discopop.archive import Archive, Row
 from discopop.contract.losses import LossRejected, code_hash, decode_source, load_loss, static_check
 from discopop.fitness import stats
-from discopop.report import escape
 from discopop.report.leaderboard import leaderboard_rows
 from discopop.report.run import learning_rate_of, run_beta, settings_text
 from discopop.status import Status

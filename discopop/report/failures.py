@@ -10,8 +10,8 @@ from collections.abc import Iterable
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+import discopop.report.escape as escape
 from discopop.archive import Row
-from discopop.report import escape
 from discopop.report.figures import GREY, OKABE_ITO, STATUS_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, seconds_of
 from discopop.status import FAILED_STATUSES, Status

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import discopop.report.escape as escape
 from discopop.archive import Row
-from discopop.report import escape
 from discopop.report.figures import OKABE_ITO, SERIES_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, number, row_label, scored
 

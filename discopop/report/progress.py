@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+import discopop.report.escape as escape
 from discopop.archive import Row
-from discopop.report import escape
 from discopop.report.figures import (
     BASELINE_STYLE,
     CMAP,
