@@ -92,7 +92,7 @@ def decode_source(data: bytes, origin: str = "<bytes>") -> str:
     except SyntaxError as err:
         raise LossRejected(f"{origin}: {err.msg}", None) from None
     if encoding not in ("utf-8", "utf-8-sig"):
-        raise LossRejected(f"{origin}: encoded as {encoding}: a loss must be utf-8", None)
+        raise LossRejected(f"{origin}: coding cookie {encoding!r}: a loss must be utf-8", None)
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
