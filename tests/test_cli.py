@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_RUN
 
+from discopop.config import TrainingSettings
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -143,7 +145,7 @@ def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir:
     assert "diagnostics: uses beta; at beta=0.2: slope at rho=0 d/d chosen +0.1, d/d rejected -0.1" in text.stdout
     assert "wrong way at rho = 0 on 16/16 examples" in text.stdout
     verdict = json.loads(run(["discopop", "check", str(flipped), "--json"], cache_dir, timeout=120).stdout)
-    assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == 0.1
+    assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == TrainingSettings().beta
     assert verdict["diagnostics"]["slope_at_0"]["wrong_way"] == 16 and "wrong way" in verdict["summary"]
     bad_beta = run(["discopop", "check", str(flipped), "--beta", "-1"], cache_dir, timeout=60)
     assert bad_beta.returncode == 2 and bad_beta.stderr.strip().endswith("--beta must be a positive number, got -1.0")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.contract.diagnostics import summarize
-from discopop.contract.losses import LossRejected, normalise_loss, static_check
+from discopop.contract.losses import LossRejected, decode_source, normalise_loss, static_check
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 from discopop.sandbox.oracle_supply import (
     ORACLE_MODULE,
@@ -97,8 +97,12 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
 
 
 def check_file(path: Path, timeout: float = 30.0, beta: float | None = None) -> dict[str, Any]:
+    """Check the file as ``import`` would read it: its bytes, with its BOM and coding cookie (a cookie other than
+    utf-8 is refused), not as utf-8 text, which could differ from what Python runs."""
     try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        source = decode_source(path.read_bytes(), str(path))
+    except OSError as err:
         return {"valid": False, "layer": "static", "reason": f"cannot read {path}: {err}"}
+    except LossRejected as err:
+        return {"valid": False, "layer": "static", "reason": str(err)}
     return check_source(source, timeout=timeout, beta=beta)

@@ -22,6 +22,7 @@ from discopop.config.compose import RunSettings, compose_settings, validate
 from discopop.execution.factory import make_executor
 from discopop.fitness.judge import with_judge
 from discopop.fitness.tuning import LrProtocol
+from discopop.report.escape import terminal
 from discopop.report.quiet import quiet_libraries
 from discopop.search.loop import worker_spec
 from discopop.tasks import load_task
@@ -87,7 +88,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cache = ResultCache(out / CACHE_NAME)
     console = Console(highlight=False)
     quiet_libraries(out)
-    console.print(f"evaluating {len(losses)} losses ({', '.join(s.name for s in losses)}) on {', '.join(tasks)} "
+    names = terminal(", ".join(s.name for s in losses))
+    console.print(f"evaluating {len(losses)} losses ({names}) on {', '.join(tasks)} "
                   f"at beta {', '.join(f'{b:g}' for b in betas)}, {args.seeds} fresh seeds; output: {out}")
     started = time.perf_counter()
     with _Display(console, quiet=args.quiet) as display:

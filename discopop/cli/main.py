@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import Archive, ArchiveError
+from discopop.config import TrainingSettings
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
 
@@ -127,11 +128,18 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
-    from discopop.report.export import export_candidate
+    from discopop.report.export import export_candidate, resolve_id
 
     archive = _open_archive(args.run_dir)
-    out = export_candidate(archive, args.id, Path(args.output))
-    print(f"wrote {out}")
+    try:
+        row_id = resolve_id(archive, args.id)
+        result = export_candidate(archive, row_id, Path(args.output) if args.output else None)
+    finally:
+        archive.close()
+    if args.output:
+        print(f"wrote {result} (candidate #{row_id}; checked and loaded back)")
+    else:
+        sys.stdout.write(str(result))
     return 0
 
 
@@ -175,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for the numeric checks")
-    p.add_argument("--beta", type=float, default=None,
-                   help="training beta the diagnostics are measured at (default 0.1)")
+    default_beta = TrainingSettings().beta
+    p.add_argument("--beta", type=float, default=default_beta,
+                   help=f"training beta the diagnostics are measured at (default {default_beta:g}: the default "
+                        "config's training.beta)")
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")
@@ -184,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_leaderboard)
     p = sub.add_parser("export", help="write a candidate as a standalone loss file")
     p.add_argument("run_dir")
-    p.add_argument("id", type=int)
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("id", help="candidate id, or 'best': the leaderboard's top scored candidate")
+    p.add_argument("-o", "--output", help="file to write (default: the file's text on stdout)")
     p.set_defaults(func=_export)
     p = sub.add_parser("report", help="self-contained HTML report of a run")
     p.add_argument("run_dir")

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import ast
 import builtins
+import codecs
 import hashlib
+import re
 import textwrap
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,61 @@ class StaticInfo:
     uses_beta: bool
 
 
+# Characters that end a line for ``str.splitlines`` (or a terminal) but not for Python's parser, or that make the
+# text shown differ from the text run (bidirectional overrides): a docstring holding them can hide live code from
+# a reader, a diff or any tool that cuts the source by line. Lone ``\r`` moves a terminal's cursor back.
+_HIDDEN_CHARS = {
+    "\x00": "NUL", "\x0b": "vertical tab", "\x0c": "form feed", "\x1c": "file separator", "\x1d": "group separator",
+    "\x1e": "record separator", "\x85": "next-line (U+0085)", "\u2028": "line separator (U+2028)",
+    "\u2029": "paragraph separator (U+2029)", **{chr(c): f"bidirectional control (U+{c:04X})"
+                                                  for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
+}
+_HIDDEN_RE = re.compile("[" + "".join(re.escape(c) for c in _HIDDEN_CHARS) + "]|\r(?!\n)")
+_COOKIE_RE = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.ASCII)
+
+
+def check_text(source: str) -> None:
+    """Refuse text whose lines or encoding Python reads differently from a person or a line-based tool.
+
+    A coding cookie other than utf-8 makes ``import`` decode the file differently (utf-7 turns ``+AAo-`` into a
+    newline: a hidden live line in what reads as a comment); vertical-space and line-separator characters split
+    lines for ``str.splitlines`` but not for the parser. Raises :class:`LossRejected` naming the first one.
+    """
+    for lineno, line in enumerate(source.split("\n")[:2], start=1):
+        match = _COOKIE_RE.match(line.lstrip("\ufeff") if lineno == 1 else line)
+        if match:
+            try:
+                name = codecs.lookup(match.group(1)).name
+            except LookupError:
+                name = match.group(1)
+            if name != "utf-8":
+                raise LossRejected(f"coding cookie {match.group(1)!r}: a loss must be utf-8", lineno)
+    hidden = _HIDDEN_RE.search(source)
+    if hidden:
+        char = hidden.group()
+        what = "carriage return not followed by a newline" if char == "\r" else _HIDDEN_CHARS[char]
+        raise LossRejected(f"{what} in the source: only \\n may end a line", source.count("\n", 0, hidden.start()) + 1)
+
+
+def decode_source(data: bytes, origin: str = "<bytes>") -> str:
+    """Loss file bytes as Python's import decodes them (BOM, coding cookie), then :func:`check_text`.
+
+    Reading as utf-8 regardless would check a different text than ``import`` runs.
+    """
+    try:
+        encoding, _ = tokenize.detect_encoding(iter(data.splitlines(keepends=True)).__next__)
+    except SyntaxError as err:
+        raise LossRejected(f"{origin}: {err.msg}", None) from None
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise LossRejected(f"{origin}: coding cookie {encoding!r}: a loss must be utf-8", None)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise LossRejected(f"{origin}: not valid utf-8 ({err.reason} at byte {err.start})", None) from None
+    check_text(text)
+    return text
+
+
 def static_check(source: str) -> StaticInfo:
     """Check ``source`` against the loss contract and the allow-list without executing it.
 
@@ -51,8 +109,9 @@ def static_check(source: str) -> StaticInfo:
     name, attribute and node kind must be on the allow-list (``discopop.contract.allowlist``). The original
     DiscoPOP method form is accepted: it is checked as ``normalise_loss`` rewrites it (line numbers
     then refer to that text). Raises :class:`LossRejected` (a ``ValueError``) naming the first
-    problem and its line.
+    problem and its line. Text Python would read differently (:func:`check_text`) is refused first.
     """
+    check_text(source)
     try:
         return _static_check(normalise_loss(source))
     except (RecursionError, MemoryError):
@@ -166,7 +225,7 @@ def read_source(path_or_source: str | Path) -> tuple[str, str]:
         path = Path(text)
         if not path.is_file():
             raise ValueError(f"loss file not found: {path}")
-        return path.read_text(encoding="utf-8"), str(path)
+        return decode_source(path.read_bytes(), str(path)), str(path)
     return text, "<source>"
 
 
@@ -180,6 +239,7 @@ def load_loss(path_or_source: str | Path) -> Callable:
     """
     source, origin = read_source(path_or_source)
     try:
+        check_text(source)
         source = normalise_loss(source)  # the text checked below is the text executed
         info = static_check(source)
     except LossRejected as err:

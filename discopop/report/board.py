@@ -13,8 +13,18 @@ from matplotlib.lines import Line2D
 from discopop.archive import Row
 from discopop.contract.diagnostics import wrong_way
 from discopop.fitness import stats
+from discopop.report.escape import clean
 from discopop.report.figures import FITNESS_LABEL, GREY, OKABE_ITO, View, new_figure
-from discopop.report.run import EMPTY_NOTE, confirmation_of, diagnostics_of, fmt, number, row_label, scored
+from discopop.report.run import (
+    EMPTY_NOTE,
+    confirmation_of,
+    diagnostics_of,
+    fmt,
+    learning_rate_of,
+    number,
+    row_label,
+    scored,
+)
 
 TOP_TABLE = 25  # leaderboard rows shown; the rest are in the archive
 
@@ -35,6 +45,12 @@ def _search_cell(row: Row) -> str:
     return "—" if scores is None else f"{fmt(scores.mean)} ({scores.n})"
 
 
+def _lr_cell(row: Row) -> str:
+    """The learning rate the row was scored at: with the run's beta, what TRL needs to train it the same way."""
+    lr = learning_rate_of(row)
+    return "—" if lr is None else f"{lr:g}"
+
+
 def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
     """Table records for the best ``top`` scored rows (reference baselines included, marked).
 
@@ -45,9 +61,9 @@ def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:
         fresh, vs_dpo, vs_best = stats.confirmation_cells(confirmation_of(r) or None)
         is_dpo = r.proposer == "reference" and r.name.lower() == "dpo"
         records.append({
-            "rank": str(rank), "id": str(r.id), "name": r.name, "gen": str(r.generation), "proposer": r.proposer,
+            "rank": str(rank), "id": str(r.id), "name": clean(r.name), "gen": str(r.generation), "proposer": r.proposer,
             "search (seeds)": _search_cell(r), "reward": fmt(r.metrics.get("reward")),
-            "KL (nats)": fmt(r.metrics.get("kl")),
+            "KL (nats)": fmt(r.metrics.get("kl")), "lr": _lr_cell(r),
             "fresh seeds (mean ± SE)": fresh or "—", "vs DPO": "baseline" if is_dpo else (vs_dpo or "—"),
             "vs best baseline": vs_best or "—", "behaviour (checks)": behaviour(r),
         })  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from discopop.archive import Row
+from discopop.report.escape import terminal
 from discopop.status import Status
 
 _STYLE = {Status.SCORED: "green", Status.INVALID: "yellow", Status.DUPLICATE: "cyan", Status.TRAIN_FAILED: "red",
@@ -44,7 +44,7 @@ class Display:
 
     def stage(self, row: Row, stage: str) -> None:
         self._started.setdefault(row.id, time.perf_counter())
-        label = f"{self.generation} · #{row.id} {escape(row.name[:28])} · {stage}"
+        label = f"{self.generation} · #{row.id} {terminal(row.name[:28])} · {stage}"
         self.progress.update(self.task_id, description=label)
 
     def finished(self, row: Row, status: str, fitness: float | None, error: str | None) -> None:
@@ -52,6 +52,6 @@ class Display:
         self.progress.advance(self.task_id)
         style = _STYLE.get(status, "white")
         score = f"{fitness:.3f}" if fitness is not None else "  -  "
-        detail = f"  {escape(error)}" if error else ""  # model-written text: never read as markup
-        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row.id} {escape(row.name)}{detail}",
+        detail = f"  {terminal(error)}" if error else ""  # model-written text: never read as markup
+        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row.id} {terminal(row.name)}{detail}",
                            soft_wrap=True)

@@ -1,15 +1,24 @@
-"""``discopop export``: a discovered loss as a standalone file, with its provenance in the docstring."""
+"""``discopop export``: a discovered loss as a standalone file: a ``#`` comment header (provenance, beta, learning
+rate, a TRL snippet) above the archived code, byte for byte, re-checked and re-loaded before export succeeds."""
 
 from __future__ import annotations
 
-import ast
+import io
 import json
+import tempfile
+import tokenize
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from discopop.archive import Archive
+import discopop.report.escape as escape
+from discopop.archive import Archive, Row
+from discopop.contract.losses import LossRejected, code_hash, decode_source, load_loss, static_check
 from discopop.fitness import stats
+from discopop.report.leaderboard import leaderboard_rows
+from discopop.report.run import learning_rate_of, run_beta, settings_text
 from discopop.status import Status
+from discopop.text import one_line
 
 
 def lineage(archive: Archive, row_id: int) -> list[str]:
@@ -44,32 +53,110 @@ def confirmation_text(conf: dict[str, Any] | None) -> str:
     return text
 
 
-def export_candidate(archive: Archive, row_id: int, out: Path) -> Path:
-    """Write candidate ``row_id`` as a loss file loadable with ``discopop.load_loss``."""
+class ExportMismatch(ValueError):
+    """The file written is not exactly the archived code under a comment header, or does not load."""
+
+
+def resolve_id(archive: Archive, which: str | int) -> int:
+    """A candidate id, or ``best``: the leaderboard's top scored candidate (``leaderboard_rows``' ranking)."""
+    if str(which).strip().lower() == "best":
+        top = leaderboard_rows(archive, 1)
+        if not top:
+            raise ValueError(f"no scored candidate in {archive.path.parent}: nothing to export as 'best'")
+        return top[0].id
+    try:
+        return int(which)
+    except ValueError:
+        raise ValueError(f"candidate must be an id or 'best', got {which!r}") from None
+
+
+def _header(archive: Archive, row: Row, target: str) -> str:
+    """Provenance and the TRL settings, as ``#`` comment lines only (so the code below stays byte-exact).
+
+    The first two lines are fixed text: Python reads a coding cookie only there, so no untrusted text reaches them.
+    """
+    beta, lr = run_beta(archive.path.parent), learning_rate_of(row)
+    beta_arg = "0.1  # not recorded: the run's training.beta" if beta is None else f"{beta!r}"
+    lr_arg = "1e-06  # not recorded: the rate this loss was scored at" if lr is None else f"{lr!r}"
+    conf = row.metrics.get("confirmation")
+    lines = [
+        "discopop export: a discovered loss. Everything below this comment header is the archived code, byte for",
+        "byte: the code that was checked and scored.",
+        "",
+        f"run: {archive.path.parent.resolve()}",
+        f"candidate: #{row.id}, generation {row.generation}, proposer {row.proposer}",
+        f"name: {row.name}",
+        f"fitness: {_num(row.fitness)} (reward {_num(row.metrics.get('reward'))}, KL {_num(row.metrics.get('kl'), 3)})",
+        f"confirmation: {confirmation_text(conf if isinstance(conf, dict) else None)}",
+        f"lineage: {' <- '.join(lineage(archive, row.id)) or 'none (first generation)'}",
+        f"parent ids: {json.dumps(row.parent_ids)}",
+        f"trained at: {settings_text(beta, lr)} (the run's training.beta; the learning rate it was scored at)",
+    ]
+    if row.thought:
+        lines.append(f"idea: {one_line(row.thought, 2000)}")
+    lines += [
+        "",
+        "To train with it in TRL (its DPOConfig defaults to beta 0.1: pass the beta this loss was found at):",
+        "    from trl import DPOConfig",
+        "    from discopop import load_loss",
+        "    from discopop.trl import DiscoveredLossDPOTrainer",
+        f"    args = DPOConfig(output_dir=\"out\", beta={beta_arg}, learning_rate={lr_arg})",
+        f"    trainer = DiscoveredLossDPOTrainer(loss_fn=load_loss({target!r}), args=args, model=..., "
+        "train_dataset=...)",
+    ]
+    return "".join(f"# {escape.comment(line)}".rstrip() + "\n" for line in lines) + "\n"
+
+
+def export_text(archive: Archive, row_id: int, target: str = "loss.py") -> tuple[str, str]:
+    """``(file text, header)`` for candidate ``row_id``: the header, then the archived code unchanged."""
     row = archive.get(row_id)
     if row is None:
         raise ValueError(f"no candidate #{row_id} in {archive.path.parent}")
     if row.status != Status.SCORED:
         raise ValueError(f"candidate #{row_id} has status {row.status}; only scored candidates are exported")
-    conf_text = confirmation_text(row.metrics.get("confirmation"))
-    tree = ast.parse(row.code)
-    body_start = 0
-    old_doc = ast.get_docstring(tree)
-    if old_doc is not None:
-        body_start = tree.body[0].end_lineno
-    header = [
-        f"{row.name}: discovered by discopop.", "",
-        f"run: {archive.path.parent.resolve()}", f"candidate: #{row.id}, generation {row.generation}, "
-        f"proposer {row.proposer}", f"fitness: {_num(row.fitness)} (reward {_num(row.metrics.get('reward'))},"
-        f" KL {_num(row.metrics.get('kl'), 3)})", f"confirmation: {conf_text}",
-        f"lineage: {' <- '.join(lineage(archive, row_id)) or 'none (first generation)'}",
-        f"parent ids: {json.dumps(row.parent_ids)}",
-    ]
-    if row.thought:
-        header += ["", f"idea: {row.thought}"]
-    if old_doc:
-        header += ["", old_doc]
-    doc = "\n".join(header).replace('"""', "'''").replace("\\", "\\\\")
-    rest = "\n".join(row.code.splitlines()[body_start:]).lstrip("\n")
-    out.write_text(f'"""{doc}\n"""\n\n{rest}\n', encoding="utf-8")
+    try:
+        static_check(row.code)
+    except LossRejected as err:
+        raise ExportMismatch(f"candidate #{row_id}'s archived code fails the static check now: {err}") from None
+    header = _header(archive, row, target)
+    return header + row.code, header
+
+
+def verify_export(path: Path, code: str, header: str) -> Callable:
+    """Read ``path`` back as a user's import would and prove it is ``header`` + ``code`` exactly, only comments
+    above the code, the same static verdict and code hash, and that ``load_loss`` loads it. Returns the loss."""
+    data = path.read_bytes()
+    if data != (header + code).encode("utf-8"):
+        raise ExportMismatch(f"{path}: the file written differs from the archived code")
+    text = decode_source(data, str(path))
+    comments = [tok for tok in tokenize.generate_tokens(io.StringIO(header).readline)
+                if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.ENDMARKER)]
+    if comments or not text.startswith(header) or text[len(header):] != code:
+        raise ExportMismatch(f"{path}: the header is not comment lines only")
+    if static_check(text) != static_check(code) or code_hash(text) != code_hash(code):
+        raise ExportMismatch(f"{path}: the exported file checks differently from the archived code")
+    return load_loss(path)
+
+
+def export_candidate(archive: Archive, row_id: int, out: Path | None = None) -> Path | str:
+    """Write candidate ``row_id`` as a loss file loadable with ``discopop.load_loss``; ``out=None``: return the
+    text instead (for stdout), verified the same way through a temporary file.
+
+    The file is verified (:func:`verify_export`) before this returns; a file that fails is removed.
+    """
+    if out is None:
+        text, header = export_text(archive, row_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "loss.py"
+            path.write_bytes(text.encode("utf-8"))
+            verify_export(path, text[len(header):], header)
+        return text
+    out = Path(out)
+    text, header = export_text(archive, row_id, str(out))
+    out.write_bytes(text.encode("utf-8"))
+    try:
+        verify_export(out, text[len(header):], header)
+    except (LossRejected, ExportMismatch, OSError):
+        out.unlink(missing_ok=True)
+        raise
     return out

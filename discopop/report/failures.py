@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+import discopop.report.escape as escape
 from discopop.archive import Row
 from discopop.report.figures import GREY, OKABE_ITO, STATUS_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, seconds_of
@@ -65,7 +66,7 @@ def failures_view(rows: list[Row]) -> View:
     ax_stage.set_ylim(0, max(bottom) * 1.35)  # headroom for the legend
     ax_stage.legend(title="status", fontsize=8, loc="upper right")
     reasons = Counter((failure_reason(r), r.status) for r in failed).most_common(10)
-    labels = ["\n".join(textwrap.wrap(textwrap.shorten(reason, 90, placeholder=" …"), 48))
+    labels = ["\n".join(textwrap.wrap(textwrap.shorten(escape.plot_text(reason), 90, placeholder=" …"), 48))
               for (reason, _), _ in reasons]
     ax_reason.barh(range(len(reasons)), [n for _, n in reasons],
                    color=[STATUS_COLOURS[s] for (_, s), _ in reasons])

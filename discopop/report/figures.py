@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from discopop.report.escape import no_mathtext, plain_text_figures
 from discopop.status import Status
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
@@ -67,7 +68,8 @@ class View:
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
+    with plain_text_figures():  # untrusted names are labels: never mathtext (ticks made while drawing included)
+        FigureCanvasAgg(no_mathtext(fig)).print_png(buf)
     return buf.getvalue()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import discopop.report.escape as escape
 from discopop.archive import Row
 from discopop.report.figures import OKABE_ITO, SERIES_COLOURS, View, new_figure
 from discopop.report.run import EMPTY_NOTE, number, row_label, scored
@@ -20,8 +21,8 @@ TOP_FRONTIERS = 5  # evolved losses drawn beside every baseline: more lines stop
 
 
 def plot_text(text: str) -> str:
-    """``text`` safe as a matplotlib label: every ``$`` escaped, so a name never switches on mathtext."""
-    return text.replace("$", r"\$")
+    """``text`` safe as a matplotlib label (``escape.plot_text``: figures are drawn with mathtext off)."""
+    return escape.plot_text(text)
 
 
 @dataclass

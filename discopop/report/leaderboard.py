@@ -12,6 +12,8 @@ from rich.table import Table
 
 from discopop.archive import Archive, Row, ranked
 from discopop.fitness import stats
+from discopop.report.escape import terminal
+from discopop.report.run import learning_rate_of, run_beta
 from discopop.status import Status
 
 __all__ = ["leaderboard_rows", "print_leaderboard"]
@@ -32,21 +34,26 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
     counts: dict[str, int] = {}
     for r in archive.rows():
         counts[r.status] = counts.get(r.status, 0) + 1
-    table = Table(title=f"Leaderboard: {archive.path.parent}", title_justify="left")
-    numeric = ("#", "id", "gen", "search (seeds)", "bound", "reward", "KL")
-    for col in ("#", "id", "name", "proposer", "gen", "search (seeds)", "bound", "reward", "KL",
+    table = Table(title=f"Leaderboard: {terminal(archive.path.parent)}", title_justify="left")
+    beta = run_beta(archive.path.parent)
+    numeric = ("#", "id", "gen", "search (seeds)", "bound", "reward", "KL", "beta", "lr")
+    for col in ("#", "id", "name", "proposer", "gen", "search (seeds)", "bound", "reward", "KL", "beta", "lr",
                 "fresh seeds (mean ± SE)", "vs DPO: Δ [95% CI] verdict", "vs best baseline"):
         table.add_column(col, justify="right" if col in numeric else "left")
     for rank, r in enumerate(rows, 1):
         confirm_cell, verdict_cell, best_cell = stats.confirmation_cells(r.metrics.get("confirmation"))
         seat = standing[r.id]
-        table.add_row(str(rank), str(r.id), r.name, r.proposer, str(r.generation), f"{seat.mean:.3f} ({seat.seeds})",
-                      f"{seat.lcb:.3f}",
+        lr = learning_rate_of(r)
+        table.add_row(str(rank), str(r.id), terminal(r.name), terminal(r.proposer), str(r.generation),
+                      f"{seat.mean:.3f} ({seat.seeds})", f"{seat.lcb:.3f}",
                       f"{r.metrics.get('reward', float('nan')):.3f}", f"{r.metrics.get('kl', float('nan')):.2f}",
+                      "n/a" if beta is None else f"{beta:g}", "n/a" if lr is None else f"{lr:g}",
                       confirm_cell, verdict_cell, best_cell)
     console.print(table)
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if rows:
+        console.print("beta: the run's training.beta; lr: the learning rate each candidate was scored at (pass both "
+                      "to TRL's DPOConfig: its beta defaults to 0.1)")
         console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank that "
                       "selection and confirmation use")
     if any(isinstance(r.metrics.get("confirmation"), dict) for r in rows):

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+import discopop.report.escape as escape
 from discopop.archive import Row
 from discopop.report.figures import (
     BASELINE_STYLE,
@@ -117,7 +118,7 @@ def reward_kl_view(rows: list[Row]) -> View:
         ax.scatter([r.metrics["kl"] for r in refs], [r.metrics["reward"] for r in refs], marker="s", s=50,
                    color=OKABE_ITO["black"], zorder=4, label=f"reference baselines ({len(refs)})")
         for r in refs:
-            ax.annotate(r.name, (r.metrics["kl"], r.metrics["reward"]), xytext=(6, -10),
+            ax.annotate(escape.plot_text(r.name), (r.metrics["kl"], r.metrics["reward"]), xytext=(6, -10),
                         textcoords="offset points", fontsize=8)
     best = winner(rows)
     if best is not None and any(r.id == best.id for r in pts):

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import yaml
 
 from discopop.archive import ARCHIVE_NAME, ArchiveError, Row, ranked
+from discopop.config.compose import SAVED_CONFIG
+from discopop.report.escape import clean
 from discopop.text import one_line
 
 EMPTY_NOTE = "The archive has no candidates yet."
@@ -134,7 +137,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def row_label(row: Row, width: int = 28) -> str:
     """``#id name`` with the name cut to ``width`` characters."""
-    return f"#{row.id} {one_line(row.name, width)}"
+    return f"#{row.id} {one_line(clean(row.name), width)}"
 
 
 def summary(rows: list[Row]) -> str:
@@ -152,3 +155,24 @@ def summary(rows: list[Row]) -> str:
 def diagnostics_of(row: Row) -> dict[str, Any] | None:
     """What the sandboxed checks measured of the loss (``metrics.checks.diagnostics``), if anything."""
     return (row.metrics.get("checks") or {}).get("diagnostics")
+
+
+def run_beta(run_dir: Path) -> float | None:
+    """``training.beta`` of the run's saved config (``.hydra/config.yaml``): the beta every candidate trained at,
+    which a user must pass to TRL (its DPOConfig defaults to 0.1). None where the config is missing or unreadable."""
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / SAVED_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    training = cfg.get("training") if isinstance(cfg, dict) else None
+    return number(training.get("beta")) if isinstance(training, dict) else None
+
+
+def learning_rate_of(row: Row) -> float | None:
+    """The learning rate the row was scored at (``metrics.learning_rate``, the tuner's choice), if recorded."""
+    return number(row.metrics.get("learning_rate"))
+
+
+def settings_text(beta: float | None, lr: float | None) -> str:
+    """``beta 0.5, lr 8e-05`` for a table cell or a header."""
+    return f"beta {'n/a' if beta is None else f'{beta:g}'}, lr {'n/a' if lr is None else f'{lr:g}'}"

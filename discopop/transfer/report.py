@@ -23,6 +23,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import discopop.report.escape as escape
 from discopop.transfer.protocol import NOT_RUN, Cell
 
 CSV_NAME = "results.csv"
@@ -90,14 +91,15 @@ def write_csv(cells: Sequence[Cell], path: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(csv_rows(cells))
+        writer.writerows({k: escape.csv_cell(v) for k, v in row.items()} for row in csv_rows(cells))
     return path
 
 
 def _png(fig: Figure) -> str:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with escape.plain_text_figures():  # loss names are labels: never mathtext
+        escape.no_mathtext(fig).savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -124,7 +126,7 @@ def score_vs_beta(task: str, cells: Sequence[Cell]) -> Figure:
         xs = [c.beta for c in series if c.estimate.get("mean") is not None]
         ys = [c.estimate["mean"] for c in series if c.estimate.get("mean") is not None]
         es = [c.estimate.get("se") or 0.0 for c in series if c.estimate.get("mean") is not None]
-        line = ax.errorbar(xs, ys, yerr=es, capsize=2, label=name, **_style(i, name))
+        line = ax.errorbar(xs, ys, yerr=es, capsize=2, label=escape.plot_text(name), **_style(i, name))
         failed = [c.beta for c in series if c.estimate.get("failed") not in (None, NOT_RUN)]
         if failed:
             ax.plot(failed, [floor] * len(failed), "x", color=line[0].get_color(), ms=8)
@@ -152,7 +154,7 @@ def frontier(task: str, cells: Sequence[Cell]) -> Figure:
                if c.estimate.get("kl") is not None and c.estimate.get("reward") is not None]
         if not pts:
             continue
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **_style(i, name))
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=escape.plot_text(name), **_style(i, name))
         for kl, reward, beta in pts:
             ax.annotate(f"{beta:g}", (kl, reward), fontsize=6, color=line.get_color(), xytext=(2, 2),
                         textcoords="offset points")
@@ -237,11 +239,12 @@ def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
     for task in dict.fromkeys(c.task for c in cells):
         mine = [c for c in cells if c.task == task]
         betas = sorted({c.beta for c in mine})
-        parts += [f"**{task}**", "", "| loss | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
+        parts += [f"**{escape.markdown_cell(task)}**", "", "| loss | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
                   "| --- |" + " --- |" * len(betas)]
         for name, series in _by_loss(mine).items():
             at = {c.beta: c for c in series}
-            parts.append(f"| {name} | " + " | ".join(_md_cell(at[b]) if b in at else "" for b in betas) + " |")
+            cells_md = " | ".join(_md_cell(at[b]) if b in at else "" for b in betas)
+            parts.append(f"| {escape.markdown_cell(name)} | {cells_md} |")
         parts.append("")
     parts.append(f"▲/▼: Holm-significantly above/below DPO at that β. (rate): the learning rate chosen on the search "
                  f"prompts; {EDGE_MARK}: it is the grid's lowest or highest point, so the loss's best rate may lie "

@@ -1,0 +1,114 @@
+"""Untrusted text around the sandbox: exports are exactly what was scored, encodings Python reads differently are
+refused, and names reach terminals, figures, CSV and markdown escaped for each."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from discopop.archive import Archive
+from discopop.cli.main import main
+from discopop.contract.losses import LossRejected, load_loss
+from discopop.proposers.base import Candidate
+from discopop.report import escape
+from discopop.report.export import export_candidate
+from discopop.report.leaderboard import print_leaderboard
+
+DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
+BODY = DPO[DPO.index("import"):]
+HOSTILE_NAME = '\x1b[2J\x1b]8;;http://evil\x07[bold red]boom[/] $\\foo$ =HYPERLINK("http://evil","x") | `x`'
+
+
+def _run(tmp_path: Path, code: str, name: str = "winner", lr: float | None = 8e-5) -> tuple[Path, int]:
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("training:\n  beta: 0.25\n")
+    arch = Archive(run / "archive.sqlite")
+    ref = arch.add(Candidate(name="dpo", code=DPO, proposer="reference"), generation=0)
+    arch.finish(ref, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 1.0, "learning_rate": 1e-5})
+    rid = arch.add(Candidate(name=name, code=code, proposer="evolution", thought="idea\x1b[31m\nline"), generation=1)
+    metrics = {"reward": 0.6, "kl": 1.0, **({"learning_rate": lr} if lr else {})}
+    arch.finish(rid, "scored", fitness=0.6, metrics=metrics)
+    arch.close()
+    return run, rid
+
+
+def test_form_feeds_in_a_docstring_cannot_smuggle_code_out(tmp_path: Path) -> None:
+    """The old export cut ``splitlines()`` text at parser line numbers: the hidden line came out live."""
+    code = '"""A loss.\x0c\x0c\nimport os; open("MARKER", "w")\x0c"""\n' + BODY
+    run, rid = _run(tmp_path, code)
+    arch = Archive(run / "archive.sqlite", create=False)
+    out = tmp_path / "out.py"
+    with pytest.raises(ValueError, match="form feed"):
+        export_candidate(arch, rid, out)
+    assert not out.exists()
+
+
+def test_export_is_byte_exact_below_a_comment_header_and_loads_the_same(tmp_path: Path) -> None:
+    code = '"""Escapes stay escapes: \\x0c \\f \\\\ \'\'\' and a "quote"."""\n' + BODY.rstrip("\n")  # no final newline
+    run, rid = _run(tmp_path, code)
+    arch = Archive(run / "archive.sqlite", create=False)
+    out = export_candidate(arch, rid, tmp_path / "out.py")
+    data = out.read_bytes().decode("utf-8")
+    assert data.endswith(code)
+    header = data[: len(data) - len(code)]
+    assert all(line.startswith("#") or line == "" for line in header.split("\n"))
+    exported, archived = load_loss(out), load_loss(code)
+    torch.manual_seed(0)
+    logps = [torch.randn(32, dtype=torch.float64) * 5 for _ in range(4)]
+    assert torch.equal(exported(*logps, 0.25), archived(*logps, 0.25))
+
+
+def test_export_shows_beta_and_lr_and_best_goes_to_stdout(tmp_path: Path, capsys) -> None:
+    run, rid = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    assert main(["export", str(run), "best"]) == 0
+    text = capsys.readouterr().out
+    assert text.endswith(BODY)
+    assert f"candidate: #{rid}," in text
+    assert "DPOConfig(output_dir=\"out\", beta=0.25, learning_rate=8e-05)" in text
+    assert "DiscoveredLossDPOTrainer(loss_fn=load_loss(" in text
+    header = text[: -len(BODY)]
+    assert "\x1b" not in header and "\x07" not in header
+    assert all(line.startswith("#") or line == "" for line in header.split("\n"))
+
+
+def test_utf7_cookie_is_refused_by_check_with_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "utf7.py"
+    path.write_bytes(b"# -*- coding: utf-7 -*-\n" + BODY.encode() + b"# +AAo-import os\n")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "utf-7" in err and "static" in err
+    with pytest.raises(LossRejected, match="utf-7"):
+        load_loss(path)
+
+
+def test_hostile_name_is_clean_on_the_leaderboard(tmp_path: Path) -> None:
+    run, _ = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    buf = io.StringIO()
+    arch = Archive(run / "archive.sqlite", create=False)
+    print_leaderboard(arch, Console(file=buf, width=400, force_terminal=False, color_system=None))
+    text = buf.getvalue()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "[bold red]boom[/]" in text, "markup shown as text, not rendered"
+    assert "0.25" in text and "8e-05" in text, "beta and lr shown"
+
+
+def test_hostile_name_renders_in_the_report(tmp_path: Path) -> None:
+    from discopop.report import write_report
+
+    run, _ = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    html = write_report(run).read_text()
+    assert "\x1b" not in html and "<b>" not in html
+    assert "beta 0.25" in html and "8e-05" in html
+
+
+def test_csv_and_markdown_cells() -> None:
+    assert escape.csv_cell('=HYPERLINK("x")') == '\'=HYPERLINK("x")'
+    assert escape.csv_cell("@SUM(A1)") == "'@SUM(A1)" and escape.csv_cell("\tx") == "'\tx"
+    assert escape.csv_cell("-0.5") == "-0.5" and escape.csv_cell(-0.5) == -0.5 and escape.csv_cell("dpo") == "dpo"
+    cell = escape.markdown_cell("a|b`c\nd<script>")
+    assert "\n" not in cell and "\\|" in cell and "\\`" in cell and "<script>" not in cell
