@@ -168,7 +168,9 @@ def test_judged_fitness_and_eval_failed_through_the_cascade(server, tmp_path: Pa
     server.push(completion("[[7]]"), completion("[[4]]"), completion("[[10]]"))
     ok = archive.add(Candidate(name="dpo", code=code, proposer="reference"), 0)
     (outcome,) = evaluator.evaluate([archive.get(ok)])
-    expected = (normalised(7) + normalised(4) + normalised(10)) / 3 - 0.05 * 0.2
+    # the row's fitness is the ranking half of the prompts (odd indices: the second of three) at the rate the
+    # other half chose (fitness.tuning.split_fitness); the evaluation keeps every prompt
+    expected = normalised(4) - 0.05 * 0.2
     assert outcome.status == "scored" and outcome.fitness == pytest.approx(expected)
     assert outcome.metrics["judge"]["mean_rating"] == pytest.approx(7.0) and outcome.metrics["judge"]["requests"] == 3
     (evaluation,) = archive.evaluations(ok)

@@ -52,7 +52,8 @@ def test_per_prompt_scores_follow_the_prompt_order(fine_tuner, tiny_task) -> Non
         row = decode_loop(fine_tuner.model, ids, task.max_new_tokens, eos, sample=False,
                           gen=torch.Generator()).tolist()[0]
         expected = task.reward(prompts[i], tok.decode(row[: row.index(eos)])) if eos in row else 0.0
-        assert score.per_prompt[i] == expected, i
+        assert score.per_prompt_greedy[i] == expected, i  # the fitness's score is the answer's probability
+    assert len(score.per_prompt_greedy) == len(prompts)
     assert abs(sum(score.per_prompt) / len(prompts) - score.reward) < 1e-12
     assert abs(sum(score.per_prompt_kl) / len(prompts) - score.kl) < 1e-9
 

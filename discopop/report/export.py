@@ -7,13 +7,12 @@ import io
 import json
 import tempfile
 import tokenize
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import discopop.report.escape as escape
 from discopop.archive import Archive, Row
-from discopop.contract.losses import LossRejected, code_hash, decode_source, load_loss, static_check
+from discopop.contract.losses import LossRejected, code_hash, decode_source, static_check
 from discopop.fitness import stats
 from discopop.report.leaderboard import leaderboard_rows
 from discopop.report.run import learning_rate_of, run_beta, settings_text
@@ -122,9 +121,13 @@ def export_text(archive: Archive, row_id: int, target: str = "loss.py") -> tuple
     return header + row.code, header
 
 
-def verify_export(path: Path, code: str, header: str) -> Callable:
-    """Read ``path`` back as a user's import would and prove it is ``header`` + ``code`` exactly, only comments
-    above the code, the same static verdict and code hash, and that ``load_loss`` loads it. Returns the loss."""
+def verify_export(path: Path, code: str, header: str) -> None:
+    """Read ``path`` back as a user's import would (bytes, cookie, BOM) and prove it is ``header`` + ``code``
+    exactly, only comments above the code, with the same static verdict and code hash.
+
+    Nothing of the file is executed here: candidate code never runs in the main process, not even its
+    module body. The static check is the same one ``load_loss`` applies before it executes anything.
+    """
     data = path.read_bytes()
     if data != (header + code).encode("utf-8"):
         raise ExportMismatch(f"{path}: the file written differs from the archived code")
@@ -135,7 +138,6 @@ def verify_export(path: Path, code: str, header: str) -> Callable:
         raise ExportMismatch(f"{path}: the header is not comment lines only")
     if static_check(text) != static_check(code) or code_hash(text) != code_hash(code):
         raise ExportMismatch(f"{path}: the exported file checks differently from the archived code")
-    return load_loss(path)
 
 
 def export_candidate(archive: Archive, row_id: int, out: Path | None = None) -> Path | str:
