@@ -10,6 +10,9 @@ Network policy lives here so every caller (the LLM proposer, an LLM judge) gets 
   :class:`ModelNotFoundError`, :class:`MissingKeyError` (all :class:`ChatStop`: the endpoint
   cannot be used at all), :class:`ContextLengthError`, :class:`TransientError` (retries spent),
   :class:`RequestRejected` (any other refusal);
+- an overall deadline per request: ``timeout`` bounds the whole request, not each socket read
+  (``deadline.call_within``), so a server that drips one byte a second cannot hold it;
+- usage counts believed only within [0, ``metering.MAX_TOKENS_PER_REQUEST``], else charged as that max;
 - redaction: the key (and anything that looks like one) is removed from every message, and
   errors are raised ``from None`` so no server text rides along as their context.
 
