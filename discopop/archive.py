@@ -341,6 +341,10 @@ class Archive:
                 else replace(r, status=Status.PROPOSED, error=None, fitness=None, metrics={}).history_entry()
                 for r in rows]
 
+    def has_name(self, name: str) -> bool:
+        """Whether a row already has this name (the gate renames a cleaned name that would collide)."""
+        return self.conn.execute("SELECT 1 FROM candidates WHERE name = ? LIMIT 1", (name,)).fetchone() is not None
+
     def find_hash(self, digest: str) -> Row | None:
         found = self.rows("code_hash=? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))
         return found[0] if found else None

@@ -16,7 +16,9 @@ form) and status ``proposed``, so ``discover --resume RUN_DIR`` evaluates it und
 protocol. The fitness DiscoPOP reported (an MT-Bench score on another model) is kept in
 ``metrics.proposer_info.reported_fitness``: it is never our fitness. A proposal whose answer cannot
 be parsed, or whose code cannot be normalised, is archived ``invalid`` with the reason, so nothing
-is lost; a file that is not such a record is refused with one line.
+is lost; a file that is not such a record is refused with one line. Every proposal passes the same gate
+as a discovery run's (``proposers.gate``: names made identifiers, thoughts cleaned, deep or huge code
+refused) before it is hashed or normalised, and a new run directory that could not be filled is removed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
 from discopop.config.compose import SAVED_CONFIG, compose_settings, create_run_dir, record_run, validate
 from discopop.contract.losses import LossRejected, code_hash, normalise_loss
+from discopop.proposers import gate
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.parsing import ProposalParseError, parse_proposal
 from discopop.status import Status
@@ -69,6 +74,8 @@ def _load_json(path: Path) -> Any:
         return json.loads(text, strict=False)
     except json.JSONDecodeError as err:
         raise RecordError(f"{path} is not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except (RecursionError, MemoryError, ValueError) as err:  # 100k nested brackets: RecursionError
+        raise RecordError(f"{path} is JSON nested too deeply to read ({type(err).__name__})") from None
 
 
 def _content(message: dict[str, Any]) -> str:
@@ -160,7 +167,9 @@ def read_source(source: Path) -> list[Imported]:
 
 
 def _hash(item: Imported) -> str:
-    return item.code if item.error else code_hash(_normalised(item.code)[0])
+    if item.error or gate.code_problem(item.code) is not None:  # never normalise what the gate refuses
+        return item.code
+    return code_hash(_normalised(item.code)[0])
 
 
 def _normalised(code: str) -> tuple[str, str | None]:
@@ -168,19 +177,30 @@ def _normalised(code: str) -> tuple[str, str | None]:
         return normalise_loss(code), None
     except LossRejected as err:
         return code, f"cannot normalise the DiscoPOP code: {err}"
+    except (RecursionError, MemoryError, ValueError) as err:
+        return code, f"cannot normalise the DiscoPOP code ({type(err).__name__})"
 
 
-def candidates(items: list[Imported]) -> list[Candidate]:
-    """Archive candidates (proposer ``imported``), the reported facts kept as ``proposer_info``."""
-    out = []
+def candidates(items: list[Imported], taken: Callable[[str], bool] = lambda name: False) -> list[Candidate]:
+    """Archive candidates (proposer ``imported``), the reported facts kept as ``proposer_info``.
+
+    Each passes the gate first (``taken``: names the archive holds); only admitted code is normalised."""
+    out: list[Candidate] = []
+    chosen: set[str] = set()
     for item in items:
-        code, problem = (item.code, item.error) if item.error else _normalised(item.code)
-        info = {"reported_fitness": item.reported_fitness, "reported": item.reported, "source": item.source,
-                "order": item.order}
-        if code != item.code and not item.error:
-            info["original_code"] = item.code
-        out.append(Candidate(name=item.name, code=code, thought=item.thought, proposer=PROPOSER, info=info,
-                             error=problem))
+        info = {"reported_fitness": item.reported_fitness, "reported": gate.reason_line(item.reported) or None,
+                "source": gate.reason_line(item.source), "order": item.order}
+        cand = gate.admit(Candidate(name=item.name, code=item.code, thought=item.thought, proposer=PROPOSER,
+                                    info=info, error=item.error), lambda n: n in chosen or taken(n))
+        if cand.error is None:
+            code, problem = _normalised(cand.code)
+            if problem is None and gate.code_problem(code) is not None:  # the rewrite grew past a limit
+                code, problem = cand.code, f"{gate.PREFIX}{gate.code_problem(code)}"
+            if code != cand.code:
+                cand.info["original_code"] = cand.code
+            cand.code, cand.error = code, problem
+        chosen.add(cand.name)
+        out.append(cand)
     return out
 
 
@@ -189,9 +209,8 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
 
     Rows whose code is already archived as imported are skipped, so importing twice adds nothing.
     """
-    # lazy: the search loop imports torch; only this subcommand needs it
-    from discopop.search.loop import RunLocked, lock_run_dir
-
+    if gate.unprintable(str(run_dir)):
+        raise RecordError(f"the run directory name {ascii(str(run_dir))[:200]} has control or unprintable characters")
     items = read_source(source)
     if not items:
         raise RecordError(f"{source} holds no proposals")
@@ -199,13 +218,39 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
     if new:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RecordError(f"{run_dir} exists and is not a discopop run directory")
+        existed = run_dir.exists()
         cfg = validate(compose_settings([*overrides, f"hydra.run.dir={run_dir}"])[0])
         create_run_dir(run_dir)
-    elif overrides:
+        try:
+            return _import_into(items, run_dir, overrides, cfg, new=True)
+        except BaseException:
+            _remove_new_run(run_dir, existed)
+            raise
+    if overrides:
         raise RecordError(f"{run_dir} is an existing run: overrides apply only to a new one "
                            "(pass them to discover --resume instead)")
-    elif not (run_dir / SAVED_CONFIG).is_file():
+    if not (run_dir / SAVED_CONFIG).is_file():
         raise RecordError(f"{run_dir} has an archive but no {SAVED_CONFIG}")
+    return _import_into(items, run_dir, overrides, None, new=False)
+
+
+def _remove_new_run(run_dir: Path, existed: bool) -> None:
+    """Undo a new run directory an import failed to fill: what it wrote, and the folder if it made it."""
+    if existed:
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    latest = run_dir.parent / "latest"
+    if latest.is_symlink() and not latest.exists():  # record_run pointed runs/latest at it
+        latest.unlink(missing_ok=True)
+
+
+def _import_into(items: list[Imported], run_dir: Path, overrides: list[str], cfg: Any, *, new: bool) -> str:
+    """Archive ``items`` into ``run_dir`` under its lock (a new run: its config recorded first)."""
+    # lazy: the search loop imports torch; only this subcommand needs it
+    from discopop.search.loop import RunLocked, lock_run_dir
+
     try:
         lock = lock_run_dir(run_dir)
     except (RunLocked, OSError) as err:
@@ -216,7 +261,7 @@ def import_run(source: Path, run_dir: Path, overrides: list[str]) -> str:
         archive = Archive(run_dir / ARCHIVE_NAME)
         known = {r.code_hash for r in archive.rows("proposer = ?", (PROPOSER,))}
         added = invalid = skipped = 0
-        for cand in candidates(items):
+        for cand in candidates(items, archive.has_name):
             if code_hash(cand.code) in known:
                 skipped += 1
                 continue

@@ -282,9 +282,10 @@ def normalize_code(source: str) -> str:
 
 def code_hash(source: str) -> str:
     """Hash of the normalised code (a method-form loss hashes as its contract form); falls back to
-    the raw text for code that does not parse."""
+    the raw text for code that does not parse or is too deep to rewrite (a 2,000-term sum: ``RecursionError``),
+    so hashing never ends a run; unencodable characters (lone surrogates) are hashed as their escapes."""
     try:
         text = normalize_code(normalise_loss(source))
-    except (SyntaxError, LossRejected):
+    except (SyntaxError, LossRejected, RecursionError, MemoryError, ValueError):
         text = source
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "backslashreplace")).hexdigest()[:16]

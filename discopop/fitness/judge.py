@@ -30,6 +30,7 @@ import math
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from discopop.config import KEY_LIKE, HubTaskSettings, plain
 from discopop.config.task import JUDGE_DEFAULTS, judge_config_problem
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.proposers.base import ProposerStop
+from discopop.proposers.llm.deadline import call_within
 from discopop.proposers.llm.metering import Meter
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "prompts" / "judge_single.txt"
@@ -170,6 +172,7 @@ class Judge:
         self.meter = meter
         self._sleep = sleep or time.sleep
         self._client: Any = None
+        self._lock = threading.Lock()  # the client, made or dropped (a deadline) by grading threads
 
     def key(self, prompt: str, completion: str) -> str:
         parts = (self.model, self.template_text, prompt, completion)
@@ -208,6 +211,10 @@ class Judge:
 
     def _make_client(self) -> Any:
         """The client, made on first use so composing or validating a config never needs the key."""
+        with self._lock:
+            return self._locked_client()
+
+    def _locked_client(self) -> Any:
         if self._client is None:
             import openai  # lazy: openai/tenacity only when a judge is configured
 
@@ -220,6 +227,26 @@ class Judge:
             self._client = openai.OpenAI(base_url=self.cfg["base_url"], api_key=key, timeout=self.cfg["timeout"],
                                          max_retries=0)
         return self._client
+
+    def _create(self, client: Any, message: str) -> Any:
+        """One grading request within ``timeout`` seconds overall (the client's timeout is per read): at the
+        deadline the client is closed and dropped, and the request fails as the ``openai`` timeout."""
+        return call_within(self.cfg["timeout"], lambda: client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": message}],
+            temperature=self.cfg["temperature"], max_tokens=self.cfg["max_tokens"]),
+            on_expiry=lambda: self._drop(client), expired=self._expired)
+
+    def _expired(self) -> BaseException:
+        # lazy: openai only when a judge is configured
+        from discopop.proposers.llm.chat_client import deadline_error
+
+        return deadline_error(self.cfg["base_url"])
+
+    def _drop(self, client: Any) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.close()
 
     def _ask(self, client: Any, prompt: str, completion: str) -> _Answer:
         """One completion graded, with retries (runs in a pool thread; the meter is fed by the caller)."""
@@ -236,10 +263,10 @@ class Judge:
             for attempt in retrying:
                 with attempt:
                     answer.requests += 1
+                    if answer.requests > 1:
+                        client = self._make_client()  # a fresh one if a deadline closed the last
                     try:
-                        response = client.chat.completions.create(
-                            model=self.model, messages=[{"role": "user", "content": message}],
-                            temperature=self.cfg["temperature"], max_tokens=self.cfg["max_tokens"])
+                        response = self._create(client, message)
                     except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                         raise JudgeStop(f"judge: {where} refused the API key from ${self.cfg['api_key_env']} "
                                         f"(HTTP {err.status_code}); check the key and its permissions") from None

@@ -27,6 +27,7 @@ from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, s
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate, HistoryEntry
+from discopop.proposers.gate import admit
 from discopop.proposers.llm.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate
 from discopop.report.display import Display
@@ -261,7 +262,7 @@ class Loop:
                     continue
                 fixed.parent_ids = [failed.row_id]
                 row_id = self._add(fixed, generation)
-                candidates[row_id] = fixed
+                candidates[row_id] = candidate_of(self.archive.get(row_id))  # as the gate admitted it
                 fixes[row_id] = attempt
             wave = [(out, fixes[out.row_id] + 1) for out in self._process(evaluator, list(fixes))
                     if out.status in REPAIRABLE_STATUSES]
@@ -319,7 +320,12 @@ class Loop:
         decided = [Outcome(r.id, r.status, None, r.error) for r in rows if r.status != Status.PROPOSED]
         return sorted(self._record(decided) + self._evaluate_ids(evaluator, ids), key=lambda o: o.row_id)
 
-    def _add(self, candidate, generation: int) -> int:
+    def _add(self, candidate: Candidate, generation: int) -> int:
+        """Archive one proposal, through the gate (``proposers.gate``): the only way proposals enter the archive.
+
+        Whatever the proposal holds (a lone surrogate, a 2,000-term sum, a 5 MB answer), this archives a row,
+        ``invalid`` with its one-line reason if the gate refused it, and the run goes on."""
+        candidate = admit(candidate, self.archive.has_name)
         if candidate.error:
             return self.archive.add(candidate, generation, status=Status.INVALID, error=candidate.error)
         return self.archive.add(candidate, generation)
@@ -400,7 +406,7 @@ class Loop:
                 if self.proposed < generation:
                     proposals = self.proposer.propose(self.archive.history(), k, generation)
                     ids = self._archive_proposals(proposals, generation)
-                    candidates = dict(zip(ids, proposals, strict=True))
+                    candidates = {i: candidate_of(self.archive.get(i)) for i in ids}  # as the gate admitted them
                 else:  # proposed ahead, while the previous generation trained
                     rows = self.archive.rows("generation = ?", (generation,))
                     ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}

@@ -10,6 +10,9 @@ Network policy lives here so every caller (the LLM proposer, an LLM judge) gets 
   :class:`ModelNotFoundError`, :class:`MissingKeyError` (all :class:`ChatStop`: the endpoint
   cannot be used at all), :class:`ContextLengthError`, :class:`TransientError` (retries spent),
   :class:`RequestRejected` (any other refusal);
+- an overall deadline per request: ``timeout`` bounds the whole request, not each socket read
+  (``deadline.call_within``), so a server that drips one byte a second cannot hold it;
+- usage counts believed only within [0, ``metering.MAX_TOKENS_PER_REQUEST``], else charged as that max;
 - redaction: the key (and anything that looks like one) is removed from every message, and
   errors are raised ``from None`` so no server text rides along as their context.
 
@@ -34,9 +37,12 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import openai
 
 from discopop.config import KEY_LIKE  # one pattern for what an API key looks like (re-exported here)
+from discopop.proposers.llm.deadline import call_within
+from discopop.proposers.llm.metering import sane_tokens
 
 logger = logging.getLogger(__name__)
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -129,6 +135,12 @@ def _seconds_until(http_date: str, now: datetime | None) -> float | None:
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
+def deadline_error(base_url: str | None) -> openai.APITimeoutError:
+    """What a request that outlived its overall deadline raises: the ``openai`` timeout, as a read timeout would."""
+    url = (base_url or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
+    return openai.APITimeoutError(request=httpx.Request("POST", url))
+
+
 def short(text: str, limit: int) -> str:
     """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
     text = " ".join(text.split())
@@ -172,7 +184,7 @@ class ChatClient:
                 kwargs["response_format"] = {"type": "json_object"}
             problem: ChatError | None = None  # raised after the except block, so no server text rides along
             try:
-                response = self.client().chat.completions.create(**kwargs)
+                response = self._create(kwargs)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 problem = AuthError(f"{self.where} refused the API key from ${self.api_key_env} "
                                     f"(HTTP {err.status_code}); check the key and its permissions", retries, failed + 1)
@@ -226,9 +238,26 @@ class ChatClient:
             text = (choice.message.content if choice.message is not None else None) or ""
             finish = choice.finish_reason
         return ChatReply(text=text, finish_reason=finish,
-                         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                         prompt_tokens=sane_tokens(getattr(usage, "prompt_tokens", None), "prompt_tokens"),
+                         completion_tokens=sane_tokens(getattr(usage, "completion_tokens", None), "completion_tokens"),
                          retries=retries, failed_requests=failed, json_mode=asked_json, json_rejected=json_rejected)
+
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        """One POST, within ``timeout`` seconds overall (``deadline``): the client's own timeout is per read.
+
+        At the deadline the client is closed (its connections with it) and dropped, so the next request makes
+        a fresh one; a request of another thread on the same client then fails as a connection error and is
+        retried. The expiry is raised as the ``openai`` timeout it stands for.
+        """
+        client = self.client()
+        return call_within(self.timeout, lambda: client.chat.completions.create(**kwargs),
+                           on_expiry=lambda: self._drop(client), expired=lambda: deadline_error(self.base_url))
+
+    def _drop(self, client: openai.OpenAI) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.close()
 
     def client(self) -> openai.OpenAI:
         """The ``openai`` client, made on first use so composing a config never needs the key."""

@@ -14,6 +14,23 @@ from typing import Any
 from discopop.proposers.stop import ProposerStop
 
 logger = logging.getLogger(__name__)
+# The most tokens one request may be charged: above any model's context (2M) and any answer. A server's
+# usage is believed only within [0, this]; a negative, non-integer or larger count is a lie or a bug and is
+# charged as this much, so a lying server makes max_cost_usd trigger sooner, never later.
+MAX_TOKENS_PER_REQUEST = 2_000_000
+
+
+def sane_tokens(value: Any, what: str = "tokens") -> int:
+    """A token count from a server's ``usage``: missing is 0, anything outside [0, MAX] the max (logged)."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_PER_REQUEST:
+        return value
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS_PER_REQUEST:
+        return int(value)
+    logger.warning("the server reported %s = %s: charged as %d (the most one request may cost)", what,
+                   repr(value)[:40], MAX_TOKENS_PER_REQUEST)
+    return MAX_TOKENS_PER_REQUEST
 
 
 class Meter:
@@ -40,11 +57,13 @@ class Meter:
 
     def add(self, model: str, prompt_tokens: int, completion_tokens: int, info: dict[str, Any]) -> float | None:
         """Count one answered request into ``info`` (this candidate) and the totals; return its cost in dollars
-        (None for a model without a price)."""
+        (None for a model without a price). Counts outside [0, MAX_TOKENS_PER_REQUEST] are charged as the max."""
         with self._lock:
             return self._add(model, prompt_tokens, completion_tokens, info)
 
     def _add(self, model: str, prompt_tokens: int, completion_tokens: int, info: dict[str, Any]) -> float | None:
+        prompt_tokens = sane_tokens(prompt_tokens, "prompt_tokens")
+        completion_tokens = sane_tokens(completion_tokens, "completion_tokens")
         info["prompt_tokens"] += prompt_tokens
         info["completion_tokens"] += completion_tokens
         self.totals["requests"] += 1
