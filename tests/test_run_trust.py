@@ -1,7 +1,8 @@
 """A run a user can trust: one configuration per run directory, and every chat endpoint checked before training.
 
-``discover`` is called in this process: each case here ends before the loop starts (a refused config,
-a failed pre-flight), so no worker, task or model is ever loaded.
+``discover`` is called in this process: each case here must end before the loop starts (a refused config,
+a failed pre-flight), so no worker, task or model is ever loaded; a loop that starts anyway fails the test
+at once (``no_loop``) instead of training.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from discopop.config.compose import SAVED_CONFIG, ConfigError, create_run_dir, r
 from discopop.config.resume import RESUMABLE, changed_keys, is_measured
 from discopop.proposers.llm.preflight import endpoints, preflight
 from discopop.proposers.stop import ProposerStop
+from discopop.search import loop
 
 KEY_ENV = "DISCOPOP_TRUST_TEST_KEY"
 BASE = ["baselines=[dpo,lrml]", "executor.workers=2", "wandb.mode=disabled"]
+
+
+@pytest.fixture(autouse=True)
+def no_loop(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("discover started the loop: the run should have been refused before it")
+
+    monkeypatch.setattr(loop.Loop, "__init__", refuse)
 
 
 def saved_run(tmp_path: Path, *overrides: str) -> Path:
@@ -69,8 +79,8 @@ def test_resume_refuses_a_measured_setting_and_names_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override", ["training.lr_grid=[1e-5]", "training.epochs=5", "baselines=[dpo]",
-                                      "selection.max_seeds=2", "confirm.seeds=3", "task.score=greedy",
-                                      "training.train_timeout=5"])
+                                      "selection.max_seeds=2", "task.score=greedy",
+                                      "training.pair_fraction=0.5", "training.threads=2", "selection.z=2"])
 def test_every_kind_of_measured_setting_is_refused_on_resume(tmp_path, override):
     run_dir = saved_run(tmp_path)
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
@@ -81,9 +91,11 @@ def test_resume_accepts_what_does_not_change_the_measurement(tmp_path):
     run_dir = saved_run(tmp_path, "proposer=openai")
     settings, same = resolve_run(5, str(run_dir), ["executor.workers=3", "proposer.model=other-model",
                                                    "proposer.max_cost_usd=2.0", "confirm.top_k=1",
+                                                   "confirm.seeds=7", "training.train_timeout=900",
                                                    "wandb.mode=offline", "task.cache_dir=/tmp/elsewhere"])
     assert same == run_dir and settings.generations == 5 and settings.executor.workers == 3
     assert settings.proposer.model == "other-model" and settings.confirm.top_k == 1
+    assert settings.confirm.seeds == 7 and settings.training.train_timeout == 900
 
 
 def test_the_rule_protects_any_key_not_declared_resumable():
@@ -133,7 +145,7 @@ def test_preflight_asks_each_endpoint_one_token_and_passes_when_they_answer(monk
         server.push(completion("OK"), completion("OK"))
         settings, _ = resolve_run(1, None, [*BASE, "proposer=openai", f"proposer.base_url={server.url}",
                                             f"proposer.api_key_env={KEY_ENV}",
-                                            f"proposer.models=[{{model: a}}, {{model: b}}, {{model: a}}]"])
+                                            "proposer.models=[{model: a}, {model: b}, {model: a}]"])
         assert preflight(settings) == 2  # two distinct arms (a twice)
         assert [b["model"] for b in server.bodies()] == ["a", "b"]
         assert all(b["max_tokens"] == 1 for b in server.bodies())

@@ -7,11 +7,13 @@ run must keep the value its ``.hydra/config.yaml`` recorded; a new value needs a
 
 The rest only changes what is proposed next, where and how fast the fine-tunes run, or what is
 logged: the proposer (its model, budget, prompts; a loss is measured the same whoever wrote it),
-the executor (workers, GPUs, memory caps), wandb, how many generations and proposals per
-generation, how many winners the confirmation re-trains (each one is confirmed the same way), where
-built tasks are cached, and the judge's network settings (its model, endpoint and template stay
-measured). Those may change on ``--resume``: a user moving a run to a bigger machine, raising a
-budget or swapping the proposer model must not have to start over.
+the executor (workers, GPUs, memory caps), the time limits (a limit decides whether a slow
+fine-tune is given up on, never the fitness of one that finishes), wandb, how many generations and
+proposals per generation, the confirmation (it is recomputed from the archive at the end of every
+run, for every confirmed row at once, with the settings of that run), where built tasks are cached,
+and the judge's network settings (its model, endpoint and template stay measured). Those may
+change on ``--resume``: a user moving a run to a bigger machine, raising a budget or swapping the
+proposer model must not have to start over.
 
 Anything not listed in :data:`RESUMABLE` is measured, so a setting added later is protected until
 someone decides otherwise.
@@ -26,8 +28,9 @@ from discopop.config.base import KEY_LIKE, ConfigError
 
 # Dotted keys (a key covers everything below it) that --resume may change; everything else is measured.
 RESUMABLE: tuple[str, ...] = (
-    "generations", "candidates_per_generation", "proposer", "executor", "wandb", "confirm.top_k",
-    "selection.reference_store", "task.cache_dir",
+    "generations", "candidates_per_generation", "proposer", "executor", "wandb", "confirm",
+    "selection.reference_store", "task.cache_dir", "training.check_timeout", "training.train_timeout",
+    "training.oracle_timeout",
     *(f"task.judge.{k}" for k in ("api_key_env", "timeout", "max_retries", "backoff_base", "backoff_max",
                                   "concurrency", "max_cost_usd", "prices")),
 )
@@ -69,8 +72,21 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], run_dir: str)
     if not measured:
         return
     changes = ", ".join(f"{k} ({_shown(_get(saved, k))} -> {_shown(_get(new, k))})" for k in measured)
-    allowed = ", ".join(f"{k}.*" if "." not in k and k not in ("generations", "candidates_per_generation") else k
-                        for k in RESUMABLE)
     raise ConfigError(f"--resume: {changes} would change how losses are measured, and {run_dir} ranks every row "
                       f"against the others; start a new run (hydra.run.dir=NEW_DIR) for it. --resume may change "
-                      f"only: {allowed}")
+                      f"only: {allowed_text()}")
+
+
+def allowed_text() -> str:
+    """:data:`RESUMABLE` for an error line: groups as ``proposer.*``, siblings as ``training.{a,b}``."""
+    parts: dict[str, list[str]] = {}
+    for key in RESUMABLE:
+        parent, _, leaf = key.rpartition(".")
+        parts.setdefault(parent, []).append(leaf)
+    shown = []
+    for parent, leaves in parts.items():
+        if not parent:
+            shown += [f"{k}.*" if k not in ("generations", "candidates_per_generation") else k for k in leaves]
+        else:
+            shown.append(f"{parent}.{leaves[0]}" if len(leaves) == 1 else f"{parent}.{{{','.join(leaves)}}}")
+    return ", ".join(shown)

@@ -6,9 +6,9 @@ which model to ask, and what a failure means for the run. The network lives in
 Failures are data, not crashes: an unparseable answer (or a request the server rejected) is
 archived as the candidate's error; bad credentials, an unknown model, no quota, a spent budget or
 an endpoint unreachable through every retry (connection errors, timeouts, 429 / 5xx: the transport,
-not the loss) stop the run (:class:`ProposerStop`), and ``--resume`` asks that request again. The API key is read from an environment variable
-when the first request is made; only the HTTP client holds it, never this object's fields,
-``Candidate.info``, a log line or an exception message.
+not the loss) stop the run (:class:`ProposerStop`), and ``--resume`` asks that request again.
+The API key is read from an environment variable when the first request is made; only the HTTP
+client holds it, never this object's fields, ``Candidate.info``, a log line or an exception message.
 
 Several proposals asked in one ``propose`` call (``k > 1``) go out concurrently, at most
 ``max_concurrency`` at a time; everything that changes state (spending, the bandit, parsing) is
