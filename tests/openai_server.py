@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +124,14 @@ class FakeOpenAIServer:
                     pass  # the client gave up (timeout test): nothing to answer
 
         return Handler
+
+
+def closed_url() -> str:
+    """A ``base_url`` on 127.0.0.1 where nothing listens (a port just bound and released): connection refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 PROXY_AND_BASE_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_RUN
-from openai_server import FakeOpenAIServer, completion, error
+from openai_server import FakeOpenAIServer, closed_url, completion, error
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor
 
@@ -205,7 +205,8 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
 def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache_dir, server):
     """The key is revoked while the repair of generation 1's unparseable answer is being asked: the run
     stops with one line, and ``--resume`` asks that owed repair before going on to generation 2."""
-    server.push(completion("I would rather not write code today."),
+    server.push(completion("OK"),  # the pre-flight
+                completion("I would rather not write code today."),
                 error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ...",
                       code="invalid_api_key", type_="authentication_error"))
     run_dir = tmp_path / "run"
@@ -215,13 +216,13 @@ def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache
     assert len(lines) == 1, stopped.stdout
     assert "HTTP 401" in lines[0] and f"${KEY_ENV}" in lines[0] and f"discover --resume {run_dir}" in lines[0]
     assert "Traceback" not in stopped.stdout + stopped.stderr
-    assert len(server.requests) == 2  # no retry on bad credentials, no further generation
+    assert len(server.requests) == 3  # pre-flight, gen 1; no retry on bad credentials, no further generation
     before = rows(run_dir)
     assert [(r["generation"], r["status"]) for r in before] == [(0, "scored"), (0, "scored"), (1, "invalid")]
     assert run_state(run_dir, "generations_done") == 1
     assert_key_never_written(run_dir, stopped)
 
-    server.push(completion(answer(1)), completion(answer(2)), completion(answer(3)))  # the key works again
+    server.push(completion("OK"), completion(answer(1)), completion(answer(2)), completion(answer(3)))  # key back
     resumed = discover(["--resume", str(run_dir)], cache_dir)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = rows(run_dir)
@@ -229,8 +230,54 @@ def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache
     assert [(r["generation"], r["name"], r["status"]) for r in after[3:]] == [
         (1, "scaled_dpo_1", "scored"), (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]
     assert after[3]["parent_ids"] == [before[2]["id"]]  # the repair owed since the stop
-    assert len(server.requests) == 5
+    assert len(server.requests) == 7
     assert_key_never_written(run_dir, stopped, resumed)
+
+
+def test_an_endpoint_that_goes_away_stops_the_run_and_archives_nothing_for_it(tmp_path, server, monkeypatch):
+    """The endpoint is gone when generation 2 is asked (resumed against a closed port): the run stops with one
+    line instead of archiving a ``no_answer`` row per request as an invalid loss (a repair owed on the next
+    resume); with the endpoint back, --resume proposes generation 2 afresh."""
+    server.push(completion(answer(1)))
+    run_dir = tmp_path / "run"
+    summary, out = run_in_process(new_run(run_dir, server, 1), monkeypatch)
+    assert summary.stopped is None, out[-3000:]
+    gone = closed_url()
+    summary, out = run_in_process(["--generations", "3", f"proposer.base_url={gone}"], monkeypatch, resume=run_dir)
+    assert summary.stopped is not None, out[-3000:]
+    [line] = [line for line in out.splitlines() if "run stopped" in line]
+    assert f"no answer from {gone} (connection error" in line and f"discover --resume {run_dir}" in line
+    found = rows(run_dir)
+    assert [(r["generation"], r["status"]) for r in found] == [(0, "scored"), (0, "scored"), (1, "scored")]
+    assert not any(r["metrics"].get("proposer_info", {}).get("transport_error") for r in found)
+    assert run_state(run_dir, "generations_done") == 1 and run_state(run_dir, "generations_proposed") == 1
+
+    server.push(completion(answer(2)), completion(answer(3)))  # the endpoint is back
+    summary, out = run_in_process(["--generations", "3", f"proposer.base_url={server.url}"], monkeypatch,
+                                  resume=run_dir)
+    assert summary.stopped is None, out[-3000:]
+    after = rows(run_dir)
+    assert after[:3] == found
+    assert [(r["generation"], r["name"], r["status"]) for r in after[3:]] == [
+        (2, "scaled_dpo_2", "scored"), (3, "scaled_dpo_3", "scored")]  # no repair was owed
+    assert len(server.requests) == 3
+
+
+def test_a_server_failing_a_repair_through_its_retries_stops_and_the_repair_stays_owed(tmp_path, server,
+                                                                                       monkeypatch):
+    """The repair of an unparseable answer meets HTTP 503 through every retry: the unparseable row (a real bad
+    answer) stays, no row is added for the 503s, and --resume asks that repair."""
+    server.push(completion("no code today"), *[error(503, "overloaded", type_="server_error")] * 3)
+    run_dir = tmp_path / "run"
+    summary, out = run_in_process(new_run(run_dir, server, 1), monkeypatch)
+    assert summary.stopped is not None and "HTTP 503 after 2 retries" in summary.stopped, out[-3000:]
+    found = rows(run_dir)
+    assert [(r["generation"], r["name"], r["status"]) for r in found[2:]] == [(1, "unparseable", "invalid")]
+    server.push(completion(answer(1)))
+    summary, out = run_in_process([], monkeypatch, resume=run_dir)
+    assert summary.stopped is None, out[-3000:]
+    after = rows(run_dir)
+    assert [(r["generation"], r["name"], r["parent_ids"]) for r in after[3:]] == [(1, "scaled_dpo_1", [found[2]["id"]])]
 
 
 def test_budget_stop_mid_generation_then_resume_with_a_larger_budget(tmp_path, server, monkeypatch):

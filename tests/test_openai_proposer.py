@@ -180,25 +180,39 @@ def test_retry_after_as_an_http_date_is_honoured(server, make):
     assert make.sleeps == [0.0]  # a date in the past: retry at once, not after the exponential backoff
 
 
-def test_repeated_500s_exhaust_retries_and_the_run_goes_on(server, make):
+def test_repeated_500s_exhaust_retries_then_stop_the_run_without_a_candidate(server, make):
+    """A server error through every retry says nothing of a loss: the run stops (no ``no_answer`` row to archive
+    and repair later), and the same proposer asks again once the endpoint is back (what --resume does)."""
     server.push(*[error(500, "upstream exploded", type_="server_error")] * 4, completion(answer()))
     proposer = make(max_retries=3)
-    [cand] = proposer.propose([], k=1, generation=0)
-    assert cand.error == "proposer: HTTP 500 after 3 retries" and cand.info["transport_error"]
-    assert len(server.requests) == 4 and len(make.sleeps) == 3
+    with pytest.raises(ProposerStop) as err:
+        proposer.propose([], k=1, generation=0)
+    assert str(err.value) == f"proposer: no answer from {server.url} (HTTP 500 after 3 retries); is the endpoint up?"
+    assert len(server.requests) == 4 and len(make.sleeps) == 3 and proposer.totals["failed_requests"] == 4
     assert all(0.005 - 1e-9 <= s <= 0.04 for s in make.sleeps) and make.sleeps[2] > make.sleeps[0]  # 0.01, 0.02, 0.04
-    assert proposer.repair(cand, 9, cand.error, 1) is None and len(server.requests) == 4
     [next_cand] = proposer.propose([], k=1, generation=1)
     assert next_cand.error is None and len(server.requests) == 5
 
 
-def test_timeout_is_retried_then_recorded(server, make):
+def test_timeout_through_every_retry_stops_the_run(server, make):
     slow = completion(answer())
     slow.delay = 1.0
     server.push(slow, Scripted(**{**slow.__dict__}))
-    [cand] = make(timeout=0.25, max_retries=1).propose([], k=1, generation=0)
-    assert cand.error == "proposer: request timed out (limit 0.25 s) after 1 retries"
+    with pytest.raises(ProposerStop, match=r"request timed out \(limit 0.25 s\) after 1 retries"):
+        make(timeout=0.25, max_retries=1).propose([], k=1, generation=0)
     assert len(server.requests) == 2
+
+
+def test_a_batch_with_one_unreachable_request_stops_and_keeps_the_others_cost(server, make):
+    """Two requests at once, one answered and one failing every retry: nothing is proposed (the generation is
+    asked again on --resume), but the answered one's tokens are counted."""
+    server.push(completion(answer(), prompt_tokens=7, completion_tokens=3),
+                *[error(503, "overloaded", type_="server_error")] * 2)
+    proposer = make(max_retries=1, max_concurrency=2)
+    with pytest.raises(ProposerStop, match="HTTP 503 after 1 retries"):
+        proposer.propose([], k=2, generation=0)
+    assert proposer.totals["prompt_tokens"] == 7 and proposer.totals["completion_tokens"] == 3
+    assert proposer.totals["requests"] == 1 and proposer.totals["failed_requests"] == 2
 
 
 @pytest.mark.parametrize("status", [401, 403])

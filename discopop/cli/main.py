@@ -19,6 +19,7 @@ from discopop.config.compose import ConfigError, create_run_dir, record_run, res
 from discopop.execution.gpu_check import check_gpu
 
 EXIT_USAGE = 2
+EXIT_STOPPED = 3  # the run stopped for a cause outside the config (a key refused, an endpoint down, a budget)
 
 
 def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
@@ -38,6 +39,19 @@ def discover(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides)
+    except ConfigError as err:
+        return _fail("discover", str(err))
+    # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
+    from discopop.proposers.llm.preflight import preflight
+    from discopop.proposers.stop import ProposerStop
+
+    try:
+        preflight(cfg)  # every endpoint answers before anything is written or trained
+    except ProposerStop as stop:
+        again = f"discover --resume {run_dir}" if args.resume else "the same command again"
+        return _fail("discover", f"run stopped before training: {stop}; fix the cause, then run {again}",
+                     EXIT_STOPPED)
+    try:
         create_run_dir(run_dir)
     except ConfigError as err:
         return _fail("discover", str(err))
@@ -80,7 +94,7 @@ def discover(argv: list[str] | None = None) -> int:
     print_leaderboard(archive, console)
     archive.close()
     console.print(f"done in {summary.seconds / 60:.1f} min; run directory: {run_dir}")
-    return 0 if summary.stopped is None else 3
+    return 0 if summary.stopped is None else EXIT_STOPPED
 
 
 def _open_archive(run_dir: str):

@@ -25,6 +25,7 @@ from discopop.config import (
     describe,
     register_schemas,
 )
+from discopop.config.resume import check_resume
 
 __all__ = ["ConfigError", "RunSettings", "compose", "compose_settings", "create_run_dir", "record_run",
            "resolve_auto", "resolve_run", "usable_cores", "validate"]
@@ -173,12 +174,16 @@ def _load_saved(run_dir: Path, overrides: list[str]) -> RunSettings:
     try:
         refuse_pasted_keys(overrides)
         cfg = OmegaConf.load(saved)
+        recorded = RunSettings.coerce(OmegaConf.to_container(cfg, resolve=True))
         OmegaConf.set_struct(cfg, True)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        return RunSettings.coerce(OmegaConf.to_container(cfg, resolve=True))
+        settings = RunSettings.coerce(OmegaConf.to_container(cfg, resolve=True))
     except (OmegaConfBaseException, ValueError) as err:
         raise ConfigError(f"--resume: {_explain(err)}") from None
+    # Both through coerce, so a record older than a new key compares at that key's default on both sides.
+    check_resume(recorded.to_dict(), settings.to_dict(), str(run_dir))
+    return settings
 
 
 def resolve_run(generations: int | None, resume: str | None, overrides: list[str]) -> tuple[RunSettings, Path]:
@@ -193,6 +198,9 @@ def resolve_run(generations: int | None, resume: str | None, overrides: list[str
             overrides = [*overrides, f"generations={generations}"]
         settings, run_text = compose_settings(overrides)
         run_dir = Path(run_text)
+        if (run_dir / "archive.sqlite").exists():  # a run directory holds one configuration (config/resume.py)
+            raise ConfigError(f"{run_dir} already holds a run (archive.sqlite): continue it with discover --resume "
+                              f"{run_dir}, or start a new run in another directory (hydra.run.dir=NEW_DIR)")
     resolve_auto(settings)
     settings.check()
     return settings, run_dir

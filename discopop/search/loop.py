@@ -82,7 +82,10 @@ def candidate_of(row: Row) -> Candidate:
 
 def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: int) -> list[tuple[Row, int]]:
     """Failed rows of ``proposer`` in ``generation`` whose repair was never asked (a stop came first), with
-    the attempt that repair would be: 1 for a proposal, n + 1 for the n-th repair of one."""
+    the attempt that repair would be: 1 for a proposal, n + 1 for the n-th repair of one.
+
+    A row without an answer (``proposer_info.transport_error``: the request failed, e.g. an endpoint down
+    in an older version's run) owes nothing: there is no code to repair."""
     if max_repairs <= 0 or generation <= 0:
         return []
     rows = {r.id: r for r in archive.rows("generation = ?", (generation,))}
@@ -91,6 +94,8 @@ def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: 
     owed = []
     for row in rows.values():
         if row.proposer != proposer or row.status not in REPAIRABLE_STATUSES or row.id in repaired:
+            continue
+        if (row.metrics.get("proposer_info") or {}).get("transport_error"):
             continue
         attempt, parent = 1, row.parent_ids
         while len(parent) == 1 and parent[0] in rows and rows[parent[0]].status in REPAIRABLE_STATUSES:

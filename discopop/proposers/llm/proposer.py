@@ -3,11 +3,12 @@
 The strategy lives here: what each request asks (see ``history_mode`` and ``protocol`` below),
 which model to ask, and what a failure means for the run. The network lives in
 :mod:`discopop.proposers.llm.chat_client` (retries, backoff, JSON fallback, typed errors, redaction).
-Failures are data, not crashes: a request that outlived its retries, or an unparseable answer,
-is archived as the candidate's error; only bad credentials, an unknown model, no quota or a spent
-budget stop the run (:class:`ProposerStop`). The API key is read from an environment variable
-when the first request is made; only the HTTP client holds it, never this object's fields,
-``Candidate.info``, a log line or an exception message.
+Failures are data, not crashes: an unparseable answer (or a request the server rejected) is
+archived as the candidate's error; bad credentials, an unknown model, no quota, a spent budget or
+an endpoint unreachable through every retry (connection errors, timeouts, 429 / 5xx: the transport,
+not the loss) stop the run (:class:`ProposerStop`), and ``--resume`` asks that request again.
+The API key is read from an environment variable when the first request is made; only the HTTP
+client holds it, never this object's fields, ``Candidate.info``, a log line or an exception message.
 
 Several proposals asked in one ``propose`` call (``k > 1``) go out concurrently, at most
 ``max_concurrency`` at a time; everything that changes state (spending, the bandit, parsing) is
@@ -28,7 +29,14 @@ from typing import Any
 
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
 from discopop.proposers.llm import prompting as P
-from discopop.proposers.llm.chat_client import ChatClient, ChatError, ChatReply, ChatStop, ContextLengthError
+from discopop.proposers.llm.chat_client import (
+    ChatClient,
+    ChatError,
+    ChatReply,
+    ChatStop,
+    ContextLengthError,
+    TransientError,
+)
 from discopop.proposers.llm.facts import FitnessFacts, seed_noise
 from discopop.proposers.llm.options import MIN_HISTORY_BUDGET, Arm, Meter, plain, select_arm, validate
 from discopop.proposers.llm.parsing import ProposalParseError, parse_proposal
@@ -283,16 +291,25 @@ class OpenAIProposer(Proposer):
             with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="llm-request") as pool:
                 fetched = list(pool.map(self._fetch, jobs))
         latency = round(time.monotonic() - started, 3)
-        out, stop = [], None
-        for job, got in zip(jobs, fetched, strict=True):
-            if isinstance(got.error, ChatStop):
-                self.totals["failed_requests"] += got.failed_requests
-                stop = stop or f"proposer: {got.error}"
-                continue
-            out.append(self._candidate(job, got, latency, feedback_used))
+        stop = next((self._stop_line(job, got.error) for job, got in zip(jobs, fetched, strict=True)
+                     if isinstance(got.error, ChatStop | TransientError)), None)
         if stop is not None:
+            # Nothing of this call is archived (--resume asks it again); what the answered requests cost is kept.
+            for job, got in zip(jobs, fetched, strict=True):
+                self.totals["failed_requests"] += got.failed_requests
+                if got.reply is not None:
+                    self._meter.add(self._arms[job.arm].model, got.reply.prompt_tokens, got.reply.completion_tokens,
+                                    got.info)
             raise ProposerStop(stop)
-        return out
+        return [self._candidate(job, got, latency, feedback_used) for job, got in zip(jobs, fetched, strict=True)]
+
+    def _stop_line(self, job: Job, error: ChatError) -> str:
+        """The run's stop line for a request that cannot be answered now: the endpoint refused the key, the
+        model or the quota (``ChatStop``), or stayed unreachable through the retries (``TransientError``: a
+        transport failure says nothing of a loss, so it is never archived as an invalid one)."""
+        if isinstance(error, TransientError):
+            return f"proposer: no answer from {self._clients[job.arm].where} ({error}); is the endpoint up?"
+        return f"proposer: {error}"
 
     def _fetch(self, job: Job) -> Fetched:
         """POST until an answer or a final failure; the budget halves on a context-length error.
