@@ -54,8 +54,11 @@ def error(status: int, message: str, *, code: str | None = None, type_: str = "i
 class FakeOpenAIServer:
     """ThreadingHTTPServer on a free port; ``url`` is the ``base_url`` to give the client."""
 
-    def __init__(self, responder: Callable[[Any], Scripted] | None = None) -> None:
+    def __init__(self, responder: Callable[[Any], Scripted] | None = None, answer_probes: bool = False) -> None:
         self.script: queue.Queue[Scripted] = queue.Queue()
+        # answer_probes: ``discover``'s pre-flight probe (max_tokens 1) is answered "OK" without taking a scripted
+        # reply, for scenarios that start several processes whose probes would otherwise interleave with proposals
+        self.answer_probes = answer_probes
         self.responder = responder  # answers from the request body once the script is empty (a judge's rating)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -103,6 +106,8 @@ class FakeOpenAIServer:
                                                                          self.headers.items()}, "json": body})
                 if self.path != CHAT_PATH:
                     reply = error(404, f"no route {self.path}", code="not_found")
+                elif server.answer_probes and isinstance(body, dict) and body.get("max_tokens") == 1:
+                    reply = completion("OK")
                 else:
                     try:
                         reply = server.script.get_nowait()

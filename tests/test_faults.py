@@ -208,7 +208,7 @@ def scenario(tmp_path_factory, cache_dir) -> Iterator[Scenario]:
     mnt = base / "mnt"
     tmpfs = _mount_tmpfs(mnt, "8m")
     run_dir = mnt / "run"
-    server = FakeOpenAIServer().start()
+    server = FakeOpenAIServer(answer_probes=True).start()  # each start's pre-flight probe takes no script
     server.push(answer("stall_a", STALL.format(name="stall_a", scale=1.1)), answer("nan_late", NAN_LATE),
                 answer("stall_b", STALL.format(name="stall_b", scale=1.3)), answer("good", GOOD))
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
