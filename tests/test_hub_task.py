@@ -148,7 +148,7 @@ def test_discover_with_the_llm_judge(hub_dir: Path, tmp_path: Path) -> None:
         answer = text.split("[Answer begins]\n", 1)[1].rsplit("\n[Answer ends]", 1)[0]
         return completion(f"Graded. [[{1 + len(answer) % 10}]]", prompt_tokens=80, completion_tokens=5)
 
-    server = FakeOpenAIServer(responder=rate).start()
+    server = FakeOpenAIServer(responder=rate, answer_probes=True).start()  # the pre-flight probe: "OK"
     run_dir = tmp_path / "run"
     cfg = judged_cfg(hub_dir, tmp_path / "cache", server.url)
     overrides = [f"task.{k}={'null' if v is None else v}" for k, v in cfg.items()
