@@ -16,7 +16,7 @@ from discopop.contract.losses import LossRejected, load_loss
 from discopop.proposers.base import Candidate
 from discopop.report import escape
 from discopop.report.export import export_candidate
-from discopop.report.leaderboard import print_leaderboard
+from discopop.report.terminal_board import print_leaderboard
 
 DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
 BODY = DPO[DPO.index("import"):]

@@ -152,3 +152,23 @@ def test_a_planted_cycle_is_found(tmp_path: Path) -> None:
     cycles = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
     assert any({"discopop.config.task", "discopop.tasks.hub"} <= c for c in cycles)
     assert graph.has_edge("discopop.config.task", "discopop.tasks.hub") and not in_config("discopop.tasks.hub")
+
+
+def test_no_package_exports_a_name_that_is_also_one_of_its_modules() -> None:
+    """``discopop.report.leaderboard`` was a function of the package and a module in it: whichever was imported last
+    won, so a test passed alone and failed after another imported the module. One name, one thing."""
+    import importlib
+    import pkgutil
+
+    import discopop
+
+    clashes = []
+    for info in pkgutil.walk_packages(discopop.__path__, "discopop."):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(info.name)
+        modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        exported = {name for name, value in vars(package).items()
+                    if not name.startswith("_") and callable(value) and not isinstance(value, type(discopop))}
+        clashes += [f"{info.name}.{name}" for name in sorted(exported & modules)]
+    assert not clashes, f"a package exports a function or class named like one of its modules: {clashes}"

@@ -59,7 +59,7 @@ def discover(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from discopop.report.display import Display
-    from discopop.report.leaderboard import print_leaderboard
+    from discopop.report.terminal_board import print_leaderboard
     from discopop.search.loop import Loop, RunLocked, lock_run_dir
 
     console = Console(highlight=False)
@@ -133,7 +133,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _leaderboard(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
-    from discopop.report.leaderboard import print_leaderboard
+    from discopop.report.terminal_board import print_leaderboard
 
     archive = _open_archive(args.run_dir)
     print_leaderboard(archive, limit=args.limit)

@@ -14,8 +14,8 @@ import discopop.report.escape as escape
 from discopop.archive import Archive, Row
 from discopop.contract.losses import LossRejected, code_hash, decode_source, static_check
 from discopop.fitness import stats
-from discopop.report.leaderboard import leaderboard_rows
 from discopop.report.run import learning_rate_of, run_beta, settings_text
+from discopop.report.terminal_board import leaderboard_rows
 from discopop.status import Status
 from discopop.text import one_line
 
