@@ -44,3 +44,14 @@ def tiny_task(cache_dir):
 
     cfg, _ = compose(TINY_TASK)
     return load_task(cfg["task"]), cfg
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds contention (workers and benchmarks run with one thread too)."""
+    import torch  # lazy: most test modules never need torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ while another was still running (``overlapping_calls``: the loop must never do t
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -254,3 +255,15 @@ class ScriptedProposer(Proposer):
 def candidate(name: str, expr: str | None = None, **kwargs: Any) -> Candidate:
     """A valid candidate called ``name`` (the code differs per name, so no two are code duplicates)."""
     return Candidate(name=name, code=loss_code(name, expr), **kwargs)
+
+
+def config_with(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of a plain config with ``a__b=value`` changes (``__`` separates the keys of a path)."""
+    cfg = json.loads(json.dumps(base))
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node[key] = value
+    return cfg

@@ -26,13 +26,7 @@ DPO_SOURCE = (REPO / "discopop" / "proposals" / "dpo.py").read_text()
 SMALL = ["task.contexts=64", "task.eval_contexts=64", "task.steps=30", "task.batch=64"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention (a worker runs with one too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ DPO_SOURCE = (PROPOSALS / "dpo.py").read_text()
 FAST = {"contexts": 64, "eval_contexts": 64, "steps": 30, "batch": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention (the benchmark runs with one too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
 
 @pytest.fixture(scope="module")

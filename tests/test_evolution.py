@@ -49,13 +49,7 @@ def _unguarded_exps(code: str) -> list[str]:
     return [ast.unparse(n) for n in calls if not (n.args and ast.unparse(n.args[0]).startswith("torch.clamp("))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The checks run on 16-element tensors: torch's thread pool only adds overhead (~50x on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
+from scripted_executor import config_with as config
 
 from discopop.archive import Archive
 from discopop.config.compose import RunSettings, compose, resolve_auto, resolve_run
@@ -38,17 +39,6 @@ def base_cfg() -> dict[str, Any]:
     cfg, _ = compose(["baselines=[dpo,lrml]", f"training.lr_grid=[{','.join(map(str, GRID))}]",
                       "training.lr_screen_margin=0.05", "confirm.seeds=0", "wandb.mode=disabled",
                       "selection.max_seeds=1"])  # the seed race has its own tests (test_seed_race.py)
-    return cfg
-
-
-def config(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    cfg = json.loads(json.dumps(base))
-    for dotted, value in changes.items():
-        *path, key = dotted.split("__")
-        node = cfg
-        for part in path:
-            node = node[part]
-        node[key] = value
     return cfg
 
 

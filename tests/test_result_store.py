@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate
+from scripted_executor import config_with as changed
 
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
@@ -45,17 +46,6 @@ def base_cfg() -> dict[str, Any]:
     cfg, _ = compose([f"baselines=[{','.join(REFERENCES)}]", f"training.lr_grid=[{','.join(map(str, GRID))}]",
                       "training.lr_screen_margin=0.05", "confirm.seeds=2", "confirm.top_k=1", "confirm.references=2",
                       "wandb.mode=disabled", "selection.max_seeds=2"])
-    return cfg
-
-
-def changed(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    cfg = json.loads(json.dumps(base))
-    for dotted, value in changes.items():
-        *path, key = dotted.split("__")
-        node = cfg
-        for part in path:
-            node = node[part]
-        node[key] = value
     return cfg
 
 
