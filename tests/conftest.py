@@ -13,6 +13,52 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Tests by kind, one marker each (``pytest -m "unit and not slow"``, or just ``-m unit``, answers in about a
+# minute on 2 quiet cores):
+# unit: pure functions, settings, statistics, parsing, in-process checks of trusted code;
+# sandbox: starts sandboxed workers or loss oracles (seccomp, Landlock, cgroups, the hostile corpora);
+# e2e: fine-tunes, `discover`/`discopop` commands, executors, TRL, reports built from real runs.
+# Every test file is in exactly one list (tests/test_code_health.py fails on a file that is not).
+TEST_KINDS: dict[str, tuple[str, ...]] = {
+    "unit": (
+        "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_code_health.py", "test_evolution.py",
+        "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py", "test_llm_feedback.py",
+        "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py", "test_owed_repairs.py",
+        "test_settings.py", "test_stats.py", "test_tuning.py",
+    ),
+    "sandbox": (
+        "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_oracle.py", "test_hostile_os.py",
+        "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py", "test_remote_loss.py",
+        "test_sandbox.py",
+    ),
+    "e2e": (
+        "test_cli.py", "test_confirmation.py", "test_diagnostic_run.py", "test_diagnostic_task.py",
+        "test_duplicates.py", "test_faults.py", "test_gpu_placement.py", "test_hub_task.py", "test_judge.py",
+        "test_likelihood.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py", "test_packaging.py",
+        "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
+        "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
+        "test_transfer.py", "test_trl_adapter.py", "test_trl_parity_more.py", "test_trl_peft.py",
+    ),
+}
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """With ``-m KIND`` alone, files of the other kinds are not even imported (their imports cost most of a run)."""
+    kind = config.getoption("markexpr", "").strip().removesuffix(" and not slow")
+    if kind in TEST_KINDS and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        listed = any(collection_path.name in names for names in TEST_KINDS.values())
+        return True if listed and collection_path.name not in TEST_KINDS[kind] else None
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark each test with its file's kind (``TEST_KINDS``); a file in no list gets no kind marker."""
+    kind_of = {name: kind for kind, names in TEST_KINDS.items() for name in names}
+    for item in items:
+        kind = kind_of.get(Path(str(item.fspath)).name)
+        if kind:
+            item.add_marker(getattr(pytest.mark, kind))
+
 # A deliberately tiny task: builds in a few seconds, enough pairs for a handful of DPO steps.
 TINY_TASK = [
     "task.sft.steps=150", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",

@@ -77,3 +77,14 @@ def test_ranking_uses_the_lower_bound_over_search_seeds_not_the_lucky_first_seed
     once = _row(3, Status.SCORED, 0.951)  # one seed at the same mean: the wider bound ranks it below
     assert [r.id for r in ranked([lucky, steady, once])] == [2, 3, 1]
     assert [r.id for r in ranked([lucky, steady, once], RacePolicy(z=0.0))] == [3, 2, 1]  # z 0: by mean
+
+
+def test_every_test_file_has_exactly_one_kind() -> None:
+    """``pytest -m unit`` (and sandbox, e2e) must cover the suite: a new test file is classified in conftest."""
+    from conftest import TEST_KINDS  # lazy: conftest is importable only once pytest has put tests/ on the path
+
+    listed = [name for names in TEST_KINDS.values() for name in names]
+    files = sorted(p.name for p in Path(__file__).resolve().parent.glob("test_*.py"))
+    assert sorted(set(listed)) == sorted(listed), "a test file is listed under two kinds"
+    unclassified, gone = sorted(set(files) - set(listed)), sorted(set(listed) - set(files))
+    assert sorted(listed) == files, f"unclassified: {unclassified}, listed but gone: {gone}"

@@ -8,6 +8,9 @@ not at beta <= 0.1.
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,3 +45,16 @@ def test_lrml_has_a_wrong_side_well_and_a_barrier_in_beta_rho() -> None:
     assert kinds == ["min", "max"]
     well, barrier = (scaled[i].item() for i in turns.tolist())
     assert well == pytest.approx(-0.119, abs=1e-3) and barrier == pytest.approx(0.072, abs=1e-3)
+
+
+CODE_FORM = Path(__file__).resolve().parent.parent / "benchmarks" / "losses" / "lrml_code_form.py"
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.05, 0.1, 0.11, 0.5, 2.5])
+def test_lrml_code_form_slope_changes_sign_near_beta_0_1(beta: float) -> None:
+    """The released code's form, sigmoid(rho) as the modulation: the first step goes the rejected answer's way
+    only below beta = (1 - log 2) / 3 ~ 0.102, the usual way above it (unlike the Eq. 5 form at every beta)."""
+    rho = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    _loss(load_loss(CODE_FORM.read_text()), rho, beta).sum().backward()
+    assert rho.grad.item() == pytest.approx((1 - math.log(2)) / 4 - 0.75 * beta, rel=1e-9)
+    assert (rho.grad.item() > 0) == (beta < (1 - math.log(2)) / 3)
