@@ -111,11 +111,14 @@ def contract_problem(out: object, batch: int) -> str | None:
     return None
 
 
-def behaviour_inputs(beta: float) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """The fixed behaviour probe at ``beta``: the four log-prob tensors and x = beta * rho of each example.
 
     Reference log-probs vary (fixed draw) and sit far enough below 0 that no policy log-prob of
-    the probe is positive: log-probs of real sequences never are.
+    the probe is positive: log-probs of real sequences never are. With ``refs`` (the chosen and rejected
+    reference log-probs of real training pairs) the reference log-probs are a fixed draw of those pairs,
+    lowered by the same margin: the same probe on the inputs training feeds the loss (``trained_behaviour``).
     """
     n_x, n_p = len(PROBE_X), len(DRIFT_PATTERNS)
     x = PROBE_X.repeat(n_p)
@@ -124,8 +127,13 @@ def behaviour_inputs(beta: float) -> tuple[tuple[torch.Tensor, ...], torch.Tenso
     rho = x / beta
     gen = torch.Generator().manual_seed(20240607)
     floor = float(PROBE_X.abs().max()) / beta + 5.0
-    ref_c = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
-    ref_r = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+    if refs is None:
+        ref_c = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+        ref_r = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+    else:
+        pick = torch.randint(0, int(refs[0].shape[0]), (n_x * n_p,), generator=gen)
+        ref_c = refs[0].detach().to(torch.float32)[pick] - floor
+        ref_r = refs[1].detach().to(torch.float32)[pick] - floor
     pol_c = ref_c + shift + share * rho
     pol_r = ref_r + shift - (1.0 - share) * rho
     return (pol_c, pol_r, ref_c, ref_r), x
@@ -206,6 +214,31 @@ def _behaviour_gradients(fn: Callable, beta: float) -> tuple[torch.Tensor, torch
     inputs, x = behaviour_inputs(beta)
     grad_c, grad_r = _policy_gradients(fn, inputs, beta, "over the range training reaches (|beta*rho| <= 3)")
     return grad_c, grad_r, x
+
+
+def probe_fingerprint(fn: Callable, beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      ) -> list[float] | None:
+    """The behaviour fingerprint measured again (``behaviour_inputs``, on ``refs`` if given); None if the loss fails.
+
+    The archived fingerprint comes from the check job: a loss that behaved one way there and another in
+    training (it counted its calls, kept state, or recognised the check's inputs) would be archived,
+    deduplicated and placed in the behaviour map by a shape it never trained with. So a training job probes
+    before and after its fine-tune, and on the reference log-probs of its own training pairs, on the same loss
+    oracle (``execution.worker``); a loss of rho alone gives the same fingerprint every time.
+    """
+    try:
+        inputs, _ = behaviour_inputs(beta, refs)
+        return fingerprint(*_policy_gradients(fn, inputs, beta, "in the behaviour probe"))
+    except Exception:  # noqa: BLE001 - a candidate failing the probe is a finding (None), not a crash
+        return None
+
+
+def fingerprint_distance(a: list[float] | None, b: list[float] | None) -> float | None:
+    """1 - cosine of two fingerprints (0: the same behaviour up to a positive factor); None if either is missing."""
+    if not a or not b or len(a) != len(b):
+        return None
+    va, vb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    return round(float(1.0 - (va @ vb) / (va.norm() * vb.norm())), 12)
 
 
 def fingerprint(grad_c: torch.Tensor, grad_r: torch.Tensor) -> list[float]:

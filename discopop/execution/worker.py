@@ -174,6 +174,7 @@ class Worker:
         from discopop.trl import NonFiniteLoss
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
+            before = self._probe(fn)
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
                                              learning_rate=msg.get("learning_rate"))
@@ -181,6 +182,7 @@ class Worker:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
+            behaviour = self._behaviour_drift(fn, before)
         score = result.score
         if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
@@ -195,6 +197,7 @@ class Worker:
             # a judged task: the greedy completions, graded by the main process (fitness.judge) where the key is
             **({"completions": score.completions} if score.completions is not None else {}),
             "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
+            "behaviour": behaviour,
         }
 
     def _train_exact(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +207,7 @@ class Worker:
         from discopop.sandbox.remote_loss import CandidateError
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
+            before = self._probe(fn)
             try:
                 reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
                                             learning_rate=msg.get("learning_rate"))
@@ -211,9 +215,42 @@ class Worker:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
+            behaviour = self._behaviour_drift(fn, before)
         if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
             raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
-        return {"ok": True, **reply}
+        return {"ok": True, **reply, "behaviour": behaviour}
+
+    def _training_beta(self) -> float:
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.contract.checks import DEFAULT_BETA
+
+        beta = getattr(self.fine_tuner, "beta", None)
+        return float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
+
+    def _probe(self, fn: Any, refs: Any = None) -> list[float] | None:
+        """The behaviour fingerprint of the job's loss, now (``checks.probe_fingerprint``)."""
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.contract.checks import probe_fingerprint
+
+        return probe_fingerprint(fn, self._training_beta(), refs)
+
+    def _behaviour_drift(self, fn: Any, before: list[float] | None) -> dict[str, Any]:
+        """How far the loss's behaviour moved during training and on the training pairs' own reference log-probs.
+
+        1 - cosine between fingerprints (0: the shape the checks archived is the shape that trained); None where
+        the loss failed the probe or the task has no reference log-probs to offer.
+        """
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.contract.checks import fingerprint_distance
+
+        after = self._probe(fn)
+        try:
+            refs = self.fine_tuner.reference_logps()
+        except Exception:  # noqa: BLE001 - a task without precomputed reference log-probs: that probe is skipped
+            refs = None
+        on_refs = self._probe(fn, refs) if refs is not None else None
+        return {"during_training": fingerprint_distance(before, after),
+                "on_training_refs": fingerprint_distance(after, on_refs)}
 
     def reset_globals(self) -> None:
         """Undo global torch state a candidate might have changed (defence in depth)."""

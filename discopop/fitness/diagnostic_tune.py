@@ -155,6 +155,12 @@ class DiagnosticTuner:
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
         }
 
+    def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference log-probs (chosen, rejected) of the training pairs of seed 0, as the loss is fed them."""
+        w, data = world(self.setting), pairs(self.setting, 0)
+        ref = w.train_ref[data.context]
+        return (ref.gather(1, data.chosen[:, None]).squeeze(1), ref.gather(1, data.rejected[:, None]).squeeze(1))
+
     def _metrics(self, result: DiagnosticResult, seed: int) -> dict[str, float]:
         """What a TRL run logs that a proposer reflects on: the loss curve in thirds and the margins |beta*rho| the
         loss ended up using (on every pair of the seed, with the trained policy), plus the training-side scores."""

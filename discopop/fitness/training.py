@@ -236,12 +236,20 @@ class FineTuner:
             self.reference = self.reference.to(self.model.device).eval().requires_grad_(False)
             self.initial_state = self.reference.state_dict()  # never trained: it doubles as the starting point
         self.all_pairs = self.trainer.train_dataset  # tokenised, reference log-probs precomputed: subsampled per run
+        self._reference_logps: tuple[torch.Tensor, torch.Tensor] | None = None  # for the behaviour probe (worker)
         self.pair_fraction = _pair_fraction(training.pair_fraction)
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
         if knobs.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
             self.trainer.skip_full_gc_between_runs()
             self.trainer.get_train_dataloader = self._replayed_loader
+
+    def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference log-probs of the training pairs (chosen, rejected), as training feeds them to the loss."""
+        if self._reference_logps is None:
+            self._reference_logps = (torch.tensor(self.all_pairs["ref_chosen_logps"], dtype=torch.float32),
+                                     torch.tensor(self.all_pairs["ref_rejected_logps"], dtype=torch.float32))
+        return self._reference_logps
 
     def restore_initial_weights(self) -> None:
         """Put the trained weights back where every candidate starts: the adapter's, or the whole model's."""

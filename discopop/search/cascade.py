@@ -347,6 +347,7 @@ class Evaluator:
         metrics = {"reward": data["reward"], "greedy": data.get("greedy"), "kl": data["kl"], "fitness": fitness,
                    "steps": data["steps"], "final_loss": data["final_loss"], "train": data["train_metrics"],
                    "checks": checks, **summary,
+                   **({"behaviour": data["behaviour"]} if data.get("behaviour") else {}),  # drift vs the checks
                    **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
