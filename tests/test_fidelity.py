@@ -187,8 +187,8 @@ def test_a_short_fine_tune_runs_its_share_of_the_steps(tmp_path: Path, tiny_task
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     dpo = reference_candidate("dpo").code
     try:
-        fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=0, executor=executor,
-                            base_spec=worker_spec(cfg))
+        fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=0,
+                            executor=executor, base_spec=worker_spec(cfg))
         short = fidelity.short_scores({1: (dpo, 2e-5)})[1]
         (full,) = list(executor.run([Job(1, dpo, "train", 0, learning_rate=2e-5)]))
     finally:
