@@ -42,7 +42,7 @@ from discopop.tasks import load_task
 
 TINY = ["task.sft.steps=150", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
         "task.pairs.prompts=200", "task.pairs.samples_per_prompt=16", "task.pairs.max_pairs=64",
-        "task.heldout_prompts=64", "task.search_prompts=32", "training.batch_size=16", "training.epochs=1"]
+        "task.heldout_prompts=64", "task.search_prompts=32", "training.batch_size=4", "training.epochs=2"]
 
 
 def evolved_losses(count: int, archives: str | None, seed: int) -> dict[str, str]:

@@ -182,7 +182,7 @@ def test_a_short_fine_tune_runs_its_share_of_the_steps(tmp_path: Path, tiny_task
     from discopop.proposers.reference import reference_candidate
     from discopop.search.loop import worker_spec
 
-    cfg, _ = compose([*SMALL_RUN, "training.epochs=2"])
+    cfg, _ = compose([*SMALL_RUN, "training.epochs=2", "training.batch_size=4"])
     settings = CascadeSettings(stages=["short"], short_fraction=0.25)
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     dpo = reference_candidate("dpo").code
@@ -196,3 +196,13 @@ def test_a_short_fine_tune_runs_its_share_of_the_steps(tmp_path: Path, tiny_task
     assert full.ok and short.score is not None
     assert full.data["steps"] == full.data["full_steps"] == short.full_steps >= 4
     assert short.steps == math.floor(0.25 * short.full_steps) and short.steps <= 0.25 * full.data["steps"]
+
+
+def test_a_candidate_over_a_quarter_of_a_fine_tune_is_never_rejected() -> None:
+    """On a task too small for a 25% stage (1 step of 2), the stage cannot keep its budget: it only orders."""
+    from discopop.search.fidelity import StageResult
+
+    assert Fidelity.within_budget(StageResult(0.1, steps=1, full_steps=4))
+    assert not Fidelity.within_budget(StageResult(0.1, steps=1, full_steps=2))
+    assert not Fidelity.within_budget(StageResult(None, steps=1, full_steps=None))  # cost unknown: keep it
+    assert Fidelity.within_budget(StageResult(0.1, steps=0))  # the diagnostic stage spends no task step

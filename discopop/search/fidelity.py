@@ -33,6 +33,7 @@ import numpy as np
 
 from discopop.archive import Archive, Row
 from discopop.config import CascadeSettings, DiagnosticTaskSettings, plain
+from discopop.config.cascade import MAX_REJECTED_SHARE
 from discopop.execution.executors import Executor, Job, LocalExecutor, WorkerSpec
 from discopop.fitness.rank_agreement import agreement_key, load_agreements
 from discopop.status import Status
@@ -179,7 +180,8 @@ class Fidelity:
         kept = []
         for row in rows:
             score = results[row.id].score if row.id in results else None
-            if cut is not None and row.proposer != "reference" and (score is None or score < cut):
+            if (cut is not None and row.proposer != "reference" and (score is None or score < cut)
+                    and self.within_budget(results.get(row.id))):
                 shown = self.agreement[stage] or {}
                 what = "no score" if score is None else f"score {score:.4g} < cut {cut:.4g}"
                 rejected[row.id] = (f"{stage} stage: {what} (the {self.settings.cut_quantile:g} quantile of earlier "
@@ -193,6 +195,14 @@ class Fidelity:
             return (-score if score is not None else math.inf, row.id)
 
         return sorted(kept, key=order), rejected
+
+    @staticmethod
+    def within_budget(result: StageResult | None) -> bool:
+        """A candidate may be rejected only if it spent <= MAX_REJECTED_SHARE of a full fine-tune's steps (a task
+        too small for that, e.g. 1 step of 2, leaves the stage ordering only)."""
+        if result is None or result.steps == 0:
+            return True
+        return bool(result.full_steps) and result.steps <= MAX_REJECTED_SHARE * result.full_steps
 
     def summary(self) -> dict[str, Any]:
         """What the run records: per stage, whether it filters and the agreement it was shown (or not)."""
