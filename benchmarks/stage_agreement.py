@@ -20,6 +20,7 @@ stores the agreements with the key of these settings, for ``cascade.agreement``.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import math
 import sqlite3
@@ -39,6 +40,8 @@ from discopop.proposers.reference import reference_candidate
 from discopop.search.fidelity import Fidelity, stage_settings
 from discopop.search.loop import worker_spec
 from discopop.tasks import load_task
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows in a redirected log at once
 
 TINY = ["task.sft.steps=150", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
         "task.pairs.prompts=200", "task.pairs.samples_per_prompt=16", "task.pairs.max_pairs=64",
@@ -63,7 +66,7 @@ def evolved_losses(count: int, archives: str | None, seed: int) -> dict[str, str
     return found
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="tiny", help="tiny (the tests' task) or a task preset (e.g. addition)")
     parser.add_argument("--grid", default="[5e-6,2e-5,8e-5]", help="training.lr_grid of the full protocol")
