@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
 from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
+from discopop.config.cascade import CascadeSettings
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
 from discopop.config.references import available
 from discopop.config.task import (
@@ -38,7 +39,8 @@ from discopop.config.training import (
 )
 
 __all__ = [
-    "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "ConfigError",
+    "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "CascadeSettings",
+    "ConfigError",
     "ConfirmSettings", "DiagnosticTaskSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings",
     "JudgeSettings",
     "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
@@ -136,6 +138,8 @@ class RunSettings:
     confirm: ConfirmSettings = setting(ConfirmSettings(), "The confirmation of the winners.")
     selection: SelectionSettings = setting(SelectionSettings(), "Noise-aware selection (the seed race).")
     wandb: WandbSettings = setting(WandbSettings(), "Experiment tracking.")
+    cascade: CascadeSettings = setting(CascadeSettings(), "Cheap stages before the full fine-tune protocol "
+                                                          "(search/fidelity.py).")
 
     def check(self) -> None:
         """Every check of every group, once, before anything is written (``ConfigError``: one line)."""
@@ -146,7 +150,8 @@ class RunSettings:
         require("dpo" in self.baselines, "baselines must include dpo (the fresh-seed confirmation compares to it)")
         for group, key, _ in GROUP_KEYS:
             check_group(group, getattr(getattr(self, group), key), type(getattr(self, group)))
-        for part in (self.training, self.task, self.executor, self.confirm, self.selection, self.proposer, self.wandb):
+        for part in (self.training, self.task, self.executor, self.confirm, self.selection, self.proposer, self.wandb,
+                     self.cascade):
             part.check()
 
     @classmethod

@@ -44,6 +44,9 @@ class Job:
     seed: int = 0
     split: str = "search"  # held-out prompts to score on: "search" or "confirm"
     learning_rate: float | None = None  # None: training.learning_rate; the fair protocol sets each loss's own
+    # A short fine-tune (``search.fidelity``): this share of a full run's steps. Never stored (result_store's key
+    # lacks it), so such jobs go to the executor directly, never through the reference store.
+    step_fraction: float | None = None
 
 
 @dataclass
@@ -187,7 +190,8 @@ class WarmWorker:
         try:
             tag = oracle.hand_to(self.control)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
-                                  "learning_rate": job.learning_rate, "oracle": tag},
+                                  "learning_rate": job.learning_rate, "oracle": tag,
+                                  **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
                                  timeout=timeout)
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started,

@@ -10,7 +10,8 @@ requests until told to exit:
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
-* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` (optional ``step_fraction``: a short
+  fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's) -> ``{"ok": true, "fitness",
   "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
   (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
@@ -177,7 +178,8 @@ class Worker:
             before = self._probe(fn)
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                             learning_rate=msg.get("learning_rate"))
+                                             learning_rate=msg.get("learning_rate"),
+                                             step_fraction=msg.get("step_fraction"))
             except (NonFiniteLoss, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
@@ -188,7 +190,7 @@ class Worker:
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
         return {
             "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "greedy": score.greedy,
-            "steps": result.steps,
+            "steps": result.steps, "full_steps": result.full_steps,
             "final_loss": result.final_loss, "train_seconds": result.train_seconds,
             "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
             # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (fitness.stats)

@@ -17,6 +17,7 @@ size, so every run takes the same number of steps.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class TrainResult:
     step_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     peak_gpu_mb: float | None = None  # peak CUDA memory allocated during the run (None on CPU)
+    full_steps: int = 0  # the optimiser steps of a full run (``steps`` is fewer for a short one)
 
 
 def _pair_fraction(value: Any) -> float:
@@ -278,10 +280,19 @@ class FineTuner:
             self._epochs[seed] = _ReplayLoader(list(loader), self.trainer.train_dataset)
         return self._epochs[seed]
 
-    def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None) -> TrainResult:
+    def full_steps(self) -> int:
+        """Optimiser steps of a full run: batches of the (fixed-size) pair subsample per epoch, times epochs."""
+        keep = len(self.pair_subsample(0))
+        batches = math.ceil(keep / int(self.args.per_device_train_batch_size))
+        per_epoch = max(batches // int(self.args.gradient_accumulation_steps), 1)
+        return math.ceil(per_epoch * float(self.args.num_train_epochs))
+
+    def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None,
+            step_fraction: float | None = None) -> TrainResult:
         """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``.
 
-        ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own).
+        ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own);
+        ``step_fraction``: stop after that share of a full run's steps (a cheap stage, ``search.fidelity``).
         """
         started = time.perf_counter()
         self.restore_initial_weights()
@@ -293,6 +304,8 @@ class FineTuner:
         trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
         default_lr = self.training.learning_rate
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
+        full = self.full_steps()
+        trainer.args.max_steps = -1 if step_fraction is None else max(1, math.floor(float(step_fraction) * full))
         set_seed(seed)
         self.timer.seconds = 0.0
         output = trainer.train()
@@ -308,4 +321,5 @@ class FineTuner:
         return TrainResult(
             score=score, steps=output.global_step, final_loss=float(output.training_loss),
             train_seconds=train_seconds, step_seconds=self.timer.seconds, metrics=metrics, peak_gpu_mb=peak,
+            full_steps=full,
         )

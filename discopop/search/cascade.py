@@ -5,6 +5,9 @@
 3. numeric checks in a sandboxed worker (returns the behaviour fingerprint and diagnostics);
 4. duplicate by training behaviour: the same fingerprint as an archived row, up to a positive
    factor (so a rescaled loss or one with an added constant is a duplicate and costs no training);
+4b. the cheap stages of ``fidelity`` (when ``cascade.stages`` names any): a diagnostic-bandit score and/or a
+   short fine-tune; a stage whose rank agreement with the full protocol is shown rejects candidates below
+   its cut, any other only orders the work;
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
    of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best;
    references climb from the grid's middle, the same search a passing candidate gets);
@@ -36,6 +39,7 @@ from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 from discopop.search import seed_race
+from discopop.search.fidelity import Fidelity
 from discopop.status import Status
 
 # Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
@@ -93,8 +97,10 @@ class Evaluator:
 
     def __init__(self, archive: Archive, executor: Executor, seed: int, protocol: LrProtocol,
                  on_stage: Callable[[Row, str], None] | None = None, race: seed_race.RacePolicy | None = None,
-                 store: StoredRuns | None = None):
+                 store: StoredRuns | None = None, fidelity: Fidelity | None = None):
         self.archive = archive
+        self.fidelity = fidelity  # the cheap stages before the full protocol (None: none)
+        self._cheap: dict[int, dict[str, Any]] = {}  # row id -> its cheap-stage results, archived with its fate
         self.executor = executor
         self.store = store  # where references' fine-tunes are looked up first (None: always trained)
         self.seed = seed
@@ -108,6 +114,8 @@ class Evaluator:
                 extra=None, evaluations: list[Evaluation] | None = None) -> Outcome:
         """Archive the row's fate, with its training evaluations (one per fine-tune) in the same transaction."""
         metrics: dict[str, Any] = dict(extra or {})
+        if row.id in self._cheap:
+            metrics["fidelity"] = self._cheap.pop(row.id)
         if stage:
             metrics["stage"] = stage
         if seconds:
@@ -191,7 +199,32 @@ class Evaluator:
                 continue
             self.on_stage(row, "train")
             to_train.append(row)
+        if self.fidelity is not None and to_train:
+            to_train = yield from self._cheap_stages(to_train, seconds, started, checks_of)
         yield from self._train(to_train, seconds, started, checks_of)
+
+    def _cheap_stages(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
+        """Run ``fidelity``'s stages in order; yield each rejected row's outcome; return the rest, ordered."""
+        fidelity = self.fidelity
+        for stage in fidelity.stages:
+            if not rows:
+                break
+            for row in rows:
+                self.on_stage(row, stage)
+            cut = fidelity.cut(stage, self.archive)  # from finished rows only: the same whatever the batch
+            results = fidelity.score(stage, rows, self._cheap_rate)
+            by_id = {row.id: row for row in rows}
+            for row in rows:
+                result = results.get(row.id)
+                if result is not None:
+                    self._cheap.setdefault(row.id, {})[stage] = {**result.as_dict(),
+                                                                 "filters": fidelity.filters[stage]}
+                    seconds[row.id][stage] = result.seconds
+            rows, rejected = fidelity.decide(stage, rows, results, cut)
+            for row_id, why in sorted(rejected.items()):
+                yield self._finish(by_id[row_id], Status.EVAL_FAILED, error=f"filtered: {why}", stage="fidelity",
+                                   seconds=self._total(seconds, started, row_id), extra={"checks": checks_of[row_id]})
+        return rows
 
     def _train_jobs(self, row: Row, rates) -> list[Job]:
         return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
@@ -209,6 +242,11 @@ class Evaluator:
         run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
                      if r.metrics.get("learning_rate")]
         return (protocol.screen_rate(parent_rates, run_rates),)
+
+    def _cheap_rate(self, row: Row) -> float:
+        """The rate of a row's short stage: its screen rate (the grid's middle when the whole grid is its screen)."""
+        rates = self._screen_rates(row)
+        return rates[0] if len(rates) == 1 else self.protocol.default()
 
     def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> list[JobResult]:
         """One round's results: a reference's fine-tune from the store when it holds it (no executor call),

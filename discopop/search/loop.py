@@ -35,6 +35,7 @@ from discopop.report.tracking import Tracker
 from discopop.sandbox import Limits
 from discopop.search.cascade import Evaluator, Outcome
 from discopop.search.confirmation import confirm
+from discopop.search.fidelity import Fidelity
 from discopop.search.seed_race import RacePolicy
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
@@ -369,6 +370,21 @@ class Loop:
                          + f" ({store.hits} fine-tunes read, {store.stored} stored in {store.cache.path})"
                          + (f"; store given up: {store.error}" if store.error else ""))
 
+    def _fidelity(self, executor: Executor) -> Fidelity | None:
+        """The cheap stages (``cascade.stages``), with whether each filters, recorded in the run's state."""
+        settings = self.cfg.cascade
+        if not settings.stages:
+            return None
+        fidelity = Fidelity(settings, task=plain(self.cfg.task), training=plain(self.cfg.training), seed=self.seed,
+                            executor=executor, base_spec=worker_spec(self.cfg))
+        self.archive.set_state("cascade", fidelity.summary())
+        for stage, info in fidelity.summary().items():
+            self.display.log(f"cheap stage {stage}: " + ("filters" if info["filters"] else "orders only")
+                             + (f" (agreement rho {info['agreement'].get('rho')}, lower "
+                                f"{info['agreement'].get('lower')})" if info["agreement"] else
+                                " (no agreement measured for these settings)"))
+        return fidelity
+
     def run(self, generations: int) -> RunSummary:
         started = time.perf_counter()
         # Injected task facts (tests) mean no task object: nothing to judge, the executor scores alone.
@@ -380,8 +396,10 @@ class Loop:
         store = self._open_store(getattr(executor, "device", None))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
+        fidelity = self._fidelity(executor)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
-                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg), store=store)
+                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg), store=store,
+                              fidelity=fidelity)
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
         # them together, so every worker is busy and timing never decides what the proposer saw; with
@@ -430,6 +448,8 @@ class Loop:
                                        f"with: discover --resume {self.run_dir}", soft_wrap=True)
         finally:
             executor.close()
+            if fidelity is not None:
+                fidelity.close()
             if store is not None and self.store is None:  # opened here (a store passed in is the caller's)
                 store.close()
             self.tracker.finish()

@@ -1,0 +1,164 @@
+"""Rank agreement between each cheap stage (``search/fidelity.py``) and the full protocol, and what each costs.
+
+Scores the reference losses (``discopop/proposals``) plus evolved losses (scored rows of run archives given
+with ``--archives``, else children of the offline evolution proposer, blind mode, seeded) three ways:
+
+* full: every rate of ``training.lr_grid`` on the run's task, the rate chosen on the even search prompts and
+  the loss ranked on the odd ones (``tuning.Sweep``), the most a loss's protocol spends before its race;
+* short: one fine-tune of ``--short-fraction`` of the steps at the grid's middle rate;
+* diagnostic: best of ``--lrs`` per diagnostic preset, mean over ``--presets`` (no step of the run's task).
+
+Every fine-tune runs in sandboxed workers through the loss oracle (this process never runs loss code). It
+prints Spearman's rho of each stage with the full score, its percentile-bootstrap interval over the losses,
+and each stage's cost relative to the full evaluation (optimiser steps on the task, and seconds). ``--out``
+stores the agreements with the key of these settings, for ``cascade.agreement``.
+
+    python benchmarks/stage_agreement.py                     # tiny task, 13 references + 4 evolved (~5-8 min)
+    python benchmarks/stage_agreement.py --task addition --evolved 8 --out runs/stage_agreement.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import glob
+import math
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+from discopop.config import CascadeSettings, plain
+from discopop.config.compose import compose
+from discopop.config.references import available
+from discopop.execution.executors import Job, LocalExecutor
+from discopop.fitness.rank_agreement import agreement_key, bootstrap_spearman, entry, save_agreements
+from discopop.fitness.tuning import LrProtocol, Sweep
+from discopop.proposers.base import HistoryEntry
+from discopop.proposers.evolution.proposer import EvolutionProposer
+from discopop.proposers.reference import reference_candidate
+from discopop.search.fidelity import Fidelity, stage_settings
+from discopop.search.loop import worker_spec
+from discopop.tasks import load_task
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows in a redirected log at once
+
+TINY = ["task.sft.steps=150", "task.sft.n_layer=1", "task.sft.n_embd=32", "task.sft.n_head=2",
+        "task.pairs.prompts=200", "task.pairs.samples_per_prompt=16", "task.pairs.max_pairs=64",
+        "task.heldout_prompts=64", "task.search_prompts=32", "training.batch_size=4", "training.epochs=2"]
+
+
+def evolved_losses(count: int, archives: str | None, seed: int) -> dict[str, str]:
+    """name -> code: scored non-reference rows of the archives (first ``count``), else blind evolution children."""
+    found: dict[str, str] = {}
+    for path in sorted(glob.glob(archives)) if archives else []:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            for name, code in db.execute("SELECT name, code FROM candidates WHERE proposer != 'reference' "
+                                         "AND status = 'scored' ORDER BY id"):
+                if len(found) < count and code not in found.values():
+                    found[f"{Path(path).parent.name}:{name}"] = code
+    if len(found) < count:
+        history = [HistoryEntry(i, 0, n, reference_candidate(n).code, "scored", 0.0, None, (), "reference")
+                   for i, n in enumerate(available(), start=1)]
+        proposer = EvolutionProposer(seed=seed, history_mode="none", chain_length=2)
+        for cand in proposer.propose(history, count - len(found), 1):
+            found[f"evolved:{cand.name}"] = cand.code
+    return found
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="tiny", help="tiny (the tests' task) or a task preset (e.g. addition)")
+    parser.add_argument("--grid", default="[5e-6,2e-5,8e-5]", help="training.lr_grid of the full protocol")
+    parser.add_argument("--evolved", type=int, default=4)
+    parser.add_argument("--archives", default=None, help="glob of run archives to take evolved losses from")
+    parser.add_argument("--presets", default="clean,label_noise")
+    parser.add_argument("--lrs", default="0.01,0.03,0.1")
+    parser.add_argument("--short-fraction", type=float, default=0.25)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument("--out", default=None, help="store the agreements here (JSON, for cascade.agreement)")
+    parser.add_argument("overrides", nargs="*", help="more hydra overrides")
+    args = parser.parse_args()
+
+    task = [] if args.task == "tiny" else [f"task={args.task}"]
+    cfg, _ = compose([*task, *(TINY if args.task == "tiny" else []), f"training.lr_grid={args.grid}",
+                      "training.threads=1", f"executor.workers={args.workers}", "wandb.mode=disabled",
+                      *args.overrides])
+    settings = CascadeSettings(stages=["diagnostic", "short"], diagnostic_presets=args.presets.split(","),
+                               diagnostic_lrs=[float(x) for x in args.lrs.split(",")],
+                               short_fraction=args.short_fraction)
+    settings.check()
+    started = time.perf_counter()
+    load_task(cfg["task"])  # built (or found) before the workers start
+    print(f"task ready in {time.perf_counter() - started:.1f} s")
+    losses = {n: reference_candidate(n).code for n in available()}
+    losses.update(evolved_losses(args.evolved, args.archives, args.seed))
+    names = list(losses)
+    protocol = LrProtocol.from_config(cfg["training"])
+    executor = LocalExecutor(worker_spec(cfg), workers=args.workers)
+    fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=args.seed,
+                        executor=executor, base_spec=worker_spec(cfg))
+    try:
+        executor.warm_up()
+        t0 = time.perf_counter()
+        diag = fidelity.diagnostic_scores(dict(enumerate(losses.values())))
+        t_diag = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        short = fidelity.short_scores({i: (code, protocol.default()) for i, code in enumerate(losses.values())})
+        t_short = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sweeps = {i: Sweep() for i in range(len(names))}
+        full_seconds = dict.fromkeys(range(len(names)), 0.0)
+        full_steps = dict.fromkeys(range(len(names)), 0)
+        jobs = [Job(i, code, "train", args.seed, learning_rate=lr) for i, code in enumerate(losses.values())
+                for lr in protocol.grid]
+        for result in executor.run(jobs):
+            i = result.job.row_id
+            sweeps[i].add(result.job.learning_rate, result.ok, result.data, result.stage, result.error)
+            full_seconds[i] += result.seconds
+            full_steps[i] += int(result.data.get("steps") or 0) if result.ok else 0
+        t_full = time.perf_counter() - t0
+    finally:
+        executor.close()
+        fidelity.close()
+
+    full = {i: sweeps[i].ranked_fitness() for i in sweeps}
+    kept = [i for i in range(len(names)) if full[i] is not None and math.isfinite(full[i])]
+    print(f"{len(names)} losses ({len(names) - args.evolved} references), {len(kept)} with a full score; "
+          f"grid {list(protocol.grid)}; wall: diagnostic {t_diag:.0f} s, short {t_short:.0f} s, full {t_full:.0f} s "
+          "(measured under load)")
+    print(f"{'loss':<40} {'full':>8} {'short':>8} {'diag':>8}")
+    for i in sorted(kept, key=lambda k: -full[k]):
+        s, d = short[i].score, diag[i].score
+        print(f"{names[i][:40]:<40} {full[i]:8.4f} {'-' if s is None else f'{s:8.4f}':>8} "
+              f"{'-' if d is None else f'{d:8.4f}':>8}")
+    full_cost_steps = statistics.mean(full_steps[i] for i in kept)
+    full_cost_seconds = statistics.mean(full_seconds[i] for i in kept)
+    stored = {}
+    print(f"\nfull evaluation: {full_cost_steps:.1f} task steps, {full_cost_seconds:.2f} s per loss (mean)")
+    print(f"{'stage':<11} {'rho':>6} {'CI (' + format(args.confidence, '.0%') + ')':>16} {'n':>3} "
+          f"{'steps/full':>10} {'s/full':>8}")
+    for stage, results in (("diagnostic", diag), ("short", short)):
+        values = [results[i].score for i in kept]
+        floor = min((v for v in values if v is not None), default=0.0) - 1.0  # a failed cheap run ranks last
+        cheap = [floor if v is None else v for v in values]
+        agreement = bootstrap_spearman(cheap, [full[i] for i in kept], confidence=args.confidence,
+                                       resamples=args.bootstrap, seed=args.seed)
+        steps_share = statistics.mean(results[i].steps for i in kept) / full_cost_steps
+        seconds_share = statistics.mean(results[i].seconds for i in kept) / full_cost_seconds
+        print(f"{stage:<11} {agreement.rho:6.3f} [{agreement.lower:6.3f}, {agreement.upper:6.3f}] {agreement.n:3d} "
+              f"{steps_share:10.3f} {seconds_share:8.3f}")
+        key = agreement_key(plain(cfg["task"]), plain(cfg["training"]), stage_settings(settings, stage))
+        stored[stage] = entry(agreement, key, steps_share=round(steps_share, 4),
+                              seconds_share=round(seconds_share, 4), losses=[names[i] for i in kept],
+                              measured_by="benchmarks/stage_agreement.py")
+    if args.out:
+        save_agreements(Path(args.out), stored)
+        print(f"agreements stored in {args.out} (cascade.agreement={args.out})")
+
+
+if __name__ == "__main__":
+    main()
