@@ -96,6 +96,22 @@ def test_tokens_and_cost_count_into_the_shared_budget(server, tmp_path: Path) ->
     own.close()
 
 
+def test_a_lying_servers_usage_is_clamped_not_a_crash(server, tmp_path: Path) -> None:
+    """Usage a server makes up ("lots", negative, absurd) never stops grading: it is charged as the most a request may
+    cost (``metering.sane_tokens``), so a budget still holds."""
+    from discopop.proposers.llm.metering import MAX_TOKENS_PER_REQUEST
+
+    lying = completion("[[6]]")
+    lying.body["usage"] = {"prompt_tokens": "lots", "completion_tokens": -5, "total_tokens": None}
+    server.push(lying)
+    judge = Judge(judge_cfg(server), tmp_path / "judge.sqlite")
+    grades = judge.grade(PROMPTS[:1], ANSWERS[:1])
+    judge.close()
+    assert grades.ratings == [6.0]
+    assert grades.usage["prompt_tokens"] == MAX_TOKENS_PER_REQUEST
+    assert grades.usage["completion_tokens"] == MAX_TOKENS_PER_REQUEST
+
+
 def test_failures_are_retried_then_reported_with_the_reason(server, tmp_path: Path) -> None:
     sleeps: list[float] = []
     judge = Judge(judge_cfg(server, max_retries=2, backoff_base=0.5, backoff_max=1.0), tmp_path / "j.sqlite",

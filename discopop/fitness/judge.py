@@ -45,7 +45,7 @@ from discopop.config.task import JUDGE_DEFAULTS, judge_config_problem
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.proposers.base import ProposerStop
 from discopop.proposers.llm.deadline import call_within
-from discopop.proposers.llm.metering import Meter
+from discopop.proposers.llm.metering import Meter, sane_tokens
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "prompts" / "judge_single.txt"
 CACHE_NAME = "judge.sqlite"
@@ -283,8 +283,10 @@ class Judge:
                         answer.error = f"HTTP {err.status_code} from {where}: {self._detail(err)}"
                         return answer
                     usage = getattr(response, "usage", None)
-                    answer.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-                    answer.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+                    # a lying server's usage ("lots", -5, 1e30) is clamped like the proposer's, never int()-ed raw
+                    answer.prompt_tokens += sane_tokens(getattr(usage, "prompt_tokens", None), "prompt_tokens")
+                    answer.completion_tokens += sane_tokens(getattr(usage, "completion_tokens", None),
+                                                            "completion_tokens")
                     choices = getattr(response, "choices", None) or []
                     answer.raw = ((choices[0].message.content if choices and choices[0].message else None) or "")
                     answer.rating = parse_rating(answer.raw)
