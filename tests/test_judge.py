@@ -112,6 +112,18 @@ def test_a_lying_servers_usage_is_clamped_not_a_crash(server, tmp_path: Path) ->
     assert grades.usage["completion_tokens"] == MAX_TOKENS_PER_REQUEST
 
 
+def test_an_endpoint_that_stops_answering_stops_the_run_instead_of_failing_the_loss(server, tmp_path: Path) -> None:
+    sleeps: list[float] = []
+    judge = Judge(judge_cfg(server, max_retries=2), tmp_path / "j.sqlite", sleep=sleeps.append)
+    server.push(completion("[[6]]"))
+    assert judge.grade(PROMPTS[:1], ANSWERS[:1]).ratings == [6.0]
+    server.stop()  # the endpoint goes away mid-run: connection refused from now on
+    with pytest.raises(JudgeStop, match=r"stopped answering: connection error .* after 3 requests"):
+        judge.grade(PROMPTS[1:2], ANSWERS[1:2])
+    assert len(sleeps) == 2  # retried (bounded) before giving up
+    judge.close()
+
+
 def test_failures_are_retried_then_reported_with_the_reason(server, tmp_path: Path) -> None:
     sleeps: list[float] = []
     judge = Judge(judge_cfg(server, max_retries=2, backoff_base=0.5, backoff_max=1.0), tmp_path / "j.sqlite",

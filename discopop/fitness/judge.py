@@ -99,7 +99,16 @@ class Grades:
 
 
 class _Retry(Exception):
-    """A failure worth asking again (rate limit, 5xx, timeout, unparseable rating)."""
+    """A failure worth asking again (rate limit, 5xx, timeout, unparseable rating).
+
+    ``transport``: the endpoint did not answer at all (timeout, connection refused or lost). When every retry
+    fails that way the judge is gone, not the loss bad: the run stops (:class:`JudgeStop`) rather than archive
+    the candidate as ``eval_failed``, and ``--resume`` grades it once the endpoint is back.
+    """
+
+    def __init__(self, message: str, transport: bool = False) -> None:
+        super().__init__(message)
+        self.transport = transport
 
 
 @dataclass
@@ -274,9 +283,9 @@ class Judge:
                         raise JudgeStop(f"judge: model {self.model!r} or the chat-completions route not found at "
                                         f"{where} (HTTP 404)") from None
                     except openai.APITimeoutError:
-                        raise _Retry(f"request timed out (limit {self.cfg['timeout']:g} s)") from None
+                        raise _Retry(f"request timed out (limit {self.cfg['timeout']:g} s)", transport=True) from None
                     except openai.APIConnectionError as err:
-                        raise _Retry(f"connection error ({type(err).__name__})") from None
+                        raise _Retry(f"connection error ({type(err).__name__})", transport=True) from None
                     except openai.APIStatusError as err:
                         if err.status_code in (408, 409, 429) or err.status_code >= 500:
                             raise _Retry(f"HTTP {err.status_code}: {self._detail(err)}") from None
@@ -294,6 +303,9 @@ class Judge:
                         raise _Retry(f"no 1-10 rating like [[7]] in the answer {self.redact(answer.raw[:120])!r}")
         except RetryError as err:
             last = err.last_attempt.exception()
+            if getattr(last, "transport", False):
+                raise JudgeStop(f"judge: {where} stopped answering: {last} after {answer.requests} requests; "
+                                f"nothing was archived for this candidate, `discover --resume` grades it") from None
             answer.error = f"{last} (after {answer.requests} requests)"
         return answer
 
