@@ -61,6 +61,10 @@ class SyntheticTaskSettings:
     heldout_prompts: int = setting(3000, "Split off first, by unordered problem: held-out prompts never trained on.")
     search_prompts: int | None = setting(500, "Of the held-out prompts, those scored during the search; the rest "
                                               "confirm the winners (null: half).")
+    replicate_prompts: int = setting(0, "Of the held-out prompts after the search's, the last N are kept back for "
+                                        "replications (confirm.split=replicate): prompts neither the search nor "
+                                        "a default confirmation scores. 0: none (a replication would re-score the "
+                                        "confirmation prompts that selected the winner).")
     score: str = setting("probability", "Per-prompt score of the fitness: probability (the policy's teacher-forced "
                                         "probability of the correct answer, the exact expected 0/1 reward) or greedy "
                                         "(0/1 accuracy of the greedy answer, reported beside it either way).")
@@ -75,6 +79,7 @@ class SyntheticTaskSettings:
                 f"task.language must be one of {', '.join(LANGUAGE_NAMES)}, got {self.language!r}")
         require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
+        require(self.replicate_prompts >= 0, f"task.replicate_prompts must be >= 0, got {self.replicate_prompts}")
 
 
 @dataclass
@@ -98,6 +103,8 @@ class DiagnosticTaskSettings:
     pairs_per_context: int | None = setting(None, "Preference pairs drawn per training context and seed.")
     label_noise: float | None = setting(None, "Probability a pair's label is flipped.")
     label_temperature: float | None = setting(None, "Bradley-Terry temperature of the labels; 0: deterministic.")
+    replicate_contexts: int | None = setting(None, "Of the confirming half of the held-out contexts, the last N "
+                                                   "are kept for replications (confirm.split=replicate; preset: 0).")
     steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
     batch: int | None = setting(None, "Pairs per step (preset: 256).")
     kl_coef: float = setting(0.0, "fitness = expected reward - kl_coef * KL(policy || reference), both exact; 0: "
@@ -115,6 +122,8 @@ class DiagnosticTaskSettings:
         require(self.eval_contexts is None or self.eval_contexts >= 4,
                 f"task.eval_contexts must be >= 4 (half search, half confirm), got {self.eval_contexts}")
         require(self.actions is None or self.actions >= 2, f"task.actions must be >= 2, got {self.actions}")
+        require(self.replicate_contexts is None or self.replicate_contexts >= 0,
+                f"task.replicate_contexts must be >= 0, got {self.replicate_contexts}")
         require(self.label_noise is None or 0 <= self.label_noise <= 1,
                 f"task.label_noise must be in [0, 1], got {self.label_noise}")
         require(self.label_temperature is None or self.label_temperature >= 0,
