@@ -46,6 +46,18 @@ class PairsSettings:
     samples_per_prompt: int = setting(4, "Completions sampled per prompt.")
     max_pairs: int = setting(1536, "Preference pairs kept at most.")
     label_noise: float = setting(0.0, "Share of pairs with chosen/rejected swapped, as disagreeing annotators do.")
+    hard_flip: float = setting(0.0, "Probability a pair on a hard prompt (addition: a carry) has its label swapped, "
+                                    "on top of label_noise: noise where the data is informative "
+                                    "(discopop/tasks/pair_variants.py).")
+    ties: float = setting(0.0, "Share of prompts whose pair is a tie instead: two different wrong answers in random "
+                               "order.")
+    length_bias: float = setting(0.0, "Probability that of two answers of different length the longer is made the "
+                                      "chosen one, whatever its correctness (a spurious feature).")
+
+    def check(self) -> None:
+        for key in ("label_noise", "hard_flip", "ties", "length_bias"):
+            value = getattr(self, key)
+            require(0 <= value <= 1, f"task.pairs.{key} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -80,6 +92,7 @@ class SyntheticTaskSettings:
         require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
         require(self.replicate_prompts >= 0, f"task.replicate_prompts must be >= 0, got {self.replicate_prompts}")
+        self.pairs.check()
 
 
 @dataclass

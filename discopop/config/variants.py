@@ -25,12 +25,18 @@ from discopop.config.task import DIAGNOSTIC_PRESETS
 AUTO = "auto"
 # Pair-building settings (``task.pairs.*``) of each addition variant; the SFT model is not among them, so a
 # variant reuses the cached one. Filled by the variants of the embedded task (see PairsSettings).
-ADDITION_VARIANTS: dict[str, dict[str, Any]] = {}
+ADDITION_VARIANTS: dict[str, dict[str, Any]] = {
+    "uniform": {"label_noise": 0.25, "hard_flip": 0.0, "ties": 0.0, "length_bias": 0.0},  # task=addition's pairs
+    "hardflip": {"label_noise": 0.0, "hard_flip": 0.4},  # the flips all on carry prompts
+    "ties": {"ties": 0.3},
+    "lengthbias": {"length_bias": 0.5},
+}
 # The held-out variant ``auto`` transfers to, per (kind, preset or language): a clean search is tested under
 # label noise (where loss shapes differ most), every noisy or odd diagnostic preset on the clean world.
 HELD_OUT: dict[str, list[str]] = {
     **{f"diagnostic:{p}": ["clean"] for p in DIAGNOSTIC_PRESETS},
     "diagnostic:clean": ["label_noise"],
+    "synthetic:addition": ["hardflip", "uniform"],  # the first that differs from the run's task
 }
 
 
@@ -51,7 +57,7 @@ def variant_names(task: Mapping[str, Any], transfer: Any) -> list[str]:
     if isinstance(transfer, str):
         if transfer != AUTO:
             raise ConfigError(f"confirm.transfer must be auto or a list of variant names, got {transfer!r}")
-        return list(HELD_OUT.get(_family(task), []))
+        return [n for n in HELD_OUT.get(_family(task), []) if n in allowed_variants(task)][:1]
     names = [str(n) for n in transfer]
     allowed = allowed_variants(task)
     unknown = [n for n in names if n not in allowed]
@@ -64,12 +70,13 @@ def variant_names(task: Mapping[str, Any], transfer: Any) -> list[str]:
 
 
 def allowed_variants(task: Mapping[str, Any]) -> list[str]:
-    """The variants a task can transfer to (not itself)."""
+    """The variants a task can transfer to: those that change it (a run is not its own transfer variant)."""
     kind = task.get("kind", "synthetic")
     if kind == "diagnostic":
         return [p for p in DIAGNOSTIC_PRESETS if p != (task.get("preset") or "clean")]
     if kind == "synthetic" and task.get("language", "addition") == "addition":
-        return list(ADDITION_VARIANTS)
+        pairs = dict(task.get("pairs") or {})
+        return [n for n, change in ADDITION_VARIANTS.items() if any(pairs.get(k) != v for k, v in change.items())]
     return []
 
 
