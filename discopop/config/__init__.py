@@ -37,6 +37,7 @@ from discopop.config.training import (
     RayExecutorSettings,
     TrainingSettings,
 )
+from discopop.config.variants import variant_names
 
 __all__ = [
     "API_KEY_REFUSED", "GROUP_KEYS", "KEY_LIKE", "MAX_SEEDS_LIMIT", "SCHEMAS", "WANDB_MODES", "CascadeSettings",
@@ -64,10 +65,20 @@ class ConfirmSettings:
                             "|t| ~ 10.")
     references: int = setting(2, "Best baselines (by search fitness) re-trained on the fresh seeds too; the "
                                  "candidates are held to the one with the best fresh-seed mean.")
+    split: str = setting("confirm", "Which held-out prompts the confirmation scores: confirm (the default) or "
+                                    "replicate (a replication run, e.g. seed=100: the part task.replicate_prompts "
+                                    "keeps back, which neither the search nor a default confirmation used).")
+    transfer: Any = setting("auto", "Held-out task variants the same finalists and baselines are also confirmed on "
+                                    "(transfer is part of the verdict; discopop/config/variants.py): a list of "
+                                    "variant names (task=diagnostic: other presets; addition: pair variants such "
+                                    "as hardflip), [] for none, auto: one held-out variant per task (diagnostic "
+                                    "clean -> label_noise, other presets -> clean; none for hub tasks).")
 
     def check(self) -> None:
         require(self.seeds >= 0 and self.top_k >= 0, "confirm.seeds and confirm.top_k must be >= 0")
         require(self.references >= 1, f"confirm.references must be >= 1, got {self.references}")
+        require(self.split in ("confirm", "replicate"),
+                f"confirm.split must be confirm or replicate, got {self.split!r}")
 
 
 @dataclass
@@ -153,6 +164,10 @@ class RunSettings:
         for part in (self.training, self.task, self.executor, self.confirm, self.selection, self.proposer, self.wandb,
                      self.cascade):
             part.check()
+        variant_names(plain(self.task), self.confirm.transfer)  # a ConfigError names what is wrong
+        kept = getattr(self.task, "replicate_prompts", getattr(self.task, "replicate_contexts", None))
+        require(self.confirm.split != "replicate" or bool(kept), "confirm.split=replicate needs "
+                "task.replicate_prompts (diagnostic: task.replicate_contexts) > 0: the prompts kept for replications")
 
     @classmethod
     def coerce(cls, value: RunSettings | Mapping[str, Any]) -> RunSettings:

@@ -46,6 +46,18 @@ class PairsSettings:
     samples_per_prompt: int = setting(4, "Completions sampled per prompt.")
     max_pairs: int = setting(1536, "Preference pairs kept at most.")
     label_noise: float = setting(0.0, "Share of pairs with chosen/rejected swapped, as disagreeing annotators do.")
+    hard_flip: float = setting(0.0, "Probability a pair on a hard prompt (addition: a carry) has its label swapped, "
+                                    "on top of label_noise: noise where the data is informative "
+                                    "(discopop/tasks/pair_variants.py).")
+    ties: float = setting(0.0, "Share of prompts whose pair is a tie instead: two different wrong answers in random "
+                               "order.")
+    length_bias: float = setting(0.0, "Probability that of two answers of different length the longer is made the "
+                                      "chosen one, whatever its correctness (a spurious feature).")
+
+    def check(self) -> None:
+        for key in ("label_noise", "hard_flip", "ties", "length_bias"):
+            value = getattr(self, key)
+            require(0 <= value <= 1, f"task.pairs.{key} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -61,6 +73,10 @@ class SyntheticTaskSettings:
     heldout_prompts: int = setting(3000, "Split off first, by unordered problem: held-out prompts never trained on.")
     search_prompts: int | None = setting(500, "Of the held-out prompts, those scored during the search; the rest "
                                               "confirm the winners (null: half).")
+    replicate_prompts: int = setting(0, "Of the held-out prompts after the search's, the last N are kept back for "
+                                        "replications (confirm.split=replicate): prompts neither the search nor "
+                                        "a default confirmation scores. 0: none (a replication would re-score the "
+                                        "confirmation prompts that selected the winner).")
     score: str = setting("probability", "Per-prompt score of the fitness: probability (the policy's teacher-forced "
                                         "probability of the correct answer, the exact expected 0/1 reward) or greedy "
                                         "(0/1 accuracy of the greedy answer, reported beside it either way).")
@@ -75,6 +91,8 @@ class SyntheticTaskSettings:
                 f"task.language must be one of {', '.join(LANGUAGE_NAMES)}, got {self.language!r}")
         require(self.score in SCORES, f"task.score must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
+        require(self.replicate_prompts >= 0, f"task.replicate_prompts must be >= 0, got {self.replicate_prompts}")
+        self.pairs.check()
 
 
 @dataclass
@@ -98,6 +116,8 @@ class DiagnosticTaskSettings:
     pairs_per_context: int | None = setting(None, "Preference pairs drawn per training context and seed.")
     label_noise: float | None = setting(None, "Probability a pair's label is flipped.")
     label_temperature: float | None = setting(None, "Bradley-Terry temperature of the labels; 0: deterministic.")
+    replicate_contexts: int | None = setting(None, "Of the confirming half of the held-out contexts, the last N "
+                                                   "are kept for replications (confirm.split=replicate; preset: 0).")
     steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
     batch: int | None = setting(None, "Pairs per step (preset: 256).")
     kl_coef: float = setting(0.0, "fitness = expected reward - kl_coef * KL(policy || reference), both exact; 0: "
@@ -115,6 +135,8 @@ class DiagnosticTaskSettings:
         require(self.eval_contexts is None or self.eval_contexts >= 4,
                 f"task.eval_contexts must be >= 4 (half search, half confirm), got {self.eval_contexts}")
         require(self.actions is None or self.actions >= 2, f"task.actions must be >= 2, got {self.actions}")
+        require(self.replicate_contexts is None or self.replicate_contexts >= 0,
+                f"task.replicate_contexts must be >= 0, got {self.replicate_contexts}")
         require(self.label_noise is None or 0 <= self.label_noise <= 1,
                 f"task.label_noise must be in [0, 1], got {self.label_noise}")
         require(self.label_temperature is None or self.label_temperature >= 0,

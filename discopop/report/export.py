@@ -16,6 +16,7 @@ from discopop.contract.losses import LossRejected, code_hash, decode_source, sta
 from discopop.fitness import stats
 from discopop.report.run import learning_rate_of, run_beta, settings_text
 from discopop.report.terminal_board import leaderboard_rows
+from discopop.search.transfer_confirm import transfer_text
 from discopop.status import Status
 from discopop.text import one_line
 
@@ -87,6 +88,7 @@ def _header(archive: Archive, row: Row, target: str) -> str:
         f"name: {row.name}",
         f"fitness: {_num(row.fitness)} (reward {_num(row.metrics.get('reward'))}, KL {_num(row.metrics.get('kl'), 3)})",
         f"confirmation: {confirmation_text(conf if isinstance(conf, dict) else None)}",
+        f"transfer: {transfer_text(row.metrics.get('transfer')) or 'not confirmed on held-out task variants'}",
         f"lineage: {' <- '.join(lineage(archive, row.id)) or 'none (first generation)'}",
         f"parent ids: {json.dumps(row.parent_ids)}",
         f"trained at: {settings_text(beta, lr)} (the run's training.beta; the learning rate it was scored at)",

@@ -61,10 +61,13 @@ def best_references(archive: Archive, n: int) -> list[Row]:
     return _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))[:n]
 
 
-def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int]) -> Row | None:
-    """The reference with the best fresh-seed mean among those with every seed scored; else the search's first."""
+def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int],
+                             split: str = SPLIT) -> Row | None:
+    """The reference with the best fresh-seed mean among those with every seed scored; else the search's first.
+
+    ``split``: the archive split the runs are stored under (a transfer variant's, ``search.transfer_confirm``)."""
     def fresh_mean(row: Row) -> float | None:
-        _, summary = arm_scores(archive, row, seeds)
+        _, summary = arm_scores(archive, row, seeds, split)
         return summary["mean"] if summary["failed"] is None else None
 
     return stats.strongest_baseline(references, fresh_mean) if references else None
@@ -81,38 +84,42 @@ def learning_rate(row: Row) -> float | None:
     return float(lr) if lr is not None else None
 
 
-def _latest(archive: Archive, row_id: int) -> dict[int, Evaluation]:
+def _latest(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Evaluation]:
     """This row's confirmation runs by seed (the latest where a seed was run twice)."""
-    return {e.seed: e for e in archive.evaluations(row_id, split=SPLIT)}
+    return {e.seed: e for e in archive.evaluations(row_id, split=split)}
 
 
-def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int]) -> list[Job]:
+def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int], split: str = SPLIT,
+                 prompts: str | None = None) -> list[Job]:
     """A confirm-split training job, at the row's own learning rate, for every (row, seed) not yet run.
 
-    A stored failure is not retried: re-running until a seed succeeds would select the lucky ones.
+    A stored failure is not retried: re-running until a seed succeeds would select the lucky ones. ``split``:
+    where the runs are stored in the archive; ``prompts``: the task's held-out part the job scores (default: the
+    same name; a transfer variant's runs are stored apart but score that variant's own confirm prompts).
     """
-    return [Job(r.id, r.code, "train", seed, split=SPLIT, learning_rate=learning_rate(r))
-            for r in rows for seed in seeds if seed not in _latest(archive, r.id)]
+    return [Job(r.id, r.code, "train", seed, split=prompts or split, learning_rate=learning_rate(r))
+            for r in rows for seed in seeds if seed not in _latest(archive, r.id, split)]
 
 
 def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: list[int],
-                store: StoredRuns | None = None) -> None:
+                store: StoredRuns | None = None, split: str = SPLIT, prompts: str | None = None) -> None:
     """Run :func:`missing_jobs`; store each run (or its failure) as an evaluation as soon as it finishes.
 
     With a ``store``, a reference's run comes from it when an earlier run with the same settings made it
-    (the same fresh seed, split and learning rate), and one it lacks is stored when it finishes.
+    (the same fresh seed, split and learning rate), and one it lacks is stored when it finishes. ``split``:
+    the archive split of the runs (the store is keyed by the run's own task: pass none for another task).
     """
     def add(result: JobResult) -> None:
         job = result.job
         if result.ok:
-            archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, SPLIT, result.data))
+            archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, split, result.data))
         else:
-            archive.add_evaluation(Evaluation(job.row_id, job.seed, SPLIT, job.learning_rate,
+            archive.add_evaluation(Evaluation(job.row_id, job.seed, split, job.learning_rate,
                                               error=f"{result.stage}: {result.error}"))
 
     by_id = {r.id: r for r in rows}
     todo = []
-    for job in missing_jobs(archive, rows, seeds):
+    for job in missing_jobs(archive, rows, seeds, split, prompts):
         row = by_id[job.row_id]
         found = store.lookup(job, code_hash(row.code)) if store is not None and row.proposer == "reference" else None
         if found is not None:
@@ -126,9 +133,10 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
         add(result)
 
 
-def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray | None, dict[str, Any]]:
+def arm_scores(archive: Archive, row: Row, seeds: list[int],
+               split: str = SPLIT) -> tuple[np.ndarray | None, dict[str, Any]]:
     """The row's seeds x prompts fitness matrix (None if any seed failed or is missing) and its summary."""
-    runs = _latest(archive, row.id)
+    runs = _latest(archive, row.id, split)
     failed = None
     fitness: list[float | None] = []
     matrix = []
@@ -158,12 +166,16 @@ def arm_scores(archive: Archive, row: Row, seeds: list[int]) -> tuple[np.ndarray
     return scores, summary
 
 
-def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, seeds: list[int],
-          alpha: float = stats.ALPHA, also: list[Row] | None = None) -> list[stats.Comparison]:
-    """Compare each candidate with DPO and the strongest baseline from the stored runs; store the verdicts
-    (and the fresh-seed summaries of ``also``, the other confirmed references)."""
+Scored = dict[int, tuple[np.ndarray | None, dict[str, Any]]]
+
+
+def pairwise(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, seeds: list[int],
+             alpha: float = stats.ALPHA, also: list[Row] | None = None,
+             split: str = SPLIT) -> tuple[Scored, list[tuple[Row, str, Row, stats.Comparison]]]:
+    """Every arm's scores on ``split`` and each candidate's comparison with DPO and the strongest baseline, not
+    yet Holm-corrected (the caller decides the family): (scores by row id, [(candidate, role, baseline, comp)])."""
     arms = {r.id: r for r in [*candidates, dpo, *([best] if best else []), *(also or [])]}
-    scored = {row_id: arm_scores(archive, row, seeds) for row_id, row in arms.items()}
+    scored = {row_id: arm_scores(archive, row, seeds, split) for row_id, row in arms.items()}
     baselines = [("vs_dpo", dpo)] + ([("vs_best", best)] if best is not None and best.id != dpo.id else [])
     comparisons: list[tuple[Row, str, Row, stats.Comparison]] = []
     for cand in candidates:
@@ -175,6 +187,14 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
             comp = stats.compare(cand.name, base.name, a, b, alpha=alpha, failure=failure or None)
             comp.extra.update(baseline_id=base.id, role=key)
             comparisons.append((cand, key, base, comp))
+    return scored, comparisons
+
+
+def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, seeds: list[int],
+          alpha: float = stats.ALPHA, also: list[Row] | None = None, split: str = SPLIT) -> list[stats.Comparison]:
+    """Compare each candidate with DPO and the strongest baseline from the stored runs; store the verdicts
+    (and the fresh-seed summaries of ``also``, the other confirmed references)."""
+    scored, comparisons = pairwise(archive, candidates, dpo, best, seeds, alpha=alpha, also=also, split=split)
     stats.decide([c for *_, c in comparisons], alpha=alpha)
     confirmation = {row_id: dict(info) for row_id, (_, info) in scored.items()}
     for cand, key, _, comp in comparisons:
@@ -189,11 +209,12 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
 
 def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, top_k: int,
             baseline: str = "dpo", alpha: float = stats.ALPHA, references: int = 2,
-            store: StoredRuns | None = None) -> list[stats.Comparison]:
+            store: StoredRuns | None = None, split: str = SPLIT) -> list[stats.Comparison]:
     """Re-train the top candidates, ``baseline`` and the ``references`` best baselines on fresh seeds; hold the
     candidates to DPO and to the best of those references on the fresh seeds; store everything.
 
-    ``store``: the shared result store the references' fresh-seed runs are looked up in first."""
+    ``store``: the shared result store the references' fresh-seed runs are looked up in first. ``split``: the
+    held-out prompts scored, ``confirm`` or, in a replication run, ``replicate`` (``task.replicate_prompts``)."""
     dpo = reference_row(archive, baseline)
     if dpo is None or n_seeds < 1:
         return []
@@ -201,6 +222,6 @@ def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, 
     contenders = best_references(archive, max(1, references))
     candidates = top_candidates(archive, top_k)
     arms = list({r.id: r for r in [*candidates, dpo, *contenders]}.values())
-    run_missing(archive, executor, arms, seeds, store)
-    best = strongest_on_fresh_seeds(archive, contenders, seeds)
-    return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders)
+    run_missing(archive, executor, arms, seeds, store, split)
+    best = strongest_on_fresh_seeds(archive, contenders, seeds, split)
+    return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders, split=split)

@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.config import RunSettings, plain
+from discopop.config.variants import transfer_tasks
 from discopop.execution.executors import Executor, WorkerSpec
 from discopop.execution.factory import make_executor
 from discopop.fitness.judge import with_judge
@@ -37,6 +38,7 @@ from discopop.search.cascade import Evaluator, Outcome
 from discopop.search.confirmation import confirm
 from discopop.search.fidelity import Fidelity
 from discopop.search.seed_race import RacePolicy
+from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_summary
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 
@@ -170,7 +172,7 @@ class Loop:
     def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
                  proposer: Proposer | None = None,
                  executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None,
-                 store: ResultCache | None = None):
+                 store: ResultCache | None = None, transfer_executor: ExecutorFactory | None = None):
         self.cfg = RunSettings.coerce(cfg)
         self.run_dir = run_dir
         self.display = display
@@ -178,6 +180,9 @@ class Loop:
         self.seed = self.cfg.seed
         self.proposer: Proposer = proposer or build_proposer(self.cfg.proposer, seed=self.seed)
         self.executor = executor
+        # (variant, task) -> executor for confirm.transfer; default: a pool like the run's (none with an injected
+        # executor: a stand-in's variants must be stood in for too)
+        self.transfer_executor = transfer_executor
         self.task_meta = task_meta
         self.store = store
         state = self.archive.get_state("proposer_state")
@@ -336,6 +341,28 @@ class Loop:
             return self.archive.add(candidate, generation, status=Status.INVALID, error=candidate.error)
         return self.archive.add(candidate, generation)
 
+    def _variant_executor(self, name: str, task: dict[str, Any]) -> Executor:
+        """A pool of workers like the run's, on the transfer variant ``task`` (built here first: workers only read)."""
+        load_task(task, log=self.display.log)
+        return make_executor(self.cfg.executor, worker_spec({**self.cfg.to_dict(), "task": task}))
+
+    def _confirm_transfer(self) -> None:
+        """Confirm the same arms on the held-out variants of ``confirm.transfer`` and say whether winners transfer."""
+        conf = self.cfg.confirm
+        variants = transfer_tasks(plain(self.cfg.task), conf.transfer)
+        if not variants:
+            return
+        factory = self.transfer_executor or (self._variant_executor if self.executor is None else None)
+        if factory is None:
+            self.display.log("transfer not confirmed: an injected executor and no executor for the variants")
+            return
+        self.display.set_generation("confirming transfer to held-out variants")
+        self.display.log(f"re-scoring the same arms on the held-out variant(s) {', '.join(n for n, _ in variants)}")
+        confirm_transfer(self.archive, factory, variants, self.seed, conf.seeds, conf.top_k,
+                         references=conf.references, log=self.display.log, prompts=conf.split)
+        for line in transfer_summary(self.archive):
+            self.display.log(f"transfer {line}")
+
     def _load_task(self) -> Task:
         """Build (or read from the cache) the task, and say what it is."""
         task = load_task(self.cfg.task, log=self.display.log)
@@ -440,7 +467,8 @@ class Loop:
                 self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
                                  f"on {conf.seeds} fresh seeds and the held-back prompts")
                 confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references,
-                        store=store)
+                        store=store, split=conf.split)
+                self._confirm_transfer()
         except ProposerStop as stop:
             stopped = str(stop)
             # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.

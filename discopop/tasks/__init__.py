@@ -14,7 +14,7 @@ from typing import Any
 
 from discopop.config import plain
 from discopop.tasks import diagnostic, synthetic
-from discopop.tasks.base import Task, cache_root, search_count
+from discopop.tasks.base import Task, cache_root, heldout_parts, search_count
 from discopop.tasks.hub import load_hub_task
 
 __all__ = ["Task", "build_key", "cache_root", "load_task", "search_count", "stable_key"]
@@ -25,13 +25,19 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return stable_key({k: cfg[k] for k in ("language", "seed", "heldout_prompts", "sft", "pairs")})
 
 
+# Settings added after caches were built: left out of a key while unset (0, null, empty), so a task or result
+# cache built before they existed stays valid (pairs.label_noise was absent from the sorting task).
+LATER_TASK_KEYS = ("replicate_prompts", "replicate_contexts")
+LATER_PAIRS_KEYS = ("label_noise", "hard_flip", "ties", "length_bias")
+
+
 def stable_key(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` without ``pairs.label_noise`` when it is 0: clean labels hash as before the setting existed
-    (it was absent from the sorting task), so task and result caches built then stay valid."""
+    """``cfg`` without the later settings (``LATER_*_KEYS``) that are unset: they hash as before they existed."""
+    out = {k: v for k, v in cfg.items() if not (k in LATER_TASK_KEYS and not v)}
     pairs = cfg.get("pairs")
-    if isinstance(pairs, dict) and not pairs.get("label_noise"):
-        return {**cfg, "pairs": {k: v for k, v in pairs.items() if k != "label_noise"}}
-    return cfg
+    if isinstance(pairs, dict):
+        out["pairs"] = {k: v for k, v in pairs.items() if not (k in LATER_PAIRS_KEYS and not v)}
+    return out
 
 
 def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
@@ -63,8 +69,9 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
         model_path=out_dir / "sft_model",
         tokenizer_path=out_dir / "tokenizer",
         pairs_path=out_dir / "pairs",
-        heldout_prompts=heldout[: search_count(cfg, len(heldout))],
-        confirm_prompts=heldout[search_count(cfg, len(heldout)):],
+        heldout_prompts=heldout_parts(cfg, heldout)[0],
+        confirm_prompts=heldout_parts(cfg, heldout)[1],
+        replicate_prompts=heldout_parts(cfg, heldout)[2],
         reward=language.reward,
         max_new_tokens=language.max_answer_len + 1,
         meta=json.loads(done.read_text()),

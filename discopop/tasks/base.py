@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SPLITS = ("search", "confirm", "replicate")  # the held-out prompts' parts (Task.prompts)
+
 
 @dataclass
 class Task:
@@ -31,6 +33,8 @@ class Task:
     score_batch_size: int = 512  # held-out prompts decoded (and reward-scored) together
     answer: Callable[[str], str] | None = None  # the correct completion of a prompt, where the reward is exact match
     score: str = "probability"  # with ``answer``: probability (of the correct answer) or greedy (0/1 accuracy)
+    # kept back from both (``task.replicate_prompts``): what a replication run (``confirm.split=replicate``) scores
+    replicate_prompts: list[str] = field(default_factory=list)
 
     def rewards(self, prompts: list[str], completions: list[str | None], device: Any = "cpu") -> list[float]:
         """The reward of each completion (0 for a malformed one, None); batched on ``device`` when the reward can."""
@@ -42,15 +46,34 @@ class Task:
         return [self.reward(p, c) if c is not None else 0.0 for p, c in zip(prompts, completions, strict=True)]
 
     def prompts(self, split: str) -> list[str]:
-        """Held-out prompts of ``split``: "search" (fitness) or "confirm" (winners' re-scoring)."""
-        if split not in ("search", "confirm"):
-            raise ValueError(f"unknown split {split!r} (allowed: search, confirm)")
-        return self.heldout_prompts if split == "search" else self.confirm_prompts
+        """Held-out prompts of ``split``: "search" (fitness), "confirm" (winners' re-scoring) or "replicate" (a
+        replication's re-scoring, on prompts neither the search nor the confirmation used)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
+        if split == "replicate" and not self.replicate_prompts:
+            raise ValueError("split 'replicate' needs task.replicate_prompts > 0 (none were kept back)")
+        return {"search": self.heldout_prompts, "confirm": self.confirm_prompts,
+                "replicate": self.replicate_prompts}[split]
 
 
 def cache_root(cfg: dict[str, Any]) -> Path:
     root = cfg.get("cache_dir") or os.environ.get("DISCOPOP_CACHE_DIR") or "~/.cache/discopop"
     return Path(root).expanduser()
+
+
+def heldout_parts(cfg: dict[str, Any], heldout: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(search, confirm, replicate) prompts of the held-out list: the first :func:`search_count` score the search,
+    the last ``task.replicate_prompts`` (default 0) are kept for replications, the rest confirm the winners.
+
+    Why a third part: a replication (another run seed) that re-scores the confirmation prompts re-uses prompts that
+    selected the winner it replicates, so it is not independent of it."""
+    search = search_count(cfg, len(heldout))
+    keep = int(cfg.get("replicate_prompts") or 0)
+    if not 0 <= keep <= len(heldout) - search - 1:
+        raise ValueError(f"task.replicate_prompts must be in [0, {len(heldout) - search - 1}] (the confirmation "
+                         f"keeps at least one of the {len(heldout) - search} non-search prompts), got {keep}")
+    cut = len(heldout) - keep
+    return heldout[:search], heldout[search:cut], heldout[cut:]
 
 
 def search_count(cfg: dict[str, Any], heldout: int) -> int:

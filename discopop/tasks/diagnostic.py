@@ -67,6 +67,7 @@ class DiagnosticSetting:
     label_temperature: float = 0.5  # Bradley-Terry P(a > b) = sigmoid((r_a - r_b) / T); 0: deterministic
     label_noise: float = 0.0  # probability a label is flipped
     kl_coef: float = 0.0  # fitness = reward - kl_coef * KL(pi || pi_ref)
+    replicate_contexts: int = 0  # the last of the confirming half, kept back for replications (split "replicate")
     beta: float = 0.1  # fine-tune defaults
     steps: int = 80  # few large steps: each step costs two oracle round trips, whatever its batch
     batch: int = 256
@@ -205,7 +206,7 @@ def describe(s: DiagnosticSetting) -> dict[str, float]:
 
 # ---- as a run's task (``task=diagnostic``) -------------------------------------------------------------
 
-SPLITS = ("search", "confirm")
+SPLITS = ("search", "confirm", "replicate")
 
 
 def from_config(cfg: Mapping[str, Any]) -> DiagnosticSetting:
@@ -217,11 +218,18 @@ def from_config(cfg: Mapping[str, Any]) -> DiagnosticSetting:
 
 def split_contexts(s: DiagnosticSetting, split: str) -> slice:
     """The held-out contexts of ``split``: the first half scores the search, the rest confirm the winners, so the
-    confirmation is scored on contexts that chose nothing (no rate, no winner)."""
+    confirmation is scored on contexts that chose nothing (no rate, no winner); the last ``replicate_contexts`` of
+    the rest are kept back for replications ("replicate"), which then re-score nothing a confirmation chose."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
     half = s.eval_contexts // 2
-    return slice(0, half) if split == "search" else slice(half, s.eval_contexts)
+    if split == "search":
+        return slice(0, half)
+    cut = s.eval_contexts - s.replicate_contexts
+    if not half < cut <= s.eval_contexts or (split == "replicate" and cut == s.eval_contexts):
+        raise ValueError(f"task.replicate_contexts must be in [1, {s.eval_contexts - half - 1}] to score split "
+                         f"'replicate' (and below {s.eval_contexts - half}), got {s.replicate_contexts}")
+    return slice(half, cut) if split == "confirm" else slice(cut, s.eval_contexts)
 
 
 def as_task(cfg: Mapping[str, Any]) -> Task:
@@ -236,6 +244,8 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
         name=str(cfg.get("name") or "diagnostic"), model_path="", tokenizer_path="", pairs_path=Path(),
         heldout_prompts=[f"context {i}" for i in range(s.eval_contexts)][search],
         confirm_prompts=[f"context {i}" for i in range(s.eval_contexts)][split_contexts(s, "confirm")],
+        replicate_prompts=([f"context {i}" for i in range(s.eval_contexts)][split_contexts(s, "replicate")]
+                           if s.replicate_contexts else []),
         reward=None, max_new_tokens=1, score="expected",
         meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
               "eval_contexts": s.eval_contexts, "actions": s.actions,

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from discopop.tasks.pair_variants import maybe_tie, reshape, tie_generator
+
 EOS = "<eos>"
 PAD = "<pad>"
 
@@ -300,15 +302,18 @@ def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: i
     repeated = [p for p in prompts for _ in range(k)]
     texts = generate(model, tokenizer, repeated, language.max_answer_len + 1, sample=True, seed=seed)
     pairs = []
+    ties = tie_generator(cfg, seed)  # the pair variants (tasks.pair_variants): None and unused when off
     for i, prompt in enumerate(prompts):
         group = texts[i * k:(i + 1) * k]
         good = [t for t in group if language.reward(prompt, t) == 1.0]
         bad = [t for t in group if language.reward(prompt, t) == 0.0 and t != "\x00" and t]
         if good and bad:
-            pairs.append({"prompt": prompt, "chosen": good[0], "rejected": bad[0]})
+            pair = {"prompt": prompt, "chosen": good[0], "rejected": bad[0]}
+            pairs.append(maybe_tie(pair, bad, float(cfg.get("ties") or 0), ties))
         if len(pairs) >= cfg["max_pairs"]:
             break
-    return flip_labels(pairs, float(cfg.get("label_noise", 0.0)), random.Random(seed + 1))
+    flipped = flip_labels(pairs, float(cfg.get("label_noise", 0.0)), random.Random(seed + 1))
+    return reshape(flipped, language, cfg, seed)
 
 
 def flip_labels(pairs: list[dict[str, str]], rate: float, rng: random.Random) -> list[dict[str, str]]:
