@@ -24,7 +24,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_code_health.py", "test_evolution.py",
         "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py", "test_llm_feedback.py",
         "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py", "test_owed_repairs.py",
-        "test_settings.py", "test_stats.py", "test_tuning.py",
+        "test_pair_variants.py", "test_settings.py", "test_stats.py", "test_tuning.py",
     ),
     "sandbox": (
         "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_oracle.py", "test_hostile_os.py",
@@ -38,6 +38,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_likelihood.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py", "test_packaging.py",
         "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
         "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
+        "test_transfer_confirm.py",
         "test_transfer.py", "test_trl_adapter.py", "test_trl_parity_more.py", "test_trl_peft.py",
     ),
 }
@@ -73,6 +74,7 @@ SMALL_RUN = [
     "training.lr_grid=[5e-6,2e-5]",
     "confirm.seeds=2", "confirm.top_k=1", "wandb.mode=disabled",
     "selection.max_seeds=1",  # no seed race here (its cost): tests/test_seed_race.py runs it
+    "confirm.transfer=[]",  # no held-out variant here (its cost): tests/test_transfer_confirm.py runs it
 ]
 
 

@@ -261,3 +261,28 @@ def test_a_replication_confirms_on_the_replicate_part(archive: Archive) -> None:
     assert {j.split for j in pool.jobs} == {"replicate"} and len(pool.jobs) == 6
     assert archive.evaluations(split="confirm") == [] and len(archive.evaluations(split="replicate")) == 6
     assert archive.get(cand).metrics["confirmation"]["vs_dpo"]["verdict"] == stats.BEATS
+
+
+def test_discover_confirms_on_the_held_out_addition_variant_end_to_end(tmp_path: Path, cache_dir: Path) -> None:
+    """The default (auto) on the embedded task family, through real workers: the hardflip variant's pairs are built
+    from the cached SFT stage, every arm re-trains there, and the verdict carries the transfer word."""
+    import json  # lazy: only this end-to-end test reads the archive's JSON
+    import os
+    import sqlite3
+    import subprocess
+
+    from conftest import SMALL_RUN  # lazy: conftest is importable only once pytest has put tests/ on the path
+
+    run_dir = tmp_path / "run"
+    args = [a for a in SMALL_RUN if not a.startswith("confirm.transfer=")]
+    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    out = subprocess.run(["discover", "--generations", "1", "--quiet", *args, "confirm.transfer=auto",
+                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        splits = conn.execute("SELECT DISTINCT c.name, e.split FROM evaluations e JOIN candidates c"
+                              " ON c.id = e.candidate_id WHERE e.error IS NULL").fetchall()
+        confirmed = [json.loads(m) for (m,) in conn.execute(
+            "SELECT metrics FROM candidates WHERE proposer='evolution' AND metrics LIKE '%confirmation%'")]
+    assert ("dpo", "transfer:hardflip") in splits and ("lrml", "transfer:hardflip") in splits
+    assert confirmed and all(m["transfer"]["hardflip"]["transfers"] in (TRANSFERS, HOLDS, FAILS) for m in confirmed)
