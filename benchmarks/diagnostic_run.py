@@ -10,7 +10,8 @@ spent on the reference losses, and per row the split the cascade records (numeri
 rest: mostly waiting for a loss oracle, whose start-up imports torch), then the leaderboard's top lines. The run's
 cache directory is fresh (a temporary one) unless ``--cache`` names one, so the references are trained, not read
 from the store. ``--compare A B``: two runs one after the other, each with its fresh cache and one extra override
-(e.g. a fresh oracle per job against one per candidate), then whether their archives agree row for row.
+(e.g. a fresh oracle per job against one per candidate), then whether their archives agree row for row;
+``--parallel`` runs both at once (same load on both), ``--timeout`` cuts a run off (it is summarised as far as it got).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def summarise(run_dir: Path, wall: float | None = None) -> None:
     split = phases(run_dir, wall)
     total = wall or sum(split.values()) or 1.0
     count = sum(runs.values())
-    print(f"fine-tunes: {count} ({', '.join(f'{k} {v}' for k, v in sorted(runs.items()))}), "
+    with sqlite3.connect(run_dir / "archive.sqlite") as conn:
+        generation = conn.execute("SELECT MAX(generation) FROM candidates WHERE finished_at IS NOT NULL").fetchone()[0]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(runs.items()))
+    print(f"generations finished: {generation}; fine-tunes: {count} ({kinds}), "
           f"{count / total * 3600:,.0f} per hour of wall time; phases: "
           + ", ".join(f"{k} {v / 60:.1f} min ({v / total:.0%})" for k, v in split.items()))
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
@@ -90,25 +94,32 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, default=None, help="only summarise this run directory")
     parser.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
                         help="two runs, each with one more override (e.g. executor.kept_oracles=0 and =2)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="with --compare: run both arms at once, so that they share the machine's load")
+    parser.add_argument("--timeout", type=float, default=None, help="cut a run off this many seconds after its start")
     parser.add_argument("overrides", nargs="*", help="hydra overrides after task=diagnostic")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)
         return
     arms = args.compare or [None]
-    dirs = []
+    runs = []
     for i, arm in enumerate(arms):
         if args.run_dir is not None:
             run_dir = args.run_dir / f"arm{i}" if args.compare else args.run_dir
         else:
             run_dir = Path(tempfile.mkdtemp(prefix="diag-run-")) / "run"
         cache = args.cache if args.cache and not args.compare else Path(tempfile.mkdtemp(prefix="diag-cache-"))
-        dirs.append(run_dir)
-        run_once(args.generations, [*args.overrides, *([arm] if arm else [])], run_dir, cache)
-    if len(dirs) == 2:
-        same = archive_rows(dirs[0]) == archive_rows(dirs[1])
+        runs.append(Run(args.generations, [*args.overrides, *([arm] if arm else [])], run_dir, cache))
+        if not args.parallel:
+            runs[-1].finish(args.timeout)
+    for run in runs:
+        run.finish(args.timeout)
+    if len(runs) == 2:
+        same = archive_rows(runs[0].run_dir) == archive_rows(runs[1].run_dir)
         print(f"archives of {arms[0]} and {arms[1]}: {'identical' if same else 'DIFFERENT'} "
-              "(name, status, fitness, every evaluation's fitness)")
+              "(name, status, fitness, every evaluation's fitness)"
+              + ("; a run was cut off, so only the common part can agree" if any(r.cut for r in runs) else ""))
 
 
 def archive_rows(run_dir: Path) -> tuple[list, list]:
@@ -120,19 +131,47 @@ def archive_rows(run_dir: Path) -> tuple[list, list]:
     return rows, runs
 
 
-def run_once(generations: int, overrides: list[str], run_dir: Path, cache: Path) -> None:
-    command = ["discover", "--generations", str(generations), "task=diagnostic", "wandb.mode=disabled",
-               *overrides, f"hydra.run.dir={run_dir}"]
-    print("$ " + " ".join(command), f"(DISCOPOP_CACHE_DIR={cache})", flush=True)
-    load = os.getloadavg()[0]
-    started = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DISCOPOP_CACHE_DIR": str(cache)})
-    wall = time.perf_counter() - started
-    print(f"exit {out.returncode}; {wall / 60:.1f} min wall; load average {load:.1f} at start, "
-          f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)")
-    summarise(run_dir, wall)
-    board = out.stdout[out.stdout.find("Leaderboard"):] if "Leaderboard" in out.stdout else out.stderr[-2000:]
-    print("\n".join(board.splitlines()[:14]), flush=True)
+class Run:
+    """One ``discover task=diagnostic`` in the background (arms of ``--parallel`` share the machine's load)."""
+
+    def __init__(self, generations: int, overrides: list[str], run_dir: Path, cache: Path):
+        self.run_dir, self.cut = run_dir, False
+        command = ["discover", "--generations", str(generations), "task=diagnostic", "wandb.mode=disabled",
+                   *overrides, f"hydra.run.dir={run_dir}"]
+        self.title = "$ " + " ".join(command) + f" (DISCOPOP_CACHE_DIR={cache})"
+        print(self.title, flush=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log = run_dir.parent / f"{run_dir.name}.out"
+        self.load = os.getloadavg()[0]
+        self.started = time.perf_counter()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                         env={**os.environ, "DISCOPOP_CACHE_DIR": str(cache)})
+        self.wall: float | None = None
+
+    def finish(self, timeout: float | None) -> None:
+        """Wait for the run (cut off ``timeout`` s after its start: SIGTERM, then SIGKILL) and summarise it once."""
+        if self.wall is not None:
+            return
+        left = None if timeout is None else max(1.0, timeout - (time.perf_counter() - self.started))
+        try:
+            self.proc.wait(left)
+        except subprocess.TimeoutExpired:
+            self.cut = True
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.wall = time.perf_counter() - self.started
+        print(f"\n{self.title}\nexit {self.proc.returncode}{' (cut off)' if self.cut else ''}; "
+              f"{self.wall / 60:.1f} min wall; load average {self.load:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)")
+        summarise(self.run_dir, self.wall)
+        out = self.log.read_text(errors="replace")
+        board = out[out.find("Leaderboard"):] if "Leaderboard" in out else out[-2000:]
+        print("\n".join(board.splitlines()[:14]), flush=True)
 
 
 if __name__ == "__main__":
