@@ -42,6 +42,21 @@ def noisy(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, re
     return -F.logsigmoid(beta * rho * (0.5 + torch.rand_like(rho)))
 '''
 
+# Reads CPU autocast (global torch state the state watch does not restore), then turns it on: its first call in a
+# job trains the other way round from its later calls, unless every job starts with autocast as a fresh oracle has it.
+AUTOCAST = '''
+import torch
+import torch.nn.functional as F
+
+
+def leaves_autocast(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                    beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    sign = -1.0 if torch.is_autocast_enabled("cpu") else 1.0
+    torch.set_autocast_enabled("cpu", True)
+    return -F.logsigmoid(beta * sign * rho)
+'''
+
 
 @pytest.fixture(scope="module")
 def spec() -> WorkerSpec:
@@ -105,7 +120,7 @@ def test_a_failed_job_does_not_keep_its_oracle(keeping) -> None:
     assert (bad.ok, bad.stage) == (False, "train") and code_key(scalar) not in keeping.kept.keys()
 
 
-@pytest.mark.parametrize("code", [COUNTER, NOISY], ids=["module-counter", "global-rng"])
+@pytest.mark.parametrize("code", [COUNTER, NOISY, AUTOCAST], ids=["module-counter", "global-rng", "autocast"])
 def test_a_job_gives_the_same_fitness_whatever_its_oracle_served_before(fresh, keeping, code: str) -> None:
     alone = train(fresh, code, 0.1)
     train(keeping, code, 0.03, seed=1)  # another job of the same candidate first, on the same oracle

@@ -58,14 +58,18 @@ class Oracle:
         # generator from the OS at start-up, so without this a fresh oracle per job was not reproducible either.
         torch.default_generator.manual_seed(RNG_SEED)
         self.rng = torch.get_rng_state()
+        # Global state the state watch does not undo (a loss may leave CPU autocast on: judged on its own values),
+        # put back at every job's start so that a later job of the candidate starts as its first did.
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
         self.watch = StateWatch(threads)
         torch.set_num_threads(threads)
         self.watch.remember_state()
 
     def load(self, payload: bytes) -> tuple[bytes, int, int]:
         """Start a job: the candidate's module is executed afresh and the global RNG put back to its seeded
-        state, so one oracle serving several jobs of its candidate answers each as a fresh oracle would
-        (a module-level counter or ``torch.rand_like`` cannot make a job's result depend on the jobs before it)."""
+        state (and CPU autocast as it was), so one oracle serving several jobs of its candidate answers each as a
+        fresh oracle would (a module-level counter, ``torch.rand_like`` or autocast left on cannot make a job's
+        result depend on the jobs before it)."""
         import torch  # lazy: the oracle imports torch and the checks only once locked down
 
         # lazy: the oracle imports torch and the checks only once locked down
@@ -73,6 +77,8 @@ class Oracle:
 
         self.fn, self.last = None, None
         torch.set_rng_state(self.rng)
+        torch.set_autocast_enabled("cpu", self.autocast[0])
+        torch.set_autocast_dtype("cpu", self.autocast[1])
         try:
             self.fn = load_loss(payload.decode("utf-8"))
         except LossRejected as err:
