@@ -91,7 +91,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=50)
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=None, help="DISCOPOP_CACHE_DIR (default: a fresh one)")
-    parser.add_argument("--summarise", type=Path, default=None, help="only summarise this run directory")
+    parser.add_argument("--summarise", type=Path, nargs="+", default=None,
+                        help="only summarise these run directories (two: also compare their archives)")
     parser.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
                         help="two runs, each with one more override (e.g. executor.kept_oracles=0 and =2)")
     parser.add_argument("--parallel", action="store_true",
@@ -100,7 +101,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides after task=diagnostic")
     args = parser.parse_args()
     if args.summarise:
-        summarise(args.summarise)
+        for run_dir in args.summarise:
+            summarise(run_dir)
+        if len(args.summarise) == 2:
+            compare(*args.summarise)
         return
     arms = args.compare or [None]
     runs = []
@@ -116,18 +120,26 @@ def main() -> None:
     for run in runs:
         run.finish(args.timeout)
     if len(runs) == 2:
-        same = archive_rows(runs[0].run_dir) == archive_rows(runs[1].run_dir)
-        print(f"archives of {arms[0]} and {arms[1]}: {'identical' if same else 'DIFFERENT'} "
-              "(name, status, fitness, every evaluation's fitness)"
-              + ("; a run was cut off, so only the common part can agree" if any(r.cut for r in runs) else ""))
+        compare(runs[0].run_dir, runs[1].run_dir)
+
+
+def compare(first: Path, second: Path) -> None:
+    (rows_a, runs_a), (rows_b, runs_b) = archive_rows(first), archive_rows(second)
+    common = {r[0] for r in rows_a} & {r[0] for r in rows_b}
+    same = [r for r in rows_a if r[0] in common] == [r for r in rows_b if r[0] in common] and \
+        [e for e in runs_a if e[0] in common] == [e for e in runs_b if e[0] in common]
+    print(f"archives of {first} and {second} on the {len(common)} rows both finished: "
+          f"{'identical' if same else 'DIFFERENT'} (name, status, fitness, every search fine-tune's fitness)")
 
 
 def archive_rows(run_dir: Path) -> tuple[list, list]:
-    """What must not depend on how jobs reached their oracles: each row's verdict and every fine-tune's fitness."""
+    """What must not depend on how jobs reached their oracles: each finished row's verdict and every search
+    fine-tune's fitness (confirmation ranks the rows finished, so a run cut off early confirms others)."""
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
-        rows = conn.execute("SELECT id, name, status, fitness FROM candidates ORDER BY id").fetchall()
+        rows = conn.execute("SELECT id, name, status, fitness FROM candidates WHERE finished_at IS NOT NULL "
+                            "ORDER BY id").fetchall()
         runs = conn.execute("SELECT candidate_id, seed, split, learning_rate, fitness FROM evaluations "
-                            "ORDER BY candidate_id, split, seed, learning_rate").fetchall()
+                            "WHERE split = 'search' ORDER BY candidate_id, seed, learning_rate").fetchall()
     return rows, runs
 
 
