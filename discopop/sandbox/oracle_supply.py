@@ -1,4 +1,4 @@
-"""Parent side of the loss oracle: spawn one fresh oracle per job and hand its socket to the worker.
+"""Parent side of the loss oracle: spawn a fresh oracle for each candidate and hand its socket to the worker.
 
 Wiring, and why. The parent spawns every oracle (the worker is Landlocked, without capabilities,
 and its guard refuses process creation; it could not create a cgroup or start a sandbox). Each
