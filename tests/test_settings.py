@@ -200,6 +200,7 @@ def test_code_that_keeps_defaults_takes_them_from_the_settings() -> None:
         training.threads, training.check_timeout, training.train_timeout, training.oracle_timeout)
     for executor in (LocalExecutorSettings(), RayExecutorSettings()):
         assert (executor.memory_mb, executor.file_mb) == (Limits().memory_mb, Limits().file_size_mb)
+        assert executor.kept_oracles == spec.kept_oracles
 
 
 def test_the_allowed_values_kept_with_the_settings_match_the_components() -> None:

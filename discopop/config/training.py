@@ -96,9 +96,14 @@ class ExecutorSettings:
                                                 "memory) on CUDA workers, whose driver reserves far more address "
                                                 "space than it uses.")
     file_mb: int = setting(SANDBOX_FILE_MB, "Largest file a worker may write (caps runaway output).")
+    kept_oracles: int = setting(2, "Loss oracles each worker keeps for the candidates it served last, so that one "
+                                   "oracle serves all of a candidate's jobs (never another candidate's); 0: a fresh "
+                                   "oracle per job. Results are the same either way.")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)
+        require(isinstance(self.kept_oracles, int) and self.kept_oracles >= 0,
+                f"executor.kept_oracles must be an integer >= 0, got {self.kept_oracles!r}")
         require(self.memory_mb >= 1 and self.file_mb >= 1,
                 f"executor.memory_mb and executor.file_mb must be >= 1, got {self.memory_mb}, {self.file_mb}")
         try:

@@ -5,8 +5,9 @@ backend can replace the local pool without touching the loop. Each local worker 
 :class:`~discopop.sandbox.SandboxedProcess` that paid the torch/transformers/TRL import and the
 trainer construction once; a worker that times out or dies is killed as a group and replaced,
 and its job is reported as failed with the reason. Candidate code runs in neither: each job gets a
-fresh loss oracle (``oracle_supply``) whose socket the worker receives, so the worker's reply (the
-verdict, the fitness) is computed by trusted code only.
+loss oracle (``oracle_supply``; fresh per candidate, kept for that candidate's later jobs by
+``oracle_keep``) whose socket the worker receives, so the worker's reply (the verdict, the fitness) is
+computed by trusted code only. A freed worker takes the job whose candidate's oracle it holds (``_pick``).
 
 ``factory.make_executor`` places each local worker (``placed_specs``): a CPU worker sees no GPU; a CUDA worker
 is pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` (``discopop.execution.devices``) and runs under
@@ -30,6 +31,7 @@ from typing import Any
 from discopop.config import ExecutorSettings, TrainingSettings
 from discopop.execution.devices import plan_local_workers
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
+from discopop.sandbox.oracle_keep import KeptOracles, code_key
 from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
 from discopop.tasks import cache_root
 
@@ -99,6 +101,8 @@ class WorkerSpec:
     device: str = "cpu"  # where this worker trains ("cpu" | "cuda"); see discopop.execution.devices
     # CUDA_VISIBLE_DEVICES of a CUDA worker (its one GPU); None: keep this process's (a Ray actor's GPU)
     visible_devices: str | None = None
+    # Loss oracles kept for the candidates this worker served last (``sandbox.oracle_keep``); 0: one per job.
+    kept_oracles: int = 2
 
     def worker_limits(self) -> Limits:
         """The worker's limits: a CUDA worker drops only the address-space rlimit (see ``Limits.uses_cuda``)."""
@@ -133,7 +137,7 @@ def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
 
 
 class WarmWorker:
-    """One sandboxed worker process, restarted after a timeout or a crash, fed a fresh loss oracle per job."""
+    """One sandboxed worker process, restarted after a timeout or a crash, fed a loss oracle per candidate."""
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
@@ -141,6 +145,8 @@ class WarmWorker:
         self.control: socket.socket | None = None  # hands each job's oracle to the worker
         # Oracles always get the base limits: CPU-only (no GPU visible), every layer including rlimit-as.
         self.oracles = OracleSupply(replace(spec.limits, uses_cuda=False), spec.oracle_module)
+        self.kept = KeptOracles(spec.kept_oracles)  # one oracle per candidate, not per job
+        self.busy_key: str | None = None  # the code key of the job running now (the executor's scheduling hint)
         self.starts = 0
         self.init_seconds = 0.0
         self.info: dict[str, Any] = {}  # the last init reply: device, precision, lora, seconds
@@ -178,17 +184,25 @@ class WarmWorker:
         self.layers, self.missing_layers = list(self.proc.layers), self.proc.missing_layers()
         return self.proc
 
+    def holds(self) -> set[str]:
+        """Code keys whose oracle this worker holds (kept, or serving the job running now)."""
+        return self.kept.keys() | ({self.busy_key} if self.busy_key else set())
+
     def run(self, job: Job) -> JobResult:
         proc = self.ensure_started()
         timeout = self.spec.check_timeout if job.stage == "check" else self.spec.train_timeout
+        key = code_key(job.code)
+        self.busy_key = key
         try:
-            oracle = self.oracles.take()
+            oracle = self.kept.take(key) or self.oracles.take()
         except OracleStartFailed as err:
+            self.busy_key = None
             return JobResult(job, False, "sandbox", str(err), machinery=True)
         started = time.perf_counter()
         reply: dict[str, Any] | None = None
+        died: str | None = None
         try:
-            tag = oracle.hand_to(self.control)
+            tag = oracle.hand_to(self.control, keep=self.kept.size > 0)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
                                   "learning_rate": job.learning_rate, "oracle": tag,
                                   **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
@@ -200,8 +214,12 @@ class WarmWorker:
             return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started,
                              machinery=True)
         finally:
-            # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
-            died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
+            self.busy_key = None
+            if reply is not None and reply.get("ok") and not reply.get("sandbox_exit"):
+                self.kept.keep(key, oracle)  # this candidate's next job may use it (killed if not keepable)
+            else:
+                # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
+                died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
         reply = explain_oracle_death(reply, died)
         elapsed = time.perf_counter() - started
         if not reply.get("ok"):  # the reply is cleaned already (SandboxedProcess.request); the stage is a name
@@ -221,6 +239,7 @@ class WarmWorker:
 
     def close(self) -> None:
         self._close_worker()
+        self.kept.close()
         self.oracles.close()
 
 
@@ -246,15 +265,30 @@ class LocalExecutor(Executor):
         """Start every worker now (in parallel) so the first candidate does not pay for it."""
         list(self._pool.map(lambda w: w.ensure_started(), self.workers))
 
-    def _run_one(self, job: Job) -> JobResult:
+    def _pick(self, worker: WarmWorker, todo: list[Job]) -> Job:
+        """The job a freed worker runs next: one whose candidate's oracle it holds, else one whose candidate no
+        other worker holds, else the first; so a candidate's jobs follow its oracle (results do not depend on
+        which worker or in which order: ``sandbox.oracle_keep``)."""
+        with self._lock:
+            here = worker.holds()
+            elsewhere = set().union(*(w.holds() for w in self.workers if w is not worker))
+            keys = [code_key(job.code) for job in todo]
+            index = next((i for i, k in enumerate(keys) if k in here), None)
+            if index is None:
+                index = next((i for i, k in enumerate(keys) if k not in elsewhere), 0)
+            worker.busy_key = keys[index]
+            return todo.pop(index)
+
+    def _run_next(self, todo: list[Job]) -> JobResult:
         worker = self._idle.get()
         try:
-            return worker.run(job)
+            return worker.run(self._pick(worker, todo))
         finally:
             self._idle.put(worker)
 
     def run(self, jobs: list[Job]) -> Iterator[JobResult]:
-        pending = {self._pool.submit(self._run_one, job) for job in jobs}
+        todo = list(jobs)  # each task takes one job from here once it has a worker (``_pick``)
+        pending = {self._pool.submit(self._run_next, todo) for _ in jobs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:

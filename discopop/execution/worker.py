@@ -17,8 +17,9 @@ requests until told to exit:
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
-Candidate code never runs here. The parent hands each check/train job a fresh loss oracle
-(``discopop.sandbox.oracle``, a separate sandboxed process that loads the candidate) over the control socket
+Candidate code never runs here. The parent hands each check/train job a loss oracle (``discopop.sandbox.oracle``,
+a separate sandboxed process that loads the candidate; one per candidate, ``sandbox.oracle_keep``) over the control
+socket
 in ``DISCOPOP_ORACLE_CONTROL_FD``; the job's loss is a :class:`~discopop.sandbox.remote_loss.RemoteLoss` on
 it, so the checks, the fine-tune and the score below are computed by trusted code and the reply is
 this process's own. A broken oracle channel fails the job at stage ``oracle``; what the oracle says

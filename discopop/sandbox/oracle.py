@@ -10,8 +10,9 @@ this process says can change any verdict or fitness but its own loss's behaviour
 
 It imports torch and the loss contract only, puts the child-side OS layers on itself first
 (``sandbox.lock_down``) and seals itself (``sandbox.seal``: seccomp and the runtime guard) before
-the candidate is loaded; a fresh one serves each job and is killed afterwards, so no thread, patched
-module or global setting survives into another candidate. Reported problems (a guard refusal,
+the candidate is loaded; a fresh one serves each candidate (it may serve several jobs of that candidate, each
+starting with a ``LOAD`` that re-executes the module and re-seeds the RNG) and is killed afterwards, so no
+thread, patched module or global setting survives into another candidate. Reported problems (a guard refusal,
 changed global torch state, a patched namespace) are informational: the OS layers enforce, and
 whatever this process answers, the trusted side checks the framing, sizes and deadlines itself
 (``oracle_wire``).
@@ -30,6 +31,8 @@ from typing import Any
 
 from discopop.sandbox import oracle_wire as wire
 from discopop.text import error_line
+
+RNG_SEED = 20251205  # torch's global RNG at the start of every job (fixed: the same job gives the same answers)
 
 
 class _Stop(Exception):
@@ -51,14 +54,31 @@ class Oracle:
 
         self.fn: Any = None
         self.last: tuple[bytes, list[Any], Any] | None = None  # (forward id, leaves, output)
+        # Every job's loss meets the same global RNG state (a loss may draw with rand_like): torch seeds its default
+        # generator from the OS at start-up, so without this a fresh oracle per job was not reproducible either.
+        torch.default_generator.manual_seed(RNG_SEED)
+        self.rng = torch.get_rng_state()
+        # Global state the state watch does not undo (a loss may leave CPU autocast on: judged on its own values),
+        # put back at every job's start so that a later job of the candidate starts as its first did.
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
         self.watch = StateWatch(threads)
         torch.set_num_threads(threads)
         self.watch.remember_state()
 
     def load(self, payload: bytes) -> tuple[bytes, int, int]:
+        """Start a job: the candidate's module is executed afresh and the global RNG put back to its seeded
+        state (and CPU autocast as it was), so one oracle serving several jobs of its candidate answers each as a
+        fresh oracle would (a module-level counter, ``torch.rand_like`` or autocast left on cannot make a job's
+        result depend on the jobs before it)."""
+        import torch  # lazy: the oracle imports torch and the checks only once locked down
+
         # lazy: the oracle imports torch and the checks only once locked down
         from discopop.contract.losses import LossRejected, load_loss
 
+        self.fn, self.last = None, None
+        torch.set_rng_state(self.rng)
+        torch.set_autocast_enabled("cpu", self.autocast[0])
+        torch.set_autocast_dtype("cpu", self.autocast[1])
         try:
             self.fn = load_loss(payload.decode("utf-8"))
         except LossRejected as err:

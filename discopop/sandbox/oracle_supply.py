@@ -1,4 +1,4 @@
-"""Parent side of the loss oracle: spawn one fresh oracle per job and hand its socket to the worker.
+"""Parent side of the loss oracle: spawn a fresh oracle for each candidate and hand its socket to the worker.
 
 Wiring, and why. The parent spawns every oracle (the worker is Landlocked, without capabilities,
 and its guard refuses process creation; it could not create a cgroup or start a sandbox). Each
@@ -11,9 +11,10 @@ through the parent (a parent-side relay would add a thread and two copies per ca
 make the parent parse untrusted bytes). Already-connected sockets keep working under a seccomp
 filter that denies ``connect`` on unix sockets.
 
-A fresh oracle per job means no state, thread or patched module reaches another candidate; its
-start-up (importing torch, 1-2 s) is hidden by keeping one standby oracle spawned while the
-current job runs. After the job the parent kills the oracle's whole tree, whatever it did.
+A fresh oracle per candidate means no state, thread or patched module reaches another candidate; its
+start-up (importing torch, 1-2 s) is hidden by keeping standby oracles spawned while the current job
+runs. An oracle whose job ended cleanly may be kept for that candidate's next job (``oracle_keep``: keyed
+by the exact code, never handed to other code); any other job's oracle is killed, whole tree, right after it.
 """
 
 from __future__ import annotations
@@ -65,15 +66,18 @@ class OracleProcess:
             raise OracleStartFailed("loss oracle failed to start: unexpected first frame")
         self.ready = True
 
-    def hand_to(self, control: socket.socket) -> str:
-        """Pass our end of the socket to the worker behind ``control`` (we keep no copy); return its tag.
+    def hand_to(self, control: socket.socket, keep: bool = False) -> str:
+        """Pass our end of the socket to the worker behind ``control``; return its tag.
 
         The job message carries the tag (``"oracle"``), so the worker takes this socket and no stale one.
+        ``keep``: hold on to our copy, so that this oracle can be handed again to a later job of the same
+        candidate (``oracle_keep``); the parent never reads from it, it only checks that it is silent.
         """
         tag = os.urandom(16).hex()
         socket.send_fds(control, [tag.encode()], [self.sock.fileno()])
-        self.sock.close()
-        self.sock = None
+        if not keep:
+            self.sock.close()
+            self.sock = None
         return tag
 
     def close(self, grace: float = 0.0) -> str | None:

@@ -11,7 +11,8 @@ is known before it is read (a header announcing anything else is refused unread)
 a deadline (``call_timeout``); bytes nobody asked for are refused. Any breach sets
 :attr:`OracleLink.failure` (stage ``oracle``, one line), closes the link and makes every later
 call raise :class:`OracleBroken`; the worker reports that failure whatever the trainer or the
-checks made of the exception, and the parent kills the oracle after every job.
+checks made of the exception, and the parent kills the oracle after that job (``oracle_keep`` keeps only the
+oracle of a job that ended cleanly, for its own candidate).
 
 Residual risk: a *stateful* oracle (a loss that counts its calls, or answers differently once
 training starts) cannot be told from a deterministic one by framing alone. The checks' determinism

@@ -73,7 +73,7 @@ def worker_spec(cfg: RunSettings | Mapping[str, Any]) -> WorkerSpec:
         task=plain(cfg.task), training=plain(training), kl_coef=cfg.task.kl_coef, threads=training.threads,
         limits=Limits(memory_mb=executor.memory_mb, file_size_mb=executor.file_mb),
         check_timeout=training.check_timeout, train_timeout=training.train_timeout,
-        oracle_timeout=training.oracle_timeout,
+        oracle_timeout=training.oracle_timeout, kept_oracles=executor.kept_oracles,
     )
 
 
