@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import Archive, ArchiveError
+from discopop.cli.conventions import expand_sweep, quote, settings_lines, sweep_dir, version
 from discopop.config import TrainingSettings
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
@@ -29,18 +30,79 @@ def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
 
 def discover(argv: list[str] | None = None) -> int:
     """``discover --generations N [--resume RUN_DIR] [key=value ...]``: run (or continue) a discovery."""
-    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.")
+    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.",
+                                     epilog="Every setting, its default and its help: discopop settings [PREFIX].")
     parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="your own settings file (keys as in RUN_DIR/.hydra/config.yaml, e.g. 'training: {beta: "
+                             "0.1}'; 'task: diagnostic' picks a preset); command-line overrides still win")
+    parser.add_argument("--cfg", choices=["job"],
+                        help="print the resolved config (as RUN_DIR/.hydra/config.yaml would record it) and exit")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="a sweep: one run per combination of comma-separated values (seed=1,2,3), one after "
+                             "another, each in its own folder under one sweep directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own warnings and progress bars (default: RUN_DIR/libraries.log)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (discopop) {version()}")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
+    if args.multirun:
+        return _sweep(args)
     try:
-        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides)
+        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides, args.config)
     except ConfigError as err:
         return _fail("discover", str(err))
+    if args.cfg:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
+    return _discover(args, cfg, run_dir, args.overrides)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``discover -m seed=1,2 ...``: every job is checked before the first one trains, then run in turn."""
+    if args.resume is not None:
+        return _fail("discover", "-m/--multirun starts new runs; resume each of a sweep's runs with "
+                                 "discover --resume SWEEP_DIR/N_...")
+    try:
+        base, overrides = sweep_dir(args.overrides)
+        jobs = expand_sweep(overrides)
+        if base is None:  # hydra's default run directory (runs/<time>) becomes the sweep directory
+            base = Path(resolve_run(args.generations, None, jobs[0].overrides, args.config)[1])
+        planned = []
+        for job in jobs:
+            job.overrides.append(f"hydra.run.dir={quote(str(base / job.label))}")
+            planned.append((job, *resolve_run(args.generations, None, job.overrides, args.config)))
+    except ConfigError as err:
+        return _fail("discover", str(err))
+    for job, cfg, run_dir in planned:
+        if args.cfg:
+            print(f"# job {job.number}: {run_dir}")
+            sys.stdout.write(config_yaml(cfg))
+            continue
+        print(f"sweep job {job.number + 1}/{len(planned)}: {' '.join(job.overrides[:-1])}")
+        code = _discover(args, cfg, run_dir, job.overrides)
+        if code != 0:
+            left = len(planned) - job.number - 1
+            print(f"sweep stopped at job {job.number + 1}/{len(planned)} (exit {code}); {left} job(s) not started",
+                  file=sys.stderr)
+            return code
+    if not args.cfg:
+        print(f"sweep done: {len(planned)} runs under {base}")
+    return 0
+
+
+def config_yaml(cfg: Any) -> str:
+    """The resolved settings as the run directory records them (``.hydra/config.yaml``)."""
+    # lazy: hydra/omegaconf only where a config is shown
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))
+
+
+def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list[str]) -> int:
+    """One run with resolved settings: pre-flight, lock, record, train, print the leaderboard."""
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.proposers.llm.preflight import preflight
     from discopop.proposers.stop import ProposerStop
@@ -68,7 +130,7 @@ def discover(argv: list[str] | None = None) -> int:
     except (RunLocked, OSError) as err:
         return _fail("discover", str(err))
     try:
-        record_run(cfg, run_dir, args.overrides, resumed=args.resume is not None)
+        record_run(cfg, run_dir, overrides, resumed=args.resume is not None)
     except ConfigError as err:
         lock.close()
         return _fail("discover", str(err))
@@ -131,12 +193,33 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> int:
+    if args.json:
+        # lazy: the catalogue walks every settings dataclass; only this subcommand needs it
+        from dataclasses import asdict
+
+        from discopop.config.catalogue import matching
+
+        print(json.dumps([asdict(e) for e in matching(args.prefix)], indent=2))
+        return 0
+    print("\n".join(settings_lines(args.prefix)))
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
-    from discopop.report.terminal_board import print_leaderboard
+    from discopop.report.terminal_board import leaderboard_csv, leaderboard_json, print_leaderboard
 
     archive = _open_archive(args.run_dir)
-    print_leaderboard(archive, limit=args.limit)
+    try:
+        if args.json:
+            print(leaderboard_json(archive, args.limit))
+        elif args.csv:
+            sys.stdout.write(leaderboard_csv(archive, args.limit))
+        else:
+            print_leaderboard(archive, limit=args.limit)
+    finally:
+        archive.close()
     return 0
 
 
@@ -191,8 +274,15 @@ def _check_gpu(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``discopop check|leaderboard|export|report|evaluate|import-run|check-gpu``."""
-    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
+    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.",
+                                     epilog="A discovery run itself: discover --generations N [overrides] "
+                                            "(discover --help).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("settings", help="every setting of a run with its default and help text")
+    p.add_argument("prefix", nargs="?", help="only the settings under this key (e.g. training, task.pairs)")
+    p.add_argument("--json", action="store_true", help="a JSON list of {key, default, help, section}")
+    p.set_defaults(func=_settings)
     p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
@@ -204,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")
-    p.add_argument("--limit", type=int, default=15)
+    p.add_argument("--limit", type=int, default=15, help="rows shown (default 15)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON document: run, beta, status counts, rows")
+    form.add_argument("--csv", action="store_true", help="CSV, one row per candidate (spreadsheet-safe cells)")
     p.set_defaults(func=_leaderboard)
     p = sub.add_parser("export", help="write a candidate as a standalone loss file")
     p.add_argument("run_dir")
