@@ -142,7 +142,9 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
         quiet_libraries(run_dir)
     console.print(f"run directory: {run_dir}")
     try:
-        with Display(total, console=console, quiet=args.quiet) as display:
+        conf = cfg.confirm
+        confirm_fine_tunes = (conf.top_k + 1 + conf.references) * conf.seeds  # top k, DPO, best references
+        with Display(total, console=console, quiet=args.quiet, confirm_fine_tunes=confirm_fine_tunes) as display:
             summary = Loop(cfg, run_dir, display).run(cfg.generations)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: discover --resume {run_dir}")
