@@ -158,3 +158,20 @@ def test_leaderboard_fits_80_columns(tmp_path: Path) -> None:
     assert table and max(len(line) for line in table) <= 80
     assert any("8e-05" in line for line in table), "the learning rate is a column"
     assert any("beta 0.25 for every row" in line for line in lines)
+
+
+def test_multirun_runs_each_job_in_its_own_directory_and_stops_at_a_failure(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
+    import discopop.cli.main as cli
+
+    ran: list[tuple[int, Path]] = []
+
+    def fake(args, cfg, run_dir: Path, overrides: list[str]) -> int:
+        ran.append((cfg.seed, run_dir))
+        return 3 if cfg.seed == 2 else 0
+
+    monkeypatch.setattr(cli, "_discover", fake)
+    assert discover(["-m", "--generations", "1", "seed=1,2,3", f"hydra.run.dir={tmp_path / 'sw'}"]) == 3
+    assert [seed for seed, _ in ran] == [1, 2], "the sweep stops at the failed job"
+    assert [d.name for _, d in ran] == ["0_seed=1", "1_seed=2"] and all(d.parent == tmp_path / "sw" for _, d in ran)
+    assert "1 job(s) not started" in capsys.readouterr().err
