@@ -12,6 +12,7 @@ import io
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -103,18 +104,24 @@ def _wide_table(records: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+_SHORT_VERDICT = {stats.WITHIN: "within noise", stats.BEATS: "beats", stats.BELOW: "below", stats.FAILED: "failed"}
+
+
 def _compact_table(records: list[dict[str, Any]], title: str) -> Table:
     """Eight short columns (under 80 characters); the confirmation's sentences follow as lines below."""
-    table = Table(title=title, title_justify="left", pad_edge=False)
-    for col in ("#", "id", "name", "gen", "search (n)", "bound", "lr", "vs DPO"):
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col, width in (("#", 2), ("id", 4), ("name", 0), ("gen", 3), ("search (n)", 10), ("bound", 6), ("lr", 5),
+                       ("vs DPO", 12)):
         if col == "name":
-            table.add_column(col, max_width=20, no_wrap=True, overflow="ellipsis")
+            table.add_column(col, min_width=8, max_width=20, no_wrap=True, overflow="ellipsis")
         else:
-            table.add_column(col, justify="left" if col == "vs DPO" else "right", no_wrap=True)
+            table.add_column(col, justify="left" if col == "vs DPO" else "right", no_wrap=True,
+                             min_width=width if col == "vs DPO" else None)
     for rec in records:
+        verdict = rec["vs_dpo_verdict"]
         table.add_row(str(rec["rank"]), str(rec["id"]), terminal(rec["name"]), str(rec["generation"]),
                       f"{rec['search_mean']:.3f} ({rec['search_seeds']})", f"{rec['bound']:.3f}",
-                      _num(rec["learning_rate"], ".0e"), terminal(rec["vs_dpo_verdict"] or "—"))
+                      _num(rec["learning_rate"], ".0e"), terminal(_SHORT_VERDICT.get(verdict, verdict) or "—"))
     return table
 
 
