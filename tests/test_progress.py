@@ -130,3 +130,18 @@ def test_the_loop_names_each_phase_and_every_fine_tune_reaches_the_display(tmp_p
     assert display.phases == ["references", "generation 1/2", "generation 2/2", "confirmation"]
     assert display.fine_tunes_done == len(executor.jobs("train")) == sum(display.train_jobs.values())
     assert set(display.train_jobs) == {"references", "generation 1/2", "generation 2/2", "confirmation"}
+
+
+def test_a_resumed_run_counts_only_the_rows_still_ahead(tmp_path: Path) -> None:
+    from discopop.archive import Archive
+    from discopop.cli.main import candidates_ahead
+    from discopop.config import RunSettings
+
+    cfg = RunSettings.coerce(compose(["baselines=[dpo,lrml]", "generations=3", "candidates_per_generation=2"])[0])
+    assert candidates_ahead(cfg, tmp_path, resumed=False) == 2 + 3 * 2
+    arch = Archive(tmp_path / "archive.sqlite")
+    for name in ("dpo", "lrml", "a"):
+        arch.finish(arch.add(candidate(name), generation=0), "scored", fitness=0.5, metrics={})
+    arch.add(candidate("b"), generation=1)  # still proposed: re-run, so still ahead
+    arch.close()
+    assert candidates_ahead(cfg, tmp_path, resumed=True) == 2 + 3 * 2 - 3

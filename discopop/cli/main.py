@@ -101,6 +101,19 @@ def config_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))
 
 
+def candidates_ahead(cfg: Any, run_dir: Path, resumed: bool) -> int:
+    """Rows this start will decide (the progress display's count): references and proposals, less those an
+    earlier start of a resumed run already decided."""
+    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
+    if not resumed:
+        return total
+    earlier = Archive(run_dir / "archive.sqlite", create=False)
+    try:
+        return max(0, total - len(earlier.rows("status != 'proposed'")))
+    finally:
+        earlier.close()
+
+
 def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list[str]) -> int:
     """One run with resolved settings: pre-flight, lock, record, train, print the leaderboard."""
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
@@ -134,7 +147,7 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
     except ConfigError as err:
         lock.close()
         return _fail("discover", str(err))
-    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
+    total = candidates_ahead(cfg, run_dir, resumed=args.resume is not None)
     if not args.verbose:
         # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
         from discopop.report.quiet import quiet_libraries
