@@ -8,17 +8,21 @@ as consecutive ordinary runs, one run directory each under one sweep directory.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
+import sys
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from discopop.config import ConfigError
 from discopop.config.catalogue import Entry, matching
+from discopop.config.compose import resolve_run
 
-__all__ = ["SweepJob", "expand_sweep", "quote", "settings_lines", "version"]
+__all__ = ["SweepJob", "config_yaml", "expand_sweep", "quote", "run_sweep", "settings_lines", "version"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
@@ -102,3 +106,46 @@ def sweep_dir(overrides: list[str]) -> tuple[Path | None, list[str]]:
         else:
             rest.append(line)
     return base, rest
+
+
+def run_sweep(args: argparse.Namespace, run_one: Callable[..., int], fail: Callable[[str, str], int]) -> int:
+    """``discover -m seed=1,2 ...``: every job is checked before the first one trains, then run in turn.
+
+    ``run_one(args, settings, run_dir, overrides)`` runs one job (``main._discover``); ``fail`` prints one line."""
+    if args.resume is not None:
+        return fail("discover", "-m/--multirun starts new runs; resume each of a sweep's runs with "
+                                 "discover --resume SWEEP_DIR/N_...")
+    try:
+        base, overrides = sweep_dir(args.overrides)
+        jobs = expand_sweep(overrides)
+        if base is None:  # hydra's default run directory (runs/<time>) becomes the sweep directory
+            base = Path(resolve_run(args.generations, None, jobs[0].overrides, args.config)[1])
+        planned = []
+        for job in jobs:
+            job.overrides.append(f"hydra.run.dir={quote(str(base / job.label))}")
+            planned.append((job, *resolve_run(args.generations, None, job.overrides, args.config)))
+    except ConfigError as err:
+        return fail("discover", str(err))
+    for job, cfg, run_dir in planned:
+        if args.cfg:
+            print(f"# job {job.number}: {run_dir}")
+            sys.stdout.write(config_yaml(cfg))
+            continue
+        print(f"sweep job {job.number + 1}/{len(planned)}: {' '.join(job.overrides[:-1])}")
+        code = run_one(args, cfg, run_dir, job.overrides)
+        if code != 0:
+            left = len(planned) - job.number - 1
+            print(f"sweep stopped at job {job.number + 1}/{len(planned)} (exit {code}); {left} job(s) not started",
+                  file=sys.stderr)
+            return code
+    if not args.cfg:
+        print(f"sweep done: {len(planned)} runs under {base}")
+    return 0
+
+
+def config_yaml(cfg: Any) -> str:
+    """The resolved settings as the run directory records them (``.hydra/config.yaml``)."""
+    # lazy: hydra/omegaconf only where a config is shown
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import Archive, ArchiveError
-from discopop.cli.conventions import expand_sweep, quote, settings_lines, sweep_dir, version
+from discopop.cli.conventions import config_yaml, run_sweep, settings_lines, version
 from discopop.config import TrainingSettings
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
@@ -49,7 +49,7 @@ def discover(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
     if args.multirun:
-        return _sweep(args)
+        return run_sweep(args, _discover, _fail)
     try:
         cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides, args.config)
     except ConfigError as err:
@@ -58,47 +58,6 @@ def discover(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_yaml(cfg))
         return 0
     return _discover(args, cfg, run_dir, args.overrides)
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    """``discover -m seed=1,2 ...``: every job is checked before the first one trains, then run in turn."""
-    if args.resume is not None:
-        return _fail("discover", "-m/--multirun starts new runs; resume each of a sweep's runs with "
-                                 "discover --resume SWEEP_DIR/N_...")
-    try:
-        base, overrides = sweep_dir(args.overrides)
-        jobs = expand_sweep(overrides)
-        if base is None:  # hydra's default run directory (runs/<time>) becomes the sweep directory
-            base = Path(resolve_run(args.generations, None, jobs[0].overrides, args.config)[1])
-        planned = []
-        for job in jobs:
-            job.overrides.append(f"hydra.run.dir={quote(str(base / job.label))}")
-            planned.append((job, *resolve_run(args.generations, None, job.overrides, args.config)))
-    except ConfigError as err:
-        return _fail("discover", str(err))
-    for job, cfg, run_dir in planned:
-        if args.cfg:
-            print(f"# job {job.number}: {run_dir}")
-            sys.stdout.write(config_yaml(cfg))
-            continue
-        print(f"sweep job {job.number + 1}/{len(planned)}: {' '.join(job.overrides[:-1])}")
-        code = _discover(args, cfg, run_dir, job.overrides)
-        if code != 0:
-            left = len(planned) - job.number - 1
-            print(f"sweep stopped at job {job.number + 1}/{len(planned)} (exit {code}); {left} job(s) not started",
-                  file=sys.stderr)
-            return code
-    if not args.cfg:
-        print(f"sweep done: {len(planned)} runs under {base}")
-    return 0
-
-
-def config_yaml(cfg: Any) -> str:
-    """The resolved settings as the run directory records them (``.hydra/config.yaml``)."""
-    # lazy: hydra/omegaconf only where a config is shown
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))
 
 
 def candidates_ahead(cfg: Any, run_dir: Path, resumed: bool) -> int:
