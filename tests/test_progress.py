@@ -37,6 +37,8 @@ def _row(row_id: int, name: str) -> Row:
 def test_counts_fine_tunes_shows_every_running_job_and_an_eta_from_the_measured_rate() -> None:
     clock = Clock()
     display = Display(3, console=Console(file=io.StringIO()), quiet=True, confirm_fine_tunes=10, clock=clock)
+    assert display.status_line().startswith("[starting]"), "before the loop names a phase (task build, workers)"
+    display.set_generation("references")
     display.stage(_row(1, "dpo"), "train")
     display.stage(_row(2, "ipo\x1b[2J"), "train")
     jobs = [Job(1, "", "train", 0, learning_rate=lr) for lr in (1e-5, 2e-5)]
@@ -76,7 +78,7 @@ def test_without_a_terminal_a_plain_line_comes_at_an_interval() -> None:
             time.sleep(0.02)
     lines = [line for line in out.getvalue().splitlines() if "fine-tunes" in line]
     assert len(lines) >= 2, "repeated while nothing else happens (a long fine-tune)"
-    assert lines[0].startswith("[references] fine-tunes 0/~") and "running 1: #1" in lines[0]
+    assert lines[0].startswith("[starting] fine-tunes 0/~") and "running 1: #1" in lines[0]
 
 
 def test_observed_executor_reports_every_job_and_result() -> None:

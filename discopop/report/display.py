@@ -57,7 +57,7 @@ class Display:
                  clock: Callable[[], float] = time.monotonic):
         self.console = console or Console(highlight=False)
         self.quiet = quiet
-        self.generation = "references"
+        self.generation = "starting"  # the task build and the workers' start, until the loop names a phase
         self.candidates_total = total
         self.confirm_fine_tunes = confirm_fine_tunes
         self.interval = interval
