@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import Archive, ArchiveError
+from discopop.cli.conventions import config_yaml, run_sweep, settings_lines, version
 from discopop.config import TrainingSettings
 from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
@@ -29,18 +30,51 @@ def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
 
 def discover(argv: list[str] | None = None) -> int:
     """``discover --generations N [--resume RUN_DIR] [key=value ...]``: run (or continue) a discovery."""
-    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.")
+    parser = argparse.ArgumentParser(prog="discover", description="Discover preference-optimization losses.",
+                                     epilog="Every setting, its default and its help: discopop settings [PREFIX].")
     parser.add_argument("--generations", type=int, help="generations to run (in total, when resuming)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="your own settings file (keys as in RUN_DIR/.hydra/config.yaml, e.g. 'training: {beta: "
+                             "0.1}'; 'task: diagnostic' picks a preset); command-line overrides still win")
+    parser.add_argument("--cfg", choices=["job"],
+                        help="print the resolved config (as RUN_DIR/.hydra/config.yaml would record it) and exit")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="a sweep: one run per combination of comma-separated values (seed=1,2,3), one after "
+                             "another, each in its own folder under one sweep directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own warnings and progress bars (default: RUN_DIR/libraries.log)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (discopop) {version()}")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
+    if args.multirun:
+        return run_sweep(args, _discover, _fail)
     try:
-        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides)
+        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides, args.config)
     except ConfigError as err:
         return _fail("discover", str(err))
+    if args.cfg:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
+    return _discover(args, cfg, run_dir, args.overrides)
+
+
+def candidates_ahead(cfg: Any, run_dir: Path, resumed: bool) -> int:
+    """Rows this start will decide (the progress display's count): references and proposals, less those an
+    earlier start of a resumed run already decided."""
+    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
+    if not resumed:
+        return total
+    earlier = Archive(run_dir / "archive.sqlite", create=False)
+    try:
+        return max(0, total - len(earlier.rows("status != 'proposed'")))
+    finally:
+        earlier.close()
+
+
+def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list[str]) -> int:
+    """One run with resolved settings: pre-flight, lock, record, train, print the leaderboard."""
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
     from discopop.proposers.llm.preflight import preflight
     from discopop.proposers.stop import ProposerStop
@@ -68,11 +102,11 @@ def discover(argv: list[str] | None = None) -> int:
     except (RunLocked, OSError) as err:
         return _fail("discover", str(err))
     try:
-        record_run(cfg, run_dir, args.overrides, resumed=args.resume is not None)
+        record_run(cfg, run_dir, overrides, resumed=args.resume is not None)
     except ConfigError as err:
         lock.close()
         return _fail("discover", str(err))
-    total = len(cfg.baselines) + cfg.generations * cfg.candidates_per_generation
+    total = candidates_ahead(cfg, run_dir, resumed=args.resume is not None)
     if not args.verbose:
         # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
         from discopop.report.quiet import quiet_libraries
@@ -80,7 +114,9 @@ def discover(argv: list[str] | None = None) -> int:
         quiet_libraries(run_dir)
     console.print(f"run directory: {run_dir}")
     try:
-        with Display(total, console=console, quiet=args.quiet) as display:
+        conf = cfg.confirm
+        confirm_fine_tunes = (conf.top_k + 1 + conf.references) * conf.seeds  # top k, DPO, best references
+        with Display(total, console=console, quiet=args.quiet, confirm_fine_tunes=confirm_fine_tunes) as display:
             summary = Loop(cfg, run_dir, display).run(cfg.generations)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: discover --resume {run_dir}")
@@ -131,12 +167,33 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> int:
+    if args.json:
+        # lazy: the catalogue walks every settings dataclass; only this subcommand needs it
+        from dataclasses import asdict
+
+        from discopop.config.catalogue import matching
+
+        print(json.dumps([asdict(e) for e in matching(args.prefix)], indent=2))
+        return 0
+    print("\n".join(settings_lines(args.prefix)))
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports only what it runs (torch, matplotlib): --help and check stay fast
-    from discopop.report.terminal_board import print_leaderboard
+    from discopop.report.terminal_board import leaderboard_csv, leaderboard_json, print_leaderboard
 
     archive = _open_archive(args.run_dir)
-    print_leaderboard(archive, limit=args.limit)
+    try:
+        if args.json:
+            print(leaderboard_json(archive, args.limit))
+        elif args.csv:
+            sys.stdout.write(leaderboard_csv(archive, args.limit))
+        else:
+            print_leaderboard(archive, limit=args.limit)
+    finally:
+        archive.close()
     return 0
 
 
@@ -191,8 +248,15 @@ def _check_gpu(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``discopop check|leaderboard|export|report|evaluate|import-run|check-gpu``."""
-    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.")
+    parser = argparse.ArgumentParser(prog="discopop", description="Inspect losses and discovery runs.",
+                                     epilog="A discovery run itself: discover --generations N [overrides] "
+                                            "(discover --help).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("settings", help="every setting of a run with its default and help text")
+    p.add_argument("prefix", nargs="?", help="only the settings under this key (e.g. training, task.pairs)")
+    p.add_argument("--json", action="store_true", help="a JSON list of {key, default, help, section}")
+    p.set_defaults(func=_settings)
     p = sub.add_parser("check", help="static + numeric checks of a loss file, in the sandbox")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable verdict (which layer, why)")
@@ -204,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_check)
     p = sub.add_parser("leaderboard", help="best candidates of a run")
     p.add_argument("run_dir")
-    p.add_argument("--limit", type=int, default=15)
+    p.add_argument("--limit", type=int, default=15, help="rows shown (default 15)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON document: run, beta, status counts, rows")
+    form.add_argument("--csv", action="store_true", help="CSV, one row per candidate (spreadsheet-safe cells)")
     p.set_defaults(func=_leaderboard)
     p = sub.add_parser("export", help="write a candidate as a standalone loss file")
     p.add_argument("run_dir")

@@ -26,6 +26,7 @@ from discopop.config import (
     register_schemas,
 )
 from discopop.config.resume import check_resume
+from discopop.config.user_file import name_the_file, user_overrides
 
 __all__ = ["ConfigError", "RunSettings", "compose", "compose_settings", "create_run_dir", "record_run",
            "resolve_auto", "resolve_run", "usable_cores", "validate"]
@@ -94,9 +95,11 @@ def refuse_pasted_keys(overrides: list[str]) -> None:
             raise ConfigError(API_KEY_REFUSED.format(key=key))
 
 
-def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
+def compose_settings(overrides: list[str], config_file: str | Path | None = None) -> tuple[RunSettings, str]:
     """Compose ``config.yaml`` with overrides onto the schemas; return (typed settings, ``auto`` resolved,
-    run directory). Nothing is checked beyond the types: ``validate`` does that."""
+    run directory). Nothing is checked beyond the types: ``validate`` does that.
+
+    ``config_file``: a user's settings file (``discover --config``), composed under the overrides."""
     # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -107,6 +110,8 @@ def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
 
     refuse_pasted_keys(overrides)
     register_schemas()
+    if config_file is not None:
+        overrides = user_overrides(config_file, overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -118,7 +123,10 @@ def compose_settings(overrides: list[str]) -> tuple[RunSettings, str]:
             check_group(group, cfg[group][key], OmegaConf.get_type(cfg[group]))
         plain = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(_config_hint(_explain(err))) from None
+        message = _config_hint(_explain(err))
+        if config_file is not None:
+            message = name_the_file(message, config_file, str(err))
+        raise ConfigError(message) from None
     finally:
         GlobalHydra.instance().clear()
     # Through the plain form, as --resume reads a saved config: a key added with `+key=...` is refused here too.
@@ -186,8 +194,12 @@ def _load_saved(run_dir: Path, overrides: list[str]) -> RunSettings:
     return settings
 
 
-def resolve_run(generations: int | None, resume: str | None, overrides: list[str]) -> tuple[RunSettings, Path]:
+def resolve_run(generations: int | None, resume: str | None, overrides: list[str],
+                config_file: str | None = None) -> tuple[RunSettings, Path]:
     """The validated settings and run directory of a new or resumed run; nothing is written yet."""
+    if resume is not None and config_file is not None:
+        raise ConfigError("--config sets up a new run; a resumed run keeps its recorded settings (pass the "
+                          "overrides --resume accepts, such as proposer.max_calls=N, on the command line)")
     if resume is not None:
         run_dir = Path(resume)
         settings = _load_saved(run_dir, overrides)
@@ -196,7 +208,7 @@ def resolve_run(generations: int | None, resume: str | None, overrides: list[str
     else:
         if generations is not None:
             overrides = [*overrides, f"generations={generations}"]
-        settings, run_text = compose_settings(overrides)
+        settings, run_text = compose_settings(overrides, config_file)
         run_dir = Path(run_text)
         if (run_dir / "archive.sqlite").exists():  # a run directory holds one configuration (config/resume.py)
             raise ConfigError(f"{run_dir} already holds a run (archive.sqlite): continue it with discover --resume "

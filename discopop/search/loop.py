@@ -23,6 +23,7 @@ from discopop.config import RunSettings, plain
 from discopop.config.variants import transfer_tasks
 from discopop.execution.executors import Executor, WorkerSpec
 from discopop.execution.factory import make_executor
+from discopop.execution.observed import ObservedExecutor
 from discopop.fitness.judge import with_judge
 from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, shared_path
 from discopop.fitness.tuning import LrProtocol
@@ -423,6 +424,7 @@ class Loop:
         store = self._open_store(getattr(executor, "device", None))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
+        executor = ObservedExecutor(executor, self.display)  # every job reaches the display (progress in fine-tunes)
         fidelity = self._fidelity(executor)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
                               on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg), store=store,
@@ -446,13 +448,13 @@ class Loop:
             if in_flight or done > 0:
                 self._generation(evaluator, done, in_flight, None, generations, k)
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
-            self.display.set_generation("baselines")
+            self.display.set_generation("references")
             flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
             ids = [self._add(reference_candidate(n, flips), 0) for n in self.cfg.baselines if n not in done_refs]
             self._evaluate_ids(evaluator, ids)
             self._say_baselines(store, ids)
             for generation in range(done + 1, generations + 1):
-                self.display.set_generation(f"gen {generation}/{generations}")
+                self.display.set_generation(f"generation {generation}/{generations}")
                 if self.proposed < generation:
                     proposals = self.proposer.propose(self.archive.history(), k, generation)
                     ids = self._archive_proposals(proposals, generation)
@@ -463,7 +465,7 @@ class Loop:
                 self._generation(evaluator, generation, ids, candidates, generations, k)
             conf = self.cfg.confirm
             if conf.seeds > 0:
-                self.display.set_generation("confirming winners on fresh seeds")
+                self.display.set_generation("confirmation")
                 self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
                                  f"on {conf.seeds} fresh seeds and the held-back prompts")
                 confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references,

@@ -1,0 +1,149 @@
+"""Progress in fine-tunes (issue 30, item 4): the display counts fine-tunes, names the phase, shows every
+running job and an ETA from measured rates, and prints plain lines at an interval without a terminal."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from scripted_executor import ScriptedExecutor, ScriptedProposer, candidate, loss_code
+from scripted_executor import config_with as config
+
+from discopop.archive import Row
+from discopop.config.compose import compose
+from discopop.execution.executors import Job, JobResult
+from discopop.execution.observed import ObservedExecutor
+from discopop.report.display import PRIOR_PER_CANDIDATE, Display
+from discopop.search.loop import Loop
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _row(row_id: int, name: str) -> Row:
+    return Row(id=row_id, generation=0, parent_ids=[], proposer="reference", name=name, thought="", code="",
+               code_hash="", status="proposed", error=None, fitness=None, metrics={}, created_at="", finished_at=None)
+
+
+def test_counts_fine_tunes_shows_every_running_job_and_an_eta_from_the_measured_rate() -> None:
+    clock = Clock()
+    display = Display(3, console=Console(file=io.StringIO()), quiet=True, confirm_fine_tunes=10, clock=clock)
+    assert display.status_line().startswith("[starting]"), "before the loop names a phase (task build, workers)"
+    display.set_generation("references")
+    display.stage(_row(1, "dpo"), "train")
+    display.stage(_row(2, "ipo\x1b[2J"), "train")
+    jobs = [Job(1, "", "train", 0, learning_rate=lr) for lr in (1e-5, 2e-5)]
+    jobs.append(Job(2, "", "train", 0, learning_rate=1e-5))
+    display.jobs_queued([Job(2, "", "check", 0), *jobs], parallelism=2)
+    assert display.fine_tunes_queued == 3, "checks are not fine-tunes"
+    running = display.running()
+    assert len(running) == 2 and "checks" in running[0] and "#1 dpo: fine-tune lr 1e-05" in running[1]
+    # 3 queued + 1 candidate not started x the prior + the confirmation's 10
+    assert display.expected_total() == 3 + round(PRIOR_PER_CANDIDATE) + 10
+    assert display.eta() is None, "no rate measured yet"
+    display.job_done(JobResult(Job(2, "", "check", 0), True, "check"))
+    clock.now += 10
+    display.job_done(JobResult(jobs[0], True, "train"))
+    assert display.eta() is None, "one finished fine-tune starts the clock; a rate needs a second"
+    clock.now += 20
+    display.job_done(JobResult(jobs[1], True, "train"))
+    assert display.fine_tunes_done == 2
+    assert [label.split(":")[0] for label in display.running()] == ["#2 ipo\x1b[2J"]
+    left = display.expected_total() - 2
+    assert display.eta() == pytest.approx(left * 20.0)
+    display.finished(_row(1, "dpo"), "scored", 0.5, None)  # dpo cost 2 fine-tunes: the rate per candidate
+    assert display.per_candidate() == 2.0
+    line = display.status_line()
+    assert line.startswith("[references] fine-tunes 2/~") and "\x1b" not in line and "running 1" in line
+    display.set_generation("confirmation")
+    assert display.expected_total() < 3 + round(PRIOR_PER_CANDIDATE) + 10, "the confirmation's share is queued now"
+
+
+def test_without_a_terminal_a_plain_line_comes_at_an_interval() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    with Display(2, console=console, interval=0.02) as display:
+        display.jobs_queued([Job(1, "", "train", 0, learning_rate=1e-5)], parallelism=1)
+        deadline = time.monotonic() + 10
+        while out.getvalue().count("fine-tunes") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    lines = [line for line in out.getvalue().splitlines() if "fine-tunes" in line]
+    assert len(lines) >= 2, "repeated while nothing else happens (a long fine-tune)"
+    assert lines[0].startswith("[starting] fine-tunes 0/~") and "running 1: #1" in lines[0]
+
+
+def test_observed_executor_reports_every_job_and_result() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    class Watcher:
+        def jobs_queued(self, jobs: list[Job], parallelism: int) -> None:
+            seen.append(("queued", (len(jobs), parallelism)))
+
+        def job_done(self, result: JobResult) -> None:
+            seen.append(("done", result.job.row_id))
+
+    inner = ScriptedExecutor(workers=3)
+    executor = ObservedExecutor(inner, Watcher())
+    jobs = [Job(i, loss_code(f"l{i}"), "check", 0) for i in (1, 2)]
+    results = list(executor.run(jobs))
+    assert len(results) == 2 and executor.parallelism == 3
+    assert seen[0] == ("queued", (2, 3)) and sorted(v for k, v in seen[1:]) == [1, 2]
+
+
+class Recorder(Display):
+    def __init__(self) -> None:
+        super().__init__(0, console=Console(file=io.StringIO(), width=200), quiet=True)
+        self.phases: list[str] = []
+        self.train_jobs: dict[str, int] = {}
+
+    def set_generation(self, label: str) -> None:
+        super().set_generation(label)
+        self.phases.append(label)
+
+    def jobs_queued(self, jobs: list[Job], parallelism: int) -> None:
+        super().jobs_queued(jobs, parallelism)
+        for job in jobs:
+            if job.stage == "train":
+                self.train_jobs[self.generation] = self.train_jobs.get(self.generation, 0) + 1
+
+
+def test_the_loop_names_each_phase_and_every_fine_tune_reaches_the_display(tmp_path: Path) -> None:
+    cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[1e-5,2e-5,4e-5]", "confirm.seeds=2",
+                      "confirm.top_k=1", "confirm.references=1", "wandb.mode=disabled", "selection.max_seeds=1",
+                      "selection.reference_store=false"])
+    executor = ScriptedExecutor(workers=2)
+    display = Recorder()
+    loop = Loop(config(cfg, candidates_per_generation=2), tmp_path, display, executor=executor,
+                proposer=ScriptedProposer({1: [candidate("a"), candidate("b")], 2: [candidate("c")]}),
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+    try:
+        loop.run(2)
+    finally:
+        loop.archive.close()
+    assert display.phases == ["references", "generation 1/2", "generation 2/2", "confirmation"]
+    assert display.fine_tunes_done == len(executor.jobs("train")) == sum(display.train_jobs.values())
+    assert set(display.train_jobs) == {"references", "generation 1/2", "generation 2/2", "confirmation"}
+
+
+def test_a_resumed_run_counts_only_the_rows_still_ahead(tmp_path: Path) -> None:
+    from discopop.archive import Archive
+    from discopop.cli.main import candidates_ahead
+    from discopop.config import RunSettings
+
+    cfg = RunSettings.coerce(compose(["baselines=[dpo,lrml]", "generations=3", "candidates_per_generation=2"])[0])
+    assert candidates_ahead(cfg, tmp_path, resumed=False) == 2 + 3 * 2
+    arch = Archive(tmp_path / "archive.sqlite")
+    for name in ("dpo", "lrml", "a"):
+        arch.finish(arch.add(candidate(name), generation=0), "scored", fitness=0.5, metrics={})
+    arch.add(candidate("b"), generation=1)  # still proposed: re-run, so still ahead
+    arch.close()
+    assert candidates_ahead(cfg, tmp_path, resumed=True) == 2 + 3 * 2 - 3
