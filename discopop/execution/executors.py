@@ -44,6 +44,7 @@ class Job:
     seed: int = 0
     split: str = "search"  # held-out prompts to score on: "search" or "confirm"
     learning_rate: float | None = None  # None: training.learning_rate; the fair protocol sets each loss's own
+    beta: float | None = None  # None: training.beta; set where the protocol's beta axis (training.beta_grid) is on
 
 
 @dataclass
@@ -187,7 +188,8 @@ class WarmWorker:
         try:
             tag = oracle.hand_to(self.control)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
-                                  "learning_rate": job.learning_rate, "oracle": tag},
+                                  "learning_rate": job.learning_rate, "oracle": tag,
+                                  **({"beta": job.beta} if job.beta is not None else {})},
                                  timeout=timeout)
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started,

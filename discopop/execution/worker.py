@@ -10,7 +10,7 @@ requests until told to exit:
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
-* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` -> ``{"ok": true, "fitness",
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr[, "beta": b]}`` -> ``{"ok": true, "fitness",
   "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
   (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
@@ -176,7 +176,7 @@ class Worker:
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                             learning_rate=msg.get("learning_rate"))
+                                             learning_rate=msg.get("learning_rate"), beta=msg.get("beta"))
             except (NonFiniteLoss, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
@@ -195,6 +195,8 @@ class Worker:
             # a judged task: the greedy completions, graded by the main process (fitness.judge) where the key is
             **({"completions": score.completions} if score.completions is not None else {}),
             "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
+            # the beta of a job that named one (the protocol's beta axis); absent: the run's training.beta
+            **({"beta": float(msg["beta"])} if msg.get("beta") is not None else {}),
         }
 
     def _train_exact(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +208,7 @@ class Worker:
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
                 reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                            learning_rate=msg.get("learning_rate"))
+                                            learning_rate=msg.get("learning_rate"), beta=msg.get("beta"))
             except (DiagnosticFailure, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001

@@ -270,10 +270,12 @@ class FineTuner:
             self._epochs[seed] = _ReplayLoader(list(loader), self.trainer.train_dataset)
         return self._epochs[seed]
 
-    def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None) -> TrainResult:
+    def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None,
+            beta: float | None = None) -> TrainResult:
         """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``.
 
-        ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own).
+        ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own);
+        ``beta`` overrides ``training.beta`` likewise (the protocol's beta axis, ``training.beta_grid``).
         """
         started = time.perf_counter()
         self.restore_initial_weights()
@@ -285,6 +287,7 @@ class FineTuner:
         trainer.train_dataset = self.all_pairs.select(self.pair_subsample(seed))  # replay cache key: the seed
         default_lr = self.training.learning_rate
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
+        trainer.beta = float(beta if beta is not None else self.training.beta)  # the loss's beta and TRL's logs
         set_seed(seed)
         self.timer.seconds = 0.0
         output = trainer.train()

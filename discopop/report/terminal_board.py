@@ -13,7 +13,7 @@ from rich.table import Table
 from discopop.archive import Archive, Row, ranked
 from discopop.fitness import stats
 from discopop.report.escape import terminal
-from discopop.report.run import learning_rate_of, run_beta
+from discopop.report.run import beta_of, learning_rate_of, run_beta, tuned_beta
 from discopop.status import Status
 
 __all__ = ["leaderboard_rows", "print_leaderboard"]
@@ -43,16 +43,18 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
     for rank, r in enumerate(rows, 1):
         confirm_cell, verdict_cell, best_cell = stats.confirmation_cells(r.metrics.get("confirmation"))
         seat = standing[r.id]
-        lr = learning_rate_of(r)
+        lr, row_beta = learning_rate_of(r), beta_of(r, beta)
         table.add_row(str(rank), str(r.id), terminal(r.name), terminal(r.proposer), str(r.generation),
                       f"{seat.mean:.3f} ({seat.seeds})", f"{seat.lcb:.3f}",
                       f"{r.metrics.get('reward', float('nan')):.3f}", f"{r.metrics.get('kl', float('nan')):.2f}",
-                      "n/a" if beta is None else f"{beta:g}", "n/a" if lr is None else f"{lr:g}",
+                      "n/a" if row_beta is None else f"{row_beta:g}", "n/a" if lr is None else f"{lr:g}",
                       confirm_cell, verdict_cell, best_cell)
     console.print(table)
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if rows:
-        console.print("beta: the run's training.beta; lr: the learning rate each candidate was scored at (pass both "
+        beta_text = ("the beta each candidate's search chose (training.beta_grid)" if any(
+            tuned_beta(r) is not None for r in rows) else "the run's training.beta")
+        console.print(f"beta: {beta_text}; lr: the learning rate each candidate was scored at (pass both "
                       "to TRL's DPOConfig: its beta defaults to 0.1)")
         console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank that "
                       "selection and confirmation use")
