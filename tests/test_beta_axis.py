@@ -251,3 +251,24 @@ def test_export_passes_the_rows_chosen_beta_to_trl(tmp_path: Path) -> None:
     assert "--beta 1.0" in tuned  # the check line: its diagnostics at the beta it was found at
     assert f"beta={BETA}, learning_rate=2e-05" in plain and "the run's training.beta" in plain
     assert "--beta" not in plain
+
+
+# ---- the diagnostic tier's tuner (the worker passes a job's beta to it) ---------------------------------------
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_diagnostic_tuner_trains_at_the_jobs_beta() -> None:
+    from discopop.contract.losses import load_loss  # lazy: only this test needs the trusted loss loader
+    from discopop.fitness.diagnostic_tune import DiagnosticTuner, fine_tune
+
+    dpo = load_loss((PROPOSALS / "dpo.py").read_text())  # a trusted reference file
+    cfg, _ = compose(["task=diagnostic", "task.contexts=64", "task.eval_contexts=64", "task.steps=30",
+                      "task.batch=64"])
+    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=0.0)
+    default = tuner.run(dpo, seed=1, learning_rate=0.1)
+    doubled = tuner.run(dpo, seed=1, learning_rate=0.1, beta=2 * tuner.beta)
+    assert "beta" not in default and doubled["beta"] == 2 * tuner.beta
+    direct = fine_tune(dpo, tuner.setting, seed=1, lr=0.1, beta=2 * tuner.beta)
+    assert doubled["reward"] != default["reward"]
+    assert doubled["train_metrics"]["margin_abs_q50"] != default["train_metrics"]["margin_abs_q50"]
+    assert doubled["final_loss"] == pytest.approx(direct.final_loss)
