@@ -272,3 +272,34 @@ def test_the_diagnostic_tuner_trains_at_the_jobs_beta() -> None:
     assert doubled["reward"] != default["reward"]
     assert doubled["train_metrics"]["margin_abs_q50"] != default["train_metrics"]["margin_abs_q50"]
     assert doubled["final_loss"] == pytest.approx(direct.final_loss)
+
+
+# ---- the references' own constants, and what the LLM is told ---------------------------------------------------
+
+
+def test_declared_reference_constants_are_real_and_move_one_step_each_way() -> None:
+    from discopop.proposers.reference import TUNABLE_CONSTANTS, constant_variants, reference_candidate
+
+    for name, declared in TUNABLE_CONSTANTS.items():
+        variants = constant_variants(name)
+        assert variants[0] == {} and len(variants) == 1 + 2 * len(declared)
+        for variant in variants[1:]:
+            code = reference_candidate(name, constants=variant).code
+            (constant, value), = variant.items()
+            assert f"{constant} = {value!r}  # tuned" in code
+            if declared[constant] == "weight":
+                assert 0 < value < 1
+    assert constant_variants("dpo") == [{}]
+    assert [v["TAU"] for v in constant_variants("lrml")[1:]] == [pytest.approx(0.05 / 3, rel=1e-3), 0.15]
+    assert [v["ALPHA"] for v in constant_variants("cell")[1:]] == [0.25, 0.75]  # odds 1 -> 1/3 and 3
+    with pytest.raises(ValueError, match="not a tunable constant"):
+        reference_candidate("dpo", constants={"BETA": 1.0})
+
+
+def test_the_llm_is_told_beta_is_tuned_only_when_it_is(base_cfg) -> None:
+    from discopop.proposers.llm.facts import FitnessFacts  # lazy: only this test needs the prompt facts
+
+    off = FitnessFacts.from_run(base_cfg, {}).render()
+    on = FitnessFacts.from_run(config(base_cfg, training__beta_grid=MULTIPLIERS), {}).render()
+    assert f"beta = {BETA:g}: the value passed" in off and "tuned for every loss" not in off
+    assert "tuned for every loss, over [0.25, 0.5, 1]" in on
