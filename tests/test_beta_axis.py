@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
+from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, fingerprint, loss_name
 from scripted_executor import config_with as config
 
 from discopop.archive import Archive
@@ -51,6 +51,8 @@ class BetaExecutor(ScriptedExecutor):
 
     def answer(self, job: Job) -> JobResult:
         result = super().answer(job)
+        if job.stage == "check" and result.ok:  # by code, not function name: a reference's variants differ
+            result.data["checks"]["fingerprint"] = fingerprint(job.code)
         if job.stage != "train" or not result.ok:
             return result
         data = result.data
@@ -303,3 +305,22 @@ def test_the_llm_is_told_beta_is_tuned_only_when_it_is(base_cfg) -> None:
     on = FitnessFacts.from_run(config(base_cfg, training__beta_grid=MULTIPLIERS), {}).render()
     assert f"beta = {BETA:g}: the value passed" in off and "tuned for every loss" not in off
     assert "tuned for every loss, over [0.25, 0.5, 1]" in on
+
+
+def test_baseline_constants_adds_each_declared_constant_as_a_baseline_of_its_own(base_cfg, tmp_path: Path) -> None:
+    for flag in (False, True):
+        executor = BetaExecutor(REFS, {}, workers=2)
+        run(config(base_cfg, candidates_per_generation=1, baseline_constants=flag), tmp_path / str(flag), executor,
+            ScriptedProposer({}))
+        found = rows(tmp_path / str(flag))
+        if not flag:
+            assert set(found) == {"dpo", "lrml"}
+            continue
+        assert set(found) == {"dpo", "lrml", "lrml_tau_0_01667", "lrml_tau_0_15"}  # dpo declares no constant
+        assert all(r.proposer == "reference" and r.status == "scored" for r in found.values())
+        assert "TAU = 0.15  # tuned" in found["lrml_tau_0_15"].code
+        assert "TAU = 0.05\n" in found["lrml"].code
+        # a resumed run finds them by name and adds none again
+        run(config(base_cfg, candidates_per_generation=1, baseline_constants=flag), tmp_path / str(flag), executor,
+            ScriptedProposer({}))
+        assert len(rows(tmp_path / str(flag))) == 4

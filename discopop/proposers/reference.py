@@ -14,7 +14,7 @@ from discopop.config.references import PROPOSALS_DIR, available
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 
 __all__ = ["PROPOSALS_DIR", "TUNABLE_CONSTANTS", "ReferenceProposer", "available", "constant_variants",
-           "reference_candidate"]
+           "reference_candidate", "reference_variants"]
 
 
 # The references whose one constant is the label-flip rate they assume (cDPO's smoothing, rDPO's flip rate).
@@ -102,6 +102,19 @@ def reference_candidate(name: str, flip_rate: float | None = None,
             raise ValueError(f"{name}: expected one '{constant} = <number>' line to set it")
     doc = source.split('"""')[1].strip().splitlines()[0] if source.startswith('"""') else name
     return Candidate(name=name, code=source, thought=doc, proposer="reference")
+
+
+def reference_variants(name: str, flip_rate: float | None = None) -> list[Candidate]:
+    """Reference ``name`` at each of its :func:`constant_variants` but the default, as candidates of their own
+    (named ``lrml_tau_0_15``), for ``baseline_constants``: scored as baselines, they give the reference's
+    constants the coordinate grid a tuner would try."""
+    out = []
+    for variant in constant_variants(name)[1:]:
+        cand = reference_candidate(name, flip_rate, constants=variant)
+        # an identifier, as the proposal gate keeps it (a resumed run finds its baselines by name)
+        cand.name = re.sub(r"\W", "_", name + "".join(f"_{k.lower()}_{v:g}" for k, v in variant.items()))
+        out.append(cand)
+    return out
 
 
 class ReferenceProposer(Proposer):
