@@ -69,11 +69,11 @@ class BetaExecutor(ScriptedExecutor):
 REFS = {"dpo": Script(fitness={1e-5: 0.80, 2e-5: 0.85, 4e-5: 0.83}), "lrml": Script(fitness={4e-5: 0.86})}
 
 
-def run(cfg: dict[str, Any], run_dir: Path, executor: ScriptedExecutor, proposer=None) -> None:
+def run(cfg: dict[str, Any], run_dir: Path, executor: ScriptedExecutor, proposer=None, **meta: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     display = Display(0, console=Console(file=io.StringIO(), width=200), quiet=True)
     loop = Loop(cfg, run_dir, display, proposer=proposer, executor=executor,
-                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64, **meta})
     try:
         loop.run(1)
     finally:
@@ -324,3 +324,13 @@ def test_baseline_constants_adds_each_declared_constant_as_a_baseline_of_its_own
         run(config(base_cfg, candidates_per_generation=1, baseline_constants=flag), tmp_path / str(flag), executor,
             ScriptedProposer({}))
         assert len(rows(tmp_path / str(flag))) == 4
+
+
+def test_cdpo_and_rdpo_run_at_the_flip_rate_the_task_facts_state(tmp_path: Path) -> None:
+    """The diagnostic tier has no task.pairs: its preset's flip rate comes in the task facts (``label_noise``)."""
+    cfg, _ = compose(["task=diagnostic", "task.preset=label_noise", "baselines=[dpo,cdpo,rdpo]", "confirm.seeds=0",
+                      "wandb.mode=disabled", "selection.max_seeds=1", "candidates_per_generation=1"])
+    run(cfg, tmp_path, BetaExecutor(REFS, {}, workers=2), ScriptedProposer({}), label_noise=0.3)
+    found = rows(tmp_path)
+    assert "LABEL_SMOOTHING = 0.3  # the task's flip rate" in found["cdpo"].code
+    assert "FLIP_RATE = 0.3  # the task's flip rate" in found["rdpo"].code

@@ -403,6 +403,8 @@ class Loop:
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("baselines")
             flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
+            if flips is None:  # the diagnostic tier says its preset's rate in the task facts
+                flips = meta.get("label_noise")
             refs = [reference_candidate(n, flips) for n in self.cfg.baselines]
             if self.cfg.baseline_constants:  # each declared constant one step down and up, as baselines of their own
                 refs += [v for n in self.cfg.baselines for v in reference_variants(n, flips)]
