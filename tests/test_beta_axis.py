@@ -334,3 +334,24 @@ def test_cdpo_and_rdpo_run_at_the_flip_rate_the_task_facts_state(tmp_path: Path)
     found = rows(tmp_path)
     assert "LABEL_SMOOTHING = 0.3  # the task's flip rate" in found["cdpo"].code
     assert "FLIP_RATE = 0.3  # the task's flip rate" in found["rdpo"].code
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_trl_fine_tune_trains_at_the_jobs_beta_then_at_the_runs_again(tiny_task) -> None:
+    import tempfile  # lazy: only this test needs a scratch directory and the TRL fine-tuner
+
+    from discopop.contract.losses import load_loss
+    from discopop.fitness.training import FineTuner
+
+    task, cfg = tiny_task
+    training = {**cfg["training"], "batch_size": 16, "learning_rate": 1e-2, "threads": 1, "epochs": 2}
+    tuner = FineTuner(task, training, Path(tempfile.mkdtemp()))
+    dpo = load_loss((PROPOSALS / "dpo.py").read_text())
+    first = tuner.run(dpo, seed=0)
+    doubled = tuner.run(dpo, seed=0, beta=4 * training["beta"])
+    assert tuner.trainer.beta == 4 * training["beta"]
+    again = tuner.run(dpo, seed=0)
+    assert tuner.trainer.beta == training["beta"]
+    # the loss saw beta x 4: the scaled margins |beta * rho| it trained on are larger (rho moves as well)
+    assert doubled.metrics["margin_abs_q90"] > first.metrics["margin_abs_q90"] > 0
+    assert again.metrics == first.metrics and again.score.fitness == first.score.fitness
