@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from discopop.archive import Archive
 from discopop.cli.main import discover, main
+from discopop.config import ConfirmSettings
 from discopop.config.catalogue import entries
 from discopop.config.compose import compose
 from discopop.proposers.base import Candidate
@@ -89,7 +91,7 @@ def test_settings_lists_every_setting_with_help_and_default(capsys) -> None:
     assert max(len(line) for line in out.splitlines() if not line.startswith("training.lr_grid")) <= 80
     assert main(["settings", "--json", "confirm"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {e["key"] for e in listed} == {"confirm.top_k", "confirm.seeds", "confirm.references"}
+    assert {e["key"] for e in listed} == {f"confirm.{f.name}" for f in fields(ConfirmSettings)}
     assert main(["settings", "nope"]) == 2
 
 

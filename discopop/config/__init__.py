@@ -146,6 +146,12 @@ class RunSettings:
                                                      "run records the number).")
     baselines: list[str] = setting(BASELINES, "Reference losses (files in proposals/) scored first as baselines, in "
                                               "this order.")
+    baseline_constants: bool = setting(False, "Also score each baseline with each of its declared shape constants "
+                                              "(proposers.reference.TUNABLE_CONSTANTS) moved x3 down and up, as "
+                                              "baselines of their own (e.g. lrml_tau_0_15): the references' "
+                                              "constants get a tuning budget, as the evolution gives a candidate's "
+                                              "(measured: benchmarks/reference_constants.py). false: published "
+                                              "constants only.")
     confirm: ConfirmSettings = setting(ConfirmSettings(), "The confirmation of the winners.")
     selection: SelectionSettings = setting(SelectionSettings(), "Noise-aware selection (the seed race).")
     wandb: WandbSettings = setting(WandbSettings(), "Experiment tracking.")

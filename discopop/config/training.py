@@ -32,6 +32,11 @@ class TrainingSettings:
     lr_grid: list[float] | None = setting(LR_GRID, "Learning rates each loss may be judged at: factor-2 steps "
                                                    "spanning the reference losses' optima (PADLL peaks at 5e-6, LRML "
                                                    "and AQL at 8e-5). null: learning_rate only.")
+    beta_grid: list[float] | None = setting(None, "Multipliers of beta each loss may also be judged at, e.g. "
+                                                  "[0.5, 1, 2]: the climb then runs over (learning rate, beta) "
+                                                  "for references and candidates alike, so a reference's beta is "
+                                                  "tuned as evolution tunes a candidate's constants. null: beta "
+                                                  "only (1.5-2x the fine-tunes of a tuned row when on).")
     lr_screen_margin: float | None = setting(0.05, "A candidate whose screening run is more than this below the "
                                                    "run's best is not tuned further (its fitness is the screen, a "
                                                    "lower bound); null: tune every candidate.")
@@ -69,6 +74,9 @@ class TrainingSettings:
         grid = self.lr_grid
         require(grid is None or (len(grid) > 0 and all(is_number(v) and v > 0 for v in grid)),
                 f"training.lr_grid must be a non-empty list of learning rates > 0 (or null), got {grid!r}")
+        betas = self.beta_grid
+        require(betas is None or (len(betas) > 0 and all(is_number(v) and v > 0 for v in betas)),
+                f"training.beta_grid must be a non-empty list of beta multipliers > 0 (or null), got {betas!r}")
         margin = self.lr_screen_margin
         require(margin is None or margin >= 0,
                 "training.lr_screen_margin must be a fitness margin >= 0 (or null: tune every candidate), "

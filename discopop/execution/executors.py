@@ -49,6 +49,7 @@ class Job:
     # A short fine-tune (``search.fidelity``): this share of a full run's steps. Never stored (result_store's key
     # lacks it), so such jobs go to the executor directly, never through the reference store.
     step_fraction: float | None = None
+    beta: float | None = None  # None: training.beta; set where the protocol's beta axis (training.beta_grid) is on
 
 
 @dataclass
@@ -205,6 +206,7 @@ class WarmWorker:
             tag = oracle.hand_to(self.control, keep=self.kept.size > 0)
             reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
                                   "learning_rate": job.learning_rate, "oracle": tag,
+                                  **({"beta": job.beta} if job.beta is not None else {}),
                                   **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
                                  timeout=timeout)
         except SandboxTimeout as err:

@@ -10,8 +10,9 @@ requests until told to exit:
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
   diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
-* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr}`` (optional ``step_fraction``: a short
-  fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's) -> ``{"ok": true, "fitness",
+* ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr[, "beta": b]}`` (optional
+  ``step_fraction``: a short fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's)
+  -> ``{"ok": true, "fitness",
   "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
   (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
@@ -176,16 +177,16 @@ class Worker:
         from discopop.trl import NonFiniteLoss
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
-            before = self._probe(fn)
+            before = self._probe(fn, msg.get("beta"))
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                             learning_rate=msg.get("learning_rate"),
+                                             learning_rate=msg.get("learning_rate"), beta=msg.get("beta"),
                                              step_fraction=msg.get("step_fraction"))
             except (NonFiniteLoss, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
-            behaviour = self._behaviour_drift(fn, before)
+            behaviour = self._behaviour_drift(fn, before, msg.get("beta"))
         score = result.score
         if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
@@ -201,6 +202,8 @@ class Worker:
             **({"completions": score.completions} if score.completions is not None else {}),
             "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
             "behaviour": behaviour,
+            # the beta of a job that named one (the protocol's beta axis); absent: the run's training.beta
+            **({"beta": float(msg["beta"])} if msg.get("beta") is not None else {}),
         }
 
     def _train_exact(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -210,34 +213,35 @@ class Worker:
         from discopop.sandbox.remote_loss import CandidateError
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
-            before = self._probe(fn)
+            before = self._probe(fn, msg.get("beta"))
             try:
                 reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                            learning_rate=msg.get("learning_rate"))
+                                            learning_rate=msg.get("learning_rate"), beta=msg.get("beta"))
             except (DiagnosticFailure, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
-            behaviour = self._behaviour_drift(fn, before)
+            behaviour = self._behaviour_drift(fn, before, msg.get("beta"))
         if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
             raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
         return {"ok": True, **reply, "behaviour": behaviour}
 
-    def _training_beta(self) -> float:
+    def _training_beta(self, job_beta: float | None = None) -> float:
+        """The beta a train job trains at: its own (the protocol's beta axis), else the run's."""
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import DEFAULT_BETA
 
-        beta = getattr(self.fine_tuner, "beta", None)
+        beta = job_beta if job_beta is not None else getattr(self.fine_tuner, "beta", None)
         return float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
 
-    def _probe(self, fn: Any, refs: Any = None) -> list[float] | None:
-        """The behaviour fingerprint of the job's loss, now (``checks.probe_fingerprint``)."""
+    def _probe(self, fn: Any, job_beta: float | None, refs: Any = None) -> list[float] | None:
+        """The behaviour fingerprint of the job's loss, now, at the job's beta (``checks.probe_fingerprint``)."""
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import probe_fingerprint
 
-        return probe_fingerprint(fn, self._training_beta(), refs)
+        return probe_fingerprint(fn, self._training_beta(job_beta), refs)
 
-    def _behaviour_drift(self, fn: Any, before: list[float] | None) -> dict[str, Any]:
+    def _behaviour_drift(self, fn: Any, before: list[float] | None, job_beta: float | None) -> dict[str, Any]:
         """How far the loss's behaviour moved during training and on the training pairs' own reference log-probs.
 
         1 - cosine between fingerprints (0: the shape the checks archived is the shape that trained); None where
@@ -246,12 +250,12 @@ class Worker:
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import fingerprint_distance
 
-        after = self._probe(fn)
+        after = self._probe(fn, job_beta)
         try:
             refs = self.fine_tuner.reference_logps()
         except Exception:  # noqa: BLE001 - a task without precomputed reference log-probs: that probe is skipped
             refs = None
-        on_refs = self._probe(fn, refs) if refs is not None else None
+        on_refs = self._probe(fn, job_beta, refs) if refs is not None else None
         return {"during_training": fingerprint_distance(before, after),
                 "on_training_refs": fingerprint_distance(after, on_refs)}
 

@@ -133,12 +133,14 @@ class DiagnosticTuner:
         # torch.manual_seed: after the snapshot the state watch would call that a patched namespace).
         fine_tune(_logistic, self.setting, seed=0, lr=self.learning_rate, beta=self.beta, steps=1)
 
-    def run(self, loss_fn: LossFn, *, seed: int, split: str = "search", learning_rate: float | None = None
-            ) -> dict[str, Any]:
-        """One fine-tune from the reference at ``learning_rate`` and its exact scores on ``split``'s contexts."""
+    def run(self, loss_fn: LossFn, *, seed: int, split: str = "search", learning_rate: float | None = None,
+            beta: float | None = None) -> dict[str, Any]:
+        """One fine-tune from the reference at ``learning_rate`` (and ``beta``, default the run's) and its exact
+        scores on ``split``'s contexts."""
         lr = float(self.learning_rate if learning_rate is None else learning_rate)
+        run_beta = float(self.beta if beta is None else beta)
         started = time.perf_counter()
-        result = fine_tune(loss_fn, self.setting, seed=seed, lr=lr, beta=self.beta)
+        result = fine_tune(loss_fn, self.setting, seed=seed, lr=lr, beta=run_beta)
         trained = time.perf_counter() - started
         part = split_contexts(self.setting, split)
         reward, kl = result.per_context_reward[part], result.per_context_kl[part]
@@ -150,9 +152,10 @@ class DiagnosticTuner:
             "fitness": mean[0] - self.kl_coef * mean[1], "reward": mean[0], "kl": mean[1],
             "greedy": float(greedy.mean()), "steps": result.steps, "final_loss": result.final_loss,
             "train_seconds": trained, "step_seconds": trained, "score_seconds": 0.0,
-            "train_metrics": self._metrics(result, seed),
+            "train_metrics": self._metrics(result, seed, run_beta),
             "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl],
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
+            **({"beta": run_beta} if beta is not None else {}),
         }
 
     def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +164,7 @@ class DiagnosticTuner:
         ref = w.train_ref[data.context]
         return (ref.gather(1, data.chosen[:, None]).squeeze(1), ref.gather(1, data.rejected[:, None]).squeeze(1))
 
-    def _metrics(self, result: DiagnosticResult, seed: int) -> dict[str, float]:
+    def _metrics(self, result: DiagnosticResult, seed: int, beta: float) -> dict[str, float]:
         """What a TRL run logs that a proposer reflects on: the loss curve in thirds and the margins |beta*rho| the
         loss ended up using (on every pair of the seed, with the trained policy), plus the training-side scores."""
         curve = result.losses
@@ -176,7 +179,7 @@ class DiagnosticTuner:
         logp = torch.log_softmax(w.train_ref[data.context] + w.train_features[data.context] @ result.weights, dim=1)
         ref = w.train_ref[data.context]
         rho = ((logp - ref).gather(1, data.chosen[:, None]) - (logp - ref).gather(1, data.rejected[:, None])).squeeze(1)
-        margin = (self.beta * rho).abs()
+        margin = (beta * rho).abs()
         for q in (0.1, 0.5, 0.9):
             out[f"margin_abs_q{int(q * 100)}"] = round(float(torch.quantile(margin, q)), 4)
         out["rewards/accuracies"] = round(float((rho > 0).double().mean()), 4)

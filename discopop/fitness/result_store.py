@@ -38,11 +38,12 @@ CACHE_NAME = "results.sqlite"
 # Training settings that change no computed number, only how fast, how long it may take, or which rates are tried:
 # - threads: torch intra-op threads (round-off order at most; a result is as valid on more cores);
 # - *_timeout: whether a slow job is given up on; a timeout is a machinery failure, never stored;
-# - lr_grid, lr_screen_margin, learning_rate: which rates the protocol tries; the rate a fine-tune ran at
-#   is part of the key itself (``RunKey.learning_rate``, the default rate where a job names none).
+# - lr_grid, lr_screen_margin, learning_rate, beta_grid: which rates and betas the protocol tries; the rate and
+#   the beta a fine-tune ran at are part of the key itself (``RunKey.learning_rate``, ``RunKey.beta``: the run's
+#   defaults where a job names none).
 # Everything else (beta, epochs, batch size, precision, device, LoRA, schedule, pairs...) is in the key.
 SPEED_ONLY_TRAINING = ("threads", "check_timeout", "train_timeout", "oracle_timeout", "lr_grid", "lr_screen_margin",
-                       "learning_rate")
+                       "learning_rate", "beta_grid")
 # Task settings that change no computed number: where the cache is, and how the judge's requests are sent and paid.
 SPEED_ONLY_TASK = ("cache_dir",)
 SPEED_ONLY_JUDGE = ("api_key_env", "timeout", "max_retries", "backoff_base", "backoff_max", "concurrency",
@@ -232,7 +233,8 @@ class StoredRuns:
 
     def key(self, job: Job, code_hash: str) -> RunKey:
         lr = job.learning_rate if job.learning_rate is not None else self.default_lr
-        return RunKey(code_hash, self.task, self.beta, job.seed, job.split, float(lr))
+        beta = job.beta if job.beta is not None else self.beta
+        return RunKey(code_hash, self.task, float(beta), job.seed, job.split, float(lr))
 
     def lookup(self, job: Job, code_hash: str) -> JobResult | None:
         if self.error is not None:

@@ -288,10 +288,11 @@ class FineTuner:
         return math.ceil(per_epoch * float(self.args.num_train_epochs))
 
     def run(self, loss_fn: LossFn, seed: int, split: str = "search", learning_rate: float | None = None,
-            step_fraction: float | None = None) -> TrainResult:
+            beta: float | None = None, step_fraction: float | None = None) -> TrainResult:
         """Train from the initial weights with ``loss_fn`` and seed ``seed``; score on held-out ``split``.
 
         ``learning_rate`` overrides ``training.learning_rate`` for this run (each loss is compared at its own);
+        ``beta`` overrides ``training.beta`` likewise (the protocol's beta axis, ``training.beta_grid``);
         ``step_fraction``: stop after that share of a full run's steps (a cheap stage, ``search.fidelity``).
         """
         started = time.perf_counter()
@@ -306,6 +307,7 @@ class FineTuner:
         trainer.args.learning_rate = float(learning_rate if learning_rate is not None else default_lr)
         full = self.full_steps()
         trainer.args.max_steps = -1 if step_fraction is None else max(1, math.floor(float(step_fraction) * full))
+        trainer.beta = float(beta if beta is not None else self.training.beta)  # the loss's beta and TRL's logs
         set_seed(seed)
         self.timer.seconds = 0.0
         output = trainer.train()

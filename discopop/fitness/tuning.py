@@ -25,6 +25,16 @@ of several rates scored on the prompts that rank it is inflated by its winner's 
 on the embedded task with six rates), and the inflation grows with the number of rates tried, which
 would favour whichever row was tried at more rates. With no per-prompt scores both halves are the
 reported fitness.
+
+The beta axis (``training.beta_grid``, multipliers of ``training.beta``; off by default). The offline
+evolution tunes a candidate's constants, and most of them (a margin, a temperature, a scale on rho)
+rescale beta*rho, so a reference kept at the run's beta would face candidates tuned over their effective
+beta. With the axis on, a grid point is a (learning rate, beta) pair and every row climbs over both:
+a screen at one point (references: the grid's middle rate at the multiplier nearest 1), then untried
+neighbours along either axis of the best point so far, until none improves (a local maximum of the
+grid, coordinate-wise). The point is chosen on the tuning half and the row ranked on the other, as for
+the rate alone, and the row records its beta (``metrics.beta``), which its race seeds, its confirmation
+and every export use. Off, a point is (rate, None): the jobs name no beta and the archive is today's.
 """
 
 from __future__ import annotations
@@ -37,13 +47,18 @@ from typing import Any
 
 from discopop.config import TrainingSettings, typed
 
+# One grid point: (learning rate, beta); beta None where the beta axis is off (the job uses training.beta).
+Point = tuple[float, float | None]
+
 
 @dataclass(frozen=True)
 class LrProtocol:
-    """The learning-rate grid and the screening rule, read once from ``cfg["training"]``."""
+    """The learning-rate grid (and beta grid) and the screening rule, read once from ``cfg["training"]``."""
 
     grid: tuple[float, ...]
     screen_margin: float | None  # None: every candidate gets the whole grid
+    betas: tuple[float, ...] | None = None  # the beta values tried (training.beta x beta_grid); None: the axis is off
+    base_beta: float | None = None  # training.beta: the beta axis starts at the grid value nearest it
 
     @classmethod
     def from_config(cls, training: TrainingSettings | Mapping[str, Any]) -> LrProtocol:
@@ -52,12 +67,45 @@ class LrProtocol:
             training = typed(TrainingSettings, training, where="training")
         grid = training.lr_grid or [training.learning_rate]
         margin = training.lr_screen_margin
+        multipliers = training.beta_grid
+        base = float(training.beta)
+        # A one-point grid at x1 is the axis off: the jobs name no beta, so the archive is the same as without it.
+        off = not multipliers or (len(multipliers) == 1 and math.isclose(float(multipliers[0]), 1.0))
+        betas = None if off else tuple(sorted({base * float(m) for m in multipliers}))
         return cls(grid=tuple(sorted(float(lr) for lr in grid)),
-                   screen_margin=None if margin is None else float(margin))
+                   screen_margin=None if margin is None else float(margin), betas=betas,
+                   base_beta=None if off else base)
 
     def default(self) -> float:
         """The grid's middle: the screening rate when nothing better is known."""
         return self.grid[(len(self.grid) - 1) // 2]
+
+    def default_beta(self) -> float | None:
+        """The beta grid's value nearest ``training.beta`` (on a log scale); None when the axis is off."""
+        if self.betas is None:
+            return None
+        base = self.base_beta or 1.0
+        return min(self.betas, key=lambda b: (abs(math.log(b / base)), b))
+
+    def default_point(self) -> Point:
+        """Where a reference starts its climb: the middle rate at the run's own beta."""
+        return self.default(), self.default_beta()
+
+    def points(self) -> list[Point]:
+        """The whole grid: every rate at every beta (at beta None when the axis is off)."""
+        return [(lr, b) for lr in self.grid for b in (self.betas or (None,))]
+
+    def screen_point(self, parent_points: list[Point], run_points: list[Point]) -> Point:
+        """A candidate's screen: the rate as :meth:`screen_rate` picks it, and its parent's beta, else the run's
+        most common, else the default beta."""
+        rate = self.screen_rate([p[0] for p in parent_points], [p[0] for p in run_points])
+        if self.betas is None:
+            return rate, None
+        for beta in [*(p[1] for p in parent_points), *(b for b, _ in Counter(p[1] for p in run_points).most_common(1))]:
+            on_grid = next((g for g in self.betas if beta is not None and math.isclose(beta, g)), None)
+            if on_grid is not None:
+                return rate, on_grid
+        return rate, self.default_beta()
 
     def screen_rate(self, parent_rates: list[float], run_rates: list[float]) -> float:
         """The grid point most likely to be a candidate's best: its parent's, else the run's most common."""
@@ -66,15 +114,23 @@ class LrProtocol:
                 return rate
         return self.default()
 
-    def next_rates(self, sweep: Sweep) -> list[float]:
-        """Untried grid neighbours of the best rate so far (a failed rate counts as tried): the climb's next step."""
-        tried = {*sweep.results, *sweep.errors}
-        best = sweep.best()
+    def next_points(self, sweep: Sweep) -> list[Point]:
+        """Untried grid neighbours of the best point so far, along the rate and then the beta axis (a failed
+        point counts as tried): the climb's next step."""
+        best = sweep.best_point()
         if best is None:
             return []
-        i = next(k for k, lr in enumerate(self.grid) if math.isclose(lr, best[0]))
-        return [self.grid[k] for k in (i - 1, i + 1)
-                if 0 <= k < len(self.grid) and not any(math.isclose(self.grid[k], t) for t in tried)]
+        (lr, beta), _ = best
+        i = next(k for k, g in enumerate(self.grid) if math.isclose(g, lr))
+        found: list[Point] = [(self.grid[k], beta) for k in (i - 1, i + 1) if 0 <= k < len(self.grid)]
+        if self.betas is not None and beta is not None:
+            j = next(k for k, g in enumerate(self.betas) if math.isclose(g, beta))
+            found += [(lr, self.betas[k]) for k in (j - 1, j + 1) if 0 <= k < len(self.betas)]
+        return [p for p in found if not sweep.tried(p)]
+
+    def next_rates(self, sweep: Sweep) -> list[float]:
+        """The rates of :meth:`next_points` (the climb's next step when the beta axis is off)."""
+        return [lr for lr, _ in self.next_points(sweep)]
 
     def worth_tuning(self, screen_fitness: float, best_fitness: float | None) -> bool:
         """Spend the rest of the grid only on a candidate whose screen is near the run's best."""
@@ -102,48 +158,89 @@ def split_fitness(data: Mapping[str, Any]) -> tuple[float, float]:
 
 @dataclass
 class Sweep:
-    """One candidate's fine-tunes over the grid: fitness per learning rate and the chosen one."""
+    """One candidate's fine-tunes over the grid: fitness per point (learning rate, beta) and the chosen one."""
 
-    results: dict[float, dict[str, Any]] = field(default_factory=dict)  # lr -> the worker's train reply
-    errors: dict[float, tuple[str, str]] = field(default_factory=dict)  # lr -> (stage, why that fine-tune failed)
+    results: dict[Point, dict[str, Any]] = field(default_factory=dict)  # (lr, beta) -> the worker's train reply
+    errors: dict[Point, tuple[str, str]] = field(default_factory=dict)  # (lr, beta) -> (stage, why it failed)
     tuned: bool = False  # the whole grid, or a climb to a local maximum, was run (False: screened out or failed)
     evaluations: list[Any] = field(default_factory=list)  # archive.Evaluation per fine-tune, archived with the fate
 
-    def add(self, lr: float, ok: bool, data: dict[str, Any], stage: str, error: str | None) -> None:
+    def add(self, lr: float, ok: bool, data: dict[str, Any], stage: str, error: str | None,
+            beta: float | None = None) -> None:
         if ok:
-            self.results[lr] = data
+            self.results[(lr, beta)] = data
         else:
-            self.errors[lr] = (stage, error or "failed")
+            self.errors[(lr, beta)] = (stage, error or "failed")
 
-    def best(self) -> tuple[float, dict[str, Any]] | None:
-        """The learning rate with the highest *tuning* fitness (ties: the smaller rate, the gentler update)."""
+    def tried(self, point: Point) -> bool:
+        """Whether this point was run (a failure counts)."""
+        return any(math.isclose(point[0], lr) and (point[1] == beta or (
+            point[1] is not None and beta is not None and math.isclose(point[1], beta)))
+            for lr, beta in (*self.results, *self.errors))
+
+    def rates(self) -> list[float]:
+        """Every learning rate tried, at any beta (a failure counts), ascending."""
+        return sorted({lr for lr, _ in (*self.results, *self.errors)})
+
+    def best_point(self) -> tuple[Point, dict[str, Any]] | None:
+        """The point with the highest *tuning* fitness (ties: the smaller rate, the gentler update; then the
+        smaller beta)."""
         if not self.results:
             return None
-        return max(sorted(self.results.items()), key=lambda item: split_fitness(item[1])[0])
+        return max(sorted(self.results.items(), key=lambda item: (item[0][0], item[0][1] or 0.0)),
+                   key=lambda item: split_fitness(item[1])[0])
+
+    def best(self) -> tuple[float, dict[str, Any]] | None:
+        """The chosen learning rate and its reply (:meth:`best_point` without the beta)."""
+        best = self.best_point()
+        return None if best is None else (best[0][0], best[1])
+
+    def best_beta(self) -> float | None:
+        """The chosen beta (None: the beta axis is off, or nothing succeeded)."""
+        best = self.best_point()
+        return None if best is None else best[0][1]
 
     def ranked_fitness(self) -> float | None:
         """The fitness that ranks the row: the held-apart half of the prompts, at the rate the other half chose."""
         best = self.best()
         return None if best is None else split_fitness(best[1])[1]
 
-    def summary(self, grid: tuple[float, ...]) -> dict[str, Any]:
-        """What the archive keeps: per-rate fitness, failures, and whether the best sits on the grid's edge."""
-        best = self.best()
-        chosen = best[0] if best else None
-        return {
+    def summary(self, grid: tuple[float, ...], betas: tuple[float, ...] | None = None) -> dict[str, Any]:
+        """What the archive keeps: per-rate fitness, failures, and whether the best sits on the grid's edge.
+
+        With the beta axis on (``betas``), the per-rate fields are the slice at the chosen beta, and the row
+        adds its ``beta``, the whole table (``beta_sweep``: beta -> rate -> tuning fitness, None where that
+        fine-tune failed) and ``beta_at_edge``.
+        """
+        best = self.best_point()
+        chosen, beta = best[0] if best else (None, None)
+
+        def at_beta(items):  # the points at the chosen beta (all of them when the axis is off or none succeeded)
+            return sorted(((lr, v) for (lr, b), v in items if b == beta or best is None), key=lambda item: item[0])
+
+        out = {
             "learning_rate": chosen,
             "lr_tuned": self.tuned,
             # the tuning half's fitness per rate: what chose the rate (the row's fitness is the other half's)
-            "lr_sweep": {f"{lr:g}": round(split_fitness(d)[0], 6) for lr, d in sorted(self.results.items())},
+            "lr_sweep": {f"{lr:g}": round(split_fitness(d)[0], 6) for lr, d in at_beta(self.results.items())},
             "fitness_tune": None if best is None else round(split_fitness(best[1])[0], 6),
             # each rate's reward (the fitness's score), greedy accuracy and KL: the loss's reward-KL frontier
             "lr_points": {f"{lr:g}": {k: _rounded(d.get(k)) for k in ("reward", "greedy", "kl")}
-                          for lr, d in sorted(self.results.items())},
-            "lr_errors": {f"{lr:g}": f"{stage}: {err}" for lr, (stage, err) in sorted(self.errors.items())},
+                          for lr, d in at_beta(self.results.items())},
+            "lr_errors": {f"{lr:g}": f"{stage}: {err}" for lr, (stage, err) in at_beta(self.errors.items())},
             # The optimum may lie beyond the grid: a user would widen it; the report says so.
             "lr_at_edge": bool(self.tuned and chosen is not None and len(grid) > 1
                                and (math.isclose(chosen, grid[0]) or math.isclose(chosen, grid[-1]))),
         }
+        if betas is not None:
+            table: dict[str, dict[str, float | None]] = {}
+            for (lr, b), d in sorted([*self.results.items(), *((p, None) for p in self.errors)],
+                                     key=lambda item: (item[0][1] or 0.0, item[0][0])):
+                table.setdefault(f"{b:g}", {})[f"{lr:g}"] = None if d is None else round(split_fitness(d)[0], 6)
+            out.update(beta=beta, beta_sweep=table,
+                       beta_at_edge=bool(self.tuned and beta is not None and len(betas) > 1
+                                         and (math.isclose(beta, betas[0]) or math.isclose(beta, betas[-1]))))
+        return out
 
 
 def _rounded(value: Any) -> float | None:

@@ -24,6 +24,7 @@ from discopop.report.run import (
     number,
     row_label,
     scored,
+    tuned_beta,
 )
 
 TOP_TABLE = 25  # leaderboard rows shown; the rest are in the archive
@@ -47,8 +48,10 @@ def _search_cell(row: Row) -> str:
 
 def _lr_cell(row: Row) -> str:
     """The learning rate the row was scored at: with the run's beta, what TRL needs to train it the same way."""
-    lr = learning_rate_of(row)
-    return "—" if lr is None else f"{lr:g}"
+    lr, beta = learning_rate_of(row), tuned_beta(row)
+    if lr is None:
+        return "—"
+    return f"{lr:g}" if beta is None else f"{lr:g} (beta {beta:g})"  # the beta its search chose, where it chose one
 
 
 def leaderboard(rows: list[Row], top: int = TOP_TABLE) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from discopop.report.figures import View, png_bytes
 from discopop.report.frontier import frontier_view
 from discopop.report.lineage import diffs_view, lineage_view
 from discopop.report.progress import fitness_view, reward_kl_view
-from discopop.report.run import load_rows, run_beta, summary
+from discopop.report.run import load_rows, run_beta, summary, tuned_beta
 from discopop.report.shapes import loss_shapes_view
 
 VIEWS: list[Callable[[list[Row]], View]] = [
@@ -64,6 +64,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     beta = run_beta(run_dir)
     trained = (f" Every candidate trained at beta {beta:g} (the run's training.beta; TRL's DPOConfig defaults to "
                "0.1): pass it with the learning rate shown for the candidate.") if beta is not None else ""
+    if any(tuned_beta(r) is not None for r in rows):  # training.beta_grid: each row chose its own beta
+        trained = (" Each candidate trained at the beta its search chose (shown beside its learning rate; TRL's "
+                   "DPOConfig defaults to 0.1): pass both.")
     text = _environment().get_template("report.html.j2").render(
         run_dir=str(run_dir), summary=summary(rows) + trained, sections=sections, diff_css=_diff_css())
     out = Path(out) if out is not None else run_dir / "report.html"

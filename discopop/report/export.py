@@ -14,7 +14,7 @@ import discopop.report.escape as escape
 from discopop.archive import Archive, Row
 from discopop.contract.losses import LossRejected, code_hash, decode_source, static_check
 from discopop.fitness import stats
-from discopop.report.run import learning_rate_of, run_beta, settings_text
+from discopop.report.run import beta_of, learning_rate_of, run_beta, settings_text, tuned_beta
 from discopop.report.terminal_board import leaderboard_rows
 from discopop.search.transfer_confirm import transfer_text
 from discopop.status import Status
@@ -75,7 +75,8 @@ def _header(archive: Archive, row: Row, target: str) -> str:
 
     The first two lines are fixed text: Python reads a coding cookie only there, so no untrusted text reaches them.
     """
-    beta, lr = run_beta(archive.path.parent), learning_rate_of(row)
+    beta, lr = beta_of(row, run_beta(archive.path.parent)), learning_rate_of(row)
+    beta_source = "the run's training.beta" if tuned_beta(row) is None else "the beta its search chose"
     beta_arg = "0.1  # not recorded: the run's training.beta" if beta is None else f"{beta!r}"
     lr_arg = "1e-06  # not recorded: the rate this loss was scored at" if lr is None else f"{lr!r}"
     conf = row.metrics.get("confirmation")
@@ -91,8 +92,10 @@ def _header(archive: Archive, row: Row, target: str) -> str:
         f"transfer: {transfer_text(row.metrics.get('transfer')) or 'not confirmed on held-out task variants'}",
         f"lineage: {' <- '.join(lineage(archive, row.id)) or 'none (first generation)'}",
         f"parent ids: {json.dumps(row.parent_ids)}",
-        f"trained at: {settings_text(beta, lr)} (the run's training.beta; the learning rate it was scored at)",
+        f"trained at: {settings_text(beta, lr)} ({beta_source}; the learning rate it was scored at)",
     ]
+    if tuned_beta(row) is not None:  # its diagnostics (curvature, wrong-way slope) depend on beta: at the chosen one
+        lines.append(f"check it at that beta: discopop check {target} --beta {beta!r}")
     if row.thought:
         lines.append(f"idea: {one_line(row.thought, 2000)}")
     lines += [

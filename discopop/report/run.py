@@ -173,6 +173,17 @@ def learning_rate_of(row: Row) -> float | None:
     return number(row.metrics.get("learning_rate"))
 
 
+def tuned_beta(row: Row) -> float | None:
+    """The beta the row's search chose (``metrics.beta``: only where ``training.beta_grid`` was on), if recorded."""
+    return number(row.metrics.get("beta"))
+
+
+def beta_of(row: Row, run_default: float | None) -> float | None:
+    """The beta the row was scored at: its own where the search chose one, else the run's ``training.beta``."""
+    chosen = tuned_beta(row)
+    return chosen if chosen is not None else run_default
+
+
 def settings_text(beta: float | None, lr: float | None) -> str:
     """``beta 0.5, lr 8e-05`` for a table cell or a header."""
     return f"beta {'n/a' if beta is None else f'{beta:g}'}, lr {'n/a' if lr is None else f'{lr:g}'}"

@@ -19,7 +19,7 @@ from rich.table import Table
 from discopop.archive import Archive, Row, ranked
 from discopop.fitness import stats
 from discopop.report.escape import clean, csv_cell, terminal
-from discopop.report.run import confirmation_of, learning_rate_of, number, run_beta
+from discopop.report.run import beta_of, confirmation_of, learning_rate_of, number, run_beta, tuned_beta
 from discopop.status import Status
 
 __all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_records", "leaderboard_rows", "print_leaderboard"]
@@ -47,7 +47,8 @@ def leaderboard_records(archive: Archive, limit: int = 15) -> list[dict[str, Any
         records.append({
             "rank": rank, "id": r.id, "name": clean(r.name), "proposer": clean(r.proposer), "generation": r.generation,
             "search_mean": seat.mean, "search_seeds": seat.seeds, "bound": seat.lcb,
-            "reward": number(r.metrics.get("reward")), "kl": number(r.metrics.get("kl")), "beta": beta,
+            "reward": number(r.metrics.get("reward")), "kl": number(r.metrics.get("kl")), "beta": beta_of(r, beta),
+            "beta_tuned": tuned_beta(r) is not None,
             "learning_rate": learning_rate_of(r), "fresh_mean": number(conf.get("mean")),
             "fresh_se": number(conf.get("se")), "vs_dpo_verdict": (conf.get("vs_dpo") or {}).get("verdict"),
             "fresh_seeds": fresh, "vs_dpo": vs_dpo, "vs_best_baseline": vs_best,
@@ -148,8 +149,11 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in status_counts(archive).items()))
     if records:
         if not wide:
-            console.print(f"beta {_num(beta, 'g')} for every row (the run's training.beta)")
-        console.print("beta: the run's training.beta; lr: the learning rate each candidate was scored at (pass both "
+            if not any(rec["beta_tuned"] for rec in records):
+                console.print(f"beta {_num(beta, 'g')} for every row (the run's training.beta)")
+        beta_text = ("the beta each candidate's search chose (training.beta_grid)" if any(
+            rec["beta_tuned"] for rec in records) else "the run's training.beta")
+        console.print(f"beta: {beta_text}; lr: the learning rate each candidate was scored at (pass both "
                       "to TRL's DPOConfig: its beta defaults to 0.1)")
         console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank that "
                       "selection and confirmation use")

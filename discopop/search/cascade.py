@@ -10,7 +10,8 @@
    its cut, any other only orders the work;
 5. short DPO fine-tunes + held-out scoring in a sandboxed worker, over the learning-rate protocol
    of ``tuning`` (a screen at one rate, the climb over the grid only for candidates near the best;
-   references climb from the grid's middle, the same search a passing candidate gets);
+   references climb from the grid's middle, the same search a passing candidate gets; with
+   ``training.beta_grid`` the grid points are (rate, beta) pairs, for references and candidates alike);
 6. the seed race of ``seed_race``: extra search seeds at the chosen rate while a row is in
    contention for the top k (references: all of them), archived per seed and summarised in
    ``metrics.race``. The row stays ``proposed`` until its race ends, so a crash re-runs it whole.
@@ -37,7 +38,7 @@ from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import LossRejected, code_hash, static_check
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness.result_store import StoredRuns
-from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
+from discopop.fitness.tuning import LrProtocol, Point, Sweep, split_fitness
 from discopop.search import seed_race
 from discopop.search.fidelity import Fidelity
 from discopop.status import Status
@@ -60,6 +61,7 @@ class Race:
     seeds: list[int]
     values: list[float | None]  # fitness per seed, None where that fine-tune failed
     failed: str | None = None  # the first failed seed's reason: the race stops there (no retries)
+    beta: float | None = None  # the chosen beta (None: the beta axis is off, the run's training.beta)
 
     def add(self, seed: int, fitness: float | None, error: str | None) -> None:
         self.seeds.append(seed)
@@ -85,6 +87,12 @@ def _unit(fingerprint: list[float] | None) -> np.ndarray | None:
     vec = np.asarray(fingerprint, dtype=np.float64)
     norm = float(np.linalg.norm(vec))
     return vec / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def _point(row: Row) -> Point:
+    """The (learning rate, beta) a scored row chose (beta None: it ran at the run's training.beta)."""
+    beta = row.metrics.get("beta")
+    return float(row.metrics["learning_rate"]), None if beta is None else float(beta)
 
 
 def same_behaviour(a: np.ndarray, b: np.ndarray) -> bool:
@@ -226,27 +234,27 @@ class Evaluator:
                                    seconds=self._total(seconds, started, row_id), extra={"checks": checks_of[row_id]})
         return rows
 
-    def _train_jobs(self, row: Row, rates) -> list[Job]:
-        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr) for lr in rates]
+    def _train_jobs(self, row: Row, points: list[Point]) -> list[Job]:
+        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr, beta=beta) for lr, beta in points]
 
-    def _screen_rates(self, row: Row) -> tuple[float, ...]:
-        """The first learning rates a row is trained at: one screen (references: the grid's middle), or the whole
+    def _screen_points(self, row: Row) -> list[Point]:
+        """The first points a row is trained at: one screen (references: the grid's middle), or the whole
         grid for every row when there is no screening rule."""
         protocol = self.protocol
-        if protocol.screen_margin is None or len(protocol.grid) == 1:
-            return protocol.grid
+        if protocol.screen_margin is None or len(protocol.points()) == 1:
+            return protocol.points()
         if row.proposer == "reference":
-            return (protocol.default(),)
+            return [protocol.default_point()]
         parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
-        parent_rates = [p.metrics["learning_rate"] for p in parents if p.metrics.get("learning_rate")]
-        run_rates = [r.metrics["learning_rate"] for r in self.archive.rows("status = ?", (Status.SCORED,))
-                     if r.metrics.get("learning_rate")]
-        return (protocol.screen_rate(parent_rates, run_rates),)
+        parent_points = [_point(p) for p in parents if p.metrics.get("learning_rate")]
+        run_points = [_point(r) for r in self.archive.rows("status = ?", (Status.SCORED,))
+                      if r.metrics.get("learning_rate")]
+        return [protocol.screen_point(parent_points, run_points)]
 
     def _cheap_rate(self, row: Row) -> float:
         """The rate of a row's short stage: its screen rate (the grid's middle when the whole grid is its screen)."""
-        rates = self._screen_rates(row)
-        return rates[0] if len(rates) == 1 else self.protocol.default()
+        points = self._screen_points(row)
+        return points[0][0] if len(points) == 1 else self.protocol.default()
 
     def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> list[JobResult]:
         """One round's results: a reference's fine-tune from the store when it holds it (no executor call),
@@ -285,14 +293,14 @@ class Evaluator:
         sweeps = {row.id: Sweep() for row in rows}
         races: dict[int, Race] = {}
         cached: dict[int, int] = {}  # row id -> its fine-tunes that came from the store
-        pending = {row.id: self._train_jobs(row, self._screen_rates(row)) for row in rows}
-        full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.grid)}
+        pending = {row.id: self._train_jobs(row, self._screen_points(row)) for row in rows}
+        full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.points())}
         screened: set[int] = set()
         by_id = {row.id: row for row in rows}
         while pending:
             jobs = [j for row_jobs in pending.values() for j in row_jobs]
             done = sorted(self._run_round(jobs, by_id),
-                          key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.seed))
+                          key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.beta or 0.0, r.job.seed))
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
                 if result.data.get("cached"):
@@ -301,7 +309,8 @@ class Evaluator:
                     races[row_id].add(job.seed, split_fitness(result.data)[1] if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
                 else:
-                    sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error)
+                    sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error,
+                                       beta=job.beta)
                 sweeps[row_id].evaluations.append(
                     Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
                     Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
@@ -311,7 +320,7 @@ class Evaluator:
             decided, pending = list(pending), {}
             for row_id in decided:
                 sweep, row = sweeps[row_id], by_id[row_id]
-                rates: list[float] = []
+                rates: list[Point] = []
                 if row_id in races:
                     pending[row_id] = self._race_jobs(row, races[row_id], contest)
                 else:
@@ -322,9 +331,9 @@ class Evaluator:
                         if sweep.results and (row.proposer == "reference" or self.protocol.worth_tuning(
                                 split_fitness(sweep.best()[1])[0], best)):
                             sweep.tuned = True
-                            rates = self.protocol.next_rates(sweep)
+                            rates = self.protocol.next_points(sweep)
                     else:
-                        rates = self.protocol.next_rates(sweep)
+                        rates = self.protocol.next_points(sweep)
                     if rates:
                         pending[row_id] = self._train_jobs(row, rates)
                     elif contest is not None and (start := self._race_start(sweep)) is not None:
@@ -337,10 +346,10 @@ class Evaluator:
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
-        best, ranked = sweep.best(), sweep.ranked_fitness()
+        best, ranked = sweep.best_point(), sweep.ranked_fitness()
         if best is None or ranked is None or not math.isfinite(ranked):
             return None
-        return Race(best[0], [self.seed], [ranked])
+        return Race(best[0][0], [self.seed], [ranked], beta=best[0][1])
 
     def _race_contest(self) -> tuple[float, float]:
         """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
@@ -356,7 +365,8 @@ class Evaluator:
         scores = seed_race.SeedScores(tuple(v for v in race.values if v is not None))
         count = seed_race.seeds_wanted(scores, len(race.seeds), row.proposer == "reference", bar, self.race, noise)
         todo = self.race.extra_seeds(self.seed)[len(race.seeds) - 1:][:count]
-        return [Job(row.id, row.code, "train", seed, learning_rate=race.learning_rate) for seed in todo]
+        return [Job(row.id, row.code, "train", seed, learning_rate=race.learning_rate, beta=race.beta)
+                for seed in todo]
 
     @staticmethod
     def _total(seconds, started, row_id) -> dict[str, float]:
@@ -367,7 +377,7 @@ class Evaluator:
     def _record_training(self, row: Row, sweep: Sweep, seconds, started, checks: dict,
                          race: Race | None = None, cached: int = 0) -> Outcome:
         secs = self._total(seconds, started, row.id)
-        summary = sweep.summary(self.protocol.grid)
+        summary = sweep.summary(self.protocol.grid, self.protocol.betas)
         if cached:  # fine-tunes from the result store: their timings are an earlier run's, not this one's
             summary.update(cached=True, cached_runs=cached)
         best = sweep.best()

@@ -3,7 +3,8 @@
 Search fitness is measured on one seed and the search prompts, and the best of many noisy
 measurements is biased upwards (winner's curse). So the top candidates, DPO and the run's
 ``references`` strongest baselines by search fitness are re-trained on the same fresh seeds, each at
-its own learning rate (``metrics["learning_rate"]``, else the config default), and scored on the
+its own learning rate and beta (``metrics["learning_rate"]``, ``metrics["beta"]``, else the config's), and
+scored on the
 ``confirm`` prompts, which the search never saw. The strongest baseline is the confirmed reference
 with the best fresh-seed mean (no failed seed), so a candidate is never held to a baseline that only
 led on the search seeds, where the best references are often within noise of each other. A fresh
@@ -17,7 +18,8 @@ already done, and a failed run stays failed: it makes its comparisons "failed", 
 sample. Results go to ``metrics["confirmation"]`` of each confirmed row:
 
 ``{"seeds", "fitness" (per seed, None where it failed), "mean", "se", "std" (of the per-seed fitness:
-the fresh-seed noise the LLM is told, ``proposers.facts``), "learning_rate", "failed", "vs_dpo",
+the fresh-seed noise the LLM is told, ``proposers.facts``), "learning_rate", ("beta" where the search chose
+one), "failed", "vs_dpo",
 "vs_best"}`` where ``vs_*`` are ``stats.Comparison.as_dict()`` plus ``"text"`` (``vs_best`` is None
 when DPO is the strongest baseline; both are absent on baseline rows).
 """
@@ -84,6 +86,12 @@ def learning_rate(row: Row) -> float | None:
     return float(lr) if lr is not None else None
 
 
+def chosen_beta(row: Row) -> float | None:
+    """The beta the row's search chose (``metrics.beta``, where ``training.beta_grid`` was on; None: the config's)."""
+    beta = row.metrics.get("beta")
+    return float(beta) if beta is not None else None
+
+
 def _latest(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Evaluation]:
     """This row's confirmation runs by seed (the latest where a seed was run twice)."""
     return {e.seed: e for e in archive.evaluations(row_id, split=split)}
@@ -91,13 +99,14 @@ def _latest(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Eval
 
 def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int], split: str = SPLIT,
                  prompts: str | None = None) -> list[Job]:
-    """A confirm-split training job, at the row's own learning rate, for every (row, seed) not yet run.
+    """A confirm-split training job, at the row's own learning rate and beta, for every (row, seed) not yet run.
 
     A stored failure is not retried: re-running until a seed succeeds would select the lucky ones. ``split``:
     where the runs are stored in the archive; ``prompts``: the task's held-out part the job scores (default: the
     same name; a transfer variant's runs are stored apart but score that variant's own confirm prompts).
     """
-    return [Job(r.id, r.code, "train", seed, split=prompts or split, learning_rate=learning_rate(r))
+    return [Job(r.id, r.code, "train", seed, split=prompts or split, learning_rate=learning_rate(r),
+                beta=chosen_beta(r))
             for r in rows for seed in seeds if seed not in _latest(archive, r.id, split)]
 
 
@@ -151,6 +160,8 @@ def arm_scores(archive: Archive, row: Row, seeds: list[int],
             matrix.append(run.per_prompt_fitness())
     summary: dict[str, Any] = {"seeds": seeds, "fitness": fitness, "learning_rate": learning_rate(row),
                                "failed": failed, "mean": None, "se": None, "std": None}
+    if chosen_beta(row) is not None:  # only where the beta axis chose one: without it, the summary is as before
+        summary["beta"] = chosen_beta(row)
     done = [f for f in fitness if f is not None]
     if done:
         summary["mean"] = float(np.mean(done))

@@ -31,7 +31,7 @@ from discopop.proposers import Proposer, ProposerStop, build_proposer
 from discopop.proposers.base import Candidate, HistoryEntry
 from discopop.proposers.gate import admit
 from discopop.proposers.llm.facts import FitnessFacts
-from discopop.proposers.reference import reference_candidate
+from discopop.proposers.reference import reference_candidate, reference_variants
 from discopop.report.display import Display
 from discopop.report.tracking import Tracker
 from discopop.sandbox import Limits
@@ -450,7 +450,12 @@ class Loop:
             done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
             self.display.set_generation("references")
             flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
-            ids = [self._add(reference_candidate(n, flips), 0) for n in self.cfg.baselines if n not in done_refs]
+            if flips is None:  # the diagnostic tier says its preset's rate in the task facts
+                flips = meta.get("label_noise")
+            refs = [reference_candidate(n, flips) for n in self.cfg.baselines]
+            if self.cfg.baseline_constants:  # each declared constant one step down and up, as baselines of their own
+                refs += [v for n in self.cfg.baselines for v in reference_variants(n, flips)]
+            ids = [self._add(c, 0) for c in refs if c.name not in done_refs]
             self._evaluate_ids(evaluator, ids)
             self._say_baselines(store, ids)
             for generation in range(done + 1, generations + 1):

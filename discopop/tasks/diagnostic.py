@@ -249,6 +249,7 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
         reward=None, max_new_tokens=1, score="expected",
         meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
               "eval_contexts": s.eval_contexts, "actions": s.actions,
+              "label_noise": s.label_noise,  # the true flip rate: cDPO and rDPO run at it (search.loop)
               # what the untuned reference (pi_ref) scores on the search contexts: "a useful loss beats it"
               "sft_heldout_reward": float(ref_reward), "best_reward": facts["best_reward"],
               "labels_correct": facts["labels_correct"], "mode_is_best": facts["mode_is_best"]},

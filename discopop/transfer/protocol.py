@@ -302,7 +302,7 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
             matrix, failed = arm_matrix(cell.runs, seeds)
         elif cell.sweep.errors:
             matrix, failed = None, "no learning rate trained: " + "; ".join(
-                f"{lr:g}: {e}" for lr, (_, e) in cell.sweep.errors.items())
+                f"{lr:g}: {e}" for (lr, _), (_, e) in cell.sweep.errors.items())
         else:
             matrix, failed = None, NOT_RUN
         matrices[cell.loss.hash] = matrix

@@ -44,7 +44,7 @@ def _num(x: float | None, digits: int = 6) -> str:
 
 def tried_rates(c: Cell) -> tuple[float, ...]:
     """The learning rates a cell's search ran, scored or failed, in order: the grid it was tuned on."""
-    return tuple(sorted({*c.sweep.results, *c.sweep.errors}))
+    return tuple(c.sweep.rates())
 
 
 def rate_at_edge(c: Cell) -> bool:

@@ -30,6 +30,7 @@ class FitnessFacts:
     noise_candidates: int = 0  # how many confirmed candidates the noise was pooled over
     sft_reward: float | None = None  # held-out reward of the reference (SFT) model before any tuning
     noise_from: str = "fresh seeds"  # "fresh seeds" (confirmation) or "search seeds" (candidates re-scored in search)
+    betas: tuple[float, ...] | None = None  # training.beta x training.beta_grid: the betas each loss is tuned over
     score: str = "greedy"  # task.score: greedy (reward of greedy answers), probability (of the right answer) or
     # expected (task=diagnostic: the exact expected reward)
 
@@ -42,6 +43,9 @@ class FitnessFacts:
         grid = training.lr_grid
         rates = tuple(float(v) for v in grid) if grid else (float(training.learning_rate),)
         epochs = training.epochs
+        multipliers = training.beta_grid
+        betas = None if not multipliers or list(map(float, multipliers)) == [1.0] else tuple(
+            sorted(float(training.beta) * float(m) for m in multipliers))
         variances = []
         for row in rows:
             conf = (getattr(row, "metrics", None) or {}).get("confirmation") or {}
@@ -52,7 +56,7 @@ class FitnessFacts:
         return cls(
             kl_coef=float(cfg.task.kl_coef), beta=float(training.beta), learning_rates=rates, epochs=epochs,
             noise_std=math.sqrt(sum(variances) / len(variances)) if variances else None,
-            noise_candidates=len(variances), sft_reward=float(sft) if sft is not None else None,
+            noise_candidates=len(variances), sft_reward=float(sft) if sft is not None else None, betas=betas,
             score="expected" if getattr(cfg.task, "kind", None) == "diagnostic"
             else str(getattr(cfg.task, "score", None) or "greedy"),
         )
@@ -88,7 +92,10 @@ class FitnessFacts:
                       "expected 0/1 reward")
         return "\n".join([
             f"- fitness = held-out reward of the tuned policy ({reward}) {kl}.",
-            f"- beta = {self.beta:g}: the value passed to your loss as `beta` in training.",
+            f"- beta = {self.beta:g}: the value passed to your loss as `beta` in training." if not self.betas else
+            f"- beta: the value passed to your loss as `beta` in training; like the learning rate it is tuned for "
+            f"every loss, over [{', '.join(f'{b:g}' for b in self.betas)}] (so a constant that only rescales "
+            "beta * rho gains nothing).",
             f"- learning rate: {protocol}.",
             f"- noise level: {noise}.",
             f"- the reference (SFT) model, before any preference training, scores {sft}: a useful loss beats it."
