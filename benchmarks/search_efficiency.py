@@ -10,6 +10,10 @@ into one run per arm, which then goes on with ``discover --resume``: the arms sh
 - ``none``: the control arm, ``proposer.history_mode=none``: random operator chains on the references, no
   feedback (best-of-N sampling of the same operators).
 
+The confirmation also re-trains the finalists and baselines on the run's held-out task variants
+(``confirm.transfer``, e.g. ``clean`` for a ``label_noise`` diagnostic run); each winner's line says whether it
+transfers there, and the summary counts winners that beat the strongest baseline and hold on every variant.
+
 Per run it prints the confirmed winner (the confirmed candidate with the best fresh-seed mean) against the
 strongest baseline (``vs_best``, or ``vs_dpo`` when DPO is the strongest) with the shared confirmation
 statistics (``stats.describe``: delta, CI, verdict, Holm p); the share of trained children that are behaviour
@@ -146,7 +150,12 @@ def winner(archive: Archive, top_k: int) -> dict[str, Any] | None:
     comp = conf.get("vs_best") or conf["vs_dpo"]
     return {"id": top.id, "name": top.name, "mean": conf.get("mean"), "se": conf.get("se"),
             "baseline": comp.get("baseline"), "delta": comp.get("delta"), "verdict": comp.get("verdict"),
-            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp)}
+            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp), "transfer": transfer_words(top)}
+
+
+def transfer_words(row: Any) -> dict[str, str]:
+    """Per held-out variant (``confirm.transfer``): transfers / holds / does not transfer; empty without transfer."""
+    return {variant: str(entry.get("transfers")) for variant, entry in (row.metrics.get("transfer") or {}).items()}
 
 
 def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
@@ -197,6 +206,8 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             pick = res.get("pick")
             if pick and w and pick["id"] != w["id"]:
                 text += f" (the search's pick: {pick['name']}, {pick['text']})"
+            if w and w.get("transfer"):
+                text += "; held out: " + ", ".join(f"{v} {word}" for v, word in w["transfer"].items())
             reached = res.get("generations", generations)
             short = f" (only {reached} generations)" if reached < generations else ""
             print(f"  {arm:<8} seed {seed}{short}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
@@ -211,10 +222,13 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         if len(runs) < len(results[arm]):
             print(f"  {arm:<8} ({len(results[arm]) - len(runs)} shorter run(s) left out of this summary)")
         beats = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS)
+        transfers = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS
+                        and r["winner"].get("transfer") and "does not transfer" not in r["winner"]["transfer"].values())
         near = sum(r["near_copies"] for r in runs)
         total = sum(r["trained_children"] for r in runs)
-        print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs; near-copies of the "
-              f"parent {near}/{total} = {near / max(total, 1):.0%}")
+        print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs (and holds or transfers "
+              f"on every held-out variant in {transfers}); near-copies of the parent {near}/{total} = "
+              f"{near / max(total, 1):.0%}")
         pooled = stats.pooled_over_runs([r["pick"]["delta"] for r in runs if r.get("pick")])
         if pooled:
             print(f"  {'':<8} the search's pick (top LCB) vs the strongest baseline, pooled over runs: {pooled.text()}")
