@@ -14,7 +14,7 @@ from discopop.archive import Row
 from discopop.contract.diagnostics import wrong_way
 from discopop.fitness import stats
 from discopop.report.escape import clean
-from discopop.report.figures import FITNESS_LABEL, GREY, OKABE_ITO, View, new_figure
+from discopop.report.figures import FITNESS_LABEL, GREY, OKABE_ITO, View, legend_beside, new_figure
 from discopop.report.run import (
     EMPTY_NOTE,
     confirmation_of,
@@ -105,12 +105,12 @@ def _confirmation_figure(rows: list[Row]) -> Figure | None:
     ax.set_ylim(-0.7, len(confirmed) - 0.3)
     ax.set_xlabel(f"{FITNESS_LABEL} on fresh seeds: mean ± SE (seeds and prompts)")
     ax.set_title("Fresh-seed confirmation of the top candidates")
-    ax.legend(handles=ax.get_legend_handles_labels()[0] + [
+    legend_beside(ax, handles=ax.get_legend_handles_labels()[0] + [
         Line2D([], [], marker="o", ls="", color=OKABE_ITO["green"], label="beats DPO (paired, Holm-corrected)"),
         Line2D([], [], marker="o", ls="", color=OKABE_ITO["blue"], label="within noise / below / baseline"),
         Line2D([], [], marker="o", ls="", color=OKABE_ITO["vermillion"], label="confirmation failed"),
         Line2D([], [], marker="o", ls="", color=GREY, markersize=4, label="fitness on one fresh seed"),
-    ], loc="best", fontsize=8)
+    ])
     return fig
 
 

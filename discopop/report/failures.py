@@ -6,13 +6,14 @@ import re
 import textwrap
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 import discopop.report.escape as escape
 from discopop.archive import Row
-from discopop.report.figures import GREY, OKABE_ITO, STATUS_COLOURS, View, new_figure
+from discopop.report.figures import GREY, OKABE_ITO, STATUS_COLOURS, View, legend_beside, new_figure
 from discopop.report.run import EMPTY_NOTE, seconds_of
 from discopop.status import FAILED_STATUSES, Status
 
@@ -63,8 +64,7 @@ def failures_view(rows: list[Row]) -> View:
     ax_stage.set_ylabel("candidates")
     ax_stage.set_title(f"Failures by stage ({len(failed)} of {len(rows)} candidates)")
     ax_stage.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_stage.set_ylim(0, max(bottom) * 1.35)  # headroom for the legend
-    ax_stage.legend(title="status", fontsize=8, loc="upper right")
+    legend_beside(ax_stage, title="status")
     reasons = Counter((failure_reason(r), r.status) for r in failed).most_common(10)
     labels = ["\n".join(textwrap.wrap(textwrap.shorten(escape.plot_text(reason), 90, placeholder=" …"), 48))
               for (reason, _), _ in reasons]
@@ -79,27 +79,52 @@ def failures_view(rows: list[Row]) -> View:
     return view
 
 
-def _stage_seconds(row: Row) -> dict[str, float]:
-    """Per-stage seconds, with the unaccounted part of ``total`` as ``other``."""
+# ``metrics.seconds`` keys that are not parts of their own: ``runs`` counts fine-tunes; ``overhead`` is ``total`` less
+# ``steps`` and ``score`` (so it holds ``check`` too); ``total`` is the row's wall time, spanning all the others.
+_NOT_PARTS = ("runs", "overhead", "total")
+TRAIN_REST = "train (rest)"
+
+
+def stage_parts(row: Row) -> dict[str, float]:
+    """The row's compute in parts that do not overlap, so that stacking them adds up to what it used.
+
+    The cascade's ``train`` is each fine-tune job's whole time summed over its jobs, with the job's optimisation
+    ``steps`` and its ``score`` inside it: those two are shown as parts of their own and ``train`` as the rest
+    (model load, generation set-up). Cheap-stage keys (``fidelity``'s stages) and ``check`` are parts as they
+    are. ``total`` is kept only where nothing else was timed (``unattributed``).
+    """
     secs = seconds_of(row)
-    total = secs.pop("total", None)
-    if total is not None and total - sum(secs.values()) > 0.01:
-        secs["other"] = total - sum(secs.values())
-    elif total is not None and not secs:
-        secs["other"] = total
-    return secs
+    parts = {k: v for k, v in secs.items() if k not in _NOT_PARTS and k not in ("train", "steps", "score")}
+    train, steps, score = secs.get("train"), secs.get("steps"), secs.get("score")
+    if steps is not None:  # the cascade's record: steps and score ran inside train's jobs
+        parts["steps"] = steps
+        if score is not None:
+            parts["score"] = score
+        if train is not None and train - steps - (score or 0.0) > 0.01:
+            parts[TRAIN_REST] = train - steps - (score or 0.0)
+    else:  # no step timing (a fine-tune that failed, an older archive): train and score as recorded
+        if train is not None:
+            parts[TRAIN_REST] = train
+        if score is not None:
+            parts["score"] = score
+    if not parts and secs.get("total") is not None:
+        parts["unattributed"] = secs["total"]
+    return {k: v for k, v in parts.items() if v > 0}
 
 
 def timing_view(rows: list[Row]) -> View:
-    about = ("Where the compute went: seconds per stage summed over candidates, split by how each candidate ended "
-             "(left; time spent on failures is wasted), and the per-candidate distribution of each stage (right).")
+    about = ("Where the compute went: seconds per part summed over candidates and their jobs, split by how each "
+             "candidate ended (left; time spent on failures is wasted), and the per-candidate distribution of each "
+             "part (right). The parts do not overlap: a fine-tune's optimisation steps and its scoring are shown "
+             "apart from the rest of its job. Jobs run side by side on the workers, so the sum is worker time and "
+             "can exceed the run's wall time.")
     view = View("timing", "Time per stage", about)
-    timed = [(r, _stage_seconds(r)) for r in rows]
+    timed = [(r, stage_parts(r)) for r in rows]
     timed = [(r, s) for r, s in timed if s]
     if not timed:
         view.note = EMPTY_NOTE if not rows else "No candidate recorded stage timings."
         return view
-    stages = _ordered((k for _, s in timed for k in s), ["check", "train", "score", "other"])
+    stages = _ordered((k for _, s in timed for k in s), ["check", "steps", "score", TRAIN_REST, "unattributed"])
     palette = [OKABE_ITO[k] for k in ("sky", "orange", "green", "blue", "purple", "yellow")]
     colours = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
     statuses = [s for s in (Status.SCORED, *FAILED_STATUSES, Status.PROPOSED) if any(r.status == s for r, _ in timed)]
@@ -111,10 +136,9 @@ def timing_view(rows: list[Row]) -> View:
         ax_sum.bar(statuses, totals, bottom=bottom, color=colours.get(stage, GREY), label=stage)
         bottom += totals
     ax_sum.set_xlabel("outcome of the candidate")
-    ax_sum.set_ylabel("seconds (summed over candidates)")
-    ax_sum.set_title(f"Total time by outcome ({sum(bottom) / 60:.1f} min in all)")
-    ax_sum.set_ylim(0, max(bottom) * 1.3)  # headroom for the legend
-    ax_sum.legend(title="stage", fontsize=8, loc="upper right")
+    ax_sum.set_ylabel("worker seconds (summed over candidates and jobs)")
+    ax_sum.set_title(f"Worker time by outcome ({sum(bottom) / 60:.1f} min summed over jobs)")
+    legend_beside(ax_sum, title="part")
     data = [[s[st] for _, s in timed if st in s] for st in stages]
     box = ax_box.boxplot(data, patch_artist=True, widths=0.5, medianprops={"color": OKABE_ITO["black"]})
     ax_box.set_xticks(range(1, len(stages) + 1), stages)
@@ -124,11 +148,28 @@ def timing_view(rows: list[Row]) -> View:
     positive = [v for d in data for v in d if v > 0]
     if positive and max(positive) / min(positive) > 50:
         ax_box.set_yscale("log")
-    ax_box.set_xlabel("stage")
+    ax_box.set_xlabel("part")
     ax_box.set_ylabel("seconds per candidate")
-    ax_box.set_title(f"Per-candidate time by stage (timed candidates: {len(timed)})")
+    ax_box.set_title(f"Per-candidate time by part (timed candidates: {len(timed)})")
     ax_box.grid(alpha=0.3, axis="y")
     view.figure = fig
     wasted = sum(sum(s.values()) for r, s in timed if r.status in FAILED_STATUSES)
     view.captions.append(f"{wasted:.1f} s of {sum(bottom):.1f} s went to candidates that failed.")
+    wall = wall_seconds(rows)
+    if wall is not None:
+        view.captions.append(f"The run's wall time, first proposal to last finish: {wall / 60:.1f} min (worker time "
+                             f"{sum(bottom) / 60:.1f} min: jobs ran side by side).")
     return view
+
+
+def wall_seconds(rows: list[Row]) -> float | None:
+    """Seconds from the first row's creation to the last row's finish (archived timestamps), if readable."""
+    try:
+        start = min(datetime.fromisoformat(r.created_at) for r in rows)
+        ends = [datetime.fromisoformat(r.finished_at) for r in rows if r.finished_at]
+    except (TypeError, ValueError):
+        return None
+    try:
+        return (max(ends) - start).total_seconds() if ends else None
+    except TypeError:  # naive and aware stamps mixed: no honest difference
+        return None

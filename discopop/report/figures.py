@@ -87,3 +87,13 @@ def generation_ticks(ax, gens: list[int]) -> None:
         ax.set_xticks(range(lo, hi + 1))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def legend_beside(ax, **kwargs):
+    """The axes' legend outside it, to the right (constrained layout makes room), so it never covers data.
+
+    A legend inside the axes ("best", a corner, headroom added to the y limits) covers points whenever the
+    data reaches every corner, which a run's numbers decide and no fixed placement can rule out.
+    """
+    kwargs.setdefault("fontsize", 8)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)

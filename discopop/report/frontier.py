@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import discopop.report.escape as escape
 from discopop.archive import Row
-from discopop.report.figures import OKABE_ITO, SERIES_COLOURS, View, new_figure
+from discopop.report.figures import OKABE_ITO, SERIES_COLOURS, View, legend_beside, new_figure
 from discopop.report.run import EMPTY_NOTE, number, row_label, scored
 
 TOP_FRONTIERS = 5  # evolved losses drawn beside every baseline: more lines stop being readable
@@ -91,7 +91,7 @@ def frontier_view(rows: list[Row]) -> View:
     ax.set_ylabel("held-out reward (the fitness's score)")
     ax.set_title("Reward against KL over each loss's learning rates")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend_beside(ax)
     ax.margins(0.1)
     view.figure = fig
     return view

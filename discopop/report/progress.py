@@ -18,6 +18,7 @@ from discopop.report.figures import (
     SERIES_COLOURS,
     View,
     generation_ticks,
+    legend_beside,
     new_figure,
 )
 from discopop.report.run import EMPTY_NOTE, baseline, number, row_label, scored, winner
@@ -128,7 +129,7 @@ def reward_kl_view(rows: list[Row]) -> View:
     ax.set_ylabel("held-out reward")
     ax.set_title("Reward against KL for scored candidates")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend_beside(ax)
     ax.margins(0.12)
     view.figure = fig
     return view

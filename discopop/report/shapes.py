@@ -14,7 +14,7 @@ from discopop.archive import Row
 from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import load_loss
 from discopop.proposers.reference import reference_candidate
-from discopop.report.figures import BASELINE_STYLE, GREY, SERIES_COLOURS, View, new_figure
+from discopop.report.figures import BASELINE_STYLE, GREY, SERIES_COLOURS, View, legend_beside, new_figure
 from discopop.report.run import EMPTY_NOTE, diagnostics_of, row_label, scored
 
 TOP_SHAPES = 3  # evolved candidates drawn next to DPO and LRML
@@ -127,7 +127,7 @@ def loss_shapes_view(rows: list[Row], top: int = TOP_SHAPES) -> View:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8, loc="upper right")
+    legend_beside(ax_loss)
     view.figure = fig
     return view
 
