@@ -95,7 +95,7 @@ def test_headline_quotes_the_ranking_number_and_the_reference_ahead(close_run: P
 
 def test_headline_without_a_reference_ahead(close_run: Path) -> None:
     arch = Archive(close_run / ARCHIVE_NAME)
-    _row(arch, "margin", MIXED.replace("0.5", "0.6"), 2, 0.99, [0.99, 0.995])
+    _row(arch, "margin", MIXED.replace("0.5", "0.6"), 2, 0.996, [0.99, 0.996])
     arch.close()
     text = summary(load_rows(close_run))
     assert "#4 margin" in text and "0.993" in text and "ahead" not in text

@@ -140,15 +140,43 @@ def row_label(row: Row, width: int = 28) -> str:
     return f"#{row.id} {one_line(clean(row.name), width)}"
 
 
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``11th``..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def search_text(row: Row) -> str:
+    """The number the ranking orders by, as the leaderboard shows it: the search mean over the row's seeds.
+
+    Never the row's ``fitness`` alone: that is one seed's best grid point, biased upwards by the choice.
+    """
+    scores = row.seed_scores()
+    if scores is None:
+        return f"fitness {fmt(row.fitness)}"
+    return f"search mean {fmt(scores.mean)} over {scores.n} seed{'s' if scores.n != 1 else ''}"
+
+
 def summary(rows: list[Row]) -> str:
-    """One line: how many candidates, their fates, the generations, the winner."""
+    """One line: how many candidates, their fates, the generations, the winner with its rank and the number
+    that ranks it, and the reference ranked first where one is ahead of it."""
     if not rows:
         return EMPTY_NOTE
     counts = Counter(r.status for r in rows)
     fates = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     gens = sorted({r.generation for r in rows})
     best = winner(rows)
-    best_text = f"best discovered: {row_label(best, 40)} (fitness {fmt(best.fitness)})" if best else "nothing scored"
+    if best is None:
+        best_text = "nothing scored"
+    else:
+        ranking = scored(rows)
+        rank = [r.id for r in ranking].index(best.id) + 1
+        kind = "best discovered" if best.proposer != "reference" else "nothing discovered was scored; best reference"
+        best_text = f"{kind}: {row_label(best, 40)} ({search_text(best)}, ranked {ordinal(rank)})"
+        if rank > 1:  # the winner is the first evolved row, so every row ranked above it is a reference
+            first = ranking[0]
+            more = f" and {rank - 2} more" if rank > 2 else ""
+            best_text += f"; a reference ranks ahead of it: {row_label(first, 40)} ({search_text(first)}){more}"
     return f"{len(rows)} candidates ({fates}) over generations {gens[0]}–{gens[-1]}; {best_text}."
 
 
