@@ -182,3 +182,79 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_report_still_renders(close_run: Path) -> None:
     assert "0.975" in report.write_report(close_run).read_text(encoding="utf-8")
+
+
+# --- wandb --------------------------------------------------------------------------------------------------
+
+
+def _offline(run_dir: Path):
+    from discopop.report.tracking import Tracker
+
+    return Tracker({"mode": "offline", "project": "discopop-test"}, run_dir, {"training": {"beta": 0.5}})
+
+
+def test_wandb_keeps_one_run_per_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first, twin = tmp_path / "a" / "run", tmp_path / "b" / "run"  # two directories with the same name
+    ids = []
+    for run_dir in (first, first, twin):  # a run, its --resume, another run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracker = _offline(run_dir)
+        ids.append(tracker.run.id)
+        tracker.finish()
+    assert ids[0] == ids[1] != ids[2]
+    folders = sorted(p.name for p in (first / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(f.endswith(f"-{ids[0]}") for f in folders)  # both sync into one run
+
+
+def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    import json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = _offline(run_dir)
+    tracker.log_results(load_rows(run_dir))
+    tracker.finish()
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in (folder / "files").rglob("*.table.json")}
+    conf = tables["confirmation"]
+    assert [r[2] for r in conf["data"]] == ["mixed_exp", "lrml", "dpo"]  # the confirmed rows, in rank order
+    assert conf["columns"][5] == "fresh mean" and all(0.4 < r[5] < 0.7 and r[7] == 3 for r in conf["data"])
+    assert "beats" in conf["data"][0][8] and conf["data"][2][8] == "baseline"
+    assert tables["winner"]["data"][0][1] == "mixed_exp" and "torch.exp(-x)" in tables["winner"]["data"][0][2]
+    logged = next(folder.glob("*.wandb")).read_bytes()
+    assert b"winner/code" in logged and b"winner/search_mean" in logged  # in the run's summary too
+
+
+def test_logged_code_and_names_are_cleaned(run_dir: Path) -> None:
+    from discopop.report.tracking import winner_summary
+
+    rows = load_rows(run_dir)
+    best = next(r for r in rows if r.name == "mixed_exp")
+    best.name, best.code = "evil\x1b]0;title\x07", best.code + "# \x1b[2J\u202e\n"
+    found = winner_summary(rows, 0.5)
+    assert "\x1b" not in found["winner/name"] + found["winner/code"] and "\u202e" not in found["winner/code"]
+    assert found["winner/code"].count("\n") == best.code.count("\n") and found["winner/beta"] == 0.5
+
+
+def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop hands the tracker every archived row once the run (and its confirmation) is done."""
+    from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate
+    from test_loop import REFS, config, display
+
+    from discopop.config.compose import compose
+    from discopop.report.tracking import Tracker
+    from discopop.search.loop import Loop
+
+    logged: list[list[Row]] = []
+    monkeypatch.setattr(Tracker, "log_results", lambda self, rows: logged.append(rows))
+    cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
+    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, display(),
+                proposer=ScriptedProposer({1: [candidate("a")]}),
+                executor=ScriptedExecutor({**REFS, "a": Script(fitness=0.7)}), task_meta={"pairs": 64})
+    try:
+        loop.run(1)
+    finally:
+        loop.archive.close()
+    assert len(logged) == 1 and sorted(r.name for r in logged[0]) == ["a", "dpo", "lrml"]

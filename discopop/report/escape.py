@@ -81,3 +81,10 @@ def plain_text_figures() -> Iterator[None]:
     """Texts created (or drawn lazily, like new ticks) inside this block are never mathtext."""
     with mpl.rc_context({"text.parse_math": False}):
         yield
+
+
+def code_text(text: object) -> str:
+    """For source code shown or logged as text (wandb): line breaks and tabs kept, every other control, format
+    and separator character removed (an ESC could rewrite a terminal that prints the log)."""
+    lines = str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join("\t".join(clean(part) for part in line.split("\t")) for line in lines)

@@ -476,6 +476,7 @@ class Loop:
                 confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references,
                         store=store, split=conf.split)
                 self._confirm_transfer()
+            self.tracker.log_results(self.archive.rows())  # the confirmation table and the winner's code
         except ProposerStop as stop:
             stopped = str(stop)
             # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
