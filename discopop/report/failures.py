@@ -157,9 +157,13 @@ def timing_view(rows: list[Row]) -> View:
     view.captions.append(f"{wasted:.1f} s of {sum(bottom):.1f} s went to candidates that failed.")
     wall = wall_seconds(rows)
     if wall is not None:
-        view.captions.append(f"The run's wall time, first proposal to last finish: {wall / 60:.1f} min (worker time "
-                             f"{sum(bottom) / 60:.1f} min: jobs ran side by side).")
+        view.captions.append(f"The run's wall time, first proposal to last finish: {_minutes(wall)} (worker time "
+                             f"{_minutes(sum(bottom))}: jobs ran side by side).")
     return view
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def wall_seconds(rows: list[Row]) -> float | None:
