@@ -93,6 +93,10 @@ class RequestRejected(ChatError):
     """Any other refusal (HTTP 400/422 ...): the request itself is wrong."""
 
 
+class MalformedReply(ChatError):
+    """HTTP 200 whose body is not a chat completion (HTML, truncated JSON): this answer is lost, the run is not."""
+
+
 @dataclass
 class ChatReply:
     """An answered request. ``text`` is None when the server returned no choices."""
@@ -185,6 +189,9 @@ class ChatClient:
             problem: ChatError | None = None  # raised after the except block, so no server text rides along
             try:
                 response = self._create(kwargs)
+            except ValueError as err:  # a 200 whose body is not JSON: the client's decoder raises JSONDecodeError
+                problem = MalformedReply(f"the answer from {self.where} is not a chat completion "
+                                         f"({type(err).__name__})", retries, failed + 1)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 problem = AuthError(f"{self.where} refused the API key from ${self.api_key_env} "
                                     f"(HTTP {err.status_code}); check the key and its permissions", retries, failed + 1)
@@ -231,12 +238,14 @@ class ChatClient:
 
     def _reply(self, response: Any, retries: int, failed: int, asked_json: bool, json_rejected: bool) -> ChatReply:
         usage = getattr(response, "usage", None)
-        choices = getattr(response, "choices", None) or []
+        choices = getattr(response, "choices", None)
         text = finish = None
-        if choices:
+        if isinstance(choices, list) and choices:  # a lying server's fields may be of any type: never trust them
             choice = choices[0]
-            text = (choice.message.content if choice.message is not None else None) or ""
-            finish = choice.finish_reason
+            content = getattr(getattr(choice, "message", None), "content", None)
+            text = content if isinstance(content, str) else ""
+            finish = getattr(choice, "finish_reason", None)
+            finish = finish if isinstance(finish, str) else None
         return ChatReply(text=text, finish_reason=finish,
                          prompt_tokens=sane_tokens(getattr(usage, "prompt_tokens", None), "prompt_tokens"),
                          completion_tokens=sane_tokens(getattr(usage, "completion_tokens", None), "completion_tokens"),
