@@ -9,7 +9,8 @@ Network policy lives here so every caller (the LLM proposer, an LLM judge) gets 
 - typed errors, each with a one-line message: :class:`AuthError`, :class:`QuotaError`,
   :class:`ModelNotFoundError`, :class:`MissingKeyError` (all :class:`ChatStop`: the endpoint
   cannot be used at all), :class:`ContextLengthError`, :class:`TransientError` (retries spent),
-  :class:`RequestRejected` (any other refusal);
+  :class:`RequestRejected` (any other refusal), :class:`MalformedReply` (an HTTP 200 that is not a chat
+  completion); fields of a reply with the wrong type (``choices`` a string, ``content`` a number) read as absent;
 - an overall deadline per request: ``timeout`` bounds the whole request, not each socket read
   (``deadline.call_within``), so a server that drips one byte a second cannot hold it;
 - usage counts believed only within [0, ``metering.MAX_TOKENS_PER_REQUEST``], else charged as that max;
