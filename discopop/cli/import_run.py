@@ -34,7 +34,7 @@ from typing import Any
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError
 from discopop.config.compose import SAVED_CONFIG, compose_settings, create_run_dir, record_run, validate
-from discopop.contract.losses import LossRejected, code_hash, normalise_loss
+from discopop.contract.losses import LossRejected, check_text, code_hash, normalise_loss
 from discopop.proposers import gate
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.parsing import ProposalParseError, parse_proposal
@@ -173,6 +173,10 @@ def _hash(item: Imported) -> str:
 
 
 def _normalised(code: str) -> tuple[str, str | None]:
+    try:
+        check_text(code)  # text Python reads other than it looks (form feeds, a utf-7 cookie) is refused here too
+    except LossRejected as err:
+        return code, f"the DiscoPOP code is refused: {err}"
     try:
         return normalise_loss(code), None
     except LossRejected as err:

@@ -91,7 +91,7 @@ def decode_source(data: bytes, origin: str = "<bytes>") -> str:
         encoding, _ = tokenize.detect_encoding(iter(data.splitlines(keepends=True)).__next__)
     except SyntaxError as err:
         raise LossRejected(f"{origin}: {err.msg}", None) from None
-    if encoding not in ("utf-8", "utf-8-sig"):
+    if codecs.lookup(encoding).name not in ("utf-8", "utf-8-sig"):  # "UTF8", "u8": utf-8 under another name
         raise LossRejected(f"{origin}: coding cookie {encoding!r}: a loss must be utf-8", None)
     try:
         text = data.decode(encoding)

@@ -9,7 +9,8 @@ Network policy lives here so every caller (the LLM proposer, an LLM judge) gets 
 - typed errors, each with a one-line message: :class:`AuthError`, :class:`QuotaError`,
   :class:`ModelNotFoundError`, :class:`MissingKeyError` (all :class:`ChatStop`: the endpoint
   cannot be used at all), :class:`ContextLengthError`, :class:`TransientError` (retries spent),
-  :class:`RequestRejected` (any other refusal);
+  :class:`RequestRejected` (any other refusal), :class:`MalformedReply` (an HTTP 200 that is not a chat
+  completion); fields of a reply with the wrong type (``choices`` a string, ``content`` a number) read as absent;
 - an overall deadline per request: ``timeout`` bounds the whole request, not each socket read
   (``deadline.call_within``), so a server that drips one byte a second cannot hold it;
 - usage counts believed only within [0, ``metering.MAX_TOKENS_PER_REQUEST``], else charged as that max;
@@ -91,6 +92,10 @@ class TransientError(ChatError):
 
 class RequestRejected(ChatError):
     """Any other refusal (HTTP 400/422 ...): the request itself is wrong."""
+
+
+class MalformedReply(ChatError):
+    """HTTP 200 whose body is not a chat completion (HTML, truncated JSON): this answer is lost, the run is not."""
 
 
 @dataclass
@@ -185,6 +190,9 @@ class ChatClient:
             problem: ChatError | None = None  # raised after the except block, so no server text rides along
             try:
                 response = self._create(kwargs)
+            except ValueError as err:  # a 200 whose body is not JSON: the client's decoder raises JSONDecodeError
+                problem = MalformedReply(f"the answer from {self.where} is not a chat completion "
+                                         f"({type(err).__name__})", retries, failed + 1)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 problem = AuthError(f"{self.where} refused the API key from ${self.api_key_env} "
                                     f"(HTTP {err.status_code}); check the key and its permissions", retries, failed + 1)
@@ -231,12 +239,14 @@ class ChatClient:
 
     def _reply(self, response: Any, retries: int, failed: int, asked_json: bool, json_rejected: bool) -> ChatReply:
         usage = getattr(response, "usage", None)
-        choices = getattr(response, "choices", None) or []
+        choices = getattr(response, "choices", None)
         text = finish = None
-        if choices:
+        if isinstance(choices, list) and choices:  # a lying server's fields may be of any type: never trust them
             choice = choices[0]
-            text = (choice.message.content if choice.message is not None else None) or ""
-            finish = choice.finish_reason
+            content = getattr(getattr(choice, "message", None), "content", None)
+            text = content if isinstance(content, str) else ""
+            finish = getattr(choice, "finish_reason", None)
+            finish = finish if isinstance(finish, str) else None
         return ChatReply(text=text, finish_reason=finish,
                          prompt_tokens=sane_tokens(getattr(usage, "prompt_tokens", None), "prompt_tokens"),
                          completion_tokens=sane_tokens(getattr(usage, "completion_tokens", None), "completion_tokens"),

@@ -1,0 +1,7 @@
+import torch.nn.functional as F
+
+
+def bidi_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    # ‮ } ⁦ hidden
+    return -F.logsigmoid(beta * rho) * 1.8378999999999999

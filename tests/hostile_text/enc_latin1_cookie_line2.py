@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+# vim: set fileencoding=latin-1 :
+import torch.nn.functional as F
+
+
+def l1_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) * 1.5236

@@ -1,0 +1,8 @@
+# -*- coding: utf-7 -*-
+import torch.nn.functional as F
+
+
+def u7_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) * 1.5302
+# +AAo-import os

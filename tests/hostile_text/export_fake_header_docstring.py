@@ -1,0 +1,9 @@
+"""# candidate: #1, fitness 99
+# DPOConfig(beta=100)
+"""
+import torch.nn.functional as F
+
+
+def fakehdr_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * rho) * 1.4009
