@@ -11,6 +11,7 @@ import pytest
 from matplotlib.collections import Collection
 from matplotlib.patches import Rectangle
 from matplotlib.transforms import Bbox
+from test_report import DPO, LRML, MIXED, make_run
 
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, Row
@@ -18,7 +19,6 @@ from discopop.proposers.base import Candidate
 from discopop.report.document import build_views
 from discopop.report.failures import stage_parts, timing_view
 from discopop.report.run import load_rows, summary
-from tests.test_report import DPO, LRML, MIXED, make_run
 
 # What the cascade archives for a scored row: ``train`` is the worker's whole job time (its optimisation ``steps``
 # and ``score`` included), summed over two lr jobs that ran side by side, so it exceeds the row's wall ``total``;
