@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from transformers.trainer_callback import TrainerState
 from trl import DPOConfig, DPOTrainer
 
+from discopop.config.references import PROPOSALS_DIR, available
 from discopop.contract.losses import load_loss
 
 # Batch keys TRL's collator adds that are not model inputs (mirrors DPOTrainer._compute_loss).
@@ -69,17 +71,31 @@ def use_torch_log_softmax_kernels() -> None:
 
 
 def resolve_loss(loss_fn: LossFn | str | Path) -> LossFn:
-    """Accept a callable, a loss file path, or loss source text."""
+    """Accept a callable, a reference loss by name (``"lrml"``: ``discopop/proposals/lrml.py``), a loss file path
+    (``"lrml.py"`` is the user's own file, not the reference), or loss source text."""
     if callable(loss_fn):
         return loss_fn
+    if isinstance(loss_fn, str) and loss_fn in available():
+        return load_loss(PROPOSALS_DIR / f"{loss_fn}.py")
     return load_loss(loss_fn)
+
+
+def _ignored_loss_type(config: DPOConfig) -> str | None:
+    """Why ``config``'s loss selection will be ignored, or None if it is TRL's default (plain sigmoid)."""
+    loss_type = getattr(config, "loss_type", "sigmoid")
+    weights = getattr(config, "loss_weights", None)
+    if loss_type in ("sigmoid", ["sigmoid"], ("sigmoid",), None) and weights is None:
+        return None
+    return (f"DPOConfig.loss_type={loss_type!r}" + (f", loss_weights={weights!r}" if weights is not None else "")
+            + " is ignored: DiscoveredLossDPOTrainer trains with loss_fn alone")
 
 
 class DiscoveredLossDPOTrainer(DPOTrainer):
     """``DPOTrainer`` whose per-example loss is ``loss_fn(policy_chosen_logps, policy_rejected_logps,
     reference_chosen_logps, reference_rejected_logps, beta)``; all other arguments are DPOTrainer's.
 
-    ``args.loss_type`` is ignored (the loss is ``loss_fn``); TRL's usual metrics
+    ``args.loss_type`` (and ``loss_weights``) is ignored, with a warning (the loss is ``loss_fn``: a callable, a loss
+    file or source, or a reference name such as ``"lrml"``); TRL's usual metrics
     (``rewards/*``, ``logps/*``, and ``aux_loss`` for MoE models) are logged as usual. ``peft_config``,
     ``ref_model`` and ``precompute_ref_log_probs`` behave as in ``DPOTrainer``.
     """
@@ -94,6 +110,9 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
                         f"DPOConfig.{name}={getattr(config, name)!r} is not supported with a discovered loss "
                         f"(allowed: {neutral!r}); express it inside loss_fn instead"
                     )
+            ignored = _ignored_loss_type(config)
+            if ignored:  # a user who set loss_type expects it to act: say it does not
+                warnings.warn(ignored, UserWarning, stacklevel=2)
         self.loss_fn = resolve_loss(loss_fn)
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         # Per-example scaled margins beta*rho of every training step of the last train(): where on its

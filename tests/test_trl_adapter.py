@@ -100,3 +100,33 @@ def test_unsupported_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ld_alpha"):
         DiscoveredLossDPOTrainer(model=GPT2LMHeadModel.from_pretrained(tmp_path / "model"), args=args,
                                  train_dataset=data, processing_class=tok, loss_fn=str(PROPOSALS / "dpo.py"))
+
+
+def test_a_reference_name_loads_the_shipped_loss_and_a_path_loads_the_users_file(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from discopop.trl import resolve_loss
+
+    shipped = resolve_loss("lrml")
+    assert shipped.__name__ == "lrml" and "TAU" in shipped.discopop_source
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lrml.py").write_text((PROPOSALS / "dpo.py").read_text())
+    assert resolve_loss("lrml.py").__name__ == "dpo"  # a path: the user's own file, even if it is called lrml.py
+
+
+def test_a_loss_type_the_trainer_ignores_is_warned_about(tmp_path: Path) -> None:
+    tok, data = tiny_setup(tmp_path)
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "model")
+
+    def make(loss_type: str) -> None:
+        args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1,
+                         report_to=[], save_strategy="no", use_cpu=True, loss_type=loss_type, disable_tqdm=True)
+        DiscoveredLossDPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, loss_fn="dpo")
+
+    with pytest.warns(UserWarning, match=r"loss_type=\['ipo'\] is ignored"):
+        make("ipo")
+    import warnings  # lazy: only this test checks that the default stays silent
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        make("sigmoid")
+    assert not [w for w in seen if "is ignored" in str(w.message)]
