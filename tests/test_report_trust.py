@@ -205,7 +205,8 @@ def test_wandb_keeps_one_run_per_run_directory(tmp_path: Path, monkeypatch: pyte
         tracker.finish()
     assert ids[0] == ids[1] != ids[2]
     folders = sorted(p.name for p in (first / "wandb").glob("offline-run-*"))
-    assert len(folders) == 2 and all(f.endswith(f"-{ids[0]}") for f in folders)  # both sync into one run
+    # both sync into one run (wandb adds "-1" to a folder name when two starts fall in the same second)
+    assert len(folders) == 2 and all(f"-{ids[0]}" in f for f in folders)
 
 
 def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, monkeypatch) -> None:
