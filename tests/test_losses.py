@@ -37,7 +37,8 @@ def body(line: str, header: str = "import torch") -> str:
         (body("policy_chosen_logps.add_(1)"), "in-place method 'add_'"),
         (body("x = '{0.__class__}'"), "string literals are only allowed as docstrings"),
         (body("while True: pass"), "statement 'While' is not allowed"),
-        (body("import math"), "imports are only allowed at the top"),
+        (body("import subprocess"), "import of 'subprocess' is not allowed"),  # moved to the top, then refused
+        (body("if beta > 0:\n        from os import system"), "'from os import system' is not allowed"),
         ("import torch\nprint('side effect')\n" + body("x=1"), "top-level 'Expr' is not allowed"),
         (GOOD + GOOD.replace("def good", "def other").split("\n", 2)[2], "expected exactly one public function"),
         ("import torch\n\ndef f(a, b):\n    return a\n", "signature of 'f' must be"),

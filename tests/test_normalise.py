@@ -146,3 +146,59 @@ def test_method_form_without_imports_gets_torch_and_f_as_the_trainer_had_them() 
     assert torch.allclose(load_loss(bare)(*inputs(), 0.1), load_loss(PAPER / "lrml.py")(*inputs(), 0.1))
     contract_without_imports = "def f(a, b, c, d, beta):\n    return -F.logsigmoid(beta * (a - b - c + d))\n"
     assert normalise_loss(contract_without_imports) == contract_without_imports  # only the method form is completed
+
+
+def plain_function_form(contract_source: str) -> str:
+    """A contract-form loss with its imports moved into the loss function's body (how four of the DiscoPOP
+    paper's losses are written as plain functions); module constants and helpers stay where they are."""
+    tree = ast.parse(contract_source)
+    name = static_check(contract_source).function_name
+    imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    [fn] = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == name]
+    fn.body = [*imports, *fn.body]
+    rest = [s for s in tree.body if s not in imports]
+    return ast.unparse(ast.fix_missing_locations(ast.Module(body=rest, type_ignores=[]))) + "\n"
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("*.py")), ids=lambda p: p.stem)
+def test_paper_losses_as_plain_functions_importing_in_the_body_are_accepted(path: Path) -> None:
+    source = plain_function_form(path.read_text())
+    assert not any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in ast.parse(source).body)
+    text = normalise_loss(source)
+    in_bodies = [n for f in ast.parse(text).body if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+                 if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert in_bodies == [], "the body imports stayed in the body"
+    plain, contract = load_loss(source), load_loss(path)
+    for beta in (0.05, 0.5):
+        assert torch.allclose(plain(*inputs(), beta), contract(*inputs(), beta), equal_nan=True)
+    assert code_hash(source) == code_hash(text)
+
+
+def test_a_helper_importing_inside_a_branch_is_normalised_too() -> None:
+    source = (
+        "def _margin(a, b, c, d):\n    if True:\n        import torch\n    return torch.sub(a - b, c - d)\n\n"
+        "def f(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
+        "    import torch.nn.functional as F\n    import torch\n"
+        "    return -F.logsigmoid(beta * _margin(policy_chosen_logps, policy_rejected_logps,\n"
+        "                                        reference_chosen_logps, reference_rejected_logps))\n"
+    )
+    text = normalise_loss(source)
+    assert text.count("import torch\n") == 1 and "    if True:\n        pass" in text
+    assert torch.allclose(load_loss(source)(*inputs(), 0.1), load_loss(PAPER.parent.parent / "discopop" / "proposals"
+                                                                           / "dpo.py")(*inputs(), 0.1))
+
+
+@pytest.mark.parametrize(("statement", "reason"), [
+    ("import os", "import of 'os' is not allowed"),
+    ("import numpy as np", "import of 'numpy' is not allowed"),
+    ("from torch import hub", "'from torch import hub' is not allowed"),
+    ("import math as torch", "import alias 'torch' is not allowed for module 'math'"),
+])
+def test_a_disallowed_import_in_a_plain_function_body_is_refused_by_name(statement: str, reason: str) -> None:
+    source = plain_function_form((PAPER / "cell.py").read_text()).replace("    import torch\n",
+                                                                           f"    import torch\n    {statement}\n", 1)
+    assert statement in source
+    for check in (static_check, load_loss):
+        with pytest.raises(LossRejected) as err:
+            check(source)
+        assert reason in str(err.value) and "\n" not in str(err.value)

@@ -154,17 +154,37 @@ class _MethodToFunction(ast.NodeTransformer):
         return node
 
 
-def _method_to_function(fn: ast.FunctionDef) -> list[ast.stmt]:
-    """Drop ``self``, add ``beta`` last, rewrite ``self.beta``; return the imports taken out of the body."""
+def _method_to_function(fn: ast.FunctionDef) -> None:
+    """Drop ``self``, add ``beta`` last, rewrite ``self.beta``."""
     args = fn.args
     params = args.posonlyargs if args.posonlyargs else args.args
     params.pop(0)
     if "beta" not in {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}:
         args.args.append(ast.arg(arg="beta"))
     _MethodToFunction().visit(fn)
-    imports = [s for s in fn.body if isinstance(s, (ast.Import, ast.ImportFrom))]
-    fn.body = [s for s in fn.body if not isinstance(s, (ast.Import, ast.ImportFrom))] or [ast.Pass()]
-    return imports
+
+
+_IMPORT = (ast.Import, ast.ImportFrom)
+_BLOCKS = ("body", "orelse")  # the statement lists of a function body's compound statements (if, for)
+
+
+def _has_body_import(fn: ast.FunctionDef) -> bool:
+    return any(isinstance(node, _IMPORT) for stmt in fn.body for node in ast.walk(stmt))
+
+
+def _take_imports(block: list[ast.stmt], taken: list[ast.stmt]) -> list[ast.stmt]:
+    """``block`` without its import statements, at any depth (appended to ``taken`` in reading order)."""
+    kept = []
+    for stmt in block:
+        if isinstance(stmt, _IMPORT):
+            taken.append(stmt)
+            continue
+        for name in _BLOCKS:
+            inner = getattr(stmt, name, None)
+            if isinstance(inner, list) and inner:
+                setattr(stmt, name, _take_imports(inner, taken) or [ast.Pass()])
+        kept.append(stmt)
+    return kept
 
 
 _IMPLIED = {"torch": "import torch", "F": "import torch.nn.functional as F"}
@@ -179,32 +199,42 @@ def _implied_imports(tree: ast.Module, hoisted: list[ast.stmt]) -> list[ast.stmt
 
 
 def normalise_loss(source: str) -> str:
-    """Rewrite the original DiscoPOP method form into the contract form; return any other text as is.
+    """Rewrite the original DiscoPOP method form, and imports inside function bodies, into the contract form;
+    return any other text as is.
 
     The DiscoPOP paper's code (and prompts that follow it) write a loss as a trainer method:
     ``def name(self, policy_chosen_logps, ..., reference_rejected_logps)`` reading ``self.beta``
     and importing ``torch.nn.functional as F`` inside the body, often still indented. Each top-level
-    function whose first parameter is ``self`` loses it, gains ``beta`` as its last parameter, has
-    ``self.beta`` replaced by ``beta`` and its imports moved to the top of the file. Any other use of
-    ``self`` is refused (:class:`LossRejected`). Nothing is executed; the result still has to pass
-    ``static_check``.
+    function whose first parameter is ``self`` loses it, gains ``beta`` as its last parameter and has
+    ``self.beta`` replaced by ``beta``; any other use of ``self`` is refused (:class:`LossRejected`).
+    In every top-level function, method or plain, import statements in the body (at any depth) move to the
+    top of the file: the paper's losses are also written as plain functions importing in the body, and
+    moving an import changes nothing the loss computes. Which modules may be imported is the static check's
+    business: a moved ``import os`` is refused there, by name. Nothing is executed; the result still has to
+    pass ``static_check``.
     """
     try:
         tree = ast.parse(textwrap.dedent(source))
     except SyntaxError:
         return source  # the static check reports it
-    methods = [f for f in tree.body if isinstance(f, ast.FunctionDef)
-               and [a.arg for a in (f.args.posonlyargs + f.args.args)][:1] == ["self"]]
-    if not methods:
+    functions = [f for f in tree.body if isinstance(f, ast.FunctionDef)]
+    methods = [f for f in functions if [a.arg for a in (f.args.posonlyargs + f.args.args)][:1] == ["self"]]
+    importing = [f for f in functions if _has_body_import(f)]
+    if not methods and not importing:
         return source
-    seen = {ast.dump(s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))}
+    seen = {ast.dump(s) for s in tree.body if isinstance(s, _IMPORT)}
     hoisted: list[ast.stmt] = []
     for fn in methods:
-        for stmt in _method_to_function(fn):
+        _method_to_function(fn)
+    for fn in importing:
+        taken: list[ast.stmt] = []
+        fn.body = _take_imports(fn.body, taken) or [ast.Pass()]
+        for stmt in taken:
             if ast.dump(stmt) not in seen:
                 seen.add(ast.dump(stmt))
                 hoisted.append(stmt)
-    hoisted.extend(_implied_imports(tree, hoisted))
+    if methods:  # only the method form had torch and F in scope (the DiscoPOP trainer's module)
+        hoisted.extend(_implied_imports(tree, hoisted))
     top = 1 if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant) else 0
     while top < len(tree.body) and isinstance(tree.body[top], (ast.Import, ast.ImportFrom)):
         top += 1
