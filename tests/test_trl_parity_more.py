@@ -12,9 +12,9 @@ Beyond sigmoid/hinge/discopop (tests/test_trl_adapter.py):
   parameters).
 - A Mixture-of-Experts model: TRL adds the router load-balancing loss; so must we.
 
-TRL losses with no counterpart in proposals/ (bco_pair, nca_pair, exo_pair, apo_*, sppo_hard, aot*)
-are not compared. TRL's ``bco_pair`` (1.16) has no running-mean reward shift, but it is still not
-``kto_pair.py`` (a different formula), so there is nothing to match.
+TRL's other four-input losses (bco_pair, nca_pair, exo_pair, apo_*, sppo_hard, aot*) have proposals/ files of
+their own, compared with TRL's code at the loss level (loss and gradients on one batch) in
+tests/test_trl_loss_parity.py. ``kto_pair.py`` has no TRL 1.16 counterpart.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ __all__ = ["PROPOSALS_DIR", "TUNABLE_CONSTANTS", "ReferenceProposer", "available
            "reference_candidate", "reference_variants"]
 
 
-# The references whose one constant is the label-flip rate they assume (cDPO's smoothing, rDPO's flip rate).
-NOISE_CONSTANTS = {"cdpo": "LABEL_SMOOTHING", "rdpo": "FLIP_RATE"}
+# The references whose one constant is the label-flip rate they assume (cDPO's smoothing, rDPO's flip rate, the
+# cDPO-style smoothing of TRL's AOT losses).
+NOISE_CONSTANTS = {"cdpo": "LABEL_SMOOTHING", "rdpo": "FLIP_RATE", "aot": "LABEL_SMOOTHING",
+                   "aot_unpaired": "LABEL_SMOOTHING"}
 
 
 # The references' own shape constants that a tuner may move, and how: "weight" (a value in (0, 1), a mixing weight
@@ -26,7 +28,9 @@ NOISE_CONSTANTS = {"cdpo": "LABEL_SMOOTHING", "rdpo": "FLIP_RATE"}
 # reach of a few of the evolution's ``tune`` steps (log-normal, sigma 0.3). Left out: beta itself (the protocol's
 # beta axis, ``training.beta_grid``, tunes it for every loss), constants that only rescale the loss (PADLL's
 # BASE_DECAY: Adam ignores it) or rescale beta*rho (a hinge's margin), and cDPO/rDPO's flip rate (the task's, set
-# by ``reference_candidate``). DPO, IPO, hinge and KTO-pair have no constant but beta.
+# by ``reference_candidate``). DPO, IPO, hinge, KTO-pair and TRL's nca_pair, bco_pair, sppo_hard, apo_zero and
+# apo_down have no constant but beta (sppo_hard's 1/2 only rescales beta). EXO's eps is the target preference
+# probability's complement, TRL's label_smoothing for exo_pair (tests/test_trl_loss_parity.py).
 TUNABLE_CONSTANTS: dict[str, dict[str, str]] = {
     "lrml": {"TAU": "scale"},
     "cell": {"ALPHA": "weight"},
@@ -35,6 +39,7 @@ TUNABLE_CONSTANTS: dict[str, dict[str, str]] = {
     "dbaql": {"TEMPERATURE": "scale", "SCALE": "scale"},
     "aql": {"START_QUANTILE": "weight", "QUANTILE_RATE": "weight", "SCALE": "scale"},
     "aqfl": {"QUANTILE_RATE": "weight", "DISTANCE_SCALE": "scale", "SCALE": "scale"},
+    "exo_pair": {"EPSILON": "weight"},
 }
 DEFAULT_STEP = 3.0
 
