@@ -25,7 +25,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_evolution.py", "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py",
         "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py",
         "test_owed_repairs.py", "test_pair_variants.py", "test_progress.py", "test_settings.py", "test_stats.py",
-        "test_trl_loss_parity.py", "test_tuning.py",
+        "test_tuning.py",
     ),
     "sandbox": (
         "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py",
@@ -39,8 +39,8 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_packaging.py", "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
         "test_report_trust.py",
         "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
-        "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py", "test_trl_parity_more.py",
-        "test_trl_peft.py",
+        "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py", "test_trl_loss_parity.py",
+        "test_trl_parity_more.py", "test_trl_peft.py",
     ),
 }
 
