@@ -99,7 +99,8 @@ def report(cal: Calibration, cells: list[Cell], arms: dict[str, ArmScores], thre
           f"{cal.varying_fitness:.1%}; median SD {cal.median_sd:.4f}; {greedy}")
     single = sorted(p.mde for p in cal.pairs)
     print(f"2. spread of the references {cal.spread:.3f} = {cal.spread_in_mde:.1f} x the median pairwise MDE "
-          f"{cal.spread_unit:.4f} ({single[len(single) // 2]:.4f}) [goal >= {SPREAD_GOAL:g}: "
+          f"{cal.spread_unit:.4f} ({single[len(single) // 2]:.4f}), {cal.spread / cal.mde_vs_strongest:.1f} x the MDE "
+          f"of 3. [goal >= {SPREAD_GOAL:g}: "
           f"{'met' if goals['spread'] else 'NOT met'}]")
     mdes = sorted(p.mde_family for p in cal.vs_strongest)
     gap_text = ("no DPO arm" if cal.gap is None else
