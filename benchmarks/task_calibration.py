@@ -80,8 +80,8 @@ def report(cal: Calibration, cells: list[Cell], arms: dict[str, ArmScores], thre
           f"{'greedy':>6s} {'vs strongest (MDE Holm)':>26s}")
     for cell in sorted((c for c in cells if c.loss.name in arms), key=lambda c: -cal.means[c.loss.name]):
         name, est = cell.loss.name, cell.estimate
-        greedy = [cell.runs[s].greedy for s in est["seeds"]]
-        greedy_text = f"{np.mean(greedy):.3f}" if all(g is not None for g in greedy) else "—"
+        greedy = arms[name].greedy  # from the stored replies (a cached Evaluation has no greedy mean)
+        greedy_text = f"{greedy.mean():.3f}" if greedy is not None else "—"
         p = vs.get(name)
         versus = f"{p.delta:+.3f} ({p.mde_family:.3f})" if p else "strongest"
         print(f"{name:10s} {cell.learning_rate:8g} {cell.search_fitness:7.3f} "
