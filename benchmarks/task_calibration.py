@@ -1,128 +1,169 @@
-"""Does the embedded task rank losses fairly? Every reference loss at every grid point, over seeds.
+"""Can the task rank losses? Issue 24's three calibration figures, for any task.
 
-For each loss in ``proposals/`` (plus a deliberately bad one, negated DPO): search fitness at each
-learning rate of ``training.lr_grid`` as mean ± std over seeds, the rate the discovery protocol
-would choose (best on seed 0, as ``discover`` does), the mean over seeds at that rate, and the
-quantiles of |beta*rho| over the last epoch at that rate (is training in the regime where loss
-shapes differ, or only at their slope at zero?). Ends with DPO's chosen-rate score next to its
-best grid mean (the protocol must not handicap DPO) and the spread between losses in units of
-the seed std.
+Each reference loss goes through ``discopop evaluate``'s protocol (``transfer.protocol.TransferEvaluation``):
+its learning rate chosen on the search prompts with the run seed, then ``--seeds`` fresh seeds at that rate,
+scored per prompt on the ``confirm`` prompts, which chose nothing. From those per-prompt matrices
+(``fitness.calibration``, where the definitions are):
 
-Each loss's line also gives, at its chosen rate, the score the fitness uses (``task.score``), greedy accuracy
-and KL. The run ends with how much per-prompt signal each score carries: over every fine-tune it ran
-(losses x rates x seeds), the share of held-out prompts whose greedy 0/1 reward ever changes, against the
-share whose answer probability moves by more than 0.01 and 0.05 (a prompt that never changes cannot tell
-two losses apart in the paired statistics).
+1. the share of held-out prompts whose score varies across losses and seeds (SD over the fine-tunes above
+   ``--threshold``), beside the same for the per-prompt fitness and the greedy 0/1 figure; goal >= 50%;
+2. the spread of the references' fresh-seed means in units of the median pairwise MDE; goal >= 10;
+3. the MDE of the default confirmation (``confirm.seeds`` fresh seeds, Holm over ``2 * confirm.top_k``
+   comparisons) against the strongest baseline, for a dissimilar candidate (each other reference); goal:
+   at most a quarter of the gap from DPO to the best other reference.
 
-    python benchmarks/task_calibration.py --seeds 3
-    python benchmarks/task_calibration.py --seeds 3 --losses dpo,ipo,pfl task=sorting
-    python benchmarks/task_calibration.py --seeds 2 --losses dpo,aqfl,hinge training.lr_grid=[4e-5]
+Every fine-tune is kept in ``OUT/results.sqlite`` (the evaluate command's store: an interrupted run resumes,
+and an earlier ``discopop evaluate -o DIR`` with the same task, training settings and beta can be reused by
+pointing ``--out`` at it or copying its ``results.sqlite``). cDPO and rDPO run at the task's true flip rate.
+The figures also go to ``OUT/calibration.json``.
+
+    python benchmarks/task_calibration.py task=diagnostic task.preset=label_noise
+    python benchmarks/task_calibration.py --losses dpo,aqfl,hinge,ipo,cdpo --out runs/calib_addition
+    python benchmarks/task_calibration.py --report-only --out runs/calib_addition   # what the store holds
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
+import json
 import time
 from pathlib import Path
 
-from discopop.config.compose import compose
-from discopop.contract.losses import load_loss
-from discopop.fitness.training import FineTuner
-from discopop.fitness.tuning import LrProtocol
-from discopop.proposers.reference import available
+import numpy as np
+
+from discopop.archive import Evaluation
+from discopop.cli.evaluate import executor_factory
+from discopop.config.compose import compose_settings, validate
+from discopop.fitness.calibration import GAP_FRACTION, SHARE_GOAL, SPREAD_GOAL, ArmScores, Calibration, calibrate
+from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey
+from discopop.proposers.reference import available, reference_candidate
+from discopop.report.quiet import quiet_libraries
+from discopop.search.confirmation import SPLIT
 from discopop.tasks import load_task
-
-NEGATED_DPO = """
-import torch.nn.functional as F
-
-def negated_dpo(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
-    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
-    return F.logsigmoid(beta * rho)
-"""
+from discopop.transfer.protocol import Cell, LossSpec, Progress, TransferEvaluation, arm_matrix, task_key
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def flip_rate(cfg, task) -> float | None:
+    """The task's true label-flip rate (cDPO/rDPO run at it), as ``discover`` finds it."""
+    flips = getattr(getattr(cfg.task, "pairs", None), "label_noise", None)
+    return flips if flips is not None else task.meta.get("label_noise")
 
 
-def _cell(values: list[float]) -> str:
-    mean, std = _mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
+def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: str) -> dict[str, ArmScores]:
+    """Each reference's seeds x prompts matrices (fitness, score, greedy where the store kept it); failed arms are
+    left out with a line saying so."""
+    arms: dict[str, ArmScores] = {}
+    for cell in cells:
+        fitness, failed = arm_matrix(cell.runs, seeds)
+        if fitness is None:
+            print(f"  {cell.loss.name}: left out ({failed})")
+            continue
+        score = np.asarray([cell.runs[s].per_prompt for s in seeds], dtype=float)
+        greedy_rows = []
+        for s in seeds:
+            reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate)) or {}
+            greedy_rows.append(reply.get("per_prompt_greedy") or [])
+        greedy = (np.asarray(greedy_rows, dtype=float)
+                  if all(len(g) == fitness.shape[1] for g in greedy_rows) else None)
+        arms[cell.loss.name] = ArmScores(fitness, score, greedy)
+    return arms
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def report(cal: Calibration, cells: list[Cell], arms: dict[str, ArmScores], threshold: float) -> None:
+    """The per-loss table and the three figures against their goals."""
+    vs = {p.candidate: p for p in cal.vs_strongest}
+    print(f"\n{'loss':10s} {'lr':>8s} {'search':>7s} {'fresh mean ± se':>16s} {'score':>6s} {'KL':>6s} "
+          f"{'greedy':>6s} {'vs strongest (MDE Holm)':>26s}")
+    for cell in sorted((c for c in cells if c.loss.name in arms), key=lambda c: -cal.means[c.loss.name]):
+        name, est = cell.loss.name, cell.estimate
+        greedy = arms[name].greedy  # from the stored replies (a cached Evaluation has no greedy mean)
+        greedy_text = f"{greedy.mean():.3f}" if greedy is not None else "—"
+        p = vs.get(name)
+        versus = f"{p.delta:+.3f} ({p.mde_family:.3f})" if p else "strongest"
+        print(f"{name:10s} {cell.learning_rate:8g} {cell.search_fitness:7.3f} "
+              f"{est['mean']:8.3f} ± {est['se']:.3f} {est['reward']:6.3f} {est['kl']:6.3f} {greedy_text:>6s} "
+              f"{versus:>26s}")
+    print(f"\n{len(arms)} references x {cal.seeds} fresh seeds = {cal.fine_tunes} fine-tunes, {cal.prompts} confirm "
+          f"prompts; MDE at 80% power, Holm over {cal.family} comparisons (single test in brackets)")
+    greedy = (f"greedy reward not constant on {_pct(cal.greedy_varying)} over {cal.greedy_fine_tunes} fine-tunes"
+              + (f" (right every time {_pct(cal.greedy_always)}, never {_pct(cal.greedy_never)})"
+                 if cal.greedy_always is not None else "")) if cal.greedy_varying is not None else \
+        "greedy per prompt: not kept by these runs"
+    goals = cal.goals
+    print(f"1. prompts whose score varies (SD over fine-tunes > {threshold:g}): {cal.varying_score:.1%} "
+          f"[goal >= {SHARE_GOAL:.0%}: {'met' if goals['varying'] else 'NOT met'}]; per-prompt fitness: "
+          f"{cal.varying_fitness:.1%}; median SD {cal.median_sd:.4f}; {greedy}")
+    single = sorted(p.mde for p in cal.pairs)
+    print(f"2. spread of the references {cal.spread:.3f} = {cal.spread_in_mde:.1f} x the median pairwise MDE "
+          f"{cal.spread_unit:.4f} ({single[len(single) // 2]:.4f}), {cal.spread / cal.mde_vs_strongest:.1f} x the MDE "
+          f"of 3. [goal >= {SPREAD_GOAL:g}: "
+          f"{'met' if goals['spread'] else 'NOT met'}]")
+    mdes = sorted(p.mde_family for p in cal.vs_strongest)
+    gap_text = ("no DPO arm" if cal.gap is None else
+                f"DPO-to-best-other gap {cal.gap:+.3f}, a quarter {GAP_FRACTION * cal.gap:+.4f}"
+                + ("" if cal.gap > 0 else ": DPO is the strongest reference, the goal cannot be met"))
+    print(f"3. MDE vs the strongest baseline ({cal.strongest}): median {cal.mde_vs_strongest:.4f} over "
+          f"{len(mdes)} dissimilar references (range {mdes[0]:.4f}-{mdes[-1]:.4f}); {gap_text} "
+          f"[goal: {'met' if goals['mde'] else 'NOT met'}]")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--losses", default=",".join(available()) + ",negated_dpo")
-    parser.add_argument("overrides", nargs="*")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--losses", default=",".join(available()), help="reference losses (comma-separated)")
+    parser.add_argument("--seeds", type=int, default=None, help="fresh seeds (default: confirm.seeds)")
+    parser.add_argument("--beta", type=float, default=None, help="default: training.beta")
+    parser.add_argument("--threshold", type=float, default=0.01, help="per-prompt SD over fine-tunes that 'varies'")
+    parser.add_argument("--out", default=None, help="default: runs/task_calibration/<task>[-<preset>]")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report what the store holds")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. task=diagnostic task.preset=clean")
     args = parser.parse_args()
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    task = load_task(cfg["task"])
-    protocol = LrProtocol.from_config(cfg["training"])
-    print(f"task {task.name}: SFT reference held-out reward {task.meta['sft_heldout_reward']:.3f}; "
-          f"beta {cfg['training']['beta']}, {cfg['training']['epochs']} epochs, lr grid "
-          f"{', '.join(f'{lr:g}' for lr in protocol.grid)}; {args.seeds} seeds", flush=True)
-    tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()), kl_coef=float(cfg["task"]["kl_coef"]))
-    print(f"fitness = {task.score if task.answer else 'greedy'} score - {cfg['task']['kl_coef']} x KL", flush=True)
-    header = " ".join(f"{f'lr {lr:g}':>15s}" for lr in protocol.grid)
-    print(f"{'loss':12s} {header} {'chosen':>8s} {'at chosen':>15s} {'|b*rho| q10/50/90':>20s} "
-          f"{'score/greedy/KL at chosen':>26s}", flush=True)
-    probability: list[list[float]] = []  # per fine-tune: each search prompt's answer probability
-    greedy: list[list[float]] = []  # ... and its greedy 0/1 reward
-    chosen_scores: dict[str, tuple[float, float]] = {}
-    best_means: dict[str, float] = {}
+    cfg = validate(compose_settings(["wandb.mode=disabled", *args.overrides])[0])
+    task = load_task(cfg.task)
+    preset = getattr(cfg.task, "preset", None)
+    out = Path(args.out or f"runs/task_calibration/{cfg.task.name}{f'-{preset}' if preset else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    quiet_libraries(out)
+    seeds = args.seeds or cfg.confirm.seeds
+    beta = args.beta or cfg.training.beta
+    flips = flip_rate(cfg, task)
+    losses = [LossSpec(n, reference_candidate(n, flips).code, "reference", reference=True)
+              for n in args.losses.split(",") if n]
+    cache = ResultCache(out / CACHE_NAME)
+    print(f"task {cfg.task.name}{f' ({preset})' if preset else ''}: kl_coef {cfg.task.kl_coef}, beta {beta:g}, "
+          f"flip rate {flips}, {len(losses)} references, {seeds} fresh seeds; store {out / CACHE_NAME} "
+          f"({cache.count()} fine-tunes already)", flush=True)
+    counts = {"ran": 0, "cached": 0}
     started = time.perf_counter()
-    for name in args.losses.split(","):
-        fn = load_loss(NEGATED_DPO if name == "negated_dpo" else Path("proposals") / f"{name}.py")
-        runs = {lr: [tuner.run(fn, seed, learning_rate=lr) for seed in range(args.seeds)] for lr in protocol.grid}
-        fitness = {lr: [r.score.fitness for r in rs] for lr, rs in runs.items()}
-        chosen = max(protocol.grid, key=lambda lr: (fitness[lr][0], -lr))  # seed 0 decides, as in discover
-        chosen_scores[name] = _mean_std(fitness[chosen])
-        best_means[name] = max(statistics.fmean(v) for v in fitness.values())
-        margins = [runs[chosen][0].metrics.get(f"margin_abs_q{q}", float("nan")) for q in (10, 50, 90)]
-        cells = " ".join(f"{_cell(fitness[lr]):>15s}" for lr in protocol.grid)
-        at = [r.score for r in runs[chosen]]
-        terms = (statistics.fmean(s.reward for s in at), statistics.fmean(s.greedy or 0.0 for s in at),
-                 statistics.fmean(s.kl for s in at))
-        print(f"{name:12s} {cells} {chosen:>8g} {_cell(fitness[chosen]):>15s} "
-              f"{'/'.join(f'{m:.2f}' for m in margins):>20s} {'/'.join(f'{t:.3f}' for t in terms):>26s}", flush=True)
-        if name != "negated_dpo":
-            for r in (r for rs in runs.values() for r in rs):
-                greedy.append(r.score.per_prompt_greedy)
-                if task.answer is not None and task.score == "probability":
-                    probability.append(r.score.per_prompt)
-    print(f"({time.perf_counter() - started:.0f} s)")
-    if "dpo" in chosen_scores:
-        mean, std = chosen_scores["dpo"]
-        print(f"DPO at its chosen rate {mean:.3f} ± {std:.3f}; its best grid mean {best_means['dpo']:.3f} "
-              f"(gap {best_means['dpo'] - mean:+.3f})")
-    _signal(greedy, probability)
-    real = {k: v for k, v in chosen_scores.items() if k != "negated_dpo"}
-    if len(real) > 1:
-        pooled = statistics.fmean(s for _, s in real.values()) or 1e-9
-        top, bottom = max(m for m, _ in real.values()), min(m for m, _ in real.values())
-        print(f"spread of reference losses at their chosen rates: {top - bottom:.3f} = "
-              f"{(top - bottom) / pooled:.0f}x the mean seed std ({pooled:.4f})")
 
+    def done(loss: str, beta: float, task_name: str, key: RunKey, ev: Evaluation, cached: bool) -> None:
+        counts["cached" if cached else "ran"] += 1
+        if not cached:
+            result = f"fitness {ev.fitness:.4f}" if ev.ok else f"FAILED {ev.error}"
+            print(f"  {time.perf_counter() - started:6.0f}s {loss} {key.split} seed {key.seed} "
+                  f"lr {key.learning_rate:g}: {result}", flush=True)
 
-def _signal(greedy: list[list[float]], probability: list[list[float]]) -> None:
-    """Per held-out prompt, does its score move between fine-tunes? Constant prompts carry no paired signal."""
-    if len(greedy) < 2:
+    cells = TransferEvaluation(losses, [cfg], [beta], seeds, cache, executor_factory(out), Progress(done=done),
+                               train=not args.report_only).run()
+    print(f"{counts['ran']} fine-tunes run, {counts['cached']} from the store, "
+          f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    seed_list = cells[0].estimate["seeds"]
+    arms = arms_of(cells, seed_list, cache, task_key(cfg))
+    cache.close()
+    if len(arms) < 2 or seeds < 2:
+        print("fewer than two references with every seed scored, or fewer than 2 seeds: no figures")
         return
-    prompts = len(greedy[0])
-    columns = list(zip(*greedy, strict=True))
-    always = sum(all(v == 1.0 for v in c) for c in columns) / prompts
-    never = sum(all(v == 0.0 for v in c) for c in columns) / prompts
-    print(f"over {len(greedy)} fine-tunes, {prompts} search prompts: greedy 0/1 varies on "
-          f"{1 - always - never:.1%} (right every time {always:.1%}, never {never:.1%})")
-    if len(probability) >= 2:
-        ranges = [max(c) - min(c) for c in zip(*probability, strict=True)]
-        stds = [statistics.stdev(c) for c in zip(*probability, strict=True)]
-        print(f"answer probability moves by > 0.01 on {sum(r > 0.01 for r in ranges) / prompts:.1%}, by > 0.05 on "
-              f"{sum(r > 0.05 for r in ranges) / prompts:.1%} of prompts; median range "
-              f"{statistics.median(ranges):.3f}, median std across fine-tunes {statistics.median(stds):.3f}")
+    cal = calibrate(arms, family=2 * max(1, cfg.confirm.top_k), threshold=args.threshold)
+    report(cal, cells, arms, args.threshold)
+    facts = {"task": cfg.task.name, "preset": preset, "kl_coef": cfg.task.kl_coef, "beta": beta, "flip_rate": flips,
+             "learning_rates": {c.loss.name: c.learning_rate for c in cells},
+             "minutes": round((time.perf_counter() - started) / 60, 2), **counts}
+    payload = {**facts, **cal.as_dict()}
+    (out / "calibration.json").write_text(json.dumps(payload, indent=1, default=str))
+    print(f"wrote {out / 'calibration.json'}")
 
 
 if __name__ == "__main__":

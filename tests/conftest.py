@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Every test file is in exactly one list (tests/test_code_health.py fails on a file that is not).
 TEST_KINDS: dict[str, tuple[str, ...]] = {
     "unit": (
-        "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_code_health.py", "test_conventions.py",
+        "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_calibration.py", "test_code_health.py",
+        "test_conventions.py",
         "test_evolution.py", "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py",
         "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py",
         "test_owed_repairs.py", "test_pair_variants.py", "test_progress.py", "test_settings.py", "test_stats.py",

@@ -88,6 +88,9 @@ def test_tuner_reply_scores_the_split_it_is_asked(dpo) -> None:
     ref_mode = w.eval_reward.gather(1, w.eval_ref.argmax(dim=1, keepdim=True)).squeeze(1)[:32].mean()
     assert tuner.run(dpo, seed=1, learning_rate=1e-12)["greedy"] == pytest.approx(float(ref_mode), abs=1e-9)
     assert math.isfinite(search["greedy"]) and search["greedy"] != pytest.approx(float(ref_mode), abs=1e-3)
+    for reply in (search, confirm):  # per context too, in per_prompt's order (benchmarks/task_calibration.py)
+        assert len(reply["per_prompt_greedy"]) == len(reply["per_prompt"])
+        assert sum(reply["per_prompt_greedy"]) / 32 == pytest.approx(reply["greedy"], abs=1e-9)
 
 
 def test_tuner_leaves_the_global_rng_alone(dpo) -> None:

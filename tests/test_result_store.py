@@ -226,6 +226,10 @@ def test_store_round_trip_keeps_the_whole_reply(tmp_path: Path) -> None:
     # The evaluate command's view of the same rows.
     ev = cache.get(RunKey("h", "addition-abc", 0.5, 500, "search", 2e-5))
     assert ev.fitness == 0.7 and ev.per_prompt == [0.6, 0.8]
+    # ... and the reply's fields an Evaluation does not keep (task_calibration reads per_prompt_greedy there)
+    assert cache.reply_data(RunKey("h", "addition-abc", 0.5, 500, "search", 2e-5)) == data
+    assert cache.reply_data(RunKey("h", "addition-abc", 0.5, 0, "search", 1e-5)) is None  # a stored failure
+    assert cache.reply_data(RunKey("h", "addition-abc", 0.5, 7, "search", 1e-5)) is None  # not stored
 
 
 def test_an_older_cache_gains_the_new_columns(tmp_path: Path) -> None:
@@ -240,6 +244,7 @@ def test_an_older_cache_gains_the_new_columns(tmp_path: Path) -> None:
     key = RunKey("h", "t", 0.5, 0, "search", 1e-5)
     assert cache.get(key).fitness == 0.4
     assert cache.get_result(key, Job(1, "c", "train", 0, learning_rate=1e-5)) is None  # no reply: run it again
+    assert cache.reply_data(key) is None
 
 
 WRITER = """

@@ -1,7 +1,8 @@
 """``training``: the short DPO fine-tune every candidate gets, and ``executor``: where it runs.
 
-The training numbers were measured on the embedded task with ``python benchmarks/task_calibration.py``
-(2 CPU cores). Each loss is judged at its own best learning rate on ``lr_grid`` (``discopop/fitness/tuning.py``).
+The training numbers were measured on the embedded task with the grid-per-seed predecessor of
+``benchmarks/task_calibration.py`` (docs/results.md §4; 2 CPU cores). Each loss is judged at its own best
+learning rate on ``lr_grid`` (``discopop/fitness/tuning.py``).
 """
 
 from __future__ import annotations

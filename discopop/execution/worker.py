@@ -13,7 +13,8 @@ requests until told to exit:
 * ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr[, "beta": b]}`` (optional
   ``step_fraction``: a short fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's)
   -> ``{"ok": true, "fitness",
-  "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "kl_coef", ...}`` or a failure
+  "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "per_prompt_greedy": [...],
+  "kl_coef", ...}`` or a failure
   (a judged task adds ``"completions"``, its reward is left to the main process's judge)
 
 A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
@@ -197,6 +198,9 @@ class Worker:
             "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
             # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (fitness.stats)
             "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
+            # each prompt's greedy reward beside the score the fitness uses (how much signal each carries:
+            # benchmarks/task_calibration.py); empty on a judged task
+            "per_prompt_greedy": score.per_prompt_greedy,
             "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
             # a judged task: the greedy completions, graded by the main process (fitness.judge) where the key is
             **({"completions": score.completions} if score.completions is not None else {}),

@@ -153,7 +153,7 @@ class DiagnosticTuner:
             "greedy": float(greedy.mean()), "steps": result.steps, "final_loss": result.final_loss,
             "train_seconds": trained, "step_seconds": trained, "score_seconds": 0.0,
             "train_metrics": self._metrics(result, seed, run_beta),
-            "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl],
+            "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl], "per_prompt_greedy": greedy.tolist(),
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
             **({"beta": run_beta} if beta is not None else {}),
         }

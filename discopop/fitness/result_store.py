@@ -202,6 +202,15 @@ class ResultCache:
              json.dumps(reply, default=str)))
         return ev
 
+    def reply_data(self, key: RunKey) -> dict[str, Any] | None:
+        """The worker's whole stored reply for ``key`` (fields an ``Evaluation`` does not keep, such as
+        ``per_prompt_greedy``); None when not stored, stored without its reply, or a failure."""
+        r = self._row(key)
+        if r is None or not r.get("reply"):
+            return None
+        reply = json.loads(r["reply"])
+        return reply.get("data") if reply.get("ok") else None
+
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
