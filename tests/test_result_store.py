@@ -10,9 +10,11 @@ import io
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from scripted_executor import config_with as changed
 
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
-from discopop.fitness.result_store import ResultCache, RunKey, StoredRuns, settings_key, shared_path
+from discopop.fitness.result_store import ResultCache, RunKey, StoredRuns, settings_key, shared_path, storable
 from discopop.proposers import reference
 from discopop.report.display import Display
+from discopop.sandbox import oracle_wire
 from discopop.search import loop as loop_module
 from discopop.search.loop import Loop
 
@@ -293,3 +296,14 @@ def test_a_store_that_cannot_be_written_only_costs_the_saving(base_cfg, tmp_path
     assert reference_results(tmp_path / "a") == reference_results(tmp_path / "b")
     assert len(reference_jobs(executor, tmp_path / "b")) == len(reference_jobs(plain_executor, tmp_path / "a"))
     assert "store given up: cannot write" in log and "disk is full" in log
+
+
+def test_a_missed_oracle_deadline_is_not_stored_but_a_loss_failure_is() -> None:
+    """Under load a sound reference misses the oracle's call deadline: kept, it would fail that seed for good."""
+    left, right = socket.socketpair()
+    with left, right, pytest.raises(oracle_wire.ChannelError) as missed:  # the real message of a missed deadline
+        oracle_wire.read_exact(left, 8, time.monotonic() - 1)
+    job = Job(1, "code", "train", 0, learning_rate=1e-5)
+    assert not storable(JobResult(job, False, "oracle", f"oracle: {missed.value}"))
+    assert storable(JobResult(job, False, "train", "NaN loss"))  # the loss's own failure is kept
+    assert storable(JobResult(job, True, "train", None))

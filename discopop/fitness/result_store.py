@@ -126,9 +126,18 @@ def shared_path(cfg: RunSettings | dict[str, Any]) -> Path:
     return cache_root(plain(RunSettings.coerce(cfg).task)) / CACHE_NAME
 
 
+# What the oracle's channel says when a call missed its deadline (``sandbox/oracle_wire.py``). For code that stalls
+# it is the loss's fault, but on a loaded machine a sound loss misses it too: such a failure is not kept, or one busy
+# afternoon would fail a reference's seed for good (a stored failure is never retried).
+DEADLINE_MISSED = "no complete reply within the deadline"
+
+
 def storable(result: JobResult) -> bool:
-    """A result says something about the loss: it succeeded, or the loss failed (not the machinery)."""
-    return result.ok or not result.machinery
+    """A result says something about the loss: it succeeded, or the loss failed, not the machinery and not the
+    machine's load (a missed oracle deadline)."""
+    if result.ok:
+        return True
+    return not result.machinery and DEADLINE_MISSED not in (result.error or "")
 
 
 class ResultCache:
