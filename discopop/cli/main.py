@@ -288,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", metavar="RUN_DIR", help="also evaluate this discovery run's best candidates")
     p.add_argument("--top-k", type=int, default=None, help="how many of --run's best candidates (default 3)")
     p.add_argument("--tasks", help="comma-separated tasks (default: sorting with --run, else addition)")
-    p.add_argument("--betas", default="0.01,0.05,0.1,0.5,1,2.5", help="comma-separated betas")
+    p.add_argument("--betas", default=None,
+                   help="comma-separated betas, every loss at exactly these (default: 0.01,0.05,0.1,0.5,1,2.5; with "
+                        "--run, the run's training.beta, and its candidates each at the beta the run scored them at)")
+    p.add_argument("--tune-lr", action="store_true",
+                   help="tune --run's candidates on training.lr_grid as references are (default: each keeps the "
+                        "learning rate its run chose)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")
     p.add_argument("-o", "--output", default="runs/evaluate",
                    help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")
