@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from discopop.config import TrainingSettings
 from discopop.contract.checks import CheckFailed, check_loss
 from discopop.contract.diagnostics import summarize, wrong_way
 from discopop.contract.losses import load_loss
@@ -49,7 +50,8 @@ def test_reference_losses_pass(path: Path) -> None:
         report = check_loss(fn, seed=seed)
         assert report.uses_beta
         assert len(report.probe) == 25 and len(report.curve["loss"]) == 401
-        assert len(report.fingerprint) == 140 and report.diagnostics["beta"] == 0.1
+        # no beta named: measured at the default config's training.beta (test_check_inputs)
+        assert len(report.fingerprint) == 140 and report.diagnostics["beta"] == TrainingSettings().beta
 
 
 def test_lrml_is_reported_pushing_the_wrong_way_at_zero() -> None:

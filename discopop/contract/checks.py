@@ -28,9 +28,14 @@ from typing import Any
 
 import torch
 
+from discopop.config.training import TrainingSettings
+
 BATCH = 16
-BETAS = (0.1, 0.5)
-DEFAULT_BETA = 0.1  # training.beta's default; the worker passes the run's own
+BETAS = (0.1, 0.5)  # every check runs at these and at the training beta: a loss must be sound across them
+# The beta a call that names none measures at: the default config's training.beta, read from the settings so the
+# two cannot drift apart (a separate 0.1 here once measured every direct call at a beta no run trained at). A run's
+# jobs pass the run's own beta (``execution.worker``), ``discopop check --beta`` the user's.
+DEFAULT_BETA = TrainingSettings().beta
 TOL = 1e-5
 
 
@@ -147,11 +152,13 @@ def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.
     return out
 
 
-def check_loss(fn: Callable, seed: int = 0, beta: float = DEFAULT_BETA) -> CheckReport:
+def check_loss(fn: Callable, seed: int = 0, beta: float | None = None) -> CheckReport:
     """Run every numeric check on ``fn``; raise :class:`CheckFailed` at the first failure.
 
-    ``beta`` is the training beta: the fingerprint and the diagnostics are measured at it.
+    ``beta`` is the training beta: the fingerprint, the diagnostics and the archived probe are measured at it
+    (None: ``DEFAULT_BETA``, the default config's ``training.beta``).
     """
+    beta = DEFAULT_BETA if beta is None else beta
     try:
         return _check_loss(fn, seed, float(beta))
     except CheckFailed:
@@ -190,7 +197,7 @@ def _check_loss(fn: Callable, seed: int, beta: float) -> CheckReport:
     report.fingerprint = fingerprint(grad_c, grad_r)
     report.diagnostics = diagnose(fn, beta, grad_c, grad_r, x, report.uses_beta)
     with torch.no_grad():
-        report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), 0.1)]
+        report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), beta)]
     report.curve = loss_curve(fn)
     return report
 

@@ -9,7 +9,8 @@ requests until told to exit:
   layers that are active, and where the fine-tune runs: CUDA initialises here, before ``seal``)
 * ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
   ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
-  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``)
+  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``, the
+  default config's)
 * ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr[, "beta": b]}`` (optional
   ``step_fraction``: a short fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's)
   -> ``{"ok": true, "fitness",
