@@ -26,11 +26,13 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py",
         "test_owed_repairs.py", "test_pair_variants.py", "test_progress.py", "test_settings.py", "test_stats.py",
         "test_tuning.py",
+        "test_config_dir.py",
     ),
     "sandbox": (
         "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py",
         "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py",
         "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
+        "test_check_inputs.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_diagnostic_run.py", "test_diagnostic_task.py",
