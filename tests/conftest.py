@@ -43,6 +43,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
         "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py", "test_trl_parity_more.py",
         "test_trl_peft.py",
+        "test_tracking_quiet.py",
     ),
 }
 
