@@ -22,26 +22,25 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_KINDS: dict[str, tuple[str, ...]] = {
     "unit": (
         "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_calibration.py", "test_code_health.py",
-        "test_conventions.py",
-        "test_evolution.py", "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py",
-        "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_openai_proposer.py",
-        "test_owed_repairs.py", "test_pair_variants.py", "test_progress.py", "test_settings.py", "test_stats.py",
-        "test_tuning.py",
+        "test_config_dir.py", "test_conventions.py", "test_evolution.py", "test_export.py", "test_hostile_static.py",
+        "test_importing.py", "test_imports.py", "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py",
+        "test_openai_proposer.py", "test_owed_repairs.py", "test_pair_variants.py", "test_progress.py",
+        "test_settings.py", "test_stats.py", "test_tuning.py",
     ),
     "sandbox": (
-        "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py",
-        "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py",
-        "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
+        "test_check_inputs.py", "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
+        "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
+        "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
+        "test_trained_behaviour.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_diagnostic_run.py", "test_diagnostic_task.py",
         "test_duplicates.py", "test_faults.py", "test_fidelity.py", "test_gpu_placement.py", "test_hub_task.py",
         "test_judge.py", "test_likelihood.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py",
         "test_packaging.py", "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
-        "test_report_trust.py",
-        "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
-        "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py", "test_trl_loss_parity.py",
-        "test_trl_parity_more.py", "test_trl_peft.py",
+        "test_report_trust.py", "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py",
+        "test_tasks.py", "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py",
+        "test_trl_adapter.py", "test_trl_loss_parity.py", "test_trl_parity_more.py", "test_trl_peft.py",
     ),
 }
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from discopop.contract.checks import CheckFailed, check_loss
+from discopop.config import TrainingSettings
+from discopop.contract.checks import CheckFailed, check_batch, check_loss
 from discopop.contract.diagnostics import summarize, wrong_way
 from discopop.contract.losses import load_loss
 
@@ -49,14 +50,16 @@ def test_reference_losses_pass(path: Path) -> None:
         report = check_loss(fn, seed=seed)
         assert report.uses_beta
         assert len(report.probe) == 25 and len(report.curve["loss"]) == 401
-        assert len(report.fingerprint) == 140 and report.diagnostics["beta"] == 0.1
+        # no beta named: measured at the default config's training.beta (test_check_inputs)
+        assert len(report.fingerprint) == 140 and report.diagnostics["beta"] == TrainingSettings().beta
 
 
 def test_lrml_is_reported_pushing_the_wrong_way_at_zero() -> None:
     """LRML's derivative at x = 0 is (1 - log 2) / (4 tau) - 3/4 = +0.784 (tau = 0.05): a fact, not a defect."""
     diag = check_loss(load_loss(Path("discopop/proposals/lrml.py")), beta=0.1).diagnostics
     assert diag["slope_at_0"]["rho"] == pytest.approx(0.1 * ((1 - math.log(2)) / (4 * 0.05) - 0.75), rel=1e-4)
-    assert "wrong way at rho = 0 on 16/16 examples" in summarize(diag)
+    n = check_batch(0)  # the batch size is drawn from the check's seed (test_check_inputs)
+    assert f"wrong way at rho = 0 on {n}/{n} examples" in summarize(diag)
 
 
 # What researchers actually write on top of DPO. Each pushes back somewhere in the range training
@@ -96,8 +99,9 @@ def test_wrong_way_at_zero_passes_but_is_reported() -> None:
     report = check_loss(load_loss(loss("F.logsigmoid(beta * rho)")))  # DPO with the sign flipped
     diag = report.diagnostics
     assert diag["slope_at_0"]["chosen"] > 0 > diag["slope_at_0"]["rejected"]
-    assert diag["slope_at_0"]["wrong_way"] == diag["slope_at_0"]["examples"] == 16
-    assert wrong_way(diag)[0] == "wrong way at rho = 0 on 16/16 examples"
+    n = check_batch(0)
+    assert diag["slope_at_0"]["wrong_way"] == diag["slope_at_0"]["examples"] == n
+    assert wrong_way(diag)[0] == f"wrong way at rho = 0 on {n}/{n} examples"
 
 
 def test_dpo_pushes_the_right_way_everywhere_at_the_training_beta() -> None:

@@ -258,7 +258,7 @@ def test_measured_behaviour_shows_in_the_candidate_views(tmp_path: Path) -> None
     arch = Archive(tmp_path / ARCHIVE_NAME)
     row = arch.add(Candidate(name="overshoot", code=overshoot, proposer="evolution"), 1)
     arch.finish(row, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 0.1,
-                                                     "checks": check_loss(load_loss(overshoot)).as_dict()})
+                                                     "checks": check_loss(load_loss(overshoot), beta=0.1).as_dict()})
     twin = arch.add(Candidate(name="overshoot_x2", code=overshoot.replace("** 2", "** 2 * 2.0"),
                               proposer="evolution"), 1)
     arch.finish(twin, "duplicate", error=f"same training behaviour as #{row} (overshoot)")

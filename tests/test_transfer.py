@@ -243,3 +243,77 @@ def test_a_rate_inside_the_grid_is_not_marked_as_an_edge() -> None:
     assert rate_at_edge(cell)
     cell.sweep.add(5e-6, False, {}, "train", "nan loss")  # a failed lower rate still widens the grid tried
     assert not rate_at_edge(cell)
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    """A run at training.beta 0.5 whose best candidate chose beta 1.0 (its beta axis) and rate 2e-5."""
+    import yaml
+
+    from discopop.archive import Archive
+    from discopop.proposers.base import Candidate
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"training": {"beta": 0.5}}))
+    archive = Archive(run / "archive.sqlite")
+    code = ("import torch.nn.functional as F\n\ndef doubled(policy_chosen_logps, policy_rejected_logps, "
+            "reference_chosen_logps, reference_rejected_logps, beta):\n    return -F.logsigmoid(2.0 * beta * "
+            "(policy_chosen_logps - policy_rejected_logps - reference_chosen_logps + reference_rejected_logps))\n")
+    row = archive.add(Candidate("doubled", code, proposer="evolution"), 1)
+    archive.finish(row, "scored", fitness=0.9, metrics={"beta": 1.0, "learning_rate": 2e-5})
+    archive.close()
+    return run
+
+
+class _Recorder:
+    """A stand-in executor factory: records (cell beta, job beta, job rate, loss) and answers every job."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[float, float | None, float, str]] = []
+
+    def __call__(self, cfg):
+        recorder = self
+
+        class _Executor:
+            def run(self, jobs):
+                for job in jobs:
+                    recorder.jobs.append((cfg.training.beta, job.beta, job.learning_rate, job.code))
+                    reply = _reply(0.6, job.seed, job.learning_rate)
+                    yield replace(reply, job=job)
+
+            def close(self) -> None:
+                pass
+
+        return _Executor()
+
+
+def test_a_runs_candidate_keeps_its_beta_and_rate_unless_overridden(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without --betas/--tune-lr the run's row trains at its own beta (1.0, not the run's 0.5 nor the config's) and
+    its own rate only; the command says so. With both overrides it trains at the given beta over the whole grid."""
+    import discopop.cli.evaluate as evaluate_cli
+
+    run = _run_dir(tmp_path)
+    (spec,) = [s for s in resolve_losses([], run, top_k=1) if not s.reference]
+    assert (spec.beta, spec.learning_rate) == (1.0, 2e-5)
+    recorder = _Recorder()
+    monkeypatch.setattr(evaluate_cli, "executor_factory", lambda out: recorder)
+    common = ["evaluate", "--run", str(run), "--top-k", "1", "--tasks", "addition", "training.lr_grid=[1e-5,4e-5]",
+              "--seeds", "2", "--quiet"]
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "beta 1 (its run's), lr 2e-05 (its run's)" in out and "at beta 0.5," in out
+    row_jobs = [j for j in recorder.jobs if j[3] == spec.code]
+    dpo_jobs = [j for j in recorder.jobs if j[3] != spec.code]
+    assert row_jobs and all(j[1] == 1.0 and j[2] == 2e-5 for j in row_jobs) and len(row_jobs) == 1 + 2
+    assert {j[0] for j in recorder.jobs} == {0.5} and {j[1] for j in dpo_jobs} == {None}  # the cell: the run's beta
+    assert {j[2] for j in dpo_jobs} == {1e-5, 4e-5}  # the reference is tuned on the grid as before
+    rows = {r["loss"]: r for r in csv.DictReader(open(tmp_path / "a" / "results.csv"))}
+    assert rows["doubled"]["trained_beta"] == "1" and rows["doubled"]["lr_from"] == "run"
+    assert rows["doubled"]["learning_rate"] == "2e-05" and rows["dpo"]["trained_beta"] == "0.5"
+
+    recorder.jobs.clear()
+    assert main([*common, "--betas", "0.25", "--tune-lr", "-o", str(tmp_path / "b")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--betas overrides its run's" in out and "--tune-lr overrides its run's" in out
+    row_jobs = [j for j in recorder.jobs if j[3] == spec.code]
+    assert all(j[0] == 0.25 and j[1] is None for j in row_jobs) and {j[2] for j in row_jobs} >= {1e-5, 4e-5}

@@ -32,7 +32,8 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     channel: malformed, oversized, late or unexpected replies) or ``sandbox`` (the worker or the
     oracle was killed: timeout, output flood, memory, or it died). ``timeout`` bounds the checks, not the worker's
     start (importing torch). ``env`` adds environment variables for the worker (tests tag it).
-    ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``).
+    ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``, the default
+    config's ``training.beta``).
     A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
     rejection) and ``summary`` (the diagnostics in one line). A loss in the original DiscoPOP method
     form is checked as rewritten to the contract form, and ``normalised`` shows that text.

@@ -1,5 +1,8 @@
 """The conventions hydra and TRL users bring: ``--cfg job``, ``-m`` sweeps, a settings listing, ``--version``.
 
+(``--config-dir``/``--config-name`` and ``--info`` are hydra's own machinery: ``config.search_path`` and
+``config.compose.hydra_info``.)
+
 ``discover`` composes its config with hydra's compose API (``config/compose.py``) rather than ``@hydra.main``,
 so these are provided here, each one small: a sweep is expanded with hydra's own override parser (so
 ``seed=1,2``, ``seed=range(3)`` and ``training.beta=choice(0.1,0.5)`` mean what they mean in hydra) and run
@@ -115,15 +118,16 @@ def run_sweep(args: argparse.Namespace, run_one: Callable[..., int], fail: Calla
     if args.resume is not None:
         return fail("discover", "-m/--multirun starts new runs; resume each of a sweep's runs with "
                                  "discover --resume SWEEP_DIR/N_...")
+    sources = (args.config, getattr(args, "config_dir", None), getattr(args, "config_name", None))
     try:
         base, overrides = sweep_dir(args.overrides)
         jobs = expand_sweep(overrides)
         if base is None:  # hydra's default run directory (runs/<time>) becomes the sweep directory
-            base = Path(resolve_run(args.generations, None, jobs[0].overrides, args.config)[1])
+            base = Path(resolve_run(args.generations, None, jobs[0].overrides, *sources)[1])
         planned = []
         for job in jobs:
             job.overrides.append(f"hydra.run.dir={quote(str(base / job.label))}")
-            planned.append((job, *resolve_run(args.generations, None, job.overrides, args.config)))
+            planned.append((job, *resolve_run(args.generations, None, job.overrides, *sources)))
     except ConfigError as err:
         return fail("discover", str(err))
     for job, cfg, run_dir in planned:

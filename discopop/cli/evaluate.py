@@ -12,6 +12,7 @@ import argparse
 import math
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -24,11 +25,13 @@ from discopop.fitness.judge import with_judge
 from discopop.fitness.tuning import LrProtocol
 from discopop.report.escape import terminal
 from discopop.report.quiet import quiet_libraries
+from discopop.report.run import run_beta
 from discopop.search.loop import worker_spec
 from discopop.tasks import load_task
 from discopop.transfer.protocol import (
     CACHE_NAME,
     EvaluateError,
+    LossSpec,
     ResultCache,
     RunKey,
     TransferEvaluation,
@@ -36,6 +39,9 @@ from discopop.transfer.protocol import (
 )
 from discopop.transfer.protocol import Progress as Callbacks
 from discopop.transfer.report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
+
+# The paper's beta sweep: what a list of losses is evaluated at when neither --betas nor --run says otherwise.
+DEFAULT_BETAS = "0.01,0.05,0.1,0.5,1,2.5"
 
 
 def parse_betas(text: str) -> list[float]:
@@ -67,7 +73,7 @@ def executor_factory(out: Path):
 def run_evaluate(args: argparse.Namespace) -> int:
     overrides = [i for i in args.items if "=" in i]
     loss_items = [i for i in args.items if "=" not in i]
-    betas = parse_betas(args.betas)
+    betas = parse_betas(args.betas or DEFAULT_BETAS)
     if args.seeds < 1:
         raise EvaluateError(f"--seeds must be >= 1, got {args.seeds}")
     if args.top_k is not None and args.run is None:
@@ -80,6 +86,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise EvaluateError("--tasks names no task")
     cfgs = task_configs(tasks, overrides)
     losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0)
+    losses, betas, settings = run_settings(losses, args, betas, cfgs[0].training.beta)
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     names = terminal(", ".join(s.name for s in losses))
     console.print(f"evaluating {len(losses)} losses ({names}) on {', '.join(tasks)} "
                   f"at beta {', '.join(f'{b:g}' for b in betas)}, {args.seeds} fresh seeds; output: {out}")
+    for line in settings:
+        console.print(f"  {terminal(line)}")
     started = time.perf_counter()
     with _Display(console, quiet=args.quiet) as display:
         evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory(out),
@@ -106,6 +115,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     facts = {"losses": ", ".join(s.name for s in losses), "tasks": ", ".join(tasks),
              "betas": ", ".join(f"{b:g}" for b in betas), "fresh seeds": args.seeds,
              "learning-rate grid": ", ".join(f"{lr:g}" for lr in _grid(cfgs[0])),
+             **({"settings of the run's candidates": "; ".join(settings)} if settings else {}),
              "fine-tunes run now / cached": f"{display.ran} / {display.cached}",
              "wall time of this invocation": f"{seconds / 60:.1f} min",
              "command": command_line(args)}
@@ -118,6 +128,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_settings(losses: list[LossSpec], args: argparse.Namespace, betas: list[float],
+                 config_beta: float) -> tuple[list[LossSpec], list[float], list[str]]:
+    """Apply the user's overrides to a run's candidates' own settings; return the losses, the betas, and one line per
+    candidate saying the beta and learning rate it trains at and why.
+
+    A run's row was scored at its beta (``metrics.beta`` where the run's beta axis chose one, else the run's
+    ``training.beta``) and its chosen rate; re-training it elsewhere judges a loss the run never ranked. So by
+    default it keeps both, and the cells sit at the run's ``training.beta``. ``--betas`` puts every loss at exactly
+    those betas; ``--tune-lr`` gives it the whole ``training.lr_grid``, as references get.
+    """
+    run_rows = [s for s in losses if s.beta is not None or s.learning_rate is not None]
+    if not run_rows:
+        return losses, betas, []
+    if args.betas is None:
+        default = run_beta(Path(args.run)) if args.run else None
+        betas = [default if default is not None else config_beta]
+        beta_note = f"{betas[0]:g} (the cells' beta: its run recorded none)"
+    else:
+        losses = [replace(s, beta=None) for s in losses]
+        beta_note = "of each cell (--betas overrides its run's)"
+    lr_note = "tuned on training.lr_grid (its run recorded none)"
+    if args.tune_lr:
+        losses = [replace(s, learning_rate=None) for s in losses]
+        lr_note = "tuned on training.lr_grid (--tune-lr overrides its run's)"
+    lines = [f"{s.name} ({s.origin}): {s.settings_text(beta_note, lr_note)}" for s in losses
+             if any(s.hash == r.hash for r in run_rows)]
+    return losses, betas, lines
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The invocation, to re-run or resume it (the same command skips what the cache holds)."""
     parts = ["discopop evaluate", *map(shlex.quote, args.items)]
@@ -125,7 +164,11 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--run", shlex.quote(args.run), "--top-k", str(args.top_k or 3)]
     if args.tasks:
         parts += ["--tasks", shlex.quote(args.tasks)]
-    parts += ["--betas", shlex.quote(args.betas), "--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
+    if args.betas is not None:
+        parts += ["--betas", shlex.quote(args.betas)]
+    if getattr(args, "tune_lr", False):
+        parts.append("--tune-lr")
+    parts += ["--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
     return " ".join(parts)
 
 

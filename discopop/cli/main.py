@@ -16,7 +16,7 @@ from typing import Any
 from discopop.archive import Archive, ArchiveError
 from discopop.cli.conventions import config_yaml, run_sweep, settings_lines, version
 from discopop.config import TrainingSettings
-from discopop.config.compose import ConfigError, create_run_dir, record_run, resolve_run
+from discopop.config.compose import INFO_KINDS, ConfigError, create_run_dir, hydra_info, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
 
 EXIT_USAGE = 2
@@ -39,6 +39,16 @@ def discover(argv: list[str] | None = None) -> int:
                              "0.1}'; 'task: diagnostic' picks a preset); command-line overrides still win")
     parser.add_argument("--cfg", choices=["job"],
                         help="print the resolved config (as RUN_DIR/.hydra/config.yaml would record it) and exit")
+    parser.add_argument("--config-dir", "-cd", metavar="DIR",
+                        help="as in hydra: add DIR to the config search path (after the package's conf/), so "
+                             "--config-name and group options find your files there (DIR/task/my_task.yaml: "
+                             "task=my_task); a file never shadows a packaged one of the same name")
+    parser.add_argument("--config-name", "-cn", metavar="NAME",
+                        help="as in hydra: the primary config (default: the package's 'config'); in --config-dir, "
+                             "it may extend the package's with 'defaults: [config, _self_]'")
+    parser.add_argument("--info", "-i", nargs="?", const="all", choices=INFO_KINDS,
+                        help="as in hydra: print the config search path, the defaults list (which file each group "
+                             "came from) and the config, then exit (default: all)")
     parser.add_argument("-m", "--multirun", action="store_true",
                         help="a sweep: one run per combination of comma-separated values (seed=1,2,3), one after "
                              "another, each in its own folder under one sweep directory")
@@ -48,16 +58,31 @@ def discover(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s (discopop) {version()}")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. proposer=openai training.beta=0.05")
     args = parser.parse_args(argv)
+    if args.info is not None:
+        return _info(args)
     if args.multirun:
         return run_sweep(args, _discover, _fail)
     try:
-        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides, args.config)
+        cfg, run_dir = resolve_run(args.generations, args.resume, args.overrides, args.config, args.config_dir,
+                                   args.config_name)
     except ConfigError as err:
         return _fail("discover", str(err))
     if args.cfg:
         sys.stdout.write(config_yaml(cfg))
         return 0
     return _discover(args, cfg, run_dir, args.overrides)
+
+
+def _info(args: argparse.Namespace) -> int:
+    """``discover --info [KIND]``: hydra prints what it would compose; like hydra's, alone (no run, no sweep)."""
+    clash = [flag for flag, on in (("--resume", args.resume), ("--cfg", args.cfg), ("-m", args.multirun)) if on]
+    if clash:
+        return _fail("discover", f"--info cannot be combined with {', '.join(clash)}")
+    try:
+        hydra_info(args.info, list(args.overrides), args.config, args.config_dir, args.config_name)
+    except ConfigError as err:
+        return _fail("discover", str(err))
+    return 0
 
 
 def candidates_ahead(cfg: Any, run_dir: Path, resumed: bool) -> int:
@@ -288,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", metavar="RUN_DIR", help="also evaluate this discovery run's best candidates")
     p.add_argument("--top-k", type=int, default=None, help="how many of --run's best candidates (default 3)")
     p.add_argument("--tasks", help="comma-separated tasks (default: sorting with --run, else addition)")
-    p.add_argument("--betas", default="0.01,0.05,0.1,0.5,1,2.5", help="comma-separated betas")
+    p.add_argument("--betas", default=None,
+                   help="comma-separated betas, every loss at exactly these (default: 0.01,0.05,0.1,0.5,1,2.5; with "
+                        "--run, the run's training.beta, and its candidates each at the beta the run scored them at)")
+    p.add_argument("--tune-lr", action="store_true",
+                   help="tune --run's candidates on training.lr_grid as references are (default: each keeps the "
+                        "learning rate its run chose)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")
     p.add_argument("-o", "--output", default="runs/evaluate",
                    help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")

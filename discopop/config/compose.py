@@ -9,6 +9,7 @@ mistake become one clear line instead of a traceback. The configs ship inside th
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from discopop.config import (
     register_schemas,
 )
 from discopop.config.resume import check_resume
+from discopop.config.search_path import hydra_session
 from discopop.config.user_file import name_the_file, user_overrides
 
 __all__ = ["ConfigError", "RunSettings", "compose", "compose_settings", "create_run_dir", "record_run",
@@ -33,6 +35,8 @@ __all__ = ["ConfigError", "RunSettings", "compose", "compose_settings", "create_
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
+PRIMARY = "config"  # the primary config's name (conf/config.yaml); --config-name picks another
+INFO_KINDS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # hydra's --info choices
 
 
 def _first_line(err: Exception) -> str:
@@ -95,27 +99,25 @@ def refuse_pasted_keys(overrides: list[str]) -> None:
             raise ConfigError(API_KEY_REFUSED.format(key=key))
 
 
-def compose_settings(overrides: list[str], config_file: str | Path | None = None) -> tuple[RunSettings, str]:
+def compose_settings(overrides: list[str], config_file: str | Path | None = None,
+                     config_dir: str | Path | None = None, config_name: str | None = None,
+                     ) -> tuple[RunSettings, str]:
     """Compose ``config.yaml`` with overrides onto the schemas; return (typed settings, ``auto`` resolved,
     run directory). Nothing is checked beyond the types: ``validate`` does that.
 
-    ``config_file``: a user's settings file (``discover --config``), composed under the overrides."""
+    ``config_file``: a user's settings file (``discover --config``), composed under the overrides;
+    ``config_dir`` / ``config_name``: hydra's ``--config-dir`` (a search path for a primary config and group
+    files, ``config.search_path``) and ``--config-name`` (the primary config, default ``config``)."""
     # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    refuse_pasted_keys(overrides)
-    register_schemas()
-    if config_file is not None:
-        overrides = user_overrides(config_file, overrides)
-    GlobalHydra.instance().clear()
+    overrides = prepared_overrides(overrides, config_file)
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        with hydra_session(CONF_DIR, config_dir):
+            cfg = hydra_compose(config_name or PRIMARY, overrides=overrides, return_hydra_config=True)
         run_dir = str(cfg.hydra.run.dir)
         with open_dict(cfg):
             del cfg["hydra"]
@@ -127,12 +129,38 @@ def compose_settings(overrides: list[str], config_file: str | Path | None = None
         if config_file is not None:
             message = name_the_file(message, config_file, str(err))
         raise ConfigError(message) from None
-    finally:
-        GlobalHydra.instance().clear()
     # Through the plain form, as --resume reads a saved config: a key added with `+key=...` is refused here too.
     settings = RunSettings.coerce(plain)
     resolve_auto(settings)
     return settings, run_dir
+
+
+def prepared_overrides(overrides: list[str], config_file: str | Path | None) -> list[str]:
+    """The overrides hydra composes: pasted keys refused, schemas registered, a ``--config`` file added."""
+    refuse_pasted_keys(overrides)
+    register_schemas()
+    return user_overrides(config_file, overrides) if config_file is not None else list(overrides)
+
+
+def hydra_info(kind: str, overrides: list[str], config_file: str | Path | None = None,
+               config_dir: str | Path | None = None, config_name: str | None = None) -> None:
+    """hydra's ``--info [KIND]`` for this composition, printed by hydra itself (search path, defaults list, config,
+    plugins): what a hydra user reads to learn where each file came from."""
+    # lazy: hydra/omegaconf only where a config is composed; a worker reads settings without them
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = prepared_overrides(overrides, config_file)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with hydra_session(CONF_DIR, config_dir) as hydra:
+            hydra.show_info(kind, config_name=config_name or PRIMARY, overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(_config_hint(_explain(err))) from None
+    finally:  # show_info adds a stdout handler to the root logger at DEBUG: the caller's logging is left as it was
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def compose(overrides: list[str]) -> tuple[dict[str, Any], str]:
@@ -195,11 +223,15 @@ def _load_saved(run_dir: Path, overrides: list[str]) -> RunSettings:
 
 
 def resolve_run(generations: int | None, resume: str | None, overrides: list[str],
-                config_file: str | None = None) -> tuple[RunSettings, Path]:
+                config_file: str | None = None, config_dir: str | None = None,
+                config_name: str | None = None) -> tuple[RunSettings, Path]:
     """The validated settings and run directory of a new or resumed run; nothing is written yet."""
-    if resume is not None and config_file is not None:
-        raise ConfigError("--config sets up a new run; a resumed run keeps its recorded settings (pass the "
-                          "overrides --resume accepts, such as proposer.max_calls=N, on the command line)")
+    if resume is not None:
+        given = [flag for flag, value in (("--config", config_file), ("--config-dir", config_dir),
+                                          ("--config-name", config_name)) if value is not None]
+        if given:
+            raise ConfigError(f"{'/'.join(given)} sets up a new run; a resumed run keeps its recorded settings (pass "
+                              "the overrides --resume accepts, such as proposer.max_calls=N, on the command line)")
     if resume is not None:
         run_dir = Path(resume)
         settings = _load_saved(run_dir, overrides)
@@ -208,7 +240,7 @@ def resolve_run(generations: int | None, resume: str | None, overrides: list[str
     else:
         if generations is not None:
             overrides = [*overrides, f"generations={generations}"]
-        settings, run_text = compose_settings(overrides, config_file)
+        settings, run_text = compose_settings(overrides, config_file, config_dir, config_name)
         run_dir = Path(run_text)
         if (run_dir / "archive.sqlite").exists():  # a run directory holds one configuration (config/resume.py)
             raise ConfigError(f"{run_dir} already holds a run (archive.sqlite): continue it with discover --resume "

@@ -11,9 +11,11 @@ winner's code are logged beside the per-candidate numbers.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,26 @@ def winner_summary(rows: list[Row], run_beta: float | None) -> dict[str, Any]:
             "winner/code": code_text(best.code)}
 
 
+# wandb's switch for its Weave integration: set, wandb.init neither starts Weave nor prints its three-line "Detected
+# [openai] in use ... W&B Weave" suggestion (every run imports openai for the LLM proposer). Only that integration is
+# off: wandb's warnings and errors print as before.
+WEAVE_SWITCH = "WANDB_DISABLE_WEAVE"
+
+
+@contextmanager
+def no_weave_suggestion() -> Iterator[None]:
+    """The Weave integration off for one ``wandb.init`` (a user who set ``WANDB_DISABLE_WEAVE`` keeps their value);
+    the environment is restored after, so nothing else in the process sees the variable."""
+    if WEAVE_SWITCH in os.environ:
+        yield
+        return
+    os.environ[WEAVE_SWITCH] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(WEAVE_SWITCH, None)
+
+
 class Tracker:
     def __init__(self, settings: WandbSettings | Mapping[str, Any], run_dir: Path, config: dict[str, Any]):
         """``settings``: the run's ``wandb`` group; ``config``: the whole run config (plain), logged with the run."""
@@ -94,9 +116,10 @@ class Tracker:
             return
         import wandb  # lazy: wandb is optional
 
-        self.run = wandb.init(project=settings.project, mode=mode, dir=str(run_dir),
-                              config=config, name=run_dir.name, resume="allow", id=run_id(run_dir),
-                              settings=wandb.Settings(silent=True, console="off"))
+        with no_weave_suggestion():
+            self.run = wandb.init(project=settings.project, mode=mode, dir=str(run_dir),
+                                  config=config, name=run_dir.name, resume="allow", id=run_id(run_dir),
+                                  settings=wandb.Settings(silent=True, console="off"))
 
     def log_candidate(self, row_id: int, name: str, generation: int, status: str, fitness: float | None,
                       metrics: dict[str, Any], best: float | None) -> None:

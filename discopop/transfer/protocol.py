@@ -19,6 +19,10 @@ fair protocol and statistics as discovery's confirmation, so its verdicts mean t
    seed, AQFL led hinge by 0.014 on 10 fresh seeds). Picking the baseline by its fresh mean favours
    the baseline (its winner's curse), so a "beats" stays conservative.
 
+A run's candidate (``--run``) carries the beta and learning rate its run scored it at (``LossSpec.beta``,
+``learning_rate``): it trains at that beta in every cell and at that rate only, so the loss judged is the one
+the run ranked. The command drops either only where the user asks (``--betas``, ``--tune-lr``) and says which.
+
 All training runs through the sandboxed executor (candidate code only ever runs in the loss
 oracle); one executor per (task, beta), since beta is part of a worker's training config. Every
 fine-tune is cached in ``OUT/results.sqlite`` (``fitness.result_store``) under (loss code hash, task
@@ -48,6 +52,7 @@ from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
 from discopop.proposers.reference import available, reference_candidate
+from discopop.report.run import beta_of, learning_rate_of, run_beta
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.search.confirmation import fresh_seeds, top_candidates
 from discopop.tasks import stable_key
@@ -73,10 +78,22 @@ class LossSpec:
     code: str
     origin: str
     reference: bool = False
+    # A run row's own settings, as its run scored it (``--run``): the beta it trained at (``metrics.beta`` where the
+    # run's beta axis chose one, else the run's ``training.beta``) and its chosen learning rate. Set, the loss trains
+    # at that beta in every cell and at that rate only (no sweep); None, it gets the cell's beta / the whole grid.
+    beta: float | None = None
+    learning_rate: float | None = None
 
     @property
     def hash(self) -> str:
         return code_hash(self.code)
+
+    def settings_text(self, beta_note: str, lr_note: str) -> str:
+        """Which beta and rate this loss trains at, in words (``discopop evaluate`` prints it for a run's row);
+        the notes say what it gets where it carries no setting of its own, and why."""
+        beta = f"beta {self.beta:g} (its run's)" if self.beta is not None else f"beta {beta_note}"
+        rate = f"lr {self.learning_rate:g} (its run's)" if self.learning_rate is not None else f"lr {lr_note}"
+        return f"{beta}, {rate}"
 
 
 def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int = 0,
@@ -119,14 +136,16 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
         while name in names:
             name, n = f"{spec.name}_{n}", n + 1
         names.add(name)
-        unique[spec.hash] = LossSpec(name, spec.code, spec.origin, spec.reference)
+        unique[spec.hash] = replace(spec, name=name)
     if not unique:
         raise EvaluateError("no losses to evaluate: name reference losses, loss files, or --run RUN_DIR --top-k K")
     return list(unique.values())
 
 
 def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
-    """The ``top_k`` best scored non-reference candidates of a discovery run (by search fitness)."""
+    """The ``top_k`` best scored non-reference candidates of a discovery run (by search fitness), each with the
+    beta and learning rate it was scored at (re-training it at other settings would judge a loss the run never
+    ranked; ``discopop evaluate`` drops them only where the user asks)."""
     if not (Path(run_dir) / ARCHIVE_NAME).is_file():
         raise EvaluateError(f"{run_dir} is not a discopop run directory (no {ARCHIVE_NAME})")
     try:
@@ -137,7 +156,9 @@ def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
         raise EvaluateError(f"cannot read the archive of {run_dir}: {err}") from None
     if not rows:
         raise EvaluateError(f"{run_dir} has no scored candidates to evaluate")
-    return [LossSpec(r.name, r.code, f"{run_dir}#{r.id}") for r in rows]
+    default_beta = run_beta(Path(run_dir))
+    return [LossSpec(r.name, r.code, f"{run_dir}#{r.id}", beta=beta_of(r, default_beta),
+                     learning_rate=learning_rate_of(r)) for r in rows]
 
 
 def task_key(cfg: RunSettings | Mapping[str, Any]) -> str:
@@ -164,6 +185,15 @@ class Cell:
     vs_dpo: dict[str, Any] | None = None
     vs_best: dict[str, Any] | None = None
     best_baseline: str | None = None
+
+    @property
+    def trained_beta(self) -> float:
+        """The beta this loss trains at in this cell: its run's own where it carries one, else the cell's."""
+        return self.loss.beta if self.loss.beta is not None else self.beta
+
+    def rates(self, protocol: LrProtocol) -> tuple[float, ...]:
+        """The learning rates its search runs: its run's own rate alone where it carries one, else the grid."""
+        return (self.loss.learning_rate,) if self.loss.learning_rate is not None else protocol.grid
 
 
 @dataclass
@@ -205,8 +235,11 @@ class TransferEvaluation:
 
     def total_runs(self) -> int:
         """Fine-tunes the whole evaluation needs at most (grid + fresh seeds per loss, task and beta)."""
-        grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid) if self.task_cfgs else 0
-        return len(self.task_cfgs) * len(self.betas) * len(self.losses) * (grid + self.n_seeds)
+        if not self.task_cfgs:
+            return 0
+        grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid)
+        per_cell = sum((1 if loss.learning_rate is not None else grid) + self.n_seeds for loss in self.losses)
+        return len(self.task_cfgs) * len(self.betas) * per_cell
 
     def run(self) -> list[Cell]:
         self.progress.planned(self.total_runs())
@@ -224,8 +257,8 @@ class TransferEvaluation:
         cells = [Cell(task_name, beta, loss) for loss in self.losses]
         executor: list[Executor] = []  # started only if something is not cached
         try:
-            search = {c.loss.hash: [RunKey(c.loss.hash, key_task, beta, seed, SEARCH_SPLIT, lr) for lr in protocol.grid]
-                      for c in cells}
+            search = {c.loss.hash: [RunKey(c.loss.hash, key_task, c.trained_beta, seed, SEARCH_SPLIT, lr)
+                                    for lr in c.rates(protocol)] for c in cells}
             found = self._run_keys(cfg, cells, search, executor)
             for cell in cells:
                 for key in search[cell.loss.hash]:
@@ -238,7 +271,7 @@ class TransferEvaluation:
                 if best is not None:
                     cell.learning_rate, cell.search_fitness = best[0], float(best[1]["fitness"])
             seeds = fresh_seeds(seed, self.n_seeds)
-            confirm = {c.loss.hash: [RunKey(c.loss.hash, key_task, beta, s, CONFIRM_SPLIT, c.learning_rate)
+            confirm = {c.loss.hash: [RunKey(c.loss.hash, key_task, c.trained_beta, s, CONFIRM_SPLIT, c.learning_rate)
                                      for s in seeds] for c in cells if c.learning_rate is not None}
             found = self._run_keys(cfg, cells, confirm, executor)
             for cell in cells:
@@ -265,8 +298,9 @@ class TransferEvaluation:
                                        True)
                     continue
                 todo[len(jobs)] = key
+                own_beta = by_hash[loss_hash].loss.beta  # a run row's beta; None: the executor's (the cell's)
                 jobs.append(Job(len(jobs), by_hash[loss_hash].loss.code, "train", key.seed, split=key.split,
-                                learning_rate=key.learning_rate))
+                                learning_rate=key.learning_rate, beta=own_beta))
         if jobs and self.train:
             if not executor:
                 executor.append(self.make_executor(cfg))

@@ -35,7 +35,8 @@ CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "l
               "lr_sweep", "lr_errors", "seeds", "fitness_per_seed", "mean", "se", "reward", "kl", "failed",
               "vs_dpo_verdict", "vs_dpo_delta", "vs_dpo_ci_low", "vs_dpo_ci_high", "vs_dpo_p_holm",
               "best_baseline", "vs_best_verdict", "vs_best_delta", "vs_best_ci_low", "vs_best_ci_high",
-              "vs_best_p_holm", "vs_dpo_mde", "vs_dpo_equivalence", "vs_best_mde", "vs_best_equivalence")
+              "vs_best_p_holm", "vs_dpo_mde", "vs_dpo_equivalence", "vs_best_mde", "vs_best_equivalence",
+              "trained_beta", "lr_from")
 
 
 def _num(x: float | None, digits: int = 6) -> str:
@@ -83,6 +84,8 @@ def csv_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
             "mean": _num(est.get("mean")), "se": _num(est.get("se")), "reward": _num(est.get("reward")),
             "kl": _num(est.get("kl")), "failed": est.get("failed") or "", "best_baseline": c.best_baseline or "",
             **_verdict_fields("vs_dpo", c.vs_dpo), **_verdict_fields("vs_best", c.vs_best),
+            # a run's candidate keeps the beta and rate its run scored it at (``discopop evaluate --run``)
+            "trained_beta": f"{c.trained_beta:g}", "lr_from": "run" if c.loss.learning_rate is not None else "grid",
         })
     return rows
 
