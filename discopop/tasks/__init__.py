@@ -29,6 +29,7 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
 # cache built before they existed stays valid (pairs.label_noise was absent from the sorting task).
 LATER_TASK_KEYS = ("replicate_prompts", "replicate_contexts")
 LATER_PAIRS_KEYS = ("label_noise", "hard_flip", "ties", "length_bias")
+LATER_SFT_KEYS = ("small_sum_share",)
 
 
 def stable_key(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +38,9 @@ def stable_key(cfg: dict[str, Any]) -> dict[str, Any]:
     pairs = cfg.get("pairs")
     if isinstance(pairs, dict):
         out["pairs"] = {k: v for k, v in pairs.items() if not (k in LATER_PAIRS_KEYS and not v)}
+    sft = cfg.get("sft")
+    if isinstance(sft, dict):
+        out["sft"] = {k: v for k, v in sft.items() if not (k in LATER_SFT_KEYS and not v)}
     return out
 
 
