@@ -52,19 +52,36 @@ def test_the_share_of_small_sums_in_the_sft_data_is_the_setting() -> None:
     assert [draw_a() for _ in range(100)] == [draw_b() for _ in range(100)]  # seeded
 
 
+def test_pair_prompts_cover_small_sums_only_when_asked() -> None:
+    train = _train()
+    off = synthetic.pair_prompts(ADD, train, {"prompts": 3000}, random.Random(4))
+    assert off == [p for p, _ in random.Random(4).sample(train, 3000)]  # the draws of a build before the setting
+    on = synthetic.pair_prompts(ADD, train, {"prompts": 1000, "small_sum_share": 0.1}, random.Random(4))
+    small = sum(ADD.small_sum(p) for p, _ in train)
+    assert len(on) == len(set(on)) == 1000 and sum(ADD.small_sum(p) for p in on) == min(small, 100)
+    assert sum(ADD.small_sum(p) for p in off) < 0.04 * len(off)
+    capped = synthetic.pair_prompts(ADD, train, {"prompts": 3000, "small_sum_share": 0.5}, random.Random(4))
+    assert sum(ADD.small_sum(p) for p in capped) == small and len(capped) == 3000  # all there are, no repeats
+
+
 def test_the_default_keeps_its_cache_keys_and_coverage_changes_the_sft_key() -> None:
     base, _ = compose(["task=addition"])
-    old = {**base["task"], "sft": {k: v for k, v in base["task"]["sft"].items() if k != "small_sum_share"}}
-    assert base["task"]["sft"]["small_sum_share"] == 0.0
+    old = {**base["task"], **{part: {k: v for k, v in base["task"][part].items() if k != "small_sum_share"}
+                              for part in ("sft", "pairs")}}
+    assert base["task"]["sft"]["small_sum_share"] == base["task"]["pairs"]["small_sum_share"] == 0.0
     assert build_key(base["task"]) == build_key(old)  # the default addition task keeps its cache
     covered, _ = compose(["task=addition", "task.sft.small_sum_share=0.1"])
     RunSettings.coerce(covered).check()
     assert config_hash(sft_key(build_key(covered["task"]))) != config_hash(sft_key(build_key(base["task"])))
+    pairs_only, _ = compose(["task=addition", "task.pairs.small_sum_share=0.05"])
+    assert sft_key(build_key(pairs_only["task"])) == sft_key(build_key(base["task"]))  # reuses the SFT model
+    assert build_key(pairs_only["task"]) != build_key(base["task"])
 
 
 def test_coverage_is_checked() -> None:
     for overrides, message in ((["task.sft.small_sum_share=1.0"], r"small_sum_share must be in \[0, 1\)"),
-                               (["task=sorting", "task.sft.small_sum_share=0.1"], "for addition tasks")):
+                               (["task=sorting", "task.sft.small_sum_share=0.1"], "for addition tasks"),
+                               (["task=sorting", "task.pairs.small_sum_share=0.1"], "pairs.small_sum_share is for")):
         with pytest.raises(ConfigError, match=message):
             RunSettings.coerce(compose(overrides)[0]).check()
 

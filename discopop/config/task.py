@@ -63,8 +63,12 @@ class PairsSettings:
     length_bias: float = setting(0.0, "Probability that of two answers of different length the longer is made the "
                                       "chosen one, whatever its correctness (a spurious feature).")
 
+    small_sum_share: float = setting(0.0, "Share of the pair prompts drawn from the training prompts whose sum is "
+                                          "under 20 (addition only; as many as there are, at most): pairs where the "
+                                          "reference's small-sum answers can be corrected. 0: drawn uniformly (~2%).")
+
     def check(self) -> None:
-        for key in ("label_noise", "hard_flip", "ties", "length_bias"):
+        for key in ("label_noise", "hard_flip", "ties", "length_bias", "small_sum_share"):
             value = getattr(self, key)
             require(0 <= value <= 1, f"task.pairs.{key} must be in [0, 1], got {value}")
 
@@ -104,8 +108,9 @@ class SyntheticTaskSettings:
         require(self.replicate_prompts >= 0, f"task.replicate_prompts must be >= 0, got {self.replicate_prompts}")
         self.pairs.check()
         self.sft.check()
-        require(self.language != "sorting" or not self.sft.small_sum_share,
-                "task.sft.small_sum_share is for addition tasks (sorting has no sums)")
+        for part in ("sft", "pairs"):
+            require(self.language != "sorting" or not getattr(self, part).small_sum_share,
+                    f"task.{part}.small_sum_share is for addition tasks (sorting has no sums)")
 
 
 @dataclass

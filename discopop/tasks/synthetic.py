@@ -366,7 +366,7 @@ def decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, samp
 def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: int) -> list[dict[str, str]]:
     """Sample completions from the SFT model and pair a correct with a wrong one per prompt."""
     rng = random.Random(seed)
-    prompts = [p for p, _ in rng.sample(train, min(len(train), cfg["prompts"]))]
+    prompts = pair_prompts(language, train, cfg, rng)
     k = cfg["samples_per_prompt"]
     repeated = [p for p in prompts for _ in range(k)]
     texts = generate(model, tokenizer, repeated, language.max_answer_len + 1, sample=True, seed=seed)
@@ -383,6 +383,23 @@ def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: i
             break
     flipped = flip_labels(pairs, float(cfg.get("label_noise", 0.0)), random.Random(seed + 1))
     return reshape(flipped, language, cfg, seed)
+
+
+def pair_prompts(language: SyntheticLanguage, train: list[tuple[str, str]], cfg: dict[str, Any],
+                 rng: random.Random) -> list[str]:
+    """The training prompts pairs are sampled on: ``cfg["prompts"]`` drawn without replacement, uniformly (as
+    before ``small_sum_share`` existed) or, with it set, that share of them from the small-sum prompts (as many
+    as there are, at most) and the rest from the others, in seeded random order."""
+    count = min(len(train), int(cfg["prompts"]))
+    share = float(cfg.get("small_sum_share") or 0)
+    if share <= 0:
+        return [p for p, _ in rng.sample(train, count)]
+    small = [item for item in train if language.small_sum(item[0])]
+    rest = [item for item in train if not language.small_sum(item[0])]
+    picked = rng.sample(small, min(len(small), round(share * count)))
+    picked += rng.sample(rest, min(len(rest), count - len(picked)))
+    rng.shuffle(picked)
+    return [p for p, _ in picked]
 
 
 def flip_labels(pairs: list[dict[str, str]], rate: float, rng: random.Random) -> list[dict[str, str]]:
