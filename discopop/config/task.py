@@ -14,7 +14,8 @@ from typing import Any
 
 from discopop.config.base import ConfigError, is_env_name, is_url, require, setting
 
-LANGUAGE_NAMES = ("addition", "sorting")  # the embedded tasks (``tasks.synthetic.LANGUAGES`` builds them)
+# The embedded tasks (``tasks.synthetic.LANGUAGES`` builds them).
+LANGUAGE_NAMES = ("addition", "sorting", "addition_mixedlen")
 HUB_REQUIRED = ("model", "dataset")  # a hub task's keys without a default
 
 SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.fitness.scoring)
@@ -36,6 +37,14 @@ class SftSettings:
     noise: float = setting(0.1, "Share of SFT answers replaced by a random wrong one.")
     systematic_error: float = setting(0.6, "Share of SFT answers with the task's habitual mistake (addition: "
                                            "forgetting the carry; sorting: leaving a smaller last digit last).")
+    small_sum_share: float = setting(0.0, "Share of SFT examples drawn from the training prompts whose sum is under "
+                                          "20 (addition only). Two-digit operands drawn uniformly make them ~2% of "
+                                          "the data, too few for the reference to learn them: a floor no preference "
+                                          "loss can move. 0: prompts drawn uniformly, as before.")
+
+    def check(self) -> None:
+        share = self.small_sum_share
+        require(0 <= share < 1, f"task.sft.small_sum_share must be in [0, 1), got {share}")
 
 
 @dataclass
@@ -54,8 +63,12 @@ class PairsSettings:
     length_bias: float = setting(0.0, "Probability that of two answers of different length the longer is made the "
                                       "chosen one, whatever its correctness (a spurious feature).")
 
+    small_sum_share: float = setting(0.0, "Share of the pair prompts drawn from the training prompts whose sum is "
+                                          "under 20 (addition only; as many as there are, at most): pairs where the "
+                                          "reference's small-sum answers can be corrected. 0: drawn uniformly (~2%).")
+
     def check(self) -> None:
-        for key in ("label_noise", "hard_flip", "ties", "length_bias"):
+        for key in ("label_noise", "hard_flip", "ties", "length_bias", "small_sum_share"):
             value = getattr(self, key)
             require(0 <= value <= 1, f"task.pairs.{key} must be in [0, 1], got {value}")
 
@@ -66,7 +79,8 @@ class SyntheticTaskSettings:
 
     name: str = setting("addition", "The task's name (the preset).")
     kind: str = setting("synthetic", "synthetic (built locally) or hub.")
-    language: str = setting("addition", "Which embedded task: addition or sorting.")
+    language: str = setting("addition", "Which embedded task: addition, sorting or addition_mixedlen (operands of "
+                                        "1-4 digits: answers of mixed length).")
     seed: int = setting(0, "Seeds the built task (SFT, pairs, label noise, held-out split).")
     cache_dir: str | None = setting(None, "Where built tasks are cached; null: $DISCOPOP_CACHE_DIR or "
                                           "~/.cache/discopop.")
@@ -93,6 +107,10 @@ class SyntheticTaskSettings:
         require(self.kl_coef >= 0, f"task.kl_coef must be >= 0, got {self.kl_coef}")
         require(self.replicate_prompts >= 0, f"task.replicate_prompts must be >= 0, got {self.replicate_prompts}")
         self.pairs.check()
+        self.sft.check()
+        for part in ("sft", "pairs"):
+            require(self.language != "sorting" or not getattr(self, part).small_sum_share,
+                    f"task.{part}.small_sum_share is for addition tasks (sorting has no sums)")
 
 
 @dataclass

@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,11 @@ class SyntheticLanguage(ABC):
         a bias that preference data can fix, as in real preference tuning.
         """
 
+    def small_sum(self, prompt: str) -> bool:
+        """Whether ``prompt`` is in the region ``task.sft.small_sum_share`` over-samples (none, unless a language
+        has one: uniform prompts cover it too thinly for the reference to learn it)."""
+        return False
+
     def sft_answer(self, prompt: str, answer: str, rng: random.Random, cfg: dict[str, Any]) -> str:
         """The answer written into the SFT data for ``prompt`` (deliberately noisy)."""
         habitual = self.systematic_error(prompt, answer)
@@ -114,6 +119,56 @@ class Addition(SyntheticLanguage):
         a, b = int(prompt[0:2]), int(prompt[3:5])
         return str(a + b - 10) if a % 10 + b % 10 >= 10 else None
 
+    def small_sum(self, prompt: str) -> bool:
+        """Sums under 20: both operands below 20, 210 of the 10,000 problems (2.1%)."""
+        return int(self.answer(prompt)) < 20
+
+
+class MixedLengthAddition(Addition):
+    """Addition of operands with 1 to 4 digits, each count equally likely: ``0007+1234=`` -> ``1241``.
+
+    Prompts stay fixed-width (operands zero-padded to 4 digits) but answers run from 1 to 5 digits, so the
+    summed log-ratios a loss sees (beta * rho) differ several-fold from pair to pair, where the two-digit task's
+    answers are all 1-3 characters long (``task=addition_mixedlen``, issue 24 item 5). Same habit as
+    :class:`Addition`: forgetting the carry out of the ones digit.
+    """
+
+    name = "addition_mixedlen"
+    max_answer_len = 5
+    digits = 4
+    per_shape = 1000  # problems drawn per (digits of a, digits of b): 1x1 and 1x2 have fewer, and keep all
+
+    def problems(self, rng: random.Random) -> list[tuple[str, str]]:
+        items: list[tuple[str, str]] = []
+        for da in range(1, self.digits + 1):
+            for db in range(1, self.digits + 1):
+                low_a, low_b = (0 if da == 1 else 10 ** (da - 1)), (0 if db == 1 else 10 ** (db - 1))
+                size = (10**da - low_a) * (10**db - low_b)
+                if size <= self.per_shape:
+                    cell = [(a, b) for a in range(low_a, 10**da) for b in range(low_b, 10**db)]
+                else:
+                    seen: set[tuple[int, int]] = set()
+                    while len(seen) < self.per_shape:
+                        seen.add((rng.randrange(low_a, 10**da), rng.randrange(low_b, 10**db)))
+                    cell = sorted(seen)
+                items.extend((f"{a:0{self.digits}d}+{b:0{self.digits}d}=", str(a + b)) for a, b in cell)
+        rng.shuffle(items)
+        return items
+
+    def _operands(self, prompt: str) -> tuple[int, int]:
+        a, b = prompt.rstrip("=").split("+")
+        return int(a), int(b)
+
+    def answer(self, prompt: str) -> str:
+        return str(sum(self._operands(prompt)))
+
+    def problem_key(self, prompt: str) -> str:
+        return "+".join(sorted(prompt.rstrip("=").split("+")))
+
+    def systematic_error(self, prompt: str, answer: str) -> str | None:
+        a, b = self._operands(prompt)
+        return str(a + b - 10) if a % 10 + b % 10 >= 10 else None
+
 
 class Sorting(SyntheticLanguage):
     """Sort five digits: ``s31402>`` -> ``01234``. Kept out of discovery; used to test transfer."""
@@ -150,7 +205,8 @@ class Sorting(SyntheticLanguage):
         return rest + digits[4] if rest + digits[4] != answer else None
 
 
-LANGUAGES: dict[str, type[SyntheticLanguage]] = {"addition": Addition, "sorting": Sorting}
+LANGUAGES: dict[str, type[SyntheticLanguage]] = {"addition": Addition, "sorting": Sorting,
+                                                  "addition_mixedlen": MixedLengthAddition}
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
@@ -194,14 +250,27 @@ def decode_completions(tokenizer, completion_ids: torch.Tensor) -> tuple[list[st
     return texts, torch.tensor(lengths)
 
 
+def sft_prompt_sampler(language: SyntheticLanguage, train: list[tuple[str, str]], small_share: float,
+                       rng: random.Random) -> Callable[[], tuple[str, str]]:
+    """Draws one SFT (prompt, answer): uniformly over ``train`` when ``small_share`` is 0 (exactly the draws a
+    build made before the setting existed), else from the small-sum prompts with probability ``small_share``
+    and from the others otherwise, so the share of small sums in the SFT data is ``small_share``."""
+    small = [item for item in train if language.small_sum(item[0])] if small_share > 0 else []
+    if not small:
+        return lambda: rng.choice(train)
+    rest = [item for item in train if not language.small_sum(item[0])]
+    return lambda: rng.choice(small) if rng.random() < small_share else rng.choice(rest)
+
+
 def _sft_batches(language: SyntheticLanguage, train: list[tuple[str, str]], tokenizer, cfg, rng):
     """Yield (input_ids, labels) for SFT: fixed width, answers padded after EOS, prompt not trained."""
     width = len(train[0][0]) + language.max_answer_len + 1
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    draw = sft_prompt_sampler(language, train, float(cfg.get("small_sum_share") or 0), rng)
     while True:
         ids, labels = [], []
         for _ in range(cfg["batch_size"]):
-            prompt, answer = rng.choice(train)
+            prompt, answer = draw()
             answer = language.sft_answer(prompt, answer, rng, cfg)
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos_id]
@@ -297,7 +366,7 @@ def decode_loop(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int, samp
 def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: int) -> list[dict[str, str]]:
     """Sample completions from the SFT model and pair a correct with a wrong one per prompt."""
     rng = random.Random(seed)
-    prompts = [p for p, _ in rng.sample(train, min(len(train), cfg["prompts"]))]
+    prompts = pair_prompts(language, train, cfg, rng)
     k = cfg["samples_per_prompt"]
     repeated = [p for p in prompts for _ in range(k)]
     texts = generate(model, tokenizer, repeated, language.max_answer_len + 1, sample=True, seed=seed)
@@ -314,6 +383,23 @@ def sample_pairs(model, tokenizer, language, train, cfg: dict[str, Any], seed: i
             break
     flipped = flip_labels(pairs, float(cfg.get("label_noise", 0.0)), random.Random(seed + 1))
     return reshape(flipped, language, cfg, seed)
+
+
+def pair_prompts(language: SyntheticLanguage, train: list[tuple[str, str]], cfg: dict[str, Any],
+                 rng: random.Random) -> list[str]:
+    """The training prompts pairs are sampled on: ``cfg["prompts"]`` drawn without replacement, uniformly (as
+    before ``small_sum_share`` existed) or, with it set, that share of them from the small-sum prompts (as many
+    as there are, at most) and the rest from the others, in seeded random order."""
+    count = min(len(train), int(cfg["prompts"]))
+    share = float(cfg.get("small_sum_share") or 0)
+    if share <= 0:
+        return [p for p, _ in rng.sample(train, count)]
+    small = [item for item in train if language.small_sum(item[0])]
+    rest = [item for item in train if not language.small_sum(item[0])]
+    picked = rng.sample(small, min(len(small), round(share * count)))
+    picked += rng.sample(rest, min(len(rest), count - len(picked)))
+    rng.shuffle(picked)
+    return [p for p, _ in picked]
 
 
 def flip_labels(pairs: list[dict[str, str]], rate: float, rng: random.Random) -> list[dict[str, str]]:
