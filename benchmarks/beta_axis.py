@@ -36,7 +36,7 @@ def references(run_dir: Path) -> dict[str, dict]:
     archive = Archive(run_dir / "archive.sqlite", create=False)
     try:
         out = {}
-        for r in archive.rows("status = 'scored' AND proposer = 'reference'"):
+        for r in archive.rows_by_proposer("reference", status="scored"):
             m = r.metrics  # the climb's fine-tunes at the search seed (race seeds not counted), failures included
             table = m.get("beta_sweep")
             runs = sum(map(len, table.values())) if table else len(m.get("lr_sweep", {})) + len(m.get("lr_errors", {}))

@@ -49,7 +49,7 @@ def main() -> None:
         cand.code = cand.code + f"\n_RUN = {i}\n"  # distinct code hash; same function
         row = archive.get(archive.add(cand, 1))
         t0 = time.perf_counter()
-        archive.conn.execute("DELETE FROM candidates WHERE id != ?", (row.id,))  # no probe duplicates
+        archive.discard_rows(keep=[row.id])  # no probe duplicates
         (outcome,) = list(evaluator.evaluate([row]))
         wall = time.perf_counter() - t0
         secs = outcome.metrics["seconds"]

@@ -157,7 +157,7 @@ def measure(name: str, overrides: list[str], n: int) -> Measured:
         names = [x for x in available() if x != "negated_dpo"]
         width = recorder.parallelism
         for start in range(0, n, width):
-            archive.conn.execute("DELETE FROM candidates")  # only behaviour duplicates within a batch remain
+            archive.discard_rows()  # only behaviour duplicates within a batch remain
             rows = []
             for i in range(start, min(n, start + width)):
                 cand = reference_candidate(names[i % len(names)])

@@ -54,7 +54,7 @@ def run_arm(overrides: list[str], run_dir: Path, candidates: int) -> dict[str, f
     seconds = time.perf_counter() - started
     loop.archive.close()
     archive = Archive(run_dir / ARCHIVE_NAME, create=False)
-    rows = archive.rows("generation > 0")
+    rows = archive.rows_after_generation(0)
     fine_tunes = archive.evolved_fine_tunes()
     archive.close()
     return {"candidates": len(rows), "seconds": seconds, "per_hour": len(rows) / seconds * 3600,

@@ -90,7 +90,7 @@ def run_arm(overrides: list[str], run_dir: Path, generations: int, llm: SlowLLM)
     if summary.stopped:
         sys.exit(f"the run stopped: {summary.stopped}")
     archive = Archive(run_dir / ARCHIVE_NAME, create=False)
-    rows = archive.rows("generation > 0")
+    rows = archive.rows_after_generation(0)
     fine_tunes = archive.evolved_fine_tunes()
     archive.close()
     last = max(datetime.fromisoformat(r.finished_at).timestamp() for r in rows)

@@ -43,6 +43,7 @@ import yaml
 from discopop.archive import ARCHIVE_NAME, Archive
 from discopop.fitness import stats
 from discopop.search.confirmation import top_candidates
+from discopop.search.history import run_standings
 
 NEAR = 0.999
 TRAINED = ("scored", "train_failed", "eval_failed")
@@ -101,15 +102,14 @@ def near_copies(archive: Archive) -> tuple[int, int]:
 
 def generations_run(archive: Archive) -> int:
     """The last generation the run reached (a run stopped or not yet extended is shorter than asked)."""
-    row = archive.conn.execute("SELECT MAX(generation) FROM candidates").fetchone()
-    return int(row[0] or 0)
+    return archive.last_generation()
 
 
 def best_so_far(archive: Archive, generations: int) -> tuple[list[float | None], float | None]:
     """Best seed-mean search fitness among evolved rows after each generation 1..G (None past the run's last
     generation, so a shorter run does not look flat); the strongest reference's."""
-    rows = archive.rows("status = 'scored'")
-    standing = archive.standings(rows)
+    rows = archive.scored_rows()
+    standing = run_standings(archive, rows)
     curve, best = [], None
     reached = generations_run(archive)
     for g in range(1, generations + 1):
@@ -165,7 +165,7 @@ def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
     Unlike ``winner`` it is chosen without looking at the fresh seeds, so its delta is unbiased: it is the one
     to average over runs (the best of k fresh-seed means is biased upwards: by 0.85 SE for k = 3 under the null).
     """
-    standing = archive.standings(archive.rows("status = 'scored'"))
+    standing = run_standings(archive, archive.scored_rows())
     rows = [r for r in confirmed_evolved(archive, top_k) if r.id in standing]
     if not rows:
         return None
@@ -180,7 +180,7 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
     try:
         near, total = near_copies(archive)
         curve, strongest = best_so_far(archive, generations)
-        evolved = archive.rows("proposer != 'reference'")
+        evolved = archive.rows_not_by_proposer("reference")
         top_k = confirm_top_k(run)
         return {"run": str(run), "generations": generations_run(archive),
                 "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),

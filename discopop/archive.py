@@ -1,5 +1,9 @@
 """The run archive: one SQLite file per run directory, the single source of truth of a run.
 
+It stores and reads, nothing else: rows, evaluations and run state, through named queries (no caller writes
+SQL). What the rows mean to the search (the proposer's view of history, the ranking, seed standings and
+behaviour cells) lives in ``discopop.search.history``, so storage imports nothing above the loss contract.
+
 Schema (a contract other tools read; see docs/DESIGN.md): table ``candidates`` with
 ``id, generation, parent_ids (JSON), proposer, name, thought, code, code_hash, status, error,
 fitness, metrics (JSON), created_at, finished_at``. A row is inserted as ``proposed`` before any
@@ -15,23 +19,18 @@ same transaction as the candidate's fate; a failed one keeps its error. Paired s
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from discopop.contract.diagnostics import compact
 from discopop.contract.losses import code_hash
-from discopop.proposers.base import Candidate, HistoryEntry
-from discopop.search import seed_race
-from discopop.search.behaviour_map import cell as behaviour_cell
 from discopop.status import STATUSES, Status
 
-__all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "Row", "ranked"]
+__all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "NewCandidate", "Row", "read_rows"]
 ARCHIVE_NAME = "archive.sqlite"
 
 _SCHEMA = """
@@ -85,14 +84,16 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def feedback_fields(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The measured results a proposer may reflect on (``HistoryEntry``'s reward ... stage), from ``metrics``."""
-    train = metrics.get("train") or {}
-    curve = tuple(train[k] for k in ("loss_start", "loss_mid", "loss_end") if _number(train.get(k)) is not None)
-    margin = tuple(train[k] for k in ("margin_abs_q50", "margin_abs_q90") if _number(train.get(k)) is not None)
-    return {"reward": _number(metrics.get("reward")), "kl": _number(metrics.get("kl")),
-            "learning_rate": _number(metrics.get("learning_rate")), "loss_curve": curve if len(curve) == 3 else (),
-            "margin_used": margin if len(margin) == 2 else (), "stage": str(metrics.get("stage") or "")}
+class NewCandidate(Protocol):
+    """What ``Archive.add`` stores of a proposal (``proposers.base.Candidate`` has it): a structural type, so the
+    storage layer does not import the proposers."""
+
+    name: str
+    code: str
+    thought: str
+    parent_ids: list[int]
+    proposer: str
+    info: dict[str, Any]
 
 
 @dataclass
@@ -113,23 +114,6 @@ class Row:
     metrics: dict[str, Any]
     created_at: str
     finished_at: str | None
-
-    def seed_scores(self) -> seed_race.SeedScores | None:
-        """Its search fitness per seed at the chosen learning rate (None unless scored)."""
-        return seed_race.scores_of(self.status, self.fitness, self.metrics)
-
-    def history_entry(self, standing: seed_race.Standing | None = None) -> HistoryEntry:
-        """The row as a proposer sees it; ``standing`` (from ``Archive.standings``) adds its selection figures."""
-        diagnostics = (self.metrics.get("checks") or {}).get("diagnostics")
-        scores = self.seed_scores()
-        return HistoryEntry(
-            id=self.id, generation=self.generation, name=self.name, code=self.code, status=self.status,
-            fitness=self.fitness, error=self.error, parent_ids=tuple(self.parent_ids), proposer=self.proposer,
-            thought=self.thought, diagnostics=compact(diagnostics),
-            fitness_mean=standing.mean if standing else None, fitness_lcb=standing.lcb if standing else None,
-            fitness_seeds=scores.values if scores else (), behaviour_cell=behaviour_cell(diagnostics),
-            **feedback_fields(self.metrics),
-        )
 
 
 @dataclass
@@ -168,20 +152,55 @@ class Evaluation:
                    greedy=_number(data.get("greedy")))
 
 
-def ranked(rows: Iterable[Row], policy: seed_race.RacePolicy | None = None) -> list[Row]:
-    """Scored rows with a finite fitness, best first by the search's lower confidence bound over their seeds
-    (``seed_race``: the bound parents, the LLM's top-k and confirmation use), then by mean; ties: the older row.
+def _row(data: dict[str, Any]) -> Row:
+    """A ``candidates`` record with its JSON columns decoded (as this module writes them)."""
+    data["parent_ids"] = json.loads(data["parent_ids"] or "[]")
+    data["metrics"] = json.loads(data["metrics"] or "{}")
+    return Row(**{k: data[k] for k in Row.__dataclass_fields__})
 
-    A row's ``fitness`` is its best grid point on the search seed, biased upwards by that choice; a row
-    that raced has more seeds, so its bound is the fairer rank. The one ranking behind every table:
-    ``discopop leaderboard`` (with the run's recorded ``policy``), the report and the notebook (with the
-    default ``selection.z`` and noise prior, which decide the order only when they were overridden).
+
+def _json(text: Any, default: Any) -> Any:
+    try:
+        value = json.loads(text) if text else default
+    except (TypeError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def _ids(values: Iterable[Any]) -> list[int]:
+    out = []
+    for v in values:
+        try:
+            out.append(int(v))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Every row of the archive at ``path``, through a read-only SQLite connection, oldest first.
+
+    Read-only so that a reader (the report) never takes a write lock on, or migrates, the archive of a live
+    run; lenient, since the file may come from any version or tool: a JSON column that does not decode reads
+    as empty, a parent id that is not a number is dropped.
     """
-    good = [r for r in rows if r.status == Status.SCORED and isinstance(r.fitness, (int, float))
-            and not isinstance(r.fitness, bool) and math.isfinite(r.fitness)]
-    standing = seed_race.standings(((r.id, r.seed_scores()) for r in good), policy or seed_race.RacePolicy())
-    return sorted(good, key=lambda r: (-standing[r.id].lcb, -standing[r.id].mean, r.id) if r.id in standing
-                  else (math.inf, math.inf, r.id))
+    if not path.is_file():
+        raise ArchiveError(f"no archive at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            records = [dict(r) for r in conn.execute("SELECT * FROM candidates ORDER BY id")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise ArchiveError(f"cannot read archive {path}: {err}") from None
+    rows = []
+    for d in records:
+        d["parent_ids"] = _ids(_json(d.get("parent_ids"), []))
+        d["metrics"] = _json(d.get("metrics"), {})
+        rows.append(Row(**{k: d.get(k) for k in Row.__dataclass_fields__}))
+    return rows
 
 
 class Archive:
@@ -192,38 +211,38 @@ class Archive:
         if not create and not self.path.exists():
             raise ArchiveError(f"no archive at {self.path}")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             if create:
-                self.conn.executescript(_SCHEMA)
+                self._conn.executescript(_SCHEMA)
                 self._add_missing_columns()
             else:
-                self.conn.execute("SELECT 1 FROM candidates LIMIT 1")
+                self._conn.execute("SELECT 1 FROM candidates LIMIT 1")
         except sqlite3.DatabaseError as err:
             raise ArchiveError(f"cannot open archive {self.path}: {err}") from None
 
     def _add_missing_columns(self) -> None:
         """Columns added since an archive was made (``evaluations.greedy``), so a resumed run can write them."""
-        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(evaluations)")}
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(evaluations)")}
         if "greedy" not in have:
-            self.conn.execute("ALTER TABLE evaluations ADD COLUMN greedy REAL")
+            self._conn.execute("ALTER TABLE evaluations ADD COLUMN greedy REAL")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self.conn
+                yield self._conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
+            self._conn.execute("COMMIT")
         except sqlite3.OperationalError as err:
             raise ArchiveError(f"cannot write archive {self.path}: {err}") from None
 
-    def add(self, candidate: Candidate, generation: int, status: str = Status.PROPOSED,
+    def add(self, candidate: NewCandidate, generation: int, status: str = Status.PROPOSED,
             error: str | None = None) -> int:
         """Insert a candidate (as ``proposed`` unless already decided) and return its id."""
         if status not in STATUSES:
@@ -280,7 +299,7 @@ class Archive:
             params.append(split)
         sql = "SELECT * FROM evaluations" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         try:
-            found = self.conn.execute(sql, params).fetchall()
+            found = self._conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError:  # an archive from before the evaluations table, opened read-only
             return []
         return [Evaluation(r["candidate_id"], r["seed"], r["split"], r["learning_rate"], r["fitness"], r["reward"],
@@ -294,63 +313,91 @@ class Archive:
             merged = {**json.loads(old["metrics"]), **metrics}
             conn.execute("UPDATE candidates SET metrics=? WHERE id=?", (json.dumps(merged), row_id))
 
-    def rows(self, where: str = "", params: tuple = ()) -> list[Row]:
+    def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[Row]:
+        """The one raw query of ``candidates``, oldest first; only the named queries below call it."""
         sql = "SELECT * FROM candidates" + (f" WHERE {where}" if where else "") + " ORDER BY id"
-        out = []
-        for r in self.conn.execute(sql, params):
-            data = dict(r)
-            data["parent_ids"] = json.loads(data["parent_ids"] or "[]")
-            data["metrics"] = json.loads(data["metrics"] or "{}")
-            out.append(Row(**{k: data[k] for k in Row.__dataclass_fields__}))
-        return out
+        return [_row(dict(r)) for r in self._conn.execute(sql, tuple(params))]
+
+    def rows(self) -> list[Row]:
+        """Every row, oldest first."""
+        return self._select()
 
     def get(self, row_id: int) -> Row | None:
-        found = self.rows("id=?", (row_id,))
+        found = self._select("id = ?", (row_id,))
         return found[0] if found else None
 
-    def selection_policy(self) -> seed_race.RacePolicy:
-        """The run's selection policy, as the evaluator recorded it (defaults for an older archive)."""
-        return seed_race.RacePolicy.from_state(self.get_state(seed_race.STATE_KEY))
+    def scored_rows(self) -> list[Row]:
+        """The rows with status ``scored``."""
+        return self._select("status = ?", (Status.SCORED,))
 
-    def standings(self, rows: list[Row] | None = None) -> dict[int, seed_race.Standing]:
-        """Every scored row's mean, lower confidence bound and seed count (noise pooled over the run)."""
-        rows = self.rows() if rows is None else rows
-        return seed_race.standings(((r.id, r.seed_scores()) for r in rows), self.selection_policy())
+    def finished_rows(self) -> list[Row]:
+        """The rows whose fate is known (every status but ``proposed``)."""
+        return self._select("status != ?", (Status.PROPOSED,))
 
-    def history(self) -> list[HistoryEntry]:
-        rows = self.rows()
-        standing = self.standings(rows)
-        return [r.history_entry(standing.get(r.id)) for r in rows]
+    def count_finished(self) -> int:
+        """How many rows ``finished_rows`` would give."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM candidates WHERE status != ?",
+                                      (Status.PROPOSED,)).fetchone()[0])
+
+    def pending_rows(self, through_generation: int) -> list[Row]:
+        """Rows still ``proposed`` (work not finished: a stop came first) of generations up to the one given."""
+        return self._select("status = ? AND generation <= ?", (Status.PROPOSED, through_generation))
+
+    def rows_of_generation(self, generation: int) -> list[Row]:
+        return self._select("generation = ?", (generation,))
+
+    def rows_through_generation(self, generation: int) -> list[Row]:
+        """Rows of ``generation`` and every earlier one."""
+        return self._select("generation <= ?", (generation,))
+
+    def rows_after_generation(self, generation: int) -> list[Row]:
+        """Rows of the generations after ``generation`` (after 0: every proposal after the baselines)."""
+        return self._select("generation > ?", (generation,))
+
+    def last_generation(self) -> int:
+        """The highest generation a row has (0 for an empty archive)."""
+        return int(self._conn.execute("SELECT MAX(generation) FROM candidates").fetchone()[0] or 0)
+
+    def rows_by_proposer(self, proposer: str, *, status: str | None = None, name: str | None = None) -> list[Row]:
+        """Rows ``proposer`` made, optionally only those with ``status`` and/or called ``name``."""
+        where, params = ["proposer = ?"], [proposer]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        return self._select(" AND ".join(where), params)
+
+    def rows_not_by_proposer(self, proposer: str, *, status: str | None = None) -> list[Row]:
+        """Rows every other proposer made, optionally only those with ``status``."""
+        if status is None:
+            return self._select("proposer != ?", (proposer,))
+        return self._select("proposer != ? AND status = ?", (proposer, status))
 
     def evolved_fine_tunes(self) -> int:
         """Fine-tunes (evaluation rows) spent on proposals after the baselines: the cost side of a search."""
-        return self.conn.execute("SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id "
-                                 "WHERE c.generation > 0").fetchone()[0]
-
-    def history_as_of(self, generation: int) -> list[HistoryEntry]:
-        """The history as it stood when ``generation``'s evaluation began: earlier generations with their
-        results, ``generation``'s own rows still in flight (``proposed``, no results), nothing later.
-
-        What the loop's lookahead shows a proposer asked for ``generation + 1`` meanwhile. It reads the
-        same after a resume, whatever has finished since, which keeps ``--resume`` exact (the rows of
-        ``generation`` are then its proposals only: its repairs are asked after the lookahead).
-        """
-        rows = self.rows("generation <= ?", (generation,))
-        standing = self.standings([r for r in rows if r.generation < generation])
-        return [r.history_entry(standing.get(r.id)) if r.generation < generation
-                else replace(r, status=Status.PROPOSED, error=None, fitness=None, metrics={}).history_entry()
-                for r in rows]
+        return self._conn.execute("SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id "
+                                  "WHERE c.generation > 0").fetchone()[0]
 
     def has_name(self, name: str) -> bool:
         """Whether a row already has this name (the gate renames a cleaned name that would collide)."""
-        return self.conn.execute("SELECT 1 FROM candidates WHERE name = ? LIMIT 1", (name,)).fetchone() is not None
+        return self._conn.execute("SELECT 1 FROM candidates WHERE name = ? LIMIT 1", (name,)).fetchone() is not None
 
     def find_hash(self, digest: str) -> Row | None:
-        found = self.rows("code_hash=? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))
+        """The oldest row with this code hash that was checked (not ``proposed`` nor ``invalid``)."""
+        found = self._select("code_hash = ? AND status NOT IN (?, ?)", (digest, Status.PROPOSED, Status.INVALID))
         return found[0] if found else None
 
+    def discard_rows(self, keep: Iterable[int] = ()) -> None:
+        """Delete every candidate row but ``keep``: for a benchmark's scratch archive reused across probes (so an
+        earlier probe is no duplicate of the next); a run's archive is append-only and never calls this."""
+        kept = tuple(keep)
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM candidates WHERE id NOT IN ({','.join('?' * len(kept))})", kept)
+
     def get_state(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM run_state WHERE key=?", (key,)).fetchone()
+        row = self._conn.execute("SELECT value FROM run_state WHERE key=?", (key,)).fetchone()
         return json.loads(row["value"]) if row else default
 
     def set_state(self, key: str, value: Any) -> None:
@@ -358,4 +405,4 @@ class Archive:
             conn.execute("INSERT OR REPLACE INTO run_state (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def close(self) -> None:
-        self.conn.close()
+        self._conn.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from discopop.archive import Archive, ArchiveError
+from discopop.archive import Archive, ArchiveError, read_rows
 from discopop.proposers.base import Candidate
 
 CONTRACT_COLUMNS = {
@@ -84,3 +84,62 @@ def test_evolved_fine_tunes_count_only_rows_after_the_baselines(tmp_path: Path) 
             arch.add_evaluation(Evaluation(row, seed, "search", 1e-5, error="train: loss is nan at step 1"))
     assert arch.evolved_fine_tunes() == 2
     arch.close()
+
+
+def test_named_queries_select_what_their_names_say(tmp_path: Path) -> None:
+    """Each named query against the same rows filtered in Python (what the SQL fragments they replace meant)."""
+    arch = Archive(tmp_path / "archive.sqlite")
+    plan = [("dpo", "reference", 0, "scored"), ("ipo", "reference", 0, "train_failed"),
+            ("a", "evolution", 1, "scored"), ("b", "evolution", 1, "invalid"), ("c", "llm", 2, "proposed"),
+            ("d", "evolution", 2, "scored"), ("e", "llm", 3, "proposed"), ("dpo", "llm", 3, "scored")]
+    for i, (name, proposer, generation, status) in enumerate(plan):
+        row_id = arch.add(Candidate(name, f"x = {i}\n", proposer=proposer), generation)
+        if status != "proposed":
+            arch.finish(row_id, status, fitness=0.1 * i if status == "scored" else None)
+    rows = arch.rows()
+    assert [r.id for r in rows] == sorted(r.id for r in rows) and len(rows) == len(plan)
+
+    def ids(keep) -> list[int]:
+        return [r.id for r in rows if keep(r)]
+
+    def got(found) -> list[int]:
+        return [r.id for r in found]
+
+    assert got(arch.scored_rows()) == ids(lambda r: r.status == "scored")
+    assert got(arch.finished_rows()) == ids(lambda r: r.status != "proposed")
+    assert arch.count_finished() == len(ids(lambda r: r.status != "proposed")) == 6
+    assert got(arch.pending_rows(2)) == ids(lambda r: r.status == "proposed" and r.generation <= 2) != []
+    assert got(arch.rows_of_generation(1)) == ids(lambda r: r.generation == 1)
+    assert got(arch.rows_through_generation(1)) == ids(lambda r: r.generation <= 1)
+    assert got(arch.rows_after_generation(0)) == ids(lambda r: r.generation > 0)
+    assert arch.last_generation() == 3
+    assert got(arch.rows_by_proposer("reference")) == ids(lambda r: r.proposer == "reference")
+    assert got(arch.rows_by_proposer("reference", status="scored")) == ids(
+        lambda r: r.proposer == "reference" and r.status == "scored")
+    assert got(arch.rows_by_proposer("reference", status="scored", name="dpo")) == [rows[0].id]
+    assert got(arch.rows_not_by_proposer("reference")) == ids(lambda r: r.proposer != "reference")
+    assert got(arch.rows_not_by_proposer("reference", status="scored")) == ids(
+        lambda r: r.proposer != "reference" and r.status == "scored")
+    arch.discard_rows(keep=[rows[2].id])
+    assert got(arch.rows()) == [rows[2].id]
+    arch.discard_rows()
+    assert arch.rows() == [] and arch.last_generation() == 0
+    arch.close()
+
+
+def test_read_rows_reads_a_foreign_archive_leniently_without_writing(tmp_path: Path) -> None:
+    """``read_rows`` (the report's reader): read-only, and a column another tool wrote badly reads as empty."""
+    arch = Archive(tmp_path / "archive.sqlite")
+    good = arch.add(Candidate("a", "x = 1\n", parent_ids=[], proposer="evolution"), 1)
+    bad = arch.add(Candidate("b", "x = 2\n", parent_ids=[good], proposer="evolution"), 1)
+    arch.close()
+    conn = sqlite3.connect(tmp_path / "archive.sqlite")
+    conn.execute("UPDATE candidates SET metrics = 'not json', parent_ids = ? WHERE id = ?", (f'[{good}, "x"]', bad))
+    conn.commit()
+    conn.close()
+    before = (tmp_path / "archive.sqlite").stat().st_mtime_ns
+    rows = read_rows(tmp_path / "archive.sqlite")
+    assert [r.id for r in rows] == [good, bad] and rows[1].metrics == {} and rows[1].parent_ids == [good]
+    assert (tmp_path / "archive.sqlite").stat().st_mtime_ns == before
+    with pytest.raises(ArchiveError, match="no archive"):
+        read_rows(tmp_path / "missing.sqlite")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from discopop.archive import Archive, Row, ranked
+from discopop.archive import Archive, Row
 from discopop.proposers.base import Candidate
+from discopop.search.history import ranked
 from discopop.search.seed_race import RacePolicy
 from discopop.status import FAILED_STATUSES, REPAIRABLE_STATUSES, STATUSES, Status
 

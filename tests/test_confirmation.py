@@ -6,32 +6,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import helper_confirm
 import numpy as np
 import pytest
+from helper_confirm import PROMPTS, SEEDS, scored_row
 
 from discopop.archive import Archive, Evaluation
 from discopop.config.compose import compose
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
-from discopop.search.confirmation import best_references, fresh_seeds, judge, missing_jobs, strongest_on_fresh_seeds
+from discopop.search.confirmation import best_references, judge, missing_jobs, strongest_on_fresh_seeds
 
-SEEDS = fresh_seeds(0, 3)
+archive = helper_confirm.archive  # the shared fixture, asked for by name
 DPO_FILE = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
-PROMPTS = 300
-
-
-@pytest.fixture()
-def archive(tmp_path: Path):
-    arch = Archive(tmp_path / "archive.sqlite")
-    yield arch
-    arch.close()
-
-
-def _row(arch: Archive, name: str, fitness: float, proposer: str = "evolution", lr: float | None = None) -> int:
-    row = arch.add(Candidate(name, f"# {name}\n", proposer=proposer), 0 if proposer == "reference" else 1)
-    arch.finish(row, "scored", fitness=fitness, metrics={"learning_rate": lr} if lr else {})
-    return row
 
 
 def _runs(arch: Archive, row: int, accuracy: float, rng: np.random.Generator, seeds=SEEDS) -> None:
@@ -45,8 +33,8 @@ def _runs(arch: Archive, row: int, accuracy: float, rng: np.random.Generator, se
 
 
 def test_jobs_use_each_rows_learning_rate_and_skip_stored_runs_even_failed_ones(archive: Archive) -> None:
-    cand = _row(archive, "cand", 0.9, lr=4e-5)
-    dpo = _row(archive, "dpo", 0.8, proposer="reference")
+    cand = scored_row(archive, "cand", 0.9, lr=4e-5)
+    dpo = scored_row(archive, "dpo", 0.8, proposer="reference")
     archive.add_evaluation(Evaluation(cand, SEEDS[0], "confirm", 4e-5, error="train: loss is nan at step 2"))
     archive.add_evaluation(Evaluation(cand, 7, "search", 4e-5, fitness=0.9))  # a search run is not a confirmation
     jobs = missing_jobs(archive, [archive.get(cand), archive.get(dpo)], SEEDS)
@@ -57,8 +45,8 @@ def test_jobs_use_each_rows_learning_rate_and_skip_stored_runs_even_failed_ones(
 
 def test_a_clear_gain_beats_both_baselines_and_everything_is_stored(archive: Archive) -> None:
     rng = np.random.default_rng(0)
-    good, flat = _row(archive, "good", 0.9), _row(archive, "flat", 0.85)
-    dpo, lrml = _row(archive, "dpo", 0.80, "reference"), _row(archive, "lrml", 0.82, "reference")
+    good, flat = scored_row(archive, "good", 0.9), scored_row(archive, "flat", 0.85)
+    dpo, lrml = scored_row(archive, "dpo", 0.80, "reference"), scored_row(archive, "lrml", 0.82, "reference")
     for row, acc in ((good, 0.70), (flat, 0.52), (dpo, 0.50), (lrml, 0.52)):
         _runs(archive, row, acc, rng)
     comps = judge(archive, [archive.get(good), archive.get(flat)], archive.get(dpo), archive.get(lrml), SEEDS)
@@ -75,9 +63,9 @@ def test_a_clear_gain_beats_both_baselines_and_everything_is_stored(archive: Arc
 def test_the_candidates_are_held_to_the_reference_that_is_strongest_on_the_fresh_seeds(archive: Archive) -> None:
     """hinge leads on the search seed, lrml on the fresh seeds; ipo leads on both but failed a fresh seed."""
     rng = np.random.default_rng(3)
-    cand = _row(archive, "cand", 0.95)
-    dpo, hinge = _row(archive, "dpo", 0.80, "reference"), _row(archive, "hinge", 0.93, "reference")
-    lrml, ipo = _row(archive, "lrml", 0.90, "reference"), _row(archive, "ipo", 0.94, "reference")
+    cand = scored_row(archive, "cand", 0.95)
+    dpo, hinge = scored_row(archive, "dpo", 0.80, "reference"), scored_row(archive, "hinge", 0.93, "reference")
+    lrml, ipo = scored_row(archive, "lrml", 0.90, "reference"), scored_row(archive, "ipo", 0.94, "reference")
     for row, acc in ((cand, 0.66), (dpo, 0.50), (hinge, 0.55), (lrml, 0.70), (ipo, 0.90)):
         _runs(archive, row, acc, rng)
     archive.add_evaluation(Evaluation(ipo, SEEDS[1], "confirm", None, error="train: loss is nan at step 9"))
@@ -94,7 +82,7 @@ def test_the_candidates_are_held_to_the_reference_that_is_strongest_on_the_fresh
 
 def test_a_failed_or_missing_seed_fails_the_comparison(archive: Archive) -> None:
     rng = np.random.default_rng(1)
-    good, dpo = _row(archive, "good", 0.9), _row(archive, "dpo", 0.8, "reference")
+    good, dpo = scored_row(archive, "good", 0.9), scored_row(archive, "dpo", 0.8, "reference")
     _runs(archive, good, 0.9, rng)
     _runs(archive, dpo, 0.3, rng, seeds=SEEDS[:2])
     archive.add_evaluation(Evaluation(dpo, SEEDS[2], "confirm", None, error="train: timed out after 600 s"))
@@ -103,7 +91,7 @@ def test_a_failed_or_missing_seed_fails_the_comparison(archive: Archive) -> None
     assert conf["vs_dpo"]["verdict"] == stats.FAILED and "timed out" in conf["vs_dpo"]["reason"]
     assert conf["vs_best"] is None  # DPO is the strongest baseline: one comparison, not two
     assert archive.get(dpo).metrics["confirmation"]["fitness"][2] is None
-    other = _row(archive, "other", 0.85)
+    other = scored_row(archive, "other", 0.85)
     _runs(archive, other, 0.9, rng, seeds=SEEDS[:2])  # never ran its third seed
     judge(archive, [archive.get(other)], archive.get(good), None, SEEDS)
     assert "no result" in archive.get(other).metrics["confirmation"]["vs_dpo"]["reason"]
@@ -111,7 +99,7 @@ def test_a_failed_or_missing_seed_fails_the_comparison(archive: Archive) -> None
 
 def test_one_fresh_seed_is_never_significant(archive: Archive) -> None:
     rng = np.random.default_rng(2)
-    good, dpo = _row(archive, "good", 0.9), _row(archive, "dpo", 0.8, "reference")
+    good, dpo = scored_row(archive, "good", 0.9), scored_row(archive, "dpo", 0.8, "reference")
     _runs(archive, good, 0.95, rng, seeds=SEEDS[:1])
     _runs(archive, dpo, 0.05, rng, seeds=SEEDS[:1])
     (comp,) = judge(archive, [archive.get(good)], archive.get(dpo), None, SEEDS[:1])
@@ -158,7 +146,7 @@ def test_the_fresh_seed_noise_the_confirmation_stores_reaches_the_llms_prompt(ar
     """Rows confirmed through ``judge`` (the real code path) give the LLM a measured noise level: the pooled std of
     the stored per-seed fitness, never "not yet measured"."""
     rng = np.random.default_rng(5)
-    cand, dpo = _row(archive, "cand", 0.9), _row(archive, "dpo", 0.8, "reference")
+    cand, dpo = scored_row(archive, "cand", 0.9), scored_row(archive, "dpo", 0.8, "reference")
     for row, acc in ((cand, 0.6), (dpo, 0.5)):
         _runs(archive, row, acc, rng)
     judge(archive, [archive.get(cand)], archive.get(dpo), None, SEEDS)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helper_runs import scored_run
 from rich.console import Console
 
 from discopop.archive import Archive
@@ -18,10 +19,7 @@ from discopop.cli.main import discover, main
 from discopop.config import ConfirmSettings
 from discopop.config.catalogue import entries
 from discopop.config.compose import compose
-from discopop.proposers.base import Candidate
 from discopop.report.terminal_board import print_leaderboard
-
-DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
 
 
 def _flat(value: dict, prefix: str = "") -> set[str]:
@@ -118,24 +116,11 @@ def test_multirun_plans_one_run_per_seed_and_checks_all_first(tmp_path: Path, ca
     assert "needs a sweep" in capsys.readouterr().err
 
 
-def _run(tmp_path: Path, name: str) -> Path:
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("training:\n  beta: 0.25\n")
-    arch = Archive(run / "archive.sqlite")
-    ref = arch.add(Candidate(name="dpo", code=DPO, proposer="reference"), generation=0)
-    arch.finish(ref, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 1.0, "learning_rate": 1e-5})
-    rid = arch.add(Candidate(name=name, code=DPO, proposer="evolution"), generation=1)
-    arch.finish(rid, "scored", fitness=0.6, metrics={"reward": 0.6, "kl": 1.0, "learning_rate": 8e-5})
-    arch.close()
-    return run
-
-
 HOSTILE = '=HYPERLINK("http://evil","x")\x1b[2J a very long candidate name that goes on and on'
 
 
 def test_leaderboard_json_and_csv_are_escaped(tmp_path: Path, capsys) -> None:
-    run = _run(tmp_path, HOSTILE)
+    run, _ = scored_run(tmp_path, name=HOSTILE, thought="")
     assert main(["leaderboard", str(run), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["beta"] == 0.25 and doc["candidates"] == {"scored": 2}
@@ -151,7 +136,7 @@ def test_leaderboard_json_and_csv_are_escaped(tmp_path: Path, capsys) -> None:
 
 
 def test_leaderboard_fits_80_columns(tmp_path: Path) -> None:
-    run = _run(tmp_path, HOSTILE)
+    run, _ = scored_run(tmp_path, name=HOSTILE, thought="")
     buf = io.StringIO()
     arch = Archive(run / "archive.sqlite", create=False)
     print_leaderboard(arch, Console(file=buf, width=80, force_terminal=True, color_system=None))

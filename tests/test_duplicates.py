@@ -14,6 +14,7 @@ from discopop.execution.executors import LocalExecutor, WorkerSpec
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.base import Candidate
 from discopop.search.cascade import Evaluator, _unit, same_behaviour
+from discopop.search.history import history_entry
 
 ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5, "lr_grid": None})
 
@@ -108,6 +109,6 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     assert outcomes["hinge_x2"].error == f"same training behaviour as #{hinge_id} (hinge)"
     assert archive.get(extra).metrics["checks"]["diagnostics"]["beta"] == 0.2
     # What the proposers see of an archived loss: its measured behaviour, in a few words.
-    assert archive.get(dpo).history_entry().diagnostics == (
+    assert history_entry(archive.get(dpo)).diagnostics == (
         "d loss/d rho at x=-3,0,+3: -0.191 / -0.1 / -0.00949; never pushes the wrong way")
     archive.close()

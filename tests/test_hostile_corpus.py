@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helper_runs import scored_run
 from openai_server import Scripted, completion, loopback_server
 from rich.console import Console
 from scripted_executor import ScriptedExecutor, loss_code
@@ -35,7 +36,6 @@ from discopop.archive import Archive
 from discopop.cli.main import main
 from discopop.config.compose import compose
 from discopop.contract.losses import LossRejected, decode_source, static_check
-from discopop.proposers.base import Candidate
 from discopop.proposers.gate import MAX_NAME_CHARS
 from discopop.proposers.llm.proposer import OpenAIProposer
 from discopop.report.display import Display
@@ -46,7 +46,6 @@ from discopop.search.loop import Loop
 CORPUS = Path(__file__).resolve().parent / "hostile_text"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "MANIFEST.json").read_text())
 CLASSES = ("encoding", "export", "import", "output", "reply", "run_stopping", "server")
-DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
 KEY_ENV = "DISCOPOP_TEST_CORPUS_KEY"
 META = {"sft_heldout_reward": 0.8, "pairs": 64}
 # What must never reach a terminal, a file or a cell: C0/C1 controls (ESC starts ANSI/OSC), DEL, zero-width and
@@ -97,21 +96,6 @@ def assert_archive_clean(archive_dir: Path) -> None:
         archive.close()
 
 
-def stored_run(tmp_path: Path, code: str, name: str = "winner", thought: str = "idea") -> tuple[Path, int]:
-    """A run directory as a finished search leaves it: the DPO reference and one scored candidate (written
-    directly, as an archive from before the gate or edited by hand would hold it: the writers must not trust it)."""
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("training:\n  beta: 0.25\n")
-    arch = Archive(run / "archive.sqlite")
-    ref = arch.add(Candidate(name="dpo", code=DPO, proposer="reference"), generation=0)
-    arch.finish(ref, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 1.0, "learning_rate": 1e-5})
-    rid = arch.add(Candidate(name=name, code=code, proposer="evolution", thought=thought), generation=1)
-    arch.finish(rid, "scored", fitness=0.6, metrics={"reward": 0.6, "kl": 1.0, "learning_rate": 8e-5})
-    arch.close()
-    return run, rid
-
-
 def test_manifest_lists_every_file_and_every_class_has_cases() -> None:
     files = {p.name for p in CORPUS.iterdir() if p.name not in ("MANIFEST.json", "README.md")}
     assert files == set(MANIFEST), files ^ set(MANIFEST)
@@ -125,7 +109,7 @@ def test_manifest_lists_every_file_and_every_class_has_cases() -> None:
 @pytest.mark.parametrize("case", cases("export"))
 def test_export(case: str, tmp_path: Path, capsys) -> None:
     entry, code = MANIFEST[case], data(case).decode("utf-8")
-    run, rid = stored_run(tmp_path, code, entry.get("name", "winner"), entry.get("thought", "idea"))
+    run, rid = scored_run(tmp_path, code, entry.get("name", "winner"), entry.get("thought", "idea"))
     before = snapshot(run)
     out = tmp_path / "loss.py"
     to_stdout = main(["export", str(run), str(rid)])
@@ -308,7 +292,7 @@ def assert_csv_safe(text: str) -> None:
 @pytest.mark.parametrize("case", cases("output"))
 def test_output_writers(case: str, tmp_path: Path, capsys) -> None:
     stored = json.loads(data(case))
-    run, rid = stored_run(tmp_path, loss_code("stored_loss"), stored["name"], stored["thought"])
+    run, rid = scored_run(tmp_path, loss_code("stored_loss"), stored["name"], stored["thought"])
     before = snapshot(run)
     outputs: dict[str, str] = {}
     for argv in (["leaderboard", str(run)], ["leaderboard", str(run), "--csv"], ["leaderboard", str(run), "--json"],

@@ -8,39 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from helper_runs import DPO, scored_run
 from rich.console import Console
 
 from discopop.archive import Archive
 from discopop.cli.main import main
 from discopop.contract.losses import LossRejected, load_loss
-from discopop.proposers.base import Candidate
 from discopop.report import escape
 from discopop.report.export import export_candidate
 from discopop.report.terminal_board import print_leaderboard
 
-DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
 BODY = DPO[DPO.index("import"):]
+HOSTILE_THOUGHT = "idea\x1b[31m\nline"
 HOSTILE_NAME = '\x1b[2J\x1b]8;;http://evil\x07[bold red]boom[/] $\\foo$ =HYPERLINK("http://evil","x") | `x`'
-
-
-def _run(tmp_path: Path, code: str, name: str = "winner", lr: float | None = 8e-5) -> tuple[Path, int]:
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("training:\n  beta: 0.25\n")
-    arch = Archive(run / "archive.sqlite")
-    ref = arch.add(Candidate(name="dpo", code=DPO, proposer="reference"), generation=0)
-    arch.finish(ref, "scored", fitness=0.5, metrics={"reward": 0.5, "kl": 1.0, "learning_rate": 1e-5})
-    rid = arch.add(Candidate(name=name, code=code, proposer="evolution", thought="idea\x1b[31m\nline"), generation=1)
-    metrics = {"reward": 0.6, "kl": 1.0, **({"learning_rate": lr} if lr else {})}
-    arch.finish(rid, "scored", fitness=0.6, metrics=metrics)
-    arch.close()
-    return run, rid
 
 
 def test_form_feeds_in_a_docstring_cannot_smuggle_code_out(tmp_path: Path) -> None:
     """The old export cut ``splitlines()`` text at parser line numbers: the hidden line came out live."""
     code = '"""A loss.\x0c\x0c\nimport os; open("MARKER", "w")\x0c"""\n' + BODY
-    run, rid = _run(tmp_path, code)
+    run, rid = scored_run(tmp_path, code, thought=HOSTILE_THOUGHT)
     arch = Archive(run / "archive.sqlite", create=False)
     out = tmp_path / "out.py"
     with pytest.raises(ValueError, match="form feed"):
@@ -50,7 +36,7 @@ def test_form_feeds_in_a_docstring_cannot_smuggle_code_out(tmp_path: Path) -> No
 
 def test_export_is_byte_exact_below_a_comment_header_and_loads_the_same(tmp_path: Path) -> None:
     code = '"""Escapes stay escapes: \\x0c \\f \\\\ \'\'\' and a "quote"."""\n' + BODY.rstrip("\n")  # no final newline
-    run, rid = _run(tmp_path, code)
+    run, rid = scored_run(tmp_path, code, thought=HOSTILE_THOUGHT)
     arch = Archive(run / "archive.sqlite", create=False)
     out = export_candidate(arch, rid, tmp_path / "out.py")
     data = out.read_bytes().decode("utf-8")
@@ -64,7 +50,7 @@ def test_export_is_byte_exact_below_a_comment_header_and_loads_the_same(tmp_path
 
 
 def test_export_shows_beta_and_lr_and_best_goes_to_stdout(tmp_path: Path, capsys) -> None:
-    run, rid = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    run, rid = scored_run(tmp_path, BODY, name=HOSTILE_NAME, thought=HOSTILE_THOUGHT)
     assert main(["export", str(run), "best"]) == 0
     text = capsys.readouterr().out
     assert text.endswith(BODY)
@@ -87,7 +73,7 @@ def test_utf7_cookie_is_refused_by_check_with_one_line(tmp_path: Path, capsys) -
 
 
 def test_hostile_name_is_clean_on_the_leaderboard(tmp_path: Path) -> None:
-    run, _ = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    run, _ = scored_run(tmp_path, BODY, name=HOSTILE_NAME, thought=HOSTILE_THOUGHT)
     buf = io.StringIO()
     arch = Archive(run / "archive.sqlite", create=False)
     print_leaderboard(arch, Console(file=buf, width=400, force_terminal=False, color_system=None))
@@ -100,7 +86,7 @@ def test_hostile_name_is_clean_on_the_leaderboard(tmp_path: Path) -> None:
 def test_hostile_name_renders_in_the_report(tmp_path: Path) -> None:
     from discopop.report import write_report
 
-    run, _ = _run(tmp_path, BODY, name=HOSTILE_NAME)
+    run, _ = scored_run(tmp_path, BODY, name=HOSTILE_NAME, thought=HOSTILE_THOUGHT)
     html = write_report(run).read_text()
     assert "\x1b" not in html and "<b>" not in html
     assert "beta 0.25" in html and "8e-05" in html

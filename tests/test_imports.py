@@ -8,6 +8,7 @@ module ``a.b.c`` when there is one, else to ``a.b``; an edge to a package means 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -172,3 +173,77 @@ def test_no_package_exports_a_name_that_is_also_one_of_its_modules() -> None:
                     if not name.startswith("_") and callable(value) and not isinstance(value, type(discopop))}
         clashes += [f"{info.name}.{name}" for name in sorted(exported & modules)]
     assert not clashes, f"a package exports a function or class named like one of its modules: {clashes}"
+
+
+# The archive stores (issue 27 item 4): it imports nothing above the loss contract, and nobody else writes SQL.
+ARCHIVE = "discopop.archive"
+STORAGE_IMPORTS = ("discopop.contract", "discopop.config", "discopop.status")
+# Modules that own an SQLite file of their own (the run archive, the shared result cache, the judge's cache).
+STORAGE_MODULES = {"discopop/archive.py", "discopop/fitness/result_store.py", "discopop/fitness/judge.py"}
+SQL = re.compile(r"\b(SELECT|INSERT INTO|DELETE FROM|UPDATE \w+ SET|WHERE|PRAGMA)\b"
+                 r"|\b\w+ (=|!=|<>|<=|>=|<|>) (\?|'[^']*')")  # a query, or a fragment such as "status = ?"
+PRIVATE_STORAGE = {"conn", "_conn", "_select"}  # an archive's connection and its raw query (another object's own
+# ``self._select`` is its business)
+
+
+def sql_offences(path: Path, text_too: bool = True) -> list[str]:
+    """Where ``path`` talks SQL to storage it does not own: ``x.rows(<anything>)`` (``rows`` takes no query),
+    ``x.conn`` / ``x._conn`` / ``x._select``, and (``text_too``) a string constant that is SQL or a fragment."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "rows"
+                and (node.args or node.keywords)):
+            found.append(f"{path.name}:{node.lineno}: .rows() given a query")
+        elif (isinstance(node, ast.Attribute) and node.attr in PRIVATE_STORAGE
+              and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+            found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+        elif text_too and isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+            found.append(f"{path.name}:{node.lineno}: SQL text {node.value[:40]!r}")
+    return found
+
+
+def test_the_archive_imports_only_storage_level_modules() -> None:
+    """No search, proposer, behaviour or report concept in the storage layer: those read rows, rows do not know them."""
+    above = sorted(b for b in import_graph().successors(ARCHIVE)
+                   if not any(b == s or b.startswith(s + ".") for s in STORAGE_IMPORTS))
+    assert not above, f"{ARCHIVE} imports {above}; only {STORAGE_IMPORTS} are allowed"
+
+
+def test_no_caller_writes_sql() -> None:
+    """Callers ask the archive by named methods; SQL lives in the modules that own a database. Benchmarks count
+    for the archive's methods (some read the documented schema straight from the file with ``sqlite3``, as other
+    tools may)."""
+    root = PACKAGE.parent
+    offences = [o for p in sorted(PACKAGE.rglob("*.py")) if str(p.relative_to(root)) not in STORAGE_MODULES
+                for o in sql_offences(p)]
+    offences += [o for p in sorted((root / "benchmarks").glob("*.py")) for o in sql_offences(p, text_too=False)]
+    assert not offences, "SQL outside the storage modules: " + "; ".join(offences)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("rows = archive.rows(\"proposer = 'reference'\")\n", 2),  # the query call and its text
+    ("rows = archive.rows(query)\n", 1),
+    ("rows = archive.rows(where='x')\n", 1),
+    ("archive.conn.execute(statement)\n", 1),
+    ("n = archive._select(where, ())\n", 1),
+    ("q = 'SELECT name FROM candidates'\n", 1),
+    ("fragment = 'status = ? AND generation <= ?'\n", 1),
+    ("fragment = \"proposer != 'reference'\"\n", 1)])
+def test_the_sql_check_sees_a_caller_writing_sql(tmp_path: Path, source: str, expected: int) -> None:
+    planted = tmp_path / "caller.py"
+    planted.write_text(source)
+    assert len(sql_offences(planted)) == expected
+
+
+def test_the_sql_check_passes_named_queries_and_prose(tmp_path: Path) -> None:
+    planted = tmp_path / "caller.py"
+    planted.write_text("rows = archive.rows()\nscored = archive.scored_rows()\n"
+                       "refs = archive.rows_by_proposer('reference', status='scored')\n"
+                       "'''Select the best loss where the bound is highest (a = b in prose).'''\n")
+    assert sql_offences(planted) == []
+
+
+def test_a_planted_archive_import_of_the_search_is_found(tmp_path: Path) -> None:
+    copy = copy_package(tmp_path)
+    (copy / "archive.py").write_text((PACKAGE / "archive.py").read_text() + "\nfrom discopop.search import seed_race\n")
+    assert import_graph(copy).has_edge(ARCHIVE, "discopop.search.seed_race")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import pytest
 from openai_server import FakeOpenAIServer, Scripted, completion, error, loopback_server
 
-from discopop.archive import feedback_fields
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.llm import prompting as P
 from discopop.proposers.llm.chat_client import (
@@ -28,6 +27,7 @@ from discopop.proposers.llm.chat_client import (
     TransientError,
 )
 from discopop.proposers.llm.proposer import OpenAIProposer
+from discopop.search.history import feedback_fields
 
 KEY_ENV = "DISCOPOP_FEEDBACK_TEST_KEY"
 KEY = "sk-feedback-Qw3DISTINCTIVE-fake-key-9090"

@@ -338,9 +338,9 @@ def test_archive_rows_are_never_left_proposed_after_a_clean_run(base_cfg, tmp_pa
     evolution_run(base_cfg, tmp_path, 3, workers=3)
     archive = Archive(tmp_path / "archive.sqlite", create=False)
     try:
-        assert not archive.rows("status = 'proposed'")
-        assert {r.generation for r in archive.rows("proposer = 'evolution'")} == {1, 2, 3}
-        assert len(archive.rows("proposer = 'evolution'")) == 9  # 3 workers: 3 per generation
+        assert not [r for r in archive.rows() if r.status == "proposed"]
+        assert {r.generation for r in archive.rows_by_proposer("evolution")} == {1, 2, 3}
+        assert len(archive.rows_by_proposer("evolution")) == 9  # 3 workers: 3 per generation
     finally:
         archive.close()
 

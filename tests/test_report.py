@@ -223,12 +223,12 @@ def test_loss_curve_matches_dpo_analytically() -> None:
 
 def test_reads_while_the_loop_holds_a_write_transaction(run_dir: Path) -> None:
     writer = Archive(run_dir / ARCHIVE_NAME)
-    writer.conn.execute("BEGIN IMMEDIATE")
-    writer.conn.execute("UPDATE candidates SET name='renamed' WHERE id=1")
+    writer._conn.execute("BEGIN IMMEDIATE")
+    writer._conn.execute("UPDATE candidates SET name='renamed' WHERE id=1")
     try:
         rows = report.load_rows(run_dir)
     finally:
-        writer.conn.execute("ROLLBACK")
+        writer._conn.execute("ROLLBACK")
         writer.close()
     assert rows[0].name == "dpo" and len(rows) == 12
 

@@ -14,6 +14,7 @@ from discopop.config.compose import ConfigError, compose, validate
 from discopop.proposers.base import Candidate
 from discopop.search import seed_race
 from discopop.search.confirmation import top_candidates
+from discopop.search.history import proposer_history, selection_policy
 from discopop.search.seed_race import RacePolicy, SeedScores
 
 POLICY = RacePolicy(max_seeds=3, top_k=2, z=1.0, noise_prior=0.01)
@@ -98,7 +99,7 @@ def test_history_and_confirmation_rank_by_the_lower_bound_not_one_lucky_seed(tmp
     lucky = _scored(archive, "lucky", 0.95, None)  # one seed, never raced
     steady = _scored(archive, "steady", 0.94, [0.94, 0.945, 0.95])
     noisy = _scored(archive, "noisy", 0.96, [0.96, 0.90, 0.91])
-    entries = {e.name: e for e in archive.history()}
+    entries = {e.name: e for e in proposer_history(archive)}
     noise = seed_race.pooled_noise([SeedScores((0.94, 0.945, 0.95)), SeedScores((0.96, 0.90, 0.91))], 0.01)
     assert entries["steady"].fitness_seeds == (0.94, 0.945, 0.95) and entries["lucky"].fitness_seeds == (0.95,)
     assert entries["steady"].fitness_mean == pytest.approx(0.945)
@@ -144,7 +145,7 @@ def test_a_real_race_archives_every_seed_and_races_only_contenders(tmp_path: Pat
                                                                             proposer="evolution"), 1))]))
     finally:
         executor.close()
-    assert archive.selection_policy() == policy
+    assert selection_policy(archive) == policy
     for outcome in (ref, contender):  # every seed at the chosen rate, each an evaluations row
         assert outcome.status == "scored"
         race = outcome.metrics["race"]
@@ -156,6 +157,6 @@ def test_a_real_race_archives_every_seed_and_races_only_contenders(tmp_path: Pat
         assert race["fitness"][0] == pytest.approx(outcome.fitness)  # the fitness column: the search seed
     assert out.status == "scored" and out.metrics["race"]["seeds"] == [0]  # out of contention: one seed
     assert len(archive.evaluations(out.row_id)) == 1
-    entry = next(e for e in archive.history() if e.id == contender.row_id)
+    entry = next(e for e in proposer_history(archive) if e.id == contender.row_id)
     assert len(entry.fitness_seeds) == 3 and entry.fitness_lcb < entry.fitness_mean
     archive.close()

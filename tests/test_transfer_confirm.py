@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helper_confirm
 import numpy as np
 import pytest
+from helper_confirm import PROMPTS, SEEDS, scored_row
 
 from discopop.archive import Archive, Evaluation
 from discopop.config import ConfigError, RunSettings
@@ -16,21 +18,12 @@ from discopop.config.compose import compose
 from discopop.config.variants import transfer_tasks, variant_names, variant_task
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
-from discopop.proposers.base import Candidate
 from discopop.search.confirmation import fresh_seeds, judge
 from discopop.search.transfer_confirm import FAILS, HOLDS, TRANSFERS, confirm_transfer, split_of, transfer_text
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = REPO / "discopop" / "proposals"
-SEEDS = fresh_seeds(0, 3)
-PROMPTS = 300
-
-
-@pytest.fixture()
-def archive(tmp_path: Path):
-    arch = Archive(tmp_path / "archive.sqlite")
-    yield arch
-    arch.close()
+archive = helper_confirm.archive  # the shared fixture, asked for by name
 
 
 def _settings(*overrides: str) -> RunSettings:
@@ -70,13 +63,6 @@ def test_an_explicit_list_is_kept_in_order() -> None:
         variant_task({"kind": "hub"}, "clean")
 
 
-def _row(arch: Archive, name: str, fitness: float, proposer: str = "evolution", lr: float | None = None,
-         code: str | None = None) -> int:
-    row = arch.add(Candidate(name, code or f"# {name}\n", proposer=proposer), 0 if proposer == "reference" else 1)
-    arch.finish(row, "scored", fitness=fitness, metrics={"learning_rate": lr} if lr else {})
-    return row
-
-
 class VariantExecutor(Executor):
     """Answers train jobs with exact-match rewards whose accuracy is ``accuracy[variant][row_id]``: one uniform
     draw per (seed, prompt) shared by every arm (common random numbers), as a real task's prompts are."""
@@ -101,8 +87,8 @@ class VariantExecutor(Executor):
 
 
 def test_every_arm_is_rerun_on_each_variant_judged_as_one_family_and_resume_runs_nothing(archive: Archive) -> None:
-    cand = _row(archive, "cand", 0.95, lr=4e-5)
-    dpo, hinge = _row(archive, "dpo", 0.80, "reference"), _row(archive, "hinge", 0.90, "reference")
+    cand = scored_row(archive, "cand", 0.95, lr=4e-5)
+    dpo, hinge = scored_row(archive, "dpo", 0.80, "reference"), scored_row(archive, "hinge", 0.90, "reference")
     # on "easy" the candidate clearly leads both; on "hard" it falls below hinge, the strongest there
     accuracy = {"easy": {cand: 0.80, dpo: 0.50, hinge: 0.55}, "hard": {cand: 0.50, dpo: 0.52, hinge: 0.75}}
     made: list[str] = []
@@ -138,7 +124,7 @@ def test_every_arm_is_rerun_on_each_variant_judged_as_one_family_and_resume_runs
 
 
 def test_a_variant_within_noise_holds_and_a_failed_run_fails_it(archive: Archive) -> None:
-    cand, dpo = _row(archive, "cand", 0.95), _row(archive, "dpo", 0.80, "reference")
+    cand, dpo = scored_row(archive, "cand", 0.95), scored_row(archive, "dpo", 0.80, "reference")
     archive.add_evaluation(Evaluation(cand, SEEDS[0], split_of("broken"), None, error="train: loss is nan"))
     made: list[str] = []
     accuracy = {cand: 0.6, dpo: 0.6}
@@ -175,9 +161,9 @@ def test_the_diagnostic_tier_confirms_on_its_held_out_preset(archive: Archive) -
     small = {"kind": "diagnostic", "name": "diagnostic", "preset": "clean", "contexts": 32, "eval_contexts": 16,
              "steps": 10, "batch": 32}
     training = {"beta": 0.1, "learning_rate": 0.1}
-    ipo = _row(archive, "ipo_as_candidate", 0.9, code=(PROPOSALS / "ipo.py").read_text())
-    dpo = _row(archive, "dpo", 0.8, "reference", code=(PROPOSALS / "dpo.py").read_text())
-    hinge = _row(archive, "hinge", 0.85, "reference", code=(PROPOSALS / "hinge.py").read_text())
+    ipo = scored_row(archive, "ipo_as_candidate", 0.9, code=(PROPOSALS / "ipo.py").read_text())
+    dpo = scored_row(archive, "dpo", 0.8, "reference", code=(PROPOSALS / "dpo.py").read_text())
+    hinge = scored_row(archive, "hinge", 0.85, "reference", code=(PROPOSALS / "hinge.py").read_text())
     seeds = fresh_seeds(0, 2)
     own = DiagnosticExecutor(small, training)
     for row in (ipo, dpo, hinge):  # the run's own confirmation, on the clean preset
@@ -254,7 +240,7 @@ def test_diagnostic_replicate_contexts_are_scored_apart() -> None:
 def test_a_replication_confirms_on_the_replicate_part(archive: Archive) -> None:
     from discopop.search.confirmation import confirm
 
-    cand, dpo = _row(archive, "cand", 0.95), _row(archive, "dpo", 0.80, "reference")
+    cand, dpo = scored_row(archive, "cand", 0.95), scored_row(archive, "dpo", 0.80, "reference")
     made: list[str] = []
     pool = VariantExecutor("own", {cand: 0.8, dpo: 0.5}, made)
     confirm(archive, pool, base_seed=100, n_seeds=3, top_k=1, references=1, split="replicate")

@@ -263,7 +263,7 @@ def _import_into(items: list[Imported], run_dir: Path, overrides: list[str], cfg
         if new:
             record_run(cfg, run_dir, overrides, resumed=False)
         archive = Archive(run_dir / ARCHIVE_NAME)
-        known = {r.code_hash for r in archive.rows("proposer = ?", (PROPOSER,))}
+        known = {r.code_hash for r in archive.rows_by_proposer(PROPOSER)}
         added = invalid = skipped = 0
         for cand in candidates(items, archive.has_name):
             if code_hash(cand.code) in known:

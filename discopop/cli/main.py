@@ -93,7 +93,7 @@ def candidates_ahead(cfg: Any, run_dir: Path, resumed: bool) -> int:
         return total
     earlier = Archive(run_dir / "archive.sqlite", create=False)
     try:
-        return max(0, total - len(earlier.rows("status != 'proposed'")))
+        return max(0, total - earlier.count_finished())
     finally:
         earlier.close()
 

@@ -26,6 +26,7 @@ from discopop.report.run import (
     scored,
     tuned_beta,
 )
+from discopop.search.history import seed_scores
 
 TOP_TABLE = 25  # leaderboard rows shown; the rest are in the archive
 
@@ -42,7 +43,7 @@ def behaviour(row: Row) -> str:
 
 def _search_cell(row: Row) -> str:
     """Mean search fitness over the row's search seeds, with their count (the rank's basis)."""
-    scores = row.seed_scores()
+    scores = seed_scores(row)
     return "—" if scores is None else f"{fmt(scores.mean)} ({scores.n})"
 
 

@@ -7,41 +7,21 @@ Archived JSON is untrusted: every value is checked before use.
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import yaml
 
-from discopop.archive import ARCHIVE_NAME, ArchiveError, Row, ranked
+from discopop.archive import ARCHIVE_NAME, Row, read_rows
 from discopop.config.compose import SAVED_CONFIG
 from discopop.report.escape import clean
+from discopop.search.history import ranked, seed_scores
 from discopop.text import one_line
 
 EMPTY_NOTE = "The archive has no candidates yet."
-
-
-def _json(text: Any, default: Any) -> Any:
-    try:
-        value = json.loads(text) if text else default
-    except (TypeError, ValueError):
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
-def _ids(values: Iterable[Any]) -> list[int]:
-    out = []
-    for v in values:
-        try:
-            out.append(int(v))
-        except (TypeError, ValueError):
-            continue
-    return out
 
 
 def load_rows(run_dir: Path | str) -> list[Row]:
@@ -49,24 +29,7 @@ def load_rows(run_dir: Path | str) -> list[Row]:
 
     Read-only so that a report never takes a write lock on (or migrates) the archive of a live run.
     """
-    path = Path(run_dir) / ARCHIVE_NAME
-    if not path.is_file():
-        raise ArchiveError(f"no archive at {path}")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        conn.row_factory = sqlite3.Row
-        try:
-            records = [dict(r) for r in conn.execute("SELECT * FROM candidates ORDER BY id")]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as err:
-        raise ArchiveError(f"cannot read archive {path}: {err}") from None
-    rows = []
-    for d in records:
-        d["parent_ids"] = _ids(_json(d.get("parent_ids"), []))
-        d["metrics"] = _json(d.get("metrics"), {})
-        rows.append(Row(**{k: d.get(k) for k in Row.__dataclass_fields__}))
-    return rows
+    return read_rows(Path(run_dir) / ARCHIVE_NAME)
 
 
 def number(value: Any) -> float | None:
@@ -77,7 +40,7 @@ def number(value: Any) -> float | None:
 
 
 def scored(rows: list[Row]) -> list[Row]:
-    """Rows with a usable fitness, best first (``archive.ranked``: the same order as ``discopop leaderboard``)."""
+    """Rows with a usable fitness, best first (``search.history.ranked``: as ``discopop leaderboard``)."""
     return ranked(rows)
 
 
@@ -151,7 +114,7 @@ def search_text(row: Row) -> str:
 
     Never the row's ``fitness`` alone: that is one seed's best grid point, biased upwards by the choice.
     """
-    scores = row.seed_scores()
+    scores = seed_scores(row)
     if scores is None:
         return f"fitness {fmt(row.fitness)}"
     return f"search mean {fmt(scores.mean)} over {scores.n} seed{'s' if scores.n != 1 else ''}"

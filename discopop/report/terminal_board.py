@@ -16,18 +16,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from discopop.archive import Archive, Row, ranked
+from discopop.archive import Archive, Row
 from discopop.fitness import stats
 from discopop.report.escape import clean, csv_cell, terminal
 from discopop.report.run import beta_of, confirmation_of, learning_rate_of, number, run_beta, tuned_beta
-from discopop.status import Status
+from discopop.search.history import ranked, run_standings, selection_policy
 
 __all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_records", "leaderboard_rows", "print_leaderboard"]
 
 
 def leaderboard_rows(archive: Archive, limit: int = 15) -> list[Row]:
-    """The best ``limit`` scored rows by the run's selection bound (``archive.ranked``, as the report ranks)."""
-    return ranked(archive.rows("status = ?", (Status.SCORED,)), archive.selection_policy())[:limit]
+    """The best ``limit`` scored rows by the run's selection bound (``search.history.ranked``, as the report ranks)."""
+    return ranked(archive.scored_rows(), selection_policy(archive))[:limit]
 
 
 WIDE = 160  # a console at least this wide gets every column; a narrower one (80 columns) the compact layout
@@ -37,7 +37,7 @@ def leaderboard_records(archive: Archive, limit: int = 15) -> list[dict[str, Any
     """One plain record per leaderboard row (numbers as numbers, untrusted text cleaned): what ``--json`` and
     ``--csv`` write and both table layouts show."""
     rows = leaderboard_rows(archive, limit)
-    standing = archive.standings(archive.rows("status = ?", (Status.SCORED,)))
+    standing = run_standings(archive, archive.scored_rows())
     beta = run_beta(archive.path.parent)
     records = []
     for rank, r in enumerate(rows, 1):

@@ -24,6 +24,7 @@ from discopop.config import WANDB_MODES, WandbSettings, typed
 from discopop.report.board import leaderboard
 from discopop.report.escape import clean, code_text
 from discopop.report.run import confirmation_of, learning_rate_of, number, scored, tuned_beta, winner
+from discopop.search.history import seed_scores
 
 RUN_ID_FILE = "discopop_run_id"
 _ID = re.compile(r"[a-z0-9]{8,64}")
@@ -73,7 +74,7 @@ def winner_summary(rows: list[Row], run_beta: float | None) -> dict[str, Any]:
     best = winner(rows)
     if best is None:
         return {}
-    scores = best.seed_scores()
+    scores = seed_scores(best)
     beta = tuned_beta(best)
     return {"winner/id": best.id, "winner/name": clean(best.name), "winner/proposer": clean(best.proposer),
             "winner/search_mean": scores.mean if scores else None, "winner/search_seeds": scores.n if scores else 0,

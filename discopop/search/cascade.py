@@ -41,6 +41,7 @@ from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol, Point, Sweep, split_fitness
 from discopop.search import seed_race
 from discopop.search.fidelity import Fidelity
+from discopop.search.history import seed_scores
 from discopop.status import Status
 
 # Two fingerprints (unit vectors of policy gradients, see ``checks.fingerprint``) with cosine
@@ -135,7 +136,7 @@ class Evaluator:
     def _known_behaviours(self) -> dict[int, tuple[str, float, np.ndarray]]:
         """Fingerprints of every archived row that has one: id -> (name, beta, unit vector)."""
         found = {}
-        for r in self.archive.rows("status != ?", (Status.PROPOSED,)):
+        for r in self.archive.finished_rows():
             checks = r.metrics.get("checks") or {}
             vec = _unit(checks.get("fingerprint"))
             if vec is not None:
@@ -247,7 +248,7 @@ class Evaluator:
             return [protocol.default_point()]
         parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
         parent_points = [_point(p) for p in parents if p.metrics.get("learning_rate")]
-        run_points = [_point(r) for r in self.archive.rows("status = ?", (Status.SCORED,))
+        run_points = [_point(r) for r in self.archive.scored_rows()
                       if r.metrics.get("learning_rate")]
         return [protocol.screen_point(parent_points, run_points)]
 
@@ -279,7 +280,7 @@ class Evaluator:
         return results
 
     def _best_fitness(self) -> float | None:
-        values = [r.fitness for r in self.archive.rows("status = ?", (Status.SCORED,)) if r.fitness is not None]
+        values = [r.fitness for r in self.archive.scored_rows() if r.fitness is not None]
         return max(values) if values else None
 
     def _train(self, rows: list[Row], seconds, started, checks_of) -> Iterator[Outcome]:
@@ -353,7 +354,7 @@ class Evaluator:
 
     def _race_contest(self) -> tuple[float, float]:
         """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
-        scores = [s for r in self.archive.rows("status = 'scored'") if (s := r.seed_scores()) is not None]
+        scores = [s for r in self.archive.scored_rows() if (s := seed_scores(r)) is not None]
         noise = seed_race.pooled_noise(scores, self.race.noise_prior)
         return seed_race.kth_lower(scores, self.race, noise), noise
 

@@ -36,6 +36,7 @@ from discopop.contract.losses import code_hash
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
 from discopop.fitness.result_store import StoredRuns
+from discopop.search.history import run_standings
 from discopop.status import Status
 
 SPLIT = "confirm"
@@ -47,20 +48,20 @@ def fresh_seeds(base_seed: int, n_seeds: int) -> list[int]:
 
 
 def reference_row(archive: Archive, name: str) -> Row | None:
-    rows = archive.rows("proposer = 'reference' AND name = ? AND status = ?", (name, Status.SCORED))
+    rows = archive.rows_by_proposer("reference", status=Status.SCORED, name=name)
     return rows[0] if rows else None
 
 
 def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
     """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness)."""
-    standing = archive.standings()
+    standing = run_standings(archive)
     key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
     return sorted(rows, key=lambda r: (-key[r.id], r.id))
 
 
 def best_references(archive: Archive, n: int) -> list[Row]:
     """The ``n`` reference losses with the best search fitness in this run (lower confidence bound over seeds)."""
-    return _by_selection(archive, archive.rows("proposer = 'reference' AND status = ?", (Status.SCORED,)))[:n]
+    return _by_selection(archive, archive.rows_by_proposer("reference", status=Status.SCORED))[:n]
 
 
 def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int],
@@ -77,7 +78,7 @@ def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: lis
 
 def top_candidates(archive: Archive, k: int) -> list[Row]:
     """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
-    return _by_selection(archive, archive.rows("status = ? AND proposer != 'reference'", (Status.SCORED,)))[:k]
+    return _by_selection(archive, archive.rows_not_by_proposer("reference", status=Status.SCORED))[:k]
 
 
 def learning_rate(row: Row) -> float | None:

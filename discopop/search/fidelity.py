@@ -36,7 +36,6 @@ from discopop.config import CascadeSettings, DiagnosticTaskSettings, plain
 from discopop.config.cascade import MAX_REJECTED_SHARE
 from discopop.execution.executors import Executor, Job, LocalExecutor, WorkerSpec
 from discopop.fitness.rank_agreement import agreement_key, load_agreements
-from discopop.status import Status
 
 ExecutorFactory = Callable[[WorkerSpec], Executor]
 
@@ -164,7 +163,7 @@ class Fidelity:
         if not self.filters.get(stage):
             return None
         scores = []
-        for row in archive.rows("status != ?", (Status.PROPOSED,)):
+        for row in archive.finished_rows():
             value = ((row.metrics.get("fidelity") or {}).get(stage) or {}).get("score")
             if isinstance(value, int | float) and math.isfinite(value):
                 scores.append(float(value))

@@ -38,6 +38,7 @@ from discopop.sandbox import Limits
 from discopop.search.cascade import Evaluator, Outcome
 from discopop.search.confirmation import confirm
 from discopop.search.fidelity import Fidelity
+from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.seed_race import RacePolicy
 from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_summary
 from discopop.status import REPAIRABLE_STATUSES, Status
@@ -92,7 +93,7 @@ def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: 
     in an older version's run) owes nothing: there is no code to repair."""
     if max_repairs <= 0 or generation <= 0:
         return []
-    rows = {r.id: r for r in archive.rows("generation = ?", (generation,))}
+    rows = {r.id: r for r in archive.rows_of_generation(generation)}
     repaired = {r.parent_ids[0] for r in rows.values() if len(r.parent_ids) == 1 and r.parent_ids[0] in rows
                 and rows[r.parent_ids[0]].status in REPAIRABLE_STATUSES}
     owed = []
@@ -119,7 +120,7 @@ def proposals_per_generation(setting: int | str, parallelism: int) -> int:
 class Lookahead:
     """The proposals of the next generation, asked on a background thread while this one is evaluated.
 
-    The proposer gets a history fixed before the evaluation starts (``Archive.history_as_of``), so
+    The proposer gets a history fixed before the evaluation starts (``search.history.history_as_of``), so
     what it sees never depends on timing. Whatever it raises (a ``ProposerStop``: budget, key) is
     raised again by ``result`` in the loop's thread. The thread is a daemon: Ctrl-C does not wait
     for an LLM request; an unfinished lookahead is dropped and asked again by ``--resume``.
@@ -225,7 +226,7 @@ class Loop:
         for row_id in ids:
             row = self.archive.get(row_id)
             if row.proposer == self.proposer.name:
-                self.proposer.observe(row.history_entry())  # read after the outcome was archived
+                self.proposer.observe(history_entry(row))  # read after the outcome was archived
 
     def _checkpoint(self, generation: int | None = None) -> None:
         """Save the proposer's state (spending, bandit, conversation) and, if given, the generation done."""
@@ -301,7 +302,7 @@ class Loop:
         """
         ahead = None
         if self.proposer.lookahead and 1 <= generation < last and self.proposed == generation:
-            ahead = Lookahead(self.proposer, self.archive.history_as_of(generation), k, generation + 1)
+            ahead = Lookahead(self.proposer, history_as_of(self.archive, generation), k, generation + 1)
             self._unobserved = []
         try:
             outcomes = self._process(evaluator, ids)
@@ -442,12 +443,12 @@ class Loop:
             executor.warm_up()
             # The generation the last stop interrupted: its rows in flight re-run, its owed repairs asked
             # (and, with lookahead, the next generation proposed meanwhile if the stop came before that).
-            in_flight = [r.id for r in self.archive.rows("status = ? AND generation <= ?", (Status.PROPOSED, done))]
+            in_flight = [r.id for r in self.archive.pending_rows(done)]
             if in_flight:
                 self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
             if in_flight or done > 0:
                 self._generation(evaluator, done, in_flight, None, generations, k)
-            done_refs = {r.name for r in self.archive.rows("proposer = 'reference'")}
+            done_refs = {r.name for r in self.archive.rows_by_proposer("reference")}
             self.display.set_generation("references")
             flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
             if flips is None:  # the diagnostic tier says its preset's rate in the task facts
@@ -461,11 +462,11 @@ class Loop:
             for generation in range(done + 1, generations + 1):
                 self.display.set_generation(f"generation {generation}/{generations}")
                 if self.proposed < generation:
-                    proposals = self.proposer.propose(self.archive.history(), k, generation)
+                    proposals = self.proposer.propose(proposer_history(self.archive), k, generation)
                     ids = self._archive_proposals(proposals, generation)
                     candidates = {i: candidate_of(self.archive.get(i)) for i in ids}  # as the gate admitted them
                 else:  # proposed ahead, while the previous generation trained
-                    rows = self.archive.rows("generation = ?", (generation,))
+                    rows = self.archive.rows_of_generation(generation)
                     ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}
                 self._generation(evaluator, generation, ids, candidates, generations, k)
             conf = self.cfg.confirm

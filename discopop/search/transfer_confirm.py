@@ -140,7 +140,7 @@ def transfer_text(transfer: Mapping[str, Any] | None) -> str:
 def transfer_summary(archive: Archive) -> list[str]:
     """One line per confirmed candidate with transfer verdicts: the loop's closing words on transfer."""
     lines = []
-    for row in archive.rows("proposer != 'reference'"):
+    for row in archive.rows_not_by_proposer("reference"):
         text = transfer_text(row.metrics.get("transfer"))
         if text:
             lines.append(f"#{row.id} {row.name}: {text}")
