@@ -48,15 +48,19 @@ def cell(value: Any) -> Any:
 
 
 def tables(archive: Path) -> dict[str, list[list[Any]]]:
-    """Every table's rows (in rowid order), wall-clock columns left out."""
+    """Every table's rows, wall-clock columns left out: ``candidates`` in id order; the rows of any other table sorted
+    and without their ``id`` (parallel workers finish confirmation fine-tunes in any order, and each is inserted as it
+    finishes)."""
     with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         out = {}
         for name in names:
             cursor = conn.execute(f'SELECT * FROM "{name}" ORDER BY rowid')
             columns = [d[0] for d in cursor.description]
-            keep = [i for i, c in enumerate(columns) if "second" not in c and not c.endswith("_at")]
-            out[name] = [[cell(row[i]) for i in keep] for row in cursor]
+            keep = [i for i, c in enumerate(columns) if "second" not in c and not c.endswith("_at")
+                    and (name == "candidates" or c != "id")]
+            rows = [[cell(row[i]) for i in keep] for row in cursor]
+            out[name] = rows if name == "candidates" else sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
     return out
 
 
