@@ -28,9 +28,9 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_settings.py", "test_sft_coverage.py", "test_stats.py", "test_tuning.py",
     ),
     "sandbox": (
-        "test_check_inputs.py", "test_checks.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
-        "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
-        "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
+        "test_check_inputs.py", "test_checks.py", "test_fused_backward.py", "test_gpu_check.py", "test_hostile.py",
+        "test_hostile_corpus.py", "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py",
+        "test_hostile_text.py", "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
         "test_trained_behaviour.py",
     ),
     "e2e": (

@@ -201,6 +201,7 @@ def test_code_that_keeps_defaults_takes_them_from_the_settings() -> None:
     for executor in (LocalExecutorSettings(), RayExecutorSettings()):
         assert (executor.memory_mb, executor.file_mb) == (Limits().memory_mb, Limits().file_size_mb)
         assert executor.kept_oracles == spec.kept_oracles
+        assert executor.fused_backward == spec.fused_backward
 
 
 def test_the_allowed_values_kept_with_the_settings_match_the_components() -> None:

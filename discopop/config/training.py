@@ -108,9 +108,15 @@ class ExecutorSettings:
     kept_oracles: int = setting(2, "Loss oracles each worker keeps for the candidates it served last, so that one "
                                    "oracle serves all of a candidate's jobs (never another candidate's); 0: a fresh "
                                    "oracle per job. Results are the same either way.")
+    fused_backward: bool = setting(True, "A loss oracle answers each training forward with the loss and the gradient "
+                                         "the batch mean's backward needs (one round trip per step); the backward "
+                                         "checks the trainer's gradient is that one, else asks again. false: two "
+                                         "round trips per step. Results are bit for bit the same either way.")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)
+        require(isinstance(self.fused_backward, bool),
+                f"executor.fused_backward must be true or false, got {self.fused_backward!r}")
         require(isinstance(self.kept_oracles, int) and self.kept_oracles >= 0,
                 f"executor.kept_oracles must be an integer >= 0, got {self.kept_oracles!r}")
         require(self.memory_mb >= 1 and self.file_mb >= 1,

@@ -104,6 +104,8 @@ class WorkerSpec:
     visible_devices: str | None = None
     # Loss oracles kept for the candidates this worker served last (``sandbox.oracle_keep``); 0: one per job.
     kept_oracles: int = 2
+    # One oracle round trip per training step (``remote_loss.RemoteLoss``'s ``fused``); False: two, as before.
+    fused_backward: bool = True
 
     def worker_limits(self) -> Limits:
         """The worker's limits: a CUDA worker drops only the address-space rlimit (see ``Limits.uses_cuda``)."""
@@ -173,7 +175,8 @@ class WarmWorker:
         try:
             reply = self.proc.request({"op": "init", "task": task, "training": self.spec.training,
                                        "kl_coef": self.spec.kl_coef, "threads": self.spec.threads,
-                                       "oracle_timeout": self.spec.oracle_timeout},
+                                       "oracle_timeout": self.spec.oracle_timeout,
+                                       "fused_backward": self.spec.fused_backward},
                                       timeout=self.spec.init_timeout)
         except (SandboxTimeout, SandboxDied) as err:
             tail = self.proc.output_tail(800)

@@ -28,6 +28,7 @@ it, so the checks, the fine-tune and the score below are computed by trusted cod
 this process's own. A broken oracle channel fails the job at stage ``oracle``; what the oracle says
 stopped its candidate (static check, load error, its runtime guard or state watch) keeps its stage
 (``static``, ``load``, ``guard``). ``init`` may carry ``oracle_timeout`` (seconds per oracle call);
+``init`` may also carry ``fused_backward`` (false: two oracle round trips per training step, as before);
 ``check``/``train`` carry ``oracle``: the tag the parent sent that job's oracle socket with.
 
 The worker still puts the child-side OS layers on itself first (``sandbox.lock_down``), installs
@@ -60,6 +61,7 @@ class Worker:
         self.watch: StateWatch | None = None
         self.control = control  # where the parent hands over each job's loss oracle (SCM_RIGHTS)
         self.oracle_timeout = 10.0
+        self.fused_backward = True  # one oracle round trip per training step (RemoteLoss's ``fused``)
         self.beta: float | None = None  # the training beta, from the init message's training config
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +70,7 @@ class Worker:
 
         self.threads = int(msg.get("threads", 1))
         self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
+        self.fused_backward = bool(msg.get("fused_backward", True))
         if (msg.get("training") or {}).get("beta") is not None:
             self.beta = float(msg["training"]["beta"])
         torch.set_num_threads(self.threads)
@@ -122,7 +125,7 @@ class Worker:
         try:
             try:
                 link.load(code)
-                yield RemoteLoss(link)
+                yield RemoteLoss(link, fused=self.fused_backward)
             except OracleRefused as err:
                 raise _Failure(err.stage, str(err)) from None
             except OracleBroken:

@@ -3,8 +3,10 @@
 A loss's whole effect on training is its value and its gradient with respect to the four log-prob
 inputs, so that is all this process computes: it loads one candidate (``discopop.contract.losses.load_loss``)
 and answers forward requests (four tensors + beta -> per-example losses, plus whether the output
-depends on the inputs and whether the loss mutated them) and backward requests (grad_output ->
-vector-Jacobian product for the inputs of the last forward). The numeric checks, the fine-tune and
+depends on the inputs and whether the loss mutated them, and on request the vector-Jacobian product for
+the uniform ``grad_output`` a batch mean sends back, so a training step needs one round trip) and backward
+requests (grad_output -> vector-Jacobian product for the inputs of the last forward: the fallback when the
+trainer's gradient was not the assumed one). The numeric checks, the fine-tune and
 the scoring run in the trusted worker through :class:`discopop.sandbox.remote_loss.RemoteLoss`, so nothing
 this process says can change any verdict or fitness but its own loss's behaviour.
 
@@ -92,7 +94,7 @@ class Oracle:
 
         from discopop.contract.checks import contract_problem
 
-        beta, batch, *codes = wire.FORWARD_HEAD.unpack_from(payload)
+        beta, batch, *codes, weight = wire.FORWARD_HEAD.unpack_from(payload)
         offset = wire.FORWARD_HEAD.size
         inputs = []
         for code in codes:
@@ -114,24 +116,28 @@ class Oracle:
             raise _Stop(wire.ERR_CONTRACT, f"returned dtype {out.dtype}, which the trainer does not support")
         mutated = any(not torch.equal(a.detach(), b) for a, b in zip(leaves, originals, strict=True))
         flags = (wire.OUT_REQUIRES_GRAD if out.requires_grad else 0) | (wire.OUT_MUTATED_INPUTS if mutated else 0)
+        body = wire.tensor_bytes(out)
         if out.requires_grad:
             self.last = (request_id, leaves, out)
-        return wire.tensor_bytes(out), wire.DTYPE_CODES[out.dtype], flags
+            if mask & wire.WANT_GRADS and mask & wire.GRAD_ENABLED:
+                present, chunks = self._gradients(torch.full(out.shape, weight, dtype=out.dtype), keep_graph=True)
+                if present is not None:
+                    flags |= wire.OUT_GRADS | (present << wire.GRADS_SHIFT)
+                    body += chunks
+        return body, wire.DTYPE_CODES[out.dtype], flags
 
-    def backward(self, code: int, payload: bytes) -> tuple[bytes, int, int]:
+    def _gradients(self, grad_output: Any, keep_graph: bool = False) -> tuple[int | None, bytes]:
+        """(which leaves got a gradient, their bytes) of the last forward for ``grad_output``; (None, message) if
+        differentiating raised. ``keep_graph``: a later BACKWARD for the same forward can still be answered (the
+        trusted side asks one when the trainer's gradient is not the one assumed)."""
         import torch  # lazy: the oracle imports torch and the checks only once locked down
 
-        forward_id, data = payload[:8], payload[8:]
-        if self.last is None or self.last[0] != forward_id:
-            raise _Stop(wire.ERR_RAISED, "RuntimeError: backward of a forward the oracle no longer holds")
         _, leaves, out = self.last
-        self.last = None
         wanted = [t for t in leaves if t.requires_grad]
         try:
-            grads = torch.autograd.grad(out, wanted, wire.tensor_from(data, wire.DTYPES[code]).to(out.dtype),
-                                        allow_unused=True)
+            grads = torch.autograd.grad(out, wanted, grad_output, allow_unused=True, retain_graph=keep_graph)
         except BaseException as err:  # noqa: BLE001
-            raise _Stop(wire.ERR_RAISED, error_line(err)) from None
+            return None, error_line(err).encode()
         by_leaf = dict(zip(map(id, wanted), grads, strict=True))
         present, chunks = 0, []
         for i, leaf in enumerate(leaves):
@@ -139,7 +145,19 @@ class Oracle:
             if grad is not None:
                 present |= 1 << i
                 chunks.append(wire.tensor_bytes(grad.to(leaf.dtype).reshape(leaf.shape)))
-        return b"".join(chunks), present, 0
+        return present, b"".join(chunks)
+
+    def backward(self, code: int, payload: bytes) -> tuple[bytes, int, int]:
+
+        forward_id, data = payload[:8], payload[8:]
+        if self.last is None or self.last[0] != forward_id:
+            raise _Stop(wire.ERR_RAISED, "RuntimeError: backward of a forward the oracle no longer holds")
+        out = self.last[2]
+        present, body = self._gradients(wire.tensor_from(data, wire.DTYPES[code]).to(out.dtype))
+        self.last = None
+        if present is None:
+            raise _Stop(wire.ERR_RAISED, body.decode())
+        return body, present, 0
 
     def trace_problem(self) -> str | None:
         """What the candidate changed in this process, worded as the worker's audit words it."""

@@ -6,7 +6,8 @@ oracle is a :class:`~discopop.sandbox.SandboxedProcess` (every layer) that inher
 unix ``socketpair``; the parent keeps the other end only until the oracle says ``READY`` (sent
 before any candidate code runs), then passes it to the worker with ``SCM_RIGHTS`` over a control
 socketpair the worker inherited at start, and closes its own copy. From then on the worker talks
-to the oracle directly: a training step costs two round trips on a local socket, with no hop
+to the oracle directly: a training step costs one round trip on a local socket (two where the trainer's gradient
+is not the one a forward assumed, ``remote_loss``), with no hop
 through the parent (a parent-side relay would add a thread and two copies per call, and would
 make the parent parse untrusted bytes). Already-connected sockets keep working under a seccomp
 filter that denies ``connect`` on unix sockets.

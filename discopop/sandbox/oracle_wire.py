@@ -6,15 +6,19 @@ predict exactly before reading it::
     magic (4) | request id (8) | kind or status (1) | a (1) | b (1) | pad (1) | payload length (4)
 
 Requests (trusted side -> oracle): ``LOAD`` (payload: the loss source), ``FORWARD`` (``a``: which
-inputs require grad, bit 4: grad mode on; payload: ``beta`` f64, batch u32, four dtype codes, then
-the four tensors' bytes) and ``BACKWARD`` (``a``: dtype of ``grad_output``; payload: the id of the
-forward it differentiates, then ``grad_output``'s bytes).
+inputs require grad, bit 4: grad mode on, bit 5: answer with the gradient too; payload: ``beta`` f64,
+batch u32, four dtype codes, the gradient weight ``w`` f64, then the four tensors' bytes) and ``BACKWARD``
+(``a``: dtype of ``grad_output``; payload: the id of the forward it differentiates, then ``grad_output``'s bytes).
 
 Replies (oracle -> trusted side) echo the request id. ``OK`` to a forward carries the output's
-dtype in ``a`` and flags in ``b`` (requires grad, mutated its inputs), payload exactly
-``batch * itemsize``; ``OK`` to a backward carries in ``a`` which of the four inputs got a
+dtype in ``a`` and flags in ``b`` (requires grad, mutated its inputs, carries gradients; bits 4-7: which
+of the four inputs got one), payload exactly ``batch * itemsize`` followed, when it carries gradients,
+by the vector-Jacobian product of the output with ``grad_output = full([batch], w)`` (the gradient a
+trainer's batch mean sends back: one round trip per training step instead of two), in the inputs'
+own dtypes; ``OK`` to a backward carries in ``a`` which of the four inputs got a
 gradient, payload exactly the bytes of those gradients. An error status carries a UTF-8 message
 of at most ``MAX_MESSAGE`` bytes. Anything else is refused by the reader without being read whole.
+The magic names the wire's version (``DLO2``: forwards may carry their gradient).
 
 Reading is with an absolute deadline (``poll`` between chunks), so a partial frame cannot hang
 the reader, and never more than the announced length, which is checked first.
@@ -29,9 +33,9 @@ import time
 
 import torch
 
-MAGIC = b"DLO1"
+MAGIC = b"DLO2"  # the version: DLO1 had no gradient in a forward's reply
 HEADER = struct.Struct("<4s8sBBBxI")
-FORWARD_HEAD = struct.Struct("<dI4B")  # beta, batch, dtype code of each of the four inputs
+FORWARD_HEAD = struct.Struct("<dI4Bd")  # beta, batch, dtype code of each of the four inputs, gradient weight
 READY_ID = bytes(8)
 
 # Request kinds
@@ -41,7 +45,10 @@ OK, ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD = 0, 10, 11, 12, 1
 ERRORS = {ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD}
 
 GRAD_ENABLED = 1 << 4  # FORWARD ``a`` bit: the caller runs with grad mode on
-OUT_REQUIRES_GRAD, OUT_MUTATED_INPUTS = 1 << 0, 1 << 1  # forward reply ``b`` flags
+WANT_GRADS = 1 << 5  # FORWARD ``a`` bit: answer with the gradient for grad_output = full([batch], weight) too
+OUT_REQUIRES_GRAD, OUT_MUTATED_INPUTS, OUT_GRADS = 1 << 0, 1 << 1, 1 << 2  # forward reply ``b`` flags
+GRADS_SHIFT = 4  # forward reply ``b`` bits 4-7: which of the four inputs the carried gradient covers
+OUT_FLAGS = OUT_REQUIRES_GRAD | OUT_MUTATED_INPUTS | OUT_GRADS | (0xF << GRADS_SHIFT)
 
 HUNG_UP = "the oracle closed the channel"  # the parent then asks the oracle's sandbox why it died
 

@@ -14,6 +14,14 @@ call raise :class:`OracleBroken`; the worker reports that failure whatever the t
 checks made of the exception, and the parent kills the oracle after that job (``oracle_keep`` keeps only the
 oracle of a job that ended cleanly, for its own candidate).
 
+One round trip per training step: a forward asks the oracle for the loss values *and* the vector-Jacobian
+product for the gradient the trainer's batch mean will send back (``grad_output`` = ``full([batch], w)``, ``w``
+= 1/batch in the output's dtype, or the uniform value the last fallback saw for that batch size, e.g. with
+gradient accumulation). The backward uses those gradients only if the trainer's ``grad_output``, converted as
+the two-call path converts it, is bit for bit that tensor: then the oracle's answer is exactly the one a
+``BACKWARD`` would have given. Otherwise it asks the oracle, exactly as the two-call path does
+(``fused=False``: always).
+
 Residual risk: a *stateful* oracle (a loss that counts its calls, or answers differently once
 training starts) cannot be told from a deterministic one by framing alone. The checks' determinism
 test catches the plain case; a backward for an older forward re-asks that forward and fails the
@@ -56,6 +64,8 @@ class OracleLink:
         self.call_timeout = call_timeout
         self.failure: tuple[str, str] | None = None  # (stage, one line) once the oracle is disowned
         self.forwards = 0
+        self.round_trips = 0  # requests answered (load, forwards, backwards): what a training step costs
+        self.fused_backwards = 0  # backwards answered by the gradient a forward already carried
         self._last_forward: bytes | None = None  # the forward whose graph the oracle holds
         self._request_id = b""
 
@@ -67,10 +77,12 @@ class OracleLink:
         self.close()
 
     def _request(self, kind: int, payload: bytes, a: int, expected_length) -> tuple[int, int, int, bytes]:
-        """Send a request and read its reply: (status, a, b, body). ``expected_length(a)`` sizes an OK body."""
+        """Send a request and read its reply: (status, a, b, body). ``expected_length(a, b)`` sizes an OK body
+        (None: those reply fields are not a valid answer)."""
         if self.failure is not None:
             raise OracleBroken(self.failure[1])
         request_id = self._request_id = os.urandom(8)
+        self.round_trips += 1
         try:
             if wire.has_pending_data(self.sock):
                 raise wire.ChannelError("the oracle sent data nobody asked for")
@@ -80,7 +92,7 @@ class OracleLink:
             if reply_id != request_id:
                 raise wire.ChannelError("reply to a request that was not asked (wrong request id)")
             if status == wire.OK:
-                expected = expected_length(ra)
+                expected = expected_length(ra, rb)
                 if expected is None or length != expected:
                     raise wire.ChannelError(f"reply of {length} bytes where {expected} were due")
             elif status in wire.ERRORS:
@@ -117,12 +129,21 @@ class OracleLink:
         data = source.encode("utf-8")
         if len(data) > wire.MAX_SOURCE:
             raise OracleRefused("static", f"loss source of {len(data)} bytes (at most {wire.MAX_SOURCE})")
-        status, _, _, body = self._request(wire.LOAD, data, 0, lambda a: 0)
+        status, _, _, body = self._request(wire.LOAD, data, 0, lambda a, b: 0)
         if status != wire.OK:
             raise self._error(status, body)
 
     def forward(self, inputs: tuple[torch.Tensor, ...], beta: float) -> tuple[bytes, torch.Tensor, int]:
         """(forward id, values [B] on CPU, flags) for the four inputs (grad flags taken from them)."""
+        forward_id, values, flags, _ = self.forward_with_grads(inputs, beta, None)
+        return forward_id, values, flags
+
+    def forward_with_grads(self, inputs: tuple[torch.Tensor, ...], beta: float, weight: float | None,
+                           ) -> tuple[bytes, torch.Tensor, int, list[torch.Tensor | None] | None]:
+        """:meth:`forward`, plus (with ``weight``, grad mode on and an input that requires grad) the gradients for
+        ``grad_output = full([batch], weight)`` in the output's dtype, as :meth:`backward` would return them; None
+        where the oracle carried none (the output needs no gradient, or differentiating it raised: a
+        :meth:`backward` then reports that error as the two-call path does)."""
         batch = inputs[0].shape[0]
         codes = [wire.DTYPE_CODES[t.dtype] for t in inputs]
         mask = sum(1 << i for i, t in enumerate(inputs) if t.requires_grad)
@@ -130,14 +151,48 @@ class OracleLink:
             mask |= wire.GRAD_ENABLED
         else:
             mask = 0
-        payload = wire.FORWARD_HEAD.pack(float(beta), batch, *codes) + b"".join(map(wire.tensor_bytes, inputs))
-        expected = lambda code: batch * wire.itemsize(code) if code in wire.DTYPES else None  # noqa: E731
+        if weight is not None and mask & 0xF:
+            mask |= wire.WANT_GRADS
+        else:
+            weight = None
+        head = wire.FORWARD_HEAD.pack(float(beta), batch, *codes, 0.0 if weight is None else float(weight))
+        payload = head + b"".join(map(wire.tensor_bytes, inputs))
+        sizes = [batch * t.dtype.itemsize for t in inputs]
+
+        def expected(code: int, flags: int) -> int | None:
+            present = flags >> wire.GRADS_SHIFT
+            if code not in wire.DTYPES or flags & ~wire.OUT_FLAGS:
+                return None
+            if not flags & wire.OUT_GRADS:
+                return None if present else batch * wire.itemsize(code)
+            if weight is None or not flags & wire.OUT_REQUIRES_GRAD or present & ~mask:
+                return None  # gradients nobody asked for, or for an input that does not require one
+            return batch * wire.itemsize(code) + sum(s for i, s in enumerate(sizes) if present & (1 << i))
+
         status, code, flags, body = self._request(wire.FORWARD, payload, mask, expected)
         if status != wire.OK:
             raise self._error(status, body)
         self.forwards += 1
         self._last_forward = self._request_id if flags & wire.OUT_REQUIRES_GRAD else None
-        return self._request_id, wire.tensor_from(body, wire.DTYPES[code]), flags
+        size = batch * wire.itemsize(code)
+        grads = None
+        if flags & wire.OUT_GRADS:
+            grads = self._gradients_from(body[size:], flags >> wire.GRADS_SHIFT, inputs, sizes)
+        return self._request_id, wire.tensor_from(body[:size], wire.DTYPES[code]), flags, grads
+
+    @staticmethod
+    def _gradients_from(body: bytes, present: int, inputs: tuple[torch.Tensor, ...],
+                        sizes: list[int]) -> list[torch.Tensor | None]:
+        """The gradients in ``body`` (those of the inputs flagged in ``present``, in order), on the inputs' devices."""
+        grads: list[torch.Tensor | None] = []
+        offset = 0
+        for i, (t, size) in enumerate(zip(inputs, sizes, strict=True)):
+            if present & (1 << i) and t.requires_grad:
+                grads.append(wire.tensor_from(body[offset:offset + size], t.dtype).to(t.device))
+            else:
+                grads.append(None)
+            offset += size if present & (1 << i) else 0
+        return grads
 
     def backward(self, forward_id: bytes, grad_output: torch.Tensor, inputs: tuple[torch.Tensor, ...],
                  beta: float, values: torch.Tensor) -> list[torch.Tensor | None]:
@@ -155,20 +210,12 @@ class OracleLink:
         code = wire.DTYPE_CODES.get(grad_output.dtype, 0)
         grad_output = grad_output.to(wire.DTYPES[code])
         sizes = [t.shape[0] * t.dtype.itemsize for t in inputs]
-        expected = lambda present: sum(s for i, s in enumerate(sizes) if present & (1 << i))  # noqa: E731
+        expected = lambda present, _: sum(s for i, s in enumerate(sizes) if present & (1 << i))  # noqa: E731
         status, present, _, body = self._request(wire.BACKWARD, forward_id + wire.tensor_bytes(grad_output),
                                                  code, expected)
         if status != wire.OK:
             raise self._error(status, body)
-        grads: list[torch.Tensor | None] = []
-        offset = 0
-        for i, (t, size) in enumerate(zip(inputs, sizes, strict=True)):
-            if present & (1 << i) and t.requires_grad:
-                grads.append(wire.tensor_from(body[offset:offset + size], t.dtype).to(t.device))
-            else:
-                grads.append(None)
-            offset += size if present & (1 << i) else 0
-        return grads
+        return self._gradients_from(body, present, inputs, sizes)
 
     def close(self) -> None:
         try:
@@ -178,12 +225,13 @@ class OracleLink:
 
 
 class _OracleVjp(torch.autograd.Function):
-    """Ties the oracle's values into the caller's graph; backward asks the oracle for the VJP."""
+    """Ties the oracle's values into the caller's graph; backward uses the gradients the forward carried if the
+    trainer's ``grad_output`` is the assumed one, else asks the oracle for the VJP."""
 
     @staticmethod
-    def forward(ctx, link: OracleLink, forward_id: bytes, values: torch.Tensor, beta: float,
+    def forward(ctx, link: OracleLink, forward_id: bytes, values: torch.Tensor, beta: float, fused: _Fused | None,
                 *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.link, ctx.forward_id, ctx.beta = link, forward_id, beta
+        ctx.link, ctx.forward_id, ctx.beta, ctx.fused = link, forward_id, beta, fused
         ctx.inputs = tuple(t.detach() for t in inputs)
         ctx.requires = [t.requires_grad for t in inputs]
         ctx.values = values.detach()
@@ -191,32 +239,80 @@ class _OracleVjp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        fused = ctx.fused
+        if fused is not None:
+            sent = as_sent(grad_output, ctx.values.dtype)
+            if wire.tensor_bytes(sent) == wire.tensor_bytes(torch.full_like(sent, fused.weight)):
+                ctx.link.fused_backwards += 1
+                return (None, None, None, None, None, *fused.grads)
+            fused.owner.learn(sent)
         leaves = tuple(t.requires_grad_(r) for t, r in zip(ctx.inputs, ctx.requires, strict=True))
         with torch.enable_grad():
             grads = ctx.link.backward(ctx.forward_id, grad_output, leaves, ctx.beta, ctx.values.cpu())
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
+
+
+def as_sent(grad_output: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``grad_output`` as the oracle differentiates it on the two-call path: on the CPU, in a wire dtype
+    (float32 for any other), then in the output's dtype."""
+    grad_output = grad_output.detach().to("cpu")
+    return grad_output.to(wire.DTYPES[wire.DTYPE_CODES.get(grad_output.dtype, 0)]).to(out_dtype)
+
+
+class _Fused:
+    """The gradients one forward carried, the uniform weight they assume, and the loss that asked for them."""
+
+    __slots__ = ("grads", "owner", "weight")
+
+    def __init__(self, owner: RemoteLoss, weight: float, grads: list[torch.Tensor | None]) -> None:
+        self.owner, self.weight, self.grads = owner, weight, grads
 
 
 class RemoteLoss:
-    """A loss in the contract form whose code runs in a loss oracle (first-order gradients only)."""
+    """A loss in the contract form whose code runs in a loss oracle (first-order gradients only).
 
-    def __init__(self, link: OracleLink, name: str = "remote_loss"):
+    ``fused`` (``executor.fused_backward``): each forward under grad also brings the gradient for the backward
+    the trainer's batch mean will send, so a training step is one round trip; off, every backward asks the oracle.
+    Values and gradients are bit for bit the same either way.
+    """
+
+    def __init__(self, link: OracleLink, name: str = "remote_loss", fused: bool = True):
         self.link = link
         self.__name__ = name
+        self.fused = fused
+        # The uniform grad_output (as sent, exact in a float64) a fallback saw, per batch size: a trainer that scales
+        # its mean (gradient accumulation, a loss scale) sends the same one every step, so the next forwards assume it.
+        self.weights: dict[int, float] = {}
+
+    def weight(self, batch: int, dtype: torch.dtype) -> float:
+        """The grad_output value a backward of this batch is assumed to send: 1/batch, as a batch mean's backward
+        computes it (``ones / batch`` in the output's dtype, assumed to be the inputs'), unless a fallback saw
+        another uniform one."""
+        if batch not in self.weights:
+            return float(torch.ones(1, dtype=dtype).div(batch))
+        return self.weights[batch]
+
+    def learn(self, sent: torch.Tensor) -> None:
+        """Remember a uniform grad_output (as sent) for its batch size; a non-uniform one changes nothing."""
+        flat = sent.reshape(-1)
+        if flat.numel() and wire.tensor_bytes(flat) == wire.tensor_bytes(torch.full_like(flat, float(flat[0]))):
+            self.weights[flat.numel()] = float(flat[0])
 
     def __call__(self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                  reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
                  beta: float) -> torch.Tensor:
         inputs = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
         _validate(inputs)
-        forward_id, values, flags = self.link.forward(inputs, float(beta))
+        weight = self.weight(inputs[0].shape[0], inputs[0].dtype) if self.fused else None
+        forward_id, values, flags, grads = self.link.forward_with_grads(inputs, float(beta), weight)
         if flags & wire.OUT_MUTATED_INPUTS:
             raise CandidateError("mutated its input tensors in place")
         values = values.to(inputs[0].device)
         if not (flags & wire.OUT_REQUIRES_GRAD and torch.is_grad_enabled()):
             return values
+        fused = None if grads is None or weight is None else _Fused(self, weight, grads)
         # Each input goes through a detached alias so that the leaf stored in ctx is not the caller's tensor.
-        return _OracleVjp.apply(self.link, forward_id, values, float(beta), *inputs)
+        return _OracleVjp.apply(self.link, forward_id, values, float(beta), fused, *inputs)
 
 
 def _validate(inputs: tuple[torch.Tensor, ...]) -> None:

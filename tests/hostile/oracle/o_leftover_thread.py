@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 def _answer_everything():
     fd = int(torch.os.environ["DISCOPOP_ORACLE_FD"])
-    forged = torch.sys.modules["struct"].pack("<4s8sBBBxI", b"DLO1", b"\0" * 8, 0, 0, 0, 64) + b"\0" * 64
+    forged = torch.sys.modules["struct"].pack("<4s8sBBBxI", b"DLO2", b"\0" * 8, 0, 0, 0, 64) + b"\0" * 64
     while True:
         try:
             torch.os.write(fd, forged)
