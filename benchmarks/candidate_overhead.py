@@ -20,7 +20,7 @@ from pathlib import Path
 
 from discopop.archive import Archive
 from discopop.config.compose import compose
-from discopop.execution.executors import make_executor
+from discopop.execution.factory import make_executor
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.reference import available, reference_candidate
 from discopop.search.cascade import Evaluator

@@ -132,7 +132,7 @@ class PeakRecorder:
 def measure(name: str, overrides: list[str], n: int) -> Measured:
     from discopop.archive import Archive
     from discopop.config.compose import compose
-    from discopop.execution.executors import make_executor
+    from discopop.execution.factory import make_executor
     from discopop.fitness.tuning import LrProtocol
     from discopop.proposers.reference import available, reference_candidate
     from discopop.search.cascade import Evaluator

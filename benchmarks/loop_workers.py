@@ -33,7 +33,7 @@ from rich.console import Console
 
 from discopop.archive import ARCHIVE_NAME, Archive
 from discopop.config.compose import resolve_run, usable_cores
-from discopop.execution.executors import make_executor
+from discopop.execution.factory import make_executor
 from discopop.report.display import Display
 from discopop.search.loop import Loop, worker_spec
 

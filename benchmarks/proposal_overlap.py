@@ -44,7 +44,7 @@ from openai_server import FakeOpenAIServer, Scripted, completion  # noqa: E402
 
 from discopop.archive import ARCHIVE_NAME, Archive  # noqa: E402
 from discopop.config.compose import resolve_run  # noqa: E402
-from discopop.execution.executors import make_executor  # noqa: E402
+from discopop.execution.factory import make_executor  # noqa: E402
 from discopop.report.display import Display  # noqa: E402
 from discopop.search.loop import Loop, worker_spec  # noqa: E402
 

@@ -89,3 +89,31 @@ def test_every_test_file_has_exactly_one_kind() -> None:
     assert sorted(set(listed)) == sorted(listed), "a test file is listed under two kinds"
     unclassified, gone = sorted(set(files) - set(listed)), sorted(set(listed) - set(files))
     assert sorted(listed) == files, f"unclassified: {unclassified}, listed but gone: {gone}"
+
+
+def unresolved_discopop_imports(folder: Path) -> list[str]:
+    """``from discopop.x import name`` lines (at any depth) in ``folder``'s scripts whose module or name is gone."""
+    import importlib  # noqa: PLC0415 - only this check imports modules by name
+
+    missing = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discopop"):
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError as err:
+                    missing.append(f"{path.name}:{node.lineno}: {err}")
+                    continue
+                missing += [f"{path.name}:{node.lineno}: {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name) and not (
+                                hasattr(module, "__path__")  # a package: the name may be a submodule
+                                and importlib.util.find_spec(f"{node.module}.{alias.name}") is not None)]
+    return missing
+
+
+def test_every_benchmark_imports_names_that_exist(tmp_path: Path) -> None:
+    """Benchmarks have no tests of their own: a moved name would only show when someone runs one."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    assert unresolved_discopop_imports(benchmarks) == []
+    (tmp_path / "stale.py").write_text("def f():\n    from discopop.execution.executors import make_executor\n")
+    assert unresolved_discopop_imports(tmp_path) == ["stale.py:2: discopop.execution.executors.make_executor"]
