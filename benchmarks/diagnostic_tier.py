@@ -7,9 +7,10 @@ Three parts, each optional:
   fine-tunes per hour of each (one process, one torch thread), their ratio, the one-off cost of an
   oracle (start + first call), and the largest difference between the two arms' fitness.
 * ``--table``: per setting, each reference loss at its best learning rate of ``--grid`` (chosen on the
-  ``--tune-seeds``), scored on the disjoint ``--rank-seeds``: mean, seed-to-seed SD, the SD of its
-  paired difference to DPO (same seeds: common random numbers), and the spread of the references
-  (best - worst mean) in units of both SDs.
+  ``--tune-seeds``), scored on the disjoint ``--rank-seeds``: mean fitness (reward - ``--kl-coef`` x KL, the
+  tier's default price unless set), its reward and KL apart, seed-to-seed SD, the SD of its paired difference
+  to DPO (same seeds: common random numbers), and the spread of the references (best - worst mean) in units
+  of both SDs.
 * ``--nulls N``: N comparisons of DPO with itself on independent fresh seeds (``--null-seeds`` per
   arm), each through ``discopop.fitness.stats.compare`` on the contexts x seeds matrix and ``decide``; the
   rejection rate should be at most alpha.
@@ -33,9 +34,9 @@ import torch
 
 from discopop.contract.losses import load_loss
 from discopop.fitness import stats
-from discopop.fitness.diagnostic_tune import DiagnosticFailure, fine_tune
+from discopop.fitness.diagnostic_tune import DiagnosticFailure, DiagnosticResult, fine_tune
 from discopop.proposers.reference import PROPOSALS_DIR, available
-from discopop.tasks.diagnostic import PRESETS, DiagnosticSetting, describe, setting
+from discopop.tasks.diagnostic import KL_COEF, PRESETS, DiagnosticSetting, describe, setting
 
 
 def loss_source(name: str) -> str:
@@ -84,28 +85,38 @@ def speed(names: list[str], runs: int, s: DiagnosticSetting, lr: float) -> None:
     print(f"  largest |fitness difference| oracle vs in-process: {diff:.2e}")
 
 
-def seed_means(fn: Callable, s: DiagnosticSetting, lr: float, seeds: list[int]) -> list[float] | None:
+def seed_runs(fn: Callable, s: DiagnosticSetting, lr: float, seeds: list[int]) -> list[DiagnosticResult] | None:
     try:
-        return [fine_tune(fn, s, seed=k, lr=lr).fitness for k in seeds]
+        return [fine_tune(fn, s, seed=k, lr=lr) for k in seeds]
     except DiagnosticFailure:
         return None
 
 
-def table(names: list[str], settings: list[str], grid: list[float], tune: list[int], rank: list[int]) -> None:
+def seed_means(fn: Callable, s: DiagnosticSetting, lr: float, seeds: list[int]) -> list[float] | None:
+    runs = seed_runs(fn, s, lr, seeds)
+    return None if runs is None else [r.fitness for r in runs]
+
+
+def table(names: list[str], settings: list[str], grid: list[float], tune: list[int], rank: list[int],
+          kl_coef: float = KL_COEF) -> None:
     fns = {n: load_loss(loss_source(n)) for n in names}
     print(f"\nper setting: best lr of {grid} on seeds {tune}; scored on seeds {rank[0]}..{rank[-1]} "
-          f"(fitness = exact mean reward on held-out contexts)")
+          f"(fitness = exact mean reward - {kl_coef:g} x KL on held-out contexts; reward and KL are their means)")
     for sname in settings:
-        s = setting(sname)
+        s = setting(sname, kl_coef=kl_coef)
         started = time.perf_counter()
         rows = []
+        parts: dict[str, tuple[float, float]] = {}
         for name, fn in fns.items():
             tuned = [(lr, statistics.mean(v)) for lr in grid if (v := seed_means(fn, s, lr, tune)) is not None]
             if not tuned:
                 print(f"  {name}: failed at every lr")
                 continue
             lr = max(tuned, key=lambda t: t[1])[0]
-            rows.append((name, lr, seed_means(fn, s, lr, rank)))
+            runs = seed_runs(fn, s, lr, rank)
+            if runs is not None:
+                parts[name] = (statistics.mean(r.reward for r in runs), statistics.mean(r.kl for r in runs))
+            rows.append((name, lr, None if runs is None else [r.fitness for r in runs]))
         rows = [r for r in rows if r[2] is not None]
         rows.sort(key=lambda r: -statistics.mean(r[2]))
         by_name = {n: v for n, _, v in rows}
@@ -114,11 +125,13 @@ def table(names: list[str], settings: list[str], grid: list[float], tune: list[i
         print(f"\n[{sname}] reference pi_ref {info['reference_reward']:.3f}, best possible {info['best_reward']:.3f}, "
               f"pi_ref mode is best {info['mode_is_best']:.0%}, labels right {info['labels_correct']:.0%} "
               f"({time.perf_counter() - started:.0f} s)")
-        print(f"  {'loss':10s} {'lr':>6s} {'mean':>7s} {'SD':>6s} {'SD(d dpo)':>9s} {'vs dpo':>7s}")
+        print(f"  {'loss':10s} {'lr':>6s} {'mean':>7s} {'reward':>7s} {'KL':>6s} {'SD':>6s} {'SD(d dpo)':>9s} "
+              f"{'vs dpo':>7s}")
         for name, lr, v in rows:
             paired = statistics.stdev([a - b for a, b in zip(v, base, strict=True)])
             edge = "  (lr at grid edge)" if lr in (grid[0], grid[-1]) else ""
-            print(f"  {name:10s} {lr:6g} {statistics.mean(v):7.3f} {statistics.stdev(v):6.3f} {paired:9.4f} "
+            print(f"  {name:10s} {lr:6g} {statistics.mean(v):7.3f} {parts[name][0]:7.3f} {parts[name][1]:6.3f} "
+                  f"{statistics.stdev(v):6.3f} {paired:9.4f} "
                   f"{statistics.mean(v) - statistics.mean(base):+7.3f}{edge}")
         means = [statistics.mean(v) for _, _, v in rows]
         sd = statistics.median(statistics.stdev(v) for _, _, v in rows)
@@ -163,6 +176,8 @@ def main() -> None:
     parser.add_argument("--tune-seeds", default="0,1,2")
     parser.add_argument("--rank-seeds", default=",".join(str(100 + k) for k in range(10)))
     parser.add_argument("--lr", type=float, default=0.03, help="lr of the speed runs and the nulls")
+    parser.add_argument("--kl-coef", type=float, default=KL_COEF,
+                        help=f"the table's fitness = reward - kl_coef x KL (default {KL_COEF:g}: task.kl_coef's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = args.losses.split(",")
@@ -170,7 +185,8 @@ def main() -> None:
         speed(names, args.speed, PRESETS["clean"], args.lr)
     if args.table:
         table(names, args.settings.split(","), [float(x) for x in args.grid.split(",")],
-              [int(x) for x in args.tune_seeds.split(",")], [int(x) for x in args.rank_seeds.split(",")])
+              [int(x) for x in args.tune_seeds.split(",")], [int(x) for x in args.rank_seeds.split(",")],
+              args.kl_coef)
     if args.nulls:
         nulls(args.nulls, args.null_seeds, PRESETS["clean"], args.lr, start=args.null_start)
 

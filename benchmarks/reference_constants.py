@@ -27,7 +27,7 @@ import torch
 from discopop.contract.losses import load_loss
 from discopop.fitness.diagnostic_tune import DiagnosticFailure, fine_tune
 from discopop.proposers.reference import NOISE_CONSTANTS, available, constant_variants, reference_candidate
-from discopop.tasks.diagnostic import setting, split_contexts
+from discopop.tasks.diagnostic import KL_COEF, setting, split_contexts
 
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # configs/training/diagnostic.yaml
 BETA_MULTIPLIERS = (0.5, 1.0, 2.0)
@@ -80,7 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=["label_noise", "deterministic"])
     parser.add_argument("--losses", nargs="+", default=None, help="default: every reference")
-    parser.add_argument("--kl-coef", type=float, default=0.0, help="task.kl_coef (the diagnostic tier's default: 0)")
+    parser.add_argument("--kl-coef", type=float, default=KL_COEF,
+                        help=f"task.kl_coef (the diagnostic tier's default, {KL_COEF:g}; results.md's table: 0)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)

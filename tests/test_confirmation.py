@@ -161,3 +161,28 @@ def test_the_fresh_seed_noise_the_confirmation_stores_reaches_the_llms_prompt(ar
     old = {k: v for k, v in archive.get(cand).metrics["confirmation"].items() if k != "std"}
     archive.update_metrics(cand, {"confirmation": old})
     assert FitnessFacts.from_run(cfg, {}, archive.rows()).noise_std == pytest.approx(expected)
+
+
+class _NothingToRun:
+    """An executor for a confirmation whose runs are all stored: it must not be asked to train anything."""
+
+    def run(self, jobs):
+        assert not jobs
+        return []
+
+
+def test_dpo_competes_for_the_strongest_baseline_when_the_contenders_trail_it(archive: Archive) -> None:
+    """hinge and lrml lead the search (so they are the contenders) but trail DPO on the fresh seeds: the candidate,
+    above them and below DPO, must be held to DPO (vs_best None), not to the weaker of the two."""
+    from discopop.search.confirmation import confirm
+
+    rng = np.random.default_rng(7)
+    cand = _row(archive, "cand", 0.95)
+    dpo, hinge = _row(archive, "dpo", 0.80, "reference"), _row(archive, "hinge", 0.93, "reference")
+    lrml = _row(archive, "lrml", 0.90, "reference")
+    for row, acc in ((cand, 0.62), (dpo, 0.70), (hinge, 0.52), (lrml, 0.50)):
+        _runs(archive, row, acc, rng)
+    assert [r.name for r in best_references(archive, 2)] == ["hinge", "lrml"]
+    confirm(archive, _NothingToRun(), 0, len(SEEDS), top_k=1, references=2)
+    conf = archive.get(cand).metrics["confirmation"]
+    assert conf["vs_best"] is None and conf["vs_dpo"]["baseline"] == "dpo" and conf["vs_dpo"]["delta"] < 0

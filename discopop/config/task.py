@@ -22,6 +22,7 @@ SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.f
 # The diagnostic presets (``tasks.diagnostic.PRESETS``; declared here too so config stays a leaf, a test
 # checks the two agree).
 DIAGNOSTIC_PRESETS = ("clean", "label_noise", "ties", "mixed_quality", "deterministic", "shifted_support")
+DIAGNOSTIC_KL_COEF = 0.05  # tasks.diagnostic.KL_COEF (the rule is there; a test checks the two agree)
 
 
 @dataclass
@@ -138,8 +139,12 @@ class DiagnosticTaskSettings:
                                                    "are kept for replications (confirm.split=replicate; preset: 0).")
     steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
     batch: int | None = setting(None, "Pairs per step (preset: 256).")
-    kl_coef: float = setting(0.0, "fitness = expected reward - kl_coef * KL(policy || reference), both exact; 0: "
-                                  "reward only (the reward is standardised per context: uniform play scores 0).")
+    kl_coef: float = setting(DIAGNOSTIC_KL_COEF, "fitness = expected reward - kl_coef * KL(policy || reference), "
+                                                 "both exact (the reward is standardised per context: uniform play "
+                                                 "scores 0). 0.05 = the default training.beta (0.1) x the labels' "
+                                                 "Bradley-Terry temperature (0.5): the KL-regularised objective "
+                                                 "the labels define (tasks/diagnostic.py, KL_COEF), one for every "
+                                                 "preset and beta; 0: reward only.")
     cache_dir: str | None = setting(None, "Where the shared reference store lives; null: $DISCOPOP_CACHE_DIR or "
                                           "~/.cache/discopop (nothing is built: the world is made in memory).")
 

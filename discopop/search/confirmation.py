@@ -76,6 +76,12 @@ def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: lis
     return stats.strongest_baseline(references, fresh_mean) if references else None
 
 
+def baseline_pool(contenders: list[Row], dpo: Row) -> list[Row]:
+    """Every confirmed reference a candidate may be held to: the contenders and DPO (once). Without DPO here, a run
+    whose contenders all trail DPO on the fresh seeds would call the weaker of them "the strongest baseline"."""
+    return list({r.id: r for r in [*contenders, dpo]}.values())
+
+
 def top_candidates(archive: Archive, k: int) -> list[Row]:
     """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
     return _by_selection(archive, archive.rows_not_by_proposer("reference", status=Status.SCORED))[:k]
@@ -235,5 +241,5 @@ def confirm(archive: Archive, executor: Executor, base_seed: int, n_seeds: int, 
     candidates = top_candidates(archive, top_k)
     arms = list({r.id: r for r in [*candidates, dpo, *contenders]}.values())
     run_missing(archive, executor, arms, seeds, store, split)
-    best = strongest_on_fresh_seeds(archive, contenders, seeds, split)
+    best = strongest_on_fresh_seeds(archive, baseline_pool(contenders, dpo), seeds, split)
     return judge(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders, split=split)

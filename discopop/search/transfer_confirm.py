@@ -27,6 +27,7 @@ from discopop.execution.executors import Executor
 from discopop.fitness import stats
 from discopop.search.confirmation import SPLIT as CONFIRM
 from discopop.search.confirmation import (
+    baseline_pool,
     best_references,
     fresh_seeds,
     missing_jobs,
@@ -89,7 +90,7 @@ def judge_transfer(archive: Archive, candidates: list[Row], dpo: Row, contenders
     family: list[tuple[Row, str, str, stats.Comparison]] = []
     for name in variants:
         split = split_of(name)
-        best = strongest_on_fresh_seeds(archive, contenders, seeds, split)
+        best = strongest_on_fresh_seeds(archive, baseline_pool(contenders, dpo), seeds, split)
         scored, comps = pairwise(archive, candidates, dpo, best, seeds, alpha=alpha, also=contenders, split=split)
         for row_id, (_, info) in scored.items():
             stored.setdefault(row_id, {})[name] = {**info, "baseline": best.name if best is not None else None}

@@ -44,6 +44,15 @@ from discopop.tasks.base import Task
 
 DTYPE = torch.float64
 
+# The fitness's KL price, in reward units: the objective the preference labels define. Bradley-Terry labels at
+# temperature T say P(a > b) = sigmoid((r_a - r_b) / T); DPO at beta fits beta * log(pi / pi_ref) = r / T + c,
+# whose policy is the maximiser of E[r] / T - beta * KL, i.e. of E[r] - beta * T * KL. At the tier's default
+# beta (0.1) and the world's label temperature (0.5) that is 0.05. Fixed, not per preset or per run beta: the
+# presets with deterministic labels (T = 0: ties, deterministic) are the same world labelled without noise, and
+# T -> 0 would price KL at 0 and make "drive the rejected actions to 0" the optimum (the drift those presets
+# exist to expose); a run that tunes beta (training.beta_grid) must still be scored on one objective.
+KL_COEF = 0.05
+
 
 @dataclass(frozen=True)
 class DiagnosticSetting:
@@ -66,7 +75,7 @@ class DiagnosticSetting:
     support: float = 1.0  # share of the actions the pairs of a context can contain
     label_temperature: float = 0.5  # Bradley-Terry P(a > b) = sigmoid((r_a - r_b) / T); 0: deterministic
     label_noise: float = 0.0  # probability a label is flipped
-    kl_coef: float = 0.0  # fitness = reward - kl_coef * KL(pi || pi_ref)
+    kl_coef: float = KL_COEF  # fitness = reward - kl_coef * KL(pi || pi_ref); 0: reward only
     replicate_contexts: int = 0  # the last of the confirming half, kept back for replications (split "replicate")
     beta: float = 0.1  # fine-tune defaults
     steps: int = 80  # few large steps: each step costs two oracle round trips, whatever its batch
