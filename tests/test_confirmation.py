@@ -177,9 +177,9 @@ def test_dpo_competes_for_the_strongest_baseline_when_the_contenders_trail_it(ar
     from discopop.search.confirmation import confirm
 
     rng = np.random.default_rng(7)
-    cand = _row(archive, "cand", 0.95)
-    dpo, hinge = _row(archive, "dpo", 0.80, "reference"), _row(archive, "hinge", 0.93, "reference")
-    lrml = _row(archive, "lrml", 0.90, "reference")
+    cand = scored_row(archive, "cand", 0.95)
+    dpo, hinge = scored_row(archive, "dpo", 0.80, "reference"), scored_row(archive, "hinge", 0.93, "reference")
+    lrml = scored_row(archive, "lrml", 0.90, "reference")
     for row, acc in ((cand, 0.62), (dpo, 0.70), (hinge, 0.52), (lrml, 0.50)):
         _runs(archive, row, acc, rng)
     assert [r.name for r in best_references(archive, 2)] == ["hinge", "lrml"]
