@@ -15,6 +15,12 @@ stores the agreements with the key of these settings, for ``cascade.agreement``.
 
     python benchmarks/stage_agreement.py                     # tiny task, 13 references + 4 evolved (~5-8 min)
     python benchmarks/stage_agreement.py --task addition --evolved 8 --out runs/stage_agreement.json
+    python benchmarks/stage_agreement.py --run runs/RUN --out runs/stage_agreement.json
+
+``--run RUN_DIR`` measures the cheap stages against what a finished run's own protocol decided: the full score of
+every scored row (references and evolved) is its archived search fitness (the learning-rate climb and seed race the
+loop ranks by), so only the cheap stages are trained, under the run's saved config (``.hydra/config.yaml``). This is
+the agreement that matters for gating: over the losses a real search produces, not a hand-picked set.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
+import json
 import math
 import sqlite3
 import statistics
@@ -29,7 +36,7 @@ import time
 from pathlib import Path
 
 from discopop.config import CascadeSettings, plain
-from discopop.config.compose import compose
+from discopop.config.compose import SAVED_CONFIG, compose, compose_settings
 from discopop.config.references import available
 from discopop.execution.executors import Job, LocalExecutor
 from discopop.fitness.rank_agreement import agreement_key, bootstrap_spearman, entry, save_agreements
@@ -66,6 +73,47 @@ def evolved_losses(count: int, archives: str | None, seed: int) -> dict[str, str
     return found
 
 
+def archived_scores(run_dir: Path, protocol: LrProtocol) -> dict[str, tuple[str, float, float]]:
+    """name -> (code, archived search fitness, short-stage rate) of every scored row of a run (read-only).
+
+    The short stage's rate is the one the cascade would have given the row before its climb (its screen rate:
+    the grid's middle for a reference, its parent's chosen rate for a candidate), never the rate the full
+    protocol went on to choose, which would leak the full result into the cheap one."""
+    found: dict[str, tuple[str, float, float]] = {}
+    rate_of: dict[int, float] = {}
+    with sqlite3.connect(f"file:{run_dir / 'archive.sqlite'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT id, name, code, fitness, metrics, proposer, parent_ids FROM candidates "
+                          "WHERE status = 'scored' AND fitness IS NOT NULL ORDER BY id").fetchall()
+    for row_id, name, code, fitness, metrics, proposer, parent_ids in rows:
+        data = json.loads(metrics or "{}")
+        rate, race = data.get("learning_rate"), data.get("race") or {}
+        score = race.get("mean") if isinstance(race.get("mean"), int | float) else fitness  # the seed mean it ranks by
+        if proposer == "reference":
+            screen = protocol.default()
+        else:
+            parents = [rate_of[i] for i in json.loads(parent_ids or "[]") if i in rate_of]
+            screen = protocol.screen_rate(parents, list(rate_of.values()))
+        if isinstance(rate, int | float):
+            rate_of[row_id] = float(rate)
+        if math.isfinite(score) and code not in {c for c, _, _ in found.values()}:
+            found[f"{row_id}:{name}"] = (code, float(score), float(screen))
+    return found
+
+
+def archived_costs(run_dir: Path, names: list[str]) -> tuple[dict[int, int], dict[int, float]]:
+    """Steps and seconds each archived row's full evaluation spent: fine-tunes run x steps, and its total time."""
+    ids = {int(name.split(":", 1)[0]): i for i, name in enumerate(names)}
+    steps, seconds = dict.fromkeys(range(len(names)), 0), dict.fromkeys(range(len(names)), 0.0)
+    with sqlite3.connect(f"file:{run_dir / 'archive.sqlite'}?mode=ro", uri=True) as db:
+        for row_id, metrics in db.execute("SELECT id, metrics FROM candidates WHERE status = 'scored'"):
+            if row_id in ids:
+                data = json.loads(metrics or "{}")
+                spent = data.get("seconds") or {}
+                steps[ids[row_id]] = int(data.get("steps") or 0) * int(spent.get("runs") or 1)
+                seconds[ids[row_id]] = float(spent.get("total") or 0.0)
+    return steps, seconds
+
+
 def main() -> None:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="tiny", help="tiny (the tests' task) or a task preset (e.g. addition)")
@@ -79,14 +127,22 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a finished run directory: full scores are its archived ones (see the docstring)")
     parser.add_argument("--out", default=None, help="store the agreements here (JSON, for cascade.agreement)")
     parser.add_argument("overrides", nargs="*", help="more hydra overrides")
     args = parser.parse_args()
 
     task = [] if args.task == "tiny" else [f"task={args.task}"]
-    cfg, _ = compose([*task, *(TINY if args.task == "tiny" else []), f"training.lr_grid={args.grid}",
-                      "training.threads=1", f"executor.workers={args.workers}", "wandb.mode=disabled",
-                      *args.overrides])
+    if args.run is not None:  # the run's own settings: its task, training and grid
+        run_settings, _ = compose_settings(["training.threads=1", f"executor.workers={args.workers}",
+                                            "wandb.mode=disabled", *args.overrides],
+                                           config_file=args.run / SAVED_CONFIG)
+        cfg = run_settings.to_dict()
+    else:
+        cfg, _ = compose([*task, *(TINY if args.task == "tiny" else []), f"training.lr_grid={args.grid}",
+                          "training.threads=1", f"executor.workers={args.workers}", "wandb.mode=disabled",
+                          *args.overrides])
     settings = CascadeSettings(stages=["diagnostic", "short"], diagnostic_presets=args.presets.split(","),
                                diagnostic_lrs=[float(x) for x in args.lrs.split(",")],
                                short_fraction=args.short_fraction)
@@ -94,10 +150,14 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     started = time.perf_counter()
     load_task(cfg["task"])  # built (or found) before the workers start
     print(f"task ready in {time.perf_counter() - started:.1f} s")
-    losses = {n: reference_candidate(n).code for n in available()}
-    losses.update(evolved_losses(args.evolved, args.archives, args.seed))
-    names = list(losses)
     protocol = LrProtocol.from_config(cfg["training"])
+    archived = archived_scores(args.run, protocol) if args.run is not None else {}
+    if archived:
+        losses = {name: code for name, (code, _, _) in archived.items()}
+    else:
+        losses = {n: reference_candidate(n).code for n in available()}
+        losses.update(evolved_losses(args.evolved, args.archives, args.seed))
+    names = list(losses)
     executor = LocalExecutor(worker_spec(cfg), workers=args.workers)
     fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=args.seed,
                         executor=executor, base_spec=worker_spec(cfg))
@@ -107,14 +167,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         diag = fidelity.diagnostic_scores(dict(enumerate(losses.values())))
         t_diag = time.perf_counter() - t0
         t0 = time.perf_counter()
-        short = fidelity.short_scores({i: (code, protocol.default()) for i, code in enumerate(losses.values())})
+        rates = [archived[n][2] for n in names] if archived else [protocol.default()] * len(names)
+        short = fidelity.short_scores({i: (code, rates[i]) for i, code in enumerate(losses.values())})
         t_short = time.perf_counter() - t0
         t0 = time.perf_counter()
         sweeps = {i: Sweep() for i in range(len(names))}
         full_seconds = dict.fromkeys(range(len(names)), 0.0)
         full_steps = dict.fromkeys(range(len(names)), 0)
-        jobs = [Job(i, code, "train", args.seed, learning_rate=lr) for i, code in enumerate(losses.values())
-                for lr in protocol.grid]
+        jobs = [] if archived else [Job(i, code, "train", args.seed, learning_rate=lr)
+                                    for i, code in enumerate(losses.values()) for lr in protocol.grid]
         for result in executor.run(jobs):
             i = result.job.row_id
             sweeps[i].add(result.job.learning_rate, result.ok, result.data, result.stage, result.error)
@@ -125,9 +186,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         executor.close()
         fidelity.close()
 
-    full = {i: sweeps[i].ranked_fitness() for i in sweeps}
+    full = ({i: archived[n][1] for i, n in enumerate(names)} if archived
+            else {i: sweeps[i].ranked_fitness() for i in sweeps})
+    if archived:  # the archive keeps no per-row step count: a full evaluation is its climb and race fine-tunes
+        full_steps, full_seconds = archived_costs(args.run, names)
     kept = [i for i in range(len(names)) if full[i] is not None and math.isfinite(full[i])]
-    print(f"{len(names)} losses ({len(names) - args.evolved} references), {len(kept)} with a full score; "
+    print(f"{len(names)} losses ({'from ' + str(args.run) if archived else len(names) - args.evolved} "
+          f"{'' if archived else 'references'}), {len(kept)} with a full score; "
           f"grid {list(protocol.grid)}; wall: diagnostic {t_diag:.0f} s, short {t_short:.0f} s, full {t_full:.0f} s "
           "(measured under load)")
     print(f"{'loss':<40} {'full':>8} {'short':>8} {'diag':>8}")
@@ -135,6 +200,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         s, d = short[i].score, diag[i].score
         print(f"{names[i][:40]:<40} {full[i]:8.4f} {'-' if s is None else f'{s:8.4f}':>8} "
               f"{'-' if d is None else f'{d:8.4f}':>8}")
+    for stage, results in (("diagnostic", diag), ("short", short)):
+        for i in kept:
+            if results[i].score is None:  # a failed cheap run ranks last below; say why it failed
+                print(f"  {stage} failed for {names[i][:40]}: {str(results[i].detail.get('error'))[:200]}")
     full_cost_steps = statistics.mean(full_steps[i] for i in kept)
     full_cost_seconds = statistics.mean(full_seconds[i] for i in kept)
     stored = {}
