@@ -134,6 +134,30 @@ def test_the_loop_names_each_phase_and_every_fine_tune_reaches_the_display(tmp_p
     assert set(display.train_jobs) == {"references", "generation 1/2", "generation 2/2", "confirmation"}
 
 
+def test_the_transfer_confirmation_counts_its_fine_tunes_too(tmp_path: Path) -> None:
+    """The held-out variant's fine-tunes run on their own executor: they must reach the progress count as well."""
+    cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[2e-5]", "confirm.seeds=2", "confirm.top_k=1",
+                      "confirm.references=1", "wandb.mode=disabled", "selection.max_seeds=1",
+                      "selection.reference_store=false", "confirm.transfer=[hardflip]"])
+    executor, variant_executors = ScriptedExecutor(workers=2), []
+
+    def for_variant(name: str, task: dict) -> ScriptedExecutor:
+        variant_executors.append(ScriptedExecutor(workers=2))
+        return variant_executors[-1]
+
+    display = Recorder()
+    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, display, executor=executor,
+                proposer=ScriptedProposer({1: [candidate("a")]}), transfer_executor=for_variant,
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+    try:
+        loop.run(1)
+    finally:
+        loop.archive.close()
+    transfer_jobs = sum(len(e.jobs("train")) for e in variant_executors)
+    assert transfer_jobs > 0 and "confirming transfer to held-out variants" in display.phases
+    assert display.fine_tunes_done == len(executor.jobs("train")) + transfer_jobs
+
+
 def test_a_resumed_run_counts_only_the_rows_still_ahead(tmp_path: Path) -> None:
     from discopop.archive import Archive
     from discopop.cli.main import candidates_ahead

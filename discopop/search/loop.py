@@ -361,7 +361,10 @@ class Loop:
             return
         self.display.set_generation("confirming transfer to held-out variants")
         self.display.log(f"re-scoring the same arms on the held-out variant(s) {', '.join(n for n, _ in variants)}")
-        confirm_transfer(self.archive, factory, variants, self.seed, conf.seeds, conf.top_k,
+        def observed(name: str, task: dict[str, Any]) -> Executor:  # its fine-tunes count in the progress too
+            return ObservedExecutor(factory(name, task), self.display)
+
+        confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
                          references=conf.references, log=self.display.log, prompts=conf.split)
         for line in transfer_summary(self.archive):
             self.display.log(f"transfer {line}")
