@@ -13,8 +13,8 @@ whether it ever pushes the wrong way) is *measured* at the training beta and rec
 ``diagnostics``: regularised variants of DPO legitimately push back where the policy drifted far.
 
 ``fingerprint`` is the loss's training behaviour: the L2-normalised gradient of the batch-mean loss
-with respect to the policy log-probs on a probe batch drawn from the check's seed (the same within a run).
-Adam ignores a positive scale and an added constant, so two losses with the same fingerprint train the same.
+with respect to the policy log-probs on a fixed probe batch. Adam ignores a positive scale and
+an added constant, so two losses with the same fingerprint train the same (see ``evaluate.py``).
 
 ``fn`` is only ever called with the four tensors and a float beta, and differentiated to first
 order (``torch.autograd.grad`` without ``create_graph``).
