@@ -30,6 +30,7 @@ import torch
 
 from discopop.config.training import TrainingSettings
 
+BATCH = 16
 BETAS = (0.1, 0.5)  # every check runs at these and at the training beta: a loss must be sound across them
 # The beta a call that names none measures at: the default config's training.beta, read from the settings so the
 # two cannot drift apart (a separate 0.1 here once measured every direct call at a beta no run trained at). A run's
@@ -71,36 +72,6 @@ FINGERPRINT_DECIMALS = 7  # of a unit vector with 140 entries of ~0.08: ~1e-6 re
 ROUND_OFF = 1e-6  # relative float32 error of a gradient (eps 1.2e-7, a few ops): below it, a slope is 0
 
 
-# The checks' inputs are drawn, not fixed: a loss that recognised fixed inputs (constant reference log-probs, one
-# batch size, references all below one floor) could show one shape to the checks and train with another. Every
-# draw comes from the check's seed (a run's check jobs pass the run seed, so the fingerprints that deduplication
-# compares share their inputs within a run and differ between run seeds; a train job's probes use its own seed),
-# so the same config and seed give the same archive.
-BATCH_RANGE = (16, 32)  # examples per check batch, drawn per seed; above any training batch the fault tests use
-_PURPOSES = {"batch": 1, "behaviour": 2, "slope0": 3, "probe": 4, "uses_beta": 5}
-
-
-def draw_generator(seed: int, purpose: str) -> torch.Generator:
-    """A generator for one kind of check input, from the check's seed (stable across processes and versions)."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + _PURPOSES[purpose] * 7_919) % (2 ** 63))
-
-
-def check_batch(seed: int) -> int:
-    """The batch size of the numeric checks for this seed."""
-    lo, hi = BATCH_RANGE
-    return int(torch.randint(lo, hi + 1, (1,), generator=draw_generator(seed, "batch")))
-
-
-def reference_logps(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` summed sequence log-probs as a reference model gives them: per sequence, a length of 1 to 64 tokens and
-    a per-token log-prob whose scale is itself drawn (peaked to flat distributions), so magnitudes range from a
-    fraction of a nat to a few hundred, as the embedded tasks' short answers and a hub task's long ones do."""
-    length = torch.randint(1, 65, (n,), generator=gen).float()
-    per_token = 0.05 + 2.5 * torch.rand(n, generator=gen) ** 2
-    noise = 0.5 + torch.rand(n, generator=gen)
-    return -(length * per_token * noise)
-
-
 def loss_curve(fn: Callable) -> dict[str, list[float]]:
     """loss(x) and its derivative at x = beta * rho in [-10, 10] (policy_chosen = x, rest 0, beta = 1)."""
     x = torch.linspace(-10.0, 10.0, CURVE_POINTS, requires_grad=True)
@@ -124,27 +95,14 @@ def make_inputs(batch: int, scale: str, seed: int) -> tuple[torch.Tensor, ...]:
     return pol[0].clone(), pol[1].clone(), ref[0].clone(), ref[1].clone()
 
 
-def probe_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Inputs whose loss values are archived as ``probe`` (a quick look at the loss's values): rho on an even grid,
-    split between the two sides, on reference log-probs drawn from the check's seed (``reference_logps``)."""
-    gen = draw_generator(seed, "probe")
+def probe_inputs() -> tuple[torch.Tensor, ...]:
+    """Fixed inputs whose loss values are archived as ``probe`` (a quick look at the loss's values)."""
     rho = torch.linspace(-6.0, 6.0, 25)
-    ref_c, ref_r = reference_logps(25, gen), reference_logps(25, gen)
-    return _below_zero(ref_c + 0.6 * rho + 0.3, ref_r - 0.4 * rho - 0.1, ref_c, ref_r, gen)
-
-
-def _below_zero(pol_c: torch.Tensor, pol_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
-                gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """The four tensors with an example's log-probs lowered together where a policy log-prob would be above 0.
-
-    Log-probs of real sequences never are; lowering all four of one example by the same amount keeps its rho and
-    its drift, and only the examples that need it move (by their excess plus a drawn margin), so the references
-    are not pushed below one floor a loss could test for.
-    """
-    excess = torch.clamp(torch.maximum(pol_c, pol_r), min=0.0)
-    lower = torch.where(excess > 0, excess + 0.1 + 2.0 * torch.rand(excess.shape, generator=gen),
-                        torch.zeros_like(excess))
-    return pol_c - lower, pol_r - lower, ref_c - lower, ref_r - lower
+    ref_c = torch.full_like(rho, -20.0)
+    ref_r = torch.full_like(rho, -22.0)
+    pol_c = ref_c + 0.6 * rho + 0.3
+    pol_r = ref_r - 0.4 * rho - 0.1
+    return pol_c, pol_r, ref_c, ref_r
 
 
 def contract_problem(out: object, batch: int) -> str | None:
@@ -158,31 +116,32 @@ def contract_problem(out: object, batch: int) -> str | None:
     return None
 
 
-def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0,
+def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """The behaviour probe at ``beta``: the four log-prob tensors and x = beta * rho of each example.
+    """The fixed behaviour probe at ``beta``: the four log-prob tensors and x = beta * rho of each example.
 
-    x runs over ``PROBE_X`` under each of ``DRIFT_PATTERNS`` (fixed: the fingerprint's entries mean the same for
-    every loss). The reference log-probs are drawn from the seed: from ``reference_logps``, or, with ``refs`` (the
-    chosen and rejected reference log-probs of real training pairs), a seeded draw of those pairs, the same probe on
-    the inputs training feeds the loss (``trained_behaviour``). An example whose policy log-prob would be above 0 is
-    lowered as a whole (``_below_zero``): log-probs of real sequences never are.
+    Reference log-probs vary (fixed draw) and sit far enough below 0 that no policy log-prob of
+    the probe is positive: log-probs of real sequences never are. With ``refs`` (the chosen and rejected
+    reference log-probs of real training pairs) the reference log-probs are a fixed draw of those pairs,
+    lowered by the same margin: the same probe on the inputs training feeds the loss (``trained_behaviour``).
     """
     n_x, n_p = len(PROBE_X), len(DRIFT_PATTERNS)
     x = PROBE_X.repeat(n_p)
     share = torch.tensor([p[0] for p in DRIFT_PATTERNS]).repeat_interleave(n_x)
     shift = torch.tensor([p[1] for p in DRIFT_PATTERNS]).repeat_interleave(n_x) / beta
     rho = x / beta
-    gen = draw_generator(seed, "behaviour")
+    gen = torch.Generator().manual_seed(20240607)
+    floor = float(PROBE_X.abs().max()) / beta + 5.0
     if refs is None:
-        ref_c, ref_r = reference_logps(n_x * n_p, gen), reference_logps(n_x * n_p, gen)
+        ref_c = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
+        ref_r = -floor - 40.0 * torch.rand(n_x * n_p, generator=gen)
     else:
         pick = torch.randint(0, int(refs[0].shape[0]), (n_x * n_p,), generator=gen)
-        ref_c = refs[0].detach().to(torch.float32)[pick]
-        ref_r = refs[1].detach().to(torch.float32)[pick]
+        ref_c = refs[0].detach().to(torch.float32)[pick] - floor
+        ref_r = refs[1].detach().to(torch.float32)[pick] - floor
     pol_c = ref_c + shift + share * rho
     pol_r = ref_r + shift - (1.0 - share) * rho
-    return _below_zero(pol_c, pol_r, ref_c, ref_r, gen), x
+    return (pol_c, pol_r, ref_c, ref_r), x
 
 
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.Tensor:
@@ -211,10 +170,9 @@ def check_loss(fn: Callable, seed: int = 0, beta: float | None = None) -> CheckR
 
 def _check_loss(fn: Callable, seed: int, beta: float) -> CheckReport:
     report = CheckReport(beta=beta)
-    batch = check_batch(seed)
     for scale in ("small", "large"):
         for check_beta in sorted({*BETAS, beta}):
-            inputs = make_inputs(batch, scale, seed)
+            inputs = make_inputs(BATCH, scale, seed)
             originals = [t.clone() for t in inputs]
             leaves = [t.clone().requires_grad_(i < 2) for i, t in enumerate(inputs)]
             out = _call(fn, tuple(leaves), check_beta)
@@ -234,12 +192,12 @@ def _check_loss(fn: Callable, seed: int, beta: float) -> CheckReport:
             again = _call(fn, tuple(t.detach().clone() for t in inputs), check_beta)
             if not torch.equal(again, out.detach()):
                 raise CheckFailed("not deterministic: two calls on the same inputs differ")
-    report.uses_beta = _uses_beta(fn, seed)
-    grad_c, grad_r, x = _behaviour_gradients(fn, beta, seed)
+    report.uses_beta = _uses_beta(fn)
+    grad_c, grad_r, x = _behaviour_gradients(fn, beta)
     report.fingerprint = fingerprint(grad_c, grad_r)
-    report.diagnostics = diagnose(fn, beta, grad_c, grad_r, x, report.uses_beta, seed)
+    report.diagnostics = diagnose(fn, beta, grad_c, grad_r, x, report.uses_beta)
     with torch.no_grad():
-        report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(seed), beta)]
+        report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), beta)]
     report.curve = loss_curve(fn)
     return report
 
@@ -259,14 +217,14 @@ def _policy_gradients(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: floa
     return grad_c.detach(), grad_r.detach()
 
 
-def _behaviour_gradients(fn: Callable, beta: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    inputs, x = behaviour_inputs(beta, seed=seed)
+def _behaviour_gradients(fn: Callable, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    inputs, x = behaviour_inputs(beta)
     grad_c, grad_r = _policy_gradients(fn, inputs, beta, "over the range training reaches (|beta*rho| <= 3)")
     return grad_c, grad_r, x
 
 
 def probe_fingerprint(fn: Callable, beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      seed: int = 0) -> list[float] | None:
+                      ) -> list[float] | None:
     """The behaviour fingerprint measured again (``behaviour_inputs``, on ``refs`` if given); None if the loss fails.
 
     The archived fingerprint comes from the check job: a loss that behaved one way there and another in
@@ -276,7 +234,7 @@ def probe_fingerprint(fn: Callable, beta: float, refs: tuple[torch.Tensor, torch
     oracle (``execution.worker``); a loss of rho alone gives the same fingerprint every time.
     """
     try:
-        inputs, _ = behaviour_inputs(beta, refs, seed)
+        inputs, _ = behaviour_inputs(beta, refs)
         return fingerprint(*_policy_gradients(fn, inputs, beta, "in the behaviour probe"))
     except Exception:  # noqa: BLE001 - a candidate failing the probe is a finding (None), not a crash
         return None
@@ -304,7 +262,7 @@ def fingerprint(grad_c: torch.Tensor, grad_r: torch.Tensor) -> list[float]:
 
 
 def diagnose(fn: Callable, beta: float, grad_c: torch.Tensor, grad_r: torch.Tensor, x: torch.Tensor,
-             uses_beta: bool, seed: int = 0) -> dict[str, Any]:
+             uses_beta: bool) -> dict[str, Any]:
     """How the loss pushes at the training beta; recorded, never a rejection (see the module docstring).
 
     Slopes are per example (the batch-mean gradient times the batch size), in loss per nat:
@@ -316,7 +274,7 @@ def diagnose(fn: Callable, beta: float, grad_c: torch.Tensor, grad_r: torch.Tens
     per_c, per_r = grad_c * n, grad_r * n
     scale = float(torch.cat([per_c, per_r]).abs().max())
     tol = ROUND_OFF * scale
-    (at_zero_c, at_zero_r) = _slope_at_zero(fn, beta, seed)
+    (at_zero_c, at_zero_r) = _slope_at_zero(fn, beta)
     wrong0 = int(((at_zero_c > tol) | (at_zero_r < -tol)).sum())
     lo, hi = float(x.min()), float(x.max())
     ends = {f"{v:+g}": round(float(((per_c - per_r) / 2)[x == v].mean()), 6) for v in (lo, hi)}
@@ -333,14 +291,13 @@ def diagnose(fn: Callable, beta: float, grad_c: torch.Tensor, grad_r: torch.Tens
     }
 
 
-def _slope_at_zero(fn: Callable, beta: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example slopes where training starts: policy = reference (rho = 0), drawn log-probs."""
-    gen = draw_generator(seed, "slope0")
-    batch = check_batch(seed)
-    ref_c, ref_r = reference_logps(batch, gen), reference_logps(batch, gen)
-    inputs = (ref_c.clone(), ref_r.clone(), ref_c.clone(), ref_r.clone())
+def _slope_at_zero(fn: Callable, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example slopes where training starts: policy = reference (rho = 0), varied log-probs."""
+    gen = torch.Generator().manual_seed(7)
+    ref = -torch.rand(2, BATCH, generator=gen) * 60.0 - 2.0
+    inputs = (ref[0].clone(), ref[1].clone(), ref[0].clone(), ref[1].clone())
     grad_c, grad_r = _policy_gradients(fn, inputs, beta, "at rho = 0")
-    return grad_c * batch, grad_r * batch
+    return grad_c * BATCH, grad_r * BATCH
 
 
 def _where(xs: torch.Tensor) -> list[float]:
@@ -348,7 +305,7 @@ def _where(xs: torch.Tensor) -> list[float]:
     return sorted({round(float(v), 2) for v in xs})
 
 
-def _uses_beta(fn: Callable, seed: int = 0) -> bool:
+def _uses_beta(fn: Callable) -> bool:
     with torch.no_grad():
-        inputs = make_inputs(check_batch(seed), "small", seed + 2)
+        inputs = make_inputs(BATCH, "small", 2)
         return not torch.allclose(_call(fn, inputs, 0.1), _call(fn, inputs, 0.5))
