@@ -76,7 +76,14 @@ def test_reference_losses_are_distinct_behaviours() -> None:
     paths = sorted(Path("discopop/proposals").glob("*.py"))
     vectors = {p.stem: _unit(check_loss(load_loss(p)).fingerprint) for p in paths}
     twins = [(a, b) for a in vectors for b in vectors if a < b and same_behaviour(vectors[a], vectors[b])]
-    assert twins == []
+    assert twins == list(KNOWN_TWINS)
+
+
+# TRL's apo_zero is 1 - sigmoid(beta*rho_c) + sigmoid(beta*rho_r); the paired KTO is the same function whenever its
+# batch KL estimates clamp to 0 (mean log-ratios <= 0), which is where the checks probe. They differ only on batches
+# that moved up on average, so the fingerprint cannot tell them apart: a run with both as baselines archives the
+# second as a duplicate. apo_zero is not a default baseline.
+KNOWN_TWINS = {("apo_zero", "kto_pair"): "equal while KTO's clamped batch KL estimates are 0"}
 
 
 def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_path: Path) -> None:
