@@ -40,7 +40,8 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_openai_loop.py", "test_packaging.py", "test_proposals_train.py", "test_ray_executor.py", "test_readme.py",
         "test_report.py", "test_report_trust.py", "test_result_store.py", "test_run_trust.py", "test_scoring.py",
         "test_seed_race.py", "test_tasks.py", "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py",
-        "test_trl_adapter.py", "test_trl_loss_parity.py", "test_trl_parity_more.py", "test_trl_peft.py",
+        "test_trl_adapter.py", "test_trl_loss_parity.py", "test_trl_options.py", "test_trl_parity_more.py",
+        "test_trl_peft.py",
     ),
 }
 

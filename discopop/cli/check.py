@@ -8,6 +8,7 @@ from typing import Any
 
 from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import LossRejected, decode_source, normalise_loss, static_check
+from discopop.report.trl_options import match_trl
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 from discopop.sandbox.oracle_supply import (
     ORACLE_MODULE,
@@ -35,8 +36,9 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     ``beta`` is the training beta the diagnostics are measured at (None: ``checks.DEFAULT_BETA``, the default
     config's ``training.beta``).
     A valid verdict carries ``uses_beta``, ``diagnostics`` (how the loss pushes: recorded, never a
-    rejection) and ``summary`` (the diagnostics in one line). A loss in the original DiscoPOP method
-    form is checked as rewritten to the contract form, and ``normalised`` shows that text.
+    rejection), ``summary`` (the diagnostics in one line) and ``trl``/``trl_config``: TRL's own ``loss_type``
+    combination with the same gradients at that beta, or None (``report/trl_options.py``). A loss in the original
+    DiscoPOP method form is checked as rewritten to the contract form, and ``normalised`` shows that text.
     """
     try:
         with _PARSE_LOCK:
@@ -93,8 +95,11 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
         return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
     checks = reply["checks"]
     diagnostics = checks.get("diagnostics") or {}
+    options = match_trl(checks)
     return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],
-            "diagnostics": diagnostics, "summary": summarize(diagnostics)}
+            "diagnostics": diagnostics, "summary": summarize(diagnostics),
+            "trl": None if options is None else options.as_dict(),
+            "trl_config": None if options is None else options.config_text()}
 
 
 def check_file(path: Path, timeout: float = 30.0, beta: float | None = None) -> dict[str, Any]:

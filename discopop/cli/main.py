@@ -183,6 +183,8 @@ def _check(args: argparse.Namespace) -> int:
     elif verdict["valid"]:
         print(f"{path}: valid ({'uses' if verdict.get('uses_beta') else 'IGNORES'} beta)")
         print(f"  diagnostics: {verdict['summary']}")
+        trl = verdict.get("trl_config") or "not a weighted sum of TRL's loss types: use DiscoveredLossDPOTrainer"
+        print(f"  in TRL: {trl}")
     if verdict.get("normalised") and not args.json:
         print("  checked as rewritten from the DiscoPOP method form to the contract form:")
         print("\n".join("    " + line for line in verdict["normalised"].splitlines()))

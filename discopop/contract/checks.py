@@ -53,11 +53,14 @@ class CheckReport:
     curve: dict[str, list[float]] = field(default_factory=dict)
     beta: float = DEFAULT_BETA  # the training beta the fingerprint and diagnostics were measured at
     fingerprint: list[float] = field(default_factory=list)
+    # the norm the fingerprint was divided by: with it the raw gradients are known (report/trl_options.py)
+    fingerprint_scale: float = 0.0
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"uses_beta": self.uses_beta, "probe": self.probe, "curve": self.curve, "beta": self.beta,
-                "fingerprint": self.fingerprint, "diagnostics": self.diagnostics}
+                "fingerprint": self.fingerprint, "fingerprint_scale": self.fingerprint_scale,
+                "diagnostics": self.diagnostics}
 
 
 CURVE_POINTS = 401  # x = beta * rho on an even grid over [-10, 10], the DiscoPOP paper's plotting range
@@ -195,6 +198,7 @@ def _check_loss(fn: Callable, seed: int, beta: float) -> CheckReport:
     report.uses_beta = _uses_beta(fn)
     grad_c, grad_r, x = _behaviour_gradients(fn, beta)
     report.fingerprint = fingerprint(grad_c, grad_r)
+    report.fingerprint_scale = float(torch.cat([grad_c, grad_r]).double().norm())
     report.diagnostics = diagnose(fn, beta, grad_c, grad_r, x, report.uses_beta)
     with torch.no_grad():
         report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), beta)]
@@ -215,6 +219,12 @@ def _policy_gradients(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: floa
     if not (torch.isfinite(grad_c).all() and torch.isfinite(grad_r).all()):
         raise CheckFailed(f"non-finite gradients {where} (beta={beta})")
     return grad_c.detach(), grad_r.detach()
+
+
+def behaviour_gradients(fn: Callable, beta: float) -> torch.Tensor:
+    """The policy gradients the fingerprint normalises, flattened the same way, at their own scale."""
+    grad_c, grad_r, _ = _behaviour_gradients(fn, beta)
+    return torch.cat([grad_c, grad_r]).double()
 
 
 def _behaviour_gradients(fn: Callable, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

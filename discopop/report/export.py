@@ -16,6 +16,7 @@ from discopop.contract.losses import LossRejected, code_hash, decode_source, sta
 from discopop.fitness import stats
 from discopop.report.run import beta_of, learning_rate_of, run_beta, settings_text, tuned_beta
 from discopop.report.terminal_board import leaderboard_rows
+from discopop.report.trl_options import CATALOGUE, match_trl
 from discopop.search.transfer_confirm import transfer_text
 from discopop.status import Status
 from discopop.text import one_line
@@ -70,6 +71,21 @@ def resolve_id(archive: Archive, which: str | int) -> int:
         raise ValueError(f"candidate must be an id or 'best', got {which!r}") from None
 
 
+def trl_option_lines(row: Row, beta: float | None, lr: float | None) -> list[str]:
+    """Whether TRL's own ``loss_type``/``loss_weights`` reproduce the loss at the beta it was trained at."""
+    options = match_trl(row.metrics.get("checks"))
+    if options is not None and beta is not None and options.beta == beta:
+        config = options.config_text(lr).replace("DPOConfig(", 'DPOConfig(output_dir="out", ', 1)
+        return ["In TRL's own loss options, without this file (the same policy gradients on the check's probe at",
+                f"this beta, relative residual {options.residual:.1e}):", f"    args = {config}"]
+    if options is not None:
+        return [f"At beta {options.beta!r}, where it was checked, it equals {options.config_text()}; at the beta it",
+                "was trained at this was not checked."]
+    if not (row.metrics.get("checks") or {}).get("fingerprint_scale"):
+        return ["Whether TRL's own loss options reproduce it was not recorded for this run (`discopop check` says)."]
+    return [f"Not a weighted sum of TRL's loss types ({', '.join(CATALOGUE)}): use the trainer below."]
+
+
 def _header(archive: Archive, row: Row, target: str) -> str:
     """Provenance and the TRL settings, as ``#`` comment lines only (so the code below stays byte-exact).
 
@@ -98,6 +114,7 @@ def _header(archive: Archive, row: Row, target: str) -> str:
         lines.append(f"check it at that beta: discopop check {target} --beta {beta!r}")
     if row.thought:
         lines.append(f"idea: {one_line(row.thought, 2000)}")
+    lines += ["", *trl_option_lines(row, beta, lr)]
     lines += [
         "",
         "To train with it in TRL (its DPOConfig defaults to beta 0.1: pass the beta this loss was found at):",
