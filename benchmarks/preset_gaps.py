@@ -10,6 +10,7 @@ choices: the rate picked from ``--lrs`` on the search contexts with seed 0, then
 
     python benchmarks/preset_gaps.py --presets label_noise,mixed_quality --seeds 5
     python benchmarks/preset_gaps.py --presets label_noise --set extra_confirm_contexts=3840
+    python benchmarks/preset_gaps.py --presets clean+hard_flip=0.5   # a preset with its own field overrides
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from discopop.contract.losses import load_loss
 from discopop.fitness.calibration import ArmScores, calibrate
 from discopop.fitness.diagnostic_tune import fine_tune
 from discopop.proposers.reference import available, reference_candidate
-from discopop.tasks.diagnostic import KL_COEF, setting, split_contexts
+from discopop.tasks.diagnostic import KL_COEF, flip_rate, setting, split_contexts
 
 LRS = (0.003, 0.01, 0.03, 0.1, 0.3)  # conf/training/diagnostic.yaml's lr_grid
 FRESH = 1000  # the first fresh seed, as a confirmation's
@@ -43,7 +44,7 @@ def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], fam
     search, confirm = split_contexts(s, "search"), split_contexts(s, "confirm")
     arms, rates, seconds = {}, {}, []
     for name in losses:
-        fn = load_loss(reference_candidate(name, s.label_noise).code)
+        fn = load_loss(reference_candidate(name, flip_rate(s)).code)
 
         def per_context(seed: int, lr: float, part: slice, fn=fn) -> np.ndarray:
             started = time.perf_counter()
@@ -87,8 +88,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and leaves the other core to the machine
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    rows = [scan(p, [n for n in args.losses.split(",") if n], args.seeds, LRS, args.family, overrides)
-            for p in args.presets.split(",") if p]
+    rows = []
+    for spec in (p for p in args.presets.split(",") if p):
+        name, *fields = spec.split("+")
+        own = {k: _value(v) for k, v in (f.split("=", 1) for f in fields)}
+        rows.append(scan(name, [n for n in args.losses.split(",") if n], args.seeds, LRS, args.family,
+                         {**overrides, **own}))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -114,3 +114,26 @@ def test_a_run_recorded_before_the_key_keeps_the_old_confirmation_on_resume() ->
     cfg, _ = compose(["task=diagnostic"])
     del cfg["task"]["extra_confirm_contexts"]
     assert RunSettings.coerce(cfg).task.extra_confirm_contexts is None
+
+
+def test_hard_flip_lands_on_the_contexts_where_the_reference_is_most_wrong_and_moves_nothing_else() -> None:
+    from discopop.tasks.diagnostic import flip_rate, hard_contexts, pairs  # lazy: only these two tests use them
+
+    plain, flipped = setting("clean"), setting("clean", hard_flip=1.0)
+    hard = hard_contexts(flipped)
+    w = world(plain)
+    regret = w.train_reward.max(dim=1).values - (w.train_ref.exp() * w.train_reward).sum(dim=1)
+    assert int(hard.sum()) == 64 and regret[hard].min() >= regret[~hard].max()
+    a, b = pairs(plain, 5), pairs(flipped, 5)
+    on_hard = hard[a.context]
+    assert torch.equal(a.context, b.context)
+    assert torch.equal(a.chosen[~on_hard], b.chosen[~on_hard])  # easy contexts: the same labels
+    assert torch.equal(a.chosen[on_hard], b.rejected[on_hard])  # hard ones: every label swapped at hard_flip 1
+    assert flip_rate(flipped) == pytest.approx(0.25) and flip_rate(plain) == 0.0
+
+
+def test_presets_without_hard_flip_keep_their_pairs() -> None:
+    from discopop.tasks.diagnostic import pairs  # lazy: only these two tests use it
+
+    ln = pairs(setting("label_noise"), 3)
+    assert ln.chosen[:8].tolist() == pairs(setting("label_noise", hard_share=0.5), 3).chosen[:8].tolist()

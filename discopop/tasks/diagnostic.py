@@ -76,6 +76,10 @@ class DiagnosticSetting:
     support: float = 1.0  # share of the actions the pairs of a context can contain
     label_temperature: float = 0.5  # Bradley-Terry P(a > b) = sigmoid((r_a - r_b) / T); 0: deterministic
     label_noise: float = 0.0  # probability a label is flipped
+    # Probability a label on a *hard* training context is flipped (on top of label_noise): the hard contexts are
+    # the hard_share of them where the reference's habit is most wrong (highest regret max_a r - E_ref[r]).
+    hard_flip: float = 0.0
+    hard_share: float = 0.25
     kl_coef: float = KL_COEF  # fitness = reward - kl_coef * KL(pi || pi_ref); 0: reward only
     replicate_contexts: int = 0  # the last of the confirming half, kept back for replications (split "replicate")
     # Held-out contexts added to the confirming half (after the eval_contexts), from their own random stream: the
@@ -194,6 +198,21 @@ def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen).squeeze(1)
 
 
+def hard_contexts(s: DiagnosticSetting) -> torch.Tensor:
+    """bool [contexts]: the ``hard_share`` of the training contexts where the reference's habit costs most (its
+    regret ``max_a r - E_ref[r]`` at or above that quantile); where ``hard_flip`` concentrates its flips."""
+    w = world(s)
+    regret = w.train_reward.max(dim=1).values - (w.train_ref.exp() * w.train_reward).sum(dim=1)
+    keep = max(1, round(s.hard_share * s.contexts))
+    return regret >= regret.sort(descending=True).values[keep - 1]
+
+
+def flip_rate(s: DiagnosticSetting) -> float:
+    """The share of labels flipped, on average over the training contexts (what cDPO and rDPO are told)."""
+    share = float(hard_contexts(s).double().mean()) if s.hard_flip > 0 else 0.0
+    return s.label_noise + (1 - 2 * s.label_noise) * share * s.hard_flip
+
+
 @lru_cache(maxsize=64)
 def pairs(s: DiagnosticSetting, seed: int) -> Pairs:
     """The pairs of ``seed`` (cached; the same for every loss: common random numbers)."""
@@ -219,6 +238,9 @@ def pairs(s: DiagnosticSetting, seed: int) -> Pairs:
         first_wins = torch.where(r1 == r2, coin, r1 > r2)
     flip = torch.rand(len(ctx), generator=gen, dtype=DTYPE) < s.label_noise
     first_wins = first_wins ^ flip
+    if s.hard_flip > 0:  # drawn last, and only here: every other setting's pairs are those it had before
+        hard = hard_contexts(s)[ctx] & (torch.rand(len(ctx), generator=gen, dtype=DTYPE) < s.hard_flip)
+        first_wins = first_wins ^ hard
     chosen, rejected = torch.where(first_wins, a1, a2), torch.where(first_wins, a2, a1)
     correct = reward[rows, chosen] > reward[rows, rejected]
     return Pairs(ctx, chosen, rejected, correct)
@@ -290,7 +312,7 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
         meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
               "eval_contexts": s.eval_contexts, "extra_confirm_contexts": s.extra_confirm_contexts,
               "actions": s.actions,
-              "label_noise": s.label_noise,  # the true flip rate: cDPO and rDPO run at it (search.loop)
+              "label_noise": flip_rate(s),  # the true flip rate: cDPO and rDPO run at it (search.loop)
               # what the untuned reference (pi_ref) scores on the search contexts: "a useful loss beats it"
               "sft_heldout_reward": float(ref_reward), "best_reward": facts["best_reward"],
               "labels_correct": facts["labels_correct"], "mode_is_best": facts["mode_is_best"]},
