@@ -20,6 +20,13 @@ The figures also go to ``OUT/calibration.json``.
     python benchmarks/task_calibration.py task=diagnostic task.preset=label_noise
     python benchmarks/task_calibration.py --losses dpo,aqfl,hinge,ipo,cdpo --out runs/calib_addition
     python benchmarks/task_calibration.py --report-only --out runs/calib_addition   # what the store holds
+
+``--grid-seeds`` / ``--grid-contexts`` read the figures again on the first N seeds and first M confirm prompts of
+the same fine-tunes (nested subsets: a smaller confirmation of the same runs), with the variance split of the
+comparisons with the strongest reference (seed / prompt / residual share of the mean difference's variance):
+
+    python benchmarks/task_calibration.py --seeds 20 --grid-seeds 5,10,20 --grid-contexts 128,512,2048,3968 \
+        task=diagnostic task.preset=label_noise task.extra_confirm_contexts=3840
 """
 
 from __future__ import annotations
@@ -34,7 +41,16 @@ import numpy as np
 from discopop.archive import Evaluation
 from discopop.cli.evaluate import executor_factory
 from discopop.config.compose import compose_settings, validate
-from discopop.fitness.calibration import GAP_FRACTION, SHARE_GOAL, SPREAD_GOAL, ArmScores, Calibration, calibrate
+from discopop.fitness.calibration import (
+    GAP_FRACTION,
+    SHARE_GOAL,
+    SPREAD_GOAL,
+    ArmScores,
+    Calibration,
+    calibrate,
+    subset,
+    variance_split,
+)
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey
 from discopop.proposers.reference import available, reference_candidate
 from discopop.report.quiet import quiet_libraries
@@ -49,9 +65,10 @@ def flip_rate(cfg, task) -> float | None:
     return flips if flips is not None else task.meta.get("label_noise")
 
 
-def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: str) -> dict[str, ArmScores]:
+def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: str,
+            train_seconds: list[float] | None = None) -> dict[str, ArmScores]:
     """Each reference's seeds x prompts matrices (fitness, score, greedy where the store kept it); failed arms are
-    left out with a line saying so."""
+    left out with a line saying so. ``train_seconds`` gains each fresh run's stored training time."""
     arms: dict[str, ArmScores] = {}
     for cell in cells:
         fitness, failed = arm_matrix(cell.runs, seeds)
@@ -63,6 +80,8 @@ def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: s
         for s in seeds:
             reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate)) or {}
             greedy_rows.append(reply.get("per_prompt_greedy") or [])
+            if train_seconds is not None and reply.get("train_seconds") is not None:
+                train_seconds.append(float(reply["train_seconds"]))
         greedy = (np.asarray(greedy_rows, dtype=float)
                   if all(len(g) == fitness.shape[1] for g in greedy_rows) else None)
         arms[cell.loss.name] = ArmScores(fitness, score, greedy)
@@ -111,6 +130,37 @@ def report(cal: Calibration, cells: list[Cell], arms: dict[str, ArmScores], thre
           f"[goal: {'met' if goals['mde'] else 'NOT met'}]")
 
 
+def grid(arms: dict[str, ArmScores], seed_counts: list[int], prompt_counts: list[int], family: int,
+         threshold: float) -> list[dict]:
+    """The figures on every (first N seeds, first M prompts) of the same fine-tunes, with the median variance split
+    of the comparisons with the strongest reference; printed as a table and returned as rows."""
+    rows = []
+    print(f"\n{'seeds':>5s} {'prompts':>7s} {'spread':>7s} {'unit':>7s} {'(ii)':>6s} {'strongest':>10s} "
+          f"{'(iii)':>7s} {'gap':>7s} {'gap/4':>7s} {'seed':>5s} {'prompt':>6s} {'resid':>5s}")
+    for s in seed_counts:
+        for p in prompt_counts:
+            part = subset(arms, s, p)
+            cal = calibrate(part, family=family, threshold=threshold)
+            splits = [variance_split(part[v.candidate].fitness, part[cal.strongest].fitness)
+                      for v in cal.vs_strongest]
+            share = {k: float(np.median([getattr(x, k) for x in splits])) for k in ("seed", "prompt", "residual")}
+            row = {"seeds": s, "prompts": p, "spread": cal.spread, "spread_unit": cal.spread_unit,
+                   "spread_in_mde": cal.spread_in_mde, "strongest": cal.strongest,
+                   "mde_vs_strongest": cal.mde_vs_strongest, "gap": cal.gap, "goals": cal.goals,
+                   "variance_split_median": share}
+            rows.append(row)
+            gap = "—" if cal.gap is None else f"{cal.gap:+.4f}"
+            quarter = "—" if cal.gap is None else f"{GAP_FRACTION * cal.gap:.4f}"
+            print(f"{s:5d} {p:7d} {cal.spread:7.3f} {cal.spread_unit:7.4f} {cal.spread_in_mde:5.1f}x "
+                  f"{cal.strongest:>10s} {cal.mde_vs_strongest:7.4f} {gap:>7s} {quarter:>7s} "
+                  f"{share['seed']:5.0%} {share['prompt']:6.0%} {share['residual']:5.0%}")
+    return rows
+
+
+def _counts(text: str | None) -> list[int]:
+    return [int(v) for v in text.split(",") if v] if text else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--losses", default=",".join(available()), help="reference losses (comma-separated)")
@@ -119,6 +169,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.01, help="per-prompt SD over fine-tunes that 'varies'")
     parser.add_argument("--out", default=None, help="default: runs/task_calibration/<task>[-<preset>]")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report what the store holds")
+    parser.add_argument("--grid-seeds", default=None, help="also read the figures on the first N seeds (e.g. 5,10)")
+    parser.add_argument("--grid-contexts", default=None,
+                        help="... and on the first M confirm prompts (e.g. 128,512); default: all of them")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. task=diagnostic task.preset=clean")
     args = parser.parse_args()
     cfg = validate(compose_settings(["wandb.mode=disabled", *args.overrides])[0])
@@ -151,16 +204,26 @@ def main() -> None:
     print(f"{counts['ran']} fine-tunes run, {counts['cached']} from the store, "
           f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
     seed_list = cells[0].estimate["seeds"]
-    arms = arms_of(cells, seed_list, cache, task_key(cfg))
+    train_seconds: list[float] = []
+    arms = arms_of(cells, seed_list, cache, task_key(cfg), train_seconds)
     cache.close()
     if len(arms) < 2 or seeds < 2:
         print("fewer than two references with every seed scored, or fewer than 2 seeds: no figures")
         return
     cal = calibrate(arms, family=2 * max(1, cfg.confirm.top_k), threshold=args.threshold)
     report(cal, cells, arms, args.threshold)
+    per_tune = float(np.median(train_seconds)) if train_seconds else None
+    if per_tune is not None:
+        print(f"time per fine-tune (the worker's training time, median over {len(train_seconds)} fresh runs): "
+              f"{per_tune:.2f} s")
+    rows = []
+    if args.grid_seeds or args.grid_contexts:
+        rows = grid(arms, _counts(args.grid_seeds) or [seeds], _counts(args.grid_contexts) or [cal.prompts],
+                    2 * max(1, cfg.confirm.top_k), args.threshold)
     facts = {"task": cfg.task.name, "preset": preset, "kl_coef": cfg.task.kl_coef, "beta": beta, "flip_rate": flips,
              "learning_rates": {c.loss.name: c.learning_rate for c in cells},
-             "minutes": round((time.perf_counter() - started) / 60, 2), **counts}
+             "minutes": round((time.perf_counter() - started) / 60, 2), **counts,
+             "train_seconds_median": per_tune, "grid": rows}
     payload = {**facts, **cal.as_dict()}
     (out / "calibration.json").write_text(json.dumps(payload, indent=1, default=str))
     print(f"wrote {out / 'calibration.json'}")

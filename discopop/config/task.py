@@ -137,6 +137,12 @@ class DiagnosticTaskSettings:
     label_temperature: float | None = setting(None, "Bradley-Terry temperature of the labels; 0: deterministic.")
     replicate_contexts: int | None = setting(None, "Of the confirming half of the held-out contexts, the last N "
                                                    "are kept for replications (confirm.split=replicate; preset: 0).")
+    extra_confirm_contexts: int | None = setting(None, "Held-out contexts added to the confirming half only, drawn "
+                                                       "from a random stream of their own: the training side and "
+                                                       "the search half stay those of the world without them. "
+                                                       "Scoring is exact and ~free, and the contexts are most of "
+                                                       "a confirmation's variance on this tier (task=diagnostic "
+                                                       "sets it: conf/task/diagnostic.yaml; null: the preset's, 0).")
     steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
     batch: int | None = setting(None, "Pairs per step (preset: 256).")
     kl_coef: float = setting(DIAGNOSTIC_KL_COEF, "fitness = expected reward - kl_coef * KL(policy || reference), "
@@ -160,6 +166,8 @@ class DiagnosticTaskSettings:
         require(self.actions is None or self.actions >= 2, f"task.actions must be >= 2, got {self.actions}")
         require(self.replicate_contexts is None or self.replicate_contexts >= 0,
                 f"task.replicate_contexts must be >= 0, got {self.replicate_contexts}")
+        require(self.extra_confirm_contexts is None or self.extra_confirm_contexts >= 0,
+                f"task.extra_confirm_contexts must be >= 0, got {self.extra_confirm_contexts}")
         require(self.label_noise is None or 0 <= self.label_noise <= 1,
                 f"task.label_noise must be in [0, 1], got {self.label_noise}")
         require(self.label_temperature is None or self.label_temperature >= 0,

@@ -170,3 +170,44 @@ def calibrate(arms: Mapping[str, ArmScores], family: int, threshold: float = VAR
         means=means, strongest=strongest, spread=spread, spread_unit=unit,
         spread_in_mde=spread / unit if unit > 0 else float("inf"), vs_strongest=vs,
         mde_vs_strongest=statistics.median(p.mde_family for p in vs), gap=gap, pairs=pairs)
+
+
+@dataclass
+class VarianceSplit:
+    """Where the variance of a paired difference's grand mean comes from (shares summing to 1): the seed term
+    (shrinks only with seeds), the prompt (context) term (only with prompts) and the residual (with both)."""
+
+    seed: float
+    prompt: float
+    residual: float
+
+
+def variance_split(a: np.ndarray, b: np.ndarray) -> VarianceSplit:
+    """The unbiased two-way components of ``a - b`` (seeds x prompts) as shares of the grand mean's variance:
+    seed ``(MS_seed - MS_res) / (S P)``, prompt ``(MS_prompt - MS_res) / (S P)``, residual ``MS_res / (S P)``, the
+    first two floored at 0 (the common factor ``1 / (S P)`` cancels in the shares)."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    if diff.ndim != 2 or min(diff.shape) < 2:
+        raise ValueError(f"need a seeds x prompts difference with 2 seeds and 2 prompts at least, got {diff.shape}")
+    _, ms_seed, ms_prompt, ms_res = (float(v) for v in stats.mean_squares(diff))
+    parts = np.array([max(ms_seed - ms_res, 0.0), max(ms_prompt - ms_res, 0.0), ms_res])
+    total = parts.sum()
+    if total <= 0:
+        return VarianceSplit(0.0, 0.0, 1.0)
+    seed, prompt, residual = (float(p) for p in parts / total)
+    return VarianceSplit(seed, prompt, residual)
+
+
+def subset(arms: Mapping[str, ArmScores], seeds: int, prompts: int) -> dict[str, ArmScores]:
+    """Every arm on its first ``seeds`` seeds and first ``prompts`` prompts: a smaller confirmation of the same
+    fine-tunes (nested, so a grid of sizes read from one run compares like with like)."""
+    def cut(x: np.ndarray | None) -> np.ndarray | None:
+        return None if x is None else np.asarray(x, float)[:seeds, :prompts]
+
+    out = {}
+    for name, arm in arms.items():
+        have = np.shape(arm.fitness)
+        if seeds > have[0] or prompts > have[1]:
+            raise ValueError(f"{name}: asked for {seeds} x {prompts}, the arm has {have[0]} x {have[1]}")
+        out[name] = ArmScores(cut(arm.fitness), cut(arm.score), cut(arm.greedy))
+    return out

@@ -11,7 +11,8 @@ The world (fixed by ``task_seed``, shared by every seed and loss):
 
 * contexts ``x`` with features ``f(x) = [1, g]``, ``g ~ N(0, I)``: ``contexts`` training contexts (the
   pairs are drawn there) and ``eval_contexts`` held-out ones (scored: generalisation, as with held-out
-  prompts);
+  prompts), plus ``extra_confirm_contexts`` more held-out ones for the confirming half only, drawn from a
+  stream of their own so that adding them changes neither the training side nor the search half;
 * a true reward ``r(x, a)``: a linear part ``f(x) . M[:, a]`` plus a share ``reward_noise`` the features
   cannot express, standardised per context (so uniform play scores 0 and the best action ~1.8);
 * a reference policy ``softmax(ref_skill * r + b_a + ref_noise * e)``: imperfect, with a per-action
@@ -75,8 +76,16 @@ class DiagnosticSetting:
     support: float = 1.0  # share of the actions the pairs of a context can contain
     label_temperature: float = 0.5  # Bradley-Terry P(a > b) = sigmoid((r_a - r_b) / T); 0: deterministic
     label_noise: float = 0.0  # probability a label is flipped
+    # Probability a label on a *hard* training context is flipped (on top of label_noise): the hard contexts are
+    # the hard_share of them where the reference's habit is most wrong (highest regret max_a r - E_ref[r]).
+    hard_flip: float = 0.0
+    hard_share: float = 0.25
     kl_coef: float = KL_COEF  # fitness = reward - kl_coef * KL(pi || pi_ref); 0: reward only
     replicate_contexts: int = 0  # the last of the confirming half, kept back for replications (split "replicate")
+    # Held-out contexts added to the confirming half (after the eval_contexts), from their own random stream: the
+    # world's training side and the search half are those of the same setting without them. Scoring is exact and
+    # ~free, and on this tier the context term is most of a paired difference's variance, so they buy MDE.
+    extra_confirm_contexts: int = 0
     beta: float = 0.1  # fine-tune defaults
     steps: int = 80  # few large steps: each step costs two oracle round trips, whatever its batch
     batch: int = 256
@@ -125,9 +134,29 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def heldout_contexts(s: DiagnosticSetting) -> int:
+    """All held-out contexts of ``s``: ``eval_contexts`` then the confirming half's ``extra_confirm_contexts``."""
+    return s.eval_contexts + s.extra_confirm_contexts
+
+
+def _heldout_block(gen: torch.Generator, n: int, s: DiagnosticSetting, mix: torch.Tensor,
+                   habit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, reward, reference log-probs) of ``n`` more contexts of the same world (its ``mix`` and habit)."""
+    feats = torch.cat([torch.ones(n, 1, dtype=DTYPE),
+                       torch.randn(n, s.features - 1, generator=gen, dtype=DTYPE)], dim=1)
+    extra = torch.randn(n, s.actions, generator=gen, dtype=DTYPE)
+    reward = _standardise(math.sqrt(1 - s.reward_noise) * _standardise(feats @ mix) + math.sqrt(s.reward_noise) * extra)
+    if s.reward_levels > 0:
+        reward = _quantise(reward, s.reward_levels)
+    noise = torch.randn(n, s.actions, generator=gen, dtype=DTYPE)
+    return feats, reward, torch.log_softmax(s.ref_skill * reward + habit + s.ref_noise * noise, dim=1)
+
+
 @lru_cache(maxsize=32)
 def world(s: DiagnosticSetting) -> World:
-    """Build the world of ``s`` (cached: every seed and loss shares it)."""
+    """Build the world of ``s`` (cached: every seed and loss shares it). The draws of the training contexts and
+    the ``eval_contexts`` come first and do not depend on ``extra_confirm_contexts``, whose contexts come from a
+    generator of their own."""
     gen = torch.Generator().manual_seed(1_000_003 * s.task_seed + 17)
     d, a = s.features, s.actions
     mix = torch.randn(d, a, generator=gen, dtype=DTYPE) / math.sqrt(d)
@@ -146,7 +175,13 @@ def world(s: DiagnosticSetting) -> World:
     order = torch.rand(s.contexts, a, generator=gen).argsort(dim=1)
     support = torch.zeros(s.contexts, a, dtype=torch.bool).scatter_(1, order[:, :keep], True)
     n = s.contexts
-    return World(feats[:n], reward[:n], ref[:n], feats[n:], reward[n:], ref[n:], support)
+    eval_feats, eval_reward, eval_ref = feats[n:], reward[n:], ref[n:]
+    if s.extra_confirm_contexts > 0:
+        more = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 29), s.extra_confirm_contexts,
+                              s, mix, habit)
+        eval_feats, eval_reward, eval_ref = (torch.cat([a, b])
+                                             for a, b in zip((eval_feats, eval_reward, eval_ref), more, strict=True))
+    return World(feats[:n], reward[:n], ref[:n], eval_feats, eval_reward, eval_ref, support)
 
 
 @dataclass(frozen=True)
@@ -161,6 +196,21 @@ class Pairs:
 
 def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen).squeeze(1)
+
+
+def hard_contexts(s: DiagnosticSetting) -> torch.Tensor:
+    """bool [contexts]: the ``hard_share`` of the training contexts where the reference's habit costs most (its
+    regret ``max_a r - E_ref[r]`` at or above that quantile); where ``hard_flip`` concentrates its flips."""
+    w = world(s)
+    regret = w.train_reward.max(dim=1).values - (w.train_ref.exp() * w.train_reward).sum(dim=1)
+    keep = max(1, round(s.hard_share * s.contexts))
+    return regret >= regret.sort(descending=True).values[keep - 1]
+
+
+def flip_rate(s: DiagnosticSetting) -> float:
+    """The share of labels flipped, on average over the training contexts (what cDPO and rDPO are told)."""
+    share = float(hard_contexts(s).double().mean()) if s.hard_flip > 0 else 0.0
+    return s.label_noise + (1 - 2 * s.label_noise) * share * s.hard_flip
 
 
 @lru_cache(maxsize=64)
@@ -188,6 +238,9 @@ def pairs(s: DiagnosticSetting, seed: int) -> Pairs:
         first_wins = torch.where(r1 == r2, coin, r1 > r2)
     flip = torch.rand(len(ctx), generator=gen, dtype=DTYPE) < s.label_noise
     first_wins = first_wins ^ flip
+    if s.hard_flip > 0:  # drawn last, and only here: every other setting's pairs are those it had before
+        hard = hard_contexts(s)[ctx] & (torch.rand(len(ctx), generator=gen, dtype=DTYPE) < s.hard_flip)
+        first_wins = first_wins ^ hard
     chosen, rejected = torch.where(first_wins, a1, a2), torch.where(first_wins, a2, a1)
     correct = reward[rows, chosen] > reward[rows, rejected]
     return Pairs(ctx, chosen, rejected, correct)
@@ -226,19 +279,20 @@ def from_config(cfg: Mapping[str, Any]) -> DiagnosticSetting:
 
 
 def split_contexts(s: DiagnosticSetting, split: str) -> slice:
-    """The held-out contexts of ``split``: the first half scores the search, the rest confirm the winners, so the
-    confirmation is scored on contexts that chose nothing (no rate, no winner); the last ``replicate_contexts`` of
-    the rest are kept back for replications ("replicate"), which then re-score nothing a confirmation chose."""
+    """The held-out contexts of ``split``: the first half of ``eval_contexts`` scores the search, the rest (and the
+    ``extra_confirm_contexts``) confirm the winners, so the confirmation is scored on contexts that chose nothing
+    (no rate, no winner); the last ``replicate_contexts`` of the rest are kept back for replications
+    ("replicate"), which then re-score nothing a confirmation chose."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
-    half = s.eval_contexts // 2
+    half, total = s.eval_contexts // 2, heldout_contexts(s)
     if split == "search":
         return slice(0, half)
-    cut = s.eval_contexts - s.replicate_contexts
-    if not half < cut <= s.eval_contexts or (split == "replicate" and cut == s.eval_contexts):
-        raise ValueError(f"task.replicate_contexts must be in [1, {s.eval_contexts - half - 1}] to score split "
-                         f"'replicate' (and below {s.eval_contexts - half}), got {s.replicate_contexts}")
-    return slice(half, cut) if split == "confirm" else slice(cut, s.eval_contexts)
+    cut = total - s.replicate_contexts
+    if not half < cut <= total or (split == "replicate" and cut == total):
+        raise ValueError(f"task.replicate_contexts must be in [1, {total - half - 1}] to score split "
+                         f"'replicate' (and below {total - half}), got {s.replicate_contexts}")
+    return slice(half, cut) if split == "confirm" else slice(cut, total)
 
 
 def as_task(cfg: Mapping[str, Any]) -> Task:
@@ -249,16 +303,16 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
     search = split_contexts(s, "search")
     ref_reward = (w.eval_ref.exp() * w.eval_reward).sum(dim=1)[search].mean()
     facts = describe(s)
+    names = [f"context {i}" for i in range(heldout_contexts(s))]
     return Task(
         name=str(cfg.get("name") or "diagnostic"), model_path="", tokenizer_path="", pairs_path=Path(),
-        heldout_prompts=[f"context {i}" for i in range(s.eval_contexts)][search],
-        confirm_prompts=[f"context {i}" for i in range(s.eval_contexts)][split_contexts(s, "confirm")],
-        replicate_prompts=([f"context {i}" for i in range(s.eval_contexts)][split_contexts(s, "replicate")]
-                           if s.replicate_contexts else []),
+        heldout_prompts=names[search], confirm_prompts=names[split_contexts(s, "confirm")],
+        replicate_prompts=names[split_contexts(s, "replicate")] if s.replicate_contexts else [],
         reward=None, max_new_tokens=1, score="expected",
         meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
-              "eval_contexts": s.eval_contexts, "actions": s.actions,
-              "label_noise": s.label_noise,  # the true flip rate: cDPO and rDPO run at it (search.loop)
+              "eval_contexts": s.eval_contexts, "extra_confirm_contexts": s.extra_confirm_contexts,
+              "actions": s.actions,
+              "label_noise": flip_rate(s),  # the true flip rate: cDPO and rDPO run at it (search.loop)
               # what the untuned reference (pi_ref) scores on the search contexts: "a useful loss beats it"
               "sft_heldout_reward": float(ref_reward), "best_reward": facts["best_reward"],
               "labels_correct": facts["labels_correct"], "mode_is_best": facts["mode_is_best"]},
