@@ -61,8 +61,8 @@ def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: s
         score = np.asarray([cell.runs[s].per_prompt for s in seeds], dtype=float)
         greedy_rows = []
         for s in seeds:
-            reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate)) or {}
-            greedy_rows.append(reply.get("per_prompt_greedy") or [])
+            reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate))
+            greedy_rows.append(list(reply.per_prompt_greedy) if reply is not None else [])
         greedy = (np.asarray(greedy_rows, dtype=float)
                   if all(len(g) == fitness.shape[1] for g in greedy_rows) else None)
         arms[cell.loss.name] = ArmScores(fitness, score, greedy)
