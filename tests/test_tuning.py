@@ -46,7 +46,7 @@ def test_sweep_keeps_the_best_rate_and_reports_failures_and_edges() -> None:
     sweep.add(5e-6, True, scored(0.93), "train", None)
     sweep.add(1e-5, False, None, "train", "non-finite loss at step 3")
     rate, data = sweep.best()
-    assert (rate, data["fitness"]) == (5e-6, 0.93)
+    assert (rate, data.fitness) == (5e-6, 0.93)
     summary = sweep.summary(grid)
     assert summary["learning_rate"] == 5e-6 and summary["lr_tuned"] is True
     assert summary["lr_sweep"] == {"2.5e-06": 0.91, "5e-06": 0.93}
