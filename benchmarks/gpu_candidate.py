@@ -114,8 +114,8 @@ class PeakRecorder:
 
     def run(self, jobs):
         for result in self.executor.run(jobs):
-            if result.ok and result.job.stage == "train" and result.data.get("peak_gpu_mb") is not None:
-                self.measured.peak_gpu_mb.append(float(result.data["peak_gpu_mb"]))
+            if result.ok and result.job.stage == "train" and result.trained.peak_gpu_mb is not None:
+                self.measured.peak_gpu_mb.append(float(result.trained.peak_gpu_mb))
             yield result
 
     def warm_up(self) -> None:

@@ -178,9 +178,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                                     for i, code in enumerate(losses.values()) for lr in protocol.grid]
         for result in executor.run(jobs):
             i = result.job.row_id
-            sweeps[i].add(result.job.learning_rate, result.ok, result.data, result.stage, result.error)
+            sweeps[i].add(result.job.learning_rate, result.ok, result.trained if result.ok else None, result.stage,
+                          result.error)
             full_seconds[i] += result.seconds
-            full_steps[i] += int(result.data.get("steps") or 0) if result.ok else 0
+            full_steps[i] += result.trained.steps if result.ok else 0
         t_full = time.perf_counter() - t0
     finally:
         executor.close()

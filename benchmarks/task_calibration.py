@@ -78,10 +78,10 @@ def arms_of(cells: list[Cell], seeds: list[int], cache: ResultCache, key_task: s
         score = np.asarray([cell.runs[s].per_prompt for s in seeds], dtype=float)
         greedy_rows = []
         for s in seeds:
-            reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate)) or {}
-            greedy_rows.append(reply.get("per_prompt_greedy") or [])
-            if train_seconds is not None and reply.get("train_seconds") is not None:
-                train_seconds.append(float(reply["train_seconds"]))
+            reply = cache.reply_data(RunKey(cell.loss.hash, key_task, cell.beta, s, SPLIT, cell.learning_rate))
+            greedy_rows.append(list(reply.per_prompt_greedy) if reply is not None else [])
+            if train_seconds is not None and reply is not None and reply.train_seconds:
+                train_seconds.append(float(reply.train_seconds))
         greedy = (np.asarray(greedy_rows, dtype=float)
                   if all(len(g) == fitness.shape[1] for g in greedy_rows) else None)
         arms[cell.loss.name] = ArmScores(fitness, score, greedy)

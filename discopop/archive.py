@@ -30,7 +30,8 @@ from typing import Any, Protocol
 from discopop.contract.losses import code_hash
 from discopop.status import STATUSES, Status
 
-__all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "NewCandidate", "Row", "read_rows"]
+__all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "NewCandidate", "Row", "TrainScores",
+           "read_rows"]
 ARCHIVE_NAME = "archive.sqlite"
 
 _SCHEMA = """
@@ -82,6 +83,20 @@ def _now() -> str:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class TrainScores(Protocol):
+    """What an ``Evaluation`` keeps of a worker's train reply (``execution.messages.TrainReply`` has it): a
+    structural type, so the storage layer does not import the execution layer."""
+
+    learning_rate: float | None
+    fitness: float
+    reward: float
+    kl: float
+    kl_coef: float
+    per_prompt: Sequence[float]
+    per_prompt_kl: Sequence[float]
+    greedy: float | None
 
 
 class NewCandidate(Protocol):
@@ -144,12 +159,12 @@ class Evaluation:
         return [r - self.kl_coef * k for r, k in zip(self.per_prompt, self.per_prompt_kl, strict=True)]
 
     @classmethod
-    def from_reply(cls, candidate_id: int, seed: int, split: str, data: dict[str, Any]) -> Evaluation:
+    def from_reply(cls, candidate_id: int, seed: int, split: str, reply: TrainScores) -> Evaluation:
         """From a worker's successful train reply."""
-        return cls(candidate_id, seed, split, learning_rate=data.get("learning_rate"), fitness=data["fitness"],
-                   reward=data["reward"], kl=data["kl"], kl_coef=float(data.get("kl_coef") or 0.0),
-                   per_prompt=list(data.get("per_prompt", [])), per_prompt_kl=list(data.get("per_prompt_kl", [])),
-                   greedy=_number(data.get("greedy")))
+        return cls(candidate_id, seed, split, learning_rate=reply.learning_rate, fitness=reply.fitness,
+                   reward=reply.reward, kl=reply.kl, kl_coef=float(reply.kl_coef or 0.0),
+                   per_prompt=list(reply.per_prompt), per_prompt_kl=list(reply.per_prompt_kl),
+                   greedy=_number(reply.greedy))
 
 
 def _row(data: dict[str, Any]) -> Row:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.messages import CheckReply, TrainReply
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer, ProposerStop
 
 LOSS_NAME = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
@@ -155,7 +156,7 @@ class ScriptedExecutor(Executor):
                 return JobResult(job, False, script.check_stage, script.check_error, seconds=0.001)
             checks = {"beta": self.beta, "uses_beta": True, "probe": {}, "curve": {},
                       "fingerprint": fingerprint(self.behaviour_of(name)), "diagnostics": None}
-            return JobResult(job, True, "check", data={"checks": checks}, seconds=0.001)
+            return JobResult(job, True, "check", reply=CheckReply(checks), seconds=0.001)
         at_failing_rate = job.learning_rate is not None and any(math.isclose(job.learning_rate, r)
                                                                 for r in script.fail_rates)
         if (script.train_error is not None and not script.fail_rates) or at_failing_rate:
@@ -167,14 +168,19 @@ class ScriptedExecutor(Executor):
         # tuning.split_fitness takes, is exactly ``fitness`` (kl_coef is 0); an odd count repeats ``fitness``.
         spread = [rng.uniform(-0.02, 0.02) for _ in range(count // 4)]
         per_prompt = [fitness + x for s in spread for x in (s, s, -s, -s)] + [fitness] * (count % 4)
-        return JobResult(job, True, "train", data={
-            "fitness": fitness, "reward": fitness, "kl": 0.0, "kl_coef": 0.0, "steps": 4, "final_loss": 0.6,
-            "train_seconds": 0.002, "step_seconds": 0.0015, "score_seconds": 0.0005,
+        return JobResult(job, True, "train", reply=TrainReply(
+            fitness=fitness, reward=fitness, kl=0.0, kl_coef=0.0, steps=4, final_loss=0.6,
+            train_seconds=0.002, step_seconds=0.0015, score_seconds=0.0005,
             # a training-loss curve that falls further the fitter the loss (what the worker's metrics carry)
-            "train_metrics": {"loss_start": 0.6931, "loss_mid": round(0.6931 - fitness / 4, 5),
-                              "loss_end": round(0.6931 - fitness / 2, 5)},
-            "per_prompt": per_prompt, "per_prompt_kl": [0.0] * count, "learning_rate": job.learning_rate,
-        }, seconds=0.002)
+            train_metrics={"loss_start": 0.6931, "loss_mid": round(0.6931 - fitness / 4, 5),
+                           "loss_end": round(0.6931 - fitness / 2, 5)},
+            per_prompt=per_prompt, per_prompt_kl=[0.0] * count, learning_rate=job.learning_rate,
+        ), seconds=0.002)
+
+
+def scored(fitness: float) -> TrainReply:
+    """A train reply with only a fitness (no per-prompt scores: both halves of ``tuning.split_fitness`` are it)."""
+    return TrainReply(fitness=fitness, reward=fitness, kl=0.0, steps=4, per_prompt=(), per_prompt_kl=(), kl_coef=0.0)
 
 
 class ScriptedProposer(Proposer):

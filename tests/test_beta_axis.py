@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, fingerprint, loss_name
+from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, fingerprint, loss_name, scored
 from scripted_executor import config_with as config
 
 from discopop.archive import Archive
@@ -52,17 +53,16 @@ class BetaExecutor(ScriptedExecutor):
     def answer(self, job: Job) -> JobResult:
         result = super().answer(job)
         if job.stage == "check" and result.ok:  # by code, not function name: a reference's variants differ
-            result.data["checks"]["fingerprint"] = fingerprint(job.code)
+            result.checked.checks["fingerprint"] = fingerprint(job.code)
         if job.stage != "train" or not result.ok:
             return result
-        data = result.data
+        data = result.trained
         if job.beta is not None:
-            data["beta"] = job.beta
             shift = next((s for b, s in self.shifts.get(loss_name(job.code), {}).items()
                           if math.isclose(b, job.beta)), (0.0, 0.0))
-            data["per_prompt"] = [v + shift[i % 2] for i, v in enumerate(data["per_prompt"])]
-            data["fitness"] = sum(data["per_prompt"]) / len(data["per_prompt"])
-            data["reward"] = data["fitness"]
+            per_prompt = [v + shift[i % 2] for i, v in enumerate(data.per_prompt)]
+            fitness = sum(per_prompt) / len(per_prompt)
+            result.reply = replace(data, beta=job.beta, per_prompt=per_prompt, fitness=fitness, reward=fitness)
         return result
 
 
@@ -112,7 +112,7 @@ def test_an_absent_or_unit_beta_grid_is_the_rate_only_protocol(multipliers) -> N
     assert protocol.betas is None and protocol.default_point() == (2e-5, None)
     assert protocol.points() == [(lr, None) for lr in GRID]
     sweep = Sweep()
-    sweep.add(2e-5, True, {"fitness": 0.8}, "train", None)
+    sweep.add(2e-5, True, scored(0.8), "train", None)
     assert protocol.next_points(sweep) == [(1e-5, None), (4e-5, None)]  # the rate neighbours only
 
 
@@ -121,13 +121,13 @@ def test_the_climb_moves_along_both_axes_from_the_run_beta() -> None:
     assert protocol.betas == (0.25, 0.5, 1.0) and protocol.default_point() == (2e-5, 0.5)
     assert len(protocol.points()) == 9
     sweep = Sweep()
-    sweep.add(2e-5, True, {"fitness": 0.80}, "train", None, beta=0.5)
+    sweep.add(2e-5, True, scored(0.80), "train", None, beta=0.5)
     assert protocol.next_points(sweep) == [(1e-5, 0.5), (4e-5, 0.5), (2e-5, 0.25), (2e-5, 1.0)]
     for point, value in {(1e-5, 0.5): 0.7, (4e-5, 0.5): 0.7, (2e-5, 0.25): 0.6, (2e-5, 1.0): 0.9}.items():
-        sweep.add(point[0], True, {"fitness": value}, "train", None, beta=point[1])
+        sweep.add(point[0], True, scored(value), "train", None, beta=point[1])
     assert protocol.next_points(sweep) == [(1e-5, 1.0), (4e-5, 1.0)]  # beta 1.0 is the edge of the beta grid
-    sweep.add(1e-5, False, {}, "train", "diverged", beta=1.0)  # a failure counts as tried
-    sweep.add(4e-5, True, {"fitness": 0.85}, "train", None, beta=1.0)
+    sweep.add(1e-5, False, None, "train", "diverged", beta=1.0)  # a failure counts as tried
+    sweep.add(4e-5, True, scored(0.85), "train", None, beta=1.0)
     assert protocol.next_points(sweep) == []
     assert sweep.best_point()[0] == (2e-5, 1.0) and sweep.best_beta() == 1.0
 
@@ -148,16 +148,16 @@ def test_beta_grid_must_be_positive_multipliers() -> None:
 
 def test_summary_records_the_chosen_beta_and_the_whole_table() -> None:
     sweep = Sweep(tuned=True)
-    sweep.add(1e-5, True, {"fitness": 0.80}, "train", None, beta=0.5)
-    sweep.add(1e-5, True, {"fitness": 0.90}, "train", None, beta=1.0)
-    sweep.add(2e-5, True, {"fitness": 0.85}, "train", None, beta=1.0)
-    sweep.add(2e-5, False, {}, "train", "diverged", beta=0.5)
+    sweep.add(1e-5, True, scored(0.80), "train", None, beta=0.5)
+    sweep.add(1e-5, True, scored(0.90), "train", None, beta=1.0)
+    sweep.add(2e-5, True, scored(0.85), "train", None, beta=1.0)
+    sweep.add(2e-5, False, None, "train", "diverged", beta=0.5)
     summary = sweep.summary((1e-5, 2e-5), (0.25, 0.5, 1.0))
     assert summary["learning_rate"] == 1e-5 and summary["beta"] == 1.0 and summary["beta_at_edge"] is True
     assert summary["lr_sweep"] == {"1e-05": 0.9, "2e-05": 0.85}  # the slice at the chosen beta
     assert summary["beta_sweep"] == {"0.5": {"1e-05": 0.8, "2e-05": None}, "1": {"1e-05": 0.9, "2e-05": 0.85}}
     off = Sweep(tuned=True)
-    off.add(1e-5, True, {"fitness": 0.80}, "train", None)
+    off.add(1e-5, True, scored(0.80), "train", None)
     assert not {"beta", "beta_sweep", "beta_at_edge"} & set(off.summary((1e-5, 2e-5)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ class StepCountingExecutor(ScriptedExecutor):
         result = super().answer(job)
         if result.ok and job.stage == "train":
             steps = FULL_STEPS if job.step_fraction is None else max(1, math.floor(job.step_fraction * FULL_STEPS))
-            result.data.update(steps=steps, full_steps=FULL_STEPS)
+            result.reply = replace(result.trained, steps=steps, full_steps=FULL_STEPS)
         return result
 
 
@@ -194,8 +195,8 @@ def test_a_short_fine_tune_runs_its_share_of_the_steps(tmp_path: Path, tiny_task
     finally:
         executor.close()
     assert full.ok and short.score is not None
-    assert full.data["steps"] == full.data["full_steps"] == short.full_steps >= 4
-    assert short.steps == math.floor(0.25 * short.full_steps) and short.steps <= 0.25 * full.data["steps"]
+    assert full.trained.steps == full.trained.full_steps == short.full_steps >= 4
+    assert short.steps == math.floor(0.25 * short.full_steps) and short.steps <= 0.25 * full.trained.steps
 
 
 def test_a_candidate_over_a_quarter_of_a_fine_tune_is_never_rejected() -> None:

@@ -135,12 +135,12 @@ def test_honest_fitness_is_unchanged_after_each_hostile_candidate(executor) -> N
         if layer in ("oracle", "guard"):
             assert (hostile.ok, hostile.stage) == (False, layer), (name, hostile.stage, hostile.error)
         elif layer is not None:
-            assert not hostile.ok, (name, hostile.data)
+            assert not hostile.ok, (name, hostile.reply)
         assert time.perf_counter() - started < 300, name
         honest = train(pool, DPO)
         assert honest.ok, (name, honest.error)
-        assert honest.data["fitness"] == baseline.data["fitness"], name
-        assert honest.data["final_loss"] == baseline.data["final_loss"], name
+        assert honest.trained.fitness == baseline.trained.fitness, name
+        assert honest.trained.final_loss == baseline.trained.final_loss, name
     worker = pool.workers[0]
     assert worker.starts == 1, "candidate code never reaches the worker: it is never restarted"
     assert peak_rss(worker.proc.proc.pid) < 1500 * MB, "the worker read a flood"

@@ -12,6 +12,7 @@ from openai_server import FakeOpenAIServer, completion, error
 from discopop.archive import Archive
 from discopop.config.compose import ConfigError, resolve_run
 from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.messages import CheckReply, TrainReply
 from discopop.fitness.judge import Judge, JudgedExecutor, JudgeFailed, JudgeStop, normalised, parse_rating
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.base import Candidate
@@ -175,13 +176,13 @@ class ReplayExecutor(Executor):
     def run(self, jobs: list[Job]) -> Iterator[JobResult]:
         for job in jobs:
             if job.stage == "check":
-                yield JobResult(job, True, "check", data={"checks": {}})
+                yield JobResult(job, True, "check", reply=CheckReply({}))
                 continue
-            yield JobResult(job, True, "train", data={
-                "fitness": -0.01, "reward": 0.0, "kl": 0.2, "kl_coef": 0.05, "per_prompt": [0.0] * 3,
-                "per_prompt_kl": [0.1, 0.2, 0.3], "steps": 4, "final_loss": 0.6, "train_seconds": 1.0,
-                "step_seconds": 0.5, "score_seconds": 0.1, "train_metrics": {}, "learning_rate": job.learning_rate,
-                "completions": list(ANSWERS)}, seconds=1.0)
+            yield JobResult(job, True, "train", reply=TrainReply(
+                fitness=-0.01, reward=0.0, kl=0.2, kl_coef=0.05, per_prompt=[0.0] * 3,
+                per_prompt_kl=[0.1, 0.2, 0.3], steps=4, final_loss=0.6, train_seconds=1.0,
+                step_seconds=0.5, score_seconds=0.1, train_metrics={}, learning_rate=job.learning_rate,
+                completions=list(ANSWERS)), seconds=1.0)
 
     def close(self) -> None:
         pass

@@ -124,9 +124,9 @@ def test_lora_through_the_real_worker(tiny_task) -> None:
         results = [next(executor.run([Job(i, code, "train", seed=0, learning_rate=1e-2)]))
                    for i, code in enumerate((dpo, hinge, dpo))]
         assert all(r.ok for r in results), [r.error for r in results]
-        first, _, again = (r.data for r in results)
-        assert first["fitness"] == first["fitness"] and first["steps"] > 0 and first["peak_gpu_mb"] is None
-        assert (again["fitness"], again["final_loss"]) == (first["fitness"], first["final_loss"])
+        first, _, again = (r.trained for r in results)
+        assert first.fitness == first.fitness and first.steps > 0 and first.peak_gpu_mb is None
+        assert (again.fitness, again.final_loss) == (first.fitness, first.final_loss)
         (report,) = executor.sandbox_report()
         assert (report["device"], report["precision"], report["lora"]) == ("cpu", "bf16", True)
         assert "rlimit-as" in report["layers"] and "rlimit-as" not in report["missing_layers"]

@@ -80,7 +80,7 @@ def kept_pid(worker: WarmWorker, code: str) -> int | None:
 def train(worker: WarmWorker, code: str, lr: float, seed: int = 0) -> float:
     result = worker.run(Job(0, code, "train", seed, learning_rate=lr))
     assert result.ok, result.error
-    return result.data["fitness"]
+    return result.trained.fitness
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_the_executor_gives_the_same_results_with_and_without_kept_oracles(spec)
         try:
             results = list(pool.run(jobs))
             assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-            fitness[kept] = {(r.job.row_id, r.job.learning_rate): r.data["fitness"] for r in results}
+            fitness[kept] = {(r.job.row_id, r.job.learning_rate): r.trained.fitness for r in results}
             if kept:
                 assert sum(w.kept.reused for w in pool.workers) >= 1
         finally:

@@ -25,6 +25,7 @@ from scripted_executor import config_with as changed
 
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
+from discopop.execution.messages import TrainReply
 from discopop.fitness.result_store import ResultCache, RunKey, StoredRuns, settings_key, shared_path, storable
 from discopop.proposers import reference
 from discopop.report.display import Display
@@ -212,20 +213,20 @@ def test_store_round_trip_keeps_the_whole_reply(tmp_path: Path) -> None:
     cache = ResultCache(tmp_path / "results.sqlite")
     stored = StoredRuns(cache, "addition-abc", 0.5, 1e-5)
     job = Job(3, "code", "train", 500, learning_rate=2e-5)
-    data = {"fitness": 0.7, "reward": 0.7, "kl": 0.1, "kl_coef": 0.0, "per_prompt": [0.6, 0.8],
-            "per_prompt_kl": [0.1, 0.1], "learning_rate": 2e-5, "steps": 4, "train_metrics": {"loss_end": 0.3}}
+    data = TrainReply(fitness=0.7, reward=0.7, kl=0.1, kl_coef=0.0, per_prompt=[0.6, 0.8], per_prompt_kl=[0.1, 0.1],
+                      learning_rate=2e-5, steps=4, train_metrics={"loss_end": 0.3}, per_prompt_greedy=[1.0, 0.0])
     assert stored.lookup(job, "h") is None
-    stored.save(JobResult(job, True, "train", data=data, seconds=1.5), "h")
+    stored.save(JobResult(job, True, "train", reply=data, seconds=1.5), "h")
     found = stored.lookup(Job(9, "code", "train", 500, learning_rate=2e-5), "h")
     assert found.ok and found.job.row_id == 9 and found.seconds == 0.0
-    assert found.data == {**data, "cached": True}
+    assert found.reply == data and found.cached
     assert stored.lookup(Job(9, "code", "train", 501, learning_rate=2e-5), "h") is None  # another seed
     assert stored.lookup(Job(9, "code", "train", 500, split="confirm", learning_rate=2e-5), "h") is None
     assert stored.lookup(job, "other-code") is None
     # A job with no rate runs at the default: the same key as naming it.
     stored.save(JobResult(Job(1, "c", "train", 0), False, "score", "non-finite fitness"), "h")
     again = stored.lookup(Job(2, "c", "train", 0, learning_rate=1e-5), "h")
-    assert not again.ok and again.stage == "score" and again.error == "non-finite fitness"
+    assert not again.ok and again.stage == "score" and again.error == "non-finite fitness" and again.cached
     # The evaluate command's view of the same rows.
     ev = cache.get(RunKey("h", "addition-abc", 0.5, 500, "search", 2e-5))
     assert ev.fitness == 0.7 and ev.per_prompt == [0.6, 0.8]
@@ -253,12 +254,14 @@ def test_an_older_cache_gains_the_new_columns(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from discopop.execution.executors import Job, JobResult
+from discopop.execution.messages import TrainReply
 from discopop.fitness.result_store import ResultCache, RunKey
 cache = ResultCache(sys.argv[1])
 i = 0
 while True:
-    data = {"fitness": i / 1000, "reward": 0.5, "kl": 0.0, "per_prompt": [0.5] * 200, "per_prompt_kl": [0.0] * 200}
-    cache.put(RunKey("h", "t", 0.5, i, "search", 1e-5), JobResult(Job(0, "", "train", i), True, "train", data=data))
+    data = TrainReply(fitness=i / 1000, reward=0.5, kl=0.0, steps=4, per_prompt=[0.5] * 200,
+                      per_prompt_kl=[0.0] * 200, kl_coef=0.0)
+    cache.put(RunKey("h", "t", 0.5, i, "search", 1e-5), JobResult(Job(0, "", "train", i), True, "train", reply=data))
     print(i, flush=True)
     i += 1
 """

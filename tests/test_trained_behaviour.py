@@ -77,10 +77,10 @@ def test_training_jobs_report_the_drift_through_the_sandboxed_worker(one_torch_t
     finally:
         executor.close()
     assert honest.ok and recogniser.ok, (honest.error, recogniser.error)
-    assert honest.data["behaviour"]["during_training"] <= FINGERPRINT_TOL
-    assert honest.data["behaviour"]["on_training_refs"] <= FINGERPRINT_TOL
-    assert recogniser.data["behaviour"]["during_training"] <= FINGERPRINT_TOL  # stateless: the same probe twice
-    assert recogniser.data["behaviour"]["on_training_refs"] > 1e-3  # but not the shape it trains with
+    assert honest.trained.behaviour["during_training"] <= FINGERPRINT_TOL
+    assert honest.trained.behaviour["on_training_refs"] <= FINGERPRINT_TOL
+    assert recogniser.trained.behaviour["during_training"] <= FINGERPRINT_TOL  # stateless: the same probe twice
+    assert recogniser.trained.behaviour["on_training_refs"] > 1e-3  # but not the shape it trains with
 
 
 def test_the_trl_fine_tune_probes_on_its_precomputed_reference_log_probs(tiny_task) -> None:
@@ -93,6 +93,6 @@ def test_the_trl_fine_tune_probes_on_its_precomputed_reference_log_probs(tiny_ta
     finally:
         executor.close()
     assert result.ok, result.error
-    drift = result.data["behaviour"]
+    drift = result.trained.behaviour
     assert drift["on_training_refs"] is not None and drift["on_training_refs"] <= FINGERPRINT_TOL
     assert drift["during_training"] <= FINGERPRINT_TOL

@@ -16,6 +16,7 @@ import pytest
 
 from discopop.cli.main import main
 from discopop.execution.executors import JobResult
+from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.search.confirmation import fresh_seeds
 from discopop.transfer.protocol import (
@@ -60,9 +61,9 @@ def _reply(accuracy: float, seed: int, lr: float) -> JobResult:
     """A train reply with exact-match rewards on shared prompts: one uniform draw per (seed, prompt) for all arms."""
     u = np.random.default_rng(seed).random(PROMPTS)
     rewards = (u < accuracy).astype(float).tolist()
-    data = {"fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.1 + accuracy,
-            "per_prompt": rewards, "per_prompt_kl": [0.1] * PROMPTS, "learning_rate": lr, "kl_coef": 0.0}
-    return JobResult(job=None, ok=True, stage="train", data=data, seconds=1.0)  # type: ignore[arg-type]
+    data = TrainReply(fitness=float(np.mean(rewards)), reward=float(np.mean(rewards)), kl=0.1 + accuracy, steps=4,
+                      per_prompt=rewards, per_prompt_kl=[0.1] * PROMPTS, learning_rate=lr, kl_coef=0.0)
+    return JobResult(job=None, ok=True, stage="train", reply=data, seconds=1.0)  # type: ignore[arg-type]
 
 
 def _fill(cache: ResultCache, cfg: dict, losses: list[LossSpec], beta: float, accuracy: dict[str, float],

@@ -17,6 +17,7 @@ from discopop.config import ConfigError, RunSettings
 from discopop.config.compose import compose
 from discopop.config.variants import transfer_tasks, variant_names, variant_task
 from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.search.confirmation import fresh_seeds, judge
 from discopop.search.transfer_confirm import FAILS, HOLDS, TRANSFERS, confirm_transfer, split_of, transfer_text
@@ -78,9 +79,9 @@ class VariantExecutor(Executor):
             self.jobs.append(job)
             u = np.random.default_rng(job.seed).random(PROMPTS)
             rewards = (u < self.accuracy[job.row_id]).astype(float).tolist()
-            yield JobResult(job, True, "train", data={
-                "fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.0,
-                "per_prompt": rewards, "per_prompt_kl": [0.0] * PROMPTS, "learning_rate": job.learning_rate})
+            yield JobResult(job, True, "train", reply=TrainReply(
+                fitness=float(np.mean(rewards)), reward=float(np.mean(rewards)), kl=0.0, steps=4, kl_coef=0.0,
+                per_prompt=rewards, per_prompt_kl=[0.0] * PROMPTS, learning_rate=job.learning_rate))
 
     def close(self) -> None:
         self.closed = True
@@ -150,7 +151,7 @@ class DiagnosticExecutor(Executor):
 
         for job in jobs:
             reply = self.tuner.run(load_loss(job.code), seed=job.seed, split=job.split, learning_rate=job.learning_rate)
-            yield JobResult(job, True, "train", data=reply)
+            yield JobResult(job, True, "train", reply=TrainReply(**reply))
 
     def close(self) -> None:
         pass
@@ -169,7 +170,7 @@ def test_the_diagnostic_tier_confirms_on_its_held_out_preset(archive: Archive) -
     for row in (ipo, dpo, hinge):  # the run's own confirmation, on the clean preset
         for seed in seeds:
             (result,) = own.run([Job(row, archive.get(row).code, "train", seed, split="confirm")])
-            archive.add_evaluation(Evaluation.from_reply(row, seed, "confirm", result.data))
+            archive.add_evaluation(Evaluation.from_reply(row, seed, "confirm", result.trained))
     judge(archive, [archive.get(ipo)], archive.get(dpo), archive.get(hinge), seeds)
     ((name, task),) = transfer_tasks(small, "auto")
     confirm_transfer(archive, lambda _, t: DiagnosticExecutor(t, training), [(name, task)], 0, 2, 1, references=1)

@@ -8,6 +8,7 @@ from typing import Any
 
 from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import LossRejected, decode_source, normalise_loss, static_check
+from discopop.execution.messages import CheckReply, FailureReply, MessageError, Reply, parse_reply
 from discopop.report.trl_options import match_trl
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
 from discopop.sandbox.oracle_supply import (
@@ -64,7 +65,7 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     limits = limits or Limits()
     control, theirs, control_env = worker_control()
     oracle = OracleProcess(limits, oracle_module, env)
-    reply: dict[str, Any] | None = None
+    reply: Reply | None = None
     try:
         proc = SandboxedProcess(module, limits, env={**(env or {}), **control_env}, pass_fds=(theirs.fileno(),))
     except BaseException:
@@ -74,12 +75,15 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     finally:
         theirs.close()
     try:
-        started = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
-        if not started.get("ok"):
-            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.get('error')}"}
+        started = parse_reply("init", proc.request({"op": "init", "task": None, "training": None}, timeout=120))
+        if isinstance(started, FailureReply):
+            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.error}"}
         oracle.wait_ready(120)
         tag = oracle.hand_to(control)
-        reply = proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta}, timeout=timeout)
+        reply = parse_reply("check", proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta},
+                                                  timeout=timeout))
+    except MessageError as err:  # a worker of another version: the machinery, not the loss
+        return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except OracleStartFailed as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except SandboxTimeout as err:
@@ -87,13 +91,14 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     except SandboxDied as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     finally:
-        died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
+        died = oracle.close(grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
         proc.close()
         control.close()
-    reply = explain_oracle_death(reply, died)
-    if not reply.get("ok"):
-        return {"valid": False, "layer": reply.get("stage", "numeric"), "reason": reply.get("error")}
-    checks = reply["checks"]
+    if isinstance(reply, FailureReply):
+        stage, error = explain_oracle_death(reply.stage, reply.error, died)
+        return {"valid": False, "layer": stage, "reason": error}
+    assert isinstance(reply, CheckReply)  # parse_reply("check", ...) gives nothing else
+    checks = reply.checks
     diagnostics = checks.get("diagnostics") or {}
     options = match_trl(checks)
     return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],

@@ -30,6 +30,7 @@ from typing import Any
 
 from discopop.config import ExecutorSettings, TrainingSettings
 from discopop.execution.devices import plan_local_workers
+from discopop.execution.messages import CheckReply, FailureReply, InitReply, MessageError, TrainReply, parse_reply
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 from discopop.sandbox.oracle_keep import KeptOracles, code_key
 from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
@@ -58,11 +59,26 @@ class JobResult:
     ok: bool
     stage: str
     error: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    reply: CheckReply | TrainReply | None = None  # the worker's reply to a job that succeeded
     seconds: float = 0.0
     # The machinery failed, not the loss (the worker died or timed out, the oracle could not start, the judge did
     # not answer): says nothing about the loss, so a result store never keeps it (``fitness.result_store``).
     machinery: bool = False
+    cached: bool = False  # the result came from a result store: nothing ran now (its timings are an earlier run's)
+
+    @property
+    def trained(self) -> TrainReply:
+        """The train reply of a successful train job (a programming error to ask another result)."""
+        if not isinstance(self.reply, TrainReply):
+            raise TypeError(f"job of row {self.job.row_id} has no train reply (ok={self.ok}, stage={self.stage})")
+        return self.reply
+
+    @property
+    def checked(self) -> CheckReply:
+        """The check reply of a successful check job (a programming error to ask another result)."""
+        if not isinstance(self.reply, CheckReply):
+            raise TypeError(f"job of row {self.job.row_id} has no check reply (ok={self.ok}, stage={self.stage})")
+        return self.reply
 
 
 class Executor(ABC):
@@ -173,18 +189,22 @@ class WarmWorker:
             theirs.close()
         self.starts += 1
         try:
-            reply = self.proc.request({"op": "init", "task": task, "training": self.spec.training,
-                                       "kl_coef": self.spec.kl_coef, "threads": self.spec.threads,
-                                       "oracle_timeout": self.spec.oracle_timeout,
-                                       "fused_backward": self.spec.fused_backward},
-                                      timeout=self.spec.init_timeout)
+            reply = parse_reply("init", self.proc.request(
+                {"op": "init", "task": task, "training": self.spec.training, "kl_coef": self.spec.kl_coef,
+                 "threads": self.spec.threads, "oracle_timeout": self.spec.oracle_timeout,
+                 "fused_backward": self.spec.fused_backward}, timeout=self.spec.init_timeout))
         except (SandboxTimeout, SandboxDied) as err:
             tail = self.proc.output_tail(800)
             raise RuntimeError(f"worker failed to start: {err}\n{tail}") from None
-        if not reply.get("ok"):
-            raise RuntimeError(f"worker failed to start: {reply.get('error')}\n{reply.get('traceback', '')}")
+        except MessageError as err:
+            self.proc.close()
+            raise RuntimeError(f"worker failed to start: {err}") from None
+        if isinstance(reply, FailureReply):
+            raise RuntimeError(f"worker failed to start: {reply.error}\n{reply.traceback or ''}")
+        assert isinstance(reply, InitReply)  # parse_reply("init", ...) gives nothing else
         self.init_seconds += time.perf_counter() - started
-        self.info = {k: reply.get(k) for k in ("device", "precision", "lora", "seconds")}
+        self.info = {"device": reply.device, "precision": reply.precision, "lora": reply.lora,
+                     "seconds": reply.seconds}
         self.layers, self.missing_layers = list(self.proc.layers), self.proc.missing_layers()
         return self.proc
 
@@ -203,36 +223,38 @@ class WarmWorker:
             self.busy_key = None
             return JobResult(job, False, "sandbox", str(err), machinery=True)
         started = time.perf_counter()
-        reply: dict[str, Any] | None = None
+        reply = None
         died: str | None = None
         try:
             tag = oracle.hand_to(self.control, keep=self.kept.size > 0)
-            reply = proc.request({"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
-                                  "learning_rate": job.learning_rate, "oracle": tag,
-                                  **({"beta": job.beta} if job.beta is not None else {}),
-                                  **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
-                                 timeout=timeout)
+            reply = parse_reply(job.stage, proc.request(
+                {"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
+                 "learning_rate": job.learning_rate, "oracle": tag,
+                 **({"beta": job.beta} if job.beta is not None else {}),
+                 **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
+                timeout=timeout))
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started,
                              machinery=True)
         except (SandboxDied, OSError) as err:
             return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started,
                              machinery=True)
+        except MessageError as err:  # another version, or a malformed reply: the worker's fault, not the loss's
+            return JobResult(job, False, job.stage, clean_text(err), seconds=time.perf_counter() - started,
+                             machinery=True)
         finally:
             self.busy_key = None
-            if reply is not None and reply.get("ok") and not reply.get("sandbox_exit"):
+            if isinstance(reply, CheckReply | TrainReply):
                 self.kept.keep(key, oracle)  # this candidate's next job may use it (killed if not keepable)
             else:
                 # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
-                died = oracle.close(grace=1.0 if reply is not None and reply.get("stage") == "oracle" else 0.0)
-        reply = explain_oracle_death(reply, died)
+                died = oracle.close(grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
         elapsed = time.perf_counter() - started
-        if not reply.get("ok"):  # the reply is cleaned already (SandboxedProcess.request); the stage is a name
-            stage = reply.get("stage")
-            stage = stage if stage in WORKER_STAGES else job.stage
-            return JobResult(job, False, stage, clean_text(reply.get("error") or "failed without a reason"),
-                             seconds=elapsed)
-        return JobResult(job, True, job.stage, None, data=reply, seconds=elapsed)
+        if isinstance(reply, FailureReply):  # the reply is cleaned already (SandboxedProcess.request)
+            stage, error = explain_oracle_death(reply.stage, reply.error, died)
+            stage = stage if stage in WORKER_STAGES else job.stage  # the stage is a name
+            return JobResult(job, False, stage, clean_text(error or "failed without a reason"), seconds=elapsed)
+        return JobResult(job, True, job.stage, None, reply=reply, seconds=elapsed)
 
     def _close_worker(self) -> None:
         if self.proc is not None:

@@ -4,21 +4,20 @@ A worker imports torch/transformers/TRL, loads the task and builds its ``FineTun
 expensive part), seals itself (``sandbox.seal``: seccomp and the runtime guard), and then serves
 requests until told to exit:
 
-* ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> ``{"ok": true, "seconds": s,
-  "sandbox_layers": [...], "device": "cpu"|"cuda", "precision", "lora": bool}`` (the child-side isolation
-  layers that are active, and where the fine-tune runs: CUDA initialises here, before ``seal``)
-* ``{"op": "check", "code": src, "beta": b}`` -> ``{"ok": true, "checks": {...}}`` or
-  ``{"ok": false, "stage", "error"}`` (``beta``, optional: the training beta the fingerprint and
-  diagnostics are measured at; default the init message's ``training.beta``, else ``checks.DEFAULT_BETA``, the
-  default config's)
+* ``{"op": "init", "task": {...}, "training": {...}, "kl_coef": x}`` -> :class:`~discopop.execution.messages.InitReply`
+  (the child-side isolation layers that are active, and where the fine-tune runs: CUDA initialises here, before
+  ``seal``)
+* ``{"op": "check", "code": src, "beta": b}`` -> :class:`~discopop.execution.messages.CheckReply` (``beta``,
+  optional: the training beta the fingerprint and diagnostics are measured at; default the init message's
+  ``training.beta``, else ``checks.DEFAULT_BETA``, the default config's)
 * ``{"op": "train", "code": src, "seed": n, "split": s, "learning_rate": lr[, "beta": b]}`` (optional
   ``step_fraction``: a short fine-tune of that share of the steps; ``full_steps`` in the reply is a full run's)
-  -> ``{"ok": true, "fitness",
-  "reward", "kl", "greedy", "per_prompt": [reward per prompt], "per_prompt_kl": [...], "per_prompt_greedy": [...],
-  "kl_coef", ...}`` or a failure
-  (a judged task adds ``"completions"``, its reward is left to the main process's judge)
+  -> :class:`~discopop.execution.messages.TrainReply` (a judged task's carries ``completions``; its reward is left
+  to the main process's judge)
 
-A reply with ``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
+Any request may instead get a :class:`~discopop.execution.messages.FailureReply` (the stage and one line). Every
+reply is sent as its ``to_wire()`` (versioned; the executor parses it with ``messages.parse_reply``). A reply with
+``"sandbox_exit": true`` is the worker's last (``SandboxedProcess`` waits for it to end).
 
 Candidate code never runs here. The parent hands each check/train job a loss oracle (``discopop.sandbox.oracle``,
 a separate sandboxed process that loads the candidate; one per candidate, ``sandbox.oracle_keep``) over the control
@@ -46,9 +45,11 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from discopop.execution.messages import CheckReply, FailureReply, InitReply, Reply, TrainReply
 from discopop.sandbox.state_watch import StateWatch
 from discopop.text import error_line
 
@@ -64,7 +65,7 @@ class Worker:
         self.fused_backward = True  # one oracle round trip per training step (RemoteLoss's ``fused``)
         self.beta: float | None = None  # the training beta, from the init message's training config
 
-    def init(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def init(self, msg: dict[str, Any]) -> InitReply:
         started = time.perf_counter()
         import torch  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
@@ -103,10 +104,9 @@ class Worker:
         sealed = seal(os.environ["DISCOPOP_SANDBOX_DIR"])  # seccomp + the audit guard
         self.watch = StateWatch(self.threads)
         tuner = self.fine_tuner
-        return {"ok": True, "seconds": time.perf_counter() - started,
-                "sandbox_layers": [*self.layers, *sealed, "state-watch"],
-                "device": tuner.device if tuner else "cpu", "precision": tuner.precision if tuner else None,
-                "lora": bool(tuner and tuner.lora)}
+        return InitReply(seconds=time.perf_counter() - started, sandbox_layers=(*self.layers, *sealed, "state-watch"),
+                         device=tuner.device if tuner else "cpu", precision=tuner.precision if tuner else None,
+                         lora=bool(tuner and tuner.lora))
 
     @contextmanager
     def _remote_loss(self, code: str, nonce: str) -> Iterator[Any]:
@@ -157,7 +157,7 @@ class Worker:
             for fd in fds:
                 os.close(fd)
 
-    def check(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def check(self, msg: dict[str, Any]) -> CheckReply:
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import DEFAULT_BETA, CheckFailed, check_loss
 
@@ -170,9 +170,9 @@ class Worker:
                 raise _Failure("numeric", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("numeric", f"raised {error_line(err)}") from None
-        return {"ok": True, "checks": report.as_dict()}
+        return CheckReply(checks=report.as_dict())
 
-    def train(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def train(self, msg: dict[str, Any]) -> TrainReply:
         if self.fine_tuner is None:
             raise _Failure("train", "worker was started without a task")
         if getattr(self.fine_tuner, "exact", False):
@@ -195,26 +195,25 @@ class Worker:
         score = result.score
         if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
-        return {
-            "ok": True, "fitness": score.fitness, "reward": score.reward, "kl": score.kl, "greedy": score.greedy,
-            "steps": result.steps, "full_steps": result.full_steps,
-            "final_loss": result.final_loss, "train_seconds": result.train_seconds,
-            "step_seconds": result.step_seconds, "score_seconds": score.seconds, "train_metrics": result.metrics,
+        return TrainReply(
+            fitness=score.fitness, reward=score.reward, kl=score.kl, greedy=score.greedy,
+            steps=result.steps, full_steps=result.full_steps,
+            final_loss=result.final_loss, train_seconds=result.train_seconds,
+            step_seconds=result.step_seconds, score_seconds=score.seconds, train_metrics=result.metrics,
             # per prompt of the scored split, in task.prompts(split) order: for paired comparisons (fitness.stats)
-            "per_prompt": score.per_prompt, "per_prompt_kl": [round(k, 6) for k in score.per_prompt_kl],
+            per_prompt=score.per_prompt, per_prompt_kl=[round(k, 6) for k in score.per_prompt_kl],
             # each prompt's greedy reward beside the score the fitness uses (how much signal each carries:
             # benchmarks/task_calibration.py); empty on a judged task
-            "per_prompt_greedy": score.per_prompt_greedy,
-            "kl_coef": self.fine_tuner.kl_coef, "learning_rate": self.fine_tuner.trainer.args.learning_rate,
-            # a judged task: the greedy completions, graded by the main process (fitness.judge) where the key is
-            **({"completions": score.completions} if score.completions is not None else {}),
-            "peak_gpu_mb": result.peak_gpu_mb,  # None on CPU
-            "behaviour": behaviour,
-            # the beta of a job that named one (the protocol's beta axis); absent: the run's training.beta
-            **({"beta": float(msg["beta"])} if msg.get("beta") is not None else {}),
-        }
+            per_prompt_greedy=score.per_prompt_greedy,
+            kl_coef=self.fine_tuner.kl_coef, learning_rate=self.fine_tuner.trainer.args.learning_rate,
+            completions=score.completions,  # a judged task: graded by the main process (fitness.judge)
+            peak_gpu_mb=result.peak_gpu_mb,  # None on CPU
+            behaviour=behaviour,
+            # the beta of a job that named one (the protocol's beta axis); None: the run's training.beta
+            beta=float(msg["beta"]) if msg.get("beta") is not None else None,
+        )
 
-    def _train_exact(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def _train_exact(self, msg: dict[str, Any]) -> TrainReply:
         """``train`` on the diagnostic tier: its tuner scores exactly and replies in ``train``'s fields itself."""
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.fitness.diagnostic_tune import DiagnosticFailure
@@ -232,7 +231,7 @@ class Worker:
             behaviour = self._behaviour_drift(fn, before, msg.get("beta"))
         if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
             raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
-        return {"ok": True, **reply, "behaviour": behaviour}
+        return TrainReply(**reply, behaviour=behaviour)
 
     def _training_beta(self, job_beta: float | None = None) -> float:
         """The beta a train job trains at: its own (the protocol's beta axis), else the run's."""
@@ -278,17 +277,18 @@ class Worker:
         torch.set_default_dtype(torch.float32)
         torch.set_num_threads(self.threads)
 
-    def audit(self, reply: dict[str, Any]) -> bool:
+    def audit(self, reply: Reply) -> tuple[Reply, bool]:
         """After a check/train job: turn any trace the candidate left into a ``guard`` failure.
 
-        Returns True when the process must exit (a patched namespace cannot be trusted to be undone).
+        Returns the reply to send and whether the process must exit (a patched namespace cannot be trusted to be
+        undone).
         """
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.sandbox import guard_violations
 
         refused = guard_violations()
         if self.watch is None:
-            return False
+            return reply, False
         state = self.watch.changed_state()
         self.watch.reset()  # first: some global setters rebind attributes (set_default_dtype: torch.Storage)
         patched = self.watch.patched()
@@ -301,11 +301,10 @@ class Worker:
         elif state:
             problem = f"changed torch global state: {'; '.join(state)}"
         if problem:
-            earlier = reply.get("error") if not reply.get("ok") else None
+            earlier = reply.error if isinstance(reply, FailureReply) else None
             earlier = None if earlier and "sandbox: " in earlier else earlier  # the refusal itself
-            reply.clear()
-            reply.update(ok=False, stage="guard", error=problem + (f"; then {earlier}" if earlier else ""))
-        return bool(patched)
+            reply = FailureReply("guard", problem + (f"; then {earlier}" if earlier else ""))
+        return reply, bool(patched)
 
 
 class _Failure(Exception):
@@ -332,28 +331,28 @@ def main() -> None:
         if msg.get("op") == "exit":
             return
         started = time.perf_counter()
+        reply: Reply
         try:
             reply = handlers[msg["op"]](msg)
         except _Failure as fail:
-            reply = {"ok": False, "stage": fail.stage, "error": fail.error}
+            reply = FailureReply(fail.stage, fail.error)
         except BaseException as err:  # noqa: BLE001 - report, never die silently
-            reply = {"ok": False, "stage": msg.get("op", "?"), "error": error_line(err),
-                     "traceback": traceback.format_exc(limit=3)[-1500:]}
+            reply = FailureReply(str(msg.get("op", "?")), error_line(err), traceback.format_exc(limit=3)[-1500:])
         must_exit = False
         if msg.get("op") in ("check", "train"):
             try:
-                must_exit = worker.audit(reply)
+                reply, must_exit = worker.audit(reply)
             except BaseException as err:  # noqa: BLE001 - a broken audit is itself a reason to stop
-                reply = {"ok": False, "stage": "guard", "error": f"state check failed: {error_line(err)}"}
+                reply = FailureReply("guard", f"state check failed: {error_line(err)}")
                 must_exit = True
         try:
             worker.reset_globals()
         except BaseException:  # noqa: BLE001
             must_exit = True
-        reply["seconds"] = time.perf_counter() - started
+        wire = replace(reply, seconds=time.perf_counter() - started).to_wire()
         if must_exit:
-            reply["sandbox_exit"] = True
-        send.send_bytes(json.dumps(reply).encode())
+            wire["sandbox_exit"] = True  # the sandbox's envelope, not the reply's
+        send.send_bytes(json.dumps(wire).encode())
         if must_exit:
             return
 

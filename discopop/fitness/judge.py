@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -341,11 +341,10 @@ class JudgedExecutor(Executor):
 
     def _judged(self, result: JobResult) -> JobResult:
         """The train result with its reward and fitness from the judge, or a ``score`` failure with the reason."""
-        data, job = result.data, result.job
+        data, job = result.trained, result.job
         prompts = self.prompts(job.split)
-        completions = data.get("completions")
-        if not (isinstance(completions, list) and len(completions) == len(prompts)
-                and all(isinstance(c, str) for c in completions)):
+        completions = data.completions
+        if not (completions is not None and len(completions) == len(prompts)):  # strings: checked by from_wire
             return JobResult(job, False, "score", f"judge: the worker returned no completions for the "
                              f"{len(prompts)} {job.split} prompts", seconds=result.seconds)
         try:
@@ -355,14 +354,14 @@ class JudgedExecutor(Executor):
                              machinery=True)
         per_prompt = [normalised(r) for r in grades.ratings]
         reward = sum(per_prompt) / len(per_prompt)
-        fitness = reward - float(data.get("kl_coef") or 0.0) * float(data["kl"])
+        fitness = reward - float(data.kl_coef or 0.0) * float(data.kl)
         if not math.isfinite(fitness):
-            return JobResult(job, False, "score", f"judge: non-finite fitness (kl={data['kl']})",
+            return JobResult(job, False, "score", f"judge: non-finite fitness (kl={data.kl})",
                              seconds=result.seconds)
-        judged = {k: v for k, v in data.items() if k != "completions"}
-        judged.update(reward=reward, fitness=fitness, per_prompt=per_prompt, judge=grades.summary(self.judge.model),
-                      score_seconds=float(data.get("score_seconds") or 0.0) + grades.seconds)
-        return JobResult(job, True, result.stage, data=judged, seconds=result.seconds + grades.seconds)
+        judged = replace(data, completions=None, reward=reward, fitness=fitness, per_prompt=per_prompt,
+                         judge=grades.summary(self.judge.model),
+                         score_seconds=float(data.score_seconds or 0.0) + grades.seconds)
+        return JobResult(job, True, result.stage, reply=judged, seconds=result.seconds + grades.seconds)
 
     def warm_up(self) -> None:
         self.inner.warm_up()

@@ -31,6 +31,7 @@ from typing import Any
 from discopop.archive import Evaluation
 from discopop.config import RunSettings, plain
 from discopop.execution.executors import Job, JobResult
+from discopop.execution.messages import MessageError, TrainReply
 from discopop.tasks import cache_root, stable_key
 
 CACHE_NAME = "results.sqlite"
@@ -184,8 +185,9 @@ class ResultCache:
             return None
         reply = json.loads(r["reply"])
         if reply.get("ok"):
-            return JobResult(job, True, reply["stage"], data={**reply["data"], "cached": True})
-        return JobResult(job, False, reply["stage"], reply["error"], data={"cached": True})
+            trained = _stored_reply(reply)
+            return None if trained is None else JobResult(job, True, reply["stage"], reply=trained, cached=True)
+        return JobResult(job, False, reply["stage"], reply["error"], cached=True)
 
     def put(self, key: RunKey, result: JobResult) -> Evaluation:
         """Store one finished fine-tune (or the loss's failure) and return it as an ``Evaluation``.
@@ -193,14 +195,14 @@ class ResultCache:
         A failure of the machinery (``storable``) is returned but not stored: the next run tries it again.
         """
         if result.ok:
-            ev = Evaluation.from_reply(0, key.seed, key.split, result.data)
+            ev = Evaluation.from_reply(0, key.seed, key.split, result.trained)
             ev.learning_rate = key.learning_rate
         else:
             ev = Evaluation(0, key.seed, key.split, key.learning_rate, error=f"{result.stage}: {result.error}")
         if not storable(result):
             return ev
         reply = {"ok": result.ok, "stage": result.stage, "error": result.error,
-                 "data": {k: v for k, v in result.data.items() if k != "cached"}}
+                 "data": result.trained.to_wire() if result.ok else {}}
         self.conn.execute(
             "INSERT OR REPLACE INTO runs (code_hash, task, beta, seed, split, learning_rate, fitness, reward, kl,"
             " kl_coef, per_prompt, per_prompt_kl, error, seconds, created_at, stage, reply)"
@@ -211,20 +213,33 @@ class ResultCache:
              json.dumps(reply, default=str)))
         return ev
 
-    def reply_data(self, key: RunKey) -> dict[str, Any] | None:
+    def reply_data(self, key: RunKey) -> TrainReply | None:
         """The worker's whole stored reply for ``key`` (fields an ``Evaluation`` does not keep, such as
-        ``per_prompt_greedy``); None when not stored, stored without its reply, or a failure."""
+        ``per_prompt_greedy``); None when not stored, stored without its reply (or by another version), or a
+        failure."""
         r = self._row(key)
         if r is None or not r.get("reply"):
             return None
         reply = json.loads(r["reply"])
-        return reply.get("data") if reply.get("ok") else None
+        return _stored_reply(reply) if reply.get("ok") else None
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _stored_reply(stored: dict[str, Any]) -> TrainReply | None:
+    """The train reply a stored success keeps (``put``'s ``data``); None if another version wrote it (the run is
+    then done again rather than misread). Replies stored before they were versioned have version 1's fields."""
+    data = stored.get("data")
+    if isinstance(data, dict) and "version" not in data:
+        data = {**data, "version": 1}
+    try:
+        return TrainReply.from_wire(data)
+    except MessageError:
+        return None
 
 
 @dataclass
@@ -266,7 +281,7 @@ class StoredRuns:
         return found
 
     def save(self, result: JobResult, code_hash: str) -> None:
-        if self.error is not None or not storable(result) or result.data.get("cached"):
+        if self.error is not None or not storable(result) or result.cached:
             return
         try:
             self.cache.put(self.key(result.job, code_hash), result)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from discopop.config import TrainingSettings, typed
+from discopop.execution.messages import TrainReply
 
 # One grid point: (learning rate, beta); beta None where the beta axis is off (the job uses training.beta).
 Point = tuple[float, float | None]
@@ -139,18 +140,18 @@ class LrProtocol:
         return screen_fitness >= best_fitness - self.screen_margin
 
 
-def split_fitness(data: Mapping[str, Any]) -> tuple[float, float]:
+def split_fitness(reply: TrainReply) -> tuple[float, float]:
     """(tune, rank): one fine-tune's fitness on its even- and odd-indexed scored prompts.
 
     Per prompt the fitness is reward - kl_coef * KL, as the scorer computes its mean. Interleaving
     (rather than first half / second half) keeps both halves alike if the prompts come in an order.
     """
-    rewards = data.get("per_prompt") or []
+    rewards = reply.per_prompt
     if len(rewards) < 2:
-        value = float(data["fitness"])
+        value = float(reply.fitness)
         return value, value
-    kls = data.get("per_prompt_kl") or [0.0] * len(rewards)
-    coef = float(data.get("kl_coef") or 0.0)
+    kls = reply.per_prompt_kl or [0.0] * len(rewards)
+    coef = float(reply.kl_coef or 0.0)
     values = [float(r) - coef * float(k) for r, k in zip(rewards, kls, strict=True)]
     tune, rank = values[0::2], values[1::2]
     return sum(tune) / len(tune), sum(rank) / len(rank)
@@ -160,15 +161,20 @@ def split_fitness(data: Mapping[str, Any]) -> tuple[float, float]:
 class Sweep:
     """One candidate's fine-tunes over the grid: fitness per point (learning rate, beta) and the chosen one."""
 
-    results: dict[Point, dict[str, Any]] = field(default_factory=dict)  # (lr, beta) -> the worker's train reply
+    results: dict[Point, TrainReply] = field(default_factory=dict)  # (lr, beta) -> the worker's train reply
     errors: dict[Point, tuple[str, str]] = field(default_factory=dict)  # (lr, beta) -> (stage, why it failed)
+    cached: set[Point] = field(default_factory=set)  # points whose reply came from a result store (not run now)
     tuned: bool = False  # the whole grid, or a climb to a local maximum, was run (False: screened out or failed)
     evaluations: list[Any] = field(default_factory=list)  # archive.Evaluation per fine-tune, archived with the fate
 
-    def add(self, lr: float, ok: bool, data: dict[str, Any], stage: str, error: str | None,
-            beta: float | None = None) -> None:
+    def add(self, lr: float, ok: bool, reply: TrainReply | None, stage: str, error: str | None,
+            beta: float | None = None, cached: bool = False) -> None:
+        """One fine-tune at (``lr``, ``beta``): its reply if ``ok``, else its failure."""
         if ok:
-            self.results[(lr, beta)] = data
+            if reply is None:
+                raise ValueError(f"a successful fine-tune at rate {lr:g} without its reply")
+            self.results[(lr, beta)] = reply
+            (self.cached.add if cached else self.cached.discard)((lr, beta))
         else:
             self.errors[(lr, beta)] = (stage, error or "failed")
 
@@ -182,7 +188,7 @@ class Sweep:
         """Every learning rate tried, at any beta (a failure counts), ascending."""
         return sorted({lr for lr, _ in (*self.results, *self.errors)})
 
-    def best_point(self) -> tuple[Point, dict[str, Any]] | None:
+    def best_point(self) -> tuple[Point, TrainReply] | None:
         """The point with the highest *tuning* fitness (ties: the smaller rate, the gentler update; then the
         smaller beta)."""
         if not self.results:
@@ -190,7 +196,7 @@ class Sweep:
         return max(sorted(self.results.items(), key=lambda item: (item[0][0], item[0][1] or 0.0)),
                    key=lambda item: split_fitness(item[1])[0])
 
-    def best(self) -> tuple[float, dict[str, Any]] | None:
+    def best(self) -> tuple[float, TrainReply] | None:
         """The chosen learning rate and its reply (:meth:`best_point` without the beta)."""
         best = self.best_point()
         return None if best is None else (best[0][0], best[1])
@@ -225,7 +231,7 @@ class Sweep:
             "lr_sweep": {f"{lr:g}": round(split_fitness(d)[0], 6) for lr, d in at_beta(self.results.items())},
             "fitness_tune": None if best is None else round(split_fitness(best[1])[0], 6),
             # each rate's reward (the fitness's score), greedy accuracy and KL: the loss's reward-KL frontier
-            "lr_points": {f"{lr:g}": {k: _rounded(d.get(k)) for k in ("reward", "greedy", "kl")}
+            "lr_points": {f"{lr:g}": {k: _rounded(getattr(d, k)) for k in ("reward", "greedy", "kl")}
                           for lr, d in at_beta(self.results.items())},
             "lr_errors": {f"{lr:g}": f"{stage}: {err}" for lr, (stage, err) in at_beta(self.errors.items())},
             # The optimum may lie beyond the grid: a user would widen it; the report says so.

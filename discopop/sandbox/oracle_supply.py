@@ -25,7 +25,6 @@ import socket
 import subprocess
 import time
 from collections import deque
-from typing import Any
 
 from discopop.sandbox import Limits, SandboxedProcess
 from discopop.sandbox import oracle_wire as wire
@@ -141,12 +140,13 @@ def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:
     return ours, theirs, {CONTROL_FD_VAR: str(theirs.fileno())}
 
 
-def explain_oracle_death(reply: dict[str, Any], died: str | None) -> dict[str, Any]:
-    """A job the worker failed because the oracle hung up: say why the oracle died (stage ``sandbox``).
+def explain_oracle_death(stage: str, error: str, died: str | None) -> tuple[str, str]:
+    """(stage, error) of a failed job; where the worker failed it because the oracle hung up, why the oracle died
+    (stage ``sandbox``).
 
     Other channel failures keep their own reason (a refused reply is the cause, the oracle's death
     from a broken pipe afterwards is not).
     """
-    if died and not reply.get("ok") and reply.get("stage") == "oracle" and wire.HUNG_UP in (reply.get("error") or ""):
-        return {**reply, "stage": "sandbox", "error": f"loss oracle died: {died.removeprefix('worker ')}"}
-    return reply
+    if died and stage == "oracle" and wire.HUNG_UP in error:
+        return "sandbox", f"loss oracle died: {died.removeprefix('worker ')}"
+    return stage, error

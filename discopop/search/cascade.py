@@ -196,7 +196,7 @@ class Evaluator:
                 yield (self._finish(row, status, error=f"{result.stage} check: {result.error}",
                                              stage=result.stage, seconds=self._total(seconds, started, row.id)))
                 continue
-            checks_of[row.id] = result.data["checks"]
+            checks_of[row.id] = result.checked.checks
             twin = self._twin(checks_of[row.id], known)
             vec = _unit(checks_of[row.id].get("fingerprint"))
             if vec is not None:
@@ -304,16 +304,16 @@ class Evaluator:
                           key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.beta or 0.0, r.job.seed))
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
-                if result.data.get("cached"):
+                if result.cached:
                     cached[row_id] = cached.get(row_id, 0) + 1
                 if row_id in races:
-                    races[row_id].add(job.seed, split_fitness(result.data)[1] if result.ok else None,
+                    races[row_id].add(job.seed, split_fitness(result.trained)[1] if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
                 else:
-                    sweeps[row_id].add(job.learning_rate, result.ok, result.data, result.stage, result.error,
-                                       beta=job.beta)
+                    sweeps[row_id].add(job.learning_rate, result.ok, result.trained if result.ok else None,
+                                       result.stage, result.error, beta=job.beta, cached=result.cached)
                 sweeps[row_id].evaluations.append(
-                    Evaluation.from_reply(row_id, job.seed, job.split, result.data) if result.ok else
+                    Evaluation.from_reply(row_id, job.seed, job.split, result.trained) if result.ok else
                     Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
                 seconds[row_id]["train"] = seconds[row_id].get("train", 0.0) + result.seconds
             best = self._best_fitness()
@@ -387,17 +387,17 @@ class Evaluator:
             status = Status.EVAL_FAILED if stage == "score" else Status.TRAIN_FAILED
             return self._finish(row, status, error=error, stage=stage, seconds=secs,
                                 extra={"checks": checks, **summary}, evaluations=sweep.evaluations)
-        runs = [d for d in sweep.results.values() if not d.get("cached")]  # those run now
-        secs.update(score=sum(d["score_seconds"] for d in runs), steps=sum(d["step_seconds"] for d in runs),
+        runs = [d for point, d in sweep.results.items() if point not in sweep.cached]  # those run now
+        secs.update(score=sum(d.score_seconds for d in runs), steps=sum(d.step_seconds for d in runs),
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
         fitness = sweep.ranked_fitness()
-        metrics = {"reward": data["reward"], "greedy": data.get("greedy"), "kl": data["kl"], "fitness": fitness,
-                   "steps": data["steps"], "final_loss": data["final_loss"], "train": data["train_metrics"],
+        metrics = {"reward": data.reward, "greedy": data.greedy, "kl": data.kl, "fitness": fitness,
+                   "steps": data.steps, "final_loss": data.final_loss, "train": data.train_metrics,
                    "checks": checks, **summary,
-                   **({"behaviour": data["behaviour"]} if data.get("behaviour") else {}),  # drift vs the checks
-                   **({"judge": data["judge"]} if data.get("judge") else {})}  # a judged task's grading and cost
+                   **({"behaviour": data.behaviour} if data.behaviour else {}),  # drift vs the checks
+                   **({"judge": data.judge} if data.judge else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
         if not math.isfinite(fitness):

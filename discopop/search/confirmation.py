@@ -128,7 +128,7 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
     def add(result: JobResult) -> None:
         job = result.job
         if result.ok:
-            archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, split, result.data))
+            archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, split, result.trained))
         else:
             archive.add_evaluation(Evaluation(job.row_id, job.seed, split, job.learning_rate,
                                               error=f"{result.stage}: {result.error}"))

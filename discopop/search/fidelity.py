@@ -125,7 +125,7 @@ class Fidelity:
             for result in self._diagnostic_executor(preset).run(jobs):
                 row_id = result.job.row_id
                 seconds[row_id] += result.seconds
-                value = float(result.data["fitness"]) if result.ok else math.nan
+                value = float(result.trained.fitness) if result.ok else math.nan
                 if not math.isfinite(value):
                     failed.add(row_id)
                     continue
@@ -147,11 +147,12 @@ class Fidelity:
                 for i, (code, rate) in jobs_of.items()]
         out = {}
         for result in self.executor.run(jobs):
-            data = result.data if result.ok else {}
-            value = data.get("fitness")
+            reply = result.trained if result.ok else None
+            value = reply.fitness if reply is not None else None
             score = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
             out[result.job.row_id] = StageResult(
-                score, int(data.get("steps") or 0), data.get("full_steps"), result.seconds,
+                score, reply.steps if reply is not None else 0, reply.full_steps if reply is not None else None,
+                result.seconds,
                 {"learning_rate": result.job.learning_rate,
                  **({} if result.ok else {"error": f"{result.stage}: {result.error}"})})
         return out

@@ -48,6 +48,7 @@ from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Evaluation
 from discopop.config import RunSettings, plain
 from discopop.contract.losses import LossRejected, code_hash, read_source, static_check
 from discopop.execution.executors import Executor, Job
+from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
@@ -266,10 +267,11 @@ class TransferEvaluation:
                     if ev is None:  # not run yet (report-only)
                         continue
                     ok = ev.ok and math.isfinite(ev.fitness)
-                    cell.sweep.add(key.learning_rate, ok, {"fitness": ev.fitness}, "train", ev.error or "non-finite")
+                    cell.sweep.add(key.learning_rate, ok, _score_only(ev) if ok else None, "train",
+                                   ev.error or "non-finite")
                 best = cell.sweep.best()
                 if best is not None:
-                    cell.learning_rate, cell.search_fitness = best[0], float(best[1]["fitness"])
+                    cell.learning_rate, cell.search_fitness = best[0], float(best[1].fitness)
             seeds = fresh_seeds(seed, self.n_seeds)
             confirm = {c.loss.hash: [RunKey(c.loss.hash, key_task, c.trained_beta, s, CONFIRM_SPLIT, c.learning_rate)
                                      for s in seeds] for c in cells if c.learning_rate is not None}
@@ -378,3 +380,9 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
         entry["text"] = stats.describe(entry)
         setattr(cell, role, entry)
 
+
+def _score_only(ev: Evaluation) -> TrainReply:
+    """A stored search run as the sweep ranks it here: its whole fitness, no per-prompt halves (the evaluate
+    protocol chooses the rate on the whole search split; a split would change which rate it chooses)."""
+    return TrainReply(fitness=ev.fitness, reward=ev.reward, kl=ev.kl, steps=0, per_prompt=(), per_prompt_kl=(),
+                      kl_coef=ev.kl_coef, learning_rate=ev.learning_rate, greedy=ev.greedy)
