@@ -34,24 +34,29 @@ def test_the_default_price_is_the_labels_objective_and_config_agrees() -> None:
 
 
 def test_moving_further_along_dpos_own_direction_gains_reward_but_does_not_win(dpo) -> None:
-    """DPO's trained policy (label_noise, its best rate 0.01), and the same direction taken 1.5 times as far: more
-    reward, more KL. Reward alone (kl_coef 0, the old default) ranks the farther policy first; the default fitness
-    must rank DPO first. (At this price the labels' optimum lies beyond DPO's point on the clean preset: moving
-    further there may win, as it should.)"""
+    """DPO's trained policy (label_noise, its best rate 0.01) and the same direction taken further: reward alone
+    (kl_coef 0, the old default) is highest further out than the priced fitness is, so the policy that gains reward
+    by moving further from the reference loses under the default fitness to one nearer the reference.
+
+    Measured on the confirming contexts (4,096 by default): reward peaks at x1.5, fitness at x1.25 (DPO's own point,
+    x1, stops a little short). On the preset's first 256 contexts alone the same peaks hold, but x1.5 also scores
+    below x1 there; across all of them it ties x1 (+0.0008), so the test compares the two optima, not x1.5 with x1."""
     cfg, _ = compose(["task=diagnostic", "task.preset=label_noise"])
     s = from_config(cfg["task"])
     w = world(s)
-    near, far = {"reward": 0.0, "kl": 0.0}, {"reward": 0.0, "kl": 0.0}
+    coef = cfg["task"]["kl_coef"]
+    scales = (1.0, 1.25, 1.5, 2.0)
+    reward, fitness = dict.fromkeys(scales, 0.0), dict.fromkeys(scales, 0.0)
     seeds = (0, 1, 2)
     for seed in seeds:
         weights = fine_tune(dpo, s, seed=seed, lr=0.01).weights
-        for out, scale in ((near, 1.0), (far, 1.5)):
-            reward, kl = exact_scores(w.eval_features, w.eval_ref, w.eval_reward, scale * weights)
-            out["reward"] += float(reward.mean()) / len(seeds)
-            out["kl"] += float(kl.mean()) / len(seeds)
-    assert far["reward"] > near["reward"] and far["kl"] > near["kl"]  # the farther policy does gain reward
-    coef = cfg["task"]["kl_coef"]
-    assert far["reward"] - coef * far["kl"] < near["reward"] - coef * near["kl"]
+        for scale in scales:
+            r, kl = exact_scores(w.eval_features, w.eval_ref, w.eval_reward, scale * weights)
+            reward[scale] += float(r.mean()) / len(seeds)
+            fitness[scale] += float(r.mean() - coef * kl.mean()) / len(seeds)
+    by_reward, by_fitness = max(scales, key=reward.get), max(scales, key=fitness.get)
+    assert by_reward > by_fitness, f"reward peaks at x{by_reward}, fitness at x{by_fitness}"
+    assert reward[by_reward] > reward[by_fitness] and fitness[by_reward] < fitness[by_fitness]
 
 
 def test_the_tuners_reply_reports_reward_and_kl_apart_and_prices_kl_by_default(dpo) -> None:
