@@ -98,3 +98,29 @@ def test_csv_and_markdown_cells() -> None:
     assert escape.csv_cell("-0.5") == "-0.5" and escape.csv_cell(-0.5) == -0.5 and escape.csv_cell("dpo") == "dpo"
     cell = escape.markdown_cell("a|b`c\nd<script>")
     assert "\n" not in cell and "\\|" in cell and "\\`" in cell and "<script>" not in cell
+
+
+def test_the_terminal_display_renders_a_hostile_name_inert() -> None:
+    """Every event that carries untrusted text reaches a real terminal (colours on) with no escape sequence of its
+    own and its rich markup shown as text (issue 27 item 5, issue 26 item 3)."""
+    from discopop.execution.executors import Job
+    from discopop.report.display import Display
+    from discopop.search import events
+
+    out = io.StringIO()
+    display = Display(1, console=Console(file=out, width=400, force_terminal=True, color_system="truecolor",
+                                      highlight=False),
+                      quiet=True)
+    display.show(events.CandidateStage(7, HOSTILE_NAME, "train"))
+    display.show(events.JobsQueued((Job(7, "", "train", 0, learning_rate=1e-5),), 1))
+    status = display.status_line()
+    for event in (events.Note(f"task '{HOSTILE_NAME}': 64 preference pairs"), events.RunWarning(HOSTILE_NAME),
+                  events.CandidateFinished(7, HOSTILE_NAME, 1, "invalid", None, None, None, HOSTILE_THOUGHT, None),
+                  events.CandidateFinished(8, HOSTILE_NAME, 1, "scored", 0.5, 0.6, 0.1, None, 0.5),
+                  events.TransferVerdict(7, HOSTILE_NAME, HOSTILE_NAME), events.RunStopped(HOSTILE_NAME, "runs/x")):
+        display.show(event)
+    text = out.getvalue()
+    assert text.count("[bold red]boom[/]") == 7, "markup in a name is shown, not applied"
+    assert "\x1b[2J" not in text and "\x1b]8" not in text and "\x07" not in text and "\x1b[31m" not in text
+    assert "\x1b[" in text, "the display's own colours are there: the check above would see a leak"
+    assert "\x1b" not in status and "\x07" not in status
