@@ -3,6 +3,7 @@ refused, and names reach terminals, figures, CSV and markdown escaped for each."
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -124,3 +125,21 @@ def test_the_terminal_display_renders_a_hostile_name_inert() -> None:
     assert "\x1b[2J" not in text and "\x1b]8" not in text and "\x07" not in text and "\x1b[31m" not in text
     assert "\x1b[" in text, "the display's own colours are there: the check above would see a leak"
     assert "\x1b" not in status and "\x07" not in status
+
+
+def test_evaluate_progress_lines_show_a_hostile_loss_name_and_error_inert() -> None:
+    """``discopop evaluate`` without a terminal prints a line per fine-tune: a run's loss name and a failed
+    fine-tune's error (candidate code) reach it cleaned of every control character."""
+    from discopop.archive import Evaluation
+    from discopop.cli.evaluate import _Display
+    from discopop.fitness.result_store import RunKey
+
+    out = io.StringIO()
+    display = _Display(Console(file=out, width=200), quiet=False)
+    display.planned(1)
+    failed = Evaluation(1, 0, "confirm", 1e-5, error=HOSTILE_THOUGHT)
+    with contextlib.redirect_stdout(out):
+        display.done(HOSTILE_NAME, 0.1, "addition", RunKey("h", "t", 0.1, 0, "confirm", 1e-5), failed, False)
+    line = out.getvalue()
+    assert "FAILED idea" in line and "[bold red]boom[/]" in line
+    assert "\x1b" not in line and "\x07" not in line and line.count("\n") == 1
