@@ -257,7 +257,7 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
     per_candidate: list[str] = []
     monkeypatch.setattr(Tracker, "log_candidate", lambda self, row_id, name, *rest: per_candidate.append(name))
     cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
-    tracker = Tracker(cfg.wandb, tmp_path, {})
+    tracker = Tracker({"mode": "disabled"}, tmp_path, {})
     loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, Displays(display(), TrackerDisplay(tracker)),
                 proposer=ScriptedProposer({1: [candidate("a")]}),
                 executor=ScriptedExecutor({**REFS, "a": Script(fitness=0.7)}), task_meta={"pairs": 64})
