@@ -117,3 +117,45 @@ def test_every_benchmark_imports_names_that_exist(tmp_path: Path) -> None:
     assert unresolved_discopop_imports(benchmarks) == []
     (tmp_path / "stale.py").write_text("def f():\n    from discopop.execution.executors import make_executor\n")
     assert unresolved_discopop_imports(tmp_path) == ["stale.py:2: discopop.execution.executors.make_executor"]
+
+
+# Output through one place (issue 27 item 5): the search reports events (``search.events``); displays print.
+QUIET_PACKAGE = PACKAGE / "search"
+OUTPUT_MODULES = ("rich", "wandb")
+
+
+def output_offences(path: Path) -> list[str]:
+    """Where ``path`` shows something itself: a ``print()`` call, a write to ``sys.stdout``/``sys.stderr``, any
+    ``.console`` (a display's console), or an import of a terminal or tracking library."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(f"{path.name}:{node.lineno}: print()")
+        elif isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr", "console"):
+            found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{path.name}:{node.lineno}: import {n}" for n in names if n.split(".")[0] in OUTPUT_MODULES]
+    return found
+
+
+def test_nothing_in_the_search_prints_or_logs_itself() -> None:
+    """The loop, the cascade, the confirmation and the rest of ``search`` report events; a display decides."""
+    offences = [o for p in sorted(QUIET_PACKAGE.rglob("*.py")) for o in output_offences(p)]
+    assert not offences, "output outside a display: " + "; ".join(offences)
+
+
+@pytest.mark.parametrize("source", ["print('done')\n", "self.display.console.print(text)\n",
+                                    "import sys\nsys.stderr.write('x')\n", "from rich.markup import escape\n",
+                                    "import wandb\n", "from rich import print as show\n"])
+def test_the_output_check_sees_a_planted_print(tmp_path: Path, source: str) -> None:
+    planted = tmp_path / "loop.py"
+    planted.write_text(source)
+    assert len(output_offences(planted)) == 1
+
+
+def test_the_output_check_passes_events_and_prose(tmp_path: Path) -> None:
+    planted = tmp_path / "loop.py"
+    planted.write_text("self.display.show(Note('printed to the console'))\nfingerprint(a, b)\n"
+                       "'''The display prints; the loop does not print().'''\n")
+    assert output_offences(planted) == []

@@ -3,6 +3,7 @@ refused, and names reach terminals, figures, CSV and markdown escaped for each."
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -98,3 +99,47 @@ def test_csv_and_markdown_cells() -> None:
     assert escape.csv_cell("-0.5") == "-0.5" and escape.csv_cell(-0.5) == -0.5 and escape.csv_cell("dpo") == "dpo"
     cell = escape.markdown_cell("a|b`c\nd<script>")
     assert "\n" not in cell and "\\|" in cell and "\\`" in cell and "<script>" not in cell
+
+
+def test_the_terminal_display_renders_a_hostile_name_inert() -> None:
+    """Every event that carries untrusted text reaches a real terminal (colours on) with no escape sequence of its
+    own and its rich markup shown as text (issue 27 item 5, issue 26 item 3)."""
+    from discopop.execution.executors import Job
+    from discopop.report.display import Display
+    from discopop.search import events
+
+    out = io.StringIO()
+    display = Display(1, console=Console(file=out, width=400, force_terminal=True, color_system="truecolor",
+                                      highlight=False),
+                      quiet=True)
+    display.show(events.CandidateStage(7, HOSTILE_NAME, "train"))
+    display.show(events.JobsQueued((Job(7, "", "train", 0, learning_rate=1e-5),), 1))
+    status = display.status_line()
+    for event in (events.Note(f"task '{HOSTILE_NAME}': 64 preference pairs"), events.RunWarning(HOSTILE_NAME),
+                  events.CandidateFinished(7, HOSTILE_NAME, 1, "invalid", None, None, None, HOSTILE_THOUGHT, None),
+                  events.CandidateFinished(8, HOSTILE_NAME, 1, "scored", 0.5, 0.6, 0.1, None, 0.5),
+                  events.TransferVerdict(7, HOSTILE_NAME, HOSTILE_NAME), events.RunStopped(HOSTILE_NAME, "runs/x")):
+        display.show(event)
+    text = out.getvalue()
+    assert text.count("[bold red]boom[/]") == 7, "markup in a name is shown, not applied"
+    assert "\x1b[2J" not in text and "\x1b]8" not in text and "\x07" not in text and "\x1b[31m" not in text
+    assert "\x1b[" in text, "the display's own colours are there: the check above would see a leak"
+    assert "\x1b" not in status and "\x07" not in status
+
+
+def test_evaluate_progress_lines_show_a_hostile_loss_name_and_error_inert() -> None:
+    """``discopop evaluate`` without a terminal prints a line per fine-tune: a run's loss name and a failed
+    fine-tune's error (candidate code) reach it cleaned of every control character."""
+    from discopop.archive import Evaluation
+    from discopop.cli.evaluate import _Display
+    from discopop.fitness.result_store import RunKey
+
+    out = io.StringIO()
+    display = _Display(Console(file=out, width=200), quiet=False)
+    display.planned(1)
+    failed = Evaluation(1, 0, "confirm", 1e-5, error=HOSTILE_THOUGHT)
+    with contextlib.redirect_stdout(out):
+        display.done(HOSTILE_NAME, 0.1, "addition", RunKey("h", "t", 0.1, 0, "confirm", 1e-5), failed, False)
+    line = out.getvalue()
+    assert "FAILED idea" in line and "[bold red]boom[/]" in line
+    assert "\x1b" not in line and "\x07" not in line and line.count("\n") == 1

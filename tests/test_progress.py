@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from scripted_executor import ScriptedExecutor, ScriptedProposer, candidate, loss_code
+from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_code
 from scripted_executor import config_with as config
 
 from discopop.archive import Row
@@ -18,6 +18,7 @@ from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
 from discopop.execution.observed import ObservedExecutor
 from discopop.report.display import PRIOR_PER_CANDIDATE, Display
+from discopop.search import events
 from discopop.search.loop import Loop
 
 
@@ -171,3 +172,70 @@ def test_a_resumed_run_counts_only_the_rows_still_ahead(tmp_path: Path) -> None:
     arch.add(candidate("b"), generation=1)  # still proposed: re-run, so still ahead
     arch.close()
     assert candidates_ahead(cfg, tmp_path, resumed=True) == 2 + 3 * 2 - 3
+
+
+def _projection(event: events.Event) -> tuple[Any, ...]:
+    """An event in the words a test can list: its type and the fields that do not depend on timing."""
+    match event:
+        case events.CandidateFinished():
+            return ("finished", event.name, event.status)
+        case events.GenerationFinished():
+            return ("generation done", event.generation, event.candidates, event.scored)
+        case events.ConfirmationVerdict():
+            return ("verdict", event.candidate, event.baseline, event.role)
+        case events.RunStarted():
+            return ("run", event.generations, event.seed, event.resumed_after)
+        case events.RunFinished():
+            return ("end", event.stopped)
+        case events.ResultsReady():
+            return ("results", sorted(r.name for r in event.rows))
+    return (type(event).__name__, *(getattr(event, f) for f in ("label", "text") if hasattr(event, f)))
+
+
+def test_a_tiny_run_reports_the_expected_events_in_order(tmp_path: Path) -> None:
+    """The loop's whole say, through an ``EventLog``: phases, outcomes, generations, verdicts, results, end; the
+    numbers it reports are the archive's (issue 27 item 5: the loop reports events, displays decide)."""
+    cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[2e-5]", "confirm.seeds=2", "confirm.top_k=1",
+                      "confirm.references=1", "wandb.mode=disabled", "selection.max_seeds=1",
+                      "selection.reference_store=false", "seed=3"])
+    log = events.EventLog()
+    executor = ScriptedExecutor({"a": Script(fitness=0.6), "b": Script(check_error="no gradient"),
+                                 "c": Script(fitness=0.7)}, workers=1)
+    loop = Loop(config(cfg, candidates_per_generation=2), tmp_path, log, executor=executor,
+                proposer=ScriptedProposer({1: [candidate("a"), candidate("b")], 2: [candidate("c")]}),
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+    try:
+        loop.run(2)
+        rows = {r.name: r for r in loop.archive.rows()}
+    finally:
+        loop.archive.close()
+    said = [_projection(e) for e in log.events
+            if not isinstance(e, events.JobsQueued | events.JobReturned | events.CandidateStage)]
+    rescore = ("Note", "re-scoring the top 1, DPO and the 1 best baselines on 2 fresh seeds and the held-back prompts")
+    assert said == [
+        ("run", 2, 3, 0), ("Note", "starting sandboxed workers (torch, transformers and TRL load once per worker)"),
+        ("PhaseStarted", "references"), ("finished", "dpo", "scored"), ("finished", "lrml", "scored"),
+        ("PhaseFinished", "references"),
+        ("PhaseStarted", "generation 1/2"), ("finished", "a", "scored"), ("finished", "b", "invalid"),
+        ("generation done", 1, 2, 1), ("PhaseFinished", "generation 1/2"),
+        ("PhaseStarted", "generation 2/2"), ("finished", "c", "scored"), ("generation done", 2, 1, 1),
+        ("PhaseFinished", "generation 2/2"),
+        ("PhaseStarted", "confirmation"), rescore, *[("verdict", e.candidate, e.baseline, e.role)
+                                                     for e in log.of(events.ConfirmationVerdict)],
+        ("PhaseFinished", "confirmation"),  # the default transfer variants need an executor a stand-in lacks
+        ("RunWarning", "transfer not confirmed: an injected executor and no executor for the variants"),
+        ("results", ["a", "b", "c", "dpo", "lrml"]), ("end", None)]
+    verdicts = log.of(events.ConfirmationVerdict)
+    assert verdicts and {v.role for v in verdicts} <= {"vs_dpo", "vs_best"}
+    assert {v.candidate for v in verdicts} == {max(("a", "c"), key=lambda n: rows[n].fitness)}
+    for event in log.of(events.CandidateFinished):  # the numbers shown are the ones archived
+        row = rows[event.name]
+        assert (event.row_id, event.generation, event.fitness, event.error) == (row.id, row.generation, row.fitness,
+                                                                                 row.error)
+        assert event.reward == row.metrics.get("reward") and event.kl == row.metrics.get("kl")
+    best = [e.best_fitness for e in log.of(events.CandidateFinished)]
+    assert best == [max((f for f in (e.fitness for e in log.of(events.CandidateFinished)[:i + 1]) if f is not None),
+                        default=None) for i in range(len(best))]
+    trains = [j for e in log.of(events.JobsQueued) for j in e.jobs if j.stage == "train"]
+    assert len(trains) == len(executor.jobs("train")) == sum(
+        1 for e in log.of(events.JobReturned) if e.result.job.stage == "train")

@@ -240,18 +240,25 @@ def test_logged_code_and_names_are_cleaned(run_dir: Path) -> None:
 
 
 def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop hands the tracker every archived row once the run (and its confirmation) is done."""
+    """The loop's events reach the tracker (its wandb display): every archived row, once the run (and its
+    confirmation) is done, and the wandb run is finished at the end."""
     from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate
     from test_loop import REFS, config, display
 
     from discopop.config.compose import compose
-    from discopop.report.tracking import Tracker
+    from discopop.report.tracking import Tracker, TrackerDisplay
+    from discopop.search.events import Displays
     from discopop.search.loop import Loop
 
     logged: list[list[Row]] = []
+    finished: list[bool] = []
     monkeypatch.setattr(Tracker, "log_results", lambda self, rows: logged.append(rows))
+    monkeypatch.setattr(Tracker, "finish", lambda self: finished.append(True))
+    per_candidate: list[str] = []
+    monkeypatch.setattr(Tracker, "log_candidate", lambda self, row_id, name, *rest: per_candidate.append(name))
     cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
-    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, display(),
+    tracker = Tracker({"mode": "disabled"}, tmp_path, {})
+    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, Displays(display(), TrackerDisplay(tracker)),
                 proposer=ScriptedProposer({1: [candidate("a")]}),
                 executor=ScriptedExecutor({**REFS, "a": Script(fitness=0.7)}), task_meta={"pairs": 64})
     try:
@@ -259,3 +266,4 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
     finally:
         loop.archive.close()
     assert len(logged) == 1 and sorted(r.name for r in logged[0]) == ["a", "dpo", "lrml"]
+    assert finished == [True] and sorted(per_candidate) == ["a", "dpo", "lrml"]

@@ -23,7 +23,7 @@ from discopop.config.compose import RunSettings, compose_settings, validate
 from discopop.execution.factory import make_executor
 from discopop.fitness.judge import with_judge
 from discopop.fitness.tuning import LrProtocol
-from discopop.report.escape import terminal
+from discopop.report.escape import clean, terminal
 from discopop.report.quiet import quiet_libraries
 from discopop.report.run import run_beta
 from discopop.search.loop import worker_spec
@@ -206,9 +206,10 @@ class _Display:
             self.cached += 1
         else:
             self.ran += 1
-        self.progress.update(self.bar, advance=1, description=f"{task} β={beta:g} {loss}")
+        # a loss's name (from a run's archive) and a fine-tune's error are untrusted: escaped for each output
+        self.progress.update(self.bar, advance=1, description=terminal(f"{task} β={beta:g} {loss}"))
         if self.lines and not cached:
             result = f"fitness {ev.fitness:.4f}" if ev.ok else f"FAILED {ev.error}"
             stamp = time.strftime("%H:%M:%S")
-            print(f"{stamp} [{self.ran + self.cached}/{self.planned_total}] {task} beta={beta:g} {loss} "
-                  f"{key.split} seed={key.seed} lr={key.learning_rate:g}: {result}", flush=True)
+            print(clean(f"{stamp} [{self.ran + self.cached}/{self.planned_total}] {task} beta={beta:g} {loss} "
+                        f"{key.split} seed={key.seed} lr={key.learning_rate:g}: {result}"), flush=True)

@@ -119,6 +119,8 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
 
     from discopop.report.display import Display
     from discopop.report.terminal_board import print_leaderboard
+    from discopop.report.tracking import Tracker, TrackerDisplay
+    from discopop.search.events import Displays
     from discopop.search.loop import Loop, RunLocked, lock_run_dir
 
     console = Console(highlight=False)
@@ -138,11 +140,14 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
 
         quiet_libraries(run_dir)
     console.print(f"run directory: {run_dir}")
+    tracker = None
     try:
         conf = cfg.confirm
         confirm_fine_tunes = (conf.top_k + 1 + conf.references) * conf.seeds  # top k, DPO, best references
+        tracker = Tracker(cfg.wandb, run_dir, cfg.to_dict())
         with Display(total, console=console, quiet=args.quiet, confirm_fine_tunes=confirm_fine_tunes) as display:
-            summary = Loop(cfg, run_dir, display).run(cfg.generations)
+            # the terminal and wandb hear the same events; the loop shows nothing itself
+            summary = Loop(cfg, run_dir, Displays(display, TrackerDisplay(tracker))).run(cfg.generations)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: discover --resume {run_dir}")
         return 130
@@ -150,6 +155,8 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return _fail("discover", f"{first} (finished candidates are kept; continue with --resume {run_dir})")
     finally:
+        if tracker is not None:
+            tracker.finish()  # the run's RunFinished already did, unless the loop never started
         lock.close()
     archive = Archive(run_dir / "archive.sqlite", create=False)
     print_leaderboard(archive, console)

@@ -1,9 +1,12 @@
 """What a person sees during a run: progress counted in fine-tunes, and one line per finished candidate.
 
+The terminal display of the loop's events (``search.events``, through ``show``): every line it prints
+passes untrusted text (names, errors from candidate code, server messages) through ``report.escape``.
+
 A run's time goes into fine-tunes (a candidate costs one to a dozen: the learning-rate screen, its climb,
 the seed race; the confirmation more), so the progress counts those, not candidates. The loop says which
-phase it is in (``set_generation``) and what finished (``finished``); the executor says which jobs were
-queued and which returned (``execution.observed``). From these the display keeps:
+phase it is in (``PhaseStarted``) and what finished (``CandidateFinished``); the executor says which jobs
+were queued and which returned (``JobsQueued``, ``JobReturned``). From these the display keeps:
 
 - fine-tunes done, and the total expected: those queued so far plus, for the candidates not yet started,
   the fine-tunes per candidate measured so far (a prior of ``PRIOR_PER_CANDIDATE`` before any), plus the
@@ -29,6 +32,18 @@ from rich.text import Text
 from discopop.archive import Row
 from discopop.execution.executors import Job, JobResult
 from discopop.report.escape import clean, terminal
+from discopop.search.events import (
+    CandidateFinished,
+    CandidateStage,
+    Event,
+    JobReturned,
+    JobsQueued,
+    Note,
+    PhaseStarted,
+    RunStopped,
+    RunWarning,
+    TransferVerdict,
+)
 from discopop.status import Status
 
 _STYLE = {Status.SCORED: "green", Status.INVALID: "yellow", Status.DUPLICATE: "cyan", Status.TRAIN_FAILED: "red",
@@ -105,8 +120,33 @@ class Display:
             self.console.print(self.status_line(), soft_wrap=True, markup=False, highlight=False)
 
     # -- events from the loop --------------------------------------------------------------------------------
+    def show(self, event: Event) -> None:
+        """Show one event of the loop; events with nothing to say on a terminal are skipped."""
+        match event:
+            case Note(text):
+                self.log(text)
+            case RunWarning(text):
+                self.console.print(f"[yellow]{terminal(text)}[/]", soft_wrap=True)
+            case PhaseStarted(label):
+                self.set_generation(label)
+            case CandidateStage():
+                self._stage(event.row_id, event.name)
+            case CandidateFinished():
+                self._finished(event.row_id, event.name, event.status, event.fitness, event.error)
+            case JobsQueued(jobs, parallelism):
+                self.jobs_queued(list(jobs), parallelism)
+            case JobReturned(result):
+                self.job_done(result)
+            case TransferVerdict():
+                self.log(f"transfer #{event.row_id} {event.name}: {event.text}")
+            case RunStopped(reason, run_dir):
+                # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
+                self.console.print(f"[yellow]run stopped: {terminal(reason)}[/]; fix the cause, then continue "
+                                   f"with: discover --resume {terminal(run_dir)}", soft_wrap=True)
+
     def log(self, message: str) -> None:
-        self.console.print(message)
+        """A progress line: shown as text, never read as markup (it may quote a name or an error)."""
+        self.console.print(terminal(message))
 
     def set_generation(self, label: str) -> None:
         with self._lock:
@@ -114,19 +154,25 @@ class Display:
             self._confirming = label.startswith("confirm")
 
     def stage(self, row: Row, stage: str) -> None:
+        self._stage(row.id, row.name)
+
+    def _stage(self, row_id: int, name: str) -> None:
         with self._lock:
-            self._started.setdefault(row.id, self.clock())
-            self._names[row.id] = row.name
+            self._started.setdefault(row_id, self.clock())
+            self._names[row_id] = name
 
     def finished(self, row: Row, status: str, fitness: float | None, error: str | None) -> None:
+        self._finished(row.id, row.name, status, fitness, error)
+
+    def _finished(self, row_id: int, name: str, status: str, fitness: float | None, error: str | None) -> None:
         with self._lock:
-            seconds = self.clock() - self._started.pop(row.id, self.clock())
+            seconds = self.clock() - self._started.pop(row_id, self.clock())
             self._candidates_done += 1
-            self._candidate_fine_tunes += self._open_fine_tunes.pop(row.id, 0)
+            self._candidate_fine_tunes += self._open_fine_tunes.pop(row_id, 0)
         style = _STYLE.get(status, "white")
         score = f"{fitness:.3f}" if fitness is not None else "  -  "
         detail = f"  {terminal(error)}" if error else ""  # model-written text: never read as markup
-        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row.id} {terminal(row.name)}{detail}",
+        self.console.print(f"[{style}]{status:>12}[/] {score}  {seconds:5.1f}s  #{row_id} {terminal(name)}{detail}",
                            soft_wrap=True)
 
     # -- events from the executor (execution.observed) -------------------------------------------------------

@@ -6,7 +6,8 @@ Offline runs are written under RUN_DIR/wandb and can be uploaded later with ``wa
 One wandb run per run directory: its id is drawn once, kept in ``RUN_DIR/wandb/RUN_ID_FILE`` and reused by every
 ``--resume``, so the resumes' offline folders sync into the same run, and two run directories that share a name
 (``outputs/run`` on two days) never merge into one. At the end of a run the fresh-seed confirmation table and the
-winner's code are logged beside the per-candidate numbers.
+winner's code are logged beside the per-candidate numbers. ``TrackerDisplay`` is how a run reaches wandb: the loop
+reports events (``search.events``) and this display decides what is logged.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from discopop.config import WANDB_MODES, WandbSettings, typed
 from discopop.report.board import leaderboard
 from discopop.report.escape import clean, code_text
 from discopop.report.run import confirmation_of, learning_rate_of, number, scored, tuned_beta, winner
+from discopop.search.events import CandidateFinished, Event, ResultsReady, RunFinished
 from discopop.search.history import seed_scores
 
 RUN_ID_FILE = "discopop_run_id"
@@ -154,3 +156,20 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+class TrackerDisplay:
+    """The loop's events as wandb logs: each finished candidate's numbers, the results once confirmed, and the end
+    of the run (``RunFinished`` finishes the wandb run). Other events are not logged."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, CandidateFinished):
+            self.tracker.log_candidate(event.row_id, event.name, event.generation, event.status, event.fitness,
+                                       {"reward": event.reward, "kl": event.kl}, event.best_fitness)
+        elif isinstance(event, ResultsReady):
+            self.tracker.log_results(list(event.rows))
+        elif isinstance(event, RunFinished):
+            self.tracker.finish()

@@ -2,7 +2,8 @@
 
 It only orchestrates: proposing is the proposer's job, the evaluation cascade is
 ``evaluate.Evaluator``'s, running candidate code is the executor's (sandboxed workers), and the
-archive is the single record of progress, which is what makes ``--resume`` exact.
+archive is the single record of progress, which is what makes ``--resume`` exact. What a person sees is
+the display's business: the loop reports typed events (``search.events``) and prints nothing itself.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.config import RunSettings, plain
 from discopop.config.variants import transfer_tasks
 from discopop.execution.executors import Executor, WorkerSpec
 from discopop.execution.factory import make_executor
 from discopop.execution.observed import ObservedExecutor
+from discopop.fitness import stats
 from discopop.fitness.judge import with_judge
 from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, shared_path
 from discopop.fitness.tuning import LrProtocol
@@ -32,15 +32,30 @@ from discopop.proposers.base import Candidate, HistoryEntry
 from discopop.proposers.gate import admit
 from discopop.proposers.llm.facts import FitnessFacts
 from discopop.proposers.reference import reference_candidate, reference_variants
-from discopop.report.display import Display
-from discopop.report.tracking import Tracker
 from discopop.sandbox import Limits
 from discopop.search.cascade import Evaluator, Outcome
 from discopop.search.confirmation import confirm
+from discopop.search.events import (
+    CandidateFinished,
+    CandidateStage,
+    ConfirmationVerdict,
+    GenerationFinished,
+    JobEvents,
+    Note,
+    PhaseFinished,
+    PhaseStarted,
+    ResultsReady,
+    RunDisplay,
+    RunFinished,
+    RunStarted,
+    RunStopped,
+    RunWarning,
+    TransferVerdict,
+)
 from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.seed_race import RacePolicy
-from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_summary
+from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_verdicts
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 
@@ -111,6 +126,17 @@ def owed_repairs(archive: Archive, proposer: str, generation: int, max_repairs: 
     return owed
 
 
+def _number(value: Any) -> float | None:
+    """A metric as a float for an event (None where it is missing or not a number)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def verdicts(comparisons: list[stats.Comparison]) -> list[ConfirmationVerdict]:
+    """The confirmation's (or the transfer's) comparisons as events, in the order they were judged."""
+    return [ConfirmationVerdict(c.candidate, c.baseline, str(c.extra.get("role", "")), c.verdict,
+                                stats.describe(c.as_dict()), c.extra.get("variant")) for c in comparisons]
+
+
 def proposals_per_generation(setting: int | str, parallelism: int) -> int:
     """``candidates_per_generation``: a number, or ``auto`` = one per worker, so a generation fills them all."""
     if setting == "auto":
@@ -163,16 +189,17 @@ class Lookahead:
 class Loop:
     """One discovery run on ``run_dir``'s archive.
 
-    ``proposer``, ``executor`` and ``task_meta`` default to what the config builds (the proposer,
-    the sandboxed worker pool, the task's facts); tests pass in-process stand-ins instead. The loop
-    closes the executor and the proposer when ``run`` ends.
+    ``display`` hears what happens (``search.events``): the terminal, wandb, a test's ``EventLog``, or
+    several as ``Displays``; the loop shows nothing itself. ``proposer``, ``executor`` and ``task_meta``
+    default to what the config builds (the proposer, the sandboxed worker pool, the task's facts); tests
+    pass in-process stand-ins instead. The loop closes the executor and the proposer when ``run`` ends.
 
     ``store``: where references' fine-tunes are kept (``fitness.result_store``); by default the store
     shared by every run, ``<cache_dir>/results.sqlite``, but only with the loop's own executor: an
     injected stand-in's results must never reach a real run. ``selection.reference_store=false``: none.
     """
 
-    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: Display, *,
+    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: RunDisplay, *,
                  proposer: Proposer | None = None,
                  executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None,
                  store: ResultCache | None = None, transfer_executor: ExecutorFactory | None = None):
@@ -191,7 +218,6 @@ class Loop:
         state = self.archive.get_state("proposer_state")
         if state is not None:
             self.proposer.load_state(state)
-        self.tracker = Tracker(self.cfg.wandb, run_dir, self.cfg.to_dict())
         self.best: float | None = None
         # Generations whose proposals are archived (one ahead of generations_done while a lookahead's are).
         self.proposed = 0
@@ -201,8 +227,14 @@ class Loop:
         # (no state saved, not closed); --resume asks that generation again from the last saved state.
         self._abandoned = False
 
+    def _note(self, text: str) -> None:
+        self.display.show(Note(text))
+
+    def _staged(self, row: Row, stage: str) -> None:
+        self.display.show(CandidateStage(row.id, row.name, stage))
+
     def _record(self, outcomes) -> list[Outcome]:
-        """Show and log each outcome as it comes; then tell the proposer, in row order.
+        """Report each outcome as it comes; then tell the proposer, in row order.
 
         Outcomes arrive in the order workers finish, which timing decides; the proposer learns of
         them in archive order, so what it sees (and so the run) does not depend on timing.
@@ -213,9 +245,10 @@ class Loop:
             row = self.archive.get(out.row_id)
             if out.fitness is not None:
                 self.best = out.fitness if self.best is None else max(self.best, out.fitness)
-            self.display.finished(row, out.status, out.fitness, out.error)
-            self.tracker.log_candidate(row.id, row.name, row.generation, out.status, out.fitness, out.metrics,
-                                       self.best)
+            metrics = out.metrics or {}
+            self.display.show(CandidateFinished(row.id, row.name, row.generation, out.status, out.fitness,
+                                                _number(metrics.get("reward")), _number(metrics.get("kl")),
+                                                out.error, self.best))
         recorded.sort(key=lambda o: o.row_id)
         if self._unobserved is not None:  # the proposer is busy with a lookahead: it hears of these after it
             self._unobserved += [out.row_id for out in recorded]
@@ -285,7 +318,7 @@ class Loop:
         """Ask the repairs a stop left owed in ``generation`` (failures whose repair was never asked)."""
         owed = owed_repairs(self.archive, self.proposer.name, generation, self.proposer.max_repairs)
         if owed:
-            self.display.log(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
+            self._note(f"asking the repairs of {len(owed)} failed candidate(s) owed since the last stop")
             self._repair(evaluator, [Outcome(r.id, r.status, r.fitness, r.error) for r, _ in owed],
                          {r.id: candidate_of(r) for r, _ in owed}, generation,
                          attempts={r.id: attempt for r, attempt in owed})
@@ -346,7 +379,7 @@ class Loop:
 
     def _variant_executor(self, name: str, task: dict[str, Any]) -> Executor:
         """A pool of workers like the run's, on the transfer variant ``task`` (built here first: workers only read)."""
-        load_task(task, log=self.display.log)
+        load_task(task, log=self._note)
         return make_executor(self.cfg.executor, worker_spec({**self.cfg.to_dict(), "task": task}))
 
     def _confirm_transfer(self) -> None:
@@ -357,24 +390,29 @@ class Loop:
             return
         factory = self.transfer_executor or (self._variant_executor if self.executor is None else None)
         if factory is None:
-            self.display.log("transfer not confirmed: an injected executor and no executor for the variants")
+            self.display.show(RunWarning("transfer not confirmed: an injected executor and no executor for the "
+                                         "variants"))
             return
-        self.display.set_generation("confirming transfer to held-out variants")
-        self.display.log(f"re-scoring the same arms on the held-out variant(s) {', '.join(n for n, _ in variants)}")
+        phase = "confirming transfer to held-out variants"
+        self.display.show(PhaseStarted(phase))
+        self._note(f"re-scoring the same arms on the held-out variant(s) {', '.join(n for n, _ in variants)}")
         def observed(name: str, task: dict[str, Any]) -> Executor:  # its fine-tunes count in the progress too
-            return ObservedExecutor(factory(name, task), self.display)
+            return ObservedExecutor(factory(name, task), JobEvents(self.display))
 
-        confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
-                         references=conf.references, log=self.display.log, prompts=conf.split)
-        for line in transfer_summary(self.archive):
-            self.display.log(f"transfer {line}")
+        comparisons = confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
+                                       references=conf.references, log=self._note, prompts=conf.split)
+        for verdict in verdicts(comparisons):
+            self.display.show(verdict)
+        for row, text in transfer_verdicts(self.archive):
+            self.display.show(TransferVerdict(row.id, row.name, text))
+        self.display.show(PhaseFinished(phase))
 
     def _load_task(self) -> Task:
         """Build (or read from the cache) the task, and say what it is."""
-        task = load_task(self.cfg.task, log=self.display.log)
+        task = load_task(self.cfg.task, log=self._note)
         ref_reward = task.meta.get("sft_heldout_reward")
         ref_text = f"reference held-out reward {ref_reward:.3f}, " if ref_reward is not None else ""
-        self.display.log(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
+        self._note(f"task '{task.name}': {ref_text}{task.meta.get('pairs')} preference pairs")
         return task
 
     def _open_store(self, device: str | None) -> StoredRuns | None:
@@ -388,7 +426,7 @@ class Loop:
             try:
                 cache = ResultCache(shared_path(self.cfg))
             except StoreError as err:
-                self.display.log(f"no reference store ({err}): references are trained")
+                self.display.show(RunWarning(f"no reference store ({err}): references are trained"))
                 return None
         return StoredRuns.for_run(self.cfg, cache, device)
 
@@ -399,7 +437,7 @@ class Loop:
         rows = [self.archive.get(i) for i in ids]
         whole = sum(1 for r in rows if r.metrics.get("cached") and not (r.metrics.get("seconds") or {}).get("runs"))
         trained = len(rows) - whole
-        self.display.log(f"baselines: {whole} from the store" + (f", {trained} trained" if trained else "")
+        self._note(f"baselines: {whole} from the store" + (f", {trained} trained" if trained else "")
                          + f" ({store.hits} fine-tunes read, {store.stored} stored in {store.cache.path})"
                          + (f"; store given up: {store.error}" if store.error else ""))
 
@@ -412,14 +450,22 @@ class Loop:
                             executor=executor, base_spec=worker_spec(self.cfg))
         self.archive.set_state("cascade", fidelity.summary())
         for stage, info in fidelity.summary().items():
-            self.display.log(f"cheap stage {stage}: " + ("filters" if info["filters"] else "orders only")
+            self._note(f"cheap stage {stage}: " + ("filters" if info["filters"] else "orders only")
                              + (f" (agreement rho {info['agreement'].get('rho')}, lower "
                                 f"{info['agreement'].get('lower')})" if info["agreement"] else
                                 " (no agreement measured for these settings)"))
         return fidelity
 
+    def _generation_finished(self, generation: int) -> None:
+        """Report a decided generation: its rows, how many scored, the best of them (read from the archive)."""
+        rows = self.archive.rows_of_generation(generation)
+        fitness = [r.fitness for r in rows if r.status == Status.SCORED and r.fitness is not None]
+        self.display.show(GenerationFinished(generation, len(rows), len(fitness), max(fitness, default=None)))
+
     def run(self, generations: int) -> RunSummary:
         started = time.perf_counter()
+        done = int(self.archive.get_state("generations_done", 0))
+        self.display.show(RunStarted(generations, self.seed, done))
         # Injected task facts (tests) mean no task object: nothing to judge, the executor scores alone.
         task = None if self.task_meta is not None else self._load_task()
         meta = dict(task.meta) if task is not None else self.task_meta
@@ -429,10 +475,11 @@ class Loop:
         store = self._open_store(getattr(executor, "device", None))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
-        executor = ObservedExecutor(executor, self.display)  # every job reaches the display (progress in fine-tunes)
+        # every job reaches the display (progress in fine-tunes)
+        executor = ObservedExecutor(executor, JobEvents(self.display))
         fidelity = self._fidelity(executor)
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
-                              on_stage=self.display.stage, race=RacePolicy.from_config(self.cfg), store=store,
+                              on_stage=self._staged, race=RacePolicy.from_config(self.cfg), store=store,
                               fidelity=fidelity)
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
@@ -440,20 +487,21 @@ class Loop:
         # lookahead the next generation is proposed while this one trains (docs/DESIGN.md, "Keeping the
         # workers busy").
         k = proposals_per_generation(self.cfg.candidates_per_generation, executor.parallelism)
-        done = int(self.archive.get_state("generations_done", 0))
         self.proposed = max(done, int(self.archive.get_state("generations_proposed", done)))
         try:
-            self.display.log("starting sandboxed workers (torch, transformers and TRL load once per worker)")
+            self._note("starting sandboxed workers (torch, transformers and TRL load once per worker)")
             executor.warm_up()
             # The generation the last stop interrupted: its rows in flight re-run, its owed repairs asked
             # (and, with lookahead, the next generation proposed meanwhile if the stop came before that).
             in_flight = [r.id for r in self.archive.pending_rows(done)]
             if in_flight:
-                self.display.log(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
+                self._note(f"re-running {len(in_flight)} candidate(s) interrupted by the last stop")
             if in_flight or done > 0:
                 self._generation(evaluator, done, in_flight, None, generations, k)
+                if done > 0:
+                    self._generation_finished(done)
             done_refs = {r.name for r in self.archive.rows_by_proposer("reference")}
-            self.display.set_generation("references")
+            self.display.show(PhaseStarted("references"))
             flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
             if flips is None:  # the diagnostic tier says its preset's rate in the task facts
                 flips = meta.get("label_noise")
@@ -463,8 +511,10 @@ class Loop:
             ids = [self._add(c, 0) for c in refs if c.name not in done_refs]
             self._evaluate_ids(evaluator, ids)
             self._say_baselines(store, ids)
+            self.display.show(PhaseFinished("references"))
             for generation in range(done + 1, generations + 1):
-                self.display.set_generation(f"generation {generation}/{generations}")
+                phase = f"generation {generation}/{generations}"
+                self.display.show(PhaseStarted(phase))
                 if self.proposed < generation:
                     proposals = self.proposer.propose(proposer_history(self.archive), k, generation)
                     ids = self._archive_proposals(proposals, generation)
@@ -473,29 +523,33 @@ class Loop:
                     rows = self.archive.rows_of_generation(generation)
                     ids, candidates = [r.id for r in rows], {r.id: candidate_of(r) for r in rows}
                 self._generation(evaluator, generation, ids, candidates, generations, k)
+                self._generation_finished(generation)
+                self.display.show(PhaseFinished(phase))
             conf = self.cfg.confirm
             if conf.seeds > 0:
-                self.display.set_generation("confirmation")
-                self.display.log(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
-                                 f"on {conf.seeds} fresh seeds and the held-back prompts")
-                confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k, references=conf.references,
-                        store=store, split=conf.split)
+                self.display.show(PhaseStarted("confirmation"))
+                self._note(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
+                           f"on {conf.seeds} fresh seeds and the held-back prompts")
+                comparisons = confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k,
+                                      references=conf.references, store=store, split=conf.split)
+                for verdict in verdicts(comparisons):
+                    self.display.show(verdict)
+                self.display.show(PhaseFinished("confirmation"))
                 self._confirm_transfer()
-            self.tracker.log_results(self.archive.rows())  # the confirmation table and the winner's code
+            self.display.show(ResultsReady(tuple(self.archive.rows())))  # the confirmation table, the winner's code
         except ProposerStop as stop:
             stopped = str(stop)
-            # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
-            self.display.console.print(f"[yellow]run stopped: {escape(stopped)}[/]; fix the cause, then continue "
-                                       f"with: discover --resume {self.run_dir}", soft_wrap=True)
+            self.display.show(RunStopped(stopped, str(self.run_dir)))
         finally:
             executor.close()
             if fidelity is not None:
                 fidelity.close()
             if store is not None and self.store is None:  # opened here (a store passed in is the caller's)
                 store.close()
-            self.tracker.finish()
             with suppress(ArchiveError):  # a stop inside propose() may have spent money: keep it counted
                 self._checkpoint()
             if not self._abandoned:  # else its thread may still be using the proposer; it dies with the process
                 self.proposer.close()
-        return RunSummary(self.run_dir, time.perf_counter() - started, stopped)
+            seconds = time.perf_counter() - started
+            self.display.show(RunFinished(seconds, stopped))
+        return RunSummary(self.run_dir, seconds, stopped)

@@ -138,11 +138,11 @@ def transfer_text(transfer: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def transfer_summary(archive: Archive) -> list[str]:
-    """One line per confirmed candidate with transfer verdicts: the loop's closing words on transfer."""
-    lines = []
+def transfer_verdicts(archive: Archive) -> list[tuple[Row, str]]:
+    """Each confirmed candidate with transfer verdicts, and those verdicts in one line (the loop reports them)."""
+    found = []
     for row in archive.rows_not_by_proposer("reference"):
         text = transfer_text(row.metrics.get("transfer"))
         if text:
-            lines.append(f"#{row.id} {row.name}: {text}")
-    return lines
+            found.append((row, text))
+    return found
