@@ -158,9 +158,9 @@ def reference_scale(refs: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[flo
     mag_c, mag_r = mag_c[keep], mag_r[keep]
     if mag_c.numel() < 2:
         return DEFAULT_SCALE
-    both, ratio = torch.cat([mag_c, mag_r]), mag_r - mag_c
+    ratio = mag_r - mag_c
     # floors on the spreads: a task whose references are all alike must not make the draw a constant
-    return (round(float(both.mean()), 6), round(max(float(both.std()), 0.25), 6),
+    return (round(float(mag_c.mean()), 6), round(max(float(mag_c.std()), 0.25), 6),
             round(float(ratio.mean()), 6), round(max(float(ratio.std()), 0.1), 6))
 
 
