@@ -16,25 +16,26 @@ whether it ever pushes the wrong way) is *measured* at the training beta and rec
 with respect to the policy log-probs on the behaviour probe. Adam ignores a positive scale and
 an added constant, so two losses with the same fingerprint train the same (see ``evaluate.py``).
 
-Two kinds of input, for two jobs. The *fixed* rows (the small and large batches of 16 from
-``make_inputs``, the 25-row value probe, the 401-point curve) stay the same for every loss and every
-run: the hostile corpus and the oracle's reply-size limits are written against them, and they hold the
-extremes that catch overflow. But a loss can recognise fixed inputs (constant reference log-probs,
-references all below one floor, one batch size) and show the checks one shape while training with
-another; the archived fingerprint, the duplicate test, the behaviour map and the proposer's feedback would
-then describe a loss that never trained. So what describes the loss (the fingerprint, the diagnostics,
-``uses_beta``) is measured on *drawn* rows, and both kinds must pass the safety checks. The drawn rows come
-from the check's seed (a run's check jobs pass the run seed, so the fingerprints deduplication compares
-share their inputs within a run; a train job's probes use the job's seed), so the same config and seed give
-the same archive. Reference log-probs are drawn log-normal around the task's own training pairs when the
-worker has a task (``reference_scale``), else around tens of nats with a spread from about 2 to 200, so
-no threshold, constant or floor separates them from what training feeds; the x grid and drift patterns
-keep their meaning (each fingerprint entry is the same point for every loss) but their rows are shuffled
-among filler rows and split into calls whose batch sizes are drawn too (``DRAWN_BATCH``, which holds the
-default training batch of 32). Policy log-probs are never above 0: an example that would be is lowered as
-a whole (its rho and drift kept), by its own excess plus a drawn margin. What a loss can still single out:
-a batch below 16 pairs (the fault tests rely on it), and real sequences' fine structure; the worker's
-probe on the training pairs' own reference log-probs (``probe_fingerprint`` with ``refs``) records that.
+Two kinds of input, for two jobs. The *fixed* rows (the small and large batches of 16 from ``make_inputs``,
+the 25-row value probe, the 401-point curve) stay the same for every loss and every run: the hostile corpus
+and the oracle's reply-size limits are written against them, and they hold the extremes that catch overflow.
+But a loss can recognise fixed inputs (constant reference log-probs, references all below one floor, one batch
+size) and show the checks one shape while training with another; the archived fingerprint, the duplicate test,
+the behaviour map and the proposer's feedback would then describe a loss that never trained. So what describes
+the loss (the fingerprint, the diagnostics, ``uses_beta``) is measured on *drawn* rows, and both kinds must
+pass the safety checks. The drawn rows come from the check's seed (a run's check jobs pass the run seed, so
+the fingerprints deduplication compares share their inputs within a run; a train job's probes use the job's
+seed), so the same config and seed give the same archive. Reference log-probs are drawn log-normal around the
+task's own training pairs when the worker has a task (``reference_scale``), else around tens of nats with a
+spread from about 2 to 200, so no threshold, constant or floor separates them from what training feeds; the x
+grid and drift patterns keep their meaning (each fingerprint entry is the same point for every loss) but their
+rows are shuffled among filler rows and split into calls whose batch sizes are drawn too (``DRAWN_BATCH``,
+which holds the default training batch of 32); the slope at rho = 0 comes from a call made entirely at policy
+= reference, as a first training step is, so a loss of batch statistics is measured where training starts.
+Policy log-probs are never above 0: an example that would be is lowered as a whole (its rho and drift kept),
+by its own excess plus a drawn margin. What a loss can still single out: a batch below 16 pairs (the fault
+tests rely on it), and real sequences' fine structure; the worker's probe on the training pairs' own reference
+log-probs (``probe_fingerprint`` with ``refs``) records that.
 
 ``fn`` is only ever called with the four tensors and a float beta, and differentiated to first
 order (``torch.autograd.grad`` without ``create_graph``).
@@ -178,7 +179,8 @@ class Probe:
     """The drawn behaviour probe: rows in call order, split into ``sizes``; where the grid and the rho = 0 rows are.
 
     ``grid`` indexes the ``PROBE_X`` x ``DRIFT_PATTERNS`` rows in canonical order (the fingerprint's entries),
-    ``at_zero`` the ``AT_ZERO`` rows where policy = reference; the rest are fillers the fingerprint ignores.
+    shuffled among fillers the fingerprint ignores; ``at_zero`` the ``AT_ZERO`` rows the diagnostics report from the
+    one call made entirely at policy = reference.
     """
 
     inputs: tuple[torch.Tensor, ...]
@@ -186,6 +188,7 @@ class Probe:
     sizes: list[int]
     grid: torch.Tensor
     at_zero: torch.Tensor
+    zero_call: int  # which call is the one at rho = 0
 
     def calls(self) -> list[tuple[torch.Tensor, ...]]:
         """The inputs of each call, ``sizes`` rows at a time."""
@@ -203,17 +206,19 @@ def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None
     n_x, n_p = len(PROBE_X), len(DRIFT_PATTERNS)
     n_grid = n_x * n_p
     layout = draw_generator(seed, "layout")
+    low, high = DRAWN_BATCH
     sizes: list[int] = []
-    while sum(sizes) < n_grid + AT_ZERO:
-        sizes.append(int(torch.randint(DRAWN_BATCH[0], DRAWN_BATCH[1] + 1, (1,), generator=layout)))
-    total = sum(sizes)
-    n_fill = total - n_grid - AT_ZERO
+    while sum(sizes) < n_grid:
+        sizes.append(int(torch.randint(low, high + 1, (1,), generator=layout)))
+    n_pool = sum(sizes)  # the grid rows among fillers; then one call at rho = 0, where training starts
+    n_zero = int(torch.randint(max(low, AT_ZERO), high + 1, (1,), generator=layout))
+    total, n_fill = n_pool + n_zero, n_pool - n_grid
     fill = draw_generator(seed, "fillers")
-    x = torch.cat([PROBE_X.repeat(n_p), torch.zeros(AT_ZERO), 6.0 * torch.rand(n_fill, generator=fill) - 3.0])
-    share = torch.cat([torch.tensor([p[0] for p in DRIFT_PATTERNS]).repeat_interleave(n_x), torch.zeros(AT_ZERO),
-                       torch.rand(n_fill, generator=fill)])
-    shift = torch.cat([torch.tensor([p[1] for p in DRIFT_PATTERNS]).repeat_interleave(n_x), torch.zeros(AT_ZERO),
-                       -torch.rand(n_fill, generator=fill)]) / beta
+    x = torch.cat([PROBE_X.repeat(n_p), 6.0 * torch.rand(n_fill, generator=fill) - 3.0, torch.zeros(n_zero)])
+    share = torch.cat([torch.tensor([p[0] for p in DRIFT_PATTERNS]).repeat_interleave(n_x),
+                       torch.rand(n_fill, generator=fill), torch.zeros(n_zero)])
+    shift = torch.cat([torch.tensor([p[1] for p in DRIFT_PATTERNS]).repeat_interleave(n_x),
+                       -torch.rand(n_fill, generator=fill), torch.zeros(n_zero)]) / beta
     if refs is None:
         ref_c, ref_r = draw_references(total, draw_generator(seed, "refs"), scale)
     else:
@@ -228,14 +233,20 @@ def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None
     margin = 0.1 + 2.0 * torch.rand(total, generator=draw_generator(seed, "margin"))
     lower = torch.where(excess > 0, excess + margin, torch.zeros_like(excess))
     rows = (pol_c - lower, pol_r - lower, ref_c - lower, ref_r - lower)
-    # policy = reference exactly on the rho = 0 rows, so rho is 0 however a loss computes it
-    zero = slice(n_grid, n_grid + AT_ZERO)
+    # policy = reference exactly in the rho = 0 call, so rho is 0 however a loss computes it; all of that call is
+    # at rho = 0 (as a first training step is), so a loss of batch statistics is measured as training starts
+    zero = slice(n_pool, total)
     rows[0][zero], rows[1][zero] = rows[2][zero], rows[3][zero]
-    order = torch.randperm(total, generator=layout)
+    calls = list(torch.randperm(n_pool, generator=layout).split(sizes))
+    calls.append(n_pool + torch.randperm(n_zero, generator=layout))
+    sizes.append(n_zero)
+    call_order = torch.randperm(len(calls), generator=layout).tolist()
+    order = torch.cat([calls[i] for i in call_order])
     where = torch.empty_like(order)
     where[order] = torch.arange(total)  # where[i]: the call-order position of canonical row i
-    return Probe(inputs=tuple(t[order].clone() for t in rows), x=x[:n_grid].clone(), sizes=sizes,
-                 grid=where[:n_grid].clone(), at_zero=where[zero].clone())
+    return Probe(inputs=tuple(t[order].clone() for t in rows), x=x[:n_grid].clone(),
+                 sizes=[sizes[i] for i in call_order], grid=where[:n_grid].clone(),
+                 at_zero=where[n_pool:n_pool + AT_ZERO].clone(), zero_call=call_order.index(len(calls) - 1))
 
 
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.Tensor:
@@ -404,7 +415,8 @@ def _where(xs: torch.Tensor) -> list[float]:
 
 
 def _uses_beta(fn: Callable, probe: Probe) -> bool:
-    """Whether the loss's values change with beta, on the probe's first drawn call."""
+    """Whether the loss's values change with beta on the probe's drawn calls away from rho = 0 (where a loss of
+    beta * rho cannot show it)."""
     with torch.no_grad():
-        inputs = probe.calls()[0]
-        return not torch.allclose(_call(fn, inputs, 0.1), _call(fn, inputs, 0.5))
+        return any(not torch.allclose(_call(fn, inputs, 0.1), _call(fn, inputs, 0.5))
+                   for i, inputs in enumerate(probe.calls()) if i != probe.zero_call)
