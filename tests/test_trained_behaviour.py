@@ -21,8 +21,9 @@ from discopop.search.loop import worker_spec
 SMALL = ["task=diagnostic", "task.contexts=64", "task.eval_contexts=64", "task.steps=20", "task.batch=64",
          "wandb.mode=disabled"]
 
-# Recognises the check's synthetic reference log-probs (all below -11 at beta 0.5) and only there acts like DPO;
-# on training inputs it adds a push on the chosen answer's log-prob the checks never saw.
+# Recognised the checks' former fixed reference log-probs (all below -11 at beta 0.5) and only there acted like DPO;
+# on training inputs it adds a push on the chosen answer's log-prob. The checks now draw their reference log-probs
+# at the task's own scale, so the checks see (and archive) the shape it trains with.
 RECOGNISER = '''
 import torch.nn.functional as F
 
@@ -30,6 +31,23 @@ import torch.nn.functional as F
 def recogniser(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
     rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
     in_training = (reference_chosen_logps > -25.0).float()
+    return -F.logsigmoid(beta * rho) - 0.5 * in_training * policy_chosen_logps
+'''
+
+
+# Recognises what no drawn distribution imitates: real pairs' fine structure (the diagnostic task's reference
+# log-probs come from a few contexts, so a batch of real pairs repeats values; drawn ones never do). Only the probe
+# on the training pairs' own reference log-probs sees its training shape, and records the drift.
+STRUCTURE_RECOGNISER = '''
+import torch.nn.functional as F
+
+
+def structure_recogniser(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps, beta):
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    ref = reference_chosen_logps
+    repeats = (ref.unsqueeze(0) == ref.unsqueeze(1)).float().sum() - ref.shape[0]
+    in_training = (repeats > 0).float()
     return -F.logsigmoid(beta * rho) - 0.5 * in_training * policy_chosen_logps
 '''
 
@@ -70,17 +88,26 @@ def test_training_jobs_report_the_drift_through_the_sandboxed_worker(one_torch_t
     cfg, _ = compose([*SMALL, "training.beta=0.5"])
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     try:
-        honest, recogniser = executor.run([
+        done = {r.job.row_id: r for r in executor.run([
             Job(1, reference_candidate("dpo").code, "train", 0, learning_rate=0.03),
             Job(2, RECOGNISER, "train", 0, learning_rate=0.03),
-        ])
+            Job(3, STRUCTURE_RECOGNISER, "train", 0, learning_rate=0.03),
+            Job(4, reference_candidate("dpo").code, "check", 0),
+            Job(5, RECOGNISER, "check", 0),
+        ])}
     finally:
         executor.close()
-    assert honest.ok and recogniser.ok, (honest.error, recogniser.error)
+    assert all(r.ok for r in done.values()), [r.error for r in done.values()]
+    honest, recogniser, structure, dpo_check, recogniser_check = (done[i] for i in range(1, 6))
     assert honest.trained.behaviour["during_training"] <= FINGERPRINT_TOL
     assert honest.trained.behaviour["on_training_refs"] <= FINGERPRINT_TOL
+    # the former-input recogniser: its probes already show the shape it trains with, and so does its archived check
     assert recogniser.trained.behaviour["during_training"] <= FINGERPRINT_TOL  # stateless: the same probe twice
-    assert recogniser.trained.behaviour["on_training_refs"] > 1e-3  # but not the shape it trains with
+    assert recogniser.trained.behaviour["on_training_refs"] <= FINGERPRINT_TOL
+    assert fingerprint_distance(recogniser_check.checked.checks["fingerprint"],
+                                dpo_check.checked.checks["fingerprint"]) > FINGERPRINT_TOL  # not archived as DPO
+    assert structure.trained.behaviour["during_training"] <= FINGERPRINT_TOL
+    assert structure.trained.behaviour["on_training_refs"] > 1e-3  # not the shape it trains with: recorded
 
 
 def test_the_trl_fine_tune_probes_on_its_precomputed_reference_log_probs(tiny_task) -> None:

@@ -165,7 +165,7 @@ class Worker:
         beta = float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             try:
-                report = check_loss(fn, seed=int(msg.get("seed", 0)), beta=beta)
+                report = check_loss(fn, seed=int(msg.get("seed", 0)), beta=beta, scale_refs=self._task_refs())
             except CheckFailed as err:
                 raise _Failure("numeric", str(err)) from None
             except BaseException as err:  # noqa: BLE001
@@ -182,7 +182,7 @@ class Worker:
         from discopop.trl import NonFiniteLoss
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
-            before = self._probe(fn, msg.get("beta"))
+            before = self._probe(fn, msg.get("beta"), seed=int(msg["seed"]))
             try:
                 result = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
                                              learning_rate=msg.get("learning_rate"), beta=msg.get("beta"),
@@ -191,7 +191,7 @@ class Worker:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
-            behaviour = self._behaviour_drift(fn, before, msg.get("beta"))
+            behaviour = self._behaviour_drift(fn, before, msg.get("beta"), int(msg["seed"]))
         score = result.score
         if not all(map(math.isfinite, (score.fitness, score.reward, score.kl))):
             raise _Failure("score", f"non-finite score (reward={score.reward}, kl={score.kl})")
@@ -220,7 +220,7 @@ class Worker:
         from discopop.sandbox.remote_loss import CandidateError
 
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
-            before = self._probe(fn, msg.get("beta"))
+            before = self._probe(fn, msg.get("beta"), seed=int(msg["seed"]))
             try:
                 reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
                                             learning_rate=msg.get("learning_rate"), beta=msg.get("beta"))
@@ -228,7 +228,7 @@ class Worker:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
-            behaviour = self._behaviour_drift(fn, before, msg.get("beta"))
+            behaviour = self._behaviour_drift(fn, before, msg.get("beta"), int(msg["seed"]))
         if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
             raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
         return TrainReply(**reply, behaviour=behaviour)
@@ -241,14 +241,29 @@ class Worker:
         beta = job_beta if job_beta is not None else getattr(self.fine_tuner, "beta", None)
         return float(beta if beta is not None else self.beta if self.beta is not None else DEFAULT_BETA)
 
-    def _probe(self, fn: Any, job_beta: float | None, refs: Any = None) -> list[float] | None:
-        """The behaviour fingerprint of the job's loss, now, at the job's beta (``checks.probe_fingerprint``)."""
+    def _task_refs(self) -> Any:
+        """The reference log-probs of the task's training pairs (chosen, rejected), or None without a task.
+
+        The drawn check inputs are drawn at their scale (``checks.reference_scale``), so a loss meets in the checks
+        the magnitudes training feeds it.
+        """
+        if self.fine_tuner is None:
+            return None
+        try:
+            return self.fine_tuner.reference_logps()
+        except Exception:  # noqa: BLE001 - a task without precomputed reference log-probs: the default scale
+            return None
+
+    def _probe(self, fn: Any, job_beta: float | None, refs: Any = None, seed: int = 0) -> list[float] | None:
+        """The behaviour fingerprint of the job's loss, now, at the job's beta (``checks.probe_fingerprint``), on
+        inputs drawn from the job's seed (the same for a job's probes, so only the loss can make them differ)."""
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import probe_fingerprint
 
-        return probe_fingerprint(fn, self._training_beta(job_beta), refs)
+        return probe_fingerprint(fn, self._training_beta(job_beta), refs, seed, scale_refs=self._task_refs())
 
-    def _behaviour_drift(self, fn: Any, before: list[float] | None, job_beta: float | None) -> dict[str, Any]:
+    def _behaviour_drift(self, fn: Any, before: list[float] | None, job_beta: float | None,
+                         seed: int = 0) -> dict[str, Any]:
         """How far the loss's behaviour moved during training and on the training pairs' own reference log-probs.
 
         1 - cosine between fingerprints (0: the shape the checks archived is the shape that trained); None where
@@ -257,12 +272,9 @@ class Worker:
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract.checks import fingerprint_distance
 
-        after = self._probe(fn, job_beta)
-        try:
-            refs = self.fine_tuner.reference_logps()
-        except Exception:  # noqa: BLE001 - a task without precomputed reference log-probs: that probe is skipped
-            refs = None
-        on_refs = self._probe(fn, job_beta, refs) if refs is not None else None
+        after = self._probe(fn, job_beta, seed=seed)
+        refs = self._task_refs()
+        on_refs = self._probe(fn, job_beta, refs, seed) if refs is not None else None
         return {"during_training": fingerprint_distance(before, after),
                 "on_training_refs": fingerprint_distance(after, on_refs)}
 

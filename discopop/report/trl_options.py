@@ -4,8 +4,9 @@ Why: a user who already trains with ``DPOConfig(loss_type=..., loss_weights=...)
 to what they run, and where it *is* one of TRL's combinations (evolution's crossovers often are weighted sums of
 two references), train it without any discopop code.
 
-How, without running candidate code here: the check job archives the loss's behaviour fingerprint (its policy
-gradients on the behaviour probe, normalised) and the norm it was normalised by. A fine-tune depends on a loss only
+How, without running candidate code here: the check job archives the loss's behaviour fingerprint (its per-example
+policy gradients on the drawn behaviour probe, normalised), the norm it was normalised by and the probe's seed and
+reference scale, so the same probe is drawn again here for the catalogue. A fine-tune depends on a loss only
 through those gradients (reference log-probs are constants), so a combination of TRL's loss types whose gradients
 on the same probe equal the archived ones to round-off trains the same. The catalogue here is TRL 1.16's
 ``loss_type`` values that are a function of one pair's four log-probs and beta, each as the ``proposals/`` file
@@ -81,28 +82,32 @@ class TrlOptions:
                 "residual": self.residual}
 
 
+Probe = tuple[float, int, tuple[float, ...]]  # beta, seed and reference scale of the drawn behaviour probe
+
+
 @lru_cache(maxsize=256)
-def _term_gradient(reference: str, beta: float, flip_rate: float | None = None,
+def _term_gradient(reference: str, probe: Probe, flip_rate: float | None = None,
                    constants: tuple[tuple[str, float], ...] = ()) -> torch.Tensor:
-    """Policy gradients of one catalogue term on the behaviour probe at ``beta``, flattened as the fingerprint is."""
+    """Policy gradients of one catalogue term on the check's behaviour probe, flattened as the fingerprint is."""
     loss = load_loss(reference_candidate(reference, flip_rate, constants=dict(constants) or None).code)
-    return behaviour_gradients(loss, beta)
+    beta, seed, scale = probe
+    return behaviour_gradients(loss, beta, seed, scale)
 
 
-def _bases(beta: float) -> list[tuple[dict[str, torch.Tensor], float | None, float | None]]:
+def _bases(probe: Probe) -> list[tuple[dict[str, torch.Tensor], float | None, float | None]]:
     """(term gradients by loss_type, label_smoothing, discopop_tau) for each point of the shared-constant grid; the
     first entry has neither constant (no robust/exo_pair/discopop term)."""
-    plain = {name: _term_gradient(ref, beta) for name, ref in PLAIN_TERMS.items()}
+    plain = {name: _term_gradient(ref, probe) for name, ref in PLAIN_TERMS.items()}
     grids: list[tuple[dict[str, torch.Tensor], float | None, float | None]] = [(plain, None, None)]
     for eps, tau in itertools.product((None, *LABEL_SMOOTHING), (None, *DISCOPOP_TAU)):
         if eps is None and tau is None:
             continue
         terms = dict(plain)
         if eps is not None:
-            terms["robust"] = _term_gradient("rdpo", beta, flip_rate=eps)
-            terms["exo_pair"] = _term_gradient("exo_pair", beta, constants=(("EPSILON", eps),))
+            terms["robust"] = _term_gradient("rdpo", probe, flip_rate=eps)
+            terms["exo_pair"] = _term_gradient("exo_pair", probe, constants=(("EPSILON", eps),))
         if tau is not None:
-            terms["discopop"] = _term_gradient("lrml", beta, constants=(("TAU", tau),))
+            terms["discopop"] = _term_gradient("lrml", probe, constants=(("TAU", tau),))
         grids.append((terms, eps, tau))
     return grids
 
@@ -128,10 +133,13 @@ def match_trl(checks: Mapping[str, Any] | None) -> TrlOptions | None:
     if not isinstance(checks, Mapping):
         return None
     fingerprint, scale, beta = checks.get("fingerprint"), checks.get("fingerprint_scale"), checks.get("beta")
+    seed, ref_scale = checks.get("probe_seed"), checks.get("probe_scale")
     if not fingerprint or not isinstance(scale, int | float) or not scale > 0 or not isinstance(beta, int | float):
         return None
+    if not isinstance(seed, int) or not isinstance(ref_scale, list) or len(ref_scale) != 4:
+        return None
     target = torch.tensor([float(v) for v in fingerprint], dtype=torch.float64) * float(scale)
-    grids = _bases(float(beta))
+    grids = _bases((float(beta), seed, tuple(float(v) for v in ref_scale)))
     if target.shape != next(iter(grids[0][0].values())).shape:
         return None  # measured on another probe (another version): nothing to compare with
     for size in range(1, MAX_TERMS + 1):
