@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 ERROR_LIMIT = 300  # characters of an error message kept in a reply or a row
 
 
@@ -19,3 +22,16 @@ def one_line(text: str, width: int) -> str:
     """
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# Categories removed from untrusted text: control characters (C0, DEL, C1: ESC starts ANSI/OSC sequences), format
+# characters (bidirectional overrides, zero-width) and line/paragraph separators.
+_DROP = {"Cc", "Cf", "Zl", "Zp"}
+_SPACE = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def clean(text: object) -> str:
+    """``text`` with line breaks as spaces and every control, format and separator character removed: what a
+    plain terminal line may show of untrusted text (``report.escape`` builds every other output kind on it)."""
+    text = _SPACE.sub(" ", str(text))
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _DROP)

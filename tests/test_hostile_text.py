@@ -143,3 +143,20 @@ def test_evaluate_progress_lines_show_a_hostile_loss_name_and_error_inert() -> N
     line = out.getvalue()
     assert "FAILED idea" in line and "[bold red]boom[/]" in line
     assert "\x1b" not in line and "\x07" not in line and line.count("\n") == 1
+
+
+def test_check_prints_a_hostile_reason_and_normalised_code_inert(tmp_path: Path, capsys, monkeypatch) -> None:
+    """What the sandbox says about a loss (its error, the rewritten code) reaches the terminal without escapes."""
+    import discopop.cli.check as check_cli
+
+    hostile = "\x1b]8;;http://evil\x07dpo\x1b]8;;\x07\x1b[2J"
+    verdicts = iter([{"valid": False, "layer": "numeric", "reason": f"raised ValueError: {hostile}"},
+                     {"valid": True, "uses_beta": True, "summary": "ok", "normalised": f"# {hostile}\nx = 1"}])
+    monkeypatch.setattr(check_cli, "check_file", lambda *a, **k: next(verdicts))
+    loss = tmp_path / "loss.py"
+    loss.write_text("x = 1\n")
+    assert main(["check", str(loss)]) == 1
+    assert main(["check", str(loss)]) == 0
+    out = capsys.readouterr()
+    assert "\x1b" not in out.err + out.out and "\x07" not in out.err + out.out
+    assert "raised ValueError: ]8;;http://evildpo]8;;[2J" in out.err and "    # ]8;;http://evildpo" in out.out

@@ -18,6 +18,7 @@ from discopop.cli.conventions import config_yaml, run_sweep, settings_lines, ver
 from discopop.config import TrainingSettings
 from discopop.config.compose import INFO_KINDS, ConfigError, create_run_dir, hydra_info, record_run, resolve_run
 from discopop.execution.gpu_check import check_gpu
+from discopop.text import clean
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3  # the run stopped for a cause outside the config (a key refused, an endpoint down, a budget)
@@ -194,9 +195,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  in TRL: {trl}")
     if verdict.get("normalised") and not args.json:
         print("  checked as rewritten from the DiscoPOP method form to the contract form:")
-        print("\n".join("    " + line for line in verdict["normalised"].splitlines()))
+        print("\n".join("    " + clean(line) for line in verdict["normalised"].splitlines()))
     if not verdict["valid"]:
-        print(f"{path}: rejected by the {verdict['layer']} layer: {verdict['reason']}", file=sys.stderr)
+        print(f"{path}: rejected by the {verdict['layer']} layer: {clean(verdict['reason'])}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,8 +6,6 @@ cell, a markdown table cell, a ``#`` comment. HTML is escaped by jinja2's autoes
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,17 +14,9 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from rich.markup import escape as _rich_escape
 
-# Categories removed from untrusted text: control characters (C0, DEL, C1: ESC starts ANSI/OSC sequences), format
-# characters (bidirectional overrides, zero-width) and line/paragraph separators.
-_DROP = {"Cc", "Cf", "Zl", "Zp"}
-_SPACE = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+from discopop.text import clean
+
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def clean(text: object) -> str:
-    """``text`` with line breaks as spaces and every control, format and separator character removed."""
-    text = _SPACE.sub(" ", str(text))
-    return "".join(ch for ch in text if unicodedata.category(ch) not in _DROP)
 
 
 def terminal(text: object) -> str:
