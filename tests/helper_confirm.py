@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from discopop.archive import Archive
+from discopop.execution.messages import TrainReply
 from discopop.proposers.base import Candidate
 from discopop.search.confirmation import fresh_seeds
 
@@ -33,3 +34,10 @@ def scored_row(arch: Archive, name: str, fitness: float, proposer: str = "evolut
     row = arch.add(Candidate(name, code or f"# {name}\n", proposer=proposer), 0 if proposer == "reference" else 1)
     arch.finish(row, "scored", fitness=fitness, metrics={"learning_rate": lr} if lr else {})
     return row
+
+
+def train_reply(**fields) -> TrainReply:
+    """A worker's train reply as a test writes it: the fields it cares about, the rest neutral (one step, KL 0)."""
+    per_prompt = list(fields.get("per_prompt", ()))
+    base = {"steps": 1, "kl_coef": 0.0, "kl": 0.0, "per_prompt_kl": [0.0] * len(per_prompt)}
+    return TrainReply(**{**base, **fields})

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from helper_confirm import train_reply
 
 from discopop.archive import Archive, ArchiveError, read_rows
 from discopop.proposers.base import Candidate
@@ -61,7 +62,7 @@ def test_evaluations_are_stored_with_the_fate_and_read_back(tmp_path: Path) -> N
     row = arch.add(Candidate("dpo", "x = 1\n", proposer="reference"), 0)
     reply = {"fitness": 0.5, "reward": 0.5, "kl": 0.2, "kl_coef": 0.5, "learning_rate": 1e-5,
              "per_prompt": [1.0, 0.0, 1.0, 0.0], "per_prompt_kl": [0.2, 0.2, 0.4, 0.0]}
-    arch.finish(row, "scored", fitness=0.4, evaluations=[Evaluation.from_reply(row, 7, "search", reply)])
+    arch.finish(row, "scored", fitness=0.4, evaluations=[Evaluation.from_reply(row, 7, "search", train_reply(**reply))])
     arch.add_evaluation(Evaluation(row, 1000, "confirm", 1e-5, error="train: loss is nan at step 3"))
     stored = arch.evaluations(row)
     assert [(e.seed, e.split, e.ok) for e in stored] == [(7, "search", True), (1000, "confirm", False)]

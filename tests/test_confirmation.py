@@ -9,7 +9,7 @@ from pathlib import Path
 import helper_confirm
 import numpy as np
 import pytest
-from helper_confirm import PROMPTS, SEEDS, scored_row
+from helper_confirm import PROMPTS, SEEDS, scored_row, train_reply
 
 from discopop.archive import Archive, Evaluation
 from discopop.config.compose import compose
@@ -29,7 +29,7 @@ def _runs(arch: Archive, row: int, accuracy: float, rng: np.random.Generator, se
         rewards = (u < accuracy + rng.normal(0, 0.01)).astype(float).tolist()
         reply = {"fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.0,
                  "per_prompt": rewards, "per_prompt_kl": [0.0] * PROMPTS, "learning_rate": 1e-5}
-        arch.add_evaluation(Evaluation.from_reply(row, seed, "confirm", reply))
+        arch.add_evaluation(Evaluation.from_reply(row, seed, "confirm", train_reply(**reply)))
 
 
 def test_jobs_use_each_rows_learning_rate_and_skip_stored_runs_even_failed_ones(archive: Archive) -> None:

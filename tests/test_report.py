@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helper_confirm import train_reply
 
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Evaluation
@@ -84,7 +85,7 @@ def _confirm(arch: Archive, winner: int, dpo: int, best: int) -> None:
             rewards = (u < accuracy).astype(float).tolist()
             reply = {"fitness": float(np.mean(rewards)), "reward": float(np.mean(rewards)), "kl": 0.0,
                      "per_prompt": rewards, "per_prompt_kl": [0.0] * 400}
-            arch.add_evaluation(Evaluation.from_reply(row, seed, "confirm", reply))
+            arch.add_evaluation(Evaluation.from_reply(row, seed, "confirm", train_reply(**reply)))
     judge(arch, [arch.get(winner)], arch.get(dpo), arch.get(best), seeds)
 
 
