@@ -82,7 +82,7 @@ def test_tuner_reply_scores_the_split_it_is_asked(dpo) -> None:
     for reply in (search, confirm):
         values = [r - 0.5 * k for r, k in zip(reply["per_prompt"], reply["per_prompt_kl"], strict=True)]
         assert reply["fitness"] == pytest.approx(sum(values) / len(values), abs=1e-5)
-        tune, rank = split_fitness(TrainReply.from_wire({"ok": True, **reply}))  # as the executor parses it
+        tune, rank = split_fitness(TrainReply(**reply))  # as the worker sends it
         assert (tune + rank) / 2 == pytest.approx(reply["fitness"], abs=1e-5)
         assert reply["kl"] > 0 and reply["learning_rate"] == 0.1 and reply["steps"] == 30
         assert {"loss_start", "loss_end", "margin_abs_q50"} <= reply["train_metrics"].keys()
