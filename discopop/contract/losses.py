@@ -28,6 +28,7 @@ from pathlib import Path
 
 from discopop.contract import allowlist
 from discopop.contract.allowlist_check import ALLOWED_IMPORTS, LossRejected, check_module
+from discopop.contract.inputs import V1_INPUTS, signature_problem
 
 LOSS_ARGS = (
     "policy_chosen_logps",
@@ -44,6 +45,7 @@ class StaticInfo:
 
     function_name: str
     uses_beta: bool
+    inputs: tuple[str, ...] = V1_INPUTS  # the tensor inputs it declares, in call order (``contract.inputs``)
 
 
 # Characters that end a line for ``str.splitlines`` (or a terminal) but not for Python's parser, or that make the
@@ -132,10 +134,12 @@ def _static_check(source: str) -> StaticInfo:
     args = fn.args
     got = tuple(a.arg for a in args.posonlyargs + args.args)
     if got != LOSS_ARGS or args.vararg or args.kwarg or args.kwonlyargs:
-        raise LossRejected(f"signature of '{fn.name}' must be ({', '.join(LOSS_ARGS)}), got ({', '.join(got)})",
-                           fn.lineno)
+        problem = "keyword-only parameters are not allowed" if args.kwonlyargs else signature_problem(got)
+        if problem or args.vararg or args.kwarg:
+            raise LossRejected(f"signature of '{fn.name}' must be ({', '.join(LOSS_ARGS)}) or a contract-v2 form: "
+                               f"{problem or 'no *args or **kwargs'}", fn.lineno)
     uses_beta = any(isinstance(n, ast.Name) and n.id == "beta" for n in ast.walk(fn))
-    return StaticInfo(function_name=fn.name, uses_beta=uses_beta)
+    return StaticInfo(function_name=fn.name, uses_beta=uses_beta, inputs=got[:-1])
 
 
 class _MethodToFunction(ast.NodeTransformer):
@@ -281,6 +285,7 @@ def load_loss(path_or_source: str | Path) -> Callable:
     fn = namespace[info.function_name]
     fn.discopop_source = source
     fn.discopop_uses_beta = info.uses_beta
+    fn.discopop_inputs = info.inputs
     return fn
 
 
