@@ -8,7 +8,8 @@ it reads, and every caller builds the same call from one table):
 
 - ``reference_chosen_logps``, ``reference_rejected_logps``: both or neither; a loss with neither is
   *reference-free* and the trainer computes no reference log-probs for it (SimPO, ORPO).
-- ``chosen_lengths``, ``rejected_lengths``: completion token counts as float tensors (length normalisation).
+- ``chosen_lengths``, ``rejected_lengths``: completion token counts as float tensors, at least 1
+  (length normalisation).
 - ``chosen_nll``: the chosen answer's mean per-token negative log-likelihood under the policy, differentiable
   (an SFT / RPO term). It is ``-policy_chosen_logps / chosen_lengths`` for the summed log-probs the trainer feeds,
   given as an input so that a loss can say "NLL" without knowing how the trainer sums.
