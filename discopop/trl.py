@@ -29,7 +29,7 @@ import torch
 from transformers.trainer_callback import TrainerState
 from trl import DPOConfig, DPOTrainer
 
-from discopop.config.references import PROPOSALS_DIR, available
+from discopop.config.references import known, reference_path
 from discopop.contract.inputs import LENGTHS, NLL, REFERENCE, call_loss, declared_inputs, needs_lengths, needs_reference
 from discopop.contract.losses import load_loss
 
@@ -76,8 +76,8 @@ def resolve_loss(loss_fn: LossFn | str | Path) -> LossFn:
     (``"lrml.py"`` is the user's own file, not the reference), or loss source text."""
     if callable(loss_fn):
         return loss_fn
-    if isinstance(loss_fn, str) and loss_fn in available():
-        return load_loss(PROPOSALS_DIR / f"{loss_fn}.py")
+    if isinstance(loss_fn, str) and loss_fn in known():
+        return load_loss(reference_path(loss_fn))
     return load_loss(loss_fn)
 
 
