@@ -18,7 +18,7 @@ from discopop.config.references import available, available_v2
 from discopop.contract import checks
 from discopop.contract.checks import check_loss
 from discopop.contract.inputs import V1_INPUTS, call_loss, declared_inputs
-from discopop.contract.losses import LossRejected, load_loss, normalise_loss, static_check
+from discopop.contract.losses import LossRejected, load_loss, normalise_loss, signature_inputs, static_check
 from discopop.fitness.diagnostic_tune import fine_tune
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import oracle_wire as wire
@@ -68,6 +68,16 @@ def test_the_method_form_normalises_with_v2_inputs() -> None:
               " - policy_rejected_logps / rejected_lengths))\n")
     info = static_check(normalise_loss(method))
     assert info.inputs == ("policy_chosen_logps", "policy_rejected_logps", "chosen_lengths", "rejected_lengths")
+
+
+def test_the_worker_reads_the_inputs_from_the_signature_alone() -> None:
+    """``signature_inputs`` (the worker's read, no allow-list walk: the oracle judges the code) agrees with the
+    static check on valid losses and reads anything else as v1 (which the oracle's LOAD refuses)."""
+    for name in (*V2_REFERENCES, "dpo", "lrml"):
+        code = reference_candidate(name).code
+        assert signature_inputs(code) == static_check(code).inputs
+    for junk in ("def f(a, b):\n    return a\n", "x = (", "def f(x):\n    return x\n\ndef g(y):\n    return y\n"):
+        assert signature_inputs(junk) == V1_INPUTS
 
 
 def test_v2_references_are_named_but_not_in_the_default_set() -> None:

@@ -142,6 +142,24 @@ def _static_check(source: str) -> StaticInfo:
     return StaticInfo(function_name=fn.name, uses_beta=uses_beta, inputs=got[:-1])
 
 
+def signature_inputs(source: str) -> tuple[str, ...]:
+    """The tensor inputs a loss's signature declares (``contract.inputs``), read without the allow-list walk.
+
+    For the trusted side of the oracle (the worker), which reads what to send from the code it sent rather than
+    from the oracle's answer, and leaves judging the code to the oracle's ``LOAD``: code whose one public function
+    has no valid v1 or v2 signature (or that does not parse) reads as v1, and the oracle refuses it anyway.
+    """
+    try:
+        tree = ast.parse(normalise_loss(source))
+    except (SyntaxError, LossRejected, RecursionError, MemoryError, ValueError):
+        return V1_INPUTS
+    public = [f for f in tree.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+    if len(public) != 1:
+        return V1_INPUTS
+    params = tuple(a.arg for a in public[0].args.posonlyargs + public[0].args.args)
+    return params[:-1] if params and signature_problem(params) is None else V1_INPUTS
+
+
 class _MethodToFunction(ast.NodeTransformer):
     """``self.beta`` -> ``beta``; any other use of ``self`` is refused (a loss has no trainer state)."""
 

@@ -116,7 +116,7 @@ class Worker:
         guard it tripped) turns the job into that failure; the link is closed after the job.
         """
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
-        from discopop.contract.losses import LossRejected, static_check
+        from discopop.contract.losses import signature_inputs
         from discopop.sandbox.remote_loss import OracleBroken, OracleLink, OracleRefused, RemoteLoss
 
         if self.control is None:
@@ -126,11 +126,8 @@ class Worker:
         try:
             try:
                 link.load(code)
-                try:  # the inputs it declares, read here from the code (executing nothing), not from the oracle
-                    inputs = static_check(code).inputs
-                except LossRejected as err:
-                    raise _Failure("static", str(err)) from None
-                yield RemoteLoss(link, fused=self.fused_backward, inputs=inputs)
+                # the inputs it declares, read here from the code's signature (executing nothing), not from the oracle
+                yield RemoteLoss(link, fused=self.fused_backward, inputs=signature_inputs(code))
             except OracleRefused as err:
                 raise _Failure(err.stage, str(err)) from None
             except OracleBroken:
