@@ -73,6 +73,11 @@ def batch(leaves: list[torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tens
 
 @pytest.fixture(scope="module")
 def ours() -> DiscoveredLossDPOTrainer:
+    return our_trainer()
+
+
+def our_trainer() -> DiscoveredLossDPOTrainer:
+    """Our trainer on a tiny model with precomputed references (read from the batch, as TRL's are here)."""
     disable_progress_bar()
     model, tokenizer = tiny_causal_lm()
     data = Dataset.from_list([{"prompt": "1+2=", "chosen": "3", "rejected": "4"}])
