@@ -6,7 +6,9 @@ the lengths and the NLL from TRL's batch, the oracle gets a ``FORWARD2`` with th
 NLL's gradient back). Both through a real loss oracle with one round trip per step, on one ``FineTuner`` (same
 task, weights, seed, data), interleaved run by run so machine load hits both alike. Reported: the mean seconds
 per training step of each (``TrainResult.step_seconds / steps``: the steps only, not the scoring), their ratio,
-and whether the two fitnesses are bit-identical (they must be: the extra terms are exactly zero).
+and whether the two fitnesses are bit-identical (they must be: the extra terms are exactly zero). ``--calls N``
+also times the loss alone, as a step calls it: the v2 inputs derived from per-token log-probs (the trainer's
+``length_inputs``), one fused forward + backward through the oracle, N times per arm, interleaved.
 
     python benchmarks/contract_v2_overhead.py --n 6 task.sft.steps=150 task.sft.n_layer=1 task.sft.n_embd=32 ...
 """
@@ -16,9 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
+import torch
+
 from discopop.config.compose import compose
+from discopop.contract.inputs import call_loss
 from discopop.contract.losses import static_check
 from discopop.fitness.training import FineTuner
 from discopop.proposers.reference import reference_candidate
@@ -26,6 +32,7 @@ from discopop.sandbox import Limits
 from discopop.sandbox.oracle_supply import OracleSupply
 from discopop.sandbox.remote_loss import OracleLink, RemoteLoss
 from discopop.tasks import load_task
+from discopop.trl import length_inputs
 
 DPO_V2 = '''import torch.nn.functional as F
 
@@ -49,9 +56,36 @@ def train(fine_tuner: FineTuner, code: str, oracles: OracleSupply, timeout: floa
     return result.step_seconds / max(1, result.steps), result.score.fitness
 
 
+def loss_calls(code: str, oracles: OracleSupply, calls: int, batch: int = 32, tokens: int = 8) -> float:
+    """Median seconds of one training step's loss work (v2 inputs from per-token log-probs, forward + backward)."""
+    oracle = oracles.take()
+    gen = torch.Generator().manual_seed(0)
+    per_token = (-torch.rand(2 * batch, tokens, generator=gen)).requires_grad_(True)
+    mask = torch.ones(2 * batch, tokens)
+    refs = -torch.rand(2, batch, generator=gen) * tokens
+    times = []
+    try:
+        link = OracleLink(oracle.sock, call_timeout=30.0)
+        link.load(code)
+        fn = RemoteLoss(link, inputs=static_check(code).inputs)
+        for _ in range(calls):
+            started = time.perf_counter()
+            chosen, rejected = per_token.sum(dim=1).chunk(2)
+            available = {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected,
+                         "reference_chosen_logps": refs[0], "reference_rejected_logps": refs[1]}
+            if len(fn.discopop_inputs) > 4:
+                available.update(length_inputs(per_token, mask, chosen.dtype))
+            call_loss(fn, available, 0.1).mean().backward()
+            times.append(time.perf_counter() - started)
+    finally:
+        oracle.close()
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=6, help="fine-tunes per arm")
+    parser.add_argument("--calls", type=int, default=0, help="also time the loss alone, this many calls per arm")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
@@ -76,6 +110,19 @@ def main() -> None:
         oracles.close()
     v1, v2 = (statistics.median(per_step[arm]) for arm in arms)
     print(f"median ms per step over {args.n} runs: v1 {v1 * 1e3:.2f}, v2 {v2 * 1e3:.2f}, ratio v2/v1 {v2 / v1:.3f}")
+    if args.calls:
+        oracles = OracleSupply(Limits())
+        oracles.prespawn()
+        try:
+            alone: dict[str, list[float]] = {arm: [] for arm in arms}
+            for _ in range(3):
+                for arm, code in arms.items():
+                    alone[arm].append(loss_calls(code, oracles, args.calls))
+        finally:
+            oracles.close()
+        a, b = (statistics.median(alone[arm]) for arm in arms)
+        print(f"the loss alone (batch 32, 8 tokens, forward + backward via the oracle), median of 3 x {args.calls}: "
+              f"v1 {a * 1e3:.3f} ms, v2 {b * 1e3:.3f} ms, ratio {b / a:.3f}")
     print(f"fitness bit-identical: {fitness['v1 (dpo)'] == fitness['v2 (dpo + 0 * lengths, nll)']} "
           f"({sorted(fitness['v1 (dpo)'])} vs {sorted(fitness['v2 (dpo + 0 * lengths, nll)'])})")
 

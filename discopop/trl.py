@@ -204,7 +204,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         available = {"policy_chosen_logps": chosen_logps, "policy_rejected_logps": rejected_logps,
                      REFERENCE[0]: ref_chosen_logps, REFERENCE[1]: ref_rejected_logps}
         if needs_lengths(declared):
-            available.update(_length_inputs(per_token, token_mask, chosen_logps.dtype))
+            available.update(length_inputs(per_token, token_mask, chosen_logps.dtype))
         per_example = call_loss(self.loss_fn, available, self.beta)
         if not isinstance(per_example, torch.Tensor) or per_example.shape != chosen_logps.shape:
             shape = list(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
@@ -238,7 +238,7 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
 
 
-def _length_inputs(per_token: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def length_inputs(per_token: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Contract-v2 inputs from the [chosen; rejected] per-token log-probs and completion mask: token counts (float,
     at least 1, as TRL's length-normalised losses clamp them) and the chosen answer's mean token NLL
     (differentiable)."""
