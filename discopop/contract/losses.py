@@ -5,7 +5,9 @@ A loss is Python source defining exactly one public function
     def name(policy_chosen_logps, policy_rejected_logps,
              reference_chosen_logps, reference_rejected_logps, beta) -> per-example losses [batch]
 
-that may import only ``torch``, ``torch.nn.functional`` and ``math``. The static check is an
+(contract v2, ``contract/inputs.py``: or the two policy log-probs, any of the references (both or neither),
+``chosen_lengths``, ``rejected_lengths``, ``chosen_nll``, in that order, then beta) that may import only
+``torch``, ``torch.nn.functional`` and ``math``. The static check is an
 allow-list (tables in ``allowlist.py``, the AST walk in ``allowlist_check.py``): it executes
 nothing, names the line of the first problem it finds, and a module that passes it only imports
 and defines things when loaded, so ``load_loss`` (which runs exactly this check first) is harmless
