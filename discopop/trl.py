@@ -29,7 +29,8 @@ import torch
 from transformers.trainer_callback import TrainerState
 from trl import DPOConfig, DPOTrainer
 
-from discopop.config.references import PROPOSALS_DIR, available
+from discopop.config.references import known, reference_path
+from discopop.contract.inputs import LENGTHS, NLL, REFERENCE, call_loss, declared_inputs, needs_lengths, needs_reference
 from discopop.contract.losses import load_loss
 
 # Batch keys TRL's collator adds that are not model inputs (mirrors DPOTrainer._compute_loss).
@@ -75,8 +76,8 @@ def resolve_loss(loss_fn: LossFn | str | Path) -> LossFn:
     (``"lrml.py"`` is the user's own file, not the reference), or loss source text."""
     if callable(loss_fn):
         return loss_fn
-    if isinstance(loss_fn, str) and loss_fn in available():
-        return load_loss(PROPOSALS_DIR / f"{loss_fn}.py")
+    if isinstance(loss_fn, str) and loss_fn in known():
+        return load_loss(reference_path(loss_fn))
     return load_loss(loss_fn)
 
 
@@ -93,6 +94,12 @@ def _ignored_loss_type(config: DPOConfig) -> str | None:
 class DiscoveredLossDPOTrainer(DPOTrainer):
     """``DPOTrainer`` whose per-example loss is ``loss_fn(policy_chosen_logps, policy_rejected_logps,
     reference_chosen_logps, reference_rejected_logps, beta)``; all other arguments are DPOTrainer's.
+
+    A contract-v2 loss (``discopop.contract.inputs``) gets what its signature declares: completion token counts
+    (``chosen_lengths``/``rejected_lengths``, from the completion mask), the chosen answer's mean token NLL
+    (``chosen_nll``, from the policy's per-token log-probs, differentiable), and no reference log-probs when it
+    takes none: then the reference forward is skipped (TRL 1.16's ``DPOConfig`` has no ``reference_free``
+    switch; the reference model TRL builds at construction stays unless PEFT or ``precompute_ref_log_probs``).
 
     ``args.loss_type`` (and ``loss_weights``) is ignored, with a warning (the loss is ``loss_fn``: a callable, a loss
     file or source, or a reference name such as ``"lrml"``); TRL's usual metrics
@@ -163,6 +170,12 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
     def _policy_forward(self, model, inputs: dict[str, torch.Tensor]):
         """Summed completion log-probs of the [chosen; rejected] batch as TRL computes them, plus the MoE
         router loss TRL would add (``None`` for dense models), so MoE runs optimise the same objective."""
+        per_token, _, aux_loss = self._policy_token_logps(model, inputs)
+        return per_token.sum(dim=1), aux_loss
+
+    def _policy_token_logps(self, model, inputs: dict[str, torch.Tensor]):
+        """Per-token completion log-probs of the [chosen; rejected] batch, their (shifted) completion mask, and the
+        MoE router loss (``None`` for dense models)."""
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         model_kwargs["use_cache"] = False
         if self.aux_loss_enabled:
@@ -172,20 +185,27 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = completion_mask.size(1) - 1
         aux_loss = outputs.aux_loss if self.aux_loss_enabled else None
-        return outputs.log_probs[:, -seq_len:].sum(dim=1), aux_loss
+        return outputs.log_probs[:, -seq_len:], completion_mask[:, -seq_len:], aux_loss
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        logps, aux_loss = self._policy_forward(model, inputs)
-        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        declared = declared_inputs(self.loss_fn)
+        per_token, token_mask, aux_loss = self._policy_token_logps(model, inputs)
+        chosen_logps, rejected_logps = per_token.sum(dim=1).chunk(2, dim=0)
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
+        elif needs_reference(declared):
             # With PEFT and no ref_model, TRL's compute_ref_log_probs runs `model` with adapters disabled
             # (or with its frozen "ref" adapter), so the policy doubles as the reference.
             ref_model = self.ref_model if self.ref_model is not None else model
             ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(ref_model, inputs)
-        per_example = self.loss_fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, self.beta)
+        else:  # reference-free: no reference forward; the logged rewards are beta * policy log-probs, as TRL's CPO's
+            ref_chosen_logps, ref_rejected_logps = torch.zeros_like(chosen_logps), torch.zeros_like(rejected_logps)
+        available = {"policy_chosen_logps": chosen_logps, "policy_rejected_logps": rejected_logps,
+                     REFERENCE[0]: ref_chosen_logps, REFERENCE[1]: ref_rejected_logps}
+        if needs_lengths(declared):
+            available.update(length_inputs(per_token, token_mask, chosen_logps.dtype))
+        per_example = call_loss(self.loss_fn, available, self.beta)
         if not isinstance(per_example, torch.Tensor) or per_example.shape != chosen_logps.shape:
             shape = list(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
             raise ValueError(f"loss_fn returned {shape}, expected a tensor of shape {list(chosen_logps.shape)}")
@@ -216,3 +236,15 @@ class DiscoveredLossDPOTrainer(DPOTrainer):
             self.step_margins.append(gather(chosen_rewards - rejected_rewards).float().cpu())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+
+
+def length_inputs(per_token: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Contract-v2 inputs from the [chosen; rejected] per-token log-probs and completion mask: token counts (float,
+    at least 1, as TRL's length-normalised losses clamp them) and the chosen answer's mean token NLL
+    (differentiable)."""
+    mask = token_mask.to(per_token.dtype)
+    counts = mask.sum(dim=1).clamp(min=1.0)
+    chosen_sum = (per_token * mask).sum(dim=1).chunk(2, dim=0)[0]
+    chosen_len, rejected_len = counts.chunk(2, dim=0)
+    nll = -chosen_sum / chosen_len
+    return {LENGTHS[0]: chosen_len.to(dtype), LENGTHS[1]: rejected_len.to(dtype), NLL: nll.to(dtype)}

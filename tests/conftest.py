@@ -33,6 +33,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_hostile_corpus.py", "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py",
         "test_hostile_text.py", "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
         "test_trained_behaviour.py",
+        "test_contract_v2.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_diagnostic_kl.py", "test_diagnostic_run.py",
@@ -43,6 +44,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_seed_race.py", "test_tasks.py", "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py",
         "test_trl_adapter.py", "test_trl_loss_parity.py", "test_trl_options.py", "test_trl_parity_more.py",
         "test_trl_peft.py",
+        "test_contract_v2_parity.py",
     ),
 }
 

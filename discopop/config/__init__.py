@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
 from discopop.config.cascade import CascadeSettings
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
-from discopop.config.references import available
+from discopop.config.references import known
 from discopop.config.task import (
     DiagnosticTaskSettings,
     HubTaskSettings,
@@ -162,8 +162,8 @@ class RunSettings:
         """Every check of every group, once, before anything is written (``ConfigError``: one line)."""
         require(self.generations >= 0, f"generations must be >= 0, got {self.generations}")
         check_count(self.candidates_per_generation, "candidates_per_generation", 1)
-        unknown = [n for n in self.baselines if n not in available()]
-        require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(available())})")
+        unknown = [n for n in self.baselines if n not in known()]
+        require(not unknown, f"unknown baseline(s) {', '.join(unknown)} (available: {', '.join(known())})")
         require("dpo" in self.baselines, "baselines must include dpo (the fresh-seed confirmation compares to it)")
         for group, key, _ in GROUP_KEYS:
             check_group(group, getattr(getattr(self, group), key), type(getattr(self, group)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from discopop.config.base import ConfigError, is_env_name, is_int, is_number, is_url, require, setting
-from discopop.config.references import available
+from discopop.config.references import known
 
 # archive: a fresh prompt from the archive; conversation: one running chat; none: no feedback (the control arm)
 OPENAI_HISTORY_MODES = ("archive", "conversation", "none")
@@ -201,9 +201,9 @@ class ReferenceSettings:
     names: list[str] | None = setting(None, "Reference losses to replay, in order; null: every file in proposals/.")
 
     def check(self) -> None:
-        unknown = [n for n in self.names or [] if n not in available()]
+        unknown = [n for n in self.names or [] if n not in known()]
         require(not unknown, f"proposer.names: unknown reference loss(es) {', '.join(unknown)} "
-                             f"(available: {', '.join(available())})")
+                             f"(available: {', '.join(known())})")
 
     def kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "name"}

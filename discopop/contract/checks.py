@@ -37,8 +37,12 @@ by its own excess plus a drawn margin. What a loss can still single out: a batch
 tests rely on it), and real sequences' fine structure; the worker's probe on the training pairs' own reference
 log-probs (``probe_fingerprint`` with ``refs``) records that.
 
-``fn`` is only ever called with the four tensors and a float beta, and differentiated to first
-order (``torch.autograd.grad`` without ``create_graph``).
+``fn`` is only ever called with the tensors it declares (``contract.inputs``: the four log-probs for a v1 loss)
+and a float beta, and differentiated to first order (``torch.autograd.grad`` without ``create_graph``). A contract-v2
+loss's extra inputs are fed on every row: token counts drawn from the check's seed (``draw_lengths``, log-uniform
+over 1 to 128 tokens; their own generator, so a v1 loss's draws and fingerprint are unchanged) and the chosen NLL
+``-policy_chosen / chosen_lengths``, computed from the policy leaf so that its gradient reaches the fingerprint as it
+reaches the policy in training; a reference-free loss is simply not passed the references.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from typing import Any
 import torch
 
 from discopop.config.training import TrainingSettings
+from discopop.contract.inputs import LENGTHS, NLL, declared_inputs, is_v1, needs_lengths
 
 BATCH = 16
 BETAS = (0.1, 0.5)  # every check runs at these and at the training beta: a loss must be sound across them
@@ -102,7 +107,9 @@ DRAWN_BATCH = (16, 64)
 # The drawn references without a task: log-normal magnitudes (median 20 nats, ~95% within 2 to 220 nats), the
 # rejected side's log-magnitude near the chosen one's: (mean, sd of log|ref_c|, mean, sd of log|ref_r/ref_c|).
 DEFAULT_SCALE = (3.0, 1.2, 0.0, 0.3)
-_PURPOSES = {"layout": 1, "refs": 2, "fillers": 3, "margin": 4, "pick": 5}
+_PURPOSES = {"layout": 1, "refs": 2, "fillers": 3, "margin": 4, "pick": 5, "lengths": 6}
+MAX_LENGTH = 128  # the drawn completion lengths of a contract-v2 loss: log-uniform integers in [1, MAX_LENGTH]
+PROBE_LENGTHS = (8.0, 10.0)  # the fixed value probe's completion lengths (chosen, rejected)
 FINGERPRINT_DECIMALS = 7  # of a unit vector with 140 entries of ~0.08: ~1e-6 relative per entry
 ROUND_OFF = 1e-6  # relative float32 error of a gradient (eps 1.2e-7, a few ops): below it, a slope is 0
 
@@ -111,7 +118,7 @@ def loss_curve(fn: Callable) -> dict[str, list[float]]:
     """loss(x) and its derivative at x = beta * rho in [-10, 10] (policy_chosen = x, rest 0, beta = 1)."""
     x = torch.linspace(-10.0, 10.0, CURVE_POINTS, requires_grad=True)
     zeros = torch.zeros_like(x)
-    loss = _call(fn, (x, zeros, zeros, zeros), 1.0)
+    loss = _call(fn, (x, zeros, zeros, zeros), 1.0)  # a v2 loss: one-token answers (lengths 1)
     (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
     grad = torch.zeros_like(x) if grad is None else grad
     return {"loss": [round(float(v), 6) for v in loss.detach()], "grad": [round(float(v), 6) for v in grad]}
@@ -128,6 +135,13 @@ def make_inputs(batch: int, scale: str, seed: int) -> tuple[torch.Tensor, ...]:
         ratio = torch.randn(2, batch, generator=gen) * 30.0
     pol = ref + ratio
     return pol[0].clone(), pol[1].clone(), ref[0].clone(), ref[1].clone()
+
+
+def draw_lengths(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` (chosen, rejected) completion token counts, float, log-uniform integers in [1, MAX_LENGTH]."""
+    logs = torch.rand(2, n, generator=gen) * torch.log(torch.tensor(float(MAX_LENGTH)))
+    lengths = logs.exp().round().clamp(1.0, float(MAX_LENGTH))
+    return lengths[0].clone(), lengths[1].clone()
 
 
 def probe_inputs() -> tuple[torch.Tensor, ...]:
@@ -195,10 +209,15 @@ class Probe:
     grid: torch.Tensor
     at_zero: torch.Tensor
     zero_call: int  # which call is the one at rho = 0
+    lengths: tuple[torch.Tensor, torch.Tensor] | None = None  # (chosen, rejected) token counts, call order
 
     def calls(self) -> list[tuple[torch.Tensor, ...]]:
-        """The inputs of each call, ``sizes`` rows at a time."""
+        """The four log-prob inputs of each call, ``sizes`` rows at a time."""
         return list(zip(*(t.split(self.sizes) for t in self.inputs), strict=True))
+
+    def full_calls(self) -> list[tuple[torch.Tensor, ...]]:
+        """Each call's four log-probs and, where drawn, its two length tensors (what ``_call`` takes)."""
+        return list(zip(*(t.split(self.sizes) for t in (*self.inputs, *(self.lengths or ()))), strict=True))
 
 
 def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0,
@@ -250,13 +269,31 @@ def behaviour_inputs(beta: float, refs: tuple[torch.Tensor, torch.Tensor] | None
     order = torch.cat([calls[i] for i in call_order])
     where = torch.empty_like(order)
     where[order] = torch.arange(total)  # where[i]: the call-order position of canonical row i
+    # their own generator, drawn last: the other draws (and so every v1 loss's fingerprint) are as before
+    lengths = draw_lengths(total, draw_generator(seed, "lengths"))
     return Probe(inputs=tuple(t[order].clone() for t in rows), x=x[:n_grid].clone(),
                  sizes=[sizes[i] for i in call_order], grid=where[:n_grid].clone(),
-                 at_zero=where[n_pool:n_pool + AT_ZERO].clone(), zero_call=call_order.index(len(calls) - 1))
+                 at_zero=where[n_pool:n_pool + AT_ZERO].clone(), zero_call=call_order.index(len(calls) - 1),
+                 lengths=(lengths[0][order].clone(), lengths[1][order].clone()))
+
+
+def loss_inputs(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The tensors ``fn`` declares, from (policy_chosen, policy_rejected, ref_chosen, ref_rejected[, chosen_lengths,
+    rejected_lengths]): lengths 1 where none are given; the chosen NLL from the policy tensor (its gradient flows)."""
+    declared = declared_inputs(fn)
+    if is_v1(declared):
+        return tuple(inputs[:4])
+    available = dict(zip(("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps",
+                          "reference_rejected_logps"), inputs[:4], strict=True))
+    if needs_lengths(declared):
+        lengths = inputs[4:6] if len(inputs) >= 6 else (torch.ones_like(inputs[0]), torch.ones_like(inputs[1]))
+        chosen_len, rejected_len = (t.to(inputs[0].dtype) for t in lengths)
+        available.update({LENGTHS[0]: chosen_len, LENGTHS[1]: rejected_len, NLL: -inputs[0] / chosen_len})
+    return tuple(available[name] for name in declared)
 
 
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: float) -> torch.Tensor:
-    out = fn(*inputs, beta)
+    out = fn(*loss_inputs(fn, inputs), beta)
     problem = contract_problem(out, inputs[0].shape[0])
     if problem:
         raise CheckFailed(problem)
@@ -284,13 +321,15 @@ def check_loss(fn: Callable, seed: int = 0, beta: float | None = None,
 
 def _check_loss(fn: Callable, seed: int, beta: float, scale: tuple[float, float, float, float]) -> CheckReport:
     report = CheckReport(beta=beta)
+    # a contract-v2 loss's lengths on the fixed rows: drawn from the seed (a v1 loss gets none, as always)
+    lengths = draw_lengths(BATCH, draw_generator(seed, "lengths")) if needs_lengths(declared_inputs(fn)) else ()
     # the fixed safety rows first, exactly as always (the hostile corpus and the oracle's reply sizes rely on them)
     for scale_name in ("small", "large"):
         for check_beta in sorted({*BETAS, beta}):
             inputs = make_inputs(BATCH, scale_name, seed)
             originals = [t.clone() for t in inputs]
             leaves = [t.clone().requires_grad_(i < 2) for i, t in enumerate(inputs)]
-            out = _call(fn, tuple(leaves), check_beta)
+            out = _call(fn, (*leaves, *lengths), check_beta)
             if any(not torch.equal(a.detach(), b) for a, b in zip(leaves, originals, strict=True)):
                 raise CheckFailed("mutated its input tensors in place")
             if not torch.isfinite(out).all():
@@ -304,7 +343,7 @@ def _check_loss(fn: Callable, seed: int, beta: float, scale: tuple[float, float,
                 raise CheckFailed(f"non-finite gradients on {scale_name} inputs (beta={check_beta})")
             if scale_name == "small" and all(float(g.abs().max()) == 0.0 for g in grads):
                 raise CheckFailed(f"gradient is zero everywhere on small inputs (beta={check_beta})")
-            again = _call(fn, tuple(t.detach().clone() for t in inputs), check_beta)
+            again = _call(fn, (*(t.detach().clone() for t in inputs), *lengths), check_beta)
             if not torch.equal(again, out.detach()):
                 raise CheckFailed("not deterministic: two calls on the same inputs differ")
     # what describes the loss is measured on the drawn rows, which must pass the same safety checks
@@ -320,8 +359,10 @@ def _check_loss(fn: Callable, seed: int, beta: float, scale: tuple[float, float,
     report.probe_seed, report.probe_scale = int(seed), [float(v) for v in scale]
     report.diagnostics = diagnose(beta, grid_c, grid_r, probe.x, report.uses_beta,
                                   (per_c[probe.at_zero], per_r[probe.at_zero]))
+    fixed = probe_inputs()
+    fixed_lengths = tuple(torch.full_like(fixed[0], n) for n in PROBE_LENGTHS)
     with torch.no_grad():
-        report.probe = [round(float(v), 6) for v in _call(fn, probe_inputs(), beta)]
+        report.probe = [round(float(v), 6) for v in _call(fn, (*fixed, *fixed_lengths), beta)]
     report.curve = loss_curve(fn)
     return report
 
@@ -330,7 +371,7 @@ def _policy_gradients(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: floa
                       where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """d mean loss / d policy_chosen and / d policy_rejected (finite, else a rejection naming ``where``)."""
     pc, pr = (t.clone().requires_grad_(True) for t in inputs[:2])
-    out = _call(fn, (pc, pr, inputs[2].clone(), inputs[3].clone()), beta)
+    out = _call(fn, (pc, pr, *(t.clone() for t in inputs[2:])), beta)
     if not torch.isfinite(out).all():
         raise CheckFailed(f"non-finite loss values {where} (beta={beta})")
     grad_c, grad_r = torch.autograd.grad(out.mean(), (pc, pr), allow_unused=True)
@@ -343,7 +384,7 @@ def _policy_gradients(fn: Callable, inputs: tuple[torch.Tensor, ...], beta: floa
 
 def _probe_gradients(fn: Callable, probe: Probe, beta: float, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example gradients (d loss_i / d policy log-probs, each call's mean-gradient times its size), call order."""
-    parts = [_policy_gradients(fn, inputs, beta, where) for inputs in probe.calls()]
+    parts = [_policy_gradients(fn, inputs, beta, where) for inputs in probe.full_calls()]
     return (torch.cat([g * n for (g, _), n in zip(parts, probe.sizes, strict=True)]),
             torch.cat([g * n for (_, g), n in zip(parts, probe.sizes, strict=True)]))
 
@@ -435,4 +476,4 @@ def _uses_beta(fn: Callable, probe: Probe) -> bool:
     beta * rho cannot show it)."""
     with torch.no_grad():
         return any(not torch.allclose(_call(fn, inputs, 0.1), _call(fn, inputs, 0.5))
-                   for i, inputs in enumerate(probe.calls()) if i != probe.zero_call)
+                   for i, inputs in enumerate(probe.full_calls()) if i != probe.zero_call)

@@ -5,7 +5,9 @@ A loss is Python source defining exactly one public function
     def name(policy_chosen_logps, policy_rejected_logps,
              reference_chosen_logps, reference_rejected_logps, beta) -> per-example losses [batch]
 
-that may import only ``torch``, ``torch.nn.functional`` and ``math``. The static check is an
+(contract v2, ``contract/inputs.py``: or the two policy log-probs, any of the references (both or neither),
+``chosen_lengths``, ``rejected_lengths``, ``chosen_nll``, in that order, then beta) that may import only
+``torch``, ``torch.nn.functional`` and ``math``. The static check is an
 allow-list (tables in ``allowlist.py``, the AST walk in ``allowlist_check.py``): it executes
 nothing, names the line of the first problem it finds, and a module that passes it only imports
 and defines things when loaded, so ``load_loss`` (which runs exactly this check first) is harmless
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from discopop.contract import allowlist
 from discopop.contract.allowlist_check import ALLOWED_IMPORTS, LossRejected, check_module
+from discopop.contract.inputs import V1_INPUTS, signature_problem
 
 LOSS_ARGS = (
     "policy_chosen_logps",
@@ -44,6 +47,7 @@ class StaticInfo:
 
     function_name: str
     uses_beta: bool
+    inputs: tuple[str, ...] = V1_INPUTS  # the tensor inputs it declares, in call order (``contract.inputs``)
 
 
 # Characters that end a line for ``str.splitlines`` (or a terminal) but not for Python's parser, or that make the
@@ -132,10 +136,30 @@ def _static_check(source: str) -> StaticInfo:
     args = fn.args
     got = tuple(a.arg for a in args.posonlyargs + args.args)
     if got != LOSS_ARGS or args.vararg or args.kwarg or args.kwonlyargs:
-        raise LossRejected(f"signature of '{fn.name}' must be ({', '.join(LOSS_ARGS)}), got ({', '.join(got)})",
-                           fn.lineno)
+        problem = "keyword-only parameters are not allowed" if args.kwonlyargs else signature_problem(got)
+        if problem or args.vararg or args.kwarg:
+            raise LossRejected(f"signature of '{fn.name}' must be ({', '.join(LOSS_ARGS)}) or a contract-v2 form: "
+                               f"{problem or 'no *args or **kwargs'}", fn.lineno)
     uses_beta = any(isinstance(n, ast.Name) and n.id == "beta" for n in ast.walk(fn))
-    return StaticInfo(function_name=fn.name, uses_beta=uses_beta)
+    return StaticInfo(function_name=fn.name, uses_beta=uses_beta, inputs=got[:-1])
+
+
+def signature_inputs(source: str) -> tuple[str, ...]:
+    """The tensor inputs a loss's signature declares (``contract.inputs``), read without the allow-list walk.
+
+    For the trusted side of the oracle (the worker), which reads what to send from the code it sent rather than
+    from the oracle's answer, and leaves judging the code to the oracle's ``LOAD``: code whose one public function
+    has no valid v1 or v2 signature (or that does not parse) reads as v1, and the oracle refuses it anyway.
+    """
+    try:
+        tree = ast.parse(normalise_loss(source))
+    except (SyntaxError, LossRejected, RecursionError, MemoryError, ValueError):
+        return V1_INPUTS
+    public = [f for f in tree.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+    if len(public) != 1:
+        return V1_INPUTS
+    params = tuple(a.arg for a in public[0].args.posonlyargs + public[0].args.args)
+    return params[:-1] if params and signature_problem(params) is None else V1_INPUTS
 
 
 class _MethodToFunction(ast.NodeTransformer):
@@ -281,6 +305,7 @@ def load_loss(path_or_source: str | Path) -> Callable:
     fn = namespace[info.function_name]
     fn.discopop_source = source
     fn.discopop_uses_beta = info.uses_beta
+    fn.discopop_inputs = info.inputs
     return fn
 
 

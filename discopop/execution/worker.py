@@ -95,7 +95,7 @@ class Worker:
             self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
-        from discopop.contract import checks  # noqa: F401 - imported before the guard closes the door
+        from discopop.contract import checks, losses  # noqa: F401 - imported before the guard closes the door
         from discopop.sandbox import (
             remote_loss,  # noqa: F401 - imported before the guard closes the door
             seal,
@@ -116,6 +116,7 @@ class Worker:
         guard it tripped) turns the job into that failure; the link is closed after the job.
         """
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.contract.losses import signature_inputs
         from discopop.sandbox.remote_loss import OracleBroken, OracleLink, OracleRefused, RemoteLoss
 
         if self.control is None:
@@ -125,7 +126,8 @@ class Worker:
         try:
             try:
                 link.load(code)
-                yield RemoteLoss(link, fused=self.fused_backward)
+                # the inputs it declares, read here from the code's signature (executing nothing), not from the oracle
+                yield RemoteLoss(link, fused=self.fused_backward, inputs=signature_inputs(code))
             except OracleRefused as err:
                 raise _Failure(err.stage, str(err)) from None
             except OracleBroken:

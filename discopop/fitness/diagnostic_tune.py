@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from discopop.contract.inputs import call_loss, declared_inputs, needs_lengths
 from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, from_config, pairs, split_contexts, world
 
 LossFn = Callable[..., torch.Tensor]
@@ -59,6 +60,18 @@ def batch_order(total: int, batch: int, steps: int, seed: int) -> torch.Tensor:
     return flat[: steps * batch].view(steps, batch)
 
 
+def _loss_inputs(lengths: bool, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                 ref_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a loss may declare (``contract.inputs``) on the bandit: an answer is one action, so its length is 1 and
+    the chosen NLL is minus the chosen action's log-prob (differentiable)."""
+    available = {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected,
+                 "reference_chosen_logps": ref_chosen, "reference_rejected_logps": ref_rejected}
+    if lengths:
+        ones = torch.ones_like(chosen.detach())
+        available.update({"chosen_lengths": ones, "rejected_lengths": ones.clone(), "chosen_nll": -chosen})
+    return available
+
+
 def fine_tune(loss_fn: LossFn, setting: DiagnosticSetting, *, seed: int, lr: float, beta: float | None = None,
               steps: int | None = None, batch: int | None = None) -> DiagnosticResult:
     """Train the policy from the reference with Adam on ``loss_fn`` and return its exact scores.
@@ -77,11 +90,13 @@ def fine_tune(loss_fn: LossFn, setting: DiagnosticSetting, *, seed: int, lr: flo
     weights = torch.zeros(s.features, s.actions, dtype=DTYPE, requires_grad=True)
     optimiser = torch.optim.Adam([weights], lr=float(lr))
     losses: list[torch.Tensor] = []
+    lengths = needs_lengths(declared_inputs(loss_fn))  # a contract-v2 loss's lengths and chosen NLL
     for step, idx in enumerate(order):
         logp = torch.log_softmax(ref[idx] + feats[idx] @ weights, dim=1)
         chosen = logp.gather(1, data.chosen[idx, None]).squeeze(1)
         rejected = logp.gather(1, data.rejected[idx, None]).squeeze(1)
-        per_example = loss_fn(chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta)
+        per_example = call_loss(loss_fn, _loss_inputs(lengths, chosen, rejected, ref_chosen[idx], ref_rejected[idx]),
+                                beta)
         if not isinstance(per_example, torch.Tensor) or per_example.shape != chosen.shape:
             shape = list(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
             raise DiagnosticFailure(f"loss returned {shape}, expected a tensor of shape {list(chosen.shape)}")

@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from discopop.config.references import PROPOSALS_DIR, available
+from discopop.config.references import PROPOSALS_DIR, available, known, reference_path
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 
 __all__ = ["PROPOSALS_DIR", "TUNABLE_CONSTANTS", "ReferenceProposer", "available", "constant_variants",
@@ -40,6 +40,9 @@ TUNABLE_CONSTANTS: dict[str, dict[str, str]] = {
     "aql": {"START_QUANTILE": "weight", "QUANTILE_RATE": "weight", "SCALE": "scale"},
     "aqfl": {"QUANTILE_RATE": "weight", "DISTANCE_SCALE": "scale", "SCALE": "scale"},
     "exo_pair": {"EPSILON": "weight"},
+    # contract v2 (proposals/v2/): SimPO's target margin, RPO's NLL weight; ORPO's lambda is its beta
+    "simpo": {"GAMMA": "scale"},
+    "rpo": {"ALPHA": "scale"},
 }
 DEFAULT_STEP = 3.0
 
@@ -66,7 +69,7 @@ def constant_variants(name: str, step: float = DEFAULT_STEP) -> list[dict[str, f
     declared = TUNABLE_CONSTANTS.get(name, {})
     if not declared:
         return [{}]
-    source = (PROPOSALS_DIR / f"{name}.py").read_text()
+    source = reference_path(name).read_text()
     variants: list[dict[str, float]] = [{}]
     for constant, kind in declared.items():
         value = _constant(source, constant)
@@ -86,9 +89,9 @@ def reference_candidate(name: str, flip_rate: float | None = None,
     ``constants``: other declared constants to set (``TUNABLE_CONSTANTS``, e.g. ``{"TAU": 0.15}`` for LRML),
     rewritten the same way.
     """
-    path = PROPOSALS_DIR / f"{name}.py"
+    path = reference_path(name)
     if not path.is_file():
-        raise ValueError(f"unknown reference loss '{name}' (available: {', '.join(available())})")
+        raise ValueError(f"unknown reference loss '{name}' (available: {', '.join(known())})")
     source = path.read_text()
     constant = NOISE_CONSTANTS.get(name)
     if constant is not None and flip_rate is not None:

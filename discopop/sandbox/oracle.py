@@ -55,6 +55,7 @@ class Oracle:
         from discopop.sandbox.state_watch import StateWatch
 
         self.fn: Any = None
+        self.slots: tuple[int, ...] = (0, 1, 2, 3)  # the input slots the loaded loss declares (contract v2)
         self.last: tuple[bytes, list[Any], Any] | None = None  # (forward id, leaves, output)
         # Every job's loss meets the same global RNG state (a loss may draw with rand_like): torch seeds its default
         # generator from the OS at start-up, so without this a fresh oracle per job was not reproducible either.
@@ -87,13 +88,14 @@ class Oracle:
             raise _Stop(wire.ERR_STATIC, str(err)) from None
         except BaseException as err:  # noqa: BLE001 - module top level of untrusted code
             raise _Stop(wire.ERR_LOAD, f"error while loading the module: {error_line(err)}") from None
+        from discopop.contract.inputs import TENSOR_INPUTS  # lazy: the oracle imports the contract once locked down
+
+        self.slots = tuple(TENSOR_INPUTS.index(name) for name in self.fn.discopop_inputs)
         return b"", 0, 0
 
     def forward(self, request_id: bytes, mask: int, payload: bytes) -> tuple[bytes, int, int]:
-        import torch  # lazy: the oracle imports torch and the checks only once locked down
-
-        from discopop.contract.checks import contract_problem
-
+        if self.slots != (0, 1, 2, 3):
+            raise _Stop(wire.ERR_CONTRACT, "the loss takes contract-v2 inputs; it was sent the four log-probs only")
         beta, batch, *codes, weight = wire.FORWARD_HEAD.unpack_from(payload)
         offset = wire.FORWARD_HEAD.size
         inputs = []
@@ -101,12 +103,37 @@ class Oracle:
             size = batch * wire.itemsize(code)
             inputs.append(wire.tensor_from(payload[offset:offset + size], wire.DTYPES[code]))
             offset += size
-        originals = [t.clone() for t in inputs]
         leaves = [t.requires_grad_(bool(mask & (1 << i))) for i, t in enumerate(inputs)]
+        return self._answer(request_id, mask, leaves, beta, batch, weight, v2=False)
+
+    def forward2(self, request_id: bytes, mask: int, payload: bytes) -> tuple[bytes, int, int]:
+        """A contract-v2 forward: the slots the loss declares (``oracle_wire``), nothing else."""
+        beta, batch, sent, requires, *codes, weight = wire.FORWARD2_HEAD.unpack_from(payload)
+        declared = sum(1 << slot for slot in self.slots)
+        if sent != declared or requires & ~sent:
+            raise _Stop(wire.ERR_CONTRACT, f"the loss takes input slots {declared:#04x}, it was sent {sent:#04x}")
+        offset = wire.FORWARD2_HEAD.size
+        leaves: list[Any] = [None] * wire.SLOTS
+        for slot in self.slots:
+            size = batch * wire.itemsize(codes[slot])
+            leaves[slot] = wire.tensor_from(payload[offset:offset + size], wire.DTYPES[codes[slot]])
+            leaves[slot].requires_grad_(bool(requires & (1 << slot)))
+            offset += size
+        return self._answer(request_id, mask, leaves, beta, batch, weight, v2=True)
+
+    def _answer(self, request_id: bytes, mask: int, leaves: list[Any], beta: float, batch: int, weight: float,
+                v2: bool) -> tuple[bytes, int, int]:
+        """Run the loss on ``leaves`` (by slot; None: not declared) and build the forward's reply."""
+        import torch  # lazy: the oracle imports torch and the checks only once locked down
+
+        from discopop.contract.checks import contract_problem
+
+        sent = [t for t in leaves if t is not None]
+        originals = [t.detach().clone() for t in sent]
         self.last = None
         try:
             with torch.set_grad_enabled(bool(mask & wire.GRAD_ENABLED)):
-                out = self.fn(*leaves, beta)
+                out = self.fn(*sent, beta)
         except BaseException as err:  # noqa: BLE001 - the candidate's own error is its verdict
             raise _Stop(wire.ERR_RAISED, error_line(err)) from None
         problem = contract_problem(out, batch)
@@ -114,17 +141,19 @@ class Oracle:
             raise _Stop(wire.ERR_CONTRACT, problem)
         if out.dtype not in wire.DTYPE_CODES:
             raise _Stop(wire.ERR_CONTRACT, f"returned dtype {out.dtype}, which the trainer does not support")
-        mutated = any(not torch.equal(a.detach(), b) for a, b in zip(leaves, originals, strict=True))
+        mutated = any(not torch.equal(a.detach(), b) for a, b in zip(sent, originals, strict=True))
         flags = (wire.OUT_REQUIRES_GRAD if out.requires_grad else 0) | (wire.OUT_MUTATED_INPUTS if mutated else 0)
-        body = wire.tensor_bytes(out)
+        body, present = wire.tensor_bytes(out), 0
         if out.requires_grad:
             self.last = (request_id, leaves, out)
             if mask & wire.WANT_GRADS and mask & wire.GRAD_ENABLED:
-                present, chunks = self._gradients(torch.full(out.shape, weight, dtype=out.dtype), keep_graph=True)
-                if present is not None:
-                    flags |= wire.OUT_GRADS | (present << wire.GRADS_SHIFT)
+                carried, chunks = self._gradients(torch.full(out.shape, weight, dtype=out.dtype), keep_graph=True)
+                if carried is not None:
+                    flags, present = flags | wire.OUT_GRADS, carried
                     body += chunks
-        return body, wire.DTYPE_CODES[out.dtype], flags
+        if v2:
+            return (body, *wire.pack_forward2_reply(wire.DTYPE_CODES[out.dtype], flags, present))
+        return body, wire.DTYPE_CODES[out.dtype], flags | (present << wire.GRADS_SHIFT)
 
     def _gradients(self, grad_output: Any, keep_graph: bool = False) -> tuple[int | None, bytes]:
         """(which leaves got a gradient, their bytes) of the last forward for ``grad_output``; (None, message) if
@@ -133,7 +162,7 @@ class Oracle:
         import torch  # lazy: the oracle imports torch and the checks only once locked down
 
         _, leaves, out = self.last
-        wanted = [t for t in leaves if t.requires_grad]
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
         try:
             grads = torch.autograd.grad(out, wanted, grad_output, allow_unused=True, retain_graph=keep_graph)
         except BaseException as err:  # noqa: BLE001
@@ -141,7 +170,7 @@ class Oracle:
         by_leaf = dict(zip(map(id, wanted), grads, strict=True))
         present, chunks = 0, []
         for i, leaf in enumerate(leaves):
-            grad = by_leaf.get(id(leaf))
+            grad = None if leaf is None else by_leaf.get(id(leaf))
             if grad is not None:
                 present |= 1 << i
                 chunks.append(wire.tensor_bytes(grad.to(leaf.dtype).reshape(leaf.shape)))
@@ -191,6 +220,8 @@ def serve(sock: socket.socket, oracle: Oracle) -> None:
                 body, ra, rb = oracle.load(payload)
             elif kind == wire.FORWARD:
                 body, ra, rb = oracle.forward(request_id, a, payload)
+            elif kind == wire.FORWARD2:
+                body, ra, rb = oracle.forward2(request_id, a, payload)
             elif kind == wire.BACKWARD:
                 body, ra, rb = oracle.backward(a, payload)
             else:

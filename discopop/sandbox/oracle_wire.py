@@ -20,6 +20,15 @@ gradient, payload exactly the bytes of those gradients. An error status carries 
 of at most ``MAX_MESSAGE`` bytes. Anything else is refused by the reader without being read whole.
 The magic names the wire's version (``DLO2``: forwards may carry their gradient).
 
+Contract v2 (``contract.inputs``): a loss that declares other inputs than the four log-probs is asked with
+``FORWARD2`` instead, whose inputs are numbered by their slot in ``inputs.TENSOR_INPUTS`` (0-3 the log-probs,
+4-5 the lengths, 6 the chosen NLL): payload ``FORWARD2_HEAD`` (beta f64, batch u32, which slots are sent u8, which
+of them require grad u8, seven dtype codes, weight f64), then the sent tensors in slot order; ``a`` carries only
+the grad-mode and want-gradients bits. Its ``OK`` reply says which slots the carried gradient covers in ``b``
+bits 4-7 (slots 0-3, as for ``FORWARD``) and ``a`` bits 4-6 (slots 4-6; bits 0-3: the output's dtype); a
+``BACKWARD`` reply's ``a`` is a mask over slots either way. A v1 loss is asked with ``FORWARD`` exactly as before,
+so its frames are byte-identical.
+
 Reading is with an absolute deadline (``poll`` between chunks), so a partial frame cannot hang
 the reader, and never more than the announced length, which is checked first.
 """
@@ -37,9 +46,11 @@ MAGIC = b"DLO2"  # the version: DLO1 had no gradient in a forward's reply
 HEADER = struct.Struct("<4s8sBBBxI")
 FORWARD_HEAD = struct.Struct("<dI4Bd")  # beta, batch, dtype code of each of the four inputs, gradient weight
 READY_ID = bytes(8)
+SLOTS = 7  # contract-v2 input slots (``contract.inputs.TENSOR_INPUTS``)
+FORWARD2_HEAD = struct.Struct("<dIBB7Bd")  # beta, batch, slots sent, slots requiring grad, 7 dtype codes, weight
 
 # Request kinds
-READY, LOAD, FORWARD, BACKWARD = 1, 2, 3, 4
+READY, LOAD, FORWARD, BACKWARD, FORWARD2 = 1, 2, 3, 4, 5
 # Reply statuses (OK, or which stage the oracle says stopped the loss)
 OK, ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD = 0, 10, 11, 12, 13, 14
 ERRORS = {ERR_STATIC, ERR_LOAD, ERR_CONTRACT, ERR_RAISED, ERR_GUARD}
@@ -49,6 +60,8 @@ WANT_GRADS = 1 << 5  # FORWARD ``a`` bit: answer with the gradient for grad_outp
 OUT_REQUIRES_GRAD, OUT_MUTATED_INPUTS, OUT_GRADS = 1 << 0, 1 << 1, 1 << 2  # forward reply ``b`` flags
 GRADS_SHIFT = 4  # forward reply ``b`` bits 4-7: which of the four inputs the carried gradient covers
 OUT_FLAGS = OUT_REQUIRES_GRAD | OUT_MUTATED_INPUTS | OUT_GRADS | (0xF << GRADS_SHIFT)
+DTYPE_BITS = 0x0F  # FORWARD2 reply ``a`` bits 0-3: the output's dtype code
+EXTRA_GRADS_SHIFT = 4  # FORWARD2 reply ``a`` bits 4-6: which of slots 4-6 the carried gradient covers
 
 HUNG_UP = "the oracle closed the channel"  # the parent then asks the oracle's sandbox why it died
 
@@ -116,3 +129,16 @@ def tensor_from(data: bytes, dtype: torch.dtype) -> torch.Tensor:
 
 def itemsize(code: int) -> int:
     return DTYPES[code].itemsize
+
+
+def pack_forward2_reply(code: int, flags: int, present: int) -> tuple[int, int]:
+    """(a, b) of a FORWARD2 reply: the output's dtype code, the flags, the slots (7 bits) the gradient covers."""
+    return code | ((present >> 4) << EXTRA_GRADS_SHIFT), flags | ((present & 0xF) << GRADS_SHIFT)
+
+
+def unpack_forward2_reply(a: int, b: int) -> tuple[int, int, int] | None:
+    """(dtype code, flags without the gradient bits, slots the gradient covers) of a FORWARD2 reply; None if ``a``
+    holds bits that mean nothing."""
+    if a & ~(DTYPE_BITS | (0x7 << EXTRA_GRADS_SHIFT)):
+        return None
+    return a & DTYPE_BITS, b & ~(0xF << GRADS_SHIFT), ((b >> GRADS_SHIFT) & 0xF) | ((a >> EXTRA_GRADS_SHIFT) << 4)

@@ -37,6 +37,7 @@ import time
 import torch
 
 from discopop.contract.checks import CheckFailed
+from discopop.contract.inputs import TENSOR_INPUTS, V1_INPUTS, is_v1
 from discopop.sandbox import oracle_wire as wire
 
 
@@ -133,89 +134,119 @@ class OracleLink:
         if status != wire.OK:
             raise self._error(status, body)
 
-    def forward(self, inputs: tuple[torch.Tensor, ...], beta: float) -> tuple[bytes, torch.Tensor, int]:
-        """(forward id, values [B] on CPU, flags) for the four inputs (grad flags taken from them)."""
-        forward_id, values, flags, _ = self.forward_with_grads(inputs, beta, None)
+    def forward(self, inputs: tuple[torch.Tensor, ...], beta: float,
+                slots: tuple[int, ...] | None = None) -> tuple[bytes, torch.Tensor, int]:
+        """(forward id, values [B] on CPU, flags) for the inputs (grad flags taken from them); ``slots``: see
+        :meth:`forward_with_grads`."""
+        forward_id, values, flags, _ = self.forward_with_grads(inputs, beta, None, slots)
         return forward_id, values, flags
 
     def forward_with_grads(self, inputs: tuple[torch.Tensor, ...], beta: float, weight: float | None,
+                           slots: tuple[int, ...] | None = None,
                            ) -> tuple[bytes, torch.Tensor, int, list[torch.Tensor | None] | None]:
         """:meth:`forward`, plus (with ``weight``, grad mode on and an input that requires grad) the gradients for
         ``grad_output = full([batch], weight)`` in the output's dtype, as :meth:`backward` would return them; None
         where the oracle carried none (the output needs no gradient, or differentiating it raised: a
-        :meth:`backward` then reports that error as the two-call path does)."""
+        :meth:`backward` then reports that error as the two-call path does).
+
+        ``slots``: the contract-v2 input slot of each input (``oracle_wire``: a ``FORWARD2``); None: the four
+        log-probs of a v1 loss, sent as a ``FORWARD`` exactly as before contract v2."""
+        v2 = slots is not None
+        slots = tuple(range(len(inputs))) if slots is None else tuple(slots)
         batch = inputs[0].shape[0]
         codes = [wire.DTYPE_CODES[t.dtype] for t in inputs]
-        mask = sum(1 << i for i, t in enumerate(inputs) if t.requires_grad)
+        requires = sum(1 << slot for slot, t in zip(slots, inputs, strict=True) if t.requires_grad)
+        mask = 0 if v2 else requires
         if torch.is_grad_enabled():
             mask |= wire.GRAD_ENABLED
         else:
-            mask = 0
-        if weight is not None and mask & 0xF:
+            mask, requires = 0, 0
+        if weight is not None and requires:
             mask |= wire.WANT_GRADS
         else:
             weight = None
-        head = wire.FORWARD_HEAD.pack(float(beta), batch, *codes, 0.0 if weight is None else float(weight))
+        weight_value = 0.0 if weight is None else float(weight)
+        if v2:
+            slot_codes = [0] * wire.SLOTS
+            for slot, code in zip(slots, codes, strict=True):
+                slot_codes[slot] = code
+            head = wire.FORWARD2_HEAD.pack(float(beta), batch, sum(1 << slot for slot in slots), requires,
+                                           *slot_codes, weight_value)
+        else:
+            head = wire.FORWARD_HEAD.pack(float(beta), batch, *codes, weight_value)
         payload = head + b"".join(map(wire.tensor_bytes, inputs))
-        sizes = [batch * t.dtype.itemsize for t in inputs]
+        sizes = {slot: batch * t.dtype.itemsize for slot, t in zip(slots, inputs, strict=True)}
 
-        def expected(code: int, flags: int) -> int | None:
-            present = flags >> wire.GRADS_SHIFT
+        def reply_fields(a: int, b: int) -> tuple[int, int, int] | None:
+            if not v2:
+                return a, b & ~(0xF << wire.GRADS_SHIFT), b >> wire.GRADS_SHIFT
+            return wire.unpack_forward2_reply(a, b)
+
+        def expected(a: int, b: int) -> int | None:
+            fields = reply_fields(a, b)
+            if fields is None:
+                return None
+            code, flags, present = fields
             if code not in wire.DTYPES or flags & ~wire.OUT_FLAGS:
                 return None
             if not flags & wire.OUT_GRADS:
                 return None if present else batch * wire.itemsize(code)
-            if weight is None or not flags & wire.OUT_REQUIRES_GRAD or present & ~mask:
+            if weight is None or not flags & wire.OUT_REQUIRES_GRAD or present & ~requires:
                 return None  # gradients nobody asked for, or for an input that does not require one
-            return batch * wire.itemsize(code) + sum(s for i, s in enumerate(sizes) if present & (1 << i))
+            return batch * wire.itemsize(code) + sum(s for slot, s in sizes.items() if present & (1 << slot))
 
-        status, code, flags, body = self._request(wire.FORWARD, payload, mask, expected)
+        status, a, b, body = self._request(wire.FORWARD2 if v2 else wire.FORWARD, payload, mask, expected)
         if status != wire.OK:
             raise self._error(status, body)
+        code, _, present = reply_fields(a, b)
+        flags = b if not v2 else (b & ~(0xF << wire.GRADS_SHIFT))
         self.forwards += 1
         self._last_forward = self._request_id if flags & wire.OUT_REQUIRES_GRAD else None
         size = batch * wire.itemsize(code)
         grads = None
         if flags & wire.OUT_GRADS:
-            grads = self._gradients_from(body[size:], flags >> wire.GRADS_SHIFT, inputs, sizes)
+            grads = self._gradients_from(body[size:], present, inputs, sizes, slots)
         return self._request_id, wire.tensor_from(body[:size], wire.DTYPES[code]), flags, grads
 
     @staticmethod
-    def _gradients_from(body: bytes, present: int, inputs: tuple[torch.Tensor, ...],
-                        sizes: list[int]) -> list[torch.Tensor | None]:
-        """The gradients in ``body`` (those of the inputs flagged in ``present``, in order), on the inputs' devices."""
+    def _gradients_from(body: bytes, present: int, inputs: tuple[torch.Tensor, ...], sizes: dict[int, int],
+                        slots: tuple[int, ...]) -> list[torch.Tensor | None]:
+        """The gradients in ``body`` (those of the slots flagged in ``present``, in slot order), on the inputs'
+        devices."""
         grads: list[torch.Tensor | None] = []
         offset = 0
-        for i, (t, size) in enumerate(zip(inputs, sizes, strict=True)):
-            if present & (1 << i) and t.requires_grad:
+        for slot, t in zip(slots, inputs, strict=True):
+            size = sizes[slot]
+            if present & (1 << slot) and t.requires_grad:
                 grads.append(wire.tensor_from(body[offset:offset + size], t.dtype).to(t.device))
             else:
                 grads.append(None)
-            offset += size if present & (1 << i) else 0
+            offset += size if present & (1 << slot) else 0
         return grads
 
     def backward(self, forward_id: bytes, grad_output: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-                 beta: float, values: torch.Tensor) -> list[torch.Tensor | None]:
+                 beta: float, values: torch.Tensor, slots: tuple[int, ...] | None = None) -> list[torch.Tensor | None]:
         """Vector-Jacobian product for ``inputs`` (None where the loss does not use one).
 
         If another forward ran since (the oracle keeps one graph), that forward is asked again
         first; an answer different from the first one fails the candidate (a stateful oracle).
         """
         if forward_id != self._last_forward:
-            forward_id, again, _ = self.forward(inputs, beta)
+            forward_id, again, _ = self.forward(inputs, beta, slots)
             if not torch.equal(again, values):
                 self._fail("oracle", "oracle: asked the same forward twice, answered differently (stateful loss)")
                 raise OracleBroken(self.failure[1])
         grad_output = grad_output.detach().to("cpu")
         code = wire.DTYPE_CODES.get(grad_output.dtype, 0)
         grad_output = grad_output.to(wire.DTYPES[code])
-        sizes = [t.shape[0] * t.dtype.itemsize for t in inputs]
-        expected = lambda present, _: sum(s for i, s in enumerate(sizes) if present & (1 << i))  # noqa: E731
+        slots = tuple(range(len(inputs))) if slots is None else tuple(slots)
+        sizes = {slot: t.shape[0] * t.dtype.itemsize for slot, t in zip(slots, inputs, strict=True)}
+        expected = lambda present, _: sum(s for i, s in sizes.items() if present & (1 << i))  # noqa: E731
         status, present, _, body = self._request(wire.BACKWARD, forward_id + wire.tensor_bytes(grad_output),
                                                  code, expected)
         if status != wire.OK:
             raise self._error(status, body)
-        return self._gradients_from(body, present, inputs, sizes)
+        return self._gradients_from(body, present, inputs, sizes, slots)
 
     def close(self) -> None:
         try:
@@ -230,8 +261,8 @@ class _OracleVjp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, link: OracleLink, forward_id: bytes, values: torch.Tensor, beta: float, fused: _Fused | None,
-                *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.link, ctx.forward_id, ctx.beta, ctx.fused = link, forward_id, beta, fused
+                slots: tuple[int, ...] | None, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.link, ctx.forward_id, ctx.beta, ctx.fused, ctx.slots = link, forward_id, beta, fused, slots
         ctx.inputs = tuple(t.detach() for t in inputs)
         ctx.requires = [t.requires_grad for t in inputs]
         ctx.values = values.detach()
@@ -244,12 +275,12 @@ class _OracleVjp(torch.autograd.Function):
             sent = as_sent(grad_output, ctx.values.dtype)
             if wire.tensor_bytes(sent) == wire.tensor_bytes(torch.full_like(sent, fused.weight)):
                 ctx.link.fused_backwards += 1
-                return (None, None, None, None, None, *fused.grads)
+                return (None, None, None, None, None, None, *fused.grads)
             fused.owner.learn(sent)
         leaves = tuple(t.requires_grad_(r) for t, r in zip(ctx.inputs, ctx.requires, strict=True))
         with torch.enable_grad():
-            grads = ctx.link.backward(ctx.forward_id, grad_output, leaves, ctx.beta, ctx.values.cpu())
-        return (None, None, None, None, None, *grads)
+            grads = ctx.link.backward(ctx.forward_id, grad_output, leaves, ctx.beta, ctx.values.cpu(), ctx.slots)
+        return (None, None, None, None, None, None, *grads)
 
 
 def as_sent(grad_output: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -276,10 +307,15 @@ class RemoteLoss:
     Values and gradients are bit for bit the same either way.
     """
 
-    def __init__(self, link: OracleLink, name: str = "remote_loss", fused: bool = True):
+    def __init__(self, link: OracleLink, name: str = "remote_loss", fused: bool = True,
+                 inputs: tuple[str, ...] = V1_INPUTS):
         self.link = link
         self.__name__ = name
         self.fused = fused
+        # The tensor inputs the loss declares (``contract.inputs``; the worker reads them from the code's signature):
+        # callers pass these, then beta. A v1 loss's forwards are ``FORWARD`` frames exactly as before contract v2.
+        self.discopop_inputs = tuple(inputs)
+        self.slots = None if is_v1(self.discopop_inputs) else tuple(map(TENSOR_INPUTS.index, self.discopop_inputs))
         # The uniform grad_output (as sent, exact in a float64) a fallback saw, per batch size: a trainer that scales
         # its mean (gradient accumulation, a loss scale) sends the same one every step, so the next forwards assume it.
         self.weights: dict[int, float] = {}
@@ -298,13 +334,14 @@ class RemoteLoss:
         if flat.numel() and wire.tensor_bytes(flat) == wire.tensor_bytes(torch.full_like(flat, float(flat[0]))):
             self.weights[flat.numel()] = float(flat[0])
 
-    def __call__(self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                 reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
-                 beta: float) -> torch.Tensor:
-        inputs = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    def __call__(self, *args: torch.Tensor | float) -> torch.Tensor:
+        """The loss of the declared inputs (``discopop_inputs``, in that order), then beta."""
+        if len(args) != len(self.discopop_inputs) + 1:
+            raise TypeError(f"RemoteLoss takes {', '.join(self.discopop_inputs)} and beta ({len(args)} given)")
+        inputs, beta = tuple(args[:-1]), args[-1]
         _validate(inputs)
         weight = self.weight(inputs[0].shape[0], inputs[0].dtype) if self.fused else None
-        forward_id, values, flags, grads = self.link.forward_with_grads(inputs, float(beta), weight)
+        forward_id, values, flags, grads = self.link.forward_with_grads(inputs, float(beta), weight, self.slots)
         if flags & wire.OUT_MUTATED_INPUTS:
             raise CandidateError("mutated its input tensors in place")
         values = values.to(inputs[0].device)
@@ -312,15 +349,15 @@ class RemoteLoss:
             return values
         fused = None if grads is None or weight is None else _Fused(self, weight, grads)
         # Each input goes through a detached alias so that the leaf stored in ctx is not the caller's tensor.
-        return _OracleVjp.apply(self.link, forward_id, values, float(beta), fused, *inputs)
+        return _OracleVjp.apply(self.link, forward_id, values, float(beta), fused, self.slots, *inputs)
 
 
 def _validate(inputs: tuple[torch.Tensor, ...]) -> None:
     for t in inputs:
         if not isinstance(t, torch.Tensor) or t.dim() != 1:
-            raise ValueError("RemoteLoss takes four 1-D tensors of log-probs")
+            raise ValueError("RemoteLoss takes 1-D tensors (four log-probs for a v1 loss)")
         if t.dtype not in wire.DTYPE_CODES:
             raise ValueError(f"RemoteLoss: unsupported dtype {t.dtype} (allowed: float32, float64, float16, bfloat16)")
     batch = inputs[0].shape[0]
     if not 0 < batch <= wire.MAX_BATCH or any(t.shape[0] != batch for t in inputs):
-        raise ValueError(f"RemoteLoss: the four inputs need one equal batch size in 1..{wire.MAX_BATCH}")
+        raise ValueError(f"RemoteLoss: the inputs need one equal batch size in 1..{wire.MAX_BATCH}")

@@ -111,8 +111,10 @@ def code_hash(code: str) -> str:
 
 @functools.lru_cache(maxsize=16384)
 def passes_static_check(code: str) -> bool:
+    """Whether the operators may work on ``code``: it passes the static check with the four-input signature (they
+    splice ``LOSS_ARGS``; a contract-v2 loss, e.g. a ``simpo`` baseline, is not a parent yet)."""
     try:
-        losses.static_check(code)
+        info = losses.static_check(code)
     except losses.LossRejected:
         return False
-    return True
+    return info.inputs == losses.LOSS_ARGS[:4]
