@@ -5,12 +5,16 @@ reference (Bradley-Terry labels make it the labels' own MLE). This scan finds th
 moves the KL-priced fitness, before the slower ``task_calibration.py`` (every fine-tune through a sandboxed
 oracle, as a run does) measures the chosen ones. Only the *trusted* reference losses run here, in this process
 (``contract.losses.load_loss``), on ``fitness.diagnostic_tune.fine_tune`` directly, with the evaluate protocol's
-choices: the rate picked from ``--lrs`` on the search contexts with seed 0, then ``--seeds`` fresh seeds
-(1000, 1001, ...) at that rate scored on the confirming contexts, fitness = reward - kl_coef * KL.
+choices: the rate picked from the diagnostic ``lr_grid`` (``--lrs``) on the search contexts, then ``--seeds``
+fresh seeds (1000, 1001, ...) at that rate scored on the confirming contexts, fitness = reward - kl_coef * KL.
+The rate is chosen as a run chooses it (``training.tune_seeds``, ``fitness.tuning``): with ``--tune-seeds k`` > 0
+on the mean of k tuning seeds (``diagnostic_tune.tuning_seeds(0, k)``: 2000, 2001, ...), with 0 on seed 0 itself.
+Several values (``--tune-seeds 0,3``) are measured side by side on the same fine-tunes (each is run once).
 
     python benchmarks/preset_gaps.py --presets label_noise,mixed_quality --seeds 5
     python benchmarks/preset_gaps.py --presets label_noise --set extra_confirm_contexts=3840
     python benchmarks/preset_gaps.py --presets clean+hard_flip=0.5   # a preset with its own field overrides
+    python benchmarks/preset_gaps.py --presets mixed_quality --tune-seeds 0,3 --lrs 0.005,0.01,0.02,0.04,0.08
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from discopop.contract.losses import load_loss
 from discopop.fitness.calibration import ArmScores, calibrate
-from discopop.fitness.diagnostic_tune import fine_tune
+from discopop.fitness.diagnostic_tune import fine_tune, tuning_seeds
 from discopop.proposers.reference import available, reference_candidate
 from discopop.tasks.diagnostic import KL_COEF, flip_rate, setting, split_contexts
 
@@ -33,48 +37,76 @@ LRS = (0.003, 0.01, 0.03, 0.1, 0.3)  # conf/training/diagnostic.yaml's lr_grid
 FRESH = 1000  # the first fresh seed, as a confirmation's
 
 
+def tier_tune_seeds() -> int:
+    """The diagnostic tier's ``training.tune_seeds`` (conf/training/diagnostic.yaml), the default of --tune-seeds."""
+    from discopop.config.compose import compose  # lazy: hydra only when the default is asked for
+
+    cfg, _ = compose(["task=diagnostic"])
+    return int(cfg["training"].get("tune_seeds") or 0)
+
+
 def _value(text: str) -> float | int:
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], family: int,
-         overrides: dict[str, float | int]) -> dict:
-    """One preset: each reference's rate, fresh-seed fitness matrices, and the calibration figures."""
+         overrides: dict[str, float | int], ks: list[int]) -> list[dict]:
+    """One preset, one row per tuning-seed count in ``ks``: each reference's rate, fresh-seed fitness matrices,
+    and the calibration figures (fine-tunes shared between the counts, each run once)."""
     s = setting(preset, kl_coef=KL_COEF, **overrides)
     search, confirm = split_contexts(s, "search"), split_contexts(s, "confirm")
-    arms, rates, seconds = {}, {}, []
+    arms: dict[int, dict[str, ArmScores]] = {k: {} for k in ks}
+    rates: dict[int, dict[str, float]] = {k: {} for k in ks}
+    sweeps: dict[int, dict[str, dict[str, float]]] = {k: {} for k in ks}
+    seconds: list[float] = []
     for name in losses:
         fn = load_loss(reference_candidate(name, flip_rate(s)).code)
+        memo: dict[tuple[int, float], np.ndarray] = {}
 
-        def per_context(seed: int, lr: float, part: slice, fn=fn) -> np.ndarray:
-            started = time.perf_counter()
-            r = fine_tune(fn, s, seed=seed, lr=lr)
-            seconds.append(time.perf_counter() - started)
-            return np.asarray(r.per_context_reward)[part] - s.kl_coef * np.asarray(r.per_context_kl)[part]
+        def fitness(seed: int, lr: float, part: slice, fn=fn, memo=memo) -> np.ndarray:
+            if (seed, lr) not in memo:
+                started = time.perf_counter()
+                r = fine_tune(fn, s, seed=seed, lr=lr)
+                seconds.append(time.perf_counter() - started)
+                memo[seed, lr] = np.asarray(r.per_context_reward) - s.kl_coef * np.asarray(r.per_context_kl)
+            return memo[seed, lr][part]
 
         try:
-            sweep = {lr: float(per_context(0, lr, search).mean()) for lr in lrs}
+            for k in ks:
+                choosing = tuning_seeds(0, k) or [0]
+                sweep = {lr: float(np.mean([fitness(t, lr, search).mean() for t in choosing])) for lr in lrs}
+                rates[k][name] = max(sweep, key=sweep.get)
+                sweeps[k][name] = {f"{lr:g}": round(v, 5) for lr, v in sweep.items()}
+                fit = np.stack([fitness(FRESH + i, rates[k][name], confirm) for i in range(seeds)])
+                arms[k][name] = ArmScores(fit, fit)
         except Exception as err:  # noqa: BLE001 - a reference that fails at every rate is reported, not fatal
             print(f"  {name}: failed ({err})")
+            for k in ks:
+                arms[k].pop(name, None)
+                rates[k].pop(name, None)
             continue
-        rates[name] = max(sweep, key=sweep.get)
-        fit = np.stack([per_context(FRESH + k, rates[name], confirm) for k in range(seeds)])
-        arms[name] = ArmScores(fit, fit)
-    cal = calibrate(arms, family=family)
-    order = sorted(cal.means, key=lambda n: -cal.means[n])
-    print(f"\n{preset} {overrides or ''}: {len(arms)} references x {seeds} seeds, {confirm.stop - confirm.start} "
-          f"confirm contexts, {np.median(seconds):.2f} s per fine-tune (median of {len(seconds)})")
-    vs = {p.candidate: p for p in cal.vs_strongest}
-    for n in order:
-        p = vs.get(n)
-        print(f"  {n:9s} lr {rates[n]:<6g} {cal.means[n]:.4f}" + (f"  {p.delta:+.4f} (MDE {p.mde_family:.4f})" if p
-                                                                   else "  strongest"))
-    gap = cal.gap if cal.gap is not None else float("nan")
-    print(f"  DPO -> best other {gap:+.4f} (a quarter {gap / 4:.4f}); MDE vs strongest {cal.mde_vs_strongest:.4f}; "
-          f"spread {cal.spread:.3f} = {cal.spread_in_mde:.1f} x MDE")
-    return {"preset": preset, "overrides": overrides, "seeds": seeds, "rates": rates, "means": cal.means,
-            "strongest": cal.strongest, "gap": cal.gap, "mde_vs_strongest": cal.mde_vs_strongest,
-            "spread_in_mde": cal.spread_in_mde, "seconds_per_fine_tune": float(np.median(seconds))}
+    rows = []
+    for k in ks:
+        cal = calibrate(arms[k], family=family)
+        order = sorted(cal.means, key=lambda n: -cal.means[n])
+        print(f"\n{preset} {overrides or ''} tune_seeds={k}: {len(arms[k])} references x {seeds} seeds, "
+              f"{confirm.stop - confirm.start} confirm contexts, {np.median(seconds):.2f} s per fine-tune "
+              f"(median of {len(seconds)})")
+        vs = {p.candidate: p for p in cal.vs_strongest}
+        for n in order:
+            p = vs.get(n)
+            print(f"  {n:12s} lr {rates[k][n]:<6g} {cal.means[n]:.4f}"
+                  + (f"  {p.delta:+.4f} (MDE {p.mde_family:.4f})" if p else "  strongest"))
+        gap = cal.gap if cal.gap is not None else float("nan")
+        mean_fresh = float(np.mean(list(cal.means.values())))
+        print(f"  DPO -> best other {gap:+.4f} (a quarter {gap / 4:.4f}); MDE vs strongest {cal.mde_vs_strongest:.4f}"
+              f" (gap/MDE {gap / cal.mde_vs_strongest:.2f}); spread {cal.spread:.3f} = {cal.spread_in_mde:.1f} x MDE;"
+              f" references' mean fresh fitness at their chosen rate {mean_fresh:.4f}")
+        rows.append({"preset": preset, "overrides": overrides, "seeds": seeds, "tune_seeds": k, "lrs": list(lrs),
+                     "rates": rates[k], "sweeps": sweeps[k], "means": cal.means, "strongest": cal.strongest,
+                     "gap": cal.gap, "mde_vs_strongest": cal.mde_vs_strongest, "spread_in_mde": cal.spread_in_mde,
+                     "mean_fresh": mean_fresh, "seconds_per_fine_tune": float(np.median(seconds))})
+    return rows
 
 
 def main() -> None:
@@ -84,16 +116,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--family", type=int, default=6, help="Holm family of the default confirmation (2 x top_k)")
     parser.add_argument("--set", action="append", default=[], help="a setting field for every preset, KEY=VALUE")
+    parser.add_argument("--tune-seeds", default=None,
+                        help="tuning seeds the rate is chosen on, comma-separated counts measured side by side "
+                             "(0: seed 0 itself; default: the tier's training.tune_seeds)")
+    parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="the rate grid")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and leaves the other core to the machine
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    ks = [int(k) for k in args.tune_seeds.split(",")] if args.tune_seeds else [tier_tune_seeds()]
+    lrs = tuple(float(lr) for lr in args.lrs.split(","))
     rows = []
     for spec in (p for p in args.presets.split(",") if p):
         name, *fields = spec.split("+")
         own = {k: _value(v) for k, v in (f.split("=", 1) for f in fields)}
-        rows.append(scan(name, [n for n in args.losses.split(",") if n], args.seeds, LRS, args.family,
-                         {**overrides, **own}))
+        rows.extend(scan(name, [n for n in args.losses.split(",") if n], args.seeds, lrs, args.family,
+                         {**overrides, **own}, ks))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))

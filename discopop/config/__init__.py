@@ -171,6 +171,9 @@ class RunSettings:
                      self.cascade):
             part.check()
         variant_names(plain(self.task), self.confirm.transfer)  # a ConfigError names what is wrong
+        require(not self.training.tune_seeds or isinstance(self.task, DiagnosticTaskSettings),
+                f"training.tune_seeds={self.training.tune_seeds} needs task=diagnostic: on a fine-tuned model each "
+                "tuning seed is one more full fine-tune per grid point (k+1 times the protocol's cost); use 0")
         kept = getattr(self.task, "replicate_prompts", getattr(self.task, "replicate_contexts", None))
         require(self.confirm.split != "replicate" or bool(kept), "confirm.split=replicate needs "
                 "task.replicate_prompts (diagnostic: task.replicate_contexts) > 0: the prompts kept for replications")

@@ -41,6 +41,13 @@ class TrainingSettings:
     lr_screen_margin: float | None = setting(0.05, "A candidate whose screening run is more than this below the "
                                                    "run's best is not tuned further (its fitness is the screen, a "
                                                    "lower bound); null: tune every candidate.")
+    tune_seeds: int | None = setting(None, "Seeds besides the ranking one that choose each row's learning rate: "
+                                           "every grid-point job also fine-tunes on this many tuning seeds (seed + "
+                                           "2000 + i) and their mean chooses the rate, so the seed that ranks the "
+                                           "row chose nothing (fitness/tuning.py). task=diagnostic only (there a "
+                                           "fine-tune is cheap and the seed is most of the noise; "
+                                           "conf/training/diagnostic.yaml sets it); null or 0: the rate is chosen "
+                                           "on the even search prompts of the ranking seed, as before.")
     epochs: int = setting(2, "Passes over the preference pairs.")
     batch_size: int = setting(32, "Preference pairs per optimiser step.")
     gradient_accumulation_steps: int = setting(1, "Split each step's batch into this many micro-batches (must divide "
@@ -84,6 +91,8 @@ class TrainingSettings:
                 f"got {margin!r}")
         require(0.0 < self.pair_fraction <= 1.0, f"training.pair_fraction must be in (0, 1], got {self.pair_fraction}")
         require(self.threads >= 1, f"training.threads must be >= 1, got {self.threads}")
+        require(self.tune_seeds is None or (isinstance(self.tune_seeds, int) and self.tune_seeds >= 0),
+                f"training.tune_seeds must be an integer >= 0 (or null), got {self.tune_seeds!r}")
         try:
             check_training(self)
         except ValueError as err:

@@ -51,6 +51,9 @@ class Job:
     # lacks it), so such jobs go to the executor directly, never through the reference store.
     step_fraction: float | None = None
     beta: float | None = None  # None: training.beta; set where the protocol's beta axis (training.beta_grid) is on
+    # A grid-point job of the tuning protocol: fine-tune also on this many tuning seeds, whose mean chooses the rate
+    # (training.tune_seeds; the exact tier only). 0: none, and the message is as before.
+    tune_seeds: int = 0
 
 
 @dataclass
@@ -231,7 +234,8 @@ class WarmWorker:
                 {"op": job.stage, "code": job.code, "seed": job.seed, "split": job.split,
                  "learning_rate": job.learning_rate, "oracle": tag,
                  **({"beta": job.beta} if job.beta is not None else {}),
-                 **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {})},
+                 **({"step_fraction": job.step_fraction} if job.step_fraction is not None else {}),
+                 **({"tune_seeds": job.tune_seeds} if job.tune_seeds else {})},
                 timeout=timeout))
         except SandboxTimeout as err:
             return JobResult(job, False, job.stage, f"{job.stage} {err}", seconds=time.perf_counter() - started,

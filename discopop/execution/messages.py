@@ -199,6 +199,9 @@ class TrainReply(_Message):
     beta: float | None = None  # the job's own beta (the protocol's beta axis); None: the run's training.beta
     completions: tuple[str, ...] | None = None  # a judged task's greedy completions, graded in the main process
     judge: dict[str, Any] | None = None  # set in the main process by the judge: its grading summary and cost
+    # A grid-point job's tuning seeds' mean fitness on every scored prompt (training.tune_seeds > 0, the exact tier):
+    # what chooses the rate (fitness.tuning.split_fitness); None: the job had none (the per-prompt lists choose)
+    tune_fitness: float | None = None
     seconds: float = 0.0
     version: int = VERSION
     _checks: ClassVar[dict[str, Callable[[Any], bool]]] = {
@@ -207,13 +210,15 @@ class TrainReply(_Message):
         "final_loss": _optional(_number), "train_seconds": _number, "step_seconds": _number, "score_seconds": _number,
         "train_metrics": _mapping, "per_prompt_greedy": _numbers, "learning_rate": _optional(_number),
         "peak_gpu_mb": _optional(_number), "behaviour": _optional(_mapping), "beta": _optional(_number),
-        "completions": _optional(_strings), "judge": _optional(_mapping), "seconds": _number, "version": _int}
+        "completions": _optional(_strings), "judge": _optional(_mapping), "tune_fitness": _optional(_number),
+        "seconds": _number, "version": _int}
     _tuples: ClassVar[tuple[str, ...]] = ("per_prompt", "per_prompt_kl", "per_prompt_greedy", "completions")
-    _omit_none: ClassVar[tuple[str, ...]] = ("beta", "completions", "judge")
+    _omit_none: ClassVar[tuple[str, ...]] = ("beta", "completions", "judge", "tune_fitness")
 
     def finite(self) -> bool:
         """Whether the score is a number (a worker reports a non-finite one as a ``score`` failure)."""
-        return all(map(math.isfinite, (self.fitness, self.reward, self.kl)))
+        tune = () if self.tune_fitness is None else (self.tune_fitness,)
+        return all(map(math.isfinite, (self.fitness, self.reward, self.kl, *tune)))
 
 
 @dataclass(frozen=True)

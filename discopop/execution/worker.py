@@ -183,6 +183,9 @@ class Worker:
         from discopop.sandbox.remote_loss import CandidateError
         from discopop.trl import NonFiniteLoss
 
+        if msg.get("tune_seeds"):  # the config refuses it (RunSettings.check); a job that names it anyway fails
+            raise _Failure("train", "tune_seeds is for the exact tier (task=diagnostic) only")
+
         with self._remote_loss(msg["code"], msg.get("oracle", "")) as fn:
             before = self._probe(fn, msg.get("beta"), seed=int(msg["seed"]))
             try:
@@ -225,14 +228,17 @@ class Worker:
             before = self._probe(fn, msg.get("beta"), seed=int(msg["seed"]))
             try:
                 reply = self.fine_tuner.run(fn, seed=int(msg["seed"]), split=msg.get("split", "search"),
-                                            learning_rate=msg.get("learning_rate"), beta=msg.get("beta"))
+                                            learning_rate=msg.get("learning_rate"), beta=msg.get("beta"),
+                                            tune_seeds=int(msg.get("tune_seeds") or 0))
             except (DiagnosticFailure, CandidateError) as err:
                 raise _Failure("train", str(err)) from None
             except BaseException as err:  # noqa: BLE001
                 raise _Failure("train", error_line(err)) from None
             behaviour = self._behaviour_drift(fn, before, msg.get("beta"), int(msg["seed"]))
-        if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"]))):
-            raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']})")
+        if not all(map(math.isfinite, (reply["fitness"], reply["reward"], reply["kl"],
+                                       reply.get("tune_fitness", 0.0)))):
+            raise _Failure("score", f"non-finite score (reward={reply['reward']}, kl={reply['kl']}, "
+                                    f"tuning seeds {reply.get('tune_fitness')})")
         return TrainReply(**reply, behaviour=behaviour)
 
     def _training_beta(self, job_beta: float | None = None) -> float:

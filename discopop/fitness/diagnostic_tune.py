@@ -26,6 +26,17 @@ from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, fr
 
 LossFn = Callable[..., torch.Tensor]
 
+# A grid-point job's tuning seeds (``training.tune_seeds``) are its seed + 2000 + i: never the ranking seed itself,
+# nor a race seed (seed + 500 + i, ``search.seed_race.RACE_SEED_OFFSET``, fewer than 1,500 of them), nor a fresh
+# confirmation seed (seed + 1000 + i, ``search.confirmation.SEED_OFFSET``, fewer than 1,000), so the data that
+# chooses the rate is neither the data that ranks the row nor the data that confirms it.
+TUNE_SEED_OFFSET = 2000
+
+
+def tuning_seeds(seed: int, count: int) -> list[int]:
+    """The ``count`` seeds a grid-point job at ``seed`` chooses its rate on (module constant: the rule)."""
+    return [int(seed) + TUNE_SEED_OFFSET + i for i in range(int(count))]
+
 
 class DiagnosticFailure(RuntimeError):
     """The loss broke the run: a wrong output shape, or a non-finite loss or policy."""
@@ -149,15 +160,22 @@ class DiagnosticTuner:
         fine_tune(_logistic, self.setting, seed=0, lr=self.learning_rate, beta=self.beta, steps=1)
 
     def run(self, loss_fn: LossFn, *, seed: int, split: str = "search", learning_rate: float | None = None,
-            beta: float | None = None) -> dict[str, Any]:
+            beta: float | None = None, tune_seeds: int = 0) -> dict[str, Any]:
         """One fine-tune from the reference at ``learning_rate`` (and ``beta``, default the run's) and its exact
-        scores on ``split``'s contexts."""
+        scores on ``split``'s contexts.
+
+        ``tune_seeds`` = k > 0 (a grid-point job of the tuning protocol): k more fine-tunes on
+        :func:`tuning_seeds` of ``seed``, whose mean fitness on every context of ``split`` is the reply's
+        ``tune_fitness`` (what chooses the rate; the per-prompt lists stay ``seed``'s, which rank the row).
+        """
         lr = float(self.learning_rate if learning_rate is None else learning_rate)
         run_beta = float(self.beta if beta is None else beta)
         started = time.perf_counter()
         result = fine_tune(loss_fn, self.setting, seed=seed, lr=lr, beta=run_beta)
-        trained = time.perf_counter() - started
         part = split_contexts(self.setting, split)
+        tuned = [fine_tune(loss_fn, self.setting, seed=s, lr=lr, beta=run_beta).per_context[part]
+                 for s in tuning_seeds(seed, tune_seeds)]
+        trained = time.perf_counter() - started
         reward, kl = result.per_context_reward[part], result.per_context_kl[part]
         w = world(self.setting)
         mode = (w.eval_ref + w.eval_features @ result.weights).argmax(dim=1, keepdim=True)
@@ -171,6 +189,7 @@ class DiagnosticTuner:
             "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl], "per_prompt_greedy": greedy.tolist(),
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
             **({"beta": run_beta} if beta is not None else {}),
+            **({"tune_fitness": sum(sum(v) / len(v) for v in tuned) / len(tuned)} if tuned else {}),
         }
 
     def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:

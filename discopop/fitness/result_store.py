@@ -186,7 +186,9 @@ class ResultCache:
         reply = json.loads(r["reply"])
         if reply.get("ok"):
             trained = _stored_reply(reply)
-            return None if trained is None else JobResult(job, True, reply["stage"], reply=trained, cached=True)
+            if trained is None or (job.tune_seeds and trained.tune_fitness is None):  # cannot choose a rate as asked
+                return None
+            return JobResult(job, True, reply["stage"], reply=trained, cached=True)
         return JobResult(job, False, reply["stage"], reply["error"], cached=True)
 
     def put(self, key: RunKey, result: JobResult) -> Evaluation:

@@ -19,12 +19,21 @@ screened-out candidate keeps its screen fitness, a lower bound on its best, and 
 
 Equal budgets, and the data that chooses does not rank. References climb exactly as a candidate
 that passed its screen does (from the grid's middle, always worth tuning), so a discovery is held
-to references tuned no harder than itself. The rate is chosen on the even-indexed search prompts
-(``fitness_tune``) and the row's fitness is the odd-indexed prompts' fitness at that rate: the best
-of several rates scored on the prompts that rank it is inflated by its winner's curse (~0.002-0.004
-on the embedded task with six rates), and the inflation grows with the number of rates tried, which
-would favour whichever row was tried at more rates. With no per-prompt scores both halves are the
-reported fitness.
+to references tuned no harder than itself. The best of several rates scored on the data that ranks it
+is inflated by its winner's curse (~0.002-0.004 on the embedded task with six rates), and the inflation
+grows with the number of rates tried, which would favour whichever row was tried at more rates. So the
+data that chooses is held apart, in one of two ways:
+
+* ``training.tune_seeds`` = 0 (the default; every TRL task): the rate is chosen on the even-indexed search
+  prompts (``fitness_tune``) and the row's fitness is the odd-indexed prompts' fitness at that rate, *of the
+  same seed*. With no per-prompt scores both halves are the reported fitness.
+* ``training.tune_seeds`` = k > 0 (the exact tier, ``task=diagnostic``, where a fine-tune is cheap): each
+  grid-point job also fine-tunes on k tuning seeds (``diagnostic_tune.tuning_seeds``: seed + 2000 + i,
+  disjoint from the race's and the confirmation's seeds); their mean fitness on every search prompt
+  (``TrainReply.tune_fitness``) chooses the rate, and the row's fitness is the job's own seed on every search
+  prompt. On that tier the seed term is 80-94% of a difference's variance, so two halves of one seed share
+  most of the noise the choice selects on; other seeds do not (docs/results.md §0, "Rates chosen on seeds
+  that do not rank"). Race seeds then count every search prompt too (:meth:`LrProtocol.rank`).
 
 The beta axis (``training.beta_grid``, multipliers of ``training.beta``; off by default). The offline
 evolution tunes a candidate's constants, and most of them (a margin, a temperature, a scale on rho)
@@ -60,6 +69,7 @@ class LrProtocol:
     screen_margin: float | None  # None: every candidate gets the whole grid
     betas: tuple[float, ...] | None = None  # the beta values tried (training.beta x beta_grid); None: the axis is off
     base_beta: float | None = None  # training.beta: the beta axis starts at the grid value nearest it
+    tune_seeds: int = 0  # training.tune_seeds: tuning seeds per grid-point job (0: the even/odd prompt split)
 
     @classmethod
     def from_config(cls, training: TrainingSettings | Mapping[str, Any]) -> LrProtocol:
@@ -75,7 +85,7 @@ class LrProtocol:
         betas = None if off else tuple(sorted({base * float(m) for m in multipliers}))
         return cls(grid=tuple(sorted(float(lr) for lr in grid)),
                    screen_margin=None if margin is None else float(margin), betas=betas,
-                   base_beta=None if off else base)
+                   base_beta=None if off else base, tune_seeds=int(training.tune_seeds or 0))
 
     def default(self) -> float:
         """The grid's middle: the screening rate when nothing better is known."""
@@ -133,6 +143,13 @@ class LrProtocol:
         """The rates of :meth:`next_points` (the climb's next step when the beta axis is off)."""
         return [lr for lr, _ in self.next_points(sweep)]
 
+    def rank(self, reply: TrainReply) -> float:
+        """The fitness a fine-tune at the chosen point ranks the row by (a race seed's as the first seed's): every
+        scored prompt where tuning seeds choose the rate, else the odd-indexed half."""
+        if self.tune_seeds > 0:
+            return _mean_fitness(reply)
+        return split_fitness(reply)[1]
+
     def worth_tuning(self, screen_fitness: float, best_fitness: float | None) -> bool:
         """Spend the rest of the grid only on a candidate whose screen is near the run's best."""
         if self.screen_margin is None or best_fitness is None:
@@ -141,20 +158,34 @@ class LrProtocol:
 
 
 def split_fitness(reply: TrainReply) -> tuple[float, float]:
-    """(tune, rank): one fine-tune's fitness on its even- and odd-indexed scored prompts.
+    """(tune, rank): what chooses a grid point's rate and what ranks the row at it.
 
+    A reply with tuning seeds (``tune_fitness``, ``training.tune_seeds`` > 0): their mean, and the job's own seed
+    on every scored prompt. Otherwise one fine-tune's fitness on its even- and odd-indexed scored prompts.
     Per prompt the fitness is reward - kl_coef * KL, as the scorer computes its mean. Interleaving
     (rather than first half / second half) keeps both halves alike if the prompts come in an order.
     """
-    rewards = reply.per_prompt
-    if len(rewards) < 2:
+    if reply.tune_fitness is not None:
+        return float(reply.tune_fitness), _mean_fitness(reply)
+    values = _prompt_fitness(reply)
+    if len(values) < 2:
         value = float(reply.fitness)
         return value, value
-    kls = reply.per_prompt_kl or [0.0] * len(rewards)
-    coef = float(reply.kl_coef or 0.0)
-    values = [float(r) - coef * float(k) for r, k in zip(rewards, kls, strict=True)]
     tune, rank = values[0::2], values[1::2]
     return sum(tune) / len(tune), sum(rank) / len(rank)
+
+
+def _prompt_fitness(reply: TrainReply) -> list[float]:
+    rewards = reply.per_prompt
+    kls = reply.per_prompt_kl or [0.0] * len(rewards)
+    coef = float(reply.kl_coef or 0.0)
+    return [float(r) - coef * float(k) for r, k in zip(rewards, kls, strict=True)]
+
+
+def _mean_fitness(reply: TrainReply) -> float:
+    """The fine-tune's fitness on every scored prompt (its reported fitness where it has no per-prompt scores)."""
+    values = _prompt_fitness(reply)
+    return sum(values) / len(values) if values else float(reply.fitness)
 
 
 @dataclass
@@ -207,7 +238,8 @@ class Sweep:
         return None if best is None else best[0][1]
 
     def ranked_fitness(self) -> float | None:
-        """The fitness that ranks the row: the held-apart half of the prompts, at the rate the other half chose."""
+        """The fitness that ranks the row: the held-apart half of the prompts, at the rate the other half chose
+        (with tuning seeds: the job's own seed on every prompt, at the rate they chose)."""
         best = self.best()
         return None if best is None else split_fitness(best[1])[1]
 
@@ -227,7 +259,7 @@ class Sweep:
         out = {
             "learning_rate": chosen,
             "lr_tuned": self.tuned,
-            # the tuning half's fitness per rate: what chose the rate (the row's fitness is the other half's)
+            # the tuning half's (or seeds') fitness per rate: what chose the rate (the row's fitness is the other's)
             "lr_sweep": {f"{lr:g}": round(split_fitness(d)[0], 6) for lr, d in at_beta(self.results.items())},
             "fitness_tune": None if best is None else round(split_fitness(best[1])[0], 6),
             # each rate's reward (the fitness's score), greedy accuracy and KL: the loss's reward-KL frontier

@@ -236,7 +236,8 @@ class Evaluator:
         return rows
 
     def _train_jobs(self, row: Row, points: list[Point]) -> list[Job]:
-        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr, beta=beta) for lr, beta in points]
+        return [Job(row.id, row.code, "train", self.seed, learning_rate=lr, beta=beta,
+                    tune_seeds=self.protocol.tune_seeds) for lr, beta in points]
 
     def _screen_points(self, row: Row) -> list[Point]:
         """The first points a row is trained at: one screen (references: the grid's middle), or the whole
@@ -307,7 +308,7 @@ class Evaluator:
                 if result.cached:
                     cached[row_id] = cached.get(row_id, 0) + 1
                 if row_id in races:
-                    races[row_id].add(job.seed, split_fitness(result.trained)[1] if result.ok else None,
+                    races[row_id].add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
                                       None if result.ok else f"{result.stage}: {result.error}")
                 else:
                     sweeps[row_id].add(job.learning_rate, result.ok, result.trained if result.ok else None,
