@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from discopop.archive import Archive, Row
-from discopop.config import CascadeSettings, DiagnosticTaskSettings, plain
+from discopop.config import CascadeSettings, DiagnosticTaskSettings, TrainingSettings
 from discopop.config.cascade import MAX_REJECTED_SHARE
 from discopop.execution.executors import Executor, Job, LocalExecutor, WorkerSpec
 from discopop.fitness.rank_agreement import agreement_key, load_agreements
@@ -65,10 +65,11 @@ def stage_settings(settings: CascadeSettings, stage: str) -> dict[str, Any]:
 
 def diagnostic_spec(base: WorkerSpec, preset: str, kl_coef: float) -> WorkerSpec:
     """A worker for one diagnostic preset, with the run's limits and beta (the loss is trained as in the run)."""
-    beta = (base.training or {}).get("beta")
-    task = plain(DiagnosticTaskSettings(preset=preset, kl_coef=kl_coef))
-    return replace(base, task=task, training={"beta": beta, "threads": 1}, kl_coef=kl_coef, threads=1,
-                   device="cpu", visible_devices=None)
+    training = TrainingSettings(beta=base.training.beta if base.training is not None else TrainingSettings().beta,
+                                threads=1)
+    task = DiagnosticTaskSettings(preset=preset, kl_coef=kl_coef)
+    return replace(base, task=task, training=training, kl_coef=kl_coef, threads=1, device="cpu",
+                   visible_devices=None)
 
 
 class Fidelity:
