@@ -12,6 +12,7 @@ import pytest
 from helper_confirm import PROMPTS, SEEDS, scored_row, train_reply
 
 from discopop.archive import Archive, Evaluation
+from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
@@ -128,7 +129,8 @@ def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate
     archive.finish(dpo, "scored", fitness=0.1)
     bad = archive.add(Candidate("nan_loss", NAN_LOSS, proposer="evolution"), 1)
     archive.finish(bad, "scored", fitness=0.2, metrics={"learning_rate": 2e-5})
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    settings = RunSettings.coerce(cfg)
+    executor = make_executor(settings.executor, worker_spec(settings))
     try:
         (comp,) = confirm(archive, executor, base_seed=0, n_seeds=2, top_k=1)
     finally:
