@@ -71,10 +71,19 @@ class Worker:
 
         # The settings crossed as JSON (``WorkerSpec``): typed again at once, a bad value failing init in one line.
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
-        from discopop.config import DiagnosticTaskSettings, TrainingSettings, task_from_wire, training_from_wire
+        from discopop.config import (
+            ConfigError,
+            DiagnosticTaskSettings,
+            TrainingSettings,
+            task_from_wire,
+            training_from_wire,
+        )
 
-        training = training_from_wire(msg["training"]) if msg.get("training") is not None else TrainingSettings()
-        task = task_from_wire(msg["task"]) if msg.get("task") is not None else None
+        try:
+            training = training_from_wire(msg["training"]) if msg.get("training") is not None else TrainingSettings()
+            task = task_from_wire(msg["task"]) if msg.get("task") is not None else None
+        except ConfigError as err:
+            raise _Failure("init", str(err)) from None
         self.threads = int(msg.get("threads", 1))
         self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
         self.fused_backward = bool(msg.get("fused_backward", True))
