@@ -17,7 +17,7 @@ from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candid
 from scripted_executor import config_with as config
 
 from discopop.archive import Archive
-from discopop.config import ConfigError, TrainingSettings
+from discopop.config import ConfigError, RunSettings, TrainingSettings
 from discopop.config.compose import compose, compose_settings
 from discopop.execution.executors import Job, JobResult
 from discopop.fitness.result_store import StoredRuns
@@ -301,8 +301,8 @@ def test_declared_reference_constants_are_real_and_move_one_step_each_way() -> N
 def test_the_llm_is_told_beta_is_tuned_only_when_it_is(base_cfg) -> None:
     from discopop.proposers.llm.facts import FitnessFacts  # lazy: only this test needs the prompt facts
 
-    off = FitnessFacts.from_run(base_cfg, {}).render()
-    on = FitnessFacts.from_run(config(base_cfg, training__beta_grid=MULTIPLIERS), {}).render()
+    off = FitnessFacts.from_run(RunSettings.coerce(base_cfg), {}).render()
+    on = FitnessFacts.from_run(RunSettings.coerce(config(base_cfg, training__beta_grid=MULTIPLIERS)), {}).render()
     assert f"beta = {BETA:g}: the value passed" in off and "tuned for every loss" not in off
     assert "tuned for every loss, over [0.25, 0.5, 1]" in on
 

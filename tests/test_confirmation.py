@@ -13,7 +13,7 @@ from helper_confirm import PROMPTS, SEEDS, scored_row, train_reply
 
 from discopop.archive import Archive, Evaluation
 from discopop.config import RunSettings
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
@@ -152,7 +152,7 @@ def test_the_fresh_seed_noise_the_confirmation_stores_reaches_the_llms_prompt(ar
     for row, acc in ((cand, 0.6), (dpo, 0.5)):
         _runs(archive, row, acc, rng)
     judge(archive, [archive.get(cand)], archive.get(dpo), None, SEEDS)
-    cfg, _ = compose([])
+    cfg, _ = compose_settings([])
     facts = FitnessFacts.from_run(cfg, {}, archive.rows())
     per_seed = [archive.get(r).metrics["confirmation"]["fitness"] for r in (cand, dpo)]
     expected = math.sqrt(np.mean([np.var(f, ddof=1) for f in per_seed]))
