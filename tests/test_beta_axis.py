@@ -72,7 +72,7 @@ REFS = {"dpo": Script(fitness={1e-5: 0.80, 2e-5: 0.85, 4e-5: 0.83}), "lrml": Scr
 def run(cfg: dict[str, Any], run_dir: Path, executor: ScriptedExecutor, proposer=None, **meta: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     display = Display(0, console=Console(file=io.StringIO(), width=200), quiet=True)
-    loop = Loop(cfg, run_dir, display, proposer=proposer, executor=executor,
+    loop = Loop(RunSettings.coerce(cfg), run_dir, display, proposer=proposer, executor=executor,
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64, **meta})
     try:
         loop.run(1)

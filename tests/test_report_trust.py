@@ -15,7 +15,7 @@ from test_report import DPO, LRML, MIXED, make_run
 
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, Row
-from discopop.config import WandbSettings
+from discopop.config import RunSettings, WandbSettings
 from discopop.proposers.base import Candidate
 from discopop.report.document import build_views
 from discopop.report.failures import stage_parts, timing_view
@@ -259,7 +259,8 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(Tracker, "log_candidate", lambda self, row_id, name, *rest: per_candidate.append(name))
     cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
     tracker = Tracker(WandbSettings(mode="disabled"), tmp_path, {})
-    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, Displays(display(), TrackerDisplay(tracker)),
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=1)), tmp_path,
+                Displays(display(), TrackerDisplay(tracker)),
                 proposer=ScriptedProposer({1: [candidate("a")]}),
                 executor=ScriptedExecutor({**REFS, "a": Script(fitness=0.7)}), task_meta={"pairs": 64})
     try:

@@ -198,11 +198,11 @@ class Loop:
     injected stand-in's results must never reach a real run. ``selection.reference_store=false``: none.
     """
 
-    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: RunDisplay, *,
+    def __init__(self, cfg: RunSettings, run_dir: Path, display: RunDisplay, *,
                  proposer: Proposer | None = None,
                  executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None,
                  store: ResultCache | None = None, transfer_executor: ExecutorFactory | None = None):
-        self.cfg = RunSettings.coerce(cfg)
+        self.cfg = cfg
         self.run_dir = run_dir
         self.display = display
         self.archive = Archive(run_dir / ARCHIVE_NAME)
