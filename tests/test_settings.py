@@ -240,7 +240,8 @@ def test_the_allowed_values_kept_with_the_settings_match_the_components() -> Non
 def test_settings_sent_to_a_worker_come_back_the_same() -> None:
     training = TrainingSettings(beta=0.2, lr_grid=[1e-5, 2e-5], lora={"r": 4, "alpha": 8}, threads=3)
     assert training_from_wire(json.loads(json.dumps(plain(training)))) == training
-    for overrides in ([], ["task=diagnostic", "task.preset=label_noise"], ["task=sorting", "task.pairs.ties=0.1"]):
+    for overrides in ([], ["task=diagnostic", "task.preset=label_noise"], ["task=sorting", "task.pairs.ties=0.1"],
+                      ["task=tldr", "task.judge.template=/nowhere/the/worker/can/see.txt"]):
         settings, _ = compose_settings(overrides)
         back = task_from_wire(json.loads(json.dumps(plain(settings.task))))
         assert back == settings.task and type(back) is type(settings.task)

@@ -257,9 +257,14 @@ def task_settings(value: Any) -> SyntheticTaskSettings | HubTaskSettings | Diagn
 
 def task_from_wire(value: Any) -> TaskSettings:
     """The task settings a sandboxed worker received as JSON (``asdict`` of them), read back at once without
-    OmegaConf and checked: a bad value is a ``ConfigError`` of one line (``base.from_wire``)."""
+    OmegaConf and checked: a bad value is a ``ConfigError`` of one line (``base.from_wire``).
+
+    A hub task's values are not checked again here: its check looks for the judge's template file, which the
+    worker's sandbox need not show it (the judge grades in the main process, which checked them at start)."""
     kind = value.get("kind", "synthetic") if isinstance(value, Mapping) else None
     settings = from_wire(_pick(kind, TASKS, "task.kind"), value, "task")
+    if isinstance(settings, HubTaskSettings):
+        return settings
     try:
         settings.check()  # a ConfigError already says which key and value
     except TypeError as err:  # a value of the wrong type where a number is compared
