@@ -160,7 +160,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         losses.update(evolved_losses(args.evolved, args.archives, args.seed))
     names = list(losses)
     executor = LocalExecutor(worker_spec(run_settings), workers=args.workers)
-    fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=args.seed,
+    fidelity = Fidelity(settings, task=run_settings.task, training=run_settings.training, seed=args.seed,
                         executor=executor, base_spec=worker_spec(run_settings))
     try:
         executor.warm_up()

@@ -445,7 +445,7 @@ class Loop:
         settings = self.cfg.cascade
         if not settings.stages:
             return None
-        fidelity = Fidelity(settings, task=plain(self.cfg.task), training=plain(self.cfg.training), seed=self.seed,
+        fidelity = Fidelity(settings, task=self.cfg.task, training=self.cfg.training, seed=self.seed,
                             executor=executor, base_spec=worker_spec(self.cfg))
         self.archive.set_state("cascade", fidelity.summary())
         for stage, info in fidelity.summary().items():
