@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from discopop.archive import Archive
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.execution.factory import make_executor
 from discopop.fitness.tuning import LrProtocol
 from discopop.proposers.reference import available, reference_candidate
@@ -33,14 +33,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    load_task(cfg["task"])
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
+    load_task(cfg.task)
+    executor = make_executor(cfg.executor, worker_spec(cfg))
     started = time.perf_counter()
     executor.warm_up()
     warm = time.perf_counter() - started
     archive = Archive(Path(tempfile.mkdtemp()) / "archive.sqlite")
-    evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol.from_config(cfg["training"]))
+    evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol.from_config(cfg.training))
     names = available()
     split = {"wall": [], "check": [], "steps": [], "score": [], "overhead": []}
     for i in range(args.n):

@@ -32,7 +32,7 @@ from pathlib import Path
 from transformers import PrinterCallback
 
 from discopop.archive import Archive, Evaluation
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.contract.losses import load_loss
 from discopop.fitness import stats
 from discopop.fitness.training import FineTuner
@@ -73,10 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps < 1 or args.seeds < 1:
         parser.error(f"--reps and --seeds must be >= 1, got {args.reps} and {args.seeds}")
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    task = load_task(cfg["task"])
-    kl_coef = float(cfg["task"].get("kl_coef", 0.0))
-    tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()), kl_coef=kl_coef)
+    cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
+    task = load_task(cfg.task)
+    kl_coef = float(cfg.task.kl_coef)
+    tuner = FineTuner(task, cfg.training, Path(tempfile.mkdtemp()), kl_coef=kl_coef)
     tuner.trainer.remove_callback(PrinterCallback)  # one line per repetition, not one dict per run
     dpo = load_loss(DPO)
     print(f"task {task.name}: {len(task.prompts('confirm'))} confirm prompts, {len(tuner.all_pairs)} pairs, "

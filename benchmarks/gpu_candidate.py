@@ -131,7 +131,7 @@ class PeakRecorder:
 
 def measure(name: str, overrides: list[str], n: int) -> Measured:
     from discopop.archive import Archive
-    from discopop.config.compose import compose
+    from discopop.config.compose import compose_settings
     from discopop.execution.factory import make_executor
     from discopop.fitness.tuning import LrProtocol
     from discopop.proposers.reference import available, reference_candidate
@@ -139,10 +139,10 @@ def measure(name: str, overrides: list[str], n: int) -> Measured:
     from discopop.search.loop import worker_spec
     from discopop.tasks import load_task
 
-    cfg, _ = compose(overrides)
-    load_task(cfg["task"])
-    measured = Measured(name, int(cfg["executor"]["workers"]))
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    cfg, _ = compose_settings(overrides)
+    load_task(cfg.task)
+    measured = Measured(name, int(cfg.executor.workers))
+    executor = make_executor(cfg.executor, worker_spec(cfg))
     recorder = PeakRecorder(executor, measured)
     try:
         started = time.perf_counter()
@@ -153,7 +153,7 @@ def measure(name: str, overrides: list[str], n: int) -> Measured:
             measured.device = f"{report[0].get('device')} ({report[0].get('precision')})"
             measured.missing_layers = report[0].get("missing_layers") or {}
         archive = Archive(Path(tempfile.mkdtemp()) / "archive.sqlite")
-        evaluator = Evaluator(archive, recorder, seed=0, protocol=LrProtocol.from_config(cfg["training"]))
+        evaluator = Evaluator(archive, recorder, seed=0, protocol=LrProtocol.from_config(cfg.training))
         names = [x for x in available() if x != "negated_dpo"]
         width = recorder.parallelism
         for start in range(0, n, width):

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.contract.checks import check_loss
 from discopop.contract.losses import load_loss
 from discopop.fitness.training import FineTuner
@@ -87,11 +87,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="oracle arms to run")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    task = load_task(cfg["task"])
-    fine_tuner = FineTuner(task, cfg["training"], Path(tempfile.mkdtemp()))
+    cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
+    task = load_task(cfg.task)
+    fine_tuner = FineTuner(task, cfg.training, Path(tempfile.mkdtemp()))
     oracles = OracleSupply(Limits())
-    timeout = float(cfg["training"]["oracle_timeout"])  # per oracle call, as a worker waits
+    timeout = float(cfg.training.oracle_timeout)  # per oracle call, as a worker waits
     oracles.prespawn()
     names = available()
     seconds: dict[str, list[float]] = {"in-process": [], **{arm: [] for arm in args.arms}}

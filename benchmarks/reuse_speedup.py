@@ -1,7 +1,8 @@
 """What reusing one warm trainer saves per candidate, side by side in one process.
 
-Two FineTuners on the same task, one with ``training.fast_reuse`` (replayed collated batches,
-no full gc between runs) and one without, train the same loss alternately. Prints the median
+Two FineTuners on the same task, one as the product builds it (``FineTuner.reuse_between_runs``: replayed
+collated batches, no full gc between runs) and one without that reuse (``_NoReuse``, this benchmark's own
+subclass), train the same loss alternately. Prints the median
 wall time per candidate of each, and the framework overhead (wall - steps - scoring) of each as a
 share of its compute.
 
@@ -16,10 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.contract.losses import load_loss
 from discopop.fitness.training import FineTuner
 from discopop.tasks import load_task
+
+
+class _NoReuse(FineTuner):
+    """A fine-tuner without the reuse between runs: what every candidate would pay without it."""
+
+    def reuse_between_runs(self) -> None:
+        pass
 
 
 def main() -> None:
@@ -27,9 +35,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    task = load_task(cfg["task"])
-    tuners = {flag: FineTuner(task, {**cfg["training"], "fast_reuse": flag}, Path(tempfile.mkdtemp()))
+    cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
+    task = load_task(cfg.task)
+    tuners = {flag: (FineTuner if flag else _NoReuse)(task, cfg.training, Path(tempfile.mkdtemp()))
               for flag in (False, True)}
     fn = load_loss("proposals/dpo.py")
     for tuner in tuners.values():

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from discopop.config import CascadeSettings, plain
-from discopop.config.compose import SAVED_CONFIG, compose, compose_settings
+from discopop.config.compose import SAVED_CONFIG, compose_settings
 from discopop.config.references import available
 from discopop.execution.executors import Job, LocalExecutor
 from discopop.fitness.rank_agreement import agreement_key, bootstrap_spearman, entry, save_agreements
@@ -138,11 +138,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         run_settings, _ = compose_settings(["training.threads=1", f"executor.workers={args.workers}",
                                             "wandb.mode=disabled", *args.overrides],
                                            config_file=args.run / SAVED_CONFIG)
-        cfg = run_settings.to_dict()
     else:
-        cfg, _ = compose([*task, *(TINY if args.task == "tiny" else []), f"training.lr_grid={args.grid}",
-                          "training.threads=1", f"executor.workers={args.workers}", "wandb.mode=disabled",
-                          *args.overrides])
+        run_settings, _ = compose_settings([*task, *(TINY if args.task == "tiny" else []),
+                                            f"training.lr_grid={args.grid}", "training.threads=1",
+                                            f"executor.workers={args.workers}", "wandb.mode=disabled",
+                                            *args.overrides])
+    cfg = run_settings.to_dict()
     settings = CascadeSettings(stages=["diagnostic", "short"], diagnostic_presets=args.presets.split(","),
                                diagnostic_lrs=[float(x) for x in args.lrs.split(",")],
                                short_fraction=args.short_fraction)
@@ -150,7 +151,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     started = time.perf_counter()
     load_task(cfg["task"])  # built (or found) before the workers start
     print(f"task ready in {time.perf_counter() - started:.1f} s")
-    protocol = LrProtocol.from_config(cfg["training"])
+    protocol = LrProtocol.from_config(run_settings.training)
     archived = archived_scores(args.run, protocol) if args.run is not None else {}
     if archived:
         losses = {name: code for name, (code, _, _) in archived.items()}
@@ -158,9 +159,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         losses = {n: reference_candidate(n).code for n in available()}
         losses.update(evolved_losses(args.evolved, args.archives, args.seed))
     names = list(losses)
-    executor = LocalExecutor(worker_spec(cfg), workers=args.workers)
-    fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=args.seed,
-                        executor=executor, base_spec=worker_spec(cfg))
+    executor = LocalExecutor(worker_spec(run_settings), workers=args.workers)
+    fidelity = Fidelity(settings, task=run_settings.task, training=run_settings.training, seed=args.seed,
+                        executor=executor, base_spec=worker_spec(run_settings))
     try:
         executor.warm_up()
         t0 = time.perf_counter()

@@ -17,8 +17,8 @@ from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candid
 from scripted_executor import config_with as config
 
 from discopop.archive import Archive
-from discopop.config import ConfigError, TrainingSettings
-from discopop.config.compose import compose
+from discopop.config import ConfigError, RunSettings, TrainingSettings
+from discopop.config.compose import compose, compose_settings
 from discopop.execution.executors import Job, JobResult
 from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol, Sweep
@@ -72,7 +72,7 @@ REFS = {"dpo": Script(fitness={1e-5: 0.80, 2e-5: 0.85, 4e-5: 0.83}), "lrml": Scr
 def run(cfg: dict[str, Any], run_dir: Path, executor: ScriptedExecutor, proposer=None, **meta: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     display = Display(0, console=Console(file=io.StringIO(), width=200), quiet=True)
-    loop = Loop(cfg, run_dir, display, proposer=proposer, executor=executor,
+    loop = Loop(RunSettings.coerce(cfg), run_dir, display, proposer=proposer, executor=executor,
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64, **meta})
     try:
         loop.run(1)
@@ -108,7 +108,7 @@ def archive_dump(run_dir: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("multipliers", [None, [1], [1.0]])
 def test_an_absent_or_unit_beta_grid_is_the_rate_only_protocol(multipliers) -> None:
-    protocol = LrProtocol.from_config({"beta": BETA, "lr_grid": list(GRID), "beta_grid": multipliers})
+    protocol = LrProtocol.from_config(TrainingSettings(beta=BETA, lr_grid=list(GRID), beta_grid=multipliers))
     assert protocol.betas is None and protocol.default_point() == (2e-5, None)
     assert protocol.points() == [(lr, None) for lr in GRID]
     sweep = Sweep()
@@ -117,7 +117,7 @@ def test_an_absent_or_unit_beta_grid_is_the_rate_only_protocol(multipliers) -> N
 
 
 def test_the_climb_moves_along_both_axes_from_the_run_beta() -> None:
-    protocol = LrProtocol.from_config({"beta": BETA, "lr_grid": list(GRID), "beta_grid": MULTIPLIERS})
+    protocol = LrProtocol.from_config(TrainingSettings(beta=BETA, lr_grid=list(GRID), beta_grid=MULTIPLIERS))
     assert protocol.betas == (0.25, 0.5, 1.0) and protocol.default_point() == (2e-5, 0.5)
     assert len(protocol.points()) == 9
     sweep = Sweep()
@@ -133,7 +133,7 @@ def test_the_climb_moves_along_both_axes_from_the_run_beta() -> None:
 
 
 def test_a_candidate_screens_at_its_parents_beta_else_the_runs_most_common() -> None:
-    protocol = LrProtocol.from_config({"beta": BETA, "lr_grid": list(GRID), "beta_grid": MULTIPLIERS})
+    protocol = LrProtocol.from_config(TrainingSettings(beta=BETA, lr_grid=list(GRID), beta_grid=MULTIPLIERS))
     assert protocol.screen_point([(4e-5, 1.0)], [(1e-5, 0.25)]) == (4e-5, 1.0)
     assert protocol.screen_point([], [(1e-5, 0.25), (1e-5, 0.25), (2e-5, 0.5)]) == (1e-5, 0.25)
     assert protocol.screen_point([(4e-5, None)], []) == (4e-5, 0.5)  # a parent scored without the axis
@@ -264,9 +264,9 @@ def test_the_diagnostic_tuner_trains_at_the_jobs_beta() -> None:
     from discopop.fitness.diagnostic_tune import DiagnosticTuner, fine_tune
 
     dpo = load_loss((PROPOSALS / "dpo.py").read_text())  # a trusted reference file
-    cfg, _ = compose(["task=diagnostic", "task.contexts=64", "task.eval_contexts=64", "task.steps=30",
-                      "task.batch=64"])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=0.0)
+    cfg, _ = compose_settings(["task=diagnostic", "task.contexts=64", "task.eval_contexts=64", "task.steps=30",
+                               "task.batch=64"])
+    tuner = DiagnosticTuner(cfg.task, cfg.training, kl_coef=0.0)
     default = tuner.run(dpo, seed=1, learning_rate=0.1)
     doubled = tuner.run(dpo, seed=1, learning_rate=0.1, beta=2 * tuner.beta)
     assert "beta" not in default and doubled["beta"] == 2 * tuner.beta
@@ -301,8 +301,8 @@ def test_declared_reference_constants_are_real_and_move_one_step_each_way() -> N
 def test_the_llm_is_told_beta_is_tuned_only_when_it_is(base_cfg) -> None:
     from discopop.proposers.llm.facts import FitnessFacts  # lazy: only this test needs the prompt facts
 
-    off = FitnessFacts.from_run(base_cfg, {}).render()
-    on = FitnessFacts.from_run(config(base_cfg, training__beta_grid=MULTIPLIERS), {}).render()
+    off = FitnessFacts.from_run(RunSettings.coerce(base_cfg), {}).render()
+    on = FitnessFacts.from_run(RunSettings.coerce(config(base_cfg, training__beta_grid=MULTIPLIERS)), {}).render()
     assert f"beta = {BETA:g}: the value passed" in off and "tuned for every loss" not in off
     assert "tuned for every loss, over [0.25, 0.5, 1]" in on
 
@@ -344,14 +344,15 @@ def test_the_trl_fine_tune_trains_at_the_jobs_beta_then_at_the_runs_again(tiny_t
     from discopop.fitness.training import FineTuner
 
     task, cfg = tiny_task
-    training = {**cfg["training"], "batch_size": 16, "learning_rate": 1e-2, "threads": 1, "epochs": 2}
+    training = TrainingSettings(**{**cfg["training"], "batch_size": 16, "learning_rate": 1e-2, "threads": 1,
+                                   "epochs": 2})
     tuner = FineTuner(task, training, Path(tempfile.mkdtemp()))
     dpo = load_loss((PROPOSALS / "dpo.py").read_text())
     first = tuner.run(dpo, seed=0)
-    doubled = tuner.run(dpo, seed=0, beta=4 * training["beta"])
-    assert tuner.trainer.beta == 4 * training["beta"]
+    doubled = tuner.run(dpo, seed=0, beta=4 * training.beta)
+    assert tuner.trainer.beta == 4 * training.beta
     again = tuner.run(dpo, seed=0)
-    assert tuner.trainer.beta == training["beta"]
+    assert tuner.trainer.beta == training.beta
     # the loss saw beta x 4: the scaled margins |beta * rho| it trained on are larger (rho moves as well)
     assert doubled.metrics["margin_abs_q90"] > first.metrics["margin_abs_q90"] > 0
     assert again.metrics == first.metrics and again.score.fitness == first.score.fitness

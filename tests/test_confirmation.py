@@ -12,7 +12,8 @@ import pytest
 from helper_confirm import PROMPTS, SEEDS, scored_row, train_reply
 
 from discopop.archive import Archive, Evaluation
-from discopop.config.compose import compose
+from discopop.config import RunSettings
+from discopop.config.compose import compose_settings
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
@@ -128,7 +129,8 @@ def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate
     archive.finish(dpo, "scored", fitness=0.1)
     bad = archive.add(Candidate("nan_loss", NAN_LOSS, proposer="evolution"), 1)
     archive.finish(bad, "scored", fitness=0.2, metrics={"learning_rate": 2e-5})
-    executor = make_executor(cfg["executor"], worker_spec(cfg))
+    settings = RunSettings.coerce(cfg)
+    executor = make_executor(settings.executor, worker_spec(settings))
     try:
         (comp,) = confirm(archive, executor, base_seed=0, n_seeds=2, top_k=1)
     finally:
@@ -150,7 +152,7 @@ def test_the_fresh_seed_noise_the_confirmation_stores_reaches_the_llms_prompt(ar
     for row, acc in ((cand, 0.6), (dpo, 0.5)):
         _runs(archive, row, acc, rng)
     judge(archive, [archive.get(cand)], archive.get(dpo), None, SEEDS)
-    cfg, _ = compose([])
+    cfg, _ = compose_settings([])
     facts = FitnessFacts.from_run(cfg, {}, archive.rows())
     per_seed = [archive.get(r).metrics["confirmation"]["fitness"] for r in (cand, dpo)]
     expected = math.sqrt(np.mean([np.var(f, ddof=1) for f in per_seed]))

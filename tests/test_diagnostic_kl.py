@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from discopop.config import TrainingSettings, task_settings
 from discopop.config.compose import compose
 from discopop.config.task import DIAGNOSTIC_KL_COEF
 from discopop.contract.losses import load_loss
@@ -62,7 +63,8 @@ def test_moving_further_along_dpos_own_direction_gains_reward_but_does_not_win(d
 def test_the_tuners_reply_reports_reward_and_kl_apart_and_prices_kl_by_default(dpo) -> None:
     cfg, _ = compose(["task=diagnostic", "task.preset=label_noise", "task.contexts=64", "task.eval_contexts=64",
                       "task.steps=30", "task.batch=64"])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=cfg["task"]["kl_coef"])
+    tuner = DiagnosticTuner(task_settings(cfg["task"]), TrainingSettings(**cfg["training"]),
+                            kl_coef=cfg["task"]["kl_coef"])
     reply = tuner.run(dpo, seed=0, learning_rate=0.03)
     assert reply["kl_coef"] == KL_COEF and reply["kl"] > 0.01
     assert reply["fitness"] == pytest.approx(reply["reward"] - KL_COEF * reply["kl"], abs=1e-12)

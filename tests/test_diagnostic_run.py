@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from discopop.config import ConfigError, RunSettings
+from discopop.config import ConfigError, RunSettings, TrainingSettings, task_settings
 from discopop.config.compose import compose
 from discopop.config.task import DIAGNOSTIC_PRESETS
 from discopop.contract.losses import load_loss
@@ -72,7 +72,7 @@ def test_load_task_splits_the_heldout_contexts() -> None:
 
 def test_tuner_reply_scores_the_split_it_is_asked(dpo) -> None:
     cfg, _ = compose(["task=diagnostic", *SMALL, "task.kl_coef=0.5"])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=0.5)
+    tuner = DiagnosticTuner(task_settings(cfg["task"]), TrainingSettings(**cfg["training"]), kl_coef=0.5)
     search = tuner.run(dpo, seed=1, split="search", learning_rate=0.1)
     confirm = tuner.run(dpo, seed=1, split="confirm", learning_rate=0.1)
     full = fine_tune(dpo, tuner.setting, seed=1, lr=0.1, beta=0.1)
@@ -98,7 +98,7 @@ def test_tuner_reply_scores_the_split_it_is_asked(dpo) -> None:
 def test_tuner_leaves_the_global_rng_alone(dpo) -> None:
     """The worker snapshots its state after building the tuner: a fine-tune must not move torch's global state."""
     cfg, _ = compose(["task=diagnostic", *SMALL])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=0.0)
+    tuner = DiagnosticTuner(task_settings(cfg["task"]), TrainingSettings(**cfg["training"]), kl_coef=0.0)
     before = torch.random.get_rng_state()
     manual_seed = torch.manual_seed
     tuner.run(dpo, seed=0)

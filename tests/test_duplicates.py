@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from discopop.archive import Archive
+from discopop.config import TrainingSettings
 from discopop.contract import checks
 from discopop.contract.checks import check_loss
 from discopop.contract.losses import load_loss
@@ -17,7 +18,7 @@ from discopop.proposers.base import Candidate
 from discopop.search.cascade import Evaluator, _unit, same_behaviour
 from discopop.search.history import history_entry
 
-ONE_RATE = LrProtocol.from_config({"learning_rate": 1e-5, "lr_grid": None})
+ONE_RATE = LrProtocol.from_config(TrainingSettings(learning_rate=1e-5, lr_grid=None))
 
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
@@ -113,7 +114,7 @@ def test_evaluator_archives_behaviour_twins_as_duplicates_without_training(tmp_p
     extra = archive.add(Candidate("hinge_x2", loss("2.0 * torch.relu(1 - beta * rho)"), proposer="evolution"), 1)
     rows.append(archive.get(extra))
     # The run's training beta (0.2, not the default) reaches the worker's checks through its init message.
-    executor = LocalExecutor(WorkerSpec(task=None, training={"beta": 0.2}, check_timeout=60), workers=1)
+    executor = LocalExecutor(WorkerSpec(task=None, training=TrainingSettings(beta=0.2), check_timeout=60), workers=1)
     try:
         evaluator = Evaluator(archive, executor, seed=0, protocol=ONE_RATE)
         outcomes = {archive.get(o.row_id).name: o for o in evaluator.evaluate(rows)}

@@ -18,7 +18,7 @@ from conftest import SMALL_RUN
 from scripted_executor import Script, ScriptedExecutor, candidate
 
 from discopop.archive import Archive
-from discopop.config import CascadeSettings, ConfigError, TrainingSettings, plain
+from discopop.config import CascadeSettings, ConfigError, SyntheticTaskSettings, TrainingSettings, plain
 from discopop.execution.executors import Job, JobResult, WorkerSpec
 from discopop.fitness.rank_agreement import agreement_key, bootstrap_spearman, ranks, spearman
 from discopop.fitness.tuning import LrProtocol
@@ -27,6 +27,7 @@ from discopop.search.fidelity import Fidelity, stage_settings
 
 FULL_STEPS = 40
 TASK = {"kind": "synthetic", "name": "addition"}
+TASK_SETTINGS = SyntheticTaskSettings()  # the run's task, as the loop gives it to the cheap stages
 TRAINING = plain(TrainingSettings())
 
 
@@ -82,7 +83,7 @@ CANDS = {"good_1": 0.65, "bad_1": 0.10, "good_2": 0.55, "bad_2": 0.20}
 
 
 def _write_agreement(path: Path, settings: CascadeSettings, lower: float, key: str | None = None) -> None:
-    key = key or agreement_key(TASK, TRAINING, stage_settings(settings, "short"))
+    key = key or agreement_key(plain(TASK_SETTINGS), TRAINING, stage_settings(settings, "short"))
     path.write_text(json.dumps({"stages": {"short": {"key": key, "rho": lower + 0.1, "lower": lower,
                                                      "upper": 1.0, "n": 17}}}))
 
@@ -91,7 +92,7 @@ def _run(tmp_path: Path, settings: CascadeSettings, late_reference: bool = False
     scripts = {name: Script(fitness=value) for name, value in {**REFS, **CANDS, "ref_late": 0.05}.items()}
     executor = StepCountingExecutor(scripts, workers=2)
     archive = Archive(tmp_path / "archive.sqlite")
-    fidelity = Fidelity(settings, task=TASK, training=TRAINING, seed=0, executor=executor,
+    fidelity = Fidelity(settings, task=TASK_SETTINGS, training=TrainingSettings(), seed=0, executor=executor,
                         base_spec=WorkerSpec(task=None, training=None))
     evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol(grid=(2e-5,), screen_margin=None),
                           fidelity=fidelity)
@@ -150,17 +151,17 @@ def test_a_stage_with_shown_agreement_rejects_below_its_cut_within_a_quarter_of_
 
 
 def test_the_diagnostic_stage_runs_in_sandboxed_workers_through_the_oracle(tmp_path: Path, cache_dir) -> None:
-    from discopop.config.compose import compose
+    from discopop.config.compose import compose_settings
     from discopop.proposers.reference import reference_candidate
     from discopop.search.loop import worker_spec
 
-    cfg, _ = compose(SMALL_RUN)
+    cfg, _ = compose_settings(SMALL_RUN)
     settings = CascadeSettings(stages=["diagnostic"], diagnostic_presets=["clean"], diagnostic_lrs=[0.03])
     dpo = reference_candidate("dpo").code
     negated = dpo.replace("-F.logsigmoid(beta * rho)", "F.logsigmoid(beta * rho)")
     wrong_shape = dpo.replace("-F.logsigmoid(beta * rho)", "(-F.logsigmoid(beta * rho)).mean()")
     assert len({dpo, negated, wrong_shape}) == 3
-    fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=0, executor=None,
+    fidelity = Fidelity(settings, task=cfg.task, training=cfg.training, seed=0, executor=None,
                         base_spec=worker_spec(cfg))
     try:
         scores = fidelity.diagnostic_scores({1: dpo, 2: negated, 3: wrong_shape})
@@ -178,17 +179,17 @@ def test_the_diagnostic_stage_runs_in_sandboxed_workers_through_the_oracle(tmp_p
 @pytest.mark.slow
 def test_a_short_fine_tune_runs_its_share_of_the_steps(tmp_path: Path, tiny_task) -> None:
     """A real short and a real full fine-tune of DPO on the tiny task (~30 s on 2 idle cores)."""
-    from discopop.config.compose import compose
+    from discopop.config.compose import compose_settings
     from discopop.execution.executors import LocalExecutor
     from discopop.proposers.reference import reference_candidate
     from discopop.search.loop import worker_spec
 
-    cfg, _ = compose([*SMALL_RUN, "training.epochs=2", "training.batch_size=4"])
+    cfg, _ = compose_settings([*SMALL_RUN, "training.epochs=2", "training.batch_size=4"])
     settings = CascadeSettings(stages=["short"], short_fraction=0.25)
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     dpo = reference_candidate("dpo").code
     try:
-        fidelity = Fidelity(settings, task=plain(cfg["task"]), training=plain(cfg["training"]), seed=0,
+        fidelity = Fidelity(settings, task=cfg.task, training=cfg.training, seed=0,
                             executor=executor, base_spec=worker_spec(cfg))
         short = fidelity.short_scores({1: (dpo, 2e-5)})[1]
         (full,) = list(executor.run([Job(1, dpo, "train", 0, learning_rate=2e-5)]))

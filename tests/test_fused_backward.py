@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from discopop.config import TrainingSettings
 from discopop.contract.checks import check_loss
 from discopop.fitness.diagnostic_tune import fine_tune
 from discopop.sandbox import Limits
@@ -199,7 +200,8 @@ def test_the_trl_fine_tune_is_bit_identical_and_one_round_trip_per_step(supply, 
     from discopop.fitness.training import FineTuner  # lazy: TRL's import is this test's alone
 
     task, cfg = tiny_task
-    training = {**cfg["training"], "batch_size": 16, "learning_rate": 1e-2, "threads": 1, "epochs": 1}
+    training = TrainingSettings(**{**cfg["training"], "batch_size": 16, "learning_rate": 1e-2, "threads": 1,
+                                   "epochs": 1})
     tuner = FineTuner(task, training, Path(tempfile.mkdtemp()))
     runs, trips = {}, {}
     for fused in (False, True):

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from discopop.config import LocalExecutorSettings, TrainingSettings
 from discopop.execution.devices import (
     NO_GPU,
     accumulation_steps,
@@ -27,7 +29,12 @@ from discopop.execution.ray_executor import actor_gpus
 from discopop.sandbox import Limits, SandboxedProcess, expected_layers, sandbox_env
 from discopop.sandbox.lockdown import gpu_device_files
 
-TRAINING = {"batch_size": 32, "device": "auto", "precision": "fp32"}
+TRAINING = TrainingSettings(batch_size=32, device="auto", precision="fp32")
+LOCAL = LocalExecutorSettings()
+
+
+def training(**changes) -> TrainingSettings:
+    return replace(TRAINING, **changes)
 
 
 def test_device_auto_resolves_to_cpu_here() -> None:
@@ -35,7 +42,7 @@ def test_device_auto_resolves_to_cpu_here() -> None:
     assert resolve_device("auto", torch.cuda.is_available()) == "cpu"
     assert resolve_device("auto", True) == "cuda"
     assert resolve_device("cpu", True) == "cpu"
-    assert plan_local_workers(TRAINING, {"gpus": "auto"}, 2)[0].device == "cpu"  # asks torch: no GPU here
+    assert plan_local_workers(TRAINING, LOCAL, 2)[0].device == "cpu"  # asks torch: no GPU here
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -50,10 +57,10 @@ def test_device_auto_resolves_to_cpu_here() -> None:
     (lambda: lora_settings({"r": 4, "dropout": 1.0}), "training.lora.dropout must be in [0, 1)"),
     (lambda: lora_settings({"r": 4, "target_modules": []}), "training.lora.target_modules must be"),
     (lambda: lora_settings("yes"), "training.lora must be null or a mapping"),
-    (lambda: accumulation_steps({"batch_size": 32, "gradient_accumulation_steps": 3}), "must divide"),
+    (lambda: accumulation_steps(training(gradient_accumulation_steps=3)), "must divide"),
     (lambda: gpu_slots([0, 2], 2, 1, 2), "executor.gpus: [2] not among the 2 GPU(s)"),
     (lambda: gpu_slots("auto", 5, 2, 2), "executor.workers=5 does not fit on 2 GPU(s)"),
-    (lambda: plan_local_workers({**TRAINING, "precision": "fp16"}, {}, 1, device_count=0), "fp16 needs a CUDA"),
+    (lambda: plan_local_workers(training(precision="fp16"), LOCAL, 1, device_count=0), "fp16 needs a CUDA"),
 ])
 def test_bad_values_give_one_line_errors(call, message: str) -> None:
     with pytest.raises(ValueError) as err:
@@ -86,15 +93,18 @@ def test_gpu_indices_map_through_an_outer_cuda_visible_devices() -> None:
 
 
 def test_local_plan_pins_cuda_workers_and_hides_gpus_from_cpu_workers() -> None:
-    spec = WorkerSpec(task=None, training=dict(TRAINING))
-    cuda = placed_specs(spec, {"gpus": [0, 1], "workers_per_gpu": 2}, 4, device_count=2)
-    assert [(s.device, s.visible_devices, s.training["device"]) for s in cuda] == [
+    spec = WorkerSpec(task=None, training=TRAINING)
+    cuda = placed_specs(spec, LocalExecutorSettings(gpus=[0, 1], workers_per_gpu=2), 4, device_count=2)
+    assert [(s.device, s.visible_devices, s.training.device) for s in cuda] == [
         ("cuda", "0", "cuda"), ("cuda", "1", "cuda"), ("cuda", "0", "cuda"), ("cuda", "1", "cuda")]
     assert cuda[0].worker_env() == {"CUDA_VISIBLE_DEVICES": "0"}
-    cpu = placed_specs(spec, {"gpus": "auto"}, 2, device_count=0)
-    assert [(s.device, s.visible_devices, s.training["device"]) for s in cpu] == [("cpu", NO_GPU, "cpu")] * 2
-    forced_cpu = placed_specs(WorkerSpec(task=None, training={**TRAINING, "device": "cpu"}), {}, 1, device_count=8)
+    cpu = placed_specs(spec, LocalExecutorSettings(gpus="auto"), 2, device_count=0)
+    assert [(s.device, s.visible_devices, s.training.device) for s in cpu] == [("cpu", NO_GPU, "cpu")] * 2
+    assert spec.training.device == "auto"  # placing copies the settings: the run's own are not changed
+    forced_cpu = placed_specs(WorkerSpec(task=None, training=training(device="cpu")), LOCAL, 1, device_count=8)
     assert forced_cpu[0].device == "cpu"
+    untrained = placed_specs(WorkerSpec(task=None, training=None), LOCAL, 1, device_count=0)
+    assert untrained[0].device == "cpu" and untrained[0].training is None
 
 
 def test_ray_actors_ask_for_a_gpu_share() -> None:
@@ -102,9 +112,9 @@ def test_ray_actors_ask_for_a_gpu_share() -> None:
     assert actor_gpus(TRAINING, 1, cluster_gpus=1) == ("cuda", 1.0)
     assert actor_gpus(TRAINING, None, cluster_gpus=1) == ("cuda", 1.0)
     assert actor_gpus(TRAINING, 2, cluster_gpus=0) == ("cpu", 0.0)
-    assert actor_gpus({**TRAINING, "device": "cpu"}, 1, cluster_gpus=8) == ("cpu", 0.0)
+    assert actor_gpus(training(device="cpu"), 1, cluster_gpus=8) == ("cpu", 0.0)
     with pytest.raises(ValueError, match="training.device=cuda but no CUDA GPU"):
-        actor_gpus({**TRAINING, "device": "cuda"}, 1, cluster_gpus=0)
+        actor_gpus(training(device="cuda"), 1, cluster_gpus=0)
 
 
 def test_a_cuda_worker_swaps_only_the_address_space_limit_for_a_data_limit_and_its_oracles_stay_cpu_only() -> None:

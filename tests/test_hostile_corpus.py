@@ -34,6 +34,7 @@ from scripted_executor import ScriptedExecutor, loss_code
 
 from discopop.archive import Archive
 from discopop.cli.main import main
+from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.contract.losses import LossRejected, decode_source, static_check
 from discopop.proposers.gate import MAX_NAME_CHARS
@@ -178,8 +179,8 @@ def loop_run(cfg: dict, server, run_dir: Path, generations: int) -> str:
     buf = io.StringIO()
     proposer = OpenAIProposer(model="test-model", base_url=server.url, api_key_env=KEY_ENV, max_retries=0,
                               max_repairs=0, lookahead=0)
-    loop = Loop(cfg, run_dir, Display(0, console=Console(file=buf, width=200), quiet=True), proposer=proposer,
-                executor=ScriptedExecutor(), task_meta=META)
+    loop = Loop(RunSettings.coerce(cfg), run_dir, Display(0, console=Console(file=buf, width=200), quiet=True),
+                proposer=proposer, executor=ScriptedExecutor(), task_meta=META)
     try:
         loop.run(generations)
     finally:

@@ -24,6 +24,7 @@ from conftest import TINY_TASK
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.cli.check import check_in_worker
+from discopop.config import TrainingSettings, task_settings
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, LocalExecutor, WorkerSpec
 from discopop.tasks import load_task
@@ -104,9 +105,9 @@ def executor(cache_dir, deep_path):
     os.environ[TOKEN_VAR] = token
     old_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = deep_path
-    training = {**cfg["training"], "batch_size": 16, "threads": 1}
-    spec = WorkerSpec(task=cfg["task"], training=training, check_timeout=CHECK_TIMEOUT, train_timeout=300,
-                      oracle_timeout=5.0, oracle_module="hostile_deep_oracle")
+    training = TrainingSettings(**{**cfg["training"], "batch_size": 16, "threads": 1})
+    spec = WorkerSpec(task=task_settings(cfg["task"]), training=training, check_timeout=CHECK_TIMEOUT,
+                      train_timeout=300, oracle_timeout=5.0, oracle_module="hostile_deep_oracle")
     pool = LocalExecutor(spec, workers=1)
     try:
         yield pool, token

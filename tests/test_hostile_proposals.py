@@ -27,6 +27,7 @@ from scripted_executor import ScriptedExecutor, ScriptedProposer, candidate, los
 
 from discopop.archive import Archive
 from discopop.cli.main import main
+from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.proposers import ProposerStop
 from discopop.proposers.base import Candidate
@@ -67,7 +68,8 @@ def server(monkeypatch):
 
 def run(cfg: dict, run_dir: Path, proposer, generations: int) -> Archive:
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop = Loop(cfg, run_dir, Display(0, console=Console(file=io.StringIO(), width=200), quiet=True),
+    display = Display(0, console=Console(file=io.StringIO(), width=200), quiet=True)
+    loop = Loop(RunSettings.coerce(cfg), run_dir, display,
                 proposer=proposer, executor=ScriptedExecutor(), task_meta=META)
     try:
         loop.run(generations)

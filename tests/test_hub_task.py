@@ -14,6 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from discopop.config import TrainingSettings
 from discopop.contract.losses import load_loss
 from discopop.fitness.training import FineTuner
 from discopop.tasks import load_task
@@ -53,7 +54,7 @@ def test_hub_task_loads_splits_and_trains(hub_dir: Path, tmp_path: Path) -> None
 
     train_prompts = set(load_from_disk(str(task.pairs_path))["prompt"])
     assert not train_prompts & held, "held-out prompts leaked into training pairs"
-    training = {"beta": 0.1, "learning_rate": 1e-3, "epochs": 1, "batch_size": 8, "threads": 1}
+    training = TrainingSettings(beta=0.1, learning_rate=1e-3, epochs=1, batch_size=8, threads=1)
     tuner = FineTuner(task, training, Path(tempfile.mkdtemp()), kl_coef=0.05)
     result = tuner.run(load_loss(REPO / "proposals" / "dpo.py"), seed=0)
     assert result.steps == 4
@@ -129,7 +130,7 @@ def test_reward_model_scores_batches_like_single_texts(hub_dir: Path) -> None:
 
 def test_a_judged_fine_tune_returns_its_completions(hub_dir: Path, tmp_path: Path) -> None:
     task = load_task(judged_cfg(hub_dir, tmp_path))
-    training = {"beta": 0.1, "learning_rate": 1e-3, "epochs": 1, "batch_size": 8, "threads": 1}
+    training = TrainingSettings(beta=0.1, learning_rate=1e-3, epochs=1, batch_size=8, threads=1)
     tuner = FineTuner(task, training, Path(tempfile.mkdtemp()), kl_coef=0.05)
     score = tuner.run(load_loss(REPO / "proposals" / "dpo.py"), seed=0).score
     assert len(score.completions) == len(task.prompts("search")) and all(isinstance(c, str) for c in score.completions)

@@ -49,7 +49,8 @@ def display() -> Display:
 def run_loop(cfg: dict[str, Any], run_dir: Path, executor: ScriptedExecutor, proposer=None, generations: int = 1,
              **kwargs: Any):
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop = Loop(cfg, run_dir, display(), proposer=proposer, executor=executor, task_meta=META, **kwargs)
+    loop = Loop(RunSettings.coerce(cfg), run_dir, display(), proposer=proposer, executor=executor, task_meta=META,
+                **kwargs)
     try:
         return loop.run(generations)
     finally:
@@ -500,7 +501,7 @@ def test_a_stop_raised_in_the_lookahead_surfaces_once_and_the_run_resumes(base_c
     stopping = ScriptedProposer(LOOKAHEAD_GENS, repairs=LOOKAHEAD_REPAIRS, max_repairs=1, lookahead=1,
                                 stop_at={("propose", 2)})
     console = Console(file=io.StringIO(), width=80)
-    loop = Loop(cfg, run_dir, Display(0, console=console, quiet=True), proposer=stopping,
+    loop = Loop(RunSettings.coerce(cfg), run_dir, Display(0, console=console, quiet=True), proposer=stopping,
                 executor=ScriptedExecutor(LOOKAHEAD_SCRIPTS, workers=2), task_meta=META)
     try:
         summary = loop.run(3)

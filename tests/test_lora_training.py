@@ -14,6 +14,7 @@ import torch
 from test_hub_task import hub_cfg, hub_dir  # noqa: F401 - the module-scoped fixture is used below
 from test_remote_loss import remote, supply  # noqa: F401 - the module-scoped fixture is used below
 
+from discopop.config import TrainingSettings, task_settings
 from discopop.contract.losses import load_loss
 from discopop.execution.executors import Job, LocalExecutor, WorkerSpec
 from discopop.fitness.training import AdapterDisabled, FineTuner
@@ -28,8 +29,9 @@ def same_score(a, b) -> bool:
                                                                           b.per_prompt_kl)
 
 
-def training_of(cfg: dict, **extra) -> dict:
-    return {**cfg["training"], "batch_size": 4, "learning_rate": 1e-2, "threads": 1, "epochs": 1, **extra}
+def training_of(cfg: dict, **extra) -> TrainingSettings:
+    return TrainingSettings(**{**cfg["training"], "batch_size": 4, "learning_rate": 1e-2, "threads": 1, "epochs": 1,
+                               **extra})
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,8 @@ def test_lora_through_the_real_worker(tiny_task) -> None:
     after another one ran (its starting point was restored, the base weights untouched). Slow: ~30 s, most
     of it the worker's start; the in-process tests above cover the same logic by default."""
     task, cfg = tiny_task
-    spec = WorkerSpec(task=cfg["task"], training=training_of(cfg, lora=LORA, precision="bf16"), threads=1)
+    spec = WorkerSpec(task=task_settings(cfg["task"]), training=training_of(cfg, lora=LORA, precision="bf16"),
+                      threads=1)
     executor = LocalExecutor(spec, workers=1)
     try:
         dpo, hinge = (PROPOSALS / "dpo.py").read_text(), (PROPOSALS / "hinge.py").read_text()

@@ -31,6 +31,7 @@ from openai_server import FakeOpenAIServer, closed_url, completion, error
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor
 
+from discopop.config import RunSettings
 from discopop.config.compose import create_run_dir, record_run, resolve_run
 from discopop.report.display import Display
 from discopop.search.loop import Loop, RunSummary
@@ -103,7 +104,7 @@ def run_in_process(args: list[str], monkeypatch, resume: Path | None = None) -> 
     scripts = {"dpo": Script(fitness=0.80), "lrml": Script(fitness=0.82)}
     executor = ScriptedExecutor(scripts, default=lambda name: Script(fitness=0.5 + len(name) / 100),
                                 workers=cfg.executor.workers)
-    loop = Loop(cfg, run_dir, Display(0, console=console, quiet=True), executor=executor,
+    loop = Loop(RunSettings.coerce(cfg), run_dir, Display(0, console=console, quiet=True), executor=executor,
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
     try:
         summary = loop.run(cfg.generations)

@@ -439,10 +439,10 @@ def test_config_file_builds_and_validation_names_the_value(monkeypatch):
 # -- what fitness is: the run's actual settings reach the model -----------------------------------
 
 def run_facts(overrides: list[str], rows=(), sft: float | None = 0.587):
-    from discopop.config.compose import compose
+    from discopop.config.compose import compose_settings
     from discopop.proposers.llm.facts import FitnessFacts
 
-    cfg, _ = compose(overrides)
+    cfg, _ = compose_settings(overrides)
     return FitnessFacts.from_run(cfg, {"sft_heldout_reward": sft} if sft is not None else {}, rows)
 
 

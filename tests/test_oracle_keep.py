@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.execution.executors import Job, LocalExecutor, WarmWorker, WorkerSpec
 from discopop.sandbox.oracle_keep import KeptOracles, code_key
 
@@ -60,8 +61,8 @@ def leaves_autocast(policy_chosen_logps, policy_rejected_logps, reference_chosen
 
 @pytest.fixture(scope="module")
 def spec() -> WorkerSpec:
-    cfg, _ = compose(["task=diagnostic", *SMALL])
-    return WorkerSpec(task=cfg["task"], training={**cfg["training"], "threads": 1}, kl_coef=cfg["task"]["kl_coef"],
+    cfg, _ = compose_settings(["task=diagnostic", *SMALL])
+    return WorkerSpec(task=cfg.task, training=replace(cfg.training, threads=1), kl_coef=cfg.task.kl_coef,
                       check_timeout=60, train_timeout=60, oracle_module="hostile_deep_oracle")
 
 

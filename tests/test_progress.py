@@ -14,6 +14,7 @@ from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candid
 from scripted_executor import config_with as config
 
 from discopop.archive import Row
+from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
 from discopop.execution.observed import ObservedExecutor
@@ -123,7 +124,7 @@ def test_the_loop_names_each_phase_and_every_fine_tune_reaches_the_display(tmp_p
                       "selection.reference_store=false"])
     executor = ScriptedExecutor(workers=2)
     display = Recorder()
-    loop = Loop(config(cfg, candidates_per_generation=2), tmp_path, display, executor=executor,
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=2)), tmp_path, display, executor=executor,
                 proposer=ScriptedProposer({1: [candidate("a"), candidate("b")], 2: [candidate("c")]}),
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
     try:
@@ -147,7 +148,7 @@ def test_the_transfer_confirmation_counts_its_fine_tunes_too(tmp_path: Path) -> 
         return variant_executors[-1]
 
     display = Recorder()
-    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, display, executor=executor,
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=1)), tmp_path, display, executor=executor,
                 proposer=ScriptedProposer({1: [candidate("a")]}), transfer_executor=for_variant,
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
     try:
@@ -201,7 +202,7 @@ def test_a_tiny_run_reports_the_expected_events_in_order(tmp_path: Path) -> None
     log = events.EventLog()
     executor = ScriptedExecutor({"a": Script(fitness=0.6), "b": Script(check_error="no gradient"),
                                  "c": Script(fitness=0.7)}, workers=1)
-    loop = Loop(config(cfg, candidates_per_generation=2), tmp_path, log, executor=executor,
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=2)), tmp_path, log, executor=executor,
                 proposer=ScriptedProposer({1: [candidate("a"), candidate("b")], 2: [candidate("c")]}),
                 task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from discopop.config import TrainingSettings
 from discopop.contract.losses import load_loss
 from discopop.fitness.training import FineTuner
 from discopop.tasks.synthetic import decode_loop
@@ -18,7 +19,7 @@ PROPOSALS = sorted((Path(__file__).resolve().parent.parent / "discopop" / "propo
 @pytest.fixture(scope="module")
 def fine_tuner(tiny_task):
     task, cfg = tiny_task
-    training = {**cfg["training"], "batch_size": 16, "learning_rate": 1e-3, "threads": 1}
+    training = TrainingSettings(**{**cfg["training"], "batch_size": 16, "learning_rate": 1e-3, "threads": 1})
     return FineTuner(task, training, Path(tempfile.mkdtemp()))
 
 
@@ -72,4 +73,4 @@ def test_each_seed_trains_on_its_own_pair_subsample(fine_tuner) -> None:
 def test_pair_fraction_out_of_range_is_refused(tiny_task) -> None:
     task, cfg = tiny_task
     with pytest.raises(ValueError, match=r"pair_fraction must be in \(0, 1\], got 1.5"):
-        FineTuner(task, {**cfg["training"], "pair_fraction": 1.5}, Path(tempfile.mkdtemp()))
+        FineTuner(task, TrainingSettings(**{**cfg["training"], "pair_fraction": 1.5}), Path(tempfile.mkdtemp()))

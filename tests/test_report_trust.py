@@ -15,6 +15,7 @@ from test_report import DPO, LRML, MIXED, make_run
 
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, Row
+from discopop.config import RunSettings, WandbSettings
 from discopop.proposers.base import Candidate
 from discopop.report.document import build_views
 from discopop.report.failures import stage_parts, timing_view
@@ -190,7 +191,7 @@ def test_report_still_renders(close_run: Path) -> None:
 def _offline(run_dir: Path):
     from discopop.report.tracking import Tracker
 
-    return Tracker({"mode": "offline", "project": "discopop-test"}, run_dir, {"training": {"beta": 0.5}})
+    return Tracker(WandbSettings(mode="offline", project="discopop-test"), run_dir, {"training": {"beta": 0.5}})
 
 
 def test_wandb_keeps_one_run_per_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,8 +258,9 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
     per_candidate: list[str] = []
     monkeypatch.setattr(Tracker, "log_candidate", lambda self, row_id, name, *rest: per_candidate.append(name))
     cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
-    tracker = Tracker({"mode": "disabled"}, tmp_path, {})
-    loop = Loop(config(cfg, candidates_per_generation=1), tmp_path, Displays(display(), TrackerDisplay(tracker)),
+    tracker = Tracker(WandbSettings(mode="disabled"), tmp_path, {})
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=1)), tmp_path,
+                Displays(display(), TrackerDisplay(tracker)),
                 proposer=ScriptedProposer({1: [candidate("a")]}),
                 executor=ScriptedExecutor({**REFS, "a": Script(fitness=0.7)}), task_meta={"pairs": 64})
     try:

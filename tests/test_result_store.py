@@ -23,6 +23,7 @@ from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate
 from scripted_executor import config_with as changed
 
+from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
 from discopop.execution.messages import TrainReply
@@ -60,8 +61,8 @@ def run(cfg: dict[str, Any], run_dir: Path, store: ResultCache | None, scripts=N
     out = io.StringIO()
     run_dir.mkdir(parents=True, exist_ok=True)
     proposer = ScriptedProposer({1: [candidate("novel")]})
-    loop = Loop(cfg, run_dir, Display(0, console=Console(file=out, width=300), quiet=True), proposer=proposer,
-                executor=executor, task_meta=META, store=store)
+    loop = Loop(RunSettings.coerce(cfg), run_dir, Display(0, console=Console(file=out, width=300), quiet=True),
+                proposer=proposer, executor=executor, task_meta=META, store=store)
     try:
         loop.run(1)
     finally:

@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL_RUN
 
 from discopop.archive import Archive
-from discopop.config.compose import ConfigError, compose, validate
+from discopop.config.compose import ConfigError, compose, compose_settings, validate
 from discopop.proposers.base import Candidate
 from discopop.search import seed_race
 from discopop.search.confirmation import top_candidates
@@ -124,7 +124,7 @@ def test_a_real_race_archives_every_seed_and_races_only_contenders(tmp_path: Pat
     from discopop.search.cascade import Evaluator
     from discopop.search.loop import worker_spec
 
-    cfg, _ = compose([*SMALL_RUN, "selection.max_seeds=3", "selection.top_k=2", "training.lr_grid=[2e-5]"])
+    cfg, _ = compose_settings([*SMALL_RUN, "selection.max_seeds=3", "selection.top_k=2", "training.lr_grid=[2e-5]"])
     archive = Archive(tmp_path / "archive.sqlite")
     dpo = reference_candidate("dpo")
     near = dpo.code.replace("-F.logsigmoid(beta * rho)", "-F.logsigmoid(1.05 * beta * rho)")
@@ -133,7 +133,7 @@ def test_a_real_race_archives_every_seed_and_races_only_contenders(tmp_path: Pat
     executor = LocalExecutor(worker_spec(cfg), workers=2)
     policy = RacePolicy.from_config(cfg)
     try:
-        evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol.from_config(cfg["training"]),
+        evaluator = Evaluator(archive, executor, seed=0, protocol=LrProtocol.from_config(cfg.training),
                               race=policy)
         (ref,) = list(evaluator.evaluate([archive.get(archive.add(dpo, 0))]))
         # One rival for a top 2: the contender is in contention whatever it scores, and races to the cap.

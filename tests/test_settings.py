@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from discopop.config import (
     RunSettings,
     SyntheticTaskSettings,
     TrainingSettings,
+    plain,
     register_schemas,
+    task_from_wire,
+    training_from_wire,
 )
 from discopop.config.compose import CONF_DIR, SAVED_CONFIG, compose_settings, record_run, resolve_run
 
@@ -228,3 +232,33 @@ def test_the_allowed_values_kept_with_the_settings_match_the_components() -> Non
     for population in POPULATIONS:
         for mode in HISTORY_MODES:
             EvolutionProposer(seed=0, population=population, history_mode=mode)
+
+
+# ---- the wire to a sandboxed worker: settings cross as JSON and are typed again at once ----------------------
+
+
+def test_settings_sent_to_a_worker_come_back_the_same() -> None:
+    training = TrainingSettings(beta=0.2, lr_grid=[1e-5, 2e-5], lora={"r": 4, "alpha": 8}, threads=3)
+    assert training_from_wire(json.loads(json.dumps(plain(training)))) == training
+    for overrides in ([], ["task=diagnostic", "task.preset=label_noise"], ["task=sorting", "task.pairs.ties=0.1"],
+                      ["task=tldr", "task.judge.template=/nowhere/the/worker/can/see.txt"]):
+        settings, _ = compose_settings(overrides)
+        back = task_from_wire(json.loads(json.dumps(plain(settings.task))))
+        assert back == settings.task and type(back) is type(settings.task)
+
+
+@pytest.mark.parametrize(("which", "value", "message"), [
+    ("training", {"beta": 0.2, "fast_reuse": False}, "training: unknown option(s) fast_reuse"),
+    ("training", {"beta": "high"}, "training: '>' not supported"),
+    ("training", {"beta": -1.0}, "training.beta must be > 0, got -1.0"),
+    ("training", {"lora": {"r": 0}}, "training.lora.r must be an integer >= 1"),
+    ("training", ["beta", 0.2], "training: expected a mapping of settings, got list"),
+    ("task", {"kind": "synthetic", "sft": {"steps": 10, "layers": 2}}, "task.sft: unknown option(s) layers"),
+    ("task", {"kind": "diagnostic", "preset": "nowhere"}, "task.preset must be one of"),
+    ("task", {"kind": "nonsense"}, "task.kind must be one of synthetic, hub, diagnostic, got 'nonsense'"),
+])
+def test_a_bad_value_on_the_wire_is_one_line(which: str, value: object, message: str) -> None:
+    parse = training_from_wire if which == "training" else task_from_wire
+    with pytest.raises(ConfigError) as err:
+        parse(value)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -15,9 +15,10 @@ import os, sys
 from pathlib import Path
 import openai  # the LLM proposer's client: what makes wandb suggest Weave
 import wandb
+from discopop.config import WandbSettings
 from discopop.report.tracking import Tracker
 run_dir = Path(sys.argv[1])
-tracker = Tracker({"mode": "offline", "project": "quiet"}, run_dir / "tracker", {"seed": 0})
+tracker = Tracker(WandbSettings(mode="offline", project="quiet"), run_dir / "tracker", {"seed": 0})
 print("switch after init:", os.environ.get("WANDB_DISABLE_WEAVE"), file=sys.stderr)
 wandb.termwarn("a real wandb warning")
 tracker.finish()

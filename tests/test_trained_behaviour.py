@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.contract.checks import fingerprint_distance, probe_fingerprint
 from discopop.contract.losses import load_loss
 from discopop.execution.executors import Job, LocalExecutor
@@ -85,7 +85,7 @@ def test_a_failing_probe_is_none_not_a_crash() -> None:
 
 
 def test_training_jobs_report_the_drift_through_the_sandboxed_worker(one_torch_thread) -> None:
-    cfg, _ = compose([*SMALL, "training.beta=0.5"])
+    cfg, _ = compose_settings([*SMALL, "training.beta=0.5"])
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     try:
         done = {r.job.row_id: r for r in executor.run([
@@ -113,7 +113,7 @@ def test_training_jobs_report_the_drift_through_the_sandboxed_worker(one_torch_t
 def test_the_trl_fine_tune_probes_on_its_precomputed_reference_log_probs(tiny_task) -> None:
     from conftest import SMALL_RUN  # lazy: conftest is importable only once pytest has put tests/ on the path
 
-    cfg, _ = compose([*SMALL_RUN, "executor.workers=1"])
+    cfg, _ = compose_settings([*SMALL_RUN, "executor.workers=1"])
     executor = LocalExecutor(worker_spec(cfg), workers=1)
     try:
         (result,) = executor.run([Job(1, reference_candidate("dpo").code, "train", 0, learning_rate=2e-5)])

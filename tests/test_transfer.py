@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from discopop.cli.main import main
+from discopop.config import RunSettings
 from discopop.execution.executors import JobResult
 from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
@@ -50,10 +51,10 @@ def doubled_sigmoid_loss(
 '''
 
 
-def _cfg(name: str = "addition") -> dict:
-    from discopop.config.compose import compose
+def _cfg(name: str = "addition") -> RunSettings:
+    from discopop.config.compose import compose_settings
 
-    cfg, _ = compose([f"task={name}", "training.lr_grid=[1e-5,4e-5]"])
+    cfg, _ = compose_settings([f"task={name}", "training.lr_grid=[1e-5,4e-5]"])
     return cfg
 
 
@@ -66,7 +67,7 @@ def _reply(accuracy: float, seed: int, lr: float) -> JobResult:
     return JobResult(job=None, ok=True, stage="train", reply=data, seconds=1.0)  # type: ignore[arg-type]
 
 
-def _fill(cache: ResultCache, cfg: dict, losses: list[LossSpec], beta: float, accuracy: dict[str, float],
+def _fill(cache: ResultCache, cfg: RunSettings, losses: list[LossSpec], beta: float, accuracy: dict[str, float],
           seeds: list[int], failed: dict[str, str] | None = None, search: dict[str, float] | None = None) -> None:
     """Store every fine-tune the protocol asks for: search runs peak at 4e-5 (at ``search`` accuracy where given),
     fresh-seed runs at that rate."""

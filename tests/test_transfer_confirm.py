@@ -13,7 +13,7 @@ import pytest
 from helper_confirm import PROMPTS, SEEDS, scored_row
 
 from discopop.archive import Archive, Evaluation
-from discopop.config import ConfigError, RunSettings
+from discopop.config import ConfigError, RunSettings, TrainingSettings, task_settings
 from discopop.config.compose import compose
 from discopop.config.variants import transfer_tasks, variant_names, variant_task
 from discopop.execution.executors import Executor, Job, JobResult
@@ -144,7 +144,7 @@ class DiagnosticExecutor(Executor):
     def __init__(self, task: dict[str, Any], training: dict[str, Any]) -> None:
         from discopop.fitness.diagnostic_tune import DiagnosticTuner  # lazy: torch, only for this executor
 
-        self.tuner = DiagnosticTuner(task, training, kl_coef=0.0)
+        self.tuner = DiagnosticTuner(task_settings(task), TrainingSettings(**training), kl_coef=0.0)
 
     def run(self, jobs: list[Job]) -> Iterator[JobResult]:
         from discopop.contract.losses import load_loss  # lazy: trusted reference files only, see the class doc
@@ -233,7 +233,7 @@ def test_diagnostic_replicate_contexts_are_scored_apart() -> None:
     assert split_contexts(from_config({**cfg, "replicate_contexts": None}), "confirm") == slice(16, 32)
     with pytest.raises(ValueError, match="replicate_contexts"):
         split_contexts(from_config({**cfg, "replicate_contexts": None}), "replicate")
-    tuner = DiagnosticTuner(cfg, {"beta": 0.1, "learning_rate": 0.1}, kl_coef=0.0)
+    tuner = DiagnosticTuner(task_settings(cfg), TrainingSettings(beta=0.1, learning_rate=0.1), kl_coef=0.0)
     reply = tuner.run(load_loss((PROPOSALS / "dpo.py").read_text()), seed=3, split="replicate")
     assert len(reply["per_prompt"]) == 6
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from scripted_executor import scored
 
+from discopop.config import TrainingSettings
 from discopop.execution.messages import TrainReply
 from discopop.fitness.tuning import LrProtocol, Sweep, split_fitness
 
-GRID = {"learning_rate": 1e-5, "lr_grid": [1e-5, 2.5e-6, 5e-6], "lr_screen_margin": 0.05}
+GRID = TrainingSettings(learning_rate=1e-5, lr_grid=[1e-5, 2.5e-6, 5e-6], lr_screen_margin=0.05)
 
 
 def test_grid_is_sorted_and_default_is_its_middle() -> None:
@@ -18,7 +21,7 @@ def test_grid_is_sorted_and_default_is_its_middle() -> None:
 
 
 def test_without_a_grid_the_single_learning_rate_is_the_grid() -> None:
-    protocol = LrProtocol.from_config({"learning_rate": 3e-6, "lr_grid": None})
+    protocol = LrProtocol.from_config(TrainingSettings(learning_rate=3e-6, lr_grid=None))
     assert protocol.grid == (3e-6,)
 
 
@@ -35,7 +38,7 @@ def test_only_candidates_near_the_best_get_the_rest_of_the_grid(screen, best, ex
 
 
 def test_no_margin_means_every_candidate_is_tuned() -> None:
-    protocol = LrProtocol.from_config({**GRID, "lr_screen_margin": None})
+    protocol = LrProtocol.from_config(replace(GRID, lr_screen_margin=None))
     assert protocol.worth_tuning(0.0, 1.0)
 
 
@@ -71,7 +74,7 @@ def test_a_sweep_with_no_success_has_no_best() -> None:
 
 
 def test_the_climb_tries_neighbours_of_the_best_until_neither_improves() -> None:
-    protocol = LrProtocol.from_config({"learning_rate": 1e-5, "lr_grid": [1e-6, 2e-6, 4e-6, 8e-6, 1.6e-5]})
+    protocol = LrProtocol.from_config(TrainingSettings(learning_rate=1e-5, lr_grid=[1e-6, 2e-6, 4e-6, 8e-6, 1.6e-5]))
     sweep = Sweep()
     sweep.add(4e-6, True, scored(0.80), "train", None)
     assert protocol.next_rates(sweep) == [2e-6, 8e-6]

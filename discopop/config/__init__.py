@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
-from discopop.config.base import KEY_LIKE, ConfigError, check_count, from_plain, help_of, require, setting
+from discopop.config.base import (
+    KEY_LIKE,
+    ConfigError,
+    check_count,
+    from_plain,
+    from_wire,
+    help_of,
+    require,
+    setting,
+)
 from discopop.config.cascade import CascadeSettings
 from discopop.config.proposer import EvolutionSettings, OpenAISettings, ReferenceSettings
 from discopop.config.references import known
@@ -36,6 +45,7 @@ from discopop.config.training import (
     LocalExecutorSettings,
     RayExecutorSettings,
     TrainingSettings,
+    training_from_wire,
 )
 from discopop.config.variants import variant_names
 
@@ -45,9 +55,9 @@ __all__ = [
     "ConfirmSettings", "DiagnosticTaskSettings", "EvolutionSettings", "ExecutorSettings", "HubTaskSettings",
     "JudgeSettings",
     "LocalExecutorSettings", "OpenAISettings", "PairsSettings", "RayExecutorSettings", "ReferenceSettings",
-    "RunSettings", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TrainingSettings", "WandbSettings",
-    "check_group", "check_race", "describe", "executor_settings", "from_plain", "help_of", "plain",
-    "proposer_settings", "register_schemas", "task_settings", "typed",
+    "RunSettings", "SelectionSettings", "SftSettings", "SyntheticTaskSettings", "TaskSettings", "TrainingSettings",
+    "WandbSettings", "check_group", "check_race", "describe", "executor_settings", "from_plain", "help_of", "plain",
+    "proposer_settings", "register_schemas", "task_from_wire", "task_settings", "training_from_wire", "typed",
 ]  # fmt: skip
 
 MISSING = "???"  # omegaconf.MISSING: a group hydra fills in (kept literal: importing settings stays light)
@@ -200,6 +210,7 @@ class RunSettings:
 
 
 T = TypeVar("T")
+TaskSettings = SyntheticTaskSettings | HubTaskSettings | DiagnosticTaskSettings  # what ``task`` holds once typed
 TASKS: dict[str, type] = {"synthetic": SyntheticTaskSettings, "hub": HubTaskSettings,
                           "diagnostic": DiagnosticTaskSettings}
 PROPOSERS: dict[str, type] = {"evolution": EvolutionSettings, "openai": OpenAISettings,
@@ -245,6 +256,23 @@ def task_settings(value: Any) -> SyntheticTaskSettings | HubTaskSettings | Diagn
     if is_dataclass(value):
         return value
     return typed(_pick(value.get("kind", "synthetic"), TASKS, "task.kind"), value, where="task")
+
+
+def task_from_wire(value: Any) -> TaskSettings:
+    """The task settings a sandboxed worker received as JSON (``asdict`` of them), read back at once without
+    OmegaConf and checked: a bad value is a ``ConfigError`` of one line (``base.from_wire``).
+
+    A hub task's values are not checked again here: its check looks for the judge's template file, which the
+    worker's sandbox need not show it (the judge grades in the main process, which checked them at start)."""
+    kind = value.get("kind", "synthetic") if isinstance(value, Mapping) else None
+    settings = from_wire(_pick(kind, TASKS, "task.kind"), value, "task")
+    if isinstance(settings, HubTaskSettings):
+        return settings
+    try:
+        settings.check()  # a ConfigError already says which key and value
+    except TypeError as err:  # a value of the wrong type where a number is compared
+        raise ConfigError(f"task: {str(err).splitlines()[0]}") from None
+    return settings
 
 
 def proposer_settings(value: Any) -> EvolutionSettings | OpenAISettings | ReferenceSettings:

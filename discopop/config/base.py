@@ -50,6 +50,31 @@ def from_plain(cls: type[T], value: T | Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def from_wire(cls: type[T], value: Any, where: str) -> T:
+    """``cls`` from the plain form another process sent (JSON), strictly: a ``ConfigError`` of one line names an
+    unknown key, a group that is not a mapping, or a value the dataclass refuses. ``where``: the key, for errors.
+
+    The sending side wrote ``asdict`` of the same dataclass, so anything else is another version of discopop or a
+    tampered message: refused at once rather than defaulted.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(value).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, item in value.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        nested = is_dataclass(default) and item is not None
+        kwargs[name] = from_wire(type(default), item, f"{where}.{name}") if nested else item
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
 def help_of(cls: type, name: str) -> str:
     """The help text of field ``name`` of a settings dataclass."""
     return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)

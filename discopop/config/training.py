@@ -7,11 +7,10 @@ learning rate on ``lr_grid`` (``discopop/fitness/tuning.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from discopop.config.base import ConfigError, check_count, from_plain, is_number, require, setting
+from discopop.config.base import ConfigError, check_count, from_wire, is_number, require, setting
 
 # A sandboxed worker's default limits (``sandbox.Limits``), which are also the executor's: declared once, here.
 SANDBOX_MEMORY_MB = 6144
@@ -233,19 +232,19 @@ def lora_settings(value: Any) -> LoraSettings | None:
     return LoraSettings(r=r, alpha=float(alpha), dropout=float(dropout), target_modules=targets)
 
 
-def training_settings(training: TrainingSettings | Mapping[str, Any]) -> TrainingSettings:
-    """The training settings, or a plain mapping of them (a worker's JSON, a test's few keys) read as those."""
-    return from_plain(TrainingSettings, training)
+def training_from_wire(value: Any) -> TrainingSettings:
+    """The training settings a sandboxed worker received as JSON (``asdict`` of them), read back at once and checked:
+    a bad value is a ``ConfigError`` of one line, before the worker builds anything."""
+    settings = from_wire(TrainingSettings, value, "training")
+    try:
+        settings.check()  # a ConfigError already says which key and value
+    except TypeError as err:  # a value of the wrong type where a number is compared
+        raise ConfigError(f"training: {str(err).splitlines()[0]}") from None
+    return settings
 
 
-def executor_settings(executor: ExecutorSettings | Mapping[str, Any]) -> ExecutorSettings:
-    """The executor settings, or a plain mapping read as the local executor's."""
-    return executor if isinstance(executor, ExecutorSettings) else from_plain(LocalExecutorSettings, executor)
-
-
-def accumulation_steps(training: TrainingSettings | Mapping[str, Any]) -> int:
+def accumulation_steps(training: TrainingSettings) -> int:
     """``training.gradient_accumulation_steps``, which must divide ``training.batch_size`` (pairs per step)."""
-    training = training_settings(training)
     steps = training.gradient_accumulation_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"training.gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
@@ -256,9 +255,8 @@ def accumulation_steps(training: TrainingSettings | Mapping[str, Any]) -> int:
     return steps
 
 
-def check_training(training: TrainingSettings | Mapping[str, Any]) -> None:
+def check_training(training: TrainingSettings) -> None:
     """Validate the device-related training keys that need no GPU to judge (one line per mistake)."""
-    training = training_settings(training)
     if training.device not in DEVICES:
         resolve_device(training.device, False)
     if training.precision not in PRECISIONS or training.device == "cpu":
@@ -270,9 +268,8 @@ def check_training(training: TrainingSettings | Mapping[str, Any]) -> None:
     lora_settings(training.lora)
 
 
-def check_executor(executor: ExecutorSettings | Mapping[str, Any]) -> None:
+def check_executor(executor: ExecutorSettings) -> None:
     """Validate ``executor.gpus`` and ``executor.workers_per_gpu`` (their shape; counts are checked at start)."""
-    executor = executor_settings(executor)
     per_gpu = executor.workers_per_gpu
     if per_gpu is not None and (isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1):
         raise ValueError(f"executor.workers_per_gpu must be an integer >= 1 (or null), got {per_gpu!r}")

@@ -15,7 +15,6 @@ share a GPU. A worker is pinned with ``CUDA_VISIBLE_DEVICES`` (it then sees exac
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,17 +27,14 @@ from discopop.config.training import (
     check_executor,
     check_precision,
     check_training,
-    executor_settings,
     lora_settings,
     resolve_device,
-    training_settings,
 )
 
 # The pure checks live with the settings (``config.training``); they are re-exported here, beside the placement.
 __all__ = ["DEVICES", "NO_GPU", "PRECISIONS", "LoraSettings", "WorkerPlacement", "accumulation_steps",
            "check_executor", "check_precision", "check_training", "cuda_device_count", "cuda_failure_reason",
-           "executor_settings", "gpu_slots", "lora_settings", "plan_local_workers", "resolve_device",
-           "training_settings", "visible_devices"]
+           "gpu_slots", "lora_settings", "plan_local_workers", "resolve_device", "visible_devices"]
 # The CUDA_VISIBLE_DEVICES a CPU-only process gets: it sees no GPU, so nothing in it can start a CUDA context.
 NO_GPU = ""
 
@@ -106,14 +102,12 @@ class WorkerPlacement:
     visible_devices: str | None  # None: keep what this process has (a Ray actor's own GPU assignment)
 
 
-def plan_local_workers(training: TrainingSettings | Mapping[str, Any],
-                       executor: ExecutorSettings | Mapping[str, Any], workers: int,
+def plan_local_workers(training: TrainingSettings, executor: ExecutorSettings, workers: int,
                        device_count: int | None = None) -> list[WorkerPlacement]:
     """One placement per local worker: CPU workers see no GPU; CUDA workers are pinned by ``gpu_slots``.
 
     ``device_count`` defaults to what torch sees here, asked only when the setting needs it.
     """
-    training, executor = training_settings(training), executor_settings(executor)
     if training.device == "cpu":
         check_precision(training.precision, "cpu")
         return [WorkerPlacement("cpu", NO_GPU)] * workers

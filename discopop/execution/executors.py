@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from discopop.config import ExecutorSettings, TrainingSettings
+from discopop.config import ExecutorSettings, TaskSettings, TrainingSettings, plain
 from discopop.execution.devices import plan_local_workers
 from discopop.execution.messages import CheckReply, FailureReply, InitReply, MessageError, TrainReply, parse_reply
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
@@ -105,10 +105,13 @@ class Executor(ABC):
 
 @dataclass
 class WorkerSpec:
-    """What a worker needs to warm up: the task and training config (plain dicts)."""
+    """What a worker needs to warm up: the task and training settings (they cross to it as JSON, ``asdict``).
 
-    task: dict[str, Any] | None
-    training: dict[str, Any] | None
+    ``task`` None: a worker without a task (checks only); ``training`` None: the default training settings.
+    """
+
+    task: TaskSettings | None
+    training: TrainingSettings | None
     kl_coef: float = 0.0
     # The training settings' defaults (declared, with their help, on TrainingSettings); worker_spec sets the run's.
     threads: int = _TRAINING.threads
@@ -126,6 +129,12 @@ class WorkerSpec:
     # One oracle round trip per training step (``remote_loss.RemoteLoss``'s ``fused``); False: two, as before.
     fused_backward: bool = True
 
+    def placed(self, device: str, visible_devices: str | None) -> WorkerSpec:
+        """This spec on ``device`` (resolved: "cpu" or "cuda"), which also goes into its training settings, so
+        ``device=auto`` means the same in the worker as in the plan."""
+        training = replace(self.training, device=device) if self.training is not None else None
+        return replace(self, device=device, visible_devices=visible_devices, training=training)
+
     def worker_limits(self) -> Limits:
         """The worker's limits: a CUDA worker drops only the address-space rlimit (see ``Limits.uses_cuda``)."""
         return replace(self.limits, uses_cuda=self.device == "cuda")
@@ -140,8 +149,8 @@ class WorkerSpec:
 WORKER_STAGES = ("check", "train", "static", "load", "numeric", "guard", "score", "sandbox", "oracle")
 
 
-def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
-    """The task config as a sandboxed worker must receive it, and the paths it must be allowed to read.
+def task_for_worker(task: TaskSettings | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The task settings as a sandboxed worker must receive them (plain, for JSON), and the paths it may read.
 
     A worker may read only what it is granted, and its HOME is its work dir: the task cache is
     resolved here (``~`` means this process's home) and named, with every local model, tokenizer,
@@ -149,13 +158,14 @@ def task_for_worker(task: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
     """
     if task is None:
         return None, []
-    cache = cache_root(task).resolve()
+    wire = plain(task)
+    cache = cache_root(wire).resolve()
     paths = [str(cache)]
     for key in ("model", "tokenizer", "dataset", "reward_model"):
-        value = task.get(key)
+        value = wire.get(key)
         if isinstance(value, str) and value and Path(value).expanduser().exists():
             paths.append(str(Path(value).expanduser().resolve()))
-    return {**task, "cache_dir": str(cache)}, paths
+    return {**wire, "cache_dir": str(cache)}, paths
 
 
 class WarmWorker:
@@ -193,7 +203,7 @@ class WarmWorker:
         self.starts += 1
         try:
             reply = parse_reply("init", self.proc.request(
-                {"op": "init", "task": task, "training": self.spec.training, "kl_coef": self.spec.kl_coef,
+                {"op": "init", "task": task, "training": plain(self.spec.training), "kl_coef": self.spec.kl_coef,
                  "threads": self.spec.threads, "oracle_timeout": self.spec.oracle_timeout,
                  "fused_backward": self.spec.fused_backward}, timeout=self.spec.init_timeout))
         except (SandboxTimeout, SandboxDied) as err:
@@ -350,14 +360,8 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def placed_specs(spec: WorkerSpec, executor: ExecutorSettings | dict[str, Any], workers: int,
+def placed_specs(spec: WorkerSpec, executor: ExecutorSettings, workers: int,
                  device_count: int | None = None) -> list[WorkerSpec]:
-    """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``).
-
-    The resolved device also goes into the worker's training config, so ``device=auto`` means the same
-    in the worker as in the plan.
-    """
-    placements = plan_local_workers(spec.training or {}, executor, workers, device_count)
-    return [replace(spec, device=p.device, visible_devices=p.visible_devices,
-                    training={**spec.training, "device": p.device} if spec.training is not None else None)
-            for p in placements]
+    """One spec per local worker, each with its resolved device and GPU (``devices.plan_local_workers``)."""
+    placements = plan_local_workers(spec.training or _TRAINING, executor, workers, device_count)
+    return [spec.placed(p.device, p.visible_devices) for p in placements]

@@ -5,16 +5,13 @@ Apart from ``executors`` because the Ray executor builds on that module's classe
 
 from __future__ import annotations
 
-from typing import Any
-
-from discopop.config import ExecutorSettings, RayExecutorSettings, executor_settings
+from discopop.config import ExecutorSettings, RayExecutorSettings
 from discopop.execution.executors import Executor, LocalExecutor, WorkerSpec, placed_specs
 from discopop.execution.ray_executor import RayExecutor
 
 
-def make_executor(cfg: ExecutorSettings | dict[str, Any], spec: WorkerSpec) -> Executor:
-    """Build the executor the ``executor`` settings name (a plain mapping is read as those settings)."""
-    cfg = executor_settings(cfg)
+def make_executor(cfg: ExecutorSettings, spec: WorkerSpec) -> Executor:
+    """Build the executor the ``executor`` settings name."""
     if cfg.workers == "auto" or int(cfg.workers) < 1:
         raise ValueError(f"executor.workers must be >= 1 (auto is resolved before the run), got {cfg.workers}")
     if isinstance(cfg, RayExecutorSettings):

@@ -14,22 +14,19 @@ task's files (cache, local model paths) at the same paths as the driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import replace
-from typing import Any
+from collections.abc import Iterator
 
 from discopop.config import RayExecutorSettings, TrainingSettings
-from discopop.execution.devices import check_executor, check_precision, resolve_device, training_settings
+from discopop.execution.devices import check_executor, check_precision, resolve_device
 from discopop.execution.executors import Executor, Job, JobResult, WarmWorker, WorkerSpec
 
 
-def actor_gpus(training: TrainingSettings | Mapping[str, Any], workers_per_gpu: int | None,
+def actor_gpus(training: TrainingSettings, workers_per_gpu: int | None,
                cluster_gpus: float) -> tuple[str, float]:
     """(device, num_gpus per actor) for ``training.device`` on a cluster with ``cluster_gpus`` GPUs in all
     (``workers_per_gpu`` None: a whole GPU per actor)."""
     check_executor(RayExecutorSettings(workers_per_gpu=workers_per_gpu))
     workers_per_gpu = workers_per_gpu or 1
-    training = training_settings(training)
     device = "cpu" if training.device == "cpu" else resolve_device(training.device, cluster_gpus > 0)
     check_precision(training.precision, device)
     return device, (1.0 / workers_per_gpu if device == "cuda" else 0.0)
@@ -70,14 +67,13 @@ class RayExecutor(Executor):
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         try:
-            self.device, gpus = actor_gpus(spec.training or {}, workers_per_gpu,
+            self.device, gpus = actor_gpus(spec.training or TrainingSettings(), workers_per_gpu,
                                            float(ray.cluster_resources().get("GPU", 0)))
         except ValueError:
             self.close()
             raise
         # Ray pins each GPU actor with CUDA_VISIBLE_DEVICES; the worker keeps it (visible_devices=None).
-        spec = replace(spec, device=self.device, visible_devices=None,
-                       training={**spec.training, "device": self.device} if spec.training is not None else None)
+        spec = spec.placed(self.device, None)
         actor = ray.remote(num_cpus=spec.threads, num_gpus=gpus)(_WorkerActor)
         self.num_gpus = gpus
         self.actors = [actor.remote(spec) for _ in range(workers)]

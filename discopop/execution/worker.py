@@ -69,17 +69,32 @@ class Worker:
         started = time.perf_counter()
         import torch  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
+        # The settings crossed as JSON (``WorkerSpec``): typed again at once, a bad value failing init in one line.
+        # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.config import (
+            ConfigError,
+            DiagnosticTaskSettings,
+            TrainingSettings,
+            task_from_wire,
+            training_from_wire,
+        )
+
+        try:
+            training = training_from_wire(msg["training"]) if msg.get("training") is not None else TrainingSettings()
+            task = task_from_wire(msg["task"]) if msg.get("task") is not None else None
+        except ConfigError as err:
+            raise _Failure("init", str(err)) from None
         self.threads = int(msg.get("threads", 1))
         self.oracle_timeout = float(msg.get("oracle_timeout", self.oracle_timeout))
         self.fused_backward = bool(msg.get("fused_backward", True))
-        if (msg.get("training") or {}).get("beta") is not None:
-            self.beta = float(msg["training"]["beta"])
+        if msg.get("training") is not None:
+            self.beta = float(training.beta)
         torch.set_num_threads(self.threads)
-        if (msg.get("task") or {}).get("kind") == "diagnostic":  # the fast tier: no model, no TRL
+        if isinstance(task, DiagnosticTaskSettings):  # the fast tier: no model, no TRL
             from discopop.fitness.diagnostic_tune import DiagnosticTuner  # lazy: inside the sandbox, as FineTuner
 
-            self.fine_tuner = DiagnosticTuner(msg["task"], msg.get("training") or {}, float(msg.get("kl_coef", 0.0)))
-        elif msg.get("task") is not None:
+            self.fine_tuner = DiagnosticTuner(task, training, float(msg.get("kl_coef", 0.0)))
+        elif task is not None:
             import datasets  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
             from discopop.fitness.training import FineTuner
@@ -91,8 +106,7 @@ class Worker:
             # Tokenised copies go to a temporary dir (TMPDIR = the work dir), not next to the cached
             # task: Landlock lets a worker write only inside its work directory.
             datasets.disable_caching()
-            task = load_task(msg["task"])
-            self.fine_tuner = FineTuner(task, msg["training"], Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
+            self.fine_tuner = FineTuner(load_task(task), training, Path(os.environ["DISCOPOP_SANDBOX_DIR"]),
                                         kl_coef=float(msg.get("kl_coef", 0.0)))
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
         from discopop.contract import checks, losses  # noqa: F401 - imported before the guard closes the door

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from discopop.config import DiagnosticTaskSettings, TrainingSettings, plain
 from discopop.contract.inputs import call_loss, declared_inputs, needs_lengths
 from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, from_config, pairs, split_contexts, world
 
@@ -149,11 +150,11 @@ class DiagnosticTuner:
     precision = None
     lora = None
 
-    def __init__(self, task: Mapping[str, Any], training: Mapping[str, Any], kl_coef: float) -> None:
-        self.setting = from_config({**task, "kl_coef": float(kl_coef)})
+    def __init__(self, task: DiagnosticTaskSettings, training: TrainingSettings, kl_coef: float) -> None:
+        self.setting = from_config({**plain(task), "kl_coef": float(kl_coef)})
         self.kl_coef = float(kl_coef)
-        self.beta = float(training.get("beta") or self.setting.beta)
-        self.learning_rate = float(training.get("learning_rate") or 0.03)
+        self.beta = float(training.beta or self.setting.beta)
+        self.learning_rate = float(training.learning_rate or 0.03)
         # One step with a built-in loss, before the worker seals itself and snapshots its state: it builds the world
         # and makes the lazy imports a first fine-tune would (Adam's first step imports torch._dynamo, which rebinds
         # torch.manual_seed: after the snapshot the state watch would call that a patched namespace).

@@ -40,7 +40,7 @@ from string import Template
 from typing import Any
 from urllib.parse import urlparse
 
-from discopop.config import KEY_LIKE, HubTaskSettings, plain
+from discopop.config import KEY_LIKE, TaskSettings, plain
 from discopop.config.task import JUDGE_DEFAULTS, judge_config_problem
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.proposers.base import ProposerStop
@@ -377,10 +377,10 @@ class JudgedExecutor(Executor):
             self.judge.close()
 
 
-def with_judge(executor: Executor, task_cfg: HubTaskSettings | Mapping[str, Any], task: Any, run_dir: Path,
+def with_judge(executor: Executor, task_cfg: TaskSettings, task: Any, run_dir: Path,
                meter: Meter | None = None) -> Executor:
     """``executor`` wrapped in a :class:`JudgedExecutor` when the task is judged, else unchanged."""
     if not getattr(task, "judged", False):
         return executor
-    judge = plain(task_cfg)["judge"]
+    judge = plain(task_cfg)["judge"]  # a judged task is a hub task: its judge settings, plain for the client
     return JudgedExecutor(executor, Judge(judge, Path(run_dir) / CACHE_NAME, meter), task.prompts)

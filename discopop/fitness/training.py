@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import DPOConfig
 
-from discopop.config import TrainingSettings, from_plain
+from discopop.config import TrainingSettings
 from discopop.execution.devices import (
     accumulation_steps,
     check_precision,
@@ -161,6 +160,11 @@ class AdapterDisabled:
         return self.peft_model.parameters()
 
 
+# The seed of the trainer's own set-up (a LoRA adapter's random initialisation): the same in every worker of a run, so
+# every candidate starts from the same adapter; each run then reseeds with its own seed.
+ADAPTER_INIT_SEED = 0
+
+
 class FineTuner:
     """One warm TRL trainer over a task's pairs, reused for every candidate.
 
@@ -174,11 +178,8 @@ class FineTuner:
     Without LoRA the reference model's weights are the initial weights, and ``run`` copies them back.
     """
 
-    def __init__(self, task: Task, training: TrainingSettings | Mapping[str, Any], workdir: Path,
-                 kl_coef: float = 0.0):
-        # Per-job knobs that are not settings: the adapter's init seed and the replay switch of a benchmark.
-        knobs = training if isinstance(training, Mapping) else {}
-        training = self.training = from_plain(TrainingSettings, training)
+    def __init__(self, task: Task, training: TrainingSettings, workdir: Path, kl_coef: float = 0.0):
+        self.training = training
         torch.set_num_threads(training.threads)
         self.task = task
         self.kl_coef = kl_coef
@@ -215,7 +216,7 @@ class FineTuner:
             logging_strategy="no",
             disable_tqdm=True,
             use_cpu=self.device == "cpu",
-            seed=int(knobs.get("seed", 0)),
+            seed=ADAPTER_INIT_SEED,
             dataloader_num_workers=0,
             gradient_checkpointing=bool(training.gradient_checkpointing),
             bf16=self.precision == "bf16",
@@ -242,9 +243,14 @@ class FineTuner:
         self.pair_fraction = _pair_fraction(training.pair_fraction)
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
-        if knobs.get("fast_reuse", True):  # off only to measure what it saves (benchmarks/reuse_speedup.py)
-            self.trainer.skip_full_gc_between_runs()
-            self.trainer.get_train_dataloader = self._replayed_loader
+        self.reuse_between_runs()
+
+    def reuse_between_runs(self) -> None:
+        """Replay each seed's collated batches and skip the full gc between runs: the same batches, less overhead.
+
+        A seam for ``benchmarks/reuse_speedup.py``, whose subclass leaves this out to measure what it saves."""
+        self.trainer.skip_full_gc_between_runs()
+        self.trainer.get_train_dataloader = self._replayed_loader
 
     def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference log-probs of the training pairs (chosen, rejected), as training feeds them to the loss."""

@@ -50,11 +50,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from discopop.config import TrainingSettings, typed
+from discopop.config import TrainingSettings
 from discopop.execution.messages import TrainReply
 
 # One grid point: (learning rate, beta); beta None where the beta axis is off (the job uses training.beta).
@@ -63,7 +62,7 @@ Point = tuple[float, float | None]
 
 @dataclass(frozen=True)
 class LrProtocol:
-    """The learning-rate grid (and beta grid) and the screening rule, read once from ``cfg["training"]``."""
+    """The learning-rate grid (and beta grid) and the screening rule, read once from the ``training`` settings."""
 
     grid: tuple[float, ...]
     screen_margin: float | None  # None: every candidate gets the whole grid
@@ -72,10 +71,8 @@ class LrProtocol:
     tune_seeds: int = 0  # training.tune_seeds: tuning seeds per grid-point job (0: the even/odd prompt split)
 
     @classmethod
-    def from_config(cls, training: TrainingSettings | Mapping[str, Any]) -> LrProtocol:
-        """From the run's ``training`` settings (a plain mapping is read as those settings)."""
-        if isinstance(training, Mapping):
-            training = typed(TrainingSettings, training, where="training")
+    def from_config(cls, training: TrainingSettings) -> LrProtocol:
+        """From the run's ``training`` settings."""
         grid = training.lr_grid or [training.learning_rate]
         margin = training.lr_screen_margin
         multipliers = training.beta_grid

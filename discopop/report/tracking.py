@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import Row
-from discopop.config import WANDB_MODES, WandbSettings, typed
+from discopop.config import WANDB_MODES, WandbSettings
 from discopop.report.board import leaderboard
 from discopop.report.escape import clean, code_text
 from discopop.report.run import confirmation_of, learning_rate_of, number, scored, tuned_beta, winner
@@ -106,10 +106,8 @@ def no_weave_suggestion() -> Iterator[None]:
 
 
 class Tracker:
-    def __init__(self, settings: WandbSettings | Mapping[str, Any], run_dir: Path, config: dict[str, Any]):
+    def __init__(self, settings: WandbSettings, run_dir: Path, config: dict[str, Any]):
         """``settings``: the run's ``wandb`` group; ``config``: the whole run config (plain), logged with the run."""
-        if isinstance(settings, Mapping):
-            settings = typed(WandbSettings, settings, where="wandb")
         mode = settings.mode
         if mode not in WANDB_MODES:
             raise ValueError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")

@@ -35,8 +35,8 @@ Landlock lets it open the GPU device files; seccomp never blocked what CUDA need
 ``mmap``, threads). CUDA MPS is not available inside (its client connects over a unix socket in
 /tmp: seccomp refuses AF_UNIX sockets and /tmp is private), so workers sharing a GPU time-slice it.
 Loss oracles and CPU workers get ``CUDA_VISIBLE_DEVICES=""`` and no GPU device file.
-``Limits.os_hardening=False`` turns off private-tmp, landlock-read and seccomp for one benchmark
-(``benchmarks/sandbox_startup.py``) and nothing else.
+``Limits.os_hardening`` is always True; only ``benchmarks/sandbox_startup.py``'s own subclass of ``Limits``
+turns off private-tmp, landlock-read and seccomp, to measure what they cost.
 
 The same ``SandboxedProcess`` runs the warm training workers (``executors.py``) and the one-shot
 ``discopop check`` (``checking.py``). The names below are re-exported for callers; to monkeypatch

@@ -62,7 +62,7 @@ _MNT_DETACH = 2
 
 
 def hardening_on() -> bool:
-    """False only under the benchmark switch ``Limits.os_hardening``."""
+    """False only for ``benchmarks/sandbox_startup.py``'s unhardened ``Limits`` (see ``Limits.os_hardening``)."""
     return os.environ.get("DISCOPOP_SANDBOX_HARDEN", "1") != "0"
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from discopop.archive import Archive, Row
-from discopop.config import CascadeSettings, DiagnosticTaskSettings, plain
+from discopop.config import CascadeSettings, DiagnosticTaskSettings, TaskSettings, TrainingSettings, plain
 from discopop.config.cascade import MAX_REJECTED_SHARE
 from discopop.execution.executors import Executor, Job, LocalExecutor, WorkerSpec
 from discopop.fitness.rank_agreement import agreement_key, load_agreements
@@ -65,16 +65,17 @@ def stage_settings(settings: CascadeSettings, stage: str) -> dict[str, Any]:
 
 def diagnostic_spec(base: WorkerSpec, preset: str, kl_coef: float) -> WorkerSpec:
     """A worker for one diagnostic preset, with the run's limits and beta (the loss is trained as in the run)."""
-    beta = (base.training or {}).get("beta")
-    task = plain(DiagnosticTaskSettings(preset=preset, kl_coef=kl_coef))
-    return replace(base, task=task, training={"beta": beta, "threads": 1}, kl_coef=kl_coef, threads=1,
-                   device="cpu", visible_devices=None)
+    training = TrainingSettings(beta=base.training.beta if base.training is not None else TrainingSettings().beta,
+                                threads=1)
+    task = DiagnosticTaskSettings(preset=preset, kl_coef=kl_coef)
+    return replace(base, task=task, training=training, kl_coef=kl_coef, threads=1, device="cpu",
+                   visible_devices=None)
 
 
 class Fidelity:
     """Runs the cheap stages for a batch of checked rows and decides, per stage, who goes on (and in what order)."""
 
-    def __init__(self, settings: CascadeSettings, *, task: Mapping[str, Any], training: Mapping[str, Any],
+    def __init__(self, settings: CascadeSettings, *, task: TaskSettings, training: TrainingSettings,
                  seed: int, executor: Executor, base_spec: WorkerSpec,
                  make_executor: ExecutorFactory | None = None):
         self.settings = settings
@@ -84,7 +85,8 @@ class Fidelity:
         self.make_executor = make_executor or (lambda spec: LocalExecutor(spec, workers=1))
         self._diagnostic: dict[str, Executor] = {}
         stored = load_agreements(Path(settings.agreement)) if settings.agreement else {}
-        self.keys = {s: agreement_key(task, training, stage_settings(settings, s)) for s in settings.stages}
+        self.keys = {s: agreement_key(plain(task), plain(training), stage_settings(settings, s))
+                     for s in settings.stages}
         self.agreement: dict[str, dict[str, Any] | None] = {
             s: (stored.get(s) if (stored.get(s) or {}).get("key") == self.keys[s] else None) for s in settings.stages}
         self.filters = {s: self._shown(self.agreement[s]) for s in settings.stages}

@@ -13,12 +13,12 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
-from discopop.config import RunSettings, plain
+from discopop.config import RunSettings, plain, task_settings
 from discopop.config.variants import transfer_tasks
 from discopop.execution.executors import Executor, WorkerSpec
 from discopop.execution.factory import make_executor
@@ -82,12 +82,11 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def worker_spec(cfg: RunSettings | Mapping[str, Any]) -> WorkerSpec:
-    """What each worker is started with; the task and training settings cross to it as plain dicts (JSON)."""
-    cfg = RunSettings.coerce(cfg)
+def worker_spec(cfg: RunSettings) -> WorkerSpec:
+    """What each worker is started with (the task and training settings cross to it as JSON: ``WarmWorker``)."""
     training, executor = cfg.training, cfg.executor
     return WorkerSpec(
-        task=plain(cfg.task), training=plain(training), kl_coef=cfg.task.kl_coef, threads=training.threads,
+        task=cfg.task, training=training, kl_coef=cfg.task.kl_coef, threads=training.threads,
         limits=Limits(memory_mb=executor.memory_mb, file_size_mb=executor.file_mb),
         check_timeout=training.check_timeout, train_timeout=training.train_timeout,
         oracle_timeout=training.oracle_timeout, kept_oracles=executor.kept_oracles,
@@ -199,11 +198,11 @@ class Loop:
     injected stand-in's results must never reach a real run. ``selection.reference_store=false``: none.
     """
 
-    def __init__(self, cfg: RunSettings | Mapping[str, Any], run_dir: Path, display: RunDisplay, *,
+    def __init__(self, cfg: RunSettings, run_dir: Path, display: RunDisplay, *,
                  proposer: Proposer | None = None,
                  executor: Executor | None = None, task_meta: Mapping[str, Any] | None = None,
                  store: ResultCache | None = None, transfer_executor: ExecutorFactory | None = None):
-        self.cfg = RunSettings.coerce(cfg)
+        self.cfg = cfg
         self.run_dir = run_dir
         self.display = display
         self.archive = Archive(run_dir / ARCHIVE_NAME)
@@ -380,7 +379,7 @@ class Loop:
     def _variant_executor(self, name: str, task: dict[str, Any]) -> Executor:
         """A pool of workers like the run's, on the transfer variant ``task`` (built here first: workers only read)."""
         load_task(task, log=self._note)
-        return make_executor(self.cfg.executor, worker_spec({**self.cfg.to_dict(), "task": task}))
+        return make_executor(self.cfg.executor, worker_spec(replace(self.cfg, task=task_settings(task))))
 
     def _confirm_transfer(self) -> None:
         """Confirm the same arms on the held-out variants of ``confirm.transfer`` and say whether winners transfer."""
@@ -446,7 +445,7 @@ class Loop:
         settings = self.cfg.cascade
         if not settings.stages:
             return None
-        fidelity = Fidelity(settings, task=plain(self.cfg.task), training=plain(self.cfg.training), seed=self.seed,
+        fidelity = Fidelity(settings, task=self.cfg.task, training=self.cfg.training, seed=self.seed,
                             executor=executor, base_spec=worker_spec(self.cfg))
         self.archive.set_state("cascade", fidelity.summary())
         for stage, info in fidelity.summary().items():

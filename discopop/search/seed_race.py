@@ -57,9 +57,9 @@ class RacePolicy:
                    noise_prior=selection.noise_prior)
 
     @classmethod
-    def from_config(cls, cfg: RunSettings | Mapping[str, Any]) -> RacePolicy:
-        """From the run settings (or a plain run config, read as those settings)."""
-        return cls.from_settings(RunSettings.coerce(cfg).selection)
+    def from_config(cls, cfg: RunSettings) -> RacePolicy:
+        """From the run settings."""
+        return cls.from_settings(cfg.selection)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any] | None) -> RacePolicy:

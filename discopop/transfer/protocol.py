@@ -37,7 +37,7 @@ import hashlib
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -162,9 +162,8 @@ def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
                      learning_rate=learning_rate_of(r)) for r in rows]
 
 
-def task_key(cfg: RunSettings | Mapping[str, Any]) -> str:
+def task_key(cfg: RunSettings) -> str:
     """The task's name plus a hash of everything (task and training settings) a cached result depends on."""
-    cfg = RunSettings.coerce(cfg)
     training = {k: getattr(cfg.training, k) for k in _TRAINING_KEYS}
     task = stable_key({k: v for k, v in plain(cfg.task).items() if k != "cache_dir"})
     blob = json.dumps({"task": task, "training": training, "kl_coef": cfg.task.kl_coef}, sort_keys=True, default=str)
@@ -208,16 +207,15 @@ class Progress:
 ExecutorFactory = Callable[[RunSettings], Executor]
 
 
-def beta_config(cfg: RunSettings | Mapping[str, Any], beta: float) -> RunSettings:
+def beta_config(cfg: RunSettings, beta: float) -> RunSettings:
     """The run settings with ``training.beta`` set to ``beta`` (a copy)."""
-    cfg = RunSettings.coerce(cfg)
     return replace(cfg, training=replace(cfg.training, beta=float(beta)))
 
 
 class TransferEvaluation:
     """Runs the protocol of the module docstring for ``losses`` on each task config and beta."""
 
-    def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings | Mapping[str, Any]], betas: list[float],
+    def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings], betas: list[float],
                  n_seeds: int,
                  cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
                  train: bool = True):
@@ -226,7 +224,7 @@ class TransferEvaluation:
         if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
             raise EvaluateError(f"betas must be positive numbers, got {betas}")
         self.losses = losses
-        self.task_cfgs = [RunSettings.coerce(c) for c in task_cfgs]
+        self.task_cfgs = list(task_cfgs)
         self.betas = [float(b) for b in betas]
         self.n_seeds = n_seeds
         self.cache = cache

@@ -35,10 +35,8 @@ class FitnessFacts:
     # expected (task=diagnostic: the exact expected reward)
 
     @classmethod
-    def from_run(cls, cfg: RunSettings | Mapping[str, Any], task_meta: Mapping[str, Any],
-                 rows: Iterable[Any] = ()) -> FitnessFacts:
+    def from_run(cls, cfg: RunSettings, task_meta: Mapping[str, Any], rows: Iterable[Any] = ()) -> FitnessFacts:
         """From the run's settings, ``task.meta`` and archived rows (anything with a ``metrics`` dict)."""
-        cfg = RunSettings.coerce(cfg)
         training = cfg.training
         grid = training.lr_grid
         rates = tuple(float(v) for v in grid) if grid else (float(training.learning_rate),)
