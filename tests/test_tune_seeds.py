@@ -71,7 +71,8 @@ def test_the_reply_field_is_optional_on_the_wire() -> None:
 
 def test_the_diagnostic_tuner_scores_the_tuning_seeds_on_every_search_context() -> None:
     cfg, _ = compose(["task=diagnostic", *SMALL])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=cfg["task"]["kl_coef"])
+    run = RunSettings.coerce(cfg)
+    tuner = DiagnosticTuner(run.task, run.training, kl_coef=run.task.kl_coef)
     dpo = load_loss(DPO_SOURCE)  # a trusted reference file
     plain = tuner.run(dpo, seed=5, learning_rate=0.1)
     tuned = tuner.run(dpo, seed=5, learning_rate=0.1, tune_seeds=2)
@@ -89,7 +90,8 @@ def test_on_a_real_grid_the_tuning_seeds_can_overrule_the_ranking_seed() -> None
     """Find, on the bandit itself, a seed whose own search contexts would pick another rate than its tuning seeds
     (the noise the rule exists to keep out); the sweep must follow the tuning seeds."""
     cfg, _ = compose(["task=diagnostic", "task.preset=mixed_quality", *SMALL])
-    tuner = DiagnosticTuner(cfg["task"], cfg["training"], kl_coef=cfg["task"]["kl_coef"])
+    run = RunSettings.coerce(cfg)
+    tuner = DiagnosticTuner(run.task, run.training, kl_coef=run.task.kl_coef)
     dpo = load_loss(DPO_SOURCE)
     grid = (0.01, 0.03, 0.1)
     for seed in range(6):
@@ -110,11 +112,11 @@ def test_on_a_real_grid_the_tuning_seeds_can_overrule_the_ranking_seed() -> None
 def test_the_setting_defaults_and_its_refusal_on_a_fine_tuned_model() -> None:
     diag, _ = compose(["task=diagnostic"])
     assert RunSettings.coerce(diag).training.tune_seeds == 3  # conf/training/diagnostic.yaml
-    assert LrProtocol.from_config(diag["training"]).tune_seeds == 3
+    assert LrProtocol.from_config(RunSettings.coerce(diag).training).tune_seeds == 3
     explicit, _ = compose(["task=diagnostic", "training.tune_seeds=0"])
-    assert LrProtocol.from_config(explicit["training"]).tune_seeds == 0  # an explicit value wins
+    assert LrProtocol.from_config(RunSettings.coerce(explicit).training).tune_seeds == 0  # an explicit value wins
     addition, _ = compose(["task=addition"])
-    assert LrProtocol.from_config(addition["training"]).tune_seeds == 0
+    assert LrProtocol.from_config(RunSettings.coerce(addition).training).tune_seeds == 0
     RunSettings.coerce(addition).check()
     addition["training"]["tune_seeds"] = 2
     with pytest.raises(ConfigError, match="tune_seeds=2 needs task=diagnostic"):
