@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from discopop.config.compose import compose
+from discopop.config.compose import compose_settings
 from discopop.contract.inputs import call_loss
 from discopop.contract.losses import static_check
 from discopop.fitness.training import FineTuner
@@ -88,9 +88,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=0, help="also time the loss alone, this many calls per arm")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, _ = compose(["wandb.mode=disabled", *args.overrides])
-    fine_tuner = FineTuner(load_task(cfg["task"]), cfg["training"], Path(tempfile.mkdtemp()))
-    timeout = float(cfg["training"]["oracle_timeout"])
+    cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
+    fine_tuner = FineTuner(load_task(cfg.task), cfg.training, Path(tempfile.mkdtemp()))
+    timeout = float(cfg.training.oracle_timeout)
     arms = {"v1 (dpo)": reference_candidate("dpo").code, "v2 (dpo + 0 * lengths, nll)": DPO_V2}
     oracles = OracleSupply(Limits())
     oracles.prespawn()
