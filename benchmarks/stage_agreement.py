@@ -44,7 +44,7 @@ from discopop.fitness.tuning import LrProtocol, Sweep
 from discopop.proposers.base import HistoryEntry
 from discopop.proposers.evolution.proposer import EvolutionProposer
 from discopop.proposers.reference import reference_candidate
-from discopop.search.fidelity import Fidelity, stage_settings
+from discopop.search.fidelity import Fidelity, StageResult, stage_settings
 from discopop.search.loop import worker_spec
 from discopop.tasks import load_task
 
@@ -123,6 +123,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--presets", default="clean,label_noise")
     parser.add_argument("--lrs", default="0.01,0.03,0.1")
     parser.add_argument("--short-fraction", type=float, default=0.25)
+    parser.add_argument("--stages", default="diagnostic,short", help="which cheap stages to train and measure")
+    parser.add_argument("--kl-coef", type=float, default=None,
+                        help="the diagnostic stage's kl_coef (default: cascade.diagnostic_kl_coef's)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=2000)
@@ -146,7 +149,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     cfg = run_settings.to_dict()
     settings = CascadeSettings(stages=["diagnostic", "short"], diagnostic_presets=args.presets.split(","),
                                diagnostic_lrs=[float(x) for x in args.lrs.split(",")],
-                               short_fraction=args.short_fraction)
+                               short_fraction=args.short_fraction,
+                               **({} if args.kl_coef is None else {"diagnostic_kl_coef": args.kl_coef}))
+    stages = tuple(args.stages.split(","))
+    if not stages or any(s not in ("diagnostic", "short") for s in stages):
+        parser.error(f"--stages: diagnostic and/or short, got {args.stages!r}")
     settings.check()
     started = time.perf_counter()
     load_task(cfg["task"])  # built (or found) before the workers start
@@ -165,11 +172,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     try:
         executor.warm_up()
         t0 = time.perf_counter()
-        diag = fidelity.diagnostic_scores(dict(enumerate(losses.values())))
+        diag = (fidelity.diagnostic_scores(dict(enumerate(losses.values())))
+                if "diagnostic" in stages else {i: StageResult(None) for i in range(len(names))})
         t_diag = time.perf_counter() - t0
         t0 = time.perf_counter()
         rates = [archived[n][2] for n in names] if archived else [protocol.default()] * len(names)
-        short = fidelity.short_scores({i: (code, rates[i]) for i, code in enumerate(losses.values())})
+        short = (fidelity.short_scores({i: (code, rates[i]) for i, code in enumerate(losses.values())})
+                 if "short" in stages else {i: StageResult(None) for i in range(len(names))})
         t_short = time.perf_counter() - t0
         t0 = time.perf_counter()
         sweeps = {i: Sweep() for i in range(len(names))}
@@ -203,7 +212,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         print(f"{names[i][:40]:<40} {full[i]:8.4f} {'-' if s is None else f'{s:8.4f}':>8} "
               f"{'-' if d is None else f'{d:8.4f}':>8}")
     for stage, results in (("diagnostic", diag), ("short", short)):
-        for i in kept:
+        for i in kept if stage in stages else ():
             if results[i].score is None:  # a failed cheap run ranks last below; say why it failed
                 print(f"  {stage} failed for {names[i][:40]}: {str(results[i].detail.get('error'))[:200]}")
     full_cost_steps = statistics.mean(full_steps[i] for i in kept)
@@ -213,6 +222,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     print(f"{'stage':<11} {'rho':>6} {'CI (' + format(args.confidence, '.0%') + ')':>16} {'n':>3} "
           f"{'steps/full':>10} {'s/full':>8}")
     for stage, results in (("diagnostic", diag), ("short", short)):
+        if stage not in stages:
+            continue
         values = [results[i].score for i in kept]
         floor = min((v for v in values if v is not None), default=0.0) - 1.0  # a failed cheap run ranks last
         cheap = [floor if v is None else v for v in values]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from discopop.config.base import is_number, require, setting
-from discopop.config.task import DIAGNOSTIC_PRESETS
+from discopop.config.task import DIAGNOSTIC_KL_COEF, DIAGNOSTIC_PRESETS
 
 STAGES = ("diagnostic", "short")
 # A rejected candidate may cost at most this share of one full fine-tune's steps (issue 25: <= 25%).
@@ -31,7 +31,9 @@ class CascadeSettings:
     diagnostic_lrs: list[float] = setting([0.01, 0.03, 0.1], "Adam rates of the diagnostic fine-tunes; a preset's "
                                                              "score is the best of them (each loss at its own rate, "
                                                              "as in the full protocol).")
-    diagnostic_kl_coef: float = setting(0.0, "kl_coef of the diagnostic presets' fitness (reward - kl_coef * KL).")
+    diagnostic_kl_coef: float = setting(DIAGNOSTIC_KL_COEF, "kl_coef of the diagnostic presets' fitness (reward - "
+                                                            "kl_coef * KL): the tier's own price, as task=diagnostic "
+                                                            "ranks (0: reward only, the stage's former default).")
     short_fraction: float = setting(0.25, "The short stage trains this share of a full fine-tune's steps (at most "
                                           "0.25: a candidate it rejects costs <= 25% of one full fine-tune).")
     agreement: str | None = setting(None, "JSON file of measured rank agreements (benchmarks/stage_agreement.py "
