@@ -38,6 +38,11 @@ import pytest
 from conftest import SMALL_RUN
 from openai_server import FakeOpenAIServer, completion
 
+# slow (~95 s on 2 idle cores, the suite's longest set-up): three `discover` processes, two stalls and a 15 s
+# timeout. Not in the default suite; `pytest -m slow` runs it with the other long end-to-end tests
+# (README "Quickstart", benchmarks/README.md).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SIG = "policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta"
 RHO = "rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)"
