@@ -208,7 +208,9 @@ def _umount(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory, cache_dir) -> Iterator[Scenario]:
+def scenario(tmp_path_factory, cache_dir, tiny_task) -> Iterator[Scenario]:
+    # tiny_task: the task is built before run 1 starts (its waits time the run, not a first build: run first, as
+    # under `pytest -m slow`, run 1 would otherwise build it inside a 180 s wait)
     base = tmp_path_factory.mktemp("faults")
     mnt = base / "mnt"
     tmpfs = _mount_tmpfs(mnt, "8m")
