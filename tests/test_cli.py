@@ -72,7 +72,8 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path,
 
 # slow, as tests/test_faults.py, which kills, interrupts and resumes a run too (`pytest -m slow` runs both)
 @pytest.mark.slow
-def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path) -> None:
+def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path, tiny_task) -> None:
+    """``tiny_task``: built beforehand, so the 240 s wait below times the run, not a first build."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
     args = ["discover", "--generations", "3", "--quiet", *SMALL_RUN, "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
