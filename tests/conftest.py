@@ -124,8 +124,9 @@ def discover(args: list[str], cache: Path, timeout: int = 600) -> subprocess.Com
 
 
 @pytest.fixture(scope="session")
-def discovered(tmp_path_factory, cache_dir) -> tuple[Path, subprocess.CompletedProcess]:
-    """``discover --generations 2`` with ``SHARED_RUN``, run once per session: its run directory and its output."""
+def discovered(tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, subprocess.CompletedProcess]:
+    """``discover --generations 2`` with ``SHARED_RUN``, run once per session: its run directory and its output.
+    The task is built first, in this process (``tiny_task``), so the run's time limit does not include a first build."""
     run_dir = tmp_path_factory.mktemp("discovered") / "run"
     out = discover(["discover", "--generations", "2", "--quiet", *SHARED_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
     return run_dir, out

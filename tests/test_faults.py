@@ -74,7 +74,9 @@ def good({SIG}):
     {RHO}
     return -F.logsigmoid(beta * rho) + 0.1 * (beta * rho) ** 2  # not a rescaled DPO: that is a duplicate
 """
-RUN1_TRAIN_TIMEOUT = 60  # seconds: run 1 kills / interrupts its stalls long before this
+# seconds: run 1 kills / interrupts its stalls long before this; a bound only, so generous: at 60 s a machine at
+# load 15 on 2 cores timed stall_b out before its oracle had spun the CPU seconds that show it training
+RUN1_TRAIN_TIMEOUT = 180
 # seconds, for the resumed runs: bounds the re-run of the interrupted stall. Run 2 must see that stall train
 # (ORACLE_START_CPU + 1 s of oracle CPU) before the timeout; at 6 s a loaded 2-core machine (a benchmark
 # beside the suite) gave the oracle too little CPU and run 2 ended first.
