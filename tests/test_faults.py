@@ -81,6 +81,10 @@ RUN1_TRAIN_TIMEOUT = 180
 # (ORACLE_START_CPU + 1 s of oracle CPU) before the timeout; at 6 s a loaded 2-core machine (a benchmark
 # beside the suite) gave the oracle too little CPU and run 2 ended first.
 TRAIN_TIMEOUT = 15
+# Run 2 ends when that stall times out (its train_failed row is the write the full disk refuses), so its timeout
+# is also how long the stall has to show it trains: at 15 s, load 12 on 2 cores (the oracle at a sixth of a core)
+# ended run 2 first. The test is in the slow suite: 25 s more for a scenario that passes on a loaded machine.
+RUN2_TRAIN_TIMEOUT = 40
 ORACLE_START_CPU = 2.0  # CPU seconds an oracle spends importing torch and checking, with room to spare
 STOP_WITHIN = 10.0  # seconds from SIGINT to exit
 
@@ -270,7 +274,8 @@ def scenario(tmp_path_factory, cache_dir, tiny_task) -> Iterator[Scenario]:
         # -- run 2: the disk fills while stall_b runs again
         if tmpfs:
             sc.before_disk_full = finished(run_dir)
-            run2 = start("run2", ["--resume", str(run_dir), "--generations", "3", *resumed])
+            run2 = start("run2", ["--resume", str(run_dir), "--generations", "3",
+                                  f"training.train_timeout={RUN2_TRAIN_TIMEOUT}"])
             procs.append(run2)
             busy_worker(run2, lambda: "re-running" in (base / "run2.out").read_text(), "stall_b again", busy=1.0)
             fill(mnt / "filler")
