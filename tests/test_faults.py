@@ -38,8 +38,8 @@ import pytest
 from conftest import SMALL_RUN
 from openai_server import FakeOpenAIServer, completion
 
-# slow (~95 s on 2 idle cores, the suite's longest set-up): three `discover` processes, two stalls and a 15 s
-# timeout. Not in the default suite; `pytest -m slow` runs it with the other long end-to-end tests
+# slow (~95 s on 2 idle cores with run 2's old 15 s timeout, the suite's longest set-up): three `discover` processes,
+# two stalls and two timeouts. Not in the default suite; `pytest -m slow` runs it with the other long end-to-end tests
 # (README "Quickstart", benchmarks/README.md).
 pytestmark = pytest.mark.slow
 
