@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The small search that the end-to-end tests of a finished run read (tests/test_cli.py, tests/test_transfer_confirm.py):
+# a `discover` run costs most of a minute on 2 cores, so one run, with everything those tests look at switched on
+# (confirmation and the transfer to the held-out variant), is shared by them. It keeps the reference store on, as
+# the run it replaces did: later runs of the same training settings (Ray, the OpenAI loop) read their references.
+SHARED_RUN = [*(o for o in SMALL_RUN if not o.startswith("confirm.transfer=")), "confirm.transfer=auto"]
+
+
+def discover(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real console script (``discover`` or ``discopop``, first in ``args``), run from the repository root."""
+    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def discovered(tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, subprocess.CompletedProcess]:
+    """``discover --generations 2`` with ``SHARED_RUN``, run once per session: its run directory and its output.
+    The task is built first, in this process (``tiny_task``), so the run's time limit does not include a first build."""
+    run_dir = tmp_path_factory.mktemp("discovered") / "run"
+    out = discover(["discover", "--generations", "2", "--quiet", *SHARED_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
+    return run_dir, out

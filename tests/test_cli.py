@@ -29,9 +29,9 @@ def rows(run_dir: Path) -> list[tuple]:
                             "ORDER BY id").fetchall()
 
 
-def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> None:
-    run_dir = tmp_path / "run"
-    out = run(["discover", "--generations", "2", "--quiet", *SMALL_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
+def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path,
+                                          discovered: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run_dir, out = discovered  # SMALL_RUN with a transfer to the held-out variant (tests/test_transfer_confirm.py)
     assert out.returncode == 0, out.stderr[-2000:]
     found = rows(run_dir)
     assert [r[2] for r in found[:2]] == ["dpo", "lrml"] and all(r[6] == "reference" for r in found[:2])
@@ -56,7 +56,7 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
         assert c["vs_dpo"]["baseline"] == "dpo" and c["vs_dpo"]["verdict"] in ("beats", "below", "within noise of")
         assert c["vs_best"] is None or c["vs_best"]["baseline"] == "lrml"
         assert c["vs_dpo"]["prompts"] == 33 and c["vs_dpo"]["seeds"] == 2
-    assert {split for _, _, split, _ in runs} == {"search", "confirm"}
+    assert {split for _, _, split, _ in runs} == {"search", "confirm", "transfer:hardflip"}
     assert all(len(json.loads(p)) == (32 if split == "search" else 33) for _, _, split, p in runs)
 
     board = run(["discopop", "leaderboard", str(run_dir)], cache_dir)
@@ -70,9 +70,10 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path) -> No
     assert f"candidate: #{best[0]}" in target.read_text()
 
 
-# slow: tests/test_faults.py kills, interrupts and resumes a run in the default suite too
+# slow, as tests/test_faults.py, which kills, interrupts and resumes a run too (`pytest -m slow` runs both)
 @pytest.mark.slow
-def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path) -> None:
+def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path, tiny_task) -> None:
+    """``tiny_task``: built beforehand, so the 240 s wait below times the run, not a first build."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
     args = ["discover", "--generations", "3", "--quiet", *SMALL_RUN, "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
@@ -161,16 +162,21 @@ def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path
     assert not run_dir.exists()
 
 
-def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: Path) -> None:
+def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: Path,
+                                                     discovered: tuple[Path, subprocess.CompletedProcess]) -> None:
     """Real workers, two proposals a generation trained side by side: whichever finishes first, the same archive
-    (the loop's side of this, any finishing order, is in tests/test_loop.py)."""
+    (the loop's side of this, any finishing order, is in tests/test_loop.py). Run a is the session's shared run;
+    run b (``SMALL_RUN``, which differs from the shared run's only in what runs after the search) repeats
+    its search, training its references itself rather than reading the store, and stops there: the
+    columns compared are the search's (confirmation and transfer, which come after, only add metrics)."""
+    first, out = discovered
+    assert out.returncode == 0, out.stderr[-2000:]
+    second = tmp_path / "b"
+    out = run(["discover", "--generations", "2", "--quiet", *SMALL_RUN, "selection.reference_store=false",
+               "confirm.seeds=0", f"hydra.run.dir={second}"], cache_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
     archives = []
-    for name in ("a", "b"):
-        run_dir = tmp_path / name
-        out = run(["discover", "--generations", "2", "--quiet", *SMALL_RUN, "confirm.seeds=0",
-                   "selection.reference_store=false",  # run b trains its references too, not from the store
-                   f"hydra.run.dir={run_dir}"], cache_dir)
-        assert out.returncode == 0, out.stderr[-2000:]
+    for run_dir in (first, second):
         with sqlite3.connect(run_dir / "archive.sqlite") as conn:
             archives.append(conn.execute("SELECT id, generation, parent_ids, name, code, status, fitness, error "
                                          "FROM candidates ORDER BY id").fetchall())

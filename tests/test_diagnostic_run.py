@@ -111,7 +111,9 @@ def test_discover_runs_on_the_diagnostic_tier(tmp_path: Path) -> None:
     env = {**os.environ, "DISCOPOP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     args = ["discover", "--generations", "2", "--quiet", "task=diagnostic", *SMALL, "executor.workers=1",
             "baselines=[dpo,hinge]", "training.lr_grid=[0.03,0.1]", "confirm.seeds=2", "confirm.top_k=1",
-            "selection.max_seeds=1", "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
+            "selection.max_seeds=1", "wandb.mode=disabled",
+            "confirm.transfer=[]",  # task=diagnostic now transfers to label_noise: test_transfer_confirm.py tests that
+            f"hydra.run.dir={run_dir}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:

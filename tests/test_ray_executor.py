@@ -7,12 +7,17 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import SMALL_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_discover_on_ray(tmp_path: Path, cache_dir: Path) -> None:
+# slow (~28 s on 2 idle cores: a local Ray instance starts): `pytest -m slow` runs it. The cascade it runs is the
+# local pool's, which the default suite runs end to end (tests/test_cli.py).
+@pytest.mark.slow
+def test_discover_on_ray(tmp_path: Path, cache_dir: Path, tiny_task) -> None:
+    """``tiny_task``: the task is built beforehand, in this process, not inside the run's time limit."""
     run_dir = tmp_path / "run"
     args = ["discover", "--generations", "1", "--quiet", *SMALL_RUN, "executor=ray", "executor.workers=2",
             "confirm.seeds=0", f"hydra.run.dir={run_dir}"]

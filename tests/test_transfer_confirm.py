@@ -250,21 +250,14 @@ def test_a_replication_confirms_on_the_replicate_part(archive: Archive) -> None:
     assert archive.get(cand).metrics["confirmation"]["vs_dpo"]["verdict"] == stats.BEATS
 
 
-def test_discover_confirms_on_the_held_out_addition_variant_end_to_end(tmp_path: Path, cache_dir: Path) -> None:
+def test_discover_confirms_on_the_held_out_addition_variant_end_to_end(discovered: tuple[Path, Any]) -> None:
     """The default (auto) on the embedded task family, through real workers: the hardflip variant's pairs are built
-    from the cached SFT stage, every arm re-trains there, and the verdict carries the transfer word."""
+    from the cached SFT stage, every arm re-trains there, and the verdict carries the transfer word. The run is the
+    session's shared one (``SHARED_RUN`` in tests/conftest.py: the small run with ``confirm.transfer=auto``)."""
     import json  # lazy: only this end-to-end test reads the archive's JSON
-    import os
     import sqlite3
-    import subprocess
 
-    from conftest import SMALL_RUN  # lazy: conftest is importable only once pytest has put tests/ on the path
-
-    run_dir = tmp_path / "run"
-    args = [a for a in SMALL_RUN if not a.startswith("confirm.transfer=")]
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
-    out = subprocess.run(["discover", "--generations", "1", "--quiet", *args, "confirm.transfer=auto",
-                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    run_dir, out = discovered
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         splits = conn.execute("SELECT DISTINCT c.name, e.split FROM evaluations e JOIN candidates c"
