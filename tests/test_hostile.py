@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -273,3 +275,24 @@ def test_fork_bomb_is_capped_and_every_process_dies(tmp_path: Path) -> None:
     while processes_tagged(token) and time.time() < deadline:
         time.sleep(0.05)
     assert not processes_tagged(token), "a process that left the process group survived"
+
+
+def test_a_self_interrupt_is_the_candidates_error_even_where_the_run_ignores_sigint() -> None:
+    """A run started with ``&`` from a shell without job control starts every child with SIGINT ignored, and then a
+    candidate's ``interrupt_main`` did nothing: the check read it valid (a CI run launched that way saw the corpus
+    change verdict). The oracle puts Python's handler back, so the verdict does not depend on how the run began."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from discopop.cli.check import check_in_worker
+        path = os.pathsep.join(p for p in ({tests_dir!r}, os.environ.get("PYTHONPATH", "")) if p)
+        verdict = check_in_worker(sys.stdin.read(), 10.0, env={{"PYTHONPATH": path}},
+                                  oracle_module="hostile_deep_oracle")
+        print(json.dumps({{"valid": verdict["valid"], "reason": verdict["reason"]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], input=(HOSTILE / "l_keyboard_interrupt.py").read_text(),
+                          capture_output=True, text=True, timeout=240,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdict = json.loads(done.stdout.strip().splitlines()[-1])
+    assert verdict["valid"] is False and "KeyboardInterrupt" in verdict["reason"], verdict

@@ -27,6 +27,7 @@ code has run.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 from typing import Any
@@ -239,6 +240,11 @@ def main() -> None:
     from discopop.sandbox import lock_down, seal  # lazy: the oracle imports torch and the checks only once locked down
 
     workdir = os.environ["DISCOPOP_SANDBOX_DIR"]
+    # A candidate that interrupts itself (``_thread.interrupt_main``, SIGINT) gets that as its own error however the
+    # run was started: a run launched with ``&`` from a shell without job control starts every child with SIGINT
+    # ignored, and then the interrupt silently does nothing (the hostile corpus saw a different verdict). Workers start
+    # in a session of their own, so a Ctrl-C at the terminal does not reach the oracle either way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # First thing, while this process has a single thread (see lock_down).
     lock_down(workdir, network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
     sock = socket.socket(fileno=int(os.environ["DISCOPOP_ORACLE_FD"]))
