@@ -22,7 +22,7 @@ from datasets.utils.logging import disable_progress_bar
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
-from trl_losses import trl_trainer
+from trl_losses import StandIn, trl_trainer
 
 from discopop.proposers.reference import reference_candidate
 from discopop.tasks.tiny import tiny_causal_lm
@@ -31,19 +31,6 @@ from discopop.trl import DiscoveredLossDPOTrainer
 BETA = 0.3
 BATCH = 12
 TOL = 1e-6
-
-
-class StandIn(torch.nn.Module):
-    """The forward pass ``_compute_loss`` reads: given per-token log-probs (and zero metrics)."""
-
-    def __init__(self, per_token: torch.Tensor):
-        super().__init__()
-        self.per_token = per_token
-
-    def forward(self, **_: Any) -> SimpleNamespace:
-        zeros = torch.zeros_like(self.per_token.detach())
-        return SimpleNamespace(log_probs=self.per_token, entropy=zeros, mean_logits=zeros,
-                               is_top1=torch.zeros(zeros.shape, dtype=torch.bool))
 
 
 def case(seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -87,7 +87,7 @@ NOT_COMPARED = {
 }
 
 
-class _StandIn(torch.nn.Module):
+class StandIn(torch.nn.Module):
     """The policy's forward pass, reduced to what ``_compute_loss`` reads: per-token log-probs (and metrics)."""
 
     def __init__(self, per_token: torch.Tensor):
@@ -121,7 +121,7 @@ def trl_loss(trainer: DPOTrainer, inputs: tuple[torch.Tensor, ...], tokens: int 
     completion[:, 0] = 0  # a one-token prompt
     batch_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": completion,
                     "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
-    return trainer._compute_loss(_StandIn(per_token), batch_inputs, return_outputs=False)
+    return trainer._compute_loss(StandIn(per_token), batch_inputs, return_outputs=False)
 
 
 def parity_inputs(seed: int = 0, batch: int = BATCH) -> tuple[torch.Tensor, ...]:
