@@ -1,8 +1,9 @@
 """What the OS hardening layers cost: worker start-up and one check job, hardened vs not, side by side.
 
-Each round starts a sandboxed worker (``python -m discopop.execution.worker``: imports torch, puts the
-child-side layers on, answers ``init``), runs the numeric checks on the DPO reference loss once,
-and closes it (kill + work dir removal), once with the product's ``Limits`` (``os_hardening`` is always on:
+Each round starts a sandboxed worker the way the executors do (``WarmWorker``: the worker imports torch,
+puts the child-side layers on and answers ``init`` while a standby loss oracle starts beside it), runs one
+check job of the DPO reference loss (its numeric checks run in that oracle), and closes both (kill + work dir
+removal), once with the product's ``Limits`` (``os_hardening`` is always on:
 private /tmp and /dev/shm, Landlock read rules, seccomp) and once with this benchmark's own subclass
 ``_Unhardened`` (the baseline: those three layers off, every other layer on).
 Rounds alternate the order so that machine load drifts hit both sides alike. Medians, and the
@@ -18,7 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from discopop.sandbox import Limits, SandboxedProcess
+from discopop.execution.executors import Job, WarmWorker, WorkerSpec
+from discopop.sandbox import Limits
 
 DPO = (Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py").read_text()
 
@@ -33,17 +35,17 @@ class _Unhardened(Limits):
 
 def one_round(hardened: bool) -> dict[str, float]:
     started = time.perf_counter()
-    proc = SandboxedProcess("discopop.execution.worker", Limits() if hardened else _Unhardened())
+    # The oracle gets the worker's limits (``replace`` keeps the subclass), so the baseline drops the layers on both.
+    worker = WarmWorker(WorkerSpec(task=None, training=None, limits=Limits() if hardened else _Unhardened()))
     try:
-        reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
-        assert reply["ok"], reply
+        worker.ensure_started()
         ready = time.perf_counter()
-        reply = proc.request({"op": "check", "code": DPO}, timeout=60)
-        assert reply["ok"], reply
+        result = worker.run(Job(row_id=0, code=DPO, stage="check"))
+        assert result.ok, result.error
         checked = time.perf_counter()
-        layers = set(proc.layers)
+        layers = set(worker.layers)
     finally:
-        proc.close()
+        worker.close()
     closed = time.perf_counter()
     expected = {"private-tmp", "landlock-read", "seccomp"}
     assert (expected <= layers) if hardened else not (expected & layers), sorted(layers)
