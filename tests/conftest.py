@@ -34,7 +34,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py", "test_hostile_os.py",
         "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py", "test_oracle_keep.py",
         "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
-        "test_evolution_v2.py",  # the contract-v2 operators (one child each through the sandboxed check)
+        "test_evolution_v2.py", "test_v2_behaviour.py",  # contract-v2 operators; v2 behaviour features
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",
