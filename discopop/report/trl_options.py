@@ -60,6 +60,7 @@ def sft(policy_chosen_logps, policy_rejected_logps, chosen_lengths, chosen_nll, 
 # usually short); rejected answers whose gradient is this close to 0 or to its bound say little about it.
 GAMMA_DIGITS = (3, 4, 6)
 SIGMOID_MARGIN = 0.02
+GAMMA_SPREAD = 0.01  # the interquartile range of the rows' gammas a SimPO loss stays within (relative to 1 + |gamma|)
 # The grids of TRL's shared constants searched: its defaults (0 and 0.05; exo_pair's 1e-3), the flip rates tasks and
 # the tuner use, and LRML's tuned taus.
 LABEL_SMOOTHING = (1e-3, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
@@ -215,7 +216,11 @@ def _match_simpo(target: torch.Tensor, probe: Probe) -> TrlOptions | None:
     usable = (share > SIGMOID_MARGIN) & (share < 1.0 - SIGMOID_MARGIN)
     if int(usable.sum()) < 3:
         return None
-    estimate = float((beta * margin[usable] + torch.logit(share[usable])).median())
+    gammas = beta * margin[usable] + torch.logit(share[usable])
+    quartiles = torch.quantile(gammas, torch.tensor([0.25, 0.5, 0.75], dtype=gammas.dtype))
+    low, estimate, high = (float(q) for q in quartiles)
+    if high - low > GAMMA_SPREAD * (1.0 + abs(estimate)):
+        return None  # the rows disagree on gamma: not SimPO (and no need to compute its gradients to say so)
     sft = _term_gradient("sft", probe)
     for digits in GAMMA_DIGITS:
         gamma = float(f"{estimate:.{digits}g}")
