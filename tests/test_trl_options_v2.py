@@ -23,7 +23,8 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from discopop.archive import Archive
 from discopop.contract.checks import check_loss
-from discopop.contract.losses import load_loss
+from discopop.contract.inputs import V1_INPUTS
+from discopop.contract.losses import load_loss, signature_inputs
 from discopop.proposers.base import Candidate
 from discopop.proposers.reference import reference_candidate
 from discopop.report.export import export_candidate
@@ -142,3 +143,14 @@ def test_export_names_the_cpo_trainer(tmp_path: Path) -> None:
     assert ('args = CPOConfig(output_dir="out", loss_type=\'simpo\', cpo_alpha=0.5, simpo_gamma=0.7, beta=2.0, '
             "learning_rate=2e-05)") in text
     assert "DiscoveredLossDPOTrainer" in text  # the trainer-subclass form is still shown
+
+
+def test_the_declared_inputs_narrow_the_search() -> None:
+    """A four-input loss is matched without the v2 terms (its gradients cannot depend on lengths); a v2 loss's
+    declared inputs keep them."""
+    rpo = reference_candidate("rpo", constants={"ALPHA": 0.25}).code
+    checks = report(rpo, 0.5)
+    assert match_trl(checks, V1_INPUTS) is None  # told (wrongly) it is a v1 loss: sft is not tried
+    assert match_trl(checks, signature_inputs(rpo)) == match_trl(checks)
+    dpo = reference_candidate("dpo").code
+    assert match_trl(report(dpo, 0.5), signature_inputs(dpo)).loss_type == ("sigmoid",)

@@ -12,7 +12,7 @@ from typing import Any
 
 import discopop.report.escape as escape
 from discopop.archive import Archive, Row
-from discopop.contract.losses import LossRejected, code_hash, decode_source, static_check
+from discopop.contract.losses import LossRejected, code_hash, decode_source, signature_inputs, static_check
 from discopop.fitness import stats
 from discopop.report.run import beta_of, learning_rate_of, run_beta, settings_text, tuned_beta
 from discopop.report.terminal_board import leaderboard_rows
@@ -73,7 +73,7 @@ def resolve_id(archive: Archive, which: str | int) -> int:
 
 def trl_option_lines(row: Row, beta: float | None, lr: float | None) -> list[str]:
     """Whether TRL's own ``loss_type``/``loss_weights`` reproduce the loss at the beta it was trained at."""
-    options = match_trl(row.metrics.get("checks"))
+    options = match_trl(row.metrics.get("checks"), signature_inputs(row.code))
     if options is not None and beta is not None and options.beta == beta:
         config = options.config_text(lr).replace("Config(", 'Config(output_dir="out", ', 1)
         lines = ["In TRL's own loss options, without this file (the same policy gradients on the check's probe at",
