@@ -34,6 +34,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py", "test_hostile_os.py",
         "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py", "test_oracle_keep.py",
         "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
+        "test_evolution_v2.py", "test_v2_behaviour.py",  # contract-v2 operators; v2 behaviour features
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",
@@ -44,6 +45,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
         "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py",
         "test_trl_loss_parity.py", "test_trl_options.py", "test_trl_parity_more.py", "test_trl_peft.py",
+        "test_llm_v2.py", "test_trl_options_v2.py",  # contract v2 in the LLM prompt; v2 winners as TRL's options
     ),
 }
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from discopop.contract.diagnostics import summarize
-from discopop.contract.losses import LossRejected, decode_source, normalise_loss, static_check
+from discopop.contract.losses import LossRejected, decode_source, normalise_loss, signature_inputs, static_check
 from discopop.execution.messages import CheckReply, FailureReply, MessageError, Reply, parse_reply
 from discopop.report.trl_options import match_trl
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
@@ -100,7 +100,7 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     assert isinstance(reply, CheckReply)  # parse_reply("check", ...) gives nothing else
     checks = reply.checks
     diagnostics = checks.get("diagnostics") or {}
-    options = match_trl(checks)
+    options = match_trl(checks, signature_inputs(source))
     return {"valid": True, "layer": None, "reason": None, "uses_beta": checks["uses_beta"],
             "diagnostics": diagnostics, "summary": summarize(diagnostics),
             "trl": None if options is None else options.as_dict(),

@@ -42,6 +42,9 @@ class EvolutionSettings:
     chain_length: int = setting(3, "history_mode=none: each child is a chain of 1..chain_length random operators.")
     lookahead: int = setting(0, "1: propose generation g+1 while g trains; 0: lock step (proposing takes "
                                 "milliseconds here, so lock step costs nothing and sees one generation more).")
+    v2_operators: bool = setting(False, "Also draw the contract-v2 operators (length normalisation, NLL mixing, "
+                                        "reference-free: children that take token counts or the chosen NLL). Off: "
+                                        "the draws, and so the archives, are exactly as before.")
 
     def check(self) -> None:
         require(self.history_mode in HISTORY_MODES,

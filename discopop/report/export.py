@@ -12,7 +12,7 @@ from typing import Any
 
 import discopop.report.escape as escape
 from discopop.archive import Archive, Row
-from discopop.contract.losses import LossRejected, code_hash, decode_source, static_check
+from discopop.contract.losses import LossRejected, code_hash, decode_source, signature_inputs, static_check
 from discopop.fitness import stats
 from discopop.report.run import beta_of, learning_rate_of, run_beta, settings_text, tuned_beta
 from discopop.report.terminal_board import leaderboard_rows
@@ -73,17 +73,22 @@ def resolve_id(archive: Archive, which: str | int) -> int:
 
 def trl_option_lines(row: Row, beta: float | None, lr: float | None) -> list[str]:
     """Whether TRL's own ``loss_type``/``loss_weights`` reproduce the loss at the beta it was trained at."""
-    options = match_trl(row.metrics.get("checks"))
+    options = match_trl(row.metrics.get("checks"), signature_inputs(row.code))
     if options is not None and beta is not None and options.beta == beta:
-        config = options.config_text(lr).replace("DPOConfig(", 'DPOConfig(output_dir="out", ', 1)
-        return ["In TRL's own loss options, without this file (the same policy gradients on the check's probe at",
-                f"this beta, relative residual {options.residual:.1e}):", f"    args = {config}"]
+        config = options.config_text(lr).replace("Config(", 'Config(output_dir="out", ', 1)
+        lines = ["In TRL's own loss options, without this file (the same policy gradients on the check's probe at",
+                 f"this beta, relative residual {options.residual:.1e}):"]
+        if options.trainer == "CPO":  # SimPO: TRL's CPOTrainer, reference-free
+            return [*lines, "    from trl.experimental.cpo import CPOConfig, CPOTrainer", f"    args = {config}",
+                    "    trainer = CPOTrainer(model=..., args=args, train_dataset=..., processing_class=...)"]
+        return [*lines, f"    args = {config}"]
     if options is not None:
         return [f"At beta {options.beta!r}, where it was checked, it equals {options.config_text()}; at the beta it",
                 "was trained at this was not checked."]
     if not (row.metrics.get("checks") or {}).get("fingerprint_scale"):
         return ["Whether TRL's own loss options reproduce it was not recorded for this run (`discopop check` says)."]
-    return [f"Not a weighted sum of TRL's loss types ({', '.join(CATALOGUE)}): use the trainer below."]
+    return [f"Not a weighted sum of TRL's loss types ({', '.join(CATALOGUE)}) nor CPO's simpo: use the trainer",
+            "below."]
 
 
 def _header(archive: Archive, row: Row, target: str) -> str:

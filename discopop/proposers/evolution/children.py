@@ -10,10 +10,12 @@ from __future__ import annotations
 import ast
 import random
 
+from discopop.contract import losses
+from discopop.contract.inputs import is_v1
 from discopop.proposers.base import Candidate
 from discopop.proposers.evolution.behaviour_filter import same_behaviour
 from discopop.proposers.evolution.cleanup import finish
-from discopop.proposers.evolution.operators import OPERATORS, Skip, root_name
+from discopop.proposers.evolution.operators import OPERATORS, V2_OPERATORS, Skip, root_name
 from discopop.proposers.evolution.program import passes_static_check
 from discopop.proposers.evolution.selection import Parent
 
@@ -23,6 +25,14 @@ MAX_CODE_CHARS = 8000
 Step = tuple[str, list[Parent]]
 
 
+def passes_v2_check(code: str) -> bool:
+    """Whether a v2 operator's child passes the static check with a contract-v2 signature."""
+    try:
+        return not is_v1(losses.static_check(code).inputs)
+    except losses.LossRejected:
+        return False
+
+
 def write_child(first: Parent, steps: list[Step], names: set[str], rng: random.Random,
                 proposer: str) -> Candidate | None:
     """Apply each step's operator to the code so far (``first``'s code to begin with) and the step's further
@@ -30,8 +40,11 @@ def write_child(first: Parent, steps: list[Step], names: set[str], rng: random.R
     parents = [first, *(p for _, extra in steps for p in extra)]
     code, tags, whats = first.code, [], []
     for i, (op, extra) in enumerate(steps):
+        if op in V2_OPERATORS and i < len(steps) - 1:
+            return None  # the other operators splice the four inputs: a v2 step can only end a chain
         try:
-            tree, tag, what = OPERATORS[op]([ast.parse(c) for c in [code, *(p.code for p in extra)]], rng)
+            operator = OPERATORS.get(op) or V2_OPERATORS[op]
+            tree, tag, what = operator([ast.parse(c) for c in [code, *(p.code for p in extra)]], rng)
         except (Skip, SyntaxError, StopIteration):
             return None
         tags.append(f"x_{root_name(extra[0].name).split('_')[0]}" if op == "crossover" and extra else tag)
@@ -44,7 +57,8 @@ def write_child(first: Parent, steps: list[Step], names: set[str], rng: random.R
                                       for p in parents))
     thought = f"Applied {' then '.join(ops)} to {refs}: {'; then '.join(whats)}."
     code = finish(tree, name, f"{name}: evolved offline.\n\n{thought}".replace("__", "_").replace("{", "("))
-    if len(code) > MAX_CODE_CHARS or not passes_static_check(code):
+    if len(code) > MAX_CODE_CHARS or not (passes_v2_check(code) if ops[-1] in V2_OPERATORS
+                                          else passes_static_check(code)):
         return None
     if any(same_behaviour(p.code, code) for p in parents):
         return None  # a rescaled, shifted or beta-rescaled parent trains exactly like it: redraw

@@ -24,10 +24,11 @@ def reference_pool(history: list[HistoryEntry]) -> list[Parent]:
 
 
 def random_chain(pool: list[Parent], rng: random.Random, chain_length: int, crossover_rate: float,
-                 constant_rate: float) -> tuple[Parent, list[Step]]:
-    """A uniformly drawn first parent and a chain of random operator steps for it."""
+                 constant_rate: float, v2: bool = False) -> tuple[Parent, list[Step]]:
+    """A uniformly drawn first parent and a chain of random operator steps for it (``v2``: the contract-v2
+    operators may be drawn too; a chain with one before its last step is not written)."""
     steps: list[Step] = []
     for _ in range(rng.randint(1, chain_length)):
-        op = draw_operator(rng, crossover_rate, constant_rate, can_cross(pool))
+        op = draw_operator(rng, crossover_rate, constant_rate, can_cross(pool), v2)
         steps.append((op, [rng.choice(pool)] if op in TWO_PARENTS and can_cross(pool) else []))
     return rng.choice(pool), steps

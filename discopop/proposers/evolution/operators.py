@@ -5,7 +5,9 @@ separate terms or weights for the chosen and rejected sides (``sides``), PFL-sty
 correctness or by how wrong the policy is (``reweight``), one shape below a threshold on beta*rho and another
 above (``piecewise``), a target margin that depends on |rho| (``schedule``), a sigmoid-gated base term
 (``mixture``); fewer swap a monotone map (``mutate``), shift the margin by a constant (``margin``), cross two
-parents (``crossover``) or retune constants (``tune``). Each is built to keep a loss finite on large inputs, so
+parents (``crossover``) or retune constants (``tune``). Where the run allows contract-v2 inputs
+(``proposer.v2_operators``), three more rewrite a four-input parent into a v2 loss: ``length_norm``, ``nll_mix`` and
+``reference_free``. Each is built to keep a loss finite on large inputs, so
 most children pass the numeric checks. An operator takes the parsed parents and the RNG and returns
 (child tree, name tag, what it did), or raises ``Skip`` where it does not apply.
 """
@@ -49,7 +51,8 @@ BASE_TERMS = {"logistic": "-F.logsigmoid(X)", "exp": "torch.exp(-torch.clamp(X, 
               "sigmoid": "1.0 - torch.sigmoid(X)", "tanh": "1.0 - torch.tanh(X)"}
 # Words operators add to child names; root_name strips them so names do not grow with the lineage.
 TAGS = {*INCREASING, *UNIT, *WRAPS, *BASE_TERMS, "sigmoid", "mix", "margin", "scale", "x", "tune",
-        "chosen", "rejected", "weighted", "focus", "correct", "piecewise", "schedule"}
+        "chosen", "rejected", "weighted", "focus", "correct", "piecewise", "schedule", "lennorm", "nll", "simpo",
+        "reffree"}
 
 
 class Skip(Exception):
@@ -310,14 +313,72 @@ def op_schedule(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module
     return tree, "schedule", f"gave '{site.targets[0].id}' a target margin that {how} |rho|"
 
 
+# --- contract-v2 operators (proposer.v2_operators): each rewrites a four-input parent into a contract-v2 child ---
+#
+# The parent is kept whole as a private helper and called with rewritten inputs (or has a term added), so any
+# four-input loss is a valid parent and the child's public signature is a v2 one the static check accepts. Their
+# children are not parents in turn (``program.passes_static_check`` keeps the four-input parents the other
+# operators splice), so each v2 child is one step from a four-input loss. On one-token answers (task=diagnostic)
+# the lengths are 1: a length-normalised child trains as its parent there.
+
+
+def _v2_child(tree: ast.Module, inputs: tuple[str, ...], args: tuple[str, str, str, str], body: str,
+              **names: str) -> ast.Module:
+    """Append ``def child(<inputs>, beta)`` returning ``body``, where ``{call}`` is the parent (now a helper)
+    called with ``args`` in place of its four log-probs."""
+    helper = _as_helper(tree, set())
+    call = f"{helper}({', '.join(args)}, beta)"
+    src = f"def child({', '.join((*inputs, 'beta'))}):\n    return {body.format(call=call, **names)}\n"
+    tree.body.append(ast.parse(src).body[0])
+    return tree
+
+
+def op_length_norm(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """Length normalisation (TRL's sigmoid_norm for a DPO parent): each side's log-probs, and so its log-ratio,
+    divided by its token count before the parent sees them."""
+    pc, pr, rc, rr, _ = losses.LOSS_ARGS
+    args = (f"{pc} / chosen_lengths", f"{pr} / rejected_lengths", f"{rc} / chosen_lengths",
+            f"{rr} / rejected_lengths")
+    tree = _v2_child(trees[0], (pc, pr, rc, rr, "chosen_lengths", "rejected_lengths"), args, "{call}")
+    return tree, "lennorm", "divided each side's log-probs (so its log-ratio) by its token count"
+
+
+def op_nll_mix(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """SFT/NLL mixing (RPO-style): the parent plus w times the chosen answer's mean token NLL, w log-normal."""
+    tree, value = trees[0], lognormal(rng, 0.5, 0.7)
+    weight = add_constant(tree, "NLL_WEIGHT", value)
+    tree = _v2_child(tree, (*losses.LOSS_ARGS[:4], "chosen_nll"), losses.LOSS_ARGS[:4],
+                     "{call} + {w} * chosen_nll", w=weight.id)
+    return tree, "nll", f"added {value} times the chosen answer's mean token NLL"
+
+
+def op_reference_free(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Module, str, str]:
+    """Drop the reference terms (the parent sees reference log-probs of 0, so its log-ratios are the policy's own):
+    no reference model is run; half the time also length-normalised (SimPO-like, without its margin)."""
+    pc, pr = losses.LOSS_ARGS[:2]
+    zeros = (f"torch.zeros_like({pc})", f"torch.zeros_like({pr})")
+    if rng.random() < 0.5:
+        inputs, args = (pc, pr, "chosen_lengths", "rejected_lengths"), (f"{pc} / chosen_lengths",
+                                                                         f"{pr} / rejected_lengths", *zeros)
+        tag, what = "simpo", "dropped the reference terms and length-normalised the policy log-probs (SimPO-like)"
+    else:
+        inputs, args, tag, what = (pc, pr), (pc, pr, *zeros), "reffree", "dropped the reference terms"
+    return _v2_child(trees[0], inputs, args, "{call}"), tag, what
+
+
 OPERATORS = {"mutate": op_mutate, "mixture": op_mixture, "margin": op_margin, "crossover": op_crossover,
              "tune": op_tune, "sides": op_sides, "reweight": op_reweight, "piecewise": op_piecewise,
              "schedule": op_schedule}
+# Drawn only where the run allows contract-v2 inputs (proposer.v2_operators; ``draw_operator``).
+V2_OPERATORS = {"length_norm": op_length_norm, "nll_mix": op_nll_mix, "reference_free": op_reference_free}
 # Relative odds when a child neither crosses two parents nor retunes constants: the operators that change the
 # gradient's shape (benchmarks/evolution_near_copies.py) are drawn three times as often as map swaps and fixed margins,
 # which often leave the shape unchanged where |beta * rho| is small.
 SINGLE_OPERATORS = {"sides": 3, "reweight": 3, "piecewise": 3, "schedule": 3, "mixture": 3, "mutate": 1, "margin": 1}
 TWO_PARENTS = ("crossover", "piecewise")
+# The contract-v2 operators' odds, drawn only where the run allows v2 inputs (proposer.v2_operators): then, when a
+# child is one of SINGLE_OPERATORS', these odds join theirs. Off (the default), the draw is exactly as before.
+V2_ODDS = {"length_norm": 2, "nll_mix": 2, "reference_free": 2}
 
 
 def root_name(name: str) -> str:
@@ -329,12 +390,14 @@ def root_name(name: str) -> str:
 
 
 
-def draw_operator(rng: random.Random, crossover_rate: float, constant_rate: float, can_cross: bool) -> str:
+def draw_operator(rng: random.Random, crossover_rate: float, constant_rate: float, can_cross: bool,
+                  v2: bool = False) -> str:
     """The operator of the next step: crossover (only where ``can_cross``: the pool has two distinct codes),
-    tune, or one of ``SINGLE_OPERATORS`` by its odds."""
+    tune, or one of ``SINGLE_OPERATORS`` (with ``v2``: and ``V2_ODDS``) by its odds."""
     r = rng.random()
     if r < crossover_rate and can_cross:
         return "crossover"
     if r < crossover_rate + constant_rate:
         return "tune"
-    return rng.choices(list(SINGLE_OPERATORS), weights=list(SINGLE_OPERATORS.values()))[0]
+    odds = {**SINGLE_OPERATORS, **V2_ODDS} if v2 else SINGLE_OPERATORS
+    return rng.choices(list(odds), weights=list(odds.values()))[0]

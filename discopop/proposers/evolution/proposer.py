@@ -47,6 +47,8 @@ class EvolutionProposer(Proposer):
             generation, so their chains grow with the lineage instead).
         lookahead: 1 asks the loop to propose the next generation while this one trains (``Proposer.lookahead``);
             0 (default): proposing takes milliseconds here, so lock step costs nothing and sees one generation more.
+        v2_operators: also draw ``operators.V2_OPERATORS`` (children with contract-v2 inputs); off by default, so a
+            run's draws, and its archive, are those of a run before them.
     """
 
     name = "evolution"
@@ -55,7 +57,8 @@ class EvolutionProposer(Proposer):
                  crossover_rate: float = _DEFAULTS.crossover_rate, constant_rate: float = _DEFAULTS.constant_rate,
                  novelty_weight: float = _DEFAULTS.novelty_weight, max_attempts: int = _DEFAULTS.max_attempts,
                  population: str = _DEFAULTS.population, history_mode: str = _DEFAULTS.history_mode,
-                 chain_length: int = _DEFAULTS.chain_length, lookahead: int = _DEFAULTS.lookahead):
+                 chain_length: int = _DEFAULTS.chain_length, lookahead: int = _DEFAULTS.lookahead,
+                 v2_operators: bool = _DEFAULTS.v2_operators):
         EvolutionSettings(tournament_size=tournament_size, crossover_rate=crossover_rate, constant_rate=constant_rate,
                           novelty_weight=novelty_weight, max_attempts=max_attempts,
                           chain_length=chain_length, lookahead=lookahead).check_ranges()
@@ -66,6 +69,7 @@ class EvolutionProposer(Proposer):
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
         self.population, self.history_mode, self.chain_length = population, history_mode, chain_length
+        self.v2_operators = bool(v2_operators)
         self._rng = random.Random(seed)
 
     def state(self) -> dict:
@@ -101,12 +105,13 @@ class EvolutionProposer(Proposer):
 
     def _child(self, pool: list[Parent], uses: Counter, names: set[str]) -> Candidate | None:
         """One operator on a tournament winner (and, for a two-parent operator, a second winner of other code)."""
-        op = draw_operator(self._rng, self.crossover_rate, self.constant_rate, can_cross(pool))
+        op = draw_operator(self._rng, self.crossover_rate, self.constant_rate, can_cross(pool), self.v2_operators)
         parents = [self._select(pool, uses)]
         if op in TWO_PARENTS and can_cross(pool):
             parents.append(self._select([p for p in pool if p.hash != parents[0].hash], uses))
         return write_child(parents[0], [(op, parents[1:])], names, self._rng, self.name)
 
     def _blind_child(self, pool: list[Parent], names: set[str]) -> Candidate | None:
-        first, steps = random_chain(pool, self._rng, self.chain_length, self.crossover_rate, self.constant_rate)
+        first, steps = random_chain(pool, self._rng, self.chain_length, self.crossover_rate, self.constant_rate,
+                                    self.v2_operators)
         return write_child(first, steps, names, self._rng, self.name)

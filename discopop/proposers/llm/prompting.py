@@ -71,9 +71,15 @@ UNKNOWN_FACTS = "- (not given: the proposer was not told this run's settings)"
 
 
 def system_prompt(facts: FitnessFacts | None = None) -> str:
-    """The contract and rules, with what fitness is in this run (``facts``; the loop supplies them)."""
+    """The contract and rules, with what fitness is in this run (``facts``; the loop supplies them).
+
+    The contract is the four-input one followed by its optional v2 inputs (``prompts/contract_v2.txt``: lengths,
+    the chosen NLL, reference-free), so a model can write SimPO- or RPO-style losses; the paper protocol's prompt
+    keeps the paper's four-input contract alone.
+    """
+    contract = template("contract").template.rstrip() + "\n\n" + template("contract_v2").template.rstrip()
     return template("system").substitute(fitness_facts=facts.render() if facts is not None else UNKNOWN_FACTS,
-                                         contract=template("contract").template.rstrip())
+                                         contract=contract)
 
 
 def _fitness(value: float | None) -> str:
