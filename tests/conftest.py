@@ -30,22 +30,22 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_tune_seeds.py", "test_tuning.py",
     ),
     "sandbox": (
-        "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_fused_backward.py", "test_gpu_check.py",
-        "test_hostile.py", "test_hostile_corpus.py", "test_hostile_oracle.py", "test_hostile_os.py",
-        "test_hostile_proposals.py", "test_hostile_text.py", "test_normalise.py", "test_oracle_keep.py",
-        "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
-        "test_evolution_v2.py", "test_v2_behaviour.py",  # contract-v2 operators; v2 behaviour features
+        "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",
+        "test_fused_backward.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
+        "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
+        "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
+        "test_trained_behaviour.py", "test_v2_behaviour.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",
         "test_diagnostic_kl.py", "test_diagnostic_run.py", "test_diagnostic_task.py", "test_duplicates.py",
         "test_faults.py", "test_fidelity.py", "test_gpu_placement.py", "test_hub_task.py", "test_judge.py",
-        "test_likelihood.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py", "test_packaging.py",
-        "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py", "test_report_trust.py",
-        "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py", "test_tasks.py",
-        "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py", "test_trl_adapter.py",
-        "test_trl_loss_parity.py", "test_trl_options.py", "test_trl_parity_more.py", "test_trl_peft.py",
-        "test_llm_v2.py", "test_trl_options_v2.py",  # contract v2 in the LLM prompt; v2 winners as TRL's options
+        "test_likelihood.py", "test_llm_v2.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py",
+        "test_packaging.py", "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
+        "test_report_trust.py", "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py",
+        "test_tasks.py", "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py",
+        "test_trl_adapter.py", "test_trl_loss_parity.py", "test_trl_options.py", "test_trl_options_v2.py",
+        "test_trl_parity_more.py", "test_trl_peft.py",
     ),
 }
 

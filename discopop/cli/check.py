@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,6 @@ from discopop.sandbox.oracle_supply import (
     explain_oracle_death,
     worker_control,
 )
-
-# ast.parse is not thread-safe on CPython 3.11 (gh-106905: "AST constructor recursion depth
-# mismatch" when two threads parse at once); check_source may be called from several threads.
-_PARSE_LOCK = threading.Lock()
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
@@ -42,9 +37,8 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     DiscoPOP method form is checked as rewritten to the contract form, and ``normalised`` shows that text.
     """
     try:
-        with _PARSE_LOCK:
-            info = static_check(source)
-            normalised = normalise_loss(source)
+        info = static_check(source)  # parsed under contract.syntax's process-wide lock (CPython 3.11 ast)
+        normalised = normalise_loss(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
     verdict = check_in_worker(source, timeout, limits, env, beta=beta)

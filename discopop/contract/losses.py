@@ -31,6 +31,7 @@ from pathlib import Path
 from discopop.contract import allowlist
 from discopop.contract.allowlist_check import ALLOWED_IMPORTS, LossRejected, check_module
 from discopop.contract.inputs import V1_INPUTS, signature_problem
+from discopop.contract.syntax import parse
 
 LOSS_ARGS = (
     "policy_chosen_logps",
@@ -124,7 +125,7 @@ def static_check(source: str) -> StaticInfo:
 
 def _static_check(source: str) -> StaticInfo:
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError as err:
         raise LossRejected(f"syntax error: {err.msg}", err.lineno) from None
     public = check_module(tree)
@@ -152,7 +153,7 @@ def signature_inputs(source: str) -> tuple[str, ...]:
     has no valid v1 or v2 signature (or that does not parse) reads as v1, and the oracle refuses it anyway.
     """
     try:
-        tree = ast.parse(normalise_loss(source))
+        tree = parse(normalise_loss(source))
     except (SyntaxError, LossRejected, RecursionError, MemoryError, ValueError):
         return V1_INPUTS
     public = [f for f in tree.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
@@ -219,7 +220,7 @@ def _implied_imports(tree: ast.Module, hoisted: list[ast.stmt]) -> list[ast.stmt
     bound = {(a.asname or a.name).split(".")[0] for s in [*tree.body, *hoisted]
              if isinstance(s, (ast.Import, ast.ImportFrom)) for a in s.names}
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    return [ast.parse(_IMPLIED[name]).body[0] for name in _IMPLIED if name in used and name not in bound]
+    return [parse(_IMPLIED[name]).body[0] for name in _IMPLIED if name in used and name not in bound]
 
 
 def normalise_loss(source: str) -> str:
@@ -238,7 +239,7 @@ def normalise_loss(source: str) -> str:
     pass ``static_check``.
     """
     try:
-        tree = ast.parse(textwrap.dedent(source))
+        tree = parse(textwrap.dedent(source))
     except SyntaxError:
         return source  # the static check reports it
     functions = [f for f in tree.body if isinstance(f, ast.FunctionDef)]
@@ -328,7 +329,7 @@ def normalize_code(source: str) -> str:
     Two proposals that differ only in naming of the public function, comments, docstrings or
     formatting normalise to the same text (and so the same ``code_hash``).
     """
-    tree = _StripDocstrings().visit(ast.parse(source))
+    tree = _StripDocstrings().visit(parse(source))
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
             node.name = "loss"

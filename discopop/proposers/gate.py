@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 from discopop.contract.losses import code_hash
+from discopop.contract.syntax import parse
 from discopop.proposers.base import Candidate
 from discopop.text import ERROR_LIMIT, error_line
 
@@ -132,7 +133,7 @@ def code_problem(code: Any) -> str | None:
     tree = None
     for text in (code, textwrap.dedent(code)):  # the method form may arrive indented: normalise_loss dedents it
         try:
-            tree = ast.parse(text)
+            tree = parse(text)
             break
         except SyntaxError:
             continue

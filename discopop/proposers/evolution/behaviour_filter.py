@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 
+from discopop.contract.syntax import parse
 from discopop.proposers.evolution.program import Substitute, functions, margin_site, public_function
 
 
@@ -53,7 +54,7 @@ def behaviour_form(code: str) -> str:
     """A static normal form under which a positive scale of the loss, an added constant, a positive scale of
     the margin and a constant inside beta's scale all vanish (Adam ignores the first two; the others only
     change beta). Module-level numbers are inlined first, so a retuned constant shows where it acts."""
-    tree = ast.parse(code)
+    tree = parse(code)
     numbers = {t.id: s.value for s in tree.body if isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)
                for t in s.targets if isinstance(t, ast.Name)}
     inline = lambda n: ast.Constant(numbers[n.id]) if isinstance(n, ast.Name) and n.id in numbers else None  # noqa: E731

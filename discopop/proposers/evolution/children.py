@@ -7,11 +7,11 @@ code is only static-checked, never executed.
 
 from __future__ import annotations
 
-import ast
 import random
 
 from discopop.contract import losses
 from discopop.contract.inputs import is_v1
+from discopop.contract.syntax import parse
 from discopop.proposers.base import Candidate
 from discopop.proposers.evolution.behaviour_filter import same_behaviour
 from discopop.proposers.evolution.cleanup import finish
@@ -44,7 +44,7 @@ def write_child(first: Parent, steps: list[Step], names: set[str], rng: random.R
             return None  # the other operators splice the four inputs: a v2 step can only end a chain
         try:
             operator = OPERATORS.get(op) or V2_OPERATORS[op]
-            tree, tag, what = operator([ast.parse(c) for c in [code, *(p.code for p in extra)]], rng)
+            tree, tag, what = operator([parse(c) for c in [code, *(p.code for p in extra)]], rng)
         except (Skip, SyntaxError, StopIteration):
             return None
         tags.append(f"x_{root_name(extra[0].name).split('_')[0]}" if op == "crossover" and extra else tag)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 
 from discopop.contract.allowlist_check import dotted_parts
+from discopop.contract.syntax import parse
 from discopop.proposers.evolution.program import EXP, expr, functions, loaded, public_function
 
 
@@ -44,7 +45,7 @@ def _prune(tree: ast.Module) -> None:
     have = {b for s in imports for b in bound(s)}
     wanted = {"math": "import math", "torch": "import torch", "F": "import torch.nn.functional as F"}
     tree.body[:0] = list({ast.dump(s): s for s in imports}.values()) + [
-        ast.parse(line).body[0] for ident, line in wanted.items() if used[ident] and ident not in have]
+        parse(line).body[0] for ident, line in wanted.items() if used[ident] and ident not in have]
 
 
 def finish(tree: ast.Module, name: str, doc: str) -> str:

@@ -21,6 +21,7 @@ import re
 
 from discopop.contract import losses
 from discopop.contract.allowlist_check import dotted_parts
+from discopop.contract.syntax import parse
 from discopop.proposers.evolution.program import (
     EXP,
     Substitute,
@@ -171,7 +172,7 @@ def op_crossover(trees: list[ast.Module], rng: random.Random) -> tuple[ast.Modul
     part_a = _as_helper(first, set())
     tree, part_b = _merge_second(first, second)
     weight = add_constant(tree, "MIX", significant(rng.uniform(0.2, 0.8)))
-    fn = ast.parse(f"def child({', '.join(losses.LOSS_ARGS)}):\n    pass\n").body[0]
+    fn = parse(f"def child({', '.join(losses.LOSS_ARGS)}):\n    pass\n").body[0]
     args = list(map(name_node, losses.LOSS_ARGS))
     calls = [ast.Call(func=name_node(part), args=args, keywords=[]) for part in (part_a, part_b)]
     fn.body = [ast.Return(value=expr("W * P + (1.0 - W) * Q", W=weight, P=calls[0], Q=calls[1]))]
@@ -226,7 +227,7 @@ def _with_public(tree: ast.Module, body: str, **names: str) -> ast.Module:
     call = f"{names.pop('helper')}({', '.join(losses.LOSS_ARGS)})" if "helper" in names else ""
     text = head + body.format(call=call, **names)
     src = f"def child({', '.join(losses.LOSS_ARGS)}):\n" + "".join(f"    {line}\n" for line in text.splitlines())
-    tree.body.append(ast.parse(src).body[0])
+    tree.body.append(parse(src).body[0])
     return tree
 
 
@@ -329,7 +330,7 @@ def _v2_child(tree: ast.Module, inputs: tuple[str, ...], args: tuple[str, str, s
     helper = _as_helper(tree, set())
     call = f"{helper}({', '.join(args)}, beta)"
     src = f"def child({', '.join((*inputs, 'beta'))}):\n    return {body.format(call=call, **names)}\n"
-    tree.body.append(ast.parse(src).body[0])
+    tree.body.append(parse(src).body[0])
     return tree
 
 

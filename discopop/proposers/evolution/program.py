@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from discopop.contract import losses
+from discopop.contract.syntax import parse
 
 # e**30 ~ 1e13: finite in float32 after weighting and batch means; larger arguments are clipped.
 EXP = "torch.exp(torch.clamp(U, max=30.0))"
@@ -35,7 +36,7 @@ class Substitute(ast.NodeTransformer):
 def expr(template: str, **subs: ast.expr) -> ast.expr:
     """Parse a template whose single-letter placeholders stand for sub-expressions."""
     pick = lambda n: copy.deepcopy(subs[n.id]) if isinstance(n, ast.Name) and n.id in subs else None  # noqa: E731
-    return Substitute(pick).visit(ast.parse(template, mode="eval").body)
+    return Substitute(pick).visit(parse(template, mode="eval").body)
 
 
 def name_node(ident: str) -> ast.Name:

@@ -21,6 +21,8 @@ import ast
 import json
 import re
 
+from discopop.contract.syntax import parse
+
 MAX_NAME_CHARS = 80
 MAX_THOUGHT_CHARS = 4000
 # An answer longer than this is refused unparsed: ~50k tokens, far above a loss with its reasoning (1-3k
@@ -84,7 +86,7 @@ def _without_fences(text: str) -> str:
 def function_name(code: str) -> str | None:
     """Name of the first public top-level function, from the AST or (for broken code) a regex."""
     try:
-        for node in ast.parse(code).body:
+        for node in parse(code).body:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
                 return node.name
     except (SyntaxError, *HOSTILE_ERRORS):
@@ -174,7 +176,7 @@ def _parse(text: str) -> tuple[str, str, str]:
         return _finish(None, " ".join(prose.split()), code)
     if _DEF.search(text):
         try:  # a bare module with no fences and no prose
-            ast.parse(text)
+            parse(text)
             return _finish(None, "", _clean_code(text))
         except (SyntaxError, *HOSTILE_ERRORS):
             pass
