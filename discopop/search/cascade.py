@@ -242,16 +242,38 @@ class Evaluator:
     def _screen_points(self, row: Row) -> list[Point]:
         """The first points a row is trained at: one screen (references: the grid's middle), or the whole
         grid for every row when there is no screening rule."""
+        return self.screen_points_of(row.proposer, row.parent_ids)
+
+    def screen_points_of(self, proposer: str, parent_ids: list[int]) -> list[Point]:
+        """``_screen_points`` of a row by ``proposer`` with these parents (also of a proposal not archived yet)."""
         protocol = self.protocol
         if protocol.screen_margin is None or len(protocol.points()) == 1:
             return protocol.points()
-        if row.proposer == "reference":
+        if proposer == "reference":
             return [protocol.default_point()]
-        parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
+        parents = [p for p in (self.archive.get(i) for i in parent_ids) if p is not None]
         parent_points = [_point(p) for p in parents if p.metrics.get("learning_rate")]
         run_points = [_point(r) for r in self.archive.scored_rows()
                       if r.metrics.get("learning_rate")]
         return [protocol.screen_point(parent_points, run_points)]
+
+    def first_job_ahead(self, proposer: str, parent_ids: list[int], code: str, checks: dict[str, Any]) -> Job | None:
+        """The first fine-tune a checked proposal not archived yet will be asked for, as the archive stands now
+        (``execution.speculative`` runs it on an idle worker): its short stage when that comes first, else its
+        screen; None for a behaviour twin of an archived row, a first stage that is no fine-tune on the run's task,
+        or a whole grid (no screening rule)."""
+        if self._twin(checks, self._known_behaviours()) is not None:
+            return None
+        points = self.screen_points_of(proposer, parent_ids)
+        if self.fidelity is not None and self.fidelity.stages:
+            if self.fidelity.stages[0] != "short":
+                return None
+            rate, fraction = points[0][0] if len(points) == 1 else self.protocol.default(), self.fidelity.settings
+            return Job(0, code, "train", self.seed, learning_rate=rate, step_fraction=fraction.short_fraction)
+        if len(points) != 1:
+            return None
+        lr, beta = points[0]
+        return Job(0, code, "train", self.seed, learning_rate=lr, beta=beta, tune_seeds=self.protocol.tune_seeds)
 
     def _cheap_rate(self, row: Row) -> float:
         """The rate of a row's short stage: its screen rate (the grid's middle when the whole grid is its screen)."""
