@@ -57,7 +57,7 @@ from discopop.search.events import (
 from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.seed_race import RacePolicy
-from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_verdicts
+from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 
@@ -424,7 +424,13 @@ class Loop:
         load_task(task, log=self._note)
         return make_executor(self.cfg.executor, worker_spec(replace(self.cfg, task=task_settings(task))))
 
-    def _confirm_transfer(self) -> None:
+    def _variant_store(self, store: StoredRuns | None, device: str | None) -> StoreFactory | None:
+        """The run's reference store keyed by a transfer variant's own settings (None: the run has no store)."""
+        if store is None:
+            return None
+        return lambda name, task: StoredRuns.for_run(replace(self.cfg, task=task_settings(task)), store.cache, device)
+
+    def _confirm_transfer(self, store: StoredRuns | None = None, device: str | None = None) -> None:
         """Confirm the same arms on the held-out variants of ``confirm.transfer`` and say whether winners transfer."""
         conf = self.cfg.confirm
         variants = transfer_tasks(plain(self.cfg.task), conf.transfer)
@@ -442,7 +448,8 @@ class Loop:
             return ObservedExecutor(factory(name, task), JobEvents(self.display))
 
         comparisons = confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
-                                       references=conf.references, log=self._note, prompts=conf.split)
+                                       references=conf.references, log=self._note, prompts=conf.split,
+                                       stores=self._variant_store(store, device))
         for verdict in verdicts(comparisons):
             self.display.show(verdict)
         for row, text in transfer_verdicts(self.archive):
@@ -588,7 +595,7 @@ class Loop:
                 for verdict in verdicts(comparisons):
                     self.display.show(verdict)
                 self.display.show(PhaseFinished("confirmation"))
-                self._confirm_transfer()
+                self._confirm_transfer(store, getattr(executor, "device", None))
             self.display.show(ResultsReady(tuple(self.archive.rows())))  # the confirmation table, the winner's code
         except ProposerStop as stop:
             stopped = str(stop)
