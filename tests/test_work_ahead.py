@@ -174,3 +174,56 @@ def test_the_next_generation_is_checked_while_this_one_trains_and_the_archive_is
     notes = [e.text for e in log.events if type(e).__name__ == "Note" and e.text.startswith("work ahead")]
     assert notes and "used" in notes[0]
     assert (rows, evals) == (plain_rows, plain_evals)
+
+
+class HoldsTheOtherScreen(Recording):
+    """Holds row 4's first fine-tune (its screen) until row 3 has a second fine-tune (its climb) started (bounded),
+    so that the test can see the climb run while the round that decides it is still open."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.saw_climb_ahead = False
+
+    def _climb_started(self) -> bool:
+        with self._lock:
+            return sum(j.row_id == 3 and j.stage == "train" for j in self.ran) >= 2
+
+    def answer(self, job: Job) -> JobResult:
+        with self._lock:
+            first = job.row_id == 4 and job.stage == "train" and sum(j.row_id == 4 and j.stage == "train"
+                                                                     for j in self.ran) == 1
+        if first:
+            _wait_for(self._climb_started)
+            self.saw_climb_ahead = self._climb_started()
+        return super().answer(job)
+
+
+def _lock_step(tmp_path: Path, inner: Recording, ahead: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[1e-5,2e-5,4e-5]", "confirm.seeds=0",
+                      "wandb.mode=disabled", "selection.max_seeds=2", "selection.reference_store=false", "seed=3"])
+    tmp_path.mkdir(parents=True)
+    proposer = ScriptedProposer({1: [candidate("a"), candidate("b")]})  # lock step: no lookahead
+    loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=2)), tmp_path, EventLog(),
+                executor=SpeculativeExecutor(inner) if ahead else inner, proposer=proposer,
+                task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+    try:
+        loop.run(1)
+        rows = [(r.id, r.name, r.status, r.fitness, {k: v for k, v in r.metrics.items() if k != "seconds"})
+                for r in loop.archive.rows()]
+        evals = [(e.candidate_id, e.seed, e.split, e.learning_rate, e.fitness)
+                 for r in loop.archive.rows() for e in loop.archive.evaluations(r.id)]
+    finally:
+        loop.archive.close()
+    return rows, evals
+
+
+def test_a_rows_next_round_starts_as_soon_as_its_own_jobs_are_in_and_the_archive_is_the_same(tmp_path: Path) -> None:
+    """Lock step (the evolution proposer's default): row 3 (``a``, best at a higher rate, so it climbs) gets its
+    climb started while row 4's screen still holds the round open; every job is run once; same archive."""
+    scripts = {"a": Script(fitness={2e-5: 0.9, 4e-5: 0.95}), "b": Script(fitness={2e-5: 0.5})}
+    plain = _lock_step(tmp_path / "plain", Recording(scripts, workers=2), ahead=False)
+    inner = HoldsTheOtherScreen(scripts, workers=2)
+    assert _lock_step(tmp_path / "ahead", inner, ahead=True) == plain
+    assert inner.saw_climb_ahead
+    keys = [job_key(j) for j in inner.ran]
+    assert len(keys) == len(set(keys))  # nothing ran twice: the climb run ahead was the one the round asked for

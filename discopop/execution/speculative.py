@@ -68,6 +68,7 @@ class SpeculativeExecutor(Executor):
         self._lock = threading.Lock()
         self._real = 0  # jobs of run() calls handed to inner and not yet returned
         self._spec_running = 0
+        self._offered: list[Job] = []  # jobs known to be asked for next (``offer``), run ahead before the supplier's
         self._threads = ThreadPoolExecutor(max_workers=max(1, inner.parallelism),
                                            thread_name_prefix="discopop-ahead")
 
@@ -91,6 +92,11 @@ class SpeculativeExecutor(Executor):
         result = fut.result()
         return None if result is None else replace(result, job=job)
 
+    def offer(self, jobs: list[Job]) -> None:
+        """Jobs the caller will ask for in its next round (a row's next jobs, known before the round ends): run
+        ahead first, in this order. Called in the caller's thread."""
+        self._offered.extend(jobs)
+
     # ---- running ----------------------------------------------------------------------------------------
 
     def _run_one(self, job: Job) -> JobResult | None:
@@ -109,13 +115,14 @@ class SpeculativeExecutor(Executor):
 
     def _fill(self) -> None:
         """Start jobs ahead while fewer jobs than workers are running."""
-        if self.supplier is None:
-            return
         spare = self.parallelism - self._real - self._spec_running
-        if spare <= 0:
+        if spare <= 0 or (self.supplier is None and not self._offered):
             return
-        for job in self.supplier():
+        offered, self._offered = self._offered, []
+        wanted = [*offered, *(self.supplier() if self.supplier is not None else [])]
+        for i, job in enumerate(wanted):
             if spare <= 0:
+                self._offered = [j for j in wanted[i:len(offered)]] + self._offered  # offered, not started yet
                 break
             key = job_key(job)
             with self._lock:
@@ -137,6 +144,8 @@ class SpeculativeExecutor(Executor):
         done: queue.Queue[tuple[Job, JobResult | None, bool]] = queue.Queue()  # (job, result, computed ahead)
         failure: list[BaseException] = []
         todo: list[Job] = []
+        asked = {job_key(job) for job in jobs}
+        self._offered = [j for j in self._offered if job_key(j) not in asked]  # asked for now: no longer ahead
         for job in jobs:
             with self._lock:
                 fut = self._ahead.pop(job_key(job), None)
@@ -160,9 +169,9 @@ class SpeculativeExecutor(Executor):
         runner = threading.Thread(target=real, daemon=True, name="discopop-round") if todo else None
         if runner is not None:
             runner.start()
-        self._fill()
         try:
             for _ in range(len(jobs)):
+                self._fill()  # here, not after the yield: the caller may have offered jobs meanwhile
                 job, result, ahead = done.get()
                 if failure:
                     raise failure[0]
@@ -172,7 +181,6 @@ class SpeculativeExecutor(Executor):
                     with self._lock:
                         self.stats.hits += 1
                     result = replace(result, job=job)
-                self._fill()
                 yield result
         finally:
             if runner is not None:

@@ -533,8 +533,9 @@ class Loop:
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
                               on_stage=self._staged, race=RacePolicy.from_config(self.cfg), store=store,
                               fidelity=fidelity)
-        if ahead_of is not None:  # idle workers run the next generation's first jobs (results are the same)
-            ahead_of.supplier = lambda: self._work_ahead(evaluator, ahead_of)
+        if ahead_of is not None:  # idle workers run a row's next round, the next generation's first jobs
+            ahead_of.supplier = lambda: self._work_ahead(evaluator, ahead_of)  # (with lookahead)
+            evaluator.on_ahead = ahead_of.offer
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
         # them together, so every worker is busy and timing never decides what the proposer saw; with
