@@ -15,9 +15,9 @@ from scripted_executor import config_with as config
 from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
-from discopop.execution.speculative import SpeculativeExecutor, job_key
 from discopop.search.events import EventLog
 from discopop.search.loop import Loop
+from discopop.search.work_ahead import SpeculativeExecutor, job_key
 
 
 class Recording(ScriptedExecutor):

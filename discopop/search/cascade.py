@@ -261,7 +261,7 @@ class Evaluator:
 
     def first_job_ahead(self, proposer: str, parent_ids: list[int], code: str, checks: dict[str, Any]) -> Job | None:
         """The first fine-tune a checked proposal not archived yet will be asked for, as the archive stands now
-        (``execution.speculative`` runs it on an idle worker): its short stage when that comes first, else its
+        (``search.work_ahead`` runs it on an idle worker): its short stage when that comes first, else its
         screen; None for a behaviour twin of an archived row, a first stage that is no fine-tune on the run's task,
         or a whole grid (no screening rule)."""
         if self._twin(checks, self._known_behaviours()) is not None:
@@ -385,7 +385,7 @@ class Evaluator:
                           screened: bool, full_grid: bool) -> list[Job]:
         """The jobs ``row`` will get in the next round, known as soon as its own jobs of this round are in (the
         decision below reads only the row's results and the archive, which no row changes before the round ends):
-        an idle worker may run them now (``execution.speculative``). The same decision as ``_train``'s, on
+        an idle worker may run them now (``search.work_ahead``). The same decision as ``_train``'s, on
         copies, so nothing here changes the run. References: none (their jobs may come from the store)."""
         if row.proposer == "reference":
             return []

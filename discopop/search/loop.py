@@ -24,7 +24,6 @@ from discopop.contract.losses import LossRejected, code_hash, static_check
 from discopop.execution.executors import Executor, Job, WorkerSpec
 from discopop.execution.factory import make_executor
 from discopop.execution.observed import ObservedExecutor
-from discopop.execution.speculative import SpeculativeExecutor
 from discopop.fitness import stats
 from discopop.fitness.judge import with_judge
 from discopop.fitness.result_store import ResultCache, StoredRuns, StoreError, shared_path
@@ -58,6 +57,7 @@ from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.seed_race import RacePolicy
 from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
+from discopop.search.work_ahead import SpeculativeExecutor
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 

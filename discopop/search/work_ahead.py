@@ -1,5 +1,8 @@
 """Work computed ahead on idle workers: a worker that would wait at a round's barrier runs a job the run will ask
-for soon (the next generation's checks and screens), and the result is handed out when that job is asked for.
+for soon, and the result is handed out when that job is asked for. Two sources, most wanted first: a row's next
+round (its climb points or race seeds, decided on copies as soon as its own jobs of the round are in:
+``Evaluator.on_ahead`` -> :meth:`SpeculativeExecutor.offer`), then, with ``proposer.lookahead``, the next
+generation's checks and first fine-tunes (the loop's ``supplier``).
 
 Why: the cascade runs in rounds (``search.cascade``: every row's screen, then the climb of the rows near the best,
 then the race seeds), and a round ends only when its last job does; with two workers and two candidates a round
@@ -15,7 +18,8 @@ computed ahead but never asked for is wasted work on a worker that would have be
 
 Speculative jobs start only while fewer jobs are running than there are workers, so a round's own jobs always
 come first; one already running when a round needs its worker delays that round by at most its remainder.
-Candidate code runs as in any job: in a sandboxed worker, through its loss oracle.
+Candidate code runs as in any job: in a sandboxed worker, through its loss oracle. This module is scheduling in
+the main process only (here in ``search``, not ``execution``, whose sources key the shared result store).
 """
 
 from __future__ import annotations
