@@ -25,7 +25,7 @@ from typing import Any
 
 from discopop.archive import ARCHIVE_NAME, Archive
 from discopop.config.compose import resolve_run
-from discopop.search.events import JobReturned, JobsQueued, PhaseFinished, PhaseStarted
+from discopop.search.events import JobReturned, JobsQueued, Note, PhaseFinished, PhaseStarted
 from discopop.search.loop import Loop
 
 
@@ -82,6 +82,7 @@ def summarise(log: StampedLog, started: float, wall: float, parallelism: int) ->
         for k, n in r["kinds"].items():
             kinds[k] += n
             agg[f"jobs_{k}"] += n
+    notes = [e.text for _, e in log.events if isinstance(e, Note) and e.text.startswith(("work ahead", "baselines"))]
     gens = sum(v for k, v in phases.items() if k.startswith("generation"))
     busy = sum(r["job_seconds"] for r in rounds)
     return {"wall": wall, "parallelism": parallelism,
@@ -91,7 +92,8 @@ def summarise(log: StampedLog, started: float, wall: float, parallelism: int) ->
             "jobs": dict(kinds), "job_seconds": busy,
             "idle_worker_seconds": parallelism * wall - busy,
             "by_phase": {k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in by_phase.items()},
-            "generation_walls": [round(v, 2) for k, v in phases.items() if k.startswith("generation")]}
+            "generation_walls": [round(v, 2) for k, v in phases.items() if k.startswith("generation")],
+            "notes": notes}
 
 
 def per_candidate(run_dir: Path) -> dict[str, Any]:

@@ -227,3 +227,30 @@ def test_a_rows_next_round_starts_as_soon_as_its_own_jobs_are_in_and_the_archive
     assert inner.saw_climb_ahead
     keys = [job_key(j) for j in inner.ran]
     assert len(keys) == len(set(keys))  # nothing ran twice: the climb run ahead was the one the round asked for
+
+
+def test_a_racing_rows_following_seed_runs_beside_its_current_one(tmp_path: Path) -> None:
+    """One racing row (k = 1, 2 workers): while seed 2 of its race runs, the idle worker runs seed 3, which the
+    race then asks for (it stays in contention); the archive is the one made without work ahead."""
+    cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[2e-5]", "confirm.seeds=0", "wandb.mode=disabled",
+                      "selection.max_seeds=3", "selection.reference_store=false", "seed=3"])
+    scripts = {"a": Script(fitness=0.9)}
+    out = []
+    for ahead in (False, True):
+        inner = Recording(scripts, workers=2)
+        executor = SpeculativeExecutor(inner) if ahead else inner
+        (tmp_path / str(ahead)).mkdir()
+        loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=1)), tmp_path / str(ahead), EventLog(),
+                    executor=executor, proposer=ScriptedProposer({1: [candidate("a")]}),
+                    task_meta={"sft_heldout_reward": 0.8, "pairs": 64})
+        try:
+            loop.run(1)
+            row = loop.archive.rows_of_generation(1)[0]
+            evals = [(e.seed, e.fitness) for e in loop.archive.evaluations(row.id)]
+            out.append((row.fitness, row.metrics["race"], evals))
+        finally:
+            loop.archive.close()
+        seeds = [j.seed for j in inner.ran if j.row_id == row.id and j.stage == "train"]
+    assert out[0] == out[1] and out[0][1]["n"] == 3
+    assert sorted(seeds) == sorted(set(seeds)) and len(seeds) == 3  # each seed once
+    assert executor.stats.hits >= 1

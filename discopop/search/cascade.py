@@ -329,6 +329,9 @@ class Evaluator:
             jobs = [j for row_jobs in pending.values() for j in row_jobs]
             done: list[JobResult] = []
             left = {row_id: len(row_jobs) for row_id, row_jobs in pending.items()}
+            if self.on_ahead is not None:  # a racing row's following seed: wanted unless this one ends its race
+                self.on_ahead([job for row_id in pending if row_id in races
+                               for job in self._race_seed_after(by_id[row_id], races[row_id], pending[row_id])])
             for result in self._run_round(jobs, by_id):
                 done.append(result)
                 left[result.job.row_id] -= 1
@@ -416,6 +419,17 @@ class Evaluator:
             return self._train_jobs(row, points)
         start = self._race_start(sweep) if contest is not None else None
         return self._race_jobs(row, start, contest) if start is not None else []
+
+    def _race_seed_after(self, row: Row, race: Race, running: list[Job]) -> list[Job]:
+        """The seed a racing row runs after the ones of this round, if the race goes on (a guess: an idle worker
+        may run it, ``search.work_ahead``; if the race stops instead, only that worker's idle time is spent)."""
+        if row.proposer == "reference" or race.failed or not running:
+            return []
+        remaining = self.race.extra_seeds(self.seed)[len(race.seeds) - 1:]
+        if len(remaining) <= len(running):
+            return []
+        return [Job(row.id, row.code, "train", remaining[len(running)], learning_rate=race.learning_rate,
+                    beta=race.beta)]
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
