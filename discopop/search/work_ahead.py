@@ -173,22 +173,19 @@ class SpeculativeExecutor(Executor):
         runner = threading.Thread(target=real, daemon=True, name="discopop-round") if todo else None
         if runner is not None:
             runner.start()
-        try:
-            for _ in range(len(jobs)):
-                self._fill()  # here, not after the yield: the caller may have offered jobs meanwhile
-                job, result, ahead = done.get()
-                if failure:
-                    raise failure[0]
-                if result is None:  # work ahead that failed its machinery: run it now
-                    result = next(iter(self.inner.run([job])))
-                elif ahead:
-                    with self._lock:
-                        self.stats.hits += 1
-                    result = replace(result, job=job)
-                yield result
-        finally:
-            if runner is not None:
-                runner.join()
+        # No join at the end: a stop (Ctrl-C) must not wait for the round's jobs; the pool's close ends them.
+        for _ in range(len(jobs)):
+            self._fill()  # here, not after the yield: the caller may have offered jobs meanwhile
+            job, result, ahead = done.get()
+            if failure:
+                raise failure[0]
+            if result is None:  # work ahead that failed its machinery: run it now
+                result = next(iter(self.inner.run([job])))
+            elif ahead:
+                with self._lock:
+                    self.stats.hits += 1
+                result = replace(result, job=job)
+            yield result
 
     def close(self) -> None:
         with self._lock:
