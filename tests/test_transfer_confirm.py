@@ -124,6 +124,43 @@ def test_every_arm_is_rerun_on_each_variant_judged_as_one_family_and_resume_runs
     assert made == [] and [c.verdict for c in again] == [c.verdict for c in comps]  # resumed: nothing re-run
 
 
+def test_a_second_run_reads_the_references_variant_runs_from_the_store_and_trains_only_candidates(
+        tmp_path: Path) -> None:
+    """Issue 25: references computed once, on the transfer variants too (a variant's runs keyed by its own task)."""
+    from discopop.fitness.result_store import ResultCache, StoredRuns  # lazy: only this test needs the store
+
+    cache = ResultCache(tmp_path / "results.sqlite")
+    variants = [("easy", {"preset": "easy"}), ("hard", {"preset": "hard"})]
+    ran: dict[int, list[str]] = {}
+    for run in (1, 2):
+        arch = Archive(tmp_path / f"run{run}.sqlite")
+        try:
+            cand = scored_row(arch, f"cand{run}", 0.95, lr=4e-5)  # each run finds its own candidate
+            dpo, hinge = scored_row(arch, "dpo", 0.80, "reference"), scored_row(arch, "hinge", 0.90, "reference")
+            accuracy = {cand: 0.8, dpo: 0.5, hinge: 0.55}
+            made: list[str] = []
+            pools: list[VariantExecutor] = []
+
+            def factory(name: str, task: dict[str, Any], accuracy=accuracy, made=made, pools=pools) -> Executor:
+                pools.append(VariantExecutor(name, accuracy, made))
+                return pools[-1]
+
+            def stores(name: str, task: dict[str, Any]) -> StoredRuns:
+                return StoredRuns(cache, f"variant-{name}", 0.5, 1e-5)
+
+            comps = confirm_transfer(arch, factory, variants, base_seed=0, n_seeds=3, top_k=1, references=1,
+                                     stores=stores)
+            names = {cand: "cand", dpo: "dpo", hinge: "hinge"}
+            ran[run] = sorted(names[j.row_id] for pool in pools for j in pool.jobs)
+            assert len(comps) == 4
+            for name, _ in variants:  # every arm has its runs on every variant, stored or trained
+                assert len(arch.evaluations(split=split_of(name))) == 9
+        finally:
+            arch.close()
+    assert ran[1] == sorted(["cand", "dpo", "hinge"] * 6)  # 3 seeds x 2 variants each
+    assert ran[2] == ["cand"] * 6  # the references' runs came from the store
+
+
 def test_a_variant_within_noise_holds_and_a_failed_run_fails_it(archive: Archive) -> None:
     cand, dpo = scored_row(archive, "cand", 0.95), scored_row(archive, "dpo", 0.80, "reference")
     archive.add_evaluation(Evaluation(cand, SEEDS[0], split_of("broken"), None, error="train: loss is nan"))

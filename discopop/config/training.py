@@ -141,6 +141,10 @@ class LocalExecutorSettings(ExecutorSettings):
 
     gpus: Any = setting("auto", "CUDA workers only: auto (every GPU visible) or indices, e.g. [0,1]; workers spread "
                                 "over them.")
+    work_ahead: bool = setting(True, "A worker that would wait at the end of a round of the cascade runs a job the "
+                                     "next generation will ask for (its checks, then its screen or short stage), and "
+                                     "the result is used when asked for (search/work_ahead.py). Results are the "
+                                     "same either way: a job's result depends only on the job.")
 
 
 @dataclass

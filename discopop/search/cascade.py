@@ -116,6 +116,8 @@ class Evaluator:
         self.protocol = protocol
         self.on_stage = on_stage or (lambda row, stage: None)
         self.race = race or seed_race.RacePolicy()
+        # Told each row's next-round jobs as soon as they are known (``_next_round_ahead``); None: not asked.
+        self.on_ahead: Callable[[list[Job]], None] | None = None
         if race is not None:  # readers of the archive (history, confirmation) rank with the same policy
             archive.set_state(seed_race.STATE_KEY, self.race.as_dict())
 
@@ -242,34 +244,56 @@ class Evaluator:
     def _screen_points(self, row: Row) -> list[Point]:
         """The first points a row is trained at: one screen (references: the grid's middle), or the whole
         grid for every row when there is no screening rule."""
+        return self.screen_points_of(row.proposer, row.parent_ids)
+
+    def screen_points_of(self, proposer: str, parent_ids: list[int]) -> list[Point]:
+        """``_screen_points`` of a row by ``proposer`` with these parents (also of a proposal not archived yet)."""
         protocol = self.protocol
         if protocol.screen_margin is None or len(protocol.points()) == 1:
             return protocol.points()
-        if row.proposer == "reference":
+        if proposer == "reference":
             return [protocol.default_point()]
-        parents = [p for p in (self.archive.get(i) for i in row.parent_ids) if p is not None]
+        parents = [p for p in (self.archive.get(i) for i in parent_ids) if p is not None]
         parent_points = [_point(p) for p in parents if p.metrics.get("learning_rate")]
         run_points = [_point(r) for r in self.archive.scored_rows()
                       if r.metrics.get("learning_rate")]
         return [protocol.screen_point(parent_points, run_points)]
+
+    def first_job_ahead(self, proposer: str, parent_ids: list[int], code: str, checks: dict[str, Any]) -> Job | None:
+        """The first fine-tune a checked proposal not archived yet will be asked for, as the archive stands now
+        (``search.work_ahead`` runs it on an idle worker): its short stage when that comes first, else its
+        screen; None for a behaviour twin of an archived row, a first stage that is no fine-tune on the run's task,
+        or a whole grid (no screening rule)."""
+        if self._twin(checks, self._known_behaviours()) is not None:
+            return None
+        points = self.screen_points_of(proposer, parent_ids)
+        if self.fidelity is not None and self.fidelity.stages:
+            if self.fidelity.stages[0] != "short":
+                return None
+            rate, fraction = points[0][0] if len(points) == 1 else self.protocol.default(), self.fidelity.settings
+            return Job(0, code, "train", self.seed, learning_rate=rate, step_fraction=fraction.short_fraction)
+        if len(points) != 1:
+            return None
+        lr, beta = points[0]
+        return Job(0, code, "train", self.seed, learning_rate=lr, beta=beta, tune_seeds=self.protocol.tune_seeds)
 
     def _cheap_rate(self, row: Row) -> float:
         """The rate of a row's short stage: its screen rate (the grid's middle when the whole grid is its screen)."""
         points = self._screen_points(row)
         return points[0][0] if len(points) == 1 else self.protocol.default()
 
-    def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> list[JobResult]:
-        """One round's results: a reference's fine-tune from the store when it holds it (no executor call),
-        every other job through the executor, a reference's result stored as soon as it finishes."""
+    def _run_round(self, jobs: list[Job], rows: dict[int, Row]) -> Iterator[JobResult]:
+        """One round's results as they come: a reference's fine-tune from the store when it holds it (no executor
+        call), every other job through the executor, a reference's result stored as soon as it finishes."""
         if self.store is None:
-            return list(self.executor.run(jobs))
-        results: list[JobResult] = []
+            yield from self.executor.run(jobs)
+            return
         todo: list[Job] = []
         for job in jobs:
             row = rows[job.row_id]
             found = self.store.lookup(job, code_hash(row.code)) if row.proposer == "reference" else None
             if found is not None:
-                results.append(found)
+                yield found
             else:
                 todo.append(job)
         if todo:
@@ -277,8 +301,7 @@ class Evaluator:
                 row = rows[result.job.row_id]
                 if row.proposer == "reference":
                     self.store.save(result, code_hash(row.code))
-                results.append(result)
-        return results
+                yield result
 
     def _best_fitness(self) -> float | None:
         values = [r.fitness for r in self.archive.scored_rows() if r.fitness is not None]
@@ -299,10 +322,25 @@ class Evaluator:
         full_grid = {row_id for row_id, jobs in pending.items() if len(jobs) == len(self.protocol.points())}
         screened: set[int] = set()
         by_id = {row.id: row for row in rows}
+        def order(r: JobResult) -> tuple:
+            return r.job.row_id, r.job.learning_rate or 0.0, r.job.beta or 0.0, r.job.seed
+
         while pending:
             jobs = [j for row_jobs in pending.values() for j in row_jobs]
-            done = sorted(self._run_round(jobs, by_id),
-                          key=lambda r: (r.job.row_id, r.job.learning_rate or 0.0, r.job.beta or 0.0, r.job.seed))
+            done: list[JobResult] = []
+            left = {row_id: len(row_jobs) for row_id, row_jobs in pending.items()}
+            if self.on_ahead is not None:  # a racing row's following seed: wanted unless this one ends its race
+                self.on_ahead([job for row_id in pending if row_id in races
+                               for job in self._race_seed_after(by_id[row_id], races[row_id], pending[row_id])])
+            for result in self._run_round(jobs, by_id):
+                done.append(result)
+                left[result.job.row_id] -= 1
+                if self.on_ahead is not None and not left[result.job.row_id]:  # this row's round is over
+                    row_id = result.job.row_id
+                    mine = sorted((r for r in done if r.job.row_id == row_id), key=order)
+                    self.on_ahead(self._next_round_ahead(by_id[row_id], sweeps[row_id], races.get(row_id), mine,
+                                                         row_id in screened, row_id in full_grid))
+            done.sort(key=order)
             for result in done:  # in job order, so each row's evaluations are archived in the same order every run
                 row_id, job = result.job.row_id, result.job
                 if result.cached:
@@ -345,6 +383,53 @@ class Evaluator:
                     pending.pop(row_id, None)
                     yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id),
                                                 cached.get(row_id, 0))
+
+    def _next_round_ahead(self, row: Row, sweep: Sweep, race: Race | None, results: list[JobResult],
+                          screened: bool, full_grid: bool) -> list[Job]:
+        """The jobs ``row`` will get in the next round, known as soon as its own jobs of this round are in (the
+        decision below reads only the row's results and the archive, which no row changes before the round ends):
+        an idle worker may run them now (``search.work_ahead``). The same decision as ``_train``'s, on
+        copies, so nothing here changes the run. References: none (their jobs may come from the store)."""
+        if row.proposer == "reference":
+            return []
+        sweep = Sweep(results=dict(sweep.results), errors=dict(sweep.errors), cached=set(sweep.cached),
+                      tuned=sweep.tuned)
+        race = None if race is None else Race(race.learning_rate, list(race.seeds), list(race.values), race.failed,
+                                              race.beta)
+        for result in results:
+            job = result.job
+            if race is not None:
+                race.add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
+                         None if result.ok else f"{result.stage}: {result.error}")
+            else:
+                sweep.add(job.learning_rate, result.ok, result.trained if result.ok else None, result.stage,
+                          result.error, beta=job.beta, cached=result.cached)
+        contest = self._race_contest() if self.race.enabled else None
+        if race is not None:
+            return self._race_jobs(row, race, contest)
+        points: list[Point] = []
+        if full_grid:
+            pass
+        elif not screened:
+            if sweep.results and self.protocol.worth_tuning(split_fitness(sweep.best()[1])[0], self._best_fitness()):
+                points = self.protocol.next_points(sweep)
+        else:
+            points = self.protocol.next_points(sweep)
+        if points:
+            return self._train_jobs(row, points)
+        start = self._race_start(sweep) if contest is not None else None
+        return self._race_jobs(row, start, contest) if start is not None else []
+
+    def _race_seed_after(self, row: Row, race: Race, running: list[Job]) -> list[Job]:
+        """The seed a racing row runs after the ones of this round, if the race goes on (a guess: an idle worker
+        may run it, ``search.work_ahead``; if the race stops instead, only that worker's idle time is spent)."""
+        if row.proposer == "reference" or race.failed or not running:
+            return []
+        remaining = self.race.extra_seeds(self.seed)[len(race.seeds) - 1:]
+        if len(remaining) <= len(running):
+            return []
+        return [Job(row.id, row.code, "train", remaining[len(running)], learning_rate=race.learning_rate,
+                    beta=race.beta)]
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""

@@ -20,7 +20,8 @@ from typing import Any
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Row
 from discopop.config import RunSettings, plain, task_settings
 from discopop.config.variants import transfer_tasks
-from discopop.execution.executors import Executor, WorkerSpec
+from discopop.contract.losses import LossRejected, code_hash, static_check
+from discopop.execution.executors import Executor, Job, WorkerSpec
 from discopop.execution.factory import make_executor
 from discopop.execution.observed import ObservedExecutor
 from discopop.fitness import stats
@@ -55,7 +56,8 @@ from discopop.search.events import (
 from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.seed_race import RacePolicy
-from discopop.search.transfer_confirm import ExecutorFactory, confirm_transfer, transfer_verdicts
+from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
+from discopop.search.work_ahead import SpeculativeExecutor
 from discopop.status import REPAIRABLE_STATUSES, Status
 from discopop.tasks import Task, load_task
 
@@ -172,6 +174,11 @@ class Lookahead:
         return self._thread.is_alive()
 
     @property
+    def ready(self) -> list[Candidate] | None:
+        """The proposals once made and not yet claimed (None before that, after a failure, or once claimed)."""
+        return None if self.running or self._error is not None or self.claimed else list(self._candidates)
+
+    @property
     def unclaimed(self) -> bool:
         """Finished with proposals the loop has not taken yet."""
         return not self.running and self._error is None and not self.claimed
@@ -225,6 +232,8 @@ class Loop:
         # A lookahead still running when a stop came: the proposer is busy on its thread, so it is left alone
         # (no state saved, not closed); --resume asks that generation again from the last saved state.
         self._abandoned = False
+        self._ahead: Lookahead | None = None  # the next generation's proposals, whose first jobs may run ahead
+        self._jobs_ahead: dict[str, Job | None] = {}  # code -> its first fine-tune ahead (None: none)
 
     def _note(self, text: str) -> None:
         self.display.show(Note(text))
@@ -278,10 +287,10 @@ class Loop:
         self._checkpoint()
         return ids
 
-    def _evaluate_ids(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
-        """Evaluate in batches as wide as the executor, so each candidate's times are its own."""
+    def _evaluate_ids(self, evaluator: Evaluator, ids: list[int], width: int | None = None) -> list[Outcome]:
+        """Evaluate in batches as wide as the executor (or ``width``), so each candidate's times are its own."""
         rows = [r for r in (self.archive.get(i) for i in ids) if r.status == Status.PROPOSED]
-        width = max(1, evaluator.executor.parallelism)
+        width = max(1, width or evaluator.executor.parallelism)
         out: list[Outcome] = []
         for start in range(0, len(rows), width):
             out += self._record(evaluator.evaluate(rows[start:start + width]))
@@ -337,6 +346,7 @@ class Loop:
         if self.proposer.lookahead and 1 <= generation < last and self.proposed == generation:
             ahead = Lookahead(self.proposer, history_as_of(self.archive, generation), k, generation + 1)
             self._unobserved = []
+            self._ahead, self._jobs_ahead = ahead, {}
         try:
             outcomes = self._process(evaluator, ids)
             if ahead is not None:
@@ -349,6 +359,7 @@ class Loop:
                 self._repair(evaluator, outcomes, candidates, generation)
         finally:
             self._unobserved = None
+            self._ahead = None
             busy = ahead is not None and ahead.running  # decided once: the thread may finish any moment
             if busy:
                 self._abandoned = True  # neither its proposals nor the proposer's state after them are saved
@@ -357,6 +368,38 @@ class Loop:
                     self._archive_proposals(ahead.result(), ahead.generation)
             finally:
                 self._checkpoint(generation)
+
+    def _work_ahead(self, evaluator: Evaluator, executor: SpeculativeExecutor) -> list[Job]:
+        """The next generation's first jobs, most wanted first: every proposal's check, then the first fine-tune
+        of each whose check (run ahead) passed. Only proposals the cascade would train: admitted by the gate,
+        statically valid, code not archived yet. Asked in the loop's thread (it reads the archive)."""
+        proposals = self._ahead.ready if self._ahead is not None else None
+        if not proposals:
+            return []
+        checks: list[Job] = []
+        firsts: list[Job] = []
+        for proposal in proposals:
+            proposal = admit(proposal)
+            if proposal.error:
+                continue
+            try:
+                static_check(proposal.code)
+            except LossRejected:
+                continue
+            if self.archive.find_hash(code_hash(proposal.code)) is not None:
+                continue
+            check = Job(0, proposal.code, "check", self.seed)
+            checks.append(check)
+            if proposal.code not in self._jobs_ahead:
+                done = executor.peek(check)
+                if done is None:
+                    continue
+                self._jobs_ahead[proposal.code] = None if not done.ok else evaluator.first_job_ahead(
+                    proposal.proposer, list(proposal.parent_ids), proposal.code, done.checked.checks)
+            first = self._jobs_ahead[proposal.code]
+            if first is not None:
+                firsts.append(first)
+        return checks + firsts
 
     def _process(self, evaluator: Evaluator, ids: list[int]) -> list[Outcome]:
         """Evaluate new rows; rows already decided at insertion (unparseable proposals) are just reported.
@@ -381,7 +424,13 @@ class Loop:
         load_task(task, log=self._note)
         return make_executor(self.cfg.executor, worker_spec(replace(self.cfg, task=task_settings(task))))
 
-    def _confirm_transfer(self) -> None:
+    def _variant_store(self, store: StoredRuns | None, device: str | None) -> StoreFactory | None:
+        """The run's reference store keyed by a transfer variant's own settings (None: the run has no store)."""
+        if store is None:
+            return None
+        return lambda name, task: StoredRuns.for_run(replace(self.cfg, task=task_settings(task)), store.cache, device)
+
+    def _confirm_transfer(self, store: StoredRuns | None = None, device: str | None = None) -> None:
         """Confirm the same arms on the held-out variants of ``confirm.transfer`` and say whether winners transfer."""
         conf = self.cfg.confirm
         variants = transfer_tasks(plain(self.cfg.task), conf.transfer)
@@ -399,7 +448,8 @@ class Loop:
             return ObservedExecutor(factory(name, task), JobEvents(self.display))
 
         comparisons = confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
-                                       references=conf.references, log=self._note, prompts=conf.split)
+                                       references=conf.references, log=self._note, prompts=conf.split,
+                                       stores=self._variant_store(store, device))
         for verdict in verdicts(comparisons):
             self.display.show(verdict)
         for row, text in transfer_verdicts(self.archive):
@@ -471,6 +521,9 @@ class Loop:
         self.proposer.set_facts(  # the LLM is told what fitness is in this run
             FitnessFacts.from_run(self.cfg, meta, self.archive.rows()))
         executor = self.executor or make_executor(self.cfg.executor, worker_spec(self.cfg))
+        if self.executor is None and getattr(self.cfg.executor, "work_ahead", False):
+            executor = SpeculativeExecutor(executor)
+        ahead_of = executor if isinstance(executor, SpeculativeExecutor) else None  # an injected one is used too
         store = self._open_store(getattr(executor, "device", None))
         # A judged task's completions are graded here, where the API key may be (never in a worker).
         executor = with_judge(executor, self.cfg.task, task, self.run_dir, self.proposer.meter)
@@ -480,6 +533,9 @@ class Loop:
         evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
                               on_stage=self._staged, race=RacePolicy.from_config(self.cfg), store=store,
                               fidelity=fidelity)
+        if ahead_of is not None:  # idle workers run a row's next round, the next generation's first jobs
+            ahead_of.supplier = lambda: self._work_ahead(evaluator, ahead_of)  # (with lookahead)
+            evaluator.on_ahead = ahead_of.offer
         stopped = None
         # With W workers, W proposals per generation (auto), all from the same history: the cascade runs
         # them together, so every worker is busy and timing never decides what the proposer saw; with
@@ -508,7 +564,10 @@ class Loop:
             if self.cfg.baseline_constants:  # each declared constant one step down and up, as baselines of their own
                 refs += [v for n in self.cfg.baselines for v in reference_variants(n, flips)]
             ids = [self._add(c, 0) for c in refs if c.name not in done_refs]
-            self._evaluate_ids(evaluator, ids)
+            # All references in one batch: a reference's evaluation reads nothing of the archive (its grid climb
+            # and all its race seeds are its own), so batching changes no result, and each round keeps every
+            # worker busy instead of ending with one of them waiting on the other's last job.
+            self._evaluate_ids(evaluator, ids, width=len(ids))
             self._say_baselines(store, ids)
             self.display.show(PhaseFinished("references"))
             for generation in range(done + 1, generations + 1):
@@ -524,6 +583,9 @@ class Loop:
                 self._generation(evaluator, generation, ids, candidates, generations, k)
                 self._generation_finished(generation)
                 self.display.show(PhaseFinished(phase))
+            if ahead_of is not None and ahead_of.stats.started:
+                st = ahead_of.stats
+                self._note(f"work ahead: {st.started} job(s) run on idle workers, {st.hits} of them used")
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self.display.show(PhaseStarted("confirmation"))
@@ -534,7 +596,7 @@ class Loop:
                 for verdict in verdicts(comparisons):
                     self.display.show(verdict)
                 self.display.show(PhaseFinished("confirmation"))
-                self._confirm_transfer()
+                self._confirm_transfer(store, getattr(executor, "device", None))
             self.display.show(ResultsReady(tuple(self.archive.rows())))  # the confirmation table, the winner's code
         except ProposerStop as stop:
             stopped = str(stop)

@@ -25,6 +25,7 @@ from typing import Any
 from discopop.archive import Archive, Row
 from discopop.execution.executors import Executor
 from discopop.fitness import stats
+from discopop.fitness.result_store import StoredRuns
 from discopop.search.confirmation import SPLIT as CONFIRM
 from discopop.search.confirmation import (
     baseline_pool,
@@ -43,6 +44,8 @@ TRANSFERS, HOLDS, FAILS = "transfers", "holds", "does not transfer"
 WORDS = (TRANSFERS, HOLDS, FAILS)  # beats the variant's strongest baseline / within noise of it / below or failed
 
 ExecutorFactory = Callable[[str, dict[str, Any]], Executor]  # (variant name, its plain task settings) -> executor
+# (variant name, its plain task settings) -> the shared result store as keyed for that variant (None: none)
+StoreFactory = Callable[[str, dict[str, Any]], StoredRuns | None]
 
 
 def split_of(variant: str) -> str:
@@ -57,10 +60,12 @@ def _unique(rows: list[Row | None]) -> list[Row]:
 def confirm_transfer(archive: Archive, make_executor: ExecutorFactory, variants: list[tuple[str, dict[str, Any]]],
                      base_seed: int, n_seeds: int, top_k: int, baseline: str = "dpo", references: int = 2,
                      alpha: float = stats.ALPHA, log: Callable[[str], None] | None = None,
-                     prompts: str = CONFIRM) -> list[stats.Comparison]:
+                     prompts: str = CONFIRM, stores: StoreFactory | None = None) -> list[stats.Comparison]:
     """Re-train the confirmation's arms on every variant (what is not archived yet), judge and store them.
 
-    ``prompts``: the variant's held-out part scored (``confirm``; a replication run's ``replicate``)."""
+    ``prompts``: the variant's held-out part scored (``confirm``; a replication run's ``replicate``). ``stores``:
+    the shared result store keyed by each variant's own settings, so that the references' fresh-seed runs there
+    are computed once, as on the run's own task (a second run trains only the candidates' runs)."""
     dpo = reference_row(archive, baseline)
     if dpo is None or n_seeds < 1 or not variants:
         return []
@@ -75,9 +80,10 @@ def confirm_transfer(archive: Archive, make_executor: ExecutorFactory, variants:
             continue
         if log:
             log(f"transfer: {len(todo)} fine-tune(s) on the held-out variant {name}")
+        store = stores(name, task) if stores is not None else None
         executor = make_executor(name, task)
         try:
-            run_missing(archive, executor, arms, seeds, None, split, prompts)
+            run_missing(archive, executor, arms, seeds, store, split, prompts)
         finally:
             executor.close()
     return judge_transfer(archive, candidates, dpo, contenders, seeds, [n for n, _ in variants], alpha)
