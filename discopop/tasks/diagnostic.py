@@ -99,6 +99,9 @@ PRESETS: dict[str, DiagnosticSetting] = {
     # Few pairs, always labelled the same way: DPO can push their rejected probabilities to 0 (and drift).
     "deterministic": DiagnosticSetting(name="deterministic", label_temperature=0.0, pairs_per_context=2),
     "shifted_support": DiagnosticSetting(name="shifted_support", support=0.5),
+    # Each context's pairs compare only 4 of its 16 actions, so the same few pairs recur: DPO's unbounded margin keeps
+    # buying KL on pairs already separated, a bounded-target shape (IPO) stops, and no stopping point undoes it.
+    "narrow_support": DiagnosticSetting(name="narrow_support", support=0.25),
 }
 
 
