@@ -14,6 +14,7 @@ Several values (``--tune-seeds 0,3``) are measured side by side on the same fine
     python benchmarks/preset_gaps.py --presets label_noise,mixed_quality --seeds 5
     python benchmarks/preset_gaps.py --presets label_noise --set extra_confirm_contexts=3840
     python benchmarks/preset_gaps.py --presets clean+hard_flip=0.5   # a preset with its own field overrides
+    python benchmarks/preset_gaps.py --presets mixed_quality+sampler=0/0.5/0.5   # a tuple field, with slashes
     python benchmarks/preset_gaps.py --presets mixed_quality --tune-seeds 0,3 --lrs 0.005,0.01,0.02,0.04,0.08
 """
 
@@ -45,14 +46,18 @@ def tier_tune_seeds() -> int:
     return int(cfg["training"].get("tune_seeds") or 0)
 
 
-def _value(text: str) -> float | int:
+def _value(text: str) -> float | int | tuple[float, ...]:
+    """A field's value: an int, a float, or a tuple written with slashes (``sampler=0/0.5/0.5``)."""
+    if "/" in text:
+        return tuple(float(part) for part in text.split("/"))
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], family: int,
-         overrides: dict[str, float | int], ks: list[int]) -> list[dict]:
-    """One preset, one row per tuning-seed count in ``ks``: each reference's rate, fresh-seed fitness matrices,
-    and the calibration figures (fine-tunes shared between the counts, each run once)."""
+         overrides: dict[str, float | int], ks: list[int], counts: list[int] | None = None) -> list[dict]:
+    """One preset, one row per tuning-seed count in ``ks`` and fresh-seed count in ``counts`` (the first n of the
+    ``seeds`` fresh seeds; default: all): each reference's rate, fresh-seed fitness matrices, and the calibration
+    figures (fine-tunes shared between the rows, each run once)."""
     s = setting(preset, kl_coef=KL_COEF, **overrides)
     search, confirm = split_contexts(s, "search"), split_contexts(s, "confirm")
     arms: dict[int, dict[str, ArmScores]] = {k: {} for k in ks}
@@ -86,10 +91,11 @@ def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], fam
                 rates[k].pop(name, None)
             continue
     rows = []
-    for k in ks:
-        cal = calibrate(arms[k], family=family)
+    for k, used in ((k, n) for k in ks for n in sorted(counts or [seeds])):
+        cal = calibrate({name: ArmScores(a.fitness[:used], a.score[:used]) for name, a in arms[k].items()},
+                        family=family)
         order = sorted(cal.means, key=lambda n: -cal.means[n])
-        print(f"\n{preset} {overrides or ''} tune_seeds={k}: {len(arms[k])} references x {seeds} seeds, "
+        print(f"\n{preset} {overrides or ''} tune_seeds={k}: {len(arms[k])} references x {used} seeds, "
               f"{confirm.stop - confirm.start} confirm contexts, {np.median(seconds):.2f} s per fine-tune "
               f"(median of {len(seconds)})")
         vs = {p.candidate: p for p in cal.vs_strongest}
@@ -102,7 +108,7 @@ def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], fam
         print(f"  DPO -> best other {gap:+.4f} (a quarter {gap / 4:.4f}); MDE vs strongest {cal.mde_vs_strongest:.4f}"
               f" (gap/MDE {gap / cal.mde_vs_strongest:.2f}); spread {cal.spread:.3f} = {cal.spread_in_mde:.1f} x MDE;"
               f" references' mean fresh fitness at their chosen rate {mean_fresh:.4f}")
-        rows.append({"preset": preset, "overrides": overrides, "seeds": seeds, "tune_seeds": k, "lrs": list(lrs),
+        rows.append({"preset": preset, "overrides": overrides, "seeds": used, "tune_seeds": k, "lrs": list(lrs),
                      "rates": rates[k], "sweeps": sweeps[k], "means": cal.means, "strongest": cal.strongest,
                      "gap": cal.gap, "mde_vs_strongest": cal.mde_vs_strongest, "spread_in_mde": cal.spread_in_mde,
                      "mean_fresh": mean_fresh, "seconds_per_fine_tune": float(np.median(seconds))})
@@ -114,6 +120,9 @@ def main() -> None:
     parser.add_argument("--presets", default="label_noise,mixed_quality,shifted_support,deterministic,ties,clean")
     parser.add_argument("--losses", default=",".join(available()))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-counts", default=None,
+                        help="fresh-seed counts reported side by side, comma-separated, each at most --seeds (nested: "
+                             "the first n fresh seeds; default: --seeds alone)")
     parser.add_argument("--family", type=int, default=6, help="Holm family of the default confirmation (2 x top_k)")
     parser.add_argument("--set", action="append", default=[], help="a setting field for every preset, KEY=VALUE")
     parser.add_argument("--tune-seeds", default=None,
@@ -126,12 +135,15 @@ def main() -> None:
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     ks = [int(k) for k in args.tune_seeds.split(",")] if args.tune_seeds else [tier_tune_seeds()]
     lrs = tuple(float(lr) for lr in args.lrs.split(","))
+    counts = [int(n) for n in args.seed_counts.split(",")] if args.seed_counts else None
+    if counts and max(counts) > args.seeds:
+        parser.error("--seed-counts may not exceed --seeds")
     rows = []
     for spec in (p for p in args.presets.split(",") if p):
         name, *fields = spec.split("+")
         own = {k: _value(v) for k, v in (f.split("=", 1) for f in fields)}
         rows.extend(scan(name, [n for n in args.losses.split(",") if n], args.seeds, lrs, args.family,
-                         {**overrides, **own}, ks))
+                         {**overrides, **own}, ks, counts))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -21,7 +21,8 @@ HUB_REQUIRED = ("model", "dataset")  # a hub task's keys without a default
 SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.fitness.scoring)
 # The diagnostic presets (``tasks.diagnostic.PRESETS``; declared here too so config stays a leaf, a test
 # checks the two agree).
-DIAGNOSTIC_PRESETS = ("clean", "label_noise", "ties", "mixed_quality", "deterministic", "shifted_support")
+DIAGNOSTIC_PRESETS = ("clean", "label_noise", "ties", "mixed_quality", "deterministic", "shifted_support",
+                      "narrow_support")
 DIAGNOSTIC_KL_COEF = 0.05  # tasks.diagnostic.KL_COEF (the rule is there; a test checks the two agree)
 
 

@@ -99,6 +99,10 @@ PRESETS: dict[str, DiagnosticSetting] = {
     # Few pairs, always labelled the same way: DPO can push their rejected probabilities to 0 (and drift).
     "deterministic": DiagnosticSetting(name="deterministic", label_temperature=0.0, pairs_per_context=2),
     "shifted_support": DiagnosticSetting(name="shifted_support", support=0.5),
+    # Each context's 8 pairs compare only 4 of its 16 actions (6 distinct pairs), so the same pairs recur: DPO's
+    # unbounded margin keeps buying KL on pairs already separated, a bounded target (IPO) stops, and no stopping
+    # point (rate) of DPO's path reaches it (docs/results.md §0, "A fast-tier setting where loss shape decides").
+    "narrow_support": DiagnosticSetting(name="narrow_support", support=0.25, pairs_per_context=8),
 }
 
 
