@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,32 @@ REPO = Path(__file__).resolve().parent.parent
 def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "DISCOPOP_CACHE_DIR": str(env_cache), "WANDB_MODE": "disabled"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def run_side_by_side(*runs: tuple[list[str], Path], timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """``run`` for independent commands (each with its own cache), started together: on 2 cores a command that is
+    mostly single-threaded start-up leaves the other core idle, so two cost less than twice one. Output goes to
+    files, so a chatty command never waits on a full pipe while the other is read."""
+    with tempfile.TemporaryDirectory() as logs:
+        outs = [(Path(logs, f"{i}.out").open("w+"), Path(logs, f"{i}.err").open("w+")) for i in range(len(runs))]
+        procs = [subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=REPO,
+                                  env={**os.environ, "DISCOPOP_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"})
+                 for (args, cache), (out, err) in zip(runs, outs, strict=True)]
+        try:
+            codes = [proc.wait(timeout=timeout) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        done = []
+        for (args, _), code, (out, err) in zip(runs, codes, outs, strict=True):
+            out.seek(0)
+            err.seek(0)
+            done.append(subprocess.CompletedProcess(args, code, out.read(), err.read()))
+            out.close()
+            err.close()
+    return done
 
 
 def rows(run_dir: Path) -> list[tuple]:
@@ -188,12 +215,14 @@ def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Pat
     by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it."""
     args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
             "training.lr_grid=[1e-5]"]
-    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], tmp_path / "cache-quiet")
+    # Two first runs, each building the task into its own cache, side by side: they share nothing but the cores.
+    quiet, loud = run_side_by_side(
+        (["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], tmp_path / "cache-quiet"),
+        (["discover", "--verbose", *args, f"hydra.run.dir={tmp_path / 'loud'}"], tmp_path / "cache-loud"))
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     console = quiet.stdout + quiet.stderr
     for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
         assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
     assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
-    loud = run(["discover", "--verbose", *args, f"hydra.run.dir={tmp_path / 'loud'}"], tmp_path / "cache-loud")
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert "it/s]" in loud.stdout + loud.stderr  # the same first run, with the libraries' own output
