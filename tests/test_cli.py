@@ -25,9 +25,9 @@ def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.Comp
 
 
 def run_side_by_side(*runs: tuple[list[str], Path], timeout: int = 300) -> list[subprocess.CompletedProcess]:
-    """``run`` for independent commands (each with its own cache), started together: on 2 cores a command that is
-    mostly single-threaded start-up leaves the other core idle, so two cost less than twice one. Output goes to
-    files, so a chatty command never waits on a full pipe while the other is read."""
+    """``run`` for independent commands (none reads what another writes), started together: on 2 cores a command
+    that is mostly single-threaded start-up (imports) leaves the other core idle, so two cost less than twice one.
+    Output goes to files, so a chatty command never waits on a full pipe while another is read."""
     with tempfile.TemporaryDirectory() as logs:
         outs = [(Path(logs, f"{i}.out").open("w+"), Path(logs, f"{i}.err").open("w+")) for i in range(len(runs))]
         procs = [subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=REPO,
@@ -154,10 +154,11 @@ def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path, cache_dir:
 def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def broken(:\n")
-    out = run(["discopop", "check", str(bad)], cache_dir, timeout=60)
+    out, missing, good = run_side_by_side((["discopop", "check", str(bad)], cache_dir),
+                                          (["discopop", "check", str(tmp_path / "missing.py")], cache_dir),
+                                          (["discopop", "check", "proposals/lrml.py"], cache_dir), timeout=120)
     assert out.returncode == 1 and "rejected by the static layer" in out.stderr and "syntax error" in out.stderr
-    assert run(["discopop", "check", str(tmp_path / "missing.py")], cache_dir, timeout=60).returncode == 2
-    good = run(["discopop", "check", "proposals/lrml.py"], cache_dir, timeout=120)
+    assert missing.returncode == 2
     assert good.returncode == 0, good.stderr
 
 
@@ -168,14 +169,16 @@ def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir:
                        "reference_chosen_logps, reference_rejected_logps, beta):\n    rho = (policy_chosen_logps - "
                        "policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
                        "    return F.logsigmoid(beta * rho)\n")
-    text = run(["discopop", "check", str(flipped), "--beta", "0.2"], cache_dir, timeout=120)
+    text, as_json, bad_beta = run_side_by_side((["discopop", "check", str(flipped), "--beta", "0.2"], cache_dir),
+                                               (["discopop", "check", str(flipped), "--json"], cache_dir),
+                                               (["discopop", "check", str(flipped), "--beta", "-1"], cache_dir),
+                                               timeout=120)
     assert text.returncode == 0, text.stderr
     assert "diagnostics: uses beta; at beta=0.2: slope at rho=0 d/d chosen +0.1, d/d rejected -0.1" in text.stdout
     assert "wrong way at rho = 0 on 16/16 examples" in text.stdout
-    verdict = json.loads(run(["discopop", "check", str(flipped), "--json"], cache_dir, timeout=120).stdout)
+    verdict = json.loads(as_json.stdout)
     assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == TrainingSettings().beta
     assert verdict["diagnostics"]["slope_at_0"]["wrong_way"] == 16 and "wrong way" in verdict["summary"]
-    bad_beta = run(["discopop", "check", str(flipped), "--beta", "-1"], cache_dir, timeout=60)
     assert bad_beta.returncode == 2 and bad_beta.stderr.strip().endswith("--beta must be a positive number, got -1.0")
 
 
