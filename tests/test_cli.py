@@ -27,14 +27,17 @@ def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.Comp
 def run_side_by_side(*runs: tuple[list[str], Path], timeout: int = 300) -> list[subprocess.CompletedProcess]:
     """``run`` for independent commands (none reads what another writes), started together: on 2 cores a command
     that is mostly single-threaded start-up (imports) leaves the other core idle, so two cost less than twice one.
-    Output goes to files, so a chatty command never waits on a full pipe while another is read."""
+    Output goes to files, so a chatty command never waits on a full pipe while another is read. ``timeout`` is per
+    command, as with ``run``: together they get what they would get one after the other (on a loaded machine two
+    side by side can each take longer than one alone)."""
     with tempfile.TemporaryDirectory() as logs:
         outs = [(Path(logs, f"{i}.out").open("w+"), Path(logs, f"{i}.err").open("w+")) for i in range(len(runs))]
         procs = [subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=REPO,
                                   env={**os.environ, "DISCOPOP_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"})
                  for (args, cache), (out, err) in zip(runs, outs, strict=True)]
         try:
-            codes = [proc.wait(timeout=timeout) for proc in procs]
+            deadline = time.monotonic() + timeout * len(runs)
+            codes = [proc.wait(timeout=max(deadline - time.monotonic(), 0.1)) for proc in procs]
         finally:
             for proc in procs:
                 if proc.poll() is None:
