@@ -99,6 +99,21 @@ def tiny_task(cache_dir):
     return load_task(cfg["task"]), cfg
 
 
+@pytest.fixture(scope="session")
+def active_layers() -> list[str]:
+    """The isolation layers a worker gets on this machine (its init reports them): asked once per session, for the
+    hostile corpora's files that need an OS layer (tests/test_hostile.py, tests/test_hostile_os.py)."""
+    from discopop.sandbox import Limits, SandboxedProcess  # lazy: only the sandbox tests start a worker
+
+    proc = SandboxedProcess("discopop.execution.worker", Limits())
+    try:
+        reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        assert reply["ok"], reply
+        return list(proc.layers)
+    finally:
+        proc.close()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: torch's thread pool only adds contention (workers and benchmarks run with one thread too)."""
