@@ -34,7 +34,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_fused_backward.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
         "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
         "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
-        "test_trained_behaviour.py", "test_v2_behaviour.py",
+        "test_trained_behaviour.py", "test_v2_behaviour.py", "test_worker_init.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",
@@ -99,6 +99,21 @@ def tiny_task(cache_dir):
 
     cfg, _ = compose(TINY_TASK)
     return load_task(cfg["task"]), cfg
+
+
+@pytest.fixture(scope="session")
+def active_layers() -> list[str]:
+    """The isolation layers a worker gets on this machine (its init reports them): asked once per session, for the
+    hostile corpora's files that need an OS layer (tests/test_hostile.py, tests/test_hostile_os.py)."""
+    from discopop.sandbox import Limits, SandboxedProcess  # lazy: only the sandbox tests start a worker
+
+    proc = SandboxedProcess("discopop.execution.worker", Limits())
+    try:
+        reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
+        assert reply["ok"], reply
+        return list(proc.layers)
+    finally:
+        proc.close()
 
 
 @pytest.fixture(scope="module")

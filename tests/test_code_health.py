@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from source_trees import parsed
 
 from discopop.archive import Archive, Row
 from discopop.proposers.base import Candidate
@@ -20,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "discopop"
 
 def _private_imports(path: Path) -> list[str]:
     """``from discopop.x import _name`` and ``module._name`` on an imported discopop module."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = parsed(path)
     modules, found = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discopop"):
@@ -127,13 +128,13 @@ def unresolved_discopop_imports(folder: Path) -> list[str]:
     star imports), so a name a module's source does not bind, and that is not a submodule, is gone."""
     missing = []
     for path in sorted(folder.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(parsed(path)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discopop"):
                 source = _module_file(node.module)
                 if source is None:
                     missing.append(f"{path.name}:{node.lineno}: No module named '{node.module}'")
                     continue
-                bound = _bound_names(ast.parse(source.read_text(), str(source)).body)
+                bound = _bound_names(parsed(source).body)
                 missing += [f"{path.name}:{node.lineno}: {node.module}.{alias.name}" for alias in node.names
                             if alias.name not in bound and not (  # a package: the name may be a submodule
                                 source.name == "__init__.py" and _module_file(f"{node.module}.{alias.name}"))]
@@ -159,7 +160,7 @@ def output_offences(path: Path) -> list[str]:
     """Where ``path`` shows something itself: a ``print()`` call, a write to ``sys.stdout``/``sys.stderr``, any
     ``.console`` (a display's console), or an import of a terminal or tracking library."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
             found.append(f"{path.name}:{node.lineno}: print()")
         elif isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr", "console"):

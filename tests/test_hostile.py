@@ -85,18 +85,6 @@ def listener():
 
 
 @pytest.fixture(scope="module")
-def active_layers() -> list[str]:
-    """The isolation layers a worker gets on this machine (reported by the worker's init)."""
-    proc = SandboxedProcess("discopop.execution.worker", Limits())
-    try:
-        reply = proc.request({"op": "init", "task": None, "training": None}, timeout=120)
-        assert reply["ok"], reply
-        return list(proc.layers)
-    finally:
-        proc.close()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
     base = tmp_path_factory.mktemp("hostile")
     assert "__" not in str(base) and "{" not in str(base), "the static check would refuse the marker path"

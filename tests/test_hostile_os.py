@@ -28,7 +28,7 @@ import pytest
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.cli.check import check_in_worker
-from discopop.sandbox import TEXT_LIMIT, Limits, SandboxedProcess, clean_reply, clean_text, remove_tree, sandbox_env
+from discopop.sandbox import TEXT_LIMIT, Limits, clean_reply, clean_text, remove_tree, sandbox_env
 from discopop.sandbox.boundary import LONG_TEXT_LIMITS
 
 CORPUS = Path(__file__).resolve().parent / "hostile" / "os"
@@ -64,16 +64,6 @@ def secrets() -> dict[str, str]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-@pytest.fixture(scope="module")
-def active_layers() -> list[str]:
-    proc = SandboxedProcess("discopop.execution.worker", Limits())
-    try:
-        assert proc.request({"op": "init", "task": None, "training": None}, timeout=120)["ok"]
-        return list(proc.layers)
-    finally:
-        proc.close()
 
 
 def listen_unix(address: str) -> socket.socket:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from source_trees import parsed
 
 PACKAGE = Path(__file__).resolve().parents[1] / "discopop"
 
@@ -28,7 +29,7 @@ def modules(package: Path = PACKAGE) -> dict[str, Path]:
 
 def imported_names(name: str, path: Path) -> list[str]:
     """Every dotted name ``name``'s module imports, anywhere in its file (relative imports resolved)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parsed(path)  # the graph is built a dozen times (copies with one file changed): each text parsed once
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
@@ -81,7 +82,7 @@ def unexplained_lazy_imports(path: Path) -> list[int]:
         for child in ast.iter_child_nodes(node):
             visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
 
-    visit(ast.parse(source), False)
+    visit(parsed(path), False)
     return missing
 
 
@@ -190,7 +191,7 @@ def sql_offences(path: Path, text_too: bool = True) -> list[str]:
     """Where ``path`` talks SQL to storage it does not own: ``x.rows(<anything>)`` (``rows`` takes no query),
     ``x.conn`` / ``x._conn`` / ``x._select``, and (``text_too``) a string constant that is SQL or a fragment."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(parsed(path)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "rows"
                 and (node.args or node.keywords)):
             found.append(f"{path.name}:{node.lineno}: .rows() given a query")

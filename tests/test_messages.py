@@ -180,16 +180,3 @@ def test_a_malformed_reply_fails_its_candidate_and_the_next_one_is_scored(tmp_pa
     assert by_name["hinge"].error == "worker train reply: field 'kl' is None, expected a number"
     assert by_name["dpo"].status == "scored" and by_name["dpo"].fitness == 0.5
     assert sorted(outcomes.values()) == ["scored", "train_failed"]
-
-
-def test_a_worker_refuses_settings_it_cannot_read_back_in_one_line() -> None:
-    """The init message's settings are typed again in the worker before it builds anything (``config.from_wire``):
-    a value the main process would have refused fails the start with the key and the value."""
-    from discopop.config import TrainingSettings  # lazy: only this test builds settings
-
-    worker = WarmWorker(WorkerSpec(task=None, training=TrainingSettings(beta=-1.0), kept_oracles=0))
-    try:
-        with pytest.raises(RuntimeError, match=r"worker failed to start: training\.beta must be > 0, got -1\.0"):
-            worker.ensure_started()
-    finally:
-        worker.close()
