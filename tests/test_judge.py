@@ -213,3 +213,16 @@ def test_judged_fitness_and_eval_failed_through_the_cascade(server, tmp_path: Pa
     assert re.match(r"judge: 1 of 3 completions ungraded; first: no 1-10 rating", outcome.error or ""), outcome.error
     assert len(server.requests) == 7
     judged.close()
+
+
+def test_the_judge_wrapper_passes_on_where_its_workers_train(server, tmp_path: Path) -> None:
+    """The reference store's key holds the device the executor reports (``auto`` resolved): a judged run must report
+    its workers' device too, or results trained on one device would be served to a run on another."""
+
+    class OnCuda(ReplayExecutor):
+        device = "cuda"
+        parallelism = 3
+
+    judged = JudgedExecutor(OnCuda(), Judge(judge_cfg(server), tmp_path / "judge.sqlite"), lambda split: list(PROMPTS))
+    assert (judged.device, judged.parallelism) == ("cuda", 3)
+    judged.close()

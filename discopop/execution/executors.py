@@ -103,6 +103,28 @@ class Executor(ABC):
         return 1
 
 
+class WrappingExecutor(Executor):
+    """An executor that adds one concern around ``inner`` (progress, a judge, work run ahead) and passes the rest
+    through, so each wrapper states only what it adds and none forgets to pass on the device or the warm-up."""
+
+    def __init__(self, inner: Executor):
+        self.inner = inner
+
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
+    @property
+    def parallelism(self) -> int:
+        return self.inner.parallelism
+
+    @property
+    def device(self) -> str | None:
+        return getattr(self.inner, "device", None)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @dataclass
 class WorkerSpec:
     """What a worker needs to warm up: the task and training settings (they cross to it as JSON, ``asdict``).

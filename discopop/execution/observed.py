@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.executors import Executor, Job, JobResult, WrappingExecutor
 
 
 class JobWatcher(Protocol):
@@ -22,11 +22,11 @@ class JobWatcher(Protocol):
     def job_done(self, result: JobResult) -> None: ...
 
 
-class ObservedExecutor(Executor):
+class ObservedExecutor(WrappingExecutor):
     """``inner`` with every ``run`` announced to ``watcher``: the jobs when queued, each result when it returns."""
 
     def __init__(self, inner: Executor, watcher: JobWatcher):
-        self.inner = inner
+        super().__init__(inner)
         self.watcher = watcher
 
     def run(self, jobs: list[Job]) -> Iterator[JobResult]:
@@ -34,17 +34,3 @@ class ObservedExecutor(Executor):
         for result in self.inner.run(jobs):
             self.watcher.job_done(result)
             yield result
-
-    def warm_up(self) -> None:
-        self.inner.warm_up()
-
-    @property
-    def parallelism(self) -> int:
-        return self.inner.parallelism
-
-    @property
-    def device(self) -> str | None:
-        return getattr(self.inner, "device", None)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 
 from discopop.config import KEY_LIKE, TaskSettings, plain
 from discopop.config.task import JUDGE_DEFAULTS, judge_config_problem
-from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.executors import Executor, Job, JobResult, WrappingExecutor
 from discopop.proposers.base import ProposerStop
 from discopop.proposers.llm.deadline import call_within
 from discopop.proposers.llm.metering import Meter, sane_tokens
@@ -327,11 +327,11 @@ class Judge:
         self.cache.close()
 
 
-class JudgedExecutor(Executor):
+class JudgedExecutor(WrappingExecutor):
     """Any executor whose train results are graded by the judge here, in the trusted main process."""
 
     def __init__(self, inner: Executor, judge: Judge, prompts: Callable[[str], list[str]]):
-        self.inner = inner
+        super().__init__(inner)
         self.judge = judge
         self.prompts = prompts  # split -> the held-out prompts, in the order the worker scored them
 
@@ -362,13 +362,6 @@ class JudgedExecutor(Executor):
                          judge=grades.summary(self.judge.model),
                          score_seconds=float(data.score_seconds or 0.0) + grades.seconds)
         return JobResult(job, True, result.stage, reply=judged, seconds=result.seconds + grades.seconds)
-
-    def warm_up(self) -> None:
-        self.inner.warm_up()
-
-    @property
-    def parallelism(self) -> int:
-        return self.inner.parallelism
 
     def close(self) -> None:
         try:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from discopop.execution.executors import Executor, Job, JobResult
+from discopop.execution.executors import Executor, Job, JobResult, WrappingExecutor
 from discopop.sandbox.oracle_keep import code_key
 
 JobKey = tuple
@@ -55,7 +55,7 @@ class SpeculationStats:
         return {"started": self.started, "hits": self.hits, "dropped": self.dropped}
 
 
-class SpeculativeExecutor(Executor):
+class SpeculativeExecutor(WrappingExecutor):
     """``inner`` plus jobs run ahead on idle workers; ``supplier`` (set by the loop) names them, most wanted first.
 
     ``supplier`` is called in the caller's thread, at each ``run`` and as each result comes back, so it may read
@@ -63,7 +63,7 @@ class SpeculativeExecutor(Executor):
     """
 
     def __init__(self, inner: Executor, supplier: Callable[[], list[Job]] | None = None, keep: int = 64):
-        self.inner = inner
+        super().__init__(inner)
         self.supplier = supplier
         self.keep = keep
         self.stats = SpeculationStats()
@@ -75,17 +75,6 @@ class SpeculativeExecutor(Executor):
         self._offered: list[Job] = []  # jobs known to be asked for next (``offer``), run ahead before the supplier's
         self._threads = ThreadPoolExecutor(max_workers=max(1, inner.parallelism),
                                            thread_name_prefix="discopop-ahead")
-
-    @property
-    def parallelism(self) -> int:
-        return self.inner.parallelism
-
-    @property
-    def device(self) -> str | None:
-        return getattr(self.inner, "device", None)
-
-    def warm_up(self) -> None:
-        self.inner.warm_up()
 
     def peek(self, job: Job) -> JobResult | None:
         """The result of ``job`` computed ahead, if it is finished (without taking it)."""
