@@ -1,8 +1,9 @@
 """Loss-level parity of the contract-v2 references with TRL's own code: a table for the closing note (issue 28).
 
 For each case of ``tests/test_contract_v2_parity.py`` (SimPO against CPO's ``simpo``, ORPO against ORPOTrainer's
-odds ratio plus the NLL, RPO against DPO's ``["sigmoid", "sft"]``, TRL's ``sigmoid_norm``), TRL's code and our
-trainer's ``_compute_loss`` on the same stand-in forward pass (float64, answers of 1 to 6 tokens), at each seed:
+odds ratio plus the NLL, RPO against DPO's ``["sigmoid", "sft"]``, TRL's ``sigmoid_norm`` and its length-normalised
+``ipo``), TRL's code and our trainer's ``_compute_loss`` on the same stand-in forward pass (float64, answers of 1 to
+6 tokens), at each seed:
 max |loss TRL - loss ours|, max |gradient difference| over the four log-prob inputs, and the largest TRL gradient
 entry (the scale the differences compare against).
 

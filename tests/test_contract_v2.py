@@ -37,7 +37,7 @@ def f(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, refere
 # the chosen side only through the NLL (the checks want a gradient on both policy inputs: a small rejected term)
 SFT_ONLY = ("def sft(policy_chosen_logps, policy_rejected_logps, chosen_nll, beta):\n"
             "    return chosen_nll + 0.01 * beta * policy_rejected_logps\n")
-V2_REFERENCES = ("simpo", "orpo", "rpo", "sigmoid_norm")
+V2_REFERENCES = ("simpo", "orpo", "rpo", "sigmoid_norm", "ipo_norm")
 
 
 # -- static check ----------------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ V2_REFERENCES = ("simpo", "orpo", "rpo", "sigmoid_norm")
 def test_the_v2_references_pass_the_static_check_with_their_inputs(name: str) -> None:
     info = static_check(reference_candidate(name).code)
     assert info.inputs != V1_INPUTS and info.inputs[:2] == V1_INPUTS[:2]
-    assert ("reference_chosen_logps" in info.inputs) == (name in ("rpo", "sigmoid_norm"))
+    assert ("reference_chosen_logps" in info.inputs) == (name in ("rpo", "sigmoid_norm", "ipo_norm"))
 
 
 @pytest.mark.parametrize(("params", "says"), [

@@ -3,7 +3,8 @@
 Both trainers are fed the same stand-in forward pass (per-token log-probs spread over answers of *unequal*
 lengths, ``tests/trl_losses.py``'s idea), so the comparison also covers how our trainer derives the v2 inputs from
 TRL's batch: token counts from the completion mask, the chosen NLL from the per-token log-probs. TRL's side:
-``DPOTrainer._compute_loss`` for ``sigmoid_norm`` and RPO (``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss``
+``DPOTrainer._compute_loss`` for ``sigmoid_norm``, ``ipo`` (length-normalised: our ``ipo_norm``) and RPO
+(``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss``
 (``simpo``) and ``ORPOTrainer.odds_ratio_loss`` on the average log-probs those trainers compute, plus the batch's
 token-mean NLL for ORPO. Float64, loss and gradients with respect to all four log-prob inputs within 1e-6.
 """
@@ -117,6 +118,7 @@ CASES = {
     "rpo (alpha=0.25)": (lambda lv, ln: trl_dpo_loss(lv, ln, loss_type=["sigmoid", "sft"],
                                                      loss_weights=[1.0, 0.25]), {"ALPHA": 0.25}),
     "sigmoid_norm": (lambda lv, ln: trl_dpo_loss(lv, ln, loss_type="sigmoid_norm"), {}),
+    "ipo_norm": (lambda lv, ln: trl_dpo_loss(lv, ln, loss_type="ipo"), {}),
 }
 
 
