@@ -345,12 +345,7 @@ class Evaluator:
                 row_id, job = result.job.row_id, result.job
                 if result.cached:
                     cached[row_id] = cached.get(row_id, 0) + 1
-                if row_id in races:
-                    races[row_id].add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
-                                      None if result.ok else f"{result.stage}: {result.error}")
-                else:
-                    sweeps[row_id].add(job.learning_rate, result.ok, result.trained if result.ok else None,
-                                       result.stage, result.error, beta=job.beta, cached=result.cached)
+                self._absorb(sweeps[row_id], races.get(row_id), result)
                 sweeps[row_id].evaluations.append(
                     Evaluation.from_reply(row_id, job.seed, job.split, result.trained) if result.ok else
                     Evaluation(row_id, job.seed, job.split, job.learning_rate, error=result.error or result.stage))
@@ -360,36 +355,56 @@ class Evaluator:
             decided, pending = list(pending), {}
             for row_id in decided:
                 sweep, row = sweeps[row_id], by_id[row_id]
-                rates: list[Point] = []
-                if row_id in races:
-                    pending[row_id] = self._race_jobs(row, races[row_id], contest)
+                jobs, race = self._next_round(row, sweep, races.get(row_id), row_id in screened,
+                                              row_id in full_grid, best, contest)
+                screened.add(row_id)
+                if race is not None:
+                    races[row_id] = race
+                if jobs:
+                    pending[row_id] = jobs
                 else:
-                    if row_id in full_grid:
-                        sweep.tuned = True
-                    elif row_id not in screened:  # the screen just finished: is the candidate worth a climb?
-                        screened.add(row_id)
-                        if sweep.results and (row.proposer == "reference" or self.protocol.worth_tuning(
-                                split_fitness(sweep.best()[1])[0], best)):
-                            sweep.tuned = True
-                            rates = self.protocol.next_points(sweep)
-                    else:
-                        rates = self.protocol.next_points(sweep)
-                    if rates:
-                        pending[row_id] = self._train_jobs(row, rates)
-                    elif contest is not None and (start := self._race_start(sweep)) is not None:
-                        races[row_id] = start
-                        pending[row_id] = self._race_jobs(row, start, contest)
-                if not pending.get(row_id):
-                    pending.pop(row_id, None)
                     yield self._record_training(row, sweep, seconds, started, checks_of[row_id], races.get(row_id),
                                                 cached.get(row_id, 0))
+
+    def _absorb(self, sweep: Sweep, race: Race | None, result: JobResult) -> None:
+        """One fine-tune's result into its row's state: a race seed while the row races, else a protocol point."""
+        job = result.job
+        if race is not None:
+            race.add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
+                     None if result.ok else f"{result.stage}: {result.error}")
+        else:
+            sweep.add(job.learning_rate, result.ok, result.trained if result.ok else None, result.stage,
+                      result.error, beta=job.beta, cached=result.cached)
+
+    def _next_round(self, row: Row, sweep: Sweep, race: Race | None, screened: bool, full_grid: bool,
+                    best: float | None, contest: tuple[float, float] | None) -> tuple[list[Job], Race | None]:
+        """The row's jobs for the next round and its race (a new one when the protocol has just finished), or no
+        jobs when the row is decided. The one place this decision lives: ``_train`` acts on it and work ahead
+        (``_next_round_ahead``) asks it on copies. Marks ``sweep.tuned`` once the protocol counts the row as tuned:
+        the whole grid (references) or a screen worth a climb."""
+        if race is not None:
+            return self._race_jobs(row, race, contest), race
+        points: list[Point] = []
+        if full_grid:
+            sweep.tuned = True
+        elif not screened:  # the screen just finished: is the candidate worth a climb?
+            if sweep.results and (row.proposer == "reference" or self.protocol.worth_tuning(
+                    split_fitness(sweep.best()[1])[0], best)):
+                sweep.tuned = True
+                points = self.protocol.next_points(sweep)
+        else:
+            points = self.protocol.next_points(sweep)
+        if points:
+            return self._train_jobs(row, points), None
+        start = self._race_start(sweep) if contest is not None else None
+        return (self._race_jobs(row, start, contest), start) if start is not None else ([], None)
 
     def _next_round_ahead(self, row: Row, sweep: Sweep, race: Race | None, results: list[JobResult],
                           screened: bool, full_grid: bool) -> list[Job]:
         """The jobs ``row`` will get in the next round, known as soon as its own jobs of this round are in (the
-        decision below reads only the row's results and the archive, which no row changes before the round ends):
-        an idle worker may run them now (``search.work_ahead``). The same decision as ``_train``'s, on
-        copies, so nothing here changes the run. References: none (their jobs may come from the store)."""
+        decision reads only the row's results and the archive, which no row changes before the round ends): an idle
+        worker may run them now (``search.work_ahead``). ``_next_round`` on copies, so nothing here changes the run.
+        References: none (their jobs may come from the store)."""
         if row.proposer == "reference":
             return []
         sweep = Sweep(results=dict(sweep.results), errors=dict(sweep.errors), cached=set(sweep.cached),
@@ -397,28 +412,9 @@ class Evaluator:
         race = None if race is None else Race(race.learning_rate, list(race.seeds), list(race.values), race.failed,
                                               race.beta)
         for result in results:
-            job = result.job
-            if race is not None:
-                race.add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
-                         None if result.ok else f"{result.stage}: {result.error}")
-            else:
-                sweep.add(job.learning_rate, result.ok, result.trained if result.ok else None, result.stage,
-                          result.error, beta=job.beta, cached=result.cached)
+            self._absorb(sweep, race, result)
         contest = self._race_contest() if self.race.enabled else None
-        if race is not None:
-            return self._race_jobs(row, race, contest)
-        points: list[Point] = []
-        if full_grid:
-            pass
-        elif not screened:
-            if sweep.results and self.protocol.worth_tuning(split_fitness(sweep.best()[1])[0], self._best_fitness()):
-                points = self.protocol.next_points(sweep)
-        else:
-            points = self.protocol.next_points(sweep)
-        if points:
-            return self._train_jobs(row, points)
-        start = self._race_start(sweep) if contest is not None else None
-        return self._race_jobs(row, start, contest) if start is not None else []
+        return self._next_round(row, sweep, race, screened, full_grid, self._best_fitness(), contest)[0]
 
     def _race_seed_after(self, row: Row, race: Race, running: list[Job]) -> list[Job]:
         """The seed a racing row runs after the ones of this round, if the race goes on (a guess: an idle worker
