@@ -36,6 +36,7 @@ from discopop.execution.devices import (
     lora_settings,
     resolve_device,
 )
+from discopop.execution.malloc import keep_freed_memory
 from discopop.fitness.scoring import Score, ScoringInputs, prepare_scoring, score_policy
 from discopop.tasks import Task
 from discopop.trl import DiscoveredLossDPOTrainer, LossFn
@@ -180,6 +181,8 @@ class FineTuner:
 
     def __init__(self, task: Task, training: TrainingSettings, workdir: Path, kl_coef: float = 0.0):
         self.training = training
+        # Freed activation memory stays in the heap: ~10% of a CPU fine-tune's time was page faults (same results).
+        self.malloc_tuned = keep_freed_memory()
         torch.set_num_threads(training.threads)
         self.task = task
         self.kl_coef = kl_coef
