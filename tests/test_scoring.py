@@ -142,3 +142,22 @@ def test_more_score_bought_with_much_more_kl_does_not_win() -> None:
     drifted_fit = per_prompt_fitness(drifted, drifted_kl, kl_coef)
     assert sum(drifted) > sum(dpo)  # the drifted loss has the higher score ...
     assert sum(drifted_fit) < sum(dpo_fit)  # ... and loses on the fitness, in the per-prompt terms stats pairs
+
+
+def test_prompts_tokenised_once_score_exactly_as_tokenised_per_call(tiny_task) -> None:
+    """A fine-tuner tokenises a split's prompts and answers once (``prepare_scoring``) and reuses them for every
+    candidate: the score must be the one ``score_policy`` computes when it tokenises them itself, bit for bit."""
+    from discopop.fitness.scoring import prepare_scoring
+
+    task, _ = tiny_task
+    policy, reference, tokenizer = _models(task)
+    for batch_size in (None, 7):
+        prepared = prepare_scoring(tokenizer, task, "search", batch_size)
+        assert len(prepared.batches) == len(prepared.answers) and all(a is not None for a in prepared.answers)
+        fresh = score_policy(policy, reference, tokenizer, task, seed=5, kl_coef=0.5, batch_size=batch_size)
+        for _ in range(2):  # reused: nothing in it is consumed by a scoring pass
+            reused = score_policy(policy, reference, tokenizer, task, seed=5, kl_coef=0.5, batch_size=batch_size,
+                                  prepared=prepared)
+            assert reused == fresh and reused.per_prompt_kl == fresh.per_prompt_kl
+    with pytest.raises(ValueError, match="split"):
+        score_policy(policy, reference, tokenizer, task, seed=5, kl_coef=0.5, prepared=prepared, split="confirm")

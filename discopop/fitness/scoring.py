@@ -100,26 +100,57 @@ def uses_probability(task: Task) -> bool:
     return task.answer is not None and task.score == "probability"
 
 
+@dataclass
+class ScoringInputs:
+    """A split's prompts tokenised and batched for scoring, with each batch's correct answers as token ids.
+
+    The same for every policy scored on that split, so a worker that scores many candidates builds it once
+    (``prepare_scoring``) instead of tokenising the prompts and answers again in every ``score_policy``.
+    """
+
+    split: str
+    prompts: list[str]
+    batches: list[PromptBatch]
+    answers: list[list[list[int]] | None]  # per batch: the answers' ids (no EOS), None for a task without answers
+
+
+def prepare_scoring(tokenizer, task: Task, split: str, batch_size: int | None = None,
+                    device: torch.device | str = "cpu") -> ScoringInputs:
+    """Tokenise and batch ``split``'s prompts (and answers) as ``score_policy`` scores them."""
+    prompts = task.prompts(split)
+    batches = length_batches(tokenizer, prompts, batch_size or task.score_batch_size, device)
+    answers = [None if task.answer is None else
+               [tokenizer(task.answer(p), add_special_tokens=False)["input_ids"] for p in batch.prompts]
+               for batch in batches]
+    return ScoringInputs(split, prompts, batches, answers)
+
+
 @torch.no_grad()
 def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: float,
-                 split: str = "search", batch_size: int | None = None) -> Score:
+                 split: str = "search", batch_size: int | None = None,
+                 prepared: ScoringInputs | None = None) -> Score:
     """Score ``policy`` on the task's held-out prompts (both models in eval mode, no grad).
 
     Per batch: greedy decoding (greedy reward), one sampled completion (KL), and, for an exact-answer
     task, one teacher-forced pass over the correct answers (probability score). Decoding and the
     reward model run on the policy's device. For a judged task (``task.judged``) the reward is left
     at 0 and the greedy completions are returned instead: the judge runs in the trusted main process
-    (``discopop.fitness.judge``), which holds the API key a sandboxed worker must not.
+    (``discopop.fitness.judge``), which holds the API key a sandboxed worker must not. ``prepared``: the split's
+    prompts already tokenised (``prepare_scoring`` with this tokenizer, task and batch size, on the policy's device).
     """
     policy.eval()
     device = _device(policy)
     gen = torch.Generator(device=device).manual_seed(seed)
     eos_id = tokenizer.eos_token_id
-    prompts = task.prompts(split)
+    if prepared is None:
+        prepared = prepare_scoring(tokenizer, task, split, batch_size, device)
+    elif prepared.split != split:
+        raise ValueError(f"score_policy: prepared inputs are for split {prepared.split!r}, not {split!r}")
+    prompts = prepared.prompts
     texts: list[str | None] = [None] * len(prompts)
     kls = [0.0] * len(prompts)
     probabilities = [0.0] * len(prompts)
-    for batch in length_batches(tokenizer, prompts, batch_size or task.score_batch_size, device):
+    for batch, answers in zip(prepared.batches, prepared.answers, strict=True):
         greedy = decode_loop(policy, batch.ids, task.max_new_tokens, eos_id, sample=False, gen=gen,
                              attention_mask=batch.mask)
         for position, row in zip(batch.positions, greedy.tolist(), strict=True):
@@ -132,8 +163,7 @@ def score_policy(policy, reference, tokenizer, task: Task, seed: int, kl_coef: f
         kl = token_kl_sums(policy, reference, batch.ids, sampled, eos_id, batch.mask)
         for position, value in zip(batch.positions, kl.tolist(), strict=True):
             kls[position] = value
-        if task.answer is not None:
-            answers = [tokenizer(task.answer(p), add_special_tokens=False)["input_ids"] for p in batch.prompts]
+        if answers is not None:
             probability = answer_probabilities(policy, batch.ids, answers, eos_id, batch.mask)
             for position, value in zip(batch.positions, probability.tolist(), strict=True):
                 probabilities[position] = value

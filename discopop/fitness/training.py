@@ -36,7 +36,8 @@ from discopop.execution.devices import (
     lora_settings,
     resolve_device,
 )
-from discopop.fitness.scoring import Score, score_policy
+from discopop.execution.malloc import keep_freed_memory
+from discopop.fitness.scoring import Score, ScoringInputs, prepare_scoring, score_policy
 from discopop.tasks import Task
 from discopop.trl import DiscoveredLossDPOTrainer, LossFn
 
@@ -180,6 +181,8 @@ class FineTuner:
 
     def __init__(self, task: Task, training: TrainingSettings, workdir: Path, kl_coef: float = 0.0):
         self.training = training
+        # Freed activation memory stays in the heap: ~10% of a CPU fine-tune's time was page faults (same results).
+        self.malloc_tuned = keep_freed_memory()
         torch.set_num_threads(training.threads)
         self.task = task
         self.kl_coef = kl_coef
@@ -243,6 +246,7 @@ class FineTuner:
         self.pair_fraction = _pair_fraction(training.pair_fraction)
         self._epochs: dict[int, _ReplayLoader] = {}
         self._build_loader = self.trainer.get_train_dataloader
+        self._scoring: dict[str, ScoringInputs] = {}  # per split: its prompts and answers tokenised once
         self.reuse_between_runs()
 
     def reuse_between_runs(self) -> None:
@@ -286,6 +290,14 @@ class FineTuner:
             self._epochs[seed] = _ReplayLoader(list(loader), self.trainer.train_dataset)
         return self._epochs[seed]
 
+    def scoring_inputs(self, split: str) -> ScoringInputs:
+        """``split``'s prompts and answers tokenised and batched for scoring: built at the split's first score, then
+        reused (they are the same for every candidate; tokenising them was ~5% of a scoring pass)."""
+        if split not in self._scoring:
+            device = next(self.model.parameters()).device
+            self._scoring[split] = prepare_scoring(self.tokenizer, self.task, split, device=device)
+        return self._scoring[split]
+
     def full_steps(self) -> int:
         """Optimiser steps of a full run: batches of the (fixed-size) pair subsample per epoch, times epochs."""
         keep = len(self.pair_subsample(0))
@@ -323,7 +335,7 @@ class FineTuner:
         metrics.update(loss_curve(trainer.step_losses))
         score_started = time.perf_counter()
         score = score_policy(self.model, self.reference, self.tokenizer, self.task, seed=seed,
-                             kl_coef=self.kl_coef, split=split)
+                             kl_coef=self.kl_coef, split=split, prepared=self.scoring_inputs(split))
         score.seconds = time.perf_counter() - score_started
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.device == "cuda" else None
         return TrainResult(
