@@ -14,8 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tests by kind, one marker each (``pytest -m "unit and not slow"``, or just ``-m unit``, answers in about a
-# minute on 2 quiet cores):
+# Tests by kind, one marker each (``pytest -m unit -n 0`` answers in about a minute on 2 quiet cores; serially: two
+# workers import every unit file twice, 28% more CPU under load, docs/results.md):
 # unit: pure functions, settings, statistics, parsing, in-process checks of trusted code;
 # sandbox: starts sandboxed workers or loss oracles (seccomp, Landlock, cgroups, the hostile corpora);
 # e2e: fine-tunes, `discover`/`discopop` commands, executors, TRL, reports built from real runs.
