@@ -73,6 +73,12 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def startup_margin(seconds: float) -> float:
+    """A timed test's allowance for process start-ups (torch imports), doubled under pytest-xdist: another worker's
+    test then shares the cores, and the limit must time the code, not the neighbour."""
+    return seconds * (2 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 1)
+
+
 # The session fixtures worth keeping in one pytest-xdist worker: ``pytest -n auto`` (the default, with
 # ``--dist loadgroup``: pyproject.toml) gives every worker its own session, so two workers would each run them.
 SHARED_GROUPS = {"discovered": "discovered"}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import tomllib
-from conftest import SHARED_GROUPS, xdist_group_of
+from conftest import SHARED_GROUPS, startup_margin, xdist_group_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,3 +44,12 @@ def test_the_default_run_uses_xdist_with_groups() -> None:
     assert any(dep.startswith("pytest-xdist") for dep in project["project"]["optional-dependencies"]["test"])
     addopts = project["tool"]["pytest"]["ini_options"]["addopts"].split()
     assert "-n" in addopts and addopts[addopts.index("--dist") + 1] == "loadgroup"
+
+
+def test_timed_start_up_allowances_double_only_beside_another_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert startup_margin(30.0) == 30.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    assert startup_margin(30.0) == 30.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert startup_margin(30.0) == 60.0
