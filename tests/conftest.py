@@ -14,8 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tests by kind, one marker each (``pytest -m "unit and not slow"``, or just ``-m unit``, answers in about a
-# minute on 2 quiet cores):
+# Tests by kind, one marker each (``pytest -m unit -n 0`` answers in about a minute on 2 quiet cores; serially: two
+# workers import every unit file twice, 28% more CPU under load, docs/results.md):
 # unit: pure functions, settings, statistics, parsing, in-process checks of trusted code;
 # sandbox: starts sandboxed workers or loss oracles (seccomp, Landlock, cgroups, the hostile corpora);
 # e2e: fine-tunes, `discover`/`discopop` commands, executors, TRL, reports built from real runs.
@@ -25,10 +25,10 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_allowlist.py", "test_archive.py", "test_behaviour_map.py", "test_calibration.py", "test_code_health.py",
         "test_config_dir.py", "test_confirm_contexts.py", "test_conventions.py", "test_diagnostic_shape.py",
         "test_evolution.py", "test_export.py", "test_hostile_static.py", "test_importing.py", "test_imports.py",
-        "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_messages.py", "test_openai_proposer.py",
-        "test_owed_repairs.py", "test_pair_variants.py", "test_parse_lock.py", "test_progress.py", "test_settings.py",
-        "test_sft_coverage.py", "test_stats.py", "test_tune_seeds.py", "test_tuning.py", "test_work_ahead.py",
-        "test_malloc.py",
+        "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py", "test_malloc.py", "test_messages.py",
+        "test_openai_proposer.py", "test_owed_repairs.py", "test_pair_variants.py", "test_parse_lock.py",
+        "test_progress.py", "test_settings.py", "test_sft_coverage.py", "test_stats.py", "test_tune_seeds.py",
+        "test_tuning.py", "test_work_ahead.py", "test_xdist_groups.py",
     ),
     "sandbox": (
         "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",
@@ -61,12 +61,45 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Mark each test with its file's kind (``TEST_KINDS``); a file in no list gets no kind marker."""
+    """Mark each test with its file's kind (``TEST_KINDS``); a file in no list gets no kind marker. Then its
+    ``xdist_group`` (:func:`xdist_group_of`)."""
     kind_of = {name: kind for kind, names in TEST_KINDS.items() for name in names}
     for item in items:
         kind = kind_of.get(Path(str(item.fspath)).name)
         if kind:
             item.add_marker(getattr(pytest.mark, kind))
+        group = xdist_group_of(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def startup_margin(seconds: float) -> float:
+    """A timed test's allowance for process start-ups (torch imports), doubled under pytest-xdist: another worker's
+    test then shares the cores, and the limit must time the code, not the neighbour."""
+    return seconds * (2 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 1)
+
+
+# The session fixtures worth keeping in one pytest-xdist worker: ``pytest -n auto`` (the default, with
+# ``--dist loadgroup``: pyproject.toml) gives every worker its own session, so two workers would each run them.
+SHARED_GROUPS = {"discovered": "discovered"}
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The ``xdist_group`` that keeps a test beside the tests that share its costly set-up, so it runs once:
+    ``discovered`` for the shared ``discover`` run; the file's name for a test that uses a module-scoped fixture
+    defined in its own file (the hostile corpora, the trained tasks of the e2e files). Any other test is scheduled
+    on its own. Groups decide placement only: serially (``-n 0``) they change nothing."""
+    names = getattr(item, "fixturenames", ())
+    for fixture, group in SHARED_GROUPS.items():
+        if fixture in names:
+            return group
+    info = getattr(item, "_fixtureinfo", None)
+    module_id = item.nodeid.split("::", 1)[0]
+    for name in names:
+        defs = info.name2fixturedefs.get(name, ()) if info is not None else ()
+        if defs and defs[-1].scope == "module" and defs[-1].baseid == module_id:
+            return Path(module_id).stem
+    return None
 
 # A deliberately tiny task: builds in a few seconds, enough pairs for a handful of DPO steps.
 TINY_TASK = [
@@ -85,8 +118,10 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
+    """The session's task cache and reference store, set for every test (autouse): a test that builds a task without
+    asking for it must not fall back to ``~/.cache/discopop``, which two pytest-xdist workers would share."""
     path = tmp_path_factory.mktemp("discopop-cache")
     os.environ["DISCOPOP_CACHE_DIR"] = str(path)
     return path

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import startup_margin
 
 from discopop.cli.check import check_in_worker, check_source
 from discopop.execution.executors import Job, WarmWorker, WorkerSpec
@@ -38,7 +39,7 @@ FILES = sorted(p.name for p in HOSTILE.glob("*.py"))
 LAYERS = {"static", "load", "numeric", "guard", "oracle", "sandbox"}
 DEFAULT_TIMEOUT = 10.0  # seconds for the numeric checks of one file (EXPECTED.json may say less)
 # A fresh worker imports torch before its checks start: 2-5 s here, more while other tests run.
-STARTUP_MARGIN = 30.0
+STARTUP_MARGIN = startup_margin(30.0)
 PARALLEL = 2
 TOKEN_VAR = "DISCOPOP_TEST_TOKEN"
 KEEP = "keep me"

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TASK
+from conftest import TINY_TASK, startup_margin
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.cli.check import check_in_worker
@@ -34,7 +34,7 @@ CORPUS = TESTS / "hostile" / "oracle"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "EXPECTED.json").read_text())
 FILES = sorted(p.name for p in CORPUS.glob("*.py"))
 CHECK_TIMEOUT = 20.0  # > the worker's 10 s per oracle call, so a hanging oracle is the worker's verdict
-STARTUP_MARGIN = 30.0  # worker + oracle import torch before the checks start
+STARTUP_MARGIN = startup_margin(30.0)  # worker + oracle import torch before the checks start
 DPO = (TESTS.parent / "discopop" / "proposals" / "dpo.py").read_text()
 MB = 1024 * 1024
 

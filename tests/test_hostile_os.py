@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import startup_margin
 from test_hostile import TOKEN_VAR, processes_tagged
 
 from discopop.cli.check import check_in_worker
@@ -35,7 +36,7 @@ CORPUS = Path(__file__).resolve().parent / "hostile" / "os"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "EXPECTED.json").read_text())
 FILES = sorted(p.name for p in CORPUS.glob("*.py"))
 DEFAULT_TIMEOUT = 20.0
-STARTUP_MARGIN = 30.0
+STARTUP_MARGIN = startup_margin(30.0)
 KEEP = "keep me"
 # Fake secrets set in this process's environment while the corpus runs; none may reach a worker.
 SECRET_NAMES = ("OPENAI_API_KEY", "HF_TOKEN", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD",

@@ -1,0 +1,55 @@
+"""The suite runs on both cores (pytest-xdist): each test's ``xdist_group`` keeps the tests that share a costly
+fixture in one worker, so no worker repeats a hostile corpus or the shared ``discover`` run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import tomllib
+from conftest import SHARED_GROUPS, startup_margin, xdist_group_of
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _item(nodeid: str, fixtures: dict[str, tuple[str, str]]) -> SimpleNamespace:
+    """A stand-in for a collected test: its id and, per fixture, (scope, where the fixture is defined)."""
+    defs = {name: [SimpleNamespace(scope=scope, baseid=baseid)] for name, (scope, baseid) in fixtures.items()}
+    info = SimpleNamespace(name2fixturedefs=defs)
+    return SimpleNamespace(nodeid=nodeid, fixturenames=list(fixtures), _fixtureinfo=info)
+
+
+def test_a_test_using_its_own_files_module_fixture_is_grouped_by_file() -> None:
+    item = _item("tests/test_hostile.py::test_x[a]", {"corpus": ("module", "tests/test_hostile.py"),
+                                                      "tmp_path": ("function", "")})
+    assert xdist_group_of(item) == "test_hostile"
+
+
+def test_shared_session_fixtures_group_across_files() -> None:
+    one = _item("tests/test_cli.py::test_a", {"discovered": ("session", "tests"), "cache_dir": ("session", "tests")})
+    two = _item("tests/test_transfer_confirm.py::test_b", {"discovered": ("session", "tests")})
+    assert xdist_group_of(one) == xdist_group_of(two) == SHARED_GROUPS["discovered"]
+
+
+def test_cheap_or_foreign_fixtures_leave_a_test_ungrouped() -> None:
+    assert xdist_group_of(_item("tests/test_a.py::test_a", {"tmp_path": ("function", "")})) is None
+    # A module-scoped fixture from conftest (one_torch_thread) costs nothing to repeat: no group.
+    assert xdist_group_of(_item("tests/test_a.py::test_a", {"one_torch_thread": ("module", "tests")})) is None
+    assert xdist_group_of(_item("tests/test_a.py::test_a", {"x": ("session", "tests/test_a.py")})) is None
+
+
+def test_the_default_run_uses_xdist_with_groups() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert any(dep.startswith("pytest-xdist") for dep in project["project"]["optional-dependencies"]["test"])
+    addopts = project["tool"]["pytest"]["ini_options"]["addopts"].split()
+    assert "-n" in addopts and addopts[addopts.index("--dist") + 1] == "loadgroup"
+
+
+def test_timed_start_up_allowances_double_only_beside_another_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert startup_margin(30.0) == 30.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    assert startup_margin(30.0) == 30.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert startup_margin(30.0) == 60.0
