@@ -4,9 +4,9 @@ Both trainers are fed the same stand-in forward pass (per-token log-probs spread
 lengths, ``tests/trl_losses.py``'s idea), so the comparison also covers how our trainer derives the v2 inputs from
 TRL's batch: token counts from the completion mask, the chosen NLL from the per-token log-probs. TRL's side:
 ``DPOTrainer._compute_loss`` for ``sigmoid_norm``, ``ipo`` (length-normalised: our ``ipo_norm``) and RPO
-(``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss``
-(``simpo``, and at ``alpha`` != 0 its AlphaPO) and ``ORPOTrainer.odds_ratio_loss`` on the average log-probs those trainers compute, plus the batch's
-token-mean NLL for ORPO. Float64, loss and gradients with respect to all four log-prob inputs within 1e-6.
+(``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss`` (``simpo``, and at ``alpha`` != 0 its AlphaPO) and
+``ORPOTrainer.odds_ratio_loss`` on the average log-probs those trainers compute, plus the batch's token-mean NLL for
+ORPO. Float64, loss and gradients with respect to all four log-prob inputs within 1e-6.
 """
 
 from __future__ import annotations
