@@ -11,6 +11,7 @@ also times the loss alone, as a step calls it: the v2 inputs derived from per-to
 ``length_inputs``), one fused forward + backward through the oracle, N times per arm, interleaved.
 
     python benchmarks/contract_v2_overhead.py --n 6 task.sft.steps=150 task.sft.n_layer=1 task.sft.n_embd=32 ...
+    python benchmarks/contract_v2_overhead.py --n 8 training.max_pairs=512 training.epochs=1   # the default task
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def main() -> None:
         oracles.close()
     v1, v2 = (statistics.median(per_step[arm]) for arm in arms)
     print(f"median ms per step over {args.n} runs: v1 {v1 * 1e3:.2f}, v2 {v2 * 1e3:.2f}, ratio v2/v1 {v2 / v1:.3f}")
+    # each run's two arms ran back to back, so their ratio cancels most of the load drift between runs
+    paired = [b / a for a, b in zip(*per_step.values(), strict=True)]
+    print(f"paired ratios v2/v1 per run: {', '.join(f'{r:.3f}' for r in paired)}; "
+          f"median {statistics.median(paired):.3f}, geometric mean {statistics.geometric_mean(paired):.3f}")
     if args.calls:
         oracles = OracleSupply(Limits())
         oracles.prespawn()

@@ -31,10 +31,10 @@ def main() -> None:
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     ours = our_trainer()
-    print(f"{'case':<20} {'max |dloss|':>12} {'max |dgrad|':>12} {'max |grad|':>11}")
+    print(f"{'case':<29} {'max |dloss|':>12} {'max |dgrad|':>12} {'max |grad|':>11}")
     for label in CASES:
         rows = [compare(ours, label, seed) for seed in range(args.seeds)]
-        print(f"{label:<20} {max(r[0] for r in rows):>12.1e} {max(r[1] for r in rows):>12.1e} "
+        print(f"{label:<29} {max(r[0] for r in rows):>12.1e} {max(r[1] for r in rows):>12.1e} "
               f"{max(r[2] for r in rows):>11.3f}")
 
 

@@ -37,7 +37,7 @@ def f(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, refere
 # the chosen side only through the NLL (the checks want a gradient on both policy inputs: a small rejected term)
 SFT_ONLY = ("def sft(policy_chosen_logps, policy_rejected_logps, chosen_nll, beta):\n"
             "    return chosen_nll + 0.01 * beta * policy_rejected_logps\n")
-V2_REFERENCES = ("simpo", "orpo", "rpo", "sigmoid_norm", "ipo_norm")
+V2_REFERENCES = ("simpo", "orpo", "rpo", "sigmoid_norm", "ipo_norm", "alphapo")
 
 
 # -- static check ----------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ Both trainers are fed the same stand-in forward pass (per-token log-probs spread
 lengths, ``tests/trl_losses.py``'s idea), so the comparison also covers how our trainer derives the v2 inputs from
 TRL's batch: token counts from the completion mask, the chosen NLL from the per-token log-probs. TRL's side:
 ``DPOTrainer._compute_loss`` for ``sigmoid_norm``, ``ipo`` (length-normalised: our ``ipo_norm``) and RPO
-(``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss``
-(``simpo``) and ``ORPOTrainer.odds_ratio_loss`` on the average log-probs those trainers compute, plus the batch's
-token-mean NLL for ORPO. Float64, loss and gradients with respect to all four log-prob inputs within 1e-6.
+(``["sigmoid", "sft"]``); ``CPOTrainer.cpo_loss`` (``simpo``, and at ``alpha`` != 0 its AlphaPO) and
+``ORPOTrainer.odds_ratio_loss`` on the average log-probs those trainers compute, plus the batch's token-mean NLL for
+ORPO. Float64, loss and gradients with respect to all four log-prob inputs within 1e-6.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def token_mean_nll(leaves, lengths) -> torch.Tensor:
     return -leaves[0].sum() / lengths.chunk(2)[0].sum()
 
 
-def trl_simpo(leaves, lengths, gamma: float = 0.5) -> torch.Tensor:
-    cpo = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=BETA, label_smoothing=0.0,
+def trl_simpo(leaves, lengths, gamma: float = 0.5, alpha: float = 0.0) -> torch.Tensor:
+    """CPO's SimPO; at ``alpha`` != 0 its AlphaPO (``CPOConfig(loss_type="alphapo")`` is simpo, cpo_alpha 0)."""
+    cpo = SimpleNamespace(alpha=alpha, loss_type="simpo", simpo_gamma=gamma, beta=BETA, label_smoothing=0.0,
                           accelerator=SimpleNamespace(device="cpu"))
     losses, _, _ = CPOTrainer.cpo_loss(cpo, *averages(leaves, lengths))
     return losses.mean()  # cpo_alpha = 0: SimPO
@@ -113,6 +114,9 @@ def trl_orpo(leaves, lengths) -> torch.Tensor:
 CASES = {
     "simpo": (lambda lv, ln: trl_simpo(lv, ln), {}),
     "simpo (gamma=1.5)": (lambda lv, ln: trl_simpo(lv, ln, gamma=1.5), {"GAMMA": 1.5}),
+    "alphapo": (lambda lv, ln: trl_simpo(lv, ln, alpha=0.25), {}),
+    "alphapo (alpha=0.1, gamma=1)": (lambda lv, ln: trl_simpo(lv, ln, gamma=1.0, alpha=0.1),
+                                     {"ALPHA": 0.1, "GAMMA": 1.0}),
     "orpo": (trl_orpo, {}),
     "rpo": (lambda lv, ln: trl_dpo_loss(lv, ln, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0]), {}),
     "rpo (alpha=0.25)": (lambda lv, ln: trl_dpo_loss(lv, ln, loss_type=["sigmoid", "sft"],

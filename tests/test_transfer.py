@@ -178,6 +178,14 @@ def test_losses_resolve_from_names_files_and_method_form(tmp_path: Path) -> None
         resolve_losses(["no_such_loss"])
 
 
+def test_contract_v2_references_resolve_by_name() -> None:
+    """The v2 references (proposals/v2/) are named as in ``baselines``: references, at their files' own code."""
+    losses = resolve_losses(["simpo", "ipo_norm"])
+    assert [s.name for s in losses] == ["dpo", "simpo", "ipo_norm"]
+    assert all(s.reference for s in losses)
+    assert "chosen_lengths" in losses[1].code and "GAMMA = " in losses[1].code
+
+
 @pytest.mark.parametrize("args, expected", [
     (["no_such_loss"], "neither a loss file nor a reference"),
     (["dpo", "--betas", "0.1,-1"], "--betas must be"),

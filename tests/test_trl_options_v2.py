@@ -1,8 +1,8 @@
 """Contract-v2 winners in TRL's own options (issue 28 item 4): RPO is ``DPOConfig(loss_type=["sigmoid", "sft"])``,
-``sigmoid_norm`` is itself, SimPO (plus an NLL term) is ``CPOConfig(loss_type="simpo", simpo_gamma, cpo_alpha)``;
-ORPO is none of them. Each found option set trains a tiny model as the loss does through
-``DiscoveredLossDPOTrainer``, on pairs whose chosen and rejected answers differ in length (so a length
-normalisation done differently would show).
+``sigmoid_norm`` is itself, ``ipo_norm`` is TRL's (length-normalised) ``ipo``, SimPO (plus an NLL term) is
+``CPOConfig(loss_type="simpo", simpo_gamma, cpo_alpha)``; ORPO and the paper's summed IPO are none of them. Each found
+option set trains a tiny model as the loss does through ``DiscoveredLossDPOTrainer``, on pairs whose chosen and
+rejected answers differ in length (so a length normalisation done differently would show).
 
 Check reports are computed in this process on test-owned or reference code (the product computes them in the
 sandboxed check job); the matching never runs candidate code.
@@ -50,6 +50,11 @@ def simpo_nll(policy_chosen_logps, policy_rejected_logps, chosen_lengths, reject
 '''
 
 
+def half_ipo_norm() -> str:
+    """TRL's length-normalised IPO at half weight (an exact rescaling: ``loss_weights=[0.5]``)."""
+    return reference_candidate("ipo_norm").code.replace("return (chosen", "return 0.5 * (chosen")
+
+
 def report(code: str, beta: float) -> dict:
     return check_loss(load_loss(code), beta=beta).as_dict()
 
@@ -61,7 +66,9 @@ def report(code: str, beta: float) -> dict:
     (reference_candidate("simpo", constants={"GAMMA": 1.35}).code,
      TrlOptions(("simpo",), (1.0,), 0.5, trainer="CPO", simpo_gamma=1.35, cpo_alpha=0.0)),
     (simpo_nll(0.7, 0.5), TrlOptions(("simpo",), (1.0,), 0.5, trainer="CPO", simpo_gamma=0.7, cpo_alpha=0.5)),
-], ids=["rpo_0.25", "sigmoid_norm", "simpo", "simpo_nll"])
+    (reference_candidate("ipo_norm").code, TrlOptions(("ipo",), (1.0,), 0.5)),
+    (half_ipo_norm(), TrlOptions(("ipo",), (0.5,), 0.5)),
+], ids=["rpo_0.25", "sigmoid_norm", "simpo", "simpo_nll", "ipo_norm", "half_ipo_norm"])
 def test_v2_references_are_found_as_trls_options(code: str, expected: TrlOptions) -> None:
     options = match_trl(report(code, 0.5))
     assert options is not None
@@ -74,7 +81,9 @@ def test_v2_references_are_found_as_trls_options(code: str, expected: TrlOptions
     reference_candidate("orpo").code,  # the odds ratio: not in TRL's DPO/CPO options
     simpo_nll(0.7, 0.5).replace("margin - 0.7", "margin * 1.05 - 0.7"),  # SimPO's gradient at 1.05x: no CPO weight
     reference_candidate("simpo").code.replace("policy_chosen_logps / chosen_lengths", "policy_chosen_logps"),
-], ids=["orpo", "scaled_simpo", "half_normalised_simpo"])
+    reference_candidate("ipo").code,  # the paper's summed IPO: TRL's ipo only on one-token answers
+    reference_candidate("ipo_norm").code.replace("1 / (2 * beta)", "1 / (2.1 * beta)"),  # another target margin
+], ids=["orpo", "scaled_simpo", "half_normalised_simpo", "summed_ipo", "ipo_norm_other_target"])
 def test_near_misses_are_not_claimed(code: str) -> None:
     assert match_trl(report(code, 0.5)) is None
 
@@ -111,7 +120,8 @@ def _train(tmp_path: Path, trainer: str, config: dict[str, Any], loss: str | Non
 
 @pytest.mark.slow  # three tiny fine-tunes each, ~27 s under load (benchmarks/README.md: the long tests)
 @pytest.mark.parametrize(("code", "beta"), [(reference_candidate("rpo", constants={"ALPHA": 0.25}).code, 0.1),
-                                            (simpo_nll(0.7, 0.5), 2.0)], ids=["rpo_0.25", "simpo_nll"])
+                                            (simpo_nll(0.7, 0.5), 2.0), (reference_candidate("ipo_norm").code, 0.5)],
+                         ids=["rpo_0.25", "simpo_nll", "ipo_norm"])
 def test_the_reported_options_train_as_the_loss_does(tmp_path: Path, code: str, beta: float) -> None:
     options = match_trl(report(code, beta))
     assert options is not None

@@ -40,8 +40,10 @@ TUNABLE_CONSTANTS: dict[str, dict[str, str]] = {
     "aql": {"START_QUANTILE": "weight", "QUANTILE_RATE": "weight", "SCALE": "scale"},
     "aqfl": {"QUANTILE_RATE": "weight", "DISTANCE_SCALE": "scale", "SCALE": "scale"},
     "exo_pair": {"EPSILON": "weight"},
-    # contract v2 (proposals/v2/): SimPO's target margin, RPO's NLL weight; ORPO's lambda is its beta
+    # contract v2 (proposals/v2/): SimPO's target margin, RPO's NLL weight, AlphaPO's reward shape and margin;
+    # ORPO's lambda is its beta
     "simpo": {"GAMMA": "scale"},
+    "alphapo": {"ALPHA": "scale", "GAMMA": "scale"},
     "rpo": {"ALPHA": "scale"},
 }
 DEFAULT_STEP = 3.0

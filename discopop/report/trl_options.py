@@ -13,11 +13,12 @@ on the same probe equal the archived ones to round-off trains the same. The cata
 with a parity test against TRL's own code (``tests/test_trl_loss_parity.py``); those files are the package's own
 trusted code, not proposals. TRL shares one ``label_smoothing`` (robust, exo_pair) and one ``discopop_tau`` over
 all terms of a combination, so the search runs over a small grid of each and keeps the sparsest exact fit. Not in
-the catalogue: ``ipo`` (TRL length-normalises it; no reference computes TRL's form yet), ``bco_pair`` (a running
-mean across batches) and ``aot*`` (a function of the whole batch).
+the catalogue: ``bco_pair`` (a running mean across batches) and ``aot*`` (a function of the whole batch).
 
 Contract v2 (a loss taking token counts or the chosen NLL): the probe draws completion lengths, so the catalogue
-also holds TRL's ``sigmoid_norm`` and ``sft`` (the chosen answers' token-mean NLL: RPO is ``["sigmoid", "sft"]``),
+also holds TRL's ``sigmoid_norm``, ``ipo`` (TRL length-normalises it: ``proposals/v2/ipo_norm.py``; the paper's
+summed ``ipo`` differs from it on any answer longer than one token, so it is not claimed as TRL's) and ``sft`` (the
+chosen answers' token-mean NLL: RPO is ``["sigmoid", "sft"]``),
 and a reference-free loss may be TRL's ``CPOTrainer`` at ``loss_type="simpo"``: SimPO with its target margin
 ``simpo_gamma`` read off the gradients (each rejected answer's gradient gives it in closed form), plus
 ``cpo_alpha`` times the same NLL (CPO's cross-entropy on the chosen completions). CPO has no weight on its SimPO
@@ -47,7 +48,7 @@ PLAIN_TERMS = {"sigmoid": "dpo", "hinge": "hinge", "nca_pair": "nca_pair", "sppo
                "apo_zero": "apo_zero", "apo_down": "apo_down"}
 SMOOTHED_TERMS = {"robust": "rdpo", "exo_pair": "exo_pair"}  # at DPOConfig.label_smoothing
 # contract v2 terms (they read the probe's drawn lengths); "sft" is SFT_CODE below, the rest proposals/v2/ files
-V2_TERMS = {"sigmoid_norm": "sigmoid_norm", "sft": "sft"}
+V2_TERMS = {"sigmoid_norm": "sigmoid_norm", "ipo": "ipo_norm", "sft": "sft"}
 CATALOGUE = (*PLAIN_TERMS, *SMOOTHED_TERMS, "discopop", *V2_TERMS)
 # TRL's loss_type="sft" alone (RPO's second term; CPO's NLL): the chosen answers' token-mean NLL over the batch,
 # the same value on every example. The package's own code (as a proposals/ file is), as rpo.py computes it.

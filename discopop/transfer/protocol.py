@@ -46,13 +46,14 @@ import numpy as np
 
 from discopop.archive import ARCHIVE_NAME, Archive, ArchiveError, Evaluation
 from discopop.config import RunSettings, plain
+from discopop.config.references import known
 from discopop.contract.losses import LossRejected, code_hash, read_source, static_check
 from discopop.execution.executors import Executor, Job
 from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
-from discopop.proposers.reference import available, reference_candidate
+from discopop.proposers.reference import reference_candidate
 from discopop.report.run import beta_of, learning_rate_of, run_beta
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.search.confirmation import fresh_seeds, top_candidates
@@ -107,7 +108,7 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
     specs: list[LossSpec] = []
     for item in items:
         path = Path(item)
-        if item in available():
+        if item in known():  # the contract-v2 references (proposals/v2/) too: named here, as in ``baselines``
             cand = reference_candidate(item)
             specs.append(LossSpec(item, cand.code, "reference", reference=True))
         elif path.is_file():
@@ -118,7 +119,7 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
             specs.append(LossSpec(path.stem, code, str(path)))
         else:
             raise EvaluateError(f"'{item}' is neither a loss file nor a reference loss "
-                                f"(references: {', '.join(available())})")
+                                f"(references: {', '.join(known())})")
     if run_dir is not None and top_k > 0:
         specs.extend(run_winners(run_dir, top_k))
     for name in always:
