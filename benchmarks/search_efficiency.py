@@ -18,9 +18,10 @@ Per run it prints the confirmed winner (the confirmed candidate with the best fr
 strongest baseline (``vs_best``, or ``vs_dpo`` when DPO is the strongest) with the shared confirmation
 statistics (``stats.describe``: delta, CI, verdict, Holm p); the share of trained children that are behaviour
 near-copies of their parent (cosine > 0.999 between the archived gradient fingerprints, measured by the sandboxed
-checks at the run's beta; crossovers count their closer parent); and the best-so-far curve (best seed-mean search
-fitness among evolved rows after each generation) of both arms. Everything is read from the archives
-(read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
+checks at the run's beta; crossovers count their closer parent); the same cosine between the winner and the
+baseline it is compared with (a winner above 0.999 is a behaviour near-copy of it); and the best-so-far curve
+(best seed-mean search fitness among evolved rows after each generation) of both arms. Everything is read from
+the archives (read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
 
 A full 5 x 50 run takes hours on 2 CPU cores. An interrupted benchmark continues where it stopped when run
 again with the same ``--out`` (each run is resumed); ``--no-run`` only analyses the runs already there.
@@ -100,6 +101,17 @@ def near_copies(archive: Archive) -> tuple[int, int]:
     return near, total
 
 
+def cosine_to_reference(archive: Archive, row: Any, name: str | None) -> float | None:
+    """Cosine between ``row``'s archived gradient fingerprint and that of the reference called ``name`` (None
+    where either has none): how close the winner's training behaviour is to the baseline it is compared with."""
+    mine = _unit((row.metrics.get("checks") or {}).get("fingerprint"))
+    refs = [r for r in archive.rows() if r.proposer == "reference" and r.name == name]
+    theirs = _unit((refs[0].metrics.get("checks") or {}).get("fingerprint")) if refs else None
+    if mine is None or theirs is None or mine.shape != theirs.shape:
+        return None
+    return float(mine @ theirs)
+
+
 def generations_run(archive: Archive) -> int:
     """The last generation the run reached (a run stopped or not yet extended is shorter than asked)."""
     return archive.last_generation()
@@ -150,7 +162,8 @@ def winner(archive: Archive, top_k: int) -> dict[str, Any] | None:
     comp = conf.get("vs_best") or conf["vs_dpo"]
     return {"id": top.id, "name": top.name, "mean": conf.get("mean"), "se": conf.get("se"),
             "baseline": comp.get("baseline"), "delta": comp.get("delta"), "verdict": comp.get("verdict"),
-            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp), "transfer": transfer_words(top)}
+            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp), "transfer": transfer_words(top),
+            "cosine_to_baseline": cosine_to_reference(archive, top, comp.get("baseline"))}
 
 
 def transfer_words(row: Any) -> dict[str, str]:
@@ -206,6 +219,8 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             pick = res.get("pick")
             if pick and w and pick["id"] != w["id"]:
                 text += f" (the search's pick: {pick['name']}, {pick['text']})"
+            if w and w.get("cosine_to_baseline") is not None:
+                text += f"; behaviour cosine to {w['baseline']} {w['cosine_to_baseline']:.4f}"
             if w and w.get("transfer"):
                 text += "; held out: " + ", ".join(f"{v} {word}" for v, word in w["transfer"].items())
             reached = res.get("generations", generations)
