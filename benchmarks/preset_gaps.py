@@ -19,7 +19,9 @@ Several values (``--tune-seeds 0,3``) are measured side by side on the same fine
 
 Each row also prints issue 24's figure (i), ``fitness.calibration``'s share of held-out contexts whose score varies
 across losses and seeds (SD over every reference's fresh fine-tunes above ``--threshold``), on the score term (the
-bandit's exact per-context reward, as ``task_calibration.py`` reads it from a run) and on the per-context fitness.
+bandit's exact per-context reward, as ``task_calibration.py`` reads it from a run) and on the per-context fitness;
+and the same over the strongest reference's fresh seeds alone (seed noise only: a share driven by the gap between
+good and broken references alone would be high there too without meaning that one loss's seeds disagree).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from discopop.contract.losses import load_loss
-from discopop.fitness.calibration import VARY_THRESHOLD, ArmScores, calibrate
+from discopop.fitness.calibration import VARY_THRESHOLD, ArmScores, calibrate, varying_share
 from discopop.fitness.diagnostic_tune import fine_tune, tuning_seeds
 from discopop.proposers.reference import available, reference_candidate
 from discopop.tasks.diagnostic import KL_COEF, flip_rate, setting, split_contexts
@@ -116,18 +118,21 @@ def scan(preset: str, losses: list[str], seeds: int, lrs: tuple[float, ...], fam
                   + (f"  {p.delta:+.4f} (MDE {p.mde_family:.4f})" if p else "  strongest"))
         gap = cal.gap if cal.gap is not None else float("nan")
         mean_fresh = float(np.mean(list(cal.means.values())))
+        seeds_only = varying_share(arms[k][cal.strongest].score[:used], threshold)
         print(f"  DPO -> best other {gap:+.4f} (a quarter {gap / 4:.4f}); MDE vs strongest {cal.mde_vs_strongest:.4f}"
               f" (gap/MDE {gap / cal.mde_vs_strongest:.2f}); spread {cal.spread:.3f} = {cal.spread_in_mde:.1f} x MDE;"
               f" references' mean fresh fitness at their chosen rate {mean_fresh:.4f}")
         print(f"  (i) contexts whose exact reward varies over the {cal.fine_tunes} fresh fine-tunes "
               f"(SD > {threshold:g}): {cal.varying_score:.1%} "
-              f"(per-context fitness {cal.varying_fitness:.1%}); median SD {cal.median_sd:.4f}")
+              f"(per-context fitness {cal.varying_fitness:.1%}); median SD {cal.median_sd:.4f}; over "
+              f"{cal.strongest}'s {used} seeds alone {seeds_only:.1%}")
         rows.append({"preset": preset, "overrides": overrides, "seeds": used, "tune_seeds": k, "lrs": list(lrs),
                      "rates": rates[k], "sweeps": sweeps[k], "means": cal.means, "strongest": cal.strongest,
                      "gap": cal.gap, "mde_vs_strongest": cal.mde_vs_strongest, "spread_in_mde": cal.spread_in_mde,
                      "mean_fresh": mean_fresh, "seconds_per_fine_tune": float(np.median(seconds)),
                      "threshold": threshold, "varying_score": cal.varying_score,
-                     "varying_fitness": cal.varying_fitness, "median_sd": cal.median_sd})
+                     "varying_fitness": cal.varying_fitness, "median_sd": cal.median_sd,
+                     "varying_score_strongest_seeds": seeds_only})
     return rows
 
 
