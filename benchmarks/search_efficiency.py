@@ -171,6 +171,19 @@ def transfer_words(row: Any) -> dict[str, str]:
     return {variant: str(entry.get("transfers")) for variant, entry in (row.metrics.get("transfer") or {}).items()}
 
 
+def finalists(archive: Archive, top_k: int) -> list[dict[str, Any]]:
+    """Every confirmed evolved finalist against the strongest baseline: delta, its Holm MDE, verdict, and behaviour
+    cosine to that baseline (do the finalists differ from it by more than the confirmation can resolve?)."""
+    out = []
+    for row in confirmed_evolved(archive, top_k):
+        comp = row.metrics["confirmation"].get("vs_best") or row.metrics["confirmation"]["vs_dpo"]
+        mde = comp.get("mde_family") if comp.get("mde_family") is not None else comp.get("mde")
+        out.append({"id": row.id, "name": row.name, "delta": comp.get("delta"), "verdict": comp.get("verdict"),
+                    "mde": mde, "baseline": comp.get("baseline"),
+                    "cosine_to_baseline": cosine_to_reference(archive, row, comp.get("baseline"))})
+    return out
+
+
 def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
     """The confirmed evolved candidate the search itself ranks first (highest lower confidence bound on its
     search seeds), with its fresh-seed delta against the strongest baseline.
@@ -197,6 +210,7 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
         top_k = confirm_top_k(run)
         return {"run": str(run), "generations": generations_run(archive),
                 "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
+                "finalists": finalists(archive, top_k),
                 "near_copies": near, "trained_children": total,
                 "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
                 "scored": sum(r.status == "scored" for r in evolved)}
@@ -206,6 +220,15 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _fmt_signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def _fmt_cos(finalist: dict[str, Any]) -> str:
+    value = finalist.get("cosine_to_baseline")
+    return "—" if value is None else f"{value:.4f}"
 
 
 def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> None:
@@ -227,6 +250,10 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             short = f" (only {reached} generations)" if reached < generations else ""
             print(f"  {arm:<8} seed {seed}{short}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
                   f"= {share:.0%}; {res['scored']}/{res['candidates']} evolved rows scored")
+            cells = [f"{f['name']} {_fmt_signed(f['delta'])} (MDE {_fmt(f['mde'])}, cos {_fmt_cos(f)})"
+                     for f in res.get("finalists") or []]
+            if cells:
+                print(f"  {'':<8} finalists vs {res['finalists'][0]['baseline']}: " + "; ".join(cells))
     print("\nsummary per arm")
     def complete(arm: str) -> dict[int, dict[str, Any]]:
         """Runs that reached the asked generations: only those are summed up and paired."""
