@@ -18,9 +18,10 @@ Per run it prints the confirmed winner (the confirmed candidate with the best fr
 strongest baseline (``vs_best``, or ``vs_dpo`` when DPO is the strongest) with the shared confirmation
 statistics (``stats.describe``: delta, CI, verdict, Holm p); the share of trained children that are behaviour
 near-copies of their parent (cosine > 0.999 between the archived gradient fingerprints, measured by the sandboxed
-checks at the run's beta; crossovers count their closer parent); and the best-so-far curve (best seed-mean search
-fitness among evolved rows after each generation) of both arms. Everything is read from the archives
-(read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
+checks at the run's beta; crossovers count their closer parent); the same cosine between the winner and the
+baseline it is compared with (a winner above 0.999 is a behaviour near-copy of it); and the best-so-far curve
+(best seed-mean search fitness among evolved rows after each generation) of both arms. Everything is read from
+the archives (read-only); no loss code runs in this process. ``summary.json`` and ``best_so_far.png`` go to ``--out``.
 
 A full 5 x 50 run takes hours on 2 CPU cores. An interrupted benchmark continues where it stopped when run
 again with the same ``--out`` (each run is resumed); ``--no-run`` only analyses the runs already there.
@@ -100,6 +101,17 @@ def near_copies(archive: Archive) -> tuple[int, int]:
     return near, total
 
 
+def cosine_to_reference(archive: Archive, row: Any, name: str | None) -> float | None:
+    """Cosine between ``row``'s archived gradient fingerprint and that of the reference called ``name`` (None
+    where either has none): how close the winner's training behaviour is to the baseline it is compared with."""
+    mine = _unit((row.metrics.get("checks") or {}).get("fingerprint"))
+    refs = [r for r in archive.rows() if r.proposer == "reference" and r.name == name]
+    theirs = _unit((refs[0].metrics.get("checks") or {}).get("fingerprint")) if refs else None
+    if mine is None or theirs is None or mine.shape != theirs.shape:
+        return None
+    return float(mine @ theirs)
+
+
 def generations_run(archive: Archive) -> int:
     """The last generation the run reached (a run stopped or not yet extended is shorter than asked)."""
     return archive.last_generation()
@@ -150,12 +162,26 @@ def winner(archive: Archive, top_k: int) -> dict[str, Any] | None:
     comp = conf.get("vs_best") or conf["vs_dpo"]
     return {"id": top.id, "name": top.name, "mean": conf.get("mean"), "se": conf.get("se"),
             "baseline": comp.get("baseline"), "delta": comp.get("delta"), "verdict": comp.get("verdict"),
-            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp), "transfer": transfer_words(top)}
+            "p_adjusted": comp.get("p_adjusted"), "text": stats.describe(comp), "transfer": transfer_words(top),
+            "cosine_to_baseline": cosine_to_reference(archive, top, comp.get("baseline"))}
 
 
 def transfer_words(row: Any) -> dict[str, str]:
     """Per held-out variant (``confirm.transfer``): transfers / holds / does not transfer; empty without transfer."""
     return {variant: str(entry.get("transfers")) for variant, entry in (row.metrics.get("transfer") or {}).items()}
+
+
+def finalists(archive: Archive, top_k: int) -> list[dict[str, Any]]:
+    """Every confirmed evolved finalist against the strongest baseline: delta, its Holm MDE, verdict, and behaviour
+    cosine to that baseline (do the finalists differ from it by more than the confirmation can resolve?)."""
+    out = []
+    for row in confirmed_evolved(archive, top_k):
+        comp = row.metrics["confirmation"].get("vs_best") or row.metrics["confirmation"]["vs_dpo"]
+        mde = comp.get("mde_family") if comp.get("mde_family") is not None else comp.get("mde")
+        out.append({"id": row.id, "name": row.name, "delta": comp.get("delta"), "verdict": comp.get("verdict"),
+                    "mde": mde, "baseline": comp.get("baseline"),
+                    "cosine_to_baseline": cosine_to_reference(archive, row, comp.get("baseline"))})
+    return out
 
 
 def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
@@ -184,6 +210,7 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
         top_k = confirm_top_k(run)
         return {"run": str(run), "generations": generations_run(archive),
                 "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
+                "finalists": finalists(archive, top_k),
                 "near_copies": near, "trained_children": total,
                 "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
                 "scored": sum(r.status == "scored" for r in evolved)}
@@ -193,6 +220,15 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _fmt_signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def _fmt_cos(finalist: dict[str, Any]) -> str:
+    value = finalist.get("cosine_to_baseline")
+    return "—" if value is None else f"{value:.4f}"
 
 
 def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> None:
@@ -206,12 +242,18 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             pick = res.get("pick")
             if pick and w and pick["id"] != w["id"]:
                 text += f" (the search's pick: {pick['name']}, {pick['text']})"
+            if w and w.get("cosine_to_baseline") is not None:
+                text += f"; behaviour cosine to {w['baseline']} {w['cosine_to_baseline']:.4f}"
             if w and w.get("transfer"):
                 text += "; held out: " + ", ".join(f"{v} {word}" for v, word in w["transfer"].items())
             reached = res.get("generations", generations)
             short = f" (only {reached} generations)" if reached < generations else ""
             print(f"  {arm:<8} seed {seed}{short}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
                   f"= {share:.0%}; {res['scored']}/{res['candidates']} evolved rows scored")
+            cells = [f"{f['name']} {_fmt_signed(f['delta'])} (MDE {_fmt(f['mde'])}, cos {_fmt_cos(f)})"
+                     for f in res.get("finalists") or []]
+            if cells:
+                print(f"  {'':<8} finalists vs {res['finalists'][0]['baseline']}: " + "; ".join(cells))
     print("\nsummary per arm")
     def complete(arm: str) -> dict[int, dict[str, Any]]:
         """Runs that reached the asked generations: only those are summed up and paired."""
