@@ -167,7 +167,8 @@ def winner(archive: Archive, top_k: int) -> dict[str, Any] | None:
 
 
 def transfer_words(row: Any) -> dict[str, str]:
-    """Per held-out variant (``confirm.transfer``): transfers / holds / does not transfer; empty without transfer."""
+    """Per held-out variant (``confirm.transfer``): transfers / holds / does not transfer / not judged (the
+    baseline's runs failed); empty without transfer."""
     return {variant: str(entry.get("transfers")) for variant, entry in (row.metrics.get("transfer") or {}).items()}
 
 
@@ -265,7 +266,8 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             print(f"  {arm:<8} ({len(results[arm]) - len(runs)} shorter run(s) left out of this summary)")
         beats = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS)
         transfers = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS
-                        and r["winner"].get("transfer") and "does not transfer" not in r["winner"]["transfer"].values())
+                        and r["winner"].get("transfer")
+                        and set(r["winner"]["transfer"].values()) <= {"transfers", "holds"})
         near = sum(r["near_copies"] for r in runs)
         total = sum(r["trained_children"] for r in runs)
         print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs (and holds or transfers "

@@ -19,8 +19,17 @@ from discopop.config.variants import transfer_tasks, variant_names, variant_task
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
+from discopop.fitness.result_store import DEADLINE_MISSED
 from discopop.search.confirmation import fresh_seeds, judge
-from discopop.search.transfer_confirm import FAILS, HOLDS, TRANSFERS, confirm_transfer, split_of, transfer_text
+from discopop.search.transfer_confirm import (
+    FAILS,
+    HOLDS,
+    TRANSFERS,
+    UNJUDGED,
+    confirm_transfer,
+    split_of,
+    transfer_text,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = REPO / "discopop" / "proposals"
@@ -172,6 +181,57 @@ def test_a_variant_within_noise_holds_and_a_failed_run_fails_it(archive: Archive
     assert transfer["same"]["transfers"] == HOLDS and transfer["same"]["vs_best"] is None  # DPO is the strongest
     assert transfer["broken"]["transfers"] == FAILS and transfer["broken"]["vs_dpo"]["verdict"] == stats.FAILED
     assert sum(1 for e in archive.evaluations(cand, split_of("broken")) if not e.ok) == 1  # never retried
+
+
+class MissesDeadlines(VariantExecutor):
+    """A loaded machine: the jobs of the rows in ``stalls`` miss the oracle's deadline ``misses`` times each (the
+    message the oracle's channel gives), then train as ``VariantExecutor`` does."""
+
+    def __init__(self, accuracy: dict[int, float], stalls: set[int], misses: int) -> None:
+        super().__init__("slow", accuracy, [])
+        self.stalls, self.left = stalls, {}
+        self.misses = misses
+
+    def run(self, jobs: list[Job]) -> Iterator[JobResult]:
+        for job in jobs:
+            key = (job.row_id, job.seed)
+            if job.row_id in self.stalls and self.left.setdefault(key, self.misses) > 0:
+                self.left[key] -= 1
+                self.jobs.append(job)
+                yield JobResult(job, False, "train", f"oracle: {DEADLINE_MISSED} (0 of 20 bytes came)")
+            else:
+                yield from super().run([job])
+
+
+@pytest.mark.parametrize("misses", [1, 2])
+def test_a_reference_that_misses_the_oracle_deadline_is_retried_and_never_blamed_on_the_candidate(
+        archive: Archive, misses: int) -> None:
+    """Under load a trusted reference's seed can miss the oracle's deadline: it is run once more; missed twice, it
+    is not archived (the seed stays missing, a resumed run trains it), and the candidate reads "not judged", not
+    "does not transfer". A candidate that misses twice fails its seed, as a stalling loss should."""
+    cand, dpo = scored_row(archive, "cand", 0.95), scored_row(archive, "dpo", 0.80, "reference")
+    executor = MissesDeadlines({cand: 0.6, dpo: 0.6}, stalls={cand, dpo}, misses=misses)
+    confirm_transfer(archive, lambda name, _: executor, [("slow", {})], 0, 3, 1, references=1)
+    runs = {row: archive.evaluations(row, split_of("slow")) for row in (cand, dpo)}
+    assert len([j for j in executor.jobs if j.row_id == dpo]) == 2 * len(SEEDS)  # each seed: a miss and a retry
+    word = archive.get(cand).metrics["transfer"]["slow"]["transfers"]
+    if misses == 1:
+        assert all(e.ok for e in runs[dpo]) and all(e.ok for e in runs[cand]) and word == HOLDS
+    else:
+        assert runs[dpo] == [] and len(runs[cand]) == len(SEEDS) and not any(e.ok for e in runs[cand])
+        assert word == FAILS  # the candidate's own failure decides first
+
+
+def test_a_candidate_is_not_judged_where_only_the_baseline_could_not_finish(archive: Archive) -> None:
+    cand, dpo = scored_row(archive, "cand", 0.95), scored_row(archive, "dpo", 0.80, "reference")
+    executor = MissesDeadlines({cand: 0.6, dpo: 0.6}, stalls={dpo}, misses=2)
+    confirm_transfer(archive, lambda name, _: executor, [("slow", {})], 0, 3, 1, references=1)
+    entry = archive.get(cand).metrics["transfer"]["slow"]
+    assert entry["transfers"] == UNJUDGED and entry["vs_dpo"]["verdict"] == stats.FAILED
+    assert archive.evaluations(dpo, split_of("slow")) == []  # nothing stored: a resumed run trains those seeds
+    executor.stalls = set()
+    confirm_transfer(archive, lambda name, _: executor, [("slow", {})], 0, 3, 1, references=1)
+    assert archive.get(cand).metrics["transfer"]["slow"]["transfers"] == HOLDS
 
 
 class DiagnosticExecutor(Executor):

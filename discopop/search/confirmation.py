@@ -35,7 +35,7 @@ from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import code_hash
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
-from discopop.fitness.result_store import StoredRuns
+from discopop.fitness.result_store import StoredRuns, storable
 from discopop.search.history import run_standings
 from discopop.status import Status
 
@@ -124,12 +124,19 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
     With a ``store``, a reference's run comes from it when an earlier run with the same settings made it
     (the same fresh seed, split and learning rate), and one it lacks is stored when it finishes. ``split``:
     the archive split of the runs (the store is keyed by the run's own task: pass none for another task).
+
+    A failure that says nothing about the loss (``result_store.storable``: a worker that died, an oracle that could
+    not start or missed its deadline on a loaded machine) is run once more. If it fails so again, a candidate's
+    failure is archived as before (a loss that stalls fails its seed), but a reference's is not: its code is
+    trusted, so the failure is the machine's, and archiving it would fail every comparison with that reference for
+    good (a stored failure is never retried). The seed stays missing, the verdicts that need it read "not judged",
+    and a resumed run trains it again.
     """
     def add(result: JobResult) -> None:
         job = result.job
         if result.ok:
             archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, split, result.trained))
-        else:
+        elif storable(result) or by_id[job.row_id].proposer != "reference":
             archive.add_evaluation(Evaluation(job.row_id, job.seed, split, job.learning_rate,
                                               error=f"{result.stage}: {result.error}"))
 
@@ -142,11 +149,19 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
             add(found)
         else:
             todo.append(job)
-    for result in executor.run(todo):
-        row = by_id[result.job.row_id]
-        if store is not None and row.proposer == "reference":
-            store.save(result, code_hash(row.code))
-        add(result)
+    for attempt in range(2):
+        again = []
+        for result in executor.run(todo):
+            row = by_id[result.job.row_id]
+            if store is not None and row.proposer == "reference":
+                store.save(result, code_hash(row.code))
+            if attempt == 0 and not storable(result):
+                again.append(result.job)
+            else:
+                add(result)
+        todo = again
+        if not todo:
+            break
 
 
 def arm_scores(archive: Archive, row: Row, seeds: list[int],
@@ -204,6 +219,8 @@ def pairwise(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None
             failure = failure or (b_info["failed"] and f"{base.name}: {b_info['failed']}")
             comp = stats.compare(cand.name, base.name, a, b, alpha=alpha, failure=failure or None)
             comp.extra.update(baseline_id=base.id, role=key)
+            if b_info["failed"] and not a_info["failed"]:  # nothing is known of the candidate: not judged
+                comp.extra.update(baseline_failed=True)
             comparisons.append((cand, key, base, comp))
     return scored, comparisons
 

@@ -40,8 +40,10 @@ from discopop.search.confirmation import (
 )
 
 PREFIX = "transfer:"
-TRANSFERS, HOLDS, FAILS = "transfers", "holds", "does not transfer"
-WORDS = (TRANSFERS, HOLDS, FAILS)  # beats the variant's strongest baseline / within noise of it / below or failed
+TRANSFERS, HOLDS, FAILS, UNJUDGED = "transfers", "holds", "does not transfer", "not judged"
+# beats the variant's strongest baseline / within noise of it / below it or failed / the baseline failed (the
+# machine's fault where a reference's run could not finish: the candidate is neither credited nor blamed)
+WORDS = (TRANSFERS, HOLDS, FAILS, UNJUDGED)
 
 ExecutorFactory = Callable[[str, dict[str, Any]], Executor]  # (variant name, its plain task settings) -> executor
 # (variant name, its plain task settings) -> the shared result store as keyed for that variant (None: none)
@@ -119,9 +121,12 @@ def judge_transfer(archive: Archive, candidates: list[Row], dpo: Row, contenders
 
 def verdict_word(entry: Mapping[str, Any]) -> str:
     """Whether a candidate transfers to a variant: its comparison with that variant's strongest baseline (DPO
-    where DPO is the strongest) beats it, is within noise of it, or is below it (or failed)."""
+    where DPO is the strongest) beats it, is within noise of it, or is below it (or the candidate failed); not
+    judged where only the baseline failed."""
     comp = entry.get("vs_best") or entry.get("vs_dpo") or {}
     verdict = comp.get("verdict")
+    if comp.get("baseline_failed"):
+        return UNJUDGED
     if verdict == stats.BEATS:
         return TRANSFERS
     if verdict == stats.WITHIN:
