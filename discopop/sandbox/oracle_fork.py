@@ -44,7 +44,7 @@ from typing import Any
 from discopop.sandbox.boundary import remove_tree, sandbox_env
 from discopop.sandbox.limits import Limits
 from discopop.sandbox.oracle_template import CONTROL_VAR, GO, MESSAGE_LIMIT, MODULE_VAR
-from discopop.sandbox.parent import SandboxedProcess, _OutputTail, make_cgroups
+from discopop.sandbox.parent import OutputTail, SandboxedProcess, make_cgroups
 
 TEMPLATE_MODULE = "discopop.sandbox.oracle_template"
 REQUEST_TIMEOUT = 30.0  # a fork or a reap answered later than this: the template is taken for broken
@@ -265,7 +265,7 @@ class ForkedOracleProcess(SandboxedProcess):
         for group in set(self._cgroups) - set(joined):
             group.remove()
         self._cgroups = joined
-        self._output = _OutputTail(out_r, limits.output_mb * 1024 * 1024, self._kill_group)
+        self._output = OutputTail(out_r, limits.output_mb * 1024 * 1024, self._kill_group)
         try:
             os.write(gate_w, GO)
         except OSError:

@@ -178,9 +178,11 @@ class OracleSupply:
                 return
             self._standby.append(oracle)
 
-    def take(self) -> OracleProcess:
-        """A ready oracle (the oldest standby); the standbys are topped up before returning."""
-        self.prespawn()
+    def take(self, refill: bool = True) -> OracleProcess:
+        """A ready oracle (the oldest standby); the standbys are topped up before returning (``refill``: a
+        one-shot caller, ``discopop check``, asks for none)."""
+        if refill:
+            self.prespawn()
         oracle = self._standby.popleft() if self._standby else self._new(block=True)
         assert oracle is not None  # _new(block=True) always gives one
         try:
@@ -199,7 +201,8 @@ class OracleSupply:
         except BaseException:
             oracle.close()
             raise
-        self.prespawn()
+        if refill:
+            self.prespawn()
         return oracle
 
     def close(self) -> None:

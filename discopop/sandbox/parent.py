@@ -108,6 +108,9 @@ class _OutputTail:
         self._thread.join(timeout)
 
 
+OutputTail = _OutputTail  # the output cap's reader, shared with a forked oracle's (oracle_fork)
+
+
 # ---- which layers a child should have ------------------------------------------------------------
 
 # Child-side layers every sandboxed worker or oracle puts on itself (lockdown.py, guard.py, worker.py).
