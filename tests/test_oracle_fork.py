@@ -67,7 +67,7 @@ def answers(oracle: OracleProcess) -> bytes:
     link.load(LOSS)
     torch.manual_seed(0)
     inputs = tuple(-torch.rand(8, dtype=torch.float32) for _ in range(4))
-    out, _, _ = link.forward(inputs, 0.1)
+    _, out, _ = link.forward(inputs, 0.1)
     return out.detach().numpy().tobytes()
 
 
@@ -78,9 +78,12 @@ def test_a_forked_oracle_answers_bit_for_bit_as_a_spawned_one(forks: OracleSuppl
     try:
         assert forked.forked and not plain.forked
         assert answers(forked) == answers(plain)  # rand_like: the RNG re-seeded at LOAD in both
-        # The same child-side layers on the same thread count as a spawned oracle (seccomp, no-new-privs, caps).
-        assert status_fields(forked.proc.proc.pid) == status_fields(plain.proc.proc.pid)
-        assert status_fields(forked.proc.proc.pid)["Threads"] == "1"
+        # The same child-side layers as a spawned oracle (seccomp, no-new-privs, capabilities). Threads may differ:
+        # a spawned oracle has numpy's OpenBLAS pool thread (started at import), a forked one has none.
+        mine, theirs = status_fields(forked.proc.proc.pid), status_fields(plain.proc.proc.pid)
+        assert mine.pop("Threads") == "1"
+        theirs.pop("Threads")
+        assert mine == theirs and mine["Seccomp"] == "2" and mine["NoNewPrivs"] == "1"
     finally:
         forked.close()
         plain.close()
@@ -148,18 +151,29 @@ def test_kills_and_exit_reasons_read_as_for_a_spawned_oracle(forks: OracleSupply
     assert "SIGKILL" in reasons["fork"][0] and "status 0" in reasons["fork"][1]
 
 
-def test_the_output_cap_is_per_child(forks: OracleSupply) -> None:
-    """A child writing more than its cap is killed; the template and another child are not."""
-    capped = OracleSupply(Limits(output_mb=1), start="fork", standby=1)
+FLOOD = '''
+import torch
+import torch.nn.functional as F
+
+def flood(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    torch.sys.stdout.write("x" * 3000000)
+    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
+'''
+
+
+def test_the_output_cap_is_per_child() -> None:
+    """A child writing more than its cap is killed; the template and another child are not (the static check is
+    fooled, as in the hostile corpus, so the write runs)."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    capped = OracleSupply(Limits(output_mb=1), module="hostile_deep_oracle", env={"PYTHONPATH": tests_dir},
+                          start="fork", standby=1)
     try:
         flood, bystander = capped.take(), capped.take(refill=False)
+        assert flood.forked and bystander.forked
         link = OracleLink(flood.sock, call_timeout=60.0)
-        link.load("import torch\nprint('x' * (3 * 1024 * 1024))\n"
-                  "def f(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-                  "reference_rejected_logps, beta):\n    return policy_chosen_logps - policy_rejected_logps\n")
-    except Exception:  # noqa: BLE001 - the flood's channel breaks when it is killed
-        pass
-    try:
+        link.load(FLOOD)
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the channel breaks as the flood is killed
+            link.forward(tuple(-torch.rand(4) for _ in range(4)), 0.1)
         assert wait_gone(flood.proc.proc.pid, 30)
         assert flood.close().startswith("output limit")
         assert bystander.proc.alive() and capped._template.alive()
@@ -224,7 +238,8 @@ def test_the_setting_reaches_the_worker_and_is_checked() -> None:
     assert worker_spec(cfg).oracle_start == "fork"
     default, _ = compose_settings(["task=diagnostic"])
     assert default.executor.oracle_start == "spawn" and worker_spec(default).oracle_start == "spawn"
+    bad, _ = compose_settings(["task=diagnostic", "executor.oracle_start=forks"])
     with pytest.raises(Exception, match="executor.oracle_start"):
-        compose_settings(["task=diagnostic", "executor.oracle_start=forks"])
+        bad.executor.check()
     with pytest.raises(ValueError, match="oracle start"):
         OracleSupply(Limits(), start="forks")
