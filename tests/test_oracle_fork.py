@@ -243,3 +243,20 @@ def test_the_setting_reaches_the_worker_and_is_checked() -> None:
         bad.executor.check()
     with pytest.raises(ValueError, match="oracle start"):
         OracleSupply(Limits(), start="forks")
+
+
+def test_a_child_that_cannot_get_its_own_cgroups_is_not_used(monkeypatch) -> None:
+    """Where the template has cgroups, a child left in them would share their caps with its siblings: refused."""
+    supply = OracleSupply(Limits(), start="fork", standby=1)
+    try:
+        supply.prespawn()
+        supply._ready_template(block=True)
+        if not any(layer.startswith("cgroup-") for layer in supply._template.proc.layers):
+            pytest.skip("this machine gives no cgroups: children and template have none alike")
+        monkeypatch.setattr(oracle_fork, "make_cgroups", lambda limits: [])
+        with pytest.warns(RuntimeWarning, match="could not get its own cgroup"):
+            oracle = supply.take(refill=False)
+        assert not oracle.forked and answers(oracle)
+        oracle.close()
+    finally:
+        supply.close()

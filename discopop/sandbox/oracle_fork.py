@@ -265,6 +265,18 @@ class ForkedOracleProcess(SandboxedProcess):
         for group in set(self._cgroups) - set(joined):
             group.remove()
         self._cgroups = joined
+        # A child left in the template's cgroups would share their caps with its siblings (one candidate's memory
+        # could get another's oracle OOM-killed): where the template has a cgroup layer, each child must have its own.
+        lacking = {layer for layer in template.proc.layers if layer.startswith("cgroup-")} - set(self._layer_names())
+        if lacking:
+            os.close(gate_w)  # EOF on the gate: the child exits without running anything
+            os.close(out_r)
+            self.proc.kill_tree()
+            self.proc.wait(timeout=10)
+            self.proc.close()
+            self._remove_cgroups()
+            remove_tree(self.workdir)
+            raise TemplateFailed(f"a forked oracle could not get its own {', '.join(sorted(lacking))}")
         self._output = OutputTail(out_r, limits.output_mb * 1024 * 1024, self._kill_group)
         try:
             os.write(gate_w, GO)
@@ -273,7 +285,10 @@ class ForkedOracleProcess(SandboxedProcess):
         finally:
             os.close(gate_w)
         inherited = [layer for layer in template.proc.layers if not layer.startswith("cgroup-")]
-        self.layers = inherited + [f"cgroup-{g.controller}" for g in self._cgroups]
+        self.layers = inherited + self._layer_names()
+
+    def _layer_names(self) -> list[str]:
+        return [f"cgroup-{g.controller}" for g in self._cgroups]
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         raise NotImplementedError("a forked oracle talks over its socket only")
