@@ -34,7 +34,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",
         "test_fused_backward.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
         "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
-        "test_normalise.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
+        "test_normalise.py", "test_oracle_fork.py", "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py",
         "test_trained_behaviour.py", "test_v2_behaviour.py", "test_worker_init.py",
     ),
     "e2e": (
@@ -49,6 +49,20 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_trl_parity_more.py", "test_trl_peft.py",
     ),
 }
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--oracle-start", choices=("spawn", "fork"), default=os.environ.get("DISCOPOP_TEST_ORACLE_START"),
+                     help="How the loss oracles this session's tests start (sandbox.oracle_supply's default; the "
+                          "hostile corpora are run with fork too: tests/test_oracle_fork.py).")
+
+
+def pytest_configure(config) -> None:
+    start = config.getoption("--oracle-start")
+    if start:
+        from discopop.sandbox import oracle_supply
+
+        oracle_supply.DEFAULT_ORACLE_START = start
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:

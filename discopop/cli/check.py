@@ -9,11 +9,12 @@ from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import LossRejected, decode_source, normalise_loss, signature_inputs, static_check
 from discopop.execution.messages import CheckReply, FailureReply, MessageError, Reply, parse_reply
 from discopop.report.trl_options import match_trl
-from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout, oracle_supply
 from discopop.sandbox.oracle_supply import (
     ORACLE_MODULE,
     OracleProcess,
     OracleStartFailed,
+    OracleSupply,
     explain_oracle_death,
     worker_control,
 )
@@ -51,19 +52,29 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
                     env: dict[str, str] | None = None, module: str = "discopop.execution.worker",
-                    oracle_module: str = ORACLE_MODULE, beta: float | None = None) -> dict[str, Any]:
+                    oracle_module: str = ORACLE_MODULE, beta: float | None = None,
+                    oracle_start: str | None = None) -> dict[str, Any]:
     """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
 
     ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled).
+    ``oracle_start`` "fork": the oracle is forked from a template of its own (``oracle_fork``; no faster for one
+    check, there so that the hostile corpora run through that path too); None: ``oracle_supply``'s default.
     """
     limits = limits or Limits()
     control, theirs, control_env = worker_control()
-    oracle = OracleProcess(limits, oracle_module, env)
+    forking = (oracle_start or oracle_supply.DEFAULT_ORACLE_START) == "fork"
+    supply = OracleSupply(limits, oracle_module, env, standby=1, start="fork") if forking else None
+    oracle = None if supply else OracleProcess(limits, oracle_module, env)
     reply: Reply | None = None
     try:
+        if supply:
+            supply.prespawn()  # the template imports torch while the worker starts
         proc = SandboxedProcess(module, limits, env={**(env or {}), **control_env}, pass_fds=(theirs.fileno(),))
     except BaseException:
-        oracle.close()
+        if oracle:
+            oracle.close()
+        if supply:
+            supply.close()
         control.close()
         raise
     finally:
@@ -72,6 +83,7 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
         started = parse_reply("init", proc.request({"op": "init", "task": None, "training": None}, timeout=120))
         if isinstance(started, FailureReply):
             return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.error}"}
+        oracle = oracle or supply.take(refill=False)
         oracle.wait_ready(120)
         tag = oracle.hand_to(control)
         reply = parse_reply("check", proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta},
@@ -85,9 +97,12 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     except SandboxDied as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     finally:
-        died = oracle.close(grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
+        died = None if oracle is None else oracle.close(
+            grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
         proc.close()
         control.close()
+        if supply:
+            supply.close()
     if isinstance(reply, FailureReply):
         stage, error = explain_oracle_death(reply.stage, reply.error, died)
         return {"valid": False, "layer": stage, "reason": error}

@@ -120,9 +120,17 @@ class ExecutorSettings:
                                          "the batch mean's backward needs (one round trip per step); the backward "
                                          "checks the trainer's gradient is that one, else asks again. false: two "
                                          "round trips per step. Results are bit for bit the same either way.")
+    oracle_start: str = setting("spawn", "How loss oracles start: spawn (a fresh interpreter each, importing torch: "
+                                         "~2 CPU-s) or fork (from one sandboxed template per worker that imported "
+                                         "torch once; each child still puts every child-side layer on itself, in "
+                                         "its own session, work dir, output pipe and cgroups). fork falls back to "
+                                         "spawn, with a one-line warning, if the template fails. Opt-in: children "
+                                         "share the template's address-space layout and hash seed.")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)
+        require(self.oracle_start in ("spawn", "fork"),
+                f"executor.oracle_start must be spawn or fork, got {self.oracle_start!r}")
         require(isinstance(self.fused_backward, bool),
                 f"executor.fused_backward must be true or false, got {self.fused_backward!r}")
         require(isinstance(self.kept_oracles, int) and self.kept_oracles >= 0,

@@ -150,6 +150,8 @@ class WorkerSpec:
     kept_oracles: int = 2
     # One oracle round trip per training step (``remote_loss.RemoteLoss``'s ``fused``); False: two, as before.
     fused_backward: bool = True
+    # How oracles start (``executor.oracle_start``): "spawn" or "fork" (``oracle_fork``); None: the module default.
+    oracle_start: str | None = None
 
     def placed(self, device: str, visible_devices: str | None) -> WorkerSpec:
         """This spec on ``device`` (resolved: "cpu" or "cuda"), which also goes into its training settings, so
@@ -198,7 +200,8 @@ class WarmWorker:
         self.proc: SandboxedProcess | None = None
         self.control: socket.socket | None = None  # hands each job's oracle to the worker
         # Oracles always get the base limits: CPU-only (no GPU visible), every layer including rlimit-as.
-        self.oracles = OracleSupply(replace(spec.limits, uses_cuda=False), spec.oracle_module)
+        self.oracles = OracleSupply(replace(spec.limits, uses_cuda=False), spec.oracle_module,
+                                    start=spec.oracle_start)
         self.kept = KeptOracles(spec.kept_oracles)  # one oracle per candidate, not per job
         self.busy_key: str | None = None  # the code key of the job running now (the executor's scheduling hint)
         self.starts = 0

@@ -237,17 +237,23 @@ def serve(sock: socket.socket, oracle: Oracle) -> None:
 
 
 def main() -> None:
+    start(os.environ["DISCOPOP_SANDBOX_DIR"], os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1",
+          int(os.environ["DISCOPOP_ORACLE_FD"]))
+
+
+def start(workdir: str, network: bool, sock_fd: int) -> None:
+    """Everything an oracle does from lock-down on: a spawned oracle (``main``) and one forked from the template
+    (``oracle_template``) both run exactly this, on their own single thread."""
     from discopop.sandbox import lock_down, seal  # lazy: the oracle imports torch and the checks only once locked down
 
-    workdir = os.environ["DISCOPOP_SANDBOX_DIR"]
     # A candidate that interrupts itself (``_thread.interrupt_main``, SIGINT) gets that as its own error however the
     # run was started: a run launched with ``&`` from a shell without job control starts every child with SIGINT
     # ignored, and then the interrupt silently does nothing (the hostile corpus saw a different verdict). Workers start
     # in a session of their own, so a Ctrl-C at the terminal does not reach the oracle either way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # First thing, while this process has a single thread (see lock_down).
-    lock_down(workdir, network=os.environ.get("DISCOPOP_SANDBOX_NETWORK") == "1")
-    sock = socket.socket(fileno=int(os.environ["DISCOPOP_ORACLE_FD"]))
+    lock_down(workdir, network=network)
+    sock = socket.socket(fileno=sock_fd)
     oracle = Oracle()
     seal(workdir)  # seccomp + the runtime guard, before any candidate code
     serve(sock, oracle)

@@ -24,13 +24,19 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from collections import deque
 
 from discopop.sandbox import Limits, SandboxedProcess
 from discopop.sandbox import oracle_wire as wire
+from discopop.sandbox.oracle_fork import ForkedOracleProcess, OracleTemplate, TemplateFailed
 
 ORACLE_MODULE = "discopop.sandbox.oracle"
 CONTROL_FD_VAR = "DISCOPOP_ORACLE_CONTROL_FD"
+ORACLE_STARTS = ("spawn", "fork")  # ``executor.oracle_start``: a fresh interpreter, or a fork of the template
+# What ``WorkerSpec`` and ``check_in_worker`` use when not told: the run's setting reaches them through
+# ``loop.worker_spec``; tests flip this (``--oracle-start``, conftest) to run the hostile corpora both ways.
+DEFAULT_ORACLE_START = "spawn"
 
 
 class OracleStartFailed(RuntimeError):
@@ -40,11 +46,18 @@ class OracleStartFailed(RuntimeError):
 class OracleProcess:
     """One sandboxed oracle plus the end of its socket that will go to the worker."""
 
-    def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None):
+    def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None,
+                 template: OracleTemplate | None = None):
+        """``template``: fork it from that (``oracle_fork``; raises :class:`TemplateFailed`), else spawn it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.forked = template is not None
         try:
-            fd_env = {"DISCOPOP_ORACLE_FD": str(theirs.fileno())}
-            self.proc = SandboxedProcess(module, limits, env={**(env or {}), **fd_env}, pass_fds=(theirs.fileno(),))
+            if template is not None:
+                self.proc: SandboxedProcess = ForkedOracleProcess(template, env, theirs.fileno())
+            else:
+                fd_env = {"DISCOPOP_ORACLE_FD": str(theirs.fileno())}
+                self.proc = SandboxedProcess(module, limits, env={**(env or {}), **fd_env},
+                                             pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
@@ -97,38 +110,107 @@ class OracleProcess:
 
 
 class OracleSupply:
-    """Fresh oracles on demand, ``standby`` of them spawned in advance so their start-up overlaps the jobs.
+    """Fresh oracles on demand, ``standby`` of them started in advance so their start-up overlaps the jobs.
 
     One standby is not enough: a candidate's numeric checks take a fraction of a second, less than an
     oracle's start (importing torch), so the fine-tune right after them would wait for the next one.
+
+    ``start="fork"``: oracles are forked from one template per supply (``oracle_fork``), started at the first
+    ``prespawn``; standbys are forked once it is ready. If the template cannot start, answer or fork, or a forked
+    oracle fails to start, the supply says why in one line (a ``RuntimeWarning``; ``fallback`` keeps it) and
+    spawns oracles from then on: a broken template never stops a run.
     """
 
     def __init__(self, limits: Limits, module: str = ORACLE_MODULE, env: dict[str, str] | None = None,
-                 start_timeout: float = 120.0, standby: int = 2):
+                 start_timeout: float = 120.0, standby: int = 2, start: str | None = None):
+        start = start or DEFAULT_ORACLE_START
+        if start not in ORACLE_STARTS:
+            raise ValueError(f"oracle start must be one of {', '.join(ORACLE_STARTS)}, got {start!r}")
         self.limits, self.module, self.env = limits, module, env
         self.start_timeout = start_timeout
         self.standby = max(1, standby)
+        self.start = start
+        self.fallback: str | None = None  # why a fork supply spawns now (None: it forks, or it was told to spawn)
+        self._template: OracleTemplate | None = None
         self._standby: deque[OracleProcess] = deque()
+
+    def _ready_template(self, block: bool) -> OracleTemplate | None:
+        """The template to fork from (started on first use), or None: spawn, or (not ``block``) not ready yet."""
+        if self.start != "fork" or self.fallback:
+            return None
+        try:
+            if self._template is None:
+                self._template = OracleTemplate(self.limits, self.module, self.env)
+            if self._template.wait_ready(self.start_timeout if block else 0.0):
+                return self._template
+        except (TemplateFailed, OSError) as err:
+            self._fall_back(str(err))
+        return None
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback = reason.replace("\n", " ")[:300]
+        warnings.warn(f"{self.fallback}; loss oracles are spawned from now on", RuntimeWarning, stacklevel=3)
+        forked = [o for o in self._standby if o.forked]
+        self._standby = deque(o for o in self._standby if not o.forked)
+        for oracle in forked:
+            oracle.close()
+        if self._template is not None:
+            self._template.close()
+            self._template = None
+
+    def _new(self, block: bool) -> OracleProcess | None:
+        """A new oracle: forked while the template works, spawned otherwise; None if the template is still starting
+        and ``block`` is False (the standbys are forked once it is ready)."""
+        template = self._ready_template(block)
+        if template is not None:
+            try:
+                return OracleProcess(self.limits, self.module, self.env, template=template)
+            except TemplateFailed as err:
+                self._fall_back(str(err))
+        elif self.start == "fork" and not self.fallback:
+            return None
+        return OracleProcess(self.limits, self.module, self.env)
 
     def prespawn(self) -> None:
         while len(self._standby) < self.standby:
-            self._standby.append(OracleProcess(self.limits, self.module, self.env))
+            oracle = self._new(block=False)
+            if oracle is None:
+                return
+            self._standby.append(oracle)
 
-    def take(self) -> OracleProcess:
-        """A ready oracle (the oldest standby); the standbys are topped up before returning."""
-        self.prespawn()
-        oracle = self._standby.popleft()
+    def take(self, refill: bool = True) -> OracleProcess:
+        """A ready oracle (the oldest standby); the standbys are topped up before returning (``refill``: a
+        one-shot caller, ``discopop check``, asks for none)."""
+        if refill:
+            self.prespawn()
+        oracle = self._standby.popleft() if self._standby else self._new(block=True)
+        assert oracle is not None  # _new(block=True) always gives one
         try:
             oracle.wait_ready(self.start_timeout)
+        except OracleStartFailed as err:
+            oracle.close()
+            if not oracle.forked:
+                raise
+            self._fall_back(f"a forked loss oracle failed to start ({err})")
+            oracle = OracleProcess(self.limits, self.module, self.env)
+            try:
+                oracle.wait_ready(self.start_timeout)
+            except BaseException:
+                oracle.close()
+                raise
         except BaseException:
             oracle.close()
             raise
-        self.prespawn()
+        if refill:
+            self.prespawn()
         return oracle
 
     def close(self) -> None:
         while self._standby:
             self._standby.popleft().close()
+        if self._template is not None:
+            self._template.close()
+            self._template = None
 
 
 def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:

@@ -108,6 +108,9 @@ class _OutputTail:
         self._thread.join(timeout)
 
 
+OutputTail = _OutputTail  # the output cap's reader, shared with a forked oracle's (oracle_fork)
+
+
 # ---- which layers a child should have ------------------------------------------------------------
 
 # Child-side layers every sandboxed worker or oracle puts on itself (lockdown.py, guard.py, worker.py).
@@ -180,6 +183,22 @@ def _apply_limits(limits: Limits, cgroup_procs: tuple[str, ...]) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
+def make_cgroups(limits: Limits) -> list[Cgroup]:
+    """The private pids and memory cgroups one child gets (those this machine lets us create)."""
+    groups: list[Cgroup] = []
+    if limits.max_processes:
+        group = Cgroup.create("pids", {"pids.max": limits.max_processes})
+        if group:
+            groups.append(group)
+    if limits.memory_mb:
+        size = limits.memory_mb * 1024 * 1024
+        group = Cgroup.create("memory", {"memory.limit_in_bytes": size})
+        group = group or Cgroup.create("memory", {"memory.max": size})
+        if group:
+            groups.append(group)
+    return groups
+
+
 class SandboxedProcess:
     """A Python child (``python -m MODULE``) talking length-prefixed JSON over two private pipes.
 
@@ -193,17 +212,7 @@ class SandboxedProcess:
         self.limits = limits
         self.workdir = Path(tempfile.mkdtemp(prefix="discopop-sandbox-"))
         self._busy = False
-        self._cgroups: list[Cgroup] = []
-        if limits.max_processes:
-            group = Cgroup.create("pids", {"pids.max": limits.max_processes})
-            if group:
-                self._cgroups.append(group)
-        if limits.memory_mb:
-            size = limits.memory_mb * 1024 * 1024
-            group = Cgroup.create("memory", {"memory.limit_in_bytes": size})
-            group = group or Cgroup.create("memory", {"memory.max": size})
-            if group:
-                self._cgroups.append(group)
+        self._cgroups: list[Cgroup] = make_cgroups(limits)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         out_r, out_w = os.pipe()

@@ -92,7 +92,7 @@ def worker_spec(cfg: RunSettings) -> WorkerSpec:
         limits=Limits(memory_mb=executor.memory_mb, file_size_mb=executor.file_mb),
         check_timeout=training.check_timeout, train_timeout=training.train_timeout,
         oracle_timeout=training.oracle_timeout, kept_oracles=executor.kept_oracles,
-        fused_backward=executor.fused_backward,
+        fused_backward=executor.fused_backward, oracle_start=executor.oracle_start,
     )
 
 
