@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tests by kind, one marker each (``pytest -m unit -n 0`` answers in about a minute on 2 quiet cores; serially: two
+# Tests by kind, one marker each (``pytest -m unit`` answers in about a minute on 2 quiet cores; serially: two xdist
 # workers import every unit file twice, 28% more CPU under load, docs/results.md):
 # unit: pure functions, settings, statistics, parsing, in-process checks of trusted code;
 # sandbox: starts sandboxed workers or loss oracles (seccomp, Landlock, cgroups, the hostile corpora);
@@ -93,8 +93,8 @@ def startup_margin(seconds: float) -> float:
     return seconds * (2 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 1)
 
 
-# The session fixtures worth keeping in one pytest-xdist worker: ``pytest -n auto`` (the default, with
-# ``--dist loadgroup``: pyproject.toml) gives every worker its own session, so two workers would each run them.
+# The session fixtures worth keeping in one pytest-xdist worker: ``pytest -n auto --dist loadgroup`` (an option for
+# more cores; serial is the default, pyproject.toml) gives every worker its own session, so two would each run them.
 SHARED_GROUPS = {"discovered": "discovered"}
 
 
