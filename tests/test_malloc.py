@@ -47,5 +47,6 @@ def test_freed_memory_is_reused_and_results_are_bit_identical() -> None:
     off, on = _probe("off"), _probe("on")
     assert on["tuned"] is True and off["tuned"] is False
     assert on["digest"] == off["digest"]  # where memory comes from changes no result
-    # once the heap has grown, each step's ~1 MB blocks were faulted in again (freed to the OS); tuned, they are reused
-    assert off["faults"] > 1000 and on["faults"] < off["faults"] / 10, (off, on)
+    # once the heap has grown, each step's ~1 MB blocks were faulted in again (freed to the OS); tuned, they are
+    # reused. By how much varies with the machine (60x on the developer's, 4.6x on a fresh CI clone): at least 2x.
+    assert off["faults"] > 1000 and on["faults"] < off["faults"] / 2, (off, on)
