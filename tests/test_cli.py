@@ -185,15 +185,27 @@ def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: P
 
 def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path) -> None:
     """A first run builds the task in this process (transformers warnings, dataset/shard progress bars):
-    by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it."""
+    by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it.
+    The loud run builds a task of its own too (one more pair allowed: another task), in the quiet run's cache,
+    so it takes the SFT model from the SFT stage cache instead of training it again (most of a build's time):
+    what it must show is the libraries' output of a build, whose model and pairs it still writes itself."""
     args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
             "training.lr_grid=[1e-5]"]
-    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], tmp_path / "cache-quiet")
+    cache = tmp_path / "cache"
+    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], cache)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     console = quiet.stdout + quiet.stderr
     for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
         assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
     assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
-    loud = run(["discover", "--verbose", *args, f"hydra.run.dir={tmp_path / 'loud'}"], tmp_path / "cache-loud")
+
+    def tasks() -> set[Path]:
+        return {p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name}
+
+    built = tasks()
+    loud = run(["discover", "--verbose", *args, "task.pairs.max_pairs=65", f"hydra.run.dir={tmp_path / 'loud'}"],
+               cache)
     assert loud.returncode == 0, loud.stderr[-2000:]
-    assert "it/s]" in loud.stdout + loud.stderr  # the same first run, with the libraries' own output
+    [loud_task] = tasks() - built
+    assert json.loads((loud_task / "meta.json").read_text())["sft_reused"] is True  # a build, without the SFT
+    assert "it/s]" in loud.stdout + loud.stderr  # a first run of its task, with the libraries' own output
