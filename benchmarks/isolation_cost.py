@@ -11,7 +11,9 @@ interleaved candidate by candidate so machine load hits both alike:
   training step (``fused=False``), the same ``check_loss`` / ``FineTuner.run``, then the oracle is killed;
 * ``oracle-1call``: the same with one round trip per step (``fused=True``, the default);
 * ``oracle-kept``: one round trip per step and one oracle for both jobs of the candidate (each job starts with a
-  ``LOAD``), as a worker with ``executor.kept_oracles`` > 0 (the default) runs a candidate.
+  ``LOAD``), as a worker with ``executor.kept_oracles`` > 0 (the default) runs a candidate;
+* ``oracle-kept-spawn``: the same with each oracle a fresh interpreter (``executor.oracle_start=spawn``); the other
+  oracle arms fork theirs from a template, the default.
 
 It also checks the arms agree (same check report, same fitness, bit for bit), since the oracle must change
 nothing but where the loss's code runs. Reported: mean seconds per candidate for each arm, their ratio to
@@ -78,7 +80,8 @@ def through_oracle(fine_tuner: FineTuner, code: str, oracles: OracleSupply, fuse
             shared.close()
 
 
-ARMS = {"oracle-2call": {"fused": False}, "oracle-1call": {"fused": True}, "oracle-kept": {"fused": True, "kept": True}}
+ARMS = {"oracle-2call": {"fused": False}, "oracle-1call": {"fused": True}, "oracle-kept": {"fused": True, "kept": True},
+        "oracle-kept-spawn": {"fused": True, "kept": True, "start": "spawn"}}
 
 
 def main() -> None:
@@ -90,16 +93,24 @@ def main() -> None:
     cfg, _ = compose_settings(["wandb.mode=disabled", *args.overrides])
     task = load_task(cfg.task)
     fine_tuner = FineTuner(task, cfg.training, Path(tempfile.mkdtemp()))
-    oracles = OracleSupply(Limits())
+    supplies = {start: OracleSupply(Limits(), start=start) for start in ("fork", "spawn")}
     timeout = float(cfg.training.oracle_timeout)  # per oracle call, as a worker waits
-    oracles.prespawn()
+    for supply in supplies.values():
+        supply.prespawn()
+
+    def oracles(arm: str) -> OracleSupply:
+        return supplies[ARMS[arm].get("start", "fork")]
+
+    def options(arm: str) -> dict:
+        return {key: value for key, value in ARMS[arm].items() if key != "start"}
+
     names = available()
     seconds: dict[str, list[float]] = {"in-process": [], **{arm: [] for arm in args.arms}}
     try:
         warm = reference_candidate(names[0]).code  # untimed: the first run of each arm pays one-off costs
         in_process(fine_tuner, warm)
         for arm in args.arms:
-            through_oracle(fine_tuner, warm, oracles, **ARMS[arm], arm="warm-up", timeout=timeout)
+            through_oracle(fine_tuner, warm, oracles(arm), **options(arm), arm="warm-up", timeout=timeout)
         for i in range(args.n):
             code = reference_candidate(names[i % len(names)]).code
             started = time.perf_counter()
@@ -108,13 +119,14 @@ def main() -> None:
             line, same = [f"in-process {seconds['in-process'][-1]:.2f} s"], True
             for arm in args.arms:
                 started = time.perf_counter()
-                remote = through_oracle(fine_tuner, code, oracles, **ARMS[arm], arm=arm, timeout=timeout)
+                remote = through_oracle(fine_tuner, code, oracles(arm), **options(arm), arm=arm, timeout=timeout)
                 seconds[arm].append(time.perf_counter() - started)
                 same = same and local[0] == remote[0] and local[1] == remote[1]
                 line.append(f"{arm} {seconds[arm][-1]:.2f} s")
             print(f"{names[i % len(names)]:>10}: {', '.join(line)}, same report and fitness: {same}", flush=True)
     finally:
-        oracles.close()
+        for supply in supplies.values():
+            supply.close()
     base = statistics.fmean(seconds["in-process"])
     print(f"per candidate (check + train) over {args.n}: in-process {base:.2f} s")
     for arm in args.arms:

@@ -104,14 +104,18 @@ def main() -> None:
         parser.error("--compare A B or --summarise RUN_A RUN_B")
     root = args.run_dir or Path(tempfile.mkdtemp(prefix="same-archive-"))
     dirs, procs = [root / f"arm{i}" for i in range(2)], []
-    for arm, run_dir in zip(args.compare, dirs, strict=True):
-        started = time.perf_counter()
-        procs.append((run(args.generations, [*args.overrides, arm], run_dir), started, arm))
-        if not args.parallel:
-            procs[-1][0].wait()
-    for proc, started, arm in procs:
-        proc.wait()
+
+    def finish(proc: subprocess.Popen, started: float, arm: str) -> None:
+        proc.wait()  # each arm's wall time ends when it does (one after the other: before the next one starts)
         print(f"{arm}: exit {proc.returncode}, {(time.perf_counter() - started) / 60:.1f} min wall", flush=True)
+
+    for arm, run_dir in zip(args.compare, dirs, strict=True):
+        procs.append((run(args.generations, [*args.overrides, arm], run_dir), time.perf_counter(), arm))
+        if not args.parallel:
+            finish(*procs[-1])
+    if args.parallel:
+        for proc, started, arm in procs:
+            finish(proc, started, arm)
     if any(proc.returncode for proc, _, _ in procs):
         sys.exit(2)
     sys.exit(0 if compare(*dirs) else 1)

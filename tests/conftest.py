@@ -53,8 +53,8 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
 
 def pytest_addoption(parser) -> None:
     parser.addoption("--oracle-start", choices=("spawn", "fork"), default=os.environ.get("DISCOPOP_TEST_ORACLE_START"),
-                     help="How the loss oracles this session's tests start (sandbox.oracle_supply's default; the "
-                          "hostile corpora are run with fork too: tests/test_oracle_fork.py).")
+                     help="How the loss oracles this session's tests start (sandbox.oracle_supply's default, fork; "
+                          "the OS corpus spawns unless this is given).")
 
 
 def pytest_configure(config) -> None:

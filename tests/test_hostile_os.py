@@ -91,7 +91,10 @@ def drain(sock: socket.socket) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, secrets, active_layers) -> dict[str, Outcome]:
+def corpus(tmp_path_factory, secrets, active_layers, request) -> dict[str, Outcome]:
+    # Runs fork loss oracles from a template by default; this corpus keeps the spawned oracle (``oracle_start=spawn``
+    # and the template's fallback) under the OS layers in the default suite. ``--oracle-start`` chooses either.
+    start = request.config.getoption("--oracle-start") or "spawn"
     base = tmp_path_factory.mktemp("hostile-os")
     tests_dir = str(Path(__file__).resolve().parent)
     # Outside /tmp, so the private /tmp does not hide it: only Landlock and seccomp stand in the way.
@@ -120,7 +123,7 @@ def corpus(tmp_path_factory, secrets, active_layers) -> dict[str, Outcome]:
         try:
             verdict = check_in_worker(source, EXPECTED[file].get("timeout", DEFAULT_TIMEOUT),
                                       env={TOKEN_VAR: token, "PYTHONPATH": import_path},
-                                      oracle_module="hostile_bare_oracle")
+                                      oracle_module="hostile_bare_oracle", oracle_start=start)
             seconds = time.perf_counter() - started
             received = [data for sock in sockets for data in drain(sock)]
         finally:

@@ -1,7 +1,8 @@
 """Oracles forked from the template (``executor.oracle_start=fork``, ``sandbox/oracle_fork.py``): each child is
 its own process (session, work dir, descriptors, output pipe, cgroups), answers exactly as a spawned oracle does,
 is killed and reaped through a pidfd with the exit reasons a spawned one gets, and a broken template falls back to
-spawning with one line. The hostile corpora run with the template on via ``pytest --oracle-start=fork``."""
+spawning with one line. Forking is the default (``executor.oracle_start``); ``pytest --oracle-start=spawn|fork`` runs
+the hostile corpora either way (the OS corpus spawns unless told)."""
 
 from __future__ import annotations
 
@@ -234,10 +235,10 @@ def test_the_template_and_its_children_die_with_their_parent(tmp_path: Path) -> 
 
 
 def test_the_setting_reaches_the_worker_and_is_checked() -> None:
-    cfg, _ = compose_settings(["task=diagnostic", "executor.oracle_start=fork"])
-    assert worker_spec(cfg).oracle_start == "fork"
+    cfg, _ = compose_settings(["task=diagnostic", "executor.oracle_start=spawn"])
+    assert worker_spec(cfg).oracle_start == "spawn"
     default, _ = compose_settings(["task=diagnostic"])
-    assert default.executor.oracle_start == "spawn" and worker_spec(default).oracle_start == "spawn"
+    assert default.executor.oracle_start == "fork" and worker_spec(default).oracle_start == "fork"
     bad, _ = compose_settings(["task=diagnostic", "executor.oracle_start=forks"])
     with pytest.raises(Exception, match="executor.oracle_start"):
         bad.executor.check()

@@ -27,7 +27,15 @@ from discopop.config import RunSettings
 from discopop.config.compose import compose
 from discopop.execution.executors import Job, JobResult
 from discopop.execution.messages import TrainReply
-from discopop.fitness.result_store import ResultCache, RunKey, StoredRuns, settings_key, shared_path, storable
+from discopop.fitness.result_store import (
+    ResultCache,
+    RunKey,
+    StoredRuns,
+    archives_failure,
+    settings_key,
+    shared_path,
+    storable,
+)
 from discopop.proposers import reference
 from discopop.report.display import Display
 from discopop.sandbox import oracle_wire
@@ -311,3 +319,11 @@ def test_a_missed_oracle_deadline_is_not_stored_but_a_loss_failure_is() -> None:
     assert not storable(JobResult(job, False, "oracle", f"oracle: {missed.value}"))
     assert storable(JobResult(job, False, "train", "NaN loss"))  # the loss's own failure is kept
     assert storable(JobResult(job, True, "train", None))
+
+
+def test_a_machine_failure_is_archived_for_a_candidate_but_never_for_a_reference() -> None:
+    job = Job(1, "code", "train", 0, learning_rate=1e-5)
+    died = JobResult(job, False, "train", "worker died: killed by signal 9", machinery=True)
+    own = JobResult(job, False, "train", "NaN loss")
+    assert archives_failure(died, trusted_code=False) and not archives_failure(died, trusted_code=True)
+    assert archives_failure(own, trusted_code=True) and archives_failure(own, trusted_code=False)

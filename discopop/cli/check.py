@@ -42,7 +42,8 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
         normalised = normalise_loss(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    verdict = check_in_worker(source, timeout, limits, env, beta=beta)
+    # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it.
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn")
     if verdict["valid"]:
         verdict["function"] = info.function_name
     if normalised != source:

@@ -120,12 +120,13 @@ class ExecutorSettings:
                                          "the batch mean's backward needs (one round trip per step); the backward "
                                          "checks the trainer's gradient is that one, else asks again. false: two "
                                          "round trips per step. Results are bit for bit the same either way.")
-    oracle_start: str = setting("spawn", "How loss oracles start: spawn (a fresh interpreter each, importing torch: "
-                                         "~2 CPU-s) or fork (from one sandboxed template per worker that imported "
-                                         "torch once; each child still puts every child-side layer on itself, in "
-                                         "its own session, work dir, output pipe and cgroups). fork falls back to "
-                                         "spawn, with a one-line warning, if the template fails. Opt-in: children "
-                                         "share the template's address-space layout and hash seed.")
+    oracle_start: str = setting("fork", "How loss oracles start: fork (from one sandboxed template per worker that "
+                                        "imported torch once; each child still puts every child-side layer on "
+                                        "itself, in its own session, work dir, output pipe and cgroups) or spawn (a "
+                                        "fresh interpreter each, importing torch: ~2 CPU-s). fork falls back to "
+                                        "spawn, with a one-line warning, if the template fails. Results are the same "
+                                        "either way; spawn gives each oracle its own address-space layout and hash "
+                                        "seed (forked children share the template's).")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)

@@ -141,6 +141,18 @@ def storable(result: JobResult) -> bool:
     return not result.machinery and DEADLINE_MISSED not in (result.error or "")
 
 
+# How many more times a run is tried when the machine, not the loss, failed it (``storable`` is False).
+MACHINE_RETRIES = 1
+
+
+def archives_failure(result: JobResult, trusted_code: bool) -> bool:
+    """Whether a failed run, after its ``MACHINE_RETRIES``, is archived as the loss's failure: always when the loss
+    failed; when the machine did, only for untrusted code (a candidate that stalls fails its seed), never for a
+    reference, whose code is trusted: archiving the machine's failure would fail every comparison with that
+    reference for good (a stored failure is never retried), so its seed stays missing and is tried again."""
+    return storable(result) or not trusted_code
+
+
 class ResultCache:
     """Fine-tune results, one SQLite row each, written as soon as each finishes."""
 

@@ -34,9 +34,10 @@ from discopop.sandbox.oracle_fork import ForkedOracleProcess, OracleTemplate, Te
 ORACLE_MODULE = "discopop.sandbox.oracle"
 CONTROL_FD_VAR = "DISCOPOP_ORACLE_CONTROL_FD"
 ORACLE_STARTS = ("spawn", "fork")  # ``executor.oracle_start``: a fresh interpreter, or a fork of the template
-# What ``WorkerSpec`` and ``check_in_worker`` use when not told: the run's setting reaches them through
-# ``loop.worker_spec``; tests flip this (``--oracle-start``, conftest) to run the hostile corpora both ways.
-DEFAULT_ORACLE_START = "spawn"
+# What ``WorkerSpec`` and ``check_in_worker`` use when not told (the run's setting, ``executor.oracle_start``, reaches
+# them through ``loop.worker_spec``): "fork", as the setting's default. Tests flip it (``--oracle-start``, conftest)
+# to run the hostile corpora both ways; the OS corpus spawns unless told (``tests/test_hostile_os.py``).
+DEFAULT_ORACLE_START = "fork"
 
 
 class OracleStartFailed(RuntimeError):

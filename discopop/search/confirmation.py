@@ -35,7 +35,7 @@ from discopop.archive import Archive, Evaluation, Row
 from discopop.contract.losses import code_hash
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
-from discopop.fitness.result_store import StoredRuns, storable
+from discopop.fitness.result_store import MACHINE_RETRIES, StoredRuns, archives_failure, storable
 from discopop.search.history import run_standings
 from discopop.status import Status
 
@@ -126,17 +126,15 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
     the archive split of the runs (the store is keyed by the run's own task: pass none for another task).
 
     A failure that says nothing about the loss (``result_store.storable``: a worker that died, an oracle that could
-    not start or missed its deadline on a loaded machine) is run once more. If it fails so again, a candidate's
-    failure is archived as before (a loss that stalls fails its seed), but a reference's is not: its code is
-    trusted, so the failure is the machine's, and archiving it would fail every comparison with that reference for
-    good (a stored failure is never retried). The seed stays missing, the verdicts that need it read "not judged",
-    and a resumed run trains it again.
+    not start or missed its deadline on a loaded machine) is run ``MACHINE_RETRIES`` more times; what is archived
+    after that is ``result_store.archives_failure``'s rule (a reference's machine failure is not: its seed stays
+    missing, the verdicts that need it read "not judged", and a resumed run trains it again).
     """
     def add(result: JobResult) -> None:
         job = result.job
         if result.ok:
             archive.add_evaluation(Evaluation.from_reply(job.row_id, job.seed, split, result.trained))
-        elif storable(result) or by_id[job.row_id].proposer != "reference":
+        elif archives_failure(result, trusted_code=by_id[job.row_id].proposer == "reference"):
             archive.add_evaluation(Evaluation(job.row_id, job.seed, split, job.learning_rate,
                                               error=f"{result.stage}: {result.error}"))
 
@@ -149,13 +147,13 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
             add(found)
         else:
             todo.append(job)
-    for attempt in range(2):
+    for attempt in range(1 + MACHINE_RETRIES):
         again = []
         for result in executor.run(todo):
             row = by_id[result.job.row_id]
             if store is not None and row.proposer == "reference":
                 store.save(result, code_hash(row.code))
-            if attempt == 0 and not storable(result):
+            if attempt < MACHINE_RETRIES and not storable(result):
                 again.append(result.job)
             else:
                 add(result)
