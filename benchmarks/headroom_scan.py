@@ -94,18 +94,13 @@ def references(s: DiagnosticSetting, losses: list[str], fresh: list[int],
 
 
 def scan(spec: str, losses: list[str], seeds: int, extra_confirm: int, designed: dict[str, str] | None = None) -> dict:
-    """One setting's row (see the module docstring); ``designed`` losses are compared, never the best reference."""
+    """One setting's row (see the module docstring); ``designed`` losses are compared, never the best reference.
+    With no ``losses``: the ceilings and the pipeline only (no fine-tune: a cheap first pass over many settings)."""
     started = time.perf_counter()
     s = parse_setting(spec, extra_confirm)
     w, confirm = world(s), split_contexts(s, "confirm")
     fresh = [FRESH + i for i in range(seeds)]
-    names = losses + (["rdpo", "cdpo"] if flip_rate(s) > 0 else [])
-    arms, rates = references(s, names, fresh, designed)
-    own = {n: arms.pop(n) for n in (designed or {}) if n in arms}
-    cal = calibrate(arms, family=FAMILY)
-    best = cal.strongest
     pipe, chosen = pipeline(s, fresh)
-    comp = pair_mde("pipeline", best, pipe, arms[best].fitness, FAMILY)
     in_class, l2 = fit_chosen(s, w.train_reward, L2S)
     row = {
         "setting": spec, "seeds": seeds, "confirming_contexts": confirm.stop - confirm.start,
@@ -113,29 +108,41 @@ def scan(spec: str, losses: list[str], seeds: int, extra_confirm: int, designed:
         "reference_policy": float((w.eval_ref[confirm].exp() * w.eval_reward[confirm]).sum(dim=1).mean()),
         "unconstrained": float(unconstrained(w.eval_ref[confirm], w.eval_reward[confirm], s.kl_coef).mean()),
         "in_class_true": in_class, "in_class_l2": l2,
+        "pipeline": float(pipe.mean()), "pipeline_sd_over_seeds": float(pipe.mean(axis=1).std(ddof=1)),
+        "pipeline_choice": chosen,
+    }
+    print(f"\n{spec}: kl_coef {s.kl_coef}, flip rate {row['flip_rate']:.3f}, {seeds} fresh seeds, "
+          f"{row['confirming_contexts']} confirming contexts")
+    print(f"  reference policy {row['reference_policy']:.4f}; in-class true reward {in_class:.4f} (L2 {l2:g}); "
+          f"unconstrained {row['unconstrained']:.4f}")
+    print(f"  pairs pipeline {row['pipeline']:.4f} (lam {chosen['lam']:g}, c {chosen['scale']:.3g}"
+          f"{', grid edge' if chosen['edge'] else ''}; SD over seeds {row['pipeline_sd_over_seeds']:.4f})", flush=True)
+    names = losses + (["rdpo"] if losses and flip_rate(s) > 0 else [])
+    if not names:
+        row["seconds"] = time.perf_counter() - started
+        return row
+    arms, rates = references(s, names, fresh, designed)
+    own = {n: arms.pop(n) for n in (designed or {}) if n in arms}
+    cal = calibrate(arms, family=FAMILY)
+    best = cal.strongest
+    comp = pair_mde("pipeline", best, pipe, arms[best].fitness, FAMILY)
+    row.update({
         "means": cal.means, "rates": rates, "best_reference": best, "best_score": cal.means[best],
         "dpo": cal.means.get("dpo"), "spread": cal.spread, "mde_vs_strongest": cal.mde_vs_strongest,
         "spread_in_mde": cal.spread / cal.mde_vs_strongest,
-        "pipeline": float(pipe.mean()), "pipeline_sd_over_seeds": float(pipe.mean(axis=1).std(ddof=1)),
-        "pipeline_choice": chosen, "pipeline_delta": comp.delta, "pipeline_mde": comp.mde_family,
+        "pipeline_delta": comp.delta, "pipeline_mde": comp.mde_family,
         "pipeline_ratio": comp.delta / comp.mde_family, "ratio_tier_mde": comp.delta / cal.mde_vs_strongest,
         "seconds": time.perf_counter() - started,
-    }
+    })
     for name, arm in own.items():
         c = pair_mde(name, best, arm.fitness, arms[best].fitness, FAMILY)
         row.setdefault("designed", {})[name] = {"rate": rates[name], "mean": float(arm.fitness.mean()),
                                                 "delta": c.delta, "mde": c.mde_family}
-    print(f"\n{spec}: kl_coef {s.kl_coef}, flip rate {row['flip_rate']:.3f}, {seeds} fresh seeds, "
-          f"{row['confirming_contexts']} confirming contexts ({row['seconds']:.0f} s)")
     for name in sorted(cal.means, key=lambda n: -cal.means[n]):
         print(f"  {name:10s} lr {rates[name]:<6g} {cal.means[name]:.4f}")
-    print(f"  reference policy {row['reference_policy']:.4f}; in-class true reward {in_class:.4f} (L2 {l2:g}); "
-          f"unconstrained {row['unconstrained']:.4f}")
-    print(f"  pairs pipeline {row['pipeline']:.4f} (lam {chosen['lam']:g}, c {chosen['scale']:.3g}"
-          f"{', grid edge' if chosen['edge'] else ''}; SD over seeds {row['pipeline_sd_over_seeds']:.4f})")
     print(f"  pipeline - {best} {comp.delta:+.4f}, MDE {comp.mde_family:.4f}: {row['pipeline_ratio']:+.2f} x MDE; "
           f"tier MDE vs strongest {cal.mde_vs_strongest:.4f} ({row['ratio_tier_mde']:+.2f} x); spread "
-          f"{cal.spread:.4f} = {row['spread_in_mde']:.1f} x MDE", flush=True)
+          f"{cal.spread:.4f} = {row['spread_in_mde']:.1f} x MDE ({row['seconds']:.0f} s)", flush=True)
     for name, d in row.get("designed", {}).items():
         print(f"  designed {name} lr {d['rate']:g}: {d['mean']:.4f}, - {best} {d['delta']:+.4f} (MDE {d['mde']:.4f})",
               flush=True)
@@ -143,16 +150,19 @@ def scan(spec: str, losses: list[str], seeds: int, extra_confirm: int, designed:
 
 
 def table(rows: list[dict]) -> str:
-    """The scan as a plain-text table."""
-    head = ("setting", "best ref", "score", "DPO", "spread/MDE", "pipeline", "(lam, c)", "in-class true",
+    """The scan as a plain-text table (pipeline-only rows leave the reference columns empty)."""
+    head = ("setting", "best ref (rate)", "score", "DPO", "spread/MDE", "pipeline", "(lam, c)", "in-class true",
             "MDE pipe-best", "(pipe-best)/MDE", "tier MDE")
     lines = [" | ".join(head)]
     for r in rows:
+        refs = "best_reference" in r
         lines.append(" | ".join([
-            r["setting"], f"{r['best_reference']} ({r['rates'][r['best_reference']]:g})", f"{r['best_score']:.4f}",
-            f"{r['dpo']:.4f}" if r["dpo"] is not None else "-", f"{r['spread_in_mde']:.1f}", f"{r['pipeline']:.4f}",
+            r["setting"], f"{r['best_reference']} ({r['rates'][r['best_reference']]:g})" if refs else "-",
+            f"{r['best_score']:.4f}" if refs else "-", f"{r['dpo']:.4f}" if r.get("dpo") is not None else "-",
+            f"{r['spread_in_mde']:.1f}" if refs else "-", f"{r['pipeline']:.4f}",
             f"({r['pipeline_choice']['lam']:g}, {r['pipeline_choice']['scale']:.3g})", f"{r['in_class_true']:.4f}",
-            f"{r['pipeline_mde']:.4f}", f"{r['pipeline_ratio']:+.2f}", f"{r['mde_vs_strongest']:.4f}"]))
+            f"{r['pipeline_mde']:.4f}" if refs else "-", f"{r['pipeline_ratio']:+.2f}" if refs else "-",
+            f"{r['mde_vs_strongest']:.4f}" if refs else "-"]))
     return "\n".join(lines) + "\n"
 
 
