@@ -169,7 +169,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default="narrow_support", help="comma-separated preset+FIELD=VALUE specs")
-    parser.add_argument("--losses", default=LOSSES, help="references (rDPO and cDPO are added where labels flip)")
+    parser.add_argument("--losses", default=LOSSES,
+                        help="references (rDPO at the true flip rate is added where labels flip; empty: no fine-tune)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--extra-confirm-contexts", type=int, default=3840, help="the tier's default")
     parser.add_argument("--designed", action="append", default=[],
