@@ -22,7 +22,7 @@ SCORES = ("probability", "greedy")  # task.score of an embedded task (discopop.f
 # The diagnostic presets (``tasks.diagnostic.PRESETS``; declared here too so config stays a leaf, a test
 # checks the two agree).
 DIAGNOSTIC_PRESETS = ("clean", "label_noise", "ties", "mixed_quality", "deterministic", "shifted_support",
-                      "narrow_support")
+                      "narrow_support", "rich_deterministic")
 DIAGNOSTIC_KL_COEF = 0.05  # tasks.diagnostic.KL_COEF (the rule is there; a test checks the two agree)
 
 
