@@ -186,6 +186,23 @@ def test_contract_v2_references_resolve_by_name() -> None:
     assert "chosen_lengths" in losses[1].code and "GAMMA = " in losses[1].code
 
 
+def test_constants_add_each_references_declared_constants_moved_both_ways() -> None:
+    """``--constants``: SimPO's GAMMA and AlphaPO's ALPHA and GAMMA each one step (x3) down and up, as references of
+    their own right after their default; DPO and hinge declare none and stay alone; without it, nothing is added."""
+    plain_names = [s.name for s in resolve_losses(["simpo", "hinge", "alphapo"])]
+    assert plain_names == ["dpo", "simpo", "hinge", "alphapo"]
+    losses = resolve_losses(["simpo", "hinge", "alphapo"], constants=True)
+    names = [s.name for s in losses]
+    assert names[:4] == ["dpo", "simpo", "simpo_gamma_0_1667", "simpo_gamma_1_5"]
+    assert names[4] == "hinge" and names[5] == "alphapo" and len(names) == 10
+    assert all(s.reference for s in losses)
+    assert len({s.hash for s in losses}) == len(losses)  # each variant is other code
+    default = re.search(r"^GAMMA = (.+)$", losses[1].code, re.M).group(1)
+    assert float(default) == 0.5
+    assert re.search(r"^GAMMA = 1\.5 ", losses[3].code, re.M)
+    assert all(n.startswith("alphapo_alpha_") or n.startswith("alphapo_gamma_") for n in names[6:])
+
+
 @pytest.mark.parametrize("args, expected", [
     (["no_such_loss"], "neither a loss file nor a reference"),
     (["dpo", "--betas", "0.1,-1"], "--betas must be"),
@@ -327,3 +344,21 @@ def test_a_runs_candidate_keeps_its_beta_and_rate_unless_overridden(tmp_path: Pa
     assert "--betas overrides its run's" in out and "--tune-lr overrides its run's" in out
     row_jobs = [j for j in recorder.jobs if j[3] == spec.code]
     assert all(j[0] == 0.25 and j[1] is None for j in row_jobs) and {j[2] for j in row_jobs} >= {1e-5, 4e-5}
+
+
+def test_the_constants_flag_trains_each_variant_on_the_grid_and_reports_it(tmp_path: Path, monkeypatch) -> None:
+    """``discopop evaluate simpo --constants``: SimPO at GAMMA 0.5, 0.1667 and 1.5, each tuned on the whole grid and
+    confirmed, each a row of the CSV; the command line written to the report keeps the flag."""
+    import discopop.cli.evaluate as evaluate_cli
+
+    recorder = _Recorder()
+    monkeypatch.setattr(evaluate_cli, "executor_factory", lambda out: recorder)
+    args = ["evaluate", "simpo", "--constants", "--tasks", "addition", "--betas", "0.5", "--seeds", "2", "--quiet",
+            "training.lr_grid=[1e-5,4e-5]", "-o", str(tmp_path / "c")]
+    assert main(args) == 0
+    rows = {r["loss"]: r for r in csv.DictReader(open(tmp_path / "c" / "results.csv"))}
+    assert set(rows) == {"dpo", "simpo", "simpo_gamma_0_1667", "simpo_gamma_1_5"}
+    assert all(rows[n]["origin"] == "reference" for n in rows)
+    codes = {j[3] for j in recorder.jobs}
+    assert len(codes) == 4 and len(recorder.jobs) == 4 * (2 + 2)  # 2 grid points + 2 fresh seeds each
+    assert "--constants" in (tmp_path / "c" / "report.html").read_text()

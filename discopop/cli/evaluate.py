@@ -85,7 +85,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not tasks:
         raise EvaluateError("--tasks names no task")
     cfgs = task_configs(tasks, overrides)
-    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0)
+    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0,
+                            constants=getattr(args, "constants", False))
     losses, betas, settings = run_settings(losses, args, betas, cfgs[0].training.beta)
     out = Path(args.output)
     try:
@@ -168,6 +169,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--betas", shlex.quote(args.betas)]
     if getattr(args, "tune_lr", False):
         parts.append("--tune-lr")
+    if getattr(args, "constants", False):
+        parts.append("--constants")
     parts += ["--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
     return " ".join(parts)
 

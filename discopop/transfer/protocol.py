@@ -53,7 +53,7 @@ from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
-from discopop.proposers.reference import reference_candidate
+from discopop.proposers.reference import reference_candidate, reference_variants
 from discopop.report.run import beta_of, learning_rate_of, run_beta
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
 from discopop.search.confirmation import fresh_seeds, top_candidates
@@ -99,11 +99,13 @@ class LossSpec:
 
 
 def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int = 0,
-                   always: tuple[str, ...] = (BASELINE,)) -> list[LossSpec]:
+                   always: tuple[str, ...] = (BASELINE,), constants: bool = False) -> list[LossSpec]:
     """Reference names, loss files and a run's top ``top_k`` scored candidates, each static-checked here.
 
     ``always`` names references added when missing (DPO: every verdict is relative to it). Names are made
-    unique; the same code given twice is evaluated once.
+    unique; the same code given twice is evaluated once. ``constants``: each named reference also at each of its
+    declared constants moved one step down and up (``reference_variants``, e.g. ``simpo_gamma_0_1667``), as
+    references of their own: the equal tuning budget discover gives baselines with ``baseline_constants``.
     """
     specs: list[LossSpec] = []
     for item in items:
@@ -111,6 +113,8 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
         if item in known():  # the contract-v2 references (proposals/v2/) too: named here, as in ``baselines``
             cand = reference_candidate(item)
             specs.append(LossSpec(item, cand.code, "reference", reference=True))
+            if constants:
+                specs += [LossSpec(v.name, v.code, "reference", reference=True) for v in reference_variants(item)]
         elif path.is_file():
             try:
                 code, _ = read_source(path)
