@@ -43,11 +43,16 @@ import yaml
 
 from discopop.archive import ARCHIVE_NAME, Archive
 from discopop.fitness import stats
+from discopop.fitness.result_store import DEADLINE_MISSED
 from discopop.search.confirmation import top_candidates
 from discopop.search.history import run_standings
 
 NEAR = 0.999
 TRAINED = ("scored", "train_failed", "eval_failed")
+# What the machine's load, not the loss, makes fail (the archive keeps only the error text; first match wins): an
+# oracle that could not start, a missed oracle deadline, a job past its time limit (a loss that stalls reads the
+# same, so that count is an upper bound). A dead worker's text does not say whose fault it was: not counted.
+MACHINE = {"oracle start": "failed to start", "oracle deadline": DEADLINE_MISSED, "time limit": "timed out after"}
 DISCOVER = "import sys; from discopop.cli.main import discover; sys.exit(discover())"
 
 
@@ -99,6 +104,31 @@ def near_copies(archive: Archive) -> tuple[int, int]:
         total += 1
         near += max(float(prints[r.id] @ p) for p in parents if p.shape == prints[r.id].shape) > NEAR
     return near, total
+
+
+def machine_failure(error: str | None) -> str | None:
+    """The kind of machine failure an archived error names (``MACHINE``), None for any other error or none."""
+    for kind, mark in MACHINE.items():
+        if error and mark in error:
+            return kind
+    return None
+
+
+def machine_failures(archive: Archive) -> dict[str, Any]:
+    """Evolved rows lost to the machine (never scored: a failed check or search fine-tune) and fine-tunes that
+    failed so, per split and kind. An arm run under heavier load loses more of its candidates this way, which
+    biases a comparison of arms; the summary prints both arms' counts side by side."""
+    rows: dict[str, int] = {}
+    for row in archive.rows_not_by_proposer("reference"):
+        kind = machine_failure(row.error) if row.status != "scored" else None
+        if kind:
+            rows[kind] = rows.get(kind, 0) + 1
+    runs: dict[str, int] = {}
+    for ev in archive.evaluations():
+        kind = machine_failure(ev.error)
+        if kind:
+            runs[f"{ev.split} {kind}"] = runs.get(f"{ev.split} {kind}", 0) + 1
+    return {"rows": rows, "rows_total": sum(rows.values()), "fine_tunes": runs}
 
 
 def cosine_to_reference(archive: Archive, row: Any, name: str | None) -> float | None:
@@ -212,7 +242,7 @@ def analyse(run: Path, generations: int) -> dict[str, Any]:
         return {"run": str(run), "generations": generations_run(archive),
                 "winner": winner(archive, top_k), "pick": search_pick(archive, top_k),
                 "finalists": finalists(archive, top_k),
-                "near_copies": near, "trained_children": total,
+                "near_copies": near, "trained_children": total, "machine_failures": machine_failures(archive),
                 "best_so_far": curve, "strongest_reference": strongest, "candidates": len(evolved),
                 "scored": sum(r.status == "scored" for r in evolved)}
     finally:
@@ -230,6 +260,12 @@ def _fmt_signed(value: float | None) -> str:
 def _fmt_cos(finalist: dict[str, Any]) -> str:
     value = finalist.get("cosine_to_baseline")
     return "—" if value is None else f"{value:.4f}"
+
+
+def _fmt_failures(lost: dict[str, Any]) -> str:
+    rows = ", ".join(f"{n} {kind}" for kind, n in sorted(lost["rows"].items())) or "none"
+    runs = ", ".join(f"{n} {kind}" for kind, n in sorted(lost["fine_tunes"].items())) or "none"
+    return f"evolved rows {lost['rows_total']} ({rows}); failed fine-tunes: {runs}"
 
 
 def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> None:
@@ -251,6 +287,9 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
             short = f" (only {reached} generations)" if reached < generations else ""
             print(f"  {arm:<8} seed {seed}{short}: {text}; near-copies {res['near_copies']}/{res['trained_children']} "
                   f"= {share:.0%}; {res['scored']}/{res['candidates']} evolved rows scored")
+            lost = res.get("machine_failures")
+            if lost:
+                print(f"  {'':<8} lost to the machine: {_fmt_failures(lost)}")
             cells = [f"{f['name']} {_fmt_signed(f['delta'])} (MDE {_fmt(f['mde'])}, cos {_fmt_cos(f)})"
                      for f in res.get("finalists") or []]
             if cells:
@@ -273,6 +312,10 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs (and holds or transfers "
               f"on every held-out variant in {transfers}); near-copies of the parent {near}/{total} = "
               f"{near / max(total, 1):.0%}")
+        lost = [r["machine_failures"]["rows_total"] for r in runs if r.get("machine_failures")]
+        if lost:
+            print(f"  {'':<8} evolved rows lost to the machine (oracle deadline, start, time limit): {sum(lost)} "
+                  f"({', '.join(map(str, lost))} per run) of {sum(r['candidates'] for r in runs)}")
         pooled = stats.pooled_over_runs([r["pick"]["delta"] for r in runs if r.get("pick")])
         if pooled:
             print(f"  {'':<8} the search's pick (top LCB) vs the strongest baseline, pooled over runs: {pooled.text()}")
