@@ -18,8 +18,15 @@ from discopop.config import TrainingSettings
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Set in this process by any earlier test that ran ``report.quiet`` in process: a command started here must decide
+# for itself whether libraries draw progress bars (``--verbose``), as it does when a user starts it.
+QUIET_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
+                  "TRANSFORMERS_NO_ADVISORY_WARNINGS")
+
+
 def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(env_cache), "WANDB_MODE": "disabled"}
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_SWITCHES}
+    env |= {"DISCOPOP_CACHE_DIR": str(env_cache), "WANDB_MODE": "disabled"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
