@@ -17,7 +17,13 @@ from discopop.config.compose import compose_settings
 from discopop.fitness import stats
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
-from discopop.search.confirmation import best_references, judge, missing_jobs, strongest_on_fresh_seeds
+from discopop.search.confirmation import (
+    best_references,
+    judge,
+    missing_jobs,
+    strongest_on_fresh_seeds,
+    top_candidates,
+)
 
 archive = helper_confirm.archive  # the shared fixture, asked for by name
 DPO_FILE = Path(__file__).resolve().parent.parent / "discopop" / "proposals" / "dpo.py"
@@ -188,3 +194,35 @@ def test_dpo_competes_for_the_strongest_baseline_when_the_contenders_trail_it(ar
     confirm(archive, _NothingToRun(), 0, len(SEEDS), top_k=1, references=2)
     conf = archive.get(cand).metrics["confirmation"]
     assert conf["vs_best"] is None and conf["vs_dpo"]["baseline"] == "dpo" and conf["vs_dpo"]["delta"] < 0
+
+
+def _search_runs(arch: Archive, row: int, per_seed: dict[int, np.ndarray], lr: float = 4e-5) -> None:
+    """The row's search fine-tunes at its chosen rate: the given per-prompt fitness per seed."""
+    for seed, scores in per_seed.items():
+        arch.add_evaluation(Evaluation(row, seed, "search", lr, fitness=float(scores.mean()),
+                                       reward=float(scores.mean()), kl=0.0, per_prompt=scores.tolist(),
+                                       per_prompt_kl=[0.0] * scores.size))
+
+
+def test_finalists_are_one_per_trained_outcome_not_one_loss_written_three_ways(archive: Archive) -> None:
+    rng = np.random.default_rng(3)
+    hard = {seed: rng.random(PROMPTS) for seed in (0, 500)}  # prompt difficulty dominates every row's scores
+    best, twin, other, third = (scored_row(archive, n, f, lr=4e-5) for n, f in
+                                (("best", 0.90), ("twin", 0.89), ("other", 0.88), ("third", 0.87)))
+    _search_runs(archive, best, hard)
+    _search_runs(archive, twin, {s: v + rng.normal(0, 1e-3, PROMPTS) for s, v in hard.items()})  # r ~ 0.99999
+    _search_runs(archive, other, {s: v + rng.normal(0, 1e-2, PROMPTS) for s, v in hard.items()})  # r ~ 0.999
+    _search_runs(archive, third, {s: v + rng.normal(0, 3e-2, PROMPTS) for s, v in hard.items()})
+    assert [r.id for r in top_candidates(archive, 2)] == [best, other]
+    assert [r.id for r in top_candidates(archive, 3)] == [best, other, third]
+
+
+def test_rows_without_comparable_search_runs_are_never_passed_over(archive: Archive) -> None:
+    rng = np.random.default_rng(4)
+    scores = rng.random(PROMPTS)
+    best, other_seed, other_rate, bare = (scored_row(archive, n, f, lr=4e-5) for n, f in
+                                          (("best", 0.9), ("other_seed", 0.89), ("other_rate", 0.88), ("bare", 0.87)))
+    _search_runs(archive, best, {0: scores})
+    _search_runs(archive, other_seed, {500: scores})  # the same numbers, but no seed in common
+    _search_runs(archive, other_rate, {0: scores}, lr=2e-5)  # a run at a rate the row did not choose
+    assert [r.id for r in top_candidates(archive, 4)] == [best, other_seed, other_rate, bare]

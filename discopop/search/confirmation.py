@@ -82,9 +82,47 @@ def baseline_pool(contenders: list[Row], dpo: Row) -> list[Row]:
     return list({r.id: r for r in [*contenders, dpo]}.values())
 
 
+# Two rows whose search fine-tunes scored every prompt alike (correlation of the per-prompt fitness over their
+# common search seeds at or above 1 - SAME_OUTCOME_TOL) trained the same policy, whatever their code says. On the
+# README's default run (docs/results.md, fifth stop) the three finalists were one loss written three ways:
+# 1 - r ~ 1e-5 between them, against >= 5.5e-4 from every other candidate and 5e-3 from IPO; 1e-4 sits between.
+SAME_OUTCOME_TOL = 1e-4
+
+
+def _search_outcome(archive: Archive, row: Row) -> dict[int, np.ndarray]:
+    """The row's per-prompt search fitness per seed at its chosen learning rate (seeds run once at it only)."""
+    rate = learning_rate(row)
+    runs: dict[int, list[Evaluation]] = {}
+    for ev in archive.evaluations(row.id, split="search"):
+        if ev.ok and rate is not None and ev.learning_rate is not None and math.isclose(ev.learning_rate, rate):
+            runs.setdefault(ev.seed, []).append(ev)
+    return {seed: np.asarray(evs[0].per_prompt_fitness(), dtype=np.float64)
+            for seed, evs in runs.items() if len(evs) == 1 and evs[0].per_prompt}
+
+
+def same_outcome(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
+    """Whether two rows' search fine-tunes scored the prompts alike on every seed both ran (``SAME_OUTCOME_TOL``)."""
+    seeds = sorted(s for s in a.keys() & b.keys() if a[s].shape == b[s].shape)
+    if not seeds:
+        return False
+    x, y = np.concatenate([a[s] for s in seeds]), np.concatenate([b[s] for s in seeds])
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or x.std() == 0 or y.std() == 0:
+        return bool(x.size and np.array_equal(x, y))
+    return float(np.corrcoef(x, y)[0, 1]) >= 1.0 - SAME_OUTCOME_TOL
+
+
 def top_candidates(archive: Archive, k: int) -> list[Row]:
-    """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds)."""
-    return _by_selection(archive, archive.rows_not_by_proposer("reference", status=Status.SCORED))[:k]
+    """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds), one per
+    trained outcome: a row whose search fine-tunes match a better pick's (``same_outcome``) is passed over, so the
+    confirmation's finalist slots and its Holm tests go to different policies, not to one loss written k ways."""
+    picked: list[tuple[Row, dict[int, np.ndarray]]] = []
+    for row in _by_selection(archive, archive.rows_not_by_proposer("reference", status=Status.SCORED)):
+        if len(picked) >= k:
+            break
+        outcome = _search_outcome(archive, row)
+        if not any(same_outcome(outcome, other) for _, other in picked):
+            picked.append((row, outcome))
+    return [row for row, _ in picked]
 
 
 def learning_rate(row: Row) -> float | None:
