@@ -13,11 +13,12 @@ kl_coef * KL(pi || pi_ref):
    ceiling there). The KL of a near-deterministic policy is finite, so the unpenalised fit drives ``W`` to
    infinity and overfits the training contexts: it is L2-penalised, the penalty chosen (``--l2``) on the search
    contexts, as a run chooses a loss's rate there;
-3. ``from the pairs`` (per fresh seed, the seeds a confirmation uses): a Bradley-Terry reward model linear in the
-   features (``r_hat = f(x) @ M``, fitted by logistic regression on that seed's pairs at the labels' temperature),
-   then the in-class policy that maximises ``E[r_hat] - kl_coef * KL`` on the training contexts: a two-step
-   pipeline that sees only the preference data (and the search contexts, which choose its L2 penalty as they
-   choose a loss's rate), i.e. one thing a loss could reach from the same pairs.
+3. ``from the pairs`` (per fresh seed, the seeds a confirmation uses): ``fitness.pairs_ceiling``, a Bradley-Terry
+   model linear in the features fitted to that seed's pairs, made its exact in-class policy ``W = c * M / beta``,
+   the penalty and ``c`` chosen on the tuning seeds' search contexts as a run chooses a loss's rate: one thing a
+   loss could reach from the same pairs (it never reads the label temperature or the true reward). The fit lives
+   in one place so that this figure and ``headroom_scan.py``'s are the same pipeline (an earlier copy here scaled
+   the reward model by the label temperature and penalised ``W``, and under-estimated what the pairs carry).
 
 Then every reference in ``--losses`` at each rate of ``--lrs`` on the same fresh seeds (in process, trusted
 references only, as ``preset_gaps.py`` runs them), with its best rate chosen with hindsight.
@@ -35,13 +36,16 @@ import numpy as np
 import torch
 
 from discopop.contract.losses import load_loss
-from discopop.fitness.diagnostic_tune import fine_tune
+from discopop.fitness import pairs_ceiling
+from discopop.fitness.diagnostic_tune import fine_tune, tuning_seeds
+from discopop.fitness.pairs_ceiling import PipelineChoice
 from discopop.proposers.reference import reference_candidate
-from discopop.tasks.diagnostic import DTYPE, exact_scores, flip_rate, pairs, setting, split_contexts, world
+from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, flip_rate, setting, split_contexts, world
 
 FRESH = 1000  # the first fresh seed, as a confirmation's
 LRS = (0.01, 0.02, 0.03, 0.06, 0.1)
 L2S = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+TUNE = 3  # the tier's training.tune_seeds
 
 
 def _value(text: str) -> float | int:
@@ -72,26 +76,11 @@ def fit_policy(features: torch.Tensor, ref: torch.Tensor, reward: torch.Tensor, 
     return weights.detach()
 
 
-def reward_model(s, seed: int, l2: float = 1e-3) -> torch.Tensor:
-    """A Bradley-Terry reward linear in the features, ``M`` [features, actions], fitted on ``seed``'s pairs at the
-    labels' temperature (``P(chosen > rejected) = sigmoid((r_hat_c - r_hat_r) / T)``), lightly L2-regularised."""
-    w, data = world(s), pairs(s, seed)
-    feats = w.train_features[data.context]
-    temp = s.label_temperature if s.label_temperature > 0 else 1.0
-    m = torch.zeros(s.features, s.actions, dtype=DTYPE, requires_grad=True)
-    opt = torch.optim.LBFGS([m], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        r_hat = feats @ m
-        margin = (r_hat.gather(1, data.chosen[:, None]) - r_hat.gather(1, data.rejected[:, None])).squeeze(1) / temp
-        loss = torch.nn.functional.softplus(-margin).mean() + l2 * (m ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return m.detach()
+def pairs_pipeline(s: DiagnosticSetting, seeds: list[int], tune: int = TUNE) -> tuple[np.ndarray, PipelineChoice]:
+    """Seeds x confirming contexts of ``fitness.pairs_ceiling``'s pipeline, its ``(penalty, scale)`` chosen on
+    ``tune`` tuning seeds (2000, ...: those a run chooses a loss's rate on), and that choice."""
+    choice = pairs_ceiling.choose(s, tuning_seeds(0, tune))
+    return pairs_ceiling.confirm_scores(s, choice, seeds), choice
 
 
 def split_fitness(s, weights: torch.Tensor, split: str = "confirm") -> float:
@@ -134,17 +123,17 @@ def main() -> None:
     rows[f"in-class, true reward, fitted on the training contexts (L2 {l2:g})"] = oracle
     rows["in-class, true reward, fitted on the confirming contexts themselves (no penalty)"] = split_fitness(
         s, fit_policy(w.eval_features[part], w.eval_ref[part], w.eval_reward[part], s.kl_coef, 0.0))
-    temp = s.label_temperature if s.label_temperature > 0 else 1.0
-    chosen = [fit_chosen(s, w.train_features @ reward_model(s, seed) * temp, l2s) for seed in seeds]
-    pipeline = [fit for fit, _ in chosen]
-    rows[f"from the pairs: BT reward model + in-class policy (mean of {len(seeds)} seeds)"] = float(np.mean(pipeline))
+    pipe, choice = pairs_pipeline(s, seeds)
+    pipeline = [float(v) for v in pipe.mean(axis=1)]
+    pairs_label = f"from the pairs: Bradley-Terry fit, its in-class policy (pairs_ceiling, mean of {len(seeds)} seeds)"
+    rows[pairs_label] = float(np.mean(pipeline))
     print(f"{s.name} (task_seed {s.task_seed}, support {s.support}, {s.pairs_per_context} pairs per context), "
           f"kl_coef {s.kl_coef}, {part.stop - part.start} confirming contexts, fresh seeds {seeds[0]}-{seeds[-1]}")
     for label, value in rows.items():
         print(f"  {value:.4f}  {label}")
-    if len(pipeline) > 1:
-        print(f"  (pairs pipeline per seed: SD {np.std(pipeline, ddof=1):.4f}; L2 chosen "
-              f"{sorted({l2 for _, l2 in chosen})})")
+    print(f"  (pairs pipeline: penalty {choice.penalty:g}, scale {choice.scale:.3g}"
+          f"{' at the grid edge' if choice.at_edge else ''}, chosen on {TUNE} tuning seeds"
+          + (f"; SD over seeds {np.std(pipeline, ddof=1):.4f})" if len(pipeline) > 1 else ")"))
     curves: dict[str, dict[str, float]] = {}
     for loss in (n for n in args.losses.split(",") if n):
         fn = load_loss(reference_candidate(loss, flip_rate(s)).code)
@@ -158,7 +147,9 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"setting": s.name, "task_seed": s.task_seed, "ceilings": rows,
-                                               "pipeline_per_seed": pipeline, "losses": curves}, indent=1))
+                                               "pipeline_per_seed": pipeline,
+                                               "pipeline_choice": {"penalty": choice.penalty, "scale": choice.scale},
+                                               "losses": curves}, indent=1))
 
 
 if __name__ == "__main__":

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's ceilings
-from diagnostic_headroom import fit_chosen, unconstrained  # noqa: E402
+from diagnostic_headroom import fit_chosen, pairs_pipeline, unconstrained  # noqa: E402
 
 from discopop.contract.losses import load_loss  # noqa: E402
-from discopop.fitness import pairs_ceiling  # noqa: E402
 from discopop.fitness.calibration import ArmScores, calibrate, pair_mde  # noqa: E402
 from discopop.fitness.diagnostic_tune import fine_tune, tuning_seeds  # noqa: E402
 from discopop.proposers.reference import reference_candidate  # noqa: E402
@@ -66,9 +65,8 @@ def parse_setting(spec: str, extra_confirm: int) -> DiagnosticSetting:
 
 def pipeline(s: DiagnosticSetting, fresh: list[int]) -> tuple[np.ndarray, dict]:
     """Fresh seeds x confirming contexts of the pairs pipeline, ``(penalty, scale)`` chosen on the tuning seeds."""
-    choice = pairs_ceiling.choose(s, tuning_seeds(0, TUNE))
-    return pairs_ceiling.confirm_scores(s, choice, fresh), {"lam": choice.penalty, "scale": choice.scale,
-                                                              "edge": choice.at_edge}
+    scores, choice = pairs_pipeline(s, fresh, TUNE)
+    return scores, {"lam": choice.penalty, "scale": choice.scale, "edge": choice.at_edge}
 
 
 def references(s: DiagnosticSetting, losses: list[str], fresh: list[int],

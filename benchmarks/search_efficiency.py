@@ -1,7 +1,8 @@
 """Does the search find losses the baselines do not have? Independent runs of the default protocol, two arms.
 
     python benchmarks/search_efficiency.py [--seeds 5] [--generations 50] [--confirm-seeds 5] [--out DIR]
-                                           [--arms feedback none] [-- extra hydra overrides]
+                                           [--arms feedback none] [--no-run] [--curve-every N]
+                                           [-- extra hydra overrides]
 
 Per run seed, the references are scored once (``discover --generations 0``) and that run directory is copied
 into one run per arm, which then goes on with ``discover --resume``: the arms share the baselines exactly.
@@ -268,7 +269,12 @@ def _fmt_failures(lost: dict[str, Any]) -> str:
     return f"evolved rows {lost['rows_total']} ({rows}); failed fine-tunes: {runs}"
 
 
-def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> None:
+def curve_marks(generations: int, every: int = 5) -> list[int]:
+    """The generations the best-so-far table prints: the first, every ``every``-th and the last (1: all of them)."""
+    return sorted({1, *range(every, generations + 1, every), generations})
+
+
+def report(results: dict[str, dict[int, dict[str, Any]]], generations: int, every: int = 5) -> None:
     arms = list(results)
     print("\nper run: confirmed winner vs the strongest baseline (fresh seeds, confirm prompts)")
     for arm in arms:
@@ -325,7 +331,7 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int) -> N
         pooled = stats.pooled_over_runs([a["mean"] - b["mean"] for a, b in picks if a and b])
         if pooled:
             print(f"  feedback pick - control pick, paired by run seed: {pooled.text()}")
-    marks = sorted({1, *range(5, generations + 1, 5), generations})
+    marks = curve_marks(generations, every)
     print("\nbest-so-far seed-mean search fitness of evolved rows (mean over complete runs); strongest reference last")
     print("  arm      " + " ".join(f"g{g:<5}" for g in marks) + " ref")
     for arm in arms:
@@ -370,6 +376,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["feedback", "none"], choices=["feedback", "none"])
     parser.add_argument("--out", type=Path, default=Path("runs/search_efficiency"))
     parser.add_argument("--no-run", action="store_true", help="only analyse the runs already in --out")
+    parser.add_argument("--curve-every", type=int, default=5, help="best-so-far table: every N-th generation")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every run (after --)")
     args = parser.parse_args()
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
@@ -382,7 +389,7 @@ def main() -> None:
             dirs = run_arms(args.out, seed, args.generations, args.confirm_seeds, args.arms, args.overrides)
         for arm, run in dirs.items():
             results[arm][seed] = analyse(run, args.generations)
-    report(results, args.generations)
+    report(results, args.generations, max(args.curve_every, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(results, indent=1))
     try:

@@ -49,3 +49,10 @@ def test_machine_failures_count_only_the_machines_errors(tmp_path: Path) -> None
     assert lost["rows_total"] == 3
     assert lost["fine_tunes"] == {"transfer:clean oracle deadline": 2}
     assert "3 (" in se._fmt_failures(lost) and "2 transfer:clean oracle deadline" in se._fmt_failures(lost)
+
+
+def test_curve_marks_first_every_nth_and_last() -> None:
+    se = _script()
+    assert se.curve_marks(20) == [1, 5, 10, 15, 20]
+    assert se.curve_marks(12, 5) == [1, 5, 10, 12]
+    assert se.curve_marks(4, 1) == [1, 2, 3, 4]
