@@ -6,11 +6,14 @@ Each file may use two placeholders, replaced before checking: ``MARKER_PATH`` (a
 under a pytest temporary directory: the file it tries to write, or the one it tries to delete,
 which then exists beforehand) and ``MARKER_PORT`` (a port this test listens on). Each sandboxed
 worker is tagged with a unique environment variable, so a stray process is found in /proc even
-after it left its process group. Files the static check stops are run again with it fooled, their
-oracles forked from one shared template, as a run's worker forks its candidates' oracles (tagged with
-the template's variable: a stray of theirs is found too, for the corpus as a whole). Files run two at
-a time (worker start-up is mostly importing torch); EXPECTED.json may list ``needs``: OS layers of
-which at least one must be active (the test is skipped, saying so, on a machine without them).
+after it left its process group. Files the static check stops are run again with it fooled. Each
+oracle is forked from one of two shared templates (the real oracle's, the fooled one's), as a run's
+worker forks its candidates' oracles; a forked oracle keeps its template's variable, so a stray of
+theirs is found too, for the corpus as a whole (the spawned oracle meets the OS corpus,
+``tests/test_hostile_os.py``, and every ``discopop check`` test). ``--oracle-start=spawn`` spawns
+them all. Files run two at a time (worker start-up is mostly importing torch); EXPECTED.json may
+list ``needs``: OS layers of which at least one must be active (the test is skipped, saying so, on a
+machine without them).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from discopop.cli.check import check_in_worker, check_source
 from discopop.execution.executors import Job, WarmWorker, WorkerSpec
 from discopop.sandbox import Limits, SandboxedProcess, oracle_supply
 from discopop.sandbox.oracle_fork import OracleTemplate
+from discopop.sandbox.oracle_supply import ORACLE_MODULE
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 EXPECTED: dict[str, dict] = json.loads((HOSTILE / "EXPECTED.json").read_text())
@@ -91,8 +95,8 @@ def listener():
 
 @dataclass
 class SharedTemplate:
-    """One oracle template for every deep check of a corpus (``deep_check``), as a run's worker forks all its
-    candidates' oracles from one; ``template`` None where this session spawns oracles (``--oracle-start=spawn``).
+    """One oracle template for many checks of a corpus, as a run's worker forks all its candidates' oracles from
+    one; ``template`` None where this session spawns oracles (``--oracle-start=spawn``).
     A forked process keeps the environment block its template started with, so ``token`` tags the forked oracles
     and anything they fork (what they exec carries each check's own token too); ``before`` is the template's own."""
 
@@ -106,7 +110,7 @@ class SharedTemplate:
 
 
 def shared_template(module: str, env: dict[str, str]) -> SharedTemplate:
-    """A started, ready template of ``module`` (fooled oracles), or none where oracles are spawned this session."""
+    """A started, ready template of the oracle ``module``, or none where this session spawns oracles."""
     token = uuid.uuid4().hex
     if oracle_supply.DEFAULT_ORACLE_START != "fork":
         return SharedTemplate(None, token)
@@ -126,15 +130,21 @@ def deep_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def deep_template() -> Iterator[SharedTemplate]:
-    shared = shared_template("hostile_deep_oracle", {"PYTHONPATH": deep_path()})
-    yield shared
-    if shared.template is not None:
-        shared.template.close()
+def templates() -> Iterator[dict[str, SharedTemplate]]:
+    """The corpus's two templates: ``checked``, the real oracle (``check_source``), and ``deep``, the fooled one."""
+    shared = {}
+    try:
+        shared["checked"] = shared_template(ORACLE_MODULE, {})
+        shared["deep"] = shared_template("hostile_deep_oracle", {"PYTHONPATH": deep_path()})
+        yield shared
+    finally:
+        for one in shared.values():
+            if one.template is not None:
+                one.template.close()
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, listener, active_layers, deep_template) -> dict[str, Outcome]:
+def corpus(tmp_path_factory, listener, active_layers, templates) -> dict[str, Outcome]:
     base = tmp_path_factory.mktemp("hostile")
     assert "__" not in str(base) and "{" not in str(base), "the static check would refuse the marker path"
     port = listener.getsockname()[1]
@@ -150,8 +160,8 @@ def corpus(tmp_path_factory, listener, active_layers, deep_template) -> dict[str
         started = time.perf_counter()
         static_verdict = check_source(source, timeout=timeout, env={TOKEN_VAR: token}) if "static" in expected else None
         # Files the static check stops are also run with it fooled, so the layers below are tested too.
-        verdict = deep_check(source, timeout, {TOKEN_VAR: token}, deep_template.template) if static_verdict else \
-            check_source(source, timeout=timeout, env={TOKEN_VAR: token})
+        verdict = deep_check(source, timeout, {TOKEN_VAR: token}, templates["deep"].template) if static_verdict else \
+            check_source(source, timeout=timeout, env={TOKEN_VAR: token}, template=templates["checked"].template)
         outcome = Outcome(verdict, time.perf_counter() - started, marker, token)
         outcome.static_verdict = static_verdict
         return outcome
@@ -200,11 +210,13 @@ def test_hostile_candidate_is_stopped(name: str, corpus: dict[str, Outcome], act
     assert not outcome.strays, f"processes left running: {outcome.strays}"
 
 
-def test_no_oracle_forked_from_the_shared_template_outlived_its_check(corpus: dict[str, Outcome],
-                                                                     deep_template: SharedTemplate) -> None:
-    forked = [n for n in corpus if "static" in EXPECTED[n]]
-    assert deep_template.template is None or deep_template.template.forks == len(forked)
-    assert not deep_template.strays(), f"processes left running: {deep_template.strays()}"
+def test_no_oracle_forked_from_the_shared_templates_outlived_its_check(
+        corpus: dict[str, Outcome], templates: dict[str, SharedTemplate]) -> None:
+    deep = sum("static" in EXPECTED[n] for n in corpus)
+    for kind, forks in (("checked", len(corpus) - deep), ("deep", deep)):
+        shared = templates[kind]
+        assert shared.template is None or shared.template.forks == forks, (kind, shared.template.forks)
+        assert not shared.strays(), f"processes left running ({kind}): {shared.strays()}"
 
 
 def test_no_candidate_reached_this_machine_over_tcp(corpus: dict[str, Outcome], listener: socket.socket) -> None:

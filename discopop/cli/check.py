@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                 env: dict[str, str] | None = None, beta: float | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, beta: float | None = None,
+                 template: OracleTemplate | None = None) -> dict[str, Any]:
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
@@ -30,14 +31,16 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     rejection), ``summary`` (the diagnostics in one line) and ``trl``/``trl_config``: TRL's own ``loss_type``
     combination with the same gradients at that beta, or None (``report/trl_options.py``). A loss in the original
     DiscoPOP method form is checked as rewritten to the contract form, and ``normalised`` shows that text.
+    ``template``: fork the oracle from this running template of the caller's (``check_in_worker``), not spawn it.
     """
     try:
         info = static_check(source)  # parsed under contract.syntax's process-wide lock (CPython 3.11 ast)
         normalised = normalise_loss(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it.
-    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn")
+    # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it (unless
+    # the caller keeps one running for many checks).
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn", template=template)
     if verdict["valid"]:
         verdict["function"] = info.function_name
     if normalised != source:
