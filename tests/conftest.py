@@ -185,10 +185,36 @@ def one_torch_thread():
 SHARED_RUN = [*(o for o in SMALL_RUN if not o.startswith("confirm.transfer=")), "confirm.transfer=auto"]
 
 
+# Switches a test run in this process may leave set, which a command a test starts must not inherit: it decides them
+# itself, as when a user starts it. ``report.quiet.quiet_libraries`` sets the first three (``setdefault``, never
+# undone: a later ``--verbose`` command drew no progress bars); ``report.tracking`` sets the Weave switch around each
+# ``wandb.init``. tests/test_code_health.py fails on a switch added there and not here.
+INHERITED_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
+                      "TRANSFORMERS_NO_ADVISORY_WARNINGS", "WANDB_DISABLE_WEAVE")
+# Variables that would send a command's requests to a local fake server elsewhere (any case; ``no_proxy=True``).
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "openai_base_url", "openai_api_key")
+
+
+def command_env(cache: Path | None = None, *, no_proxy: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a command a test starts (``discover``, ``discopop``, ``python -m discopop...``), the one
+    place that decides it: this process's, less ``INHERITED_SWITCHES``, with wandb off; ``cache``: the task cache;
+    ``no_proxy``: less ``PROXY_VARS`` and any other ``*proxy*`` variable, with ``NO_PROXY=*``; then ``extra``."""
+    def kept(name: str) -> bool:
+        lower = name.lower()
+        return name not in INHERITED_SWITCHES and not (no_proxy and (lower in PROXY_VARS or "proxy" in lower))
+
+    env = {name: value for name, value in os.environ.items() if kept(name)}
+    env["WANDB_MODE"] = "disabled"
+    if cache is not None:
+        env["DISCOPOP_CACHE_DIR"] = str(cache)
+    if no_proxy:
+        env["NO_PROXY"] = "*"
+    return env | extra
+
+
 def discover(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """The real console script (``discover`` or ``discopop``, first in ``args``), run from the repository root."""
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=command_env(cache), cwd=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, command_env
 
-from discopop.config import TrainingSettings
+from discopop.config import TrainingSettings, plain
+from discopop.tasks import build_key
+from discopop.tasks.synthetic import config_hash, sft_key
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# Set in this process by any earlier test that ran ``report.quiet`` in process: a command started here must decide
-# for itself whether libraries draw progress bars (``--verbose``), as it does when a user starts it.
-QUIET_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
-                  "TRANSFORMERS_NO_ADVISORY_WARNINGS")
-
-
 def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in QUIET_SWITCHES}
-    env |= {"DISCOPOP_CACHE_DIR": str(env_cache), "WANDB_MODE": "disabled"}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    """A command as a user starts it (``command_env``: no switch an earlier in-process test left set)."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=command_env(env_cache), cwd=REPO)
 
 
 def rows(run_dir: Path) -> list[tuple]:
@@ -82,10 +80,9 @@ def test_discover_end_to_end_then_inspect(tmp_path: Path, cache_dir: Path,
 def test_resume_after_kill_loses_and_repeats_nothing(tmp_path: Path, cache_dir: Path, tiny_task) -> None:
     """``tiny_task``: built beforehand, so the 240 s wait below times the run, not a first build."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
     args = ["discover", "--generations", "3", "--quiet", *SMALL_RUN, "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(args, cwd=REPO, env=command_env(cache_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill -9 once some, but not all, candidates are finished
         if (run_dir / "archive.sqlite").exists() and any(r[3] == "scored" for r in rows(run_dir)):
@@ -132,13 +129,32 @@ def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path, cache_dir:
 
 
 def test_check_rejects_with_exit_1_and_the_layer(tmp_path: Path, cache_dir: Path) -> None:
+    """A valid file's exit 0: ``test_check_prints_the_diagnostics_of_a_valid_loss`` (and the exported winner's check
+    in ``test_discover_end_to_end_then_inspect``), each a whole check in a worker and an oracle, as it was here."""
     bad = tmp_path / "bad.py"
     bad.write_text("def broken(:\n")
     out = run(["discopop", "check", str(bad)], cache_dir, timeout=60)
     assert out.returncode == 1 and "rejected by the static layer" in out.stderr and "syntax error" in out.stderr
     assert run(["discopop", "check", str(tmp_path / "missing.py")], cache_dir, timeout=60).returncode == 2
-    good = run(["discopop", "check", "proposals/lrml.py"], cache_dir, timeout=120)
-    assert good.returncode == 0, good.stderr
+
+
+# What ``discopop check`` of a file the AST rejects runs, in a fresh interpreter: the command, then which heavy
+# libraries it imported (none: torch alone costs ~3 CPU-s, for a verdict the static check gave already).
+IMPORTED_BY_CHECK = """import sys
+from discopop.cli.main import main
+code = main(["check", sys.argv[1]])
+print(code, *[name for name in ("torch", "transformers", "trl", "datasets") if name in sys.modules])
+"""
+
+
+def test_a_file_the_static_check_rejects_is_rejected_before_anything_imports_torch(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\n\ndef bad(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
+                   "reference_rejected_logps, beta):\n    return os.system('true')\n")
+    out = subprocess.run([sys.executable, "-c", IMPORTED_BY_CHECK, str(bad)], capture_output=True, text=True,
+                         timeout=120, env=command_env(tmp_path), cwd=REPO)
+    assert out.returncode == 0 and "rejected by the static layer" in out.stderr, out.stderr[-2000:]
+    assert out.stdout.split() == ["1"], f"imported before the static verdict: {out.stdout.split()[1:]}"
 
 
 def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir: Path) -> None:
@@ -190,26 +206,39 @@ def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: P
     assert archives[0] == archives[1]
 
 
-def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path) -> None:
+def sft_stage_of(task_cfg: Any, cache: Path) -> Path:
+    """Where ``cache`` keeps the SFT stage of the synthetic task ``task_cfg`` (``tasks.synthetic.sft_stage``)."""
+    key = build_key(plain(task_cfg))
+    return cache / f"{key['language']}-sft-{config_hash(sft_key(key))}"
+
+
+def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path, cache_dir: Path,
+                                                                    tiny_task) -> None:
     """A first run builds the task in this process (transformers warnings, dataset/shard progress bars):
     by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it.
-    The loud run builds a task of its own too (one more pair allowed: another task), in the quiet run's cache,
-    so it takes the SFT model from the SFT stage cache instead of training it again (most of a build's time):
-    what it must show is the libraries' output of a build, whose model and pairs it still writes itself."""
+    Each run builds a task into a fresh cache, which holds only the session's SFT stage (``tiny_task``'s: the SFT
+    is plain torch, silent, and most of a build's time), so each takes the SFT model from there and writes the
+    rest of a build itself (pairs sampled and saved, model and tokenizer saved): what a first run's libraries print.
+    The loud run's task is another one (one more pair allowed), in the quiet run's cache."""
     args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
             "training.lr_grid=[1e-5]"]
     cache = tmp_path / "cache"
+    stage = sft_stage_of(tiny_task[1]["task"], cache_dir)
+    assert (stage / "meta.json").is_file(), stage
+    shutil.copytree(stage, cache / stage.name)
+
+    def tasks() -> set[Path]:
+        return {p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name}
+
     quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], cache)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     console = quiet.stdout + quiet.stderr
     for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
         assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
     assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
-
-    def tasks() -> set[Path]:
-        return {p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name}
-
     built = tasks()
+    [quiet_task] = built
+    assert json.loads((quiet_task / "meta.json").read_text())["sft_reused"] is True  # a first build, but its SFT
     loud = run(["discover", "--verbose", *args, "task.pairs.max_pairs=65", f"hydra.run.dir={tmp_path / 'loud'}"],
                cache)
     assert loud.returncode == 0, loud.stderr[-2000:]

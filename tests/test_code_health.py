@@ -191,3 +191,57 @@ def test_the_output_check_passes_events_and_prose(tmp_path: Path) -> None:
     planted.write_text("self.display.show(Note('printed to the console'))\nfingerprint(a, b)\n"
                        "'''The display prints; the loop does not print().'''\n")
     assert output_offences(planted) == []
+
+
+# Modules that run only in a sandboxed child (the oracle template's forked children set their own environment).
+CHILD_ONLY = {"sandbox/oracle_template.py"}
+
+
+def switches_set_in_process(path: Path) -> set[str | None]:
+    """The environment variables ``path`` sets in its own process: ``os.environ[NAME] = ...`` and
+    ``os.environ.setdefault(NAME, ...)``, NAME a string or a module-level string constant (None: not resolved)."""
+    tree = parsed(path)
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) for target in node.targets if isinstance(target, ast.Name)}
+
+    def name(node: ast.AST) -> str | None:
+        return node.value if isinstance(node, ast.Constant) else constants.get(getattr(node, "id", ""))
+
+    def is_environ(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name)
+                and node.value.id == "os")
+
+    found: set[str | None] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
+                and node.func.attr in ("setdefault", "update", "__setitem__")):
+            found |= {name(node.args[0])} if node.args and node.func.attr != "update" else {None}
+        elif isinstance(node, ast.Assign):
+            found |= {name(t.slice) for t in node.targets if isinstance(t, ast.Subscript) and is_environ(t.value)}
+    return found
+
+
+def test_commands_started_by_tests_inherit_no_switch_the_package_sets_in_process(monkeypatch) -> None:
+    """A test that runs package code in process (``report.quiet``, ``report.tracking``) may leave a variable set;
+    ``conftest.command_env``, which every test that starts a command uses, must drop each one."""
+    from conftest import INHERITED_SWITCHES, command_env  # lazy: importable only once pytest put tests/ on the path
+
+    set_here = set().union(*(switches_set_in_process(p) for p in sorted(PACKAGE.rglob("*.py"))
+                             if str(p.relative_to(PACKAGE)) not in CHILD_ONLY))
+    assert {"HF_HUB_DISABLE_PROGRESS_BARS", "WANDB_DISABLE_WEAVE"} <= set_here  # the scan sees both kinds
+    assert set_here <= set(INHERITED_SWITCHES), f"set in process, inherited by started commands: {set_here}"
+    for switch in INHERITED_SWITCHES:
+        monkeypatch.setenv(switch, "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    env = command_env(Path("cache"), EXTRA="x")
+    assert not set(INHERITED_SWITCHES) & set(env) and env["HTTPS_PROXY"] == "http://127.0.0.1:9"
+    assert (env["WANDB_MODE"], env["DISCOPOP_CACHE_DIR"], env["EXTRA"]) == ("disabled", "cache", "x")
+    direct = command_env(no_proxy=True)
+    assert "HTTPS_PROXY" not in direct and direct["NO_PROXY"] == "*" and "DISCOPOP_CACHE_DIR" in direct
+
+
+def test_the_switch_scan_sees_a_planted_switch(tmp_path: Path) -> None:
+    planted = tmp_path / "m.py"
+    planted.write_text('import os\nSWITCH = "A_SWITCH"\n\n\ndef f():\n    os.environ[SWITCH] = "1"\n'
+                       '    os.environ.setdefault("B_SWITCH", "1")\n    os.environ.update(C="1")\n')
+    assert switches_set_in_process(planted) == {"A_SWITCH", "B_SWITCH", None}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import command_env
 
 from discopop.config import ConfigError, RunSettings, TrainingSettings, task_settings
 from discopop.config.compose import compose
@@ -108,13 +108,13 @@ def test_tuner_leaves_the_global_rng_alone(dpo) -> None:
 @pytest.mark.slow  # ~40-90 s on 2 shared cores: oracle start-ups dominate; benchmarks/diagnostic_run.py runs it bigger
 def test_discover_runs_on_the_diagnostic_tier(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     args = ["discover", "--generations", "2", "--quiet", "task=diagnostic", *SMALL, "executor.workers=1",
             "baselines=[dpo,hinge]", "training.lr_grid=[0.03,0.1]", "confirm.seeds=2", "confirm.top_k=1",
             "selection.max_seeds=1", "wandb.mode=disabled",
             "confirm.transfer=[]",  # task=diagnostic now transfers to label_noise: test_transfer_confirm.py tests that
             f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=command_env(tmp_path / "cache"),
+                         cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         rows = conn.execute("SELECT name, proposer, status, fitness, metrics FROM candidates ORDER BY id").fetchall()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, command_env
 from openai_server import FakeOpenAIServer, completion
 
 # slow (~95 s on 2 idle cores, the suite's longest set-up): three `discover` processes, two stalls and a 15 s
@@ -220,8 +220,7 @@ def scenario(tmp_path_factory, cache_dir, tiny_task) -> Iterator[Scenario]:
     server = FakeOpenAIServer(answer_probes=True).start()  # each start's pre-flight probe takes no script
     server.push(answer("stall_a", STALL.format(name="stall_a", scale=1.1)), answer("nan_late", NAN_LATE),
                 answer("stall_b", STALL.format(name="stall_b", scale=1.3)), answer("good", GOOD))
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(DISCOPOP_CACHE_DIR=str(cache_dir), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env = command_env(cache_dir, no_proxy=True, PYTHONUNBUFFERED="1")
     keep = [o for o in SMALL_RUN if not o.startswith(("baselines=", "confirm."))]
     overrides = [*keep, "baselines=[dpo]", "confirm.seeds=0", "proposer=openai", f"proposer.base_url={server.url}",
                  "proposer.model=test-model", "proposer.api_key_env=DISCOPOP_FAULT_TEST_NO_KEY",

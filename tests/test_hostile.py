@@ -6,9 +6,14 @@ Each file may use two placeholders, replaced before checking: ``MARKER_PATH`` (a
 under a pytest temporary directory: the file it tries to write, or the one it tries to delete,
 which then exists beforehand) and ``MARKER_PORT`` (a port this test listens on). Each sandboxed
 worker is tagged with a unique environment variable, so a stray process is found in /proc even
-after it left its process group. Files run two at a time (worker start-up is mostly importing
-torch); EXPECTED.json may list ``needs``: OS layers of which at least one must be active (the
-test is skipped, saying so, on a machine without them).
+after it left its process group. Files the static check stops are run again with it fooled. Each
+oracle is forked from one of two shared templates (the real oracle's, the fooled one's), as a run's
+worker forks its candidates' oracles; a forked oracle keeps its template's variable, so a stray of
+theirs is found too, for the corpus as a whole (the spawned oracle meets the OS corpus,
+``tests/test_hostile_os.py``, and every ``discopop check`` test). ``--oracle-start=spawn`` spawns
+them all. Files run two at a time (worker start-up is mostly importing torch); EXPECTED.json may
+list ``needs``: OS layers of which at least one must be active (the test is skipped, saying so, on a
+machine without them).
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import startup_margin
+from conftest import command_env, startup_margin
 
 from discopop.cli.check import check_in_worker, check_source
 from discopop.execution.executors import Job, WarmWorker, WorkerSpec
-from discopop.sandbox import Limits, SandboxedProcess
+from discopop.sandbox import Limits, SandboxedProcess, oracle_supply
+from discopop.sandbox.oracle_fork import OracleTemplate
+from discopop.sandbox.oracle_supply import ORACLE_MODULE
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 EXPECTED: dict[str, dict] = json.loads((HOSTILE / "EXPECTED.json").read_text())
@@ -85,8 +93,58 @@ def listener():
     sock.close()
 
 
+@dataclass
+class SharedTemplate:
+    """One oracle template for many checks of a corpus, as a run's worker forks all its candidates' oracles from
+    one; ``template`` None where this session spawns oracles (``--oracle-start=spawn``).
+    A forked process keeps the environment block its template started with, so ``token`` tags the forked oracles
+    and anything they fork (what they exec carries each check's own token too); ``before`` is the template's own."""
+
+    template: OracleTemplate | None
+    token: str
+    before: set[int] = field(default_factory=set)
+
+    def strays(self) -> list[int]:
+        """Processes tagged with the template's token that are not the template: left by a forked oracle."""
+        return sorted(set(processes_tagged(self.token)) - self.before)
+
+
+def shared_template(module: str, env: dict[str, str]) -> SharedTemplate:
+    """A started, ready template of the oracle ``module``, or none where this session spawns oracles."""
+    token = uuid.uuid4().hex
+    if oracle_supply.DEFAULT_ORACLE_START != "fork":
+        return SharedTemplate(None, token)
+    template = OracleTemplate(Limits(), module, {**env, TOKEN_VAR: token})
+    try:
+        assert template.wait_ready(120), "the shared oracle template did not start"
+    except BaseException:
+        template.close()
+        raise
+    return SharedTemplate(template, token, set(processes_tagged(token)))
+
+
+def deep_path() -> str:
+    """The tests folder on the import path (the fooled oracles live there), before whatever PYTHONPATH holds."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    return os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
+def templates() -> Iterator[dict[str, SharedTemplate]]:
+    """The corpus's two templates: ``checked``, the real oracle (``check_source``), and ``deep``, the fooled one."""
+    shared = {}
+    try:
+        shared["checked"] = shared_template(ORACLE_MODULE, {})
+        shared["deep"] = shared_template("hostile_deep_oracle", {"PYTHONPATH": deep_path()})
+        yield shared
+    finally:
+        for one in shared.values():
+            if one.template is not None:
+                one.template.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, listener, active_layers, templates) -> dict[str, Outcome]:
     base = tmp_path_factory.mktemp("hostile")
     assert "__" not in str(base) and "{" not in str(base), "the static check would refuse the marker path"
     port = listener.getsockname()[1]
@@ -102,8 +160,8 @@ def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
         started = time.perf_counter()
         static_verdict = check_source(source, timeout=timeout, env={TOKEN_VAR: token}) if "static" in expected else None
         # Files the static check stops are also run with it fooled, so the layers below are tested too.
-        verdict = deep_check(source, timeout, {TOKEN_VAR: token}) if static_verdict else \
-            check_source(source, timeout=timeout, env={TOKEN_VAR: token})
+        verdict = deep_check(source, timeout, {TOKEN_VAR: token}, templates["deep"].template) if static_verdict else \
+            check_source(source, timeout=timeout, env={TOKEN_VAR: token}, template=templates["checked"].template)
         outcome = Outcome(verdict, time.perf_counter() - started, marker, token)
         outcome.static_verdict = static_verdict
         return outcome
@@ -115,11 +173,11 @@ def corpus(tmp_path_factory, listener, active_layers) -> dict[str, Outcome]:
     return outcomes
 
 
-def deep_check(source: str, timeout: float, env: dict[str, str]) -> dict:
-    """``check_source`` minus the static check: the oracle loads the code as if the AST check had passed it."""
-    tests_dir = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    return check_in_worker(source, timeout, env={**env, "PYTHONPATH": path}, oracle_module="hostile_deep_oracle")
+def deep_check(source: str, timeout: float, env: dict[str, str], template: OracleTemplate | None = None) -> dict:
+    """``check_source`` minus the static check: the oracle loads the code as if the AST check had passed it
+    (forked from ``template``, a ``hostile_deep_oracle`` one, if given)."""
+    return check_in_worker(source, timeout, env={**env, "PYTHONPATH": deep_path()}, oracle_module="hostile_deep_oracle",
+                           template=template)
 
 
 def test_corpus_is_complete() -> None:
@@ -152,6 +210,16 @@ def test_hostile_candidate_is_stopped(name: str, corpus: dict[str, Outcome], act
     assert not outcome.strays, f"processes left running: {outcome.strays}"
 
 
+def test_no_oracle_forked_from_the_shared_templates_outlived_its_check(
+        corpus: dict[str, Outcome], templates: dict[str, SharedTemplate]) -> None:
+    deep = sum("static" in EXPECTED[n] for n in corpus)  # stopped by the static check, then checked with it fooled
+    checked = sum("static" not in EXPECTED[n] and EXPECTED[n]["layer"] != "static" for n in corpus)
+    for kind, forks in (("checked", checked), ("deep", deep)):
+        shared = templates[kind]
+        assert shared.template is None or shared.template.forks == forks, (kind, shared.template.forks)
+        assert not shared.strays(), f"processes left running ({kind}): {shared.strays()}"
+
+
 def test_no_candidate_reached_this_machine_over_tcp(corpus: dict[str, Outcome], listener: socket.socket) -> None:
     listener.setblocking(False)
     with pytest.raises(BlockingIOError):
@@ -177,7 +245,7 @@ def test_check_command_reports_the_layer(name: str, layer: str, tmp_path: Path) 
     path = tmp_path / name
     path.write_text(prepare(name, marker, 9))
     out = subprocess.run([sys.executable, "-m", "discopop.cli.main", "check", str(path), "--json", "--timeout", "3"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=command_env())
     assert out.returncode == 1, out.stderr
     verdict = json.loads(out.stdout)
     assert verdict["valid"] is False and verdict["layer"] == layer and EXPECTED[name]["reason"] in verdict["reason"]

@@ -16,12 +16,13 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import TINY_TASK, startup_margin
-from test_hostile import TOKEN_VAR, processes_tagged
+from test_hostile import TOKEN_VAR, SharedTemplate, processes_tagged, shared_template
 
 from discopop.cli.check import check_in_worker
 from discopop.config import TrainingSettings, task_settings
@@ -53,14 +54,24 @@ def deep_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def checked(deep_path) -> dict[str, tuple[dict, float, list[int]]]:
+def deep_template(deep_path) -> Iterator[SharedTemplate]:
+    """The fooled oracles' template every check forks from (``test_hostile.shared_template``)."""
+    shared = shared_template("hostile_deep_oracle", {"PYTHONPATH": deep_path})
+    yield shared
+    if shared.template is not None:
+        shared.template.close()
+
+
+@pytest.fixture(scope="module")
+def checked(deep_path, deep_template) -> dict[str, tuple[dict, float, list[int]]]:
     """Each file through the one-shot ``discopop check`` path: (verdict, seconds, stray pids)."""
 
     def run(name: str):
         token = uuid.uuid4().hex
         started = time.perf_counter()
         verdict = check_in_worker((CORPUS / name).read_text(), CHECK_TIMEOUT,
-                                  env={TOKEN_VAR: token, "PYTHONPATH": deep_path}, oracle_module="hostile_deep_oracle")
+                                  env={TOKEN_VAR: token, "PYTHONPATH": deep_path}, oracle_module="hostile_deep_oracle",
+                                  template=deep_template.template)
         return verdict, time.perf_counter() - started, token
 
     with ThreadPoolExecutor(2) as pool:
@@ -87,20 +98,26 @@ def test_hostile_oracle_candidate_gets_only_its_own_verdict(name: str, checked) 
     assert not strays, f"processes left running: {strays}"
 
 
+def test_no_oracle_forked_from_the_shared_template_outlived_its_check(checked, deep_template) -> None:
+    assert deep_template.template is None or deep_template.template.forks == len(FILES)
+    assert not deep_template.strays(), f"processes left running: {deep_template.strays()}"
+
+
 def test_this_process_never_read_a_flood(checked) -> None:
     assert peak_rss() < 1500 * MB, f"the test process peaked at {peak_rss() // MB} MB"
 
 
-# The shared tiny task's 60-step SFT model answers too few sums right to sample preference pairs
-# from; these few more steps and prompts give ~20 pairs (one training step of 16) in ~5-40 s.
-TRAINABLE_TASK = [*TINY_TASK, "task.sft.steps=200", "task.pairs.prompts=600"]
+# The shared tiny task's SFT model (``tiny_task``: taken from the SFT stage cache, not trained again) with more
+# prompts to sample pairs from: 16 pairs kept, one training step of 16 per fine-tune.
+TRAINABLE_TASK = [*TINY_TASK, "task.pairs.prompts=600", "task.pairs.max_pairs=16"]
 
 
 @pytest.fixture(scope="module")
-def executor(cache_dir, deep_path):
+def executor(cache_dir, deep_path, tiny_task):
     """One warm worker (a tiny trainable task), fed fooled-static oracles; tagged so strays can be found."""
     cfg, _ = compose(TRAINABLE_TASK)
-    load_task(cfg["task"])
+    meta = load_task(cfg["task"]).meta
+    assert meta["sft_reused"] and meta["pairs"] == 16, meta  # one step of 16, on the shared SFT model
     token = uuid.uuid4().hex
     os.environ[TOKEN_VAR] = token
     old_path = os.environ.get("PYTHONPATH")

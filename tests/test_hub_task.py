@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import command_env
 from datasets import Dataset
 
 from discopop.config import TrainingSettings
@@ -76,8 +76,7 @@ def test_discover_runs_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None:
     args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
             "training.batch_size=8", "training.threads=1", "executor.workers=1", "confirm.seeds=0",
             "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "WANDB_MODE": "disabled"})
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=command_env())
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         statuses = dict(conn.execute("SELECT name, status FROM candidates").fetchall())
@@ -86,7 +85,7 @@ def test_discover_runs_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None:
 
 def test_hub_task_needs_its_paths(tmp_path: Path) -> None:
     out = subprocess.run(["discover", "--generations", "1", "task=hub"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, env=command_env())
     assert out.returncode == 2 and "task=hub needs task.model, task.dataset, task.reward_model" in out.stderr
 
 
@@ -160,7 +159,7 @@ def test_discover_with_the_llm_judge(hub_dir: Path, tmp_path: Path) -> None:
             "confirm.seeds=0", "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
     try:
         out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
-                             env={**os.environ, "WANDB_MODE": "disabled", "DISCOPOP_TEST_JUDGE_KEY": key})
+                             env=command_env(DISCOPOP_TEST_JUDGE_KEY=key))
     finally:
         server.stop()
     assert out.returncode == 0, out.stderr[-2000:]

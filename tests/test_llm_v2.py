@@ -6,14 +6,13 @@ OpenAI-compatible server is parsed, checked in the sandbox and trained on the ti
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, command_env
 from openai_server import FakeOpenAIServer, completion
 
 import discopop.proposers.llm.prompting as P
@@ -23,7 +22,6 @@ from discopop.contract.losses import load_loss, static_check
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_ENV = "DISCOPOP_V2_TEST_KEY"
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")
 # Reference-free, length-normalised, with an SFT term: every optional input but the references.
 V2_LOSS = '''import torch.nn.functional as F
 
@@ -57,9 +55,7 @@ def test_the_prompts_example_is_a_loss_the_checks_accept() -> None:
 
 
 def _discover(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
-    env.update({KEY_ENV: "sk-v2-test", "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled",
-                "NO_PROXY": "*"})
+    env = command_env(cache_dir, no_proxy=True, **{KEY_ENV: "sk-v2-test"})
     return subprocess.run(["discover", "--quiet", *args], capture_output=True, text=True, timeout=600, env=env,
                           cwd=REPO)
 

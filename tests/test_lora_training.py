@@ -3,7 +3,6 @@ in process (weights inspected directly), through a real sandboxed worker, and en
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import command_env
 from test_hub_task import hub_cfg, hub_dir  # noqa: F401 - the module-scoped fixture is used below
 from test_remote_loss import remote, supply  # noqa: F401 - the module-scoped fixture is used below
 
@@ -146,8 +146,7 @@ def test_discover_with_lora_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None
             "training.lora={r: 4, alpha: 8, target_modules: [c_attn]}", "training.precision=bf16",
             "training.batch_size=8", "training.gradient_accumulation_steps=2", "training.threads=1",
             "training.lr_grid=[1e-3]", "confirm.seeds=0", "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "WANDB_MODE": "disabled"})
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=command_env())
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         rows = conn.execute("SELECT name, status, fitness, generation FROM candidates").fetchall()

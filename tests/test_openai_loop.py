@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN
+from conftest import PROXY_VARS, SMALL_RUN, command_env
 from openai_server import FakeOpenAIServer, closed_url, completion, error
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor
@@ -45,7 +45,6 @@ RHO = "(policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps -
 # Fast retries so a test never waits; confirmation off (it re-trains winners: slow and not under test here).
 FAST = ["proposer.backoff_base=0.01", "proposer.backoff_max=0.05", "proposer.max_retries=2", "confirm.seeds=0",
         "executor.workers=1", "proposer.lookahead=0"]
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "openai_base_url", "openai_api_key")
 
 
 def variant(i: int) -> tuple[str, str]:
@@ -76,8 +75,7 @@ def server(monkeypatch):
 
 def discover(args: list[str], cache_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the real console script with the key in the environment only (and no proxy in the way)."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
-    env.update({KEY_ENV: KEY, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "NO_PROXY": "*"})
+    env = command_env(cache_dir, no_proxy=True, **{KEY_ENV: KEY})
     return subprocess.run(["discover", "--quiet", *args], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=REPO)
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from discopop.config import ExecutorSettings
 from discopop.config.compose import compose_settings
-from discopop.sandbox import Limits, oracle_fork, oracle_template
+from discopop.config.training import ORACLE_STARTS
+from discopop.sandbox import Limits, oracle_fork, oracle_supply, oracle_template
 from discopop.sandbox.oracle_supply import OracleProcess, OracleSupply
 from discopop.sandbox.remote_loss import OracleLink
 from discopop.search.loop import worker_spec
@@ -244,6 +246,14 @@ def test_the_setting_reaches_the_worker_and_is_checked() -> None:
         bad.executor.check()
     with pytest.raises(ValueError, match="oracle start"):
         OracleSupply(Limits(), start="forks")
+
+
+def test_callers_not_told_start_oracles_as_the_setting_does(request) -> None:
+    """``oracle_supply.DEFAULT_ORACLE_START`` (``check_in_worker``, a ``WorkerSpec`` without the run's setting) is
+    ``executor.oracle_start``'s default, read from the settings, unless this session flipped it (``--oracle-start``)."""
+    flipped = request.config.getoption("--oracle-start")
+    assert oracle_supply.DEFAULT_ORACLE_START == (flipped or ExecutorSettings().oracle_start)
+    assert oracle_supply.DEFAULT_ORACLE_START in ORACLE_STARTS
 
 
 def test_a_child_that_cannot_get_its_own_cgroups_is_not_used(monkeypatch) -> None:

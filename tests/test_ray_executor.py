@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, command_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,8 +20,8 @@ def test_discover_on_ray(tmp_path: Path, cache_dir: Path, tiny_task) -> None:
     run_dir = tmp_path / "run"
     args = ["discover", "--generations", "1", "--quiet", *SMALL_RUN, "executor=ray", "executor.workers=2",
             "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "DISCOPOP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400,
+                         env=command_env(cache_dir, RAY_USAGE_STATS_ENABLED="0"))
     assert out.returncode == 0, out.stderr[-3000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         found = conn.execute("SELECT name, status, fitness, proposer, generation FROM candidates").fetchall()

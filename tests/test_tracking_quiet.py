@@ -3,12 +3,12 @@ warnings still are. Each start is a fresh interpreter: wandb prints the suggesti
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import command_env
 
 SCRIPT = """
 import os, sys
@@ -35,9 +35,8 @@ def test_a_run_prints_no_weave_suggestion_but_keeps_wandb_warnings(tmp_path: Pat
     pytest.importorskip("openai")
     for sub in ("tracker", "plain"):
         (tmp_path / sub).mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_DISABLE_WEAVE"}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=command_env())
     assert done.returncode == 0, done.stderr
     ours, _, plain = (done.stdout + done.stderr).partition("-- without the switch --")
     if "Weave" not in ours + plain:  # printed by neither start: nothing to silence

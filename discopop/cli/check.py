@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import LossRejected, decode_source, normalise_loss, signature_inputs, static_check
 from discopop.execution.messages import CheckReply, FailureReply, MessageError, Reply, parse_reply
-from discopop.report.trl_options import match_trl
-from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout, oracle_supply
-from discopop.sandbox.oracle_supply import (
-    ORACLE_MODULE,
-    OracleProcess,
-    OracleStartFailed,
-    OracleSupply,
-    explain_oracle_death,
-    worker_control,
-)
+from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+
+if TYPE_CHECKING:
+    from discopop.sandbox.oracle_fork import OracleTemplate
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                 env: dict[str, str] | None = None, beta: float | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, beta: float | None = None,
+                 template: OracleTemplate | None = None) -> dict[str, Any]:
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
@@ -36,14 +31,16 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     rejection), ``summary`` (the diagnostics in one line) and ``trl``/``trl_config``: TRL's own ``loss_type``
     combination with the same gradients at that beta, or None (``report/trl_options.py``). A loss in the original
     DiscoPOP method form is checked as rewritten to the contract form, and ``normalised`` shows that text.
+    ``template``: fork the oracle from this running template of the caller's (``check_in_worker``), not spawn it.
     """
     try:
         info = static_check(source)  # parsed under contract.syntax's process-wide lock (CPython 3.11 ast)
         normalised = normalise_loss(source)
     except LossRejected as err:
         return {"valid": False, "layer": "static", "reason": str(err)}
-    # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it.
-    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn")
+    # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it (unless
+    # the caller keeps one running for many checks).
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn", template=template)
     if verdict["valid"]:
         verdict["function"] = info.function_name
     if normalised != source:
@@ -53,19 +50,35 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
                     env: dict[str, str] | None = None, module: str = "discopop.execution.worker",
-                    oracle_module: str = ORACLE_MODULE, beta: float | None = None,
-                    oracle_start: str | None = None) -> dict[str, Any]:
+                    oracle_module: str | None = None, beta: float | None = None,
+                    oracle_start: str | None = None, template: OracleTemplate | None = None) -> dict[str, Any]:
     """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
 
-    ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled).
+    ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled; None:
+    ``oracle_supply.ORACLE_MODULE``).
     ``oracle_start`` "fork": the oracle is forked from a template of its own (``oracle_fork``; no faster for one
     check, there so that the hostile corpora run through that path too); None: ``oracle_supply``'s default.
+    ``template``: a running template of the caller's (its module, limits and environment; left running) to fork the
+    oracle from instead, whatever ``oracle_start`` says: a run's worker forks every candidate's oracle from one, and
+    so do the hostile corpora, whose checks would otherwise each start a template (a torch import) for one fork.
     """
+    # lazy: these import torch (the oracle's wire format, TRL's options): only a file past the static check pays it
+    from discopop.report.trl_options import match_trl
+    from discopop.sandbox import oracle_supply
+    from discopop.sandbox.oracle_supply import (
+        OracleProcess,
+        OracleStartFailed,
+        OracleSupply,
+        explain_oracle_death,
+        worker_control,
+    )
+
+    oracle_module = oracle_module or oracle_supply.ORACLE_MODULE
     limits = limits or Limits()
     control, theirs, control_env = worker_control()
-    forking = (oracle_start or oracle_supply.DEFAULT_ORACLE_START) == "fork"
+    forking = template is None and (oracle_start or oracle_supply.DEFAULT_ORACLE_START) == "fork"
     supply = OracleSupply(limits, oracle_module, env, standby=1, start="fork") if forking else None
-    oracle = None if supply else OracleProcess(limits, oracle_module, env)
+    oracle = None if supply else OracleProcess(limits, oracle_module, env, template=template)
     reply: Reply | None = None
     try:
         if supply:

@@ -18,6 +18,10 @@ SANDBOX_FILE_MB = 256
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_GRID = [5.0e-6, 1.0e-5, 2.0e-5, 4.0e-5, 8.0e-5, 1.6e-4]
+# How loss oracles start (``executor.oracle_start``), declared once here: the sandbox's oracle supply reads both
+# (``sandbox.oracle_supply``), so its default for callers not given the run's setting is this one too.
+ORACLE_STARTS = ("spawn", "fork")  # a fresh interpreter, or a fork of the pre-imported template
+ORACLE_START = "fork"
 
 
 @dataclass
@@ -120,18 +124,18 @@ class ExecutorSettings:
                                          "the batch mean's backward needs (one round trip per step); the backward "
                                          "checks the trainer's gradient is that one, else asks again. false: two "
                                          "round trips per step. Results are bit for bit the same either way.")
-    oracle_start: str = setting("fork", "How loss oracles start: fork (from one sandboxed template per worker that "
-                                        "imported torch once; each child still puts every child-side layer on "
-                                        "itself, in its own session, work dir, output pipe and cgroups) or spawn (a "
-                                        "fresh interpreter each, importing torch: ~2 CPU-s). fork falls back to "
-                                        "spawn, with a one-line warning, if the template fails. Results are the same "
-                                        "either way; spawn gives each oracle its own address-space layout and hash "
-                                        "seed (forked children share the template's).")
+    oracle_start: str = setting(ORACLE_START, "How loss oracles start: fork (from one sandboxed template per worker "
+                                              "that imported torch once; each child still puts every child-side layer "
+                                              "on itself, in its own session, work dir, output pipe and cgroups) or "
+                                              "spawn (a fresh interpreter each, importing torch: ~2 CPU-s). fork falls "
+                                              "back to spawn, with a one-line warning, if the template fails. Results "
+                                              "are the same either way; spawn gives each oracle its own address-space "
+                                              "layout and hash seed (forked children share the template's).")
 
     def check(self) -> None:
         check_count(self.workers, "executor.workers", 1)
-        require(self.oracle_start in ("spawn", "fork"),
-                f"executor.oracle_start must be spawn or fork, got {self.oracle_start!r}")
+        require(self.oracle_start in ORACLE_STARTS,
+                f"executor.oracle_start must be {' or '.join(ORACLE_STARTS)}, got {self.oracle_start!r}")
         require(isinstance(self.fused_backward, bool),
                 f"executor.fused_backward must be true or false, got {self.fused_backward!r}")
         require(isinstance(self.kept_oracles, int) and self.kept_oracles >= 0,

@@ -27,17 +27,18 @@ import time
 import warnings
 from collections import deque
 
+from discopop.config.training import ORACLE_START, ORACLE_STARTS
 from discopop.sandbox import Limits, SandboxedProcess
 from discopop.sandbox import oracle_wire as wire
 from discopop.sandbox.oracle_fork import ForkedOracleProcess, OracleTemplate, TemplateFailed
 
 ORACLE_MODULE = "discopop.sandbox.oracle"
 CONTROL_FD_VAR = "DISCOPOP_ORACLE_CONTROL_FD"
-ORACLE_STARTS = ("spawn", "fork")  # ``executor.oracle_start``: a fresh interpreter, or a fork of the template
 # What ``WorkerSpec`` and ``check_in_worker`` use when not told (the run's setting, ``executor.oracle_start``, reaches
-# them through ``loop.worker_spec``): "fork", as the setting's default. Tests flip it (``--oracle-start``, conftest)
-# to run the hostile corpora both ways; the OS corpus spawns unless told (``tests/test_hostile_os.py``).
-DEFAULT_ORACLE_START = "fork"
+# them through ``loop.worker_spec``): the setting's own default, read from the settings (one place). Tests flip it
+# (``--oracle-start``, conftest) to run the hostile corpora both ways; the OS corpus spawns unless told
+# (``tests/test_hostile_os.py``).
+DEFAULT_ORACLE_START = ORACLE_START
 
 
 class OracleStartFailed(RuntimeError):
