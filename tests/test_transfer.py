@@ -203,6 +203,44 @@ def test_constants_add_each_references_declared_constants_moved_both_ways() -> N
     assert all(n.startswith("alphapo_alpha_") or n.startswith("alphapo_gamma_") for n in names[6:])
 
 
+def test_a_reference_at_moved_constants_is_judged_against_its_defaults_in_the_same_holm_family(
+        tmp_path: Path) -> None:
+    """``--constants``: each variant is also compared with the reference at its default constants (paired, Holm over
+    every comparison at the beta); where the defaults are already its strongest other reference the one test serves
+    both columns (counted once); the defaults themselves get no such row. The CSV names the default."""
+    cfg = _cfg()
+    losses = resolve_losses(["simpo"], constants=True)
+    names = [s.name for s in losses]
+    assert names == ["dpo", "simpo", "simpo_gamma_0_1667", "simpo_gamma_1_5"]
+    assert losses[2].default_hash == losses[3].default_hash == losses[1].hash and losses[1].default_hash is None
+    seeds = fresh_seeds(0, 3)
+    cache = ResultCache(tmp_path / "results.sqlite")
+    accuracy = {"dpo": 0.5, "simpo": 0.7, "simpo_gamma_0_1667": 0.55, "simpo_gamma_1_5": 0.9}
+    _fill(cache, cfg, losses, 0.5, accuracy, seeds)
+    cells = TransferEvaluation(losses, [cfg], [0.5], 3, cache, _no_executor).run()
+    by = {c.loss.name: c for c in cells}
+    low, high, default = by["simpo_gamma_0_1667"], by["simpo_gamma_1_5"], by["simpo"]
+    assert default.vs_default is None and default.default_name is None and by["dpo"].vs_default is None
+    assert low.default_name == high.default_name == "simpo"
+    assert low.best_baseline == "simpo_gamma_1_5" and low.vs_default["baseline"] == "simpo"
+    assert low.vs_default["verdict"] == stats.BELOW and low.vs_default["delta"] == pytest.approx(-0.15, abs=0.03)
+    assert high.best_baseline == "simpo" and high.vs_default is high.vs_best  # one test, not two
+    assert high.vs_default["verdict"] == stats.BEATS
+    # the same p through stats directly: 8 comparisons (dpo 1, simpo 2, low 3, high 2), one Holm family
+    mats = {n: arm_matrix(by[n].runs, seeds)[0] for n in accuracy}
+    pairs = [("dpo", "simpo_gamma_1_5"), ("simpo", "dpo"), ("simpo", "simpo_gamma_1_5"),
+             ("simpo_gamma_0_1667", "dpo"), ("simpo_gamma_0_1667", "simpo_gamma_1_5"),
+             ("simpo_gamma_0_1667", "simpo"), ("simpo_gamma_1_5", "dpo"), ("simpo_gamma_1_5", "simpo")]
+    comps = [stats.compare(a, b, mats[a], mats[b]) for a, b in pairs]
+    stats.decide(comps)
+    assert low.vs_default["family"] == 8 and low.vs_default["p_adjusted"] == pytest.approx(comps[5].p_adjusted)
+    rows = {r["loss"]: r for r in csv.DictReader(open(write_csv(cells, tmp_path / "results.csv")))}
+    assert rows["simpo_gamma_0_1667"]["variant_of"] == "simpo" and rows["simpo"]["variant_of"] == ""
+    assert rows["simpo_gamma_0_1667"]["vs_default_verdict"] == stats.BELOW and rows["dpo"]["vs_default_verdict"] == ""
+    assert float(rows["simpo_gamma_1_5"]["vs_default_delta"]) == pytest.approx(high.vs_best["delta"], abs=1e-5)
+    cache.close()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["no_such_loss"], "neither a loss file nor a reference"),
     (["dpo", "--betas", "0.1,-1"], "--betas must be"),

@@ -11,7 +11,9 @@ fair protocol and statistics as discovery's confirmation, so its verdicts mean t
 2. **Fresh seeds** (``confirmation.fresh_seeds``): each loss is re-trained at its own rate on the
    same fresh seeds and scored on the ``confirm`` prompts, which chose nothing.
 3. **Verdicts** (``stats``): per (seed, prompt) paired differences against DPO and against the
-   strongest baseline at that beta, Holm-corrected over all comparisons at that (task, beta). A
+   strongest baseline at that beta (and, for a reference at a moved constant, ``--constants``, against
+   the same reference at its default constants: does the tuning budget change the reference), all
+   Holm-corrected together over the comparisons at that (task, beta). A
    failed seed fails the comparison. The strongest baseline is the other reference loss with the
    best fresh-seed mean among those that trained on every fresh seed (by search fitness only when
    none did): every reference runs on the same fresh seeds here, and a baseline picked on one search
@@ -85,6 +87,9 @@ class LossSpec:
     # at that beta in every cell and at that rate only (no sweep); None, it gets the cell's beta / the whole grid.
     beta: float | None = None
     learning_rate: float | None = None
+    # A reference at moved constants (``--constants``): the code hash of the same reference at its defaults, which
+    # it is also judged against (``Cell.vs_default``). None for every other loss.
+    default_hash: str | None = None
 
     @property
     def hash(self) -> str:
@@ -114,7 +119,8 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
             cand = reference_candidate(item)
             specs.append(LossSpec(item, cand.code, "reference", reference=True))
             if constants:
-                specs += [LossSpec(v.name, v.code, "reference", reference=True) for v in reference_variants(item)]
+                specs += [LossSpec(v.name, v.code, "reference", reference=True, default_hash=code_hash(cand.code))
+                          for v in reference_variants(item)]
         elif path.is_file():
             try:
                 code, _ = read_source(path)
@@ -190,6 +196,8 @@ class Cell:
     vs_dpo: dict[str, Any] | None = None
     vs_best: dict[str, Any] | None = None
     best_baseline: str | None = None
+    vs_default: dict[str, Any] | None = None  # a reference at moved constants against its defaults
+    default_name: str | None = None
 
     @property
     def trained_beta(self) -> float:
@@ -334,7 +342,8 @@ def arm_matrix(runs: dict[int, Evaluation], seeds: list[int]) -> tuple[np.ndarra
 
 
 def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> None:
-    """Estimates per loss and verdicts against DPO and the strongest baseline, Holm over this (task, beta)."""
+    """Estimates per loss and verdicts against DPO, the strongest baseline and (a reference at moved constants) its
+    defaults, Holm over all of them at this (task, beta)."""
     matrices: dict[str, np.ndarray | None] = {}
     for cell in cells:
         if cell.learning_rate is not None:
@@ -356,6 +365,7 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
             "failed": failed,
         }
     by_name = {c.loss.name: c for c in cells}
+    by_hash = {c.loss.hash: c for c in cells}
     dpo = by_name.get(BASELINE) if by_name.get(BASELINE) and by_name[BASELINE].loss.reference else None
     references = [c for c in cells if c.loss.reference and c.search_fitness is not None]
     comparisons: list[tuple[Cell, str, stats.Comparison]] = []
@@ -371,6 +381,11 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
             cell.best_baseline = best.loss.name
             if best is not dpo or cell is dpo:
                 targets.append(("vs_best", best))
+        default = by_hash.get(cell.loss.default_hash) if cell.loss.default_hash else None
+        if default is not None and default is not cell:
+            cell.default_name = default.loss.name
+            if not any(base is default for _, base in targets):  # the same test twice would only inflate Holm
+                targets.append(("vs_default", default))
         for role, base in targets:
             failure = cell.estimate["failed"] and f"{cell.loss.name}: {cell.estimate['failed']}"
             failure = failure or (base.estimate["failed"] and f"{base.loss.name}: {base.estimate['failed']}")
@@ -382,6 +397,8 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
         entry = comp.as_dict()
         entry["text"] = stats.describe(entry)
         setattr(cell, role, entry)
+        if cell.default_name is not None and comp.baseline == cell.default_name:
+            cell.vs_default = entry
 
 
 def _score_only(ev: Evaluation) -> TrainReply:

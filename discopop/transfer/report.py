@@ -36,7 +36,8 @@ CSV_FIELDS = ("task", "beta", "loss", "origin", "code_hash", "learning_rate", "l
               "vs_dpo_verdict", "vs_dpo_delta", "vs_dpo_ci_low", "vs_dpo_ci_high", "vs_dpo_p_holm",
               "best_baseline", "vs_best_verdict", "vs_best_delta", "vs_best_ci_low", "vs_best_ci_high",
               "vs_best_p_holm", "vs_dpo_mde", "vs_dpo_equivalence", "vs_best_mde", "vs_best_equivalence",
-              "trained_beta", "lr_from")
+              "trained_beta", "lr_from", "variant_of", "vs_default_verdict", "vs_default_delta", "vs_default_ci_low",
+              "vs_default_ci_high", "vs_default_p_holm", "vs_default_mde", "vs_default_equivalence")
 
 
 def _num(x: float | None, digits: int = 6) -> str:
@@ -86,6 +87,8 @@ def csv_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
             **_verdict_fields("vs_dpo", c.vs_dpo), **_verdict_fields("vs_best", c.vs_best),
             # a run's candidate keeps the beta and rate its run scored it at (``discopop evaluate --run``)
             "trained_beta": f"{c.trained_beta:g}", "lr_from": "run" if c.loss.learning_rate is not None else "grid",
+            # ``--constants``: a reference at moved constants against the same reference at its defaults
+            "variant_of": c.default_name or "", **_verdict_fields("vs_default", c.vs_default),
         })
     return rows
 
@@ -181,7 +184,8 @@ def _cell_html(c: Cell) -> str:
         head = _mean_se(est)
     edge = " (grid edge)" if rate_at_edge(c) else ""
     lines = [head, f'<div class="why">lr {c.learning_rate:g}{edge}</div>' if c.learning_rate else ""]
-    for label, comp in (("DPO", c.vs_dpo), (c.best_baseline or "best", c.vs_best)):
+    for label, comp in (("DPO", c.vs_dpo), (c.best_baseline or "best", c.vs_best),
+                        (f"{c.default_name or 'its'} defaults", c.vs_default)):
         if comp:
             cls = {"beats": "beats", "below": "below"}.get(comp.get("verdict", ""), "within")
             short = comp.get("verdict", "") if comp.get("verdict") != "failed" else "failed"

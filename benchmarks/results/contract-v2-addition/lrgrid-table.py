@@ -1,4 +1,5 @@
-"""An evaluate results.csv as the docs/results.md §0 table, then each loss's search fitness per rate.
+"""An evaluate results.csv as the docs/results.md §0 table, then each loss's search fitness per rate (and, from
+``--constants``, each variant against its defaults).
 
     python lrgrid-table.py results.csv
 """
@@ -45,6 +46,19 @@ def main(path: str) -> None:
             print(f"{r['loss']}: against the strongest other reference {r['best_baseline']}: {r['vs_best_verdict']} "
                   f"{num(r, 'vs_best_delta', '+.3f')} [{num(r, 'vs_best_ci_low', '+.3f')}, "
                   f"{num(r, 'vs_best_ci_high', '+.3f')}], Holm p {num(r, 'vs_best_p_holm', '.2g')}")
+    variants = [r for r in rows if r.get("variant_of") and r.get("vs_default_verdict")]
+    if variants:  # ``--constants``: each reference at a moved constant against the same reference at its defaults
+        print("\n| variant | of | rate (grid edge †) | fitness ± SE (n) | Δ vs its defaults [95% CI] | verdict (Holm) "
+              "| MDE | verdict vs DPO |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in variants:
+            edge = "†" if r["lr_at_edge"] == "yes" else ""
+            d = (f"{num(r, 'vs_default_delta', '+.3f')} [{num(r, 'vs_default_ci_low', '+.3f')}, "
+                 f"{num(r, 'vs_default_ci_high', '+.3f')}]")
+            v = f"{r['vs_default_verdict']} (p {num(r, 'vs_default_p_holm', '.2g')})"
+            dpo = f"{r['vs_dpo_verdict']} (p {num(r, 'vs_dpo_p_holm', '.2g')})" if r["vs_dpo_verdict"] else "—"
+            print(f"| {r['loss']} | {r['variant_of']} | {float(r['learning_rate']):g}{edge} | {num(r, 'mean')} ± "
+                  f"{num(r, 'se')} ({len(r['seeds'].split())}) | {d} | {v} | {num(r, 'vs_default_mde')} | {dpo} |")
 
 
 if __name__ == "__main__":
