@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -224,3 +226,14 @@ def discovered(tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, subprocess
     run_dir = tmp_path_factory.mktemp("discovered") / "run"
     out = discover(["discover", "--generations", "2", "--quiet", *SHARED_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
     return run_dir, out
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module: the benchmarks are scripts, not a package, and their tests
+    call the script's own functions."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

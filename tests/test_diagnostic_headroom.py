@@ -6,31 +6,18 @@ Why: the benchmark once kept its own Bradley-Terry fit, which under-estimated wh
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
+from conftest import benchmark_script
 
 from discopop.fitness import pairs_ceiling
 from discopop.tasks.diagnostic import setting, split_contexts, world
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostic_headroom.py"
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("diagnostic_headroom", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_pairs_row_is_the_shared_pipeline() -> None:
-    dh, s = _script(), setting("clean")
+    dh, s = benchmark_script("diagnostic_headroom"), setting("clean")
     scores, choice = dh.pairs_pipeline(s, [1000, 1001], tune=1)
     assert choice == pairs_ceiling.choose(s, [2000])  # chosen on the first tuning seed, as a run chooses a rate
     assert np.array_equal(scores, pairs_ceiling.confirm_scores(s, choice, [1000, 1001]))
@@ -38,7 +25,7 @@ def test_the_pairs_row_is_the_shared_pipeline() -> None:
 
 
 def test_the_ceilings_are_ordered() -> None:
-    dh, s = _script(), setting("narrow_support")
+    dh, s = benchmark_script("diagnostic_headroom"), setting("narrow_support")
     w, part = world(s), split_contexts(s, "confirm")
     reference = float((w.eval_ref[part].exp() * w.eval_reward[part]).sum(dim=1).mean())
     anything = float(dh.unconstrained(w.eval_ref[part], w.eval_reward[part], s.kl_coef).mean())

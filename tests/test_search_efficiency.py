@@ -3,23 +3,14 @@ under heavier load loses more candidates to missed oracle deadlines, which biase
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
+
+from conftest import benchmark_script
 
 from discopop.archive import Archive, Evaluation
 from discopop.fitness.result_store import DEADLINE_MISSED
 from discopop.status import Status
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_efficiency.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("search_efficiency", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _candidate(name: str, proposer: str = "evolution") -> SimpleNamespace:
@@ -27,7 +18,7 @@ def _candidate(name: str, proposer: str = "evolution") -> SimpleNamespace:
 
 
 def test_machine_failures_count_only_the_machines_errors(tmp_path: Path) -> None:
-    se = _script()
+    se = benchmark_script("search_efficiency")
     arch = Archive(tmp_path / "archive.sqlite")
     try:
         ref = arch.add(_candidate("ipo", "reference"), 0, Status.SCORED)
@@ -52,7 +43,7 @@ def test_machine_failures_count_only_the_machines_errors(tmp_path: Path) -> None
 
 
 def test_curve_marks_first_every_nth_and_last() -> None:
-    se = _script()
+    se = benchmark_script("search_efficiency")
     assert se.curve_marks(20) == [1, 5, 10, 15, 20]
     assert se.curve_marks(12, 5) == [1, 5, 10, 12]
     assert se.curve_marks(4, 1) == [1, 2, 3, 4]
