@@ -328,6 +328,17 @@ class Archive:
             merged = {**json.loads(old["metrics"]), **metrics}
             conn.execute("UPDATE candidates SET metrics=? WHERE id=?", (json.dumps(merged), row_id))
 
+    def retire_metric(self, row_id: int, key: str, as_key: str) -> None:
+        """Move ``metrics[key]`` of a row to ``metrics[as_key]`` (kept, not shown as current), e.g. a confirmation
+        that a later confirmation of the same run superseded."""
+        with self._tx() as conn:
+            old = conn.execute("SELECT metrics FROM candidates WHERE id=?", (row_id,)).fetchone()
+            metrics = json.loads(old["metrics"])
+            if key not in metrics:
+                return
+            metrics[as_key] = metrics.pop(key)
+            conn.execute("UPDATE candidates SET metrics=? WHERE id=?", (json.dumps(metrics), row_id))
+
     def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[Row]:
         """The one raw query of ``candidates``, oldest first; only the named queries below call it."""
         sql = "SELECT * FROM candidates" + (f" WHERE {where}" if where else "") + " ORDER BY id"

@@ -18,6 +18,7 @@ from discopop.fitness import stats
 from discopop.proposers.base import Candidate
 from discopop.proposers.llm.facts import NOT_MEASURED, FitnessFacts
 from discopop.search.confirmation import (
+    SUPERSEDED,
     best_references,
     judge,
     missing_jobs,
@@ -226,3 +227,22 @@ def test_rows_without_comparable_search_runs_are_never_passed_over(archive: Arch
     _search_runs(archive, other_seed, {500: scores})  # the same numbers, but no seed in common
     _search_runs(archive, other_rate, {0: scores}, lr=2e-5)  # a run at a rate the row did not choose
     assert [r.id for r in top_candidates(archive, 4)] == [best, other_seed, other_rate, bare]
+
+
+def test_a_row_a_later_confirmation_leaves_out_keeps_its_verdicts_only_as_superseded(archive: Archive) -> None:
+    """A resumed, longer run confirms new finalists: a finalist of the first confirmation that dropped out must not
+    keep verdicts from another Holm family on the leaderboard (nor in the LLM's facts), yet nothing is lost."""
+    rng = np.random.default_rng(1)
+    first, second = scored_row(archive, "first", 0.9), scored_row(archive, "second", 0.91)
+    dpo = scored_row(archive, "dpo", 0.8, "reference")
+    for row, acc in ((first, 0.70), (second, 0.72), (dpo, 0.50)):
+        _runs(archive, row, acc, rng)
+    judge(archive, [archive.get(first)], archive.get(dpo), None, SEEDS)
+    earlier = archive.get(first).metrics["confirmation"]
+    assert earlier["vs_dpo"]["verdict"] == stats.BEATS
+    judge(archive, [archive.get(second)], archive.get(dpo), None, SEEDS)
+    dropped = archive.get(first).metrics
+    assert "confirmation" not in dropped and dropped[SUPERSEDED] == earlier
+    assert stats.confirmation_cells(dropped.get("confirmation")) == ("", "", "")
+    assert archive.get(second).metrics["confirmation"]["vs_dpo"]["verdict"] == stats.BEATS
+    assert "confirmation" in archive.get(dpo).metrics and SUPERSEDED not in archive.get(dpo).metrics

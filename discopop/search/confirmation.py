@@ -21,7 +21,8 @@ sample. Results go to ``metrics["confirmation"]`` of each confirmed row:
 the fresh-seed noise the LLM is told, ``proposers.facts``), "learning_rate", ("beta" where the search chose
 one), "failed", "vs_dpo",
 "vs_best"}`` where ``vs_*`` are ``stats.Comparison.as_dict()`` plus ``"text"`` (``vs_best`` is None
-when DPO is the strongest baseline; both are absent on baseline rows).
+when DPO is the strongest baseline; both are absent on baseline rows). A row an earlier confirmation of the
+run judged and this one leaves out keeps that result under ``metrics["superseded_confirmation"]``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from discopop.fitness import stats
 from discopop.fitness.result_store import MACHINE_RETRIES, StoredRuns, archives_failure, storable
 from discopop.search.history import run_standings
 from discopop.status import Status
+
+# Where a row's confirmation goes when a later confirmation of the run leaves the row out: its verdicts were
+# Holm-corrected in another family, against a strongest baseline that may have changed, so the leaderboard, the
+# report and the LLM's facts must not show them as current; kept (nothing is lost), under this key.
+SUPERSEDED = "superseded_confirmation"
 
 SPLIT = "confirm"
 SEED_OFFSET = 1000  # fresh seeds are base_seed + 1000 + i: never the search seed
@@ -273,6 +279,9 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
         entry["text"] = stats.describe(entry)
         confirmation[cand.id][key] = entry
         confirmation[cand.id].setdefault("vs_best", None)
+    for row in archive.rows():  # an earlier confirmation's rows that this one leaves out (a resumed, longer run)
+        if row.id not in confirmation and isinstance(row.metrics.get("confirmation"), dict):
+            archive.retire_metric(row.id, "confirmation", SUPERSEDED)
     for row_id, conf in confirmation.items():
         archive.update_metrics(row_id, {"confirmation": conf})
     return [c for *_, c in comparisons]
