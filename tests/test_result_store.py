@@ -164,6 +164,20 @@ def test_speed_only_settings_share_the_key_and_result_settings_do_not(base_cfg) 
     assert settings_key(base_cfg, device="cuda") != settings_key(base_cfg, device="cpu")
 
 
+def test_another_cpu_vector_path_is_another_key(base_cfg, monkeypatch) -> None:
+    """Kinked losses give different third decimals on AVX2 and AVX-512: a store on a shared disk must not hand
+    one machine's results to the other."""
+    import torch
+
+    keys = {}
+    for path in ("AVX2", "AVX512"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda p=path: p)
+        keys[path] = settings_key(base_cfg)
+    assert keys["AVX2"] != keys["AVX512"]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert settings_key(base_cfg) == keys["AVX2"]
+
+
 def test_a_loss_failure_is_stored_and_never_retried(base_cfg, tmp_path: Path) -> None:
     store = ResultCache(tmp_path / "results.sqlite")
     broken = {"lrml": Script(train_error="NaN loss", train_stage="train")}

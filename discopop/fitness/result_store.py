@@ -103,7 +103,20 @@ def code_version() -> dict[str, Any]:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    return {"sources": _digest(sources), "libraries": versions}
+    return {"sources": _digest(sources), "libraries": versions, "cpu": cpu_vector_path()}
+
+
+def cpu_vector_path() -> str:
+    """The CPU's vector instruction path torch runs on here (e.g. AVX512, AVX2; ``ATEN_CPU_CAPABILITY`` picks it).
+
+    Why in the key: losses with kinks (a clamp, a hinge, |x|) amplify the last-bit differences between two paths
+    into the third decimal of the fitness (docs/results.md, "The search on narrow_support with 128 pairs a
+    context"), so a store shared between machines (a cache directory on a network disk) must not hand one
+    machine's results to another. Local workers inherit the main process's environment, so this is their path.
+    """
+    import torch  # lazy: the store is opened after the task, which has imported torch already
+
+    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def settings_key(cfg: RunSettings | dict[str, Any], device: str | None = None) -> str:
