@@ -92,7 +92,7 @@ def _digest(value: Any) -> str:
 
 
 def code_version() -> dict[str, Any]:
-    """A hash of the trusted worker-side sources and the versions of the libraries they run on."""
+    """A hash of the trusted worker-side sources, the versions of the libraries they run on and the CPU vector path."""
     root = Path(__file__).resolve().parent.parent
     files = sorted([*(p for pkg in TRUSTED_PACKAGES for p in (root / pkg).rglob("*.py")),
                     *(root / name for name in TRUSTED_MODULES)])
