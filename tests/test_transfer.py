@@ -32,6 +32,7 @@ from discopop.transfer.protocol import (
     TransferEvaluation,
     arm_matrix,
     beta_config,
+    own_beta_cells,
     resolve_losses,
     task_key,
 )
@@ -121,6 +122,41 @@ def test_cached_results_are_reused_and_judged_with_the_shared_statistics(tmp_pat
     # hinge leads on search fitness but failed its fresh seeds, so it is nobody's strongest baseline: lrml's is DPO
     assert by[(0.1, "lrml")].best_baseline == "dpo" and by[(0.1, "lrml")].vs_best is None
     assert hinge.estimate["mean"] is None and by[(0.1, "dpo")].estimate["se"] > 0
+    cache.close()
+
+
+def test_each_loss_at_its_own_beta_is_chosen_on_the_search_prompts_and_judged_across_betas(tmp_path: Path) -> None:
+    """DPO is best at 0.1, IPO at 2.5 (on the search prompts and the fresh seeds); hinge's search score is best at 0.1
+    though its fresh seeds are better at 2.5: its beta is chosen on the search prompts, never on the seeds that judge
+    it. Each is then compared at its own beta, paired per (seed, prompt) across betas, Holm over the new family."""
+    cfg = _cfg()
+    losses = resolve_losses(["dpo", "ipo", "hinge"])
+    seeds = fresh_seeds(0, 3)
+    cache = ResultCache(tmp_path / "results.sqlite")
+    _fill(cache, cfg, losses, 0.1, {"dpo": 0.6, "ipo": 0.55, "hinge": 0.5}, seeds,
+          search={"dpo": 0.6, "ipo": 0.55, "hinge": 0.7})
+    _fill(cache, cfg, losses, 2.5, {"dpo": 0.5, "ipo": 0.75, "hinge": 0.7}, seeds,
+          search={"dpo": 0.5, "ipo": 0.75, "hinge": 0.6})
+    cells = TransferEvaluation(losses, [cfg], [0.1, 2.5], 3, cache, _no_executor).run()
+    own = {c.loss.name: c for c in own_beta_cells(cells)}
+    assert {n: c.beta for n, c in own.items()} == {"dpo": 0.1, "ipo": 2.5, "hinge": 0.1}
+    by = {(c.beta, c.loss.name): c for c in cells}
+    mats = {n: arm_matrix(own[n].runs, seeds)[0] for n in own}
+    comps = [stats.compare("ipo", "dpo", mats["ipo"], mats["dpo"]), stats.compare("hinge", "dpo", mats["hinge"],
+             mats["dpo"]), stats.compare("hinge", "ipo", mats["hinge"], mats["ipo"]),
+             stats.compare("dpo", "ipo", mats["dpo"], mats["ipo"])]
+    stats.decide(comps)
+    assert own["ipo"].vs_dpo["delta"] == pytest.approx(comps[0].delta) and own["ipo"].vs_dpo["delta"] > 0.1
+    assert own["ipo"].vs_dpo["p_adjusted"] == pytest.approx(comps[0].p_adjusted)
+    assert own["hinge"].best_baseline == "ipo" and own["hinge"].vs_best["p_adjusted"] == pytest.approx(
+        comps[2].p_adjusted)
+    # the per-beta cells keep their own verdicts (at 2.5 DPO is the weak one; at 0.1 IPO trails it)
+    assert by[(2.5, "ipo")].vs_dpo["delta"] > 0.2 and by[(0.1, "ipo")].vs_dpo["delta"] < 0
+    assert own["ipo"] is not by[(2.5, "ipo")] and own["ipo"].estimate["mean"] == by[(2.5, "ipo")].estimate["mean"]
+    assert own_beta_cells([c for c in cells if c.beta == 0.1]) == []  # one beta: nothing to choose
+    write_markdown(cells, tmp_path / "results.md", list(own.values()))
+    text = (tmp_path / "results.md").read_text()
+    assert "each loss at its own β" in text and "| ipo | 2.5 |" in text
     cache.close()
 
 
@@ -400,3 +436,18 @@ def test_the_constants_flag_trains_each_variant_on_the_grid_and_reports_it(tmp_p
     codes = {j[3] for j in recorder.jobs}
     assert len(codes) == 4 and len(recorder.jobs) == 4 * (2 + 2)  # 2 grid points + 2 fresh seeds each
     assert "--constants" in (tmp_path / "c" / "report.html").read_text()
+    assert not (tmp_path / "c" / "own_beta.csv").exists()  # one beta: no own-beta table
+
+
+def test_two_betas_write_the_own_beta_table_beside_the_per_beta_one(tmp_path: Path, monkeypatch) -> None:
+    import discopop.cli.evaluate as evaluate_cli
+
+    monkeypatch.setattr(evaluate_cli, "executor_factory", lambda out: _Recorder())
+    args = ["evaluate", "simpo", "--tasks", "addition", "--betas", "0.1,0.5", "--seeds", "2", "--quiet",
+            "training.lr_grid=[1e-5,4e-5]", "-o", str(tmp_path / "o")]
+    assert main(args) == 0
+    per_beta = list(csv.DictReader(open(tmp_path / "o" / "results.csv")))
+    own = {r["loss"]: r for r in csv.DictReader(open(tmp_path / "o" / "own_beta.csv"))}
+    assert len(per_beta) == 4 and set(own) == {"dpo", "simpo"}
+    assert all(r["beta"] in ("0.1", "0.5") for r in own.values()) and own["simpo"]["vs_dpo_verdict"]
+    assert "each loss at its own β" in (tmp_path / "o" / "report.html").read_text()

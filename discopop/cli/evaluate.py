@@ -35,10 +35,19 @@ from discopop.transfer.protocol import (
     ResultCache,
     RunKey,
     TransferEvaluation,
+    own_beta_cells,
     resolve_losses,
 )
 from discopop.transfer.protocol import Progress as Callbacks
-from discopop.transfer.report import CSV_NAME, HTML_NAME, MARKDOWN_NAME, write_csv, write_html, write_markdown
+from discopop.transfer.report import (
+    CSV_NAME,
+    HTML_NAME,
+    MARKDOWN_NAME,
+    OWN_BETA_CSV_NAME,
+    write_csv,
+    write_html,
+    write_markdown,
+)
 
 # The paper's beta sweep: what a list of losses is evaluated at when neither --betas nor --run says otherwise.
 DEFAULT_BETAS = "0.01,0.05,0.1,0.5,1,2.5"
@@ -120,12 +129,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
              "fine-tunes run now / cached": f"{display.ran} / {display.cached}",
              "wall time of this invocation": f"{seconds / 60:.1f} min",
              "command": command_line(args)}
+    own_beta = own_beta_cells(cells)  # with two or more betas: each loss at its own
     write_csv(cells, out / CSV_NAME)
-    write_html(cells, out / HTML_NAME, facts)
-    write_markdown(cells, out / MARKDOWN_NAME)
+    if own_beta:
+        write_csv(own_beta, out / OWN_BETA_CSV_NAME)
+    write_html(cells, out / HTML_NAME, facts, own_beta)
+    write_markdown(cells, out / MARKDOWN_NAME, own_beta)
     cache.close()
     console.print(f"{display.ran} fine-tunes run, {display.cached} cached, {seconds / 60:.1f} min; "
-                  f"wrote {out / CSV_NAME} and {out / HTML_NAME}")
+                  f"wrote {out / CSV_NAME}" + (f", {out / OWN_BETA_CSV_NAME}" if own_beta else "")
+                  + f" and {out / HTML_NAME}")
     return 0
 
 

@@ -401,6 +401,36 @@ def judge(cells: list[Cell], seeds: list[int], alpha: float = stats.ALPHA) -> No
             cell.vs_default = entry
 
 
+def own_beta_cells(cells: list[Cell], alpha: float = stats.ALPHA) -> list[Cell]:
+    """Each loss at its own beta, per task: the cell whose search score was best over the betas evaluated (ties to
+    the smaller beta), judged again against DPO and the strongest baseline each at *their* own beta, Holm over the
+    comparisons of a task.
+
+    Why: the equal tuning budget over beta. At one beta a loss whose best beta lies elsewhere is judged off its
+    optimum (at beta 0.1 the summed IPO trails DPO, at 0.5 it leads). The beta is chosen as the rate is, on the
+    search prompts with the run seed, never on the fresh seeds that judge it; every beta's fresh seeds are the same
+    seeds and the fitness's KL price does not depend on beta, so losses at different betas pair per (seed, prompt).
+    Copies: the per-beta cells keep their own verdicts. Empty when fewer than two betas were evaluated.
+    """
+    if len({c.beta for c in cells}) < 2:
+        return []
+    chosen: list[Cell] = []
+    for task in dict.fromkeys(c.task for c in cells):
+        by_loss: dict[str, list[Cell]] = {}
+        for c in sorted((c for c in cells if c.task == task), key=lambda c: c.beta):
+            by_loss.setdefault(c.loss.hash, []).append(c)
+        picks = []
+        for series in by_loss.values():
+            scored = [c for c in series if c.search_fitness is not None]
+            best = max(scored, key=lambda c: c.search_fitness) if scored else series[0]  # max keeps the first tie
+            picks.append(replace(best, vs_dpo=None, vs_best=None, best_baseline=None, vs_default=None,
+                                 default_name=None, estimate={}))
+        seeds = next((c.estimate["seeds"] for c in cells if c.task == task and c.estimate.get("seeds")), [])
+        judge(picks, list(seeds), alpha=alpha)
+        chosen.extend(picks)
+    return chosen
+
+
 def _score_only(ev: Evaluation) -> TrainReply:
     """A stored search run as the sweep ranks it here: its whole fitness, no per-prompt halves (the evaluate
     protocol chooses the rate on the whole search split; a split would change which rate it chooses)."""

@@ -27,6 +27,7 @@ import discopop.report.escape as escape
 from discopop.transfer.protocol import NOT_RUN, Cell
 
 CSV_NAME = "results.csv"
+OWN_BETA_CSV_NAME = "own_beta.csv"  # each loss at its own beta (``protocol.own_beta_cells``), with 2+ betas
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "results.md"
 EDGE_MARK = "†"
@@ -206,13 +207,26 @@ def table(task: str, cells: Sequence[Cell]) -> str:
     return f"<table><tr><th>loss</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def own_beta_table(cells: Sequence[Cell]) -> str:
+    """Each loss at its own beta (chosen on the search prompts), judged against DPO and the strongest at theirs."""
+    rows = "".join(f"<tr><th>{html.escape(c.loss.name)}</th><td>{c.beta:g}</td><td>{_cell_html(c)}</td></tr>"
+                   for c in cells)
+    return f"<table><tr><th>loss</th><th>own β</th><th>result</th></tr>{rows}</table>"
+
+
+OWN_BETA_NOTE = ("Each loss at its own β: the β (with its rate) whose search-prompt score was best, chosen on the run "
+                 "seed as the rate is, then judged on the same fresh seeds against DPO and the strongest baseline "
+                 "each at their own β; Holm over these comparisons per task.")
+
+
 _STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}.why{color:#777;font-size:11px}
 .beats{color:#070}.below{color:#b00}.within{color:#555}.fail{color:#b00;font-weight:bold}img{max-width:100%}"""
 
 
-def write_html(cells: Sequence[Cell], path: Path, facts: dict[str, Any]) -> Path:
-    """The self-contained page (figures embedded); ``facts`` (grid, seeds, command) are listed at the top."""
+def write_html(cells: Sequence[Cell], path: Path, facts: dict[str, Any], own_beta: Sequence[Cell] = ()) -> Path:
+    """The self-contained page (figures embedded); ``facts`` (grid, seeds, command) are listed at the top;
+    ``own_beta``: each loss at its own beta, a table per task after the per-beta one."""
     parts = ["<!doctype html><meta charset='utf-8'><title>discopop evaluate</title>", f"<style>{_STYLE}</style>",
              "<h1>Loss transfer and beta sweep</h1>", "<ul>"]
     parts += [f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in facts.items()]
@@ -226,6 +240,10 @@ def write_html(cells: Sequence[Cell], path: Path, facts: dict[str, Any]) -> Path
         for fig in (score_vs_beta(task, mine), frontier(task, mine)):
             parts.append(f'<img src="data:image/png;base64,{_png(fig)}" alt="{html.escape(task)} figure">')
         parts.append(table(task, mine))
+        own = [c for c in own_beta if c.task == task]
+        if own:
+            parts += [f"<h3>{html.escape(task)}: each loss at its own β</h3>", f"<p>{html.escape(OWN_BETA_NOTE)}</p>",
+                      own_beta_table(own)]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
@@ -240,8 +258,9 @@ def _md_cell(c: Cell) -> str:
     return _mean_se(est) + _MARK.get((c.vs_dpo or {}).get("verdict", ""), "") + rate
 
 
-def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
-    """Per task, losses x betas: fresh-seed mean ± SE, ▲/▼ where Holm-significantly above/below DPO, (rate)."""
+def write_markdown(cells: Sequence[Cell], path: Path, own_beta: Sequence[Cell] = ()) -> Path:
+    """Per task, losses x betas: fresh-seed mean ± SE, ▲/▼ where Holm-significantly above/below DPO, (rate); then,
+    with ``own_beta``, each loss at its own beta."""
     parts = []
     for task in dict.fromkeys(c.task for c in cells):
         mine = [c for c in cells if c.task == task]
@@ -253,6 +272,12 @@ def write_markdown(cells: Sequence[Cell], path: Path) -> Path:
             cells_md = " | ".join(_md_cell(at[b]) if b in at else "" for b in betas)
             parts.append(f"| {escape.markdown_cell(name)} | {cells_md} |")
         parts.append("")
+        own = [c for c in own_beta if c.task == task]
+        if own:
+            parts += [f"**{escape.markdown_cell(task)}: each loss at its own β**", "", "| loss | own β | result |",
+                      "| --- | --- | --- |"]
+            parts += [f"| {escape.markdown_cell(c.loss.name)} | {c.beta:g} | {_md_cell(c)} |" for c in own]
+            parts += ["", OWN_BETA_NOTE, ""]
     parts.append(f"▲/▼: Holm-significantly above/below DPO at that β. (rate): the learning rate chosen on the search "
                  f"prompts; {EDGE_MARK}: it is the grid's lowest or highest point, so the loss's best rate may lie "
                  "beyond the grid.")
