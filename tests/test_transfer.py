@@ -451,3 +451,43 @@ def test_two_betas_write_the_own_beta_table_beside_the_per_beta_one(tmp_path: Pa
     assert len(per_beta) == 4 and set(own) == {"dpo", "simpo"}
     assert all(r["beta"] in ("0.1", "0.5") for r in own.values()) and own["simpo"]["vs_dpo_verdict"]
     assert "each loss at its own β" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_tuning_seeds_choose_the_rate_on_their_mean_and_reuse_the_run_seeds_runs(tmp_path: Path) -> None:
+    """Seed 0 alone prefers 1e-5; over seeds 0, 1, 2 the mean prefers 4e-5. The run seed's runs are the ones a
+    one-seed evaluation stored (read, not re-trained); the two more seeds per rate are new fine-tunes."""
+    cfg = _cfg()
+    (dpo,) = resolve_losses(["dpo"])
+    cache = ResultCache(tmp_path / "results.sqlite")
+    key_task = task_key(beta_config(cfg, 0.5))
+    search = {(1e-5, 0): 0.70, (4e-5, 0): 0.65, (1e-5, 1): 0.55, (4e-5, 1): 0.66, (1e-5, 2): 0.56, (4e-5, 2): 0.64}
+    for (lr, seed), acc in search.items():
+        if seed == 0:
+            cache.put(RunKey(dpo.hash, key_task, 0.5, seed, SEARCH_SPLIT, lr), _reply(acc, seed, lr))
+    asked: list[tuple[int, float, str]] = []
+
+    def factory(cfg):
+        class _Executor:
+            def run(self, jobs):
+                for job in jobs:
+                    asked.append((job.seed, job.learning_rate, job.split))
+                    acc = search.get((job.learning_rate, job.seed), 0.6)
+                    yield replace(_reply(acc, job.seed, job.learning_rate), job=job)
+
+            def close(self) -> None:
+                pass
+
+        return _Executor()
+
+    one = TransferEvaluation([dpo], [cfg], [0.5], 2, cache, factory, train=False).run()[0]
+    assert one.learning_rate == 1e-5  # the run seed alone (report-only: nothing trained)
+    (cell,) = TransferEvaluation([dpo], [cfg], [0.5], 2, cache, factory, tune_seeds=3).run()
+    assert cell.learning_rate == 4e-5
+    fitness = {lr: np.mean([_reply(search[(lr, s)], s, lr).trained.fitness for s in (0, 1, 2)]) for lr in (1e-5, 4e-5)}
+    assert cell.search_fitness == pytest.approx(fitness[4e-5]) and fitness[4e-5] > fitness[1e-5]
+    tuned = sorted((s, lr) for s, lr, split in asked if split == SEARCH_SPLIT)
+    assert tuned == [(1, 1e-5), (1, 4e-5), (2, 1e-5), (2, 4e-5)]  # seed 0's runs came from the cache
+    assert sorted(s for s, _, split in asked if split == CONFIRM_SPLIT) == fresh_seeds(0, 2)
+    with pytest.raises(EvaluateError, match="--tune-seeds"):
+        TransferEvaluation([dpo], [cfg], [0.5], 2, cache, factory, tune_seeds=0)
+    cache.close()

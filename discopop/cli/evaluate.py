@@ -114,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with _Display(console, quiet=args.quiet) as display:
         evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory(out),
                                         Callbacks(planned=display.planned, done=display.done),
-                                        train=not args.report_only)
+                                        train=not args.report_only, tune_seeds=getattr(args, "tune_seeds", 1))
         try:
             cells = evaluation.run()
         except KeyboardInterrupt:
@@ -125,6 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     facts = {"losses": ", ".join(s.name for s in losses), "tasks": ", ".join(tasks),
              "betas": ", ".join(f"{b:g}" for b in betas), "fresh seeds": args.seeds,
              "learning-rate grid": ", ".join(f"{lr:g}" for lr in _grid(cfgs[0])),
+             "seeds choosing each rate (search prompts)": getattr(args, "tune_seeds", 1),
              **({"settings of the run's candidates": "; ".join(settings)} if settings else {}),
              "fine-tunes run now / cached": f"{display.ran} / {display.cached}",
              "wall time of this invocation": f"{seconds / 60:.1f} min",
@@ -184,6 +185,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--tune-lr")
     if getattr(args, "constants", False):
         parts.append("--constants")
+    if getattr(args, "tune_seeds", 1) != 1:
+        parts += ["--tune-seeds", str(args.tune_seeds)]
     parts += ["--seeds", str(args.seeds), "-o", shlex.quote(args.output)]
     return " ".join(parts)
 

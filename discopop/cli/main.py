@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also each named reference at each of its declared constants moved x3 down and up, as "
                         "references of their own (discover's baseline_constants), each also judged against the "
                         "reference at its defaults (the CSV's vs_default_* columns)")
+    p.add_argument("--tune-seeds", type=int, default=1,
+                   help="seeds each learning rate is trained on to choose it (and, with several betas, each loss's "
+                        "own beta), on the search prompts; their mean decides (default 1: the run seed alone)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per loss, task and beta (default 3)")
     p.add_argument("-o", "--output", default="runs/evaluate",
                    help="output directory: results.csv, report.html and the result cache (default runs/evaluate)")

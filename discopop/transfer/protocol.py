@@ -5,8 +5,8 @@ held-out tasks and across the KL strength beta. This module runs that experiment
 fair protocol and statistics as discovery's confirmation, so its verdicts mean the same thing:
 
 1. **Learning rate** (``tuning``): at each (task, beta) every loss is fine-tuned at every point of
-   ``training.lr_grid`` with the run seed and scored on the ``search`` prompts; its rate is the
-   best of those (``tuning.Sweep.best``: ties go to the smaller rate). A loss no rate could train is
+   ``training.lr_grid`` with the run seed (``--tune-seeds K``: and the K - 1 seeds after it, their mean
+   deciding) and scored on the ``search`` prompts; its rate is the best of those (``tuning.Sweep.best``: ties go to the smaller rate). A loss no rate could train is
    failed at that beta (LRML's NaN at large beta shows up here).
 2. **Fresh seeds** (``confirmation.fresh_seeds``): each loss is re-trained at its own rate on the
    same fresh seeds and scored on the ``confirm`` prompts, which chose nothing.
@@ -57,8 +57,8 @@ from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noq
 from discopop.fitness.tuning import LrProtocol, Sweep
 from discopop.proposers.reference import reference_candidate, reference_variants
 from discopop.report.run import beta_of, learning_rate_of, run_beta
+from discopop.search.confirmation import SEED_OFFSET, fresh_seeds, top_candidates
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
-from discopop.search.confirmation import fresh_seeds, top_candidates
 from discopop.tasks import stable_key
 
 SEARCH_SPLIT = "search"
@@ -231,9 +231,11 @@ class TransferEvaluation:
     def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings], betas: list[float],
                  n_seeds: int,
                  cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
-                 train: bool = True):
+                 train: bool = True, tune_seeds: int = 1):
         if n_seeds < 1:
             raise EvaluateError(f"--seeds must be >= 1, got {n_seeds}")
+        if not 1 <= tune_seeds < SEED_OFFSET:
+            raise EvaluateError(f"--tune-seeds must be between 1 and {SEED_OFFSET - 1}, got {tune_seeds}")
         if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
             raise EvaluateError(f"betas must be positive numbers, got {betas}")
         self.losses = losses
@@ -244,13 +246,18 @@ class TransferEvaluation:
         self.make_executor = make_executor
         self.progress = progress or Progress()
         self.train = train  # False: report what the cache holds, run nothing (a cell not yet run says so)
+        # Seeds each grid point is trained on, the run seed first; the rate (and, with several betas, a loss's own
+        # beta) is chosen on their mean. One seed picks within ~0.01 of noise on `addition` (docs/results.md, "each
+        # reference at its own β"); they are never fresh seeds (those start at SEED_OFFSET).
+        self.tune_seeds = int(tune_seeds)
 
     def total_runs(self) -> int:
         """Fine-tunes the whole evaluation needs at most (grid + fresh seeds per loss, task and beta)."""
         if not self.task_cfgs:
             return 0
         grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid)
-        per_cell = sum((1 if loss.learning_rate is not None else grid) + self.n_seeds for loss in self.losses)
+        per_cell = sum((1 if loss.learning_rate is not None else grid) * self.tune_seeds + self.n_seeds
+                       for loss in self.losses)
         return len(self.task_cfgs) * len(self.betas) * per_cell
 
     def run(self) -> list[Cell]:
@@ -269,17 +276,19 @@ class TransferEvaluation:
         cells = [Cell(task_name, beta, loss) for loss in self.losses]
         executor: list[Executor] = []  # started only if something is not cached
         try:
-            search = {c.loss.hash: [RunKey(c.loss.hash, key_task, c.trained_beta, seed, SEARCH_SPLIT, lr)
-                                    for lr in c.rates(protocol)] for c in cells}
+            tuning = [seed + i for i in range(self.tune_seeds)]
+            search = {c.loss.hash: [RunKey(c.loss.hash, key_task, c.trained_beta, s, SEARCH_SPLIT, lr)
+                                    for lr in c.rates(protocol) for s in tuning] for c in cells}
             found = self._run_keys(cfg, cells, search, executor)
             for cell in cells:
-                for key in search[cell.loss.hash]:
-                    ev = found.get(key)
-                    if ev is None:  # not run yet (report-only)
+                for lr in cell.rates(protocol):
+                    runs = [found.get(RunKey(cell.loss.hash, key_task, cell.trained_beta, s, SEARCH_SPLIT, lr))
+                            for s in tuning]
+                    if any(ev is None for ev in runs):  # not run yet (report-only)
                         continue
-                    ok = ev.ok and math.isfinite(ev.fitness)
-                    cell.sweep.add(key.learning_rate, ok, _score_only(ev) if ok else None, "train",
-                                   ev.error or "non-finite")
+                    bad = next((ev for ev in runs if not (ev.ok and math.isfinite(ev.fitness))), None)
+                    cell.sweep.add(lr, bad is None, _score_only(runs) if bad is None else None, "train",
+                                   (bad.error or "non-finite") if bad is not None else None)
                 best = cell.sweep.best()
                 if best is not None:
                     cell.learning_rate, cell.search_fitness = best[0], float(best[1].fitness)
@@ -431,8 +440,13 @@ def own_beta_cells(cells: list[Cell], alpha: float = stats.ALPHA) -> list[Cell]:
     return chosen
 
 
-def _score_only(ev: Evaluation) -> TrainReply:
-    """A stored search run as the sweep ranks it here: its whole fitness, no per-prompt halves (the evaluate
-    protocol chooses the rate on the whole search split; a split would change which rate it chooses)."""
-    return TrainReply(fitness=ev.fitness, reward=ev.reward, kl=ev.kl, steps=0, per_prompt=(), per_prompt_kl=(),
-                      kl_coef=ev.kl_coef, learning_rate=ev.learning_rate, greedy=ev.greedy)
+def _score_only(runs: list[Evaluation]) -> TrainReply:
+    """A grid point's stored search runs (one per tuning seed) as the sweep ranks it here: their mean whole
+    fitness, no per-prompt halves (the evaluate protocol chooses the rate on the whole search split; a split would
+    change which rate it chooses). One seed: that run's own numbers, exactly as before tuning seeds."""
+    mean = (lambda values: float(np.mean(values))) if len(runs) > 1 else (lambda values: values[0])
+    greedy = [ev.greedy for ev in runs]
+    return TrainReply(fitness=mean([ev.fitness for ev in runs]), reward=mean([ev.reward for ev in runs]),
+                      kl=mean([ev.kl for ev in runs]), steps=0, per_prompt=(), per_prompt_kl=(),
+                      kl_coef=runs[0].kl_coef, learning_rate=runs[0].learning_rate,
+                      greedy=None if any(g is None for g in greedy) else mean(greedy))

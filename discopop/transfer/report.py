@@ -230,8 +230,9 @@ def write_html(cells: Sequence[Cell], path: Path, facts: dict[str, Any], own_bet
     parts = ["<!doctype html><meta charset='utf-8'><title>discopop evaluate</title>", f"<style>{_STYLE}</style>",
              "<h1>Loss transfer and beta sweep</h1>", "<ul>"]
     parts += [f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in facts.items()]
-    parts.append("</ul><p>Each loss is trained at every learning rate of the grid with the run seed and scored on "
-                 "the search prompts; the best rate is re-trained on fresh seeds and scored on the confirm prompts. "
+    parts.append("</ul><p>Each loss is trained at every learning rate of the grid with the run seed (and any "
+                 "further tuning seeds, whose mean decides) and scored on the search prompts; the best rate is "
+                 "re-trained on fresh seeds and scored on the confirm prompts. "
                  "Mean ± crossed SE over (seed, prompt); verdicts are paired per (seed, prompt), Holm-corrected over "
                  "all comparisons at one (task, beta). Hover a verdict for its delta, interval and adjusted p.</p>")
     for task in dict.fromkeys(c.task for c in cells):
