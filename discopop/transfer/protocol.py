@@ -6,7 +6,8 @@ fair protocol and statistics as discovery's confirmation, so its verdicts mean t
 
 1. **Learning rate** (``tuning``): at each (task, beta) every loss is fine-tuned at every point of
    ``training.lr_grid`` with the run seed (``--tune-seeds K``: and the K - 1 seeds after it, their mean
-   deciding) and scored on the ``search`` prompts; its rate is the best of those (``tuning.Sweep.best``: ties go to the smaller rate). A loss no rate could train is
+   deciding) and scored on the ``search`` prompts; its rate is the best of those (``tuning.Sweep.best``:
+   ties go to the smaller rate). A loss no rate could train is
    failed at that beta (LRML's NaN at large beta shows up here).
 2. **Fresh seeds** (``confirmation.fresh_seeds``): each loss is re-trained at its own rate on the
    same fresh seeds and scored on the ``confirm`` prompts, which chose nothing.
