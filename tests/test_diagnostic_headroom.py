@@ -41,7 +41,8 @@ def test_the_ceilings_are_ordered() -> None:
 def test_a_composite_preset_is_its_worlds_with_the_fields_set_on_each() -> None:
     dh = benchmark_script("diagnostic_headroom")
     worlds = dh.parse_preset("narrow_support+clean+pairs_per_context=128", 0)
-    assert [s.name for s in worlds] == ["narrow_support", "clean"] and [s.pairs_per_context for s in worlds] == [128] * 2
-    assert dh.parse_preset("narrow_support+task_seed=1", 5) == [setting("narrow_support", task_seed=1,
-                                                                        extra_confirm_contexts=5)]  # one world, as before
+    assert [s.name for s in worlds] == ["narrow_support", "clean"]
+    assert [s.pairs_per_context for s in worlds] == [128, 128]
+    one = setting("narrow_support", task_seed=1, extra_confirm_contexts=5)
+    assert dh.parse_preset("narrow_support+task_seed=1", 5) == [one]  # one world, as before
     assert dh.averaged([{"a": 1.0, "b": 0.0}, {"a": 2.0, "b": 1.0}]) == {"a": 1.5, "b": 0.5}
