@@ -23,6 +23,10 @@ kl_coef * KL(pi || pi_ref):
 Then every reference in ``--losses`` at each rate of ``--lrs`` on the same fresh seeds (in process, trusted
 references only, as ``preset_gaps.py`` runs them), with its best rate chosen with hindsight.
 
+A composite (``--preset narrow_support+clean+pairs_per_context=128``, as ``task.preset=narrow_support+clean``) gets
+each world's figures and their mean: a reference at one rate on every world, as a run trains it; the pipeline and the
+true-reward fit choose their penalty and scale per world (each world's policy is its own in a composite too).
+
     python benchmarks/diagnostic_headroom.py --preset narrow_support --losses dpo,ipo --seeds 10
 """
 
@@ -99,9 +103,65 @@ def fit_chosen(s, reward: torch.Tensor, l2s: tuple[float, ...]) -> tuple[float, 
     return split_fitness(s, fits[best]), best
 
 
+def parse_preset(text: str, extra_confirm_contexts: int) -> list[DiagnosticSetting]:
+    """The worlds of ``--preset``: the parts of ``a+b+FIELD=VALUE`` without ``=`` are worlds (several: a composite,
+    as ``task.preset=a+b``), those with one are fields set on every world."""
+    parts = text.split("+")
+    fields = dict(f.split("=", 1) for f in parts if "=" in f)
+    return [setting(name, extra_confirm_contexts=extra_confirm_contexts, **{k: _value(v) for k, v in fields.items()})
+            for name in parts if "=" not in name]
+
+
+def ceilings(s: DiagnosticSetting, seeds: list[int],
+             l2s: tuple[float, ...]) -> tuple[dict[str, float], list[float], PipelineChoice, float]:
+    """One world's rows (labels without the choices, so a composite averages them), its pipeline per fresh seed,
+    the pipeline's choice on the tuning seeds and the true-reward fit's L2 chosen on the search contexts."""
+    w, part = world(s), split_contexts(s, "confirm")
+    rows = {"reference policy (no training)": float((w.eval_ref[part].exp() * w.eval_reward[part]).sum(dim=1).mean()),
+            "unconstrained optimum": float(unconstrained(w.eval_ref[part], w.eval_reward[part], s.kl_coef).mean())}
+    oracle, l2 = fit_chosen(s, w.train_reward, l2s)
+    rows["in-class, true reward, fitted on the training contexts (L2 chosen on the search contexts)"] = oracle
+    rows["in-class, true reward, fitted on the confirming contexts themselves (no penalty)"] = split_fitness(
+        s, fit_policy(w.eval_features[part], w.eval_ref[part], w.eval_reward[part], s.kl_coef, 0.0))
+    pipe, choice = pairs_pipeline(s, seeds)
+    pipeline = [float(v) for v in pipe.mean(axis=1)]
+    rows[f"from the pairs: Bradley-Terry fit, its in-class policy (pairs_ceiling, mean of {len(seeds)} seeds)"] = float(
+        np.mean(pipeline))
+    return rows, pipeline, choice, l2
+
+
+def curves_of(s: DiagnosticSetting, losses: list[str], lrs: list[float], seeds: list[int]) -> dict[str, dict[str,
+                                                                                                          float]]:
+    """Per reference, its mean confirming-context fitness over ``seeds`` at each rate (in process)."""
+    part = split_contexts(s, "confirm")
+    out = {}
+    for loss in losses:
+        fn = load_loss(reference_candidate(loss, flip_rate(s)).code)
+        out[loss] = {f"{lr:g}": float(np.mean([fine_tune(fn, s, seed=seed, lr=lr).per_context[part.start:part.stop]
+                                                for seed in seeds])) for lr in lrs}
+    return out
+
+
+def averaged(per_world: list[dict[str, float]]) -> dict[str, float]:
+    """A composite's figure: the mean over its worlds (each world scores as many confirming contexts)."""
+    return {key: float(np.mean([d[key] for d in per_world])) for key in per_world[0]}
+
+
+def show(title: str, rows: dict[str, float], curves: dict[str, dict[str, float]]) -> None:
+    print(title)
+    for label, value in rows.items():
+        print(f"  {value:.4f}  {label}")
+    for loss, curve in curves.items():
+        best = max(curve, key=curve.get)
+        print(f"  {loss:10s} " + " ".join(f"{lr}: {v:.4f}" for lr, v in curve.items())
+              + f"; best with hindsight {curve[best]:.4f} at {best}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="narrow_support", help="a preset, optionally +FIELD=VALUE ...")
+    parser.add_argument("--preset", default="narrow_support",
+                        help="a preset, optionally +FIELD=VALUE ...; several presets joined by + are a composite "
+                             "(task.preset=a+b): each figure is the mean over its worlds, a loss at one rate on all")
     parser.add_argument("--losses", default="dpo,ipo")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--extra-confirm-contexts", type=int, default=3840, help="the tier's default")
@@ -110,46 +170,37 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and leaves the other core to the machine
-    name, *fields = args.preset.split("+")
-    s = setting(name, extra_confirm_contexts=args.extra_confirm_contexts,
-                **{k: _value(v) for k, v in (f.split("=", 1) for f in fields)})
-    w, part = world(s), split_contexts(s, "confirm")
+    worlds = parse_preset(args.preset, args.extra_confirm_contexts)
     seeds = [FRESH + i for i in range(args.seeds)]
-    ref_fit = float((w.eval_ref[part].exp() * w.eval_reward[part]).sum(dim=1).mean())
-    rows: dict[str, float] = {"reference policy (no training)": ref_fit}
-    rows["unconstrained optimum"] = float(unconstrained(w.eval_ref[part], w.eval_reward[part], s.kl_coef).mean())
     l2s = tuple(float(v) for v in args.l2.split(","))
-    oracle, l2 = fit_chosen(s, w.train_reward, l2s)
-    rows[f"in-class, true reward, fitted on the training contexts (L2 {l2:g})"] = oracle
-    rows["in-class, true reward, fitted on the confirming contexts themselves (no penalty)"] = split_fitness(
-        s, fit_policy(w.eval_features[part], w.eval_ref[part], w.eval_reward[part], s.kl_coef, 0.0))
-    pipe, choice = pairs_pipeline(s, seeds)
-    pipeline = [float(v) for v in pipe.mean(axis=1)]
-    pairs_label = f"from the pairs: Bradley-Terry fit, its in-class policy (pairs_ceiling, mean of {len(seeds)} seeds)"
-    rows[pairs_label] = float(np.mean(pipeline))
-    print(f"{s.name} (task_seed {s.task_seed}, support {s.support}, {s.pairs_per_context} pairs per context), "
-          f"kl_coef {s.kl_coef}, {part.stop - part.start} confirming contexts, fresh seeds {seeds[0]}-{seeds[-1]}")
-    for label, value in rows.items():
-        print(f"  {value:.4f}  {label}")
-    print(f"  (pairs pipeline: penalty {choice.penalty:g}, scale {choice.scale:.3g}"
-          f"{' at the grid edge' if choice.at_edge else ''}, chosen on {TUNE} tuning seeds"
-          + (f"; SD over seeds {np.std(pipeline, ddof=1):.4f})" if len(pipeline) > 1 else ")"))
-    curves: dict[str, dict[str, float]] = {}
-    for loss in (n for n in args.losses.split(",") if n):
-        fn = load_loss(reference_candidate(loss, flip_rate(s)).code)
-        curve = {f"{lr:g}": float(np.mean([fine_tune(fn, s, seed=seed, lr=lr).per_context[part.start:part.stop]
-                                           for seed in seeds]))
-                 for lr in (float(x) for x in args.lrs.split(","))}
-        curves[loss] = curve
-        best = max(curve, key=curve.get)
-        print(f"  {loss:10s} " + " ".join(f"{lr}: {v:.4f}" for lr, v in curve.items())
-              + f"; best with hindsight {curve[best]:.4f} at {best}")
+    losses = [n for n in args.losses.split(",") if n]
+    lrs = [float(x) for x in args.lrs.split(",")]
+    out: dict[str, dict] = {}
+    for s in worlds:
+        part = split_contexts(s, "confirm")
+        rows, pipeline, choice, l2 = ceilings(s, seeds, l2s)
+        said = (f"true-reward fit L2 {l2:g}; pairs pipeline: penalty {choice.penalty:g}, scale {choice.scale:.3g}"
+                f"{' at the grid edge' if choice.at_edge else ''}, chosen on {TUNE} tuning seeds"
+                + (f"; SD over seeds {np.std(pipeline, ddof=1):.4f}" if len(pipeline) > 1 else ""))
+        curves = curves_of(s, losses, lrs, seeds)
+        show(f"{s.name} (task_seed {s.task_seed}, support {s.support}, {s.pairs_per_context} pairs per context), "
+             f"kl_coef {s.kl_coef}, {part.stop - part.start} confirming contexts, fresh seeds {seeds[0]}-{seeds[-1]}"
+             f"\n  ({said})", rows, curves)
+        out[s.name] = {"setting": s.name, "task_seed": s.task_seed, "ceilings": rows, "pipeline_per_seed": pipeline,
+                       "pipeline_choice": {"penalty": choice.penalty, "scale": choice.scale}, "l2": l2,
+                       "losses": curves}
+    if len(worlds) > 1:
+        per = list(out.values())
+        rows = averaged([w["ceilings"] for w in per])
+        curves = {loss: averaged([w["losses"][loss] for w in per]) for loss in losses}
+        show(f"composite {'+'.join(out)}: the mean over its {len(worlds)} worlds (a loss at one rate on every world)",
+             rows, curves)
+        out["composite"] = {"ceilings": rows, "losses": curves,
+                            "pipeline_per_seed": [float(v) for v in np.mean([w["pipeline_per_seed"] for w in per],
+                                                                           axis=0)]}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"setting": s.name, "task_seed": s.task_seed, "ceilings": rows,
-                                               "pipeline_per_seed": pipeline,
-                                               "pipeline_choice": {"penalty": choice.penalty, "scale": choice.scale},
-                                               "losses": curves}, indent=1))
+        Path(args.json).write_text(json.dumps(out if len(worlds) > 1 else next(iter(out.values())), indent=1))
 
 
 if __name__ == "__main__":

@@ -36,3 +36,13 @@ def test_the_ceilings_are_ordered() -> None:
     assert anything > own > reference  # no policy beats the per-context optimum; training beats none
     assert own >= true_reward - 1e-6 and own >= pipeline - 1e-6  # the class's own best on these contexts
     assert pipeline > reference  # the pairs carry something
+
+
+def test_a_composite_preset_is_its_worlds_with_the_fields_set_on_each() -> None:
+    dh = benchmark_script("diagnostic_headroom")
+    worlds = dh.parse_preset("narrow_support+clean+pairs_per_context=128", 0)
+    assert [s.name for s in worlds] == ["narrow_support", "clean"]
+    assert [s.pairs_per_context for s in worlds] == [128, 128]
+    one = setting("narrow_support", task_seed=1, extra_confirm_contexts=5)
+    assert dh.parse_preset("narrow_support+task_seed=1", 5) == [one]  # one world, as before
+    assert dh.averaged([{"a": 1.0, "b": 0.0}, {"a": 2.0, "b": 1.0}]) == {"a": 1.5, "b": 0.5}

@@ -82,7 +82,8 @@ class ConfirmSettings:
                                     "(transfer is part of the verdict; discopop/config/variants.py): a list of "
                                     "variant names (task=diagnostic: other presets; addition: pair variants such "
                                     "as hardflip), [] for none, auto: one held-out variant per task (diagnostic "
-                                    "clean -> label_noise, other presets -> clean; none for hub tasks).")
+                                    "clean -> label_noise, other presets -> clean, a composite a+b -> the first "
+                                    "of its worlds' choices that is none of its worlds; none for hub tasks).")
 
     def check(self) -> None:
         require(self.seeds >= 0 and self.top_k >= 0, "confirm.seeds and confirm.top_k must be >= 0")

@@ -6,7 +6,9 @@ the run's task as well (``discopop.search.transfer_confirm``), and the verdict s
 transfers. A variant is the run's own task settings with a few changed, so its size, training and scoring stay
 the run's:
 
-* ``task=diagnostic``: another preset of the family (``task.preset``; fields the run set explicitly stay set);
+* ``task=diagnostic``: another preset of the family (``task.preset``; fields the run set explicitly stay set); for a
+  composite task (``task.preset=a+b``) one world that is none of its own: transfer judged where the search never
+  trained;
 * the embedded addition task: a way of building or labelling its pairs (``ADDITION_VARIANTS``), which reuses
   the cached SFT model (only ``task.pairs`` changes).
 
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from discopop.config.base import ConfigError
-from discopop.config.task import DIAGNOSTIC_PRESETS
+from discopop.config.task import DIAGNOSTIC_PRESETS, diagnostic_worlds
 
 AUTO = "auto"
 # Pair-building settings (``task.pairs.*``) of each addition variant; the SFT model is not among them, so a
@@ -49,6 +51,15 @@ def _family(task: Mapping[str, Any]) -> str:
     return str(kind)
 
 
+def _held_out(task: Mapping[str, Any]) -> list[str]:
+    """``auto``'s candidates for ``task``, best first: ``HELD_OUT``'s for its family; for a composite diagnostic task,
+    its worlds' choices in the composite's order, then every preset (those in the composite are dropped later)."""
+    worlds = diagnostic_worlds(task.get("preset")) if task.get("kind", "synthetic") == "diagnostic" else []
+    if len(worlds) < 2:
+        return HELD_OUT.get(_family(task), [])
+    return [*(n for w in worlds for n in HELD_OUT.get(f"diagnostic:{w}", [])), *DIAGNOSTIC_PRESETS]
+
+
 def variant_names(task: Mapping[str, Any], transfer: Any) -> list[str]:
     """The variant names ``confirm.transfer`` asks for on ``task`` (plain settings): ``auto`` resolved, each
     checked (``ConfigError``: one line). The run's own setting is never its own transfer variant."""
@@ -57,7 +68,7 @@ def variant_names(task: Mapping[str, Any], transfer: Any) -> list[str]:
     if isinstance(transfer, str):
         if transfer != AUTO:
             raise ConfigError(f"confirm.transfer must be auto or a list of variant names, got {transfer!r}")
-        return [n for n in HELD_OUT.get(_family(task), []) if n in allowed_variants(task)][:1]
+        return [n for n in _held_out(task) if n in allowed_variants(task)][:1]
     names = [str(n) for n in transfer]
     allowed = allowed_variants(task)
     unknown = [n for n in names if n not in allowed]
@@ -70,10 +81,11 @@ def variant_names(task: Mapping[str, Any], transfer: Any) -> list[str]:
 
 
 def allowed_variants(task: Mapping[str, Any]) -> list[str]:
-    """The variants a task can transfer to: those that change it (a run is not its own transfer variant)."""
+    """The variants a task can transfer to: those that change it (a run is not its own transfer variant; a composite
+    diagnostic task transfers to single worlds outside it)."""
     kind = task.get("kind", "synthetic")
     if kind == "diagnostic":
-        return [p for p in DIAGNOSTIC_PRESETS if p != (task.get("preset") or "clean")]
+        return [p for p in DIAGNOSTIC_PRESETS if p not in diagnostic_worlds(task.get("preset"))]
     if kind == "synthetic" and task.get("language", "addition") == "addition":
         pairs = dict(task.get("pairs") or {})
         return [n for n, change in ADDITION_VARIANTS.items() if any(pairs.get(k) != v for k, v in change.items())]

@@ -23,7 +23,8 @@ import torch
 
 from discopop.config import DiagnosticTaskSettings, TrainingSettings, plain
 from discopop.contract.inputs import call_loss, declared_inputs, needs_lengths
-from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, from_config, pairs, split_contexts, world
+from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, pairs, world
+from discopop.tasks.worlds import joined, mean, settings_of, split_parts
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -143,6 +144,10 @@ class DiagnosticTuner:
     ``FineTuner`` run: the per-prompt lists are per held-out context of the job's split (reward and KL, which
     ``fitness.tuning.split_fitness`` and ``archive.Evaluation.per_prompt_fitness`` combine with ``kl_coef``).
     ``greedy`` is the exact reward of the trained policy's mode, the analogue of a greedy answer's.
+
+    A composite task (``task.preset=a+b``, ``tasks.worlds``) is one fine-tune per world at the job's seed, rate and
+    beta; the per-prompt lists are the worlds' own, concatenated in the composite's order, and every figure of the
+    reply is over all of them (a single world's reply is the one it always was, bit for bit).
     """
 
     exact = True  # the worker's cue: this tuner's ``run`` replies in ``train``'s fields (no TRL trainer)
@@ -151,42 +156,45 @@ class DiagnosticTuner:
     lora = None
 
     def __init__(self, task: DiagnosticTaskSettings, training: TrainingSettings, kl_coef: float) -> None:
-        self.setting = from_config({**plain(task), "kl_coef": float(kl_coef)})
+        self.settings = settings_of({**plain(task), "kl_coef": float(kl_coef)})
+        self.setting = self.settings[0]  # the first world: the only one unless task.preset is a composite
         self.kl_coef = float(kl_coef)
         self.beta = float(training.beta or self.setting.beta)
         self.learning_rate = float(training.learning_rate or 0.03)
         # One step with a built-in loss, before the worker seals itself and snapshots its state: it builds the world
         # and makes the lazy imports a first fine-tune would (Adam's first step imports torch._dynamo, which rebinds
         # torch.manual_seed: after the snapshot the state watch would call that a patched namespace).
-        fine_tune(_logistic, self.setting, seed=0, lr=self.learning_rate, beta=self.beta, steps=1)
+        for s in self.settings:
+            fine_tune(_logistic, s, seed=0, lr=self.learning_rate, beta=self.beta, steps=1)
 
     def run(self, loss_fn: LossFn, *, seed: int, split: str = "search", learning_rate: float | None = None,
             beta: float | None = None, tune_seeds: int = 0) -> dict[str, Any]:
-        """One fine-tune from the reference at ``learning_rate`` (and ``beta``, default the run's) and its exact
-        scores on ``split``'s contexts.
+        """One fine-tune from the reference at ``learning_rate`` (and ``beta``, default the run's) per world and the
+        exact scores on ``split``'s contexts.
 
-        ``tune_seeds`` = k > 0 (a grid-point job of the tuning protocol): k more fine-tunes on
+        ``tune_seeds`` = k > 0 (a grid-point job of the tuning protocol): k more fine-tunes (per world) on
         :func:`tuning_seeds` of ``seed``, whose mean fitness on every context of ``split`` is the reply's
         ``tune_fitness`` (what chooses the rate; the per-prompt lists stay ``seed``'s, which rank the row).
         """
         lr = float(self.learning_rate if learning_rate is None else learning_rate)
         run_beta = float(self.beta if beta is None else beta)
         started = time.perf_counter()
-        result = fine_tune(loss_fn, self.setting, seed=seed, lr=lr, beta=run_beta)
-        part = split_contexts(self.setting, split)
-        tuned = [fine_tune(loss_fn, self.setting, seed=s, lr=lr, beta=run_beta).per_context[part]
-                 for s in tuning_seeds(seed, tune_seeds)]
+        results = [fine_tune(loss_fn, s, seed=seed, lr=lr, beta=run_beta) for s in self.settings]
+        parts = split_parts(self.settings, split)
+        tuned = [joined([fine_tune(loss_fn, s, seed=t, lr=lr, beta=run_beta).per_context for s in self.settings],
+                        parts)
+                 for t in tuning_seeds(seed, tune_seeds)]
         trained = time.perf_counter() - started
-        reward, kl = result.per_context_reward[part], result.per_context_kl[part]
-        w = world(self.setting)
-        mode = (w.eval_ref + w.eval_features @ result.weights).argmax(dim=1, keepdim=True)
-        greedy = w.eval_reward.gather(1, mode).squeeze(1)[part]
-        mean = sum(reward) / len(reward), sum(kl) / len(kl)
+        reward = joined([r.per_context_reward for r in results], parts)
+        kl = joined([r.per_context_kl for r in results], parts)
+        greedy = torch.cat([_greedy(s, r, part) for s, r, part in zip(self.settings, results, parts, strict=True)])
+        means = sum(reward) / len(reward), sum(kl) / len(kl)
         return {
-            "fitness": mean[0] - self.kl_coef * mean[1], "reward": mean[0], "kl": mean[1],
-            "greedy": float(greedy.mean()), "steps": result.steps, "final_loss": result.final_loss,
+            "fitness": means[0] - self.kl_coef * means[1], "reward": means[0], "kl": means[1],
+            "greedy": float(greedy.mean()), "steps": sum(r.steps for r in results),
+            "final_loss": mean([r.final_loss for r in results]),
             "train_seconds": trained, "step_seconds": trained, "score_seconds": 0.0,
-            "train_metrics": self._metrics(result, seed, run_beta),
+            "train_metrics": self._metrics(results, seed, run_beta),
             "per_prompt": reward, "per_prompt_kl": [round(k, 6) for k in kl], "per_prompt_greedy": greedy.tolist(),
             "kl_coef": self.kl_coef, "learning_rate": lr, "peak_gpu_mb": None,
             **({"beta": run_beta} if beta is not None else {}),
@@ -194,31 +202,52 @@ class DiagnosticTuner:
         }
 
     def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference log-probs (chosen, rejected) of the training pairs of seed 0, as the loss is fed them."""
-        w, data = world(self.setting), pairs(self.setting, 0)
-        ref = w.train_ref[data.context]
-        return (ref.gather(1, data.chosen[:, None]).squeeze(1), ref.gather(1, data.rejected[:, None]).squeeze(1))
+        """The reference log-probs (chosen, rejected) of the training pairs of seed 0, as the loss is fed them (every
+        world's, in the composite's order)."""
+        chosen, rejected = [], []
+        for s in self.settings:
+            w, data = world(s), pairs(s, 0)
+            ref = w.train_ref[data.context]
+            chosen.append(ref.gather(1, data.chosen[:, None]).squeeze(1))
+            rejected.append(ref.gather(1, data.rejected[:, None]).squeeze(1))
+        return torch.cat(chosen), torch.cat(rejected)
 
-    def _metrics(self, result: DiagnosticResult, seed: int, beta: float) -> dict[str, float]:
+    def _metrics(self, results: list[DiagnosticResult], seed: int, beta: float) -> dict[str, float]:
         """What a TRL run logs that a proposer reflects on: the loss curve in thirds and the margins |beta*rho| the
-        loss ended up using (on every pair of the seed, with the trained policy), plus the training-side scores."""
-        curve = result.losses
-        out: dict[str, float] = {"train_reward": round(result.train_reward, 5), "train_kl": round(result.train_kl, 5)}
-        if curve:
-            n, k = len(curve), max(1, len(curve) // 3)
-            mid = (n - k) // 2
-            for key, part in (("loss_start", curve[:k]), ("loss_mid", curve[mid:mid + k]), ("loss_end", curve[n - k:])):
-                out[key] = round(sum(part) / len(part), 5)
-        s, w = self.setting, world(self.setting)
-        data = pairs(s, seed)
-        logp = torch.log_softmax(w.train_ref[data.context] + w.train_features[data.context] @ result.weights, dim=1)
-        ref = w.train_ref[data.context]
-        rho = ((logp - ref).gather(1, data.chosen[:, None]) - (logp - ref).gather(1, data.rejected[:, None])).squeeze(1)
+        loss ended up using (on every pair of the seed, with the trained policy), plus the training-side scores; for a
+        composite, each third and score the mean over its worlds and the margins over all of their pairs."""
+        out: dict[str, float] = {"train_reward": round(mean([r.train_reward for r in results]), 5),
+                                 "train_kl": round(mean([r.train_kl for r in results]), 5)}
+        thirds: dict[str, list[float]] = {}
+        for curve in (r.losses for r in results):
+            if curve:
+                n, k = len(curve), max(1, len(curve) // 3)
+                mid = (n - k) // 2
+                for key, part in (("loss_start", curve[:k]), ("loss_mid", curve[mid:mid + k]),
+                                  ("loss_end", curve[n - k:])):
+                    thirds.setdefault(key, []).append(sum(part) / len(part))
+        out.update({key: round(mean(values), 5) for key, values in thirds.items()})
+        rhos = []
+        for s, result in zip(self.settings, results, strict=True):
+            w, data = world(s), pairs(s, seed)
+            logp = torch.log_softmax(w.train_ref[data.context] + w.train_features[data.context] @ result.weights,
+                                     dim=1)
+            ref = w.train_ref[data.context]
+            rhos.append(((logp - ref).gather(1, data.chosen[:, None])
+                         - (logp - ref).gather(1, data.rejected[:, None])).squeeze(1))
+        rho = torch.cat(rhos)
         margin = (beta * rho).abs()
         for q in (0.1, 0.5, 0.9):
             out[f"margin_abs_q{int(q * 100)}"] = round(float(torch.quantile(margin, q)), 4)
         out["rewards/accuracies"] = round(float((rho > 0).double().mean()), 4)
         return out
+
+
+def _greedy(s: DiagnosticSetting, result: DiagnosticResult, part: slice) -> torch.Tensor:
+    """Per context of ``part``: the exact reward of the trained policy's mode (its "greedy answer")."""
+    w = world(s)
+    mode = (w.eval_ref + w.eval_features @ result.weights).argmax(dim=1, keepdim=True)
+    return w.eval_reward.gather(1, mode).squeeze(1)[part]
 
 
 def _logistic(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> torch.Tensor:

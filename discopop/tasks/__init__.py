@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from discopop.config import plain
-from discopop.tasks import diagnostic, synthetic
+from discopop.tasks import synthetic, worlds
 from discopop.tasks.base import Task, cache_root, heldout_parts, search_count
 from discopop.tasks.hub import load_hub_task
 
@@ -51,7 +51,7 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
     if kind == "hub":
         return load_hub_task(cfg)
     if kind == "diagnostic":
-        return diagnostic.as_task(cfg)
+        return worlds.as_task(cfg)  # one world, or a composite (task.preset=a+b)
     if kind != "synthetic":
         raise ValueError(f"task.kind must be 'synthetic', 'hub' or 'diagnostic', got {kind!r}")
     key = build_key(cfg)
