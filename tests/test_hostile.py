@@ -14,9 +14,10 @@ OS corpus, ``tests/test_hostile_os.py``, and every ``discopop check`` test). ``-
 spawns them all. Files run two at a time, each thread's checks in one kept worker (``KeptWorkers``:
 a worker start is mostly importing torch, and candidate code never runs in the worker), restarted
 only after a check that killed it, as a run's warm workers are; the one-shot worker of ``discopop
-check`` meets ``test_check_command_reports_the_layer``, ``tests/test_sandbox.py`` and the OS corpus's
-helpers. EXPECTED.json may list ``needs``: OS layers of which at least one must be active (the test
-is skipped, saying so, on a machine without them).
+check`` meets ``test_check_command_reports_the_layer`` and the self-interrupt test below,
+``tests/test_sandbox.py``, ``tests/test_normalise.py`` and the ``discopop check`` tests of
+``tests/test_cli.py``. EXPECTED.json may list ``needs``: OS layers of which at least one must be
+active (the test is skipped, saying so, on a machine without them).
 """
 
 from __future__ import annotations
