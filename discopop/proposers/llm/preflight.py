@@ -50,8 +50,7 @@ def preflight(settings: RunSettings, sleep: Callable[[float], None] | None = Non
     found = endpoints(settings)
     if not found:
         return 0
-    # lazy: the chat client imports openai (~1 CPU-s, most of a run's start-up imports but torch's): only a run that
-    # asks an endpoint pays it
+    # lazy: the chat client imports openai (~1.3 CPU-s of a run's start): only a run that asks an endpoint pays it
     from discopop.proposers.llm.chat_client import ChatClient, ChatError
 
     checked = 0
