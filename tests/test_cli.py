@@ -219,9 +219,11 @@ def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Pat
     Each run builds a task into a fresh cache, which holds only the session's SFT stage (``tiny_task``'s: the SFT
     is plain torch, silent, and most of a build's time), so each takes the SFT model from there and writes the
     rest of a build itself (pairs sampled and saved, model and tokenizer saved): what a first run's libraries print.
-    The loud run's task is another one (one more pair allowed), in the quiet run's cache."""
+    The loud run's task is another one (one more pair allowed), in the quiet run's cache. One worker each: the
+    one fine-tune (DPO at one rate) needs no second, whose start (a torch import, a task load, an oracle template)
+    only competed for the cores."""
     args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
-            "training.lr_grid=[1e-5]"]
+            "training.lr_grid=[1e-5]", "executor.workers=1"]
     cache = tmp_path / "cache"
     stage = sft_stage_of(tiny_task[1]["task"], cache_dir)
     assert (stage / "meta.json").is_file(), stage

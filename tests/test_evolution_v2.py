@@ -2,7 +2,8 @@
 children of four-input parents, drawn only with ``proposer.v2_operators`` (off by default).
 
 Children are written from the shipped references (trusted) and checked in this process for their shape; one child
-of each operator also goes through the sandboxed check job (the loss oracle's numeric checks), as a proposal does.
+of each operator also goes through the sandboxed check job (the loss oracle's numeric checks), as a proposal does:
+all three in one kept worker (``CheckWorker``, as a run's warm worker; each in an oracle of its own).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import ast
 import random
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from discopop.cli.check import check_source
+from discopop.cli.check import CheckWorker, check_source
 from discopop.contract import checks, losses
 from discopop.contract.inputs import LENGTHS, NLL, REFERENCE
 from discopop.proposers.base import Candidate, HistoryEntry
@@ -60,10 +62,18 @@ def test_each_operator_writes_a_v2_child_the_checks_accept(op: str, parent: str)
     assert cand.info["operator"] == op and cand.parent_ids == [] and cand.info["parents"] == [parent]
 
 
+@pytest.fixture(scope="module")
+def kept_worker() -> Iterator[CheckWorker]:
+    worker = CheckWorker()
+    yield worker
+    worker.close()
+
+
 @pytest.mark.parametrize("op", sorted(V2_OPERATORS))
-def test_each_operators_child_passes_the_sandboxed_oracle_checks(op: str) -> None:
-    verdict = check_source(child(op, "lrml").code, timeout=60)
+def test_each_operators_child_passes_the_sandboxed_oracle_checks(op: str, kept_worker: CheckWorker) -> None:
+    verdict = check_source(child(op, "lrml").code, timeout=60, worker=kept_worker)
     assert verdict["valid"], verdict
+    assert kept_worker.starts == 1 and kept_worker.alive()  # a valid check never costs its worker
 
 
 def test_the_children_of_dpo_are_the_v2_references() -> None:

@@ -4,22 +4,27 @@ sandbox, no connection made to this machine, no process left running.
 
 Each file may use two placeholders, replaced before checking: ``MARKER_PATH`` (a path of its own
 under a pytest temporary directory: the file it tries to write, or the one it tries to delete,
-which then exists beforehand) and ``MARKER_PORT`` (a port this test listens on). Each sandboxed
-worker is tagged with a unique environment variable, so a stray process is found in /proc even
-after it left its process group. Files the static check stops are run again with it fooled. Each
-oracle is forked from one of two shared templates (the real oracle's, the fooled one's), as a run's
-worker forks its candidates' oracles; a forked oracle keeps its template's variable, so a stray of
-theirs is found too, for the corpus as a whole (the spawned oracle meets the OS corpus,
-``tests/test_hostile_os.py``, and every ``discopop check`` test). ``--oracle-start=spawn`` spawns
-them all. Files run two at a time (worker start-up is mostly importing torch); EXPECTED.json may
-list ``needs``: OS layers of which at least one must be active (the test is skipped, saying so, on a
-machine without them).
+which then exists beforehand) and ``MARKER_PORT`` (a port this test listens on). Each check's
+sandboxed processes are tagged with a unique environment variable, so a stray process is found in
+/proc even after it left its process group. Files the static check stops are run again with it
+fooled. Each oracle is forked from one of two shared templates (the real oracle's, the fooled
+one's), as a run's worker forks its candidates' oracles; a forked oracle keeps its template's
+variable, so a stray of theirs is found too, for the corpus as a whole (the spawned oracle meets the
+OS corpus, ``tests/test_hostile_os.py``, and every ``discopop check`` test). ``--oracle-start=spawn``
+spawns them all. Files run two at a time, each thread's checks in one kept worker (``KeptWorkers``:
+a worker start is mostly importing torch, and candidate code never runs in the worker), restarted
+only after a check that killed it, as a run's warm workers are; the one-shot worker of ``discopop
+check`` meets ``test_check_command_reports_the_layer`` and the self-interrupt test below,
+``tests/test_sandbox.py``, ``tests/test_normalise.py`` and the ``discopop check`` tests of
+``tests/test_cli.py``. EXPECTED.json may list ``needs``: OS layers of which at least one must be
+active (the test is skipped, saying so, on a machine without them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -29,13 +34,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import command_env, startup_margin
 
-from discopop.cli.check import check_in_worker, check_source
+from discopop.cli.check import CheckWorker, check_in_worker, check_source
 from discopop.execution.executors import Job, WarmWorker, WorkerSpec
 from discopop.sandbox import Limits, SandboxedProcess, oracle_supply
 from discopop.sandbox.oracle_fork import OracleTemplate
@@ -123,6 +129,61 @@ def shared_template(module: str, env: dict[str, str]) -> SharedTemplate:
     return SharedTemplate(template, token, set(processes_tagged(token)))
 
 
+@dataclass
+class WorkerUse:
+    """One file's use of a kept worker: whether the check started it, and whether it was alive before and after."""
+
+    started: bool
+    alive_before: bool
+    alive_after: bool
+
+
+class KeptWorkers:
+    """One kept ``CheckWorker`` per thread that checks files, all tagged with one token of their own (so a process
+    they leave is found once they are closed); ``uses`` records each file's use of its worker."""
+
+    def __init__(self, count: int):
+        self.token = uuid.uuid4().hex
+        self.workers = [CheckWorker(env={TOKEN_VAR: self.token}) for _ in range(count)]
+        self._idle: queue.Queue[CheckWorker] = queue.Queue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        self.uses: dict[str, WorkerUse] = {}
+        self.strays: list[int] = []
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[CheckWorker]:
+        """An idle worker for the checks of file ``name`` (one thread at a time uses it)."""
+        worker = self._idle.get()
+        starts, alive = worker.starts, worker.alive()
+        try:
+            yield worker
+        finally:
+            self.uses[name] = WorkerUse(worker.starts > starts, alive, worker.alive())
+            self._idle.put(worker)
+
+    @property
+    def starts(self) -> int:
+        return sum(w.starts for w in self.workers)
+
+    def close(self) -> None:
+        """Stop every worker, then look for any process still carrying their token."""
+        for worker in self.workers:
+            worker.close()
+        self.strays = processes_tagged(self.token)
+
+    def faults(self, layers: dict[str, str | None]) -> list[str]:
+        """What went wrong in their use, given each file's verdict layer: a worker restarted while one was alive,
+        one killed by a check whose verdict is not the sandbox's (only a timeout or a broken worker kills it), more
+        starts than one per worker and one after each kill."""
+        found = [f"{name}: restarted a live worker" for name, u in self.uses.items() if u.started and u.alive_before]
+        killed = [name for name, u in self.uses.items() if (u.started or u.alive_before) and not u.alive_after]
+        found += [f"{name}: its worker died at layer {layers[name]}" for name in killed if layers[name] != "sandbox"]
+        if self.starts > len(self.workers) + len(killed):
+            found.append(f"{self.starts} worker starts for {len(self.workers)} workers and {len(killed)} kills")
+        return found
+
+
 def deep_path() -> str:
     """The tests folder on the import path (the fooled oracles live there), before whatever PYTHONPATH holds."""
     tests_dir = str(Path(__file__).resolve().parent)
@@ -144,7 +205,17 @@ def templates() -> Iterator[dict[str, SharedTemplate]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, listener, active_layers, templates) -> dict[str, Outcome]:
+def kept() -> Iterator[KeptWorkers]:
+    """The corpus's kept workers, one per thread (the corpus closes them once it is done)."""
+    workers = KeptWorkers(PARALLEL)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, listener, active_layers, templates, kept) -> dict[str, Outcome]:
     base = tmp_path_factory.mktemp("hostile")
     assert "__" not in str(base) and "{" not in str(base), "the static check would refuse the marker path"
     port = listener.getsockname()[1]
@@ -157,27 +228,33 @@ def corpus(tmp_path_factory, listener, active_layers, templates) -> dict[str, Ou
         token = uuid.uuid4().hex
         source = prepare(name, marker, port)
         timeout = expected.get("timeout", DEFAULT_TIMEOUT)
-        started = time.perf_counter()
-        static_verdict = check_source(source, timeout=timeout, env={TOKEN_VAR: token}) if "static" in expected else None
-        # Files the static check stops are also run with it fooled, so the layers below are tested too.
-        verdict = deep_check(source, timeout, {TOKEN_VAR: token}, templates["deep"].template) if static_verdict else \
-            check_source(source, timeout=timeout, env={TOKEN_VAR: token}, template=templates["checked"].template)
-        outcome = Outcome(verdict, time.perf_counter() - started, marker, token)
+        with kept.use(name) as worker:
+            started = time.perf_counter()
+            static_verdict = check_source(source, timeout=timeout, env={TOKEN_VAR: token}, worker=worker) \
+                if "static" in expected else None
+            # Files the static check stops are also run with it fooled, so the layers below are tested too.
+            verdict = deep_check(source, timeout, {TOKEN_VAR: token}, templates["deep"].template, worker) \
+                if static_verdict else check_source(source, timeout=timeout, env={TOKEN_VAR: token},
+                                                    template=templates["checked"].template, worker=worker)
+            seconds = time.perf_counter() - started
+        outcome = Outcome(verdict, seconds, marker, token)
         outcome.static_verdict = static_verdict
         return outcome
 
     with ThreadPoolExecutor(PARALLEL) as pool:
         outcomes = dict(zip(FILES, pool.map(run, FILES), strict=True))
+    kept.close()
     for outcome in outcomes.values():
         outcome.strays = processes_tagged(outcome.token)
     return outcomes
 
 
-def deep_check(source: str, timeout: float, env: dict[str, str], template: OracleTemplate | None = None) -> dict:
+def deep_check(source: str, timeout: float, env: dict[str, str], template: OracleTemplate | None = None,
+               worker: CheckWorker | None = None) -> dict:
     """``check_source`` minus the static check: the oracle loads the code as if the AST check had passed it
-    (forked from ``template``, a ``hostile_deep_oracle`` one, if given)."""
+    (forked from ``template``, a ``hostile_deep_oracle`` one, if given; in the kept ``worker``, if given)."""
     return check_in_worker(source, timeout, env={**env, "PYTHONPATH": deep_path()}, oracle_module="hostile_deep_oracle",
-                           template=template)
+                           template=template, worker=worker)
 
 
 def test_corpus_is_complete() -> None:
@@ -220,6 +297,14 @@ def test_no_oracle_forked_from_the_shared_templates_outlived_its_check(
         assert not shared.strays(), f"processes left running ({kind}): {shared.strays()}"
 
 
+def test_the_kept_workers_served_many_checks_and_were_restarted_only_after_a_kill(
+        corpus: dict[str, Outcome], kept: KeptWorkers) -> None:
+    """One start per thread, and one more after each check that killed its worker (a timeout), at most."""
+    assert not kept.faults({n: o.verdict["layer"] for n, o in corpus.items()})
+    assert 1 <= kept.starts < len([n for n in corpus if EXPECTED[n]["layer"] != "static" or "static" in EXPECTED[n]])
+    assert not kept.strays, f"processes left running (kept workers): {kept.strays}"
+
+
 def test_no_candidate_reached_this_machine_over_tcp(corpus: dict[str, Outcome], listener: socket.socket) -> None:
     listener.setblocking(False)
     with pytest.raises(BlockingIOError):
@@ -234,7 +319,7 @@ def test_corpus_figures(corpus: dict[str, Outcome], active_layers: list[str], ca
     with capsys.disabled():
         print(f"\nhostile candidates tried {len(corpus)} / stopped {len(stopped)} "
               f"({len(later)} past the static check); slowest rejection {corpus[slowest].seconds:.1f} s "
-              f"({slowest}, incl. worker start); layers: {' '.join(active_layers)}")
+              f"({slowest}, incl. any worker start); layers: {' '.join(active_layers)}")
     assert len(stopped) == len(corpus)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_TASK, startup_margin
-from test_hostile import TOKEN_VAR, SharedTemplate, processes_tagged, shared_template
+from test_hostile import TOKEN_VAR, KeptWorkers, SharedTemplate, processes_tagged, shared_template
 
 from discopop.cli.check import check_in_worker
 from discopop.config import TrainingSettings, task_settings
@@ -63,19 +63,34 @@ def deep_template(deep_path) -> Iterator[SharedTemplate]:
 
 
 @pytest.fixture(scope="module")
-def checked(deep_path, deep_template) -> dict[str, tuple[dict, float, list[int]]]:
-    """Each file through the one-shot ``discopop check`` path: (verdict, seconds, stray pids)."""
+def kept() -> Iterator[KeptWorkers]:
+    """The checks' kept workers, one per thread (``checked`` closes them once it is done)."""
+    workers = KeptWorkers(2)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+@pytest.fixture(scope="module")
+def checked(deep_path, deep_template, kept) -> dict[str, tuple[dict, float, list[int]]]:
+    """Each file through ``discopop check``'s path (``check_in_worker``), each thread's checks in one kept worker
+    (``test_hostile.KeptWorkers``): (verdict, seconds, stray pids)."""
 
     def run(name: str):
         token = uuid.uuid4().hex
-        started = time.perf_counter()
-        verdict = check_in_worker((CORPUS / name).read_text(), CHECK_TIMEOUT,
-                                  env={TOKEN_VAR: token, "PYTHONPATH": deep_path}, oracle_module="hostile_deep_oracle",
-                                  template=deep_template.template)
-        return verdict, time.perf_counter() - started, token
+        with kept.use(name) as worker:
+            started = time.perf_counter()
+            verdict = check_in_worker((CORPUS / name).read_text(), CHECK_TIMEOUT,
+                                      env={TOKEN_VAR: token, "PYTHONPATH": deep_path},
+                                      oracle_module="hostile_deep_oracle", template=deep_template.template,
+                                      worker=worker)
+            seconds = time.perf_counter() - started
+        return verdict, seconds, token
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = dict(zip(FILES, pool.map(run, FILES), strict=True))
+    kept.close()
     return {name: (verdict, seconds, processes_tagged(token)) for name, (verdict, seconds, token) in outcomes.items()}
 
 
@@ -101,6 +116,11 @@ def test_hostile_oracle_candidate_gets_only_its_own_verdict(name: str, checked) 
 def test_no_oracle_forked_from_the_shared_template_outlived_its_check(checked, deep_template) -> None:
     assert deep_template.template is None or deep_template.template.forks == len(FILES)
     assert not deep_template.strays(), f"processes left running: {deep_template.strays()}"
+
+
+def test_the_kept_workers_were_restarted_only_after_a_kill(checked, kept: KeptWorkers) -> None:
+    assert not kept.faults({name: verdict["layer"] for name, (verdict, _, _) in checked.items()})
+    assert 1 <= kept.starts < len(FILES) and not kept.strays, (kept.starts, kept.strays)
 
 
 def test_this_process_never_read_a_flood(checked) -> None:

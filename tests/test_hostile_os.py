@@ -9,6 +9,8 @@ no process left, the work dir gone. Placeholders in the files: ``MARKER_PATH`` (
 test's temporary dir, which is under /tmp), ``MARKER_DIR`` (a directory outside /tmp holding
 ``keep``), ``MARKER_SOCKET`` (a pathname socket in it), ``MARKER_NAME`` (a unique name),
 ``MARKER_PROJECT`` (a directory on the worker's import path with a module and a ``.env``).
+The files run two at a time, each thread's checks in one kept worker (``test_hostile.KeptWorkers``: candidate code
+runs in the oracle only, which is spawned per check here).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import tempfile
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import startup_margin
-from test_hostile import TOKEN_VAR, processes_tagged
+from test_hostile import TOKEN_VAR, KeptWorkers, processes_tagged
 
 from discopop.cli.check import check_in_worker
 from discopop.sandbox import TEXT_LIMIT, Limits, clean_reply, clean_text, remove_tree, sandbox_env
@@ -91,7 +94,17 @@ def drain(sock: socket.socket) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, secrets, active_layers, request) -> dict[str, Outcome]:
+def kept(secrets) -> Iterator[KeptWorkers]:
+    """The corpus's kept workers, one per thread, started once the fake secrets are set (the corpus closes them)."""
+    workers = KeptWorkers(2)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, secrets, active_layers, request, kept) -> dict[str, Outcome]:
     # Runs fork loss oracles from a template by default; this corpus keeps the spawned oracle (``oracle_start=spawn``
     # and the template's fallback) under the OS layers in the default suite. ``--oracle-start`` chooses either.
     start = request.config.getoption("--oracle-start") or "spawn"
@@ -119,12 +132,13 @@ def corpus(tmp_path_factory, secrets, active_layers, request) -> dict[str, Outco
                            ("MARKER_PROJECT", str(project))):
             source = source.replace(key, value)
         token = uuid.uuid4().hex
-        started = time.perf_counter()
         try:
-            verdict = check_in_worker(source, EXPECTED[file].get("timeout", DEFAULT_TIMEOUT),
-                                      env={TOKEN_VAR: token, "PYTHONPATH": import_path},
-                                      oracle_module="hostile_bare_oracle", oracle_start=start)
-            seconds = time.perf_counter() - started
+            with kept.use(file) as worker:
+                started = time.perf_counter()
+                verdict = check_in_worker(source, EXPECTED[file].get("timeout", DEFAULT_TIMEOUT),
+                                          env={TOKEN_VAR: token, "PYTHONPATH": import_path},
+                                          oracle_module="hostile_bare_oracle", oracle_start=start, worker=worker)
+                seconds = time.perf_counter() - started
             received = [data for sock in sockets for data in drain(sock)]
         finally:
             for sock in sockets:
@@ -133,7 +147,9 @@ def corpus(tmp_path_factory, secrets, active_layers, request) -> dict[str, Outco
 
     try:
         with ThreadPoolExecutor(2) as pool:
-            yield dict(zip(FILES, pool.map(run, FILES), strict=True))
+            outcomes = dict(zip(FILES, pool.map(run, FILES), strict=True))
+        kept.close()
+        yield outcomes
     finally:
         remove_tree(outside_root)
 
@@ -168,6 +184,11 @@ def test_os_layers_hold_without_the_python_ones(file: str, corpus: dict[str, Out
     assert (outcome.outside / "keep").read_text() == KEEP
     assert outcome.received == [], "a unix socket of this machine received data"
     assert not outcome.strays, f"processes left running: {outcome.strays}"
+
+
+def test_the_kept_workers_were_restarted_only_after_a_kill(corpus: dict[str, Outcome], kept: KeptWorkers) -> None:
+    assert not kept.faults({name: outcome.verdict["layer"] for name, outcome in corpus.items()})
+    assert 1 <= kept.starts < len(corpus) and not kept.strays, (kept.starts, kept.strays)
 
 
 def test_cleanup_leaves_nothing_behind(corpus: dict[str, Outcome]) -> None:

@@ -70,12 +70,14 @@ def test_hub_task_reports_missing_columns(hub_dir: Path, tmp_path: Path) -> None
 
 
 def test_discover_runs_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None:
+    """A whole run on the hub task, at one learning rate (the rate's climb over a grid is the protocol's, the same on
+    every task: tests/test_tuning.py, and every run of the embedded task in this suite)."""
     run_dir = tmp_path / "run"
     overrides = [f"task.{k}={v}" for k, v in hub_cfg(hub_dir, tmp_path / "cache").items()
                  if k not in ("name", "kind", "tokenizer")]
     args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
-            "training.batch_size=8", "training.threads=1", "executor.workers=1", "confirm.seeds=0",
-            "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
+            "training.batch_size=8", "training.threads=1", "training.lr_grid=[1e-3]", "executor.workers=1",
+            "confirm.seeds=0", "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=command_env())
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:

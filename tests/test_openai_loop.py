@@ -203,13 +203,17 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
 
 def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache_dir, server):
     """The key is revoked while the repair of generation 1's unparseable answer is being asked: the run
-    stops with one line, and ``--resume`` asks that owed repair before going on to generation 2."""
+    stops with one line, and ``--resume`` asks that owed repair before going on to generation 2.
+    One learning rate, the grid's middle (where a reference's climb starts): after the session's shared run
+    (``conftest.discovered``, which stores its references' fine-tunes; the grid is no part of the store's key), the
+    references are read from the store at that rate, and each proposal is one fine-tune; run alone, it trains them."""
     server.push(completion("OK"),  # the pre-flight
                 completion("I would rather not write code today."),
                 error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ...",
                       code="invalid_api_key", type_="authentication_error"))
     run_dir = tmp_path / "run"
-    stopped = discover(new_run(run_dir, server, 2), cache_dir)  # gen 2 after the owed repair shows the run goes on
+    rate = "training.lr_grid=[5e-6]"  # the middle of SMALL_RUN's [5e-6,2e-5]
+    stopped = discover(new_run(run_dir, server, 2, rate), cache_dir)  # gen 2 after the owed repair: the run goes on
     assert stopped.returncode == 3, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     lines = [line for line in stopped.stdout.splitlines() if "run stopped" in line]
     assert len(lines) == 1, stopped.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +14,82 @@ from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeo
 if TYPE_CHECKING:
     from discopop.sandbox.oracle_fork import OracleTemplate
 
+WORKER_MODULE = "discopop.execution.worker"
+INIT_TIMEOUT = 120.0  # seconds for a check worker's start (importing torch), not counted in a check's timeout
+
+
+class CheckWorker:
+    """A sandboxed worker for checks, with the control socket its oracles are handed over on.
+
+    ``check_in_worker`` starts a one-shot one per check (``discopop check``). A caller checking many files (the
+    hostile corpora) keeps one and passes it (``worker=``): it is started on first use and again after a check
+    killed it (a timeout, a reply it could not read), so that caller pays one worker start (a torch import) per
+    worker, not one per file, as a run's warm workers do. Candidate code never runs in it: each check's oracle,
+    a process of its own, runs the candidate. One check at a time.
+    """
+
+    def __init__(self, limits: Limits | None = None, env: dict[str, str] | None = None,
+                 module: str = WORKER_MODULE):
+        """``env``: extra environment variables for the worker process (tests tag it); ``module``: its entry."""
+        self.limits = limits or Limits()
+        self.env = dict(env or {})
+        self.module = module
+        self.proc: SandboxedProcess | None = None
+        self.control: socket.socket | None = None  # where each check's oracle is handed over
+        self.ready = False  # its ``init`` was answered
+        self.starts = 0
+
+    def start(self) -> bool:
+        """Start the worker process unless a ready one is alive; True if it was started now (its ``init`` is owed:
+        :meth:`init`)."""
+        if self.alive():
+            return False
+        self.close()
+        # lazy: the oracle supply imports torch (the oracle's wire format): only a file past the static check pays it
+        from discopop.sandbox.oracle_supply import worker_control
+
+        control, theirs, control_env = worker_control()
+        try:
+            self.proc = SandboxedProcess(self.module, self.limits, env={**self.env, **control_env},
+                                         pass_fds=(theirs.fileno(),))
+        except BaseException:
+            control.close()
+            raise
+        finally:
+            theirs.close()
+        self.control = control
+        self.starts += 1
+        return True
+
+    def init(self) -> FailureReply | None:
+        """Ask the started worker's ``init`` (no task, no training settings); its failure, or None once ready.
+        Raises what ``SandboxedProcess.request`` and ``parse_reply`` raise (the worker is then no longer used)."""
+        assert self.proc is not None, "start() first"
+        started = parse_reply("init", self.proc.request({"op": "init", "task": None, "training": None},
+                                                        timeout=INIT_TIMEOUT))
+        if isinstance(started, FailureReply):
+            return started
+        self.ready = True
+        return None
+
+    def alive(self) -> bool:
+        """A ready worker process is running (a check that timed out killed it)."""
+        return self.proc is not None and self.ready and self.proc.alive()
+
+    def close(self) -> None:
+        """Stop the worker (if any) and close its control socket; a later :meth:`start` starts a fresh one."""
+        self.ready = False
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
                  env: dict[str, str] | None = None, beta: float | None = None,
-                 template: OracleTemplate | None = None) -> dict[str, Any]:
+                 template: OracleTemplate | None = None, worker: CheckWorker | None = None) -> dict[str, Any]:
     """Static check here (AST only), then load + numeric checks in a one-shot sandboxed worker.
 
     ``layer`` names what stopped the loss: ``static`` (AST), ``load`` (its module failed to run),
@@ -32,6 +105,7 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
     combination with the same gradients at that beta, or None (``report/trl_options.py``). A loss in the original
     DiscoPOP method form is checked as rewritten to the contract form, and ``normalised`` shows that text.
     ``template``: fork the oracle from this running template of the caller's (``check_in_worker``), not spawn it.
+    ``worker``: run the checks in this kept worker of the caller's (``check_in_worker``), not in a one-shot one.
     """
     try:
         info = static_check(source)  # parsed under contract.syntax's process-wide lock (CPython 3.11 ast)
@@ -40,7 +114,8 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
         return {"valid": False, "layer": "static", "reason": str(err)}
     # One oracle only: a template would cost what a spawned oracle costs before its first fork, so spawn it (unless
     # the caller keeps one running for many checks).
-    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn", template=template)
+    verdict = check_in_worker(source, timeout, limits, env, beta=beta, oracle_start="spawn", template=template,
+                              worker=worker)
     if verdict["valid"]:
         verdict["function"] = info.function_name
     if normalised != source:
@@ -49,9 +124,10 @@ def check_source(source: str, timeout: float = 30.0, limits: Limits | None = Non
 
 
 def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = None,
-                    env: dict[str, str] | None = None, module: str = "discopop.execution.worker",
+                    env: dict[str, str] | None = None, module: str = WORKER_MODULE,
                     oracle_module: str | None = None, beta: float | None = None,
-                    oracle_start: str | None = None, template: OracleTemplate | None = None) -> dict[str, Any]:
+                    oracle_start: str | None = None, template: OracleTemplate | None = None,
+                    worker: CheckWorker | None = None) -> dict[str, Any]:
     """Load + numeric checks in a one-shot sandboxed worker fed a one-shot loss oracle.
 
     ``module`` / ``oracle_module`` let tests swap in variants (e.g. an oracle whose static check is fooled; None:
@@ -61,21 +137,19 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     ``template``: a running template of the caller's (its module, limits and environment; left running) to fork the
     oracle from instead, whatever ``oracle_start`` says: a run's worker forks every candidate's oracle from one, and
     so do the hostile corpora, whose checks would otherwise each start a template (a torch import) for one fork.
+    ``worker``: a :class:`CheckWorker` of the caller's to run the checks in (started here if it is not running; left
+    running, unless the check killed it), instead of a one-shot worker of ``module`` with ``limits`` and ``env``
+    (``env`` then goes to the oracle only).
     """
     # lazy: these import torch (the oracle's wire format, TRL's options): only a file past the static check pays it
     from discopop.report.trl_options import match_trl
     from discopop.sandbox import oracle_supply
-    from discopop.sandbox.oracle_supply import (
-        OracleProcess,
-        OracleStartFailed,
-        OracleSupply,
-        explain_oracle_death,
-        worker_control,
-    )
+    from discopop.sandbox.oracle_supply import OracleProcess, OracleStartFailed, OracleSupply, explain_oracle_death
 
     oracle_module = oracle_module or oracle_supply.ORACLE_MODULE
     limits = limits or Limits()
-    control, theirs, control_env = worker_control()
+    one_shot = worker is None
+    worker = worker or CheckWorker(limits, env, module)
     forking = template is None and (oracle_start or oracle_supply.DEFAULT_ORACLE_START) == "fork"
     supply = OracleSupply(limits, oracle_module, env, standby=1, start="fork") if forking else None
     oracle = None if supply else OracleProcess(limits, oracle_module, env, template=template)
@@ -83,25 +157,25 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     try:
         if supply:
             supply.prespawn()  # the template imports torch while the worker starts
-        proc = SandboxedProcess(module, limits, env={**(env or {}), **control_env}, pass_fds=(theirs.fileno(),))
+        fresh = worker.start()
     except BaseException:
         if oracle:
             oracle.close()
         if supply:
             supply.close()
-        control.close()
+        if one_shot:
+            worker.close()
         raise
-    finally:
-        theirs.close()
     try:
-        started = parse_reply("init", proc.request({"op": "init", "task": None, "training": None}, timeout=120))
-        if isinstance(started, FailureReply):
-            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {started.error}"}
+        failed = worker.init() if fresh else None
+        if failed is not None:
+            return {"valid": False, "layer": "sandbox", "reason": f"worker failed to start: {failed.error}"}
+        assert worker.proc is not None and worker.control is not None  # started above
         oracle = oracle or supply.take(refill=False)
         oracle.wait_ready(120)
-        tag = oracle.hand_to(control)
-        reply = parse_reply("check", proc.request({"op": "check", "code": source, "oracle": tag, "beta": beta},
-                                                  timeout=timeout))
+        tag = oracle.hand_to(worker.control)
+        reply = parse_reply("check", worker.proc.request(
+            {"op": "check", "code": source, "oracle": tag, "beta": beta}, timeout=timeout))
     except MessageError as err:  # a worker of another version: the machinery, not the loss
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     except OracleStartFailed as err:
@@ -113,8 +187,8 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     finally:
         died = None if oracle is None else oracle.close(
             grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
-        proc.close()
-        control.close()
+        if one_shot or not worker.alive():  # a kept worker stays for the next check, unless this one killed it
+            worker.close()
         if supply:
             supply.close()
     if isinstance(reply, FailureReply):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import matplotlib as mpl
-from matplotlib.figure import Figure
-from matplotlib.text import Text
 from rich.markup import escape as _rich_escape
 
 from discopop.text import clean
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -61,6 +62,8 @@ def markdown_cell(text: object) -> str:
 def no_mathtext(fig: Figure) -> Figure:
     """Switch mathtext off on every text of ``fig``: a name holding ``$\\foo$`` would otherwise be parsed as
     TeX and abort the drawing (escaping ``$`` is not enough: matplotlib 3.11 still parses some escaped text)."""
+    from matplotlib.text import Text  # lazy: matplotlib (~1 CPU-s) only where a figure is drawn, not in the terminal
+
     for text in fig.findobj(Text):
         text.set_parse_math(False)
     return fig
@@ -69,6 +72,8 @@ def no_mathtext(fig: Figure) -> Figure:
 @contextmanager
 def plain_text_figures() -> Iterator[None]:
     """Texts created (or drawn lazily, like new ticks) inside this block are never mathtext."""
+    import matplotlib as mpl  # lazy: matplotlib (~1 CPU-s) only where a figure is drawn, not in the terminal
+
     with mpl.rc_context({"text.parse_math": False}):
         yield
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from discopop.archive import Row
 from discopop.config import WANDB_MODES, WandbSettings
-from discopop.report.board import leaderboard
 from discopop.report.escape import clean, code_text
 from discopop.report.run import confirmation_of, learning_rate_of, number, scored, tuned_beta, winner
 from discopop.search.events import CandidateFinished, Event, ResultsReady, RunFinished
@@ -57,6 +56,8 @@ CONFIRMATION_COLUMNS = ["rank", "id", "name", "proposer", "search (seeds)", "fre
 
 def confirmation_table(rows: list[Row]) -> list[list[Any]]:
     """The confirmed rows, best ranked first, as ``CONFIRMATION_COLUMNS`` (the leaderboard's words; names cleaned)."""
+    from discopop.report.board import leaderboard  # lazy: the board imports matplotlib (~1 CPU-s), a run's start-up
+
     records = {int(rec["id"]): rec for rec in leaderboard(rows, top=len(rows))}
     out = []
     for r in scored(rows):

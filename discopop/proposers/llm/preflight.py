@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from discopop.config import RunSettings
-from discopop.proposers.llm.chat_client import ChatClient, ChatError
 from discopop.proposers.stop import ProposerStop
 
 TIMEOUT = 20.0  # seconds at most per pre-flight request: a reachable endpoint answers one token well within it
@@ -48,8 +47,14 @@ def preflight(settings: RunSettings, sleep: Callable[[float], None] | None = Non
 
     Returns how many endpoints were checked (0: the run needs none).
     """
+    found = endpoints(settings)
+    if not found:
+        return 0
+    # lazy: the chat client imports openai (~1.3 CPU-s of a run's start): only a run that asks an endpoint pays it
+    from discopop.proposers.llm.chat_client import ChatClient, ChatError
+
     checked = 0
-    for who, kwargs in endpoints(settings):
+    for who, kwargs in found:
         client = ChatClient(**kwargs, max_retries=RETRIES, backoff_base=BACKOFF, backoff_max=BACKOFF, sleep=sleep)
         try:
             client.complete(PROBE, max_tokens=1)
