@@ -166,6 +166,12 @@ class KeptWorkers:
     def starts(self) -> int:
         return sum(w.starts for w in self.workers)
 
+    def __enter__(self) -> KeptWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop every worker, then look for any process still carrying their token."""
         for worker in self.workers:
@@ -207,11 +213,8 @@ def templates() -> Iterator[dict[str, SharedTemplate]]:
 @pytest.fixture(scope="module")
 def kept() -> Iterator[KeptWorkers]:
     """The corpus's kept workers, one per thread (the corpus closes them once it is done)."""
-    workers = KeptWorkers(PARALLEL)
-    try:
+    with KeptWorkers(PARALLEL) as workers:
         yield workers
-    finally:
-        workers.close()
 
 
 @pytest.fixture(scope="module")

@@ -65,11 +65,8 @@ def deep_template(deep_path) -> Iterator[SharedTemplate]:
 @pytest.fixture(scope="module")
 def kept() -> Iterator[KeptWorkers]:
     """The checks' kept workers, one per thread (``checked`` closes them once it is done)."""
-    workers = KeptWorkers(2)
-    try:
+    with KeptWorkers(2) as workers:
         yield workers
-    finally:
-        workers.close()
 
 
 @pytest.fixture(scope="module")

@@ -96,11 +96,8 @@ def drain(sock: socket.socket) -> list[bytes]:
 @pytest.fixture(scope="module")
 def kept(secrets) -> Iterator[KeptWorkers]:
     """The corpus's kept workers, one per thread, started once the fake secrets are set (the corpus closes them)."""
-    workers = KeptWorkers(2)
-    try:
+    with KeptWorkers(2) as workers:
         yield workers
-    finally:
-        workers.close()
 
 
 @pytest.fixture(scope="module")
