@@ -139,10 +139,10 @@ class DiagnosticTaskSettings:
     kind: str = setting("diagnostic", "synthetic (built locally), hub or diagnostic.")
     preset: str = setting("clean", f"Which world and data: {', '.join(DIAGNOSTIC_PRESETS)}; several joined by + "
                                    "(e.g. narrow_support+clean) make a composite task: each fine-tune trains and "
-                                   "scores on every world at the same seed and rate, the per-context scores are "
-                                   "concatenated (the fitness is their mean) and the fields set here apply to "
-                                   "every world. The worlds share their contexts, so the statistics count each "
-                                   "context once per world: SE ~1.1-1.2x optimistic (measured, docs/results.md).")
+                                   "scores on every world at the same seed and rate; the worlds share their held-out "
+                                   "contexts, so a context's score is its mean over the worlds (the statistics "
+                                   "count it once) and the fitness is the worlds' mean. The fields set here apply "
+                                   "to every world.")
     contexts: int | None = setting(None, "Training contexts the pairs are drawn on (preset: 256).")
     eval_contexts: int | None = setting(None, "Held-out contexts scored exactly; the first half scores the search, "
                                               "the second half confirms the winners (preset: 256).")

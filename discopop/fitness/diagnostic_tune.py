@@ -24,7 +24,7 @@ import torch
 from discopop.config import DiagnosticTaskSettings, TrainingSettings, plain
 from discopop.contract.inputs import call_loss, declared_inputs, needs_lengths
 from discopop.tasks.diagnostic import DTYPE, DiagnosticSetting, exact_scores, pairs, world
-from discopop.tasks.worlds import joined, mean, settings_of, split_parts
+from discopop.tasks.worlds import mean, per_context_mean, settings_of, split_parts
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -181,13 +181,14 @@ class DiagnosticTuner:
         started = time.perf_counter()
         results = [fine_tune(loss_fn, s, seed=seed, lr=lr, beta=run_beta) for s in self.settings]
         parts = split_parts(self.settings, split)
-        tuned = [joined([fine_tune(loss_fn, s, seed=t, lr=lr, beta=run_beta).per_context for s in self.settings],
-                        parts)
+        tuned = [per_context_mean([fine_tune(loss_fn, s, seed=t, lr=lr, beta=run_beta).per_context
+                                   for s in self.settings], parts)
                  for t in tuning_seeds(seed, tune_seeds)]
         trained = time.perf_counter() - started
-        reward = joined([r.per_context_reward for r in results], parts)
-        kl = joined([r.per_context_kl for r in results], parts)
-        greedy = torch.cat([_greedy(s, r, part) for s, r, part in zip(self.settings, results, parts, strict=True)])
+        reward = per_context_mean([r.per_context_reward for r in results], parts)
+        kl = per_context_mean([r.per_context_kl for r in results], parts)
+        modes = [_greedy(s, r, part) for s, r, part in zip(self.settings, results, parts, strict=True)]
+        greedy = modes[0] if len(modes) == 1 else torch.stack(modes).mean(dim=0)  # a context: its mean over worlds
         means = sum(reward) / len(reward), sum(kl) / len(kl)
         return {
             "fitness": means[0] - self.kl_coef * means[1], "reward": means[0], "kl": means[1],

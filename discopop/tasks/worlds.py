@@ -7,15 +7,13 @@ search never saw (``config.variants`` picks one outside the composite).
 
 A composite is one setting per world: the world's preset with the fields the config sets (the same for every
 world). Its fine-tune is one fine-tune per world at the same seed, rate and beta (each world's own
-:func:`~discopop.fitness.diagnostic_tune.fine_tune`: nothing is shared between them but the loss), and its held-out
-"prompts" are the worlds' contexts, one world after another. So a per-context score list is the concatenation of the
-worlds' own lists, its mean is the composite's fitness, and the crossed statistics see each world's contexts as
-prompts. A single world is exactly :func:`discopop.tasks.diagnostic.as_task`'s task.
-
-Known limit: the worlds are built from the same task seed, so they share their contexts, and a context's scores in
-two worlds correlate (+0.34 to +0.46 on narrow_support+clean): counting them as separate prompts makes the crossed
-SE optimistic by 1.10-1.17x (docs/results.md, "Searching on several worlds"). Averaging a context over its worlds,
-or a task seed per world, would fix it; neither is done yet.
+:func:`~discopop.fitness.diagnostic_tune.fine_tune`: nothing is shared between them but the loss). Its held-out
+"prompts" are the contexts, and a context's score is its mean over the worlds: the worlds are built from the same
+task seed, so they share their contexts, and a context's scores in two worlds correlate (+0.34 to +0.46 on
+narrow_support+clean). Counting the copies as separate prompts (the first version) made the crossed SE optimistic
+by 1.10-1.17x; averaging them keeps a context one prompt, so the crossed statistics stay honest, and the mean (the
+fitness) is unchanged. Worlds that split their held-out contexts differently cannot be averaged: refused in one line.
+A single world is exactly :func:`discopop.tasks.diagnostic.as_task`'s task.
 """
 
 from __future__ import annotations
@@ -29,8 +27,8 @@ from discopop.tasks.base import Task
 from discopop.tasks.diagnostic import DiagnosticSetting, from_config, split_contexts
 from discopop.tasks.diagnostic import as_task as world_task
 
-# Facts of a world's task that are counts: a composite's is their sum (the others are averaged, see ``_meta``).
-COUNTS = ("pairs", "contexts", "eval_contexts", "extra_confirm_contexts")
+# Facts of a world's task that count contexts: the worlds share them, so a composite's are any world's (checked).
+SHARED_COUNTS = ("contexts", "eval_contexts", "extra_confirm_contexts")
 
 
 def settings_of(cfg: Mapping[str, Any]) -> list[DiagnosticSetting]:
@@ -46,9 +44,14 @@ def split_parts(settings: Sequence[DiagnosticSetting], split: str) -> list[slice
     return [split_contexts(s, split) for s in settings]
 
 
-def joined(lists: Sequence[Sequence[float]], parts: Sequence[slice]) -> list[float]:
-    """The worlds' per-context lists cut to their split and concatenated, world after world (the prompts' order)."""
-    return [v for values, part in zip(lists, parts, strict=True) for v in values[part]]
+def per_context_mean(lists: Sequence[Sequence[float]], parts: Sequence[slice]) -> list[float]:
+    """Per held-out context of the split, its mean over the worlds (each world's list cut to its ``parts`` slice):
+    the worlds share their contexts, so a context stays one prompt of the crossed statistics. One world: its own
+    list, bit for bit."""
+    cut = [list(values[part]) for values, part in zip(lists, parts, strict=True)]
+    if len(cut) == 1:
+        return cut[0]
+    return [sum(scores) / len(scores) for scores in zip(*cut, strict=True)]
 
 
 def mean(values: Sequence[float]) -> float:
@@ -66,7 +69,8 @@ def _meta(tasks: Sequence[Task], preset: str) -> dict[str, Any]:
     search = [len(t.heldout_prompts) for t in tasks]
     return {
         "preset": preset, "worlds": [t.meta["preset"] for t in tasks],
-        **{key: sum(int(t.meta[key]) for t in tasks) for key in COUNTS},
+        "pairs": sum(int(t.meta["pairs"]) for t in tasks),
+        **{key: int(tasks[0].meta[key]) for key in SHARED_COUNTS},
         "actions": max(int(t.meta["actions"]) for t in tasks),
         # the share of flipped labels over all the composite's pairs: the one rate cDPO and rDPO are told (search.loop)
         "label_noise": weighted("label_noise", "pairs"),
@@ -79,19 +83,23 @@ def _meta(tasks: Sequence[Task], preset: str) -> dict[str, Any]:
 
 
 def as_task(cfg: Mapping[str, Any]) -> Task:
-    """The run's :class:`Task` for ``task=diagnostic``: one world's (``tasks.diagnostic.as_task``), or a composite's
-    whose prompts of each split are its worlds' own, named ``"<world>: context <i>"``, world after world."""
+    """The run's :class:`Task` for ``task=diagnostic``: one world's (``tasks.diagnostic.as_task``), or a composite's,
+    whose prompts are the contexts its worlds share (each scored as its mean over the worlds)."""
     worlds = diagnostic_worlds(cfg.get("preset"))
     if len(worlds) == 1:
         return world_task(cfg)
     tasks = [world_task({**cfg, "preset": name}) for name in worlds]
-
-    def names(split: str) -> list[str]:
-        return [f"{w}: {p}" for w, t in zip(worlds, tasks, strict=True) for p in t.prompts(split)]
-
+    for split in ("search", "confirm", "replicate"):
+        sizes = {name: len(t.prompts(split)) if split != "replicate" or t.replicate_prompts else 0
+                 for name, t in zip(worlds, tasks, strict=True)}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"task.preset={cfg.get('preset')}: its worlds hold different numbers of {split!r} "
+                             f"contexts ({sizes}); a composite averages each context over its worlds, so they must "
+                             "agree (set task.eval_contexts / task.extra_confirm_contexts for all)")
+    first = tasks[0]
     return Task(
         name=str(cfg.get("name") or "diagnostic"), model_path="", tokenizer_path="", pairs_path=Path(),
-        heldout_prompts=names("search"), confirm_prompts=names("confirm"),
-        replicate_prompts=names("replicate") if all(t.replicate_prompts for t in tasks) else [],
+        heldout_prompts=list(first.heldout_prompts), confirm_prompts=list(first.confirm_prompts),
+        replicate_prompts=list(first.replicate_prompts) if all(t.replicate_prompts for t in tasks) else [],
         reward=None, max_new_tokens=1, score="expected", meta=_meta(tasks, str(cfg.get("preset"))),
     )
