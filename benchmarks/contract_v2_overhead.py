@@ -27,13 +27,13 @@ import torch
 from discopop.config.compose import compose_settings
 from discopop.contract.inputs import call_loss
 from discopop.contract.losses import static_check
+from discopop.dpo_trainer import length_inputs
 from discopop.fitness.training import FineTuner
 from discopop.proposers.reference import reference_candidate
 from discopop.sandbox import Limits
 from discopop.sandbox.oracle_supply import OracleSupply
 from discopop.sandbox.remote_loss import OracleLink, RemoteLoss
 from discopop.tasks import load_task
-from discopop.trl import length_inputs
 
 DPO_V2 = '''import torch.nn.functional as F
 

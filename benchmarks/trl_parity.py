@@ -30,8 +30,8 @@ from transformers import GPT2LMHeadModel, MixtralForCausalLM, PrinterCallback  #
 from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer  # noqa: E402
 from discopop.tasks.tiny import save_tiny, tiny_causal_lm  # noqa: E402
-from discopop.trl import DiscoveredLossDPOTrainer  # noqa: E402
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 L = 3  # every completion below is two digits + EOS

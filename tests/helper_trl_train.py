@@ -12,8 +12,8 @@ from datasets import Dataset
 from transformers import GPT2LMHeadModel, MixtralForCausalLM
 from trl import DPOConfig, DPOTrainer
 
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 from discopop.tasks.tiny import save_tiny, tiny_causal_lm
-from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 STEPS = 4

@@ -25,9 +25,9 @@ from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 from trl_losses import StandIn, trl_trainer
 
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 from discopop.proposers.reference import reference_candidate
 from discopop.tasks.tiny import tiny_causal_lm
-from discopop.trl import DiscoveredLossDPOTrainer
 
 BETA = 0.3
 BATCH = 12

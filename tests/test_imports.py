@@ -13,6 +13,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+import tomllib
 from source_trees import parsed
 
 PACKAGE = Path(__file__).resolve().parents[1] / "discopop"
@@ -174,6 +175,34 @@ def test_no_package_exports_a_name_that_is_also_one_of_its_modules() -> None:
                     if not name.startswith("_") and callable(value) and not isinstance(value, type(discopop))}
         clashes += [f"{info.name}.{name}" for name in sorted(exported & modules)]
     assert not clashes, f"a package exports a function or class named like one of its modules: {clashes}"
+
+
+IMPORT_NAMES = {"hydra-core": "hydra", "pytest-xdist": "xdist"}  # distributions imported under another name
+
+
+def dependency_names(pyproject: Path = PACKAGE.parent / "pyproject.toml") -> set[str]:
+    """The import names of every dependency ``pyproject.toml`` declares (required and optional)."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    specs = [*project["dependencies"], *(d for group in project["optional-dependencies"].values() for d in group)]
+    return {IMPORT_NAMES.get(name, name).replace("-", "_") for name in (re.split(r"[<>=!~\[; ]", s)[0] for s in specs)}
+
+
+def named_after_dependencies(package: Path, names: set[str]) -> list[str]:
+    """Modules and packages under ``package`` whose own name is a dependency's (``discopop/trl.py`` was one)."""
+    return sorted(str(path.relative_to(package.parent)) for path in package.rglob("*.py")
+                  if (path.parent.name if path.name == "__init__.py" else path.stem) in names)
+
+
+def test_no_module_is_named_after_a_dependency(tmp_path: Path) -> None:
+    """A module named like a library reads as that library in every import line and traceback (issue 27 item 1)."""
+    names = dependency_names()
+    assert {"trl", "torch", "openai", "ray", "hydra"} <= names  # the parser sees the list it guards
+    assert named_after_dependencies(PACKAGE, names) == []
+    planted = tmp_path / "discopop"
+    (planted / "proposers").mkdir(parents=True)
+    (planted / "trl.py").write_text("")
+    (planted / "proposers" / "openai.py").write_text("")
+    assert named_after_dependencies(planted, names) == ["discopop/proposers/openai.py", "discopop/trl.py"]
 
 
 # The archive stores (issue 27 item 4): it imports nothing above the loss contract, and nobody else writes SQL.

@@ -11,8 +11,8 @@ from datasets import Dataset
 from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 from discopop.tasks.tiny import save_tiny, tiny_causal_lm
-from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 
@@ -55,7 +55,7 @@ def test_parity_with_trl_builtin_losses(tmp_path: Path, loss_type: str, loss_fil
 
 
 def test_trl_internals_still_where_discopop_expects_them() -> None:
-    """If this fails, a TRL release moved what discopop/trl.py overrides: update that module (only it)."""
+    """If this fails, a TRL release moved what discopop/dpo_trainer.py overrides: update that module (only it)."""
     where = f"trl {trl.__version__}"
     assert hasattr(DPOTrainer, "_compute_loss"), f"{where}: DPOTrainer._compute_loss is gone"
     params = list(inspect.signature(DPOTrainer._compute_loss).parameters)
@@ -74,7 +74,7 @@ def test_trl_triton_switches_are_where_the_worker_turns_them_off() -> None:
     import trl.kernels.chunked_logprob as chunked
     import trl.trainer.utils as trl_utils
 
-    from discopop.trl import use_torch_log_softmax_kernels
+    from discopop.dpo_trainer import use_torch_log_softmax_kernels
 
     where = f"trl {trl.__version__}"
     source = inspect.getsource(trl_utils.selective_log_softmax)
@@ -104,7 +104,7 @@ def test_unsupported_config_is_refused(tmp_path: Path) -> None:
 
 def test_a_reference_name_loads_the_shipped_loss_and_a_path_loads_the_users_file(tmp_path: Path,
                                                                                      monkeypatch) -> None:
-    from discopop.trl import resolve_loss
+    from discopop.dpo_trainer import resolve_loss
 
     shipped = resolve_loss("lrml")
     assert shipped.__name__ == "lrml" and "TAU" in shipped.discopop_source

@@ -25,12 +25,12 @@ from discopop.archive import Archive
 from discopop.contract.checks import check_loss
 from discopop.contract.inputs import V1_INPUTS
 from discopop.contract.losses import load_loss, signature_inputs
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 from discopop.proposers.base import Candidate
 from discopop.proposers.reference import reference_candidate
 from discopop.report.export import export_candidate
 from discopop.report.trl_options import TrlOptions, match_trl
 from discopop.tasks.tiny import save_tiny, tiny_causal_lm
-from discopop.trl import DiscoveredLossDPOTrainer
 
 STEPS = 4
 # Answers of 1-3 characters (+ EOS): the chosen and the rejected answer of a pair differ in length.

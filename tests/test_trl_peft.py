@@ -15,8 +15,8 @@ from transformers import GPT2LMHeadModel
 from trl import DPOConfig, DPOTrainer
 
 from discopop.contract.losses import load_loss
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 from discopop.tasks.tiny import save_tiny, tiny_causal_lm
-from discopop.trl import DiscoveredLossDPOTrainer
 
 PROPOSALS = Path(__file__).resolve().parent.parent / "discopop" / "proposals"
 BETA = 0.1

@@ -89,7 +89,7 @@ def _probe(workdir: str, layers: list[str], device: str, memory_mb: int) -> dict
         return out
     out["name"] = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down
-    from discopop.trl import use_torch_log_softmax_kernels
+    from discopop.dpo_trainer import use_torch_log_softmax_kernels
 
     use_torch_log_softmax_kernels()
     # lazy: also the probe child's entry: nothing beyond the stdlib before lock_down

@@ -97,9 +97,9 @@ class Worker:
         elif task is not None:
             import datasets  # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
 
+            from discopop.dpo_trainer import use_torch_log_softmax_kernels
             from discopop.fitness.training import FineTuner
             from discopop.tasks import load_task
-            from discopop.trl import use_torch_log_softmax_kernels
 
             use_torch_log_softmax_kernels()  # Triton would compile with a subprocess, which the sandbox refuses
 
@@ -194,8 +194,8 @@ class Worker:
         if getattr(self.fine_tuner, "exact", False):
             return self._train_exact(msg)
         # lazy: the worker imports nothing heavy before lock_down; then only inside its sandbox
+        from discopop.dpo_trainer import NonFiniteLoss
         from discopop.sandbox.remote_loss import CandidateError
-        from discopop.trl import NonFiniteLoss
 
         if msg.get("tune_seeds"):  # the config refuses it (RunSettings.check); a job that names it anyway fails
             raise _Failure("train", "tune_seeds is for the exact tier (task=diagnostic) only")

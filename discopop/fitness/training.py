@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, s
 from trl import DPOConfig
 
 from discopop.config import TrainingSettings
+from discopop.dpo_trainer import DiscoveredLossDPOTrainer, LossFn
 from discopop.execution.devices import (
     accumulation_steps,
     check_precision,
@@ -39,7 +40,6 @@ from discopop.execution.devices import (
 from discopop.execution.malloc import keep_freed_memory
 from discopop.fitness.scoring import Score, ScoringInputs, prepare_scoring, score_policy
 from discopop.tasks import Task
-from discopop.trl import DiscoveredLossDPOTrainer, LossFn
 
 
 class _StepTimer(TrainerCallback):

@@ -125,7 +125,7 @@ def _header(archive: Archive, row: Row, target: str) -> str:
         "To train with it in TRL (its DPOConfig defaults to beta 0.1: pass the beta this loss was found at):",
         "    from trl import DPOConfig",
         "    from discopop import load_loss",
-        "    from discopop.trl import DiscoveredLossDPOTrainer",
+        "    from discopop.dpo_trainer import DiscoveredLossDPOTrainer",
         f"    args = DPOConfig(output_dir=\"out\", beta={beta_arg}, learning_rate={lr_arg})",
         f"    trainer = DiscoveredLossDPOTrainer(loss_fn=load_loss({target!r}), args=args, model=..., "
         "train_dataset=...)",

@@ -38,7 +38,7 @@ class StateWatch:
         for name, module in list(sys.modules.items()):
             if name == "__main__" or name.startswith("discopop."):
                 self.spaces[name] = module
-        trl = sys.modules.get("discopop.trl")
+        trl = sys.modules.get("discopop.dpo_trainer")
         if trl is not None:
             self.spaces["DiscoveredLossDPOTrainer"] = trl.DiscoveredLossDPOTrainer
         self.snapshot = {name: dict(vars(obj)) for name, obj in self.spaces.items()}

@@ -18,7 +18,7 @@
 # To train with it in TRL (its DPOConfig defaults to beta 0.1: pass the beta this loss was found at):
 #     from trl import DPOConfig
 #     from discopop import load_loss
-#     from discopop.trl import DiscoveredLossDPOTrainer
+#     from discopop.dpo_trainer import DiscoveredLossDPOTrainer
 #     args = DPOConfig(output_dir="out", beta=0.05, learning_rate=0.003)
 #     trainer = DiscoveredLossDPOTrainer(loss_fn=load_loss("dbaql_temperature_0_3.py'"), args=args, model=..., train_dataset=...)
 

@@ -13,7 +13,7 @@ pinned in ``pyproject.toml``.
 
 Example::
 
-    from discopop.trl import DiscoveredLossDPOTrainer
+    from discopop.dpo_trainer import DiscoveredLossDPOTrainer
     trainer = DiscoveredLossDPOTrainer(model=model, args=DPOConfig(...), train_dataset=ds,
                                        processing_class=tok, loss_fn="proposals/lrml.py")
 """
