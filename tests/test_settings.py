@@ -262,3 +262,22 @@ def test_a_bad_value_on_the_wire_is_one_line(which: str, value: object, message:
     with pytest.raises(ConfigError) as err:
         parse(value)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("overrides", "scored", "expected"), [
+    (["task=diagnostic"], 11, 11),  # auto on the fast tier: every baseline (the bar cannot be one left out)
+    (["task=addition"], 11, 2),  # auto on a fine-tuned model: each baseline is confirm.seeds full fine-tunes
+    (["task=addition", "confirm.references=all"], 11, 11),
+    (["task=diagnostic", "confirm.references=4"], 11, 4),
+])
+def test_confirm_references_auto_confirms_every_baseline_on_the_fast_tier(overrides: list[str], scored: int,
+                                                                          expected: int) -> None:
+    settings, _ = compose_settings(overrides)
+    assert settings.confirmed_baselines(scored) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "many", "true", "2.5"])
+def test_a_bad_confirm_references_is_one_line(value: str) -> None:
+    with pytest.raises(ConfigError, match="confirm.references must be an integer >= 1, all or auto") as err:
+        compose_settings([f"confirm.references={value}"])[0].check()
+    assert "\n" not in str(err.value)

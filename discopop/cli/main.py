@@ -144,7 +144,8 @@ def _discover(args: argparse.Namespace, cfg: Any, run_dir: Path, overrides: list
     tracker = None
     try:
         conf = cfg.confirm
-        confirm_fine_tunes = (conf.top_k + 1 + conf.references) * conf.seeds  # top k, DPO, best references
+        # top k, DPO, best references (with baseline_constants, 'all' counts only the named baselines: a floor)
+        confirm_fine_tunes = (conf.top_k + 1 + cfg.confirmed_baselines(len(cfg.baselines))) * conf.seeds
         tracker = Tracker(cfg.wandb, run_dir, cfg.to_dict())
         with Display(total, console=console, quiet=args.quiet, confirm_fine_tunes=confirm_fine_tunes) as display:
             # the terminal and wandb hear the same events; the loop shows nothing itself

@@ -73,8 +73,12 @@ class ConfirmSettings:
     top_k: int = setting(3, "Best candidates re-trained on fresh seeds at the end (DPO always is).")
     seeds: int = setting(5, "Fresh seeds per comparison: with 3, t has 2 d.o.f. and Holm over 6 tests needs "
                             "|t| ~ 10.")
-    references: int = setting(2, "Best baselines (by search fitness) re-trained on the fresh seeds too; the "
-                                 "candidates are held to the one with the best fresh-seed mean.")
+    references: Any = setting("auto", "Best baselines (by search fitness) re-trained on the fresh seeds too; the "
+                                      "candidates are held to the one with the best fresh-seed mean, so a baseline "
+                                      "left out cannot be the bar. A number, all (every baseline the run scored), "
+                                      "or auto: all on task=diagnostic (a fine-tune costs ms; confirming 4 of 11 "
+                                      "let a noisy search ranking leave out the strongest, docs/results.md), 2 "
+                                      "elsewhere (each is confirm.seeds full fine-tunes).")
     split: str = setting("confirm", "Which held-out prompts the confirmation scores: confirm (the default) or "
                                     "replicate (a replication run, e.g. seed=100: the part task.replicate_prompts "
                                     "keeps back, which neither the search nor a default confirmation used).")
@@ -87,9 +91,19 @@ class ConfirmSettings:
 
     def check(self) -> None:
         require(self.seeds >= 0 and self.top_k >= 0, "confirm.seeds and confirm.top_k must be >= 0")
-        require(self.references >= 1, f"confirm.references must be >= 1, got {self.references}")
+        require(self.references in ("auto", "all") or (isinstance(self.references, int)
+                                                        and not isinstance(self.references, bool)
+                                                        and self.references >= 1),
+                f"confirm.references must be an integer >= 1, all or auto, got {self.references!r}")
         require(self.split in ("confirm", "replicate"),
                 f"confirm.split must be confirm or replicate, got {self.split!r}")
+
+    def baseline_count(self, scored: int, exact_tier: bool) -> int:
+        """How many baselines the confirmation re-trains, of the ``scored`` ones the run has (``exact_tier``: the
+        run's task is ``task=diagnostic``, where ``auto`` means all)."""
+        if self.references == "all" or (self.references == "auto" and exact_tier):
+            return max(1, scored)
+        return 2 if self.references == "auto" else int(self.references)
 
 
 @dataclass
@@ -188,6 +202,10 @@ class RunSettings:
         kept = getattr(self.task, "replicate_prompts", getattr(self.task, "replicate_contexts", None))
         require(self.confirm.split != "replicate" or bool(kept), "confirm.split=replicate needs "
                 "task.replicate_prompts (diagnostic: task.replicate_contexts) > 0: the prompts kept for replications")
+
+    def confirmed_baselines(self, scored: int) -> int:
+        """How many of the run's ``scored`` baselines the confirmation re-trains (``confirm.references``)."""
+        return self.confirm.baseline_count(scored, isinstance(self.task, DiagnosticTaskSettings))
 
     @classmethod
     def coerce(cls, value: RunSettings | Mapping[str, Any]) -> RunSettings:

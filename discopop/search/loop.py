@@ -238,6 +238,10 @@ class Loop:
     def _note(self, text: str) -> None:
         self.display.show(Note(text))
 
+    def _confirmed_baselines(self) -> int:
+        """How many baselines the confirmation re-trains: ``confirm.references`` of those this run scored."""
+        return self.cfg.confirmed_baselines(len(self.archive.rows_by_proposer("reference", status=Status.SCORED)))
+
     def _staged(self, row: Row, stage: str) -> None:
         self.display.show(CandidateStage(row.id, row.name, stage))
 
@@ -448,7 +452,7 @@ class Loop:
             return ObservedExecutor(factory(name, task), JobEvents(self.display))
 
         comparisons = confirm_transfer(self.archive, observed, variants, self.seed, conf.seeds, conf.top_k,
-                                       references=conf.references, log=self._note, prompts=conf.split,
+                                       references=self._confirmed_baselines(), log=self._note, prompts=conf.split,
                                        stores=self._variant_store(store, device))
         for verdict in verdicts(comparisons):
             self.display.show(verdict)
@@ -589,10 +593,11 @@ class Loop:
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self.display.show(PhaseStarted("confirmation"))
-                self._note(f"re-scoring the top {conf.top_k}, DPO and the {conf.references} best baselines "
+                n = self._confirmed_baselines()
+                self._note(f"re-scoring the top {conf.top_k}, DPO and the {n} best baselines "
                            f"on {conf.seeds} fresh seeds and the held-back prompts")
                 comparisons = confirm(self.archive, executor, self.seed, conf.seeds, conf.top_k,
-                                      references=conf.references, store=store, split=conf.split)
+                                      references=n, store=store, split=conf.split)
                 for verdict in verdicts(comparisons):
                     self.display.show(verdict)
                 self.display.show(PhaseFinished("confirmation"))
