@@ -7,6 +7,7 @@ from itertools import permutations
 from pathlib import Path
 
 import pytest
+import torch
 
 from discopop.config import ConfigError, RunSettings, TrainingSettings, task_settings
 from discopop.config.compose import compose
@@ -15,7 +16,7 @@ from discopop.config.variants import allowed_variants, transfer_tasks, variant_n
 from discopop.contract.losses import load_loss
 from discopop.fitness.diagnostic_tune import DiagnosticTuner, fine_tune, tuning_seeds
 from discopop.tasks import load_task, worlds
-from discopop.tasks.diagnostic import as_task, from_config, split_contexts
+from discopop.tasks.diagnostic import as_task, from_config, setting, split_contexts, world
 from discopop.tasks.worlds import settings_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,3 +150,13 @@ def test_a_composite_on_the_command_line_composes_and_checks() -> None:
     cfg, _ = compose(["task=diagnostic", f"task.preset={COMPOSITE}", "confirm.transfer=auto"])
     RunSettings.coerce(cfg).check()
     assert cfg["task"]["preset"] == COMPOSITE
+
+
+def test_eval_contexts_redraws_the_world_and_extra_confirm_contexts_does_not() -> None:
+    """What the settings' help says: compare runs at one ``eval_contexts`` (another value is another world)."""
+    base = world(setting("clean"))
+    wider = world(setting("clean", eval_contexts=512))
+    more = world(setting("clean", extra_confirm_contexts=64))
+    assert torch.equal(base.train_features, wider.train_features)
+    assert not torch.equal(base.train_reward, wider.train_reward)  # the training side moved too
+    assert torch.equal(base.train_reward, more.train_reward) and torch.equal(base.eval_reward, more.eval_reward[:256])

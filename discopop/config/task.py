@@ -145,7 +145,10 @@ class DiagnosticTaskSettings:
                                    "to every world.")
     contexts: int | None = setting(None, "Training contexts the pairs are drawn on (preset: 256).")
     eval_contexts: int | None = setting(None, "Held-out contexts scored exactly; the first half scores the search, "
-                                              "the second half confirms the winners (preset: 256).")
+                                              "the second half confirms the winners (preset: 256). Changing it "
+                                              "redraws the whole world, the training contexts' rewards and "
+                                              "reference too (one random stream): compare runs at one value; "
+                                              "extra_confirm_contexts has a stream of its own and does not.")
     actions: int | None = setting(None, "Actions per context (preset: 16).")
     task_seed: int | None = setting(None, "Seeds the world: contexts, reward, reference (preset: 0).")
     pairs_per_context: int | None = setting(None, "Preference pairs drawn per training context and seed.")

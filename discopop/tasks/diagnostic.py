@@ -167,7 +167,9 @@ def _heldout_block(gen: torch.Generator, n: int, s: DiagnosticSetting, mix: torc
 def world(s: DiagnosticSetting) -> World:
     """Build the world of ``s`` (cached: every seed and loss shares it). The draws of the training contexts and
     the ``eval_contexts`` come first and do not depend on ``extra_confirm_contexts``, whose contexts come from a
-    generator of their own."""
+    generator of their own. They do depend on ``eval_contexts``: each draw covers training and held-out contexts at
+    once, so another count moves every later draw (the training rewards and reference too; measured: a different
+    world, docs/results.md). Kept as it is, since every figure of this tier was measured on these draws."""
     gen = torch.Generator().manual_seed(1_000_003 * s.task_seed + 17)
     d, a = s.features, s.actions
     mix = torch.randn(d, a, generator=gen, dtype=DTYPE) / math.sqrt(d)
