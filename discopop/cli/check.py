@@ -144,7 +144,13 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     # lazy: these import torch (the oracle's wire format, TRL's options): only a file past the static check pays it
     from discopop.report.trl_options import match_trl
     from discopop.sandbox import oracle_supply
-    from discopop.sandbox.oracle_supply import OracleProcess, OracleStartFailed, OracleSupply, explain_oracle_death
+    from discopop.sandbox.oracle_supply import (
+        OracleProcess,
+        OracleStartFailed,
+        OracleSupply,
+        death_grace,
+        explain_oracle_death,
+    )
 
     oracle_module = oracle_module or oracle_supply.ORACLE_MODULE
     limits = limits or Limits()
@@ -185,8 +191,9 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     except SandboxDied as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     finally:
-        died = None if oracle is None else oracle.close(
-            grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
+        failed = reply if isinstance(reply, FailureReply) else None
+        died = None if oracle is None else oracle.close(grace=death_grace(failed and failed.stage,
+                                                                          failed and failed.error))
         if one_shot or not worker.alive():  # a kept worker stays for the next check, unless this one killed it
             worker.close()
         if supply:

@@ -33,7 +33,13 @@ from discopop.execution.devices import plan_local_workers
 from discopop.execution.messages import CheckReply, FailureReply, InitReply, MessageError, TrainReply, parse_reply
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 from discopop.sandbox.oracle_keep import KeptOracles, code_key
-from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
+from discopop.sandbox.oracle_supply import (
+    OracleStartFailed,
+    OracleSupply,
+    death_grace,
+    explain_oracle_death,
+    worker_control,
+)
 from discopop.tasks import cache_root
 
 _TRAINING = TrainingSettings()
@@ -287,7 +293,8 @@ class WarmWorker:
                 self.kept.keep(key, oracle)  # this candidate's next job may use it (killed if not keepable)
             else:
                 # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
-                died = oracle.close(grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
+                failed = reply if isinstance(reply, FailureReply) else None
+                died = oracle.close(grace=death_grace(failed and failed.stage, failed and failed.error))
         elapsed = time.perf_counter() - started
         if isinstance(reply, FailureReply):  # the reply is cleaned already (SandboxedProcess.request)
             stage, error = explain_oracle_death(reply.stage, reply.error, died)
