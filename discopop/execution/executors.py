@@ -40,6 +40,7 @@ from discopop.sandbox.oracle_supply import (
     explain_oracle_death,
     worker_control,
 )
+from discopop.sandbox.parent import WorkerLink
 from discopop.tasks import cache_root
 
 _TRAINING = TrainingSettings()
@@ -198,7 +199,7 @@ def task_for_worker(task: TaskSettings | None) -> tuple[dict[str, Any] | None, l
     return {**wire, "cache_dir": str(cache)}, paths
 
 
-class WarmWorker:
+class WarmWorker(WorkerLink):
     """One sandboxed worker process, restarted after a timeout or a crash, fed a loss oracle per candidate."""
 
     def __init__(self, spec: WorkerSpec):
@@ -220,7 +221,7 @@ class WarmWorker:
         """The live worker process, started (or restarted after a crash or timeout) if needed."""
         if self.proc is not None and self.proc.alive():
             return self.proc
-        self._close_worker()
+        self.close_link()
         started = time.perf_counter()
         self.oracles.prespawn()  # imports torch while the worker does
         task, readable = task_for_worker(self.spec.task)
@@ -302,16 +303,8 @@ class WarmWorker:
             return JobResult(job, False, stage, clean_text(error or "failed without a reason"), seconds=elapsed)
         return JobResult(job, True, job.stage, None, reply=reply, seconds=elapsed)
 
-    def _close_worker(self) -> None:
-        if self.proc is not None:
-            self.proc.close()
-            self.proc = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-
     def close(self) -> None:
-        self._close_worker()
+        self.close_link()
         self.kept.close()
         self.oracles.close()
 
