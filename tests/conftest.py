@@ -28,7 +28,7 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_config_dir.py", "test_confirm_contexts.py", "test_conventions.py", "test_diagnostic_headroom.py",
         "test_diagnostic_shape.py", "test_evolution.py", "test_export.py", "test_hostile_static.py",
         "test_importing.py", "test_imports.py", "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py",
-        "test_malloc.py", "test_messages.py", "test_openai_proposer.py", "test_owed_repairs.py",
+        "test_malloc.py", "test_messages.py", "test_openai_proposer.py", "test_oracle_death.py", "test_owed_repairs.py",
         "test_pair_variants.py", "test_pairs_ceiling.py", "test_parse_lock.py", "test_progress.py",
         "test_rich_deterministic.py", "test_search_efficiency.py", "test_settings.py", "test_sft_coverage.py",
         "test_stats.py", "test_tune_seeds.py", "test_tuning.py", "test_work_ahead.py", "test_worlds.py",

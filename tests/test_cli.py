@@ -185,18 +185,45 @@ def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path
     assert not run_dir.exists()
 
 
-def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: Path,
-                                                     discovered: tuple[Path, subprocess.CompletedProcess]) -> None:
+def sft_stage_of(task_cfg: Any, cache: Path) -> Path:
+    """Where ``cache`` keeps the SFT stage of the synthetic task ``task_cfg`` (``tasks.synthetic.sft_stage``)."""
+    key = build_key(plain(task_cfg))
+    return cache / f"{key['language']}-sft-{config_hash(sft_key(key))}"
+
+
+def built_tasks(cache: Path) -> list[Path]:
+    """The task directories in ``cache`` (not its SFT stages)."""
+    return [p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name]
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory, cache_dir: Path, tiny_task) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The session's shared search again (``SMALL_RUN``: the shared run's settings and seed, less what runs after the
+    search), ``--verbose``, in a fresh cache that holds only the session's SFT stage (``tiny_task``'s): (its cache,
+    its run directory, its output). So it builds the tiny task itself, in its process (sampling and saving the pairs,
+    saving the model and tokenizer: a first run's library output, the SFT being plain torch and silent), and trains
+    its references itself (no store there). Run once, for the two tests that read it."""
+    root = tmp_path_factory.mktemp("rebuilt")
+    cache, run_dir = root / "cache", root / "run"
+    stage = sft_stage_of(tiny_task[1]["task"], cache_dir)
+    assert (stage / "meta.json").is_file(), stage
+    shutil.copytree(stage, cache / stage.name)
+    out = run(["discover", "--generations", "2", "--verbose", *SMALL_RUN, "selection.reference_store=false",
+               "confirm.seeds=0", f"hydra.run.dir={run_dir}"], cache, timeout=600)
+    return cache, run_dir, out
+
+
+def test_same_config_and_seed_give_the_same_archive(discovered: tuple[Path, subprocess.CompletedProcess],
+                                                     rebuilt: tuple[Path, Path, subprocess.CompletedProcess]) -> None:
     """Real workers, two proposals a generation trained side by side: whichever finishes first, the same archive
     (the loop's side of this, any finishing order, is in tests/test_loop.py). Run a is the session's shared run;
-    run b (``SMALL_RUN``, which differs from the shared run's only in what runs after the search) repeats
-    its search, training its references itself rather than reading the store, and stops there: the
-    columns compared are the search's (confirmation and transfer, which come after, only add metrics)."""
+    run b (``rebuilt``: ``SMALL_RUN``, which differs from the shared run's only in what runs after the search)
+    repeats its search on the same task built again in another process from the same SFT stage, training its
+    references itself rather than reading the store, and stops there: the columns compared are the search's
+    (confirmation and transfer, which come after, only add metrics)."""
     first, out = discovered
     assert out.returncode == 0, out.stderr[-2000:]
-    second = tmp_path / "b"
-    out = run(["discover", "--generations", "2", "--quiet", *SMALL_RUN, "selection.reference_store=false",
-               "confirm.seeds=0", f"hydra.run.dir={second}"], cache_dir)
+    _, second, out = rebuilt
     assert out.returncode == 0, out.stderr[-2000:]
     archives = []
     for run_dir in (first, second):
@@ -206,44 +233,24 @@ def test_same_config_and_seed_give_the_same_archive(tmp_path: Path, cache_dir: P
     assert archives[0] == archives[1]
 
 
-def sft_stage_of(task_cfg: Any, cache: Path) -> Path:
-    """Where ``cache`` keeps the SFT stage of the synthetic task ``task_cfg`` (``tasks.synthetic.sft_stage``)."""
-    key = build_key(plain(task_cfg))
-    return cache / f"{key['language']}-sft-{config_hash(sft_key(key))}"
-
-
-def test_discover_prints_only_its_own_lines_and_logs_the_libraries(tmp_path: Path, cache_dir: Path,
-                                                                    tiny_task) -> None:
-    """A first run builds the task in this process (transformers warnings, dataset/shard progress bars):
-    by default none of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it.
-    Each run builds a task into a fresh cache, which holds only the session's SFT stage (``tiny_task``'s: the SFT
-    is plain torch, silent, and most of a build's time), so each takes the SFT model from there and writes the
-    rest of a build itself (pairs sampled and saved, model and tokenizer saved): what a first run's libraries print.
-    The loud run's task is another one (one more pair allowed), in the quiet run's cache. One worker each: the
-    one fine-tune (DPO at one rate) needs no second, whose start (a torch import, a task load, an oracle template)
-    only competed for the cores."""
-    args = ["--generations", "0", "--quiet", *SMALL_RUN, "baselines=[dpo]", "confirm.seeds=0",
-            "training.lr_grid=[1e-5]", "executor.workers=1"]
-    cache = tmp_path / "cache"
-    stage = sft_stage_of(tiny_task[1]["task"], cache_dir)
-    assert (stage / "meta.json").is_file(), stage
-    shutil.copytree(stage, cache / stage.name)
-
-    def tasks() -> set[Path]:
-        return {p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name}
-
-    quiet = run(["discover", *args, f"hydra.run.dir={tmp_path / 'quiet'}"], cache)
+def test_discover_prints_only_its_own_lines_and_logs_the_libraries(
+        discovered: tuple[Path, subprocess.CompletedProcess],
+        rebuilt: tuple[Path, Path, subprocess.CompletedProcess]) -> None:
+    """A run that builds a task in its process (transformers warnings, dataset/shard progress bars): by default none
+    of it reaches the console, all of it is in RUN_DIR/libraries.log; --verbose shows it. Quiet: the session's
+    shared run (``--quiet``), which builds the held-out variant's task from the cached SFT stage (its first build
+    in the session's cache; its workers, fine-tunes, confirmation and transfer print through the same console).
+    Loud: ``rebuilt`` (``--verbose``), which builds the tiny task into a fresh cache holding only the SFT stage
+    (the SFT is plain torch, silent, and most of a build's time): the rest of a build is its own."""
+    run_dir, quiet = discovered
     assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "building task 'addition_hardflip'" in quiet.stdout, quiet.stdout[-2000:]  # a build in this process
     console = quiet.stdout + quiet.stderr
     for noise in ("[transformers]", "Warning", "it/s]", "examples/s]"):
         assert noise not in console, f"library output {noise!r} reached the console:\n{console[-2000:]}"
-    assert (tmp_path / "quiet" / "libraries.log").stat().st_size > 0
-    built = tasks()
-    [quiet_task] = built
-    assert json.loads((quiet_task / "meta.json").read_text())["sft_reused"] is True  # a first build, but its SFT
-    loud = run(["discover", "--verbose", *args, "task.pairs.max_pairs=65", f"hydra.run.dir={tmp_path / 'loud'}"],
-               cache)
+    assert (run_dir / "libraries.log").stat().st_size > 0
+    cache, _, loud = rebuilt
     assert loud.returncode == 0, loud.stderr[-2000:]
-    [loud_task] = tasks() - built
+    [loud_task] = built_tasks(cache)
     assert json.loads((loud_task / "meta.json").read_text())["sft_reused"] is True  # a build, without the SFT
     assert "it/s]" in loud.stdout + loud.stderr  # a first run of its task, with the libraries' own output

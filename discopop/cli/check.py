@@ -10,6 +10,7 @@ from discopop.contract.diagnostics import summarize
 from discopop.contract.losses import LossRejected, decode_source, normalise_loss, signature_inputs, static_check
 from discopop.execution.messages import CheckReply, FailureReply, MessageError, Reply, parse_reply
 from discopop.sandbox import Limits, SandboxDied, SandboxedProcess, SandboxTimeout
+from discopop.sandbox.parent import WorkerLink
 
 if TYPE_CHECKING:
     from discopop.sandbox.oracle_fork import OracleTemplate
@@ -18,7 +19,7 @@ WORKER_MODULE = "discopop.execution.worker"
 INIT_TIMEOUT = 120.0  # seconds for a check worker's start (importing torch), not counted in a check's timeout
 
 
-class CheckWorker:
+class CheckWorker(WorkerLink):
     """A sandboxed worker for checks, with the control socket its oracles are handed over on.
 
     ``check_in_worker`` starts a one-shot one per check (``discopop check``). A caller checking many files (the
@@ -79,12 +80,7 @@ class CheckWorker:
     def close(self) -> None:
         """Stop the worker (if any) and close its control socket; a later :meth:`start` starts a fresh one."""
         self.ready = False
-        if self.proc is not None:
-            self.proc.close()
-            self.proc = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
+        self.close_link()
 
 
 def check_source(source: str, timeout: float = 30.0, limits: Limits | None = None,
@@ -144,7 +140,13 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     # lazy: these import torch (the oracle's wire format, TRL's options): only a file past the static check pays it
     from discopop.report.trl_options import match_trl
     from discopop.sandbox import oracle_supply
-    from discopop.sandbox.oracle_supply import OracleProcess, OracleStartFailed, OracleSupply, explain_oracle_death
+    from discopop.sandbox.oracle_supply import (
+        OracleProcess,
+        OracleStartFailed,
+        OracleSupply,
+        death_grace,
+        explain_oracle_death,
+    )
 
     oracle_module = oracle_module or oracle_supply.ORACLE_MODULE
     limits = limits or Limits()
@@ -185,8 +187,9 @@ def check_in_worker(source: str, timeout: float = 30.0, limits: Limits | None = 
     except SandboxDied as err:
         return {"valid": False, "layer": "sandbox", "reason": str(err)}
     finally:
-        died = None if oracle is None else oracle.close(
-            grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
+        failed = reply if isinstance(reply, FailureReply) else None
+        died = None if oracle is None else oracle.close(grace=death_grace(failed and failed.stage,
+                                                                          failed and failed.error))
         if one_shot or not worker.alive():  # a kept worker stays for the next check, unless this one killed it
             worker.close()
         if supply:

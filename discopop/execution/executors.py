@@ -33,7 +33,14 @@ from discopop.execution.devices import plan_local_workers
 from discopop.execution.messages import CheckReply, FailureReply, InitReply, MessageError, TrainReply, parse_reply
 from discopop.sandbox import READ_PATHS_VAR, Limits, SandboxDied, SandboxedProcess, SandboxTimeout, clean_text
 from discopop.sandbox.oracle_keep import KeptOracles, code_key
-from discopop.sandbox.oracle_supply import OracleStartFailed, OracleSupply, explain_oracle_death, worker_control
+from discopop.sandbox.oracle_supply import (
+    OracleStartFailed,
+    OracleSupply,
+    death_grace,
+    explain_oracle_death,
+    worker_control,
+)
+from discopop.sandbox.parent import WorkerLink
 from discopop.tasks import cache_root
 
 _TRAINING = TrainingSettings()
@@ -192,7 +199,7 @@ def task_for_worker(task: TaskSettings | None) -> tuple[dict[str, Any] | None, l
     return {**wire, "cache_dir": str(cache)}, paths
 
 
-class WarmWorker:
+class WarmWorker(WorkerLink):
     """One sandboxed worker process, restarted after a timeout or a crash, fed a loss oracle per candidate."""
 
     def __init__(self, spec: WorkerSpec):
@@ -214,7 +221,7 @@ class WarmWorker:
         """The live worker process, started (or restarted after a crash or timeout) if needed."""
         if self.proc is not None and self.proc.alive():
             return self.proc
-        self._close_worker()
+        self.close_link()
         started = time.perf_counter()
         self.oracles.prespawn()  # imports torch while the worker does
         task, readable = task_for_worker(self.spec.task)
@@ -287,7 +294,8 @@ class WarmWorker:
                 self.kept.keep(key, oracle)  # this candidate's next job may use it (killed if not keepable)
             else:
                 # A job the oracle failed by hanging up: give its exit a moment to be seen, to say why.
-                died = oracle.close(grace=1.0 if isinstance(reply, FailureReply) and reply.stage == "oracle" else 0.0)
+                failed = reply if isinstance(reply, FailureReply) else None
+                died = oracle.close(grace=death_grace(failed and failed.stage, failed and failed.error))
         elapsed = time.perf_counter() - started
         if isinstance(reply, FailureReply):  # the reply is cleaned already (SandboxedProcess.request)
             stage, error = explain_oracle_death(reply.stage, reply.error, died)
@@ -295,16 +303,8 @@ class WarmWorker:
             return JobResult(job, False, stage, clean_text(error or "failed without a reason"), seconds=elapsed)
         return JobResult(job, True, job.stage, None, reply=reply, seconds=elapsed)
 
-    def _close_worker(self) -> None:
-        if self.proc is not None:
-            self.proc.close()
-            self.proc = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-
     def close(self) -> None:
-        self._close_worker()
+        self.close_link()
         self.kept.close()
         self.oracles.close()
 

@@ -224,6 +224,21 @@ def worker_control() -> tuple[socket.socket, socket.socket, dict[str, str]]:
     return ours, theirs, {CONTROL_FD_VAR: str(theirs.fileno())}
 
 
+DEATH_GRACE = 1.0  # seconds a hung-up oracle is given to exit by itself, so that its exit can say why it died
+
+
+def hung_up(stage: str, error: str) -> bool:
+    """The worker failed a job because the oracle closed the channel (only then is the oracle's death the reason)."""
+    return stage == "oracle" and wire.HUNG_UP in error
+
+
+def death_grace(stage: str | None, error: str | None) -> float:
+    """How long to wait for a failed job's oracle to exit by itself before it is killed: :data:`DEATH_GRACE` where
+    it hung up (:func:`explain_oracle_death` then says why it died), else none: any other failure keeps its own
+    reason, and an oracle still running (a forged or flooding reply, a hang) would only be waited for."""
+    return DEATH_GRACE if stage is not None and error is not None and hung_up(stage, error) else 0.0
+
+
 def explain_oracle_death(stage: str, error: str, died: str | None) -> tuple[str, str]:
     """(stage, error) of a failed job; where the worker failed it because the oracle hung up, why the oracle died
     (stage ``sandbox``).
@@ -231,6 +246,6 @@ def explain_oracle_death(stage: str, error: str, died: str | None) -> tuple[str,
     Other channel failures keep their own reason (a refused reply is the cause, the oracle's death
     from a broken pipe afterwards is not).
     """
-    if died and stage == "oracle" and wire.HUNG_UP in error:
+    if died and hung_up(stage, error):
         return "sandbox", f"loss oracle died: {died.removeprefix('worker ')}"
     return stage, error

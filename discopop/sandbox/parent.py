@@ -21,6 +21,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -381,6 +382,25 @@ class SandboxedProcess:
 
 
 # ---- the child's end of the pipes -------------------------------------------------------------
+
+
+class WorkerLink:
+    """A worker process and the parent's end of the socket its loss oracles are handed over on
+    (``oracle_supply.worker_control``): what a run's warm worker (``executors.WarmWorker``) and a check's worker
+    (``cli.check.CheckWorker``) both hold, and close the same way. Torch-free, as ``discopop check`` must be until
+    a file passes the static check."""
+
+    proc: SandboxedProcess | None = None
+    control: socket.socket | None = None
+
+    def close_link(self) -> None:
+        """Stop the worker (if any) and close its control socket; the next start makes a fresh pair."""
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
 
 
 def child_connections() -> tuple[Connection, Connection]:
