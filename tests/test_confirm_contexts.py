@@ -52,11 +52,39 @@ def test_splits_give_the_extra_contexts_to_the_confirmation_only() -> None:
     assert task.confirm_prompts[-1] == "context 355"
 
 
+def test_extra_search_contexts_widen_the_search_half_on_the_same_world() -> None:
+    """A wider search split that is measurement only: the training side, the confirming contexts and the first half
+    of ``eval_contexts`` are the world's own; the new contexts come first and only the search scores them."""
+    base = world(setting("narrow_support", extra_confirm_contexts=50))
+    wide = world(setting("narrow_support", extra_confirm_contexts=50, extra_search_contexts=200))
+    for name in ("train_features", "train_reward", "train_ref", "support"):
+        assert torch.equal(getattr(base, name), getattr(wide, name)), name
+    assert torch.equal(wide.eval_reward[200:], base.eval_reward)  # eval_contexts and the extra confirming ones
+    assert not torch.equal(wide.eval_reward[:10], base.eval_reward[:10])
+    assert not torch.equal(wide.eval_reward[:10], base.eval_reward[-50:-40])  # not the confirming stream again
+    s = setting("narrow_support", extra_confirm_contexts=50, extra_search_contexts=200)
+    assert heldout_contexts(s) == 506
+    assert split_contexts(s, "search") == slice(0, 328)
+    assert split_contexts(s, "confirm") == slice(328, 506)
+    task = as_task({"preset": "narrow_support", "extra_confirm_contexts": 50, "extra_search_contexts": 200})
+    assert len(task.heldout_prompts) == 328 and len(task.confirm_prompts) == 178
+    assert task.confirm_prompts[0] == "context 328" and task.meta["extra_search_contexts"] == 200
+
+
+def test_a_composite_widens_every_world_search_half_alike() -> None:
+    from discopop.tasks.worlds import as_task as composite_task
+
+    task = composite_task({"preset": "narrow_support+label_noise", "extra_search_contexts": 64})
+    assert len(task.heldout_prompts) == 192 and task.meta["extra_search_contexts"] == 64
+
+
 def test_unset_extra_contexts_hash_as_before_they_existed() -> None:
     plain = {"kind": "diagnostic", "preset": "clean"}
     assert stable_key({**plain, "extra_confirm_contexts": None}) == plain
     assert stable_key({**plain, "extra_confirm_contexts": 0}) == plain
     assert stable_key({**plain, "extra_confirm_contexts": 64}) != plain
+    assert stable_key({**plain, "extra_search_contexts": 0}) == plain
+    assert stable_key({**plain, "extra_search_contexts": 64}) != plain
 
 
 def test_task_diagnostic_sets_the_confirmation_defaults_and_addition_keeps_its_own() -> None:

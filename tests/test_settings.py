@@ -281,3 +281,10 @@ def test_a_bad_confirm_references_is_one_line(value: str) -> None:
     with pytest.raises(ConfigError, match="confirm.references must be an integer >= 1, all or auto") as err:
         compose_settings([f"confirm.references={value}"])[0].check()
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["extra_search_contexts", "extra_confirm_contexts"])
+def test_a_negative_extra_context_count_is_one_line(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"task.{key} must be >= 0, got -1") as err:
+        compose_settings(["task=diagnostic", f"task.{key}=-1"])[0].check()
+    assert "\n" not in str(err.value)

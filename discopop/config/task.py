@@ -148,7 +148,8 @@ class DiagnosticTaskSettings:
                                               "the second half confirms the winners (preset: 256). Changing it "
                                               "redraws the whole world, the training contexts' rewards and "
                                               "reference too (one random stream): compare runs at one value; "
-                                              "extra_confirm_contexts has a stream of its own and does not.")
+                                              "extra_search_contexts and extra_confirm_contexts have streams "
+                                              "of their own and do not.")
     actions: int | None = setting(None, "Actions per context (preset: 16).")
     task_seed: int | None = setting(None, "Seeds the world: contexts, reward, reference (preset: 0).")
     pairs_per_context: int | None = setting(None, "Preference pairs drawn per training context and seed.")
@@ -162,6 +163,11 @@ class DiagnosticTaskSettings:
                                                        "Scoring is exact and ~free, and the contexts are most of "
                                                        "a confirmation's variance on this tier (task=diagnostic "
                                                        "sets it: conf/task/diagnostic.yaml; null: the preset's, 0).")
+    extra_search_contexts: int | None = setting(None, "Held-out contexts added to the search half only, from a "
+                                                      "random stream of their own (the world and the confirming "
+                                                      "half do not move): a wider search split on the same world, "
+                                                      "so the ranking of references and candidates is not that of "
+                                                      "a few fixed contexts (null: the preset's, 0).")
     steps: int | None = setting(None, "Adam steps of one fine-tune (preset: 80).")
     batch: int | None = setting(None, "Pairs per step (preset: 256).")
     kl_coef: float = setting(DIAGNOSTIC_KL_COEF, "fitness = expected reward - kl_coef * KL(policy || reference), "
@@ -190,8 +196,9 @@ class DiagnosticTaskSettings:
         require(self.actions is None or self.actions >= 2, f"task.actions must be >= 2, got {self.actions}")
         require(self.replicate_contexts is None or self.replicate_contexts >= 0,
                 f"task.replicate_contexts must be >= 0, got {self.replicate_contexts}")
-        require(self.extra_confirm_contexts is None or self.extra_confirm_contexts >= 0,
-                f"task.extra_confirm_contexts must be >= 0, got {self.extra_confirm_contexts}")
+        for key in ("extra_confirm_contexts", "extra_search_contexts"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"task.{key} must be >= 0, got {value}")
         require(self.label_noise is None or 0 <= self.label_noise <= 1,
                 f"task.label_noise must be in [0, 1], got {self.label_noise}")
         require(self.label_temperature is None or self.label_temperature >= 0,

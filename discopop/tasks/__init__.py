@@ -27,7 +27,7 @@ def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
 
 # Settings added after caches were built: left out of a key while unset (0, null, empty), so a task or result
 # cache built before they existed stays valid (pairs.label_noise was absent from the sorting task).
-LATER_TASK_KEYS = ("replicate_prompts", "replicate_contexts", "extra_confirm_contexts")
+LATER_TASK_KEYS = ("replicate_prompts", "replicate_contexts", "extra_confirm_contexts", "extra_search_contexts")
 LATER_PAIRS_KEYS = ("label_noise", "hard_flip", "ties", "length_bias", "small_sum_share")
 LATER_SFT_KEYS = ("small_sum_share",)
 

@@ -11,8 +11,9 @@ The world (fixed by ``task_seed``, shared by every seed and loss):
 
 * contexts ``x`` with features ``f(x) = [1, g]``, ``g ~ N(0, I)``: ``contexts`` training contexts (the
   pairs are drawn there) and ``eval_contexts`` held-out ones (scored: generalisation, as with held-out
-  prompts), plus ``extra_confirm_contexts`` more held-out ones for the confirming half only, drawn from a
-  stream of their own so that adding them changes neither the training side nor the search half;
+  prompts), plus ``extra_confirm_contexts`` more held-out ones for the confirming half only and
+  ``extra_search_contexts`` more for the search half only, each drawn from a stream of its own so that adding
+  them changes neither the training side nor the other half;
 * a true reward ``r(x, a)``: a linear part ``f(x) . M[:, a]`` plus a share ``reward_noise`` the features
   cannot express, standardised per context (so uniform play scores 0 and the best action ~1.8);
 * a reference policy ``softmax(ref_skill * r + b_a + ref_noise * e)``: imperfect, with a per-action
@@ -86,6 +87,11 @@ class DiagnosticSetting:
     # world's training side and the search half are those of the same setting without them. Scoring is exact and
     # ~free, and on this tier the context term is most of a paired difference's variance, so they buy MDE.
     extra_confirm_contexts: int = 0
+    # Held-out contexts added to the search half (before the eval_contexts), from a third stream: a wider search
+    # split on the same world. A small one biases the search's ranking systematically (every run seed scores the
+    # same contexts; docs/results.md §0, "Every baseline confirmed"), and only this count widens it without
+    # redrawing the world, as eval_contexts does.
+    extra_search_contexts: int = 0
     beta: float = 0.1  # fine-tune defaults
     steps: int = 80  # few large steps: each step costs two oracle round trips, whatever its batch
     batch: int = 256
@@ -146,8 +152,9 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 def heldout_contexts(s: DiagnosticSetting) -> int:
-    """All held-out contexts of ``s``: ``eval_contexts`` then the confirming half's ``extra_confirm_contexts``."""
-    return s.eval_contexts + s.extra_confirm_contexts
+    """All held-out contexts of ``s``, in order: the search half's ``extra_search_contexts``, ``eval_contexts``
+    (its first half searches, the rest confirms), then the confirming half's ``extra_confirm_contexts``."""
+    return s.extra_search_contexts + s.eval_contexts + s.extra_confirm_contexts
 
 
 def _heldout_block(gen: torch.Generator, n: int, s: DiagnosticSetting, mix: torch.Tensor,
@@ -165,11 +172,12 @@ def _heldout_block(gen: torch.Generator, n: int, s: DiagnosticSetting, mix: torc
 
 @lru_cache(maxsize=32)
 def world(s: DiagnosticSetting) -> World:
-    """Build the world of ``s`` (cached: every seed and loss shares it). The draws of the training contexts and
-    the ``eval_contexts`` come first and do not depend on ``extra_confirm_contexts``, whose contexts come from a
-    generator of their own. They do depend on ``eval_contexts``: each draw covers training and held-out contexts at
-    once, so another count moves every later draw (the training rewards and reference too; measured: a different
-    world, docs/results.md). Kept as it is, since every figure of this tier was measured on these draws."""
+    """Build the world of ``s`` (cached: every seed and loss shares it). The draws of the training contexts and the
+    ``eval_contexts`` come first and depend on neither ``extra_confirm_contexts`` nor ``extra_search_contexts``,
+    whose contexts come from generators of their own. They do depend on ``eval_contexts``: each draw covers training
+    and held-out contexts at once, so another count moves every later draw (the training rewards and reference too;
+    measured: a different world, docs/results.md). Kept as it is, since every figure of this tier was measured on
+    these draws."""
     gen = torch.Generator().manual_seed(1_000_003 * s.task_seed + 17)
     d, a = s.features, s.actions
     mix = torch.randn(d, a, generator=gen, dtype=DTYPE) / math.sqrt(d)
@@ -188,12 +196,16 @@ def world(s: DiagnosticSetting) -> World:
     order = torch.rand(s.contexts, a, generator=gen).argsort(dim=1)
     support = torch.zeros(s.contexts, a, dtype=torch.bool).scatter_(1, order[:, :keep], True)
     n = s.contexts
-    eval_feats, eval_reward, eval_ref = feats[n:], reward[n:], ref[n:]
+    heldout = (feats[n:], reward[n:], ref[n:])
+    if s.extra_search_contexts > 0:
+        before = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 41), s.extra_search_contexts,
+                                s, mix, habit)
+        heldout = tuple(torch.cat([a, b]) for a, b in zip(before, heldout, strict=True))
     if s.extra_confirm_contexts > 0:
-        more = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 29), s.extra_confirm_contexts,
-                              s, mix, habit)
-        eval_feats, eval_reward, eval_ref = (torch.cat([a, b])
-                                             for a, b in zip((eval_feats, eval_reward, eval_ref), more, strict=True))
+        after = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 29), s.extra_confirm_contexts,
+                               s, mix, habit)
+        heldout = tuple(torch.cat([a, b]) for a, b in zip(heldout, after, strict=True))
+    eval_feats, eval_reward, eval_ref = heldout
     return World(feats[:n], reward[:n], ref[:n], eval_feats, eval_reward, eval_ref, support)
 
 
@@ -292,13 +304,13 @@ def from_config(cfg: Mapping[str, Any]) -> DiagnosticSetting:
 
 
 def split_contexts(s: DiagnosticSetting, split: str) -> slice:
-    """The held-out contexts of ``split``: the first half of ``eval_contexts`` scores the search, the rest (and the
-    ``extra_confirm_contexts``) confirm the winners, so the confirmation is scored on contexts that chose nothing
-    (no rate, no winner); the last ``replicate_contexts`` of the rest are kept back for replications
-    ("replicate"), which then re-score nothing a confirmation chose."""
+    """The held-out contexts of ``split``: the ``extra_search_contexts`` and the first half of ``eval_contexts`` score
+    the search, the rest (and the ``extra_confirm_contexts``) confirm the winners, so the confirmation is scored on
+    contexts that chose nothing (no rate, no winner); the last ``replicate_contexts`` of the rest are kept back for
+    replications ("replicate"), which then re-score nothing a confirmation chose."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
-    half, total = s.eval_contexts // 2, heldout_contexts(s)
+    half, total = s.extra_search_contexts + s.eval_contexts // 2, heldout_contexts(s)
     if split == "search":
         return slice(0, half)
     cut = total - s.replicate_contexts
@@ -324,6 +336,7 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
         reward=None, max_new_tokens=1, score="expected",
         meta={"preset": s.name, "pairs": s.contexts * s.pairs_per_context, "contexts": s.contexts,
               "eval_contexts": s.eval_contexts, "extra_confirm_contexts": s.extra_confirm_contexts,
+              "extra_search_contexts": s.extra_search_contexts,
               "actions": s.actions,
               "label_noise": flip_rate(s),  # the true flip rate: cDPO and rDPO run at it (search.loop)
               # what the untuned reference (pi_ref) scores on the search contexts: "a useful loss beats it"

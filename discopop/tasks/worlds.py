@@ -28,7 +28,7 @@ from discopop.tasks.diagnostic import DiagnosticSetting, from_config, split_cont
 from discopop.tasks.diagnostic import as_task as world_task
 
 # Facts of a world's task that count contexts: the worlds share them, so a composite's are any world's (checked).
-SHARED_COUNTS = ("contexts", "eval_contexts", "extra_confirm_contexts")
+SHARED_COUNTS = ("contexts", "eval_contexts", "extra_confirm_contexts", "extra_search_contexts")
 
 
 def settings_of(cfg: Mapping[str, Any]) -> list[DiagnosticSetting]:
@@ -95,7 +95,7 @@ def as_task(cfg: Mapping[str, Any]) -> Task:
         if len(set(sizes.values())) > 1:
             raise ValueError(f"task.preset={cfg.get('preset')}: its worlds hold different numbers of {split!r} "
                              f"contexts ({sizes}); a composite averages each context over its worlds, so they must "
-                             "agree (set task.eval_contexts / task.extra_confirm_contexts for all)")
+                             "agree (set task.eval_contexts / task.extra_*_contexts for all)")
     first = tasks[0]
     return Task(
         name=str(cfg.get("name") or "diagnostic"), model_path="", tokenizer_path="", pairs_path=Path(),
