@@ -131,7 +131,9 @@ def test_confirm_through_sandboxed_workers_stores_runs_and_fails_a_nan_candidate
     from discopop.search.loop import worker_spec
 
     task, cfg = tiny_task
-    cfg = {**cfg, "training": {**cfg["training"], "batch_size": 16, "threads": 1}}
+    # One worker: the four fine-tunes are short, a second worker's start (torch, transformers, TRL) is not.
+    cfg = {**cfg, "training": {**cfg["training"], "batch_size": 16, "threads": 1},
+           "executor": {**cfg["executor"], "workers": 1}}
     dpo = archive.add(Candidate("dpo", DPO_FILE.read_text(), proposer="reference"), 0)
     archive.finish(dpo, "scored", fitness=0.1)
     bad = archive.add(Candidate("nan_loss", NAN_LOSS, proposer="evolution"), 1)

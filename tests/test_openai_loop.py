@@ -7,9 +7,9 @@ model are recorded per row, stops (bad key, budget) end the run with one line an
 resumable archive, and the API key (given only through an environment variable) is never written
 anywhere.
 
-The bad-key test runs the real ``discover`` console script (a subprocess, sandboxed workers, the
-tiny task: ~15 s a run, mostly imports and worker start-up), so exit codes and resuming through
-the CLI are covered end to end. The others run ``Loop`` in this process with the scripted
+The bad-key test runs the real ``discover`` console script (a subprocess, a sandboxed worker, a
+small world of the fast tier, whose fine-tunes take milliseconds: the subject is the stop and the
+resume, not training), so exit codes and resuming through the CLI are covered end to end. The others run ``Loop`` in this process with the scripted
 executor (``scripted_executor.py``: no worker, milliseconds), as the subject is the proposer and
 the loop, not training. Every test scripts the server's replies in the order the loop asks for
 them: one worker, so one proposal a generation, and lock step (``proposer.lookahead=0``), so each
@@ -80,9 +80,16 @@ def discover(args: list[str], cache_dir: Path, timeout: int = 240) -> subprocess
                           cwd=REPO)
 
 
-def new_run(run_dir: Path, server: FakeOpenAIServer, generations: int, *extra: str) -> list[str]:
-    return ["--generations", str(generations), *SMALL_RUN, *FAST, "proposer=openai", f"proposer.model={MODEL}",
+def new_run(run_dir: Path, server: FakeOpenAIServer, generations: int, *extra: str,
+            task: tuple[str, ...] = tuple(SMALL_RUN)) -> list[str]:
+    return ["--generations", str(generations), *task, *FAST, "proposer=openai", f"proposer.model={MODEL}",
             f"proposer.base_url={server.url}", f"proposer.api_key_env={KEY_ENV}", f"hydra.run.dir={run_dir}", *extra]
+
+
+# A small world of the fast tier, for the test that starts real workers: the same two references, one rate.
+DIAGNOSTIC_RUN = ("task=diagnostic", "task.contexts=64", "task.eval_contexts=64", "task.steps=20", "task.batch=64",
+                  "task.extra_confirm_contexts=0", "task.extra_search_contexts=0", "training.lr_grid=[0.03]",
+                  "training.tune_seeds=1", "baselines=[dpo,lrml]", "selection.max_seeds=1", "wandb.mode=disabled")
 
 
 def run_in_process(args: list[str], monkeypatch, resume: Path | None = None) -> tuple[RunSummary, str]:
@@ -203,17 +210,13 @@ def test_llm_run_archives_every_answer_with_repairs_retries_and_tokens(tmp_path,
 
 def test_bad_key_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, cache_dir, server):
     """The key is revoked while the repair of generation 1's unparseable answer is being asked: the run
-    stops with one line, and ``--resume`` asks that owed repair before going on to generation 2.
-    One learning rate, the grid's middle (where a reference's climb starts): after the session's shared run
-    (``conftest.discovered``, which stores its references' fine-tunes; the grid is no part of the store's key), the
-    references are read from the store at that rate, and each proposal is one fine-tune; run alone, it trains them."""
+    stops with one line, and ``--resume`` asks that owed repair before going on to generation 2."""
     server.push(completion("OK"),  # the pre-flight
                 completion("I would rather not write code today."),
                 error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ...",
                       code="invalid_api_key", type_="authentication_error"))
     run_dir = tmp_path / "run"
-    rate = "training.lr_grid=[5e-6]"  # the middle of SMALL_RUN's [5e-6,2e-5]
-    stopped = discover(new_run(run_dir, server, 2, rate), cache_dir)  # gen 2 after the owed repair: the run goes on
+    stopped = discover(new_run(run_dir, server, 2, task=DIAGNOSTIC_RUN), cache_dir)  # gen 2 after the owed repair
     assert stopped.returncode == 3, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     lines = [line for line in stopped.stdout.splitlines() if "run stopped" in line]
     assert len(lines) == 1, stopped.stdout
