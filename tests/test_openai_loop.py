@@ -7,13 +7,13 @@ model are recorded per row, stops (bad key, budget) end the run with one line an
 resumable archive, and the API key (given only through an environment variable) is never written
 anywhere.
 
-The bad-key test runs the real ``discover`` console script (a subprocess, a sandboxed worker, a
-small world of the fast tier, whose fine-tunes take milliseconds: the subject is the stop and the
-resume, not training), so exit codes and resuming through the CLI are covered end to end. The others run ``Loop`` in this process with the scripted
-executor (``scripted_executor.py``: no worker, milliseconds), as the subject is the proposer and
-the loop, not training. Every test scripts the server's replies in the order the loop asks for
-them: one worker, so one proposal a generation, and lock step (``proposer.lookahead=0``), so each
-generation is asked after the last one's repairs (the lookahead's order is in ``test_loop.py``).
+The bad-key test runs the real ``discover`` console script (a subprocess, a sandboxed worker, a small world of
+the fast tier, whose fine-tunes take milliseconds: the subject is the stop and the resume, not training), so
+exit codes and resuming through the CLI are covered end to end. The others run ``Loop`` in this process with
+the scripted executor (``scripted_executor.py``: no worker, milliseconds), as the subject is the proposer and
+the loop, not training. Every test scripts the server's replies in the order the loop asks for them: one
+worker, so one proposal a generation, and lock step (``proposer.lookahead=0``), so each generation is asked
+after the last one's repairs (the lookahead's order is in ``test_loop.py``).
 """
 
 from __future__ import annotations
