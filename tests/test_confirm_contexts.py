@@ -91,16 +91,21 @@ def test_task_diagnostic_sets_the_confirmation_defaults_and_addition_keeps_its_o
     diag, _ = compose(["task=diagnostic"])
     assert diag["confirm"]["seeds"] == 10
     assert diag["task"]["extra_confirm_contexts"] == 3840
+    assert diag["task"]["extra_search_contexts"] == 896
+    search = as_task(diag["task"]).heldout_prompts
+    assert len(search) == 1024 and search[896:] == [f"context {i}" for i in range(896, 1024)]
     addition, _ = compose([])
     assert addition["confirm"]["seeds"] == 5
     assert "extra_confirm_contexts" not in addition["task"]
 
 
 def test_an_explicit_value_wins_over_the_tasks_default() -> None:
-    cfg, _ = compose(["task=diagnostic", "confirm.seeds=5", "task.extra_confirm_contexts=0"])
+    cfg, _ = compose(["task=diagnostic", "confirm.seeds=5", "task.extra_confirm_contexts=0",
+                      "task.extra_search_contexts=0"])
     assert cfg["confirm"]["seeds"] == 5
     assert cfg["task"]["extra_confirm_contexts"] == 0
     assert len(as_task(cfg["task"]).confirm_prompts) == 128
+    assert len(as_task(cfg["task"]).heldout_prompts) == 128
 
 
 def test_a_users_settings_file_wins_too(tmp_path) -> None:

@@ -62,7 +62,7 @@ def test_moving_further_along_dpos_own_direction_gains_reward_but_does_not_win(d
 
 def test_the_tuners_reply_reports_reward_and_kl_apart_and_prices_kl_by_default(dpo) -> None:
     cfg, _ = compose(["task=diagnostic", "task.preset=label_noise", "task.contexts=64", "task.eval_contexts=64",
-                      "task.steps=30", "task.batch=64"])
+                      "task.steps=30", "task.batch=64", "task.extra_search_contexts=0"])
     tuner = DiagnosticTuner(task_settings(cfg["task"]), TrainingSettings(**cfg["training"]),
                             kl_coef=cfg["task"]["kl_coef"])
     reply = tuner.run(dpo, seed=0, learning_rate=0.03)

@@ -25,7 +25,7 @@ from discopop.tasks.diagnostic import PRESETS, from_config, split_contexts, worl
 REPO = Path(__file__).resolve().parent.parent
 DPO_SOURCE = (REPO / "discopop" / "proposals" / "dpo.py").read_text()
 SMALL = ["task.contexts=64", "task.eval_contexts=64", "task.steps=30", "task.batch=64",
-         "task.extra_confirm_contexts=0"]  # the confirming half is the second half of eval_contexts
+         "task.extra_confirm_contexts=0", "task.extra_search_contexts=0"]  # eval_contexts split in halves
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
@@ -63,7 +63,8 @@ def test_config_fields_override_the_preset() -> None:
 
 
 def test_load_task_splits_the_heldout_contexts() -> None:
-    cfg, _ = compose(["task=diagnostic", "task.eval_contexts=10", "task.extra_confirm_contexts=0"])
+    cfg, _ = compose(["task=diagnostic", "task.eval_contexts=10", "task.extra_confirm_contexts=0",
+                      "task.extra_search_contexts=0"])
     task = load_task(cfg["task"])
     assert task.prompts("search") == [f"context {i}" for i in range(5)]
     assert task.prompts("confirm") == [f"context {i}" for i in range(5, 10)]

@@ -21,7 +21,7 @@ from discopop.tasks.diagnostic import split_contexts
 REPO = Path(__file__).resolve().parent.parent
 DPO_SOURCE = (REPO / "discopop" / "proposals" / "dpo.py").read_text()
 SMALL = ["task.contexts=64", "task.eval_contexts=64", "task.steps=30", "task.batch=64",
-         "task.extra_confirm_contexts=0"]
+         "task.extra_confirm_contexts=0", "task.extra_search_contexts=0"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 

@@ -22,7 +22,7 @@ from discopop.tasks.worlds import settings_of
 REPO = Path(__file__).resolve().parent.parent
 DPO_SOURCE = (REPO / "discopop" / "proposals" / "dpo.py").read_text()
 SMALL = ["task.contexts=64", "task.eval_contexts=64", "task.steps=30", "task.batch=64",
-         "task.extra_confirm_contexts=0"]  # 32 search and 32 confirming contexts a world
+         "task.extra_confirm_contexts=0", "task.extra_search_contexts=0"]  # 32 search, 32 confirming a world
 COMPOSITE = "narrow_support+clean"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
