@@ -184,7 +184,7 @@ def one_torch_thread():
 # The small search that the end-to-end tests of a finished run read (tests/test_cli.py, tests/test_transfer_confirm.py):
 # a `discover` run costs most of a minute on 2 cores, so one run, with everything those tests look at switched on
 # (confirmation and the transfer to the held-out variant), is shared by them. It keeps the reference store on, as
-# the run it replaces did: later runs of the same training settings (Ray, the OpenAI loop) read their references.
+# the run it replaces did: later runs of the same training settings (Ray) read their references.
 SHARED_RUN = [*(o for o in SMALL_RUN if not o.startswith("confirm.transfer=")), "confirm.transfer=auto"]
 
 
