@@ -196,16 +196,13 @@ def world(s: DiagnosticSetting) -> World:
     order = torch.rand(s.contexts, a, generator=gen).argsort(dim=1)
     support = torch.zeros(s.contexts, a, dtype=torch.bool).scatter_(1, order[:, :keep], True)
     n = s.contexts
-    heldout = (feats[n:], reward[n:], ref[n:])
-    if s.extra_search_contexts > 0:
-        before = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 41), s.extra_search_contexts,
-                                s, mix, habit)
-        heldout = tuple(torch.cat([a, b]) for a, b in zip(before, heldout, strict=True))
-    if s.extra_confirm_contexts > 0:
-        after = _heldout_block(torch.Generator().manual_seed(1_000_003 * s.task_seed + 29), s.extra_confirm_contexts,
-                               s, mix, habit)
-        heldout = tuple(torch.cat([a, b]) for a, b in zip(heldout, after, strict=True))
-    eval_feats, eval_reward, eval_ref = heldout
+    def extra(offset: int, count: int) -> list[tuple[torch.Tensor, ...]]:  # a block from a stream of its own
+        gen = torch.Generator().manual_seed(1_000_003 * s.task_seed + offset)
+        return [_heldout_block(gen, count, s, mix, habit)] if count > 0 else []
+
+    blocks = [*extra(41, s.extra_search_contexts), (feats[n:], reward[n:], ref[n:]),
+              *extra(29, s.extra_confirm_contexts)]
+    eval_feats, eval_reward, eval_ref = (torch.cat(parts) for parts in zip(*blocks, strict=True))
     return World(feats[:n], reward[:n], ref[:n], eval_feats, eval_reward, eval_ref, support)
 
 
