@@ -104,3 +104,23 @@ def test_control_arm_ignores_fitness_and_draws_from_the_references_only() -> Non
     assert set(chains) <= {1, 2, 3} and len(chains) > 1  # random chains of 1..chain_length operators
     first_parents = Counter(c.parent_ids[0] for c in a)
     assert len(first_parents) >= 3  # uniform over the references, not the fittest
+
+
+def test_feedback_chains_draw_steps_like_the_control_arm_on_tournament_winners() -> None:
+    """``feedback_chain_length`` = 3: chains of 1..3 operators, as the control arm draws them, but the first
+    parent is the archive's tournament winner (here the one loss with a higher lower bound), not a reference
+    drawn at random; 1 (the default) keeps the one-operator children, draw for draw."""
+    codes = [reference_candidate(n).code for n in ("hinge", "ipo")]
+    history = [entry(1, 0.99, (0, 0, 2, 1), lcb=0.90, code=codes[0]), entry(2, 0.95, (0, 2, 3, 1), lcb=0.94,
+                                                                           code=codes[1])]
+    chained = EvolutionProposer(seed=4, tournament_size=2, crossover_rate=0.0, novelty_weight=0.0,
+                                feedback_chain_length=3).propose(history, 30, 1)
+    chains = Counter(len(c.info["operator"].split("+")) for c in chained)
+    assert len(chained) == 30 and set(chains) <= {1, 2, 3} and len(chains) > 1
+    assert all(c.parent_ids[0] == 2 for c in chained)  # the tournament's winner, every time
+    single = EvolutionProposer(seed=4, tournament_size=2, crossover_rate=0.0, novelty_weight=0.0)
+    explicit = EvolutionProposer(seed=4, tournament_size=2, crossover_rate=0.0, novelty_weight=0.0,
+                                 feedback_chain_length=1)
+    one_op = single.propose(history, 10, 1)
+    assert [c.code for c in one_op] == [c.code for c in explicit.propose(history, 10, 1)]
+    assert all("+" not in c.info["operator"] for c in one_op)

@@ -210,9 +210,10 @@ def test_proposer_never_executes_candidate_code(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs", [{"tournament_size": 0}, {"crossover_rate": 0.8, "constant_rate": 0.3},
-                                    {"novelty_weight": -1.0}, {"max_attempts": 0}, {"crossover_rate": -0.1}])
+                                    {"novelty_weight": -1.0}, {"max_attempts": 0}, {"crossover_rate": -0.1},
+                                    {"feedback_chain_length": 0}])
 def test_bad_settings_are_refused(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
         EvolutionProposer(seed=0, **kwargs)
 
 

@@ -40,6 +40,11 @@ class EvolutionSettings:
                                             "random operator chains on the references: best-of-N sampling, to show "
                                             "what selection adds).")
     chain_length: int = setting(3, "history_mode=none: each child is a chain of 1..chain_length random operators.")
+    feedback_chain_length: int = setting(1, "history_mode=feedback: each child is a chain of "
+                                            "1..feedback_chain_length operators on its tournament-chosen parent. "
+                                            "1: one operator a generation (chains grow with the lineage); equal to "
+                                            "chain_length: both arms draw children alike, so feedback - control "
+                                            "measures selection alone.")
     lookahead: int = setting(0, "1: propose generation g+1 while g trains; 0: lock step (proposing takes "
                                 "milliseconds here, so lock step costs nothing and sees one generation more).")
     v2_operators: bool = setting(False, "Also draw the contract-v2 operators (length normalisation, NLL mixing, "
@@ -58,9 +63,11 @@ class EvolutionSettings:
 
     def check_ranges(self) -> None:
         """The numeric ranges (``EvolutionProposer`` checks them too when it is built directly)."""
-        if self.tournament_size < 1 or self.max_attempts < 1 or self.chain_length < 1:
-            raise ValueError(f"tournament_size, max_attempts and chain_length must be >= 1, got "
-                             f"{self.tournament_size}, {self.max_attempts}, {self.chain_length}")
+        counts = {"tournament_size": self.tournament_size, "max_attempts": self.max_attempts,
+                  "chain_length": self.chain_length, "feedback_chain_length": self.feedback_chain_length}
+        for key, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
         crossover, constant = self.crossover_rate, self.constant_rate
         if not (0 <= crossover <= 1 and 0 <= constant <= 1 and crossover + constant <= 1):
             raise ValueError(f"crossover_rate ({crossover}) and constant_rate ({constant}) must lie in [0, 1] and "

@@ -43,8 +43,10 @@ class EvolutionProposer(Proposer):
         history_mode: ``feedback`` (selection on the archive) or ``none``, the control arm: no feedback at all;
             each child is a random chain of 1..``chain_length`` operators on a uniformly drawn reference loss,
             so a run is best-of-N sampling of the operators, against which the loop's selection can be shown.
-        chain_length: the longest operator chain of a ``none`` child (feedback children get one operator per
-            generation, so their chains grow with the lineage instead).
+        chain_length: the longest operator chain of a ``none`` child.
+        feedback_chain_length: the longest operator chain of a feedback child. 1 (default): one operator per
+            generation, so chains grow with the lineage instead; ``chain_length``: both arms draw a child's steps
+            alike and differ only in where its parents come from (the archive's tournament or the references).
         lookahead: 1 asks the loop to propose the next generation while this one trains (``Proposer.lookahead``);
             0 (default): proposing takes milliseconds here, so lock step costs nothing and sees one generation more.
         v2_operators: also draw ``operators.V2_OPERATORS`` (children with contract-v2 inputs); off by default, so a
@@ -58,10 +60,12 @@ class EvolutionProposer(Proposer):
                  novelty_weight: float = _DEFAULTS.novelty_weight, max_attempts: int = _DEFAULTS.max_attempts,
                  population: str = _DEFAULTS.population, history_mode: str = _DEFAULTS.history_mode,
                  chain_length: int = _DEFAULTS.chain_length, lookahead: int = _DEFAULTS.lookahead,
-                 v2_operators: bool = _DEFAULTS.v2_operators):
+                 v2_operators: bool = _DEFAULTS.v2_operators,
+                 feedback_chain_length: int = _DEFAULTS.feedback_chain_length):
         EvolutionSettings(tournament_size=tournament_size, crossover_rate=crossover_rate, constant_rate=constant_rate,
                           novelty_weight=novelty_weight, max_attempts=max_attempts,
-                          chain_length=chain_length, lookahead=lookahead).check_ranges()
+                          chain_length=chain_length, lookahead=lookahead,
+                          feedback_chain_length=feedback_chain_length).check_ranges()
         if population not in POPULATIONS or history_mode not in HISTORY_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATIONS)} and history_mode one of "
                              f"{', '.join(HISTORY_MODES)}, got {population!r}, {history_mode!r}")
@@ -69,6 +73,7 @@ class EvolutionProposer(Proposer):
         self.tournament_size, self.crossover_rate, self.constant_rate = tournament_size, crossover_rate, constant_rate
         self.novelty_weight, self.max_attempts = novelty_weight, max_attempts
         self.population, self.history_mode, self.chain_length = population, history_mode, chain_length
+        self.feedback_chain_length = feedback_chain_length
         self.v2_operators = bool(v2_operators)
         self._rng = random.Random(seed)
 
@@ -104,12 +109,26 @@ class EvolutionProposer(Proposer):
         return tournament(pool, uses, self._rng, self.tournament_size, self.novelty_weight)
 
     def _child(self, pool: list[Parent], uses: Counter, names: set[str]) -> Candidate | None:
-        """One operator on a tournament winner (and, for a two-parent operator, a second winner of other code)."""
+        """One operator on a tournament winner (and, for a two-parent operator, a second winner of other code);
+        a chain of them where ``feedback_chain_length`` > 1."""
+        if self.feedback_chain_length > 1:
+            return self._chained_child(pool, uses, names)
         op = draw_operator(self._rng, self.crossover_rate, self.constant_rate, can_cross(pool), self.v2_operators)
         parents = [self._select(pool, uses)]
         if op in TWO_PARENTS and can_cross(pool):
             parents.append(self._select([p for p in pool if p.hash != parents[0].hash], uses))
         return write_child(parents[0], [(op, parents[1:])], names, self._rng, self.name)
+
+    def _chained_child(self, pool: list[Parent], uses: Counter, names: set[str]) -> Candidate | None:
+        """1..``feedback_chain_length`` operator steps on a tournament winner, drawn as the control arm draws a
+        chain (``control.random_chain``), with each further parent a tournament winner of other code."""
+        first = self._select(pool, uses)
+        others = [p for p in pool if p.hash != first.hash]
+        steps = []
+        for _ in range(self._rng.randint(1, self.feedback_chain_length)):
+            op = draw_operator(self._rng, self.crossover_rate, self.constant_rate, bool(others), self.v2_operators)
+            steps.append((op, [self._select(others, uses)] if op in TWO_PARENTS and others else []))
+        return write_child(first, steps, names, self._rng, self.name)
 
     def _blind_child(self, pool: list[Parent], names: set[str]) -> Candidate | None:
         first, steps = random_chain(pool, self._rng, self.chain_length, self.crossover_rate, self.constant_rate,
