@@ -1,0 +1,85 @@
+"""How much of a search's pick is selection on its own search data: the gap to the strongest baseline on the
+search split beside the same gap confirmed on fresh seeds and contexts the search never used.
+
+    python benchmarks/pick_shrinkage.py OUT_DIR [--arms feedback none]
+
+Reads ``summary.json`` and the run archives that ``search_efficiency.py`` wrote under OUT_DIR (read-only; no loss
+code runs). Per run and arm: the pick's (top lower confidence bound) search fitness minus the strongest baseline's
+(the one its confirmation is against), the confirmed delta against that baseline, and their difference, the
+shrinkage. A search that keeps selecting on one fixed split (the feedback arm breeds from its best rows, generation
+after generation) can fit that split's seeds and contexts; best-of-N sampling selects on it once, at the end. A
+shrinkage well above the control arm's says the feedback arm's extra search fitness is selection, not loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from discopop.archive import ARCHIVE_NAME, Archive
+
+REFERENCE = "reference"
+
+
+def baseline_name(verdict_text: str) -> str | None:
+    """The baseline a confirmation verdict names (``... beats cell, Holm ...`` → ``cell``)."""
+    for word in (" beats ", " of ", " below "):
+        if word in verdict_text:
+            return verdict_text.split(word, 1)[1].split(",", 1)[0].strip()
+    return None
+
+
+def run_gaps(run: dict) -> tuple[float, float] | None:
+    """(search-split gap, confirmed delta) of one run's pick against the strongest baseline; None if unknown."""
+    pick = run.get("pick") or {}
+    name = baseline_name(pick.get("text", ""))
+    if not pick or name is None or pick.get("delta") is None:
+        return None
+    archive = Archive(Path(run["run"]) / ARCHIVE_NAME, create=False)
+    try:
+        row = archive.get(int(pick["id"]))
+        baselines = archive.rows_by_proposer(REFERENCE, name=name)
+    finally:
+        archive.close()
+    if row is None or row.fitness is None or not baselines or baselines[0].fitness is None:
+        return None
+    return row.fitness - baselines[0].fitness, float(pick["delta"])
+
+
+def describe(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return f"{mean:+.4f} ± {se:.4f} (n={len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="search_efficiency.py --out directory (with summary.json)")
+    parser.add_argument("--arms", nargs="+", default=["feedback", "none"])
+    args = parser.parse_args()
+    summary = json.loads((args.out / "summary.json").read_text(encoding="utf-8"))
+    shrink: dict[str, dict[str, float]] = {}
+    for arm in args.arms:
+        shrink[arm] = {}
+        for seed, run in sorted(summary.get(arm, {}).items(), key=lambda kv: int(kv[0])):
+            gaps = run_gaps(run)
+            if gaps is None:
+                print(f"{arm:8s} seed {seed}: no pick or baseline to compare")
+                continue
+            search_gap, confirmed = gaps
+            shrink[arm][seed] = search_gap - confirmed
+            print(f"{arm:8s} seed {seed}: search gap {search_gap:+.4f}, confirmed {confirmed:+.4f}, "
+                  f"shrinkage {search_gap - confirmed:+.4f}")
+        if shrink[arm]:
+            print(f"{arm:8s} mean shrinkage {describe(list(shrink[arm].values()))}")
+    if len(args.arms) == 2:
+        first, second = args.arms
+        paired = [shrink[first][s] - shrink[second][s] for s in shrink[first] if s in shrink[second]]
+        if paired:
+            print(f"{first} - {second}, paired by run seed: {describe(paired)}")
+
+
+if __name__ == "__main__":
+    main()
