@@ -5,10 +5,12 @@ search split beside the same gap confirmed on fresh seeds and contexts the searc
 
 Reads ``summary.json`` and the run archives that ``search_efficiency.py`` wrote under OUT_DIR (read-only; no loss
 code runs). Per run and arm: the pick's (top lower confidence bound) search fitness minus the strongest baseline's
-(the one its confirmation is against), the confirmed delta against that baseline, and their difference, the
-shrinkage. A search that keeps selecting on one fixed split (the feedback arm breeds from its best rows, generation
-after generation) can fit that split's seeds and contexts; best-of-N sampling selects on it once, at the end. A
-shrinkage well above the control arm's says the feedback arm's extra search fitness is selection, not loss.
+(the one its confirmation is against), as a mean over the race seeds both have (the seeds the search ranks by); the
+confirmed delta against that baseline; their difference, the shrinkage; and the search gap seed by seed. A search
+that keeps selecting on one fixed split (the feedback arm breeds from its best rows, generation after generation)
+can fit that split; best-of-N sampling selects on it once, at the end. A shrinkage well above the control arm's says
+the feedback arm's extra search fitness is selection, not loss; a gap the pick keeps on every search seed but loses
+on fresh data was fitted to the search contexts all seeds share, not to one seed's luck.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ def baseline_name(verdict_text: str) -> str | None:
     return None
 
 
-def run_gaps(run: dict) -> tuple[float, float] | None:
-    """(search-split gap, confirmed delta) of one run's pick against the strongest baseline; None if unknown."""
+def race_scores(metrics: dict) -> dict[int, float]:
+    """A row's search fitness per race seed at its chosen rate (``metrics.race``), {} where it has none."""
+    race = metrics.get("race") or {}
+    seeds, values = race.get("seeds") or [], race.get("fitness") or []
+    return {int(s): float(v) for s, v in zip(seeds, values, strict=False) if isinstance(v, int | float)}
+
+
+def run_gaps(run: dict) -> tuple[float, float, dict[int, float]] | None:
+    """(search-split gap, confirmed delta, search gap per common race seed) of one run's pick against the
+    strongest baseline; None if unknown."""
     pick = run.get("pick") or {}
     name = baseline_name(pick.get("text", ""))
     if not pick or name is None or pick.get("delta") is None:
@@ -45,7 +55,11 @@ def run_gaps(run: dict) -> tuple[float, float] | None:
         archive.close()
     if row is None or row.fitness is None or not baselines or baselines[0].fitness is None:
         return None
-    return row.fitness - baselines[0].fitness, float(pick["delta"])
+    mine, theirs = race_scores(row.metrics), race_scores(baselines[0].metrics)
+    per_seed = {seed: mine[seed] - theirs[seed] for seed in sorted(set(mine) & set(theirs))}
+    # The seed mean over the race seeds both rows have (what the search ranks by), else the run seed's fitness.
+    gap = statistics.fmean(per_seed.values()) if per_seed else row.fitness - baselines[0].fitness
+    return gap, float(pick["delta"]), per_seed
 
 
 def describe(values: list[float]) -> str:
@@ -68,10 +82,11 @@ def main() -> None:
             if gaps is None:
                 print(f"{arm:8s} seed {seed}: no pick or baseline to compare")
                 continue
-            search_gap, confirmed = gaps
+            search_gap, confirmed, per_seed = gaps
             shrink[arm][seed] = search_gap - confirmed
-            print(f"{arm:8s} seed {seed}: search gap {search_gap:+.4f}, confirmed {confirmed:+.4f}, "
-                  f"shrinkage {search_gap - confirmed:+.4f}")
+            seeds = ", ".join(f"{s}: {g:+.4f}" for s, g in per_seed.items())
+            print(f"{arm:8s} seed {seed}: search gap {search_gap:+.4f} (per search seed {seeds}), "
+                  f"confirmed {confirmed:+.4f}, shrinkage {search_gap - confirmed:+.4f}")
         if shrink[arm]:
             print(f"{arm:8s} mean shrinkage {describe(list(shrink[arm].values()))}")
     if len(args.arms) == 2:
