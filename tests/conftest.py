@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -30,9 +31,9 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_importing.py", "test_imports.py", "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py",
         "test_malloc.py", "test_messages.py", "test_openai_proposer.py", "test_oracle_death.py", "test_owed_repairs.py",
         "test_pair_variants.py", "test_pairs_ceiling.py", "test_parse_lock.py", "test_progress.py",
-        "test_rich_deterministic.py", "test_search_efficiency.py", "test_settings.py", "test_sft_coverage.py",
-        "test_stats.py", "test_tune_seeds.py", "test_tuning.py", "test_work_ahead.py", "test_worlds.py",
-        "test_xdist_groups.py",
+        "test_rich_deterministic.py", "test_search_analyses.py", "test_search_efficiency.py", "test_settings.py",
+        "test_sft_coverage.py", "test_stats.py", "test_tune_seeds.py", "test_tuning.py", "test_work_ahead.py",
+        "test_worlds.py", "test_xdist_groups.py",
     ),
     "sandbox": (
         "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",
@@ -233,8 +234,10 @@ def benchmark_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` imported as a module: the benchmarks are scripts, not a package, and their tests
     call the script's own functions."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    module_name = f"benchmark_{name}"  # registered under a name no package has: a dataclass looks its module up
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
