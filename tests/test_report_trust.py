@@ -4,6 +4,7 @@ directory with the confirmation table and the winner's code logged."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,16 @@ def test_wandb_keeps_one_run_per_run_directory(tmp_path: Path, monkeypatch: pyte
     assert len(folders) == 2 and all(f"-{ids[0]}" in f for f in folders)
 
 
+def _transaction_log(path: Path, expected: bytes, patience: float = 60.0) -> bytes:
+    """The offline run's transaction log once it holds ``expected`` (or as it is after ``patience`` seconds): wandb's
+    service process may still be closing the file when ``finish`` returns (seen on a loaded machine: only the
+    7-byte header was there), so the test waits for the write instead of racing it."""
+    deadline = time.monotonic() + patience
+    while expected not in (data := path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return data
+
+
 def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     import json
@@ -225,7 +236,7 @@ def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, mo
     assert conf["columns"][5] == "fresh mean" and all(0.4 < r[5] < 0.7 and r[7] == 3 for r in conf["data"])
     assert "beats" in conf["data"][0][8] and conf["data"][2][8] == "baseline"
     assert tables["winner"]["data"][0][1] == "mixed_exp" and "torch.exp(-x)" in tables["winner"]["data"][0][2]
-    logged = next(folder.glob("*.wandb")).read_bytes()
+    logged = _transaction_log(next(folder.glob("*.wandb")), b"winner/search_mean")
     assert b"winner/code" in logged and b"winner/search_mean" in logged  # in the run's summary too
 
 
