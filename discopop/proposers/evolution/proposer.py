@@ -14,7 +14,7 @@ from discopop.config import EvolutionSettings
 from discopop.config.proposer import HISTORY_MODES, POPULATIONS
 from discopop.proposers.base import Candidate, HistoryEntry, Proposer
 from discopop.proposers.evolution.children import write_child
-from discopop.proposers.evolution.control import random_chain, reference_pool
+from discopop.proposers.evolution.control import chain_steps, random_chain, reference_pool
 from discopop.proposers.evolution.operators import TWO_PARENTS, draw_operator
 from discopop.proposers.evolution.program import code_hash
 from discopop.proposers.evolution.selection import Parent, can_cross, parent_pool, tournament
@@ -120,14 +120,12 @@ class EvolutionProposer(Proposer):
         return write_child(parents[0], [(op, parents[1:])], names, self._rng, self.name)
 
     def _chained_child(self, pool: list[Parent], uses: Counter, names: set[str]) -> Candidate | None:
-        """1..``feedback_chain_length`` operator steps on a tournament winner, drawn as the control arm draws a
-        chain (``control.random_chain``), with each further parent a tournament winner of other code."""
+        """1..``feedback_chain_length`` operator steps on a tournament winner, drawn as the control arm draws its
+        chains (``control.chain_steps``), with each further parent a tournament winner of other code."""
         first = self._select(pool, uses)
         others = [p for p in pool if p.hash != first.hash]
-        steps = []
-        for _ in range(self._rng.randint(1, self.feedback_chain_length)):
-            op = draw_operator(self._rng, self.crossover_rate, self.constant_rate, bool(others), self.v2_operators)
-            steps.append((op, [self._select(others, uses)] if op in TWO_PARENTS and others else []))
+        steps = chain_steps(self._rng, self.feedback_chain_length, self.crossover_rate, self.constant_rate,
+                            self.v2_operators, (lambda: self._select(others, uses)) if others else None)
         return write_child(first, steps, names, self._rng, self.name)
 
     def _blind_child(self, pool: list[Parent], names: set[str]) -> Candidate | None:
