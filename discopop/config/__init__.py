@@ -124,6 +124,11 @@ class SelectionSettings:
                                           "settings takes them from there instead of training them again. false: "
                                           "train every reference in this run.")
 
+    pick_holdout: bool = setting(False, "Hold half of the prompts that rank a row out of selection: its fitness, "
+                                        "the race, parents and the LLM's view use one half, and only the finalists "
+                                        "sent to confirmation are ordered on the other (metrics.pick), so the pick "
+                                        "is not made on the prompts selection climbed.")
+
     def check(self) -> None:
         try:
             check_race(self.max_seeds, self.top_k, self.z, self.noise_prior)

@@ -35,6 +35,11 @@ data that chooses is held apart, in one of two ways:
   most of the noise the choice selects on; other seeds do not (docs/results.md §0, "Rates chosen on seeds
   that do not rank"). Race seeds then count every search prompt too (:meth:`LrProtocol.rank`).
 
+The pick held out of selection (``selection.pick_holdout``, off by default). The prompts that rank a row are
+interleaved once more: one half ranks it for everything selection does (its fitness, the race, parents, the LLM's
+view), the other (``metrics.pick``) only orders the finalists sent to confirmation, so the pick is not made on
+the prompts selection climbed.
+
 The beta axis (``training.beta_grid``, multipliers of ``training.beta``; off by default). The offline
 evolution tunes a candidate's constants, and most of them (a margin, a temperature, a scale on rho)
 rescale beta*rho, so a reference kept at the run's beta would face candidates tuned over their effective
@@ -69,10 +74,11 @@ class LrProtocol:
     betas: tuple[float, ...] | None = None  # the beta values tried (training.beta x beta_grid); None: the axis is off
     base_beta: float | None = None  # training.beta: the beta axis starts at the grid value nearest it
     tune_seeds: int = 0  # training.tune_seeds: tuning seeds per grid-point job (0: the even/odd prompt split)
+    pick_holdout: bool = False  # selection.pick_holdout: rank on one half of the ranking prompts, pick on the other
 
     @classmethod
-    def from_config(cls, training: TrainingSettings) -> LrProtocol:
-        """From the run's ``training`` settings."""
+    def from_config(cls, training: TrainingSettings, pick_holdout: bool = False) -> LrProtocol:
+        """From the run's ``training`` settings (and ``selection.pick_holdout``)."""
         grid = training.lr_grid or [training.learning_rate]
         margin = training.lr_screen_margin
         multipliers = training.beta_grid
@@ -82,7 +88,8 @@ class LrProtocol:
         betas = None if off else tuple(sorted({base * float(m) for m in multipliers}))
         return cls(grid=tuple(sorted(float(lr) for lr in grid)),
                    screen_margin=None if margin is None else float(margin), betas=betas,
-                   base_beta=None if off else base, tune_seeds=int(training.tune_seeds or 0))
+                   base_beta=None if off else base, tune_seeds=int(training.tune_seeds or 0),
+                   pick_holdout=bool(pick_holdout))
 
     def default(self) -> float:
         """The grid's middle: the screening rate when nothing better is known."""
@@ -142,10 +149,21 @@ class LrProtocol:
 
     def rank(self, reply: TrainReply) -> float:
         """The fitness a fine-tune at the chosen point ranks the row by (a race seed's as the first seed's): every
-        scored prompt where tuning seeds choose the rate, else the odd-indexed half."""
+        scored prompt where tuning seeds choose the rate, else the odd-indexed half; with ``pick_holdout``, the
+        selection half of those (:func:`holdout_halves`)."""
+        if self.pick_holdout:
+            return _halves_mean(self._ranking_prompts(reply), reply)[0]
         if self.tune_seeds > 0:
             return _mean_fitness(reply)
         return split_fitness(reply)[1]
+
+    def pick(self, reply: TrainReply) -> float | None:
+        """The fitness on the held-out half of the ranking prompts, which picks the finalists (None: no holdout)."""
+        return _halves_mean(self._ranking_prompts(reply), reply)[1] if self.pick_holdout else None
+
+    def _ranking_prompts(self, reply: TrainReply) -> list[float]:
+        values = _prompt_fitness(reply)
+        return values if self.tune_seeds > 0 else values[1::2]
 
     def worth_tuning(self, screen_fitness: float, best_fitness: float | None) -> bool:
         """Spend the rest of the grid only on a candidate whose screen is near the run's best."""
@@ -170,6 +188,26 @@ def split_fitness(reply: TrainReply) -> tuple[float, float]:
         return value, value
     tune, rank = values[0::2], values[1::2]
     return sum(tune) / len(tune), sum(rank) / len(rank)
+
+
+def holdout_halves(values: list[float]) -> tuple[list[float], list[float]]:
+    """(selection, pick): the ranking prompts interleaved into the half that ranks rows for selection and the half
+    that picks the finalists (``selection.pick_holdout``).
+
+    Selection that breeds from the top rows generation after generation fits the prompts it ranks on, and a pick
+    made on the same prompts inherits that fit (docs/results.md §0, "why the feedback arm gains nothing over
+    sampling"); a pick made on prompts selection never saw does not. Interleaved, as the tune/rank split is.
+    """
+    return values[0::2], values[1::2]
+
+
+def _halves_mean(values: list[float], reply: TrainReply) -> tuple[float, float]:
+    """The two halves' means (with fewer than two prompts, both the reported fitness)."""
+    if len(values) < 2:
+        value = float(reply.fitness)
+        return value, value
+    selection, pick = holdout_halves(values)
+    return sum(selection) / len(selection), sum(pick) / len(pick)
 
 
 def _prompt_fitness(reply: TrainReply) -> list[float]:

@@ -63,11 +63,13 @@ class Race:
     values: list[float | None]  # fitness per seed, None where that fine-tune failed
     failed: str | None = None  # the first failed seed's reason: the race stops there (no retries)
     beta: float | None = None  # the chosen beta (None: the beta axis is off, the run's training.beta)
+    picks: list[float | None] = field(default_factory=list)  # held-out fitness per seed (selection.pick_holdout)
 
-    def add(self, seed: int, fitness: float | None, error: str | None) -> None:
+    def add(self, seed: int, fitness: float | None, error: str | None, pick: float | None = None) -> None:
         self.seeds.append(seed)
         ok = error is None and fitness is not None and math.isfinite(fitness)
         self.values.append(float(fitness) if ok else None)
+        self.picks.append(float(pick) if ok and pick is not None and math.isfinite(pick) else None)
         if not ok and self.failed is None:
             self.failed = f"seed {seed}: {error or 'non-finite fitness'}"
 
@@ -79,6 +81,10 @@ class Outcome:
     fitness: float | None = None
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _unit(fingerprint: list[float] | None) -> np.ndarray | None:
@@ -371,7 +377,8 @@ class Evaluator:
         job = result.job
         if race is not None:
             race.add(job.seed, self.protocol.rank(result.trained) if result.ok else None,
-                     None if result.ok else f"{result.stage}: {result.error}")
+                     None if result.ok else f"{result.stage}: {result.error}",
+                     self.protocol.pick(result.trained) if result.ok else None)
         else:
             sweep.add(job.learning_rate, result.ok, result.trained if result.ok else None, result.stage,
                       result.error, beta=job.beta, cached=result.cached)
@@ -410,7 +417,7 @@ class Evaluator:
         sweep = Sweep(results=dict(sweep.results), errors=dict(sweep.errors), cached=set(sweep.cached),
                       tuned=sweep.tuned)
         race = None if race is None else Race(race.learning_rate, list(race.seeds), list(race.values), race.failed,
-                                              race.beta)
+                                              race.beta, list(race.picks))
         for result in results:
             self._absorb(sweep, race, result)
         contest = self._race_contest() if self.race.enabled else None
@@ -429,10 +436,18 @@ class Evaluator:
 
     def _race_start(self, sweep: Sweep) -> Race | None:
         """A row whose protocol found a finite best enters the race with that run as its first seed."""
-        best, ranked = sweep.best_point(), sweep.ranked_fitness()
+        best, ranked = sweep.best_point(), self._ranked_fitness(sweep)
         if best is None or ranked is None or not math.isfinite(ranked):
             return None
-        return Race(best[0][0], [self.seed], [ranked], beta=best[0][1])
+        return Race(best[0][0], [self.seed], [ranked], beta=best[0][1], picks=[self.protocol.pick(best[1])])
+
+    def _ranked_fitness(self, sweep: Sweep) -> float | None:
+        """The row's fitness at its chosen point: the protocol's ranking prompts (their selection half with
+        ``selection.pick_holdout``)."""
+        if not self.protocol.pick_holdout:
+            return sweep.ranked_fitness()
+        best = sweep.best()
+        return None if best is None else self.protocol.rank(best[1])
 
     def _race_contest(self) -> tuple[float, float]:
         """The bar a racing row must reach (k-th best lower bound of the archived scored rows) and the noise."""
@@ -474,7 +489,7 @@ class Evaluator:
                     runs=len(runs) + len(sweep.errors))
         secs["overhead"] = secs["total"] - secs["steps"] - secs["score"]
         _, data = best
-        fitness = sweep.ranked_fitness()
+        fitness = self._ranked_fitness(sweep)
         metrics = {"reward": data.reward, "greedy": data.greedy, "kl": data.kl, "fitness": fitness,
                    "steps": data.steps, "final_loss": data.final_loss, "train": data.train_metrics,
                    "checks": checks, **summary,
@@ -482,6 +497,10 @@ class Evaluator:
                    **({"judge": data.judge} if data.judge else {})}  # a judged task's grading and cost
         if race is not None:
             metrics["race"] = seed_race.summary(race.seeds, race.values, race.learning_rate, race.failed)
+        if self.protocol.pick_holdout:  # the finalists' order (``seed_race.pick_scores_of``), seed by seed
+            seeds, picks = (race.seeds, race.picks) if race is not None else ([self.seed], [_finite(
+                self.protocol.pick(data))])
+            metrics["pick"] = seed_race.summary(seeds, picks, best[0], None)
         if not math.isfinite(fitness):
             return self._finish(row, Status.EVAL_FAILED, error="non-finite fitness", stage="score", seconds=secs,
                                 extra=metrics, evaluations=sweep.evaluations)

@@ -37,7 +37,7 @@ from discopop.contract.losses import code_hash
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
 from discopop.fitness.result_store import MACHINE_RETRIES, StoredRuns, archives_failure, storable
-from discopop.search.history import run_standings
+from discopop.search.history import pick_standings
 from discopop.status import Status
 
 # Where a row's confirmation goes when a later confirmation of the run leaves the row out: its verdicts were
@@ -59,8 +59,9 @@ def reference_row(archive: Archive, name: str) -> Row | None:
 
 
 def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
-    """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness)."""
-    standing = run_standings(archive)
+    """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness), on the
+    prompts held out of selection where the run held them out (``history.pick_standings``)."""
+    standing = pick_standings(archive)
     key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
     return sorted(rows, key=lambda r: (-key[r.id], r.id))
 

@@ -20,8 +20,8 @@ from discopop.search import seed_race
 from discopop.search.behaviour_map import cell as behaviour_cell
 from discopop.status import Status
 
-__all__ = ["feedback_fields", "history_as_of", "history_entry", "proposer_history", "ranked", "run_standings",
-           "seed_scores", "selection_policy"]
+__all__ = ["feedback_fields", "history_as_of", "history_entry", "pick_standings", "proposer_history", "ranked",
+           "run_standings", "seed_scores", "selection_policy"]
 
 
 def _number(value: Any) -> float | None:
@@ -83,6 +83,14 @@ def run_standings(archive: Archive, rows: list[Row] | None = None) -> dict[int, 
     the whole run), under the run's selection policy."""
     rows = archive.rows() if rows is None else rows
     return seed_race.standings(((r.id, seed_scores(r)) for r in rows), selection_policy(archive))
+
+
+def pick_standings(archive: Archive) -> dict[int, seed_race.Standing]:
+    """Every scored row's standing for the finalist pick: on the prompts held out of selection where the run held
+    them out (``selection.pick_holdout``: ``metrics.pick``), else on its search fitness as ``run_standings``."""
+    rows = archive.rows()
+    return seed_race.standings(((r.id, seed_race.pick_scores_of(r.status, r.metrics) or seed_scores(r))
+                                for r in rows), selection_policy(archive))
 
 
 def proposer_history(archive: Archive) -> list[HistoryEntry]:

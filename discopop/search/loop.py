@@ -534,9 +534,9 @@ class Loop:
         # every job reaches the display (progress in fine-tunes)
         executor = ObservedExecutor(executor, JobEvents(self.display))
         fidelity = self._fidelity(executor)
-        evaluator = Evaluator(self.archive, executor, self.seed, LrProtocol.from_config(self.cfg.training),
-                              on_stage=self._staged, race=RacePolicy.from_config(self.cfg), store=store,
-                              fidelity=fidelity)
+        protocol = LrProtocol.from_config(self.cfg.training, self.cfg.selection.pick_holdout)
+        evaluator = Evaluator(self.archive, executor, self.seed, protocol, on_stage=self._staged,
+                              race=RacePolicy.from_config(self.cfg), store=store, fidelity=fidelity)
         if ahead_of is not None:  # idle workers run a row's next round, the next generation's first jobs
             ahead_of.supplier = lambda: self._work_ahead(evaluator, ahead_of)  # (with lookahead)
             evaluator.on_ahead = ahead_of.offer

@@ -121,6 +121,18 @@ def scores_of(status: str, fitness: float | None, metrics: Mapping[str, Any]) ->
     return SeedScores((float(fitness),))
 
 
+def pick_scores_of(status: str, metrics: Mapping[str, Any]) -> SeedScores | None:
+    """A scored row's fitness per seed on the prompts held out of selection (``metrics.pick``, written with
+    ``selection.pick_holdout``): what orders the finalists. None without it, or with no finite value."""
+    pick = metrics.get("pick") if status == "scored" and isinstance(metrics, Mapping) else None
+    values = pick.get("fitness") if isinstance(pick, Mapping) else None
+    if not isinstance(values, list):
+        return None
+    finite = tuple(float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)
+                   and math.isfinite(v))
+    return SeedScores(finite) if finite else None
+
+
 def pooled_noise(scores: Iterable[SeedScores], prior: float) -> float:
     """One seed's fitness std, pooled over rows with several seeds and shrunk towards ``prior``."""
     sum_sq, df = PRIOR_DF * prior ** 2, PRIOR_DF
