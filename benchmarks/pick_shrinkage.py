@@ -11,6 +11,10 @@ that keeps selecting on one fixed split (the feedback arm breeds from its best r
 can fit that split; best-of-N sampling selects on it once, at the end. A shrinkage well above the control arm's says
 the feedback arm's extra search fitness is selection, not loss; a gap the pick keeps on every search seed but loses
 on fresh data was fitted to the search contexts all seeds share, not to one seed's luck.
+
+A run with ``selection.pick_holdout`` ranks rows for selection on one half of the search contexts and picks its
+finalists on the other (``metrics.pick``): the search gap is then the selection half's, and the held-out gap (the
+same seed mean on the half that picked) is printed beside it, with its own shrinkage.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from discopop.archive import ARCHIVE_NAME, Archive
 
@@ -33,16 +38,30 @@ def baseline_name(verdict_text: str) -> str | None:
     return None
 
 
-def race_scores(metrics: dict) -> dict[int, float]:
-    """A row's search fitness per race seed at its chosen rate (``metrics.race``), {} where it has none."""
-    race = metrics.get("race") or {}
+class Gaps(NamedTuple):
+    """One run's pick against the strongest baseline."""
+
+    search: float  # seed mean of the search-split gap over the race seeds both rows have
+    confirmed: float  # the confirmed delta (fresh seeds, unseen contexts)
+    per_seed: dict[int, float]  # the search gap per common race seed
+    held_out: float | None  # the same seed mean on the contexts held out of selection (None: no holdout)
+
+
+def race_scores(metrics: dict, key: str = "race") -> dict[int, float]:
+    """A row's search fitness per race seed at its chosen rate (``metrics.race``; ``key="pick"``: on the contexts
+    held out of selection), {} where it has none."""
+    race = metrics.get(key) or {}
     seeds, values = race.get("seeds") or [], race.get("fitness") or []
     return {int(s): float(v) for s, v in zip(seeds, values, strict=False) if isinstance(v, int | float)}
 
 
-def run_gaps(run: dict) -> tuple[float, float, dict[int, float]] | None:
-    """(search-split gap, confirmed delta, search gap per common race seed) of one run's pick against the
-    strongest baseline; None if unknown."""
+def seed_mean_gap(mine: dict[int, float], theirs: dict[int, float]) -> dict[int, float]:
+    """The gap on each seed both rows have, in seed order."""
+    return {seed: mine[seed] - theirs[seed] for seed in sorted(set(mine) & set(theirs))}
+
+
+def run_gaps(run: dict) -> Gaps | None:
+    """One run's pick against the strongest baseline (``Gaps``); None if unknown."""
     pick = run.get("pick") or {}
     name = baseline_name(pick.get("text", ""))
     if not pick or name is None or pick.get("delta") is None:
@@ -55,11 +74,11 @@ def run_gaps(run: dict) -> tuple[float, float, dict[int, float]] | None:
         archive.close()
     if row is None or row.fitness is None or not baselines or baselines[0].fitness is None:
         return None
-    mine, theirs = race_scores(row.metrics), race_scores(baselines[0].metrics)
-    per_seed = {seed: mine[seed] - theirs[seed] for seed in sorted(set(mine) & set(theirs))}
+    per_seed = seed_mean_gap(race_scores(row.metrics), race_scores(baselines[0].metrics))
     # The seed mean over the race seeds both rows have (what the search ranks by), else the run seed's fitness.
     gap = statistics.fmean(per_seed.values()) if per_seed else row.fitness - baselines[0].fitness
-    return gap, float(pick["delta"]), per_seed
+    held_out = seed_mean_gap(race_scores(row.metrics, "pick"), race_scores(baselines[0].metrics, "pick"))
+    return Gaps(gap, float(pick["delta"]), per_seed, statistics.fmean(held_out.values()) if held_out else None)
 
 
 def describe(values: list[float]) -> str:
@@ -76,19 +95,24 @@ def main() -> None:
     summary = json.loads((args.out / "summary.json").read_text(encoding="utf-8"))
     shrink: dict[str, dict[str, float]] = {}
     for arm in args.arms:
-        shrink[arm] = {}
+        shrink[arm], held = {}, []
         for seed, run in sorted(summary.get(arm, {}).items(), key=lambda kv: int(kv[0])):
             gaps = run_gaps(run)
             if gaps is None:
                 print(f"{arm:8s} seed {seed}: no pick or baseline to compare")
                 continue
-            search_gap, confirmed, per_seed = gaps
-            shrink[arm][seed] = search_gap - confirmed
-            seeds = ", ".join(f"{s}: {g:+.4f}" for s, g in per_seed.items())
-            print(f"{arm:8s} seed {seed}: search gap {search_gap:+.4f} (per search seed {seeds}), "
-                  f"confirmed {confirmed:+.4f}, shrinkage {search_gap - confirmed:+.4f}")
+            shrink[arm][seed] = gaps.search - gaps.confirmed
+            seeds = ", ".join(f"{s}: {g:+.4f}" for s, g in gaps.per_seed.items())
+            line = (f"{arm:8s} seed {seed}: search gap {gaps.search:+.4f} (per search seed {seeds}), "
+                    f"confirmed {gaps.confirmed:+.4f}, shrinkage {gaps.search - gaps.confirmed:+.4f}")
+            if gaps.held_out is not None:
+                held.append(gaps.held_out - gaps.confirmed)
+                line += f"; held-out gap {gaps.held_out:+.4f}, shrinkage from it {held[-1]:+.4f}"
+            print(line)
         if shrink[arm]:
             print(f"{arm:8s} mean shrinkage {describe(list(shrink[arm].values()))}")
+        if held:
+            print(f"{arm:8s} mean shrinkage from the held-out gap {describe(held)}")
     if len(args.arms) == 2:
         first, second = args.arms
         paired = [shrink[first][s] - shrink[second][s] for s in shrink[first] if s in shrink[second]]

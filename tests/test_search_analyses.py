@@ -18,11 +18,13 @@ from discopop.status import Status
 
 
 def _row(archive: Archive, name: str, proposer: str, fitness: float, race: dict[int, float],
-         parents: list[int] | None = None) -> int:
+         parents: list[int] | None = None, pick: dict[int, float] | None = None) -> int:
     code = f"def {name}(a, b, c, d, beta):\n    return a - b\n"
     row_id = archive.add(Candidate(name=name, code=code, thought="", parent_ids=parents or [], proposer=proposer),
                          generation=0 if proposer == "reference" else 1)
     metrics = {"race": {"seeds": list(race), "fitness": list(race.values())}}
+    if pick is not None:  # a run with selection.pick_holdout
+        metrics["pick"] = {"seeds": list(pick), "fitness": list(pick.values())}
     archive.finish(row_id, Status.SCORED, fitness=fitness, metrics=metrics)
     return row_id
 
@@ -47,11 +49,23 @@ def test_the_shrinkage_is_the_seed_mean_gap_to_the_named_baseline_less_the_confi
     pick_id = int((run_dir.parents[1] / "ids.txt").read_text().split()[2])
     run = {"run": str(run_dir), "pick": {"id": pick_id, "delta": 0.01,
                                          "text": "+0.010 [+0.004, +0.016] beats cell, Holm p=0.01: MDE 0.006"}}
-    gap, confirmed, per_seed = ps.run_gaps(run)
+    gap, confirmed, per_seed, held_out = ps.run_gaps(run)
     assert per_seed == pytest.approx({0: 0.03, 500: 0.03, 501: 0.02})  # against cell, not aqfl, seed by seed
-    assert gap == pytest.approx(0.08 / 3) and confirmed == 0.01
+    assert gap == pytest.approx(0.08 / 3) and confirmed == 0.01 and held_out is None  # no holdout in this run
     assert ps.baseline_name("-0.004 [-0.010, +0.002] within noise of dpo, Holm p=1") == "dpo"
     assert ps.baseline_name("no verdict") is None
+
+
+def test_with_a_holdout_the_held_out_gap_is_read_from_the_pick_half(tmp_path: Path) -> None:
+    ps = benchmark_script("pick_shrinkage")
+    run_dir = tmp_path / "seed0" / "feedback"
+    run_dir.mkdir(parents=True)
+    archive = Archive(run_dir / ARCHIVE_NAME)
+    _row(archive, "cell", "reference", 1.10, {0: 1.10, 500: 1.09}, pick={0: 1.12, 500: 1.11})
+    pick = _row(archive, "cell_x", "evolution", 1.14, {0: 1.14, 500: 1.12}, pick={0: 1.13, 500: 1.10})
+    archive.close()
+    gaps = ps.run_gaps({"run": str(run_dir), "pick": {"id": pick, "delta": 0.0, "text": "+0.000 within noise of cell"}})
+    assert gaps.search == pytest.approx(0.035) and gaps.held_out == pytest.approx(0.0)  # (0.01 - 0.01) / 2
 
 
 def test_children_above_the_best_reference_are_counted_by_their_first_parent(run_dir: Path) -> None:
