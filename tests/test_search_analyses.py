@@ -75,3 +75,24 @@ def test_children_above_the_best_reference_are_counted_by_their_first_parent(run
     assert (by_kind["evolved"].children, by_kind["evolved"].hits, by_kind["evolved"].above_parent) == (1, 0, 0)
     assert by_reference["aqfl"].children == 1 and by_reference["cell"].children == 0
     assert by_reference["cell"].parent_fitness == [1.10]
+
+
+def _summary_run(verdict: str, transfer: dict[str, str], pick: float | None) -> dict:
+    return {"winner": {"verdict": verdict, "transfer": transfer}, "pick": {} if pick is None else {"delta": pick}}
+
+
+def test_batch_compare_pairs_picks_by_run_seed_and_counts_beat_and_hold() -> None:
+    bc = benchmark_script("batch_compare")
+    base = {"feedback": {"0": _summary_run("beats", {"clean": "holds"}, 0.010),
+                         "1": _summary_run("beats", {"clean": "does not transfer"}, 0.002),
+                         "2": _summary_run("within noise", {"clean": "holds"}, None)}}
+    new = {"feedback": {"0": _summary_run("beats", {"clean": "transfers"}, 0.014),
+                        "1": _summary_run("beats", {"clean": "holds"}, 0.008),
+                        "2": _summary_run("beats", {}, 0.001)}}  # no transfer verdict: not a hold
+    assert [bc.beat_and_hold(r) for r in base["feedback"].values()] == [True, False, False]
+    assert [bc.beat_and_hold(r) for r in new["feedback"].values()] == [True, True, False]
+    assert bc.paired(base["feedback"], new["feedback"]) == pytest.approx([0.004, 0.006])  # seed 2: base unconfirmed
+    lines = bc.compare(base, new, ["feedback"])
+    assert "feedback base: winner beats 2/3, beat-and-hold 1/3" in lines
+    assert "feedback new: winner beats 3/3, beat-and-hold 2/3" in lines
+    assert lines[-1].startswith("feedback new - base, pick's confirmed delta paired by run seed: +0.0050 [")
