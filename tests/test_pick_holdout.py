@@ -21,6 +21,7 @@ from discopop.execution.executors import Job, JobResult
 from discopop.execution.messages import TrainReply
 from discopop.fitness.tuning import LrProtocol, holdout_halves
 from discopop.report.display import Display
+from discopop.report.terminal_board import print_leaderboard
 from discopop.search.confirmation import top_candidates
 from discopop.search.loop import Loop
 
@@ -106,6 +107,12 @@ def _run(tmp_path: Path, holdout: bool) -> Archive:
     return Archive(run_dir / "archive.sqlite", create=False)
 
 
+def _board(archive: Archive) -> str:
+    out = io.StringIO()
+    print_leaderboard(archive, Console(file=out, width=400))
+    return " ".join(out.getvalue().split())
+
+
 def test_selection_ranks_on_one_half_and_the_finalists_are_ordered_on_the_other(tmp_path: Path) -> None:
     archive = _run(tmp_path, holdout=True)
     try:
@@ -123,6 +130,7 @@ def test_selection_ranks_on_one_half_and_the_finalists_are_ordered_on_the_other(
                 assert value == pytest.approx(sum(selection_half) / len(selection_half))
                 assert picked == pytest.approx(sum(pick_half) / len(pick_half))
             assert row.fitness == pytest.approx(row.metrics["race"]["fitness"][0])  # the run seed's selection half
+        assert "finalists were ordered on the other half (selection.pick_holdout)" in _board(archive)
     finally:
         archive.close()
 
@@ -134,5 +142,6 @@ def test_off_the_finalists_are_ordered_by_search_fitness_and_no_pick_is_written(
         assert "pick" not in rows["climber"].metrics and "pick" not in rows["dpo"].metrics
         assert rows["climber"].fitness > rows["honest"].fitness  # +0.01 on the whole ranking half
         assert [r.name for r in top_candidates(archive, 1)] == ["climber"]
+        assert "the rank that selection and confirmation use" in _board(archive)
     finally:
         archive.close()

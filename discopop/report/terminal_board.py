@@ -155,8 +155,13 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
             rec["beta_tuned"] for rec in records) else "the run's training.beta")
         console.print(f"beta: {beta_text}; lr: the learning rate each candidate was scored at (pass both "
                       "to TRL's DPOConfig: its beta defaults to 0.1)")
-        console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank that "
-                      "selection and confirmation use")
+        if any("pick" in r.metrics for r in archive.scored_rows()):  # selection.pick_holdout
+            console.print("search: mean fitness over the search seeds on the half of the search prompts selection "
+                          "ranks on; bound: its lower confidence bound, the rank selection uses; the finalists were "
+                          "ordered on the other half (selection.pick_holdout)")
+        else:
+            console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank "
+                          "that selection and confirmation use")
     if any(rec["fresh_seeds"] for rec in records):
         console.print("fresh seeds: paired over seeds and confirm prompts; CI before, verdict after Holm correction "
                       f"over all comparisons (alpha {stats.ALPHA}); a failed seed fails its comparisons. MDE: the "
