@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from rich.console import Console
 from scripted_executor import ScriptedExecutor, ScriptedProposer, candidate, loss_name
 from scripted_executor import config_with as config
 
 from discopop.archive import Archive
 from discopop.config import ConfigError, RunSettings, TrainingSettings
-from discopop.config.compose import compose, validate
+from discopop.config.compose import SAVED_CONFIG, compose, resolve_run, validate
 from discopop.execution.executors import Job, JobResult
 from discopop.execution.messages import TrainReply
 from discopop.fitness.tuning import LrProtocol, holdout_halves
@@ -66,6 +67,21 @@ def test_a_bad_value_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match=r"selection\.pick_holdout") as err:
         validate(compose(["selection.pick_holdout=[1]"])[0])
     assert "\n" not in str(err.value)
+
+
+def test_on_by_default_on_the_fast_tier_only_and_an_older_fast_tier_run_keeps_its_own(tmp_path: Path) -> None:
+    assert compose(["task=diagnostic"])[0]["selection"]["pick_holdout"] is True
+    assert compose(["task=diagnostic", "selection.pick_holdout=false"])[0]["selection"]["pick_holdout"] is False
+    assert compose(["task=addition"])[0]["selection"]["pick_holdout"] is False
+    # a fast-tier run recorded before the key existed resumes without it: one ranking, as it was measured
+    cfg, _ = compose(["task=diagnostic", "wandb.mode=disabled"])
+    del cfg["selection"]["pick_holdout"]
+    run_dir = tmp_path / "old"
+    (run_dir / SAVED_CONFIG).parent.mkdir(parents=True)
+    (run_dir / SAVED_CONFIG).write_text(yaml.safe_dump(cfg))
+    Archive(run_dir / "archive.sqlite").close()
+    settings, _ = resolve_run(None, str(run_dir), [])
+    assert settings.selection.pick_holdout is False
 
 
 class HalvesExecutor(ScriptedExecutor):
