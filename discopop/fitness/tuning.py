@@ -35,10 +35,10 @@ data that chooses is held apart, in one of two ways:
   most of the noise the choice selects on; other seeds do not (docs/results.md §0, "Rates chosen on seeds
   that do not rank"). Race seeds then count every search prompt too (:meth:`LrProtocol.rank`).
 
-The pick held out of selection (``selection.pick_holdout``, off by default). The prompts that rank a row are
-interleaved once more: one half ranks it for everything selection does (its fitness, the race, parents, the LLM's
-view), the other (``metrics.pick``) only orders the finalists sent to confirmation, so the pick is not made on
-the prompts selection climbed.
+The pick held out of selection (``selection.pick_holdout``: on for ``task=diagnostic``, off elsewhere). The
+prompts that rank a row are interleaved once more: one half ranks it for everything selection does (its fitness,
+the race, parents, the LLM's view), the other (``metrics.pick``) only orders the finalists sent to confirmation,
+so the pick is not made on the prompts selection climbed.
 
 The beta axis (``training.beta_grid``, multipliers of ``training.beta``; off by default). The offline
 evolution tunes a candidate's constants, and most of them (a margin, a temperature, a scale on rho)

@@ -439,7 +439,7 @@ class Evaluator:
         best, ranked = sweep.best_point(), self._ranked_fitness(sweep)
         if best is None or ranked is None or not math.isfinite(ranked):
             return None
-        return Race(best[0][0], [self.seed], [ranked], beta=best[0][1], picks=[self.protocol.pick(best[1])])
+        return Race(best[0][0], [self.seed], [ranked], beta=best[0][1], picks=[_finite(self.protocol.pick(best[1]))])
 
     def _ranked_fitness(self, sweep: Sweep) -> float | None:
         """The row's fitness at its chosen point: the protocol's ranking prompts (their selection half with
