@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from scipy import stats as scipy_stats
+from discopop.fitness.stats import pooled_over_runs
 
 BEATS = "beats"
 HOLDS = {"transfers", "holds"}
@@ -48,12 +48,11 @@ def paired(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> l
 
 
 def interval(values: list[float]) -> str:
-    """Mean and a 95% t interval (n < 2: the mean alone)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:+.4f} (n={len(values)})"
-    half = scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n={len(values)})"
+    """Mean and a 95% t interval over the pairs (``stats.pooled_over_runs``; fewer than 2: the mean alone)."""
+    pooled = pooled_over_runs(values)
+    if pooled is None:
+        return f"{statistics.fmean(values):+.4f} (n={len(values)})"
+    return f"{pooled.mean:+.4f} [{pooled.low:+.4f}, {pooled.high:+.4f}] (n={pooled.runs}, p={pooled.p:.2g})"
 
 
 def compare(base: dict[str, Any], new: dict[str, Any], arms: list[str]) -> list[str]:
