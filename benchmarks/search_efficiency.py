@@ -203,6 +203,13 @@ def transfer_words(row: Any) -> dict[str, str]:
     return {variant: str(entry.get("transfers")) for variant, entry in (row.metrics.get("transfer") or {}).items()}
 
 
+def beat_and_hold(winner: dict[str, Any] | None) -> bool:
+    """The issue's figure for one run: its winner beats the strongest baseline and transfers or holds on every
+    held-out variant it was judged on (``winner``'s ``transfer``, as ``transfer_words`` gives it)."""
+    words = set(((winner or {}).get("transfer") or {}).values())
+    return bool(winner) and winner.get("verdict") == stats.BEATS and bool(words) and words <= {"transfers", "holds"}
+
+
 def finalists(archive: Archive, top_k: int) -> list[dict[str, Any]]:
     """Every confirmed evolved finalist against the strongest baseline: delta, its Holm MDE, verdict, and behaviour
     cosine to that baseline (do the finalists differ from it by more than the confirmation can resolve?)."""
@@ -310,9 +317,7 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int, ever
         if len(runs) < len(results[arm]):
             print(f"  {arm:<8} ({len(results[arm]) - len(runs)} shorter run(s) left out of this summary)")
         beats = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS)
-        transfers = sum(1 for r in runs if r["winner"] and r["winner"]["verdict"] == stats.BEATS
-                        and r["winner"].get("transfer")
-                        and set(r["winner"]["transfer"].values()) <= {"transfers", "holds"})
+        transfers = sum(1 for r in runs if beat_and_hold(r["winner"]))
         near = sum(r["near_copies"] for r in runs)
         total = sum(r["trained_children"] for r in runs)
         print(f"  {arm:<8} winner beats the strongest baseline in {beats}/{len(runs)} runs (and holds or transfers "
