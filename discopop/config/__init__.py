@@ -64,6 +64,7 @@ MISSING = "???"  # omegaconf.MISSING: a group hydra fills in (kept literal: impo
 BASELINES = ["dpo", "hinge", "ipo", "kto_pair", "lrml", "padll", "cell", "pfl", "aql", "aqfl", "dbaql"]
 WANDB_MODES = ("offline", "online", "disabled")
 MAX_SEEDS_LIMIT = 100  # selection.max_seeds at most: keeps race seeds (base + 500 + i) below the confirmation seeds
+MAX_PICK_SEEDS = 100  # selection.pick_seeds at most: pick seeds (base + 3000 + i) stay apart from every other kind
 
 
 @dataclass
@@ -128,12 +129,20 @@ class SelectionSettings:
                                         "the race, parents and the LLM's view use one half, and only the finalists "
                                         "sent to confirmation are ordered on the other (metrics.pick), so the pick "
                                         "is not made on the prompts selection climbed.")
+    pick_seeds: int = setting(0, "Before confirmation, re-train the pick_pool best rows on this many seeds "
+                                 "selection never trained on (base seed + 3000 + i) and send the best of them on "
+                                 "those to confirmation (discopop/search/pick_stage.py). 0: off; the finalists are "
+                                 "the best by search standing.")
+    pick_pool: int = setting(15, "How many of the best distinct rows selection ranked the pick_seeds re-train.")
 
     def check(self) -> None:
         try:
             check_race(self.max_seeds, self.top_k, self.z, self.noise_prior)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        require(0 <= self.pick_seeds <= MAX_PICK_SEEDS,
+                f"selection.pick_seeds must be in 0..{MAX_PICK_SEEDS}, got {self.pick_seeds}")
+        require(self.pick_pool >= 1, f"selection.pick_pool must be >= 1, got {self.pick_pool}")
 
 
 def check_race(max_seeds: int, top_k: int, z: float, noise_prior: float) -> None:

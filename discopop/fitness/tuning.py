@@ -162,8 +162,18 @@ class LrProtocol:
         return _halves_mean(self._ranking_prompts(reply), reply)[1] if self.pick_holdout else None
 
     def _ranking_prompts(self, reply: TrainReply) -> list[float]:
-        values = _prompt_fitness(reply)
+        return self.ranking_values(_prompt_fitness(reply))
+
+    def ranking_values(self, values: list[float]) -> list[float]:
+        """Of one fine-tune's per-prompt fitness on the search prompts, those that rank rows: every prompt where
+        tuning seeds choose the rate, else the odd-indexed half (the even half chose it)."""
         return values if self.tune_seeds > 0 else values[1::2]
+
+    def unclimbed_values(self, values: list[float]) -> list[float]:
+        """The search prompts that selection never ranked on (the pick half with ``pick_holdout``), else every
+        ranking prompt: what a fine-tune on a pick seed is scored on (``search.pick_stage``)."""
+        ranking = self.ranking_values(values)
+        return holdout_halves(ranking)[1] if self.pick_holdout and len(ranking) >= 2 else ranking
 
     def worth_tuning(self, screen_fitness: float, best_fitness: float | None) -> bool:
         """Spend the rest of the grid only on a candidate whose screen is near the run's best."""

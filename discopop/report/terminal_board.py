@@ -20,6 +20,7 @@ from discopop.archive import Archive, Row
 from discopop.fitness import stats
 from discopop.report.escape import clean, csv_cell, terminal
 from discopop.report.run import beta_of, confirmation_of, learning_rate_of, number, run_beta, tuned_beta
+from discopop.search.confirmation import PICK_STAGE
 from discopop.search.history import ranked, run_standings, selection_policy
 
 __all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_records", "leaderboard_rows", "print_leaderboard"]
@@ -162,6 +163,11 @@ def print_leaderboard(archive: Archive, console: Console | None = None, limit: i
         else:
             console.print("search: mean fitness over the search seeds; bound: its lower confidence bound, the rank "
                           "that selection and confirmation use")
+        staged = [r.metrics[PICK_STAGE] for r in archive.scored_rows() if isinstance(r.metrics.get(PICK_STAGE), dict)]
+        if staged:  # selection.pick_seeds
+            console.print(f"the finalists were chosen among the {len(staged)} best rows by their mean on "
+                          f"{len(staged[0].get('seeds') or [])} seeds selection never trained on "
+                          "(selection.pick_seeds), ahead of the bound")
     if any(rec["fresh_seeds"] for rec in records):
         console.print("fresh seeds: paired over seeds and confirm prompts; CI before, verdict after Holm correction "
                       f"over all comparisons (alpha {stats.ALPHA}); a failed seed fails its comparisons. MDE: the "

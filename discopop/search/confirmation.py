@@ -44,6 +44,8 @@ from discopop.status import Status
 # Holm-corrected in another family, against a strongest baseline that may have changed, so the leaderboard, the
 # report and the LLM's facts must not show them as current; kept (nothing is lost), under this key.
 SUPERSEDED = "superseded_confirmation"
+# A row's mean on the pick seeds (``search.pick_stage``), which orders the finalists before any search standing.
+PICK_STAGE = "pick_stage"
 
 SPLIT = "confirm"
 SEED_OFFSET = 1000  # fresh seeds are base_seed + 1000 + i: never the search seed
@@ -58,17 +60,28 @@ def reference_row(archive: Archive, name: str) -> Row | None:
     return rows[0] if rows else None
 
 
-def _by_selection(archive: Archive, rows: list[Row]) -> list[Row]:
+def _by_selection(archive: Archive, rows: list[Row], pick_stage: bool = True) -> list[Row]:
     """Best first by the search's lower confidence bound (``seed_race``; one seed each: by search fitness), on the
-    prompts held out of selection where the run held them out (``history.pick_standings``)."""
+    prompts held out of selection where the run held them out (``history.pick_standings``).
+
+    ``pick_stage``: rows re-trained on pick seeds (``metrics.pick_stage``, ``search.pick_stage``) come first, by
+    their mean there; a row that failed a pick seed comes last (it would fail the confirmation's seeds too)."""
     standing = pick_standings(archive)
-    key = {r.id: standing[r.id].lcb if r.id in standing else -math.inf for r in rows}
-    return sorted(rows, key=lambda r: (-key[r.id], r.id))
+
+    def key(row: Row) -> tuple[int, float, int]:
+        stage = row.metrics.get(PICK_STAGE) if pick_stage else None
+        if isinstance(stage, dict):
+            mean = stage.get("mean")
+            return (0, -float(mean), row.id) if mean is not None else (2, 0.0, row.id)
+        return 1, -(standing[row.id].lcb if row.id in standing else -math.inf), row.id
+
+    return sorted(rows, key=key)
 
 
-def best_references(archive: Archive, n: int) -> list[Row]:
-    """The ``n`` reference losses with the best search fitness in this run (lower confidence bound over seeds)."""
-    return _by_selection(archive, archive.rows_by_proposer("reference", status=Status.SCORED))[:n]
+def best_references(archive: Archive, n: int, pick_stage: bool = True) -> list[Row]:
+    """The ``n`` reference losses with the best search fitness in this run (lower confidence bound over seeds;
+    ``pick_stage``: as :func:`_by_selection`)."""
+    return _by_selection(archive, archive.rows_by_proposer("reference", status=Status.SCORED), pick_stage)[:n]
 
 
 def strongest_on_fresh_seeds(archive: Archive, references: list[Row], seeds: list[int],
@@ -118,12 +131,14 @@ def same_outcome(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
     return float(np.corrcoef(x, y)[0, 1]) >= 1.0 - SAME_OUTCOME_TOL
 
 
-def top_candidates(archive: Archive, k: int) -> list[Row]:
+def top_candidates(archive: Archive, k: int, pick_stage: bool = True) -> list[Row]:
     """Best scored non-reference candidates by search fitness (lower confidence bound over their seeds), one per
     trained outcome: a row whose search fine-tunes match a better pick's (``same_outcome``) is passed over, so the
-    confirmation's finalist slots and its Holm tests go to different policies, not to one loss written k ways."""
+    confirmation's finalist slots and its Holm tests go to different policies, not to one loss written k ways.
+    ``pick_stage``: ordered as :func:`_by_selection` (False: as selection ranked them, which fills the pool)."""
     picked: list[tuple[Row, dict[int, np.ndarray]]] = []
-    for row in _by_selection(archive, archive.rows_not_by_proposer("reference", status=Status.SCORED)):
+    rows = archive.rows_not_by_proposer("reference", status=Status.SCORED)
+    for row in _by_selection(archive, rows, pick_stage):
         if len(picked) >= k:
             break
         outcome = _search_outcome(archive, row)
@@ -144,7 +159,7 @@ def chosen_beta(row: Row) -> float | None:
     return float(beta) if beta is not None else None
 
 
-def _latest(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Evaluation]:
+def latest_runs(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Evaluation]:
     """This row's confirmation runs by seed (the latest where a seed was run twice)."""
     return {e.seed: e for e in archive.evaluations(row_id, split=split)}
 
@@ -159,7 +174,7 @@ def missing_jobs(archive: Archive, rows: list[Row], seeds: list[int], split: str
     """
     return [Job(r.id, r.code, "train", seed, split=prompts or split, learning_rate=learning_rate(r),
                 beta=chosen_beta(r))
-            for r in rows for seed in seeds if seed not in _latest(archive, r.id, split)]
+            for r in rows for seed in seeds if seed not in latest_runs(archive, r.id, split)]
 
 
 def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: list[int],
@@ -210,7 +225,7 @@ def run_missing(archive: Archive, executor: Executor, rows: list[Row], seeds: li
 def arm_scores(archive: Archive, row: Row, seeds: list[int],
                split: str = SPLIT) -> tuple[np.ndarray | None, dict[str, Any]]:
     """The row's seeds x prompts fitness matrix (None if any seed failed or is missing) and its summary."""
-    runs = _latest(archive, row.id, split)
+    runs = latest_runs(archive, row.id, split)
     failed = None
     fitness: list[float | None] = []
     matrix = []

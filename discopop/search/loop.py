@@ -55,6 +55,7 @@ from discopop.search.events import (
 )
 from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
+from discopop.search.pick_stage import PickStage
 from discopop.search.seed_race import RacePolicy
 from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
 from discopop.search.work_ahead import SpeculativeExecutor
@@ -241,6 +242,18 @@ class Loop:
     def _confirmed_baselines(self) -> int:
         """How many baselines the confirmation re-trains: ``confirm.references`` of those this run scored."""
         return self.cfg.confirmed_baselines(len(self.archive.rows_by_proposer("reference", status=Status.SCORED)))
+
+    def _pick_stage(self, executor: Executor, protocol: LrProtocol, store: StoredRuns | None) -> None:
+        """Order the finalists on seeds selection never trained on (``selection.pick_seeds``; off at 0)."""
+        sel = self.cfg.selection
+        if sel.pick_seeds < 1:
+            return
+        self.display.show(PhaseStarted("pick"))
+        self._note(f"pick: re-training the {sel.pick_pool} best distinct candidates on {sel.pick_seeds} seeds "
+                   "selection never trained on, to choose the finalists (selection.pick_seeds)")
+        PickStage(sel.pick_seeds, sel.pick_pool, protocol).run(self.archive, executor, self.seed,
+                                                                self._confirmed_baselines(), store)
+        self.display.show(PhaseFinished("pick"))
 
     def _staged(self, row: Row, stage: str) -> None:
         self.display.show(CandidateStage(row.id, row.name, stage))
@@ -592,6 +605,7 @@ class Loop:
                 self._note(f"work ahead: {st.started} job(s) run on idle workers, {st.hits} of them used")
             conf = self.cfg.confirm
             if conf.seeds > 0:
+                self._pick_stage(executor, protocol, store)
                 self.display.show(PhaseStarted("confirmation"))
                 n = self._confirmed_baselines()
                 self._note(f"re-scoring the top {conf.top_k}, DPO and the {n} best baselines "
