@@ -24,11 +24,13 @@ from discopop.search.confirmation import fresh_seeds, judge
 from discopop.search.transfer_confirm import (
     FAILS,
     HOLDS,
+    SUPERSEDED_TRANSFER,
     TRANSFERS,
     UNJUDGED,
     confirm_transfer,
     split_of,
     transfer_text,
+    transfer_verdicts,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,6 +133,13 @@ def test_every_arm_is_rerun_on_each_variant_judged_as_one_family_and_resume_runs
     made.clear()
     again = confirm_transfer(archive, factory, variants, base_seed=0, n_seeds=3, top_k=1, references=1)
     assert made == [] and [c.verdict for c in again] == [c.verdict for c in comps]  # resumed: nothing re-run
+    # a later check with another finalist: the first one's verdicts are kept apart, never shown as current
+    other = scored_row(archive, "other", 0.99, lr=4e-5)
+    accuracy["easy"][other], accuracy["hard"][other] = 0.6, 0.6
+    confirm_transfer(archive, factory, variants, base_seed=0, n_seeds=3, top_k=1, references=1)
+    assert "transfer" in archive.get(other).metrics and "transfer" not in archive.get(cand).metrics
+    assert archive.get(cand).metrics[SUPERSEDED_TRANSFER] == transfer
+    assert [row.name for row, _ in transfer_verdicts(archive)] == ["other"]
 
 
 def test_a_second_run_reads_the_references_variant_runs_from_the_store_and_trains_only_candidates(

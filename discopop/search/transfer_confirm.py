@@ -50,6 +50,12 @@ ExecutorFactory = Callable[[str, dict[str, Any]], Executor]  # (variant name, it
 StoreFactory = Callable[[str, dict[str, Any]], StoredRuns | None]
 
 
+TRANSFER = "transfer"  # a row's metrics key for its verdicts on the held-out variants
+# Where they go when a later transfer check of the run leaves the row out (a longer run, another finalist pick): its
+# verdicts were Holm-corrected in another family, so nothing may show them as current; kept, under this key.
+SUPERSEDED_TRANSFER = "superseded_transfer"
+
+
 def split_of(variant: str) -> str:
     """The archive split a variant's runs are stored under."""
     return f"{PREFIX}{variant}"
@@ -114,8 +120,11 @@ def judge_transfer(archive: Archive, candidates: list[Row], dpo: Row, contenders
     for cand in candidates:
         for name in variants:
             stored[cand.id][name]["transfers"] = verdict_word(stored[cand.id][name])
+    for row in archive.rows():  # an earlier transfer check's finalists that this one leaves out: kept, not current
+        if row.id not in stored and isinstance(row.metrics.get(TRANSFER), dict):
+            archive.retire_metric(row.id, TRANSFER, SUPERSEDED_TRANSFER)
     for row_id, data in stored.items():
-        archive.update_metrics(row_id, {"transfer": data})
+        archive.update_metrics(row_id, {TRANSFER: data})
     return [c for *_, c in family]
 
 
@@ -153,7 +162,7 @@ def transfer_verdicts(archive: Archive) -> list[tuple[Row, str]]:
     """Each confirmed candidate with transfer verdicts, and those verdicts in one line (the loop reports them)."""
     found = []
     for row in archive.rows_not_by_proposer("reference"):
-        text = transfer_text(row.metrics.get("transfer"))
+        text = transfer_text(row.metrics.get(TRANSFER))
         if text:
             found.append((row, text))
     return found
