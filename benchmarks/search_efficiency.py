@@ -224,17 +224,18 @@ def finalists(archive: Archive, top_k: int) -> list[dict[str, Any]]:
 
 
 def search_pick(archive: Archive, top_k: int) -> dict[str, Any] | None:
-    """The confirmed evolved candidate the search itself ranks first (highest lower confidence bound on its
-    search seeds), with its fresh-seed delta against the strongest baseline.
+    """The confirmed evolved candidate the run itself ranks first among its finalists (the confirmation's order:
+    the search's lower confidence bound, or where the run used them the prompts held out of selection,
+    ``selection.pick_holdout``, and the pick seeds, ``selection.pick_seeds``), with its fresh-seed delta against
+    the strongest baseline.
 
     Unlike ``winner`` it is chosen without looking at the fresh seeds, so its delta is unbiased: it is the one
     to average over runs (the best of k fresh-seed means is biased upwards: by 0.85 SE for k = 3 under the null).
     """
-    standing = run_standings(archive, archive.scored_rows())
-    rows = [r for r in confirmed_evolved(archive, top_k) if r.id in standing]
+    rows = confirmed_evolved(archive, top_k)
     if not rows:
         return None
-    pick = max(rows, key=lambda r: (standing[r.id].lcb, -r.id))
+    pick = rows[0]
     comp = pick.metrics["confirmation"].get("vs_best") or pick.metrics["confirmation"]["vs_dpo"]
     return {"id": pick.id, "name": pick.name, "mean": pick.metrics["confirmation"].get("mean"),
             "delta": comp.get("delta"), "verdict": comp.get("verdict"), "text": stats.describe(comp)}
@@ -329,7 +330,8 @@ def report(results: dict[str, dict[int, dict[str, Any]]], generations: int, ever
                   f"({', '.join(map(str, lost))} per run) of {sum(r['candidates'] for r in runs)}")
         pooled = stats.pooled_over_runs([r["pick"]["delta"] for r in runs if r.get("pick")])
         if pooled:
-            print(f"  {'':<8} the search's pick (top LCB) vs the strongest baseline, pooled over runs: {pooled.text()}")
+            print(f"  {'':<8} the search's pick (its first finalist) vs the strongest baseline, pooled over "
+                  f"runs: {pooled.text()}")
     if {"feedback", "none"} <= set(arms):
         fed, blind = complete("feedback"), complete("none")
         picks = [(fed[s].get("pick"), blind[s].get("pick")) for s in sorted(set(fed) & set(blind))]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import benchmark_script
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
 from scripted_executor import config_with as config
@@ -89,6 +90,16 @@ def test_a_loss_that_led_only_on_the_seeds_selection_trained_on_is_not_the_final
             (name, seed, "search") for name in ("lucky", "steady") for seed in PICK]
         assert "pick_stage" not in rows["dpo"].metrics
         assert top_candidates(archive, 1, pick_stage=False)[0].name == "lucky"  # the pool's own order is selection's
+    finally:
+        archive.close()
+
+
+def test_the_search_benchmarks_pick_is_the_runs_first_finalist_not_selections_leader(tmp_path: Path) -> None:
+    settings = _settings(selection__pick_seeds=2, selection__pick_pool=2, confirm__top_k=2)
+    archive = _run(tmp_path / "run", settings, _executor(), {1: [candidate("lucky"), candidate("steady")]})
+    try:
+        assert all("confirmation" in r.metrics for r in archive.rows())  # both finalists confirmed
+        assert benchmark_script("search_efficiency").search_pick(archive, 2)["name"] == "steady"
     finally:
         archive.close()
 
