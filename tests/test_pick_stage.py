@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import benchmark_script
 from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, loss_name
@@ -15,7 +16,7 @@ from scripted_executor import config_with as config
 
 from discopop.archive import Archive
 from discopop.config import ConfigError, RunSettings
-from discopop.config.compose import compose, validate
+from discopop.config.compose import SAVED_CONFIG, compose, resolve_run, validate
 from discopop.execution.executors import Job, JobResult
 from discopop.report.display import Display
 from discopop.report.terminal_board import print_leaderboard
@@ -184,6 +185,17 @@ def test_a_bad_value_is_a_one_line_error(key: str, value: int) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_off_by_default_outside_the_fast_tier() -> None:
+def test_on_by_default_on_the_fast_tier_only_and_an_older_fast_tier_run_keeps_its_own(tmp_path: Path) -> None:
     cfg, _ = compose([])
     assert cfg["selection"]["pick_seeds"] == 0 and cfg["selection"]["pick_pool"] == 15
+    assert compose(["task=diagnostic"])[0]["selection"]["pick_seeds"] == 3
+    assert compose(["task=diagnostic", "selection.pick_seeds=0"])[0]["selection"]["pick_seeds"] == 0
+    # a fast-tier run recorded before the key existed resumes without it: its finalists chosen as they were
+    cfg, _ = compose(["task=diagnostic", "wandb.mode=disabled"])
+    del cfg["selection"]["pick_seeds"], cfg["selection"]["pick_pool"]
+    run_dir = tmp_path / "old"
+    (run_dir / SAVED_CONFIG).parent.mkdir(parents=True)
+    (run_dir / SAVED_CONFIG).write_text(yaml.safe_dump(cfg))
+    Archive(run_dir / "archive.sqlite").close()
+    settings, _ = resolve_run(None, str(run_dir), [])
+    assert settings.selection.pick_seeds == 0
