@@ -159,6 +159,17 @@ def chosen_beta(row: Row) -> float | None:
     return float(beta) if beta is not None else None
 
 
+def store_current(archive: Archive, key: str, retired_as: str, results: dict[int, dict[str, Any]]) -> None:
+    """Write ``results`` (row id -> value) under ``metrics[key]``, and move ``key`` to ``retired_as`` on every other
+    row that has it: an earlier round's rows that this one leaves out (a resumed, longer run; another pick) keep
+    what they had, and nothing shows it as current."""
+    for row in archive.rows():
+        if row.id not in results and isinstance(row.metrics.get(key), dict):
+            archive.retire_metric(row.id, key, retired_as)
+    for row_id, value in results.items():
+        archive.update_metrics(row_id, {key: value})
+
+
 def latest_runs(archive: Archive, row_id: int, split: str = SPLIT) -> dict[int, Evaluation]:
     """This row's confirmation runs by seed (the latest where a seed was run twice)."""
     return {e.seed: e for e in archive.evaluations(row_id, split=split)}
@@ -295,11 +306,7 @@ def judge(archive: Archive, candidates: list[Row], dpo: Row, best: Row | None, s
         entry["text"] = stats.describe(entry)
         confirmation[cand.id][key] = entry
         confirmation[cand.id].setdefault("vs_best", None)
-    for row in archive.rows():  # an earlier confirmation's rows that this one leaves out (a resumed, longer run)
-        if row.id not in confirmation and isinstance(row.metrics.get("confirmation"), dict):
-            archive.retire_metric(row.id, "confirmation", SUPERSEDED)
-    for row_id, conf in confirmation.items():
-        archive.update_metrics(row_id, {"confirmation": conf})
+    store_current(archive, "confirmation", SUPERSEDED, confirmation)
     return [c for *_, c in comparisons]
 
 

@@ -25,7 +25,7 @@ from discopop.archive import Archive, Row
 from discopop.execution.executors import Executor
 from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol
-from discopop.search.confirmation import PICK_STAGE, latest_runs, run_missing, top_candidates
+from discopop.search.confirmation import PICK_STAGE, latest_runs, run_missing, store_current, top_candidates
 from discopop.status import Status
 
 SPLIT = "pick"  # the archive split of the runs; they score the task's search prompts
@@ -55,19 +55,13 @@ class PickStage:
         return chosen + (references if confirmed_references < len(references) else [])
 
     def run(self, archive: Archive, executor: Executor, base_seed: int, confirmed_references: int,
-            store: StoredRuns | None = None) -> list[Row]:
+            store: StoredRuns | None = None) -> None:
         """Train what the pool lacks on the pick seeds, record each pool row's result and retire those of rows no
-        longer in it; the pool, in the order the stage gives it."""
+        longer in it (the order they give is ``confirmation._by_selection``'s)."""
         rows = self.pool_rows(archive, confirmed_references)
         seeds = pick_seeds(base_seed, self.n_seeds)
         run_missing(archive, executor, rows, seeds, store, split=SPLIT, prompts=PROMPTS)
-        results = {row.id: self.result(archive, row, seeds) for row in rows}
-        for row in archive.rows():
-            if row.id not in results:
-                archive.retire_metric(row.id, PICK_STAGE, RETIRED)
-        for row_id, result in results.items():
-            archive.update_metrics(row_id, {PICK_STAGE: result})
-        return sorted(rows, key=lambda r: (results[r.id]["mean"] is None, -(results[r.id]["mean"] or 0.0), r.id))
+        store_current(archive, PICK_STAGE, RETIRED, {row.id: self.result(archive, row, seeds) for row in rows})
 
     def result(self, archive: Archive, row: Row, seeds: list[int]) -> dict[str, Any]:
         """``{"seeds", "fitness" (per seed, None where it failed or is missing), "mean" (None unless every seed has

@@ -35,6 +35,7 @@ from discopop.search.confirmation import (
     pairwise,
     reference_row,
     run_missing,
+    store_current,
     strongest_on_fresh_seeds,
     top_candidates,
 )
@@ -120,11 +121,7 @@ def judge_transfer(archive: Archive, candidates: list[Row], dpo: Row, contenders
     for cand in candidates:
         for name in variants:
             stored[cand.id][name]["transfers"] = verdict_word(stored[cand.id][name])
-    for row in archive.rows():  # an earlier transfer check's finalists that this one leaves out: kept, not current
-        if row.id not in stored and isinstance(row.metrics.get(TRANSFER), dict):
-            archive.retire_metric(row.id, TRANSFER, SUPERSEDED_TRANSFER)
-    for row_id, data in stored.items():
-        archive.update_metrics(row_id, {TRANSFER: data})
+    store_current(archive, TRANSFER, SUPERSEDED_TRANSFER, stored)
     return [c for *_, c in family]
 
 
