@@ -24,19 +24,25 @@ from pathlib import Path
 from typing import Any
 
 from discopop.archive import ARCHIVE_NAME, Archive
-from discopop.config.compose import resolve_run
+from discopop.config.compose import create_run_dir, record_run, resolve_run
 from discopop.search.events import JobReturned, JobsQueued, Note, PhaseFinished, PhaseStarted
 from discopop.search.loop import Loop
 
 
 class StampedLog:
-    """Every event with the monotonic time it was shown."""
+    """Every event with the monotonic time it was shown; ``echo``: also print a line as each phase ends (so a run cut
+    short by a time limit still says how far it got)."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = False) -> None:
         self.events: list[tuple[float, Any]] = []
+        self.echo = echo
+        self._opened = time.perf_counter()
 
     def show(self, event: Any) -> None:
-        self.events.append((time.perf_counter(), event))
+        stamp = time.perf_counter()
+        self.events.append((stamp, event))
+        if self.echo and isinstance(event, PhaseFinished):
+            print(f"[{stamp - self._opened:8.1f} s] {event.label} done", flush=True)
 
 
 def _kind(job: Any) -> str:
@@ -86,7 +92,7 @@ def summarise(log: StampedLog, started: float, wall: float, parallelism: int) ->
     gens = sum(v for k, v in phases.items() if k.startswith("generation"))
     busy = sum(r["job_seconds"] for r in rounds)
     return {"wall": wall, "parallelism": parallelism,
-            "phases": {"references": phases.get("references"), "generations": gens,
+            "phases": {"references": phases.get("references"), "generations": gens, "pick": phases.get("pick"),
                        "confirmation": phases.get("confirmation"),
                        "transfer": phases.get("confirming transfer to held-out variants")},
             "jobs": dict(kinds), "job_seconds": busy,
@@ -113,6 +119,25 @@ def per_candidate(run_dir: Path) -> dict[str, Any]:
         archive.close()
 
 
+def profile(generations: int, overrides: list[str], run_dir: Path, echo: bool = False) -> dict[str, Any]:
+    """Run ``discover --generations N`` with ``overrides`` in this process (the loop and sandboxed workers discover
+    starts, its config recorded in ``run_dir`` so ``discover --resume`` continues it) and summarise where the time
+    went; wandb is always disabled."""
+    recorded = ["wandb.mode=disabled", *overrides, f"hydra.run.dir={run_dir}"]
+    cfg, _ = resolve_run(generations, None, recorded)
+    create_run_dir(run_dir)
+    record_run(cfg, run_dir, recorded, resumed=False)
+    log = StampedLog(echo)
+    loop = Loop(cfg, run_dir, log)
+    started = time.perf_counter()
+    loop.run(generations)
+    wall = time.perf_counter() - started
+    loop.archive.close()
+    out = summarise(log, started, wall, cfg.executor.workers if isinstance(cfg.executor.workers, int) else 2)
+    out.update(per_candidate(run_dir), overrides=overrides, run_dir=str(run_dir), load=os.getloadavg())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=6)
@@ -124,17 +149,7 @@ def main() -> None:
     if args.cache:
         os.environ["DISCOPOP_CACHE_DIR"] = args.cache
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="default-run-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, _ = resolve_run(None, None, ["wandb.mode=disabled", *args.overrides])
-    log = StampedLog()
-    loop = Loop(cfg, run_dir, log)
-    started = time.perf_counter()
-    loop.run(args.generations)
-    wall = time.perf_counter() - started
-    loop.archive.close()
-    out = summarise(log, started, wall, cfg.executor.workers if isinstance(cfg.executor.workers, int) else 2)
-    out.update(per_candidate(run_dir), overrides=args.overrides, run_dir=str(run_dir),
-               load=os.getloadavg())
+    out = profile(args.generations, args.overrides, run_dir)
     text = json.dumps(out, indent=1, default=str)
     print(text)
     if args.out:

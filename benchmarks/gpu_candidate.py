@@ -31,9 +31,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SIZES = {  # GPT-2 small is n_embd 768, 12 layers, 12 heads, vocabulary 50,257
-    "small": {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab": 50257, "prompt": 96, "completion": 32},
-    "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab": 512, "prompt": 24, "completion": 8},
+SIZES = {
+    # GPT-2 small is n_embd 768, 12 layers, 12 heads, vocabulary 50,257 (~124M parameters)
+    "small": {"arch": "gpt2", "hidden": 768, "layers": 12, "heads": 12, "vocab": 50257, "prompt": 96, "completion": 32},
+    "tiny": {"arch": "gpt2", "hidden": 64, "layers": 2, "heads": 2, "vocab": 512, "prompt": 24, "completion": 8},
+    # Qwen2.5-0.5B's shape (its config.json): 896 wide, 24 layers, 14 query and 2 key-value heads, MLP 4,864,
+    # vocabulary 151,936, tied embeddings: 494M parameters. Its reward model has the same shape (a 0.5B reward model,
+    # as one fine-tuned from the same base would be). A worker loads both on the host first (2 GB each in fp32), so its
+    # host-memory cap is raised from the default 6,144 MB (16,384 MB: a guess, not measured on a GPU yet).
+    "0.5b": {"arch": "qwen2", "hidden": 896, "layers": 24, "heads": 14, "kv_heads": 2, "intermediate": 4864,
+             "vocab": 151936, "prompt": 96, "completion": 32, "worker_mb": 16384},
+    # the same architecture (Qwen2: grouped-query attention, SwiGLU MLP, RMSNorm, tied embeddings) at a CPU test size
+    "0.5b-tiny": {"arch": "qwen2", "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+                  "vocab": 512, "prompt": 24, "completion": 8},
 }
 ALPHABET = string.ascii_lowercase + " .,!?"
 LORA = "{r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}"
@@ -54,24 +64,60 @@ def build_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
 
 
+def model_config(size: dict, reward: bool, length: int, ids: dict):
+    """The transformers config of the policy (``reward=False``) or reward model of ``size``: a Qwen2 reward model
+    has the policy's shape; a GPT-2 one is 64 wide and 2 layers deep (as before)."""
+    from transformers import GPT2Config, Qwen2Config
+
+    labels = {"num_labels": 1} if reward else {}
+    if size["arch"] == "qwen2":
+        return Qwen2Config(vocab_size=size["vocab"], hidden_size=size["hidden"], num_hidden_layers=size["layers"],
+                           num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"],
+                           intermediate_size=size["intermediate"], max_position_embeddings=max(4096, length),
+                           tie_word_embeddings=True, **labels, **ids)
+    wide, deep, heads = (64, 2, 2) if reward else (size["hidden"], size["layers"], size["heads"])
+    return GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, length), n_embd=wide, n_layer=deep,
+                      n_head=heads, **labels, **ids)
+
+
+def random_model(size: dict, reward: bool = False, length: int = 0, ids: dict | None = None):
+    """A causal LM (or sequence-classification reward model) of ``size`` with random weights, from its config."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = model_config(size, reward, length, ids or {})
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    return cls.from_config(config)
+
+
+def n_parameters(size: dict) -> int:
+    """The policy's parameter count, from a model built on the meta device (no memory, no time)."""
+    import torch
+
+    with torch.device("meta"):
+        model = random_model(size)
+    return sum(p.numel() for p in model.parameters())  # tied embeddings are one parameter, counted once
+
+
 def build_hub(root: Path, size: dict, pairs: int, heldout: int, seed: int) -> None:
-    """Policy (random weights), reward model and preference pairs, saved where ``task=hub`` reads them."""
+    """Policy and reward model (random weights), and preference pairs, saved where ``task=hub`` reads them: the
+    policy loads as any local or hub model does (``AutoModelForCausalLM.from_pretrained``), so a directory of real
+    weights, or a hub id, takes its place unchanged."""
     import torch
     from datasets import Dataset
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     tok = build_tokenizer(size["vocab"])
     length = size["prompt"] + 2 * size["completion"] + 8
     ids = dict(eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    policy = GPT2LMHeadModel(GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, length), n_embd=size["n_embd"],
-                                        n_layer=size["n_layer"], n_head=size["n_head"], **ids))
+    policy = random_model(size, length=length, ids=ids)
     policy.save_pretrained(root / "policy")
     tok.save_pretrained(root / "policy")
-    reward = GPT2ForSequenceClassification(GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, length),
-                                                      n_embd=64, n_layer=2, n_head=2, num_labels=1, **ids))
+    n_params = sum(p.numel() for p in policy.parameters())
+    del policy
+    reward = random_model(size, reward=True, length=length, ids=ids)
     reward.save_pretrained(root / "reward")
     tok.save_pretrained(root / "reward")
+    del reward
     rng = random.Random(seed)
 
     def text(n: int) -> str:
@@ -80,9 +126,32 @@ def build_hub(root: Path, size: dict, pairs: int, heldout: int, seed: int) -> No
     rows = [{"prompt": text(size["prompt"]), "chosen": text(size["completion"]), "rejected": text(size["completion"])}
             for _ in range(pairs + heldout)]
     Dataset.from_list(rows).save_to_disk(str(root / "prefs"))
-    n_params = sum(p.numel() for p in policy.parameters())
-    print(f"model: GPT-2 {size['n_layer']} layers x {size['n_embd']}, vocabulary {size['vocab']}: "
+    print(f"model: {size['arch']} {size['layers']} layers x {size['hidden']}, vocabulary {size['vocab']}: "
           f"{n_params / 1e6:.1f}M parameters; {pairs} pairs of {size['prompt']}+{size['completion']} characters")
+
+
+def hub_overrides(root: Path, size: dict, heldout: int) -> list[str]:
+    """The ``task=hub`` overrides that point at what ``build_hub`` saved under ``root``."""
+    return ["task=hub", f"task.model={root / 'policy'}", f"task.dataset={root / 'prefs'}",
+            f"task.reward_model={root / 'reward'}", f"task.heldout_prompts={heldout}",
+            f"task.max_new_tokens={size['completion']}", f"task.cache_dir={root / 'cache'}",
+            *([f"executor.memory_mb={size['worker_mb']}"] if "worker_mb" in size else [])]
+
+
+def worker_peak_rss_mb(executor) -> list[float]:
+    """Each local worker process's peak resident memory so far (``VmHWM``; Linux), the host-side peak the GPU figure
+    does not show and the only one on a CPU. Empty where the executor has no local worker processes (Ray)."""
+    peaks = []
+    for worker in getattr(executor, "workers", []):
+        proc = getattr(getattr(worker, "proc", None), "proc", None)
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text() if proc is not None else ""
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return peaks
 
 
 @dataclass
@@ -97,6 +166,7 @@ class Measured:
     check: list[float] = field(default_factory=list)  # the numeric-checks job (worker round trip)
     train_job: list[float] = field(default_factory=list)  # the training jobs' worker round trips
     peak_gpu_mb: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)  # each worker's peak resident memory after each batch
     device: str = "?"
     missing_layers: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
@@ -166,6 +236,7 @@ def measure(name: str, overrides: list[str], n: int) -> Measured:
             started = time.perf_counter()
             outcomes = list(evaluator.evaluate(rows))
             measured.wall += time.perf_counter() - started
+            measured.peak_rss_mb.extend(worker_peak_rss_mb(executor))
             for outcome in outcomes:
                 secs = outcome.metrics.get("seconds", {})
                 if outcome.status != "scored":
@@ -187,9 +258,10 @@ def summary(m: Measured, base: Measured | None) -> str:
     steps, score, total = (statistics.fmean(v) for v in (m.steps, m.score, m.total))
     overhead = total - steps - score
     peak = f"{max(m.peak_gpu_mb):8.0f}" if m.peak_gpu_mb else f"{'-':>8}"
+    rss = f"{max(m.peak_rss_mb):8.0f}" if m.peak_rss_mb else f"{'-':>8}"
     ratio = f"{m.per_hour / base.per_hour:5.2f}x" if base and base.per_hour else "  -  "
     return (f"{m.name:<22} {m.workers:>2} {steps:8.2f} {score:8.2f} {overhead:9.2f} {overhead / (steps + score):8.1%} "
-            f"{total:8.2f} {peak} {m.warm_up:8.1f} {m.per_hour:9.0f} {ratio}")
+            f"{total:8.2f} {peak} {rss} {m.warm_up:8.1f} {m.per_hour:9.0f} {ratio}")
 
 
 def overhead_split(m: Measured) -> str:
@@ -200,6 +272,57 @@ def overhead_split(m: Measured) -> str:
     check, job, steps, score, total = (statistics.fmean(v) for v in (m.check, m.train_job, m.steps, m.score, m.total))
     return (f"{m.name:<22} checks {check:6.2f} s, training job outside steps and scoring {job - steps - score:6.2f} s, "
             f"parent side {total - check - job:6.2f} s")
+
+
+def probe(size: dict, batch: int, device_setting: str = "auto") -> list[str]:
+    """The policy's parameter count, then per precision (fp32, bf16) the seconds and peak memory of one forward and
+    backward step of a LoRA adapter (r 16, all linear layers) over ``batch`` preference pairs (2 x batch sequences of
+    prompt + completion tokens), the step the inner fine-tune repeats; the first step is a warm-up, the second is
+    timed. Peak memory: CUDA's allocator on a GPU, this process's peak resident memory on a CPU."""
+    import resource
+
+    import torch
+    from peft import get_peft_model
+
+    from discopop.config.training import lora_settings
+    from discopop.execution.devices import cuda_device_count, resolve_device
+
+    device = resolve_device(device_setting, cuda_device_count() > 0)
+    lines = [f"{size['arch']} {size['layers']} layers x {size['hidden']}, vocabulary {size['vocab']}: "
+             f"{n_parameters(size) / 1e6:.1f}M parameters; device {device}"]
+    length = size["prompt"] + size["completion"]
+    ids = torch.randint(2, size["vocab"], (2 * batch, length), generator=torch.Generator().manual_seed(0))
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        model = random_model(size, length=length).to(dtype=dtype, device=device)
+        model = get_peft_model(model, lora_settings(yaml_mapping(LORA)).peft_config())
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        seconds = []
+        for _ in range(2):
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            out = model(input_ids=ids.to(device), labels=ids.to(device))
+            out.loss.backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+        if device == "cuda":
+            peak = f"peak GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MB"
+        else:
+            peak = f"peak RSS of this process so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        lines.append(f"{precision}: LoRA ({trained / 1e6:.2f}M trained) forward+backward over {2 * batch} sequences "
+                     f"of {length} tokens: {seconds[1]:.2f} s (first {seconds[0]:.2f} s); {peak}")
+        del model, out
+    return lines
+
+
+def yaml_mapping(text: str) -> dict:
+    """``LORA`` (the override's flow-style YAML) as a mapping."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 def main() -> None:
@@ -215,9 +338,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--only", choices=("full", "lora"), default=None, help="one fine-tune kind only")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="training.gradient_checkpointing=true")
+    parser.add_argument("--probe", action="store_true",
+                        help="no workers, no task: the policy's parameter count and one LoRA forward+backward step "
+                             "in this process, in fp32 and bf16 (a memory and speed check before the comparison)")
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every configuration")
     args = parser.parse_args()
     n = 4 if args.quick else args.n
+    if args.probe:
+        for line in probe(SIZES[args.size], args.batch_size, args.device):
+            print(line, flush=True)
+        return
 
     from discopop.execution.devices import cuda_device_count, resolve_device
 
@@ -239,20 +370,18 @@ def main() -> None:
     build_hub(root, SIZES[args.size], args.pairs, args.heldout, seed=0)
     size = SIZES[args.size]
     common = [
-        "task=hub", f"task.model={root / 'policy'}", f"task.dataset={root / 'prefs'}",
-        f"task.reward_model={root / 'reward'}", f"task.heldout_prompts={args.heldout}",
-        f"task.max_new_tokens={size['completion']}", f"task.cache_dir={root / 'cache'}",
-        "training.epochs=1", f"training.lr_grid=[{args.lr}]", f"training.batch_size={args.batch_size}",
+        *hub_overrides(root, size, args.heldout), "training.epochs=1", f"training.lr_grid=[{args.lr}]",
+        f"training.batch_size={args.batch_size}",
         f"training.threads={args.threads}", f"training.device={device}", f"training.precision={precision}",
         "training.train_timeout=1800", "training.check_timeout=120", "confirm.seeds=0", "wandb.mode=disabled",
-        *args.overrides,
+        *(["training.gradient_checkpointing=true"] if args.gradient_checkpointing else []), *args.overrides,
     ]
     per_gpu_workers = max(1, gpus) if device == "cuda" else 1
     kinds = [k for k in ("full", "lora") if args.only in (None, k)]
     print(f"device: {device} ({card}), precision {precision}, {n} candidates per configuration, "
           f"batch {args.batch_size}, 1 epoch over {round(0.85 * args.pairs)} pairs")
     header = (f"{'configuration':<22} {'w':>2} {'steps s':>8} {'score s':>8} {'overhead':>9} {'ovh/cmp':>8} "
-              f"{'total s':>8} {'peak MB':>8} {'start s':>8} {'cand/h':>9} ratio")
+              f"{'total s':>8} {'peak MB':>8} {'RSS MB':>8} {'start s':>8} {'cand/h':>9} ratio")
     results: list[Measured] = []
     for kind in kinds:
         for per_gpu in (1, 2):

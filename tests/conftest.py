@@ -45,8 +45,9 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",
         "test_diagnostic_kl.py", "test_diagnostic_run.py", "test_diagnostic_task.py", "test_duplicates.py",
-        "test_faults.py", "test_fidelity.py", "test_gpu_placement.py", "test_hub_task.py", "test_judge.py",
-        "test_likelihood.py", "test_llm_v2.py", "test_loop.py", "test_lora_training.py", "test_openai_loop.py",
+        "test_faults.py", "test_fidelity.py", "test_gpu_placement.py", "test_gpu_sizes.py", "test_hub_task.py",
+        "test_judge.py", "test_likelihood.py", "test_llm_v2.py", "test_loop.py", "test_lora_training.py",
+        "test_openai_loop.py",
         "test_packaging.py", "test_proposals_train.py", "test_ray_executor.py", "test_readme.py", "test_report.py",
         "test_report_trust.py", "test_result_store.py", "test_run_trust.py", "test_scoring.py", "test_seed_race.py",
         "test_tasks.py", "test_tracking_quiet.py", "test_transfer.py", "test_transfer_confirm.py",
