@@ -1,23 +1,27 @@
-"""Per-candidate cost of the inner loop on a GPT-2-small-sized model, full fine-tune against LoRA, at 1 and
-2 workers per GPU, side by side in one invocation.
+"""Per-candidate cost of the inner loop on a GPT-2-small-sized or a 0.5B model, full fine-tune against LoRA, at 1
+and 2 workers per GPU, side by side in one invocation.
 
-Everything is built locally: a GPT-2 model from a config with random weights (``--size small``: 12
-layers, 768 wide, GPT-2's vocabulary of 50,257, ~124M parameters; ``--size tiny`` for a CPU check),
-a character tokenizer padded to that vocabulary, a tiny reward model, and 2,000 synthetic preference
-pairs, saved as a ``task=hub`` task. Each configuration starts its own executor (``make_executor``,
-the sandboxed workers ``discover`` uses, each fed a fresh loss oracle per job) and runs N reference
-losses through the evaluation cascade (``Evaluator``: numeric checks, one fine-tune at one learning
+Everything is built locally: a GPT-2 model from a config with random weights (``--size small``: 12 layers, 768
+wide, GPT-2's vocabulary of 50,257, ~124M parameters; ``--size tiny`` for a CPU check) and a tiny reward model,
+or (``--size 0.5b``) a Qwen2 decoder of Qwen2.5-0.5B's shape (494M parameters) and a reward model of the same
+shape (``--size 0.5b-tiny``: the same architecture for a CPU check), a character tokenizer padded to the
+vocabulary, and 2,000 synthetic preference pairs, saved as a ``task=hub`` task: ``task.model`` loads them as it
+loads real weights from a local directory or the hub. Each configuration starts its own executor
+(``make_executor``, the sandboxed workers ``discover`` uses, each fed a fresh loss oracle per job) and runs N
+reference losses through the evaluation cascade (``Evaluator``: numeric checks, one fine-tune at one learning
 rate, held-out scoring, archive writes), in batches as wide as the executor, as the loop does.
 
-Printed per configuration: the per-candidate split of wall time (optimiser steps / scoring / overhead
-= everything else: checks, trainer reset, IPC, oracle hand-over, archive), overhead as a share of
-compute, peak GPU memory per worker (CUDA only), worker start-up, candidates per hour, and ratios to
-the full fine-tune at 1 worker per GPU. On a CPU-only machine "per GPU" means "workers" (1 or 2),
-and the figures say nothing about GPUs.
+Printed per configuration: the per-candidate split of wall time (optimiser steps / scoring / overhead =
+everything else: checks, trainer reset, IPC, oracle hand-over, archive), overhead as a share of compute, peak
+GPU memory per worker (CUDA only), each worker process's peak resident memory (host side; the only memory figure
+on a CPU), worker start-up, candidates per hour, and ratios to the full fine-tune at 1 worker per GPU. On a
+CPU-only machine "per GPU" means "workers" (1 or 2), and the figures say nothing about GPUs.
 
     python benchmarks/gpu_candidate.py --quick              # one H100: ~5 minutes
     python benchmarks/gpu_candidate.py --n 16               # the full comparison
     nice -n 10 python benchmarks/gpu_candidate.py --size tiny --n 4   # CPU
+    python benchmarks/gpu_candidate.py --size 0.5b --quick [--gradient-checkpointing]   # one GPU, not measured yet
+    python benchmarks/gpu_candidate.py --size 0.5b --probe --batch-size 4   # no workers: one LoRA step, fp32 / bf16
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ loads real weights from a local directory or the hub), then runs what ``discover
 loop and sandboxed workers, in this process, through ``benchmarks/default_run_profile.py``'s ``profile`` (a display
 that stamps every event; the run directory is a normal one, ``discover --resume`` continues it). Every setting is
 discover's default except the task, ``training.precision=bf16`` on a GPU, a LoRA adapter (r 16, all linear layers;
-``--full`` for a full fine-tune), and the hydra overrides given after the options, which win.
+``--full`` for a full fine-tune), the time limits of a job (as gpu_candidate.py sets them), and the hydra overrides
+given after the options, which win.
 
 Printed: the wall time and its split (references, generations, pick, confirmation, transfer; start-up and the rest
 is what they leave), the fine-tunes by kind, the evolved candidates and the fine-tunes they cost, and a line per phase
@@ -51,7 +52,9 @@ def sibling(name: str) -> ModuleType:
 def run_overrides(root: Path, size: dict, heldout: int, device: str, lora: bool, checkpointing: bool) -> list[str]:
     """The settings this command changes from discover's defaults (the caller's overrides follow and win)."""
     gpu = sibling("gpu_candidate")
-    return [*gpu.hub_overrides(root, size, heldout), f"training.device={device}",
+    # the time limits as gpu_candidate.py sets them (limits only: a job that ends in time gives the same result)
+    return [*gpu.hub_overrides(root, size, heldout), f"training.device={device}", "training.train_timeout=1800",
+            "training.check_timeout=120",
             *(["training.precision=bf16"] if device == "cuda" else []),
             *([f"training.lora={gpu.LORA}"] if lora else []),
             *(["training.gradient_checkpointing=true"] if checkpointing else [])]

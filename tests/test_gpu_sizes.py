@@ -94,14 +94,14 @@ def test_worker_peak_rss_reads_each_local_worker_process() -> None:
     assert gpu.worker_peak_rss_mb(SimpleNamespace()) == []  # Ray: no local worker processes
 
 
-def test_one_gpu_hour_changes_only_the_task_precision_and_adapter(tmp_path: Path) -> None:
+def test_one_gpu_hour_changes_only_the_task_precision_adapter_and_limits(tmp_path: Path) -> None:
     size = gpu.SIZES["0.5b"]
     on_gpu = hour.run_overrides(tmp_path, size, 32, "cuda", lora=True, checkpointing=False)
     on_cpu = hour.run_overrides(tmp_path, size, 32, "cpu", lora=False, checkpointing=True)
     assert {o.split("=")[0] for o in on_gpu} == {"task", "task.model", "task.dataset", "task.reward_model",
                                                   "task.heldout_prompts", "task.max_new_tokens", "task.cache_dir",
                                                   "executor.memory_mb", "training.device", "training.precision",
-                                                  "training.lora"}
+                                                  "training.lora", "training.train_timeout", "training.check_timeout"}
     assert "training.precision=bf16" in on_gpu and not any(o.startswith("training.precision") for o in on_cpu)
     assert "training.gradient_checkpointing=true" in on_cpu and not any("lora" in o for o in on_cpu)
     cfg, _ = compose(on_gpu)
@@ -120,7 +120,7 @@ def test_the_split_adds_up_to_the_wall_time() -> None:
     assert "fine-tunes 40 (" in lines[-2] and "their fine-tunes 21" in lines[-1]
 
 
-@pytest.mark.slow  # ~60-120 s on 2 shared cores: three worker starts; python benchmarks/gpu_candidate.py runs it big
+@pytest.mark.slow  # ~45-120 s on 2 shared cores (three worker starts); python benchmarks/gpu_candidate.py runs it big
 def test_the_benchmark_reports_time_and_peak_memory_with_one_and_two_workers(qwen_hub: Path) -> None:
     common = [*gpu.hub_overrides(qwen_hub, gpu.SIZES["0.5b-tiny"], heldout=8), "training.epochs=1",
               "training.lr_grid=[1e-3]", "training.batch_size=8", "training.threads=1", "training.device=cpu",
@@ -133,7 +133,7 @@ def test_the_benchmark_reports_time_and_peak_memory_with_one_and_two_workers(qwe
         assert m.peak_gpu_mb == [] and f"{max(m.peak_rss_mb):8.0f}" in gpu.summary(m, None)
 
 
-@pytest.mark.slow  # ~60-100 s on 2 shared cores (a worker start, the references); the CPU command in benchmarks/README
+@pytest.mark.slow  # ~25-100 s on 2 shared cores (a worker start, the references); the CPU command in benchmarks/README
 def test_one_gpu_hour_runs_a_discovery_and_reports_its_split(tmp_path: Path) -> None:
     out = hour.main(["--size", "0.5b-tiny", "--generations", "1", "--pairs", "32", "--heldout", "8",
                      "--root", str(tmp_path), "--out", str(tmp_path / "summary.json"), "baselines=[dpo]",
