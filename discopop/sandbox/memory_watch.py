@@ -24,9 +24,10 @@ here), where ``smaps_rollup`` walks the page tables of every mapping (~5x dearer
 reservations). A shared page mapped by two members counts twice: an error towards the cap, never past it.
 
 Which tree: the members of the child's pids cgroup where it has one (a process that left the session is still
-there), else every process in the child's session or descended from it, found by scanning ``/proc`` every
-``REFRESH_S`` (``/proc/PID/task/TID/children`` needs a kernel option that kernels may lack; a sealed worker
-cannot fork, so its tree is itself and the rescan only guards the set-up before ``seal``).
+there), else every process in the child's session or descended from it, found by scanning ``/proc``
+(``/proc/PID/task/TID/children`` needs a kernel option that kernels may lack); either list is renewed every
+``REFRESH_S``, not every sample: a sealed worker cannot fork, so its tree is itself and the renewal only guards
+the set-up before ``seal``.
 
 It is a soft cap: a tree may overshoot by what it touches in one interval (a few GB/s per thread: a few
 hundred MB at 50 ms) before it dies, and reserved but untouched pages do not count, rightly (they cost nothing).
@@ -43,7 +44,7 @@ from collections.abc import Callable
 # 50 ms: a runaway touching pages at ~2-4 GB/s gets ~100-200 MB past the cap before it is killed, and a sample
 # of one process costs ~20-40 us of the parent's CPU (benchmarks/memory_watch_cost.py, docs/results.md §0).
 INTERVAL_S = 0.05
-REFRESH_S = 1.0  # how often the /proc scan looks for new members when there is no pids cgroup to ask
+REFRESH_S = 1.0  # how often the tree's members are listed again (a sealed worker's never change)
 _MIB = 1024 * 1024
 
 
@@ -95,9 +96,10 @@ def session_tree(root: int) -> list[int]:
 class MemoryWatch:
     """Samples one child tree every ``interval`` seconds in a daemon thread; kills it past ``cap_bytes``.
 
-    ``members`` lists the tree (e.g. a pids cgroup's members); without it ``session_tree`` is rescanned every
-    ``REFRESH_S``. ``alive`` says whether the root is still running (the watch ends when it is not), ``kill``
-    ends its process group. After a kill ``reason`` holds the one-line verdict; ``peak`` is the largest sample.
+    ``members`` lists the tree (e.g. a pids cgroup's members), else ``session_tree`` does; either is asked again
+    every ``REFRESH_S`` (a cgroup v1 ``cgroup.procs`` read costs more than the sample itself). ``alive`` says
+    whether the root still runs (the watch ends when it does not), ``kill`` ends its process group. After a kill
+    ``reason`` holds the one-line verdict; ``peak`` is the largest sample.
     """
 
     def __init__(self, root: int, cap_bytes: int, kill: Callable[[], None], alive: Callable[[], bool],
@@ -115,12 +117,11 @@ class MemoryWatch:
         self._thread.start()
 
     def tree(self) -> list[int]:
-        """The pids counted now: the cgroup's members, or the last scan of the session (rescanned when due)."""
-        if self._members is not None:
-            return self._members() or [self.root]
+        """The pids counted now: the cgroup's members or the session's, as last listed (listed again when due)."""
         now = time.monotonic()
         if now - self._scanned >= REFRESH_S:
-            self._tree, self._scanned = session_tree(self.root), now
+            found = self._members() if self._members is not None else session_tree(self.root)
+            self._tree, self._scanned = found or [self.root], now
         return self._tree
 
     def sample(self) -> int:
@@ -128,7 +129,10 @@ class MemoryWatch:
         return sum(resident_bytes(pid) or 0 for pid in self.tree())
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval) and self._alive():
+        while True:
+            time.sleep(self.interval)  # half the CPU of an Event.wait with a timeout (benchmarks/memory_watch_cost.py)
+            if self._stop.is_set() or not self._alive():
+                return
             pids = self.tree()
             used = sum(resident_bytes(pid) or 0 for pid in pids)
             self.samples += 1
@@ -145,7 +149,7 @@ class MemoryWatch:
                 return
 
     def stop(self) -> None:
-        """End the thread (the child is being closed); waits for a sample in progress."""
+        """End the thread (the child is being closed); waits out its sleep, so no sample follows the close."""
         self._stop.set()
         if threading.current_thread() is not self._thread:
-            self._thread.join(1.0)
+            self._thread.join(self.interval + 1.0)
