@@ -19,9 +19,10 @@ What counts: ``RssAnon + RssShmem`` of ``/proc/PID/status``, summed over the tre
 (resident shared-memory pages); ``RssAnon`` makes the cap one figure for the whole tree, as the cgroup's is.
 ``RssFile`` is left out: file pages are reclaimable page cache shared with every process that maps the same
 file, and a CUDA worker maps gigabytes of cuBLAS/cuDNN code, so counting them would kill healthy workers and
-bound nothing a runaway grows. The status counters are kept per process by the kernel (one small read, ~16 us
-here), where ``smaps_rollup`` walks the page tables of every mapping (~5x dearer here, more for CUDA's large
-reservations). A shared page mapped by two members counts twice: an error towards the cap, never past it.
+bound nothing a runaway grows. The status counters are kept per process by the kernel (one small read, ~15 us
+in a hot loop), where ``smaps_rollup`` walks the page tables of every mapping (2-7 ms for a child holding
+256 MiB, and a CUDA worker's mappings are far larger). A shared page mapped by two members counts twice: an
+error towards the cap, never past it.
 
 Which tree: the members of the child's pids cgroup where it has one (a process that left the session is still
 there), else every process in the child's session or descended from it, found by scanning ``/proc``
@@ -41,8 +42,9 @@ import threading
 import time
 from collections.abc import Callable
 
-# 50 ms: a runaway touching pages at ~2-4 GB/s gets ~100-200 MB past the cap before it is killed, and a sample
-# of one process costs ~20-40 us of the parent's CPU (benchmarks/memory_watch_cost.py, docs/results.md §0).
+# 50 ms: a runaway touching pages at ~2-4 GB/s gets ~100-200 MB past the cap before it is killed (a numpy filler
+# at 0.46 GiB/s was caught 7-14 MiB past a 256 MiB cap), and watching one worker costs ~5-7 ms of the parent's CPU
+# per second, ~0.2-0.4 ms a sample, mostly the wake-up (benchmarks/memory_watch_cost.py, docs/results.md §0).
 INTERVAL_S = 0.05
 REFRESH_S = 1.0  # how often the tree's members are listed again (a sealed worker's never change)
 _MIB = 1024 * 1024
@@ -123,10 +125,6 @@ class MemoryWatch:
             found = self._members() if self._members is not None else session_tree(self.root)
             self._tree, self._scanned = found or [self.root], now
         return self._tree
-
-    def sample(self) -> int:
-        """The tree's resident anonymous + shared memory now, in bytes."""
-        return sum(resident_bytes(pid) or 0 for pid in self.tree())
 
     def _run(self) -> None:
         while True:
