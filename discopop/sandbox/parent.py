@@ -211,6 +211,8 @@ class SandboxedProcess:
     plus any a reply reports under ``"sandbox_layers"`` (the worker's ``init`` reply does).
     """
 
+    _watch: MemoryWatch | None = None  # memory-watch, where needed; a forked oracle (oracle_fork) never has one
+
     def __init__(self, module: str, limits: Limits, env: dict[str, str] | None = None,
                  pass_fds: tuple[int, ...] = ()):
         """``pass_fds``: extra descriptors the child inherits (an oracle socket); the caller closes its copies."""
@@ -254,7 +256,6 @@ class SandboxedProcess:
             group.remove()
         self._cgroups = joined
         groups = {g.controller: g for g in joined}
-        self._watch: MemoryWatch | None = None
         if watch_needed(limits.memory_mb, limits.uses_cuda, "memory" in groups):
             self._watch = MemoryWatch(self.proc.pid, limits.memory_mb * 1024 * 1024, self._kill_group, self.alive,
                                       members=groups["pids"].pids if "pids" in groups else None)
