@@ -197,11 +197,13 @@ def test_sandbox_reports_the_layers_a_cuda_worker_lacks(tmp_path: Path, monkeypa
     assert gpu_reply["rlimit_as"] == resource.RLIM_INFINITY and gpu_reply["visible"] == "1"
     assert gpu_reply["rlimit_data"] == 4096 * 2**20  # private host memory stays capped without a cgroup
     assert "rlimit-as" in cpu_layers and "rlimit-data" in gpu_layers
-    assert set(cpu_layers) ^ set(gpu_layers) == {"rlimit-as", "rlimit-data"}
+    watched = {"memory-watch"} if "cgroup-memory" in gpu_missing else set()  # stands in for the cgroup (CUDA only)
+    assert set(cpu_layers) ^ set(gpu_layers) == {"rlimit-as", "rlimit-data"} | watched
     assert "rlimit-as" not in gpu_missing and "rlimit-data" not in gpu_missing and "rlimit-as" not in cpu_missing
     assert set(gpu_missing) == set(cpu_missing)
     if "cgroup-memory" in gpu_missing:  # no memory cgroup here: rlimit-data is a partial cap, and says so
         assert "caps this CUDA worker's private memory, but not shared" in gpu_missing["cgroup-memory"]
+        assert "memory-watch" in gpu_missing["cgroup-memory"]
     print(json.dumps({"layers": gpu_layers, "missing": gpu_missing}, indent=1), os.uname().release)
 
 

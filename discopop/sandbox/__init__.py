@@ -5,9 +5,9 @@ layer is used where the machine allows it and skipped silently where it does not
 ``SandboxedProcess.layers`` names the ones that are active for a given child, e.g. on a root Linux
 box with cgroup v1 and Landlock (Debian 12, kernel 6.x) all of them are::
 
-    process-group env-allowlist rlimit-core rlimit-as (rlimit-data on CUDA) rlimit-fsize netns cgroup-pids cgroup-memory
-    output-cap parent-death-signal no-new-privs private-tmp landlock-fs landlock-read landlock-net
-    landlock-signals no-capabilities seccomp audit-guard state-watch
+    process-group env-allowlist rlimit-core rlimit-as (rlimit-data on CUDA) rlimit-fsize netns cgroup-pids
+    cgroup-memory (on CUDA without it: memory-watch) output-cap parent-death-signal no-new-privs private-tmp
+    landlock-fs landlock-read landlock-net landlock-signals no-capabilities seccomp audit-guard state-watch
 
 The files follow the process boundary; each one's docstring describes its layers:
 
@@ -16,6 +16,8 @@ The files follow the process boundary; each one's docstring describes its layers
 * ``boundary.py``: what crosses it: the environment allow-list (``sandbox_env``), untrusted text
   coming back (``clean_text``), the work dir's removal (``remove_tree``);
 * ``cgroups.py``: the private pids and memory cgroups of a child tree;
+* ``memory_watch.py``: ``memory-watch``, the parent's sampled cap on a CUDA child tree's resident memory
+  where no memory cgroup can be made;
 * ``lockdown.py``: ``lock_down``, the child-side OS layers (parent-death signal, no-new-privs,
   private /tmp and /dev/shm, Landlock, capabilities), called by the worker first thing;
 * ``seccomp.py``: the BPF filter that ``seal`` loads;
@@ -29,8 +31,9 @@ layer is missing (no root, no Landlock, no cgroups) the remaining ones still app
 A CUDA worker (``Limits.uses_cuda``) keeps every layer but one: ``rlimit-as`` becomes ``rlimit-data``
 (CUDA reserves far more address space than it uses, but those reservations are not private writable
 memory), so its ordinary (private) host memory stays capped even without ``cgroup-memory``; shared
-anonymous mappings and pinned host memory are not counted, so without that cgroup code already running
-in a CUDA worker is not held to a hard memory cap (candidate code never runs there).
+anonymous mappings and pinned host memory are not counted, so without that cgroup ``memory-watch`` samples
+the tree's resident anonymous + shared memory every 50 ms and kills it past the cap: a soft cap, not a hard
+one (candidate code never runs there).
 Landlock lets it open the GPU device files; seccomp never blocked what CUDA needs (``ioctl``,
 ``mmap``, threads). CUDA MPS is not available inside (its client connects over a unix socket in
 /tmp: seccomp refuses AF_UNIX sockets and /tmp is private), so workers sharing a GPU time-slice it.

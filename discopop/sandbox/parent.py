@@ -10,7 +10,9 @@ two private pipes. The layers set up here, before or at ``exec``:
 * ``output-cap``: stdout/stderr go through a pipe into a bounded in-memory tail; a child writing
   more than ``Limits.output_mb`` during one request is killed (nothing floods the disk or memory).
 
-plus ``env-allowlist`` (``boundary.py``) and ``cgroup-pids`` / ``cgroup-memory`` (``cgroups.py``).
+plus ``env-allowlist`` (``boundary.py``), ``cgroup-pids`` / ``cgroup-memory`` (``cgroups.py``) and, for a CUDA
+child without ``cgroup-memory``, ``memory-watch`` (``memory_watch.py``: the parent samples the tree's resident
+anonymous and shared memory and kills it past the cap).
 A reply over ``REPLY_LIMIT`` or not a JSON object kills the child; ``close`` removes the work dir.
 """
 
@@ -35,6 +37,7 @@ from typing import Any
 from discopop.sandbox.boundary import REPLY_LIMIT, clean_reply, clean_text, remove_tree, sandbox_env
 from discopop.sandbox.cgroups import Cgroup
 from discopop.sandbox.limits import Limits
+from discopop.sandbox.memory_watch import MemoryWatch, watch_needed
 
 
 class SandboxTimeout(RuntimeError):
@@ -151,7 +154,8 @@ def missing_layer_reasons(limits: Limits) -> dict[str, str]:
     reasons = dict(_WHY_MISSING)
     if limits.uses_cuda and limits.memory_mb:
         reasons["cgroup-memory"] += (": rlimit-data still caps this CUDA worker's private memory, but not shared "
-                                     "or pinned mappings")
+                                     "or pinned mappings; memory-watch samples its tree's resident memory instead "
+                                     "(a soft cap)")
     return reasons
 
 
@@ -207,6 +211,8 @@ class SandboxedProcess:
     plus any a reply reports under ``"sandbox_layers"`` (the worker's ``init`` reply does).
     """
 
+    _watch: MemoryWatch | None = None  # memory-watch, where needed; a forked oracle (oracle_fork) never has one
+
     def __init__(self, module: str, limits: Limits, env: dict[str, str] | None = None,
                  pass_fds: tuple[int, ...] = ()):
         """``pass_fds``: extra descriptors the child inherits (an oracle socket); the caller closes its copies."""
@@ -249,11 +255,16 @@ class SandboxedProcess:
         for group in set(self._cgroups) - set(joined):
             group.remove()
         self._cgroups = joined
+        groups = {g.controller: g for g in joined}
+        if watch_needed(limits.memory_mb, limits.uses_cuda, "memory" in groups):
+            self._watch = MemoryWatch(self.proc.pid, limits.memory_mb * 1024 * 1024, self._kill_group, self.alive,
+                                      members=groups["pids"].pids if "pids" in groups else None)
         self.layers = ["process-group", "env-allowlist", "rlimit-core"]
         self.layers += [_memory_rlimit(limits)] if limits.memory_mb else []
         self.layers += ["rlimit-fsize"] if limits.file_size_mb else []
         self.layers += ["netns"] if prefix else []
         self.layers += [f"cgroup-{g.controller}" for g in self._cgroups]
+        self.layers += ["memory-watch"] if self._watch else []
         self.layers += ["output-cap"] if limits.output_mb else []
 
     def missing_layers(self) -> dict[str, str]:
@@ -314,6 +325,8 @@ class SandboxedProcess:
             self.kill()
             code = self.proc.wait()
         self._output.join(1.0)
+        if self._watch and self._watch.reason:
+            return self._watch.reason
         if self._output.overflowed:
             return f"output limit: wrote more than {self.limits.output_mb} MB to stdout/stderr in one request"
         group = {g.controller: g for g in self._cgroups}
@@ -371,6 +384,8 @@ class SandboxedProcess:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
+        if self._watch:
+            self._watch.stop()
         self._remove_cgroups()
         for conn in (self._send, self._recv):
             conn.close()
