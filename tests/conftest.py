@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -92,6 +96,8 @@ def pytest_collection_modifyitems(config, items) -> None:
         group = xdist_group_of(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=reads_a_prefetched_run)  # stable: the readers of a prefetched run last (``prefetch``)
 
 
 def startup_margin(seconds: float) -> float:
@@ -187,7 +193,7 @@ def one_torch_thread():
 # The small search that the end-to-end tests of a finished run read (tests/test_cli.py, tests/test_transfer_confirm.py):
 # a `discover` run costs most of a minute on 2 cores, so one run, with everything those tests look at switched on
 # (confirmation and the transfer to the held-out variant), is shared by them. It keeps the reference store on, as
-# the run it replaces did: later runs of the same training settings (Ray) read their references.
+# the run it replaces did (in its own copy of the session's cache: ``run_discovered``).
 SHARED_RUN = [*(o for o in SMALL_RUN if not o.startswith("confirm.transfer=")), "confirm.transfer=auto"]
 
 
@@ -218,18 +224,101 @@ def command_env(cache: Path | None = None, *, no_proxy: bool = False, **extra: s
     return env | extra
 
 
-def discover(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real console script (``discover`` or ``discopop``, first in ``args``), run from the repository root."""
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=command_env(cache), cwd=REPO)
+def discover(args: list[str], cache: Path, timeout: int = 600, niceness: int = 0) -> subprocess.CompletedProcess:
+    """The real console script (``discover`` or ``discopop``, first in ``args``), run from the repository root;
+    ``niceness``: under ``nice`` (a background run yields the cores to the tests in front)."""
+    prefix = ["nice", "-n", str(niceness)] if niceness else []
+    return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, env=command_env(cache),
+                          cwd=REPO)
+
+
+# The commands whose output the session's last tests read (``discovered``, ``rebuilt``): a serial run leaves most of
+# one of the two cores idle, so they start in the background at the session's first test (niced, with deadlines
+# wide enough for a starved core) and the tests that read them run last (``pytest_collection_modifyitems``). Under
+# pytest-xdist (``PYTEST_XDIST_WORKER``), or when no selected test reads them, each runs where it is first needed.
+PREFETCHED = ("discovered", "rebuilt")
+PREFETCH_NICENESS = 10
+PREFETCH_DEADLINES = ["training.oracle_timeout=300", "training.check_timeout=600", "training.train_timeout=1200"]
+
+
+def reads_a_prefetched_run(item: pytest.Item) -> bool:
+    """Whether ``item`` waits for a prefetched command (so it is ordered last)."""
+    return any(name in getattr(item, "fixturenames", ()) for name in PREFETCHED)
+
+
+def sft_stage_of(task_cfg: Any, cache: Path) -> Path:
+    """Where ``cache`` keeps the SFT stage of the synthetic task ``task_cfg`` (``tasks.synthetic.sft_stage``)."""
+    from discopop.config import plain  # lazy: the unit files never build a task
+    from discopop.tasks import build_key
+    from discopop.tasks.synthetic import config_hash, sft_key
+
+    key = build_key(plain(task_cfg))
+    return cache / f"{key['language']}-sft-{config_hash(sft_key(key))}"
+
+
+def run_discovered(root: Path, session_cache: Path, niceness: int = 0) -> tuple[Path, subprocess.CompletedProcess]:
+    """``discover --generations 2`` with ``SHARED_RUN`` in a copy of the session's cache as it is after ``tiny_task``
+    (so the run neither races the other tests for the session's cache nor depends on when it runs): the task is
+    built, the held-out variant and the reference store are the run's own."""
+    cache, run_dir = root / "cache", root / "run"
+    shutil.copytree(session_cache, cache)
+    args = ["discover", "--generations", "2", "--quiet", *SHARED_RUN, *PREFETCH_DEADLINES, f"hydra.run.dir={run_dir}"]
+    return run_dir, discover(args, cache, timeout=1800 if niceness else 600, niceness=niceness)
+
+
+def run_rebuilt(root: Path, task_cfg: Any, session_cache: Path,
+                niceness: int = 0) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The shared run's search again (``SMALL_RUN``: the shared run's settings and seed, less what runs after the
+    search), ``--verbose``, in a fresh cache that holds only the session's SFT stage: (its cache, its run directory,
+    its output). So it builds the tiny task itself, in its process (sampling and saving the pairs, saving the model
+    and tokenizer: a first run's library output, the SFT being plain torch and silent), and trains its references
+    itself (no store there)."""
+    cache, run_dir = root / "cache", root / "run"
+    stage = sft_stage_of(task_cfg, session_cache)
+    assert (stage / "meta.json").is_file(), stage
+    shutil.copytree(stage, cache / stage.name)
+    args = ["discover", "--generations", "2", "--verbose", *SMALL_RUN, *PREFETCH_DEADLINES,
+            "selection.reference_store=false", "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
+    return cache, run_dir, discover(args, cache, timeout=1800 if niceness else 600, niceness=niceness)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefetch(request, tmp_path_factory, cache_dir) -> Iterator[dict[str, Future]]:
+    """The prefetched commands this session's selected tests read, started one after the other in one background
+    thread once the tiny task is built: {fixture name: its future}. Empty where nothing is prefetched."""
+    readers = [item for item in request.session.items if reads_a_prefetched_run(item)]
+    wanted = [name for name in PREFETCHED if any(name in item.fixturenames for item in readers)]
+    if not wanted or os.environ.get("PYTEST_XDIST_WORKER"):
+        yield {}
+        return
+    _, cfg = request.getfixturevalue("tiny_task")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        futures = {}
+        if "discovered" in wanted:
+            futures["discovered"] = pool.submit(run_discovered, tmp_path_factory.mktemp("discovered"), cache_dir,
+                                                PREFETCH_NICENESS)
+        if "rebuilt" in wanted:
+            futures["rebuilt"] = pool.submit(run_rebuilt, tmp_path_factory.mktemp("rebuilt"), cfg["task"], cache_dir,
+                                             PREFETCH_NICENESS)
+        yield futures
+        pool.shutdown(cancel_futures=True)  # a run not started (the session stopped early) is not started now
 
 
 @pytest.fixture(scope="session")
-def discovered(tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, subprocess.CompletedProcess]:
-    """``discover --generations 2`` with ``SHARED_RUN``, run once per session: its run directory and its output.
-    The task is built first, in this process (``tiny_task``), so the run's time limit does not include a first build."""
-    run_dir = tmp_path_factory.mktemp("discovered") / "run"
-    out = discover(["discover", "--generations", "2", "--quiet", *SHARED_RUN, f"hydra.run.dir={run_dir}"], cache_dir)
-    return run_dir, out
+def discovered(prefetch, tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, subprocess.CompletedProcess]:
+    """The shared run (``run_discovered``), once per session: its run directory and its output. The task is built
+    first, in this process (``tiny_task``), so the run's time limit does not include a first build."""
+    if "discovered" in prefetch:
+        return prefetch["discovered"].result()
+    return run_discovered(tmp_path_factory.mktemp("discovered"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def rebuilt(prefetch, tmp_path_factory, cache_dir, tiny_task) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """``run_rebuilt`` once per session, for the two tests of tests/test_cli.py that read it."""
+    if "rebuilt" in prefetch:
+        return prefetch["rebuilt"].result()
+    return run_rebuilt(tmp_path_factory.mktemp("rebuilt"), tiny_task[1]["task"], cache_dir)
 
 
 def benchmark_script(name: str) -> ModuleType:

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import SMALL_RUN, command_env
 
-from discopop.config import TrainingSettings, plain
-from discopop.tasks import build_key
-from discopop.tasks.synthetic import config_hash, sft_key
+from discopop.config import TrainingSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,32 +181,9 @@ def test_a_pasted_key_is_refused_and_never_saved(tmp_path: Path, cache_dir: Path
     assert not run_dir.exists()
 
 
-def sft_stage_of(task_cfg: Any, cache: Path) -> Path:
-    """Where ``cache`` keeps the SFT stage of the synthetic task ``task_cfg`` (``tasks.synthetic.sft_stage``)."""
-    key = build_key(plain(task_cfg))
-    return cache / f"{key['language']}-sft-{config_hash(sft_key(key))}"
-
-
 def built_tasks(cache: Path) -> list[Path]:
     """The task directories in ``cache`` (not its SFT stages)."""
     return [p for p in cache.iterdir() if (p / "meta.json").is_file() and "-sft-" not in p.name]
-
-
-@pytest.fixture(scope="module")
-def rebuilt(tmp_path_factory, cache_dir: Path, tiny_task) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """The session's shared search again (``SMALL_RUN``: the shared run's settings and seed, less what runs after the
-    search), ``--verbose``, in a fresh cache that holds only the session's SFT stage (``tiny_task``'s): (its cache,
-    its run directory, its output). So it builds the tiny task itself, in its process (sampling and saving the pairs,
-    saving the model and tokenizer: a first run's library output, the SFT being plain torch and silent), and trains
-    its references itself (no store there). Run once, for the two tests that read it."""
-    root = tmp_path_factory.mktemp("rebuilt")
-    cache, run_dir = root / "cache", root / "run"
-    stage = sft_stage_of(tiny_task[1]["task"], cache_dir)
-    assert (stage / "meta.json").is_file(), stage
-    shutil.copytree(stage, cache / stage.name)
-    out = run(["discover", "--generations", "2", "--verbose", *SMALL_RUN, "selection.reference_store=false",
-               "confirm.seeds=0", f"hydra.run.dir={run_dir}"], cache, timeout=600)
-    return cache, run_dir, out
 
 
 def test_same_config_and_seed_give_the_same_archive(discovered: tuple[Path, subprocess.CompletedProcess],
