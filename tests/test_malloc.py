@@ -37,14 +37,21 @@ print(json.dumps({"tuned": tuned, "faults": faults, "digest": digest.hexdigest()
 """
 
 
-def _probe(arm: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE, arm], capture_output=True, text=True, timeout=300, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _probes(*arms: str) -> list[dict]:
+    """Each arm in its own fresh interpreter, all at once (a serial suite leaves a core idle): their results."""
+    procs = [subprocess.Popen([sys.executable, "-c", _PROBE, arm], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for arm in arms]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_freed_memory_is_reused_and_results_are_bit_identical() -> None:
-    off, on = _probe("off"), _probe("on")
+    off, on = _probes("off", "on")
     assert on["tuned"] is True and off["tuned"] is False
     assert on["digest"] == off["digest"]  # where memory comes from changes no result
     # once the heap has grown, each step's ~1 MB blocks were faulted in again (freed to the OS); tuned, they are
