@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 def run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """A command as a user starts it (``command_env``: no switch an earlier in-process test left set)."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=command_env(env_cache), cwd=REPO)
+
+
+def run_at_once(commands: list[list[str]], env_cache: Path, timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """``run`` of each command, all started together (each waits mostly on its own worker; a serial suite leaves a
+    core idle): their results, in order."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return list(pool.map(lambda args: run(args, env_cache, timeout), commands))
 
 
 def rows(run_dir: Path) -> list[tuple]:
@@ -160,11 +168,12 @@ def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir:
                        "reference_chosen_logps, reference_rejected_logps, beta):\n    rho = (policy_chosen_logps - "
                        "policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)\n"
                        "    return F.logsigmoid(beta * rho)\n")
-    text = run(["discopop", "check", str(flipped), "--beta", "0.2"], cache_dir, timeout=120)
+    text, as_json = run_at_once([["discopop", "check", str(flipped), "--beta", "0.2"],
+                                 ["discopop", "check", str(flipped), "--json"]], cache_dir, timeout=120)
     assert text.returncode == 0, text.stderr
     assert "diagnostics: uses beta; at beta=0.2: slope at rho=0 d/d chosen +0.1, d/d rejected -0.1" in text.stdout
     assert "wrong way at rho = 0 on 16/16 examples" in text.stdout
-    verdict = json.loads(run(["discopop", "check", str(flipped), "--json"], cache_dir, timeout=120).stdout)
+    verdict = json.loads(as_json.stdout)
     assert verdict["valid"] is True and verdict["diagnostics"]["beta"] == TrainingSettings().beta
     assert verdict["diagnostics"]["slope_at_0"]["wrong_way"] == 16 and "wrong way" in verdict["summary"]
     bad_beta = run(["discopop", "check", str(flipped), "--beta", "-1"], cache_dir, timeout=60)
