@@ -232,11 +232,12 @@ def discover(args: list[str], cache: Path, timeout: int = 600, niceness: int = 0
                           cwd=REPO)
 
 
-# The commands whose output the session's last tests read (``discovered``, ``rebuilt``): a serial run leaves most of
+# The commands whose output the session's last tests read (``discovered``, ``rebuilt``, ``hub_discovered``): a serial
+# run leaves most of
 # one of the two cores idle, so they start in the background at the session's first test (niced, with deadlines
 # wide enough for a starved core) and the tests that read them run last (``pytest_collection_modifyitems``). Under
 # pytest-xdist (``PYTEST_XDIST_WORKER``), or when no selected test reads them, each runs where it is first needed.
-PREFETCHED = ("discovered", "rebuilt")
+PREFETCHED = ("discovered", "rebuilt", "hub_discovered")
 PREFETCH_NICENESS = 10
 PREFETCH_DEADLINES = ["training.oracle_timeout=300", "training.check_timeout=600", "training.train_timeout=1200"]
 
@@ -282,6 +283,54 @@ def run_rebuilt(root: Path, task_cfg: Any, session_cache: Path,
     return cache, run_dir, discover(args, cache, timeout=1800 if niceness else 600, niceness=niceness)
 
 
+HUB_ALPHABET = "abcdefghijklmnopqrstuvwxyz .!?"
+# Builds ``build_hub_dir(argv[1])`` in a fresh interpreter (a background build must not touch this process's RNG).
+BUILD_HUB = "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); import conftest; " \
+            "conftest.build_hub_dir(Path(sys.argv[1]))"
+
+
+def build_hub_dir(root: Path) -> Path:
+    """A 'hub' on disk: policy, reward model and a preference dataset, all save_pretrained / save_to_disk."""
+    from datasets import Dataset  # lazy: only the hub tests build one
+
+    from discopop.tasks.tiny import save_tiny, tiny_causal_lm, tiny_reward_model
+
+    save_tiny(root / "policy", *tiny_causal_lm(HUB_ALPHABET, positions=64))
+    save_tiny(root / "reward", *tiny_reward_model(HUB_ALPHABET, positions=64, seed=1))
+    words = ["good", "great", "bad", "fine", "nice", "poor", "ok", "fun"]
+    rows = [{"question": f"say {a} {b}", "better": f" {a}!", "worse": f" {b}."} for a in words for b in words if a != b]
+    Dataset.from_list(rows).save_to_disk(str(root / "prefs"))
+    return root
+
+
+def hub_cfg(hub_dir: Path, cache: Path) -> dict:
+    """The hub task's settings on ``build_hub_dir``'s files, its cache in ``cache``."""
+    return {"name": "hub", "kind": "hub", "model": str(hub_dir / "policy"), "tokenizer": None,
+            "dataset": str(hub_dir / "prefs"), "split": "train", "prompt_column": "question",
+            "chosen_column": "better", "rejected_column": "worse", "heldout_prompts": 8, "max_pairs": 32,
+            "reward_model": str(hub_dir / "reward"), "max_new_tokens": 6, "kl_coef": 0.05, "seed": 0,
+            "cache_dir": str(cache)}
+
+
+def run_hub_discovered(root: Path, hub_dir: Path | None = None,
+                       niceness: int = 0) -> tuple[Path, subprocess.CompletedProcess]:
+    """``discover --generations 1`` on the hub task at one learning rate, in ``root`` (its task cache and reference
+    store there too): its run directory and output. ``hub_dir``: the files to load (None: built first, in a fresh
+    interpreter)."""
+    if hub_dir is None:
+        hub_dir = root / "hub"
+        prefix = ["nice", "-n", str(niceness)] if niceness else []
+        subprocess.run([*prefix, sys.executable, "-c", BUILD_HUB, str(hub_dir)], check=True, capture_output=True,
+                       timeout=600, env=command_env(root / "cache"), cwd=REPO)
+    run_dir = root / "run"
+    overrides = [f"task.{k}={v}" for k, v in hub_cfg(hub_dir, root / "task-cache").items()
+                 if k not in ("name", "kind", "tokenizer")]
+    args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
+            "training.batch_size=8", "training.threads=1", "training.lr_grid=[1e-3]", "executor.workers=1",
+            "confirm.seeds=0", "wandb.mode=disabled", *PREFETCH_DEADLINES, f"hydra.run.dir={run_dir}"]
+    return run_dir, discover(args, root / "cache", timeout=1800 if niceness else 600, niceness=niceness)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefetch(request, tmp_path_factory, cache_dir) -> Iterator[dict[str, Future]]:
     """The prefetched commands this session's selected tests read, started one after the other in one background
@@ -291,7 +340,8 @@ def prefetch(request, tmp_path_factory, cache_dir) -> Iterator[dict[str, Future]
     if not wanted or os.environ.get("PYTEST_XDIST_WORKER"):
         yield {}
         return
-    _, cfg = request.getfixturevalue("tiny_task")
+    if {"discovered", "rebuilt"} & set(wanted):  # both read the tiny task's build (the hub run builds its own)
+        _, cfg = request.getfixturevalue("tiny_task")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         futures = {}
         if "discovered" in wanted:
@@ -300,6 +350,9 @@ def prefetch(request, tmp_path_factory, cache_dir) -> Iterator[dict[str, Future]
         if "rebuilt" in wanted:
             futures["rebuilt"] = pool.submit(run_rebuilt, tmp_path_factory.mktemp("rebuilt"), cfg["task"], cache_dir,
                                              PREFETCH_NICENESS)
+        if "hub_discovered" in wanted:
+            futures["hub_discovered"] = pool.submit(run_hub_discovered, tmp_path_factory.mktemp("hub-run"), None,
+                                                    PREFETCH_NICENESS)
         yield futures
         pool.shutdown(cancel_futures=True)  # a run not started (the session stopped early) is not started now
 

@@ -11,37 +11,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import command_env
-from datasets import Dataset
+from conftest import HUB_ALPHABET as ALPHABET
+from conftest import build_hub_dir, command_env, hub_cfg, run_hub_discovered
 
 from discopop.config import TrainingSettings
 from discopop.contract.losses import load_loss
 from discopop.fitness.training import FineTuner
 from discopop.tasks import load_task
-from discopop.tasks.tiny import save_tiny, tiny_causal_lm, tiny_reward_model
+from discopop.tasks.tiny import save_tiny, tiny_reward_model
 
 REPO = Path(__file__).resolve().parent.parent
-ALPHABET = "abcdefghijklmnopqrstuvwxyz .!?"
 
 
 @pytest.fixture(scope="module")
 def hub_dir(tmp_path_factory) -> Path:
-    """A 'hub' on disk: policy, reward model and a preference dataset, all save_pretrained / save_to_disk."""
-    root = tmp_path_factory.mktemp("hub")
-    save_tiny(root / "policy", *tiny_causal_lm(ALPHABET, positions=64))
-    save_tiny(root / "reward", *tiny_reward_model(ALPHABET, positions=64, seed=1))
-    words = ["good", "great", "bad", "fine", "nice", "poor", "ok", "fun"]
-    rows = [{"question": f"say {a} {b}", "better": f" {a}!", "worse": f" {b}."} for a in words for b in words if a != b]
-    Dataset.from_list(rows).save_to_disk(str(root / "prefs"))
-    return root
+    """A 'hub' on disk (``build_hub_dir``), for this file's tests."""
+    return build_hub_dir(tmp_path_factory.mktemp("hub"))
 
 
-def hub_cfg(hub_dir: Path, cache: Path) -> dict:
-    return {"name": "hub", "kind": "hub", "model": str(hub_dir / "policy"), "tokenizer": None,
-            "dataset": str(hub_dir / "prefs"), "split": "train", "prompt_column": "question",
-            "chosen_column": "better", "rejected_column": "worse", "heldout_prompts": 8, "max_pairs": 32,
-            "reward_model": str(hub_dir / "reward"), "max_new_tokens": 6, "kl_coef": 0.05, "seed": 0,
-            "cache_dir": str(cache)}
+@pytest.fixture(scope="module")
+def hub_discovered(prefetch, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``run_hub_discovered``: started in the background at the session's first test where it could be, else here."""
+    if "hub_discovered" in prefetch:
+        return prefetch["hub_discovered"].result()
+    return run_hub_discovered(tmp_path_factory.mktemp("hub-run"))
 
 
 def test_hub_task_loads_splits_and_trains(hub_dir: Path, tmp_path: Path) -> None:
@@ -69,16 +62,10 @@ def test_hub_task_reports_missing_columns(hub_dir: Path, tmp_path: Path) -> None
         load_task(cfg)
 
 
-def test_discover_runs_on_a_hub_task(hub_dir: Path, tmp_path: Path) -> None:
+def test_discover_runs_on_a_hub_task(hub_discovered: tuple[Path, subprocess.CompletedProcess]) -> None:
     """A whole run on the hub task, at one learning rate (the rate's climb over a grid is the protocol's, the same on
     every task: tests/test_tuning.py, and every run of the embedded task in this suite)."""
-    run_dir = tmp_path / "run"
-    overrides = [f"task.{k}={v}" for k, v in hub_cfg(hub_dir, tmp_path / "cache").items()
-                 if k not in ("name", "kind", "tokenizer")]
-    args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
-            "training.batch_size=8", "training.threads=1", "training.lr_grid=[1e-3]", "executor.workers=1",
-            "confirm.seeds=0", "wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=command_env())
+    run_dir, out = hub_discovered
     assert out.returncode == 0, out.stderr[-2000:]
     with sqlite3.connect(run_dir / "archive.sqlite") as conn:
         statuses = dict(conn.execute("SELECT name, status FROM candidates").fetchall())
