@@ -161,6 +161,24 @@ def test_a_file_the_static_check_rejects_is_rejected_before_anything_imports_tor
     assert out.stdout.split() == ["1"], f"imported before the static verdict: {out.stdout.split()[1:]}"
 
 
+# What ``discopop leaderboard RUN`` imports, in a fresh interpreter: the command, then which heavy libraries it loaded
+# (none: reading an archive needs no torch, ~2 s of a ~3 s command before the board stopped importing the executors).
+IMPORTED_BY_LEADERBOARD = """import sys
+from discopop.cli.main import main
+code = main(["leaderboard", sys.argv[1]])
+print(code, *[name for name in ("torch", "transformers", "trl", "datasets") if name in sys.modules])
+"""
+
+
+def test_the_leaderboard_reads_a_run_without_importing_torch(
+        discovered: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run_dir, _ = discovered
+    out = subprocess.run([sys.executable, "-c", IMPORTED_BY_LEADERBOARD, str(run_dir)], capture_output=True,
+                         text=True, timeout=120, env=command_env(), cwd=REPO)
+    assert out.returncode == 0 and "Leaderboard" in out.stdout, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0", f"imported by the leaderboard: {out.stdout.splitlines()[-1]}"
+
+
 def test_check_prints_the_diagnostics_of_a_valid_loss(tmp_path: Path, cache_dir: Path) -> None:
     """A loss pushing the wrong way at rho = 0 is valid (exit 0); its diagnostics say so, in text and JSON."""
     flipped = tmp_path / "flipped.py"

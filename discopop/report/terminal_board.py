@@ -20,8 +20,7 @@ from discopop.archive import Archive, Row
 from discopop.fitness import stats
 from discopop.report.escape import clean, csv_cell, terminal
 from discopop.report.run import beta_of, confirmation_of, learning_rate_of, number, run_beta, tuned_beta
-from discopop.search.confirmation import PICK_STAGE
-from discopop.search.history import ranked, run_standings, selection_policy
+from discopop.search.history import PICK_STAGE, ranked, run_standings, selection_policy
 
 __all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_records", "leaderboard_rows", "print_leaderboard"]
 

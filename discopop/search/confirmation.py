@@ -37,15 +37,13 @@ from discopop.contract.losses import code_hash
 from discopop.execution.executors import Executor, Job, JobResult
 from discopop.fitness import stats
 from discopop.fitness.result_store import MACHINE_RETRIES, StoredRuns, archives_failure, storable
-from discopop.search.history import pick_standings
+from discopop.search.history import PICK_STAGE, pick_standings
 from discopop.status import Status
 
 # Where a row's confirmation goes when a later confirmation of the run leaves the row out: its verdicts were
 # Holm-corrected in another family, against a strongest baseline that may have changed, so the leaderboard, the
 # report and the LLM's facts must not show them as current; kept (nothing is lost), under this key.
 SUPERSEDED = "superseded_confirmation"
-# A row's mean on the pick seeds (``search.pick_stage``), which orders the finalists before any search standing.
-PICK_STAGE = "pick_stage"
 
 SPLIT = "confirm"
 SEED_OFFSET = 1000  # fresh seeds are base_seed + 1000 + i: never the search seed

@@ -20,6 +20,11 @@ from discopop.search import seed_race
 from discopop.search.behaviour_map import cell as behaviour_cell
 from discopop.status import Status
 
+# A row's mean on the pick seeds (``search.pick_stage``), which orders the finalists before any search standing. Here,
+# beside the other standings, so the leaderboard reads it without importing the executors (and torch) with
+# ``search.confirmation``.
+PICK_STAGE = "pick_stage"
+
 __all__ = ["feedback_fields", "history_as_of", "history_entry", "pick_standings", "proposer_history", "ranked",
            "run_standings", "seed_scores", "selection_policy"]
 

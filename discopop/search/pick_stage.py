@@ -25,7 +25,8 @@ from discopop.archive import Archive, Row
 from discopop.execution.executors import Executor
 from discopop.fitness.result_store import StoredRuns
 from discopop.fitness.tuning import LrProtocol
-from discopop.search.confirmation import PICK_STAGE, latest_runs, run_missing, store_current, top_candidates
+from discopop.search.confirmation import latest_runs, run_missing, store_current, top_candidates
+from discopop.search.history import PICK_STAGE
 from discopop.status import Status
 
 SPLIT = "pick"  # the archive split of the runs; they score the task's search prompts
