@@ -491,3 +491,51 @@ def test_tuning_seeds_choose_the_rate_on_their_mean_and_reuse_the_run_seeds_runs
     with pytest.raises(EvaluateError, match="--tune-seeds"):
         TransferEvaluation([dpo], [cfg], [0.5], 2, cache, factory, tune_seeds=0)
     cache.close()
+
+
+def test_flip_rate_references_run_at_each_tasks_own_rate_and_say_it(tmp_path: Path, monkeypatch) -> None:
+    """``evaluate rdpo cdpo`` on two tasks: each built at that task's label-flip rate (addition's 0.25, the hard-flip
+    variant's uniform 0), as discover builds them, never at the files' 0.1; the names carry the rate, and the code
+    (the cache key) is not the file's, so a result cached at 0.1 is never read as one at the task's rate. The
+    other losses are the same code on both tasks."""
+    import discopop.cli.evaluate as evaluate_cli
+    from discopop.config.compose import compose_settings
+    from discopop.contract.losses import code_hash
+    from discopop.proposers.reference import reference_candidate
+
+    trained: list[tuple[str, str]] = []
+
+    def factory(cfg):
+        class _Executor:
+            def run(self, jobs):
+                for job in jobs:
+                    trained.append((cfg.task.name, job.code))
+                    yield replace(_reply(0.6, job.seed, job.learning_rate), job=job)
+
+            def close(self) -> None:
+                pass
+
+        return _Executor()
+
+    monkeypatch.setattr(evaluate_cli, "executor_factory", lambda out: factory)
+    args = ["evaluate", "rdpo", "cdpo", "hinge", "--tasks", "addition,addition_hardflip", "--betas", "0.5",
+            "--seeds", "2", "--quiet", "training.lr_grid=[1e-5,4e-5]", "-o", str(tmp_path / "e")]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e" / "results.csv")))
+    names = {task: {r["loss"] for r in rows if r["task"] == task} for task in ("addition", "addition_hardflip")}
+    assert names["addition"] == {"dpo", "rdpo_eps_0_25", "cdpo_eps_0_25", "hinge"}
+    assert names["addition_hardflip"] == {"dpo", "rdpo_eps_0", "cdpo_eps_0", "hinge"}
+    codes = {task: {code for t, code in trained if t == task} for task in names}
+    rates = {task: sorted(float(m) for code in codes[task]
+                          for m in re.findall(r"^(?:FLIP_RATE|LABEL_SMOOTHING) = ([0-9.]+)", code, re.M))
+             for task in codes}
+    assert rates == {"addition": [0.25, 0.25], "addition_hardflip": [0.0, 0.0]}
+    files = {code_hash(reference_candidate(n).code) for n in ("rdpo", "cdpo")}  # the files' 0.1
+    assert not files & {code_hash(c) for c in codes["addition"] | codes["addition_hardflip"]}
+    shared = {code_hash(reference_candidate(n).code) for n in ("dpo", "hinge")}
+    assert all(shared <= {code_hash(c) for c in codes[task]} for task in codes)
+    assert len(codes["addition"] & codes["addition_hardflip"]) == 2  # dpo and hinge: one cache entry for both
+    from discopop.tasks import label_flip_rate
+
+    diagnostic, _ = compose_settings(["task=diagnostic", "task.preset=label_noise"])
+    assert label_flip_rate(diagnostic.task) == pytest.approx(0.3)  # the tier's rate, from its task facts

@@ -27,7 +27,7 @@ from discopop.report.escape import clean, terminal
 from discopop.report.quiet import quiet_libraries
 from discopop.report.run import run_beta
 from discopop.search.loop import worker_spec
-from discopop.tasks import load_task
+from discopop.tasks import label_flip_rate, load_task
 from discopop.transfer.protocol import (
     CACHE_NAME,
     EvaluateError,
@@ -94,9 +94,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not tasks:
         raise EvaluateError("--tasks names no task")
     cfgs = task_configs(tasks, overrides)
-    losses = resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0,
-                            constants=getattr(args, "constants", False))
-    losses, betas, settings = run_settings(losses, args, betas, cfgs[0].training.beta)
+    # Per task: cDPO, rDPO and AOT are built at the task's own flip rate, as discover builds them
+    task_losses = [resolve_losses(loss_items, Path(args.run) if args.run else None, top_k if args.run else 0,
+                                  constants=getattr(args, "constants", False),
+                                  flip_rate=label_flip_rate(cfg.task)) for cfg in cfgs]
+    per_task = [run_settings(losses, args, betas, cfgs[0].training.beta) for losses in task_losses]
+    task_losses = [losses for losses, _, _ in per_task]
+    _, betas, settings = per_task[0]
+    losses = list({spec.hash: spec for task in task_losses for spec in task}.values())  # each loss once, in order
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         console.print(f"  {terminal(line)}")
     started = time.perf_counter()
     with _Display(console, quiet=args.quiet) as display:
-        evaluation = TransferEvaluation(losses, cfgs, betas, args.seeds, cache, executor_factory(out),
+        evaluation = TransferEvaluation(task_losses, cfgs, betas, args.seeds, cache, executor_factory(out),
                                         Callbacks(planned=display.planned, done=display.done),
                                         train=not args.report_only, tune_seeds=getattr(args, "tune_seeds", 1))
         try:

@@ -60,7 +60,7 @@ from discopop.search.seed_race import RacePolicy
 from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
 from discopop.search.work_ahead import SpeculativeExecutor
 from discopop.status import REPAIRABLE_STATUSES, Status
-from discopop.tasks import Task, load_task
+from discopop.tasks import Task, label_flip_rate, load_task
 
 
 class RunLocked(RuntimeError):
@@ -574,9 +574,7 @@ class Loop:
                     self._generation_finished(done)
             done_refs = {r.name for r in self.archive.rows_by_proposer("reference")}
             self.display.show(PhaseStarted("references"))
-            flips = getattr(getattr(self.cfg.task, "pairs", None), "label_noise", None)  # known on embedded tasks
-            if flips is None:  # the diagnostic tier says its preset's rate in the task facts
-                flips = meta.get("label_noise")
+            flips = label_flip_rate(self.cfg.task, meta)  # embedded tasks' pairs.label_noise, the diagnostic facts'
             refs = [reference_candidate(n, flips) for n in self.cfg.baselines]
             if self.cfg.baseline_constants:  # each declared constant one step down and up, as baselines of their own
                 refs += [v for n in self.cfg.baselines for v in reference_variants(n, flips)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from discopop.config import plain
@@ -17,7 +17,7 @@ from discopop.tasks import synthetic, worlds
 from discopop.tasks.base import Task, cache_root, heldout_parts, search_count
 from discopop.tasks.hub import load_hub_task
 
-__all__ = ["Task", "build_key", "cache_root", "load_task", "search_count", "stable_key"]
+__all__ = ["Task", "build_key", "cache_root", "label_flip_rate", "load_task", "search_count", "stable_key"]
 
 
 def build_key(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -82,3 +82,20 @@ def load_task(cfg: Any, log: Callable[[str], None] | None = None) -> Task:
         answer=language.answer,
         score=str(cfg.get("score") or "probability"),  # not in build_key: scoring never rebuilds the task
     )
+
+
+def label_flip_rate(cfg: Any, meta: Mapping[str, Any] | None = None) -> float | None:
+    """The task's true label-flip rate where it is known, else None (a Hub task): the rate cDPO, rDPO and AOT are
+    told (``proposers.reference.reference_candidate``), in ``discover`` and ``evaluate`` alike.
+
+    An embedded task's is its ``pairs.label_noise`` (its hard-prompt flips, ``pairs.hard_flip``, are not counted);
+    the diagnostic tier's is in its task facts (``meta``, else the world is made for them: in memory, ~ms).
+    """
+    cfg = plain(cfg)
+    pairs = cfg.get("pairs")
+    if isinstance(pairs, Mapping) and pairs.get("label_noise") is not None:
+        return float(pairs["label_noise"])
+    if meta is None and cfg.get("kind") == "diagnostic":
+        meta = worlds.as_task(cfg).meta
+    flips = (meta or {}).get("label_noise")
+    return None if flips is None else float(flips)

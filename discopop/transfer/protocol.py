@@ -39,11 +39,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,7 +57,7 @@ from discopop.execution.messages import TrainReply
 from discopop.fitness import stats
 from discopop.fitness.result_store import CACHE_NAME, ResultCache, RunKey  # noqa: F401 - the evaluate command's
 from discopop.fitness.tuning import LrProtocol, Sweep
-from discopop.proposers.reference import reference_candidate, reference_variants
+from discopop.proposers.reference import NOISE_CONSTANTS, reference_candidate, reference_variants
 from discopop.report.run import beta_of, learning_rate_of, run_beta
 from discopop.search.confirmation import SEED_OFFSET, fresh_seeds, top_candidates
 from discopop.search.confirmation import SPLIT as CONFIRM_SPLIT
@@ -105,23 +106,27 @@ class LossSpec:
 
 
 def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int = 0,
-                   always: tuple[str, ...] = (BASELINE,), constants: bool = False) -> list[LossSpec]:
+                   always: tuple[str, ...] = (BASELINE,), constants: bool = False,
+                   flip_rate: float | None = None) -> list[LossSpec]:
     """Reference names, loss files and a run's top ``top_k`` scored candidates, each static-checked here.
 
     ``always`` names references added when missing (DPO: every verdict is relative to it). Names are made
     unique; the same code given twice is evaluated once. ``constants``: each named reference also at each of its
     declared constants moved one step down and up (``reference_variants``, e.g. ``simpo_gamma_0_1667``), as
     references of their own: the equal tuning budget discover gives baselines with ``baseline_constants``.
+    ``flip_rate``: the task's label-flip rate (``tasks.label_flip_rate``; None where unknown): the references
+    built for a known flip rate (cDPO, rDPO, AOT: ``NOISE_CONSTANTS``) run at it, as in ``discover``, and their
+    names say it (``rdpo_eps_0_25``); their code, so their cache key, is that of the rate.
     """
     specs: list[LossSpec] = []
     for item in items:
         path = Path(item)
         if item in known():  # the contract-v2 references (proposals/v2/) too: named here, as in ``baselines``
-            cand = reference_candidate(item)
-            specs.append(LossSpec(item, cand.code, "reference", reference=True))
+            cand = reference_candidate(item, flip_rate)
+            specs.append(LossSpec(_at_rate(item, flip_rate), cand.code, "reference", reference=True))
             if constants:
                 specs += [LossSpec(v.name, v.code, "reference", reference=True, default_hash=code_hash(cand.code))
-                          for v in reference_variants(item)]
+                          for v in reference_variants(item, flip_rate)]  # (no flip-rate reference has any)
         elif path.is_file():
             try:
                 code, _ = read_source(path)
@@ -135,7 +140,8 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
         specs.extend(run_winners(run_dir, top_k))
     for name in always:
         if not any(s.reference and s.name == name for s in specs):
-            specs.insert(0, LossSpec(name, reference_candidate(name).code, "reference", reference=True))
+            specs.insert(0, LossSpec(_at_rate(name, flip_rate), reference_candidate(name, flip_rate).code,
+                                     "reference", reference=True))
     unique: dict[str, LossSpec] = {}
     names: set[str] = set()
     for spec in specs:
@@ -153,6 +159,14 @@ def resolve_losses(items: Iterable[str], run_dir: Path | None = None, top_k: int
     if not unique:
         raise EvaluateError("no losses to evaluate: name reference losses, loss files, or --run RUN_DIR --top-k K")
     return list(unique.values())
+
+
+def _at_rate(name: str, flip_rate: float | None) -> str:
+    """A flip-rate reference's name with the rate it runs at (``rdpo_eps_0_25``): its rows at another rate (the
+    file's 0.1, another task's) never read as these; any other name as it is."""
+    if flip_rate is None or name not in NOISE_CONSTANTS:
+        return name
+    return re.sub(r"\W", "_", f"{name}_eps_{flip_rate:g}")
 
 
 def run_winners(run_dir: Path, top_k: int) -> list[LossSpec]:
@@ -229,18 +243,25 @@ def beta_config(cfg: RunSettings, beta: float) -> RunSettings:
 class TransferEvaluation:
     """Runs the protocol of the module docstring for ``losses`` on each task config and beta."""
 
-    def __init__(self, losses: list[LossSpec], task_cfgs: list[RunSettings], betas: list[float],
-                 n_seeds: int,
+    def __init__(self, losses: list[LossSpec] | list[list[LossSpec]], task_cfgs: list[RunSettings],
+                 betas: list[float], n_seeds: int,
                  cache: ResultCache, make_executor: ExecutorFactory, progress: Progress | None = None,
                  train: bool = True, tune_seeds: int = 1):
+        """``losses``: one list for every task, or one list per task config, in their order (the flip-rate
+        references are built at each task's own rate: ``resolve_losses(..., flip_rate=)``)."""
         if n_seeds < 1:
             raise EvaluateError(f"--seeds must be >= 1, got {n_seeds}")
         if not 1 <= tune_seeds < SEED_OFFSET:
             raise EvaluateError(f"--tune-seeds must be between 1 and {SEED_OFFSET - 1}, got {tune_seeds}")
         if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
             raise EvaluateError(f"betas must be positive numbers, got {betas}")
-        self.losses = losses
         self.task_cfgs = list(task_cfgs)
+        if losses and isinstance(losses[0], list):
+            self.task_losses = [list(task) for task in cast(list[list[LossSpec]], losses)]
+        else:
+            self.task_losses = [cast(list[LossSpec], list(losses))] * len(self.task_cfgs)
+        if len(self.task_losses) != len(self.task_cfgs):
+            raise EvaluateError(f"{len(self.task_losses)} loss lists for {len(self.task_cfgs)} tasks")
         self.betas = [float(b) for b in betas]
         self.n_seeds = n_seeds
         self.cache = cache
@@ -258,23 +279,23 @@ class TransferEvaluation:
             return 0
         grid = len(LrProtocol.from_config(self.task_cfgs[0].training).grid)
         per_cell = sum((1 if loss.learning_rate is not None else grid) * self.tune_seeds + self.n_seeds
-                       for loss in self.losses)
-        return len(self.task_cfgs) * len(self.betas) * per_cell
+                       for losses in self.task_losses for loss in losses)
+        return len(self.betas) * per_cell
 
     def run(self) -> list[Cell]:
         self.progress.planned(self.total_runs())
         cells: list[Cell] = []
-        for cfg in self.task_cfgs:
+        for cfg, losses in zip(self.task_cfgs, self.task_losses, strict=True):
             for beta in self.betas:
-                cells.extend(self._one(beta_config(cfg, beta)))
+                cells.extend(self._one(beta_config(cfg, beta), losses))
         return cells
 
-    def _one(self, cfg: RunSettings) -> list[Cell]:
+    def _one(self, cfg: RunSettings, losses: list[LossSpec]) -> list[Cell]:
         """All losses at one (task, beta): sweep, fresh seeds, verdicts."""
         protocol = LrProtocol.from_config(cfg.training)
         key_task, beta, seed = task_key(cfg), cfg.training.beta, cfg.seed
         task_name = cfg.task.name
-        cells = [Cell(task_name, beta, loss) for loss in self.losses]
+        cells = [Cell(task_name, beta, loss) for loss in losses]
         executor: list[Executor] = []  # started only if something is not cached
         try:
             tuning = [seed + i for i in range(self.tune_seeds)]
