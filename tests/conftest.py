@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         group = xdist_group_of(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if prefetching():
         items.sort(key=reads_a_prefetched_run)  # stable: the readers of a prefetched run last (``prefetch``)
 
 
@@ -236,10 +236,17 @@ def discover(args: list[str], cache: Path, timeout: int = 600, niceness: int = 0
 # run leaves most of
 # one of the two cores idle, so they start in the background at the session's first test (niced, with deadlines
 # wide enough for a starved core) and the tests that read them run last (``pytest_collection_modifyitems``). Under
-# pytest-xdist (``PYTEST_XDIST_WORKER``), or when no selected test reads them, each runs where it is first needed.
+# pytest-xdist, with ``DISCOPOP_TEST_PREFETCH=0`` (``prefetching``), or when no selected test reads them, each runs
+# where it is first needed.
 PREFETCHED = ("discovered", "rebuilt", "hub_discovered")
 PREFETCH_NICENESS = 10
 PREFETCH_DEADLINES = ["training.oracle_timeout=300", "training.check_timeout=600", "training.train_timeout=1200"]
+
+
+def prefetching() -> bool:
+    """Whether this session prefetches: not under pytest-xdist, and not with ``DISCOPOP_TEST_PREFETCH=0`` (each run
+    where it is first needed, in file order, as before: to time the suite both ways or to debug one run)."""
+    return not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DISCOPOP_TEST_PREFETCH") != "0"
 
 
 def reads_a_prefetched_run(item: pytest.Item) -> bool:
@@ -337,7 +344,7 @@ def prefetch(request, tmp_path_factory, cache_dir) -> Iterator[dict[str, Future]
     thread once the tiny task is built: {fixture name: its future}. Empty where nothing is prefetched."""
     readers = [item for item in request.session.items if reads_a_prefetched_run(item)]
     wanted = [name for name in PREFETCHED if any(name in item.fixturenames for item in readers)]
-    if not wanted or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not wanted or not prefetching():
         yield {}
         return
     if {"discovered", "rebuilt"} & set(wanted):  # both read the tiny task's build (the hub run builds its own)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import tomllib
-from conftest import SHARED_GROUPS, startup_margin, xdist_group_of
+from conftest import SHARED_GROUPS, prefetching, pytest_collection_modifyitems, startup_margin, xdist_group_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,3 +55,32 @@ def test_timed_start_up_allowances_double_only_beside_another_worker(monkeypatch
     assert startup_margin(30.0) == 30.0
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
     assert startup_margin(30.0) == 60.0
+
+
+def test_the_readers_of_a_prefetched_run_go_last_in_order_unless_prefetching_is_off(monkeypatch) -> None:
+    """Serially the shared runs start in the background and the tests that read them run last (``prefetch``);
+    under pytest-xdist or with ``DISCOPOP_TEST_PREFETCH=0`` the file order stays."""
+    def collected() -> list[SimpleNamespace]:
+        specs = [("tests/test_cli.py::test_reads", {"discovered": ("session", "tests")}),
+                 ("tests/test_cli.py::test_plain", {"tmp_path": ("function", "")}),
+                 ("tests/test_hub_task.py::test_hub", {"hub_discovered": ("module", "tests/test_hub_task.py")}),
+                 ("tests/test_zz.py::test_last_file", {})]
+        items = []
+        for nodeid, fixtures in specs:
+            item = _item(nodeid, fixtures)
+            item.fspath, item.add_marker = nodeid.split("::")[0], lambda marker: None
+            items.append(item)
+        return items
+
+    for env, value, expected in [
+            (None, None, ["test_plain", "test_last_file", "test_reads", "test_hub"]),
+            ("DISCOPOP_TEST_PREFETCH", "0", ["test_reads", "test_plain", "test_hub", "test_last_file"]),
+            ("PYTEST_XDIST_WORKER", "gw0", ["test_reads", "test_plain", "test_hub", "test_last_file"])]:
+        for name in ("DISCOPOP_TEST_PREFETCH", "PYTEST_XDIST_WORKER"):
+            monkeypatch.delenv(name, raising=False)
+        if env:
+            monkeypatch.setenv(env, value)
+        items = collected()
+        pytest_collection_modifyitems(None, items)
+        assert [i.nodeid.split("::")[1] for i in items] == expected, env
+        assert prefetching() is (env is None)
