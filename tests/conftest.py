@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tests by kind, one marker each (``pytest -m unit -n 2 --dist loadgroup`` answers in ~40 s on 2 quiet cores, ~65 s
+# Tests by kind, one marker each (``pytest -m unit -n 2 --dist loadgroup`` answers in ~50 s on 2 quiet cores, ~90 s
 # serially; under load two workers cost 28% more CPU and are slower, docs/results.md):
 # unit: pure functions, settings, statistics, parsing, in-process checks of trusted code;
 # sandbox: starts sandboxed workers or loss oracles (seccomp, Landlock, cgroups, the hostile corpora);
