@@ -23,35 +23,22 @@ minutes of GPU time", not a measurement.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 PHASES = ("references", "generations", "pick", "confirmation", "transfer")
-
-
-def sibling(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module: the benchmarks are scripts, not a package."""
-    module_name = f"benchmark_{name}"  # as tests/conftest.py's benchmark_script names it
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks: the task's build, the profile
 
 
 def run_overrides(root: Path, size: dict, heldout: int, device: str, lora: bool, checkpointing: bool) -> list[str]:
     """The settings this command changes from discover's defaults (the caller's overrides follow and win)."""
-    gpu = sibling("gpu_candidate")
+    import gpu_candidate as gpu  # lazy: torch and transformers only once a run is asked for
+
     # the time limits as gpu_candidate.py sets them (limits only: a job that ends in time gives the same result)
     return [*gpu.hub_overrides(root, size, heldout), f"training.device={device}", "training.train_timeout=1800",
             "training.check_timeout=120",
@@ -92,9 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("overrides", nargs="*", help="hydra overrides for the run, e.g. executor.workers_per_gpu=2")
     args = parser.parse_args(argv)
 
+    import default_run_profile
+    import gpu_candidate as gpu
+
     from discopop.execution.devices import cuda_device_count, resolve_device
 
-    gpu = sibling("gpu_candidate")
     if args.size not in gpu.SIZES:
         parser.error(f"--size must be one of {', '.join(sorted(gpu.SIZES))}, got {args.size!r}")
     size = gpu.SIZES[args.size]
@@ -109,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"task built in {built:.1f} s; device {device}; discover --generations {args.generations} "
           + " ".join(overrides), flush=True)
     run_dir = Path(args.run_dir) if args.run_dir else root / "run"
-    out = sibling("default_run_profile").profile(args.generations, overrides, run_dir, echo=True)
+    out = default_run_profile.profile(args.generations, overrides, run_dir, echo=True)
     out.update(size=args.size, device=device, build_seconds=built, pairs=args.pairs, heldout=args.heldout,
                load=os.getloadavg())
     print("\n".join(split_lines(out)))
