@@ -224,9 +224,12 @@ def command_env(cache: Path | None = None, *, no_proxy: bool = False, **extra: s
     return env | extra
 
 
-def discover(args: list[str], cache: Path, timeout: int = 600, niceness: int = 0) -> subprocess.CompletedProcess:
-    """The real console script (``discover`` or ``discopop``, first in ``args``), run from the repository root;
-    ``niceness``: under ``nice`` (a background run yields the cores to the tests in front)."""
+def discover(args: list[str], cache: Path, timeout: int | None = None,
+             niceness: int = 0) -> subprocess.CompletedProcess:
+    """The real console script (``discover`` or ``discopop``, first in ``args``; or any command), run from the
+    repository root; ``niceness``: under ``nice`` (a background run yields the cores to the tests in front, so its
+    default time limit is 1800 s, not 600)."""
+    timeout = timeout if timeout is not None else (1800 if niceness else 600)
     prefix = ["nice", "-n", str(niceness)] if niceness else []
     return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, env=command_env(cache),
                           cwd=REPO)
@@ -271,7 +274,7 @@ def run_discovered(root: Path, session_cache: Path, niceness: int = 0) -> tuple[
     cache, run_dir = root / "cache", root / "run"
     shutil.copytree(session_cache, cache)
     args = ["discover", "--generations", "2", "--quiet", *SHARED_RUN, *PREFETCH_DEADLINES, f"hydra.run.dir={run_dir}"]
-    return run_dir, discover(args, cache, timeout=1800 if niceness else 600, niceness=niceness)
+    return run_dir, discover(args, cache, niceness=niceness)
 
 
 def run_rebuilt(root: Path, task_cfg: Any, session_cache: Path,
@@ -287,7 +290,7 @@ def run_rebuilt(root: Path, task_cfg: Any, session_cache: Path,
     shutil.copytree(stage, cache / stage.name)
     args = ["discover", "--generations", "2", "--verbose", *SMALL_RUN, *PREFETCH_DEADLINES,
             "selection.reference_store=false", "confirm.seeds=0", f"hydra.run.dir={run_dir}"]
-    return cache, run_dir, discover(args, cache, timeout=1800 if niceness else 600, niceness=niceness)
+    return cache, run_dir, discover(args, cache, niceness=niceness)
 
 
 HUB_ALPHABET = "abcdefghijklmnopqrstuvwxyz .!?"
@@ -326,16 +329,15 @@ def run_hub_discovered(root: Path, hub_dir: Path | None = None,
     interpreter)."""
     if hub_dir is None:
         hub_dir = root / "hub"
-        prefix = ["nice", "-n", str(niceness)] if niceness else []
-        subprocess.run([*prefix, sys.executable, "-c", BUILD_HUB, str(hub_dir)], check=True, capture_output=True,
-                       timeout=600, env=command_env(root / "cache"), cwd=REPO)
+        built = discover([sys.executable, "-c", BUILD_HUB, str(hub_dir)], root / "cache", niceness=niceness)
+        assert built.returncode == 0, built.stderr[-2000:]
     run_dir = root / "run"
     overrides = [f"task.{k}={v}" for k, v in hub_cfg(hub_dir, root / "task-cache").items()
                  if k not in ("name", "kind", "tokenizer")]
     args = ["discover", "--generations", "1", "--quiet", "task=hub", *overrides, "baselines=[dpo]",
             "training.batch_size=8", "training.threads=1", "training.lr_grid=[1e-3]", "executor.workers=1",
             "confirm.seeds=0", "wandb.mode=disabled", *PREFETCH_DEADLINES, f"hydra.run.dir={run_dir}"]
-    return run_dir, discover(args, root / "cache", timeout=1800 if niceness else 600, niceness=niceness)
+    return run_dir, discover(args, root / "cache", niceness=niceness)
 
 
 @pytest.fixture(scope="session", autouse=True)
