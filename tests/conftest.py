@@ -43,9 +43,9 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",
         "test_fused_backward.py", "test_gpu_check.py", "test_hostile.py", "test_hostile_corpus.py",
         "test_hostile_oracle.py", "test_hostile_os.py", "test_hostile_proposals.py", "test_hostile_text.py",
-        "test_memory_watch.py", "test_normalise.py", "test_oracle_fork.py", "test_oracle_keep.py",
-        "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py", "test_v2_behaviour.py",
-        "test_worker_init.py",
+        "test_memory_watch.py", "test_normalise.py", "test_oracle_first_call.py", "test_oracle_fork.py",
+        "test_oracle_keep.py", "test_remote_loss.py", "test_sandbox.py", "test_trained_behaviour.py",
+        "test_v2_behaviour.py", "test_worker_init.py",
     ),
     "e2e": (
         "test_beta_axis.py", "test_cli.py", "test_confirmation.py", "test_contract_v2_parity.py",

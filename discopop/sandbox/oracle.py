@@ -50,7 +50,10 @@ class Oracle:
     """Holds the loaded loss and the last forward's graph (no module globals: the state watch compares those)."""
 
     def __init__(self, threads: int = 1) -> None:
+        # torch.autograd.grad with an explicit grad_output imports symbolic_shapes (and sympy) on its first call:
+        # 0.3-0.8 s of a candidate's first forward with gradients, on its critical path. Imported here, before READY.
         import torch  # lazy: the oracle imports torch and the checks only once locked down
+        import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
         from discopop.contract import checks  # noqa: F401 - contract_problem; imported before the watch snapshot
         from discopop.sandbox.state_watch import StateWatch

@@ -56,9 +56,11 @@ def _preimport(module: str) -> None:
     """Everything a child's ``oracle.start`` imports, so that no child pays for it; no torch op is run."""
     import importlib  # lazy: only the template imports modules by name
 
-    for name in ("torch", "torch.nn.functional", "discopop.contract.checks", "discopop.contract.losses",
-                 "discopop.contract.inputs", "discopop.sandbox.state_watch", "discopop.sandbox.oracle",
-                 "discopop.sandbox.lockdown", "discopop.sandbox.guard", "discopop.sandbox.seccomp", "ctypes", module):
+    # symbolic_shapes: the first autograd.grad with a grad_output imports it (with sympy), ~0.3-0.8 s (see Oracle).
+    for name in ("torch", "torch.nn.functional", "torch.fx.experimental.symbolic_shapes", "discopop.contract.checks",
+                 "discopop.contract.losses", "discopop.contract.inputs", "discopop.sandbox.state_watch",
+                 "discopop.sandbox.oracle", "discopop.sandbox.lockdown", "discopop.sandbox.guard",
+                 "discopop.sandbox.seccomp", "ctypes", module):
         importlib.import_module(name)
 
 

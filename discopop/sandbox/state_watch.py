@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 import sys
 from types import ModuleType
 from typing import Any
@@ -42,6 +43,8 @@ class StateWatch:
         if trl is not None:
             self.spaces["DiscoveredLossDPOTrainer"] = trl.DiscoveredLossDPOTrainer
         self.snapshot = {name: dict(vars(obj)) for name, obj in self.spaces.items()}
+        # (keys, values) of each snapshot, for the fast path of ``patched``: the loss oracle asks after every request.
+        self._frozen = {name: (tuple(snap), tuple(snap.values())) for name, snap in self.snapshot.items()}
         self.state = self.read_state()
 
     def remember_state(self) -> None:
@@ -65,9 +68,19 @@ class StateWatch:
         now = self.read_state()
         return [f"{key} {self.state[key]} -> {now[key]}" for key in self.state if now[key] != self.state[key]]
 
+    def unchanged(self, name: str) -> bool:
+        """True if namespace ``name`` holds the snapshot's keys, in order, bound to the very same objects: one pass
+        in C (~0.1 ms for all of them, where the detailed comparison below took ~1 ms), exact, never a false yes."""
+        keys, values = self._frozen[name]
+        current = vars(self.spaces[name])
+        return (len(current) == len(keys) and all(map(operator.is_, current, keys))
+                and all(map(operator.is_, current.values(), values)))
+
     def patched(self) -> list[str]:
         found = []
         for name, obj in self.spaces.items():
+            if self.unchanged(name):
+                continue
             current = vars(obj)
             skip = _VOLATILE.get(name, set()) | _VOLATILE_EVERYWHERE
             for key, value in self.snapshot[name].items():
