@@ -23,9 +23,10 @@ _VOLATILE_EVERYWHERE = {"__warningregistry__"}  # the warnings module's per-modu
 class StateWatch:
     """Snapshot of global torch state and of the namespaces the checks and the trainer rely on.
 
-    Taken once the worker is set up; compared after every job (identity of every attribute, so
-    ~4k dict lookups: well under a millisecond). New attributes are allowed only if they are
-    modules (lazy sub-module imports add those to their parent).
+    Taken once the worker is set up; compared after every job, and by the loss oracle after every request
+    (identity of every attribute of ~3.7k: one pass in C per namespace, ~0.16 ms, and the detailed comparison only
+    where that pass differs). New attributes are allowed only if they are modules (lazy sub-module imports add those
+    to their parent).
     """
 
     def __init__(self, threads: int):
