@@ -11,7 +11,8 @@ reads a finished run's archive (read-only; nothing is trained) and prints:
 * where the fine-tunes went: screens, climb points and race seeds, for evolved rows and references;
 * the screen's agreement with the full protocol: Spearman's rho (90% percentile bootstrap) between a row's screen
   value (the tuning half at its first rate, ``metrics.lr_sweep``) and its fitness, over every row that was climbed
-  (a screened-out row has no full-protocol score);
+  (a screened-out row has no full-protocol score): the line a run prints at its end
+  (``search/screen_agreement.py``), then the evolved rows alone;
 * a replay of the screening rule at each margin: a row is rejected when its screen is more than the margin below
   the best fitness of the rows finished before its screen was written (the rule the run applied, checked against
   the run's own decisions at its margin); the climb and race fine-tunes the rejected rows spent; and whether any of
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from discopop.archive import ARCHIVE_NAME, Archive
 from discopop.fitness.rank_agreement import bootstrap_spearman
+from discopop.search.screen_agreement import screen_agreement
 
 REFERENCE = "reference"
 
@@ -126,15 +129,16 @@ def main() -> None:
         print(f"  {label}: {total} search fine-tunes, {total / max(len(group), 1):.2f} a row: first rate "
               f"{len(group)}, further rates {sum(rates) - len(group)}, race seeds {race}")
 
-    climbed = [r for r in rows if r.tuned and r.screen_value is not None]
-    agreement = bootstrap_spearman([r.screen_value for r in climbed], [r.fitness for r in climbed])
-    evolved_climbed = [r for r in climbed if not r.reference]
+    archive = Archive(args.run / ARCHIVE_NAME, create=False)
+    try:  # the line a run prints at its end (search/screen_agreement.py), from the same archive
+        print(screen_agreement(archive.rows(), archive.evaluations(split="search")).describe(0.5))
+    finally:
+        archive.close()
+    evolved_climbed = [r for r in evolved if r.tuned and r.screen_value is not None]
     agreement_evolved = bootstrap_spearman([r.screen_value for r in evolved_climbed],
                                            [r.fitness for r in evolved_climbed])
-    print(f"screen vs full protocol, Spearman rho (90% CI): all climbed rows {agreement.rho:+.3f} "
-          f"[{agreement.lower:+.3f}, {agreement.upper:+.3f}] n={agreement.n}; evolved only "
-          f"{agreement_evolved.rho:+.3f} [{agreement_evolved.lower:+.3f}, {agreement_evolved.upper:+.3f}] "
-          f"n={agreement_evolved.n}")
+    print(f"  evolved rows only: Spearman {agreement_evolved.rho:+.3f} [{agreement_evolved.lower:+.3f}, "
+          f"{agreement_evolved.upper:+.3f}] n={agreement_evolved.n}")
     gains = np.array([r.fitness - r.screen_value for r in evolved_climbed])
     if gains.size:
         q = np.quantile(gains, [0.1, 0.5, 0.9])

@@ -35,9 +35,10 @@ TEST_KINDS: dict[str, tuple[str, ...]] = {
         "test_importing.py", "test_imports.py", "test_llm_feedback.py", "test_losses.py", "test_lrml_shape.py",
         "test_messages.py", "test_openai_proposer.py", "test_oracle_death.py", "test_owed_repairs.py",
         "test_pair_variants.py", "test_pairs_ceiling.py", "test_parse_lock.py", "test_pick_holdout.py",
-        "test_pick_stage.py", "test_progress.py", "test_rich_deterministic.py", "test_search_analyses.py",
-        "test_search_efficiency.py", "test_settings.py", "test_sft_coverage.py", "test_stats.py", "test_tune_seeds.py",
-        "test_tuning.py", "test_work_ahead.py", "test_worlds.py", "test_xdist_groups.py",
+        "test_pick_stage.py", "test_progress.py", "test_rich_deterministic.py", "test_screen_agreement.py",
+        "test_search_analyses.py", "test_search_efficiency.py", "test_settings.py", "test_sft_coverage.py",
+        "test_stats.py", "test_tune_seeds.py", "test_tuning.py", "test_work_ahead.py", "test_worlds.py",
+        "test_xdist_groups.py",
     ),
     "sandbox": (
         "test_check_inputs.py", "test_checks.py", "test_contract_v2.py", "test_evolution_v2.py",

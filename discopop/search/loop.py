@@ -56,6 +56,7 @@ from discopop.search.events import (
 from discopop.search.fidelity import Fidelity
 from discopop.search.history import history_as_of, history_entry, proposer_history
 from discopop.search.pick_stage import PickStage
+from discopop.search.screen_agreement import screen_agreement
 from discopop.search.seed_race import RacePolicy
 from discopop.search.transfer_confirm import ExecutorFactory, StoreFactory, confirm_transfer, transfer_verdicts
 from discopop.search.work_ahead import SpeculativeExecutor
@@ -238,6 +239,12 @@ class Loop:
 
     def _note(self, text: str) -> None:
         self.display.show(Note(text))
+
+    def _say_screen(self) -> None:
+        """How this run's rate screen ranked (``search.screen_agreement``): a filtering stage shows its agreement."""
+        record = screen_agreement(self.archive.rows(), self.archive.evaluations(split="search"), seed=self.seed)
+        if record.screened:
+            self._note(record.describe(self.cfg.cascade.min_rho_lower))
 
     def _confirmed_baselines(self) -> int:
         """How many baselines the confirmation re-trains: ``confirm.references`` of those this run scored."""
@@ -601,6 +608,8 @@ class Loop:
             if ahead_of is not None and ahead_of.stats.started:
                 st = ahead_of.stats
                 self._note(f"work ahead: {st.started} job(s) run on idle workers, {st.hits} of them used")
+            if protocol.screen_margin is not None and len(protocol.points()) > 1 and generations > 0:
+                self._say_screen()  # a one-point grid or no margin: no row was screened
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self._pick_stage(executor, protocol, store)
