@@ -17,10 +17,12 @@ from test_report import DPO, LRML, MIXED, make_run
 from discopop import report
 from discopop.archive import ARCHIVE_NAME, Archive, Row
 from discopop.config import RunSettings, WandbSettings
+from discopop.fitness.rank_agreement import Agreement
 from discopop.proposers.base import Candidate
 from discopop.report.document import build_views
 from discopop.report.failures import stage_parts, timing_view
 from discopop.report.run import load_rows, summary
+from discopop.search.screen_agreement import ScreenAgreement
 
 # What the cascade archives for a scored row: ``train`` is the worker's whole job time (its optimisation ``steps``
 # and ``score`` included), summed over two lr jobs that ran side by side, so it exceeds the row's wall ``total``;
@@ -228,6 +230,7 @@ def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     tracker = _offline(run_dir)
     tracker.log_results(load_rows(run_dir))
+    tracker.log_screen(ScreenAgreement(12, 3, Agreement(0.875, 0.625, 0.9375, 9, 0.9)))  # the run's screen
     tracker.finish()
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
     tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in (folder / "files").rglob("*.table.json")}
@@ -238,6 +241,8 @@ def test_wandb_logs_the_confirmation_table_and_the_winner_code(run_dir: Path, mo
     assert tables["winner"]["data"][0][1] == "mixed_exp" and "torch.exp(-x)" in tables["winner"]["data"][0][2]
     logged = _transaction_log(next(folder.glob("*.wandb")), b"winner/search_mean")
     assert b"winner/code" in logged and b"winner/search_mean" in logged  # in the run's summary too
+    logged = _transaction_log(next(folder.glob("*.wandb")), b"screen/rho_lower")
+    assert b"screen/rho_lower" in logged and b"0.625" in logged and b"screen/stopped" in logged
 
 
 def test_logged_code_and_names_are_cleaned(run_dir: Path) -> None:
@@ -268,6 +273,8 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(Tracker, "finish", lambda self: finished.append(True))
     per_candidate: list[str] = []
     monkeypatch.setattr(Tracker, "log_candidate", lambda self, row_id, name, *rest: per_candidate.append(name))
+    screens: list[ScreenAgreement] = []
+    monkeypatch.setattr(Tracker, "log_screen", lambda self, record: screens.append(record))
     cfg, _ = compose(["baselines=[dpo,lrml]", "confirm.seeds=0", "wandb.mode=disabled", "selection.max_seeds=1"])
     tracker = Tracker(WandbSettings(mode="disabled"), tmp_path, {})
     loop = Loop(RunSettings.coerce(config(cfg, candidates_per_generation=1)), tmp_path,
@@ -280,3 +287,4 @@ def test_the_loop_logs_its_results_once_at_the_end(tmp_path: Path, monkeypatch: 
         loop.archive.close()
     assert len(logged) == 1 and sorted(r.name for r in logged[0]) == ["a", "dpo", "lrml"]
     assert finished == [True] and sorted(per_candidate) == ["a", "dpo", "lrml"]
+    assert [(r.screened, r.stopped) for r in screens] == [(1, 1)]  # once, after the generations (a: 0.7, stopped)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rich.console import Console
 from scripted_executor import Script, ScriptedExecutor, ScriptedProposer, candidate, config_with
 
 from discopop.archive import Evaluation, Row
 from discopop.config import RunSettings
 from discopop.config.compose import compose
-from discopop.search.events import EventLog, Note
+from discopop.report.display import Display
+from discopop.search.events import EventLog, ScreenMeasured
 from discopop.search.loop import Loop
 from discopop.search.screen_agreement import MIN_ROWS, screen_agreement
 
@@ -90,7 +92,7 @@ def test_a_failed_first_run_is_skipped_for_the_first_that_scored() -> None:
 
 
 def _scripted_run(tmp_path: Path, *overrides: str) -> list[str]:
-    """A scripted 3-generation run (in this process, no worker): the notes it showed."""
+    """A scripted 3-generation run (in this process, no worker): what it said of its screen."""
     cfg, _ = compose(["baselines=[dpo,lrml]", "training.lr_grid=[1e-5,2e-5,4e-5]", "confirm.seeds=0",
                       "wandb.mode=disabled", "selection.max_seeds=1", "selection.reference_store=false", "seed=3",
                       *overrides])
@@ -106,14 +108,29 @@ def _scripted_run(tmp_path: Path, *overrides: str) -> list[str]:
         loop.run(3)
     finally:
         loop.archive.close()
-    return [note.text for note in log.of(Note)]
+    return [e.record.describe(e.min_rho_lower) for e in log.of(ScreenMeasured)]
 
 
 def test_a_run_says_how_its_screen_did(tmp_path: Path) -> None:
-    notes = [n for n in _scripted_run(tmp_path / "on") if n.startswith("rate screen:")]
-    assert notes == ["rate screen: 1 of 3 candidate(s) stopped at their screen (one fine-tune)"]
-    assert not [n for n in _scripted_run(tmp_path / "off", "training.lr_screen_margin=null")
-                if n.startswith("rate screen:")]
+    assert _scripted_run(tmp_path / "on") == ["rate screen: 1 of 3 candidate(s) stopped at their screen (one "
+                                              "fine-tune)"]
+    assert _scripted_run(tmp_path / "off", "training.lr_screen_margin=null") == []  # no screen, nothing to say
+
+
+def test_the_terminal_flags_a_screen_not_shown_and_wandb_keeps_the_numbers() -> None:
+    rows, runs = [], []
+    for i in range(3 * MIN_ROWS):
+        rows.append(_row(i, 0.5 + 0.01 * i, {SCREEN: 0.9 - 0.01 * i, OTHER: 0.5 + 0.01 * i}))
+        runs += _runs(i, [SCREEN, OTHER])
+    record = screen_agreement(rows, runs)
+    for bound, colour in ((0.5, "yellow"), (-1.0, None)):
+        console = Console(record=True, width=400, force_terminal=True, color_system="standard", highlight=False)
+        Display(1, console=console, quiet=True).show(ScreenMeasured(record, bound))
+        text = console.export_text(styles=True)
+        assert "Spearman -1.00" in text and ("\x1b[33m" in text) == (colour == "yellow")
+    assert record.summary() == {"screen/screened": 3 * MIN_ROWS, "screen/stopped": 0, "screen/rows": 3 * MIN_ROWS,
+                                "screen/rho": -1.0, "screen/rho_lower": record.agreement.lower,
+                                "screen/rho_upper": record.agreement.upper}
 
 
 def test_rows_on_the_beta_axis_are_left_out() -> None:

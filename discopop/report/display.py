@@ -42,6 +42,7 @@ from discopop.search.events import (
     PhaseStarted,
     RunStopped,
     RunWarning,
+    ScreenMeasured,
     TransferVerdict,
 )
 from discopop.status import Status
@@ -139,6 +140,12 @@ class Display:
                 self.job_done(result)
             case TransferVerdict():
                 self.log(f"transfer #{event.row_id} {event.name}: {event.text}")
+            case ScreenMeasured(record, bound):  # numbers and fixed text only; yellow where not shown
+                line = record.describe(bound)
+                if record.agreement is not None and not record.shown(bound):
+                    self.console.print(f"[yellow]{terminal(line)}[/]", soft_wrap=True)
+                else:
+                    self.log(line)
             case RunStopped(reason, run_dir):
                 # One line however narrow the console (soft_wrap), escaped so server text cannot become markup.
                 self.console.print(f"[yellow]run stopped: {terminal(reason)}[/]; fix the cause, then continue "

@@ -24,8 +24,9 @@ from discopop.archive import Row
 from discopop.config import WANDB_MODES, WandbSettings
 from discopop.report.escape import clean, code_text
 from discopop.report.run import confirmation_of, learning_rate_of, number, scored, tuned_beta, winner
-from discopop.search.events import CandidateFinished, Event, ResultsReady, RunFinished
+from discopop.search.events import CandidateFinished, Event, ResultsReady, RunFinished, ScreenMeasured
 from discopop.search.history import seed_scores
+from discopop.search.screen_agreement import ScreenAgreement
 
 RUN_ID_FILE = "discopop_run_id"
 _ID = re.compile(r"[a-z0-9]{8,64}")
@@ -134,6 +135,12 @@ class Tracker:
                          "candidate/kl": metrics.get("kl")})
         self.run.log(data)
 
+    def log_screen(self, record: ScreenAgreement) -> None:
+        """How the run's rate screen ranked (``search.screen_agreement``), in the run's summary: comparable
+        across runs and tasks in wandb."""
+        if self.run is not None:
+            self.run.summary.update(record.summary())
+
     def log_results(self, rows: list[Row]) -> None:
         """The run's outcome, once the confirmation is archived: its table, and the winner with its code."""
         if self.run is None:
@@ -168,6 +175,8 @@ class TrackerDisplay:
         if isinstance(event, CandidateFinished):
             self.tracker.log_candidate(event.row_id, event.name, event.generation, event.status, event.fitness,
                                        {"reward": event.reward, "kl": event.kl}, event.best_fitness)
+        elif isinstance(event, ScreenMeasured):
+            self.tracker.log_screen(event.record)
         elif isinstance(event, ResultsReady):
             self.tracker.log_results(list(event.rows))
         elif isinstance(event, RunFinished):

@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 from discopop.archive import Row
 from discopop.execution.executors import Job, JobResult
+from discopop.search.screen_agreement import ScreenAgreement
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,15 @@ class TransferVerdict:
 
 
 @dataclass(frozen=True)
+class ScreenMeasured:
+    """How the run's rate screen ranked against the full protocol, once its generations are done
+    (``search.screen_agreement``); ``min_rho_lower``: the bound a filtering stage is held to."""
+
+    record: ScreenAgreement
+    min_rho_lower: float
+
+
+@dataclass(frozen=True)
 class RunStopped:
     """A ``ProposerStop`` ended the run early (budget, key, endpoint); ``--resume`` continues it."""
 
@@ -144,8 +154,8 @@ class RunFinished:
 
 
 Event = (RunStarted | Note | RunWarning | PhaseStarted | PhaseFinished | CandidateStage | CandidateFinished
-         | JobsQueued | JobReturned | GenerationFinished | ConfirmationVerdict | TransferVerdict | RunStopped
-         | ResultsReady | RunFinished)
+         | JobsQueued | JobReturned | GenerationFinished | ConfirmationVerdict | TransferVerdict | ScreenMeasured
+         | RunStopped | ResultsReady | RunFinished)
 E = TypeVar("E")
 
 

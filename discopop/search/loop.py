@@ -51,6 +51,7 @@ from discopop.search.events import (
     RunStarted,
     RunStopped,
     RunWarning,
+    ScreenMeasured,
     TransferVerdict,
 )
 from discopop.search.fidelity import Fidelity
@@ -244,7 +245,7 @@ class Loop:
         """How this run's rate screen ranked (``search.screen_agreement``): a filtering stage shows its agreement."""
         record = screen_agreement(self.archive.rows(), self.archive.evaluations(split="search"), seed=self.seed)
         if record.screened:
-            self._note(record.describe(self.cfg.cascade.min_rho_lower))
+            self.display.show(ScreenMeasured(record, self.cfg.cascade.min_rho_lower))
 
     def _confirmed_baselines(self) -> int:
         """How many baselines the confirmation re-trains: ``confirm.references`` of those this run scored."""

@@ -35,6 +35,18 @@ class ScreenAgreement:
     stopped: int  # of them, the rows the screen stopped (``lr_tuned: false``)
     agreement: Agreement | None  # screen value vs fitness over the climbed rows (None: fewer than ``MIN_ROWS``)
 
+    def shown(self, min_rho_lower: float) -> bool:
+        """Whether the agreement is measured and its lower bound reaches ``min_rho_lower``."""
+        a = self.agreement
+        return a is not None and math.isfinite(a.lower) and a.lower >= min_rho_lower
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The numbers, under the keys a tracker keeps them (wandb's run summary)."""
+        a = self.agreement
+        return {"screen/screened": self.screened, "screen/stopped": self.stopped,
+                "screen/rows": a.n if a else None, "screen/rho": a.rho if a else None,
+                "screen/rho_lower": a.lower if a else None, "screen/rho_upper": a.upper if a else None}
+
     def describe(self, min_rho_lower: float) -> str:
         """One line for the end of a run; a warning where the lower bound is below ``min_rho_lower``."""
         head = f"rate screen: {self.stopped} of {self.screened} candidate(s) stopped at their screen (one fine-tune)"
@@ -43,7 +55,7 @@ class ScreenAgreement:
             return head
         text = (f"{head}; over the {a.n} rows that climbed, screen vs full protocol: Spearman {a.rho:+.2f} "
                 f"[{a.lower:+.2f}, {a.upper:+.2f}] ({a.confidence:.0%} bootstrap)")
-        if not (math.isfinite(a.lower) and a.lower >= min_rho_lower):
+        if not self.shown(min_rho_lower):
             text += (f" - its lower bound is below {min_rho_lower:g}: on this task one fine-tune at the parent's "
                      "rate is not shown to rank as the tuned result does (training.lr_screen_margin=null tunes "
                      "every candidate)")
