@@ -6,7 +6,9 @@ behaviour cells) lives in ``discopop.search.history``, so storage imports nothin
 
 Schema (a contract other tools read; see docs/DESIGN.md): table ``candidates`` with
 ``id, generation, parent_ids (JSON), proposer, name, thought, code, code_hash, status, error,
-fitness, metrics (JSON), created_at, finished_at``. A row is inserted as ``proposed`` before any
+fitness, metrics (JSON), created_at, finished_at``, and ``normalised``: the contract form the workers loaded
+(``code`` is the text as proposed, e.g. the DiscoPOP method form; ``losses.contract_form``: "" where a rewrite
+is refused, and in a row written before the column existed). A row is inserted as ``proposed`` before any
 work on it and updated once when its fate is known, each in its own transaction, so a crash loses
 at most the candidate in flight (which ``--resume`` finds still ``proposed`` and runs again).
 A ``run_state`` key/value table holds loop progress (generation counters, RNG state).
@@ -27,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from discopop.contract.losses import code_hash
+from discopop.contract.losses import code_hash, contract_form
 from discopop.status import STATUSES, Status
 
 __all__ = ["ARCHIVE_NAME", "STATUSES", "Archive", "ArchiveError", "Evaluation", "NewCandidate", "Row", "TrainScores",
@@ -49,7 +51,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     fitness REAL,
     metrics TEXT NOT NULL DEFAULT '{}',
     created_at TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    normalised TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (code_hash);
 CREATE TABLE IF NOT EXISTS run_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -129,6 +132,7 @@ class Row:
     metrics: dict[str, Any]
     created_at: str
     finished_at: str | None
+    normalised: str = ""  # the contract form the workers loaded; "" where not recorded (see the module docstring)
 
 
 @dataclass
@@ -171,7 +175,7 @@ def _row(data: dict[str, Any]) -> Row:
     """A ``candidates`` record with its JSON columns decoded (as this module writes them)."""
     data["parent_ids"] = json.loads(data["parent_ids"] or "[]")
     data["metrics"] = json.loads(data["metrics"] or "{}")
-    return Row(**{k: data[k] for k in Row.__dataclass_fields__})
+    return Row(**{k: data[k] for k in Row.__dataclass_fields__ if k in data})  # an unmigrated archive lacks some
 
 
 def _json(text: Any, default: Any) -> Any:
@@ -214,6 +218,7 @@ def read_rows(path: Path) -> list[Row]:
     for d in records:
         d["parent_ids"] = _ids(_json(d.get("parent_ids"), []))
         d["metrics"] = _json(d.get("metrics"), {})
+        d.setdefault("normalised", "")  # an archive from before the column
         rows.append(Row(**{k: d.get(k) for k in Row.__dataclass_fields__}))
     return rows
 
@@ -239,10 +244,14 @@ class Archive:
             raise ArchiveError(f"cannot open archive {self.path}: {err}") from None
 
     def _add_missing_columns(self) -> None:
-        """Columns added since an archive was made (``evaluations.greedy``), so a resumed run can write them."""
+        """Columns added since an archive was made (``evaluations.greedy``, ``candidates.normalised``), so a resumed
+        run can write them. Older rows keep "" as their normalised form: not recorded, not guessed now."""
         have = {r["name"] for r in self._conn.execute("PRAGMA table_info(evaluations)")}
         if "greedy" not in have:
             self._conn.execute("ALTER TABLE evaluations ADD COLUMN greedy REAL")
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(candidates)")}
+        if "normalised" not in have:
+            self._conn.execute("ALTER TABLE candidates ADD COLUMN normalised TEXT NOT NULL DEFAULT ''")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -267,9 +276,10 @@ class Archive:
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO candidates (generation, parent_ids, proposer, name, thought, code, code_hash, status,"
-                " error, metrics, created_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " error, metrics, created_at, finished_at, normalised) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (generation, json.dumps(candidate.parent_ids), candidate.proposer, candidate.name, candidate.thought,
-                 candidate.code, code_hash(candidate.code), status, error, json.dumps(metrics), _now(), finished),
+                 candidate.code, code_hash(candidate.code), status, error, json.dumps(metrics), _now(), finished,
+                 contract_form(candidate.code)),
             )
             return int(cur.lastrowid)
 

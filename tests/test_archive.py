@@ -144,3 +144,47 @@ def test_read_rows_reads_a_foreign_archive_leniently_without_writing(tmp_path: P
     assert (tmp_path / "archive.sqlite").stat().st_mtime_ns == before
     with pytest.raises(ArchiveError, match="no archive"):
         read_rows(tmp_path / "missing.sqlite")
+
+
+METHOD_FORM = '''def my_loss(self, policy_chosen_logps, policy_rejected_logps,
+            reference_chosen_logps, reference_rejected_logps):
+    import torch.nn.functional as F
+    rho = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    return -F.logsigmoid(self.beta * rho)
+'''
+
+
+def test_both_texts_are_kept_the_one_proposed_and_the_one_the_workers_load(tmp_path: Path) -> None:
+    """The DiscoPOP method form as proposed in ``code``, its contract form in ``normalised``; a method that reads
+    more of ``self`` than ``beta`` cannot be rewritten and keeps "" (it is refused before anything runs); text that
+    does not parse has nothing to rewrite and is kept as it is."""
+    arch = Archive(tmp_path / "archive.sqlite")
+    method = arch.add(Candidate("m", METHOD_FORM, proposer="openai"), 1)
+    broken = arch.add(Candidate("b", "def f(:\n", proposer="openai"), 1)
+    refused = arch.add(Candidate("r", METHOD_FORM.replace("self.beta", "self.gamma"), proposer="openai"), 1)
+    row = arch.get(method)
+    assert row.code == METHOD_FORM and "self" not in row.normalised
+    assert "def my_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, " \
+           "reference_rejected_logps, beta)" in row.normalised and "beta * rho" in row.normalised
+    assert arch.get(broken).normalised == "def f(:\n" and arch.get(refused).normalised == ""
+    arch.close()
+    assert [r.normalised for r in read_rows(tmp_path / "archive.sqlite")] == [row.normalised, "def f(:\n", ""]
+
+
+def test_an_archive_from_before_the_normalised_column_reads_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "archive.sqlite"
+    Archive(path).close()
+    conn = sqlite3.connect(path)  # an older archive: the same tables without candidates.normalised
+    conn.executescript("ALTER TABLE candidates DROP COLUMN normalised; "
+                       "INSERT INTO candidates (generation, proposer, name, code, code_hash, status, created_at) "
+                       "VALUES (1, 'openai', 'old', 'x = 1', 'h', 'proposed', 't');")
+    conn.close()
+    assert [r.normalised for r in read_rows(path)] == [""]  # read-only: not migrated
+    assert "normalised" not in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(candidates)")}
+    read_only = Archive(path, create=False)  # how the leaderboard opens it: no migration, still readable
+    assert [r.normalised for r in read_only.rows()] == [""]
+    read_only.close()
+    arch = Archive(path)  # a resumed run: the column is added, the old row keeps "" (not recorded then)
+    new = arch.add(Candidate("new", METHOD_FORM, proposer="openai"), 2)
+    assert [r.normalised == "" for r in arch.rows()] == [True, False] and "beta" in arch.get(new).normalised
+    arch.close()

@@ -336,6 +336,17 @@ def normalize_code(source: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
+def contract_form(source: str) -> str:
+    """The contract form a worker loads for ``source`` (:func:`normalise_loss`: the DiscoPOP method form rewritten),
+    which the archive keeps beside the text as proposed. Text that does not parse comes back as it is (nothing to
+    rewrite); "" where a rewrite is refused (a method reading more of ``self`` than ``beta``) or cannot be done
+    (too deep): such code is refused before anything runs, and storing its form never ends a run."""
+    try:
+        return normalise_loss(source)
+    except (SyntaxError, LossRejected, RecursionError, MemoryError, ValueError):
+        return ""
+
+
 def code_hash(source: str) -> str:
     """Hash of the normalised code (a method-form loss hashes as its contract form); falls back to
     the raw text for code that does not parse or is too deep to rewrite (a 2,000-term sum: ``RecursionError``),
