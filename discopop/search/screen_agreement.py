@@ -9,7 +9,7 @@ at the parent's rate predicts the tuned result depends on the task (on the embed
 how well its own screen ranked, at no cost, and warn where that is not shown.
 
 Measured over the rows that passed the screen (references always do), so the interval describes the screen among
-rows near the best, where its decisions are made; a range cut this way lowers rho rather than raising it.
+rows near the best, where its decisions are made; a range cut this way usually lowers rho rather than raising it.
 """
 
 from __future__ import annotations
