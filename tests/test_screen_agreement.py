@@ -14,7 +14,7 @@ from discopop.config.compose import compose
 from discopop.report.display import Display
 from discopop.search.events import EventLog, ScreenMeasured
 from discopop.search.loop import Loop
-from discopop.search.screen_agreement import MIN_ROWS, screen_agreement
+from discopop.search.screen_agreement import MIN_ROWS, ScreenAgreement, screen_agreement
 
 SCREEN, OTHER = 4e-05, 2e-05  # the sweep lists rates in order, so the screen is not its first entry
 
@@ -61,12 +61,17 @@ def test_stopped_rows_count_but_do_not_measure_and_references_measure_but_do_not
     assert record.describe(0.5).startswith("rate screen: 1 of 2 candidate(s) stopped")
 
 
-def test_a_screen_that_ranks_against_the_protocol_is_flagged() -> None:
+def _screen_against_the_protocol() -> ScreenAgreement:
+    """24 climbed rows whose screens rank them exactly against their fitness (rho -1)."""
     rows, runs = [], []
     for i in range(3 * MIN_ROWS):
         rows.append(_row(i, 0.5 + 0.01 * i, {SCREEN: 0.9 - 0.01 * i, OTHER: 0.5 + 0.01 * i}))
         runs += _runs(i, [SCREEN, OTHER])
-    record = screen_agreement(rows, runs)
+    return screen_agreement(rows, runs)
+
+
+def test_a_screen_that_ranks_against_the_protocol_is_flagged() -> None:
+    record = _screen_against_the_protocol()
     assert record.agreement is not None and record.agreement.rho == -1.0
     line = record.describe(0.5)
     assert "lower bound is below 0.5" in line and "lr_screen_margin=null" in line
@@ -118,11 +123,7 @@ def test_a_run_says_how_its_screen_did(tmp_path: Path) -> None:
 
 
 def test_the_terminal_flags_a_screen_not_shown_and_wandb_keeps_the_numbers() -> None:
-    rows, runs = [], []
-    for i in range(3 * MIN_ROWS):
-        rows.append(_row(i, 0.5 + 0.01 * i, {SCREEN: 0.9 - 0.01 * i, OTHER: 0.5 + 0.01 * i}))
-        runs += _runs(i, [SCREEN, OTHER])
-    record = screen_agreement(rows, runs)
+    record = _screen_against_the_protocol()
     for bound, colour in ((0.5, "yellow"), (-1.0, None)):
         console = Console(record=True, width=400, force_terminal=True, color_system="standard", highlight=False)
         Display(1, console=console, quiet=True).show(ScreenMeasured(record, bound))
