@@ -10,7 +10,8 @@ at once (``--parallel``) or one after the other. Then every
 table of the two archives is compared, all columns but wall-clock ones (``*_at``, anything named ``second``, and the
 ``seconds`` / ``total`` / ``overhead`` entries of JSON columns): a setting that only changes speed (one oracle round
 trip per step, kept oracles) must leave everything else bit for bit the same. Prints ``identical`` or the first
-difference, and exits 1 on a difference.
+difference, and exits 1 on a difference. Archives of two schema versions (a column added since, such as
+``candidates.normalised``) are compared on the columns both have, and the columns only one has are named.
 """
 
 from __future__ import annotations
@@ -47,10 +48,17 @@ def cell(value: Any) -> Any:
     return value
 
 
-def tables(archive: Path) -> dict[str, list[list[Any]]]:
-    """Every table's rows, wall-clock columns left out: ``candidates`` in id order; the rows of any other table sorted
-    and without their ``id`` (parallel workers finish confirmation fine-tunes in any order, and each is inserted as it
-    finishes)."""
+def columns_of(archive: Path) -> dict[str, list[str]]:
+    """Each table's column names."""
+    with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as conn:
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: [r[1] for r in conn.execute(f'PRAGMA table_info("{name}")')] for name in names}
+
+
+def tables(archive: Path, only: dict[str, set[str]] | None = None) -> dict[str, list[list[Any]]]:
+    """Every table's rows, wall-clock columns left out (and, with ``only``, columns not in ``only[table]``):
+    ``candidates`` in id order; the rows of any other table sorted and without their ``id`` (parallel workers finish
+    confirmation fine-tunes in any order, and each is inserted as it finishes)."""
     with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         out = {}
@@ -58,14 +66,21 @@ def tables(archive: Path) -> dict[str, list[list[Any]]]:
             cursor = conn.execute(f'SELECT * FROM "{name}" ORDER BY rowid')
             columns = [d[0] for d in cursor.description]
             keep = [i for i, c in enumerate(columns) if "second" not in c and not c.endswith("_at")
-                    and (name == "candidates" or c != "id")]
+                    and (name == "candidates" or c != "id") and (only is None or c in only.get(name, set()))]
             rows = [[cell(row[i]) for i in keep] for row in cursor]
             out[name] = rows if name == "candidates" else sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
     return out
 
 
 def compare(first: Path, second: Path) -> bool:
-    a, b = tables(first / "archive.sqlite"), tables(second / "archive.sqlite")
+    cols_a, cols_b = columns_of(first / "archive.sqlite"), columns_of(second / "archive.sqlite")
+    shared = {t: set(cols_a.get(t, [])) & set(cols_b.get(t, [])) for t in set(cols_a) | set(cols_b)}
+    for table in sorted(shared):
+        for side, mine, theirs in (("first", cols_a, cols_b), ("second", cols_b, cols_a)):
+            extra = [c for c in mine.get(table, []) if table in theirs and c not in theirs[table]]
+            if extra:
+                print(f"only in the {side} archive: {', '.join(f'{table}.{c}' for c in extra)} (compared without)")
+    a, b = tables(first / "archive.sqlite", shared), tables(second / "archive.sqlite", shared)
     counts = {name: len(rows) for name, rows in a.items()}
     if a == b:
         print(f"archives identical: {counts}")
