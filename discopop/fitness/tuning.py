@@ -110,6 +110,12 @@ class LrProtocol:
         """The whole grid: every rate at every beta (at beta None when the axis is off)."""
         return [(lr, b) for lr in self.grid for b in (self.betas or (None,))]
 
+    @property
+    def screens(self) -> bool:
+        """Whether a candidate is screened at one point first (a margin and more than one point to climb over);
+        otherwise every row gets the whole grid."""
+        return self.screen_margin is not None and len(self.points()) > 1
+
     def screen_point(self, parent_points: list[Point], run_points: list[Point]) -> Point:
         """A candidate's screen: the rate as :meth:`screen_rate` picks it, and its parent's beta, else the run's
         most common, else the default beta."""

@@ -255,7 +255,7 @@ class Evaluator:
     def screen_points_of(self, proposer: str, parent_ids: list[int]) -> list[Point]:
         """``_screen_points`` of a row by ``proposer`` with these parents (also of a proposal not archived yet)."""
         protocol = self.protocol
-        if protocol.screen_margin is None or len(protocol.points()) == 1:
+        if not protocol.screens:
             return protocol.points()
         if proposer == "reference":
             return [protocol.default_point()]

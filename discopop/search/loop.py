@@ -609,8 +609,8 @@ class Loop:
             if ahead_of is not None and ahead_of.stats.started:
                 st = ahead_of.stats
                 self._note(f"work ahead: {st.started} job(s) run on idle workers, {st.hits} of them used")
-            if protocol.screen_margin is not None and len(protocol.points()) > 1 and generations > 0:
-                self._say_screen()  # a one-point grid or no margin: no row was screened
+            if protocol.screens and generations > 0:  # else no row was screened: nothing to say
+                self._say_screen()
             conf = self.cfg.confirm
             if conf.seeds > 0:
                 self._pick_stage(executor, protocol, store)
